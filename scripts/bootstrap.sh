@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Creates (once) the project's Python environment in a cache outside the clone and
+# installs the project into it in editable mode. A second run takes seconds.
+#
+#   LADDER_CACHE  cache root (default ~/.cache/promotion-ladder)
+#
+# torch (the trainer extra) is several GB on Linux; it is installed into the same cached
+# venv so tests and the demo can run the real trainer. The operator's own install
+# (Dockerfile.operator, `pip install promotion-ladder`) never pulls it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${LADDER_CACHE:-$HOME/.cache/promotion-ladder}
+venv=$cache/venv
+mkdir -p "$cache"
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "bootstrap: creating $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+fi
+
+# Re-install only when the dependency list changed (hash of pyproject.toml).
+stamp=$venv/.pyproject.sha
+want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'import promotion_ladder' 2>/dev/null; then
+  echo "bootstrap: installing promotion-ladder[dev,trainer,report] (first run downloads torch, a few GB)" >&2
+  "$venv/bin/pip" install -q --progress-bar off -e "$root[dev,trainer,report]"
+  echo "$want" > "$stamp"
+fi
+echo "$venv"
