@@ -1,0 +1,309 @@
+"""The PromotionLadder API (ladder.promotion.dev/v1alpha1): the single source of truth.
+
+The pydantic models here define the spec; the CRD (crds/promotionladders.yaml) is generated
+from them by `ladder crd`. Field-level rules live on the models; rules that span fields
+(references, stage ordering, promotion bounds) live in `semantic_errors`, and `load_ladder`
+reports both as one list of "field.path: message" lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from .budget import parse_budget
+
+GROUP = "ladder.promotion.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "PromotionLadder"
+PLURAL = "promotionladders"
+SINGULAR = "promotionladder"
+SHORT_NAMES = ["ladder", "pl"]
+
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS1123_RE = re.compile(DNS1123_LABEL)
+
+# Size limits keep the object (and the API server's CEL cost estimates) bounded.
+MAX_CANDIDATES = 1000
+MAX_HOST_BLOCKS = 32
+MAX_STAGES = 16
+MAX_SEEDS = 32
+MAX_KEEP = 32
+MAX_CHECKS = 32
+
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it appears in YAML / on the API server (camelCase, no nulls)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Objective(_Model):
+    metric: str = Field("val_bpb", min_length=1, max_length=128, description="Metric the trainer reports (result 'metric').")
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+
+class Trainer(_Model):
+    image: str = Field("ghcr.io/promotion-ladder/trainer:0.1.0", min_length=1, max_length=512)
+    command: list[str] = Field(default_factory=lambda: ["python", "-m", "ladder_trainer"], min_length=1, max_length=64)
+    args: list[str] = Field(default_factory=list, max_length=256)
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per cell (nvidia.com/gpu limit); GPU-hours are counted with it.")
+    env: dict[str, str] = Field(default_factory=dict, max_length=128)
+    resources: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Kubernetes ResourceRequirements for the trainer container (nvidia.com/gpu is set from gpus).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class HostBlock(_Model):
+    name: Name
+    node_selector: dict[str, str] = Field(default_factory=dict, max_length=32)
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=32,
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+
+
+class Candidate(_Model):
+    name: Name
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Free-form key/values passed to the trainer as --config JSON.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+Aggregate = Literal["mean", "median", "worst", "meanRank"]
+
+
+class Promote(_Model):
+    top: int = Field(ge=1, le=MAX_CANDIDATES, description="Promote the best `top` complete candidates.")
+    keep: list[Name] = Field(default_factory=list, max_length=MAX_KEEP, description="References always promoted.")
+    aggregate: Aggregate = "mean"
+    within: float | None = Field(
+        None, ge=0, description="Also promote every complete candidate whose aggregate is within this margin of the best."
+    )
+
+
+class Stage(_Model):
+    name: Name
+    budget: str = Field(min_length=1, max_length=32, pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$",
+                        description='Wall-clock training budget per cell, e.g. "90s", "2m", "12h".')
+    host_blocks: list[Name] = Field(min_length=1, max_length=MAX_HOST_BLOCKS)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(min_length=1, max_length=MAX_SEEDS)
+    promote: Promote | None = None
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_parses(cls, v: str) -> str:
+        parse_budget(v)
+        return v
+
+    @property
+    def budget_seconds(self) -> float:
+        return parse_budget(self.budget)
+
+    def cells(self) -> list[tuple[str, int]]:
+        """(hostBlock, seed) pairs in their canonical order: host blocks, then seeds."""
+        return [(h, s) for h in self.host_blocks for s in self.seeds]
+
+
+CheckType = Literal["nearEquivalence", "meanGap", "rankFirstAllCells"]
+
+
+class Check(_Model):
+    name: Name
+    type: CheckType
+    candidate: Name
+    margin: float | None = Field(None, ge=0, description="nearEquivalence: |mean - reference mean| <= margin.")
+    max_gap: float | None = Field(None, ge=0, description="meanGap: mean gap to the reference (worse direction) <= maxGap.")
+
+
+class Verdict(_Model):
+    reference: Name
+    checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)
+
+
+class LadderSpec(_Model):
+    objective: Objective = Field(default_factory=Objective)
+    trainer: Trainer = Field(default_factory=Trainer)
+    host_blocks: list[HostBlock] = Field(min_length=1, max_length=MAX_HOST_BLOCKS)
+    candidates: list[Candidate] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
+    verdict: Verdict | None = None
+    parallelism: int | None = Field(None, ge=1, description="Most cells of this ladder running at once.")
+    queue_name: str | None = Field(None, min_length=1, max_length=253, description="Kueue LocalQueue (kueue.x-k8s.io/queue-name).")
+
+    def candidate_names(self) -> list[str]:
+        return [c.name for c in self.candidates]
+
+    def candidate(self, name: str) -> Candidate:
+        return next(c for c in self.candidates if c.name == name)
+
+    def host_block(self, name: str) -> HostBlock:
+        return next(h for h in self.host_blocks if h.name == name)
+
+    def frozen_hash(self) -> str:
+        return frozen_hash(self)
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: Name
+    namespace: str | None = None
+
+
+class PromotionLadder(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+    api_version: Literal["ladder.promotion.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["PromotionLadder"] = KIND
+    metadata: Metadata
+    spec: LadderSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+FROZEN_FIELDS = ("objective", "candidates", "stages", "verdict")
+
+
+def frozen_hash(spec: LadderSpec) -> str:
+    """sha256 over the canonical JSON of the frozen fields (defaults filled in, keys sorted)."""
+    wire = spec.wire()
+    frozen = {k: wire.get(k) for k in ("objective", "candidates", "stages", "verdict")}
+    canonical = json.dumps(frozen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class LadderInvalid(ValueError):
+    """A ladder that does not validate; `errors` holds one "path: message" line per problem."""
+
+    def __init__(self, errors: list[str], source: str = "ladder"):
+        self.errors = errors
+        super().__init__(f"{source} is invalid:\n" + "\n".join(f"  {e}" for e in errors))
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def pydantic_errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    lines = []
+    for e in exc.errors():
+        loc = prefix + tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        elif e["type"] == "string_pattern_mismatch" and "a-z0-9" in str(e.get("ctx", {}).get("pattern", "")):
+            msg = f"{e.get('input')!r} is not a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{_path(loc)}: {msg}")
+    return lines
+
+
+def semantic_errors(spec: LadderSpec) -> list[str]:
+    """Rules that span fields. Paths are relative to the document (spec....)."""
+    errs: list[str] = []
+
+    def dupes(items: list[str], path: str) -> None:
+        seen: set[str] = set()
+        for i, n in enumerate(items):
+            if n in seen:
+                errs.append(f"{path}[{i}].name: duplicate name {n!r}; names must be unique")
+            seen.add(n)
+
+    dupes([h.name for h in spec.host_blocks], "spec.hostBlocks")
+    dupes([c.name for c in spec.candidates], "spec.candidates")
+    dupes([s.name for s in spec.stages], "spec.stages")
+    blocks = {h.name for h in spec.host_blocks}
+    cands = {c.name for c in spec.candidates}
+
+    max_entering = len(spec.candidates)
+    last = len(spec.stages) - 1
+    for i, st in enumerate(spec.stages):
+        p = f"spec.stages[{i}]"
+        for j, h in enumerate(st.host_blocks):
+            if h not in blocks:
+                errs.append(f"{p}.hostBlocks[{j}]: unknown host block {h!r}; declare it under spec.hostBlocks")
+        if len(set(st.host_blocks)) != len(st.host_blocks):
+            errs.append(f"{p}.hostBlocks: a host block is listed twice")
+        if len(set(st.seeds)) != len(st.seeds):
+            errs.append(f"{p}.seeds: a seed is listed twice")
+        if i == last:
+            if st.promote is not None:
+                errs.append(f"{p}.promote: the last stage cannot promote; remove it (the verdict decides after the last stage)")
+            continue
+        if st.promote is None:
+            errs.append(f"{p}.promote: required on every stage but the last")
+            continue
+        pr = st.promote
+        if pr.top > max_entering:
+            errs.append(
+                f"{p}.promote.top: {pr.top} is larger than the {max_entering} candidates that can enter stage {st.name!r}"
+            )
+        for j, k in enumerate(pr.keep):
+            if k not in cands:
+                errs.append(f"{p}.promote.keep[{j}]: unknown candidate {k!r}")
+        if pr.within is None:
+            max_entering = min(max_entering, pr.top + len(pr.keep))
+    # Budgets grow: a later stage with a smaller budget is almost surely a typo.
+    for i in range(1, len(spec.stages)):
+        if spec.stages[i].budget_seconds < spec.stages[i - 1].budget_seconds:
+            errs.append(
+                f"spec.stages[{i}].budget: {spec.stages[i].budget!r} is shorter than the previous stage's "
+                f"{spec.stages[i - 1].budget!r}; budgets must not decrease"
+            )
+    if spec.verdict is not None:
+        if spec.verdict.reference not in cands:
+            errs.append(f"spec.verdict.reference: unknown candidate {spec.verdict.reference!r}")
+        dupes([c.name for c in spec.verdict.checks], "spec.verdict.checks")
+        for j, c in enumerate(spec.verdict.checks):
+            p = f"spec.verdict.checks[{j}]"
+            if c.candidate not in cands:
+                errs.append(f"{p}.candidate: unknown candidate {c.candidate!r}")
+            if c.type == "nearEquivalence" and c.margin is None:
+                errs.append(f"{p}.margin: required for type nearEquivalence")
+            if c.type == "meanGap" and c.max_gap is None:
+                errs.append(f"{p}.maxGap: required for type meanGap")
+    return errs
+
+
+def load_ladder(data: Any, source: str = "ladder") -> PromotionLadder:
+    """Validate a PromotionLadder document (a dict from YAML/JSON); raise LadderInvalid listing every problem."""
+    if not isinstance(data, dict):
+        raise LadderInvalid(["<root>: expected a PromotionLadder object (apiVersion, kind, metadata, spec)"], source)
+    errs: list[str] = []
+    if data.get("apiVersion") != API_VERSION:
+        errs.append(f"apiVersion: must be {API_VERSION!r}, got {data.get('apiVersion')!r}")
+    if data.get("kind") != KIND:
+        errs.append(f"kind: must be {KIND!r}, got {data.get('kind')!r}")
+    try:
+        ladder = PromotionLadder.model_validate(data)
+    except ValidationError as exc:
+        errs += [e for e in pydantic_errors(exc) if not e.startswith(("apiVersion", "kind"))]
+        raise LadderInvalid(errs, source) from None
+    errs += semantic_errors(ladder.spec)
+    if errs:
+        raise LadderInvalid(errs, source)
+    return ladder

@@ -1,0 +1,145 @@
+"""The PromotionLadder CustomResourceDefinition, generated from the pydantic models.
+
+Pydantic's JSON schema is turned into a structural OpenAPI v3 schema (refs inlined, no
+titles, optionals as plain types); rules that span fields become CEL validations, and the
+frozen fields get the transition rule `self == oldSelf`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .api import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, LadderSpec
+from .status import LadderStatus
+
+_DROP = {"title", "default", "description_", "examples"}
+
+
+def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        ref = schema["$ref"].split("/")[-1]
+        merged = {**copy.deepcopy(defs[ref]), **{k: v for k, v in schema.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if "anyOf" in schema:  # Optional[X] -> X (an omitted field is the "null")
+        options = [s for s in schema["anyOf"] if s.get("type") != "null"]
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        if len(options) == 1:
+            return _structural({**options[0], **rest}, defs)
+        # a union of scalars (e.g. float | None inside a list) -> number, nullable
+        types = {o.get("type") for o in options}
+        if types <= {"number", "integer"}:
+            return {"type": "number", "nullable": True}
+        raise ValueError(f"cannot express union {schema['anyOf']} structurally")
+    out: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k in _DROP:
+            continue
+        if k == "properties":
+            out[k] = {name: _structural(s, defs) for name, s in v.items()}
+        elif k in ("items", "additionalProperties") and isinstance(v, dict):
+            out[k] = _structural(v, defs) if v else {"x-kubernetes-preserve-unknown-fields": True}
+        elif k == "const":
+            out["enum"] = [v]
+        else:
+            out[k] = v
+    if out.get("x-kubernetes-preserve-unknown-fields"):
+        out.pop("additionalProperties", None)
+        out.setdefault("type", "object")
+    if out.get("type") == "null":
+        out = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    if "nullable" in schema:
+        out["nullable"] = True
+    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def openapi_schema(model: type) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural({k: v for k, v in raw.items() if k != "$defs"}, raw.get("$defs", {}))
+
+
+def _list_map(prop: dict[str, Any]) -> None:
+    """Names are unique in these lists: let the API server enforce it (listType map)."""
+    prop["x-kubernetes-list-type"] = "map"
+    prop["x-kubernetes-list-map-keys"] = ["name"]
+
+
+def spec_schema() -> dict[str, Any]:
+    s = openapi_schema(LadderSpec)
+    props = s["properties"]
+    for name in ("hostBlocks", "candidates", "stages"):
+        _list_map(props[name])
+    _list_map(props["verdict"]["properties"]["checks"])
+    for name in ("objective", "candidates", "stages", "verdict"):
+        props[name].setdefault("x-kubernetes-validations", []).append(
+            {"rule": "self == oldSelf", "message": f"spec.{name} is frozen once the ladder is admitted; create a new ladder instead"}
+        )
+    s["x-kubernetes-validations"] = [
+        {"rule": "has(self.verdict) == has(oldSelf.verdict)",
+         "message": "spec.verdict is frozen once the ladder is admitted; create a new ladder instead"},
+        {"rule": "!has(self.stages[size(self.stages) - 1].promote)",
+         "message": "the last stage cannot promote; remove spec.stages[last].promote", "fieldPath": ".stages"},
+        {"rule": "self.stages.filter(s, !has(s.promote)).size() == 1",
+         "message": "every stage but the last needs promote", "fieldPath": ".stages"},
+        {"rule": "self.stages.all(s, s.hostBlocks.all(h, self.hostBlocks.exists(b, b.name == h)))",
+         "message": "a stage names a host block that is not declared under spec.hostBlocks", "fieldPath": ".stages"},
+        {"rule": "self.stages.all(s, !has(s.promote) || !has(s.promote.keep) || s.promote.keep.all(k, self.candidates.exists(c, c.name == k)))",
+         "message": "promote.keep names an unknown candidate", "fieldPath": ".stages"},
+        {"rule": "!has(self.stages[0].promote) || self.stages[0].promote.top <= size(self.candidates)",
+         "message": "the first stage's promote.top is larger than the number of candidates", "fieldPath": ".stages"},
+        {"rule": "!has(self.verdict) || self.candidates.exists(c, c.name == self.verdict.reference)",
+         "message": "verdict.reference is not a candidate", "fieldPath": ".verdict.reference"},
+        {"rule": "!has(self.verdict) || !has(self.verdict.checks) || self.verdict.checks.all(k, self.candidates.exists(c, c.name == k.candidate))",
+         "message": "a verdict check names an unknown candidate", "fieldPath": ".verdict.checks"},
+    ]
+    checks_items = props["verdict"]["properties"]["checks"]["items"]
+    checks_items["x-kubernetes-validations"] = [
+        {"rule": "self.type != 'nearEquivalence' || has(self.margin)", "message": "nearEquivalence needs margin"},
+        {"rule": "self.type != 'meanGap' || has(self.maxGap)", "message": "meanGap needs maxGap"},
+    ]
+    stage_items = props["stages"]["items"]["properties"]
+    stage_items["seeds"]["x-kubernetes-list-type"] = "set"
+    stage_items["hostBlocks"]["x-kubernetes-list-type"] = "set"
+    return s
+
+
+def crd() -> dict[str, Any]:
+    status = openapi_schema(LadderStatus)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
+                      "shortNames": SHORT_NAMES, "categories": ["all"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
+                    {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},
+                    {"name": "GPU-Hours", "type": "number", "jsonPath": ".status.gpuHours.total"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A staged-promotion screen of training configurations.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema(),
+                        "status": status,
+                    },
+                }},
+            }],
+        },
+    }

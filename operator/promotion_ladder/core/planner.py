@@ -1,0 +1,87 @@
+"""The planner: spec + observed cell outcomes + recorded decisions -> what to run next.
+
+Pure and deterministic. Recorded decisions are final: the planner replays them as they are
+and only decides a stage that has no decision yet and whose cells are all terminal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Sequence
+
+from .api import LadderSpec
+from .rules import Decision, Outcome, VerdictResult, decide, verdict
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One unit of work: a candidate's run at one stage, on one host block, with one seed."""
+
+    stage: str
+    candidate: str
+    host_block: str
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.stage, self.candidate, self.host_block, self.seed)
+
+
+Outcomes = Mapping[tuple[str, str, str, int], Outcome]  # (stage, candidate, hostBlock, seed) -> Outcome
+Phase = Literal["Running", "Succeeded", "Failed"]
+
+
+class PlanError(ValueError):
+    """Recorded decisions that do not fit the spec (the frozen fields changed)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    phase: Phase
+    stage_index: int | None  # the stage being run; None once the ladder has ended
+    entering: dict[str, list[str]]  # stage -> candidates that entered it (stages reached so far)
+    to_run: list[Cell]  # cells of the current stage that have no terminal outcome yet
+    decisions: list[Decision]  # recorded decisions followed by new ones, in stage order
+    new_decisions: list[Decision] = field(default_factory=list)
+    verdict: VerdictResult | None = None
+    message: str = ""
+
+
+def stage_cells(spec: LadderSpec, stage_index: int, entering: Sequence[str]) -> list[Cell]:
+    st = spec.stages[stage_index]
+    return [Cell(st.name, c, hb, s) for c in entering for hb, s in st.cells()]
+
+
+def plan(spec: LadderSpec, outcomes: Outcomes, recorded: Sequence[Decision] = ()) -> Plan:
+    direction = spec.objective.direction
+    entering_by: dict[str, list[str]] = {}
+    decisions: list[Decision] = []
+    new: list[Decision] = []
+    entering = spec.candidate_names()
+    if len(recorded) > len(spec.stages):
+        raise PlanError(f"{len(recorded)} decisions recorded for a ladder with {len(spec.stages)} stages")
+    for i, st in enumerate(spec.stages):
+        entering_by[st.name] = entering
+        if i < len(recorded):
+            d = recorded[i]
+            if d.stage != st.name:
+                raise PlanError(f"recorded decision {i} is for stage {d.stage!r}, but stage {i} is {st.name!r}")
+        else:
+            cells = stage_cells(spec, i, entering)
+            pending = [c for c in cells if c.key not in outcomes]
+            if pending:
+                return Plan("Running", i, entering_by, pending, decisions, new)
+            by_cell = {(c.candidate, c.host_block, c.seed): outcomes[c.key] for c in cells}
+            d = decide(st, entering, by_cell, direction)
+            new.append(d)
+        decisions.append(d)
+        if not d.promoted and i < len(spec.stages) - 1:
+            return Plan("Failed", None, entering_by, [], decisions, new,
+                        message=f"stage {st.name!r}: no candidate completed every cell, nothing to promote")
+        entering = d.promoted
+    final = decisions[-1]
+    v = verdict(final, spec.verdict, direction)
+    if v.winner is None:
+        return Plan("Failed", None, entering_by, [], decisions, new, v,
+                    message=f"final stage {final.stage!r}: no candidate completed every cell")
+    return Plan("Succeeded", None, entering_by, [], decisions, new, v, message=f"winner: {v.winner}")

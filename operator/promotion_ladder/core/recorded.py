@@ -1,0 +1,60 @@
+"""Recorded results (RESULTS.jsonl) for `ladder simulate`: one cell per line.
+
+{"stage": "10m", "candidate": "bridge", "hostBlock": "a100", "seed": 1, "value": 1.21, "trainSeconds": 600}
+A null or missing value records a failed cell; trainSeconds is optional (the budget is used).
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import Field, ValidationError
+
+from .api import _Model, pydantic_errors
+from .rules import Outcome
+
+
+class RecordedResult(_Model):
+    stage: str
+    candidate: str
+    host_block: str
+    seed: int
+    value: float | None = None
+    train_seconds: float | None = Field(None, ge=0)
+    reason: str | None = None
+
+
+class RecordedResultsInvalid(ValueError):
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+def parse_results(text: str, source: str = "results") -> dict[tuple[str, str, str, int], Outcome]:
+    """Parse JSONL into outcomes keyed by (stage, candidate, hostBlock, seed); every bad line is reported."""
+    errors: list[str] = []
+    out: dict[tuple[str, str, str, int], Outcome] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{source}:{n}"
+        try:
+            r = RecordedResult.model_validate(json.loads(line))
+        except json.JSONDecodeError as exc:
+            errors.append(f"{where}: not JSON ({exc.msg})")
+            continue
+        except ValidationError as exc:
+            errors += [f"{where}: {e}" for e in pydantic_errors(exc)]
+            continue
+        key = (r.stage, r.candidate, r.host_block, r.seed)
+        if key in out:
+            errors.append(f"{where}: a second result for cell {r.stage}/{r.candidate}/{r.host_block}/{r.seed}")
+            continue
+        ok = r.value is not None
+        out[key] = Outcome(
+            state="succeeded" if ok else "failed", value=r.value, train_seconds=r.train_seconds,
+            reason=r.reason or ("" if ok else "recorded without a value"),
+        )
+    if errors:
+        raise RecordedResultsInvalid(errors)
+    return out

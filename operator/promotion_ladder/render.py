@@ -1,0 +1,53 @@
+"""Plain-text rendering of a ladder status, for terminals and logs."""
+
+from __future__ import annotations
+
+from .core.status import LadderStatus
+
+
+def _fmt(v: float | None, nd: int = 4) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def status_table(status: LadderStatus) -> str:
+    lines = [f"phase: {status.phase}" + (f"  ({status.message})" if status.message else "")]
+    if status.frozen_hash:
+        lines.append(f"frozen hash: {status.frozen_hash}")
+    for st in status.stages:
+        head = f"\nstage {st.name} (budget {st.budget}): {st.state}"
+        if st.entered is not None:
+            done = sum(c.state in ("Succeeded", "Failed") for c in st.cells)
+            failed = sum(c.state == "Failed" for c in st.cells)
+            head += f", {st.entered} entered, cells {done}/{len(st.cells)} done, {failed} failed"
+        lines.append(head)
+        d = st.decision
+        if d is None:
+            continue
+        rule = f"rule: {d.rule.aggregate}"
+        if d.rule.top is not None:
+            rule += f", top {d.rule.top}"
+        if d.rule.keep:
+            rule += f", keep {', '.join(d.rule.keep)}"
+        if d.rule.within is not None:
+            rule += f", within {d.rule.within}"
+        lines.append(f"  {rule} ({d.rule.direction})")
+        width = max(len(e.candidate) for e in d.ranking)
+        lines.append(f"  {'rank':>4}  {'candidate':<{width}}  {'aggregate':>9}  {'cells (' + ' '.join(d.cells) + ')'}")
+        for e in d.ranking:
+            mark = f"-> {e.promoted_by}" if e.promoted_by else ("" if d.rule.top is None else "cut")
+            cells = " ".join(_fmt(v) for v in e.values)
+            lines.append(f"  {e.rank:>4}  {e.candidate:<{width}}  {_fmt(e.aggregate):>9}  {cells}  {mark}")
+    g = status.gpu_hours
+    if g is not None:
+        lines.append(f"\nGPU-hours executed: {g.total:.1f}  (" + ", ".join(f"{k} {v:.1f}" for k, v in g.by_stage.items()) + ")")
+        for cf in g.counterfactuals:
+            lines.append(
+                f"  counterfactual after {cf.stage}: {cf.entered} candidates through the final stage = "
+                f"{cf.gpu_hours:.1f} GPU-hours (saved {cf.saved_gpu_hours:.1f}, {cf.saved_percent:.1f}%)"
+            )
+    v = status.verdict
+    if v is not None:
+        lines.append(f"\nverdict: winner {v.winner}" + (f", reference {v.reference}" if v.reference else ""))
+        for c in v.checks:
+            lines.append(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name} ({c.type}, {c.candidate}): {c.detail}")
+    return "\n".join(lines)
