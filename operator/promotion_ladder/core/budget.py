@@ -32,3 +32,12 @@ def format_seconds(seconds: float) -> str:
         if n:
             out += f"{n}{unit}"
     return out
+
+
+def cell_deadline_seconds(budget_seconds: float) -> int:
+    """How long a cell may take in all: its budget plus a grace for start-up, compilation,
+    evaluation and reporting (5 minutes, or 10% of the budget when that is more).
+    Used for the Job's activeDeadlineSeconds and the local runner's timeout."""
+    import math
+
+    return int(math.ceil(budget_seconds + max(300.0, 0.1 * budget_seconds)))
