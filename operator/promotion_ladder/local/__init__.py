@@ -1,0 +1,1 @@
+"""Local adapters: run a ladder on this machine without Kubernetes."""
