@@ -1,0 +1,139 @@
+"""`python -m ladder_trainer`: the cell contract's entry point.
+
+    python -m ladder_trainer --config '{"depth": 8}' --seed 1 --budget 2m --result-file out.json
+
+Candidate config is the JSON object; everything else a ladder keeps the same for all its
+cells is a flag or a LADDER_TRAINER_* variable (flags win). Whatever happens, a result
+document is written and the exit code follows promotion_ladder.core.result: 0 ok, 1 error,
+2 bad config, 3 diverged, 4 out of memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from promotion_ladder.core.budget import parse_budget
+from promotion_ladder.core.result import (
+    EXIT_BAD_CONFIG,
+    EXIT_DIVERGED,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_OOM,
+    CellResult,
+)
+
+from .config import ConfigError, parse_config
+from .report import PodAnnotator, ProgressReporter, identity_from_env, log, publish
+
+# flag -> (env variable, type, default); the same table documents the settings in docs/trainer.md.
+SETTINGS = {
+    "device": ("LADDER_TRAINER_DEVICE", str, "auto"),
+    "threads": ("LADDER_TRAINER_THREADS", int, 1),
+    "data": ("LADDER_TRAINER_DATA", str, None),
+    "tokenizer_file": ("LADDER_TRAINER_TOKENIZER_FILE", str, None),
+    "text_field": ("LADDER_TRAINER_TEXT_FIELD", str, "text"),
+    "eval_tokens": ("LADDER_TRAINER_EVAL_TOKENS", int, 0),
+    "compile": ("LADDER_TRAINER_COMPILE", str, "auto"),
+    "dtype": ("LADDER_TRAINER_DTYPE", str, "auto"),
+    "warmup_steps": ("LADDER_TRAINER_WARMUP_STEPS", int, -1),
+    "progress_interval": ("LADDER_TRAINER_PROGRESS_INTERVAL", float, 30.0),
+    "log_interval": ("LADDER_TRAINER_LOG_INTERVAL", float, 10.0),
+    "checkpoint_dir": ("LADDER_TRAINER_CHECKPOINT_DIR", str, None),
+    "max_steps": ("LADDER_TRAINER_MAX_STEPS", int, 0),
+    "fault": ("LADDER_TRAINER_FAULT", str, None),
+}
+CHOICES = {"compile": ("auto", "on", "off"), "dtype": ("auto", "bf16", "fp32")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ladder_trainer", description="Train one ladder cell and report val_bpb.")
+    p.add_argument("--config", default="{}", help="candidate config, a JSON object (see docs/trainer.md)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: LADDER_SEED or 0)")
+    p.add_argument("--budget", required=True, help="wall-clock training budget, e.g. 90s, 2m, 12h")
+    p.add_argument("--result-file", default=None, help="where to write the CellResult JSON")
+    for name, (env, typ, default) in SETTINGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=CHOICES.get(name),
+                       help=f"(env {env}, default {default})")
+    return p
+
+
+def resolve_settings(args: argparse.Namespace, env=None):
+    from .train import Settings
+
+    env = os.environ if env is None else env
+    values = {}
+    for name, (var, typ, default) in SETTINGS.items():
+        value = getattr(args, name)
+        if value is None and env.get(var):
+            try:
+                value = typ(env[var])
+            except ValueError:
+                raise ConfigError(f"{var}={env[var]!r} is not a valid {typ.__name__}") from None
+            if name in CHOICES and value not in CHOICES[name]:
+                raise ConfigError(f"{var} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+        values[name] = default if value is None else value
+    return Settings(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    identity = identity_from_env()
+    seed = args.seed if args.seed is not None else identity.get("seed", 0)
+    identity.setdefault("seed", seed)
+    annotator = PodAnnotator.from_env()
+
+    def finish(status: str, code: int, message: str = "", outcome=None) -> int:
+        fields = {}
+        if outcome is not None:
+            fields = dict(
+                value=outcome.value, train_seconds=outcome.train_seconds, steps=outcome.steps, tokens=outcome.tokens,
+                tokens_per_second=outcome.tokens_per_second, mfu=outcome.mfu,
+                peak_memory_bytes=outcome.peak_memory_bytes, gpu_name=outcome.gpu_name,
+            )
+            message = message or outcome.message
+        result = CellResult(**identity, status=status, message=message, **fields)
+        try:
+            publish(result, args.result_file, annotator)
+        except OSError as exc:
+            log(f"could not write the result file {args.result_file}: {exc}")
+            code = code or EXIT_ERROR
+        print(result.to_json(), flush=True)
+        if message:
+            log(f"{status}: {message}")
+        return code
+
+    try:
+        cfg = parse_config(args.config)
+        budget = parse_budget(args.budget)
+        settings = resolve_settings(args)
+    except (ConfigError, ValueError) as exc:
+        return finish("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
+
+    try:
+        from . import train
+        from .hardware import is_oom
+    except ImportError as exc:
+        return finish("error", EXIT_ERROR, f"the trainer needs torch, numpy and tokenizers (pip install 'promotion-ladder[trainer]'): {exc}")
+
+    progress = ProgressReporter(annotator, settings.progress_interval)
+    try:
+        outcome = train.run(cfg, seed, budget, settings, progress)
+    except ConfigError as exc:
+        return finish("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
+    except Exception as exc:  # noqa: BLE001 - every failure must still produce a result
+        if is_oom(exc):
+            return finish("oom", EXIT_OOM, f"out of memory: {str(exc).splitlines()[0][:500]}; lower device_batch or enable activation_checkpointing")
+        traceback.print_exc()
+        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
+        return finish("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}\n{tail}"[:2000])
+    finally:
+        progress.close()
+    code = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED, "oom": EXIT_OOM}.get(outcome.status, EXIT_ERROR)
+    return finish(outcome.status, code, outcome=outcome)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

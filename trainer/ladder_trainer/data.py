@@ -1,0 +1,328 @@
+"""Corpora, tokenizers and token shards: everything between files on disk and batches.
+
+A prepared corpus is a directory of token shards (the same layout users may hand in as
+pre-tokenized data):
+
+    meta.json          {"format": "ladder-tokens/v1", "vocab_size", "eot", "dtype", "tokenizer", ...}
+    train.bin, val.bin flat token ids (dtype uint16 or uint32), documents separated by `eot`
+    token_bytes.npy    int32[vocab_size]: UTF-8 bytes each token stands for (0 for `eot`)
+
+`token_bytes` is what makes val_bpb independent of the tokenizer. The held-out split is by
+document (a stable hash of its key), so it does not move when a corpus grows.
+
+Preparation runs once per (corpus, tokenizer) and is cached under $LADDER_CACHE/data; a
+file lock makes concurrent cells on one machine wait for the first one instead of racing.
+Nothing is downloaded: the default corpus is the Python standard library's own sources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+FORMAT = "ladder-tokens/v1"
+EOT_TEXT = "<|endoftext|>"
+VAL_PERMILLE = 50  # 5% of documents are held out
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text"}
+BPE_TRAIN_BYTES = 64 * 2**20  # the BPE learns its merges from at most this much training text
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LADDER_CACHE") or Path.home() / ".cache" / "promotion-ladder")
+
+
+def log(msg: str) -> None:
+    print(f"[ladder-trainer] {msg}", file=sys.stderr, flush=True)
+
+
+# ---- documents -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Doc:
+    key: str  # stable identity (relative path, "file:line"), decides the split
+    text: str
+
+
+def is_val(key: str) -> bool:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 1000 < VAL_PERMILLE
+
+
+def stdlib_files() -> list[tuple[str, Path]]:
+    """The standard library's .py sources in a deterministic order (sorted relative paths)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                p = Path(dirpath) / name
+                out.append((p.relative_to(root).as_posix(), p))
+    out.sort()
+    return out
+
+
+def user_files(path: Path) -> list[tuple[str, Path]]:
+    if path.is_file():
+        return [(path.name, path)]
+    if not path.is_dir():
+        raise FileNotFoundError(f"--data {path}: no such file or directory")
+    files = sorted(
+        (p.relative_to(path).as_posix(), p)
+        for p in path.rglob("*")
+        if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.suffix in (".jsonl", ".parquet"))
+    )
+    if not files:
+        raise FileNotFoundError(f"--data {path}: no .txt/.md/.py/.jsonl/.parquet files inside")
+    return files
+
+
+def iter_docs(files: list[tuple[str, Path]], text_field: str = "text") -> Iterator[Doc]:
+    for rel, p in files:
+        if p.suffix == ".jsonl":
+            with open(p, encoding="utf-8") as fh:
+                for i, line in enumerate(fh):
+                    if line.strip():
+                        row = json.loads(line)
+                        if text_field not in row:
+                            raise ValueError(f"{p}:{i + 1}: no {text_field!r} field (set --text-field)")
+                        yield Doc(f"{rel}:{i}", str(row[text_field]))
+        elif p.suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise RuntimeError(f"{p}: reading parquet needs pyarrow (pip install pyarrow)") from None
+            for i, text in enumerate(pq.read_table(p, columns=[text_field]).column(text_field).to_pylist()):
+                yield Doc(f"{rel}:{i}", str(text))
+        else:
+            try:
+                yield Doc(rel, p.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                continue  # a few stdlib test files are deliberately not UTF-8
+
+
+def fingerprint(files: list[tuple[str, Path]], extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for rel, p in files:
+        st = p.stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# ---- tokenizers ----------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte <-> printable character table, used by the ByteLevel pre-tokenizer."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+class ByteTokenizer:
+    """Token i < 256 is byte i; 256 is end-of-text."""
+
+    name = "byte"
+    vocab_size = 257
+    eot = 256
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(np.uint32) for t in texts]
+
+    def token_bytes(self) -> np.ndarray:
+        out = np.ones(self.vocab_size, dtype=np.int32)
+        out[self.eot] = 0
+        return out
+
+
+class BPETokenizer:
+    """A byte-level BPE (GPT-2 style pre-tokenizer) from the `tokenizers` library."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.name = "bpe"
+        self.vocab_size = tok.get_vocab_size()
+        self.eot = tok.token_to_id(EOT_TEXT)
+
+    @classmethod
+    def train(cls, texts: Iterator[str], vocab_size: int) -> "BPETokenizer":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT_TEXT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path: Path) -> "BPETokenizer":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)))
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.uint32) for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def token_bytes(self) -> np.ndarray:
+        out = np.zeros(self.vocab_size, dtype=np.int32)
+        special = {t.content for t in self.tok.get_added_tokens_decoder().values()}
+        for token, i in self.tok.get_vocab().items():
+            # ByteLevel maps each byte to one character, so the string length is the byte count.
+            out[i] = 0 if token in special else len(token)
+        return out
+
+
+# ---- prepared shards -----------------------------------------------------------------------
+
+
+@dataclass
+class Shards:
+    path: Path
+    vocab_size: int
+    eot: int
+    train: np.ndarray
+    val: np.ndarray
+    token_bytes: np.ndarray
+    meta: dict
+
+    @classmethod
+    def open(cls, path: Path) -> "Shards":
+        meta_path = path / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{path}: not a token-shard directory (no meta.json)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        dtype = np.dtype(meta["dtype"])
+        train = np.memmap(path / "train.bin", dtype=dtype, mode="r")
+        val = np.memmap(path / "val.bin", dtype=dtype, mode="r")
+        token_bytes = np.load(path / "token_bytes.npy").astype(np.int64)
+        if len(token_bytes) != meta["vocab_size"]:
+            raise ValueError(f"{path}: token_bytes.npy has {len(token_bytes)} entries, vocab_size is {meta['vocab_size']}")
+        return cls(path, int(meta["vocab_size"]), int(meta["eot"]), train, val, token_bytes, meta)
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare(
+    tokenizer: str,
+    vocab_size: int,
+    data: str | None = None,
+    tokenizer_file: str | None = None,
+    text_field: str = "text",
+) -> Shards:
+    """Token shards for (corpus, tokenizer), building and caching them on first use."""
+    if data and (Path(data) / "meta.json").exists():
+        return Shards.open(Path(data))  # already tokenized by the user
+    files = user_files(Path(data)) if data else stdlib_files()
+    source = str(Path(data).resolve()) if data else f"python-stdlib-{sys.version_info[0]}.{sys.version_info[1]}"
+    tok_id = f"file-{hashlib.sha256(Path(tokenizer_file).read_bytes()).hexdigest()[:12]}" if tokenizer_file else (
+        "byte" if tokenizer == "byte" else f"bpe{vocab_size}"
+    )
+    corpus_id = fingerprint(files, extra=f"{source}\0{text_field}")
+    out = cache_root() / "data" / f"{corpus_id}-{tok_id}"
+    if (out / "meta.json").exists():
+        return Shards.open(out)
+    with _locked(cache_root() / "data" / f".{corpus_id}-{tok_id}.lock"):
+        if (out / "meta.json").exists():  # another cell built it while we waited
+            return Shards.open(out)
+        t0 = time.time()
+        log(f"preparing corpus {source} ({len(files)} files) with tokenizer {tok_id} -> {out}")
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+        try:
+            _build(tmp, files, tokenizer, vocab_size, tokenizer_file, text_field, source)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log(f"corpus prepared in {time.time() - t0:.1f}s")
+    return Shards.open(out)
+
+
+def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, text_field: str, source: str) -> None:
+    train_docs: list[str] = []
+    val_docs: list[str] = []
+    for doc in iter_docs(files, text_field):
+        if doc.text:
+            (val_docs if is_val(doc.key) else train_docs).append(doc.text)
+    if not val_docs:  # tiny corpora: hold out the last document rather than nothing
+        val_docs.append(train_docs.pop())
+    if not train_docs:
+        raise ValueError(f"corpus {source}: needs at least two non-empty documents")
+    if tokenizer_file:
+        tok = BPETokenizer.load(Path(tokenizer_file))
+        shutil.copy(tokenizer_file, out / "tokenizer.json")
+    elif tokenizer == "byte":
+        tok = ByteTokenizer()
+    else:
+        tok = BPETokenizer.train(_bounded(train_docs, BPE_TRAIN_BYTES), vocab_size)
+        tok.tok.save(str(out / "tokenizer.json"))
+    if tok.eot is None:
+        raise ValueError(f"tokenizer {tokenizer_file}: has no {EOT_TEXT} token")
+    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
+    counts = {}
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        with open(out / f"{split}.bin", "wb") as fh:
+            n = 0
+            for i in range(0, len(docs), 256):
+                for ids in tok.encode_batch(docs[i : i + 256]):
+                    arr = np.append(ids, tok.eot).astype(dtype)
+                    fh.write(arr.tobytes())
+                    n += len(arr)
+            counts[split] = n
+    np.save(out / "token_bytes.npy", tok.token_bytes())
+    meta = {
+        "format": FORMAT,
+        "source": source,
+        "tokenizer": tok.name if not tokenizer_file else f"file:{tokenizer_file}",
+        "vocab_size": tok.vocab_size,
+        "eot": tok.eot,
+        "dtype": np.dtype(dtype).name,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "train_docs": len(train_docs),
+        "val_docs": len(val_docs),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def _bounded(docs: list[str], limit: int) -> Iterator[str]:
+    total = 0
+    for d in docs:
+        if total >= limit:
+            return
+        total += len(d)
+        yield d

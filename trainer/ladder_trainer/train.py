@@ -1,0 +1,339 @@
+"""One cell: train a candidate for a wall-clock budget, then evaluate val_bpb.
+
+The budget clock starts after data preparation, model construction and the untimed warm-up
+steps (which trigger torch.compile and are then undone), and stops training at the first
+micro-batch boundary past the budget; evaluation runs after it, also off the clock. The LR
+schedule follows elapsed training time / budget, so a cell's schedule does not depend on
+how fast its host is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from .config import ConfigError, TrainConfig
+from .hardware import device_name, peak_flops, peak_memory, pick_device, synchronize
+from .model import GPT
+from .optim import build_optimizers, lr_multiplier, set_lr
+from .report import ProgressReporter, log
+
+
+@dataclass
+class Settings:
+    """Trainer-level settings: the same for every cell of a ladder, not part of a candidate."""
+
+    device: str = "auto"
+    # CPU threads for torch. 1 by default: cells often share a small machine, and OpenMP
+    # threads competing for busy cores made CPU steps 30x slower in practice.
+    threads: int = 1
+    data: str | None = None  # text/JSONL/parquet file or directory, or a token-shard directory
+    tokenizer_file: str | None = None  # a tokenizers JSON file to use instead of training a BPE
+    text_field: str = "text"
+    eval_tokens: int = 0  # 0 = device default (EVAL_TOKENS_DEFAULT)
+    compile: str = "auto"  # auto (on for CUDA) | on | off
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    warmup_steps: int = -1  # untimed steps to trigger compilation; -1 = auto (2 when compiling)
+    progress_interval: float = 30.0
+    log_interval: float = 10.0
+    checkpoint_dir: str | None = None
+    max_steps: int = 0  # 0 = until the budget is spent
+    fault: str | None = None  # test aid: "nan_at_step:N", "oom_at_step:N", "error_at_step:N"
+
+
+EVAL_TOKENS_DEFAULT = {"cuda": 2**20, "cpu": 2**14}
+
+
+class Diverged(Exception):
+    pass
+
+
+@dataclass
+class Outcome:
+    status: str
+    message: str = ""
+    value: float | None = None
+    train_seconds: float | None = None
+    steps: int | None = None
+    tokens: int | None = None
+    tokens_per_second: float | None = None
+    mfu: float | None = None
+    peak_memory_bytes: int | None = None
+    gpu_name: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Batches:
+    """Random windows of seq_len + 1 tokens from the training split, seeded per cell."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, rows: int, seed: int, device: torch.device):
+        if len(tokens) < seq_len + 2:
+            raise ConfigError(f"seq_len: {seq_len} is longer than the training split ({len(tokens)} tokens)")
+        self.tokens, self.seq_len, self.rows, self.device = tokens, seq_len, rows, device
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = self.rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.rows)
+        buf = np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int64)
+        t = torch.from_numpy(buf)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t[:, :-1], t[:, 1:]
+
+
+@torch.no_grad()
+def evaluate(model, val: np.ndarray, token_bytes: np.ndarray, n_tokens: int, seq_len: int, rows: int,
+             device: torch.device, autocast, eager=None) -> dict:
+    """val_bpb over the first n_tokens targets of the held-out split.
+
+    Targets that stand for no bytes (end-of-text) are left out of both sums, so the metric
+    is bits per byte of text whatever the tokenizer. `eager` runs the one shorter window at
+    the end without triggering a recompilation of `model`.
+    """
+    n_tokens = min(n_tokens, len(val) - 1)
+    tokens = torch.from_numpy(np.asarray(val[: n_tokens + 1]).astype(np.int64))
+    tb = torch.from_numpy(np.asarray(token_bytes, dtype=np.int64))
+    nats = torch.zeros((), dtype=torch.float64)
+    n_bytes = 0
+    full = n_tokens // seq_len
+    windows = [(i * seq_len, seq_len) for i in range(full)]
+    if n_tokens % seq_len:
+        windows.append((full * seq_len, n_tokens % seq_len))
+    i = 0
+    while i < len(windows):
+        length = windows[i][1]
+        group = [w for w in windows[i : i + rows] if w[1] == length]
+        x = torch.stack([tokens[s : s + length] for s, _ in group])
+        y = torch.stack([tokens[s + 1 : s + 1 + length] for s, _ in group])
+        fn = model if (length == seq_len or eager is None) else eager
+        with autocast:
+            loss = fn(x.to(device), y.to(device), reduction="none").float().cpu().view(-1)
+        yb = tb[y.view(-1)]
+        nats += (loss.double() * (yb > 0)).sum()
+        n_bytes += int(yb.sum())
+        i += len(group)
+    bpb = float(nats) / (math.log(2) * n_bytes) if n_bytes else float("nan")
+    return {"val_bpb": bpb, "nats": float(nats), "bytes": n_bytes, "tokens": n_tokens}
+
+
+def _fault(settings: Settings) -> tuple[str | None, int]:
+    if not settings.fault:
+        return None, -1
+    kind, _, step = settings.fault.partition(":")
+    if kind not in ("nan_at_step", "oom_at_step", "error_at_step") or not step.isdigit():
+        raise ConfigError(f"fault {settings.fault!r}: use nan_at_step:N, oom_at_step:N or error_at_step:N")
+    return kind, int(step)
+
+
+def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None = None) -> Outcome:
+    t_setup = time.perf_counter()
+    device = pick_device(settings.device)
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    cfg = cfg.resolve(device.type)
+    fault_kind, fault_step = _fault(settings)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    shards = data_mod.prepare(cfg.tokenizer, cfg.vocab_size, settings.data, settings.tokenizer_file, settings.text_field)
+    use_bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    compile_on = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+
+    model = GPT(cfg, shards.vocab_size, depth=cfg.grow_from_depth or cfg.depth).to(device)
+    optimizers = build_optimizers(model, cfg, device.type)
+    step_fn = torch.compile(model) if compile_on else model
+    batches = Batches(shards.train, cfg.seq_len, cfg.device_batch, seed, device)
+    accum = cfg.grad_accum
+    log(
+        f"model: depth {len(model.blocks)}/{cfg.depth} width {cfg.width} heads {cfg.n_head} "
+        f"params {model.num_params() / 1e6:.2f}M vocab {shards.vocab_size} | device {device} "
+        f"{'bf16' if use_bf16 else 'fp32'} compile {'on' if compile_on else 'off'} | batch {cfg.batch} tokens "
+        f"= {accum} x {cfg.device_batch} x {cfg.seq_len} | budget {budget:g}s | corpus {shards.path.name} "
+        f"({len(shards.train)} train / {len(shards.val)} val tokens)"
+    )
+
+    def forward_backward(x, y) -> torch.Tensor:
+        with autocast:
+            loss = step_fn(x, y)
+        (loss / accum).backward()
+        return loss.detach()
+
+    def optimizer_step() -> None:
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+
+    # Untimed warm-up: compile the training graph, then restore the initial state so the
+    # run is the same with or without it.
+    warmup = settings.warmup_steps if settings.warmup_steps >= 0 else (2 if compile_on else 0)
+    if warmup:
+        t0 = time.perf_counter()
+        model_state = copy.deepcopy(model.state_dict())
+        opt_states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+        for _ in range(warmup):
+            for _ in range(accum):
+                forward_backward(*batches.next())
+            optimizer_step()
+        synchronize(device)
+        model.load_state_dict(model_state)
+        for opt, st in zip(optimizers, opt_states):
+            opt.load_state_dict(st)
+        batches.reset()
+        log(f"warm-up: {warmup} untimed steps in {time.perf_counter() - t0:.1f}s")
+    log(f"setup took {time.perf_counter() - t_setup:.1f}s; training starts")
+
+    steps = 0
+    micro_batches = 0
+    first_loss = None
+    last_loss = float("nan")
+    flops = 0.0
+    flops_per_token = model.flops_per_token(cfg.seq_len)
+    grown = not cfg.grow_from_depth
+    paused = 0.0  # seconds spent off the clock after the start (recompiling after growth)
+    synchronize(device)
+    t_start = time.perf_counter()
+    last_log = t_start
+    elapsed = lambda: time.perf_counter() - t_start - paused  # noqa: E731
+    stop = False
+    while not stop:
+        if settings.max_steps and steps >= settings.max_steps:
+            break
+        if not grown and elapsed() >= cfg.grow_at_frac * budget:
+            paused += _grow(model, cfg, optimizers, forward_backward, batches, device)
+            flops_per_token = model.flops_per_token(cfg.seq_len)
+            grown = True
+        set_lr(optimizers, lr_multiplier(elapsed() / budget, cfg))
+        loss_sum = None
+        for _ in range(accum):
+            x, y = batches.next()  # prepared while the device finishes the previous micro-batch
+            synchronize(device)  # the budget is checked against finished work, per micro-batch
+            if elapsed() >= budget:
+                stop = True
+                break
+            loss = forward_backward(x, y)
+            micro_batches += 1
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+        if stop:
+            model.zero_grad(set_to_none=True)  # an unfinished step is dropped
+            break
+        if fault_kind and steps + 1 == fault_step:
+            _inject(fault_kind, steps + 1)
+            if fault_kind == "nan_at_step":
+                loss_sum = loss_sum * float("nan")
+        last_loss = float(loss_sum) / accum
+        if first_loss is None:
+            first_loss = last_loss
+        if not math.isfinite(last_loss) or last_loss > 2 * first_loss + 1:
+            synchronize(device)
+            train_seconds = elapsed()
+            return Outcome(
+                "diverged",
+                f"training loss {last_loss:.4g} at step {steps + 1} (first step {first_loss:.4g}); "
+                "lower the learning rates or add warmup",
+                train_seconds=train_seconds,
+                steps=steps,
+                tokens=steps * cfg.batch,
+                gpu_name=device_name(device),
+                peak_memory_bytes=peak_memory(device),
+            )
+        optimizer_step()
+        steps += 1
+        flops += flops_per_token * cfg.batch
+        now = time.perf_counter()
+        if progress is not None:
+            progress.update(elapsed=round(elapsed(), 1), step=steps, tokens=steps * cfg.batch, loss=round(last_loss, 4))
+        if steps <= 3 or now - last_log >= settings.log_interval:
+            last_log = now
+            t = elapsed()
+            log(
+                f"step {steps} | {t:.1f}/{budget:g}s | loss {last_loss:.4f} | lr x{lr_multiplier(t / budget, cfg):.3f} "
+                f"| {micro_batches * cfg.device_batch * cfg.seq_len / max(t, 1e-9):,.0f} tok/s"
+            )
+    synchronize(device)
+    train_seconds = elapsed()
+    processed = micro_batches * cfg.device_batch * cfg.seq_len
+    if steps == 0:
+        return Outcome("error", f"no optimizer step finished within the {budget:g}s budget; use a smaller batch",
+                       train_seconds=train_seconds, steps=0, tokens=0, gpu_name=device_name(device))
+
+    t_eval = time.perf_counter()
+    model.eval()
+    eval_tokens = settings.eval_tokens or EVAL_TOKENS_DEFAULT.get(device.type, EVAL_TOKENS_DEFAULT["cpu"])
+    if eval_tokens > len(shards.val) - 1:
+        log(f"eval: only {len(shards.val) - 1} held-out tokens, fewer than the {eval_tokens} asked for")
+    ev = evaluate(step_fn, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device,
+                  autocast, eager=model if compile_on else None)
+    log(
+        f"eval: val_bpb {ev['val_bpb']:.4f} over {ev['tokens']} tokens ({ev['bytes']} bytes) in "
+        f"{time.perf_counter() - t_eval:.1f}s | {steps} steps, {train_seconds:.1f}s, final train loss {last_loss:.4f}"
+    )
+    gpu = device_name(device)
+    peak = peak_flops(gpu) if device.type == "cuda" else None
+    outcome = Outcome(
+        "ok" if math.isfinite(ev["val_bpb"]) else "diverged",
+        "" if math.isfinite(ev["val_bpb"]) else "val_bpb is not finite",
+        value=ev["val_bpb"] if math.isfinite(ev["val_bpb"]) else None,
+        train_seconds=train_seconds,
+        steps=steps,
+        tokens=steps * cfg.batch,
+        tokens_per_second=processed / train_seconds if train_seconds > 0 else None,
+        mfu=flops / (train_seconds * peak) if peak and train_seconds > 0 else None,
+        peak_memory_bytes=peak_memory(device),
+        gpu_name=gpu,
+        extra={"eval": ev, "train_loss": last_loss},
+    )
+    if settings.checkpoint_dir:
+        save_checkpoint(Path(settings.checkpoint_dir), model, cfg, shards, seed, outcome)
+    return outcome
+
+
+def _grow(model: GPT, cfg: TrainConfig, optimizers, forward_backward, batches: Batches, device) -> float:
+    """Insert the remaining blocks; returns the seconds spent off the clock (recompilation)."""
+    before = len(model.blocks)
+    model.grow(cfg.depth)
+    new = [p for b in list(model.blocks)[before:] for p in b.parameters()]
+    opt = optimizers[-1]  # the block-matrix optimizer: Muon, or AdamW's last group
+    group = {k: v for k, v in opt.param_groups[-1].items() if k != "params"}
+    opt.add_param_group({**group, "params": new})
+    t0 = time.perf_counter()
+    forward_backward(*batches.next())  # recompile off the clock; the gradients are dropped
+    model.zero_grad(set_to_none=True)
+    synchronize(device)
+    log(f"grew depth {before} -> {len(model.blocks)}")
+    return time.perf_counter() - t0
+
+
+def _inject(kind: str, step: int) -> None:
+    if kind == "oom_at_step":
+        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by fault oom_at_step:{step})")
+    if kind == "error_at_step":
+        raise RuntimeError(f"injected error (fault error_at_step:{step})")
+
+
+def save_checkpoint(out: Path, model: GPT, cfg: TrainConfig, shards, seed: int, outcome: Outcome) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "vocab_size": shards.vocab_size}, out / "model.pt")
+    (out / "config.json").write_text(json.dumps(
+        {"config": cfg.to_dict(), "seed": seed, "vocab_size": shards.vocab_size, "corpus": str(shards.path),
+         "val_bpb": outcome.value, "steps": outcome.steps}, indent=2))
+    log(f"checkpoint saved to {out}")
