@@ -1,0 +1,104 @@
+"""`ladder run` with a fake cell program (the real trainer runs in tests/trainer and the demo)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from promotion_ladder.core.api import load_ladder
+from promotion_ladder.files import FileError, read_status
+from promotion_ladder.local.cellproc import outcome_from_result
+from promotion_ladder.local.runner import run_ladder
+from promotion_ladder.core.planner import Cell
+
+from .builders import edit, ladder_doc
+
+FAKE = str(Path(__file__).parent / "fixtures" / "fake_trainer.py")
+
+
+def fake_ladder(configs, **kw):
+    doc = ladder_doc(candidates=list(configs), host_blocks=("a", "b"), trainer={"command": [sys.executable, FAKE]}, **kw)
+    for c, cfg in zip(doc["spec"]["candidates"], configs.values()):
+        c["config"] = cfg
+    return doc
+
+
+class Quiet:
+    def __init__(self):
+        self.lines = []
+
+    def write(self, s):
+        self.lines.append(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    @property
+    def text(self):
+        return "".join(self.lines)
+
+
+def test_runs_a_ladder_and_records_failures(tmp_path):
+    doc = fake_ladder({"c0": {"base": 1.0}, "c1": {"base": 0.9}, "c2": {"base": 1.5}, "c3": {"base": 0.5, "fail_stage": "s1"}})
+    out = Quiet()
+    status = run_ladder(load_ladder(doc), tmp_path / "s.json", parallel=2, stream=out, poll_seconds=0.02)
+    assert status.phase == "Succeeded"
+    assert status.verdict.winner == "c1"
+    s1 = status.stages[0]
+    assert s1.decision.promoted == ["c1", "c0"]
+    failed = [c for c in s1.cells if c.state == "Failed"]
+    assert {c.candidate for c in failed} == {"c3"}
+    assert all("diverged: loss is nan" in c.reason for c in failed)
+    saved = read_status(tmp_path / "s.json")
+    assert saved.wire() == status.wire()
+    assert "stage s1 decided" in out.text and "winner: c1" in out.text
+
+
+def test_resume_runs_no_finished_cell_again(tmp_path):
+    doc = fake_ladder({"c0": {"base": 1.0}, "c1": {"base": 0.9}, "c2": {"base": 1.5}, "c3": {"base": 0.7}})
+    ladder = load_ladder(doc)
+    first = run_ladder(ladder, tmp_path / "s.json", stream=Quiet(), poll_seconds=0.02)
+    logs = sorted((tmp_path / "s.cells").rglob("log.txt"))
+    stamps = {p: p.stat().st_mtime_ns for p in logs}
+    again = run_ladder(ladder, tmp_path / "s.json", stream=Quiet(), poll_seconds=0.02)
+    assert again.wire() == first.wire()
+    assert {p: p.stat().st_mtime_ns for p in logs} == stamps
+
+
+def test_resume_refuses_a_changed_ladder(tmp_path):
+    doc = fake_ladder({"c0": {"base": 1.0}, "c1": {"base": 0.9}, "c2": {"base": 1.5}, "c3": {"base": 0.7}})
+    run_ladder(load_ladder(doc), tmp_path / "s.json", stream=Quiet(), poll_seconds=0.02)
+    changed = load_ladder(edit(doc, "spec.candidates.0.config", {"base": 0.1}))
+    with pytest.raises(FileError, match="frozen"):
+        run_ladder(changed, tmp_path / "s.json", stream=Quiet())
+
+
+CELL = Cell("s1", "c0", "a", 1)
+OK_DOC = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult", "status": "ok", "metric": "val_bpb",
+          "value": 1.25, "trainSeconds": 9.5, "ladder": "test", "stage": "s1", "candidate": "c0", "hostBlock": "a", "seed": 1}
+
+OUTCOMES = {
+    "ok": (0, OK_DOC, "succeeded", ""),
+    "no result file": (0, None, "failed", "exit code 0 but no result file"),
+    "crash": (1, None, "failed", "exit code 1 (no result file)"),
+    "diverged": (3, {**OK_DOC, "status": "diverged", "value": None, "message": "nan"}, "failed", "exit code 3 (diverged: nan)"),
+    "forged identity": (0, {**OK_DOC, "candidate": "c9"}, "failed", "does not match the cell"),
+    "wrong metric": (0, {**OK_DOC, "metric": "loss"}, "failed", "reports metric 'loss'"),
+    "ok without value": (0, {**OK_DOC, "value": None}, "failed", "status 'ok' needs a finite 'value'"),
+    "not json": (0, "garbage", "failed", "result is not JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(OUTCOMES))
+def test_outcome_from_result(name):
+    code, doc, state, reason = OUTCOMES[name]
+    text = doc if isinstance(doc, str) or doc is None else json.dumps(doc)
+    o = outcome_from_result(load_ladder(ladder_doc(host_blocks=("a", "b"))), CELL, code, text)
+    assert o.state == state
+    assert reason in o.reason
+    if state == "succeeded":
+        assert (o.value, o.train_seconds) == (1.25, 9.5)
