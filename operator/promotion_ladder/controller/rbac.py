@@ -1,0 +1,96 @@
+"""RBAC as data: what the operator may do, and what a trainer pod may do.
+
+This module is the single source of truth for permissions. The Helm chart's ClusterRole and
+the per-namespace trainer Role are tested against these lists, and the operator creates the
+trainer's ServiceAccount/Role/RoleBinding in each ladder's namespace from `trainer_objects`.
+
+Why each operator rule exists is written next to it; keep it least-privilege.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.api import GROUP, PLURAL
+
+Rule = dict[str, list[str]]
+
+# The trainer pods run under this ServiceAccount; the operator ensures it (and its Role and
+# RoleBinding of the same name) exists in every namespace that holds a ladder.
+TRAINER_SERVICE_ACCOUNT = "ladder-trainer"
+TRAINER_ROLE = "ladder-trainer"
+
+# The operator's ClusterRole (or Role when it watches only some namespaces).
+OPERATOR_RULES: list[Rule] = [
+    # The custom resource: watch it, read it, write its status (the durable record).
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch", "update"]},
+    # One Job per cell; deletion only through owner-reference garbage collection, but the
+    # operator deletes a Job of a cell that is no longer wanted (kept minimal: no deletecollection).
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    # Results arrive as Pod annotations and termination messages: read-only on pods.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    # An Event for each stage decision and each rejected result (both APIs: kopf and kubectl use either).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    # The trainer's identity in each ladder's namespace (created if absent, never modified).
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
+    # Kopf: resource discovery and namespace watching when run cluster-wide or with globs.
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+]
+
+# Rules the operator must hold itself only because it grants them to the trainer
+# (RBAC escalation prevention: one can only grant what one has).
+_TRAINER_GRANT_RULES: list[Rule] = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
+]
+OPERATOR_RULES += _TRAINER_GRANT_RULES
+
+# A trainer pod may read and annotate pods in its own namespace, and nothing more: it patches
+# its own Pod's ladder.promotion.dev/result annotation. (RBAC cannot say "only your own pod"
+# without knowing the name in advance; the operator's result intake checks the identity.)
+TRAINER_RULES: list[Rule] = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
+]
+
+
+def _labels() -> dict[str, str]:
+    return {"app.kubernetes.io/name": "promotion-ladder", "app.kubernetes.io/component": "trainer",
+            "app.kubernetes.io/managed-by": "promotion-ladder-operator"}
+
+
+def trainer_objects(namespace: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding that let trainer pods in `namespace` report results."""
+    meta = lambda: {"name": TRAINER_SERVICE_ACCOUNT, "namespace": namespace, "labels": _labels()}  # noqa: E731
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(), "automountServiceAccountToken": True},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {**meta(), "name": TRAINER_ROLE},
+         "rules": [dict(r) for r in TRAINER_RULES]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {**meta(), "name": TRAINER_ROLE},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": TRAINER_ROLE},
+         "subjects": [{"kind": "ServiceAccount", "name": TRAINER_SERVICE_ACCOUNT, "namespace": namespace}]},
+    ]
+
+
+def operator_cluster_role(name: str = "promotion-ladder-operator") -> dict[str, Any]:
+    """The operator's ClusterRole as a manifest (the chart renders the same rules)."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name}, "rules": [dict(r) for r in OPERATOR_RULES]}
+
+
+def covers(granted: list[Rule], needed: list[Rule]) -> list[str]:
+    """Which (group, resource, verb) of `needed` the `granted` rules do not allow; [] when covered.
+    For the chart's tests: render the chart, pass its rules as `granted`."""
+    missing = []
+    for rule in needed:
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                for v in rule["verbs"]:
+                    if not any((g in x.get("apiGroups", []) or "*" in x.get("apiGroups", []))
+                               and (r in x.get("resources", []) or "*" in x.get("resources", []))
+                               and (v in x.get("verbs", []) or "*" in x.get("verbs", []))
+                               for x in granted):
+                        missing.append(f"{g or 'core'}/{r}:{v}")
+    return missing
