@@ -1,0 +1,179 @@
+"""python -m localcluster up|down|agent: run the local control plane (and simulated nodes) by hand.
+
+  up    [--dir D] [--nodes SPEC] [--foreground]
+        Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and (unless
+        --nodes none) the node agent, detached; prints the kubeconfig path. SPEC is
+        'default' (a100-0, a100-1, l40s-0; 4 GPUs each), 'none', or KIND=COUNT[:GPUS],...
+        with KIND in a100, h100, l40s. With --foreground it stays attached and stops
+        everything on Ctrl-C.
+  down  [--dir D] [--keep]
+        Stops everything `up` started in D (default: the last `up`), and removes D when
+        `up` created it as a temporary directory (unless --keep).
+  agent --kubeconfig K --dir D [--nodes SPEC]
+        Runs only the node agent in the foreground (what `up` starts in the background).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import binaries
+from .processes import group_alive, spawn, stop_group
+
+LAST = "localcluster.last"  # under the cache dir: the directory of the last `up`
+
+
+def _last_file() -> Path:
+    return binaries.cache_dir() / LAST
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .cluster import LocalCluster
+    from .controlplane import ControlPlane
+    from .nodeagent import parse_nodes
+
+    nodes = parse_nodes(args.nodes)
+    created = args.dir is None
+    directory = Path(args.dir or tempfile.mkdtemp(prefix="localcluster-")).resolve()
+    if (directory / "state.json").exists() and _alive(json.loads((directory / "state.json").read_text())):
+        print(f"localcluster: already running in {directory}; `python -m localcluster down --dir {directory}` first",
+              file=sys.stderr)
+        return 1
+    t0 = time.monotonic()
+    if args.foreground:
+        cluster = LocalCluster.start(directory, nodes, die_with_parent=True)
+        _print_up(cluster.control_plane, directory, time.monotonic() - t0)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        cluster.stop()
+        return 0
+    cp = ControlPlane(dir=directory, die_with_parent=False).start()
+    state = cp.state()
+    state["created_dir"] = created
+    if nodes:
+        agent_log = directory / "logs" / "node-agent.log"
+        proc = spawn([sys.executable, "-m", "localcluster", "agent", "--kubeconfig", str(cp.kubeconfig),
+                      "--dir", str(directory / "nodes"), "--nodes", args.nodes],
+                     log_path=agent_log, die_with_parent=False)
+        state["components"]["node-agent"] = {"pid": proc.pid, "log": str(agent_log)}
+        (directory / "state.json").write_text(json.dumps(state, indent=2))
+        try:
+            _wait_nodes(cp.kubeconfig, [n.name for n in nodes], proc, agent_log)
+        except Exception as exc:
+            _stop_state(state)
+            print(f"localcluster: node agent failed: {exc}", file=sys.stderr)
+            return 1
+    (directory / "state.json").write_text(json.dumps(state, indent=2))
+    _last_file().parent.mkdir(parents=True, exist_ok=True)
+    _last_file().write_text(str(directory))
+    _print_up(cp, directory, time.monotonic() - t0)
+    return 0
+
+
+def _wait_nodes(kubeconfig: Path, names: list[str], proc: subprocess.Popen, agent_log: Path) -> None:
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}; see {agent_log}")
+        ready = {n.metadata.name for n in core.list_node().items
+                 if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or []) and not n.spec.taints}
+        if set(names) <= ready:
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"nodes {names} not Ready after 60s; see {agent_log}")
+
+
+def _print_up(cp, directory: Path, seconds: float) -> None:
+    print(f"localcluster: up in {seconds:.0f}s: {cp.server} (logs: {directory / 'logs'}, pod logs: {directory / 'nodes' / 'logs'})")
+    print(f"export KUBECONFIG={cp.kubeconfig}")
+    print(f"# stop with: python -m localcluster down --dir {directory}")
+
+
+def _alive(state: dict) -> bool:
+    return any(group_alive(c["pid"]) for c in state.get("components", {}).values())
+
+
+def _stop_state(state: dict) -> None:
+    comps = state.get("components", {})
+    # Agent first (it kills its pods), then the control plane in reverse start order.
+    for name in ["node-agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]:
+        if name in comps:
+            stop_group(comps[name]["pid"], grace=10.0 if name == "node-agent" else 5.0)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    directory = Path(args.dir) if args.dir else (Path(_last_file().read_text()) if _last_file().exists() else None)
+    if directory is None or not (directory / "state.json").exists():
+        print(f"localcluster: nothing to stop ({'no --dir and no last `up`' if directory is None else f'no {directory}/state.json'})",
+              file=sys.stderr)
+        return 1
+    state = json.loads((directory / "state.json").read_text())
+    _stop_state(state)
+    if state.get("created_dir") and not args.keep:
+        import shutil
+        shutil.rmtree(directory, ignore_errors=True)
+        print(f"localcluster: stopped; removed {directory}")
+    else:
+        (directory / "state.json").unlink(missing_ok=True)
+        print(f"localcluster: stopped; kept {directory}")
+    if _last_file().exists() and _last_file().read_text() == str(directory):
+        _last_file().unlink()
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from .nodeagent import NodeAgent, parse_nodes
+
+    agent = NodeAgent(Path(args.kubeconfig), parse_nodes(args.nodes), Path(args.dir)).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    agent.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start a local cluster")
+    up.add_argument("--dir", help="cluster directory (default: a new temporary directory)")
+    up.add_argument("--nodes", default="default", help="default | none | KIND=COUNT[:GPUS],... (default: default)")
+    up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops everything")
+    down = sub.add_parser("down", help="stop a local cluster")
+    down.add_argument("--dir", help="cluster directory (default: the last `up`)")
+    down.add_argument("--keep", action="store_true", help="keep the directory (logs)")
+    agent = sub.add_parser("agent", help="run the node agent in the foreground")
+    agent.add_argument("--kubeconfig", required=True)
+    agent.add_argument("--dir", required=True)
+    agent.add_argument("--nodes", default="default")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOCALCLUSTER_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    reason = binaries.missing_reason()
+    if args.command == "up" and reason:
+        print(f"localcluster: {reason}", file=sys.stderr)
+        return 2
+    return {"up": cmd_up, "down": cmd_down, "agent": cmd_agent}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

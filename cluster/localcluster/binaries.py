@@ -1,0 +1,38 @@
+"""Where the control-plane binaries built by cluster/build.sh live, and whether they are there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LADDER_CACHE") or Path.home() / ".cache" / "promotion-ladder")
+
+
+def bin_dir() -> Path:
+    """LOCALCLUSTER_BIN if set, else ${LADDER_CACHE:-~/.cache/promotion-ladder}/bin."""
+    return Path(os.environ.get("LOCALCLUSTER_BIN") or cache_dir() / "bin")
+
+
+def missing_binaries(directory: Path | None = None) -> list[str]:
+    directory = directory or bin_dir()
+    return [b for b in BINARIES if not os.access(directory / b, os.X_OK)]
+
+
+def missing_reason(directory: Path | None = None) -> str | None:
+    """One line saying why the control plane cannot start and how to fix it, or None."""
+    directory = directory or bin_dir()
+    missing = missing_binaries(directory)
+    if not missing:
+        return None
+    return (
+        f"local Kubernetes control plane not built ({', '.join(missing)} missing in {directory}): "
+        "run `bash cluster/build.sh` once (needs Go and the Go module proxy; about 30 min cold on 2 cores)"
+    )
+
+
+def helm_path() -> Path:
+    return bin_dir() / "helm"

@@ -1,0 +1,93 @@
+"""pytest fixtures for tests against the local control plane.
+
+Register with ``pytest_plugins = ["localcluster.pytest_plugin"]`` in a conftest.py.
+
+- ``local_cluster_nodes`` (session): the NodeSpecs to simulate; default_nodes() (two a100
+  nodes, one l40s node, 4 GPUs each). Override it in a conftest.py to change them.
+- ``local_cluster`` (session): a started :class:`localcluster.cluster.LocalCluster`
+  (.kubeconfig, .server, .api_client(), .agent, .nodes, .pod_log(ns, pod), .dir). Started once
+  per session, stopped at the end even when tests fail; its processes also die with pytest.
+- ``namespace`` (function): a fresh namespace whose default ServiceAccount exists; deleted
+  (without waiting) after the test.
+
+When the binaries from cluster/build.sh are missing, tests marked ``integration`` are skipped
+with one line saying how to build them; with CI set (CI=true or CI=1) they fail instead, so
+CI cannot pass by skipping. LOCALCLUSTER_KEEP=1 keeps the cluster directory after the session
+(its path is printed) for reading the logs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from . import binaries
+from .nodeagent import NodeSpec, default_nodes
+from .waiting import wait_for
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _require_binaries() -> None:
+    """Skips (fails on CI) from this one place, so the summary shows one line for all tests."""
+    reason = binaries.missing_reason()
+    if reason is None:
+        return
+    if _ci():
+        pytest.fail(f"CI is set, so integration tests must not skip: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("integration") is not None:
+        _require_binaries()
+
+
+@pytest.fixture(scope="session")
+def local_cluster_nodes() -> list[NodeSpec]:
+    return default_nodes()
+
+
+@pytest.fixture(scope="session")
+def local_cluster(local_cluster_nodes: list[NodeSpec]):
+    from .cluster import LocalCluster  # imports the kubernetes client only when needed
+
+    _require_binaries()
+    directory = Path(tempfile.mkdtemp(prefix="localcluster-"))
+    cluster = LocalCluster.start(directory, local_cluster_nodes)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if os.environ.get("LOCALCLUSTER_KEEP"):
+            print(f"\nlocalcluster: kept {directory} (LOCALCLUSTER_KEEP)")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def namespace(local_cluster, request: pytest.FixtureRequest):
+    from kubernetes import client
+
+    core = client.CoreV1Api(local_cluster.api_client())
+    base = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{base}-{uuid.uuid4().hex[:5]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"localcluster.dev/test": "true"}}})
+    # Pods are refused until the serviceaccount controller has made "default".
+    wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30,
+             what=f"ServiceAccount {name}/default")
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name)
+        except client.ApiException:
+            pass
