@@ -25,7 +25,7 @@ from promotion_ladder.core.result import (
     CellResult,
 )
 
-from .config import ConfigError, parse_config
+from .config import ConfigError, Settings, parse_config
 from .report import PodAnnotator, ProgressReporter, identity_from_env, log, publish
 
 # flag -> (env variable, type, default); the same table documents the settings in docs/trainer.md.
@@ -61,8 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_settings(args: argparse.Namespace, env=None):
-    from .train import Settings
-
     env = os.environ if env is None else env
     values = {}
     for name, (var, typ, default) in SETTINGS.items():

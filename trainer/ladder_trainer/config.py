@@ -97,6 +97,28 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class Settings:
+    """Trainer-level settings: the same for every cell of a ladder, not part of a candidate."""
+
+    device: str = "auto"
+    # CPU threads for torch. 1 by default: cells often share a small machine, and OpenMP
+    # threads competing for busy cores made CPU steps 30x slower in practice.
+    threads: int = 1
+    data: str | None = None  # text/JSONL/parquet file or directory, or a token-shard directory
+    tokenizer_file: str | None = None  # a tokenizers JSON file to use instead of training a BPE
+    text_field: str = "text"
+    eval_tokens: int = 0  # 0 = device default (train.EVAL_TOKENS_DEFAULT)
+    compile: str = "auto"  # auto (on for CUDA) | on | off
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    warmup_steps: int = -1  # untimed steps to trigger compilation; -1 = auto (2 when compiling)
+    progress_interval: float = 30.0
+    log_interval: float = 10.0
+    checkpoint_dir: str | None = None
+    max_steps: int = 0  # 0 = until the budget is spent
+    fault: str | None = None  # test aid: "nan_at_step:N", "oom_at_step:N", "error_at_step:N"
+
+
 _CHOICES = {"tokenizer": ("bpe", "byte"), "optimizer": ("adamw", "muon")}
 # (key, lower bound, inclusive) for numeric checks; ranges are deliberately loose.
 _POSITIVE_INT = ("depth", "aspect_ratio", "head_dim", "mlp_ratio", "seq_len")

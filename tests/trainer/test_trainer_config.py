@@ -1,0 +1,87 @@
+"""Candidate config validation: every bad input names its key and exits 2 (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ladder_trainer.cli import main
+from ladder_trainer.config import ConfigError, TrainConfig, parse_config
+from promotion_ladder.core.result import EXIT_BAD_CONFIG, parse_result
+
+BAD = {
+    "unknown key": ({"detph": 4}, "detph"),
+    "int as string": ({"depth": "4"}, "depth"),
+    "bool as int": ({"depth": True}, "depth"),
+    "fractional int": ({"seq_len": 12.5}, "seq_len"),
+    "number as bool": ({"activation_checkpointing": 1}, "activation_checkpointing"),
+    "unknown optimizer": ({"optimizer": "sgd"}, "optimizer"),
+    "unknown tokenizer": ({"tokenizer": "wordpiece"}, "tokenizer"),
+    "zero depth": ({"depth": 0}, "depth"),
+    "negative lr": ({"matrix_lr": -1e-3}, "matrix_lr"),
+    "fraction above one": ({"warmdown_frac": 1.5}, "warmdown_frac"),
+    "schedule over one": ({"warmup_frac": 0.6, "warmdown_frac": 0.6}, "warmup_frac"),
+    "byte vocab": ({"tokenizer": "byte", "vocab_size": 1000}, "vocab_size"),
+    "odd head_dim": ({"head_dim": 15}, "head_dim"),
+    "growth not smaller": ({"depth": 4, "grow_from_depth": 4}, "grow_from_depth"),
+    "not an object": ([1, 2], "JSON object"),
+}
+
+
+@pytest.mark.parametrize("raw,needle", BAD.values(), ids=BAD.keys())
+def test_bad_config_names_the_key(raw, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_config(raw)
+
+
+GOOD = {
+    "empty": ({}, TrainConfig()),
+    "ints accepted as floats": ({"matrix_lr": 1}, TrainConfig(matrix_lr=1.0)),
+    "integral floats accepted as ints": ({"depth": 8.0}, TrainConfig(depth=8)),
+    "muon": ({"optimizer": "muon"}, TrainConfig(optimizer="muon")),
+}
+
+
+@pytest.mark.parametrize("raw,want", GOOD.values(), ids=GOOD.keys())
+def test_good_config(raw, want):
+    assert parse_config(raw) == want
+
+
+def test_width_rounds_up_to_head_dim():
+    cfg = parse_config({"depth": 8, "aspect_ratio": 48, "head_dim": 128})
+    assert (cfg.width, cfg.n_head) == (384, 3)
+    assert parse_config({"depth": 3, "aspect_ratio": 50, "head_dim": 64}).width == 192
+
+
+def test_batch_must_split_into_micro_batches():
+    with pytest.raises(ConfigError, match="batch"):
+        parse_config({"seq_len": 100, "batch": 250}).resolve("cpu")
+    cfg = parse_config({"seq_len": 128, "batch": 1024, "device_batch": 2}).resolve("cpu")
+    assert cfg.grad_accum == 4
+
+
+def test_cli_bad_config_exits_2_with_a_result(tmp_path, capsys):
+    out = tmp_path / "result.json"
+    code = main(["--config", json.dumps({"depth": 2, "widht": 3}), "--budget", "5s", "--result-file", str(out)])
+    assert code == EXIT_BAD_CONFIG
+    result = parse_result(out.read_text())
+    assert result.status == "error" and "widht" in result.message
+    assert "widht" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--config", "{not json", "--budget", "5s"], "JSON"),
+    (["--config", "{}", "--budget", "five"], "budget"),
+])
+def test_cli_bad_json_or_budget_exits_2(args, needle, tmp_path):
+    out = tmp_path / "r.json"
+    assert main([*args, "--result-file", str(out)]) == EXIT_BAD_CONFIG
+    assert needle in parse_result(out.read_text()).message
+
+
+def test_bad_setting_env_exits_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("LADDER_TRAINER_EVAL_TOKENS", "lots")
+    out = tmp_path / "r.json"
+    assert main(["--budget", "5s", "--result-file", str(out)]) == EXIT_BAD_CONFIG
+    assert "LADDER_TRAINER_EVAL_TOKENS" in parse_result(out.read_text()).message

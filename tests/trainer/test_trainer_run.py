@@ -1,0 +1,122 @@
+"""Whole cells on CPU: results, budgets, divergence, out-of-memory, checkpoints, growth."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytestmark = pytest.mark.torch
+pytest.importorskip("torch")
+
+from ladder_trainer.config import Settings, parse_config  # noqa: E402
+from ladder_trainer.train import run  # noqa: E402
+from promotion_ladder.core.result import EXIT_DIVERGED, EXIT_ERROR, EXIT_OOM, parse_result  # noqa: E402
+
+from .conftest import TINY, run_cli  # noqa: E402
+
+
+def settings(corpus, **kw) -> Settings:
+    return Settings(data=str(corpus), eval_tokens=512, log_interval=60, **kw)
+
+
+def test_tiny_cell_writes_a_valid_result_with_identity(corpus, tmp_path):
+    out = tmp_path / "result.json"
+    env = {"LADDER_NAME": "demo", "LADDER_STAGE": "s1", "LADDER_CANDIDATE": "bridge",
+           "LADDER_HOST_BLOCK": "cpu", "LADDER_SEED": "7"}
+    t0 = time.monotonic()
+    proc = run_cli(["--config", json.dumps(TINY), "--seed", "7", "--budget", "2s", "--result-file", str(out),
+                    "--data", str(corpus), "--eval-tokens", "512"], env=env)
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    result = parse_result(out.read_text())
+    assert result.identity() == ("demo", "s1", "bridge", "cpu", 7)
+    assert result.status == "ok" and result.metric == "val_bpb"
+    assert 0 < result.value < 12
+    assert result.steps > 0 and result.tokens == result.steps * TINY["batch"]
+    assert result.tokens_per_second > 0 and result.peak_memory_bytes > 0
+    assert result.mfu is None and result.gpu_name is None  # no GPU, no MFU
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == json.loads(out.read_text())
+    assert "val_bpb" in proc.stderr  # progress lines go to stderr
+    assert wall < 60
+
+
+@pytest.mark.parametrize("budget", [1.0, 2.5])
+def test_budget_is_respected(corpus, budget):
+    cfg = parse_config({**TINY, "depth": 2})
+    out = run(cfg, seed=0, budget=budget, settings=settings(corpus))
+    assert out.status == "ok"
+    assert budget <= out.train_seconds < budget + 0.5  # one micro-batch at most past the budget
+
+
+def test_same_seed_same_result(corpus):
+    cfg = parse_config(TINY)
+    a = run(cfg, 3, 60, settings(corpus, max_steps=5))
+    b = run(cfg, 3, 60, settings(corpus, max_steps=5))
+    c = run(cfg, 4, 60, settings(corpus, max_steps=5))
+    assert a.value == b.value and a.value != c.value
+
+
+def test_val_bpb_improves_with_training(corpus):
+    cfg = parse_config({**TINY, "matrix_lr": 0.01})
+    short = run(cfg, 0, 60, settings(corpus, max_steps=1))
+    longer = run(cfg, 0, 60, settings(corpus, max_steps=60))
+    assert longer.value < short.value - 0.5
+
+
+def test_nan_loss_ends_as_diverged(corpus, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_cli(["--config", json.dumps(TINY), "--budget", "30s", "--result-file", str(out),
+                    "--data", str(corpus)], env={"LADDER_TRAINER_FAULT": "nan_at_step:3"})
+    assert proc.returncode == EXIT_DIVERGED, proc.stderr
+    result = parse_result(out.read_text())
+    assert result.status == "diverged" and result.value is None
+    assert "step 3" in result.message and result.steps == 2
+    assert result.train_seconds < 30
+
+
+def test_exploding_learning_rate_ends_as_diverged(corpus):
+    cfg = parse_config({**TINY, "matrix_lr": 1e4, "embedding_lr": 1e4, "unembedding_lr": 1e4, "grad_clip": 0})
+    out = run(cfg, 0, 30, settings(corpus))
+    assert out.status == "diverged", out
+    assert out.train_seconds < 30
+
+
+def test_out_of_memory_exits_4(corpus, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_cli(["--config", json.dumps(TINY), "--budget", "30s", "--result-file", str(out),
+                    "--data", str(corpus), "--fault", "oom_at_step:2"])
+    assert proc.returncode == EXIT_OOM, proc.stderr
+    result = parse_result(out.read_text())
+    assert result.status == "oom" and "device_batch" in result.message
+
+
+def test_unexpected_error_exits_1_with_the_reason(corpus, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_cli(["--config", json.dumps(TINY), "--budget", "30s", "--result-file", str(out),
+                    "--data", str(corpus), "--fault", "error_at_step:1"])
+    assert proc.returncode == EXIT_ERROR
+    assert "injected error" in parse_result(out.read_text()).message
+
+
+def test_checkpoint_holds_model_and_config(corpus, tmp_path):
+    import torch
+
+    out = run(parse_config(TINY), 0, 60, settings(corpus, max_steps=2, checkpoint_dir=str(tmp_path / "ckpt")))
+    saved = torch.load(tmp_path / "ckpt" / "model.pt")
+    assert saved["config"]["depth"] == TINY["depth"] and "embed.weight" in saved["model"]
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["val_bpb"] == out.value
+
+
+@pytest.mark.parametrize("extra", [
+    {"optimizer": "muon"},
+    {"activation_checkpointing": True},
+    {"tie_embeddings": True, "logit_softcap": 0},
+    {"depth": 3, "grow_from_depth": 1, "grow_at_frac": 0.3},
+    {"batch": 128, "device_batch": 1, "warmup_frac": 0.1},
+], ids=["muon", "checkpointing", "tied", "growth", "grad-accum"])
+def test_variants_train(corpus, extra):
+    out = run(parse_config({**TINY, **extra}), 0, 1.5, settings(corpus))
+    assert out.status == "ok", out
+    assert out.steps > 1
