@@ -61,6 +61,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if status.phase == "Succeeded" else 3
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import run_report
+
+    return run_report(args)
+
+
 def _cmd_operator(args: argparse.Namespace) -> int:
     try:
         from .controller.main import run_operator
@@ -94,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", help="where cell results and logs go (default: <status file>.cells/)")
     s.add_argument("--fresh", action="store_true", help="ignore an existing status file and start over")
     s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("report", help="write an audit report (HTML or Markdown, plots embedded) of a status file or a ladder on the cluster")
+    s.add_argument("source", help="status JSON from `ladder run` / `ladder simulate --output json` (- for stdin), "
+                                   "or the name of a PromotionLadder on the cluster")
+    s.add_argument("--ladder", help="the ladder file, to show the frozen spec when SOURCE is a bare status")
+    s.add_argument("-o", "--output", help="report file (default: <ladder name>-report.html or .md; - for stdout)")
+    s.add_argument("--format", choices=["html", "markdown"], help="default: markdown for a .md output, else html")
+    s.add_argument("-n", "--namespace", help="cluster source: namespace (default: the kubeconfig context's)")
+    s.add_argument("--kubeconfig", help="cluster source: kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
+    s.add_argument("--context", help="cluster source: kubeconfig context")
+    s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("operator", help="run the Kubernetes operator (Kopf) against the current kubeconfig")
     s.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (default: all)")

@@ -1,0 +1,352 @@
+"""The report's content as data: sections of text, tables and figure slots, from a status.
+
+Pure (no matplotlib, no I/O): the HTML and Markdown writers render the same `Report`, and
+`plots` draws the figures its sections name. Every number a reader checks is formatted here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from ..core.api import LadderSpec
+from ..core.rules import Decision
+from ..core.status import LadderStatus, StageStatus
+from .source import ReportInput
+
+# Figure keys; per-stage value figures are "cell-values:<stage>".
+RANK_FLOW = "rank-flow"
+GPU_HOURS = "gpu-hours"
+PROGRESS = "progress"
+CELL_VALUES = "cell-values:"
+
+
+@dataclass
+class Table:
+    key: str
+    headers: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+    marks: list[str] = field(default_factory=list)  # per row: "", "promoted", "cut", "failed", "pass", "fail", "total"
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    level: int = 2
+    text: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    title: str
+    subtitle: str
+    warnings: list[str]
+    sections: list[Section]
+
+    def table(self, key: str) -> Table:
+        return next(t for s in self.sections for t in s.tables if t.key == key)
+
+    def figure_keys(self) -> list[str]:
+        return [f for s in self.sections for f in s.figures]
+
+
+def gpu_h(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}%"
+
+
+def val(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def rule_text(d: Decision, n_cells: int) -> str:
+    r = d.rule
+    how = {"mean": "mean", "median": "median", "worst": "worst", "meanRank": "mean rank"}.get(r.aggregate, r.aggregate)
+    parts = [f"rank by {how} over {n_cells} cells ({'lower' if r.direction == 'minimize' else 'higher'} is better)"]
+    if r.top is not None:
+        parts.append(f"promote the top {r.top} complete candidates")
+    if r.within is not None:
+        parts.append(f"and every complete candidate within {r.within:g} of the best")
+    if r.keep:
+        parts.append(f"always keep {', '.join(r.keep)}")
+    if r.top is None and not r.keep:
+        parts.append("final stage: the verdict decides")
+    return "; ".join(parts)
+
+
+def stage_progress(st: StageStatus) -> dict[str, int]:
+    counts = {"Succeeded": 0, "Failed": 0, "Running": 0, "Pending": 0}
+    for c in st.cells:
+        counts[c.state] += 1
+    return counts
+
+
+def is_running(status: LadderStatus) -> bool:
+    return status.phase in ("Pending", "Running") or any(s.state == "Running" for s in status.stages)
+
+
+def _summary(inp: ReportInput) -> Section:
+    s = inp.status
+    rows = [["Ladder", inp.name], ["Source", inp.origin or "-"], ["Phase", s.phase]]
+    if s.message:
+        rows.append(["Message", s.message])
+    if s.current_stage:
+        rows.append(["Current stage", s.current_stage])
+    if s.verdict and s.verdict.winner:
+        rows.append(["Winner", s.verdict.winner])
+    elif s.leader:
+        rows.append(["Leader so far", s.leader])
+    rows.append(["Frozen hash", s.frozen_hash or "-"])
+    g = s.gpu_hours
+    if g is not None:
+        rows.append(["GPU-hours executed", gpu_h(g.total) + (" (so far)" if is_running(s) else "")])
+        seen = set()
+        for c in g.counterfactuals:  # one row per distinct alternative (stages a cut did not shrink repeat it)
+            if c.entered in seen:
+                continue
+            seen.add(c.entered)
+            rows.append([f"Saved vs {gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage} on)",
+                         f"{gpu_h(c.saved_gpu_hours)} GPU-hours ({pct(c.saved_percent)})"
+                         + (", against the GPU-hours so far" if is_running(s) else "")])
+    failed = sum(c.state == "Failed" for st in s.stages for c in st.cells)
+    rows.append(["Failed cells", str(failed)])
+    return Section("summary", "Summary", tables=[Table("summary", ["", ""], rows)])
+
+
+def _progress(s: LadderStatus) -> Section | None:
+    if not is_running(s):
+        return None
+    rows, marks = [], []
+    for st in s.stages:
+        n = stage_progress(st)
+        rows.append([st.name, st.budget, st.state, str(st.entered if st.entered is not None else "-"),
+                     str(len(st.cells)), str(n["Succeeded"]), str(n["Failed"]), str(n["Running"]), str(n["Pending"])])
+        marks.append("current" if st.name == s.current_stage else "")
+    text = [f"The ladder is {s.phase.lower()}" + (f"; current stage {s.current_stage}." if s.current_stage else ".")]
+    if s.leader:
+        text.append(f"Leader of the current stage so far: {s.leader} (provisional: the stage is not decided).")
+    return Section(
+        "progress", "Progress", text=text,
+        tables=[Table("progress", ["Stage", "Budget", "State", "Entered", "Cells", "Succeeded", "Failed", "Running", "Pending"],
+                      rows, marks=marks)],
+        figures=[PROGRESS] if any(st.name == s.current_stage and st.cells for st in s.stages) else [],
+    )
+
+
+def _spec(inp: ReportInput) -> Section:
+    s, spec = inp.status, inp.spec
+    sec = Section("spec", "Frozen spec")
+    if spec is None:
+        sec.text.append(
+            f"Frozen hash {s.frozen_hash or '-'}. The status does not carry the spec; "
+            "pass --ladder FILE (the ladder it was made from) to show it here."
+        )
+        return sec
+    h = spec.frozen_hash()
+    same = s.frozen_hash is None or s.frozen_hash == h
+    sec.text.append(
+        f"Frozen hash {h}" + (" (matches the status)." if s.frozen_hash and same else "." if same else
+                              f" (the status records {s.frozen_hash}: they differ).")
+        + " The hash covers the objective, candidates, stages and verdict: the rules were fixed before any result was seen."
+    )
+    sec.text.append(
+        f"Objective: {spec.objective.direction} {spec.objective.metric}. "
+        f"Trainer (not frozen): {spec.trainer.image}, {spec.trainer.gpus} GPU(s) per cell."
+    )
+    rows = []
+    for st in spec.stages:
+        p = st.promote
+        if p is None:
+            rule = "final: verdict"
+        else:
+            rule = f"top {p.top} by {p.aggregate}"
+            if p.within is not None:
+                rule += f", within {p.within:g}"
+            if p.keep:
+                rule += f", keep {', '.join(p.keep)}"
+        rows.append([st.name, st.budget, ", ".join(st.host_blocks), ", ".join(map(str, st.seeds)), str(len(st.cells())), rule])
+    sec.tables.append(Table("spec-stages", ["Stage", "Budget", "Host blocks", "Seeds", "Cells per candidate", "Promotion rule"],
+                            rows, caption="Stages"))
+    sec.tables.append(Table(
+        "spec-candidates", ["Candidate", "Config"],
+        [[c.name, json.dumps(c.config, sort_keys=True, separators=(", ", ": "))] for c in spec.candidates],
+        caption="Candidates",
+    ))
+    sec.tables.append(Table(
+        "spec-host-blocks", ["Host block", "Node selector"],
+        [[hb.name, ", ".join(f"{k}={v}" for k, v in hb.node_selector.items()) or "-"] for hb in spec.host_blocks],
+        caption="Host blocks",
+    ))
+    if spec.verdict is not None:
+        rows = []
+        for c in spec.verdict.checks:
+            thr = {"nearEquivalence": f"margin {c.margin:g}" if c.margin is not None else "-",
+                   "meanGap": f"maxGap {c.max_gap:g}" if c.max_gap is not None else "-",
+                   "rankFirstAllCells": "first in every final cell"}[c.type]
+            rows.append([c.name, c.type, c.candidate, thr])
+        sec.tables.append(Table("spec-verdict", ["Check", "Type", "Candidate", "Threshold"], rows,
+                                caption=f"Verdict (reference {spec.verdict.reference})"))
+    return sec
+
+
+def _outcome(e, d: Decision, final: bool, winner: str | None) -> tuple[str, str]:
+    if final:
+        if e.candidate == winner:
+            return "winner", "promoted"
+        return ("" if e.complete else "incomplete (failed cells)"), ("" if e.complete else "failed")
+    if e.promoted_by:
+        return f"promoted ({e.promoted_by})", "promoted"
+    return ("cut" if e.complete else "cut: incomplete (failed cells)"), "cut"
+
+
+def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
+    sec = Section(f"stage-{st.name}", f"Stage {st.name} (budget {st.budget})", level=3)
+    n = stage_progress(st)
+    if st.state == "Pending":
+        sec.text.append("Not reached yet.")
+        return sec
+    sec.text.append(
+        f"{st.entered} candidates entered; {len(st.cells)} cells: {n['Succeeded']} succeeded, {n['Failed']} failed"
+        + (f", {n['Running']} running, {n['Pending']} pending" if n["Running"] or n["Pending"] else "") + "."
+    )
+    d = st.decision
+    if st.cells:
+        sec.figures.append(CELL_VALUES + st.name)
+    if d is None:
+        sec.text.append("Not decided yet: the decision is made once every cell of the stage has finished.")
+        labels = list(dict.fromkeys(f"{c.host_block}/{c.seed}" for c in st.cells))
+        by = {}
+        for c in st.cells:
+            by.setdefault(c.candidate, {})[f"{c.host_block}/{c.seed}"] = (
+                val(c.value) if c.state == "Succeeded" else c.state.lower())
+        rows = [[cand] + [cells.get(lbl, "-") for lbl in labels] for cand, cells in by.items()]
+        sec.tables.append(Table(f"cells-{st.name}", ["Candidate"] + labels, rows, caption="Cells so far"))
+        return sec
+    n_cells = len(d.cells)
+    sec.text.append(f"Rule: {rule_text(d, n_cells)}.")
+    winner = s.verdict.winner if s.verdict else None
+    rows, marks = [], []
+    for e in d.ranking:
+        outcome, mark = _outcome(e, d, final, winner)
+        agg = (f"{e.aggregate:.2f}" if d.rule.aggregate == "meanRank" else val(e.aggregate)) if e.aggregate is not None else "-"
+        rows.append([str(e.rank), e.candidate] + [("failed" if v is None else val(v)) for v in e.values] + [agg, outcome])
+        marks.append(mark)
+    agg_name = {"meanRank": "Mean rank"}.get(d.rule.aggregate, d.rule.aggregate.capitalize())
+    sec.tables.append(Table(f"decision-{st.name}", ["Rank", "Candidate"] + list(d.cells) + [agg_name, "Outcome"],
+                            rows, caption="Inputs (value per cell), ranking and outcome", marks=marks))
+    if not final:
+        sec.text.append(f"Promoted ({len(d.promoted)}): {', '.join(d.promoted) or 'none'}.")
+    return sec
+
+
+def _rank_flow(s: LadderStatus) -> Section:
+    if not any(st.decision for st in s.stages):
+        return Section("rank-flow", "Rank flow", text=["No stage decided yet."])
+    return Section("rank-flow", "Rank flow", figures=[RANK_FLOW],
+                   text=["Each line is a candidate: its rank at each decided stage (1 = best). A cross marks the "
+                         "stage that cut it, a square a promotion by the keep rule, the star the winner."])
+
+
+def _decisions(s: LadderStatus) -> list[Section]:
+    out = [Section("stages", "Stage decisions",
+                   text=["For each stage: who entered, every cell's value (the decision's inputs), the frozen rule, "
+                         "and who was promoted. The plots colour cells by host block, so host sensitivity shows."])]
+    for i, st in enumerate(s.stages):
+        out.append(_stage_section(st, i == len(s.stages) - 1, s))
+    return out
+
+
+def _verdict(s: LadderStatus) -> Section:
+    sec = Section("verdict", "Verdict")
+    v = s.verdict
+    if v is None:
+        sec.text.append("No verdict yet: it is computed after the final stage.")
+        return sec
+    sec.text.append(f"Winner: {v.winner or 'none (no candidate completed the final stage)'}"
+                    + (f"; reference: {v.reference}." if v.reference else "."))
+    rows, marks = [], []
+    for c in v.checks:
+        if c.type == "rankFirstAllCells" and c.measured is not None:
+            measured, threshold = f"first in {c.measured:.0f} cells", f"all {c.threshold:.0f} cells"
+        else:
+            measured = val(c.measured)
+            threshold = ("<= " + val(c.threshold)) if c.threshold is not None else "-"
+        rows.append([c.name, c.type, c.candidate, measured, threshold, "PASS" if c.passed else "FAIL", c.detail])
+        marks.append("pass" if c.passed else "fail")
+    sec.tables.append(Table("verdict", ["Check", "Type", "Candidate", "Measured", "Threshold", "Result", "Detail"], rows, marks=marks))
+    return sec
+
+
+def _cost(s: LadderStatus) -> Section:
+    sec = Section("cost", "Cost")
+    g = s.gpu_hours
+    if g is None:
+        sec.text.append("No GPU-hour accounting in the status.")
+        return sec
+    sec.figures.append(GPU_HOURS)
+    running = is_running(s)
+    sec.text.append(
+        f"Executed: {gpu_h(g.total)} GPU-hours" + (" so far (the ladder is still running)" if running else "")
+        + ". A counterfactual is what sending every candidate that entered a stage straight through the "
+        "final stage would have cost; savings are against the executed total."
+    )
+    rows = []
+    for st in s.stages:
+        if st.name in g.by_stage:
+            rows.append([st.name, st.budget, str(st.entered if st.entered is not None else "-"),
+                         str(sum(c.state in ("Succeeded", "Failed") for c in st.cells)), gpu_h(g.by_stage[st.name])])
+    rows.append(["total", "", "", str(sum(c.state in ("Succeeded", "Failed") for st in s.stages for c in st.cells)), gpu_h(g.total)])
+    sec.tables.append(Table("cost-executed", ["Stage", "Budget", "Entered", "Cells run", "GPU-hours"], rows,
+                            caption="Executed", marks=[""] * (len(rows) - 1) + ["total"]))
+    final = s.stages[-1].name if s.stages else "the final stage"
+    cf_rows = [[f"all {c.entered} that entered {c.stage} through {final}", c.stage, str(c.entered), gpu_h(c.gpu_hours),
+                gpu_h(c.saved_gpu_hours), pct(c.saved_percent)] for c in g.counterfactuals]
+    sec.tables.append(Table("cost-counterfactuals", ["Alternative", "Stage", "Candidates", "GPU-hours", "Saved GPU-hours", "Saved"],
+                            cf_rows, caption="Counterfactuals"))
+    sec.tables.append(Table("cost-host-blocks", ["Host block", "GPU-hours"],
+                            [[k, gpu_h(v)] for k, v in g.by_host_block.items()], caption="By host block"))
+    sec.tables.append(Table("cost-candidates", ["Candidate", "GPU-hours"],
+                            [[k, gpu_h(v)] for k, v in sorted(g.by_candidate.items(), key=lambda kv: -kv[1])],
+                            caption="By candidate"))
+    return sec
+
+
+def _failures(s: LadderStatus) -> Section | None:
+    rows = [[st.name, c.candidate, c.host_block, str(c.seed), c.reason or "-"]
+            for st in s.stages for c in st.cells if c.state == "Failed"]
+    if not rows:
+        return None
+    return Section("failed-cells", "Failed cells",
+                   text=["A failed cell has no value; its candidate is incomplete in that stage and is not promoted by rank."],
+                   tables=[Table("failed-cells", ["Stage", "Candidate", "Host block", "Seed", "Reason"], rows,
+                                 marks=["failed"] * len(rows))])
+
+
+def build_report(inp: ReportInput) -> Report:
+    s = inp.status
+    sections = [_summary(inp)]
+    for extra in (_progress(s),):
+        if extra:
+            sections.append(extra)
+    sections += [_rank_flow(s), _verdict(s), _cost(s)]
+    sections += _decisions(s)
+    f = _failures(s)
+    if f:
+        sections.append(f)
+    sections.append(_spec(inp))
+    subtitle = f"{s.phase}" + (f", winner {s.verdict.winner}" if s.verdict and s.verdict.winner else "")
+    return Report(title=f"Promotion ladder report: {inp.name}", subtitle=subtitle, warnings=list(inp.warnings),
+                  sections=sections)
+
+
+def metric_label(spec: LadderSpec | None) -> str:
+    if spec is None:
+        return "value"
+    return f"{spec.objective.metric} ({'lower' if spec.objective.direction == 'minimize' else 'higher'} is better)"

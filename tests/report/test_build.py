@@ -1,0 +1,120 @@
+"""The report's tables as data: the numbers a reader checks, for a finished, a failing and a running ladder."""
+
+from __future__ import annotations
+
+import pytest
+
+from promotion_ladder.report import build_report
+from promotion_ladder.report.build import CELL_VALUES, GPU_HOURS, PROGRESS, RANK_FLOW
+
+from .builders import example_input, failing_input, running_input
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return {"example": build_report(example_input()), "failing": build_report(failing_input()),
+            "running": build_report(running_input())}
+
+
+def column(table, header):
+    i = table.headers.index(header)
+    return [r[i] for r in table.rows]
+
+
+def row(table, first):
+    return next(r for r in table.rows if r[0] == first)
+
+
+# (report, table key, row's first cell, header) -> expected text
+CELLS = {
+    "executed total": ("example", "cost-executed", "total", "GPU-hours", "169.2"),
+    "executed 12h": ("example", "cost-executed", "12h", "GPU-hours", "144.0"),
+    "executed 2m": ("example", "cost-executed", "2m", "GPU-hours", "1.2"),
+    "counterfactual 10m": ("example", "cost-counterfactuals", "all 9 that entered 10m through 12h", "GPU-hours", "432.0"),
+    "saved vs 432": ("example", "cost-counterfactuals", "all 9 that entered 10m through 12h", "Saved GPU-hours", "262.8"),
+    "saved % vs 432": ("example", "cost-counterfactuals", "all 9 that entered 10m through 12h", "Saved", "60.8%"),
+    "counterfactual 60m": ("example", "cost-counterfactuals", "all 4 that entered 60m through 12h", "GPU-hours", "192.0"),
+    "saved % vs 192": ("example", "cost-counterfactuals", "all 4 that entered 60m through 12h", "Saved", "11.9%"),
+    "host block a100": ("example", "cost-host-blocks", "a100", "GPU-hours", "85.2"),
+    "near-equivalence measured": ("example", "verdict", "greedy-near-equivalent", "Measured", "0.0130"),
+    "near-equivalence threshold": ("example", "verdict", "greedy-near-equivalent", "Threshold", "<= 0.0100"),
+    "near-equivalence result": ("example", "verdict", "greedy-near-equivalent", "Result", "FAIL"),
+    "mean gap measured": ("example", "verdict", "sentinel-acceptable", "Measured", "0.0250"),
+    "mean gap threshold": ("example", "verdict", "sentinel-acceptable", "Threshold", "<= 0.0200"),
+    "first everywhere": ("example", "verdict", "bridge-first-everywhere", "Result", "PASS"),
+    "10m keep": ("example", "decision-10m", "9", "Outcome", "promoted (keep)"),
+    "10m top": ("example", "decision-10m", "3", "Candidate", "d12-ar48"),
+    "60m mean rank": ("example", "decision-60m", "1", "Mean rank", "1.00"),
+    "12h winner": ("example", "decision-12h", "1", "Outcome", "winner"),
+    "spec 10m rule": ("example", "spec-stages", "10m", "Promotion rule", "top 3 by mean, keep sentinel-d8-ar48"),
+    "failed 10m value": ("failing", "decision-10m", "9", "l40s/2", "failed"),
+    "failed 10m outcome": ("failing", "decision-10m", "9", "Outcome", "cut: incomplete (failed cells)"),
+    "failed 10m replacement": ("failing", "decision-10m", "3", "Outcome", "promoted (top)"),
+    "failed 12h greedy": ("failing", "decision-12h", "3", "a100/1", "failed"),
+    "failed cells reason": ("failing", "failed-cells", "12h", "Reason", "OOMKilled"),
+    "failed executed total": ("failing", "cost-executed", "total", "GPU-hours", "169.0"),
+    "failed verdict": ("failing", "verdict", "greedy-near-equivalent", "Detail", "greedy has failed cells in the final stage"),
+    "running stage": ("running", "progress", "60m", "State", "Running"),
+    "running counts": ("running", "progress", "60m", "Pending", "9"),
+    "running failed": ("running", "progress", "60m", "Failed", "1"),
+    "running cell": ("running", "cells-60m", "greedy", "a100/1", "running"),
+    "running executed so far": ("running", "cost-executed", "total", "GPU-hours", "14.2"),
+}
+
+
+@pytest.mark.parametrize("case", CELLS, ids=list(CELLS))
+def test_table_cell(reports, case):
+    name, key, first, header, want = CELLS[case]
+    table = reports[name].table(key)
+    got = row(table, first)[table.headers.index(header)]
+    assert got == want, f"{name} {key}[{first}][{header}]: got {got!r}, want {want!r}"
+
+
+def test_summary_states_cost_against_each_alternative(reports):
+    summary = {r[0]: r[1] for r in reports["example"].table("summary").rows}
+    assert summary["GPU-hours executed"] == "169.2"
+    assert summary["Saved vs 432.0 (all 9 from 10m on)"] == "262.8 GPU-hours (60.8%)"
+    assert summary["Saved vs 192.0 (all 4 from 60m on)"] == "22.8 GPU-hours (11.9%)"
+    assert summary["Winner"] == "bridge"
+    assert summary["Frozen hash"].startswith("sha256:")
+
+
+def test_cut_and_promoted_are_marked(reports):
+    t = reports["example"].table("decision-10m")
+    marks = dict(zip(column(t, "Candidate"), t.marks))
+    assert [c for c, m in marks.items() if m == "promoted"] == ["greedy", "bridge", "d12-ar48", "sentinel-d8-ar48"]
+    assert marks["d10-ar64"] == "cut"
+
+
+FIGURES = {
+    "example": [RANK_FLOW, GPU_HOURS] + [CELL_VALUES + s for s in ("2m", "5m", "10m", "60m", "12h")],
+    "failing": [RANK_FLOW, GPU_HOURS] + [CELL_VALUES + s for s in ("2m", "5m", "10m", "60m", "12h")],
+    "running": [PROGRESS, RANK_FLOW, GPU_HOURS] + [CELL_VALUES + s for s in ("2m", "5m", "10m", "60m")],
+}
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_figure_slots(reports, name):
+    assert sorted(reports[name].figure_keys()) == sorted(FIGURES[name])
+
+
+def test_bare_status_without_ladder_says_how_to_show_the_spec():
+    from promotion_ladder.report import from_document
+
+    from .builders import simulate_json
+
+    report = build_report(from_document(simulate_json(), "sim.json", name="sim"))
+    spec = next(s for s in report.sections if s.key == "spec")
+    assert not spec.tables and "--ladder FILE" in spec.text[0]
+    assert report.table("cost-executed").rows[-1][-1] == "169.2"
+
+
+def test_changed_spec_is_flagged():
+    from promotion_ladder.report import from_document
+
+    from .builders import full_object, simulate_json
+
+    doc = full_object(simulate_json())
+    doc["spec"]["stages"][2]["promote"]["top"] = 4  # moved the goalposts after the fact
+    report = build_report(from_document(doc, "edited.json"))
+    assert any("frozen hash" in w and "differs" in w for w in report.warnings)
