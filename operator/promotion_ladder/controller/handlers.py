@@ -1,0 +1,340 @@
+"""Kopf handlers and the work queue: Kubernetes I/O around `reconcile.reconcile`.
+
+Shape (the controller-runtime pattern, on Kopf):
+  * Kopf indexes hold small summaries of the ladders' Jobs and Pods (filled from watches;
+    Kopf starts no handler before every index has its initial listing, so a reconcile never
+    sees a cold cache and never mistakes "not listed yet" for "missing").
+  * Watch handlers (`@kopf.on.event`) only mark a ladder dirty. A fixed pool of workers takes
+    dirty ladders from a de-duplicating queue, at most one reconcile per ladder at a time.
+  * A reconcile reads only memory, then writes: the status first (the durable record: results
+    and decisions), then the missing Jobs, then Events.
+Kopf's changing handlers (on.create/update) are not used on purpose: they store progress
+annotations on the object. Nothing here adds finalizers; owner references do the cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from ..core.api import GROUP, KIND, PLURAL, VERSION
+from .intake import Rejection, job_summary, pod_summary
+from .jobs import LADDER_LABEL
+from .metrics import LadderMetrics
+from .rbac import trainer_objects
+from .reconcile import Reconciled, merge_known_status, reconcile
+
+log = logging.getLogger("promotion_ladder.operator")
+Key = tuple[str, str]  # (namespace, ladder name)
+
+CREATE_EXPECTATION_SECONDS = 30.0  # a created Job not yet seen in the index counts as existing this long
+RESYNC_SECONDS = 60.0  # safety net: every unfinished ladder is reconciled at least this often
+HEARTBEAT_SECONDS = 5.0  # /healthz fails when the queue loop stops beating
+COMPONENT = "promotion-ladder-operator"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class KubeApi:
+    """The few API calls the operator makes (sync kubernetes client; called from worker threads)."""
+
+    def __init__(self, api_client=None):
+        from kubernetes import client, config
+
+        if api_client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api_client = client.ApiClient()
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.requests = 0  # API requests made, for the benchmark's requests-per-cell
+        self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+
+    def create_job(self, namespace: str, job: dict) -> bool:
+        """True when created, False when it already existed."""
+        from kubernetes.client.exceptions import ApiException
+
+        self.requests += 1
+        try:
+            self.batch.create_namespaced_job(namespace, job)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def write_status(self, namespace: str, name: str, status: dict) -> str | None:
+        """Replace .status (JSON patch `add` replaces the whole member); the new resourceVersion,
+        or None when the ladder is gone."""
+        from kubernetes.client.exceptions import ApiException
+
+        self.requests += 1
+        try:
+            obj = self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, [{"op": "add", "path": "/status", "value": status}])
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj["metadata"]["resourceVersion"]
+
+    def post_event(self, body: dict, type_: str, reason: str, message: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        meta = body["metadata"]
+        now = _now()
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": self.instance,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        self.requests += 1
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except ApiException as exc:  # Events are best effort
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
+
+    def ensure_trainer_rbac(self, namespace: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        for obj in trainer_objects(namespace):
+            self.requests += 1
+            try:
+                if obj["kind"] == "ServiceAccount":
+                    self.core.create_namespaced_service_account(namespace, obj)
+                elif obj["kind"] == "Role":
+                    self.rbac.create_namespaced_role(namespace, obj)
+                else:
+                    self.rbac.create_namespaced_role_binding(namespace, obj)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+
+
+class Controller:
+    def __init__(self, metrics: LadderMetrics, api: KubeApi | None = None, workers: int = 4):
+        self.metrics = metrics
+        self._api = api
+        self.workers = workers
+        self.ladders: dict[Key, dict] = {}
+        self.written: dict[Key, tuple[str, dict, str]] = {}  # key -> (uid, status, resourceVersion)
+        self.creating: dict[Key, dict[str, float]] = {}  # key -> job name -> expiry (monotonic)
+        self.seen_rejections: set[str] = set()
+        self.rbac_done: set[str] = set()
+        self.jobs_index: Any = None
+        self.pods_index: Any = None
+        self._summaries: dict[str, Any] = {}  # object uid -> last summary that woke a ladder
+        self._dirty: dict[Key, float] = {}  # key -> monotonic time it became dirty
+        self._busy: set[Key] = set()
+        self._queue: asyncio.Queue[Key] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.heartbeat = time.monotonic()
+        self.reconciles = 0
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            self._api = KubeApi()
+        return self._api
+
+    # -- queue -----------------------------------------------------------------------------
+    def enqueue(self, key: Key) -> None:
+        if key in self._dirty:
+            return
+        self._dirty[key] = time.monotonic()
+        if key not in self._busy and self._queue is not None:
+            self._queue.put_nowait(key)
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        for key in self._dirty:
+            self._queue.put_nowait(key)
+        self._tasks = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
+        self._tasks.append(asyncio.create_task(self._resync()))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _worker(self, n: int) -> None:
+        assert self._queue is not None
+        while True:
+            key = await self._queue.get()
+            since = self._dirty.pop(key, time.monotonic())
+            self._busy.add(key)
+            try:
+                await self._reconcile(key, since)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one ladder's trouble must not stop the others; retry later
+                log.exception("reconcile of %s/%s failed; retrying in 5 s", *key)
+                asyncio.get_running_loop().call_later(5.0, self.enqueue, key)
+            finally:
+                self._busy.discard(key)
+                if key in self._dirty:
+                    self._queue.put_nowait(key)
+
+    async def _resync(self) -> None:
+        last = time.monotonic()
+        while True:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if time.monotonic() - last >= RESYNC_SECONDS:
+                last = time.monotonic()
+                for key, body in list(self.ladders.items()):
+                    if (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                        self.enqueue(key)
+
+    # -- one reconcile ---------------------------------------------------------------------
+    async def _reconcile(self, key: Key, since: float) -> None:
+        body = self.ladders.get(key)
+        if body is None:
+            self.metrics.forget(*key)
+            self.written.pop(key, None)
+            self.creating.pop(key, None)
+            return
+        uid = body["metadata"]["uid"]
+        jobs = list(self.jobs_index.get(key, [])) if self.jobs_index is not None else []
+        pods = list(self.pods_index.get(key, [])) if self.pods_index is not None else []
+        w = self.written.get(key)
+        known = merge_known_status(body.get("status"), w[1] if w and w[0] == uid else None)
+        now = time.monotonic()
+        seen_names = {j.name for j in jobs}
+        creating = {n: t for n, t in self.creating.get(key, {}).items() if t > now and n not in seen_names}
+        self.creating[key] = creating
+        t0 = time.perf_counter()
+        await asyncio.to_thread(self._reconcile_sync, key, body, known, jobs, pods, set(creating), since)
+        self.metrics.reconcile_duration.observe(time.perf_counter() - t0)
+        self.reconciles += 1
+
+    def _reconcile_sync(self, key: Key, body: dict, known: dict, jobs, pods, creating: set[str], since: float) -> None:
+        ns, name = key
+        r: Reconciled = reconcile(body, known, jobs, pods, creating, _now())
+        if r.status != known:
+            rv = self.api.write_status(ns, name, r.status)
+            if rv is None:
+                return  # deleted meanwhile
+            self.written[key] = (body["metadata"]["uid"], r.status, rv)
+        if r.create:
+            if ns not in self.rbac_done:
+                self.api.ensure_trainer_rbac(ns)
+                self.rbac_done.add(ns)
+            expiry = time.monotonic() + CREATE_EXPECTATION_SECONDS
+            for job in r.create:
+                self.api.create_job(ns, job)
+                self.creating.setdefault(key, {})[job["metadata"]["name"]] = expiry
+            if r.new_decisions:
+                self.metrics.decision_latency.observe(time.monotonic() - since)
+        for rej in r.rejections:
+            self._reject(body, rej)
+        for type_, reason, message in r.events:
+            self.api.post_event(body, type_, reason, message)
+        if r.spec is not None and r.ladder_status is not None:
+            self.metrics.observe(ns, name, r.spec, r.ladder_status)
+        if r.new_decisions or r.create:
+            log.info("ladder %s/%s: %s; %d job(s) created", ns, name, r.status.get("message"), len(r.create))
+
+    def _reject(self, body: dict, rej: Rejection) -> None:
+        if rej.key in self.seen_rejections:
+            return
+        if len(self.seen_rejections) > 100_000:  # bounded memory; at worst an Event is repeated
+            self.seen_rejections.clear()
+        self.seen_rejections.add(rej.key)
+        meta = body["metadata"]
+        self.metrics.result_error(meta["namespace"], meta["name"], rej.reason)
+        self.api.post_event(body, "Warning", "ResultRejected", rej.message)
+        log.warning("ladder %s/%s: %s", meta["namespace"], meta["name"], rej.message)
+
+    # -- watch events ----------------------------------------------------------------------
+    def on_ladder(self, event_type: str | None, raw: dict) -> None:
+        meta = raw.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED":
+            self.ladders.pop(key, None)
+            self.enqueue(key)  # the reconcile forgets its metrics
+            return
+        self.ladders[key] = copy.deepcopy(raw)
+        w = self.written.get(key)
+        if w is not None and w[2] == meta.get("resourceVersion"):
+            return  # our own status write coming back
+        self.enqueue(key)
+
+    def on_child(self, event_type: str | None, uid: str, ladder: str | None, namespace: str, summary: Any) -> None:
+        if not ladder:
+            return
+        if event_type == "DELETED":
+            self._summaries.pop(uid, None)
+        elif self._summaries.get(uid) == summary:
+            return  # e.g. a progress annotation: nothing the reconcile reads changed
+        else:
+            self._summaries[uid] = summary
+        self.enqueue((namespace, ladder))
+
+    def alive(self, max_age: float = 60.0) -> bool:
+        return time.monotonic() - self.heartbeat < max_age
+
+
+def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    """Wire the handlers into a Kopf registry."""
+    present = {LADDER_LABEL: kopf.PRESENT}
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.batching.batch_window = 0.02  # latency over coalescing: decisions should be quick
+        settings.posting.level = logging.WARNING
+        await controller.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def shutdown(**_: Any) -> None:
+        await controller.stop()
+
+    @kopf.index("batch", "v1", "jobs", labels=present, registry=registry)
+    def ladder_jobs(body: kopf.Body, namespace: str, **_: Any) -> dict:
+        s = job_summary(dict(body))
+        return {(namespace, s.ladder): s}
+
+    @kopf.index("", "v1", "pods", labels=present, registry=registry)
+    def ladder_pods(body: kopf.Body, namespace: str, **_: Any) -> dict:
+        s = pod_summary(dict(body))
+        return {(namespace, s.ladder): s}
+
+    def capture(kw: dict) -> None:
+        if controller.jobs_index is None:
+            controller.jobs_index = kw["ladder_jobs"]
+            controller.pods_index = kw["ladder_pods"]
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def ladder_event(event: dict, **kw: Any) -> None:
+        capture(kw)
+        controller.on_ladder(event.get("type"), event["object"])
+
+    @kopf.on.event("batch", "v1", "jobs", labels=present, registry=registry)
+    async def job_event(event: dict, namespace: str, uid: str, **kw: Any) -> None:
+        capture(kw)
+        s = job_summary(event["object"])
+        controller.on_child(event.get("type"), uid, s.ladder, namespace, s)
+
+    @kopf.on.event("", "v1", "pods", labels=present, registry=registry)
+    async def pod_event(event: dict, namespace: str, uid: str, **kw: Any) -> None:
+        capture(kw)
+        s = pod_summary(event["object"])
+        controller.on_child(event.get("type"), uid, s.ladder, namespace, s)

@@ -1,0 +1,74 @@
+"""`ladder operator`: run the Kopf operator with its /metrics and health endpoints.
+
+Ports: --metrics-port serves /metrics (and /healthz, /readyz for convenience);
+--health-port serves /healthz (liveness: the work loop is beating) and /readyz (readiness:
+Kopf has started and its caches are filled). The kubeconfig is the in-cluster service account,
+else $KUBECONFIG / ~/.kube/config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+
+import kopf
+from aiohttp import web
+
+from .handlers import Controller, register
+from .metrics import LadderMetrics
+
+
+async def start_http(controller: Controller, metrics: LadderMetrics, ready: asyncio.Event,
+                     metrics_port: int, health_port: int, host: str = "0.0.0.0") -> list[web.AppRunner]:
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok = controller.alive()
+        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "work loop stalled\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = ready.is_set() and controller.alive()
+        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "not ready\n")
+
+    runners = []
+    ports = [(metrics_port, True)] + ([(health_port, False)] if health_port != metrics_port else [])
+    for port, with_metrics in ports:
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        if with_metrics or health_port == metrics_port:
+            app.router.add_get("/metrics", metrics_view)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        runners.append(runner)
+    return runners
+
+
+async def serve(namespaces: list[str] | None, metrics_port: int, health_port: int,
+                stop_flag: threading.Event | asyncio.Event | None = None, api=None, workers: int = 4) -> None:
+    metrics = LadderMetrics()
+    controller = Controller(metrics, api=api, workers=workers)
+    registry = kopf.OperatorRegistry()
+    register(registry, controller)
+    ready = asyncio.Event()
+    runners = await start_http(controller, metrics, ready, metrics_port, health_port)
+    try:
+        await kopf.operator(
+            registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces or [],
+            ready_flag=ready, stop_flag=stop_flag,
+        )
+    finally:
+        for r in runners:
+            await r.cleanup()
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # per-object handler chatter
+    asyncio.run(serve(args.namespace, args.metrics_port, args.health_port))
+    return 0

@@ -1,0 +1,121 @@
+"""Prometheus metrics of the operator. The names are a contract (Grafana dashboard and alerts).
+
+Counters count what the durable record (the ladder's status) holds: on the first reconcile of a
+ladder after a restart, every cell and decision already recorded is counted once, so the counter
+value stays "GPU-hours of finished cells of the ladders this operator watches" across restarts
+(rate()/increase() see no reset when the value comes back unchanged).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..core.api import LadderSpec
+from ..core.status import LadderStatus
+
+CELL_STATES = ("Pending", "Running", "Succeeded", "Failed")
+
+# Decisions are meant to be fast (p99 < 2 s): fine buckets below a few seconds.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class LadderMetrics:
+    """All metrics, on their own registry (several operators can live in one test process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.gpu_hours = Counter("ladder_gpu_hours", "GPU-hours of finished cells (train seconds x GPUs).",
+                                 ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
+        self.gpus_in_use = Gauge("ladder_gpus_in_use", "GPUs held by running cells now.",
+                                 ["namespace", "ladder"], registry=r)
+        self.counterfactual = Gauge("ladder_counterfactual_gpu_hours",
+                                    "GPU-hours had every candidate entering this stage run the final stage.",
+                                    ["namespace", "ladder", "stage"], registry=r)
+        self.cells = Gauge("ladder_cells", "Cells by state.", ["namespace", "ladder", "stage", "state"], registry=r)
+        self.decisions = Counter("ladder_decisions", "Stage decisions recorded.",
+                                 ["namespace", "ladder", "stage"], registry=r)
+        self.result_errors = Counter("ladder_result_errors", "Results rejected, by reason.",
+                                     ["namespace", "ladder", "reason"], registry=r)
+        self.reconcile_duration = Histogram("ladder_reconcile_duration_seconds", "Time of one reconcile of a ladder.",
+                                            registry=r)
+        self.decision_latency = Histogram("ladder_decision_latency_seconds",
+                                          "From a stage's last result seen to the next stage's Jobs created.",
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.info = Gauge("ladder_info", "1 per ladder, with its phase, current stage and leader.",
+                          ["namespace", "ladder", "phase", "stage", "leader"], registry=r)
+        self._lock = threading.Lock()
+        self._counted_cells: dict[tuple[str, str], set] = defaultdict(set)
+        self._counted_decisions: dict[tuple[str, str], set] = defaultdict(set)
+        self._info_labels: dict[tuple[str, str], tuple] = {}
+        self._stage_labels: dict[tuple[str, str], set] = defaultdict(set)
+
+    def observe(self, namespace: str, ladder: str, spec: LadderSpec, status: LadderStatus) -> None:
+        """Bring every per-ladder metric in line with a freshly built status."""
+        key = (namespace, ladder)
+        gpus = spec.trainer.gpus
+        budgets = {s.name: s.budget_seconds for s in spec.stages}
+        with self._lock:
+            counted = self._counted_cells[key]
+            running = 0
+            for st in status.stages:
+                by_state = dict.fromkeys(CELL_STATES, 0)
+                for c in st.cells:
+                    by_state[c.state] += 1
+                    if c.state == "Running":
+                        running += 1
+                    cell_key = (st.name, c.candidate, c.host_block, c.seed)
+                    if c.state in ("Succeeded", "Failed") and cell_key not in counted:
+                        counted.add(cell_key)
+                        secs = c.train_seconds if c.train_seconds is not None else budgets.get(st.name, 0.0)
+                        self.gpu_hours.labels(namespace, ladder, st.name, c.candidate, c.host_block).inc(
+                            secs * gpus / 3600.0)
+                for state, n in by_state.items():
+                    self.cells.labels(namespace, ladder, st.name, state).set(n)
+                self._stage_labels[key].add(st.name)
+                if st.decision is not None and st.name not in self._counted_decisions[key]:
+                    self._counted_decisions[key].add(st.name)
+                    self.decisions.labels(namespace, ladder, st.name).inc()
+            self.gpus_in_use.labels(namespace, ladder).set(running * gpus)
+            if status.gpu_hours is not None:
+                for cf in status.gpu_hours.counterfactuals:
+                    self.counterfactual.labels(namespace, ladder, cf.stage).set(cf.gpu_hours)
+            info = (namespace, ladder, status.phase, status.current_stage or "", status.leader or "")
+            old = self._info_labels.get(key)
+            if old is not None and old != info:
+                self.info.remove(*old)
+            self.info.labels(*info).set(1)
+            self._info_labels[key] = info
+
+    def result_error(self, namespace: str, ladder: str, reason: str) -> None:
+        self.result_errors.labels(namespace, ladder, reason).inc()
+
+    def forget(self, namespace: str, ladder: str) -> None:
+        """A deleted ladder: drop its gauges (counters keep their series until restart, by design)."""
+        key = (namespace, ladder)
+        with self._lock:
+            old = self._info_labels.pop(key, None)
+            if old is not None:
+                self.info.remove(*old)
+            try:
+                self.gpus_in_use.remove(namespace, ladder)
+            except KeyError:
+                pass
+            for stage in self._stage_labels.pop(key, set()):
+                for state in CELL_STATES:
+                    try:
+                        self.cells.remove(namespace, ladder, stage, state)
+                    except KeyError:
+                        pass
+                try:
+                    self.counterfactual.remove(namespace, ladder, stage)
+                except KeyError:
+                    pass
+            self._counted_cells.pop(key, None)
+            self._counted_decisions.pop(key, None)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

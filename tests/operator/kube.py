@@ -1,0 +1,114 @@
+"""Builders for the Kubernetes objects the operator sees: a ladder body, its Jobs and their Pods."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from promotion_ladder.controller.intake import job_summary, pod_summary
+from promotion_ladder.controller.jobs import build_job
+from promotion_ladder.core.api import load_ladder
+from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.result import RESULT_ANNOTATION
+
+from ..unit.builders import ladder_doc
+
+LADDER_UID = "uid-ladder-1"
+
+
+def ladder_body(doc: dict | None = None, *, uid: str = LADDER_UID, status: dict | None = None,
+                generation: int = 1, namespace: str = "ns") -> dict:
+    body = copy.deepcopy(doc if doc is not None else ladder_doc())
+    body["metadata"].update(uid=uid, namespace=namespace, generation=generation, resourceVersion="1")
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def result_doc(cell: Cell, value: float | None = 1.5, *, ladder: str = "test", status: str = "ok",
+               train_seconds: float = 2.0, metric: str = "val_bpb", **over: Any) -> str:
+    d = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult", "ladder": ladder, "stage": cell.stage,
+         "candidate": cell.candidate, "hostBlock": cell.host_block, "seed": cell.seed, "status": status,
+         "metric": metric, "value": value, "trainSeconds": train_seconds}
+    d.update(over)
+    return json.dumps({k: v for k, v in d.items() if v is not None})
+
+
+class JobB:
+    """A Job of a cell, as the API server would show it: `JobB(body, cell).complete().obj()`."""
+
+    def __init__(self, body: dict, cell: Cell, uid: str | None = None):
+        self.cell = cell
+        self.o = build_job(body, load_ladder(body).spec, cell)
+        self.o["metadata"]["uid"] = uid or f"job-{cell.candidate}-{cell.host_block}-{cell.seed}-{cell.stage}"
+        self.o["status"] = {}
+
+    def owner(self, uid: str) -> "JobB":
+        self.o["metadata"]["ownerReferences"][0]["uid"] = uid
+        return self
+
+    def cond(self, type_: str, reason: str = "", message: str = "") -> "JobB":
+        self.o["status"].setdefault("conditions", []).append(
+            {"type": type_, "status": "True", "reason": reason, "message": message})
+        return self
+
+    def complete(self) -> "JobB":
+        return self.cond("Complete")
+
+    def failed(self, reason: str = "BackoffLimitExceeded") -> "JobB":
+        return self.cond("Failed", reason)
+
+    def active(self, n: int = 1) -> "JobB":
+        self.o["status"]["active"] = n
+        return self
+
+    def obj(self) -> dict:
+        return self.o
+
+    def summary(self):
+        return job_summary(self.o)
+
+
+class PodB:
+    """A Pod of a Job: `PodB(job).succeeded().result(text).obj()`."""
+
+    n = 0
+
+    def __init__(self, job: JobB, name: str | None = None):
+        PodB.n += 1
+        jm = job.o["metadata"]
+        self.o = {
+            "metadata": {"name": name or f"{jm['name']}-p{PodB.n}", "namespace": jm.get("namespace", "ns"),
+                         "uid": f"pod-{PodB.n}", "labels": dict(job.o["spec"]["template"]["metadata"]["labels"]),
+                         "ownerReferences": [{"kind": "Job", "name": jm["name"], "uid": jm["uid"], "controller": True}],
+                         "annotations": {}},
+            "spec": {"nodeName": "node-1"},
+            "status": {"phase": "Running"},
+        }
+
+    def phase(self, p: str) -> "PodB":
+        self.o["status"]["phase"] = p
+        return self
+
+    def exited(self, code: int, message: str | None = None) -> "PodB":
+        self.o["status"]["phase"] = "Succeeded" if code == 0 else "Failed"
+        term = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
+        if message is not None:
+            term["message"] = message
+        self.o["status"]["containerStatuses"] = [{"name": "trainer", "state": {"terminated": term}}]
+        return self
+
+    def result(self, text: str) -> "PodB":
+        self.o["metadata"]["annotations"][RESULT_ANNOTATION] = text
+        return self
+
+    def owner(self, uid: str) -> "PodB":
+        self.o["metadata"]["ownerReferences"][0]["uid"] = uid
+        return self
+
+    def obj(self) -> dict:
+        return self.o
+
+    def summary(self):
+        return pod_summary(self.o)

@@ -1,0 +1,114 @@
+"""Result intake: a result counts only from an owned Job's Pod, with the Job's identity, valid."""
+
+from __future__ import annotations
+
+import pytest
+
+from promotion_ladder.controller.intake import cell_outcome, foreign_pod_rejection
+from promotion_ladder.core.planner import Cell
+
+from .kube import LADDER_UID, JobB, PodB, ladder_body, result_doc
+
+CELL = Cell("s1", "c1", "a100", 1)
+OTHER = Cell("s1", "c2", "a100", 1)
+
+
+def job():
+    return JobB(ladder_body(), CELL)
+
+
+def case(job_b, *pods):
+    """(job summary, pod summaries) for a Job and pods built on it."""
+    return job_b.summary(), [p.summary() for p in pods]
+
+
+def scenario(name):
+    j = job()
+    s = {
+        "valid annotation, exit 0": lambda: case(j, PodB(j).result(result_doc(CELL, 1.25)).exited(0)),
+        "still running": lambda: case(j.active(), PodB(j)),
+        "annotation lands before exit": lambda: case(j.active(), PodB(j).result(result_doc(CELL, 1.25))),
+        "forged identity, no fallback": lambda: case(j, PodB(j).result(result_doc(OTHER, 0.1)).exited(0)),
+        "forged identity, termination message fallback": lambda: case(
+            j, PodB(j).result(result_doc(OTHER, 0.1)).exited(0, message=result_doc(CELL, 1.3))),
+        "malformed annotation": lambda: case(j, PodB(j).result("{not json").exited(0)),
+        "invalid schema": lambda: case(j, PodB(j).result('{"status": "ok"}').exited(0)),
+        "wrong metric": lambda: case(j, PodB(j).result(result_doc(CELL, 1.0, metric="loss")).exited(0)),
+        "missing identity field": lambda: case(j, PodB(j).result(result_doc(CELL, 1.0, hostBlock=None)).exited(0)),
+        "termination message only (shortened, no ladder field)": lambda: case(
+            j, PodB(j).exited(0, message=result_doc(CELL, 1.4, ladder=None))),
+        "exit 0 without result": lambda: case(j, PodB(j).exited(0)),
+        "diverged exit 3 with result": lambda: case(
+            j, PodB(j).result(result_doc(CELL, None, status="diverged", message="loss is nan")).exited(3)),
+        "oom exit 4, no result": lambda: case(j, PodB(j).exited(4)),
+        "exit 1 retried: still running": lambda: case(j.active(), PodB(j).exited(1), PodB(j)),
+        "exit 1 then success": lambda: case(j, PodB(j).exited(1), PodB(j).result(result_doc(CELL, 1.1)).exited(0)),
+        "job failed: backoff": lambda: case(j.failed("BackoffLimitExceeded"), PodB(j).exited(1), PodB(j).exited(1)),
+        "job failed: deadline": lambda: case(j.failed("DeadlineExceeded"), PodB(j).phase("Failed")),
+        "job complete, pods gone": lambda: case(j.complete()),
+        "job of another ladder uid": lambda: case(j.owner("someone-else"), PodB(j).result(result_doc(CELL)).exited(0)),
+        "pod of another job": lambda: case(j.active(), PodB(j).owner("other-job").result(result_doc(CELL)).exited(0)),
+    }
+    return s[name]()
+
+
+# name -> (outcome state or None, value, running, rejection reasons, reason substring)
+EXPECT = {
+    "valid annotation, exit 0": ("succeeded", 1.25, False, [], ""),
+    "still running": (None, None, True, [], ""),
+    "annotation lands before exit": (None, None, True, [], ""),
+    "forged identity, no fallback": ("failed", None, False, ["identity"], "without a valid result"),
+    "forged identity, termination message fallback": ("succeeded", 1.3, False, ["identity"], ""),
+    "malformed annotation": ("failed", None, False, ["malformed"], "without a valid result"),
+    "invalid schema": ("failed", None, False, ["invalid"], ""),
+    "wrong metric": ("failed", None, False, ["metric"], ""),
+    "missing identity field": ("failed", None, False, ["identity"], ""),
+    "termination message only (shortened, no ladder field)": ("succeeded", 1.4, False, [], ""),
+    "exit 0 without result": ("failed", None, False, [], "without a valid result"),
+    "diverged exit 3 with result": ("failed", None, False, [], "diverged: loss is nan"),
+    "oom exit 4, no result": ("failed", None, False, [], "out of memory"),
+    "exit 1 retried: still running": (None, None, True, [], ""),
+    "exit 1 then success": ("succeeded", 1.1, False, [], ""),
+    "job failed: backoff": ("failed", None, False, [], "BackoffLimitExceeded; last pod exit code 1"),
+    "job failed: deadline": ("failed", None, False, [], "DeadlineExceeded"),
+    "job complete, pods gone": ("failed", None, False, [], "completed without a valid result"),
+    "job of another ladder uid": (None, None, False, [], ""),
+    "pod of another job": (None, None, True, [], ""),
+}
+
+
+@pytest.mark.parametrize("name", EXPECT, ids=list(EXPECT))
+def test_cell_outcome(name):
+    job_s, pods = scenario(name)
+    view = cell_outcome("test", LADDER_UID, CELL, "val_bpb", job_s, pods)
+    state, value, running, reasons, why = EXPECT[name]
+    got = (view.outcome.state if view.outcome else None, view.outcome.value if view.outcome else None,
+           view.running, [r.reason for r in view.rejections])
+    assert got == (state, value, running, reasons)
+    if why:
+        assert why in view.outcome.reason
+    if view.outcome and view.outcome.ok:
+        assert view.outcome.train_seconds == 2.0
+
+
+def test_no_job_no_outcome():
+    view = cell_outcome("test", LADDER_UID, CELL, "val_bpb", None, [])
+    assert view.outcome is None and not view.running
+
+
+def test_rejection_keys_dedupe_by_pod_and_text():
+    j = job()
+    p = PodB(j).result("{bad").exited(0)
+    a = cell_outcome("test", LADDER_UID, CELL, "val_bpb", j.summary(), [p.summary()]).rejections[0]
+    b = cell_outcome("test", LADDER_UID, CELL, "val_bpb", j.summary(), [p.summary()]).rejections[0]
+    assert a.key == b.key and "rejected" in a.message
+    p.result("{worse")
+    c = cell_outcome("test", LADDER_UID, CELL, "val_bpb", j.summary(), [p.summary()]).rejections[0]
+    assert c.key != a.key
+
+
+def test_foreign_pod():
+    j = job()
+    assert foreign_pod_rejection(PodB(j).summary()) is None
+    r = foreign_pod_rejection(PodB(j).result(result_doc(CELL)).summary())
+    assert r.reason == "foreign"

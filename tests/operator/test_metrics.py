@@ -1,0 +1,70 @@
+"""Metric names are a contract (dashboard, alerts): values from a status, restart semantics."""
+
+from __future__ import annotations
+
+import pytest
+
+from promotion_ladder.controller.metrics import LadderMetrics
+from promotion_ladder.core.api import load_ladder
+from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.status import build_status, simulate
+
+from ..unit.builders import ladder_doc
+
+SPEC = load_ladder(ladder_doc()).spec  # 4 candidates; s1: 2m x (a100, l40s) x [1]; s2: 10m x 2 blocks x [1, 2]; top 2
+
+
+def outcomes(stage_values: dict[str, float], stage="s1", seconds=1800.0):
+    st = next(s for s in SPEC.stages if s.name == stage)
+    return {(stage, c, hb, s): Outcome("succeeded", v, seconds) for c, v in stage_values.items() for hb, s in st.cells()}
+
+
+def sample(m: LadderMetrics, name: str, **labels) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def test_names_are_the_contract():
+    m = LadderMetrics()
+    m.observe("ns", "l", SPEC, build_status(SPEC, outcomes({"c0": 1.0, "c1": 1.1, "c2": 1.2, "c3": 1.3}))[0])
+    m.result_error("ns", "l", "identity")
+    m.reconcile_duration.observe(0.1)
+    m.decision_latency.observe(0.2)
+    names = {s.name for fam in m.registry.collect() for s in fam.samples}
+    for want in ("ladder_gpu_hours_total", "ladder_gpus_in_use", "ladder_counterfactual_gpu_hours", "ladder_cells",
+                 "ladder_decisions_total", "ladder_result_errors_total", "ladder_reconcile_duration_seconds_bucket",
+                 "ladder_decision_latency_seconds_bucket", "ladder_info"):
+        assert want in names, want
+    assert b"ladder_info{" in m.exposition()
+
+
+def test_values_from_a_status_and_counting_once():
+    m = LadderMetrics()
+    o = outcomes({"c0": 1.0, "c1": 1.1, "c2": 1.2, "c3": 1.3})
+    status, _ = build_status(SPEC, o, running={("s2", "c0", "a100", 1)})
+    for _ in range(3):  # reconciles repeat; counters count each cell and decision once
+        m.observe("ns", "l", SPEC, status)
+    assert sample(m, "ladder_gpu_hours_total", namespace="ns", ladder="l", stage="s1", candidate="c0", host_block="a100") == pytest.approx(0.5)
+    assert sample(m, "ladder_decisions_total", namespace="ns", ladder="l", stage="s1") == 1
+    assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s1", state="Succeeded") == 8
+    assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s2", state="Running") == 1
+    assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s2", state="Pending") == 7
+    assert sample(m, "ladder_gpus_in_use", namespace="ns", ladder="l") == 1
+    # counterfactual of s1: 4 entered x 4 final cells x 10 min x 1 GPU
+    assert sample(m, "ladder_counterfactual_gpu_hours", namespace="ns", ladder="l", stage="s1") == pytest.approx(4 * 4 * 10 / 60)
+    assert sample(m, "ladder_info", namespace="ns", ladder="l", phase="Running", stage="s2", leader="") == 1  # no s2 value yet
+
+
+def test_info_moves_with_the_phase_and_forget_drops_gauges():
+    m = LadderMetrics()
+    m.observe("ns", "l", SPEC, build_status(SPEC, {})[0])
+    done = {**outcomes({"c0": 1.0, "c1": 1.1, "c2": 1.2, "c3": 1.3}), **outcomes({"c0": 1.0, "c1": 1.1}, stage="s2")}
+    final, _ = simulate(SPEC, done)
+    m.observe("ns", "l", SPEC, final)
+    assert sample(m, "ladder_info", namespace="ns", ladder="l", phase="Running", stage="s1", leader="") is None
+    assert sample(m, "ladder_info", namespace="ns", ladder="l", phase="Succeeded", stage="", leader="c0") == 1
+    total = sum(s.value for fam in m.registry.collect() for s in fam.samples if s.name == "ladder_gpu_hours_total")
+    assert total == pytest.approx(final.gpu_hours.total)
+    m.forget("ns", "l")
+    assert sample(m, "ladder_info", namespace="ns", ladder="l", phase="Succeeded", stage="", leader="c0") is None
+    assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s1", state="Succeeded") is None
+    assert sample(m, "ladder_gpus_in_use", namespace="ns", ladder="l") is None
