@@ -89,7 +89,7 @@ def _summary(status: LadderStatus, running: int) -> str:
 
 def _decision_text(d: Decision) -> str:
     if d.rule.top is None:
-        return f"stage {d.stage} final ranking: " + ", ".join(
+        return f"stage {d.stage}: final ranking: " + ", ".join(
             f"{e.candidate} {e.aggregate:.4f}" if e.complete else f"{e.candidate} (failed cells)" for e in d.ranking)
     cut = [e.candidate for e in d.ranking if not e.promoted_by]
     text = f"stage {d.stage} decided ({d.rule.aggregate}"

@@ -1,0 +1,108 @@
+"""The generated CRD on a real API server: it is accepted (CEL rules compile within the cost
+budget), enforces the validation it carries, keeps the frozen fields frozen, and prints its
+columns in kubectl."""
+
+import copy
+import subprocess
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from promotion_ladder.core.api import GROUP, PLURAL, VERSION
+from promotion_ladder.core.crd import crd
+from localcluster.waiting import wait_for
+
+from ..unit.builders import edit, ladder_doc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ladders(local_cluster):
+    api = local_cluster.api_client()
+    ext = client.ApiextensionsV1Api(api)
+    body = crd()
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(body["metadata"]["name"])
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+
+    def established():
+        c = ext.read_custom_resource_definition(body["metadata"]["name"])
+        return any(x.type == "Established" and x.status == "True" for x in (c.status.conditions or []))
+
+    wait_for(established, timeout=30, what="CRD established")
+    return client.CustomObjectsApi(api)
+
+
+def create(ladders, namespace, doc):
+    return ladders.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
+
+
+def test_valid_ladder_is_admitted(ladders, namespace):
+    doc = yaml.safe_load(open("examples/protocol-ladder.yaml"))
+    created = create(ladders, namespace, doc)
+    assert created["spec"]["stages"][4]["name"] == "12h"
+    assert created["spec"]["trainer"]["gpus"] == 1
+
+
+REJECTED = {
+    "unknown host block": (edit(ladder_doc(), "spec.stages.0.hostBlocks", ["a100", "h100"]), "host block that is not declared"),
+    "promote on last stage": (edit(ladder_doc(), "spec.stages.1.promote", {"top": 1}), "last stage cannot promote"),
+    "duplicate candidate": (edit(ladder_doc(), "spec.candidates.1.name", "c0"), "Duplicate value"),
+    "bad budget": (edit(ladder_doc(), "spec.stages.0.budget", "two minutes"), "spec.stages[0].budget"),
+    "top above candidates": (edit(ladder_doc(), "spec.stages.0.promote.top", 9), "promote.top is larger"),
+    "unknown keep": (edit(ladder_doc(), "spec.stages.0.promote", {"top": 1, "keep": ["zz"]}), "unknown candidate"),
+    "bad name": (edit(ladder_doc(), "spec.candidates.0.name", "Not_DNS"), "spec.candidates[0].name"),
+    "margin missing": (
+        edit(ladder_doc(), "spec.verdict", {"reference": "c0", "checks": [{"name": "x", "type": "nearEquivalence", "candidate": "c1"}]}),
+        "nearEquivalence needs margin"),
+}
+
+
+@pytest.mark.parametrize("name", list(REJECTED))
+def test_server_rejects_invalid(ladders, namespace, name):
+    doc, message = REJECTED[name]
+    with pytest.raises(ApiException) as exc:
+        create(ladders, namespace, doc)
+    assert exc.value.status == 422
+    assert message in exc.value.body, exc.value.body
+
+
+FROZEN = {
+    "candidate config": ("spec.candidates.0.config", {"depth": 99}),
+    "stage budget": ("spec.stages.1.budget", "20m"),
+    "objective": ("spec.objective", {"metric": "val_bpb", "direction": "maximize"}),
+    "verdict added": ("spec.verdict", {"reference": "c0"}),
+}
+
+
+@pytest.mark.parametrize("name", list(FROZEN))
+def test_frozen_fields_reject_edits(ladders, namespace, name):
+    created = create(ladders, namespace, ladder_doc())
+    path, value = FROZEN[name]
+    changed = edit(created, path, value)
+    with pytest.raises(ApiException) as exc:
+        ladders.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "test", changed)
+    assert exc.value.status == 422 and "frozen" in exc.value.body
+
+
+def test_operational_fields_stay_editable_and_status_is_a_subresource(ladders, namespace, local_cluster):
+    created = create(ladders, namespace, ladder_doc())
+    changed = edit(created, "spec.trainer", {"image": "registry.example/trainer:2", "gpus": 2})
+    ladders.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "test", changed)
+    patched = ladders.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, "test",
+        {"status": {"phase": "Running", "currentStage": "s1", "leader": "c0", "gpuHours": {"total": 1.5}}})
+    assert patched["status"]["phase"] == "Running"
+    out = subprocess.run(["kubectl", "--kubeconfig", str(local_cluster.kubeconfig), "get", "pl", "-n", namespace],
+                         capture_output=True, text=True, check=True).stdout
+    header, row = out.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "STAGE", "LEADER", "GPU-HOURS", "AGE"]
+    assert row.split()[:5] == ["test", "Running", "s1", "c0", "1.5"]
