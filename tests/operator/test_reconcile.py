@@ -178,6 +178,9 @@ def test_merge_known_status_prefers_the_fuller_record():
     assert merge_known_status(r0.status, r1.status) == r1.status
     assert merge_known_status(r1.status, r0.status) == r1.status  # a stale write loses to the watched body
     assert merge_known_status(None, None) == {}
+    edited = {**r1.status, "frozenHash": "sha256:other"}  # same record, edited by someone else later
+    assert merge_known_status(edited, r1.status, "12", "11") == edited
+    assert merge_known_status(edited, r1.status, "10", "11") == r1.status
 
 
 def test_status_of_a_500_candidate_ladder_stays_small():

@@ -216,7 +216,9 @@ class Controller:
         jobs = list(self.jobs_index.get(key, [])) if self.jobs_index is not None else []
         pods = list(self.pods_index.get(key, [])) if self.pods_index is not None else []
         w = self.written.get(key)
-        known = merge_known_status(body.get("status"), w[1] if w and w[0] == uid else None)
+        mine = w is not None and w[0] == uid
+        known = merge_known_status(body.get("status"), w[1] if mine else None,
+                                   body["metadata"].get("resourceVersion"), w[2] if mine else None)
         now = time.monotonic()
         seen_names = {j.name for j in jobs}
         creating = {n: t for n, t in self.creating.get(key, {}).items() if t > now and n not in seen_names}

@@ -37,6 +37,8 @@ SCRATCH_PATH = "/scratch"
 # Relative on purpose: the container's workingDir is the scratch emptyDir, and the local
 # simulated kubelet (which mounts nothing) runs the process in a per-pod scratch folder.
 RESULT_FILE = "result.json"
+# The kubelet mounts this file; the trainer writes its result there when it exists (and the
+# local simulated kubelet points LADDER_TERMINATION_LOG at its own file instead).
 TERMINATION_LOG = "/dev/termination-log"
 # Infrastructure failures (node lost, image pull flake, exit 1) are retried this many times.
 BACKOFF_LIMIT = 2
@@ -95,7 +97,6 @@ def trainer_env(spec: LadderSpec, ladder: str, cell: Cell) -> list[dict[str, Any
     ours = {
         "LADDER_NAME": ladder, "LADDER_STAGE": cell.stage, "LADDER_CANDIDATE": cell.candidate,
         "LADDER_HOST_BLOCK": cell.host_block, "LADDER_SEED": str(cell.seed),
-        "LADDER_TERMINATION_LOG": TERMINATION_LOG,
     }
     env = [e for e in env if e["name"] not in ours and e["name"] not in ("POD_NAME", "POD_NAMESPACE")]
     env += [{"name": k, "value": v} for k, v in ours.items()]

@@ -159,15 +159,25 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
                       ladder_status=status, new_decisions=list(plan.new_decisions))
 
 
-def merge_known_status(from_body: dict | None, written: dict | None) -> dict:
+def merge_known_status(from_body: dict | None, written: dict | None,
+                       body_version: str | None = None, written_version: str | None = None) -> dict:
     """The newest record: our last write and the watched body can arrive in either order.
-    Recorded outcomes and decisions only grow, so take the one that recorded more."""
+    Recorded outcomes and decisions only grow, so the one that recorded more wins; on a tie the
+    higher resourceVersion (so an edit of the status by someone else is seen), else our write."""
     a, b = from_body or {}, written or {}
+    if not b:
+        return dict(a)
 
     def weight(s: dict) -> tuple[int, int]:
         stages = s.get("stages") or []
         return (sum(1 for st in stages if st.get("decision")),
                 sum(1 for st in stages for c in st.get("cells") or [] if c.get("state") in ("Succeeded", "Failed")))
 
-    return dict(b) if weight(b) >= weight(a) and b else dict(a)
-
+    wa, wb = weight(a), weight(b)
+    if wa != wb:
+        return dict(a) if wa > wb else dict(b)
+    try:
+        newer_body = int(body_version or 0) > int(written_version or 0)
+    except ValueError:
+        newer_body = False
+    return dict(a) if newer_body else dict(b)
