@@ -68,7 +68,7 @@ preflight() {
 reached_cluster=  # set once there is a cluster whose state is worth collecting on failure
 cluster_up() {
   reached_cluster=1
-  if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+  if kind get clusters 2>/dev/null | grep -x "$CLUSTER" >/dev/null; then
     say "reusing kind cluster $CLUSTER"
     kind get kubeconfig --name "$CLUSTER" > "$KUBECONFIG"
   else
@@ -106,7 +106,7 @@ images() {
 
 install_chart() {
   say "helm install $RELEASE (trainer identity pre-created in $LADDER_NS)"
-  kubectl create namespace "$LADDER_NS" --dry-run=client -o yaml | kubectl apply -f -
+  kubectl get namespace "$LADDER_NS" >/dev/null 2>&1 || kubectl create namespace "$LADDER_NS"
   helm upgrade --install "$RELEASE" charts/promotion-ladder --namespace "$SYSTEM_NS" --create-namespace \
     --set "trainer.namespaces={$LADDER_NS}" --wait --timeout 5m
   kubectl -n "$SYSTEM_NS" rollout status "deploy/$RELEASE-promotion-ladder" --timeout=180s
@@ -126,7 +126,8 @@ diagnostics() {
 
 run_ladder() {
   local name phase deadline
-  name=$(sed -n '/^metadata:/,/^[a-z]/s/^  name: *//p' "$LADDER" | head -1)
+  # (no `| head` anywhere: with pipefail, the writer's SIGPIPE would fail the script at random)
+  name=$(awk '/^metadata:/ {m=1; next} m && /^  name:/ {print $2; exit} /^[^ #]/ {m=0}' "$LADDER")
   say "kubectl apply -n $LADDER_NS -f $LADDER (ladder $name)"
   kubectl apply -n "$LADDER_NS" -f "$LADDER"
   deadline=$(( $(date +%s) + TIMEOUT ))
@@ -157,7 +158,7 @@ run_ladder() {
   # The operator's /metrics, through the API server's service proxy (no port-forward).
   local metrics
   metrics=$(kubectl get --raw "/api/v1/namespaces/$SYSTEM_NS/services/http:$RELEASE-promotion-ladder-metrics:8080/proxy/metrics")
-  grep -E "^ladder_gpu_hours_total\{.*ladder=\"$name\"" <<<"$metrics" | head -3
+  grep -m3 -E "^ladder_gpu_hours_total\{.*ladder=\"$name\"" <<<"$metrics" || true
   grep -qE "^ladder_gpu_hours_total\{.*ladder=\"$name\"" <<<"$metrics" || die "/metrics has no ladder_gpu_hours_total for $name"
   say "ok: $name Succeeded, every cell on its host block, GPU-hours on /metrics"
 }

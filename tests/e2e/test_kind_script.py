@@ -28,7 +28,7 @@ case "$*" in
   "get node e2e-worker -o jsonpath="*) echo -n "${WORKER_BLOCK:-a100}" ;;
   "get node e2e-worker2 -o jsonpath="*) echo -n l40s ;;
   "get --raw "*) echo 'ladder_gpu_hours_total{namespace="ladder-e2e",ladder="demo",stage="screen",candidate="d2-w64",host_block="a100"} 0.01' ;;
-  "create namespace"*) echo "apiVersion: v1" ;;
+  "get namespace ladder-e2e") exit 1 ;;
 esac
 exit 0
 '''
@@ -70,8 +70,7 @@ def test_all_creates_fakes_gpus_installs_runs_checks_and_deletes(stubs):
     order = [c for c in calls if c.split()[:2] in (["kind", "create"], ["docker", "build"], ["kind", "load"],
                                                    ["helm", "upgrade"], ["kubectl", "apply"], ["kind", "delete"])]
     assert [" ".join(c.split()[:2]) for c in order] == [
-        "kind create", "docker build", "docker build", "kind load", "kubectl apply", "helm upgrade", "kubectl apply",
-        "kind delete"]
+        "kind create", "docker build", "docker build", "kind load", "helm upgrade", "kubectl apply", "kind delete"]
     joined = "\n".join(calls)
     # Fake GPUs through the status subresource, host-block labels, one block per worker (sorted).
     assert "kubectl patch node/e2e-worker --subresource=status --type=json" in joined
@@ -84,6 +83,7 @@ def test_all_creates_fakes_gpus_installs_runs_checks_and_deletes(stubs):
            "ghcr.io/promotion-ladder/trainer:0.1.0" in joined
     helm = next(c for c in calls if c.startswith("helm upgrade"))
     assert shlex.split(helm)[:5] == ["helm", "upgrade", "--install", "ladder", "charts/promotion-ladder"]
+    assert "kubectl create namespace ladder-e2e" in joined
     assert "kubectl apply -n ladder-e2e -f examples/demo-ladder.yaml" in joined
     assert "ok: demo Succeeded" in proc.stderr
 
