@@ -251,7 +251,8 @@ def _rank_flow(s: LadderStatus) -> Section:
         return Section("rank-flow", "Rank flow", text=["No stage decided yet."])
     return Section("rank-flow", "Rank flow", figures=[RANK_FLOW],
                    text=["Each line is a candidate: its rank at each decided stage (1 = best). A cross marks the "
-                         "stage that cut it, a square a promotion by the keep rule, the star the winner."])
+                         "stage that cut it, a square a promotion by the keep rule, a red ring a stage where it had failed cells, "
+                         "the star the winner."])
 
 
 def _decisions(s: LadderStatus) -> list[Section]:

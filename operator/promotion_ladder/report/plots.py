@@ -16,6 +16,7 @@ STATE_COLORS = {"Succeeded": "#4caf50", "Failed": "#d62728", "Running": "#ff9800
 BLOCK_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 SEED_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 DPI = 100
+FAILED_RING = "#d62728"
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def rank_flow(s: LadderStatus) -> Figure:
     winner = s.verdict.winner if s.verdict else None
     last_x = len(s.stages) - 1
     for name, color in colors.items():
-        xs, ys, cut_at, kept = [], [], None, []
+        xs, ys, cut_at, kept, broken = [], [], None, [], []
         for x, st in enumerate(s.stages):
             d = st.decision
             e = next((e for e in d.ranking if e.candidate == name), None) if d else None
@@ -83,6 +84,8 @@ def rank_flow(s: LadderStatus) -> Figure:
             ys.append(e.rank)
             if e.promoted_by == "keep":
                 kept.append((x, e.rank))
+            if not e.complete:
+                broken.append((x, e.rank))
             if x < last_x and not e.promoted_by:
                 cut_at = (x, e.rank)
         if not xs:
@@ -91,6 +94,8 @@ def rank_flow(s: LadderStatus) -> Figure:
         ax.plot(xs, ys, "-o", color=color, lw=lw, ms=6, zorder=z)
         for kx, ky in kept:
             ax.plot(kx, ky, "s", ms=12, mfc="none", mec="black", mew=1.2, zorder=5)
+        for bx, by in broken:
+            ax.plot(bx, by, "o", ms=17, mfc="none", mec=FAILED_RING, mew=2, zorder=5)
         if cut_at:
             ax.plot(*cut_at, "X", ms=11, color="#333333", zorder=6)
         ax.annotate(name, (xs[0], ys[0]), xytext=(-10, 0), textcoords="offset points", ha="right", va="center",
@@ -117,7 +122,10 @@ def rank_flow(s: LadderStatus) -> Figure:
     handles = [Line2D([], [], marker="X", ls="", color="#333333", ms=9, label="cut at this stage"),
                Line2D([], [], marker="s", ls="", mfc="none", mec="black", ms=10, label="promoted by keep"),
                Line2D([], [], marker="*", ls="", color="gold", mec="black", ms=14, label="winner")]
-    ax.legend(handles=handles, loc="lower left", fontsize=8, frameon=False, ncols=3, bbox_to_anchor=(0, 1.0))
+    if any(not e.complete for st in stages for e in st.decision.ranking):
+        handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec=FAILED_RING, mew=2, ms=12,
+                              label="had failed cells (incomplete)"))
+    ax.legend(handles=handles, loc="lower left", fontsize=8, frameon=False, ncols=4, bbox_to_anchor=(0, 1.0))
     fig.suptitle("Rank flow across stages", fontsize=12, x=0.02, ha="left")
     cut = [(e.candidate, st.name) for st in stages[:-1] if st != s.stages[-1] for e in st.decision.ranking if not e.promoted_by]
     alt = f"Rank flow across {len(stages)} decided stages; " + (f"winner {winner}; " if winner else "") + \
