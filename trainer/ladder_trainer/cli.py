@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(args.config)
         budget = parse_budget(args.budget)
         settings = resolve_settings(args)
+        if settings.eval_tokens < 0:
+            raise ConfigError(f"eval tokens must be positive (or 0 for the device default), got {settings.eval_tokens}")
     except (ConfigError, ValueError) as exc:
         return finish("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
 

@@ -250,6 +250,10 @@ def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress
         return Outcome("error", f"no optimizer step finished within the {budget:g}s budget; use a smaller batch",
                        train_seconds=train_seconds, steps=0, tokens=0, gpu_name=device_name(device))
 
+    if settings.eval_tokens < 0:  # the benchmark measures training only
+        return Outcome("ok", train_seconds=train_seconds, steps=steps, tokens=steps * cfg.batch,
+                       tokens_per_second=processed / train_seconds, mfu=_mfu(flops, train_seconds, device),
+                       peak_memory_bytes=peak_memory(device), gpu_name=device_name(device))
     t_eval = time.perf_counter()
     model.eval()
     eval_tokens = settings.eval_tokens or EVAL_TOKENS_DEFAULT.get(device.type, EVAL_TOKENS_DEFAULT["cpu"])
@@ -262,7 +266,6 @@ def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress
         f"{time.perf_counter() - t_eval:.1f}s | {steps} steps, {train_seconds:.1f}s, final train loss {last_loss:.4f}"
     )
     gpu = device_name(device)
-    peak = peak_flops(gpu) if device.type == "cuda" else None
     outcome = Outcome(
         "ok" if math.isfinite(ev["val_bpb"]) else "diverged",
         "" if math.isfinite(ev["val_bpb"]) else "val_bpb is not finite",
@@ -271,7 +274,7 @@ def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress
         steps=steps,
         tokens=steps * cfg.batch,
         tokens_per_second=processed / train_seconds if train_seconds > 0 else None,
-        mfu=flops / (train_seconds * peak) if peak and train_seconds > 0 else None,
+        mfu=_mfu(flops, train_seconds, device),
         peak_memory_bytes=peak_memory(device),
         gpu_name=gpu,
         extra={"eval": ev, "train_loss": last_loss},
@@ -279,6 +282,11 @@ def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress
     if settings.checkpoint_dir:
         save_checkpoint(Path(settings.checkpoint_dir), model, cfg, shards, seed, outcome)
     return outcome
+
+
+def _mfu(flops: float, seconds: float, device: torch.device) -> float | None:
+    peak = peak_flops(device_name(device)) if device.type == "cuda" else None
+    return flops / (seconds * peak) if peak and seconds > 0 else None
 
 
 def _grow(model: GPT, cfg: TrainConfig, optimizers, forward_backward, batches: Batches, device) -> float:
