@@ -48,7 +48,7 @@ def _now() -> str:
 class KubeApi:
     """The few API calls the operator makes (sync kubernetes client; called from worker threads)."""
 
-    def __init__(self, api_client=None):
+    def __init__(self, api_client=None, metrics: LadderMetrics | None = None):
         from kubernetes import client, config
 
         if api_client is None:
@@ -62,13 +62,19 @@ class KubeApi:
         self.custom = client.CustomObjectsApi(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.requests = 0  # API requests made, for the benchmark's requests-per-cell
+        self.metrics = metrics
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+
+    def _count(self, operation: str) -> None:
+        self.requests += 1
+        if self.metrics is not None:
+            self.metrics.api_requests.labels(operation).inc()
 
     def create_job(self, namespace: str, job: dict) -> bool:
         """True when created, False when it already existed."""
         from kubernetes.client.exceptions import ApiException
 
-        self.requests += 1
+        self._count("create_job")
         try:
             self.batch.create_namespaced_job(namespace, job)
             return True
@@ -82,7 +88,7 @@ class KubeApi:
         or None when the ladder is gone."""
         from kubernetes.client.exceptions import ApiException
 
-        self.requests += 1
+        self._count("patch_status")
         try:
             obj = self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, [{"op": "add", "path": "/status", "value": status}])
@@ -106,7 +112,7 @@ class KubeApi:
             "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": self.instance,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
-        self.requests += 1
+        self._count("create_event")
         try:
             self.core.create_namespaced_event(meta["namespace"], event)
         except ApiException as exc:  # Events are best effort
@@ -116,7 +122,7 @@ class KubeApi:
         from kubernetes.client.exceptions import ApiException
 
         for obj in trainer_objects(namespace):
-            self.requests += 1
+            self._count("create_rbac")
             try:
                 if obj["kind"] == "ServiceAccount":
                     self.core.create_namespaced_service_account(namespace, obj)
@@ -146,13 +152,14 @@ class Controller:
         self._busy: set[Key] = set()
         self._queue: asyncio.Queue[Key] | None = None
         self._tasks: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.heartbeat = time.monotonic()
         self.reconciles = 0
 
     @property
     def api(self) -> KubeApi:
         if self._api is None:
-            self._api = KubeApi()
+            self._api = KubeApi(metrics=self.metrics)
         return self._api
 
     # -- queue -----------------------------------------------------------------------------
@@ -165,6 +172,7 @@ class Controller:
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
         for key in self._dirty:
             self._queue.put_nowait(key)
         self._tasks = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
@@ -242,7 +250,17 @@ class Controller:
                 self.rbac_done.add(ns)
             expiry = time.monotonic() + CREATE_EXPECTATION_SECONDS
             for job in r.create:
-                self.api.create_job(ns, job)
+                try:
+                    self.api.create_job(ns, job)
+                except Exception as exc:  # noqa: BLE001 - a refused Job must be visible, not a crash loop
+                    status = getattr(exc, "status", None)
+                    if status is None or status >= 500 or status == 429:
+                        raise
+                    self._warn_once(body, "JobCreateFailed", f"{ns}/{job['metadata']['name']}:{status}",
+                                    f"cannot create Job {job['metadata']['name']}: {getattr(exc, 'reason', exc)}: "
+                                    f"{str(getattr(exc, 'body', ''))[:500]}")
+                    self._retry_later(key, 30.0)
+                    break
                 self.creating.setdefault(key, {})[job["metadata"]["name"]] = expiry
             if r.new_decisions:
                 self.metrics.decision_latency.observe(time.monotonic() - since)
@@ -252,8 +270,22 @@ class Controller:
             self.api.post_event(body, type_, reason, message)
         if r.spec is not None and r.ladder_status is not None:
             self.metrics.observe(ns, name, r.spec, r.ladder_status)
+        else:
+            self.metrics.set_info(ns, name, r.status.get("phase") or "", r.status.get("currentStage") or "",
+                                  r.status.get("leader") or "")
         if r.new_decisions or r.create:
             log.info("ladder %s/%s: %s; %d job(s) created", ns, name, r.status.get("message"), len(r.create))
+
+    def _retry_later(self, key: Key, delay: float) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.call_later, delay, self.enqueue, key)
+
+    def _warn_once(self, body: dict, reason: str, key: str, message: str) -> None:
+        if key in self.seen_rejections:
+            return
+        self.seen_rejections.add(key)
+        self.api.post_event(body, "Warning", reason, message)
+        log.warning("ladder %s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)
 
     def _reject(self, body: dict, rej: Rejection) -> None:
         if rej.key in self.seen_rejections:
@@ -301,7 +333,6 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.batching.batch_window = 0.02  # latency over coalescing: decisions should be quick
         settings.posting.level = logging.WARNING
         await controller.start()
 

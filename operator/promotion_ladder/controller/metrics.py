@@ -45,6 +45,8 @@ class LadderMetrics:
         self.decision_latency = Histogram("ladder_decision_latency_seconds",
                                           "From a stage's last result seen to the next stage's Jobs created.",
                                           buckets=_LATENCY_BUCKETS, registry=r)
+        self.api_requests = Counter("ladder_operator_api_requests", "API requests the reconciles made (watches not counted).",
+                                    ["operation"], registry=r)
         self.info = Gauge("ladder_info", "1 per ladder, with its phase, current stage and leader.",
                           ["namespace", "ladder", "phase", "stage", "leader"], registry=r)
         self._lock = threading.Lock()
@@ -83,7 +85,11 @@ class LadderMetrics:
             if status.gpu_hours is not None:
                 for cf in status.gpu_hours.counterfactuals:
                     self.counterfactual.labels(namespace, ladder, cf.stage).set(cf.gpu_hours)
-            info = (namespace, ladder, status.phase, status.current_stage or "", status.leader or "")
+        self.set_info(namespace, ladder, status.phase, status.current_stage or "", status.leader or "")
+
+    def set_info(self, namespace: str, ladder: str, phase: str, stage: str, leader: str) -> None:
+        key, info = (namespace, ladder), (namespace, ladder, phase, stage, leader)
+        with self._lock:
             old = self._info_labels.get(key)
             if old is not None and old != info:
                 self.info.remove(*old)

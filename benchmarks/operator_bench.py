@@ -1,0 +1,226 @@
+"""Operator benchmark (not a test): N ladders x M candidates on the local control plane, with a
+trainer stub that reports at once (benchmarks/instant_trainer.py).
+
+    ~/.cache/promotion-ladder/venv/bin/python benchmarks/operator_bench.py [--ladders 20] [--candidates 50]
+
+Prints, and with --record appends to benchmarks/operator-results.md:
+  * decision latency: from the last cell of a stage seen Succeeded (a watch in this process) to
+    the first Job of the next stage seen created (same watch), p50/p99 over all stage transitions;
+    and the operator's own ladder_decision_latency_seconds histogram;
+  * API requests per cell: the operator's writes (ladder_operator_api_requests_total: Job creates,
+    status patches, Events, RBAC) per cell; its watches (3 streams) are not counted;
+  * the operator's peak RSS (VmHWM).
+Each ladder: s1 1s x a100 x seed 1 (M cells, top 10) -> s2 1s x a100,l40s x seed 1 (top 3) -> s3 1s x
+a100,l40s x seeds 1,2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from kubernetes import client, watch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from localcluster.cluster import LocalCluster  # noqa: E402
+from localcluster.nodeagent import gpu_node  # noqa: E402
+from localcluster.waiting import wait_for  # noqa: E402
+from tests.operator.harness import free_port, install_crd  # noqa: E402
+
+LABEL = "ladder.promotion.dev/ladder"
+NS = "bench"
+
+
+def ladder(i: int, candidates: int) -> dict:
+    return {
+        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": f"bench-{i:02d}"},
+        "spec": {
+            "trainer": {"image": "stub", "command": [sys.executable, str(ROOT / "benchmarks" / "instant_trainer.py")], "gpus": 1},
+            "hostBlocks": [{"name": h, "nodeSelector": {"ladder.promotion.dev/host-block": h}} for h in ("a100", "l40s")],
+            "candidates": [{"name": f"c{j:03d}", "config": {"value": 1.0 + ((j * 37 + i) % candidates) / 100}}
+                           for j in range(candidates)],
+            "stages": [
+                {"name": "s1", "budget": "1s", "hostBlocks": ["a100"], "seeds": [1], "promote": {"top": 10}},
+                {"name": "s2", "budget": "1s", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 3}},
+                {"name": "s3", "budget": "1s", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2]},
+            ],
+        },
+    }
+
+
+class Recorder:
+    """Watches pods and jobs; keeps when each stage's last pod succeeded and its first job appeared."""
+
+    def __init__(self, api: client.ApiClient):
+        self.core, self.batch = client.CoreV1Api(api), client.BatchV1Api(api)
+        self.last_success: dict[tuple[str, str], float] = {}
+        self.first_job: dict[tuple[str, str], float] = {}
+        self.succeeded: set[str] = set()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def _run(self, fn, on_event):
+        rv = None
+        while not self.stop.is_set():
+            try:
+                for ev in watch.Watch().stream(fn, NS, label_selector=LABEL, resource_version=rv, timeout_seconds=30):
+                    rv = ev["object"].metadata.resource_version
+                    on_event(ev["type"], ev["object"], time.monotonic())
+                    if self.stop.is_set():
+                        return
+            except Exception:  # noqa: BLE001 - reconnect from scratch (e.g. 410 Gone)
+                rv = None
+
+    def on_pod(self, type_, pod, t):
+        if pod.status.phase == "Succeeded" and pod.metadata.uid not in self.succeeded:
+            self.succeeded.add(pod.metadata.uid)
+            key = (pod.metadata.labels[LABEL], pod.metadata.labels["ladder.promotion.dev/stage"])
+            with self.lock:
+                self.last_success[key] = max(self.last_success.get(key, 0.0), t)
+
+    def on_job(self, type_, job, t):
+        if type_ == "ADDED":
+            key = (job.metadata.labels[LABEL], job.metadata.labels["ladder.promotion.dev/stage"])
+            with self.lock:
+                self.first_job.setdefault(key, t)
+
+    def start(self):
+        for fn, cb in ((self.core.list_namespaced_pod, self.on_pod), (self.batch.list_namespaced_job, self.on_job)):
+            threading.Thread(target=self._run, args=(fn, cb), daemon=True).start()
+
+    def latencies(self) -> list[float]:
+        out = []
+        for (lad, stage), t_done in self.last_success.items():
+            nxt = {"s1": "s2", "s2": "s3"}.get(stage)
+            if nxt and (lad, nxt) in self.first_job:
+                out.append(self.first_job[(lad, nxt)] - t_done)
+        return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, int(round(q / 100 * len(xs) + 0.5)) - 1))]
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
+
+
+def histogram_quantile(text: str, name: str, q: float) -> float | None:
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    return next(le for le, n in sorted(buckets) if n >= q * total)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ladders", type=int, default=20)
+    ap.add_argument("--candidates", type=int, default=50)
+    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--record", action="store_true", help="append the numbers to benchmarks/operator-results.md")
+    args = ap.parse_args()
+
+    d = Path(tempfile.mkdtemp(prefix="operator-bench-"))
+    nodes = [gpu_node(f"a100-{i}", "a100", args.gpus_per_node) for i in range(2)] + \
+            [gpu_node(f"l40s-{i}", "l40s", args.gpus_per_node) for i in range(2)]
+    print(f"starting the local control plane in {d} ...", flush=True)
+    cluster = LocalCluster.start(d, nodes)
+    op = None
+    try:
+        api = cluster.api_client()
+        install_crd(api)
+        core = client.CoreV1Api(api)
+        core.create_namespace({"metadata": {"name": NS}})
+        wait_for(lambda: core.read_namespaced_service_account("default", NS), timeout=30, what="namespace ready")
+        mport, hport = free_port(), free_port()
+        log = open(d / "operator.log", "w")
+        op = subprocess.Popen([sys.executable, "-m", "promotion_ladder.cli", "operator", "-n", NS,
+                               "--metrics-port", str(mport), "--health-port", str(hport)],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                              env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=2).status == 200,
+                 timeout=60, what="operator ready")
+        rec = Recorder(api)
+        rec.start()
+        time.sleep(1)
+        custom = client.CustomObjectsApi(api)
+        t0 = time.monotonic()
+        for i in range(args.ladders):
+            custom.create_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders",
+                                                   ladder(i, args.candidates))
+
+        def all_done():
+            items = custom.list_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders")["items"]
+            phases = [(x.get("status") or {}).get("phase") for x in items]
+            return all(p in ("Succeeded", "Failed") for p in phases) and phases
+
+        def progress():
+            items = custom.list_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders")["items"]
+            return [(x["metadata"]["name"], (x.get("status") or {}).get("currentStage")) for x in items]
+
+        phases = wait_for(all_done, timeout=args.timeout, interval=2, what="all ladders finished", describe=progress)
+        wall = time.monotonic() - t0
+        text = scrape(mport)
+        rss_kb = next(int(line.split()[1]) for line in open(f"/proc/{op.pid}/status") if line.startswith("VmHWM"))
+        rec.stop.set()
+        lat = rec.latencies()
+        cells = sum(len(s["hostBlocks"]) * len(s["seeds"]) * n for s, n in zip(
+            ladder(0, args.candidates)["spec"]["stages"], (args.candidates, 10, 3))) * args.ladders
+        requests = metric(text, "ladder_operator_api_requests_total")
+        result = {
+            "date": datetime.date.today().isoformat(), "ladders": args.ladders, "candidates": args.candidates,
+            "cells": cells, "succeeded": phases.count("Succeeded"), "wall_seconds": round(wall, 1),
+            "decision_latency_p50_s": round(pct(lat, 50), 3), "decision_latency_p99_s": round(pct(lat, 99), 3),
+            "decision_latency_max_s": round(max(lat), 3), "transitions": len(lat),
+            "operator_histogram_p50_s_le": histogram_quantile(text, "ladder_decision_latency_seconds", 0.5),
+            "operator_histogram_p99_s_le": histogram_quantile(text, "ladder_decision_latency_seconds", 0.99),
+            "api_requests_per_cell": round(requests / cells, 3),
+            "requests_by_operation": {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                      if line.startswith("ladder_operator_api_requests_total{")},
+            "peak_rss_mb": round(rss_kb / 1024, 1), "cpus": os.cpu_count(), "python": platform.python_version(),
+        }
+        print(json.dumps(result, indent=2))
+        if args.record:
+            out = ROOT / "benchmarks" / "operator-results.md"
+            head = "" if out.exists() else ("# Operator benchmark results\n\nProduced by `benchmarks/operator_bench.py` "
+                                            "on the local control plane (see its docstring for what is measured).\n")
+            with open(out, "a") as fh:
+                fh.write(f"{head}\n## {result['date']}: {args.ladders} ladders x {args.candidates} candidates "
+                         f"({cells} cells, {result['cpus']} CPUs)\n\n```json\n{json.dumps(result, indent=2)}\n```\n")
+        return 0
+    finally:
+        if op is not None and op.poll() is None:
+            op.terminate()
+            try:
+                op.wait(15)
+            except subprocess.TimeoutExpired:
+                op.kill()
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

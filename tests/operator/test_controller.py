@@ -1,0 +1,104 @@
+"""The controller's I/O order and de-duplication, with a recording fake of the API."""
+
+from __future__ import annotations
+
+import asyncio
+
+from promotion_ladder.controller.handlers import Controller
+from promotion_ladder.controller.metrics import LadderMetrics
+from promotion_ladder.core.planner import Cell
+
+from .kube import JobB, PodB, ladder_body, result_doc
+
+KEY = ("ns", "test")
+
+
+class FakeApi:
+    def __init__(self, refuse_jobs: int | None = None):
+        self.calls: list[tuple] = []
+        self.rv = 100
+        self.refuse_jobs = refuse_jobs
+
+    def write_status(self, ns, name, status):
+        self.rv += 1
+        self.calls.append(("status", status.get("phase"), status.get("currentStage")))
+        return str(self.rv)
+
+    def ensure_trainer_rbac(self, ns):
+        self.calls.append(("rbac", ns))
+
+    def create_job(self, ns, job):
+        if self.refuse_jobs:
+            exc = Exception("Forbidden")
+            exc.status, exc.reason, exc.body = self.refuse_jobs, "Forbidden", "quota"
+            raise exc
+        self.calls.append(("job", job["metadata"]["labels"]["ladder.promotion.dev/stage"]))
+        return True
+
+    def post_event(self, body, type_, reason, message):
+        self.calls.append(("event", reason))
+
+
+def controller(api, jobs=(), pods=()):
+    c = Controller(LadderMetrics(), api=api)
+    c.jobs_index = {KEY: list(jobs)}
+    c.pods_index = {KEY: list(pods)}
+    c.ladders[KEY] = ladder_body()
+    return c
+
+
+def run(c):
+    asyncio.run(c._reconcile(KEY, 0.0))
+
+
+def kinds(calls):
+    return [c[0] for c in calls]
+
+
+def test_status_is_written_before_jobs_and_nothing_twice():
+    api = FakeApi()
+    c = controller(api)
+    run(c)
+    assert kinds(api.calls) == ["status", "rbac"] + ["job"] * 8
+    api.calls.clear()
+    run(c)  # jobs not in the index yet, but remembered as being created; status unchanged
+    assert api.calls == []
+
+
+def test_rejected_result_is_reported_once():
+    body = ladder_body()
+    cell = Cell("s1", "c0", "a100", 1)
+    j = JobB(body, cell).active()
+    bad = PodB(j).result("{nope")
+    api = FakeApi()
+    c = controller(api, [j.summary()], [bad.summary()])
+    run(c)
+    run(c)
+    assert [x for x in api.calls if x[0] == "event"] == [("event", "ResultRejected")]
+    assert c.metrics.registry.get_sample_value(
+        "ladder_result_errors_total", {"namespace": "ns", "ladder": "test", "reason": "malformed"}) == 1
+
+
+def test_refused_job_is_a_warning_not_a_crash():
+    api = FakeApi(refuse_jobs=403)
+    c = controller(api)
+    run(c)
+    run(c)
+    assert [x for x in api.calls if x[0] == "event"] == [("event", "JobCreateFailed")]
+
+
+def test_decision_then_next_stage():
+    body = ladder_body()
+    jobs, pods = [], []
+    for cand, v in (("c0", 1.0), ("c1", 1.1), ("c2", 1.2), ("c3", 1.3)):
+        for hb in ("a100", "l40s"):
+            cell = Cell("s1", cand, hb, 1)
+            j = JobB(body, cell).complete()
+            jobs.append(j.summary())
+            pods.append(PodB(j).result(result_doc(cell, v)).exited(0).summary())
+    api = FakeApi()
+    c = controller(api, jobs, pods)
+    run(c)
+    assert api.calls[0] == ("status", "Running", "s2")
+    assert kinds(api.calls) == ["status", "rbac"] + ["job"] * 8 + ["event"]  # s2: 2 candidates x 2 blocks x 2 seeds
+    assert c.metrics.registry.get_sample_value("ladder_decision_latency_seconds_count") == 1
