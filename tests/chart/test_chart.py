@@ -99,9 +99,9 @@ HARDENING = {
     "liveness on /healthz of the health port": (
         lambda d, p: (p["containers"][0]["livenessProbe"]["httpGet"]["path"],
                       p["containers"][0]["livenessProbe"]["httpGet"]["port"]), ("/healthz", "health")),
-    "readiness on /healthz of the health port": (
+    "readiness on /readyz of the health port": (
         lambda d, p: (p["containers"][0]["readinessProbe"]["httpGet"]["path"],
-                      p["containers"][0]["readinessProbe"]["httpGet"]["port"]), ("/healthz", "health")),
+                      p["containers"][0]["readinessProbe"]["httpGet"]["port"]), ("/readyz", "health")),
     "requests and limits both set": (
         lambda d, p: sorted(k for k, v in p["containers"][0]["resources"].items() if v.get("cpu") and v.get("memory")),
         ["limits", "requests"]),
