@@ -172,3 +172,13 @@ def test_cli_name_without_a_cluster_says_what_to_do(tmp_path, capsys, monkeypatc
     assert main(["report", "protocol", "--kubeconfig", str(tmp_path / "missing-kubeconfig")]) == 1
     err = capsys.readouterr().err
     assert "protocol: no such file, and no cluster" in err
+
+
+def test_yaml_from_kubectl_get(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from promotion_ladder.report import load_source
+
+    path = tmp_path / "protocol.yaml"  # as `kubectl get promotionladder protocol -o yaml` writes it
+    path.write_text(yaml.safe_dump(full_object(simulate_json())))
+    inp = load_source(str(path))
+    assert inp.name == "protocol" and inp.spec is not None and inp.status.phase == "Succeeded"

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..core.api import GROUP, KIND, PLURAL, VERSION, LadderInvalid, LadderSpec, load_ladder
 from ..core.status import LadderStatus, parse_status
 from ..files import FileError, read_ladder, read_text
@@ -72,10 +74,15 @@ def from_file(path: str, ladder_file: str | None = None) -> ReportInput:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ReportError(
-            f"{origin}: not JSON ({exc.msg} at line {exc.lineno}); give a status file from `ladder run` or "
-            "`ladder simulate --output json`"
-        ) from None
+        if not origin.endswith((".yaml", ".yml")):
+            raise ReportError(
+                f"{origin}: not JSON ({exc.msg} at line {exc.lineno}); give a status file from `ladder run` or "
+                "`ladder simulate --output json`"
+            ) from None
+        try:  # e.g. `kubectl get promotionladder NAME -o yaml`
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as yexc:
+            raise ReportError(f"{origin}: not valid YAML: {getattr(yexc, 'problem', yexc)}") from None
     return from_document(data, origin, name=stem, ladder_file=ladder_file)
 
 
