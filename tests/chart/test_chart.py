@@ -195,7 +195,7 @@ BAD_VALUES = {
     "negative GPU-hour budget": ({"metrics.prometheusRule.gpuHoursBudget.gpuHours": "-1"}, "gpuHours"),
     "window not a duration": ({"metrics.prometheusRule.ladderStuck.window": '"two hours"'}, "window"),
     "severity typo": ({"metrics.prometheusRule.resultErrors.severity": '"page"'}, "severity"),
-    "resources without limits": ({"resources": '{"requests": {"cpu": "1", "memory": "1Gi"}}'}, "limits"),
+    "resources without limits": ({"resources.limits": "null"}, "limits"),  # null deletes the default
     "bad cpu quantity": ({"resources.limits.cpu": '"lots"'}, "cpu"),
     "serviceAccount.create false without a name": ({"serviceAccount.create": "false"}, "serviceAccount.name"),
 }
