@@ -303,7 +303,17 @@ def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, te
                     fh.write(arr.tobytes())
                     n += len(arr)
             counts[split] = n
-    np.save(out / "token_bytes.npy", tok.token_bytes())
+    token_bytes = tok.token_bytes()
+    val_tokens = np.fromfile(out / "val.bin", dtype=dtype)
+    text_bytes = sum(len(d.encode("utf-8")) for d in val_docs)
+    if int(token_bytes[val_tokens].astype(np.int64).sum()) != text_bytes:
+        # val_bpb divides by these byte counts, so a tokenizer whose tokens are not plain byte
+        # sequences (normalizers, SentencePiece-style spaces) would silently skew the metric.
+        raise ValueError(
+            f"tokenizer {tokenizer_file or tok.name}: token byte lengths do not add up to the text's UTF-8 bytes; "
+            "only byte-level BPE tokenizers (tokenizers' ByteLevel pre-tokenizer, no normalizer) are supported"
+        )
+    np.save(out / "token_bytes.npy", token_bytes)
     meta = {
         "format": FORMAT,
         "source": source,

@@ -122,7 +122,10 @@ def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress
     torch.manual_seed(seed)
     np.random.seed(seed)
 
-    shards = data_mod.prepare(cfg.tokenizer, cfg.vocab_size, settings.data, settings.tokenizer_file, settings.text_field)
+    try:
+        shards = data_mod.prepare(cfg.tokenizer, cfg.vocab_size, settings.data, settings.tokenizer_file, settings.text_field)
+    except (OSError, ValueError) as exc:  # a missing or unusable corpus will not get better on a retry
+        raise ConfigError(f"data: {exc}") from None
     use_bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     compile_on = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
