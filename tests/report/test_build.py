@@ -118,3 +118,25 @@ def test_changed_spec_is_flagged():
     doc["spec"]["stages"][2]["promote"]["top"] = 4  # moved the goalposts after the fact
     report = build_report(from_document(doc, "edited.json"))
     assert any("frozen hash" in w and "differs" in w for w in report.warnings)
+
+
+def test_running_summary_does_not_claim_savings(reports):
+    summary = {r[0]: r[1] for r in reports["running"].table("summary").rows}
+    assert summary["GPU-hours executed"] == "14.2 (so far)"
+    assert not any(k.startswith("Saved") for k in summary)
+    assert summary["Counterfactuals"].startswith("576.0 (all 12 from 2m on), 432.0 (all 9 from 10m on)")
+    assert "Saved so far" in reports["running"].table("cost-counterfactuals").headers
+
+
+def test_ladder_that_failed_at_its_first_stage():
+    """Nothing recorded: every 2m cell failed, nobody is promoted, the ladder Failed; the report still says why."""
+    from promotion_ladder.report import from_document
+
+    from .builders import full_object, simulate_json
+
+    report = build_report(from_document(full_object(simulate_json({})), "empty.json"))
+    summary = {r[0]: r[1] for r in report.table("summary").rows}
+    assert summary["Phase"] == "Failed" and "nothing to promote" in summary["Message"]
+    assert summary["Failed cells"] == "36"
+    assert set(column(report.table("decision-2m"), "Outcome")) == {"cut: incomplete (failed cells)"}
+    assert report.figure_keys() == [RANK_FLOW, GPU_HOURS, CELL_VALUES + "2m"]

@@ -85,3 +85,14 @@ def test_running_ladder_has_a_progress_plot_and_no_verdict(running_report):
     assert "progress" in figs and "cell-values:12h" not in figs
     assert '<tr class="current">' in running_report.html
     assert "so far" in running_report.html
+
+
+def test_ladder_that_failed_at_its_first_stage_renders():
+    pytest.importorskip("matplotlib")
+    from promotion_ladder.report import from_document, render
+
+    from .builders import full_object, simulate_json
+
+    html = render(from_document(full_object(simulate_json({})), "empty.json"), "html")
+    assert sorted(html_figures(html)) == ["cell-values:2m", "gpu-hours", "rank-flow"]
+    assert html.count('<td class="failed-value">failed</td>') == 36

@@ -107,14 +107,15 @@ def _summary(inp: ReportInput) -> Section:
     g = s.gpu_hours
     if g is not None:
         rows.append(["GPU-hours executed", gpu_h(g.total) + (" (so far)" if is_running(s) else "")])
-        seen = set()
-        for c in g.counterfactuals:  # one row per distinct alternative (stages a cut did not shrink repeat it)
-            if c.entered in seen:
-                continue
-            seen.add(c.entered)
+        # One row per distinct alternative (a stage that cut nobody repeats the one before it).
+        distinct = list({c.entered: c for c in reversed(g.counterfactuals)}.values())[::-1]
+        if is_running(s) and distinct:
+            # Savings against a partial total would flatter the ladder; say what the alternatives cost instead.
+            rows.append(["Counterfactuals", ", ".join(f"{gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage} on)"
+                                                      for c in distinct) + "; savings are known when the ladder ends"])
+        for c in distinct if not is_running(s) else []:
             rows.append([f"Saved vs {gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage} on)",
-                         f"{gpu_h(c.saved_gpu_hours)} GPU-hours ({pct(c.saved_percent)})"
-                         + (", against the GPU-hours so far" if is_running(s) else "")])
+                         f"{gpu_h(c.saved_gpu_hours)} GPU-hours ({pct(c.saved_percent)})"])
     failed = sum(c.state == "Failed" for st in s.stages for c in st.cells)
     rows.append(["Failed cells", str(failed)])
     return Section("summary", "Summary", tables=[Table("summary", ["", ""], rows)])
@@ -309,7 +310,8 @@ def _cost(s: LadderStatus) -> Section:
     final = s.stages[-1].name if s.stages else "the final stage"
     cf_rows = [[f"all {c.entered} that entered {c.stage} through {final}", c.stage, str(c.entered), gpu_h(c.gpu_hours),
                 gpu_h(c.saved_gpu_hours), pct(c.saved_percent)] for c in g.counterfactuals]
-    sec.tables.append(Table("cost-counterfactuals", ["Alternative", "Stage", "Candidates", "GPU-hours", "Saved GPU-hours", "Saved"],
+    saved = ["Saved GPU-hours", "Saved"] if not running else ["Saved so far (GPU-hours)", "Saved so far"]
+    sec.tables.append(Table("cost-counterfactuals", ["Alternative", "Stage", "Candidates", "GPU-hours"] + saved,
                             cf_rows, caption="Counterfactuals"))
     sec.tables.append(Table("cost-host-blocks", ["Host block", "GPU-hours"],
                             [[k, gpu_h(v)] for k, v in g.by_host_block.items()], caption="By host block"))

@@ -223,10 +223,11 @@ def gpu_hours(s: LadderStatus) -> Figure:
         bottom += h
     top = max([g.total] + [c.gpu_hours for c in cfs]) or 1.0
     ax.text(0, g.total + top * 0.015, f"{gpu_h(g.total)}", ha="center", va="bottom", fontsize=10, fontweight="bold")
+    running = s.phase in ("Pending", "Running")
     for i, c in enumerate(cfs, start=1):
         ax.bar(i, c.gpu_hours, color="#bdbdbd", width=0.6, edgecolor="#757575")
-        ax.text(i, c.gpu_hours + top * 0.015, f"{gpu_h(c.gpu_hours)}\nsaved {c.saved_percent:.1f}%", ha="center",
-                va="bottom", fontsize=9)
+        label = gpu_h(c.gpu_hours) + ("" if running else f"\nsaved {c.saved_percent:.1f}%")
+        ax.text(i, c.gpu_hours + top * 0.015, label, ha="center", va="bottom", fontsize=9)
     ax.axhline(g.total, color="#333333", lw=0.8, ls="--", zorder=0)
     ax.set_xticks(range(len(cfs) + 1))
     ax.set_xticklabels(["executed" + (" so far" if s.phase in ("Pending", "Running") else "")]
