@@ -182,3 +182,27 @@ def test_yaml_from_kubectl_get(tmp_path, capsys, monkeypatch):
     path.write_text(yaml.safe_dump(full_object(simulate_json())))
     inp = load_source(str(path))
     assert inp.name == "protocol" and inp.spec is not None and inp.status.phase == "Succeeded"
+
+
+def test_report_of_a_real_ladder_run_status_file(tmp_path, capsys):
+    """`ladder run` (with the unit tests' fake cell program) writes the status file; the report reads it as is."""
+    pytest.importorskip("matplotlib")
+    from pathlib import Path
+
+    from promotion_ladder.core.api import load_ladder
+    from promotion_ladder.local.runner import run_ladder
+
+    from ..unit.builders import ladder_doc
+
+    fake = str(Path(__file__).parents[1] / "unit" / "fixtures" / "fake_trainer.py")
+    doc = ladder_doc(candidates=["c0", "c1", "c2"], host_blocks=("a", "b"), trainer={"command": [sys.executable, fake]})
+    for c, cfg in zip(doc["spec"]["candidates"], [{"base": 1.0}, {"base": 0.9}, {"base": 0.5, "fail_stage": "s1"}]):
+        c["config"] = cfg
+    status_file = tmp_path / "test.status.json"
+    run_ladder(load_ladder(doc), status_file, parallel=2, stream=io.StringIO(), poll_seconds=0.02)
+    out = tmp_path / "r.md"
+    assert main(["report", str(status_file), "-o", str(out)]) == 0
+    md = out.read_text()
+    assert md.startswith("# Promotion ladder report: test")
+    assert "| s1 | c2 | a | 1 | exit code 3 (diverged: loss is nan)" in md
+    assert "| 1 | c1 |" in md and "winner" in md
