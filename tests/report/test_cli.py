@@ -205,4 +205,4 @@ def test_report_of_a_real_ladder_run_status_file(tmp_path, capsys):
     md = out.read_text()
     assert md.startswith("# Promotion ladder report: test")
     assert "| s1 | c2 | a | 1 | exit code 3 (diverged: loss is nan)" in md
-    assert "| 1 | c1 |" in md and "winner" in md
+    assert "| **1** | c1 |" in md and "| winner |" in md
