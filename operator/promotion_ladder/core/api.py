@@ -34,7 +34,7 @@ MAX_CANDIDATES = 1000
 MAX_HOST_BLOCKS = 32
 MAX_STAGES = 16
 MAX_SEEDS = 32
-MAX_KEEP = 32
+MAX_KEEP = 16  # CEL cost: the keep-names-a-candidate rule is stages x keep x candidates
 MAX_CHECKS = 32
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]

@@ -43,6 +43,10 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out["enum"] = [v]
         else:
             out[k] = v
+    if "properties" in out and out.get("additionalProperties") is False:
+        # extra="forbid" in pydantic; the API server forbids it next to properties (a structural
+        # schema prunes unknown fields anyway).
+        del out["additionalProperties"]
     if out.get("x-kubernetes-preserve-unknown-fields"):
         out.pop("additionalProperties", None)
         out.setdefault("type", "object")
