@@ -99,13 +99,13 @@ def test_cell_contract_args_and_env():
 
 
 GPUS = {
-    "default one gpu": ({}, {"limits": {GPU_RESOURCE: 1}}),
-    "four gpus": ({"gpus": 4}, {"limits": {GPU_RESOURCE: 4}}),
+    "default one gpu": ({}, {"limits": {GPU_RESOURCE: "1"}}),
+    "four gpus": ({"gpus": 4}, {"limits": {GPU_RESOURCE: "4"}}),
     "cpu only": ({"gpus": 0}, None),
     "gpu in resources is overridden": ({"gpus": 2, "resources": {"limits": {GPU_RESOURCE: 8, "memory": "1Gi"},
                                                                  "requests": {"cpu": "1"}}},
-                                       {"limits": {"memory": "1Gi", GPU_RESOURCE: 2}, "requests": {"cpu": "1"}}),
-    "cpu only keeps other limits": ({"gpus": 0, "resources": {"limits": {GPU_RESOURCE: 1, "cpu": "2"}}},
+                                       {"limits": {"memory": "1Gi", GPU_RESOURCE: "2"}, "requests": {"cpu": "1"}}),
+    "cpu only keeps other limits, quantities as strings": ({"gpus": 0, "resources": {"limits": {GPU_RESOURCE: 1, "cpu": 2}}},
                                     {"limits": {"cpu": "2"}}),
 }
 

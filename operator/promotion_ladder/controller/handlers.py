@@ -91,7 +91,8 @@ class KubeApi:
         self._count("patch_status")
         try:
             obj = self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, [{"op": "add", "path": "/status", "value": status}])
+                GROUP, VERSION, namespace, PLURAL, name, [{"op": "add", "path": "/status", "value": status}],
+                _content_type="application/json-patch+json")
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -331,6 +332,12 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     """Wire the handlers into a Kopf registry."""
     present = {LADDER_LABEL: kopf.PRESENT}
 
+    # A registry of our own gets none of Kopf's default login handlers: add the kubernetes
+    # client's (in-cluster service account, else $KUBECONFIG / ~/.kube/config).
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING
@@ -340,12 +347,12 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     async def shutdown(**_: Any) -> None:
         await controller.stop()
 
-    @kopf.index("batch", "v1", "jobs", labels=present, registry=registry)
+    @kopf.index("batch", "v1", "jobs", labels=present, registry=registry, id="ladder_jobs")
     def ladder_jobs(body: kopf.Body, namespace: str, **_: Any) -> dict:
         s = job_summary(dict(body))
         return {(namespace, s.ladder): s}
 
-    @kopf.index("", "v1", "pods", labels=present, registry=registry)
+    @kopf.index("", "v1", "pods", labels=present, registry=registry, id="ladder_pods")
     def ladder_pods(body: kopf.Body, namespace: str, **_: Any) -> dict:
         s = pod_summary(dict(body))
         return {(namespace, s.ladder): s}

@@ -114,7 +114,10 @@ def trainer_resources(spec: LadderSpec) -> dict[str, Any]:
     limits.pop(GPU_RESOURCE, None)
     requests.pop(GPU_RESOURCE, None)
     if spec.trainer.gpus > 0:
-        limits[GPU_RESOURCE] = spec.trainer.gpus
+        limits[GPU_RESOURCE] = str(spec.trainer.gpus)
+    # Quantities are strings on the wire (YAML users write `cpu: 2`; the client wants "2").
+    limits = {k: str(v) for k, v in limits.items()}
+    requests = {k: str(v) for k, v in requests.items()}
     out = {k: v for k, v in res.items() if k not in ("limits", "requests")}
     if limits:
         out["limits"] = limits
