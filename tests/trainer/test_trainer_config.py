@@ -85,3 +85,17 @@ def test_bad_setting_env_exits_2(tmp_path, monkeypatch):
     out = tmp_path / "r.json"
     assert main(["--budget", "5s", "--result-file", str(out)]) == EXIT_BAD_CONFIG
     assert "LADDER_TRAINER_EVAL_TOKENS" in parse_result(out.read_text()).message
+
+
+def test_image_entrypoint_module_starts():
+    """Dockerfile.trainer's ENTRYPOINT is `python -m ladder_trainer`; that module must start."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile.trainer").read_text()
+    entry = re.findall(r"^ENTRYPOINT (.+)$", dockerfile, re.M)
+    assert entry and json.loads(entry[-1]) == ["python", "-m", "ladder_trainer"]
+    proc = subprocess.run([sys.executable, "-m", "ladder_trainer", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--budget" in proc.stdout
