@@ -102,13 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("report", help="write an audit report (HTML or Markdown, plots embedded) of a status file or a ladder on the cluster")
-    s.add_argument("source", help="status JSON from `ladder run` / `ladder simulate --output json` (- for stdin), "
-                                   "or the name of a PromotionLadder on the cluster")
-    s.add_argument("--ladder", help="the ladder file, to show the frozen spec when SOURCE is a bare status")
-    s.add_argument("-o", "--output", help="report file (default: <ladder name>-report.html or .md; - for stdout)")
+    s.add_argument("source", metavar="SOURCE",
+                   help="status JSON from `ladder run` / `ladder simulate --output json` (- for stdin), "
+                        "or the name of a PromotionLadder on the cluster")
+    s.add_argument("--ladder", metavar="FILE", help="the ladder file, to show the frozen spec when SOURCE is a bare status")
+    s.add_argument("-o", "--output", metavar="FILE", help="report file (default: <ladder name>-report.html or .md; - for stdout)")
     s.add_argument("--format", choices=["html", "markdown"], help="default: markdown for a .md output, else html")
     s.add_argument("-n", "--namespace", help="cluster source: namespace (default: the kubeconfig context's)")
-    s.add_argument("--kubeconfig", help="cluster source: kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
+    s.add_argument("--kubeconfig", metavar="FILE", help="cluster source: kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
     s.add_argument("--context", help="cluster source: kubeconfig context")
     s.set_defaults(func=_cmd_report)
 

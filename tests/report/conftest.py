@@ -28,7 +28,7 @@ def _render(inp: ReportInput) -> Rendered:
     from promotion_ladder.report.markdown import to_markdown
 
     report = build_report(inp)
-    figures = plots.draw(report.figure_keys(), inp.status, metric_label(inp.spec))
+    figures = plots.draw(report.figure_keys(), inp.status, metric_label(inp.spec, inp.status))
     return Rendered(inp, report, figures, to_html(report, figures), to_markdown(report, figures))
 
 

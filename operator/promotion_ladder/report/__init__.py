@@ -18,7 +18,7 @@ def render(inp: ReportInput, fmt: str = "html") -> str:
     from . import plots
 
     report = build_report(inp)
-    figures = plots.draw(report.figure_keys(), inp.status, metric_label(inp.spec))
+    figures = plots.draw(report.figure_keys(), inp.status, metric_label(inp.spec, inp.status))
     if fmt == "markdown":
         from .markdown import to_markdown
 

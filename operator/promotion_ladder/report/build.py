@@ -236,7 +236,10 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
     rows, marks = [], []
     for e in d.ranking:
         outcome, mark = _outcome(e, d, final, winner)
-        agg = (f"{e.aggregate:.2f}" if d.rule.aggregate == "meanRank" else val(e.aggregate)) if e.aggregate is not None else "-"
+        if e.aggregate is None:
+            agg = "-"
+        else:
+            agg = f"{e.aggregate:.2f}" if d.rule.aggregate == "meanRank" else val(e.aggregate)
         rows.append([str(e.rank), e.candidate] + [("failed" if v is None else val(v)) for v in e.values] + [agg, outcome])
         marks.append(mark)
     agg_name = {"meanRank": "Mean rank"}.get(d.rule.aggregate, d.rule.aggregate.capitalize())
@@ -334,22 +337,19 @@ def _failures(s: LadderStatus) -> Section | None:
 
 def build_report(inp: ReportInput) -> Report:
     s = inp.status
-    sections = [_summary(inp)]
-    for extra in (_progress(s),):
-        if extra:
-            sections.append(extra)
-    sections += [_rank_flow(s), _verdict(s), _cost(s)]
-    sections += _decisions(s)
-    f = _failures(s)
-    if f:
-        sections.append(f)
-    sections.append(_spec(inp))
+    sections = [_summary(inp), _progress(s), _rank_flow(s), _verdict(s), _cost(s), *_decisions(s), _failures(s), _spec(inp)]
     subtitle = f"{s.phase}" + (f", winner {s.verdict.winner}" if s.verdict and s.verdict.winner else "")
     return Report(title=f"Promotion ladder report: {inp.name}", subtitle=subtitle, warnings=list(inp.warnings),
-                  sections=sections)
+                  sections=[sec for sec in sections if sec is not None])
 
 
-def metric_label(spec: LadderSpec | None) -> str:
-    if spec is None:
-        return "value"
-    return f"{spec.objective.metric} ({'lower' if spec.objective.direction == 'minimize' else 'higher'} is better)"
+def metric_label(spec: LadderSpec | None, status: LadderStatus | None = None) -> str:
+    """The value axis: the objective's metric, or, without a spec, the direction the decisions recorded."""
+    if spec is not None:
+        metric, direction = spec.objective.metric, spec.objective.direction
+    else:
+        metric = "value"
+        direction = next((st.decision.rule.direction for st in (status.stages if status else []) if st.decision), None)
+    if direction is None:
+        return metric
+    return f"{metric} ({'lower' if direction == 'minimize' else 'higher'} is better)"

@@ -47,10 +47,6 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _direction(s: LadderStatus) -> str:
-    return next((st.decision.rule.direction for st in s.stages if st.decision), "minimize")
-
-
 def _candidate_colors(s: LadderStatus) -> dict[str, str]:
     import matplotlib
 
@@ -127,13 +123,14 @@ def rank_flow(s: LadderStatus) -> Figure:
                               label="had failed cells (incomplete)"))
     ax.legend(handles=handles, loc="lower left", fontsize=8, frameon=False, ncols=4, bbox_to_anchor=(0, 1.0))
     fig.suptitle("Rank flow across stages", fontsize=12, x=0.02, ha="left")
-    cut = [(e.candidate, st.name) for st in stages[:-1] if st != s.stages[-1] for e in st.decision.ranking if not e.promoted_by]
+    final = s.stages[-1].name
+    cut = [e.candidate for st in stages if st.name != final for e in st.decision.ranking if not e.promoted_by]
     alt = f"Rank flow across {len(stages)} decided stages; " + (f"winner {winner}; " if winner else "") + \
           f"{len(cut)} candidates cut"
     return Figure(RANK_FLOW, "Rank flow across stages", alt, _png(fig))
 
 
-def cell_values(s: LadderStatus, st: StageStatus, metric: str) -> Figure:
+def cell_values(st: StageStatus, metric: str) -> Figure:
     """One stage: every cell's value by candidate, coloured by host block, marker by seed; failures marked."""
     MplFigure = _mpl()
     from matplotlib.lines import Line2D
@@ -292,7 +289,7 @@ def draw(keys: list[str], s: LadderStatus, metric: str) -> dict[str, Figure]:
             out[k] = progress(s)
         elif k.startswith(CELL_VALUES):
             st = next(st for st in s.stages if st.name == k[len(CELL_VALUES):])
-            out[k] = cell_values(s, st, metric)
+            out[k] = cell_values(st, metric)
         else:  # pragma: no cover - a key build.py names but nobody draws
             raise KeyError(k)
     return out
