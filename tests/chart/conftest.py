@@ -20,6 +20,10 @@ CHART = REPO / "charts" / "promotion-ladder"
 FULL_VALUES = Path(__file__).with_name("values-full.yaml")
 RELEASE = "ladder"
 NAMESPACE = "ladder-system"
+# helm built from source (cluster/build.sh) does not know its client-go version and assumes
+# Kubernetes v1.20 offline, below the chart's kubeVersion (>=1.28); offline commands get the
+# version of the local control plane instead.
+KUBE_VERSION = "1.34.4"
 
 
 def find_helm() -> str | None:
@@ -51,7 +55,7 @@ def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess:
 def render(helm: str, *values_files: Path, set_values: dict[str, str] | None = None,
            expect_ok: bool = True) -> list[dict] | subprocess.CompletedProcess:
     """`helm template` of the chart; the objects (crds/ included) or, with expect_ok=False, the process."""
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds"]
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds", "--kube-version", KUBE_VERSION]
     for f in values_files:
         args += ["-f", str(f)]
     for k, v in (set_values or {}).items():

@@ -7,7 +7,11 @@ import json
 
 import pytest
 
-from .conftest import CHART, FULL_VALUES, NAMESPACE, REPO, one, render, run_helm
+import shutil
+
+import yaml
+
+from .conftest import CHART, FULL_VALUES, KUBE_VERSION, NAMESPACE, REPO, one, render, run_helm
 
 
 # --- copies kept identical: no helm needed -------------------------------------------------
@@ -45,7 +49,7 @@ def test_values_schema_is_json_and_closed():
 
 @pytest.mark.parametrize("values", [[], [FULL_VALUES]], ids=["default", "full"])
 def test_helm_lint_strict(helm, values):
-    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE]
+    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
     for f in values:
         args += ["-f", str(f)]
     proc = run_helm(helm, *args)
@@ -120,7 +124,8 @@ def test_operator_deployment_is_hardened(helm, values):
         if got != want:
             problems.append(f"{name}: got {got!r}, want {want!r}")
     assert not problems, "\n".join(problems)
-    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    sa = one(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert sa["metadata"]["namespace"] == NAMESPACE
     assert pod["securityContext"]["runAsUser"] > 0
 
 
@@ -172,13 +177,21 @@ def test_prometheus_rule_alerts(helm):
     assert "PromotionLadderStuck" not in {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
 
 
-def test_notes_render(helm):
-    proc = run_helm(helm, "install", "ladder", str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
-                    "-f", str(FULL_VALUES))
+def test_notes_render(helm, tmp_path):
+    # NOTES.txt is only printed by `helm install`, which wants a cluster; render it through a
+    # ConfigMap added to a copy of the chart (every template file is a named template).
+    chart = tmp_path / "promotion-ladder"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: |\n'
+        '    {{- include "promotion-ladder/templates/NOTES.txt" . | nindent 4 }}\n')
+    proc = run_helm(helm, "template", "ladder", str(chart), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
+                    "-f", str(FULL_VALUES), "--show-only", "templates/zz-notes.yaml")
     assert proc.returncode == 0, proc.stderr
-    notes = proc.stdout.split("NOTES:", 1)[1]
+    notes = yaml.safe_load(proc.stdout)["data"]["notes"]
     assert "kubectl get promotionladders" in notes
     assert "ladder-operator-metrics.ladder-system.svc:9090/metrics" in notes
+    assert "research, screening" in notes
 
 
 # Named bad values: each must fail `helm template`, and the error must name the culprit.
