@@ -115,7 +115,8 @@ class PodAnnotator:
             )
             return True
         except Exception as exc:  # never let the API cost the run
-            log(f"could not annotate pod {self.namespace}/{self.name}: {type(exc).__name__}: {str(exc)[:300]}")
+            first_line = " ".join(str(exc).split("\n")[:2])[:300]  # ApiException adds headers and body
+            log(f"could not annotate pod {self.namespace}/{self.name}: {type(exc).__name__}: {first_line}")
             return False
 
 
@@ -173,4 +174,5 @@ def publish(result: CellResult, result_file: str | None, annotator: PodAnnotator
         for attempt in range(3):
             if annotator.patch({RESULT_ANNOTATION: result.to_json()}):
                 break
-            time.sleep(1.0 + attempt)
+            if attempt < 2:
+                time.sleep(1.0 + attempt)
