@@ -296,9 +296,9 @@ class NodeAgent:
         # The TaintNodesByCondition admission plugin taints every new Node not-ready; the node
         # lifecycle controller (not run here) would lift it once the node reports Ready.
         current = core.read_node(node.name)
-        taints = [t.to_dict() for t in (current.spec.taints or []) if t.key not in NOT_READY_TAINTS]
+        taints = [api.sanitize_for_serialization(t) for t in (current.spec.taints or []) if t.key not in NOT_READY_TAINTS]
         if len(taints) != len(current.spec.taints or []):
-            core.patch_node(node.name, {"spec": {"taints": [{k: v for k, v in t.items() if v is not None} for t in taints] or None}})
+            core.patch_node(node.name, {"spec": {"taints": taints or None}})
         self._renew_lease(api, node.name, current.metadata.uid)
 
     def _node_status(self, node: NodeSpec) -> dict:
@@ -557,13 +557,10 @@ class NodeAgent:
     def _pod_kubeconfig(self, api: client.ApiClient, pod: dict, run: PodRun) -> Path:
         meta = pod["metadata"]
         sa = pod["spec"].get("serviceAccountName") or "default"
-        body = {"spec": {"expirationSeconds": 3600,
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 3600,
                          "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}}}
-        resp = api.call_api(
-            f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", "POST", body=body,
-            header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True)
-        token = resp["status"]["token"]
+        token = client.CoreV1Api(api).create_namespaced_service_account_token(sa, meta["namespace"], body).status.token
         return write_kubeconfig(run.scratch / "kubeconfig", server=api.configuration.host,
                                 ca_file=Path(api.configuration.ssl_ca_cert),
                                 user={"token": token}, name="localcluster-pod", namespace=meta["namespace"])

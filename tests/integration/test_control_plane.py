@@ -185,10 +185,11 @@ def test_job_stays_pending_while_gpus_are_exhausted(local_cluster, api, namespac
     a100 = {HOST_BLOCK_LABEL: "a100"}
     # Two pods take all 4 GPUs of both a100 nodes.
     batch.create_namespaced_job(namespace, make_job("hold", ["sleep", "300"], node_selector=a100, gpus=4, parallelism=2))
-    holders = wait_for(
-        lambda: [p for p in job_pods(core, namespace, "hold") if p.status.phase == "Running" and pod_pid(p)] if len(
-            [p for p in job_pods(core, namespace, "hold") if p.status.phase == "Running"]) == 2 else None,
-        timeout=60, what="both holder pods Running", describe=lambda: pod_summary(core, namespace))
+    def both_running():
+        running = [p for p in job_pods(core, namespace, "hold") if p.status.phase == "Running" and pod_pid(p)]
+        return running if len(running) == 2 else None
+    holders = wait_for(both_running, timeout=60, what="both holder pods Running",
+                       describe=lambda: pod_summary(core, namespace))
     assert {p.spec.node_name for p in holders} == {"a100-0", "a100-1"}
     holder_pids = [pod_pid(p) for p in holders]
     assert all(pid_alive(pid) for pid in holder_pids)
