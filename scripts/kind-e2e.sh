@@ -7,7 +7,8 @@
 #   scripts/kind-e2e.sh down       # delete the cluster
 #   LADDER_E2E=kind pytest tests/e2e   # the same, driven by pytest (tests/e2e/test_kind.py)
 #
-# Needs Docker (running), kind >= 0.20, kubectl >= 1.28 and helm >= 3.12 on PATH, and ~10 GB
+# Needs Docker (running), kind >= 0.22 (its default node image is Kubernetes >= 1.29; the chart
+# wants >= 1.28), kubectl >= 1.28 and helm >= 3.12 on PATH, and ~10 GB
 # of disk for the trainer image. Nothing else: it runs unchanged on a laptop or a CI runner.
 #
 # The images are built and loaded under the names the chart and the example already use
@@ -22,6 +23,7 @@
 #
 # Env:
 #   CLUSTER=ladder-e2e     kind cluster name
+#   KIND_NODE_IMAGE        e.g. kindest/node:v1.31.0 (default: kind's own default)
 #   KEEP_CLUSTER=1         `all`: do not delete the cluster at the end (also kept on failure
 #                          with KEEP_ON_FAILURE=1)
 #   SKIP_BUILD=1           use images already in the local Docker
@@ -73,7 +75,8 @@ cluster_up() {
     kind get kubeconfig --name "$CLUSTER" > "$KUBECONFIG"
   else
     say "creating kind cluster $CLUSTER"
-    kind create cluster --name "$CLUSTER" --config tests/e2e/kind-config.yaml --kubeconfig "$KUBECONFIG" --wait 180s
+    kind create cluster --name "$CLUSTER" --config tests/e2e/kind-config.yaml --kubeconfig "$KUBECONFIG" --wait 180s \
+      ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}
   fi
 }
 
