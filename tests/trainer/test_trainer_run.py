@@ -120,3 +120,11 @@ def test_variants_train(corpus, extra):
     out = run(parse_config({**TINY, **extra}), 0, 1.5, settings(corpus))
     assert out.status == "ok", out
     assert out.steps > 1
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:0"] if not __import__("torch").cuda.is_available() else ["gpu"])
+def test_unusable_device_is_a_bad_setting(corpus, device):
+    from ladder_trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--device"):
+        run(parse_config(TINY), 0, 1, settings(corpus, device=device))

@@ -114,7 +114,10 @@ def _fault(settings: Settings) -> tuple[str | None, int]:
 
 def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None = None) -> Outcome:
     t_setup = time.perf_counter()
-    device = pick_device(settings.device)
+    try:
+        device = pick_device(settings.device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"--device {settings.device!r}: {exc}") from None
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
     cfg = cfg.resolve(device.type)
