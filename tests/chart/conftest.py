@@ -34,14 +34,16 @@ def find_helm() -> str | None:
     return shutil.which("helm")
 
 
+NO_HELM = "helm not found in ${LADDER_CACHE:-~/.cache/promotion-ladder}/bin or PATH; run cluster/build.sh"
+
+
 @pytest.fixture(scope="session")
 def helm() -> str:
     path = find_helm()
     if path is None:
-        why = "helm not found in ${LADDER_CACHE:-~/.cache/promotion-ladder}/bin or PATH; run cluster/build.sh"
         if os.environ.get("CI"):
-            pytest.fail(why + " (CI is set: the chart tests must run)")
-        pytest.skip(why)
+            pytest.fail(NO_HELM + " (CI is set: the chart tests must run)", pytrace=False)
+        pytest.skip(NO_HELM)
     return path
 
 
