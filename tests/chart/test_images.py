@@ -4,7 +4,6 @@ reproduced from the Dockerfile's own COPY lines."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, in_ci
 from .dockerlint import exec_form, final_stage, lint, parse
 
 OPERATOR = REPO / "Dockerfile.operator"
@@ -82,7 +81,7 @@ def test_operator_run_function_exists():
     try:
         from promotion_ladder.controller.main import run_operator
     except ImportError as exc:
-        if os.environ.get("CI"):
+        if in_ci():
             raise
         pytest.skip(f"the operator's entry (promotion_ladder.controller.main.run_operator) is not there yet: {exc}")
     assert callable(run_operator)
