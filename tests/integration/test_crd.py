@@ -99,7 +99,7 @@ def test_operational_fields_stay_editable_and_status_is_a_subresource(ladders, n
     ladders.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "test", changed)
     patched = ladders.patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, "test",
-        {"status": {"phase": "Running", "currentStage": "s1", "leader": "c0", "gpuHours": {"total": 1.5}}})
+        {"status": {"phase": "Running", "currentStage": "s1", "leader": "c0", "gpuHours": {"total": 1.5, "byStage": {}, "byCandidate": {}, "byHostBlock": {}, "counterfactuals": []}}})
     assert patched["status"]["phase"] == "Running"
     out = subprocess.run(["kubectl", "--kubeconfig", str(local_cluster.kubeconfig), "get", "pl", "-n", namespace],
                          capture_output=True, text=True, check=True).stdout

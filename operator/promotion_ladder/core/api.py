@@ -138,8 +138,10 @@ class Verdict(_Model):
 
 
 class LadderSpec(_Model):
-    objective: Objective = Field(default_factory=Objective)
-    trainer: Trainer = Field(default_factory=Trainer)
+    # Defaults are materialised by the API server too ({} + field defaults), so the frozen
+    # objective exists on every stored ladder and `self == oldSelf` always applies to it.
+    objective: Objective = Field(default_factory=Objective, json_schema_extra={"default": {}})
+    trainer: Trainer = Field(default_factory=Trainer, json_schema_extra={"default": {}})
     host_blocks: list[HostBlock] = Field(min_length=1, max_length=MAX_HOST_BLOCKS)
     candidates: list[Candidate] = Field(min_length=1, max_length=MAX_CANDIDATES)
     stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)

@@ -13,7 +13,7 @@ from typing import Any
 from .api import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, LadderSpec
 from .status import LadderStatus
 
-_DROP = {"title", "default", "description_", "examples"}
+_DROP = {"title", "examples"}
 
 
 def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"cannot express union {schema['anyOf']} structurally")
     out: dict[str, Any] = {}
     for k, v in schema.items():
-        if k in _DROP:
+        if k in _DROP or (k == "default" and v is None):
             continue
         if k == "properties":
             out[k] = {name: _structural(s, defs) for name, s in v.items()}
