@@ -128,3 +128,34 @@ def test_unusable_device_is_a_bad_setting(corpus, device):
 
     with pytest.raises(ConfigError, match="--device"):
         run(parse_config(TINY), 0, 1, settings(corpus, device=device))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_untimed_warmup_steps_are_undone(corpus, optimizer):
+    cfg = parse_config({**TINY, "optimizer": optimizer})
+    plain = run(cfg, 5, 60, settings(corpus, max_steps=4, warmup_steps=0))
+    warmed = run(cfg, 5, 60, settings(corpus, max_steps=4, warmup_steps=2))
+    assert warmed.value == pytest.approx(plain.value, rel=1e-6)
+
+
+def test_sigterm_still_reports(corpus, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ladder_trainer", "--config", json.dumps(TINY), "--budget", "60s",
+         "--result-file", str(out), "--data", str(corpus)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT, env=dict(os.environ))
+    for line in proc.stderr:
+        if "training starts" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.stderr.read()
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    result = parse_result(out.read_text())
+    assert result.status == "error" and "SIGTERM" in result.message

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 
@@ -76,6 +77,17 @@ def resolve_settings(args: argparse.Namespace, env=None):
     return Settings(**values)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (Pod deleted, Job stopped, node preempted): report it, then exit 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     identity = identity_from_env()
@@ -119,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         return finish("error", EXIT_ERROR, f"the trainer needs torch, numpy and tokenizers (pip install 'promotion-ladder[trainer]'): {exc}")
 
     progress = ProgressReporter(annotator, settings.progress_interval)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         outcome = train.run(cfg, seed, budget, settings, progress)
+    except Terminated:
+        # Not a verdict on the candidate: a retry (another Pod) may well finish the cell.
+        return finish("error", EXIT_TERMINATED, "terminated by SIGTERM before the cell finished (pod deleted or preempted)")
     except ConfigError as exc:
         return finish("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a result
@@ -130,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
         return finish("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}\n{tail}"[:2000])
     finally:
+        signal.signal(signal.SIGTERM, previous)
         progress.close()
     code = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED, "oom": EXIT_OOM}.get(outcome.status, EXIT_ERROR)
     return finish(outcome.status, code, outcome=outcome)
