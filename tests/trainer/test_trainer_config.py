@@ -99,3 +99,18 @@ def test_image_entrypoint_module_starts():
     assert entry and json.loads(entry[-1]) == ["python", "-m", "ladder_trainer"]
     proc = subprocess.run([sys.executable, "-m", "ladder_trainer", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--budget" in proc.stdout
+
+
+RESOLVE = {
+    "cpu default": ({}, "cpu", (4096, 2)),
+    "cpu short sequences": ({"seq_len": 128}, "cpu", (512, 4)),
+    "cuda default": ({}, "cuda", (2**18, 64)),
+    "cuda seq 2048": ({"seq_len": 2048}, "cuda", (2**18, 32)),
+    "explicit values win": ({"seq_len": 256, "batch": 2048, "device_batch": 2}, "cuda", (2048, 2)),
+}
+
+
+@pytest.mark.parametrize("raw,device,want", RESOLVE.values(), ids=RESOLVE.keys())
+def test_batch_defaults_scale_to_the_device(raw, device, want):
+    cfg = parse_config(raw).resolve(device)
+    assert (cfg.batch, cfg.device_batch) == want

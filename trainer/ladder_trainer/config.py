@@ -80,7 +80,8 @@ class TrainConfig:
             if batch == 0:
                 batch = 4 * self.seq_len
             if device_batch == 0:
-                device_batch = max(1, min(batch // self.seq_len, 4))
+                # Short micro-batches keep the budget check (once per micro-batch) fine-grained.
+                device_batch = max(1, min(batch // self.seq_len, 2048 // self.seq_len))
         tokens_per_micro = device_batch * self.seq_len
         if batch % tokens_per_micro != 0:
             raise ConfigError(
