@@ -39,6 +39,8 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[k] = {name: _structural(s, defs) for name, s in v.items()}
         elif k in ("items", "additionalProperties") and isinstance(v, dict):
             out[k] = _structural(v, defs) if v else {"x-kubernetes-preserve-unknown-fields": True}
+            if any(o.get("type") == "null" for o in v.get("anyOf", [])):
+                out[k]["nullable"] = True  # e.g. a decision's values: null marks a failed cell
         elif k == "const":
             out["enum"] = [v]
         else:
