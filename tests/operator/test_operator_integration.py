@@ -85,7 +85,7 @@ def without_operator_fields(status: dict) -> dict:
 def metric_sum(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():
-        if not line.startswith(name + "{"):
+        if not line.startswith((name + "{", name + " ")):
             continue
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
@@ -104,8 +104,9 @@ def test_three_stage_ladder_completes(operator, kube, local_cluster, namespace):
     assert cond == {"Progressing": "False", "Complete": "True", "Failed": "False"}
     assert st["observedGeneration"] == obj["metadata"]["generation"]
 
-    # The status is what `ladder simulate` gives on the same results.
-    spec = load_ladder(doc).spec
+    # The status is what `ladder simulate` gives on the same results (for the ladder as the API
+    # server stored it: JSON round-trips 1.0 to 1 in candidate configs, which changes the hash).
+    spec = load_ladder(obj).spec
     sim, _ = simulate(spec, accepted_results(kube, "three"))
     assert without_operator_fields(st) == without_operator_fields(sim.wire())
 
@@ -154,7 +155,11 @@ def test_operator_restarted_mid_stage(operator, kube):
     jobs = kube.jobs("restart")
     assert len(jobs) == 3 + 4  # no duplicates
     assert len(kube.pods("restart")) == 7  # and no cell ran twice
-    assert len(kube.events("StageDecided")) == 2  # each stage decided once
+    # Each stage decided once. (An Event is best effort: a kill right after the decision was
+    # recorded may lose its Event, but never repeats it.)
+    announced = [re.match(r"stage (\w+):", e.message).group(1) for e in kube.events("StageDecided")]
+    assert len(announced) == len(set(announced)) and set(announced) <= {"s1", "s2"}
+    assert [s["decision"]["stage"] for s in st["stages"]] == ["s1", "s2"]
     assert st["stages"][0]["decision"]["promoted"] == ["c0", "c1"]
 
 

@@ -245,6 +245,10 @@ class Controller:
             if rv is None:
                 return  # deleted meanwhile
             self.written[key] = (body["metadata"]["uid"], r.status, rv)
+        # Events right after the record they announce, before the slow part (Job creation): an
+        # operator killed in between loses at most the Event, never the decision.
+        for type_, reason, message in r.events:
+            self.api.post_event(body, type_, reason, message)
         if r.create:
             if ns not in self.rbac_done:
                 self.api.ensure_trainer_rbac(ns)
@@ -267,8 +271,6 @@ class Controller:
                 self.metrics.decision_latency.observe(time.monotonic() - since)
         for rej in r.rejections:
             self._reject(body, rej)
-        for type_, reason, message in r.events:
-            self.api.post_event(body, type_, reason, message)
         if r.spec is not None and r.ladder_status is not None:
             self.metrics.observe(ns, name, r.spec, r.ladder_status)
         else:
