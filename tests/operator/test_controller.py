@@ -100,5 +100,5 @@ def test_decision_then_next_stage():
     c = controller(api, jobs, pods)
     run(c)
     assert api.calls[0] == ("status", "Running", "s2")
-    assert kinds(api.calls) == ["status", "rbac"] + ["job"] * 8 + ["event"]  # s2: 2 candidates x 2 blocks x 2 seeds
+    assert kinds(api.calls) == ["status", "event", "rbac"] + ["job"] * 8  # s2: 2 candidates x 2 blocks x 2 seeds
     assert c.metrics.registry.get_sample_value("ladder_decision_latency_seconds_count") == 1
