@@ -189,6 +189,7 @@ class PodRun:
     proc: subprocess.Popen | None = None
     started_at: str = ""
     restart_count: int = 0
+    last_state: dict | None = None  # the previous run's state, shown after a restart
     deleting: bool = False
     finished: bool = False
     grace: float = 30.0
@@ -591,12 +592,13 @@ class NodeAgent:
         restart = run.restart_policy == "Always" or (run.restart_policy == "OnFailure" and code != 0)
         if restart:
             run.restart_count += 1
+            run.last_state = {"terminated": terminated}
             backoff = min(10.0, 0.5 * 2 ** (run.restart_count - 1))
             self._patch_status(core, run.namespace, run.name, {
                 "conditions": self._conditions(ready=False, reason="ContainersNotReady"),
                 "containerStatuses": [self._container_status(
                     run, {"waiting": {"reason": "CrashLoopBackOff" if code else "Completed",
-                                      "message": f"restarting in {backoff:.1f}s"}}, last={"terminated": terminated})]})
+                                      "message": f"restarting in {backoff:.1f}s"}})]})
             threading.Timer(backoff, lambda: self._events.put(("restart", uid))).start()
             return
         run.finished = True
@@ -669,12 +671,13 @@ class NodeAgent:
         except OSError:
             return ""
 
-    def _container_status(self, run: PodRun, state: dict, *, ready: bool = False, last: dict | None = None) -> dict:
+    def _container_status(self, run: PodRun, state: dict, *, ready: bool = False) -> dict:
+        # containerStatuses is replaced as a whole by a patch, so every write carries lastState.
         status = {"name": run.container, "image": run.image, "imageID": "",
                   "containerID": f"localcluster://{run.proc.pid}" if run.proc else "",
                   "ready": ready, "started": "running" in state, "restartCount": run.restart_count, "state": state}
-        if last:
-            status["lastState"] = last
+        if run.last_state:
+            status["lastState"] = run.last_state
         return status
 
     @staticmethod

@@ -326,3 +326,73 @@ def test_deleting_a_running_pod_kills_its_process(api, namespace):
             return exc.status == 404
     wait_for(gone, timeout=30, what="sleeper deleted")
     wait_for(lambda: not pid_alive(pid), timeout=5, what=f"process {pid} gone")
+
+
+# --- what the process sees, restarts, and pods the agent refuses ------------------------------
+
+PRINT_ENV = textwrap.dedent("""
+    import json, os, sys
+    keys = ["GREETING", "FROM_CM", "FROM_SECRET", "PFX_color", "ESCAPED", "SA", "KUBERNETES_SERVICE_HOST"]
+    json.dump({"env": {k: os.environ.get(k) for k in keys}, "argv": sys.argv[1:]},
+              open(os.environ["LADDER_TERMINATION_LOG"], "w"))
+""")
+
+
+def test_pod_env_follows_the_kubelet_rules(api, namespace):
+    core = client.CoreV1Api(api)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "cfg"}, "data": {"mode": "fast", "color": "red"}})
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "sec"}, "stringData": {"key": "s3cret"}})
+    core.create_namespaced_pod(namespace, {"metadata": {"name": "env"}, "spec": {
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "main", "image": "ignored", "command": ["python", "-c", PRINT_ENV, "--pod=$(POD)", "$$(POD)"],
+            "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "PFX_"}],
+            "env": [
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "GREETING", "value": "hello $(POD) on $(UNDEFINED)"},
+                {"name": "FROM_CM", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
+                {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "key"}}},
+                {"name": "ESCAPED", "value": "$$(POD)"},
+                {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+            ]}]}})
+    pod = wait_for(lambda: (p := core.read_namespaced_pod("env", namespace)).status.phase in ("Succeeded", "Failed") and p,
+                   timeout=60, what="pod env finished", describe=lambda: pod_summary(core, namespace))
+    assert pod.status.phase == "Succeeded", pod.status
+    seen = json.loads(pod.status.container_statuses[0].state.terminated.message)
+    assert seen["env"] == {"GREETING": "hello env on $(UNDEFINED)", "FROM_CM": "fast", "FROM_SECRET": "s3cret",
+                           "PFX_color": "red", "ESCAPED": "$(POD)", "SA": "default", "KUBERNETES_SERVICE_HOST": None}
+    assert seen["argv"] == ["--pod=env", "$(POD)"]
+
+
+def test_on_failure_restarts_the_process_in_place(api, namespace):
+    core = client.CoreV1Api(api)
+    # The scratch directory survives restarts, as a container's writable layer would.
+    core.create_namespaced_pod(namespace, {"metadata": {"name": "flaky"}, "spec": {
+        "restartPolicy": "OnFailure",
+        "containers": [{"name": "main", "image": "ignored",
+                        "command": ["sh", "-c", "if [ -f tried ]; then exit 0; fi; touch tried; exit 7"]}]}})
+    pod = wait_for(lambda: (p := core.read_namespaced_pod("flaky", namespace)).status.phase == "Succeeded" and p,
+                   timeout=60, what="pod flaky Succeeded", describe=lambda: pod_summary(core, namespace))
+    status = pod.status.container_statuses[0]
+    assert status.restart_count == 1
+    assert status.last_state.terminated.exit_code == 7
+
+
+REFUSED_CASES = {
+    "no command (images are ignored)": ([{"name": "main", "image": "python:3.11"}], "has no command"),
+    "two containers": ([{"name": "a", "image": "x", "command": ["true"]}, {"name": "b", "image": "x", "command": ["true"]}],
+                       "exactly one container"),
+    "missing executable": ([{"name": "main", "image": "x", "command": ["/nonexistent/tool"]}], "cannot run"),
+}
+
+
+@pytest.mark.parametrize("containers,message", REFUSED_CASES.values(), ids=REFUSED_CASES.keys())
+def test_pods_the_agent_cannot_run_fail_with_a_reason(api, namespace, containers, message):
+    core = client.CoreV1Api(api)
+    core.create_namespaced_pod(namespace, {"metadata": {"name": "refused"},
+                                           "spec": {"restartPolicy": "Never", "containers": containers}})
+    pod = wait_for(lambda: (p := core.read_namespaced_pod("refused", namespace)).status.phase == "Failed" and p,
+                   timeout=60, what="pod refused Failed", describe=lambda: pod_summary(core, namespace))
+    assert pod.status.reason == "StartError"
+    assert message in pod.status.message
+    assert pod.status.container_statuses[0].state.terminated.exit_code == 128
