@@ -52,14 +52,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     if args.foreground:
         cluster = LocalCluster.start(directory, nodes, die_with_parent=True)
-        _print_up(cluster.control_plane, directory, time.monotonic() - t0)
+        _print_up(cluster.control_plane, directory, time.monotonic() - t0, foreground=True)
         stop = threading.Event()
+        # Explicit handlers: a shell starts background jobs with SIGINT ignored.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        while not stop.wait(1.0):
             pass
         cluster.stop()
+        if created:
+            import shutil
+            shutil.rmtree(directory, ignore_errors=True)
+        print("localcluster: stopped")
         return 0
     cp = ControlPlane(dir=directory, die_with_parent=False).start()
     state = cp.state()
@@ -100,10 +104,10 @@ def _wait_nodes(kubeconfig: Path, names: list[str], proc: subprocess.Popen, agen
     raise RuntimeError(f"nodes {names} not Ready after 60s; see {agent_log}")
 
 
-def _print_up(cp, directory: Path, seconds: float) -> None:
+def _print_up(cp, directory: Path, seconds: float, foreground: bool = False) -> None:
     print(f"localcluster: up in {seconds:.0f}s: {cp.server} (logs: {directory / 'logs'}, pod logs: {directory / 'nodes' / 'logs'})")
     print(f"export KUBECONFIG={cp.kubeconfig}")
-    print(f"# stop with: python -m localcluster down --dir {directory}")
+    print("# stop with Ctrl-C" if foreground else f"# stop with: python -m localcluster down --dir {directory}", flush=True)
 
 
 def _alive(state: dict) -> bool:

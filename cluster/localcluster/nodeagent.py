@@ -21,7 +21,9 @@ process, patching the pod's status as a kubelet does. The contract pods can rely
   apiserver, its CA); KUBECONFIG points at it. KUBERNETES_SERVICE_HOST is not set, so
   `load_incluster_config()` raises and callers fall back to `load_kube_config()`. RBAC applies.
 - Termination message: LADDER_TERMINATION_LOG=<scratch>/termination-log; after exit its first
-  4096 bytes become containerStatuses[0].state.terminated.message (terminationMessagePath).
+  4096 bytes become containerStatuses[0].state.terminated.message (terminationMessagePath);
+  with terminationMessagePolicy FallbackToLogsOnError, a failed run without one gets the
+  end of its output instead.
 - Output: stdout and stderr go to `<agent dir>/logs/<namespace>_<pod>.log` (see log_path()).
 - Status: Running (startTime, podIP, conditions, containerStatuses[0].state.running), then
   Succeeded/Failed with terminated.exitCode and reason Completed/Error (128+N for a signal),
@@ -193,6 +195,7 @@ class PodRun:
     deleting: bool = False
     finished: bool = False
     grace: float = 30.0
+    message_policy: str = "File"
 
 
 class NodeAgent:
@@ -444,7 +447,8 @@ class NodeAgent:
         run = PodRun(uid=uid, namespace=ns, name=name, node=spec["nodeName"],
                      scratch=self.scratch_dir(ns, name, uid), log_path=self.log_path(ns, name),
                      restart_policy=spec.get("restartPolicy") or "Always", container=ctr.get("name", ""),
-                     image=ctr.get("image", ""), grace=float(spec.get("terminationGracePeriodSeconds") or 30))
+                     image=ctr.get("image", ""), grace=float(spec.get("terminationGracePeriodSeconds") or 30),
+                     message_policy=ctr.get("terminationMessagePolicy") or "File")
         self._runs[uid] = run
         try:
             if len(containers) != 1 or spec.get("initContainers"):
@@ -585,6 +589,8 @@ class NodeAgent:
         if returncode < 0:
             terminated["signal"] = -returncode
         message = self._termination_message(run)
+        if not message and code != 0 and run.message_policy == "FallbackToLogsOnError":
+            message = self._log_tail(run)
         if message:
             terminated["message"] = message
         with open(run.log_path, "ab") as f:
@@ -670,6 +676,15 @@ class NodeAgent:
                 return f.read(MAX_TERMINATION_MESSAGE).decode(errors="replace")
         except OSError:
             return ""
+
+    def _log_tail(self, run: PodRun) -> str:
+        """The kubelet's FallbackToLogsOnError: the end of the output (at most 80 lines, 2048 bytes)."""
+        try:
+            lines = [ln for ln in run.log_path.read_text(errors="replace").splitlines()
+                     if not ln.startswith("--- localcluster: ")]
+        except OSError:
+            return ""
+        return "\n".join(lines[-80:])[-2048:]
 
     def _container_status(self, run: PodRun, state: dict, *, ready: bool = False) -> dict:
         # containerStatuses is replaced as a whole by a patch, so every write carries lastState.

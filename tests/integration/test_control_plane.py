@@ -285,7 +285,7 @@ def test_pod_patches_itself_job_completes_and_owner_deletion_collects(local_clus
 
 FAIL_ON_42 = {"rules": [{"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}}]}
 
-EXIT_CASES = {
+EXIT_CASES = {  # the process also prints, to check FallbackToLogsOnError on failures
     "exit 0 completes the Job": (0, ("Complete", "CompletionsReached")),
     "exit 42 fails the Job through podFailurePolicy": (42, ("Failed", "PodFailurePolicy")),
     "exit 3 exhausts backoffLimit 0": (3, ("Failed", "BackoffLimitExceeded")),
@@ -295,13 +295,16 @@ EXIT_CASES = {
 @pytest.mark.parametrize("code,outcome", EXIT_CASES.values(), ids=EXIT_CASES.keys())
 def test_exit_code_reaches_job_controller(api, namespace, code, outcome):
     batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
-    batch.create_namespaced_job(namespace, make_job("exit", ["sh", "-c", f"exit {code}"], pod_failure_policy=FAIL_ON_42))
+    job = make_job("exit", ["sh", "-c", f"echo about to exit {code}; exit {code}"], pod_failure_policy=FAIL_ON_42)
+    job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    batch.create_namespaced_job(namespace, job)
     assert wait_for(lambda: job_condition(batch, namespace, "exit"), timeout=60, what="Job exit finished",
                     describe=lambda: pod_summary(core, namespace)) == outcome
     [pod] = job_pods(core, namespace, "exit")
     terminated = pod.status.container_statuses[0].state.terminated
     assert terminated.exit_code == code
     assert terminated.reason == ("Completed" if code == 0 else "Error")
+    assert terminated.message == (None if code == 0 else f"about to exit {code}")
 
 
 # --- pod deletion ---------------------------------------------------------------------------
