@@ -30,7 +30,8 @@ process, patching the pod's status as a kubelet does. The contract pods can rely
   so the Job controller and podFailurePolicy see what they would see from a kubelet.
   restartPolicy OnFailure/Always restart the process in place (restartCount, lastState).
 - Deletion: when a pod gets a deletionTimestamp its process group gets SIGTERM, then SIGKILL
-  after the grace period, and the agent deletes the pod with gracePeriodSeconds=0.
+  after the grace period; the agent reports the pod Failed (exit 143/137, or Succeeded if it
+  exited 0) as the kubelet does, then deletes it with gracePeriodSeconds=0.
 - Placement is the scheduler's; the agent runs whatever is bound to its nodes.
 """
 
@@ -578,11 +579,21 @@ class NodeAgent:
             return
         if run.proc is not None:
             stop_group(run.proc.pid, grace=0.5)  # leftovers the container forked
+        code = signal_exit_code(returncode)
         if run.deleting:
+            # As the kubelet does (since 1.27): report the killed pod terminal before it goes, so
+            # the Job controller (podFailurePolicy, podReplacementPolicy: Failed) counts it and
+            # lifts its tracking finalizer.
+            self._patch_status(core, run.namespace, run.name, {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "conditions": self._conditions(ready=False, reason="PodCompleted" if code == 0 else "PodFailed"),
+                "containerStatuses": [self._container_status(run, {"terminated": {
+                    "exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                    "startedAt": run.started_at, "finishedAt": _now(),
+                    "containerID": f"localcluster://{run.proc.pid if run.proc else 0}"}})]})
             self._delete_now(core, run.namespace, run.name, uid)
             self._runs.pop(uid, None)
             return
-        code = signal_exit_code(returncode)
         terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
                       "startedAt": run.started_at, "finishedAt": _now(),
                       "containerID": f"localcluster://{run.proc.pid if run.proc else 0}"}

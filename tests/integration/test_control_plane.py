@@ -309,9 +309,11 @@ def test_exit_code_reaches_job_controller(api, namespace, code, outcome):
 
 # --- pod deletion ---------------------------------------------------------------------------
 
-def test_deleting_a_running_pod_kills_its_process(api, namespace):
+def test_deleting_a_running_pod_kills_its_process_and_reports_it_failed(api, namespace):
     core = client.CoreV1Api(api)
-    core.create_namespaced_pod(namespace, {"metadata": {"name": "sleeper"}, "spec": {
+    # A finalizer of our own keeps the pod readable after the agent's final delete.
+    hold = "localcluster.dev/test-hold"
+    core.create_namespaced_pod(namespace, {"metadata": {"name": "sleeper", "finalizers": [hold]}, "spec": {
         "restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
         "containers": [{"name": "main", "image": "ignored", "command": ["sleep", "300"]}]}})
     pod = wait_for(lambda: (p := core.read_namespaced_pod("sleeper", namespace)).status.phase == "Running" and p,
@@ -321,6 +323,13 @@ def test_deleting_a_running_pod_kills_its_process(api, namespace):
 
     core.delete_namespaced_pod("sleeper", namespace)
 
+    pod = wait_for(lambda: (p := core.read_namespaced_pod("sleeper", namespace)).status.phase == "Failed" and p,
+                   timeout=30, what="sleeper reported Failed", describe=lambda: pod_summary(core, namespace))
+    assert pod.status.container_statuses[0].state.terminated.exit_code == 143  # SIGTERM, as from a kubelet
+    assert pod.metadata.deletion_grace_period_seconds == 0, "the agent finishes the deletion"
+    assert not pid_alive(pid)
+    core.patch_namespaced_pod("sleeper", namespace, {"metadata": {"finalizers": None}})
+
     def gone() -> bool:
         try:
             core.read_namespaced_pod("sleeper", namespace)
@@ -328,7 +337,6 @@ def test_deleting_a_running_pod_kills_its_process(api, namespace):
         except client.ApiException as exc:
             return exc.status == 404
     wait_for(gone, timeout=30, what="sleeper deleted")
-    wait_for(lambda: not pid_alive(pid), timeout=5, what=f"process {pid} gone")
 
 
 # --- what the process sees, restarts, and pods the agent refuses ------------------------------
