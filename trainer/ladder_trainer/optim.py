@@ -4,9 +4,16 @@ Parameter groups: block matrices (matrix_lr, weight decay), the embedding (embed
 the output head (unembedding_lr). With optimizer "muon" the block matrices go to Muon
 (momentum + Newton-Schulz orthogonalisation) and the rest to AdamW. Every group remembers
 its base lr in "initial_lr"; the schedule scales it by a multiplier of training progress.
+
+On CUDA, AdamW is torch's fused implementation. Elsewhere it is PlainAdamW, the same update
+(a test checks it against torch.optim.AdamW): constructing any torch.optim optimizer imports
+torch._dynamo, which cost 2-9 s of start-up per CPU cell on a busy machine, more than a demo
+cell's whole budget.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -24,7 +31,7 @@ def lr_multiplier(progress: float, cfg: TrainConfig) -> float:
     return 1.0
 
 
-def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> list[torch.optim.Optimizer]:
+def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> list:
     matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.")]
     embed = [model.embed.weight]
     head = [] if cfg.tie_embeddings else [model.head.weight]
@@ -34,19 +41,20 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: str)
     groups = [dict(params=embed, lr=cfg.embedding_lr, weight_decay=0.0)]
     if head:
         groups.append(dict(params=head, lr=cfg.unembedding_lr, weight_decay=0.0))
-    optimizers: list[torch.optim.Optimizer] = []
+    optimizers: list = []
     if cfg.optimizer == "muon":
         optimizers.append(Muon(matrices, lr=cfg.resolved_matrix_lr(), momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay))
     else:
         groups.append(dict(params=matrices, lr=cfg.resolved_matrix_lr(), weight_decay=cfg.weight_decay))
-    optimizers.insert(0, torch.optim.AdamW(groups, **adam_kwargs))
+    adamw = torch.optim.AdamW if device_type == "cuda" else PlainAdamW
+    optimizers.insert(0, adamw(groups, **adam_kwargs))
     for opt in optimizers:
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
     return optimizers
 
 
-def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
+def set_lr(optimizers: list, multiplier: float) -> None:
     for opt in optimizers:
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * multiplier
@@ -70,19 +78,78 @@ def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return X.to(G.dtype)
 
 
-class Muon(torch.optim.Optimizer):
+class LightOptimizer:
+    """The part of torch.optim.Optimizer this trainer uses (param_groups, state, add_param_group,
+    state_dict/load_state_dict for undoing the warm-up), without importing torch._dynamo."""
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = defaults
+        self.param_groups: list[dict] = []
+        self.state: dict = {}
+        params = list(params)
+        for group in params if params and isinstance(params[0], dict) else [{"params": params}]:
+            self.add_param_group(group)
+
+    def add_param_group(self, group: dict) -> None:
+        self.param_groups.append({**self.defaults, **group, "params": list(group["params"])})
+
+    def _params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def state_dict(self) -> dict:
+        index = {p: i for i, p in enumerate(self._params())}
+        return {
+            "state": {index[p]: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for p, st in self.state.items()},
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        params = self._params()
+        self.state = {params[i]: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+                      for i, st in state_dict["state"].items()}
+        for g, saved in zip(self.param_groups, state_dict["param_groups"]):
+            g.update(saved)
+
+
+class PlainAdamW(LightOptimizer):
+    """AdamW (decoupled weight decay, bias correction), as torch.optim.AdamW computes it."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state.get(p)
+                if st is None:
+                    st = self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+                st["step"] += 1
+                if wd:
+                    p.mul_(1 - lr * wd)
+                st["exp_avg"].lerp_(p.grad, 1 - beta1)
+                st["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                bias1, bias2 = 1 - beta1 ** st["step"], 1 - beta2 ** st["step"]
+                denom = (st["exp_avg_sq"].sqrt() / math.sqrt(bias2)).add_(eps)
+                p.addcdiv_(st["exp_avg"], denom, value=-lr / bias1)
+
+
+class Muon(LightOptimizer):
     """Momentum with orthogonalised updates for 2-D weights (single device)."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0, nesterov: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self) -> None:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
+                state = self.state.setdefault(p, {})
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p.grad)
                 buf = state["momentum_buffer"]
@@ -93,4 +160,3 @@ class Muon(torch.optim.Optimizer):
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"] * scale)
-        return None
