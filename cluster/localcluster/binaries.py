@@ -30,7 +30,7 @@ def missing_reason(directory: Path | None = None) -> str | None:
         return None
     return (
         f"local Kubernetes control plane not built ({', '.join(missing)} missing in {directory}): "
-        "run `bash cluster/build.sh` once (needs Go and the Go module proxy; about 30 min cold on 2 cores)"
+        "run `bash cluster/build.sh` once (needs Go and the Go module proxy; about 25 min cold on 2 cores)"
     )
 
 
