@@ -159,3 +159,15 @@ def test_sigterm_still_reports(corpus, tmp_path):
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     result = parse_result(out.read_text())
     assert result.status == "error" and "SIGTERM" in result.message
+
+
+def test_a_later_cell_can_start_from_a_checkpoint(corpus, tmp_path):
+    from ladder_trainer.config import ConfigError
+
+    ckpt = tmp_path / "ckpt"
+    first = run(parse_config(TINY), 0, 60, settings(corpus, max_steps=30, checkpoint_dir=str(ckpt)))
+    resumed = run(parse_config(TINY), 0, 60, settings(corpus, max_steps=1, init_from=str(ckpt)))
+    scratch = run(parse_config(TINY), 0, 60, settings(corpus, max_steps=1))
+    assert resumed.value < scratch.value and abs(resumed.value - first.value) < 0.5
+    with pytest.raises(ConfigError, match="another shape"):
+        run(parse_config({**TINY, "depth": 2}), 0, 60, settings(corpus, max_steps=1, init_from=str(ckpt)))

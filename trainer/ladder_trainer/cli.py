@@ -43,6 +43,7 @@ SETTINGS = {
     "progress_interval": ("LADDER_TRAINER_PROGRESS_INTERVAL", float, 30.0),
     "log_interval": ("LADDER_TRAINER_LOG_INTERVAL", float, 10.0),
     "checkpoint_dir": ("LADDER_TRAINER_CHECKPOINT_DIR", str, None),
+    "init_from": ("LADDER_TRAINER_INIT_FROM", str, None),
     "max_steps": ("LADDER_TRAINER_MAX_STEPS", int, 0),
     "fault": ("LADDER_TRAINER_FAULT", str, None),
 }

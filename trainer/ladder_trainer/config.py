@@ -116,6 +116,7 @@ class Settings:
     progress_interval: float = 30.0
     log_interval: float = 10.0
     checkpoint_dir: str | None = None
+    init_from: str | None = None  # a --checkpoint-dir of an earlier cell: start from its weights
     max_steps: int = 0  # 0 = until the budget is spent
     fault: str | None = None  # test aid: "nan_at_step:N", "oom_at_step:N", "error_at_step:N"
 

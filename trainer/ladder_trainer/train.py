@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import json
 import math
 import time
@@ -138,6 +139,8 @@ def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress
         torch.cuda.reset_peak_memory_stats(device)
 
     model = GPT(cfg, shards.vocab_size, depth=cfg.grow_from_depth or cfg.depth).to(device)
+    if settings.init_from:
+        load_checkpoint(Path(settings.init_from), model, shards.vocab_size)
     optimizers = build_optimizers(model, cfg, device.type)
     step_fn = torch.compile(model) if compile_on else model
     batches = Batches(shards.train, cfg.seq_len, cfg.device_batch, seed, device)
@@ -162,6 +165,9 @@ def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress
         for opt in optimizers:
             opt.step()
         model.zero_grad(set_to_none=True)
+
+    if cfg.activation_checkpointing:
+        importlib.import_module("torch._dynamo")  # torch.utils.checkpoint imports it on first use: not on the clock
 
     # Untimed warm-up: compile the training graph, then restore the initial state so the
     # run is the same with or without it.
@@ -325,3 +331,18 @@ def save_checkpoint(out: Path, model: GPT, cfg: TrainConfig, shards, seed: int, 
         {"config": cfg.to_dict(), "seed": seed, "vocab_size": shards.vocab_size, "corpus": str(shards.path),
          "val_bpb": outcome.value, "steps": outcome.steps}, indent=2))
     log(f"checkpoint saved to {out}")
+
+
+def load_checkpoint(path: Path, model: GPT, vocab_size: int) -> None:
+    """Start from an earlier cell's weights (same shape and vocabulary; optimizer state is fresh)."""
+    file = path / "model.pt" if path.is_dir() else path
+    if not file.exists():
+        raise ConfigError(f"--init-from {path}: no model.pt there (write one with --checkpoint-dir)")
+    saved = torch.load(file, map_location=model.embed.weight.device, weights_only=True)
+    if saved.get("vocab_size") != vocab_size:
+        raise ConfigError(f"--init-from {path}: vocabulary {saved.get('vocab_size')} != this run's {vocab_size}")
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError as exc:
+        raise ConfigError(f"--init-from {path}: the checkpoint's model has another shape: {str(exc).splitlines()[0]}") from None
+    log(f"initialised from {file}")
