@@ -119,7 +119,8 @@ def test_gpu_limits(case):
 
 def test_failure_policy_and_deadline():
     spec = job_for()["spec"]
-    assert spec["activeDeadlineSeconds"] == 120 + 300
+    assert "activeDeadlineSeconds" not in spec  # the Job's would count time queued for a GPU
+    assert spec["template"]["spec"]["activeDeadlineSeconds"] == 120 + 300
     assert spec["backoffLimit"] == 2
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3, 4]}}

@@ -251,8 +251,12 @@ class Controller:
             self.api.post_event(body, type_, reason, message)
         if r.create:
             if ns not in self.rbac_done:
-                self.api.ensure_trainer_rbac(ns)
-                self.rbac_done.add(ns)
+                self.rbac_done.add(ns)  # claimed first: two workers on one namespace create once
+                try:
+                    self.api.ensure_trainer_rbac(ns)
+                except Exception:
+                    self.rbac_done.discard(ns)
+                    raise
             expiry = time.monotonic() + CREATE_EXPECTATION_SECONDS
             for job in r.create:
                 try:

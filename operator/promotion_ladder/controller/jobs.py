@@ -159,6 +159,9 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
     if resources:
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
+        # On the Pod, not the Job: a Job's deadline also counts the time it waits for a GPU, so a
+        # busy cluster would fail queued cells that never ran. The Pod's counts from its start.
+        "activeDeadlineSeconds": cell_deadline_seconds(stage.budget_seconds),
         "restartPolicy": "Never",
         "serviceAccountName": TRAINER_SERVICE_ACCOUNT,
         "containers": [container],
@@ -181,7 +184,6 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
         "metadata": job_meta,
         "spec": {
             "backoffLimit": BACKOFF_LIMIT,
-            "activeDeadlineSeconds": cell_deadline_seconds(stage.budget_seconds),
             "podFailurePolicy": pod_failure_policy(),
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
