@@ -14,7 +14,6 @@ also for the fp32 case, so the rows compare directly. A case that runs out of me
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import platform

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -122,7 +122,7 @@ class Settings:
 
 
 _CHOICES = {"tokenizer": ("bpe", "byte"), "optimizer": ("adamw", "muon")}
-# (key, lower bound, inclusive) for numeric checks; ranges are deliberately loose.
+# Range checks by key; deliberately loose (they catch typos, not bad ideas).
 _POSITIVE_INT = ("depth", "aspect_ratio", "head_dim", "mlp_ratio", "seq_len")
 _NON_NEGATIVE_INT = ("batch", "device_batch", "grow_from_depth")
 _NON_NEGATIVE_FLOAT = (
