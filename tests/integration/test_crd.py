@@ -101,8 +101,10 @@ def test_operational_fields_stay_editable_and_status_is_a_subresource(ladders, n
         GROUP, VERSION, namespace, PLURAL, "test",
         {"status": {"phase": "Running", "currentStage": "s1", "leader": "c0", "gpuHours": {"total": 1.5, "byStage": {}, "byCandidate": {}, "byHostBlock": {}, "counterfactuals": []}}})
     assert patched["status"]["phase"] == "Running"
-    out = subprocess.run(["kubectl", "--kubeconfig", str(local_cluster.kubeconfig), "get", "pl", "-n", namespace],
-                         capture_output=True, text=True, check=True).stdout
+    # The short name reaches kubectl through discovery, which can lag the CRD's Established.
+    get = ["kubectl", "--kubeconfig", str(local_cluster.kubeconfig), "get", "pl", "-n", namespace]
+    out = wait_for(lambda: (p := subprocess.run(get, capture_output=True, text=True)).returncode == 0 and p.stdout,
+                   timeout=30, what="kubectl get pl")
     header, row = out.splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "STAGE", "LEADER", "GPU-HOURS", "AGE"]
     assert row.split()[:5] == ["test", "Running", "s1", "c0", "1.5"]
