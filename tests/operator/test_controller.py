@@ -102,3 +102,14 @@ def test_decision_then_next_stage():
     assert api.calls[0] == ("status", "Running", "s2")
     assert kinds(api.calls) == ["status", "event", "rbac"] + ["job"] * 8  # s2: 2 candidates x 2 blocks x 2 seeds
     assert c.metrics.registry.get_sample_value("ladder_decision_latency_seconds_count") == 1
+
+
+def test_only_started_cells_are_not_material():
+    from promotion_ladder.controller.handlers import material_change
+
+    base = {"phase": "Running", "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Pending"}]}],
+            "conditions": [{"type": "Progressing", "status": "True", "lastTransitionTime": "t0"}]}
+    started = {**base, "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Running"}]}]}
+    done = {**base, "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Succeeded", "value": 1.0}]}]}
+    assert not material_change(base, started)
+    assert material_change(started, done) and material_change(base, {**base, "phase": "Failed"})

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,6 +38,8 @@ Key = tuple[str, str]  # (namespace, ladder name)
 
 CREATE_EXPECTATION_SECONDS = 30.0  # a created Job not yet seen in the index counts as existing this long
 RESYNC_SECONDS = 60.0  # safety net: every unfinished ladder is reconciled at least this often
+JOB_CREATE_CONCURRENCY = 8  # a stage's Jobs are created in parallel: the next stage starts sooner
+STATUS_COALESCE_SECONDS = 2.0  # cells going Pending -> Running are written at most this often
 HEARTBEAT_SECONDS = 5.0  # /healthz fails when the queue loop stops beating
 COMPONENT = "promotion-ladder-operator"
 
@@ -137,7 +140,7 @@ class KubeApi:
 
 
 class Controller:
-    def __init__(self, metrics: LadderMetrics, api: KubeApi | None = None, workers: int = 4):
+    def __init__(self, metrics: LadderMetrics, api: KubeApi | None = None, workers: int = 8):
         self.metrics = metrics
         self._api = api
         self.workers = workers
@@ -154,6 +157,11 @@ class Controller:
         self._queue: asyncio.Queue[Key] | None = None
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Reconciles wait on the API server most of the time: threads, not cores, are the limit.
+        # (asyncio.to_thread's default pool has cpu_count + 4 threads: 6 on two cores.)
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
+        self._creators = ThreadPoolExecutor(max_workers=JOB_CREATE_CONCURRENCY, thread_name_prefix="create")
+        self._last_write: dict[Key, float] = {}
         self.heartbeat = time.monotonic()
         self.reconciles = 0
 
@@ -233,7 +241,8 @@ class Controller:
         creating = {n: t for n, t in self.creating.get(key, {}).items() if t > now and n not in seen_names}
         self.creating[key] = creating
         t0 = time.perf_counter()
-        await asyncio.to_thread(self._reconcile_sync, key, body, known, jobs, pods, set(creating), since)
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._reconcile_sync, key, body, known, jobs, pods, set(creating), since)
         self.metrics.reconcile_duration.observe(time.perf_counter() - t0)
         self.reconciles += 1
 
@@ -241,10 +250,15 @@ class Controller:
         ns, name = key
         r: Reconciled = reconcile(body, known, jobs, pods, creating, _now())
         if r.status != known:
-            rv = self.api.write_status(ns, name, r.status)
-            if rv is None:
-                return  # deleted meanwhile
-            self.written[key] = (body["metadata"]["uid"], r.status, rv)
+            wait = self._last_write.get(key, 0.0) + STATUS_COALESCE_SECONDS - time.monotonic()
+            if wait > 0 and not material_change(known, r.status):
+                self._retry_later(key, wait)  # only cells started: fold into a later write
+            else:
+                rv = self.api.write_status(ns, name, r.status)
+                if rv is None:
+                    return  # deleted meanwhile
+                self.written[key] = (body["metadata"]["uid"], r.status, rv)
+                self._last_write[key] = time.monotonic()
         # Events right after the record they announce, before the slow part (Job creation): an
         # operator killed in between loses at most the Event, never the decision.
         for type_, reason, message in r.events:
@@ -258,21 +272,30 @@ class Controller:
                     self.rbac_done.discard(ns)
                     raise
             expiry = time.monotonic() + CREATE_EXPECTATION_SECONDS
-            for job in r.create:
+            first_created: list[float] = []
+
+            def create(job: dict) -> None:
+                name_ = job["metadata"]["name"]
                 try:
                     self.api.create_job(ns, job)
                 except Exception as exc:  # noqa: BLE001 - a refused Job must be visible, not a crash loop
                     status = getattr(exc, "status", None)
                     if status is None or status >= 500 or status == 429:
-                        raise
-                    self._warn_once(body, "JobCreateFailed", f"{ns}/{job['metadata']['name']}:{status}",
-                                    f"cannot create Job {job['metadata']['name']}: {getattr(exc, 'reason', exc)}: "
+                        self._retry_later(key, 5.0)
+                        log.warning("creating Job %s/%s failed (%s); retrying", ns, name_, exc)
+                        return
+                    self._warn_once(body, "JobCreateFailed", f"{ns}/{name}:create-job:{status}",
+                                    f"cannot create Job {name_}: {getattr(exc, 'reason', exc)}: "
                                     f"{str(getattr(exc, 'body', ''))[:500]}")
                     self._retry_later(key, 30.0)
-                    break
-                self.creating.setdefault(key, {})[job["metadata"]["name"]] = expiry
-            if r.new_decisions:
-                self.metrics.decision_latency.observe(time.monotonic() - since)
+                    return
+                first_created.append(time.monotonic())
+                self.creating.setdefault(key, {})[name_] = expiry
+
+            list(self._creators.map(create, r.create))
+            if r.new_decisions and first_created:
+                # to the first Job of the next stage: from then on the stage is under way
+                self.metrics.decision_latency.observe(min(first_created) - since)
         for rej in r.rejections:
             self._reject(body, rej)
         if r.spec is not None and r.ladder_status is not None:
@@ -332,6 +355,17 @@ class Controller:
 
     def alive(self, max_age: float = 60.0) -> bool:
         return time.monotonic() - self.heartbeat < max_age
+
+
+def material_change(old: dict, new: dict) -> bool:
+    """Anything but cells going from Pending to Running (and what follows from that alone)."""
+    def strip(s: dict) -> dict:
+        out = {k: v for k, v in s.items() if k != "conditions"}
+        out["stages"] = [{**st, "cells": [{**c, "state": "Pending"} if c.get("state") == "Running" else c
+                                          for c in st.get("cells") or []]} for st in s.get("stages") or []]
+        return out
+    return strip(old) != strip(new) or [c.get("status") for c in old.get("conditions") or []] != [
+        c.get("status") for c in new.get("conditions") or []]
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:

@@ -50,7 +50,7 @@ async def start_http(controller: Controller, metrics: LadderMetrics, ready: asyn
 
 
 async def serve(namespaces: list[str] | None, metrics_port: int, health_port: int,
-                stop_flag: threading.Event | asyncio.Event | None = None, api=None, workers: int = 4) -> None:
+                stop_flag: threading.Event | asyncio.Event | None = None, api=None, workers: int = 8) -> None:
     metrics = LadderMetrics()
     controller = Controller(metrics, api=api, workers=workers)
     registry = kopf.OperatorRegistry()
