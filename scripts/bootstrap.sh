@@ -19,12 +19,18 @@ if [ ! -x "$venv/bin/python" ]; then
   "$venv/bin/pip" install -q --upgrade pip
 fi
 
-# Re-install only when the dependency list changed (hash of pyproject.toml).
+# Re-install the dependencies only when their list changed (hash of pyproject.toml); re-point
+# the editable install (seconds, no downloads) when the venv was last used by another clone.
 stamp=$venv/.pyproject.sha
 want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'import promotion_ladder' 2>/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing promotion-ladder[dev,trainer,report] (first run downloads torch, a few GB)" >&2
   "$venv/bin/pip" install -q --progress-bar off -e "$root[dev,trainer,report]"
   echo "$want" > "$stamp"
+fi
+here=$("$venv/bin/python" -c 'import promotion_ladder, os; print(os.path.dirname(promotion_ladder.__file__))' 2>/dev/null || true)
+if [ "$here" != "$root/operator/promotion_ladder" ]; then
+  echo "bootstrap: pointing the environment at $root" >&2
+  "$venv/bin/pip" install -q --progress-bar off --no-deps -e "$root"
 fi
 echo "$venv"
