@@ -53,7 +53,10 @@ def test_real_trainer_three_stage_ladder(operator, kube, corpus):
     sim, _ = simulate(spec, accepted_results(kube, "real"))
     assert without_operator_fields(st) == without_operator_fields(sim.wire())
     blocks = node_host_blocks(kube.core)
-    pods = kube.pods("real")
+    pods = [p for p in kube.pods("real") if p.status.phase == "Succeeded"]
+    # One succeeded pod per cell. Extra (Failed) pods are Job retries: the trainer has been seen
+    # to exit 134 (SIGABRT at interpreter exit, after a valid result) under load; a retry is the
+    # contract's answer to an exit code that is not 0, 2, 3 or 4.
     assert len(pods) == 8 + 4 + 4
     for p in pods:
         assert blocks[p.spec.node_name] == p.metadata.labels["ladder.promotion.dev/host-block"]
