@@ -48,14 +48,17 @@ start=$(date +%s)
 k8s_minor=${K8S_VERSION#v1.}        # 34.4
 staging_version=v0.$k8s_minor      # v0.34.4
 
-have_etcd() { [ -x "$bin/etcd" ] && "$bin/etcd" --version 2>/dev/null | grep -q "etcd Version: ${ETCD_VERSION#v}$"; }
+# Capture each binary's version before matching: with pipefail, `bin --version | grep -q`
+# fails at random when grep exits early and the binary dies of SIGPIPE on its next line.
+version_of() { "$@" 2>/dev/null || true; }
+have_etcd() { [ -x "$bin/etcd" ] && grep -q "etcd Version: ${ETCD_VERSION#v}$" <<<"$(version_of "$bin/etcd" --version)"; }
 have_kube() {
   local b
   for b in kube-apiserver kube-controller-manager kube-scheduler; do
-    [ -x "$bin/$b" ] && "$bin/$b" --version 2>/dev/null | grep -q "Kubernetes $K8S_VERSION$" || return 1
+    [ -x "$bin/$b" ] && grep -q "Kubernetes $K8S_VERSION$" <<<"$(version_of "$bin/$b" --version)" || return 1
   done
 }
-have_helm() { [ -x "$bin/helm" ] && "$bin/helm" version --template '{{.Version}}' 2>/dev/null | grep -q "^$HELM_VERSION$"; }
+have_helm() { [ -x "$bin/helm" ] && grep -q "^$HELM_VERSION$" <<<"$(version_of "$bin/helm" version --template '{{.Version}}')"; }
 
 need=()
 if [ $force = 1 ]; then
