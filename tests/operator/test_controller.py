@@ -104,12 +104,14 @@ def test_decision_then_next_stage():
     assert c.metrics.registry.get_sample_value("ladder_decision_latency_seconds_count") == 1
 
 
-def test_only_started_cells_are_not_material():
-    from promotion_ladder.controller.handlers import material_change
+def test_cell_progress_is_not_urgent_decisions_are():
+    from promotion_ladder.controller.handlers import urgent_change
 
     base = {"phase": "Running", "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Pending"}]}],
             "conditions": [{"type": "Progressing", "status": "True", "lastTransitionTime": "t0"}]}
     started = {**base, "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Running"}]}]}
     done = {**base, "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Succeeded", "value": 1.0}]}]}
-    assert not material_change(base, started)
-    assert material_change(started, done) and material_change(base, {**base, "phase": "Failed"})
+    decided = {**base, "stages": [{**done["stages"][0], "decision": {"stage": "s1", "promoted": ["a"]}}]}
+    assert not urgent_change(base, started) and not urgent_change(started, done)
+    assert urgent_change(done, decided) and urgent_change(base, {**base, "phase": "Failed"})
+    assert urgent_change(base, {**base, "observedGeneration": 2})

@@ -39,7 +39,7 @@ Key = tuple[str, str]  # (namespace, ladder name)
 CREATE_EXPECTATION_SECONDS = 30.0  # a created Job not yet seen in the index counts as existing this long
 RESYNC_SECONDS = 60.0  # safety net: every unfinished ladder is reconciled at least this often
 JOB_CREATE_CONCURRENCY = 8  # a stage's Jobs are created in parallel: the next stage starts sooner
-STATUS_COALESCE_SECONDS = 2.0  # cells going Pending -> Running are written at most this often
+STATUS_COALESCE_SECONDS = 2.0  # cell progress is written at most this often; decisions at once
 HEARTBEAT_SECONDS = 5.0  # /healthz fails when the queue loop stops beating
 COMPONENT = "promotion-ladder-operator"
 
@@ -251,8 +251,8 @@ class Controller:
         r: Reconciled = reconcile(body, known, jobs, pods, creating, _now())
         if r.status != known:
             wait = self._last_write.get(key, 0.0) + STATUS_COALESCE_SECONDS - time.monotonic()
-            if wait > 0 and not material_change(known, r.status):
-                self._retry_later(key, wait)  # only cells started: fold into a later write
+            if wait > 0 and not urgent_change(known, r.status):
+                self._retry_later(key, wait)  # cell progress only: fold into a later write
             else:
                 rv = self.api.write_status(ns, name, r.status)
                 if rv is None:
@@ -357,15 +357,18 @@ class Controller:
         return time.monotonic() - self.heartbeat < max_age
 
 
-def material_change(old: dict, new: dict) -> bool:
-    """Anything but cells going from Pending to Running (and what follows from that alone)."""
-    def strip(s: dict) -> dict:
-        out = {k: v for k, v in s.items() if k != "conditions"}
-        out["stages"] = [{**st, "cells": [{**c, "state": "Pending"} if c.get("state") == "Running" else c
-                                          for c in st.get("cells") or []]} for st in s.get("stages") or []]
-        return out
-    return strip(old) != strip(new) or [c.get("status") for c in old.get("conditions") or []] != [
-        c.get("status") for c in new.get("conditions") or []]
+def urgent_change(old: dict, new: dict) -> bool:
+    """A change that must be written at once: a decision, the phase, the verdict, the spec seen
+    (generation, frozen hash) or a condition. Cell progress (started, finished, values) and the
+    sums that follow from it may wait a moment: until written, the Pods still hold the results,
+    so a restart in between re-reads them (and decides the same)."""
+    def decisions(s: dict) -> list:
+        return [st.get("decision") for st in s.get("stages") or []]
+
+    def key(s: dict) -> tuple:
+        return (s.get("phase"), s.get("observedGeneration"), s.get("frozenHash"), s.get("currentStage"),
+                s.get("verdict"), decisions(s), [c.get("status") for c in s.get("conditions") or []])
+    return key(old) != key(new)
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
