@@ -1,5 +1,12 @@
+import os
 import sys
 
 from .cli import main
 
-sys.exit(main())
+code = main()
+# The result is published by now (file, Pod annotation, termination message). Skip the
+# interpreter's teardown: with the API client's and torch's daemon threads still alive it has
+# aborted (SIGABRT, exit 134) under load, turning a finished cell into a failed Pod and a retry.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)
