@@ -110,6 +110,14 @@ def test_frozen_hash_ignores_operational_fields(case):
     assert frozen_hash(build(edit(BASE, path, value)).spec) == frozen_hash(build(BASE).spec)
 
 
+def test_frozen_hash_ignores_integral_float_spelling():
+    # The API server stores 1.0 as 1: a ladder file and its stored object must hash the same.
+    as_float = edit(edit(BASE, "spec.candidates.0.config", {"lr": 1.0}), "spec.stages.0.promote.within", 0.0)
+    as_int = edit(edit(BASE, "spec.candidates.0.config", {"lr": 1}), "spec.stages.0.promote.within", 0)
+    assert frozen_hash(build(as_float).spec) == frozen_hash(build(as_int).spec)
+    assert frozen_hash(build(as_float).spec) != frozen_hash(build(edit(as_float, "spec.candidates.0.config", {"lr": 1.5})).spec)
+
+
 def test_frozen_hash_ignores_spelled_out_defaults():
     explicit = edit(BASE, "spec.objective", {"metric": "val_bpb", "direction": "minimize"})
     assert frozen_hash(build(explicit).spec) == frozen_hash(build(BASE).spec)

@@ -183,10 +183,22 @@ class PromotionLadder(BaseModel):
 FROZEN_FIELDS = ("objective", "candidates", "stages", "verdict")
 
 
+def _canonical(value: Any) -> Any:
+    """Integral floats as ints: the API server stores 1.0 as 1, and the hash must not care."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def frozen_hash(spec: LadderSpec) -> str:
-    """sha256 over the canonical JSON of the frozen fields (defaults filled in, keys sorted)."""
-    wire = spec.wire()
-    frozen = {k: wire.get(k) for k in ("objective", "candidates", "stages", "verdict")}
+    """sha256 over the canonical JSON of the frozen fields (defaults filled in, keys sorted,
+    integral floats as ints), so a file and the object the API server stored hash the same."""
+    wire = _canonical(spec.wire())
+    frozen = {k: wire.get(k) for k in FROZEN_FIELDS}
     canonical = json.dumps(frozen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
