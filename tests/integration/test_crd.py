@@ -2,7 +2,6 @@
 budget), enforces the validation it carries, keeps the frozen fields frozen, and prints its
 columns in kubectl."""
 
-import copy
 import subprocess
 
 import pytest
@@ -11,9 +10,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from promotion_ladder.core.api import GROUP, PLURAL, VERSION
-from promotion_ladder.core.crd import crd
 from localcluster.waiting import wait_for
 
+from ..operator.harness import install_crd
 from ..unit.builders import edit, ladder_doc
 
 pytestmark = pytest.mark.integration
@@ -21,24 +20,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ladders(local_cluster):
-    api = local_cluster.api_client()
-    ext = client.ApiextensionsV1Api(api)
-    body = crd()
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(body["metadata"]["name"])
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
-
-    def established():
-        c = ext.read_custom_resource_definition(body["metadata"]["name"])
-        return any(x.type == "Established" and x.status == "True" for x in (c.status.conditions or []))
-
-    wait_for(established, timeout=30, what="CRD established")
-    return client.CustomObjectsApi(api)
+    install_crd(local_cluster.api_client())
+    return client.CustomObjectsApi(local_cluster.api_client())
 
 
 def create(ladders, namespace, doc):

@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
-from localcluster.waiting import wait_for
 from promotion_ladder.cli import main
 from promotion_ladder.core.api import GROUP, PLURAL, VERSION
-from promotion_ladder.core.crd import crd
 
+from ..operator.harness import install_crd
 from .builders import LADDER, simulate_json
 
 pytestmark = pytest.mark.integration
@@ -19,21 +17,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ladders(local_cluster):
-    api = local_cluster.api_client()
-    ext = client.ApiextensionsV1Api(api)
-    body = crd()
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as exc:
-        if exc.status != 409:  # another test module installed it already
-            raise
-
-    def established():
-        c = ext.read_custom_resource_definition(body["metadata"]["name"])
-        return any(x.type == "Established" and x.status == "True" for x in (c.status.conditions or []))
-
-    wait_for(established, timeout=30, what="CRD established")
-    return client.CustomObjectsApi(api)
+    install_crd(local_cluster.api_client())
+    return client.CustomObjectsApi(local_cluster.api_client())
 
 
 def test_report_of_a_ladder_on_the_cluster(local_cluster, ladders, namespace, tmp_path, capsys):
