@@ -74,6 +74,8 @@ def decision_message(d: Decision) -> str:
     if rule.keep:
         how += f", keep {', '.join(rule.keep)}"
     best = ", ".join(f"{e.candidate}={e.aggregate:.4g}" for e in d.ranking[:3] if e.aggregate is not None)
+    if rule.top is None:  # the last stage promotes nobody: its ranking feeds the verdict
+        return f"stage {d.stage}: {how} over {len(d.cells)} cells; best {best or 'n/a'}"[:1024]
     promoted = ", ".join(d.promoted) if d.promoted else "none"
     return f"stage {d.stage}: promoted {promoted} ({how} over {len(d.cells)} cells; best {best or 'n/a'})"[:1024]
 
