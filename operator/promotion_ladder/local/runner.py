@@ -136,6 +136,7 @@ def run_ladder(
     running: dict[tuple, CellProcess] = {}
     free_gpu_groups = [gpus[i * per_cell:(i + 1) * per_cell] for i in range(slots_total)] if gpus else []
     announced = len(recorded)
+    finished_since_write = False
     try:
         while True:
             status, p = build_status(spec, outcomes, recorded, running=frozenset(running))
@@ -143,10 +144,12 @@ def run_ladder(
                 progress.event(_decision_text(d))
             announced = len(p.decisions)
             recorded = list(p.decisions)
-            if p.new_decisions:
+            # Written after every pass that finished a cell or decided a stage, so a resumed run
+            # re-runs nothing that finished.
+            if finished_since_write or p.new_decisions or p.phase != "Running":
                 write_status(status_path, ladder, status)
+                finished_since_write = False
             if p.phase != "Running":
-                write_status(status_path, ladder, status)
                 break
             for cell in p.to_run:
                 if len(running) >= slots:
@@ -168,8 +171,7 @@ def run_ladder(
                 c: Cell = proc.cell
                 what = f"{outcome.value:.4f}" if outcome.ok else f"FAILED ({outcome.reason})"
                 progress.event(f"  {c.stage}/{c.candidate}/{c.host_block}/{c.seed}: {what}")
-                status, _ = build_status(spec, outcomes, recorded, running=frozenset(running))
-                write_status(status_path, ladder, status)
+                finished_since_write = True
     except KeyboardInterrupt:
         for proc in running.values():
             proc.kill()
