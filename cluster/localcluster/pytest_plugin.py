@@ -31,7 +31,9 @@ from .nodeagent import NodeSpec, default_nodes
 from .waiting import wait_for
 
 
-def _ci() -> bool:
+def in_ci() -> bool:
+    """CI=true/1/yes: tests that would skip for a missing tool fail instead (CI must run them).
+    Every suite that skips for a missing tool reads CI through this one function."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
@@ -40,7 +42,7 @@ def _require_binaries() -> None:
     reason = binaries.missing_reason()
     if reason is None:
         return
-    if _ci():
+    if in_ci():
         pytest.fail(f"CI is set, so integration tests must not skip: {reason}", pytrace=False)
     pytest.skip(reason)
 

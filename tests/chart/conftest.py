@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from localcluster import binaries
+from localcluster.pytest_plugin import in_ci  # noqa: F401 - the chart tests import it from here
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "promotion-ladder"
 FULL_VALUES = Path(__file__).with_name("values-full.yaml")
@@ -27,16 +30,10 @@ KUBE_VERSION = "1.34.4"
 
 
 def find_helm() -> str | None:
-    cache = Path(os.environ.get("LADDER_CACHE") or Path.home() / ".cache" / "promotion-ladder")
-    cached = cache / "bin" / "helm"
+    cached = binaries.helm_path()
     if cached.is_file() and os.access(cached, os.X_OK):
         return str(cached)
     return shutil.which("helm")
-
-
-def in_ci() -> bool:
-    """CI=true/1/yes (as the localcluster plugin reads it): skips become failures."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 NO_HELM = "helm not found in ${LADDER_CACHE:-~/.cache/promotion-ladder}/bin or PATH; run cluster/build.sh"

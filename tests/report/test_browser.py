@@ -5,15 +5,16 @@ Skips when Chromium is not installed, except under CI (env CI set), where .ci/ru
 
 from __future__ import annotations
 
-import os
 import struct
 
 import pytest
 
+from localcluster.pytest_plugin import in_ci
+
 from .chromium import find_chromium, probe, screenshot
 
 
-if find_chromium() is None and not os.environ.get("CI"):
+if find_chromium() is None and not in_ci():
     pytest.skip("headless Chromium not installed (apt-get install -y chromium): browser test skipped", allow_module_level=True)
 
 
