@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from promotion_ladder.core.api import load_ladder
 from promotion_ladder.core.result import RESULT_ANNOTATION, parse_result
 from promotion_ladder.core.status import simulate
 
+from ..corpus import write_tiny_corpus
 from .harness import node_host_blocks
 from .test_operator_integration import accepted_results, stage, without_operator_fields
 
@@ -22,11 +21,7 @@ TINY = {"depth": 1, "aspect_ratio": 32, "head_dim": 16, "seq_len": 32, "tokenize
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("corpus")
-    src = Path(textwrap.__file__).read_text() + Path(json.__file__).read_text()
-    for i in range(40):
-        (d / f"doc{i:02d}.txt").write_text(src[i * 500: i * 500 + 2000] + "\n")
-    return d
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def test_real_trainer_three_stage_ladder(operator, kube, corpus):

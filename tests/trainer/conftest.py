@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ..corpus import write_tiny_corpus
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"depth": 1, "aspect_ratio": 32, "head_dim": 16, "seq_len": 32, "tokenizer": "byte", "batch": 64}
 
@@ -33,14 +35,7 @@ def _private_cache(cache_dir, monkeypatch):
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """A small text corpus (a few stdlib modules) so data preparation takes milliseconds."""
-    import json as _json
-    import textwrap
-
-    d = tmp_path_factory.mktemp("corpus")
-    src = Path(textwrap.__file__).read_text() + Path(_json.__file__).read_text()
-    for i in range(40):
-        (d / f"doc{i:02d}.txt").write_text(src[i * 500 : i * 500 + 2000] + "\n")
-    return d
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def run_cli(args: list[str], env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
