@@ -130,6 +130,38 @@ def test_unusable_device_is_a_bad_setting(corpus, device):
         run(parse_config(TINY), 0, 1, settings(corpus, device=device))
 
 
+@pytest.mark.parametrize("choice", ["cudnn", "flash", "efficient", "math"])
+def test_attention_setting_puts_its_backend_first(choice):
+    import torch
+    from torch.nn.attention import SDPBackend
+
+    from ladder_trainer.hardware import attention_backend
+
+    want = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[choice]
+    before = torch._C._get_sdp_priority_order()
+    with attention_backend(choice):
+        order = torch._C._get_sdp_priority_order()
+        assert order[0] == int(want)
+        assert sorted(order) == sorted(before)  # a preference: every backend stays in the list
+    assert torch._C._get_sdp_priority_order() == before
+
+
+def test_attention_preference_falls_back_where_it_cannot_run(corpus):
+    # cuDNN attention does not exist on a CPU; the cell still trains (a restriction would fail).
+    cfg = parse_config(TINY)
+    auto = run(cfg, 2, 60, settings(corpus, max_steps=3))
+    cudnn = run(cfg, 2, 60, settings(corpus, max_steps=3, attention="cudnn"))
+    assert cudnn.status == "ok" and cudnn.value == pytest.approx(auto.value, rel=1e-6)
+
+
+def test_unknown_attention_backend_is_a_bad_setting(corpus):
+    from ladder_trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="attention: 'xformers'"):
+        run(parse_config(TINY), 0, 1, settings(corpus, attention="xformers"))
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_untimed_warmup_steps_are_undone(corpus, optimizer):
     cfg = parse_config({**TINY, "optimizer": optimizer})

@@ -5,8 +5,9 @@
 
 Each case is a real trainer run (train.run, same loop, compile and warm-up as a cell) stopped
 after --steps optimizer steps with evaluation skipped, so the numbers are the numbers a cell
-gets. Cases: bf16 + torch.compile with and without activation checkpointing, and eager fp32
-for contrast. MFU is against the GPU's nominal dense bf16 peak (hardware.PEAK_BF16_FLOPS),
+gets. Cases: bf16 + torch.compile with torch's attention kernel, then with cuDNN's and with
+flash attention put first (the `attention` setting), with activation checkpointing, and
+eager fp32 for contrast. MFU is against the GPU's nominal dense bf16 peak (hardware.PEAK_BF16_FLOPS),
 also for the fp32 case, so the rows compare directly. A case that runs out of memory prints
 "OOM" and the benchmark goes on.
 """
@@ -27,10 +28,12 @@ from .hardware import is_oom
 from .train import run
 
 CASES = [
-    # (label, activation checkpointing, dtype, compile)
-    ("bf16 compiled", False, "bf16", "on"),
-    ("bf16 compiled + act. ckpt", True, "bf16", "on"),
-    ("fp32 eager", False, "fp32", "off"),
+    # (label, activation checkpointing, dtype, compile, attention)
+    ("bf16 compiled", False, "bf16", "on", "auto"),
+    ("bf16 compiled, cuDNN attention", False, "bf16", "on", "cudnn"),
+    ("bf16 compiled, flash attention", False, "bf16", "on", "flash"),
+    ("bf16 compiled + act. ckpt", True, "bf16", "on", "auto"),
+    ("fp32 eager", False, "fp32", "off", "auto"),
 ]
 
 
@@ -59,17 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else platform.processor() or "cpu"
     print(f"# ladder_trainer benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, device {device_name}, "
           f"torch {torch.__version__}, seq {args.seq_len}, batch {args.batch} tokens, {args.steps} timed steps", flush=True)
+    print(f"# attention kernel torch picks by default here: {_default_attention(args)}", flush=True)
     print("| model | params | case | tokens/s | MFU | peak memory |")
     print("|---|---|---|---|---|---|")
     rows = []
     for depth in (int(d) for d in args.depths.split(",")):
-        for label, ckpt, dtype, compile_ in cases:
+        for label, ckpt, dtype, compile_, attention in cases:
             cfg = parse_config({
                 "depth": depth, "aspect_ratio": args.aspect_ratio, "head_dim": args.head_dim, "seq_len": args.seq_len,
                 "batch": args.batch, "device_batch": args.device_batch, "tokenizer": args.tokenizer,
                 "activation_checkpointing": ckpt, "warmdown_frac": 0.0,
             })
-            settings = Settings(device=args.device, dtype=dtype, compile=compile_, warmup_steps=2, eval_tokens=-1,
+            settings = Settings(device=args.device, dtype=dtype, compile=compile_, attention=attention, warmup_steps=2, eval_tokens=-1,
                                 max_steps=args.steps, log_interval=1e9, threads=0 if args.device != "cpu" else 1)
             row = {"depth": depth, "width": cfg.width, "case": label, "seq_len": args.seq_len}
             try:
@@ -98,6 +102,18 @@ def _format(row: dict, cfg) -> str:
     mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "n/a (no GPU peak)"
     mem = f"{row['peak_memory_bytes'] / 2**30:.2f} GiB" if row.get("peak_memory_bytes") else "n/a"
     return f"| {model} | {params} | {row['case']} | {row['tokens_per_second']:,.0f} | {mfu} | {mem} |"
+
+
+def _default_attention(args) -> str:
+    """The SDPA backend torch's own order picks for the benchmark's bf16 attention shape."""
+    if not torch.cuda.is_available() or args.device == "cpu":
+        return "n/a (CPU)"
+    try:
+        q = torch.empty(1, 2, args.seq_len, args.head_dim, device="cuda", dtype=torch.bfloat16)
+        choice = torch._fused_sdp_choice(q, q, q, is_causal=True)  # private, hence the guard
+        return torch.nn.attention.SDPBackend(choice).name
+    except Exception as exc:  # noqa: BLE001 - a diagnostic line only
+        return f"unknown ({type(exc).__name__})"
 
 
 def _release() -> None:

@@ -39,6 +39,7 @@ SETTINGS = {
     "eval_tokens": ("LADDER_TRAINER_EVAL_TOKENS", int, 0),
     "compile": ("LADDER_TRAINER_COMPILE", str, "auto"),
     "dtype": ("LADDER_TRAINER_DTYPE", str, "auto"),
+    "attention": ("LADDER_TRAINER_ATTENTION", str, "auto"),
     "warmup_steps": ("LADDER_TRAINER_WARMUP_STEPS", int, -1),
     "progress_interval": ("LADDER_TRAINER_PROGRESS_INTERVAL", float, 30.0),
     "log_interval": ("LADDER_TRAINER_LOG_INTERVAL", float, 10.0),
@@ -47,7 +48,11 @@ SETTINGS = {
     "max_steps": ("LADDER_TRAINER_MAX_STEPS", int, 0),
     "fault": ("LADDER_TRAINER_FAULT", str, None),
 }
-CHOICES = {"compile": ("auto", "on", "off"), "dtype": ("auto", "bf16", "fp32")}
+CHOICES = {
+    "compile": ("auto", "on", "off"),
+    "dtype": ("auto", "bf16", "fp32"),
+    "attention": ("auto", "cudnn", "flash", "efficient", "math"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -112,6 +112,7 @@ class Settings:
     eval_tokens: int = 0  # 0 = device default (train.EVAL_TOKENS_DEFAULT)
     compile: str = "auto"  # auto (on for CUDA) | on | off
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    attention: str = "auto"  # SDPA backend tried first: auto (torch's order) | cudnn | flash | efficient | math
     warmup_steps: int = -1  # untimed steps to trigger compilation; -1 = auto (2 when compiling)
     progress_interval: float = 30.0
     log_interval: float = 10.0

@@ -23,7 +23,7 @@ import torch
 
 from . import data as data_mod
 from .config import ConfigError, Settings, TrainConfig
-from .hardware import device_name, peak_flops, peak_memory, pick_device, synchronize
+from .hardware import attention_backend, device_name, peak_flops, peak_memory, pick_device, synchronize
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, set_lr
 from .report import ProgressReporter, log
@@ -112,6 +112,11 @@ def _fault(settings: Settings) -> tuple[str | None, int]:
 
 
 def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None = None) -> Outcome:
+    with attention_backend(settings.attention):
+        return _run(cfg, seed, budget, settings, progress)
+
+
+def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None) -> Outcome:
     t_setup = time.perf_counter()
     try:
         device = pick_device(settings.device)
@@ -146,7 +151,7 @@ def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress
     log(
         f"model: depth {len(model.blocks)}/{cfg.depth} width {cfg.width} heads {cfg.n_head} "
         f"params {model.num_params() / 1e6:.2f}M vocab {shards.vocab_size} | device {device} "
-        f"{'bf16' if use_bf16 else 'fp32'} compile {'on' if compile_on else 'off'} | batch {cfg.batch} tokens "
+        f"{'bf16' if use_bf16 else 'fp32'} compile {'on' if compile_on else 'off'} attention {settings.attention} | batch {cfg.batch} tokens "
         f"= {accum} x {cfg.device_batch} x {cfg.seq_len} | budget {budget:g}s | corpus {shards.path.name} "
         f"({len(shards.train)} train / {len(shards.val)} val tokens)"
     )
