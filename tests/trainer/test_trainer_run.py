@@ -203,3 +203,15 @@ def test_a_later_cell_can_start_from_a_checkpoint(corpus, tmp_path):
     assert resumed.value < scratch.value and abs(resumed.value - first.value) < 0.5
     with pytest.raises(ConfigError, match="another shape"):
         run(parse_config({**TINY, "depth": 2}), 0, 60, settings(corpus, max_steps=1, init_from=str(ckpt)))
+
+
+def test_many_passes_over_a_small_corpus_are_pointed_out(corpus, capsys):
+    cfg = parse_config({**TINY, "batch": 4096, "device_batch": 128})
+    out = run(cfg, 0, 600, settings(corpus, max_steps=100))
+    err = capsys.readouterr().err
+    passes = float(err.split(" passes over the training split")[0].rsplit("(", 1)[1])
+    from ladder_trainer.data import prepare
+
+    train_tokens = len(prepare(cfg.tokenizer, cfg.vocab_size, str(corpus), None, "text").train)
+    assert passes == pytest.approx(out.tokens / train_tokens, abs=0.05) and passes > 4
+    assert "Give larger budgets a larger corpus" in err

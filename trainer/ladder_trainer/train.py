@@ -276,10 +276,15 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         log(f"eval: only {len(shards.val) - 1} held-out tokens, fewer than the {eval_tokens} asked for")
     # Eager on purpose: compiling the evaluation graph would cost more (30-70 s) than running it.
     ev = evaluate(model, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device, autocast)
+    passes = steps * cfg.batch / len(shards.train)
     log(
         f"eval: val_bpb {ev['val_bpb']:.4f} over {ev['tokens']} tokens ({ev['bytes']} bytes) in "
-        f"{time.perf_counter() - t_eval:.1f}s | {steps} steps, {train_seconds:.1f}s, final train loss {last_loss:.4f}"
+        f"{time.perf_counter() - t_eval:.1f}s | {steps} steps ({passes:.1f} passes over the training split), "
+        f"{train_seconds:.1f}s, final train loss {last_loss:.4f}"
     )
+    if passes > 4:
+        log(f"note: the training split was repeated {passes:.0f} times; past a few passes a longer budget can "
+            "make val_bpb worse, not better. Give larger budgets a larger corpus (--data)")
     gpu = device_name(device)
     outcome = Outcome(
         "ok" if math.isfinite(ev["val_bpb"]) else "diverged",
