@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The trainer's GPU checks (issue 3), for a machine with a CUDA GPU: the device tool's H100, or yours.
+#   bash scripts/gpu-check.sh [PART...]     parts: env tests bench12 bench8 budgets (default: all)
+#     env      GPU, driver, torch, CUDA and cuDNN versions
+#     tests    tests/trainer/test_trainer_gpu.py (bf16, compile, fused AdamW, attention kernels, real OOM, MFU)
+#     bench12  python -m ladder_trainer.bench at d12, seq 2048 (all cases)
+#     bench8   the same at d8
+#     budgets  the default config on the default corpus at three budgets: val_bpb should fall
+# Needs python3 (or $PYTHON) with torch, numpy, tokenizers and pydantic; no install of the project.
+# Where pydantic is missing, the wheels in .whl/ are installed first (scripts/gpu-wheels.sh
+# fetches them). Logs and JSON go to $OUT when set (the device tool brings that folder
+# back; at most 8 files, which all parts together stay within), else to out/gpu-check/.
+# GPU_CHECK_SMOKE=1 shrinks every part to seconds on a CPU; a test runs it that way.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out=${OUT:-$root/out/gpu-check}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+smoke=${GPU_CHECK_SMOKE:-}
+
+if ! "$python" -c "import pydantic" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+  site=${TMPDIR:-/tmp}/ladder-gpu-site
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl || exit 1
+  export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$root/operator:$root/trainer:$root/cluster${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+
+if [ -z "$smoke" ] && ! "$python" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  echo "gpu-check: torch sees no CUDA GPU here (set GPU_CHECK_SMOKE=1 to try the script on a CPU)" >&2
+  exit 2
+fi
+
+status=0
+step() {  # NAME COMMAND...: run it, keep its output in $out/NAME.log, remember a failure
+  local name=$1 t0=$SECONDS
+  shift
+  echo "== $name: $* ($(date -u +%H:%M:%S) UTC)"
+  "$@" 2>&1 | tee "$out/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc after $((SECONDS - t0)) s"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+env_report() {
+  command -v nvidia-smi >/dev/null && nvidia-smi
+  "$python" - <<'EOF'
+import platform, torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA", torch.version.cuda,
+      "| cuDNN", torch.backends.cudnn.version())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("gpu", p.name, "| capability", f"{p.major}.{p.minor}", "| SMs", p.multi_processor_count,
+          "| memory", f"{p.total_memory / 2**30:.1f} GiB")
+EOF
+}
+
+bench() {  # DEPTH
+  if [ -n "$smoke" ]; then
+    "$python" -m ladder_trainer.bench --tiny --cases 1,2 --json "$out/bench-d$1.json"
+  else
+    "$python" -m ladder_trainer.bench --depths "$1" --json "$out/bench-d$1.json"
+  fi
+}
+
+budgets() {
+  local config='{}' list=(10s 30s 90s) extra=()
+  if [ -n "$smoke" ]; then
+    config='{"depth": 1, "aspect_ratio": 32, "head_dim": 16, "seq_len": 64, "tokenizer": "byte"}'
+    list=(1s 4s)
+    extra=(--device cpu --eval-tokens 4096)
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  : >"$out/budgets.jsonl"
+  for b in "${list[@]}"; do
+    "$python" -m ladder_trainer --config "$config" --seed 0 --budget "$b" --result-file "$tmp/$b.json" "${extra[@]}" \
+      || return 1
+    cat "$tmp/$b.json" >>"$out/budgets.jsonl"
+    echo >>"$out/budgets.jsonl"
+  done
+  "$python" - "$out/budgets.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+print("| budget (s) | steps | tokens | val_bpb | MFU |")
+print("|---|---|---|---|---|")
+for r in rows:
+    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+    print(f"| {r['trainSeconds']:.1f} | {r['steps']} | {r['tokens']:,} | {r['value']:.4f} | {mfu} |")
+values = [r["value"] for r in rows]
+falls = all(b < a for a, b in zip(values, values[1:]))
+print("val_bpb falls with budget:", "yes" if falls else "NO")
+sys.exit(0 if falls else 1)
+EOF
+}
+
+parts=("$@")
+[ ${#parts[@]} -gt 0 ] || parts=(env tests bench12 bench8 budgets)
+for part in "${parts[@]}"; do
+  case $part in
+    env) step env env_report ;;
+    tests) step tests "$python" -m pytest --noconftest -p no:cacheprovider -q -rs tests/trainer/test_trainer_gpu.py ;;
+    bench12) step bench12 bench 12 ;;
+    bench8) step bench8 bench 8 ;;
+    budgets) step budgets budgets ;;
+    *) echo "gpu-check: unknown part '$part' (env tests bench12 bench8 budgets)" >&2; exit 2 ;;
+  esac
+done
+exit "$status"

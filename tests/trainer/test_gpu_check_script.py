@@ -1,0 +1,53 @@
+"""scripts/gpu-check.sh, the one command a GPU session runs for the trainer's GPU checks,
+exercised on a CPU with GPU_CHECK_SMOKE=1 so it cannot rot between GPU sessions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.torch
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gpu_check(*parts: str, out: Path, smoke: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+    env.pop("GPU_CHECK_SMOKE", None)
+    if smoke:
+        env["GPU_CHECK_SMOKE"] = "1"
+    return subprocess.run(["bash", "scripts/gpu-check.sh", *parts], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_run_writes_every_report(tmp_path):
+    proc = gpu_check("env", "bench8", "budgets", out=tmp_path)
+    logs = {p.name for p in tmp_path.iterdir()}
+    assert {"env.log", "bench8.log", "bench-d8.json", "budgets.log", "budgets.jsonl"} <= logs
+    assert "torch" in (tmp_path / "env.log").read_text()
+    rows = json.loads((tmp_path / "bench-d8.json").read_text())
+    assert rows and all(r["tokens_per_second"] > 0 for r in rows)
+    results = [json.loads(line) for line in (tmp_path / "budgets.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    assert results[0]["trainSeconds"] < results[1]["trainSeconds"]
+    # The verdict on val_bpb against budget decides the exit code (on a loaded CPU it may say NO).
+    falls = results[1]["value"] < results[0]["value"]
+    assert f"val_bpb falls with budget: {'yes' if falls else 'NO'}" in proc.stdout
+    assert proc.returncode == (0 if falls else 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_unknown_part_is_refused(tmp_path):
+    proc = gpu_check("bench99", out=tmp_path)
+    assert proc.returncode == 2 and "unknown part 'bench99'" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_a_gpu_it_says_so(tmp_path):
+    proc = gpu_check("tests", out=tmp_path, smoke=False)
+    assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
