@@ -112,4 +112,8 @@ def attention_backend(choice: str) -> contextlib.AbstractContextManager:
     if choice not in by_name:
         raise ConfigError(f"attention: {choice!r} is not a backend; use auto, {', '.join(by_name)}")
     order = [by_name[choice]] + [b for name, b in by_name.items() if name != choice]
-    return sdpa_kernel(order, set_priority=True)
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # sdpa_kernel learnt set_priority in torch 2.6
+        raise ConfigError(f"attention: {choice!r} needs torch 2.6 or newer; this is {torch.__version__} "
+                          "(use auto)") from None
