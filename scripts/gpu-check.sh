@@ -21,7 +21,9 @@ smoke=${GPU_CHECK_SMOKE:-}
 
 if ! "$python" -c "import pydantic" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   site=${TMPDIR:-/tmp}/ladder-gpu-site
-  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl || exit 1
+  for wheel in .whl/*.whl; do  # a wheel is a zip of importable files: no pip needed
+    "$python" -m zipfile -e "$wheel" "$site" || exit 1
+  done
   export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$root/operator:$root/trainer:$root/cluster${PYTHONPATH:+:$PYTHONPATH}
