@@ -24,6 +24,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_manifests(args: argparse.Namespace) -> int:
+    from .controller.manifests import render
+
+    sys.stdout.write(render(read_ladder(args.file), args.stage, args.namespace))
+    return 0
+
+
 def _cmd_crd(args: argparse.Namespace) -> int:
     from .core.crd import crd
 
@@ -83,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="check a ladder file; exit 1 listing every problem by field path")
     s.add_argument("file")
     s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("manifests", help="print the Jobs (and Services) the operator would create for a stage's cells (YAML, no cluster)")
+    s.add_argument("file")
+    s.add_argument("--stage", help="the stage (default: the first)")
+    s.add_argument("--namespace", "-n", help="the namespace to show (default: the file's metadata.namespace, else none)")
+    s.set_defaults(func=_cmd_manifests)
 
     s = sub.add_parser("crd", help="print the PromotionLadder CustomResourceDefinition (YAML)")
     s.set_defaults(func=_cmd_crd)

@@ -30,6 +30,7 @@ from ..core.api import GROUP, KIND, PLURAL, VERSION
 from .intake import Rejection, job_summary, pod_summary
 from .jobs import LADDER_LABEL
 from .metrics import LadderMetrics
+from .cellpod import rendezvous_service
 from .rbac import trainer_objects
 from .reconcile import Reconciled, merge_known_status, reconcile
 
@@ -77,6 +78,14 @@ class KubeApi:
         """True when created, False when it already existed."""
         from kubernetes.client.exceptions import ApiException
 
+        service = rendezvous_service(job)
+        if service is not None:  # before its Job, so the pods' names resolve from their start
+            self._count("create_service")
+            try:
+                self.core.create_namespaced_service(namespace, service)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
         self._count("create_job")
         try:
             self.batch.create_namespaced_job(namespace, job)

@@ -11,6 +11,8 @@ A result counts only when:
 The Pod annotation (ladder.promotion.dev/result) is the primary channel; the container's
 termination message (written by the kubelet, so it cannot be forged through the API) is the
 fallback. A rejected document yields a `Rejection` (reason = metric label, message = Event text).
+Of a multi-node cell's pods only the index-0 pod (global rank 0) publishes; the others exit 0
+without a result, and their documents, if any, are not read.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..core.result import (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM, NON_RETRYAB
 from ..core.rules import Outcome
 from .jobs import CONTAINER, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_OOM: "out of memory"}
 
 
@@ -68,10 +71,16 @@ class PodSummary:
     exit_code: int | None = None
     terminated_reason: str = ""
     termination_message: str | None = None
+    index: int | None = None  # batch.kubernetes.io/job-completion-index: the node rank of a multi-node cell
 
     @property
     def ladder(self) -> str | None:
         return dict(self.labels).get(LADDER_LABEL)
+
+    @property
+    def publishes(self) -> bool:
+        """Only global rank 0 (the index-0 pod of a multi-node cell) publishes a result."""
+        return self.index in (None, 0)
 
     @property
     def terminal(self) -> bool:
@@ -140,7 +149,18 @@ def pod_summary(body: dict[str, Any]) -> PodSummary:
         node=spec.get("nodeName"), deleting=bool(meta.get("deletionTimestamp")),
         result=(meta.get("annotations") or {}).get(RESULT_ANNOTATION),
         exit_code=exit_code, terminated_reason=reason, termination_message=message or None,
+        index=completion_index(meta),
     )
+
+
+def completion_index(meta: dict[str, Any]) -> int | None:
+    """The Job controller writes the index as an annotation (always) and a label (PodIndexLabel)."""
+    for source in (meta.get("annotations") or {}, meta.get("labels") or {}):
+        try:
+            return int(source[COMPLETION_INDEX])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 def _key(pod: PodSummary, text: str) -> str:
@@ -191,8 +211,10 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     mine = [p for p in pods if p.owner_uid == job.uid]
     # Stable order: Succeeded pods first, then by name (a retried Job has several pods).
     mine.sort(key=lambda p: (p.phase != "Succeeded", p.name))
+    # A multi-node cell's other pods exit 0 without a result: they neither give nor lack one.
+    publishing = [p for p in mine if p.publishes]
     accepted: tuple[CellResult, PodSummary] | None = None
-    for pod in mine:
+    for pod in publishing:
         where = f"{pod.namespace}/{pod.name}"
         candidates = []
         if pod.result is not None:
@@ -227,7 +249,7 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     if job.complete:
         view.outcome = Outcome("failed", reason="job completed without a valid result")
         return view
-    if any(p.phase == "Succeeded" for p in mine):
+    if any(p.phase == "Succeeded" for p in publishing):
         # Exit 0 but no acceptable result: the contract says failed. Wait for the Job to say
         # Complete only if a result may still be on its way (the annotation lands before exit).
         view.outcome = Outcome("failed", reason="trainer exited 0 without a valid result")

@@ -18,6 +18,7 @@ from ..core.api import API_VERSION, KIND, LadderSpec
 from ..core.budget import cell_deadline_seconds
 from ..core.planner import Cell
 from ..core.result import NON_RETRYABLE_EXIT_CODES
+from .cellpod import shape_job
 from .rbac import TRAINER_SERVICE_ACCOUNT
 
 LABEL_PREFIX = "ladder.promotion.dev/"
@@ -43,13 +44,15 @@ TERMINATION_LOG = "/dev/termination-log"
 # Infrastructure failures (node lost, image pull flake, exit 1) are retried this many times.
 BACKOFF_LIMIT = 2
 
-_MAX_NAME = 63  # Job names become a label value (batch.kubernetes.io/job-name): 63 at most
+# Job names become a label value (batch.kubernetes.io/job-name, 63 at most), and a multi-node
+# cell's pods get the hostname <job>-<index> (a DNS label, 63 at most; index < 64): 60.
+_MAX_NAME = 60
 _HASH_LEN = 8
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
 
 def cell_job_name(ladder: str, cell: Cell) -> str:
-    """`<ladder>-<stage>-<candidate>-<hostBlock>-<seed>-<hash>`, cut to 63 characters.
+    """`<ladder>-<stage>-<candidate>-<hostBlock>-<seed>-<hash>`, cut to 60 characters.
 
     The hash of the full identity is always appended, so two cells never share a name even when
     the readable part is ambiguous ("a-b" + "c" vs "a" + "b-c") or had to be shortened.
@@ -178,7 +181,7 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
     }
     if namespace:
         job_meta["namespace"] = namespace
-    return {
+    return shape_job({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": job_meta,
@@ -187,4 +190,4 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
             "podFailurePolicy": pod_failure_policy(),
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
-    }
+    }, spec)

@@ -1,9 +1,9 @@
 """GPU-hour accounting: what was spent, and what the alternatives would have cost.
 
-Executed GPU-hours count each terminal cell once: train seconds x gpus (the stage budget when
-the cell reported no seconds). The counterfactual of a non-final stage is what sending every
-candidate that entered it straight through the final stage would have cost:
-entered x final cells x final budget x gpus.
+Executed GPU-hours count each terminal cell once: train seconds x the cell's GPUs (trainer
+nodes x gpus; the stage budget when the cell reported no seconds). The counterfactual of a
+non-final stage is what sending every candidate that entered it straight through the final
+stage would have cost: entered x final cells x final budget x the cell's GPUs.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _r(x: float) -> float:
 
 def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str]]) -> GpuHours:
     """`entering` is the planner's stage -> entered candidates, for the stages reached so far."""
-    gpus = spec.trainer.gpus
+    gpus = spec.trainer.cell_gpus  # nodes x gpus
     by_stage: dict[str, float] = {}
     by_cand: dict[str, float] = defaultdict(float)
     by_block: dict[str, float] = defaultdict(float)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from .budget import parse_budget
+from .podtemplate import owned_field_errors
 
 GROUP = "ladder.promotion.dev"
 VERSION = "v1alpha1"
@@ -36,6 +37,7 @@ MAX_STAGES = 16
 MAX_SEEDS = 32
 MAX_KEEP = 16  # CEL cost: the keep-names-a-candidate rule is stages x keep x candidates
 MAX_CHECKS = 32
+MAX_NODES = 64  # pods of one multi-node cell; the Job's pod hostnames are <job>-<index>, index < 64
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
 
@@ -59,13 +61,33 @@ class Trainer(_Model):
     image: str = Field("ghcr.io/promotion-ladder/trainer:0.1.0", min_length=1, max_length=512)
     command: list[str] = Field(default_factory=lambda: ["python", "-m", "ladder_trainer"], min_length=1, max_length=64)
     args: list[str] = Field(default_factory=list, max_length=256)
-    gpus: int = Field(1, ge=0, le=64, description="GPUs per cell (nvidia.com/gpu limit); GPU-hours are counted with it.")
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per cell pod (nvidia.com/gpu limit; the trainer starts one process per GPU); GPU-hours are counted with it.")
+    nodes: int = Field(
+        1, ge=1, le=MAX_NODES,
+        description="Pods per cell (multi-node training: an Indexed Job of this many pods with a headless Service for "
+                    "rendezvous, all in the cell's host block); GPU-hours count nodes x gpus. Frozen: it changes what a cell measures.",
+    )
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     resources: dict[str, Any] = Field(
         default_factory=dict,
         description="Kubernetes ResourceRequirements for the trainer container (nvidia.com/gpu is set from gpus).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+    template: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A partial PodTemplateSpec (metadata.labels/annotations, spec: volumes, imagePullSecrets, affinity, "
+                    "tolerations, priorityClassName, securityContext, ...; a container named trainer with volumeMounts, "
+                    "env, envFrom, securityContext) merged into every cell's pod. Fields the operator owns (the trainer's "
+                    "image/command/args/resources, restartPolicy, serviceAccountName, activeDeadlineSeconds, the host "
+                    "block's nodeSelector keys, the scratch volume, the cell identity env) are refused. Not part of the "
+                    "frozen hash: it is infrastructure, not protocol.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    @property
+    def cell_gpus(self) -> int:
+        """GPUs one cell holds: its pods x GPUs per pod (what GPU-hours count)."""
+        return self.nodes * self.gpus
 
 
 class HostBlock(_Model):
@@ -181,6 +203,9 @@ class PromotionLadder(BaseModel):
 
 
 FROZEN_FIELDS = ("objective", "candidates", "stages", "verdict")
+# Trainer fields that change what a cell measures, hashed (as "trainer") only when not at their
+# default, so every ladder admitted before a field existed keeps its recorded hash.
+FROZEN_TRAINER_DEFAULTS = {"nodes": 1}
 
 
 def _canonical(value: Any) -> Any:
@@ -199,6 +224,10 @@ def frozen_hash(spec: LadderSpec) -> str:
     integral floats as ints), so a file and the object the API server stored hash the same."""
     wire = _canonical(spec.wire())
     frozen = {k: wire.get(k) for k in FROZEN_FIELDS}
+    trainer = {k: wire["trainer"].get(k) for k, default in FROZEN_TRAINER_DEFAULTS.items()
+               if wire["trainer"].get(k, default) != default}
+    if trainer:
+        frozen["trainer"] = trainer
     canonical = json.dumps(frozen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -248,6 +277,8 @@ def semantic_errors(spec: LadderSpec) -> list[str]:
             seen.add(n)
 
     dupes([h.name for h in spec.host_blocks], "spec.hostBlocks")
+    errs += owned_field_errors(spec.trainer.template, [
+        (f"spec.hostBlocks[{i}].nodeSelector", k) for i, h in enumerate(spec.host_blocks) for k in h.node_selector])
     dupes([c.name for c in spec.candidates], "spec.candidates")
     dupes([s.name for s in spec.stages], "spec.stages")
     blocks = {h.name for h in spec.host_blocks}
