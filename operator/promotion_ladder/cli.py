@@ -62,6 +62,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .local.runner import run_ladder
 
     ladder = read_ladder(args.file)
+    if ladder.spec.trainer.nodes > 1:
+        raise FileError(f"{args.file}: spec.trainer.nodes: {ladder.spec.trainer.nodes}: `ladder run` runs every cell on this "
+                        "one machine; a multi-node cell needs the operator (`ladder manifests` shows its Jobs)")
     out = Path(args.output or f"{ladder.name}.status.json")
     status = run_ladder(ladder, out, parallel=args.parallel, workdir=Path(args.workdir) if args.workdir else None,
                         fresh=args.fresh)

@@ -344,3 +344,9 @@ def test_gpu_hours_count_nodes_times_gpus(case):
     assert g.total == 2 * per_cell  # two one-hour cells
     # the counterfactual (straight to the final stage) counts the same GPUs per cell: 4 cells x 10 min
     assert g.counterfactuals[0].gpu_hours == pytest.approx(4 * per_cell / 6)
+
+
+def test_ladder_run_refuses_multi_node_cells(capsys, tmp_path):
+    assert main(["run", str(REPO / "examples" / "multinode-ladder.yaml"), "--output", str(tmp_path / "s.json")]) == 1
+    assert "spec.trainer.nodes: 2: `ladder run` runs every cell on this one machine" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
