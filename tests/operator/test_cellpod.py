@@ -350,3 +350,16 @@ def test_ladder_run_refuses_multi_node_cells(capsys, tmp_path):
     assert main(["run", str(REPO / "examples" / "multinode-ladder.yaml"), "--output", str(tmp_path / "s.json")]) == 1
     assert "spec.trainer.nodes: 2: `ladder run` runs every cell on this one machine" in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+
+
+def test_operator_refuses_an_owned_field_with_a_condition_naming_it():
+    """What the CRD's CEL rules do not catch (here: a template env var of the contract) the
+    operator refuses: the ladder goes Failed with reason InvalidSpec, naming the field."""
+    from promotion_ladder.controller.reconcile import reconcile
+
+    doc = edit(ladder_doc(), "spec.trainer", {"template": tpl(trainer_ctr={"env": [{"name": "LADDER_STAGE", "value": "x"}]})})
+    r = reconcile(ladder_body(doc), None, [], [], set(), "2026-11-29T00:00:00Z")
+    assert r.create == []
+    failed = next(c for c in r.status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "InvalidSpec"
+    assert "spec.trainer.template.spec.containers[trainer].env[LADDER_STAGE]: owned by the operator" in failed["message"]
