@@ -206,6 +206,7 @@ LAYOUT = {
     "gpus 4: 4 processes": ({"gpus": 4}, "4", "1", {GPU_RESOURCE: "4"}),
     "cpu only: still one process": ({"gpus": 0}, "1", "1", None),
     "nodes 2": ({"gpus": 8, "nodes": 2}, "8", "2", {GPU_RESOURCE: "8"}),
+    "trainer.env cannot change the layout": ({"gpus": 2, "env": {"LADDER_GPUS": "7"}}, "2", "1", {GPU_RESOURCE: "2"}),
 }
 
 
@@ -214,6 +215,7 @@ def test_process_layout(case):
     trainer_spec, gpus, nodes, limits = LAYOUT[case]
     job = job_for(trainer_spec)
     assert (env(job)["LADDER_GPUS"], env(job)["LADDER_NODES"]) == (gpus, nodes)
+    assert [e["name"] for e in trainer(job)["env"]].count("LADDER_GPUS") == 1
     assert (trainer(job).get("resources") or {}).get("limits") == limits
 
 

@@ -27,6 +27,7 @@ from ..core.podtemplate import SHM_PATH, SHM_VOLUME, TRAINER_CONTAINER, merge_po
 from ..core.result import NON_RETRYABLE_EXIT_CODES
 
 RDZV_PORT = 29400
+LAYOUT_ENV = ("LADDER_GPUS", "LADDER_NODES", "LADDER_RDZV_ENDPOINT", "LADDER_RDZV_ID")
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # the Job controller puts it on the Job's pods
 
 
@@ -51,14 +52,11 @@ def shape_job(job: dict[str, Any], spec: LadderSpec) -> dict[str, Any]:
         pod.setdefault("volumes", []).append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
         _trainer(pod).setdefault("volumeMounts", []).append({"name": SHM_VOLUME, "mountPath": SHM_PATH})
     out["spec"]["template"] = tpl = merge_pod_template(tpl, trainer.template)
-    env = _trainer(tpl["spec"]).setdefault("env", [])
-    env += [{"name": "LADDER_GPUS", "value": str(max(trainer.gpus, 1))},
-            {"name": "LADDER_NODES", "value": str(trainer.nodes)}]
+    layout = {"LADDER_GPUS": str(max(trainer.gpus, 1)), "LADDER_NODES": str(trainer.nodes)}
     if trainer.nodes > 1:
         name = out["metadata"]["name"]
         service = rendezvous_service_name(name)
-        env += [{"name": "LADDER_RDZV_ENDPOINT", "value": f"{name}-0.{service}:{RDZV_PORT}"},
-                {"name": "LADDER_RDZV_ID", "value": name}]
+        layout.update(LADDER_RDZV_ENDPOINT=f"{name}-0.{service}:{RDZV_PORT}", LADDER_RDZV_ID=name)
         tpl["spec"]["subdomain"] = service
         out["spec"].update(completionMode="Indexed", completions=trainer.nodes, parallelism=trainer.nodes)
         out["spec"]["podFailurePolicy"] = {"rules": [
@@ -67,6 +65,10 @@ def shape_job(job: dict[str, Any], spec: LadderSpec) -> dict[str, Any]:
             {"action": "FailJob", "onExitCodes": {"containerName": TRAINER_CONTAINER, "operator": "NotIn",
                                                   "values": [0]}},
         ]}
+    # Ours win over a spec.trainer.env entry of the same name (the template cannot set them).
+    container = _trainer(tpl["spec"])
+    container["env"] = [e for e in container.get("env", []) if e["name"] not in LAYOUT_ENV]
+    container["env"] += [{"name": k, "value": v} for k, v in layout.items()]
     return out
 
 
