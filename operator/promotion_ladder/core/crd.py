@@ -109,11 +109,27 @@ def spec_schema() -> dict[str, Any]:
     trainer["nodes"]["x-kubernetes-validations"] = [
         {"rule": "self == oldSelf", "message": "spec.trainer.nodes is frozen once the ladder is admitted (it changes what "
                                                "a cell measures); create a new ladder instead"}]
+    trainer["template"].update(template_schema())
     trainer["template"]["x-kubernetes-validations"] = template_rules()
     stage_items = props["stages"]["items"]["properties"]
     stage_items["seeds"]["x-kubernetes-list-type"] = "set"
     stage_items["hostBlocks"]["x-kubernetes-list-type"] = "set"
     return s
+
+
+def template_schema() -> dict[str, Any]:
+    """Free-form, but with the fields the CEL rules read declared (CEL cannot reach fields a
+    structural schema does not declare); containers bounded so the rules' cost is too."""
+    free = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    container = {**free, "required": ["name"], "properties": {
+        "name": {"type": "string"}, "image": {"type": "string"},
+        "command": {"type": "array", "items": {"type": "string"}}, "args": {"type": "array", "items": {"type": "string"}},
+        "resources": dict(free)}}
+    spec = {**free, "properties": {
+        "restartPolicy": {"type": "string"}, "activeDeadlineSeconds": {"type": "integer"},
+        "serviceAccountName": {"type": "string"}, "nodeName": {"type": "string"},
+        "containers": {"type": "array", "maxItems": 8, "items": container}}}
+    return {"properties": {"metadata": dict(free), "spec": spec}}
 
 
 def template_rules() -> list[dict[str, str]]:
