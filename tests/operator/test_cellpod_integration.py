@@ -36,17 +36,17 @@ def test_real_trainer_reads_its_corpus_from_a_template_volume(operator, kube, lo
     corpus = tmp_path / "corpus-volume"  # the PV's directory
     corpus.mkdir()
     write_tiny_corpus(corpus)
-    pv = f"corpus-{kube.namespace}"
+    pv = f"corpus-{kube.ns}"
     core.create_persistent_volume({
         "metadata": {"name": pv},
         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
                  "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(corpus), "type": "Directory"}}})
     try:
-        core.create_namespaced_persistent_volume_claim(kube.namespace, {
+        core.create_namespaced_persistent_volume_claim(kube.ns, {
             "metadata": {"name": "corpus"},
             "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv,
                      "resources": {"requests": {"storage": "1Gi"}}}})
-        wait_for(lambda: core.read_namespaced_persistent_volume_claim("corpus", kube.namespace).status.phase == "Bound",
+        wait_for(lambda: core.read_namespaced_persistent_volume_claim("corpus", kube.ns).status.phase == "Bound",
                  timeout=60, what="the corpus claim bound to its volume")
         doc = {
             "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "pvc"},
@@ -83,7 +83,7 @@ def test_real_trainer_reads_its_corpus_from_a_template_volume(operator, kube, lo
         for p in pods:
             assert p.metadata.labels["team"] == "lm"
             assert parse_result(p.metadata.annotations[RESULT_ANNOTATION]).status == "ok"
-            log = local_cluster.pod_log(kube.namespace, p.metadata.name)
+            log = local_cluster.pod_log(kube.ns, p.metadata.name)
             # the node agent resolved the claim to the PV's directory and the trainer got that path
             assert f"volume at /data/corpus is {corpus}" in log
             start = next(line for line in log.splitlines() if "localcluster: starting" in line)
@@ -120,7 +120,7 @@ def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):
     job = jobs["ok"]
     name = job.metadata.name
     assert (job.spec.completion_mode, job.spec.completions, job.spec.parallelism) == ("Indexed", 2, 2)
-    svc = core.read_namespaced_service(name, kube.namespace)
+    svc = core.read_namespaced_service(name, kube.ns)
     assert svc.spec.cluster_ip == "None" and svc.spec.selector == {"batch.kubernetes.io/job-name": name}
     assert svc.metadata.owner_references[0].kind == "PromotionLadder"
     pods = sorted((p for p in kube.pods("mn") if p.metadata.labels.get("batch.kubernetes.io/job-name") == name),
@@ -130,7 +130,7 @@ def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):
         # what makes <job>-0.<service> a DNS name on a real cluster (not resolvable here: no DNS)
         assert (p.spec.hostname, p.spec.subdomain) == (f"{name}-{index}", name)
         assert blocks[p.spec.node_name] == "a100"
-        log = local_cluster.pod_log(kube.namespace, p.metadata.name)
+        log = local_cluster.pod_log(kube.ns, p.metadata.name)
         layout = json.loads(re.search(r"stub layout (\{.*\})", log).group(1))
         assert layout == {"JOB_COMPLETION_INDEX": str(index), "LADDER_GPUS": "2", "LADDER_NODES": "2",
                           "LADDER_RDZV_ENDPOINT": f"{name}-0.{name}:29400", "LADDER_RDZV_ID": name}
