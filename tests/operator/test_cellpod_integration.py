@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -131,6 +132,9 @@ def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):
         assert (p.spec.hostname, p.spec.subdomain) == (f"{name}-{index}", name)
         assert blocks[p.spec.node_name] == "a100"
         log = local_cluster.pod_log(kube.ns, p.metadata.name)
+        # gpus: 2: /dev/shm is a memory-backed emptyDir, on the host's tmpfs, gone with the pod
+        shm = re.search(r"volume at /dev/shm is (\S+)", log).group(1)
+        assert shm.startswith("/dev/shm/localcluster/") and not Path(shm).exists()
         layout = json.loads(re.search(r"stub layout (\{.*\})", log).group(1))
         assert layout == {"JOB_COMPLETION_INDEX": str(index), "LADDER_GPUS": "2", "LADDER_NODES": "2",
                           "LADDER_RDZV_ENDPOINT": f"{name}-0.{name}:29400", "LADDER_RDZV_ID": name}
