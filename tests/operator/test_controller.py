@@ -6,7 +6,7 @@ import asyncio
 
 from promotion_ladder.controller.handlers import Controller
 from promotion_ladder.controller.metrics import LadderMetrics
-from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.cell import Cell
 
 from .kube import JobB, PodB, ladder_body, result_doc
 

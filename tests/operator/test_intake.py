@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from promotion_ladder.controller.intake import cell_outcome, foreign_pod_rejection
-from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.cell import Cell
 
 from .kube import LADDER_UID, JobB, PodB, ladder_body, result_doc
 

@@ -27,7 +27,7 @@ from promotion_ladder.core.result import (
 )
 
 from .config import ConfigError, Settings, parse_config
-from .report import PodAnnotator, ProgressReporter, identity_from_env, log, publish
+from .publish import PodAnnotator, ProgressReporter, identity_from_env, log, publish
 
 # flag -> (env variable, type, default); the same table documents the settings in docs/trainer.md.
 SETTINGS = {

@@ -19,10 +19,10 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.planner import Cell
+from ..core.cell import Cell
 from ..core.result import (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM, NON_RETRYABLE_EXIT_CODES,
                            RESULT_ANNOTATION, CellResult, ResultError, parse_result)
-from ..core.rules import Outcome
+from ..core.cell import CellOutcome
 from .jobs import CONTAINER, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
 
 EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_OOM: "out of memory"}
@@ -90,7 +90,7 @@ class Rejection:
 class CellView:
     """What the cluster says about one cell right now."""
 
-    outcome: Outcome | None = None  # terminal: succeeded/failed
+    outcome: CellOutcome | None = None  # terminal: succeeded/failed
     running: bool = False  # a Job exists and is not finished
     rejections: list[Rejection] = field(default_factory=list)
 
@@ -164,12 +164,12 @@ def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool =
     return result
 
 
-def _outcome_from(result: CellResult, exit_code: int | None) -> Outcome:
+def _outcome_from(result: CellResult, exit_code: int | None) -> CellOutcome:
     if result.status == "ok" and exit_code in (0, None):
-        return Outcome("succeeded", result.value, result.train_seconds)
+        return CellOutcome("succeeded", result.value, result.train_seconds)
     why = result.status if result.status != "ok" else f"exit code {exit_code}"
     msg = f"{why}: {result.message}" if result.message else why
-    return Outcome("failed", None, result.train_seconds, msg[:200])
+    return CellOutcome("failed", None, result.train_seconds, msg[:200])
 
 
 def foreign_pod_rejection(pod: PodSummary) -> Rejection | None:
@@ -217,20 +217,20 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
             return view
     for pod in mine:  # a non-retryable exit fails the cell at once (the Job follows)
         if pod.phase == "Failed" and pod.exit_code in NON_RETRYABLE_EXIT_CODES:
-            view.outcome = Outcome("failed", reason=f"exit code {pod.exit_code} ({EXIT_REASONS[pod.exit_code]})")
+            view.outcome = CellOutcome("failed", reason=f"exit code {pod.exit_code} ({EXIT_REASONS[pod.exit_code]})")
             return view
     if job.failed:
         last = next((p for p in reversed(mine) if p.phase == "Failed"), None)
         detail = f"; last pod exit code {last.exit_code}" if last and last.exit_code is not None else ""
-        view.outcome = Outcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
+        view.outcome = CellOutcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
         return view
     if job.complete:
-        view.outcome = Outcome("failed", reason="job completed without a valid result")
+        view.outcome = CellOutcome("failed", reason="job completed without a valid result")
         return view
     if any(p.phase == "Succeeded" for p in mine):
         # Exit 0 but no acceptable result: the contract says failed. Wait for the Job to say
         # Complete only if a result may still be on its way (the annotation lands before exit).
-        view.outcome = Outcome("failed", reason="trainer exited 0 without a valid result")
+        view.outcome = CellOutcome("failed", reason="trainer exited 0 without a valid result")
         return view
     view.running = True
     return view

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core.api import API_VERSION, KIND, LadderSpec
 from ..core.budget import cell_deadline_seconds
-from ..core.planner import Cell
+from ..core.cell import Cell
 from ..core.result import NON_RETRYABLE_EXIT_CODES
 from .rbac import TRAINER_SERVICE_ACCOUNT
 

@@ -18,13 +18,12 @@ from typing import Any
 
 from ..core.api import LadderInvalid, LadderSpec, frozen_hash, load_ladder
 from ..core.planner import PlanError
-from ..core.rules import Decision, Outcome
+from ..core.rules import Decision
+from ..core.cell import CellKey, CellOutcome
+from ..core.wording import decision_message
 from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status, parse_status
 from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
 from .jobs import build_job, cell_job_name
-
-CellKey = tuple[str, str, str, int]
-
 
 @dataclass
 class Reconciled:
@@ -66,20 +65,6 @@ def _reason(status: dict) -> str | None:
     return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Failed"), None)
 
 
-def decision_message(d: Decision) -> str:
-    rule = d.rule
-    how = f"top {rule.top} by {rule.aggregate}" if rule.top is not None else f"final ranking by {rule.aggregate}"
-    if rule.within is not None:
-        how += f", within {rule.within}"
-    if rule.keep:
-        how += f", keep {', '.join(rule.keep)}"
-    best = ", ".join(f"{e.candidate}={e.aggregate:.4g}" for e in d.ranking[:3] if e.aggregate is not None)
-    if rule.top is None:  # the last stage promotes nobody: its ranking feeds the verdict
-        return f"stage {d.stage}: {how} over {len(d.cells)} cells; best {best or 'n/a'}"[:1024]
-    promoted = ", ".join(d.promoted) if d.promoted else "none"
-    return f"stage {d.stage}: promoted {promoted} ({how} over {len(d.cells)} cells; best {best or 'n/a'})"[:1024]
-
-
 def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: list[JobSummary],
               pods: list[PodSummary], creating: set[str], now: str) -> Reconciled:
     meta = body["metadata"]
@@ -114,7 +99,7 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
             r = foreign_pod_rejection(p)
             if r is not None:
                 rejections.append(r)
-    observed: dict[CellKey, Outcome] = {}
+    observed: dict[CellKey, CellOutcome] = {}
     running: set[CellKey] = set()
     for job in owned:
         cell = job.cell

@@ -14,12 +14,14 @@ from pydantic import Field, ValidationError
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
 from .planner import Outcomes, Plan, plan, stage_cells
-from .rules import Decision, Outcome, VerdictResult, _Out, rank_stage
+from .cell import CellKey, CellOutcome
+from .model import WireModel
+from .rules import Decision, VerdictResult, rank_stage
 
 CellState = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 
-class CellStatus(_Out):
+class CellStatus(WireModel):
     candidate: str
     host_block: str
     seed: int
@@ -29,7 +31,7 @@ class CellStatus(_Out):
     reason: str | None = None
 
 
-class StageStatus(_Out):
+class StageStatus(WireModel):
     name: str
     budget: str
     state: Literal["Pending", "Running", "Decided"]
@@ -38,7 +40,7 @@ class StageStatus(_Out):
     decision: Decision | None = None
 
 
-class Condition(_Out):
+class Condition(WireModel):
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str
@@ -46,7 +48,7 @@ class Condition(_Out):
     last_transition_time: str | None = None
 
 
-class LadderStatus(_Out):
+class LadderStatus(WireModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
     message: str = ""
     observed_generation: int | None = None
@@ -63,7 +65,7 @@ def build_status(
     spec: LadderSpec,
     outcomes: Outcomes,
     recorded: list[Decision] | tuple[Decision, ...] = (),
-    running: set[tuple[str, str, str, int]] | frozenset = frozenset(),
+    running: set[CellKey] | frozenset = frozenset(),
 ) -> tuple[LadderStatus, Plan]:
     """Plan the ladder and describe it. `running` marks non-terminal cells that are executing."""
     p = plan(spec, outcomes, recorded)
@@ -106,12 +108,12 @@ def build_status(
     return status, p
 
 
-def outcomes_from_status(status: LadderStatus) -> dict[tuple[str, str, str, int], Outcome]:
+def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:
     out = {}
     for st in status.stages:
         for c in st.cells:
             if c.state in ("Succeeded", "Failed"):
-                out[(st.name, c.candidate, c.host_block, c.seed)] = Outcome(
+                out[(st.name, c.candidate, c.host_block, c.seed)] = CellOutcome(
                     state="succeeded" if c.state == "Succeeded" else "failed",
                     value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
                 )
@@ -139,10 +141,10 @@ def parse_status(data: Any) -> LadderStatus:
 
 def simulate(spec: LadderSpec, recorded: Outcomes) -> tuple[LadderStatus, Plan]:
     """Replay a ladder against recorded results; a cell with no recorded result failed."""
-    seen: dict[tuple[str, str, str, int], Outcome] = {}
+    seen: dict[CellKey, CellOutcome] = {}
     while True:
         p = plan(spec, seen)
         if p.phase != "Running":
             return build_status(spec, seen)
         for c in p.to_run:
-            seen[c.key] = recorded.get(c.key) or Outcome(state="failed", reason="no recorded result")
+            seen[c.key] = recorded.get(c.key) or CellOutcome(state="failed", reason="no recorded result")

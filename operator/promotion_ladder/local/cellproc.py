@@ -23,9 +23,9 @@ from pathlib import Path
 
 from ..core.api import PromotionLadder
 from ..core.budget import cell_deadline_seconds
-from ..core.planner import Cell
+from ..core.cell import Cell
 from ..core.result import ResultError, parse_result
-from ..core.rules import Outcome
+from ..core.cell import CellOutcome
 
 
 def cell_command(ladder: PromotionLadder, cell: Cell, result_file: str) -> list[str]:
@@ -51,7 +51,7 @@ def cell_env(ladder: PromotionLadder, cell: Cell) -> dict[str, str]:
     }
 
 
-def outcome_from_result(ladder: PromotionLadder, cell: Cell, exit_code: int, result_text: str | None) -> Outcome:
+def outcome_from_result(ladder: PromotionLadder, cell: Cell, exit_code: int, result_text: str | None) -> CellOutcome:
     """Judge a finished cell from its exit code and result document."""
     result = None
     problem = ""
@@ -67,18 +67,18 @@ def outcome_from_result(ladder: PromotionLadder, cell: Cell, exit_code: int, res
         expected = (ladder.name, cell.stage, cell.candidate, cell.host_block, cell.seed)
         got = result.identity()
         if any(g is not None and g != e for g, e in zip(got, expected)):
-            return Outcome("failed", train_seconds=seconds, reason=f"result identity {got} does not match the cell {expected}")
+            return CellOutcome("failed", train_seconds=seconds, reason=f"result identity {got} does not match the cell {expected}")
         if result.metric != ladder.spec.objective.metric:
-            return Outcome("failed", train_seconds=seconds,
+            return CellOutcome("failed", train_seconds=seconds,
                            reason=f"result reports metric {result.metric!r}, the ladder's objective is {ladder.spec.objective.metric!r}")
     if exit_code != 0:
         detail = f"{result.status}: {result.message}" if result else problem
-        return Outcome("failed", train_seconds=seconds, reason=f"exit code {exit_code}" + (f" ({detail})" if detail else ""))
+        return CellOutcome("failed", train_seconds=seconds, reason=f"exit code {exit_code}" + (f" ({detail})" if detail else ""))
     if result is None:
-        return Outcome("failed", reason=f"exit code 0 but {problem}")
+        return CellOutcome("failed", reason=f"exit code 0 but {problem}")
     if result.status != "ok":
-        return Outcome("failed", train_seconds=seconds, reason=f"{result.status}: {result.message}".rstrip(": "))
-    return Outcome("succeeded", value=result.value, train_seconds=seconds)
+        return CellOutcome("failed", train_seconds=seconds, reason=f"{result.status}: {result.message}".rstrip(": "))
+    return CellOutcome("succeeded", value=result.value, train_seconds=seconds)
 
 
 @dataclass
@@ -116,18 +116,18 @@ class CellProcess:
             pass
         self.proc.wait()
 
-    def poll(self) -> Outcome | None:
+    def poll(self) -> CellOutcome | None:
         code = self.proc.poll()
         if code is None:
             if time.monotonic() < self.deadline:
                 return None
             self.kill()
-            return Outcome("failed", reason=f"deadline exceeded (budget + grace); log: {self.log_file}")
+            return CellOutcome("failed", reason=f"deadline exceeded (budget + grace); log: {self.log_file}")
         try:
             text = self.result_file.read_text()
         except (FileNotFoundError, UnicodeDecodeError):
             text = None
         outcome = outcome_from_result(self.ladder, self.cell, code, text)
         if not outcome.ok and "log:" not in outcome.reason:
-            outcome = Outcome(outcome.state, outcome.value, outcome.train_seconds, f"{outcome.reason}; log: {self.log_file}")
+            outcome = CellOutcome(outcome.state, outcome.value, outcome.train_seconds, f"{outcome.reason}; log: {self.log_file}")
         return outcome

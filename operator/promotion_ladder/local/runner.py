@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import TextIO
 
 from ..core.api import PromotionLadder
-from ..core.planner import Cell
-from ..core.rules import Decision, Outcome
+from ..core.cell import Cell
+from ..core.rules import Decision
+from ..core.cell import CellKey, CellOutcome
+from ..core.wording import decision_message
 from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status
 from ..files import FileError, read_status
 from .cellproc import CellProcess
@@ -87,17 +89,6 @@ def _summary(status: LadderStatus, running: int) -> str:
             f"{failed} failed | leader {status.leader or '-'} | {gh:.3f} GPU-h")
 
 
-def _decision_text(d: Decision) -> str:
-    if d.rule.top is None:
-        return f"stage {d.stage}: final ranking: " + ", ".join(
-            f"{e.candidate} {e.aggregate:.4f}" if e.complete else f"{e.candidate} (failed cells)" for e in d.ranking)
-    cut = [e.candidate for e in d.ranking if not e.promoted_by]
-    text = f"stage {d.stage} decided ({d.rule.aggregate}"
-    text += f", top {d.rule.top}" if d.rule.top is not None else ""
-    text += f"): promoted {', '.join(d.promoted) or 'nobody'}"
-    return text + (f"; cut {', '.join(cut)}" if cut and d.rule.top is not None else "")
-
-
 def run_ladder(
     ladder: PromotionLadder,
     status_path: Path,
@@ -108,7 +99,7 @@ def run_ladder(
     poll_seconds: float = 0.2,
 ) -> LadderStatus:
     spec = ladder.spec
-    outcomes: dict[tuple[str, str, str, int], Outcome] = {}
+    outcomes: dict[CellKey, CellOutcome] = {}
     recorded: list[Decision] = []
     if status_path.exists() and not fresh:
         prev = read_status(status_path)
@@ -141,7 +132,7 @@ def run_ladder(
         while True:
             status, p = build_status(spec, outcomes, recorded, running=frozenset(running))
             for d in p.decisions[announced:]:
-                progress.event(_decision_text(d))
+                progress.event(decision_message(d))
             announced = len(p.decisions)
             recorded = list(p.decisions)
             # Written after every pass that finished a cell or decided a stage, so a resumed run
