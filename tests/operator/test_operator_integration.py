@@ -21,7 +21,7 @@ from localcluster.waiting import wait_for
 from promotion_ladder.controller.jobs import cell_job_name
 from promotion_ladder.core.api import load_ladder
 from promotion_ladder.core.cell import Cell
-from promotion_ladder.core.result import RESULT_ANNOTATION
+from promotion_ladder.core.contract import RESULT_ANNOTATION
 from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.status import simulate
 

@@ -83,8 +83,8 @@ OK_DOC = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult", "
 
 OUTCOMES = {
     "ok": (0, OK_DOC, "succeeded", ""),
-    "no result file": (0, None, "failed", "exit code 0 but no result file"),
-    "crash": (1, None, "failed", "exit code 1 (no result file)"),
+    "no result file": (0, None, "failed", "exit code 0 but no result"),
+    "crash": (1, None, "failed", "exit code 1 (no result)"),
     "diverged": (3, {**OK_DOC, "status": "diverged", "value": None, "message": "nan"}, "failed", "exit code 3 (diverged: nan)"),
     "forged identity": (0, {**OK_DOC, "candidate": "c9"}, "failed", "does not match the cell"),
     "wrong metric": (0, {**OK_DOC, "metric": "loss"}, "failed", "reports metric 'loss'"),
