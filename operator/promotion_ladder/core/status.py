@@ -2,12 +2,14 @@
 `ladder run`'s status file and for `ladder simulate --output json`.
 
 It is also the durable record the adapters resume from: `outcomes_from_status` and
-`decisions_from_status` read back exactly what `build_status` wrote.
+`decisions_from_status` read back exactly what `build_status` wrote. The conditions
+(`conditions`) and the stopped states (`stopped_status`) are built here too, so no adapter
+patches status dicts of its own (core/step.py puts it together per ladder step).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, ValidationError
 
@@ -19,6 +21,17 @@ from .model import WireModel
 from .rules import Decision, VerdictResult, rank_stage
 
 CellState = Literal["Pending", "Running", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+MESSAGE_LIMIT = 1024  # a condition's / Event's message
+
+# The reasons a ladder stops without deciding anything more; each is a Failed condition's reason.
+INVALID_SPEC = "InvalidSpec"
+FROZEN_SPEC_CHANGED = "FrozenSpecChanged"
+STATUS_UNREADABLE = "StatusUnreadable"
+RECORDED_DECISIONS_MISMATCH = "RecordedDecisionsMismatch"
+STOPPED_REASONS = (INVALID_SPEC, FROZEN_SPEC_CHANGED, STATUS_UNREADABLE, RECORDED_DECISIONS_MISMATCH)
+# The condition reason of a ladder that runs or ended by its rules, per phase.
+PHASE_REASONS = {"Running": "StageRunning", "Succeeded": "VerdictReached", "Failed": "NoCandidateCompleted"}
 
 
 class CellStatus(WireModel):
@@ -148,3 +161,41 @@ def simulate(spec: LadderSpec, recorded: Outcomes) -> tuple[LadderStatus, Plan]:
             return build_status(spec, seen)
         for c in p.to_run:
             seen[c.key] = recorded.get(c.key) or CellOutcome(state="failed", reason="no recorded result")
+
+
+def _condition(type_: str, status: bool, reason: str, message: str,
+               old: Sequence[Mapping[str, Any]], now: str) -> Condition:
+    s = "True" if status else "False"
+    prev = next((c for c in old if c.get("type") == type_), None)
+    since = prev.get("lastTransitionTime") if prev and prev.get("status") == s and prev.get("lastTransitionTime") else now
+    return Condition(type=type_, status=s, reason=reason, message=message[:MESSAGE_LIMIT], last_transition_time=since)
+
+
+def conditions(phase: str, reason: str, message: str, old: Sequence[Mapping[str, Any]], now: str) -> list[Condition]:
+    """Progressing / Complete / Failed, each always present (True for exactly one, or none while
+    Pending). `old` is the recorded conditions (wire form): lastTransitionTime is kept while a
+    condition's status is unchanged, so an unchanged ladder gives an unchanged status."""
+    return [
+        _condition("Progressing", phase == "Running", reason if phase == "Running" else phase,
+                   message if phase == "Running" else "", old, now),
+        _condition("Complete", phase == "Succeeded", reason if phase == "Succeeded" else "NotComplete",
+                   message if phase == "Succeeded" else "", old, now),
+        _condition("Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
+                   message if phase == "Failed" else "", old, now),
+    ]
+
+
+def failed_reason(status: Mapping[str, Any]) -> str | None:
+    """The reason of a (wire) status's Failed condition."""
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Failed"), None)
+
+
+def stopped_status(recorded: Mapping[str, Any] | None, reason: str, message: str,
+                   generation: int | None, now: str) -> dict[str, Any]:
+    """A ladder that stops (one of STOPPED_REASONS): Failed, with whatever was recorded kept as it
+    is (it may be unreadable, hence the wire form) and nothing more decided."""
+    old = dict(recorded or {})
+    status = dict(old)
+    status.update(phase="Failed", message=message[:MESSAGE_LIMIT], observedGeneration=generation)
+    status["conditions"] = [c.wire() for c in conditions("Failed", reason, message, old.get("conditions") or [], now)]
+    return status
