@@ -17,6 +17,7 @@ FORBIDDEN = {
              "promotion_ladder.cli", "promotion_ladder.files", "promotion_ladder.render"},
     "local": {"kubernetes", "kopf", "torch", "promotion_ladder.controller"},
     "report": {"kopf", "torch", "promotion_ladder.controller", "promotion_ladder.local"},
+    "controller": {"torch", "promotion_ladder.local", "promotion_ladder.report"},
 }
 
 

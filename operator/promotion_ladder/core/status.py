@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
 from .planner import Outcomes, Plan, plan, stage_cells
-from .cell import CellKey, CellOutcome
+from .cell import Cell, CellKey, CellOutcome
 from .model import WireModel
 from .rules import Decision, VerdictResult, rank_stage
 
@@ -91,16 +91,7 @@ def build_status(
             continue
         cells = []
         for c in stage_cells(spec, i, entered):
-            o = outcomes.get(c.key)
-            if o is None:
-                state = "Running" if c.key in running else "Pending"
-                cells.append(CellStatus(candidate=c.candidate, host_block=c.host_block, seed=c.seed, state=state))
-            else:
-                cells.append(CellStatus(
-                    candidate=c.candidate, host_block=c.host_block, seed=c.seed,
-                    state="Succeeded" if o.ok else "Failed",
-                    value=o.value if o.ok else None, train_seconds=o.train_seconds, reason=o.reason or None,
-                ))
+            cells.append(cell_status(c, outcomes.get(c.key), c.key in running))
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
             entered=len(entered), cells=cells, decision=decided.get(st.name),
@@ -121,15 +112,34 @@ def build_status(
     return status, p
 
 
+def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False) -> CellStatus:
+    """A cell as the status records it; `recorded_outcome` reads it back. A new field of a cell's
+    outcome goes into both (and CellStatus), nowhere else."""
+    if outcome is None:
+        return CellStatus(candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
+                          state="Running" if running else "Pending")
+    return CellStatus(
+        candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
+        state="Succeeded" if outcome.ok else "Failed",
+        value=outcome.value if outcome.ok else None, train_seconds=outcome.train_seconds, reason=outcome.reason or None,
+    )
+
+
+def recorded_outcome(c: CellStatus) -> CellOutcome | None:
+    """The recorded outcome of a cell (None while it has not ended)."""
+    if c.state not in ("Succeeded", "Failed"):
+        return None
+    return CellOutcome(state="succeeded" if c.state == "Succeeded" else "failed",
+                       value=c.value, train_seconds=c.train_seconds, reason=c.reason or "")
+
+
 def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:
     out = {}
     for st in status.stages:
         for c in st.cells:
-            if c.state in ("Succeeded", "Failed"):
-                out[(st.name, c.candidate, c.host_block, c.seed)] = CellOutcome(
-                    state="succeeded" if c.state == "Succeeded" else "failed",
-                    value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
-                )
+            o = recorded_outcome(c)
+            if o is not None:
+                out[CellKey(st.name, c.candidate, c.host_block, c.seed)] = o
     return out
 
 
