@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass, field
 
 from ..core.api import LadderSpec
-from ..core.rules import Decision
 from ..core.status import LadderStatus, StageStatus
 from ..core.wording import entry_outcome, rule_text
 from .source import ReportInput
