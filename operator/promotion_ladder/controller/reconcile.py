@@ -79,9 +79,12 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     spec = ladder.spec
     observed, running, rejections = _observe(name, uid, spec, jobs, pods)
     existing = {j.name for j in jobs}
+    # A Job that exists (or is being created) is never created again; only the ones being
+    # created that the watch has not shown yet count against the parallelism as extra.
+    known_names = existing | creating
     s = step(spec, known_status, observed, running, now=now, generation=generation,
              pending_starts=len(creating - existing),
-             started=lambda cell: cell_job_name(name, cell) in existing or cell_job_name(name, cell) in creating)
+             started=lambda cell: cell_job_name(name, cell) in known_names)
     if s.stopped is not None:
         return _reconciled(s)
     return _reconciled(s, create=[build_job(body, spec, c) for c in s.to_start], rejections=rejections, spec=spec)
