@@ -12,7 +12,7 @@ from promotion_ladder.cli import main
 from promotion_ladder.controller.cellpod import rendezvous_service
 from promotion_ladder.controller.jobs import GPU_RESOURCE, build_job
 from promotion_ladder.core.api import LadderInvalid, frozen_hash, load_ladder
-from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.cell import Cell
 
 from ..unit.builders import edit, ladder_doc
 from .kube import ladder_body
@@ -337,11 +337,11 @@ GPU_HOURS = {"one GPU": ({}, 1), "gpus 4": ({"gpus": 4}, 4), "2 nodes x 8 gpus":
 @pytest.mark.parametrize("case", GPU_HOURS, ids=list(GPU_HOURS))
 def test_gpu_hours_count_nodes_times_gpus(case):
     from promotion_ladder.core.accounting import gpu_hours
-    from promotion_ladder.core.rules import Outcome
+    from promotion_ladder.core.cell import CellOutcome
 
     trainer_spec, per_cell = GPU_HOURS[case]
     spec = load_ladder(edit(ladder_doc(), "spec.trainer", trainer_spec)).spec
-    outcomes = {Cell("s1", "c0", h, 1).key: Outcome("succeeded", 1.0, 3600.0) for h in ("a100", "l40s")}
+    outcomes = {Cell("s1", "c0", h, 1).key: CellOutcome("succeeded", 1.0, 3600.0) for h in ("a100", "l40s")}
     g = gpu_hours(spec, outcomes, {"s1": ["c0"]})
     assert g.total == 2 * per_cell  # two one-hour cells
     # the counterfactual (straight to the final stage) counts the same GPUs per cell: 4 cells x 10 min

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..core.api import LadderSpec
 from ..core.podtemplate import SHM_PATH, SHM_VOLUME, TRAINER_CONTAINER, merge_pod_template, template_mounts
-from ..core.result import NON_RETRYABLE_EXIT_CODES
+from ..core.contract import NON_RETRYABLE_EXIT_CODES
 
 RDZV_PORT = 29400
 LAYOUT_ENV = ("LADDER_GPUS", "LADDER_NODES", "LADDER_RDZV_ENDPOINT", "LADDER_RDZV_ID")

@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from ..core.api import PromotionLadder
-from ..core.planner import Cell, stage_cells
+from ..core.cell import Cell
+from ..core.planner import stage_cells
 from .cellpod import rendezvous_service
 from .jobs import build_job
 
