@@ -22,7 +22,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from localcluster.waiting import wait_for
-from promotion_ladder.core.result import RESULT_ANNOTATION, parse_result
+from promotion_ladder.core.contract import RESULT_ANNOTATION
+from promotion_ladder.core.result import parse_result
 
 from ..corpus import write_tiny_corpus
 from .harness import STUB, node_host_blocks

@@ -138,7 +138,7 @@ MULTI_NODE = {
     "rank 1 done first, rank 0 running": (None, None, True, ""),
     "both done, rank 0 published": ("succeeded", 1.2, False, ""),
     "rank 0 done, result in its termination message only": ("succeeded", 1.3, False, ""),
-    "a result on rank 1 is not read": ("failed", None, False, "without a valid result"),
+    "a result on rank 1 is not read": ("failed", None, False, "no result"),
     "rank 1 failed: the Job fails as a whole": ("failed", None, False, "job failed: PodFailurePolicy"),
     "rank 1 out of memory": ("failed", None, False, "exit code 4 (out of memory)"),
 }
