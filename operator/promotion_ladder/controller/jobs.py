@@ -17,6 +17,7 @@ from ..core.api import API_VERSION, KIND, LadderSpec
 from ..core.budget import cell_deadline_seconds
 from ..core.cell import Cell
 from ..core.contract import NON_RETRYABLE_EXIT_CODES, cell_args, cell_env
+from ..core.podtemplate import SCRATCH_PATH, SCRATCH_VOLUME, TRAINER_CONTAINER
 from .cellpod import shape_job
 from .rbac import TRAINER_SERVICE_ACCOUNT
 
@@ -30,10 +31,8 @@ IDENTITY_LABELS = (LADDER_LABEL, STAGE_LABEL, CANDIDATE_LABEL, HOST_BLOCK_LABEL,
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "promotion-ladder-operator"}
 
-CONTAINER = "trainer"
+CONTAINER = TRAINER_CONTAINER
 GPU_RESOURCE = "nvidia.com/gpu"
-SCRATCH_VOLUME = "scratch"
-SCRATCH_PATH = "/scratch"
 # Relative on purpose: the container's workingDir is the scratch emptyDir, and the local
 # simulated kubelet (which mounts nothing) runs the process in a per-pod scratch folder.
 RESULT_FILE = "result.json"

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .budget import parse_budget
 from .model import SpecModel
-from .podtemplate import owned_field_errors
 
 GROUP = "ladder.promotion.dev"
 VERSION = "v1alpha1"
@@ -267,6 +266,9 @@ def semantic_errors(spec: LadderSpec) -> list[str]:
             seen.add(n)
 
     dupes([h.name for h in spec.host_blocks], "spec.hostBlocks")
+    # Imported here: podtemplate takes the contract's names, and the contract imports this module.
+    from .podtemplate import owned_field_errors
+
     errs += owned_field_errors(spec.trainer.template, [
         (f"spec.hostBlocks[{i}].nodeSelector", k) for i, h in enumerate(spec.host_blocks) for k in h.node_selector])
     dupes([c.name for c in spec.candidates], "spec.candidates")

@@ -37,6 +37,15 @@ ENV_HOST_BLOCK = "LADDER_HOST_BLOCK"
 ENV_SEED = "LADDER_SEED"
 IDENTITY_ENV = (ENV_LADDER, ENV_STAGE, ENV_CANDIDATE, ENV_HOST_BLOCK, ENV_SEED)
 
+# The process layout of a cell: the trainer starts LADDER_GPUS processes in each of LADDER_NODES
+# pods (torchrun); with more than one pod, rank 0's pod is the rendezvous and only it publishes.
+ENV_GPUS = "LADDER_GPUS"  # processes per pod: trainer.gpus, at least 1
+ENV_NODES = "LADDER_NODES"  # pods per cell: trainer.nodes
+ENV_RDZV_ENDPOINT = "LADDER_RDZV_ENDPOINT"  # host:port of the index-0 pod (nodes > 1)
+ENV_RDZV_ID = "LADDER_RDZV_ID"  # a name unique to the cell (nodes > 1)
+ENV_NODE_RANK = "JOB_COMPLETION_INDEX"  # set by Kubernetes on an Indexed Job's pods
+LAYOUT_ENV = (ENV_GPUS, ENV_NODES, ENV_RDZV_ENDPOINT, ENV_RDZV_ID)
+
 # -- where results go on Kubernetes -----------------------------------------------------------
 RESULT_ANNOTATION = "ladder.promotion.dev/result"
 PROGRESS_ANNOTATION = "ladder.promotion.dev/progress"

@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable
 
+from .contract import ENV_NODE_RANK, IDENTITY_ENV, LAYOUT_ENV
+
 TRAINER_CONTAINER = "trainer"
 SCRATCH_VOLUME = "scratch"
 SCRATCH_PATH = "/scratch"
@@ -33,11 +35,7 @@ SHM_PATH = "/dev/shm"
 # Env the operator sets on the trainer container: the cell identity and the process layout
 # (the cell contract), the downward-API pod identity the trainer uses to publish its result,
 # and the index the Job controller gives each pod of a multi-node cell.
-OWNED_ENV = frozenset({
-    "LADDER_NAME", "LADDER_STAGE", "LADDER_CANDIDATE", "LADDER_HOST_BLOCK", "LADDER_SEED",
-    "LADDER_GPUS", "LADDER_NODES", "LADDER_RDZV_ENDPOINT", "LADDER_RDZV_ID",
-    "POD_NAME", "POD_NAMESPACE", "JOB_COMPLETION_INDEX",
-})
+OWNED_ENV = frozenset({*IDENTITY_ENV, *LAYOUT_ENV, ENV_NODE_RANK, "POD_NAME", "POD_NAMESPACE"})
 # Label and annotation prefixes the operator and the Job controller use to find a cell's pods
 # and its result (ladder.promotion.dev/result): a template must not be able to forge them.
 OWNED_META_PREFIXES = ("ladder.promotion.dev/", "batch.kubernetes.io/")
