@@ -1,7 +1,9 @@
 """The cell contract: how a cell is run and how its end is judged, shared by every adapter.
 
     argv: trainer.command + trainer.args + --config <json> --seed <n> --budget <b> --result-file <path>
-    env:  LADDER_NAME, LADDER_STAGE, LADDER_CANDIDATE, LADDER_HOST_BLOCK, LADDER_SEED (+ trainer.env)
+    env:  LADDER_NAME, LADDER_STAGE, LADDER_CANDIDATE, LADDER_HOST_BLOCK, LADDER_SEED (+ trainer.env);
+          on Kubernetes also the layout LADDER_GPUS, LADDER_NODES (+ LADDER_RDZV_ENDPOINT,
+          LADDER_RDZV_ID and JOB_COMPLETION_INDEX when nodes > 1; only node 0 publishes)
     out:  one CellResult document (core/result.py) in the result file; on Kubernetes also in
           the Pod annotation RESULT_ANNOTATION and the container's termination message
     exit: 0 ok, 1 error, 2 bad config, 3 diverged, 4 out of memory
