@@ -15,6 +15,7 @@ from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
 from .planner import Outcomes, Plan, plan, stage_cells
 from .rules import Decision, Outcome, VerdictResult, _Out, rank_stage
+from .stability import Stability, stability
 
 CellState = Literal["Pending", "Running", "Succeeded", "Failed"]
 
@@ -56,6 +57,7 @@ class LadderStatus(_Out):
     stages: list[StageStatus] = Field(default_factory=list)
     gpu_hours: GpuHours | None = None
     verdict: VerdictResult | None = None
+    stability: Stability | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -102,6 +104,7 @@ def build_status(
         phase=p.phase, message=p.message or (f"running stage {current}" if current else ""),
         frozen_hash=frozen_hash(spec), current_stage=current, leader=leader, stages=stages,
         gpu_hours=gpu_hours(spec, outcomes, p.entering), verdict=p.verdict,
+        stability=stability(p.decisions, p.entering),
     )
     return status, p
 
