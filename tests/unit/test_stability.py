@@ -311,3 +311,32 @@ def test_status_of_a_1000_candidate_ladder_with_stability_fits_the_object_limit(
     doc = json.dumps({"spec": ladder.spec.wire(), "status": status.wire()}, separators=(",", ":"), allow_nan=False)
     print(f"spec + status of a 1,000-candidate ladder: {len(doc) / 1024:.0f} KiB")
     assert len(doc) < 1.5 * 1024 * 1024 - 64 * 1024  # etcd's 1.5 MiB object limit, room left for metadata
+
+
+# ---- shown to people: `ladder simulate` ---------------------------------------------------------
+
+
+def test_simulate_prints_tau_lines_and_a_flip_warning(tmp_path, capsys):
+    import yaml
+
+    from promotion_ladder.cli import main
+
+    doc = ladder_doc(candidates=["x", "y", "z"], stages=[
+        {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 1}},
+        {"name": "s2", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1]},
+    ])
+    (tmp_path / "ladder.yaml").write_text(yaml.safe_dump(doc))
+    values = {"s1": {"x": [1.0, 3.0], "y": [2.0, 2.0], "z": [2.5, 2.5]}, "s2": {"x": [1.0, 1.1]}}
+    (tmp_path / "results.jsonl").write_text("".join(
+        json.dumps({"stage": st, "candidate": c, "hostBlock": hb, "seed": 1, "value": v}) + "\n"
+        for st, table in values.items() for c, vals in table.items() for hb, v in zip(["a100", "l40s"], vals)))
+    assert main(["simulate", str(tmp_path / "ladder.yaml"), "--results", str(tmp_path / "results.jsonl")]) == 0
+    out = capsys.readouterr().out
+    # x wins s1 on a tie broken by entering order; its share is the resamples that drew a100 at least once.
+    n = Counter(tuple(sorted(d)) for d in draws("s1", 2))
+    share = (n[(0, 0)] + n[(0, 1)]) / RESAMPLES
+    assert "  s1 -> s2: tau undefined (fewer than two candidates complete in both s1 and s2) over 1 candidates" in out
+    # a100 orders x, y, z; l40s y, z, x: (x,y) and (x,z) discordant, (y,z) concordant: (1 - 2) / 3.
+    assert "  stage s1, host block a100 vs l40s: tau -0.33 over 3 candidates" in out
+    assert (f"warning: stage s1: promotion of x would flip in {1 - share:.0%} of resamples "
+            f"(promoted in {round(share * 200)} of 200 resamples of the stage's cells)") in out
