@@ -335,7 +335,7 @@ def test_simulate_prints_tau_lines_and_a_flip_warning(tmp_path, capsys):
     # x wins s1 on a tie broken by entering order; its share is the resamples that drew a100 at least once.
     n = Counter(tuple(sorted(d)) for d in draws("s1", 2))
     share = (n[(0, 0)] + n[(0, 1)]) / RESAMPLES
-    assert "  s1 -> s2: tau undefined (fewer than two candidates complete in both s1 and s2) over 1 candidates" in out
+    assert "  s1 -> s2: tau undefined (fewer than two candidates complete in both s1 and s2) over 1 candidate" in out
     # a100 orders x, y, z; l40s y, z, x: (x,y) and (x,z) discordant, (y,z) concordant: (1 - 2) / 3.
     assert "  stage s1, host block a100 vs l40s: tau -0.33 over 3 candidates" in out
     assert (f"warning: stage s1: promotion of x would flip in {1 - share:.0%} of resamples "
