@@ -41,6 +41,7 @@ import random
 import zlib
 from collections import Counter
 from functools import lru_cache
+from operator import itemgetter
 from typing import Mapping, Sequence
 
 from pydantic import Field
@@ -206,16 +207,19 @@ def _promoted_in(idx: tuple[int, ...], rows: list[list[float]], ranks: list[list
     rank in each original cell for meanRank (a drawn cell repeats its column, so ranks stay).
     """
     direction, how, top, within = rule
+    sign = 1.0 if direction == "minimize" else -1.0  # = rules._orient, exactly (a sign flip)
+    pick, n, fsum = itemgetter(*idx), len(idx), math.fsum  # n >= 2: itemgetter gives a tuple
     keyed = []
     for i, row in enumerate(rows):
-        vals = [row[j] for j in idx]
-        mean = _mean(vals)
-        if how == "meanRank":
-            r = ranks[i]
-            agg = sum(r[j] for j in idx) / len(idx)  # ranks are halves: the sum is exact, as in rules
+        vals = pick(row)
+        mean = fsum(vals) / n  # = statistics.fmean, what rules uses
+        if how == "mean":
+            agg = sign * mean
+        elif how == "meanRank":
+            agg = fsum(pick(ranks[i])) / n  # ranks are halves: the sum is exact, as in rules
         else:
-            agg = _orient(mean if how == "mean" else _aggregate(vals, how, direction), direction)
-        keyed.append((agg, _orient(mean, direction), order[i], i))
+            agg = sign * _aggregate(list(vals), how, direction)
+        keyed.append((agg, sign * mean, order[i], i))
     keyed.sort()
     promoted = [k[3] for k in keyed[:top]]
     if within is not None and keyed:

@@ -7,6 +7,7 @@ Pure (no matplotlib, no I/O): the HTML and Markdown writers render the same `Rep
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from ..core.api import LadderSpec
@@ -290,6 +291,23 @@ def _rank_flow(s: LadderStatus) -> Section:
                          "the star the winner."])
 
 
+def _stability_summary(st: Stability, decisions: list[Decision]) -> str:
+    """This ladder in one sentence: its weakest stage step, its weakest host-block agreement, its weakest promotion."""
+    parts = []
+    for what, figures, name in (("stage step", st.stages, lambda t: f"{t.from_} \u2192 {t.to}"),
+                                ("host-block agreement", st.host_blocks, lambda t: f"{t.a} vs {t.b} at {t.stage}")):
+        defined = [t for t in figures if t.kendall_tau is not None]
+        if defined:
+            t = min(defined, key=lambda t: t.kendall_tau)
+            parts.append(f"the least stable {what} was {name(t)} (tau {t.kendall_tau:.2f} over {t.candidates} candidates)")
+    shares = flips(st, decisions, below=math.inf)
+    if shares:
+        stage, cand, x = min(shares, key=lambda f: f[2])
+        parts.append("every promotion by rank held in every resample" if x >= 1.0 else
+                     f"the least robust promotion was {cand} at {stage}, promoted in {x:.0%} of resamples")
+    return ("In this ladder " + "; ".join(parts) + ".") if parts else "No figure is defined yet."
+
+
 def _stability(s: LadderStatus) -> Section:
     sec = Section("stability", "Rank stability")
     st = stability_of(s)
@@ -305,6 +323,7 @@ def _stability(s: LadderStatus) -> Section:
         f"{st.promotion[0].resamples if st.promotion else 200} times with a fixed seed (so the figures replay the same), "
         "and the frozen rule is re-applied to each draw. A promoted candidate at 60% would have been cut in 4 of 10 "
         "such reruns: a near coin flip, not a finding.")
+    sec.text.append(_stability_summary(st, decisions_from_status(s)))
     if st.stages or st.host_blocks:
         sec.figures.append(STABILITY)
     if st.stages:
