@@ -340,3 +340,23 @@ def test_simulate_prints_tau_lines_and_a_flip_warning(tmp_path, capsys):
     assert "  stage s1, host block a100 vs l40s: tau -0.33 over 3 candidates" in out
     assert (f"warning: stage s1: promotion of x would flip in {1 - share:.0%} of resamples "
             f"(promoted in {round(share * 200)} of 200 resamples of the stage's cells)") in out
+
+
+def test_ladder_run_prints_the_figures_and_simulate_gives_the_same(tmp_path, capsys):
+    """`ladder run` (the fake trainer, real processes) and `ladder simulate` of the same results agree."""
+    import yaml
+
+    from promotion_ladder.cli import main
+    from promotion_ladder.core.status import outcomes_from_status
+    from promotion_ladder.files import read_status
+
+    from .test_runner import fake_ladder
+
+    doc = fake_ladder({"c0": {"base": 1.0}, "c1": {"base": 0.9}, "c2": {"base": 1.5}, "c3": {"base": 0.7}})
+    (tmp_path / "ladder.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["run", str(tmp_path / "ladder.yaml"), "--output", str(tmp_path / "s.json")]) == 0
+    err = capsys.readouterr().err
+    assert "rank stability (Kendall tau-b" in err and "  s1 -> s2: tau 1.00 over 2 candidates" in err
+    run = read_status(tmp_path / "s.json")
+    simulated, _ = simulate(build(doc).spec, outcomes_from_status(run))
+    assert simulated.stability == run.stability and run.stability.promotion
