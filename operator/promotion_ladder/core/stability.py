@@ -53,6 +53,8 @@ SEED_PREFIX = b"promotion-ladder/stability/"
 
 
 class StagePairTau(_Out):
+    """Did the later, longer stage rank the candidates as the earlier one did?"""
+
     from_: str = Field(alias="from")
     to: str
     candidates: int = Field(description="Candidates complete in both stages.")
@@ -61,6 +63,8 @@ class StagePairTau(_Out):
 
 
 class HostBlockTau(_Out):
+    """Did two host blocks rank a stage's candidates alike?"""
+
     stage: str
     a: str
     b: str
@@ -70,6 +74,8 @@ class HostBlockTau(_Out):
 
 
 class PromotionShares(_Out):
+    """How often the stage's frozen rule, re-applied to resampled cells, promotes each candidate."""
+
     stage: str
     resamples: int
     seed: int = Field(description="random.Random seed of the resamples (crc32 of the stage name).")
@@ -79,6 +85,8 @@ class PromotionShares(_Out):
 
 
 class Stability(_Out):
+    """How far the decisions can be trusted (docs/stability.md); an undefined figure has a reason, no value."""
+
     stages: list[StagePairTau] = Field(default_factory=list)
     host_blocks: list[HostBlockTau] = Field(default_factory=list)
     promotion: list[PromotionShares] = Field(default_factory=list)
