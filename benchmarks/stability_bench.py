@@ -17,7 +17,7 @@ import time
 
 from promotion_ladder.core import stability as stab
 from promotion_ladder.core.api import LadderSpec
-from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.status import simulate
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     spec = ladder(n)
     rnd = random.Random(1)
     skill = {c.name: rnd.gauss(1.2, 0.05) for c in spec.candidates}
-    recorded = {(st.name, c, hb, s): Outcome("succeeded", skill[c] + rnd.gauss(0, 0.02), 60.0)
+    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", skill[c] + rnd.gauss(0, 0.02), 60.0)
                 for st in spec.stages for c in skill for hb, s in st.cells()}
     t = time.perf_counter()
     status, p = simulate(spec, recorded)

@@ -156,7 +156,7 @@ def test_fragile_promotion_is_flagged_beside_its_decision():
     that draws l40s twice promotes y instead. The shares are counted from the pinned draws of stage s1."""
     from collections import Counter
 
-    from promotion_ladder.core.rules import Outcome
+    from promotion_ladder.core.cell import CellOutcome
     from promotion_ladder.core.stability import draws
     from promotion_ladder.core.status import simulate
     from promotion_ladder.report import from_document
@@ -168,7 +168,7 @@ def test_fragile_promotion_is_flagged_beside_its_decision():
         {"name": "s2", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1]},
     ]))
     values = {"s1": {"x": [1.0, 3.0], "y": [2.0, 2.0], "z": [2.5, 2.5]}, "s2": {"x": [1.0, 1.1]}}
-    recorded = {(st, c, hb, 1): Outcome("succeeded", v) for st, t in values.items() for c, vals in t.items()
+    recorded = {(st, c, hb, 1): CellOutcome("succeeded", v) for st, t in values.items() for c, vals in t.items()
                 for hb, v in zip(("a100", "l40s"), vals)}
     status, _ = simulate(ladder.spec, recorded)
     n = Counter(tuple(sorted(d)) for d in draws("s1", 2))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from promotion_ladder.core.api import Promote, Stage
-from promotion_ladder.core.rules import Outcome, decide
+from promotion_ladder.core.cell import CellOutcome
+from promotion_ladder.core.rules import decide
 from promotion_ladder.core.stability import (
     RESAMPLES, draws, flips, host_block_taus, kendall_tau_b, promotion_shares, resample_seed, stability, stage_pair,
 )
@@ -23,8 +24,8 @@ from promotion_ladder.files import read_ladder, read_text
 from .builders import build, ladder_doc
 
 ROOT = Path(__file__).resolve().parents[2]
-OK = lambda v: Outcome("succeeded", value=v)  # noqa: E731
-FAIL = Outcome("failed", reason="diverged")
+OK = lambda v: CellOutcome("succeeded", value=v)  # noqa: E731
+FAIL = CellOutcome("failed", reason="diverged")
 
 # ---- Kendall's tau-b: hand-computed values ---------------------------------------------------
 # C concordant, D discordant pairs; n0 = n(n-1)/2; tx, ty pairs tied in x, in y;
@@ -303,7 +304,7 @@ def test_status_of_a_1000_candidate_ladder_with_stability_fits_the_object_limit(
     ]
     ladder = build(ladder_doc(candidates=names, stages=stages))
     rnd = random.Random(1)
-    recorded = {(st.name, c, hb, s): Outcome("succeeded", rnd.uniform(0.9, 1.5), rnd.uniform(100, 4000))
+    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", rnd.uniform(0.9, 1.5), rnd.uniform(100, 4000))
                 for st in ladder.spec.stages for c in names for hb, s in st.cells()}
     status, _ = simulate(ladder.spec, recorded)
     s = status.stability

@@ -46,13 +46,14 @@ from typing import Mapping, Sequence
 
 from pydantic import Field
 
-from .rules import EPS, Decision, _aggregate, _mean_ranks, _orient, _Out
+from .model import WireModel
+from .rules import EPS, Decision, _aggregate, _mean_ranks, _orient
 
 RESAMPLES = 200
 SEED_PREFIX = b"promotion-ladder/stability/"
 
 
-class StagePairTau(_Out):
+class StagePairTau(WireModel):
     """Did the later, longer stage rank the candidates as the earlier one did?"""
 
     from_: str = Field(alias="from")
@@ -62,7 +63,7 @@ class StagePairTau(_Out):
     reason: str | None = Field(default=None, description="Why kendallTau is undefined.")
 
 
-class HostBlockTau(_Out):
+class HostBlockTau(WireModel):
     """Did two host blocks rank a stage's candidates alike?"""
 
     stage: str
@@ -73,7 +74,7 @@ class HostBlockTau(_Out):
     reason: str | None = None
 
 
-class PromotionShares(_Out):
+class PromotionShares(WireModel):
     """How often the stage's frozen rule, re-applied to resampled cells, promotes each candidate."""
 
     stage: str
@@ -84,7 +85,7 @@ class PromotionShares(_Out):
     reason: str | None = None
 
 
-class Stability(_Out):
+class Stability(WireModel):
     """How far the decisions can be trusted (docs/stability.md); an undefined figure has a reason, no value."""
 
     stages: list[StagePairTau] = Field(default_factory=list)
