@@ -2,6 +2,9 @@
 template gives (a PVC bound to a hostPath PV) read by the real trainer, and a multi-node cell
 (an Indexed Job of 2 pods with a headless rendezvous Service) as far as simulated nodes allow.
 
+With the trainer's multi-process launcher (issue 13), a 2-process gloo cell (gpus: 2) too;
+seen passing on 2026-11-30 with issue-13's trainer in the pods (PYTHONPATH through trainer.env).
+
 Not proven here (the local control plane has no DNS, no kube-proxy and no containers): that
 `<job>-0.<service>` resolves inside a pod, and that torchrun's c10d rendezvous over it forms a
 group across pods. What is proven: the Job controller runs the Indexed Job with hostnames
@@ -12,6 +15,7 @@ read from the index-0 pod only, and one failed pod fails the cell.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import sys
@@ -144,3 +148,34 @@ def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):
     assert RESULT_ANNOTATION not in (pods[1].metadata.annotations or {})
     failed = jobs["rank1-fails"]
     assert any(c.type == "Failed" and c.status == "True" for c in failed.status.conditions or [])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ladder_trainer.launch") is None,
+                    reason="needs the trainer's multi-process launcher (ladder_trainer.launch, issue 13)")
+def test_two_process_gloo_cell_with_the_real_trainer(operator, kube, local_cluster, tmp_path):
+    """trainer.gpus: 2 on a simulated node: LADDER_GPUS=2, the trainer starts 2 gloo ranks on
+    the CPU through torch.distributed.run, rank 0 publishes one result with worldSize 2."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_tiny_corpus(corpus)
+    doc = {
+        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "gloo"},
+        "spec": {
+            "trainer": {"image": "trainer:dev", "command": ["python", "-m", "ladder_trainer"], "gpus": 2,
+                        "args": ["--data", str(corpus)],
+                        "env": {"LADDER_TRAINER_DEVICE": "cpu", "LADDER_TRAINER_THREADS": "1",
+                                "LADDER_TRAINER_EVAL_TOKENS": "512", "LADDER_TRAINER_COMPILE": "off"}},
+            "hostBlocks": [{"name": "a100", "nodeSelector": {"ladder.promotion.dev/host-block": "a100"}}],
+            # 128 tokens a step: 2 ranks x 2 micro-batches of one 32-token sequence
+            "candidates": [{"name": "ddp", "config": {**TINY, "batch": 128, "device_batch": 1}}],
+            "stages": [stage("only", "3s", blocks=("a100",))],
+        },
+    }
+    kube.create(doc)
+    st = kube.wait_phase("gloo", timeout=300)["status"]
+    assert st["phase"] == "Succeeded", kube.describe("gloo")
+    (p,) = [p for p in kube.pods("gloo") if p.status.phase == "Succeeded"]
+    result = json.loads(p.metadata.annotations[RESULT_ANNOTATION])
+    assert result["status"] == "ok" and result["worldSize"] == 2
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in [
+        {"name": m.name, "mountPath": m.mount_path} for m in p.spec.containers[0].volume_mounts]
