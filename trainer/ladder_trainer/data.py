@@ -7,6 +7,11 @@ pre-tokenized data):
     train.bin, val.bin flat token ids (dtype uint16 or uint32), documents separated by `eot`
     token_bytes.npy    int32[vocab_size]: UTF-8 bytes each token stands for (0 for `eot`)
 
+`ladder-tokens/v2` (written by `python -m ladder_trainer.prepare`, see prepare.py) is the same
+with many shards: meta.json lists them in order under "shards" {"train": [[file, tokens]...],
+"val": [...]}. Either is read with memory maps, shard by shard; nothing loads a split into RAM.
+The corpus fingerprint (`corpus_fingerprint`) names what a cell trained and evaluated on.
+
 `token_bytes` is what makes val_bpb independent of the tokenizer. The held-out split is by
 document (a stable hash of its key), so it does not move when a corpus grows.
 
@@ -34,6 +39,7 @@ from typing import Iterator
 import numpy as np
 
 FORMAT = "ladder-tokens/v1"
+FORMAT_V2 = "ladder-tokens/v2"
 EOT_TEXT = "<|endoftext|>"
 VAL_PERMILLE = 50  # 5% of documents are held out
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text"}
@@ -200,13 +206,73 @@ class BPETokenizer:
 # ---- prepared shards -----------------------------------------------------------------------
 
 
+def corpus_fingerprint(meta: dict) -> str:
+    """12 hex digits naming the prepared data: tokenizer, token counts, token_bytes, the val split.
+
+    From meta.json's content fields only (never paths or times), so the same preparation on
+    two machines, or a copy on a volume, gives the same fingerprint. The training split enters
+    by its size and shard layout, the val split by the hash of its tokens: hashing terabytes of
+    training tokens at every cell start would cost more than it could catch.
+    """
+    keys = ("vocab_size", "eot", "dtype", "train_tokens", "val_tokens", "tokenizer_sha256", "token_bytes_sha256",
+            "val_sha256")
+    doc = {k: meta.get(k) for k in keys}
+    doc["train_shards"] = [n for _, n in (meta.get("shards") or {}).get("train", [])]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class TokenSplit:
+    """One split as an ordered list of token shards, each memory-mapped only when read.
+
+    Maps are opened lazily and kept in a small cache, so a corpus of thousands of shards needs
+    neither thousands of file descriptors nor its size in RAM.
+    """
+
+    MAX_OPEN = 64
+
+    def __init__(self, files: list[tuple[Path, int]], dtype: np.dtype):
+        self.files = [(Path(p), int(n)) for p, n in files if int(n) > 0]
+        self.dtype = np.dtype(dtype)
+        self.lengths = np.array([n for _, n in self.files], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self._open: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def shard(self, i: int) -> np.ndarray:
+        m = self._open.get(i)
+        if m is None:
+            if len(self._open) >= self.MAX_OPEN:
+                self._open.pop(next(iter(self._open)))
+            path, n = self.files[i]
+            m = np.memmap(path, dtype=self.dtype, mode="r", shape=(n,))
+            self._open[i] = m
+        return m
+
+    def head(self, n: int) -> np.ndarray:
+        """The first n tokens in shard order (a copy of just those)."""
+        n = min(n, len(self))
+        parts, left, i = [], n, 0
+        while left > 0:
+            take = min(left, int(self.lengths[i]))
+            parts.append(np.asarray(self.shard(i)[:take]))
+            left -= take
+            i += 1
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None):  # the whole split: for tests and small corpora only
+        out = self.head(len(self))
+        return out.astype(dtype) if dtype is not None else out
+
+
 @dataclass
 class Shards:
     path: Path
     vocab_size: int
     eot: int
-    train: np.ndarray
-    val: np.ndarray
+    train: TokenSplit
+    val: TokenSplit
     token_bytes: np.ndarray
     meta: dict
 
@@ -216,15 +282,38 @@ class Shards:
         if not meta_path.exists():
             raise FileNotFoundError(f"{path}: not a token-shard directory (no meta.json)")
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        if meta.get("format") not in (FORMAT, FORMAT_V2):
+            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r} or {FORMAT_V2!r}")
         dtype = np.dtype(meta["dtype"])
-        train = np.memmap(path / "train.bin", dtype=dtype, mode="r")
-        val = np.memmap(path / "val.bin", dtype=dtype, mode="r")
+        if meta["format"] == FORMAT:
+            splits = {s: [(path / f"{s}.bin", (path / f"{s}.bin").stat().st_size // dtype.itemsize)] for s in ("train", "val")}
+        else:
+            splits = {s: [(path / name, n) for name, n in meta["shards"][s]] for s in ("train", "val")}
+        for split, files in splits.items():
+            for f, n in files:
+                if not f.exists() or f.stat().st_size != n * dtype.itemsize:
+                    raise ValueError(f"{f}: missing or not {n} tokens as meta.json says; prepare {path} again")
+        train, val = TokenSplit(splits["train"], dtype), TokenSplit(splits["val"], dtype)
         token_bytes = np.load(path / "token_bytes.npy").astype(np.int64)
         if len(token_bytes) != meta["vocab_size"]:
             raise ValueError(f"{path}: token_bytes.npy has {len(token_bytes)} entries, vocab_size is {meta['vocab_size']}")
+        if not len(train) or not len(val):
+            raise ValueError(f"{path}: the {'train' if not len(train) else 'val'} split is empty")
         return cls(path, int(meta["vocab_size"]), int(meta["eot"]), train, val, token_bytes, meta)
+
+    @property
+    def corpus(self) -> str:
+        """The corpus fingerprint; v1 directories (the default corpus) get their hashes here."""
+        meta = dict(self.meta)
+        if meta.get("val_sha256") is None:
+            tok_file = self.path / "tokenizer.json"
+            meta["tokenizer_sha256"] = hashlib.sha256(tok_file.read_bytes()).hexdigest() if tok_file.exists() else "byte"
+            meta["token_bytes_sha256"] = hashlib.sha256(self.token_bytes.astype(np.int32).tobytes()).hexdigest()
+            h = hashlib.sha256()
+            for i in range(len(self.val.files)):
+                h.update(np.ascontiguousarray(self.val.shard(i)).tobytes())
+            meta["val_sha256"] = h.hexdigest()
+        return corpus_fingerprint(meta)
 
 
 @contextlib.contextmanager
