@@ -166,7 +166,7 @@ def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool =
 
 def _outcome_from(result: CellResult, exit_code: int | None) -> Outcome:
     if result.status == "ok" and exit_code in (0, None):
-        return Outcome("succeeded", result.value, result.train_seconds)
+        return Outcome("succeeded", result.value, result.train_seconds, corpus=result.corpus, data_passes=result.data_passes)
     why = result.status if result.status != "ok" else f"exit code {exit_code}"
     msg = f"{why}: {result.message}" if result.message else why
     return Outcome("failed", None, result.train_seconds, msg[:200])

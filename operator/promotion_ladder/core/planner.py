@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
 from .api import LadderSpec
+from .data_checks import corpus_conflict
 from .rules import Decision, Outcome, VerdictResult, decide, verdict
 
 
@@ -72,6 +73,9 @@ def plan(spec: LadderSpec, outcomes: Outcomes, recorded: Sequence[Decision] = ()
             if pending:
                 return Plan("Running", i, entering_by, pending, decisions, new)
             by_cell = {(c.candidate, c.host_block, c.seed): outcomes[c.key] for c in cells}
+            conflict = corpus_conflict(st.name, by_cell)
+            if conflict:  # values measured on different data cannot be ranked against each other
+                return Plan("Failed", None, entering_by, [], decisions, new, message=conflict)
             d = decide(st, entering, by_cell, direction)
             new.append(d)
         decisions.append(d)

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError
 
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
+from .data_checks import corpus_conflict, repeated_data, repeated_data_message
 from .planner import Outcomes, Plan, plan, stage_cells
 from .rules import Decision, Outcome, VerdictResult, _Out, rank_stage
 
@@ -27,6 +28,16 @@ class CellStatus(_Out):
     value: float | None = None
     train_seconds: float | None = None
     reason: str | None = None
+    corpus: str | None = None
+    data_passes: float | None = None
+
+
+class Condition(_Out):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
 
 
 class StageStatus(_Out):
@@ -36,14 +47,21 @@ class StageStatus(_Out):
     entered: int | None = None
     cells: list[CellStatus] = Field(default_factory=list)
     decision: Decision | None = None
+    # Warnings about the stage's data (CorpusConflict, RepeatedData); see stage_conditions.
+    conditions: list[Condition] = Field(default_factory=list)
 
 
-class Condition(_Out):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    last_transition_time: str | None = None
+def stage_conditions(stage: str, cells: Outcomes) -> list[Condition]:
+    """The stage's data warnings, from its finished cells (core/data_checks.py)."""
+    out = []
+    conflict = corpus_conflict(stage, cells)
+    if conflict:
+        out.append(Condition(type="CorpusConflict", status="True", reason="DifferentCorpora", message=conflict))
+    repeats = repeated_data(cells)
+    if repeats:
+        out.append(Condition(type="RepeatedData", status="True", reason="DataPassesAboveOne",
+                             message=repeated_data_message(stage, repeats)))
+    return out
 
 
 class LadderStatus(_Out):
@@ -85,10 +103,13 @@ def build_status(
                     candidate=c.candidate, host_block=c.host_block, seed=c.seed,
                     state="Succeeded" if o.ok else "Failed",
                     value=o.value if o.ok else None, train_seconds=o.train_seconds, reason=o.reason or None,
+                    corpus=o.corpus, data_passes=o.data_passes,
                 ))
+        finished = {c.key: outcomes[c.key] for c in stage_cells(spec, i, entered) if c.key in outcomes}
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
             entered=len(entered), cells=cells, decision=decided.get(st.name),
+            conditions=stage_conditions(st.name, finished),
         ))
     current = spec.stages[p.stage_index].name if p.stage_index is not None else None
     leader = p.verdict.winner if p.verdict else None
@@ -114,6 +135,7 @@ def outcomes_from_status(status: LadderStatus) -> dict[tuple[str, str, str, int]
                 out[(st.name, c.candidate, c.host_block, c.seed)] = Outcome(
                     state="succeeded" if c.state == "Succeeded" else "failed",
                     value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
+                    corpus=c.corpus, data_passes=c.data_passes,
                 )
     return out
 

@@ -12,6 +12,7 @@ the cell's own folder under the work dir.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -78,7 +79,8 @@ def outcome_from_result(ladder: PromotionLadder, cell: Cell, exit_code: int, res
         return Outcome("failed", reason=f"exit code 0 but {problem}")
     if result.status != "ok":
         return Outcome("failed", train_seconds=seconds, reason=f"{result.status}: {result.message}".rstrip(": "))
-    return Outcome("succeeded", value=result.value, train_seconds=seconds)
+    return Outcome("succeeded", value=result.value, train_seconds=seconds, corpus=result.corpus,
+                   data_passes=result.data_passes)
 
 
 @dataclass
@@ -129,5 +131,5 @@ class CellProcess:
             text = None
         outcome = outcome_from_result(self.ladder, self.cell, code, text)
         if not outcome.ok and "log:" not in outcome.reason:
-            outcome = Outcome(outcome.state, outcome.value, outcome.train_seconds, f"{outcome.reason}; log: {self.log_file}")
+            outcome = dataclasses.replace(outcome, reason=f"{outcome.reason}; log: {self.log_file}")
         return outcome

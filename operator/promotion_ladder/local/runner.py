@@ -98,6 +98,20 @@ def _decision_text(d: Decision) -> str:
     return text + (f"; cut {', '.join(cut)}" if cut and d.rule.top is not None else "")
 
 
+def _new_stage_warnings(status: LadderStatus, warned: set[tuple[str, str]]) -> list[str]:
+    """Data conditions (repeated data, corpus conflicts) of stages whose cells have all finished, once each."""
+    out = []
+    for st in status.stages:
+        if not st.cells or any(c.state in ("Pending", "Running") for c in st.cells):
+            continue
+        for c in st.conditions:
+            key = (st.name, c.type)
+            if key not in warned:
+                warned.add(key)
+                out.append(f"warning: {c.type}: {c.message}")
+    return out
+
+
 def run_ladder(
     ladder: PromotionLadder,
     status_path: Path,
@@ -136,6 +150,7 @@ def run_ladder(
     running: dict[tuple, CellProcess] = {}
     free_gpu_groups = [gpus[i * per_cell:(i + 1) * per_cell] for i in range(slots_total)] if gpus else []
     announced = len(recorded)
+    warned: set[tuple[str, str]] = set()  # (stage, condition type) already printed
     finished_since_write = False
     try:
         while True:
@@ -143,6 +158,8 @@ def run_ladder(
             for d in p.decisions[announced:]:
                 progress.event(_decision_text(d))
             announced = len(p.decisions)
+            for line in _new_stage_warnings(status, warned):
+                progress.event(line)
             recorded = list(p.decisions)
             # Written after every pass that finished a cell or decided a stage, so a resumed run
             # re-runs nothing that finished.
@@ -170,6 +187,8 @@ def run_ladder(
                 outcomes[key] = outcome
                 c: Cell = proc.cell
                 what = f"{outcome.value:.4f}" if outcome.ok else f"FAILED ({outcome.reason})"
+                if outcome.data_passes is not None and outcome.data_passes > 1:
+                    what += f" [repeated data: {outcome.data_passes:.1f} passes over corpus {outcome.corpus or '?'}]"
                 progress.event(f"  {c.stage}/{c.candidate}/{c.host_block}/{c.seed}: {what}")
                 finished_since_write = True
     except KeyboardInterrupt:
