@@ -74,11 +74,12 @@ def load_tokenizer(spec: str, out: Path):
     return tok
 
 
-def _encode_fast(tok, texts: list[str]) -> list[np.ndarray]:
+def _encode_fast(tok, texts: list[str], raw: list[bytes], dtype: np.dtype) -> list[np.ndarray]:
+    """Token ids in the shard dtype (uint16 halves the memory of a batch for vocabularies that fit)."""
     if isinstance(tok, BPETokenizer):
         enc = getattr(tok.tok, "encode_batch_fast", tok.tok.encode_batch)  # no offsets: ~2x faster
-        return [np.asarray(e.ids, dtype=np.uint32) for e in enc(texts, add_special_tokens=False)]
-    return tok.encode_batch(texts)
+        return [np.asarray(e.ids, dtype=dtype) for e in enc(texts, add_special_tokens=False)]
+    return [np.frombuffer(b, dtype=np.uint8).astype(dtype) for b in raw]  # byte tokenizer: ids are the bytes
 
 
 # ---- one unit (runs in a worker) -----------------------------------------------------------
@@ -91,6 +92,9 @@ def _init_worker(out: str, tok_spec: str, dtype: str, permille: int, text_field:
     if single_thread:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
     tok = load_tokenizer(tok_spec, Path(out))
+    if isinstance(tok, BPETokenizer) and hasattr(tok.tok, "encode_special_tokens"):
+        # A document that quotes "<|endoftext|>" is text: only the separator we add is `eot`.
+        tok.tok.encode_special_tokens = True
     _W.update(out=Path(out), tok=tok, dtype=np.dtype(dtype), permille=permille, text_field=text_field,
               batch_bytes=batch_bytes, token_bytes=tok.token_bytes().astype(np.int64))
 
@@ -114,10 +118,13 @@ def _process_unit(job: tuple[int, Unit]) -> dict:
             for split, (docs, text_bytes) in split_docs.items():
                 if not docs:
                     continue
-                ids = np.concatenate([x for d in docs for x in (d, np.array([eot], dtype=np.uint32))])
+                sep = np.array([eot], dtype=dtype)
+                ids = np.concatenate([x for d in docs for x in (d, sep)])
+                n_docs = len(docs)
+                del docs
                 if len(ids) and int(ids.max()) >= tok.vocab_size:
                     raise InputError(f"{unit.paths[0]}: token id {int(ids.max())} is outside the tokenizer's vocabulary ({tok.vocab_size})")
-                counted = int(tb[ids].sum())
+                counted = sum(int(tb[ids[k : k + 2**20]].sum()) for k in range(0, len(ids), 2**20))  # bounded temporaries
                 if text_bytes is not None and counted != text_bytes:
                     # val_bpb divides by these byte counts: a tokenizer with a normalizer or
                     # SentencePiece-style spaces would skew the metric without a word.
@@ -127,7 +134,7 @@ def _process_unit(job: tuple[int, Unit]) -> dict:
                 ids.astype(dtype).tofile(files[split])
                 st = stats[split]
                 st["tokens"] += len(ids)
-                st["docs"] += len(docs)
+                st["docs"] += n_docs
                 st["bytes"] += counted
         for f in files.values():
             f.close()
@@ -151,13 +158,16 @@ def _split_batches(unit: Unit, tok, permille: int) -> Iterator[dict]:
         for docs in sources.iter_token_docs(unit, tok.eot, _W["batch_bytes"] // 2):
             out = {"train": ([], None), "val": ([], None)}
             for d in docs:
-                out["val" if is_val_content(d.tobytes(), permille) else "train"][0].append(d.astype(np.uint32))
+                if int(d.max()) >= tok.vocab_size:
+                    raise InputError(f"{unit.paths[0]}: token id {int(d.max())} is outside the tokenizer's vocabulary ({tok.vocab_size})")
+                out["val" if is_val_content(d.tobytes(), permille) else "train"][0].append(d.astype(_W["dtype"]))
             yield out
         return
     for texts in sources.iter_texts(unit, _W["text_field"], _W["batch_bytes"]):
         raw = [t.encode("utf-8") for t in texts]
         val = [is_val_content(b, permille) for b in raw]
-        ids = _encode_fast(tok, texts)
+        ids = _encode_fast(tok, texts, raw, _W["dtype"])
+        del texts
         yield {
             split: ([i for i, v in zip(ids, val) if v == want], sum(len(b) for b, v in zip(raw, val) if v == want))
             for split, want in (("train", False), ("val", True))

@@ -86,7 +86,8 @@ def token_file_layout(p: Path) -> tuple[int, str, int]:
     """(byte offset of the first token, dtype, token count) of an llm.c or nanoGPT shard."""
     size = p.stat().st_size
     with open(p, "rb") as fh:
-        head = np.frombuffer(fh.read(LLMC_HEADER_INTS * 4), dtype=np.int32)
+        raw = fh.read(LLMC_HEADER_INTS * 4)
+    head = np.frombuffer(raw[: len(raw) // 4 * 4], dtype=np.int32)
     if len(head) == LLMC_HEADER_INTS and int(head[0]) in LLMC_FORMATS:
         magic, version, n = int(head[0]), int(head[1]), int(head[2])
         dtype = LLMC_FORMATS[magic].get(version)

@@ -318,7 +318,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
 
 
 def data_passes(tokens: int, shards: data_mod.Shards) -> float:
-    return round(tokens / len(shards.train), 4)
+    return float(f"{tokens / len(shards.train):.6g}")
 
 
 def _warn_if_repeating(shards: data_mod.Shards, corpus: str, tokens: int, seconds: float, budget: float) -> None:
