@@ -263,3 +263,17 @@ def test_a_cell_on_prepared_shards_reports_corpus_and_data_passes(tmp_path, docs
     assert code == 0, result.message
     assert result.corpus == meta["corpus"]
     assert result.data_passes == pytest.approx(result.tokens / meta["train_tokens"], rel=1e-3)
+
+
+def test_the_fingerprint_names_the_data_not_its_layout(tmp_path, docs):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+
+    def fingerprint(name, *extra):
+        assert prepare.main([str(tmp_path / "a.jsonl"), "--output", str(tmp_path / name), "--workers", "1", "--quiet", *extra]) == 0
+        return json.loads((tmp_path / name / "meta.json").read_text())["corpus"]
+
+    one_shard = fingerprint("one", "--tokenizer", "byte")
+    assert fingerprint("many", "--tokenizer", "byte", "--shard-mb", "0.004") == one_shard
+    assert Shards.open(tmp_path / "many").corpus == one_shard  # what a cell reports
+    assert fingerprint("other-split", "--tokenizer", "byte", "--val-permille", "200") != one_shard
+    assert fingerprint("other-tokenizer", "--tokenizer", "bpe", "--vocab-size", "300") != one_shard

@@ -210,14 +210,14 @@ def corpus_fingerprint(meta: dict) -> str:
     """12 hex digits naming the prepared data: tokenizer, token counts, token_bytes, the val split.
 
     From meta.json's content fields only (never paths or times), so the same preparation on
-    two machines, or a copy on a volume, gives the same fingerprint. The training split enters
-    by its size and shard layout, the val split by the hash of its tokens: hashing terabytes of
-    training tokens at every cell start would cost more than it could catch.
+    two machines, a copy on a volume, or the same corpus cut into shards of another size gives
+    the same fingerprint. The training split enters by its token count, the val split by the
+    hash of its tokens: hashing terabytes of training tokens at every cell start would cost
+    more than it could catch.
     """
     keys = ("vocab_size", "eot", "dtype", "train_tokens", "val_tokens", "tokenizer_sha256", "token_bytes_sha256",
             "val_sha256")
     doc = {k: meta.get(k) for k in keys}
-    doc["train_shards"] = [n for _, n in (meta.get("shards") or {}).get("train", [])]
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
 
 

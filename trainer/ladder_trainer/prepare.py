@@ -88,14 +88,14 @@ _W: dict = {}
 
 
 def _init_worker(out: str, tok_spec: str, dtype: str, permille: int, text_field: str, batch_bytes: int,
-                 single_thread: bool) -> None:
+                 live, single_thread: bool, on_batch=None) -> None:
     if single_thread:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
     tok = load_tokenizer(tok_spec, Path(out))
     if isinstance(tok, BPETokenizer) and hasattr(tok.tok, "encode_special_tokens"):
         # A document that quotes "<|endoftext|>" is text: only the separator we add is `eot`.
         tok.tok.encode_special_tokens = True
-    _W.update(out=Path(out), tok=tok, dtype=np.dtype(dtype), permille=permille, text_field=text_field,
+    _W.update(live=live, on_batch=on_batch, out=Path(out), tok=tok, dtype=np.dtype(dtype), permille=permille, text_field=text_field,
               batch_bytes=batch_bytes, token_bytes=tok.token_bytes().astype(np.int64))
 
 
@@ -112,6 +112,7 @@ def _process_unit(job: tuple[int, Unit]) -> dict:
     out, tok, dtype = _W["out"], _W["tok"], _W["dtype"]
     eot, tb, permille = tok.eot, _W["token_bytes"], _W["permille"]
     stats = {s: {"tokens": 0, "docs": 0, "bytes": 0} for s in ("train", "val")}
+    live, credited = _W["live"], [0, 0]  # progress inside the unit: (input bytes, tokens) shown so far
     files = {s: open(out / (shard_name(s, idx) + ".tmp"), "wb") for s in ("train", "val")}
     try:
         for split_docs in _split_batches(unit, tok, permille):
@@ -136,6 +137,13 @@ def _process_unit(job: tuple[int, Unit]) -> dict:
                 st["tokens"] += len(ids)
                 st["docs"] += n_docs
                 st["bytes"] += counted
+                credit = (min(counted, unit.size - credited[0]), len(ids))
+                with live.get_lock():
+                    live[0] += credit[0]
+                    live[1] += credit[1]
+                credited = [credited[0] + credit[0], credited[1] + credit[1]]
+            if _W["on_batch"] is not None:
+                _W["on_batch"]()
         for f in files.values():
             f.close()
         for split in ("train", "val"):
@@ -146,6 +154,9 @@ def _process_unit(job: tuple[int, Unit]) -> dict:
                 tmp.unlink()
         record = {"key": unit.key(), "size": unit.size, **{s: stats[s] for s in stats}}
         _write_atomic(unit_record_path(out, idx), json.dumps(record, sort_keys=True))
+        with live.get_lock():  # the finished unit is counted whole by the parent from now on
+            live[0] -= credited[0]
+            live[1] -= credited[1]
         return record
     finally:
         for f in files.values():
@@ -196,22 +207,36 @@ class ProgressBar:
         self.interval = interval if interval is not None else (0.5 if self.tty else 10.0)
         self.t0 = time.monotonic()
         self.last = -float("inf")
-        self.bytes = self.tokens = 0
+        self.done_bytes = self.done_tokens = 0
+        self.live = None  # shared (bytes, tokens) of units in progress, when workers report them
 
     def add(self, nbytes: int, tokens: int) -> None:
-        self.bytes += nbytes
-        self.tokens += tokens
+        """A unit finished."""
+        self.done_bytes += nbytes
+        self.done_tokens += tokens
+        self.tick()
+
+    def tick(self) -> None:
         if time.monotonic() - self.last >= self.interval:
             self.draw()
+
+    @property
+    def bytes(self) -> int:
+        return min(self.done_bytes + (self.live[0] if self.live is not None else 0), self.total)
+
+    @property
+    def tokens(self) -> int:
+        return self.done_tokens + (self.live[1] if self.live is not None else 0)
 
     def draw(self, final: bool = False) -> None:
         self.last = now = time.monotonic()
         dt = max(now - self.t0, 1e-9)
-        rate_b, rate_t = self.bytes / dt, self.tokens / dt
-        eta = (self.total - self.bytes) / rate_b if rate_b > 0 else float("inf")
+        nbytes = self.total if final else self.bytes
+        rate_b, rate_t = nbytes / dt, self.tokens / dt
+        eta = (self.total - nbytes) / rate_b if rate_b > 0 else float("inf")
         eta_s = "done" if final else ("?" if eta == float("inf") else time.strftime("%H:%M:%S", time.gmtime(eta)))
-        line = (f"prepare: {_si(self.tokens)} tokens | {self.bytes / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
-                f"({100 * self.bytes / self.total:.0f}%) | {_si(rate_t)} tok/s {rate_b / 1e6:.2f} MB/s | "
+        line = (f"prepare: {_si(self.tokens)} tokens | {nbytes / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
+                f"({100 * nbytes / self.total:.0f}%) | {_si(rate_t)} tok/s {rate_b / 1e6:.2f} MB/s | "
                 f"{dt:.0f}s elapsed, ETA {eta_s}")
         if self.tty:
             self.stream.write("\r\033[K" + line + ("\n" if final else ""))
@@ -319,7 +344,7 @@ def prepare(args: argparse.Namespace, stream: TextIO = sys.stderr) -> dict:
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
     init = (str(out), tok_spec, dtype.name, args.val_permille, args.text_field, int(args.batch_mb * 2**20))
     done_now = 0
-    for rec_idx, rec in _run_units(todo, workers, init):
+    for rec_idx, rec in _run_units(todo, workers, init, bar):
         records[rec_idx] = rec
         done_now += 1
         if bar:
@@ -419,19 +444,29 @@ def _finished(out: Path, idx: int, unit: Unit, dtype: np.dtype) -> dict | None:
     return rec
 
 
-def _run_units(todo: list[tuple[int, Unit]], workers: int, init: tuple) -> Iterator[tuple[int, dict]]:
+def _run_units(todo: list[tuple[int, Unit]], workers: int, init: tuple,
+               bar: ProgressBar | None) -> Iterator[tuple[int, dict]]:
     if not todo:
-        return
-    if workers == 1:
-        _init_worker(*init, single_thread=False)
-        for job in todo:
-            yield job[0], _process_unit(job)
         return
     # spawn, not fork: the parent may have run the tokenizer's thread pool (BPE training).
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(*init, True)) as pool:
-        for rec in pool.imap_unordered(_process_unit_indexed, todo, chunksize=1):
-            yield rec
+    live = ctx.Array("q", 2)  # (input bytes, tokens) of units in progress, for the progress bar
+    if bar is not None:
+        bar.live = live
+    if workers == 1:
+        _init_worker(*init, live, single_thread=False, on_batch=bar.tick if bar else None)
+        for job in todo:
+            yield job[0], _process_unit(job)
+        return
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(*init, live, True)) as pool:
+        results = pool.imap_unordered(_process_unit_indexed, todo, chunksize=1)
+        while True:
+            try:
+                yield results.next(timeout=bar.interval if bar else None)
+            except mp.TimeoutError:
+                bar.tick()
+            except StopIteration:
+                return
 
 
 def _process_unit_indexed(job: tuple[int, Unit]) -> tuple[int, dict]:
