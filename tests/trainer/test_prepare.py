@@ -277,3 +277,32 @@ def test_the_fingerprint_names_the_data_not_its_layout(tmp_path, docs):
     assert Shards.open(tmp_path / "many").corpus == one_shard  # what a cell reports
     assert fingerprint("other-split", "--tokenizer", "byte", "--val-permille", "200") != one_shard
     assert fingerprint("other-tokenizer", "--tokenizer", "bpe", "--vocab-size", "300") != one_shard
+
+
+REPEAT_AT_START = {
+    # budget, max_steps, warned: the projection uses the first steps' throughput and the whole budget
+    "a budget that will repeat the data": (600, 25, True),
+    "a budget within one pass": (1, 0, False),
+}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("budget,max_steps,warned", REPEAT_AT_START.values(), ids=REPEAT_AT_START.keys())
+def test_a_cell_that_will_repeat_its_data_says_so_at_start(tmp_path, docs, capsys, budget, max_steps, warned):
+    pytest.importorskip("torch")
+    from ladder_trainer.config import Settings, parse_config
+    from ladder_trainer.train import run
+
+    write_text_files(tmp_path, docs * 1, None)
+    out = tmp_path / "shards"
+    assert prepare.main([str(tmp_path / "corpus"), "--output", str(out), "--tokenizer", "byte", "--workers", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    result = run(parse_config(TINY), 0, budget, Settings(data=str(out), eval_tokens=256, max_steps=max_steps))
+    err = capsys.readouterr().err
+    assert result.status == "ok"
+    if warned:
+        line = next(ln for ln in err.splitlines() if "repeated data" in ln)
+        assert f"of corpus {result.corpus}" in line and "passes over the" in line
+        assert err.index("repeated data") < err.index("eval:")  # said while training, not after
+    else:
+        assert "repeated data" not in err and result.data_passes < 1
