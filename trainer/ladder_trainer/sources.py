@@ -12,7 +12,6 @@ Pure Python plus numpy; pyarrow is imported only when a Parquet input is present
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -284,7 +283,6 @@ def iter_token_docs(unit: Unit, eot: int, batch_tokens: int) -> Iterator[list[np
             else:
                 stop = pos + int(cuts[-1]) + 1
                 chunk = chunk[: int(cuts[-1]) + 1]
-                cuts = cuts
         docs = [d for d in np.split(chunk, cuts) if len(d)]
         # np.split leaves each separator at the start of the next piece; drop them.
         docs = [d[1:] if d[0] == eot else d for d in docs]
