@@ -103,6 +103,7 @@ def test_ladder_run_shows_repeated_data_in_its_output_status_and_report(tmp_path
     assert "1.0010 [repeated data: 2.5 passes over corpus abc]" in out.text
     assert "warning: RepeatedData: stage 's1'" in out.text
     assert any(c.type == "RepeatedData" for c in status.stages[0].conditions)
+    assert status.stages[1].conditions is None and "conditions" not in status.wire()["stages"][1]
     report = build_report(ReportInput(name="test", status=status, spec=load_ladder(doc).spec))
     assert any(w.startswith("RepeatedData: stage 's1'") and "2.5" in w for w in report.warnings)
     stage_text = next(s for s in report.sections if s.key == "stage-s1").text

@@ -47,8 +47,8 @@ class StageStatus(_Out):
     entered: int | None = None
     cells: list[CellStatus] = Field(default_factory=list)
     decision: Decision | None = None
-    # Warnings about the stage's data (CorpusConflict, RepeatedData); see stage_conditions.
-    conditions: list[Condition] = Field(default_factory=list)
+    # Warnings about the stage's data (CorpusConflict, RepeatedData; absent when none): stage_conditions.
+    conditions: list[Condition] | None = None
 
 
 def stage_conditions(stage: str, cells: Outcomes) -> list[Condition]:
@@ -109,7 +109,7 @@ def build_status(
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
             entered=len(entered), cells=cells, decision=decided.get(st.name),
-            conditions=stage_conditions(st.name, finished),
+            conditions=stage_conditions(st.name, finished) or None,
         ))
     current = spec.stages[p.stage_index].name if p.stage_index is not None else None
     leader = p.verdict.winner if p.verdict else None

@@ -104,7 +104,7 @@ def _new_stage_warnings(status: LadderStatus, warned: set[tuple[str, str]]) -> l
     for st in status.stages:
         if not st.cells or any(c.state in ("Pending", "Running") for c in st.cells):
             continue
-        for c in st.conditions:
+        for c in st.conditions or []:
             key = (st.name, c.type)
             if key not in warned:
                 warned.add(key)
