@@ -159,6 +159,8 @@ def test_bad_inputs_are_errors_naming_the_file_or_flag(tmp_path, capsys):
         "missing text field": ([str(tmp_path / "a.jsonl"), "--tokenizer", "byte"], "no 'text' field"),
         "tokens without their tokenizer": ([str(tmp_path / "odd.bin"), "--tokenizer", "byte"], "odd.bin"),
         "tokenizer file that is not one": ([str(tmp_path / "a.jsonl"), "--tokenizer", str(tmp_path / "a.jsonl")], "not a Hugging Face tokenizer.json"),
+        "a vocabulary too small for a BPE": ([str(tmp_path / "a.jsonl"), "--vocab-size", "100"], "--vocab-size: 100"),
+        "a split outside 0-1000": ([str(tmp_path / "a.jsonl"), "--val-permille", "2000"], "--val-permille: 2000"),
     }
     for name, (argv, message) in cases.items():
         assert prepare.main([*argv, "--output", str(tmp_path / name.replace(" ", "-")), "--quiet", "--workers", "1"]) == 1, name

@@ -296,6 +296,10 @@ def prepare(args: argparse.Namespace, stream: TextIO = sys.stderr) -> dict:
         raise PrepareError(f"--val-permille: {args.val_permille} is not between 0 and 1000")
     if args.shard_mb <= 0 or args.batch_mb <= 0:
         raise PrepareError("--shard-mb and --batch-mb must be positive")
+    if args.tokenizer == "bpe" and not 258 <= args.vocab_size <= 2**20:
+        raise PrepareError(f"--vocab-size: {args.vocab_size} must be between 258 (256 bytes + end-of-text + one merge) and 1048576")
+    if args.workers < 0:
+        raise PrepareError(f"--workers: {args.workers} must be 0 (every core) or more")
     files = sources.input_files(args.inputs)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -332,7 +336,7 @@ def prepare(args: argparse.Namespace, stream: TextIO = sys.stderr) -> dict:
         if rec is not None:
             records[i] = rec
     todo = [(i, u) for i, u in enumerate(units) if i not in records]
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or len(os.sched_getaffinity(0))  # the cores this process may run on (taskset, cpusets)
     workers = max(1, min(workers, len(todo) or 1))
     if not args.quiet:
         print(f"prepare: {len(files)} input files, {len(units)} units ({len(records)} already done), "
