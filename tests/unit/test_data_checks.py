@@ -149,3 +149,30 @@ def test_validate_warns_about_repeated_data_before_anything_runs(tmp_path, capsy
     captured = capsys.readouterr()
     for part in expected:
         assert part in captured.out + captured.err
+
+
+def test_simulate_shows_recorded_repeats_and_refuses_recorded_conflicts(tmp_path, capsys):
+    import json as _json
+
+    import yaml
+
+    from promotion_ladder.cli import main
+
+    doc = ladder_doc(candidates=2, host_blocks=("a", "b"),
+                     stages=[{"name": "s1", "budget": "1m", "hostBlocks": ["a", "b"], "seeds": [1], "promote": {"top": 1}},
+                             {"name": "s2", "budget": "2m", "hostBlocks": ["a", "b"], "seeds": [1]}])
+    (tmp_path / "l.yaml").write_text(yaml.safe_dump(doc))
+
+    def results(corpus_b: str) -> str:
+        rows = [{"stage": st, "candidate": c, "hostBlock": hb, "seed": 1, "value": 1.0 + i, "corpus": "fa" if hb == "a" else corpus_b,
+                 "dataPasses": 3.5} for st in ("s1", "s2") for i, c in enumerate(["c0", "c1"]) for hb in ("a", "b")]
+        return "\n".join(_json.dumps(r) for r in rows)
+
+    (tmp_path / "same.jsonl").write_text(results("fa"))
+    assert main(["simulate", str(tmp_path / "l.yaml"), "--results", str(tmp_path / "same.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: RepeatedData: stage 's1'" in out and "up to 3.5 passes" in out
+    (tmp_path / "mixed.jsonl").write_text(results("fb"))
+    main(["simulate", str(tmp_path / "l.yaml"), "--results", str(tmp_path / "mixed.jsonl")])
+    out = capsys.readouterr().out
+    assert "phase: Failed" in out and "warning: CorpusConflict" in out and "corpus fb: c0/b/1, c1/b/1" in out
