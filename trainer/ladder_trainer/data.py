@@ -111,8 +111,11 @@ def iter_docs(files: list[tuple[str, Path]], text_field: str = "text") -> Iterat
                 import pyarrow.parquet as pq
             except ImportError:
                 raise RuntimeError(f"{p}: reading parquet needs pyarrow (pip install pyarrow)") from None
-            for i, text in enumerate(pq.read_table(p, columns=[text_field]).column(text_field).to_pylist()):
-                yield Doc(f"{rel}:{i}", str(text))
+            i = 0
+            for batch in pq.ParquetFile(p).iter_batches(batch_size=1024, columns=[text_field]):  # streaming
+                for text in batch.column(0).to_pylist():
+                    yield Doc(f"{rel}:{i}", str(text))
+                    i += 1
         else:
             try:
                 yield Doc(rel, p.read_text(encoding="utf-8"))
@@ -362,40 +365,73 @@ def prepare(
 
 
 def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, text_field: str, source: str) -> None:
-    train_docs: list[str] = []
-    val_docs: list[str] = []
-    for doc in iter_docs(files, text_field):
-        if doc.text:
-            (val_docs if is_val(doc.key) else train_docs).append(doc.text)
-    if not val_docs:  # tiny corpora: hold out the last document rather than nothing
-        val_docs.append(train_docs.pop())
-    if not train_docs:
-        raise ValueError(f"corpus {source}: needs at least two non-empty documents")
+    """Tokenize the corpus into train.bin / val.bin, streaming: documents are read twice at most
+    (once for the BPE's bounded sample) and never held all at once."""
+    def docs() -> Iterator[Doc]:
+        return (d for d in iter_docs(files, text_field) if d.text)
+
     if tokenizer_file:
         tok = BPETokenizer.load(Path(tokenizer_file))
         shutil.copy(tokenizer_file, out / "tokenizer.json")
     elif tokenizer == "byte":
         tok = ByteTokenizer()
     else:
-        tok = BPETokenizer.train(_bounded(train_docs, BPE_TRAIN_BYTES), vocab_size)
+        tok = BPETokenizer.train(_bounded((d.text for d in docs() if not is_val(d.key)), BPE_TRAIN_BYTES), vocab_size)
         tok.tok.save(str(out / "tokenizer.json"))
     if tok.eot is None:
         raise ValueError(f"tokenizer {tokenizer_file}: has no {EOT_TEXT} token")
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    counts = {}
-    for split, docs in (("train", train_docs), ("val", val_docs)):
-        with open(out / f"{split}.bin", "wb") as fh:
-            n = 0
-            for i in range(0, len(docs), 256):
-                for ids in tok.encode_batch(docs[i : i + 256]):
-                    arr = np.append(ids, tok.eot).astype(dtype)
-                    fh.write(arr.tobytes())
-                    n += len(arr)
-            counts[split] = n
+    counts = {"train": 0, "val": 0}
+    n_docs = {"train": 0, "val": 0}
+    val_bytes = 0
+    last_train: tuple[np.ndarray, int] | None = None  # (tokens, text bytes) of the last train document
+    files_out = {split: open(out / f"{split}.bin", "wb") for split in ("train", "val")}
+    pending: dict[str, list[str]] = {"train": [], "val": []}
+
+    def flush(split: str) -> None:
+        nonlocal last_train
+        for text, ids in zip(pending[split], tok.encode_batch(pending[split])):
+            arr = np.append(ids, tok.eot).astype(dtype)
+            files_out[split].write(arr.tobytes())
+            counts[split] += len(arr)
+            if split == "train":
+                last_train = (arr, len(text.encode("utf-8")))
+        pending[split] = []
+
+    try:
+        for doc in docs():
+            split = "val" if is_val(doc.key) else "train"
+            pending[split].append(doc.text)
+            n_docs[split] += 1
+            if split == "val":
+                val_bytes += len(doc.text.encode("utf-8"))
+            if len(pending[split]) == 256:
+                flush(split)
+        flush("train")
+        flush("val")
+    finally:
+        for fh in files_out.values():
+            fh.close()
+    if n_docs["train"] - (0 if n_docs["val"] else 1) < 1:  # no training document (once one is held out)
+        raise ValueError(f"corpus {source}: needs at least two non-empty documents")
+    if not n_docs["val"]:
+        # Tiny corpora: hold out the last document rather than nothing (a BPE trained here had it
+        # in its sample; streaming cannot know in advance, and a corpus this small is a test).
+        arr, nbytes = last_train
+        with open(out / "train.bin", "r+b") as fh:
+            fh.truncate((counts["train"] - len(arr)) * np.dtype(dtype).itemsize)
+        (out / "val.bin").write_bytes(arr.tobytes())
+        counts["train"] -= len(arr)
+        counts["val"] = len(arr)
+        n_docs["train"] -= 1
+        n_docs["val"] = 1
+        val_bytes = nbytes
     token_bytes = tok.token_bytes()
-    val_tokens = np.fromfile(out / "val.bin", dtype=dtype)
-    text_bytes = sum(len(d.encode("utf-8")) for d in val_docs)
-    if int(token_bytes[val_tokens].astype(np.int64).sum()) != text_bytes:
+    val_tokens = np.memmap(out / "val.bin", dtype=dtype, mode="r")
+    counted = sum(int(token_bytes[np.asarray(val_tokens[i : i + 2**20])].astype(np.int64).sum())
+                  for i in range(0, len(val_tokens), 2**20))
+    del val_tokens
+    if counted != val_bytes:
         # val_bpb divides by these byte counts, so a tokenizer whose tokens are not plain byte
         # sequences (normalizers, SentencePiece-style spaces) would silently skew the metric.
         raise ValueError(
@@ -412,13 +448,13 @@ def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, te
         "dtype": np.dtype(dtype).name,
         "train_tokens": counts["train"],
         "val_tokens": counts["val"],
-        "train_docs": len(train_docs),
-        "val_docs": len(val_docs),
+        "train_docs": n_docs["train"],
+        "val_docs": n_docs["val"],
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
-def _bounded(docs: list[str], limit: int) -> Iterator[str]:
+def _bounded(docs: Iterator[str], limit: int) -> Iterator[str]:
     total = 0
     for d in docs:
         if total >= limit:
