@@ -7,7 +7,7 @@ import pytest
 from promotion_ladder.core.api import load_ladder
 from promotion_ladder.core.data_checks import corpus_conflict, estimated_passes, repeated_data
 from promotion_ladder.core.planner import plan
-from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.cell import CellOutcome as Outcome
 from promotion_ladder.core.status import build_status, outcomes_from_status
 from promotion_ladder.local.runner import run_ladder
 from promotion_ladder.report.build import build_report

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from .rules import Outcome
+from .cell import CellOutcome as Outcome
 
 REPEAT_ABOVE = 1.0  # passes over the training split beyond which a cell repeated data
 
