@@ -176,3 +176,16 @@ def test_simulate_shows_recorded_repeats_and_refuses_recorded_conflicts(tmp_path
     main(["simulate", str(tmp_path / "l.yaml"), "--results", str(tmp_path / "mixed.jsonl")])
     out = capsys.readouterr().out
     assert "phase: Failed" in out and "warning: CorpusConflict" in out and "corpus fb: c0/b/1, c1/b/1" in out
+
+
+def test_the_ladder_step_fails_a_conflicting_stage_with_reason_corpus_conflict():
+    from promotion_ladder.core.step import step
+
+    spec = _one_stage_spec()
+    observed = {("s1", c, hb, 1): ok(1.0 + i, corpus="aaa" if hb == "a" else "bbb")
+                for i, c in enumerate(["c0", "c1"]) for hb in ("a", "b")}
+    s = step(spec, None, observed, (), now="2026-11-30T00:00:00Z")
+    failed = next(c for c in s.status["conditions"] if c["type"] == "Failed")
+    assert (s.status["phase"], failed["status"], failed["reason"]) == ("Failed", "True", "CorpusConflict")
+    assert [a.reason for a in s.announcements] == ["LadderFailed"] and "corpus bbb" in s.announcements[0].message
+    assert s.to_start == [] and s.new_decisions == []

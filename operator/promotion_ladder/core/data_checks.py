@@ -20,6 +20,8 @@ from typing import Mapping
 from .cell import CellOutcome as Outcome
 
 REPEAT_ABOVE = 1.0  # passes over the training split beyond which a cell repeated data
+CORPUS_CONFLICT = "CorpusConflict"  # the stage condition's type, and the Failed reason of the ladder
+REPEATED_DATA = "RepeatedData"  # the stage condition's type
 
 
 @dataclass(frozen=True)

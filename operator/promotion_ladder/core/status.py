@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError
 
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
-from .data_checks import corpus_conflict, repeated_data, repeated_data_message
+from .data_checks import CORPUS_CONFLICT, REPEATED_DATA, corpus_conflict, repeated_data, repeated_data_message
 from .planner import Outcomes, Plan, plan, stage_cells
 from .cell import Cell, CellKey, CellOutcome
 from .model import WireModel
@@ -72,10 +72,10 @@ def stage_conditions(stage: str, cells: Outcomes) -> list[Condition]:
     out = []
     conflict = corpus_conflict(stage, cells)
     if conflict:
-        out.append(Condition(type="CorpusConflict", status="True", reason="DifferentCorpora", message=conflict))
+        out.append(Condition(type=CORPUS_CONFLICT, status="True", reason="DifferentCorpora", message=conflict))
     repeats = repeated_data(cells)
     if repeats:
-        out.append(Condition(type="RepeatedData", status="True", reason="DataPassesAboveOne",
+        out.append(Condition(type=REPEATED_DATA, status="True", reason="DataPassesAboveOne",
                              message=repeated_data_message(stage, repeats)))
     return out
 
