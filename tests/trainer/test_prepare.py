@@ -312,3 +312,18 @@ def test_a_cell_that_will_repeat_its_data_says_so_at_start(tmp_path, docs, capsy
         assert err.index("repeated data") < err.index("eval:")  # said while training, not after
     else:
         assert "repeated data" not in err and result.data_passes < 1
+
+
+def test_the_progress_bar_prints_a_line_per_update_off_a_terminal():
+    import io
+
+    stream = io.StringIO()  # not a TTY: no carriage returns, one line per update
+    bar = prepare.ProgressBar(total_bytes=4_000_000, stream=stream, interval=0)
+    bar.add(1_000_000, 250_000)
+    bar.add(1_000_000, 250_000)
+    bar.draw(final=True)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and "\r" not in stream.getvalue()
+    assert "250.00k tokens | 1.0/4.0 MB (25%)" in lines[0] and "tok/s" in lines[0] and "ETA" in lines[0]
+    assert "500.00k tokens | 2.0/4.0 MB (50%)" in lines[1]
+    assert lines[2].endswith("ETA done") and "(100%)" in lines[2]
