@@ -55,6 +55,9 @@ class CellResult(BaseModel):
     mfu: float | None = Field(None, ge=0)
     peak_memory_bytes: int | None = Field(None, ge=0, alias="peakMemoryBytes")
     gpu_name: str | None = Field(None, alias="gpuName")
+    # Processes that trained the cell together (data-parallel, one per GPU); tokensPerSecond and
+    # mfu are over all of them. Absent from trainers that predate multi-process cells: read as 1.
+    world_size: int | None = Field(None, ge=1, alias="worldSize")
 
     @model_validator(mode="after")
     def _ok_needs_finite_value(self) -> "CellResult":
