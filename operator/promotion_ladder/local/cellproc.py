@@ -26,6 +26,7 @@ from ..core.budget import cell_deadline_seconds
 from ..core.planner import Cell
 from ..core.result import ResultError, parse_result
 from ..core.rules import Outcome
+from .placement import process_env
 
 
 def cell_command(ladder: PromotionLadder, cell: Cell, result_file: str) -> list[str]:
@@ -101,6 +102,7 @@ class CellProcess:
         env = {**os.environ, **cell_env(ladder, cell)}
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        env.update(process_env(ladder.spec.trainer.gpus))  # N GPUs, or N gloo processes on a CPU
         budget = next(s.budget_seconds for s in ladder.spec.stages if s.name == cell.stage)
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(

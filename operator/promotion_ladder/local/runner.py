@@ -23,6 +23,7 @@ from ..core.rules import Decision, Outcome
 from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status
 from ..files import FileError, read_status
 from .cellproc import CellProcess
+from .placement import gpu_groups
 
 
 def detect_gpus() -> list[str]:
@@ -120,8 +121,8 @@ def run_ladder(
             )
         outcomes, recorded = outcomes_from_status(prev), decisions_from_status(prev)
     gpus = detect_gpus()
-    per_cell = max(spec.trainer.gpus, 1)
-    slots_total = max(len(gpus) // per_cell, 1) if gpus else 1
+    gpu_groups_all = gpu_groups(gpus, spec.trainer.gpus, getattr(spec.trainer, "nodes", 1))
+    slots_total = max(len(gpu_groups_all), 1)
     slots = min(parallel, slots_total) if parallel and gpus else (parallel or slots_total)
     if spec.parallelism:
         slots = min(slots, spec.parallelism)
@@ -134,7 +135,7 @@ def run_ladder(
         progress.event(f"resuming: {len(outcomes)} finished cells and {len(recorded)} decisions from {status_path}")
 
     running: dict[tuple, CellProcess] = {}
-    free_gpu_groups = [gpus[i * per_cell:(i + 1) * per_cell] for i in range(slots_total)] if gpus else []
+    free_gpu_groups = list(gpu_groups_all)
     announced = len(recorded)
     finished_since_write = False
     try:
