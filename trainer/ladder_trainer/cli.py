@@ -197,6 +197,9 @@ def _launch(plan: launch.LaunchPlan, argv: list[str], finish) -> int:
         return finish("error", EXIT_ERROR, f"the launcher failed before the ranks finished: {outcome.error}")
     if outcome.failures:
         status, code, message = launch.failure_result(outcome.failures, plan.world_size)
+        if launch.rank0_published(outcome.failures):
+            log(f"{status}: {message} (rank 0's result says why)")
+            return code
         return finish(status, code, message)
     return EXIT_OK  # rank 0 has published the result
 

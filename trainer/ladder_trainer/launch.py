@@ -18,8 +18,9 @@ rendezvous on one node, c10d across nodes, no restarts: the Job's retry policy d
 retries), so this module only builds its arguments and reads its failures.
 
 Publishing: rank 0 publishes the cell's result as a single-process cell does. When any rank
-fails, the agent publishes instead (overwriting what rank 0 may have written) a result that
-names the rank whose failure came first, and exits non-zero. A rank that fails writes its
+fails, the agent exits non-zero and, unless rank 0's own result already gives the first
+failure's reason, publishes instead (overwriting what rank 0 may have written) a result that
+names the rank whose failure came first. A rank that fails writes its
 reason into torch elastic's per-rank error file (TORCHELASTIC_ERROR_FILE), which is how the
 agent learns it; ranks that only failed because a peer went away (a collective broke, or the
 agent stopped them with SIGTERM) mark it, so the first real failure is reported, not its echo.
@@ -176,6 +177,15 @@ def failure_result(failures: list[RankFailure], world_size: int) -> tuple[str, i
     others = sorted(f.rank for f in failures if f.rank != root.rank)
     tail = f"; rank(s) {', '.join(map(str, others))} failed after it" if others else ""
     return _VERDICTS.get(code, "error"), code, f"rank {root.rank} of {world_size} {how}: {reason}{tail}"
+
+
+def rank0_published(failures: list[RankFailure]) -> bool:
+    """Whether rank 0's own result already says why the cell failed, so the agent keeps it (with
+    its steps, seconds and memory) instead of overwriting it: rank 0 failed by itself, with the
+    first failure's exit code (a divergence every rank saw, or rank 0's own error)."""
+    root = root_failure(failures)
+    return any(f.rank == 0 and not f.secondary and f.exitcode == root.exitcode and f.message == root.message
+               for f in failures)
 
 
 def _from_torch(rank: int, failure) -> RankFailure:
