@@ -144,3 +144,26 @@ def test_a_failed_rank_fails_the_cell_with_its_reason(corpus, tmp_path, fault, c
     assert result.status == status and re.search(message, result.message), result.message
     assert re.search(message, proc.stderr)
     assert results_printed(proc.stdout)[-1]["message"] == result.message  # the last line is the cell's result
+
+
+def test_ladder_run_trains_a_two_gpu_cell_as_two_gloo_processes_on_a_cpu(corpus, tmp_path, monkeypatch):
+    """`ladder run` on a machine without GPUs: trainer.gpus 2 becomes LADDER_GPUS=2, the real
+    trainer launches 2 gloo processes, and the one result the cell reports says so."""
+    import io
+
+    from promotion_ladder.core.api import load_ladder
+    from promotion_ladder.local.runner import run_ladder
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    doc = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "ddp"},
+           "spec": {"trainer": {"command": ["python", "-m", "ladder_trainer"], "gpus": 2,
+                                "args": ["--data", str(corpus), "--eval-tokens", "512", "--max-steps", "3"]},
+                    "hostBlocks": [{"name": "cpu"}],
+                    "candidates": [{"name": "tiny", "config": SPLIT}],
+                    "stages": [{"name": "only", "budget": "30s", "hostBlocks": ["cpu"], "seeds": [1]}]}}
+    status = run_ladder(load_ladder(doc), tmp_path / "s.json", stream=io.StringIO(), poll_seconds=0.1)
+    cell_dir = tmp_path / "s.cells" / "only" / "tiny.cpu.1"
+    assert status.phase == "Succeeded", (cell_dir / "log.txt").read_text()[-3000:]
+    result = parse_result((cell_dir / "result.json").read_text())
+    assert result.world_size == 2 and result.steps == 3 and result.identity() == ("ddp", "only", "tiny", "cpu", 1)
+    assert "launching 2 process(es)" in (cell_dir / "log.txt").read_text()
