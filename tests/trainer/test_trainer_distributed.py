@@ -37,8 +37,8 @@ CPU = torch.device("cpu")
 LOSS_RTOL = 1e-5
 
 
-def cell_args(tmp_path, name: str, corpus, *extra: str) -> list[str]:
-    return ["--config", json.dumps(SPLIT), "--seed", "3", "--budget", "60s", "--data", str(corpus),
+def cell_args(tmp_path, name: str, corpus, *extra: str, config: dict = SPLIT) -> list[str]:
+    return ["--config", json.dumps(config), "--seed", "3", "--budget", "60s", "--data", str(corpus),
             "--eval-tokens", "512", "--result-file", str(tmp_path / f"{name}.json"),
             "--step-log", str(tmp_path / f"{name}.steps.jsonl"), *extra]
 
@@ -87,13 +87,15 @@ def test_sharded_evaluation_adds_up_to_the_whole():
 # ---- real processes --------------------------------------------------------------------------------
 
 
-def test_two_gloo_processes_under_torchrun_match_one_process_step_by_step(corpus, tmp_path):
-    one = run_cli(cell_args(tmp_path, "one", corpus, "--max-steps", "6"))
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_gloo_processes_under_torchrun_match_one_process_step_by_step(corpus, tmp_path, optimizer):
+    config = {**SPLIT, "optimizer": optimizer}  # Muon orthogonalises DDP's averaged gradients on every rank
+    one = run_cli(cell_args(tmp_path, "one", corpus, "--max-steps", "6", config=config))
     assert one.returncode == 0, one.stderr
     # Started by hand, as a user would: the trainer joins the world torchrun made.
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "0",
-         "-m", "ladder_trainer", *cell_args(tmp_path, "two", corpus, "--max-steps", "6")],
+         "-m", "ladder_trainer", *cell_args(tmp_path, "two", corpus, "--max-steps", "6", config=config)],
         capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert two.returncode == 0, two.stderr[-3000:]
 
