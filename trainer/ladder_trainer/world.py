@@ -24,9 +24,11 @@ import torch
 from .config import ConfigError
 from .hardware import pick_device
 
-# A collective that waits this long has lost a peer for good; the agent notices a crashed rank
-# within a second, so this only bounds a rank that hangs without dying.
-COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+# A collective that waits this long has lost a peer for good. The agent notices a crashed rank
+# on its node within a second, so this bounds a rank that hangs without dying, or one on
+# another node; long, because a rank may legitimately wait through another node's setup (a
+# BPE trained on a large corpus) in its first collective.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 class PeerLost(RuntimeError):
