@@ -87,15 +87,19 @@ def test_sharded_evaluation_adds_up_to_the_whole():
 # ---- real processes --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_two_gloo_processes_under_torchrun_match_one_process_step_by_step(corpus, tmp_path, optimizer):
-    config = {**SPLIT, "optimizer": optimizer}  # Muon orthogonalises DDP's averaged gradients on every rank
-    one = run_cli(cell_args(tmp_path, "one", corpus, "--max-steps", "6", config=config))
+@pytest.mark.parametrize("optimizer,parallel", [("adamw", "ddp"), ("muon", "ddp"), ("muon", "fsdp")])
+def test_two_gloo_processes_under_torchrun_match_one_process_step_by_step(corpus, tmp_path, optimizer, parallel):
+    # Muon orthogonalises DDP's averaged gradients on every rank; under FSDP2 it gathers each
+    # sharded matrix first. FSDP2 also evaluates in lockstep and gathers the checkpoint.
+    config = {**SPLIT, "optimizer": optimizer}
+    one = run_cli(cell_args(tmp_path, "one", corpus, "--max-steps", "6", "--checkpoint-dir", str(tmp_path / "ck1"),
+                            config=config))
     assert one.returncode == 0, one.stderr
     # Started by hand, as a user would: the trainer joins the world torchrun made.
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "0",
-         "-m", "ladder_trainer", *cell_args(tmp_path, "two", corpus, "--max-steps", "6", config=config)],
+         "-m", "ladder_trainer", *cell_args(tmp_path, "two", corpus, "--max-steps", "6", "--parallel", parallel,
+                                            "--checkpoint-dir", str(tmp_path / "ck2"), config=config)],
         capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert two.returncode == 0, two.stderr[-3000:]
 
@@ -113,6 +117,10 @@ def test_two_gloo_processes_under_torchrun_match_one_process_step_by_step(corpus
     assert r2.tokens_per_second > 0
     assert len(results_printed(two.stdout)) == 1  # rank 1 publishes nothing
     assert stopped_at(two.stderr) == {0: 6, 1: 6}
+    assert f"x 2 processes ({'FSDP2' if parallel == 'fsdp' else 'DDP'})" in two.stderr
+    w1, w2 = (torch.load(tmp_path / d / "model.pt", weights_only=True)["model"] for d in ("ck1", "ck2"))
+    assert w1.keys() == w2.keys() and all(type(w2[k]) is torch.Tensor for k in w2)  # whole tensors, not shards
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
 
 
 def test_the_budget_stops_both_ranks_at_the_same_step(corpus, tmp_path):

@@ -54,8 +54,10 @@ SETTINGS = {
     "fault": ("LADDER_TRAINER_FAULT", str, None),
     "step_log": ("LADDER_TRAINER_STEP_LOG", str, None),
     "launch": ("LADDER_TRAINER_LAUNCH", str, "auto"),
+    "parallel": ("LADDER_TRAINER_PARALLEL", str, "ddp"),
 }
 CHOICES = {
+    "parallel": ("ddp", "fsdp"),
     "launch": launch.LAUNCH_MODES,
     "compile": ("auto", "on", "off"),
     "dtype": ("auto", "bf16", "fp32"),

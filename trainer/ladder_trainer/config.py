@@ -135,6 +135,10 @@ class Settings:
     # Whether `python -m ladder_trainer` starts its processes through torch.distributed.run: auto
     # (when LADDER_GPUS x LADDER_NODES > 1), always (even for one process), never (one process).
     launch: str = "auto"
+    # How several processes share the model: ddp (each holds all of it; gradients all-reduced)
+    # or fsdp (FSDP2 fully_shard: parameters, gradients and optimizer state sharded, for models
+    # whose training state does not fit one GPU). One process ignores it.
+    parallel: str = "ddp"
 
 
 _CHOICES = {"tokenizer": ("bpe", "byte"), "optimizer": ("adamw", "muon")}

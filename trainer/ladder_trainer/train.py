@@ -91,12 +91,13 @@ class Batches:
 
 @torch.no_grad()
 def evaluate(model, val: np.ndarray, token_bytes: np.ndarray, n_tokens: int, seq_len: int, rows: int,
-             device: torch.device, autocast, world: World | None = None) -> dict:
+             device: torch.device, autocast, world: World | None = None, lockstep: bool = False) -> dict:
     """val_bpb over the first n_tokens targets of the held-out split.
 
     Targets that stand for no bytes (end-of-text) are left out of both sums, so the metric
     is bits per byte of text whatever the tokenizer. With several ranks each takes every
-    world-size-th window and the two sums are added up over the ranks.
+    world-size-th window and the two sums are added up over the ranks. `lockstep` (FSDP, whose
+    every forward is a collective) has every rank run as many forwards as the busiest one.
     """
     world = world or World()
     n_tokens = min(n_tokens, len(val) - 1)
@@ -109,18 +110,25 @@ def evaluate(model, val: np.ndarray, token_bytes: np.ndarray, n_tokens: int, seq
     if n_tokens % seq_len:
         windows.append((full * seq_len, n_tokens % seq_len))
     windows = windows[world.rank :: world.size]
+    groups = []
     i = 0
     while i < len(windows):
         length = windows[i][1]
-        group = [w for w in windows[i : i + rows] if w[1] == length]
+        groups.append([w for w in windows[i : i + rows] if w[1] == length])
+        i += len(groups[-1])
+    rounds = int(world.max(float(len(groups)))[0]) if lockstep else len(groups)
+    for r in range(rounds):
+        group = groups[min(r, len(groups) - 1)] if groups else [(0, 1)]
+        length = group[0][1]
         x = torch.stack([tokens[s : s + length] for s, _ in group])
         y = torch.stack([tokens[s + 1 : s + 1 + length] for s, _ in group])
         with autocast:
             loss = model(x.to(device), y.to(device), reduction="none").float().cpu().view(-1)
+        if r >= len(groups):
+            continue  # a lockstep pass only: its windows were counted already
         yb = tb[y.view(-1)]
         nats += (loss.double() * (yb > 0)).sum()
         n_bytes += int(yb.sum())
-        i += len(group)
     total_nats, total_bytes = world.sum(float(nats), float(n_bytes))
     n_bytes = int(total_bytes)
     bpb = total_nats / (math.log(2) * n_bytes) if n_bytes else float("nan")
@@ -162,17 +170,36 @@ def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress
 
 
 class Net:
-    """The model as the training step calls it: DDP-wrapped under a launcher, then compiled
-    (torch's recommended order, so the DDP optimizer splits the graph at bucket boundaries)."""
+    """The model as the training step calls it.
 
-    def __init__(self, model: GPT, world: World, device: torch.device, compile_on: bool):
+    One process: the model (compiled or not). Under a launcher with `parallel` ddp: wrapped in
+    DistributedDataParallel, then compiled (torch's recommended order, so the DDP optimizer
+    splits the graph at bucket boundaries). With fsdp: each block and then the whole model
+    sharded in place by FSDP2's fully_shard (parameters become DTensors, so the optimizers
+    must be built after this), and each block compiled on its own, as torchtitan does.
+    """
+
+    def __init__(self, model: GPT, world: World, device: torch.device, compile_on: bool, parallel: str = "ddp"):
         self.model, self.world, self.device, self.compile_on = model, world, device, compile_on
+        self.fsdp = world.group and parallel == "fsdp"
         self.wrap()
 
     def wrap(self) -> None:
         """(Re)build the wrappers; growth calls it again because DDP registers parameters once."""
         self.ddp = None
         net = self.model
+        if self.fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(self.device.type, (self.world.size,))
+            for block in self.model.blocks:
+                if self.compile_on:
+                    block.compile()
+                fully_shard(block, mesh=mesh)
+            fully_shard(self.model, mesh=mesh)
+            self.fn = self.model
+            return
         if self.world.group:
             import inspect
 
@@ -185,9 +212,24 @@ class Net:
                                  **{sync: False})
         self.fn = torch.compile(net) if self.compile_on else net
 
+    @contextlib.contextmanager
     def no_sync(self, sync: bool):
-        """Skip DDP's gradient all-reduce on all but a step's last micro-batch."""
-        return self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
+        """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on all but a step's last micro-batch."""
+        if sync or not self.world.group:
+            yield
+        elif self.fsdp:
+            self.model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.model.set_requires_gradient_sync(True)
+        else:
+            with self.ddp.no_sync():
+                yield
+
+    def full_state_dict(self) -> dict:
+        """The whole model's weights on every rank (a collective under FSDP: all ranks call it)."""
+        return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in self.model.state_dict().items()}
 
 
 def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None,
@@ -221,15 +263,18 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     model = GPT(cfg, shards.vocab_size, depth=cfg.grow_from_depth or cfg.depth).to(device)
     if settings.init_from:
         load_checkpoint(Path(settings.init_from), model, shards.vocab_size)
+    if settings.parallel == "fsdp" and world.group and cfg.grow_from_depth:
+        raise ConfigError("grow_from_depth: growth is not supported with parallel fsdp (use ddp)")
+    net = Net(model, world, device, compile_on, settings.parallel)  # before the optimizers: FSDP swaps the parameters
     optimizers = build_optimizers(model, cfg, device.type)
-    net = Net(model, world, device, compile_on)
     batches = Batches(shards.train, cfg.seq_len, cfg.device_batch, seed, device, world.rank, world.size)
     accum = cfg.grad_accum // world.size  # this rank's micro-batches per optimizer step
     say(
         f"model: depth {len(model.blocks)}/{cfg.depth} width {cfg.width} heads {cfg.n_head} "
         f"params {model.num_params() / 1e6:.2f}M vocab {shards.vocab_size} | device {device} "
         f"{'bf16' if use_bf16 else 'fp32'} compile {'on' if compile_on else 'off'} attention {settings.attention} | batch {cfg.batch} tokens "
-        f"= {accum} x {cfg.device_batch} x {cfg.seq_len}" + (f" x {world.size} processes" if world.group else "")
+        f"= {accum} x {cfg.device_batch} x {cfg.seq_len}"
+        + (f" x {world.size} processes ({'FSDP2' if net.fsdp else 'DDP'})" if world.group else "")
         + f" | budget {budget:g}s | corpus {shards.path.name} ({len(shards.train)} train / {len(shards.val)} val tokens)"
     )
 
@@ -377,7 +422,8 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     if eval_tokens > len(shards.val) - 1:
         say(f"eval: only {len(shards.val) - 1} held-out tokens, fewer than the {eval_tokens} asked for")
     # Eager on purpose: compiling the evaluation graph would cost more (30-70 s) than running it.
-    ev = evaluate(model, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device, autocast, world)
+    ev = evaluate(model, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device, autocast, world,
+                  lockstep=net.fsdp)
     passes = steps * cfg.batch / len(shards.train)
     say(
         f"eval: val_bpb {ev['val_bpb']:.4f} over {ev['tokens']} tokens ({ev['bytes']} bytes) in "
@@ -402,8 +448,10 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         world_size=world.size,
         extra={"eval": ev, "train_loss": last_loss},
     )
-    if settings.checkpoint_dir and world.main:
-        save_checkpoint(Path(settings.checkpoint_dir), model, cfg, shards, seed, outcome)
+    if settings.checkpoint_dir:
+        weights = net.full_state_dict()
+        if world.main:
+            save_checkpoint(Path(settings.checkpoint_dir), weights, cfg, shards, seed, outcome)
     return outcome
 
 
@@ -454,9 +502,9 @@ def _inject(kind: str, step: int) -> None:
         raise RuntimeError(f"injected error (fault error_at_step:{step})")
 
 
-def save_checkpoint(out: Path, model: GPT, cfg: TrainConfig, shards, seed: int, outcome: Outcome) -> None:
+def save_checkpoint(out: Path, weights: dict, cfg: TrainConfig, shards, seed: int, outcome: Outcome) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "vocab_size": shards.vocab_size}, out / "model.pt")
+    torch.save({"model": weights, "config": cfg.to_dict(), "vocab_size": shards.vocab_size}, out / "model.pt")
     (out / "config.json").write_text(json.dumps(
         {"config": cfg.to_dict(), "seed": seed, "vocab_size": shards.vocab_size, "corpus": str(shards.path),
          "val_bpb": outcome.value, "steps": outcome.steps}, indent=2))
