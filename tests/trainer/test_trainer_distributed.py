@@ -152,6 +152,7 @@ def test_a_failed_rank_fails_the_cell_with_its_reason(corpus, tmp_path, fault, c
     assert proc.returncode == code, proc.stderr[-3000:]
     result = parse_result((tmp_path / "r.json").read_text())
     assert result.status == status and re.search(message, result.message), result.message
+    assert result.world_size == 2
     assert re.search(message, proc.stderr)
     assert results_printed(proc.stdout)[-1]["message"] == result.message  # the last line is the cell's result
 

@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     identity.setdefault("seed", seed)
     annotator = PodAnnotator.from_env() if rank == 0 else None
 
-    def finish(status: str, code: int, message: str = "", outcome=None, secondary: bool = False) -> int:
-        fields = {}
+    def finish(status: str, code: int, message: str = "", outcome=None, secondary: bool = False,
+               world_size: int | None = None) -> int:
+        fields = {"world_size": world_size} if world_size else {}
         if outcome is not None:
             fields = dict(
                 value=outcome.value, train_seconds=outcome.train_seconds, steps=outcome.steps, tokens=outcome.tokens,
@@ -185,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _launch(plan: launch.LaunchPlan, argv: list[str], finish) -> int:
     """Be the launcher's agent for this cell's ranks; publish only when they did not succeed."""
-    where = f" x {plan.nnodes} nodes" + (f" (this is node {plan.node_rank})" if plan.node_rank is not None else "") \
-        if plan.nnodes > 1 else ""
+    where = ""
+    if plan.nnodes > 1:
+        where = f" x {plan.nnodes} nodes" + (f" (this is node {plan.node_rank})" if plan.node_rank is not None else "")
     log(f"launching {plan.nproc} process(es){where} through torch.distributed.run")
     try:
         outcome = launch.launch(plan, argv)
@@ -202,7 +204,7 @@ def _launch(plan: launch.LaunchPlan, argv: list[str], finish) -> int:
         if launch.rank0_published(outcome.failures):
             log(f"{status}: {message} (rank 0's result says why)")
             return code
-        return finish(status, code, message)
+        return finish(status, code, message, world_size=plan.world_size)
     return EXIT_OK  # rank 0 has published the result
 
 

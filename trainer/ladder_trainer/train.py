@@ -176,7 +176,8 @@ class Net:
     DistributedDataParallel, then compiled (torch's recommended order, so the DDP optimizer
     splits the graph at bucket boundaries). With fsdp: each block and then the whole model
     sharded in place by FSDP2's fully_shard (parameters become DTensors, so the optimizers
-    must be built after this), and each block compiled on its own, as torchtitan does.
+    must be built after this), and each block's forward compiled on its own, as torchtitan
+    compiles per block.
     """
 
     def __init__(self, model: GPT, world: World, device: torch.device, compile_on: bool, parallel: str = "ddp"):
@@ -194,8 +195,11 @@ class Net:
 
             mesh = init_device_mesh(self.device.type, (self.world.size,))
             for block in self.model.blocks:
-                if self.compile_on:
-                    block.compile()
+                if self.compile_on and not getattr(block, "compiled", False):
+                    # The forward only: FSDP's gather and free hooks stay eager around it, and
+                    # the block keeps its name in state dicts (no _orig_mod prefix).
+                    block.forward = torch.compile(block.forward)
+                    block.compiled = True
                 fully_shard(block, mesh=mesh)
             fully_shard(self.model, mesh=mesh)
             self.fn = self.model
@@ -422,8 +426,12 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     if eval_tokens > len(shards.val) - 1:
         say(f"eval: only {len(shards.val) - 1} held-out tokens, fewer than the {eval_tokens} asked for")
     # Eager on purpose: compiling the evaluation graph would cost more (30-70 s) than running it.
-    ev = evaluate(model, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device, autocast, world,
-                  lockstep=net.fsdp)
+    # (FSDP compiles the blocks' forwards in place: told to run them eagerly here.)
+    eager = torch.compiler.set_stance("force_eager") if net.fsdp and compile_on and hasattr(torch.compiler, "set_stance") \
+        else contextlib.nullcontext()
+    with eager:
+        ev = evaluate(model, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device, autocast,
+                      world, lockstep=net.fsdp)
     passes = steps * cfg.batch / len(shards.train)
     say(
         f"eval: val_bpb {ev['val_bpb']:.4f} over {ev['tokens']} tokens ({ev['bytes']} bytes) in "
