@@ -6,8 +6,8 @@
 #     bench12  python -m ladder_trainer.bench at d12, seq 2048 (all cases)
 #     bench8   the same at d8
 #     budgets  the default config on the default corpus at three budgets: val_bpb should fall
-#     ddp      a cell on every GPU here through torch.distributed.run and DDP (NCCL; world size 1 on a
-#              one-GPU machine, launched anyway) against one process on the same shape: tokens/s
+#     ddp      a cell on every GPU here through torch.distributed.run with DDP and with FSDP2 (NCCL;
+#              world size 1 on a one-GPU machine, launched anyway) against one process, same shape: tokens/s
 # Needs python3 (or $PYTHON) with torch, numpy, tokenizers and pydantic; no install of the project.
 # Where pydantic is missing, the wheels in .whl/ are installed first (scripts/gpu-wheels.sh
 # fetches them). Logs and JSON go to $OUT when set (the device tool brings that folder
@@ -116,25 +116,30 @@ ddp() {  # one process against the launcher + DDP path on every GPU here, the sa
   echo "-- one process"
   "$python" -m ladder_trainer --config "$config" --seed 0 --budget 30m --max-steps "$max_steps" \
     --result-file "$tmp/single.json" "${extra[@]}" || return 1
-  echo "-- $n process(es) through torch.distributed.run (LADDER_GPUS=$n, launched even for one)"
-  LADDER_GPUS=$n LADDER_TRAINER_LAUNCH=always "$python" -m ladder_trainer --config "$config" --seed 0 --budget 30m \
-    --max-steps "$max_steps" --result-file "$tmp/ddp.json" "${extra[@]}" || return 1
-  "$python" - "$tmp/single.json" "$tmp/ddp.json" <<'EOF'
+  local parallel
+  for parallel in ddp fsdp; do
+    echo "-- $n process(es) through torch.distributed.run, $parallel (LADDER_GPUS=$n, launched even for one)"
+    LADDER_GPUS=$n LADDER_TRAINER_LAUNCH=always LADDER_TRAINER_PARALLEL=$parallel "$python" -m ladder_trainer \
+      --config "$config" --seed 0 --budget 30m --max-steps "$max_steps" --result-file "$tmp/$parallel.json" "${extra[@]}" \
+      || return 1
+  done
+  "$python" - "$tmp/single.json" "$tmp/ddp.json" "$tmp/fsdp.json" <<'EOF'
 import json, sys
 rows = [json.load(open(p)) for p in sys.argv[1:]]
 print("| path | processes | steps | tokens/s | tokens/s per process | MFU | peak memory | val_bpb |")
 print("|---|---|---|---|---|---|---|---|")
-for label, r in zip(("one process", "torch.distributed.run + DDP"), rows):
+for label, r in zip(("one process", "torch.distributed.run + DDP", "torch.distributed.run + FSDP2"), rows):
     n = r.get("worldSize", 1)
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
     mem = f"{r['peakMemoryBytes'] / 2**30:.2f} GiB" if r.get("peakMemoryBytes") else "n/a"
     print(f"| {label} | {n} | {r['steps']} | {r['tokensPerSecond']:,.0f} | {r['tokensPerSecond'] / n:,.0f} | {mfu} | {mem} | {r['value']:.4f} |")
-one, ddp = rows
-n = ddp.get("worldSize", 1)
-print(f"scaling: {ddp['tokensPerSecond'] / (n * one['tokensPerSecond']):.3f} of {n} x one process's tokens/s")
+one = rows[0]
+for label, r in zip(("DDP", "FSDP2"), rows[1:]):
+    n = r.get("worldSize", 1)
+    print(f"scaling, {label}: {r['tokensPerSecond'] / (n * one['tokensPerSecond']):.3f} of {n} x one process's tokens/s")
 for r in rows:
     print("result:", json.dumps(r))
-ok = all(r["status"] == "ok" for r in rows) and ddp["steps"] == one["steps"]
+ok = all(r["status"] == "ok" and r["steps"] == one["steps"] for r in rows)
 sys.exit(0 if ok else 1)
 EOF
 }
