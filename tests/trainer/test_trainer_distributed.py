@@ -23,7 +23,8 @@ np = pytest.importorskip("numpy")
 from ladder_trainer.data import ByteTokenizer  # noqa: E402
 from ladder_trainer.train import Batches, evaluate  # noqa: E402
 from ladder_trainer.world import World  # noqa: E402
-from promotion_ladder.core.result import EXIT_OOM, parse_result  # noqa: E402
+from promotion_ladder.core.contract import EXIT_OOM  # noqa: E402
+from promotion_ladder.core.result import parse_result  # noqa: E402
 
 from .conftest import ROOT, TINY, run_cli  # noqa: E402
 from .test_trainer_eval import tiny_model  # noqa: E402

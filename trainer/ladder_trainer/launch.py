@@ -37,13 +37,15 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
+from promotion_ladder.core.contract import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_ERROR, EXIT_OOM
+
 from .config import ConfigError
 
 LAUNCH_MODES = ("auto", "always", "never")
 RDZV_PORT = 29400  # the port the operator's headless Service publishes for the rendezvous
-# Exit codes a rank may end with that are verdicts on the candidate (promotion_ladder.core.result):
-# the cell ends with the same code, so the operator does not retry them either.
-_VERDICTS = {2: "error", 3: "diverged", 4: "oom"}
+# Exit codes a rank may end with that are verdicts on the candidate (the cell contract's
+# non-retryable codes): the cell ends with the same code, so the operator does not retry them.
+_VERDICTS = {EXIT_BAD_CONFIG: "error", EXIT_DIVERGED: "diverged", EXIT_OOM: "oom"}
 # Text of errors a rank sees when a peer, not the rank itself, went away (gloo and NCCL wording).
 _PEER_LOST = (
     "connection closed by peer", "connection reset by peer", "broken pipe", "remote worker",
@@ -168,7 +170,7 @@ def root_failure(failures: list[RankFailure]) -> RankFailure:
 def failure_result(failures: list[RankFailure], world_size: int) -> tuple[str, int, str]:
     """(status, exit code, message) of a cell whose ranks failed."""
     root = root_failure(failures)
-    code = root.exitcode if root.exitcode in _VERDICTS else 1
+    code = root.exitcode if root.exitcode in _VERDICTS else EXIT_ERROR
     if root.exitcode < 0:
         how = f"was killed by signal {-root.exitcode}"
     else:

@@ -34,7 +34,7 @@ from .config import ConfigError, Settings, TrainConfig
 from .hardware import attention_backend, device_name, peak_flops, peak_memory, synchronize
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, set_lr
-from .report import ProgressReporter, log
+from .publish import ProgressReporter, log
 from .world import World
 
 
@@ -42,7 +42,7 @@ EVAL_TOKENS_DEFAULT = {"cuda": 2**20, "cpu": 2**14}
 
 
 @dataclass
-class Outcome:
+class RunOutcome:
     status: str
     message: str = ""
     value: float | None = None
@@ -161,7 +161,7 @@ def parse_fault(fault: str | None, rank: int = 0) -> tuple[str | None, float]:
 
 
 def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None = None,
-        world: World | None = None) -> Outcome:
+        world: World | None = None) -> RunOutcome:
     world = world or World.from_env()
     with attention_backend(settings.attention):
         outcome = _run(cfg, seed, budget, settings, progress, world)
@@ -237,7 +237,7 @@ class Net:
 
 
 def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None,
-         world: World) -> Outcome:
+         world: World) -> RunOutcome:
     t_setup = time.perf_counter()
     try:
         device = world.device(settings.device)
@@ -373,7 +373,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         if not math.isfinite(last_loss) or last_loss > 2 * first_loss + 1:
             synchronize(device)
             train_seconds = clock()
-            return Outcome(
+            return RunOutcome(
                 "diverged",
                 f"training loss {last_loss:.4g} at step {steps + 1} (first step {first_loss:.4g}); "
                 "lower the learning rates or add warmup",
@@ -411,12 +411,12 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
             f"at {train_seconds:.2f}s")
     processed = micro_batches * world.size * cfg.device_batch * cfg.seq_len  # all ranks' tokens
     if steps == 0:
-        return Outcome("error", f"no optimizer step finished within the {budget:g}s budget; use a smaller batch",
+        return RunOutcome("error", f"no optimizer step finished within the {budget:g}s budget; use a smaller batch",
                        train_seconds=train_seconds, steps=0, tokens=0, gpu_name=device_name(device),
                        world_size=world.size)
 
     if settings.eval_tokens < 0:  # the benchmark measures training only
-        return Outcome("ok", train_seconds=train_seconds, steps=steps, tokens=steps * cfg.batch,
+        return RunOutcome("ok", train_seconds=train_seconds, steps=steps, tokens=steps * cfg.batch,
                        tokens_per_second=processed / train_seconds, mfu=_mfu(flops, train_seconds, device, world.size),
                        peak_memory_bytes=_peak_memory(world, device), gpu_name=device_name(device),
                        world_size=world.size)
@@ -442,7 +442,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         say(f"note: the training split was repeated {passes:.0f} times; past a few passes a longer budget can "
             "make val_bpb worse, not better. Give larger budgets a larger corpus (--data)")
     gpu = device_name(device)
-    outcome = Outcome(
+    outcome = RunOutcome(
         "ok" if math.isfinite(ev["val_bpb"]) else "diverged",
         "" if math.isfinite(ev["val_bpb"]) else "val_bpb is not finite",
         value=ev["val_bpb"] if math.isfinite(ev["val_bpb"]) else None,
@@ -510,7 +510,7 @@ def _inject(kind: str, step: int) -> None:
         raise RuntimeError(f"injected error (fault error_at_step:{step})")
 
 
-def save_checkpoint(out: Path, weights: dict, cfg: TrainConfig, shards, seed: int, outcome: Outcome) -> None:
+def save_checkpoint(out: Path, weights: dict, cfg: TrainConfig, shards, seed: int, outcome: RunOutcome) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": weights, "config": cfg.to_dict(), "vocab_size": shards.vocab_size}, out / "model.pt")
     (out / "config.json").write_text(json.dumps(
