@@ -1,8 +1,10 @@
-"""`ladder run`'s placement: GPU groups per cell and the refusals, as data in, data out."""
+"""`ladder run`'s placement: GPU groups per cell and the refusals, as data in, data out; and
+the contract's process variables it hands each cell."""
 
 import pytest
 
-from promotion_ladder.local.placement import PlacementError, gpu_groups, process_env
+from promotion_ladder.core.contract import process_env
+from promotion_ladder.local.placement import PlacementError, gpu_groups
 
 GROUPS = {
     "no gpus": (([], 4, 1), []),

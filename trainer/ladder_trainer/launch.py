@@ -37,12 +37,21 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from promotion_ladder.core.contract import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_ERROR, EXIT_OOM
+from promotion_ladder.core.contract import (
+    ENV_GPUS,
+    ENV_NODES,
+    ENV_RDZV_ENDPOINT,
+    ENV_RDZV_ID,
+    EXIT_BAD_CONFIG,
+    EXIT_DIVERGED,
+    EXIT_ERROR,
+    EXIT_OOM,
+    RDZV_PORT,
+)
 
 from .config import ConfigError
 
 LAUNCH_MODES = ("auto", "always", "never")
-RDZV_PORT = 29400  # the port the operator's headless Service publishes for the rendezvous
 # Exit codes a rank may end with that are verdicts on the candidate (the cell contract's
 # non-retryable codes): the cell ends with the same code, so the operator does not retry them.
 _VERDICTS = {EXIT_BAD_CONFIG: "error", EXIT_DIVERGED: "diverged", EXIT_OOM: "oom"}
@@ -93,12 +102,12 @@ def plan_launch(env: Mapping[str, str], mode: str = "auto") -> LaunchPlan | None
         raise ConfigError(f"launch: {mode!r}; use {', '.join(LAUNCH_MODES)}")
     if under_launcher(env) or mode == "never":
         return None
-    nproc, nnodes = _count(env, "LADDER_GPUS"), _count(env, "LADDER_NODES")
+    nproc, nnodes = _count(env, ENV_GPUS), _count(env, ENV_NODES)
     if nproc * nnodes == 1 and mode != "always":
         return None
     if nnodes == 1:
         return LaunchPlan(nproc)
-    endpoint, rdzv_id = env.get("LADDER_RDZV_ENDPOINT", ""), env.get("LADDER_RDZV_ID", "")
+    endpoint, rdzv_id = env.get(ENV_RDZV_ENDPOINT, ""), env.get(ENV_RDZV_ID, "")
     if not endpoint or not rdzv_id:
         raise ConfigError(f"LADDER_NODES={nnodes} needs LADDER_RDZV_ENDPOINT (host:port) and LADDER_RDZV_ID "
                           "(the operator sets both for multi-node cells)")

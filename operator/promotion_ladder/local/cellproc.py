@@ -19,8 +19,7 @@ from pathlib import Path
 from ..core.api import PromotionLadder
 from ..core.budget import cell_deadline_seconds
 from ..core.cell import Cell, CellOutcome
-from ..core.contract import cell_args, cell_env, judge
-from .placement import process_env
+from ..core.contract import cell_args, cell_env, judge, process_env
 
 
 def cell_command(ladder: PromotionLadder, cell: Cell, result_file: str) -> list[str]:

@@ -1,10 +1,10 @@
-"""Where `ladder run` puts a cell's processes: which GPUs each cell gets, and what the cell is
-told about its processes (the same variables the operator sets in a cell's Pod).
+"""Where `ladder run` puts a cell's processes: which GPUs each cell gets.
 
-A cell with trainer.gpus = N gets N GPU ids of its own (CUDA_VISIBLE_DEVICES) and
-LADDER_GPUS=N, so the trainer starts N processes, one per GPU. On a machine without GPUs it
-still gets LADDER_GPUS=N and trains as N gloo processes on the CPU: slow, but the same code
-path, which is what tests and demos of multi-process cells need. A ladder whose cells need
+A cell with trainer.gpus = N gets N GPU ids of its own (CUDA_VISIBLE_DEVICES) and, by the
+cell contract (core.contract.process_env), LADDER_GPUS=N, so the trainer starts N processes,
+one per GPU. On a machine without GPUs it still gets LADDER_GPUS=N and trains as N gloo
+processes on the CPU: slow, but the same code path, which is what tests and demos of
+multi-process cells need. A ladder whose cells need
 more GPUs than the machine has, or more than one node, is refused before anything runs.
 """
 
@@ -31,6 +31,3 @@ def gpu_groups(gpus: list[str], gpus_per_cell: int, nodes: int = 1) -> list[list
     return [gpus[i * per_cell:(i + 1) * per_cell] for i in range(len(gpus) // per_cell)]
 
 
-def process_env(gpus_per_cell: int, nodes: int = 1) -> dict[str, str]:
-    """The trainer's launch variables: processes per node (at least 1) and nodes."""
-    return {"LADDER_GPUS": str(max(gpus_per_cell, 1)), "LADDER_NODES": str(max(nodes, 1))}
