@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -179,3 +181,27 @@ def test_ladder_run_trains_a_two_gpu_cell_as_two_gloo_processes_on_a_cpu(corpus,
     result = parse_result((cell_dir / "result.json").read_text())
     assert result.world_size == 2 and result.steps == 3 and result.identity() == ("ddp", "only", "tiny", "cpu", 1)
     assert "launching 2 process(es)" in (cell_dir / "log.txt").read_text()
+
+
+def test_two_nodes_meet_through_c10d_and_publish_one_result(corpus, tmp_path):
+    """Two 'nodes' (agents) on this machine, as the pods of a 2-node Indexed Job would start:
+    LADDER_NODES=2, the rendezvous at node 0 (which hosts the store), one process each. What
+    this cannot show: c10d ranks nodes by host name, so on one machine which agent gets global
+    rank 0 is up to process ids; on a cluster it is the index-0 pod (docs/trainer.md)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for index in (0, 1):
+        env = {**os.environ, "LADDER_NODES": "2", "LADDER_GPUS": "1", "JOB_COMPLETION_INDEX": str(index),
+               "LADDER_RDZV_ENDPOINT": f"127.0.0.1:{port}", "LADDER_RDZV_ID": "two-nodes"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "ladder_trainer", *cell_args(tmp_path, f"node{index}", corpus, "--max-steps", "3")],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    written = [parse_result((tmp_path / f"node{i}.json").read_text()) for i in (0, 1) if (tmp_path / f"node{i}.json").exists()]
+    assert len(written) == 1 and written[0].world_size == 2 and written[0].steps == 3
+    assert sum(len(results_printed(out)) for out, _ in outs) == 1
+    assert "this is node 0" in outs[0][1] and "this is node 1" in outs[1][1]
