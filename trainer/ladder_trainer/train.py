@@ -7,7 +7,7 @@ schedule follows elapsed training time / budget, so a cell's schedule does not d
 how fast its host is.
 
 With several processes (world.py; launched by launch.py or torchrun) the model is wrapped in
-DistributedDataParallel: the global batch is the same as with one process, each rank runs its
+DistributedDataParallel, or sharded by FSDP2 (`parallel` fsdp): the global batch is the same as with one process, each rank runs its
 share of the micro-batches on its share of the data, and the budget stop, growth, the lr
 schedule and divergence are decided on values all ranks agree on. Evaluation is sharded over
 the ranks and summed.
