@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
 
 from ladder_trainer.data import ByteTokenizer  # noqa: E402
-from ladder_trainer.train import Batches, evaluate  # noqa: E402
+from ladder_trainer.train import evaluate  # noqa: E402
 from ladder_trainer.world import World  # noqa: E402
 from promotion_ladder.core.contract import EXIT_OOM  # noqa: E402
 from promotion_ladder.core.result import parse_result  # noqa: E402
@@ -59,18 +59,7 @@ def results_printed(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"apiVersion"')]
 
 
-# ---- data and evaluation shards (in one process) ------------------------------------------------
-
-
-def test_ranks_together_draw_the_micro_batches_one_process_draws():
-    tokens = np.arange(10_000, dtype=np.uint16)
-    one = Batches(tokens, 16, 2, seed=5, device=CPU)
-    ranks = [Batches(tokens, 16, 2, seed=5, device=CPU, rank=r, world_size=3) for r in range(3)]
-    for _ in range(4):  # micro-batch g of the single stream is micro-batch g // 3 of rank g % 3
-        for r in range(3):
-            x_one, y_one = one.next()
-            x_r, y_r = ranks[r].next()
-            assert torch.equal(x_one, x_r) and torch.equal(y_one, y_r)
+# ---- evaluation shards (in one process; the data's round-robin is in test_sampler.py) ----------
 
 
 def test_sharded_evaluation_adds_up_to_the_whole():

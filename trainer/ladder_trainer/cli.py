@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 value=outcome.value, train_seconds=outcome.train_seconds, steps=outcome.steps, tokens=outcome.tokens,
                 tokens_per_second=outcome.tokens_per_second, mfu=outcome.mfu,
                 peak_memory_bytes=outcome.peak_memory_bytes, gpu_name=outcome.gpu_name, world_size=outcome.world_size,
+                corpus=outcome.corpus, data_passes=outcome.data_passes,
             )
             message = message or outcome.message
         if code:  # under a launcher: tell its agent why this rank failed (a no-op otherwise)

@@ -35,6 +35,7 @@ from .hardware import attention_backend, device_name, peak_flops, peak_memory, s
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, set_lr
 from .publish import ProgressReporter, log
+from .sampler import WindowSampler
 from .world import World
 
 
@@ -53,37 +54,28 @@ class RunOutcome:
     mfu: float | None = None
     peak_memory_bytes: int | None = None
     gpu_name: str | None = None
+    corpus: str | None = None  # fingerprint of the prepared data (data.corpus_fingerprint)
+    data_passes: float | None = None  # training tokens consumed / training tokens available
     world_size: int | None = None
     extra: dict = field(default_factory=dict)
 
 
 class Batches:
-    """Random windows of seq_len + 1 tokens from the training split, seeded per cell.
+    """Random windows of seq_len + 1 tokens from every training shard, seeded per cell (sampler.py)."""
 
-    One stream of micro-batches per seed, dealt out round-robin: rank r of w takes micro-batches
-    r, r + w, r + 2w, ... So w processes together see exactly the micro-batches one process
-    would, and a step's global batch does not depend on how many processes share it.
-    """
-
-    def __init__(self, tokens: np.ndarray, seq_len: int, rows: int, seed: int, device: torch.device,
+    def __init__(self, split: data_mod.TokenSplit, seq_len: int, rows: int, seed: int, device: torch.device,
                  rank: int = 0, world_size: int = 1):
-        if len(tokens) < seq_len + 2:
-            raise ConfigError(f"seq_len: {seq_len} is longer than the training split ({len(tokens)} tokens)")
-        self.tokens, self.seq_len, self.rows, self.device = tokens, seq_len, rows, device
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.reset()
+        try:
+            self.sampler = WindowSampler(split, seq_len, rows, seed, rank, world_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.device = device
 
     def reset(self) -> None:
-        self.rng = np.random.default_rng(self.seed)
+        self.sampler.reset()
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        high = len(self.tokens) - self.seq_len - 1
-        for r in range(self.world_size):  # drawing the others' starts keeps the shared stream in step
-            drawn = self.rng.integers(0, high, size=self.rows)
-            if r == self.rank:
-                starts = drawn
-        buf = np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int64)
-        t = torch.from_numpy(buf)
+        t = torch.from_numpy(self.sampler.next())
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)
         return t[:, :-1], t[:, 1:]
@@ -101,7 +93,8 @@ def evaluate(model, val: np.ndarray, token_bytes: np.ndarray, n_tokens: int, seq
     """
     world = world or World()
     n_tokens = min(n_tokens, len(val) - 1)
-    tokens = torch.from_numpy(np.asarray(val[: n_tokens + 1]).astype(np.int64))
+    head = val.head(n_tokens + 1) if isinstance(val, data_mod.TokenSplit) else val[: n_tokens + 1]
+    tokens = torch.from_numpy(np.asarray(head).astype(np.int64))
     tb = torch.from_numpy(np.asarray(token_bytes, dtype=np.int64))
     nats = torch.zeros((), dtype=torch.float64)
     n_bytes = 0
@@ -256,6 +249,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         shards = data_mod.prepare(cfg.tokenizer, cfg.vocab_size, settings.data, settings.tokenizer_file, settings.text_field)
     except (OSError, ValueError) as exc:  # a missing or unusable corpus will not get better on a retry
         raise ConfigError(f"data: {exc}") from None
+    corpus = shards.corpus
     use_bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     compile_on = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
@@ -279,7 +273,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         f"{'bf16' if use_bf16 else 'fp32'} compile {'on' if compile_on else 'off'} attention {settings.attention} | batch {cfg.batch} tokens "
         f"= {accum} x {cfg.device_batch} x {cfg.seq_len}"
         + (f" x {world.size} processes ({'FSDP2' if net.fsdp else 'DDP'})" if world.group else "")
-        + f" | budget {budget:g}s | corpus {shards.path.name} ({len(shards.train)} train / {len(shards.val)} val tokens)"
+        + f" | budget {budget:g}s | corpus {corpus} ({shards.path.name}: {len(shards.train)} train / {len(shards.val)} val tokens)"
     )
 
     def forward_backward(x, y, sync: bool = True) -> torch.Tensor:
@@ -333,6 +327,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     t_start = time.perf_counter()
     last_log = t_start
     elapsed = lambda: time.perf_counter() - t_start - paused + skew  # noqa: E731
+    repeat_checked = False
 
     def clock() -> float:
         """Training seconds as the slowest rank sees them: what every stop and schedule decision uses."""
@@ -382,6 +377,8 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
                 tokens=steps * cfg.batch,
                 gpu_name=device_name(device),
                 peak_memory_bytes=_peak_memory(world, device),
+                corpus=corpus,
+                data_passes=data_passes(steps * cfg.batch, shards),
                 world_size=world.size,
             )
         optimizer_step()
@@ -390,6 +387,10 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         now = time.perf_counter()
         if progress is not None:
             progress.update(elapsed=round(elapsed(), 1), step=steps, tokens=steps * cfg.batch, loss=round(last_loss, 4))
+        if not repeat_checked and (steps >= 20 or elapsed() >= min(2.0, 0.05 * budget)):
+            repeat_checked = True
+            if world.main:  # from the global batch's throughput, so the same with any number of ranks
+                _warn_if_repeating(shards, corpus, steps * cfg.batch, elapsed(), budget)
         if step_log is not None:
             t = elapsed()
             step_log.write(json.dumps({"step": steps, "loss": last_loss, "lr": lr_multiplier(t / budget, cfg),
@@ -419,7 +420,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         return RunOutcome("ok", train_seconds=train_seconds, steps=steps, tokens=steps * cfg.batch,
                        tokens_per_second=processed / train_seconds, mfu=_mfu(flops, train_seconds, device, world.size),
                        peak_memory_bytes=_peak_memory(world, device), gpu_name=device_name(device),
-                       world_size=world.size)
+                       corpus=corpus, data_passes=data_passes(steps * cfg.batch, shards), world_size=world.size)
     t_eval = time.perf_counter()
     model.eval()
     eval_tokens = settings.eval_tokens or EVAL_TOKENS_DEFAULT.get(device.type, EVAL_TOKENS_DEFAULT["cpu"])
@@ -432,7 +433,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     with eager:
         ev = evaluate(model, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device, autocast,
                       world, lockstep=net.fsdp)
-    passes = steps * cfg.batch / len(shards.train)
+    passes = data_passes(steps * cfg.batch, shards)
     say(
         f"eval: val_bpb {ev['val_bpb']:.4f} over {ev['tokens']} tokens ({ev['bytes']} bytes) in "
         f"{time.perf_counter() - t_eval:.1f}s | {steps} steps ({passes:.1f} passes over the training split), "
@@ -453,6 +454,8 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         mfu=_mfu(flops, train_seconds, device, world.size),
         peak_memory_bytes=_peak_memory(world, device),
         gpu_name=gpu,
+        corpus=corpus,
+        data_passes=passes,
         world_size=world.size,
         extra={"eval": ev, "train_loss": last_loss},
     )
@@ -468,6 +471,29 @@ def open_step_log(path: str | None):
         return None
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return open(path, "w")
+
+
+def data_passes(tokens: int, shards: data_mod.Shards) -> float:
+    return float(f"{tokens / len(shards.train):.6g}")
+
+
+def _warn_if_repeating(shards: data_mod.Shards, corpus: str, tokens: int, seconds: float, budget: float) -> None:
+    """Say at the start, from the first steps' throughput, that the budget will repeat the data.
+
+    A cell that repeats its training split past a pass or so measures memorisation as much as
+    the candidate, and a longer budget can then make val_bpb worse; the ladder shows it too
+    (dataPasses), but the person watching a GPU cell should not wait for the end to learn it.
+    """
+    if seconds <= 0 or tokens <= 0:
+        return
+    projected = tokens / seconds * budget / len(shards.train)
+    if projected <= 1:
+        return
+    default = shards.meta.get("source", "").startswith("python-stdlib")
+    hint = ("this is the default corpus (the Python standard library): prepare a real one with "
+            "`python -m ladder_trainer.prepare` and pass --data" if default else "give this budget a larger corpus")
+    log(f"warning: at {tokens / seconds:,.0f} tok/s this {budget:g}s cell will make about {projected:.1f} passes over "
+        f"the {len(shards.train):,} training tokens of corpus {corpus}; repeated data: {hint}")
 
 
 def _peak_memory(world: World, device: torch.device) -> int | None:

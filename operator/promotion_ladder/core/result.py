@@ -45,6 +45,10 @@ class CellResult(BaseModel):
     mfu: float | None = Field(None, ge=0)
     peak_memory_bytes: int | None = Field(None, ge=0, alias="peakMemoryBytes")
     gpu_name: str | None = Field(None, alias="gpuName")
+    # What the cell trained and evaluated on: a fingerprint of the prepared data (tokenizer,
+    # token counts, the val split's content) and training tokens consumed / available.
+    corpus: str | None = Field(None, max_length=64)
+    data_passes: float | None = Field(None, ge=0, alias="dataPasses")
     # Processes that trained the cell together (data-parallel, one per GPU); tokensPerSecond and
     # mfu are over all of them. Absent from trainers that predate multi-process cells: read as 1.
     world_size: int | None = Field(None, ge=1, alias="worldSize")
