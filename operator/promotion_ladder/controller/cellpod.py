@@ -24,10 +24,9 @@ from typing import Any
 
 from ..core.api import LadderSpec
 from ..core.podtemplate import SHM_PATH, SHM_VOLUME, TRAINER_CONTAINER, merge_pod_template, template_mounts
-from ..core.contract import (ENV_GPUS, ENV_NODES, ENV_RDZV_ENDPOINT, ENV_RDZV_ID, LAYOUT_ENV,
-                             NON_RETRYABLE_EXIT_CODES)
+from ..core.contract import (ENV_RDZV_ENDPOINT, ENV_RDZV_ID, LAYOUT_ENV, NON_RETRYABLE_EXIT_CODES, RDZV_PORT,
+                             process_env)
 
-RDZV_PORT = 29400
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # the Job controller puts it on the Job's pods
 
 
@@ -52,7 +51,7 @@ def shape_job(job: dict[str, Any], spec: LadderSpec) -> dict[str, Any]:
         pod.setdefault("volumes", []).append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
         _trainer(pod).setdefault("volumeMounts", []).append({"name": SHM_VOLUME, "mountPath": SHM_PATH})
     out["spec"]["template"] = tpl = merge_pod_template(tpl, trainer.template)
-    layout = {ENV_GPUS: str(max(trainer.gpus, 1)), ENV_NODES: str(trainer.nodes)}
+    layout = process_env(trainer.gpus, trainer.nodes)
     if trainer.nodes > 1:
         name = out["metadata"]["name"]
         service = rendezvous_service_name(name)
