@@ -2,8 +2,7 @@
 template gives (a PVC bound to a hostPath PV) read by the real trainer, and a multi-node cell
 (an Indexed Job of 2 pods with a headless rendezvous Service) as far as simulated nodes allow.
 
-With the trainer's multi-process launcher (issue 13), a 2-process gloo cell (gpus: 2) too;
-seen passing on 2026-11-30 with issue-13's trainer in the pods (PYTHONPATH through trainer.env).
+And a 2-process gloo cell (gpus: 2) with the real trainer's launcher, in one pod.
 
 Not proven here (the local control plane has no DNS, no kube-proxy and no containers): that
 `<job>-0.<service>` resolves inside a pod, and that torchrun's c10d rendezvous over it forms a
