@@ -42,7 +42,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from .render import status_table
 
     ladder = read_ladder(args.file)
-    recorded = parse_results(read_text(args.results), source=str(args.results))
+    recorded = parse_results(read_text(args.results), source=str(args.results), spec=ladder.spec)
     status, _ = simulate(ladder.spec, recorded)
     if args.output == "json":
         print(json.dumps(status.wire(), indent=2))

@@ -6,6 +6,7 @@ The candidate config steers it (so tests can script faults per candidate):
   value: base metric (default 1.0); the reported val_bpb is value + 0.001 * seed
   sleep: seconds to "train" before reporting (default 0)
   exit: exit code (3 diverged, 4 oom, 1 error; default 0)
+  train_seconds: the trainSeconds to report (default: the seconds it slept)
   annotation: "forge" (annotate a result claiming another candidate, value 0.0),
               "malformed" (annotate text that is not JSON), "none" (no annotation);
               the termination message always carries the true result
@@ -55,7 +56,7 @@ def main() -> int:
            "candidate": os.environ.get("LADDER_CANDIDATE"), "hostBlock": os.environ.get("LADDER_HOST_BLOCK"),
            "seed": int(os.environ.get("LADDER_SEED", a.seed)), "status": status, "metric": "val_bpb",
            "value": round(float(cfg.get("value", 1.0)) + 0.001 * a.seed, 6) if status == "ok" else None,
-           "trainSeconds": round(time.monotonic() - t0, 3), "message": "" if status == "ok" else f"stub exit {code}"}
+           "trainSeconds": float(cfg.get("train_seconds", round(time.monotonic() - t0, 3))), "message": "" if status == "ok" else f"stub exit {code}"}
     text = json.dumps({k: v for k, v in doc.items() if v is not None}, separators=(",", ":"))
     if a.result_file:
         with open(a.result_file, "w") as fh:

@@ -14,12 +14,18 @@ KEY = ("ns", "test")
 
 
 class FakeApi:
-    def __init__(self, refuse_jobs: int | None = None):
+    def __init__(self, refuse_jobs: int | None = None, refuse_status: int | None = None):
         self.calls: list[tuple] = []
         self.rv = 100
         self.refuse_jobs = refuse_jobs
+        self.refuse_status = refuse_status
 
     def write_status(self, ns, name, status):
+        if self.refuse_status:
+            self.calls.append(("status-refused",))
+            exc = Exception("Bad Request")
+            exc.status, exc.reason, exc.body = self.refuse_status, "Bad Request", "status.gpuHours.total: Infinity"
+            raise exc
         self.rv += 1
         self.calls.append(("status", status.get("phase"), status.get("currentStage")))
         return str(self.rv)
@@ -34,6 +40,9 @@ class FakeApi:
             raise exc
         self.calls.append(("job", job["metadata"]["labels"]["ladder.promotion.dev/stage"]))
         return True
+
+    def write_conditions(self, ns, name, conditions):
+        self.calls.append(("conditions", [(c["type"], c["status"]) for c in conditions]))
 
     def post_event(self, body, type_, reason, message):
         self.calls.append(("event", reason))
@@ -115,3 +124,31 @@ def test_cell_progress_is_not_urgent_decisions_are():
     assert not urgent_change(base, started) and not urgent_change(started, done)
     assert urgent_change(done, decided) and urgent_change(base, {**base, "phase": "Failed"})
     assert urgent_change(base, {**base, "observedGeneration": 2})
+
+
+def test_failing_reconcile_says_so_and_backs_off():
+    """Issue 12, defect 3: a reconcile that fails sets ReconcileError and posts a Warning once,
+    then waits (5 s, doubling) instead of retrying silently every few seconds, also when
+    watch events keep arriving."""
+    from promotion_ladder.controller.failures import retry_delay
+
+    assert [retry_delay(n) for n in (1, 2, 3, 4, 10, 100)] == [5, 10, 20, 40, 300, 300]
+    api = FakeApi(refuse_status=400)
+    c = controller(api)
+
+    async def scenario():
+        await c.start()
+        c.enqueue(KEY)
+        for _ in range(200):
+            if any(x[0] == "event" for x in api.calls):
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(20):  # a burst of watch events during the backoff
+            c.enqueue(KEY)
+            await asyncio.sleep(0.01)
+        await c.stop()
+
+    asyncio.run(scenario())
+    assert api.calls == [("status-refused",), ("conditions", [("ReconcileError", "True")]), ("event", "ReconcileError")]
+    assert c._failures[KEY] == 1
+    assert c.metrics.registry.get_sample_value("ladder_reconcile_errors_total") == 1

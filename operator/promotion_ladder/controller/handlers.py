@@ -27,6 +27,7 @@ from typing import Any
 import kopf
 
 from ..core.api import GROUP, KIND, PLURAL, VERSION
+from .failures import RECONCILE_ERROR, error_message, retry_delay, with_error_condition
 from .intake import Rejection, job_summary, pod_summary
 from .jobs import LADDER_LABEL
 from .metrics import LadderMetrics
@@ -102,6 +103,20 @@ class KubeApi:
             raise
         return obj["metadata"]["resourceVersion"]
 
+    def write_conditions(self, namespace: str, name: str, conditions: list[dict]) -> None:
+        """Replace only .status.conditions (a merge patch replaces a list whole): works when the
+        full status write is what the API server refuses."""
+        from kubernetes.client.exceptions import ApiException
+
+        self._count("patch_status")
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": {"conditions": conditions}},
+                _content_type="application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def post_event(self, body: dict, type_: str, reason: str, message: str) -> None:
         from kubernetes.client.exceptions import ApiException
 
@@ -162,6 +177,9 @@ class Controller:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
         self._creators = ThreadPoolExecutor(max_workers=JOB_CREATE_CONCURRENCY, thread_name_prefix="create")
         self._last_write: dict[Key, float] = {}
+        self._failures: dict[Key, int] = {}  # failed reconciles in a row, for the backoff
+        self._not_before: dict[Key, float] = {}  # no reconcile of a failing ladder before (monotonic)
+        self._deferred: set[Key] = set()  # keys with a timer waiting for their backoff to pass
         self.heartbeat = time.monotonic()
         self.reconciles = 0
 
@@ -175,9 +193,19 @@ class Controller:
     def enqueue(self, key: Key) -> None:
         if key in self._dirty:
             return
+        wait = self._not_before.get(key, 0.0) - time.monotonic()
+        if wait > 0 and self._loop is not None:  # backing off after failures: events wait too
+            if key not in self._deferred:
+                self._deferred.add(key)
+                self._loop.call_later(wait, self._undefer, key)
+            return
         self._dirty[key] = time.monotonic()
         if key not in self._busy and self._queue is not None:
             self._queue.put_nowait(key)
+
+    def _undefer(self, key: Key) -> None:
+        self._deferred.discard(key)
+        self.enqueue(key)
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -202,13 +230,41 @@ class Controller:
                 await self._reconcile(key, since)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # one ladder's trouble must not stop the others; retry later
-                log.exception("reconcile of %s/%s failed; retrying in 5 s", *key)
-                asyncio.get_running_loop().call_later(5.0, self.enqueue, key)
+            except Exception as exc:  # one ladder's trouble must not stop the others; retry later
+                await self._failed(key, exc)
+            else:
+                self._failures.pop(key, None)
+                self._not_before.pop(key, None)
             finally:
                 self._busy.discard(key)
                 if key in self._dirty:
                     self._queue.put_nowait(key)
+
+    async def _failed(self, key: Key, exc: Exception) -> None:
+        """Back off (5 s doubling to 5 min) and say so on the ladder: a ReconcileError condition
+        and a Warning Event (once per distinct error), instead of retrying silently."""
+        n = self._failures[key] = self._failures.get(key, 0) + 1
+        delay = retry_delay(n)
+        log.error("reconcile of %s/%s failed (%d in a row); retrying in %g s", *key, n, delay,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        self.metrics.reconcile_errors.inc()
+        self._not_before[key] = time.monotonic() + delay
+        self.enqueue(key)  # deferred until the backoff has passed
+        body = self.ladders.get(key)
+        if body is None:
+            return
+        message = error_message(exc)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._report_failure, key, body,
+                                                             message, n, delay)
+        except Exception as again:  # noqa: BLE001 - the API server may be what fails; the log has it
+            log.warning("could not report the failed reconcile of %s/%s: %s", *key, again)
+
+    def _report_failure(self, key: Key, body: dict, message: str, failures: int, delay: float) -> None:
+        conditions = with_error_condition((body.get("status") or {}).get("conditions") or [], message,
+                                          failures, delay, _now())
+        self.api.write_conditions(*key, conditions)
+        self._warn_once(body, RECONCILE_ERROR, f"{key[0]}/{key[1]}:{RECONCILE_ERROR}:{message}", message)
 
     async def _resync(self) -> None:
         last = time.monotonic()
@@ -336,6 +392,9 @@ class Controller:
             self.ladders.pop(key, None)
             self.enqueue(key)  # the reconcile forgets its metrics
             return
+        old = self.ladders.get(key)
+        if old is not None and (old.get("metadata") or {}).get("generation") != meta.get("generation"):
+            self._not_before.pop(key, None)  # an edited spec may be the fix: no backoff for it
         self.ladders[key] = copy.deepcopy(raw)
         w = self.written.get(key)
         if w is not None and w[2] == meta.get("resourceVersion"):

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..core.planner import Cell
 from ..core.result import (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM, NON_RETRYABLE_EXIT_CODES,
-                           RESULT_ANNOTATION, CellResult, ResultError, parse_result)
+                           RESULT_ANNOTATION, CellResult, ResultError, check_range, parse_result)
 from ..core.rules import Outcome
 from .jobs import CONTAINER, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
 
@@ -147,11 +147,14 @@ def _key(pod: PodSummary, text: str) -> str:
     return pod.uid + ":" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool = True) -> CellResult:
+def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool = True,
+                 budget_seconds: float | None = None) -> CellResult:
     """Parse a result and check it belongs to this cell. `strict`: every identity field must be
     present (annotations); otherwise only the fields present must match (termination messages,
-    which the trainer may shorten)."""
+    which the trainer may shorten). With the stage's budget, also that its numbers are in range."""
     result = parse_result(text)
+    if budget_seconds is not None:
+        check_range(result, budget_seconds)
     want = {"ladder": ladder, "stage": cell.stage, "candidate": cell.candidate,
             "hostBlock": cell.host_block, "seed": cell.seed}
     got = dict(zip(("ladder", "stage", "candidate", "hostBlock", "seed"), result.identity()))
@@ -181,7 +184,7 @@ def foreign_pod_rejection(pod: PodSummary) -> Rejection | None:
 
 
 def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: JobSummary | None,
-                 pods: list[PodSummary]) -> CellView:
+                 pods: list[PodSummary], budget_seconds: float | None = None) -> CellView:
     """The cell's state from its Job and that Job's Pods (pure)."""
     view = CellView()
     if job is None:
@@ -192,6 +195,7 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     # Stable order: Succeeded pods first, then by name (a retried Job has several pods).
     mine.sort(key=lambda p: (p.phase != "Succeeded", p.name))
     accepted: tuple[CellResult, PodSummary] | None = None
+    problem = ""  # why the last result was refused: the failure reason when none is accepted
     for pod in mine:
         where = f"{pod.namespace}/{pod.name}"
         candidates = []
@@ -201,11 +205,15 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
             candidates.append((pod.termination_message, False))
         for text, strict in candidates:
             try:
-                res = check_result(text, ladder, cell, metric, strict=strict)
+                res = check_result(text, ladder, cell, metric, strict=strict, budget_seconds=budget_seconds)
             except ResultError as exc:
-                if strict:  # a bad termination message is not worth an Event: the kubelet wrote it
+                problem = str(exc)
+                # A malformed termination message is not worth an Event (the kubelet wrote it,
+                # the trainer may have shortened it); an out-of-range one is, wherever it came from.
+                if strict or exc.reason == "range":
+                    what = "result annotation" if strict else "termination message"
                     view.rejections.append(Rejection(where, _key(pod, text), exc.reason,
-                                                     f"result annotation on pod {pod.name} rejected: {exc}"))
+                                                     f"{what} on pod {pod.name} rejected: {exc}"))
                 continue
             if pod.terminal and accepted is None:
                 accepted = (res, pod)
@@ -225,12 +233,14 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
         view.outcome = Outcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
         return view
     if job.complete:
-        view.outcome = Outcome("failed", reason="job completed without a valid result")
+        view.outcome = Outcome("failed", reason=("job completed without a valid result"
+                                                 + (f" ({problem})" if problem else ""))[:200])
         return view
     if any(p.phase == "Succeeded" for p in mine):
         # Exit 0 but no acceptable result: the contract says failed. Wait for the Job to say
         # Complete only if a result may still be on its way (the annotation lands before exit).
-        view.outcome = Outcome("failed", reason="trainer exited 0 without a valid result")
+        view.outcome = Outcome("failed", reason=("trainer exited 0 without a valid result"
+                                                 + (f" ({problem})" if problem else ""))[:200])
         return view
     view.running = True
     return view

@@ -120,7 +120,9 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
         cell = job.cell
         if cell is None or cell.key in recorded:
             continue
-        view = cell_outcome(name, uid, cell, spec.objective.metric, job, pods_by_job.get(job.uid, []))
+        stage = next((s for s in spec.stages if s.name == cell.stage), None)
+        view = cell_outcome(name, uid, cell, spec.objective.metric, job, pods_by_job.get(job.uid, []),
+                            budget_seconds=stage.budget_seconds if stage else None)
         rejections += view.rejections
         if view.outcome is not None:
             observed[cell.key] = view.outcome

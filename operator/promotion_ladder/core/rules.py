@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from .api import Check, Promote, Stage, Verdict
+from .result import value_in_range
 
 EPS = 1e-12
 CellId = tuple[str, int]  # (hostBlock, seed)
@@ -36,7 +37,9 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.state == "succeeded" and self.value is not None and math.isfinite(self.value)
+        # In range, not just finite: the rules add and average values, and 1.7e308 + 1.7e308
+        # overflows. Intake rejects such results; this keeps the rules total on any input.
+        return self.state == "succeeded" and value_in_range(self.value)
 
 
 class _Out(BaseModel):

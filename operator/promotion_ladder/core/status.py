@@ -7,6 +7,7 @@ It is also the durable record the adapters resume from: `outcomes_from_status` a
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -59,6 +60,11 @@ class LadderStatus(_Out):
     conditions: list[Condition] = Field(default_factory=list)
 
 
+def _finite(x: float | None) -> float | None:
+    """The API server refuses a status holding Infinity or NaN: never write one."""
+    return x if x is not None and math.isfinite(x) else None
+
+
 def build_status(
     spec: LadderSpec,
     outcomes: Outcomes,
@@ -84,7 +90,7 @@ def build_status(
                 cells.append(CellStatus(
                     candidate=c.candidate, host_block=c.host_block, seed=c.seed,
                     state="Succeeded" if o.ok else "Failed",
-                    value=o.value if o.ok else None, train_seconds=o.train_seconds, reason=o.reason or None,
+                    value=o.value if o.ok else None, train_seconds=_finite(o.train_seconds), reason=o.reason or None,
                 ))
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..core.api import PromotionLadder
 from ..core.budget import cell_deadline_seconds
 from ..core.planner import Cell
-from ..core.result import ResultError, parse_result
+from ..core.result import ResultError, check_range, parse_result
 from ..core.rules import Outcome
 
 
@@ -60,7 +60,9 @@ def outcome_from_result(ladder: PromotionLadder, cell: Cell, exit_code: int, res
     else:
         try:
             result = parse_result(result_text)
+            check_range(result, next(s.budget_seconds for s in ladder.spec.stages if s.name == cell.stage))
         except ResultError as exc:
+            result = None
             problem = str(exc)
     seconds = result.train_seconds if result else None
     if result is not None:
