@@ -41,6 +41,15 @@ class FakeApi:
         self.calls.append(("job", job["metadata"]["labels"]["ladder.promotion.dev/stage"]))
         return True
 
+    pods_by_job: dict = {}
+
+    def pods_of_job(self, ns, job_name, job_uid):
+        self.calls.append(("lookup", job_name))
+        return self.pods_by_job.get(job_uid, [])
+
+    def delete_job(self, ns, name, uid):
+        self.calls.append(("delete", name))
+
     def write_conditions(self, ns, name, conditions):
         self.calls.append(("conditions", [(c["type"], c["status"]) for c in conditions]))
 
@@ -152,3 +161,25 @@ def test_failing_reconcile_says_so_and_backs_off():
     assert api.calls == [("status-refused",), ("conditions", [("ReconcileError", "True")]), ("event", "ReconcileError")]
     assert c._failures[KEY] == 1
     assert c.metrics.registry.get_sample_value("ladder_reconcile_errors_total") == 1
+
+
+def test_complete_job_without_its_pod_in_the_cache_is_looked_up_not_failed():
+    """Issue 12, defect 1: after a restart under load a Complete Job's Pod may be missing from
+    (or stale in) the cache; its Pods are read directly and the result counts. A Job whose Pods
+    are really gone is run again, never recorded as failed."""
+    body = ladder_body()
+    present, gone = Cell("s1", "c0", "a100", 1), Cell("s1", "c1", "a100", 1)
+    jp, jg = JobB(body, present).complete(), JobB(body, gone).complete()
+    api = FakeApi()
+    api.pods_by_job = {jp.o["metadata"]["uid"]: [PodB(jp).result(result_doc(present, 1.25)).exited(0).obj()]}
+    c = controller(api, [jp.summary(), jg.summary()], [])
+    run(c)
+    assert ("lookup", jp.o["metadata"]["name"]) in api.calls and ("delete", jg.o["metadata"]["name"]) in api.calls
+    assert ("event", "ResultLost") in api.calls
+    cells = {x["candidate"]: x for x in c.written[KEY][1]["stages"][0]["cells"] if x["hostBlock"] == "a100"}
+    assert cells["c0"]["state"] == "Running" and cells["c1"]["state"] == "Running"  # nothing failed
+    c._last_write.clear()
+    run(c)
+    cells = {x["candidate"]: x for x in c.written[KEY][1]["stages"][0]["cells"] if x["hostBlock"] == "a100"}
+    assert cells["c0"]["state"] == "Succeeded" and cells["c0"]["value"] == 1.25
+    assert cells["c1"]["state"] != "Failed"

@@ -46,6 +46,11 @@ def scenario(name):
         "job failed: backoff": lambda: case(j.failed("BackoffLimitExceeded"), PodB(j).exited(1), PodB(j).exited(1)),
         "job failed: deadline": lambda: case(j.failed("DeadlineExceeded"), PodB(j).phase("Failed")),
         "job complete, pods gone": lambda: case(j.complete()),
+        "job complete, pod stale in the cache": lambda: case(j.complete(), PodB(j).result(result_doc(CELL, 1.25))),
+        "job complete, pod exited 0 without result": lambda: case(j.complete(), PodB(j).exited(0)),
+        "value out of range, termination message too": lambda: case(
+            j, PodB(j).result(result_doc(CELL, 1.7e308)).exited(0, message=result_doc(CELL, 1.7e308))),
+        "train seconds out of range": lambda: case(j, PodB(j).result(result_doc(CELL, 1.2, train_seconds=1e9)).exited(0)),
         "job of another ladder uid": lambda: case(j.owner("someone-else"), PodB(j).result(result_doc(CELL)).exited(0)),
         "pod of another job": lambda: case(j.active(), PodB(j).owner("other-job").result(result_doc(CELL)).exited(0)),
     }
@@ -71,17 +76,28 @@ EXPECT = {
     "exit 1 then success": ("succeeded", 1.1, False, [], ""),
     "job failed: backoff": ("failed", None, False, [], "BackoffLimitExceeded; last pod exit code 1"),
     "job failed: deadline": ("failed", None, False, [], "DeadlineExceeded"),
-    "job complete, pods gone": ("failed", None, False, [], "completed without a valid result"),
+    # Issue 12, defect 1: a Complete Job with no terminal Pod at hand is missing evidence, not a
+    # failure: the cell stays running and its Pods are looked up directly (view.look_up).
+    "job complete, pods gone": (None, None, True, [], ""),
+    "job complete, pod stale in the cache": (None, None, True, [], ""),
+    "job complete, pod exited 0 without result": ("failed", None, False, [], "completed without a valid result"),
+    # Issue 12, defect 3: both channels out of range: rejected (with an Event each), cell failed.
+    "value out of range, termination message too": ("failed", None, False, ["range", "range"], "out of range"),
+    "train seconds out of range": ("failed", None, False, ["range"], "trainSeconds"),
     "job of another ladder uid": (None, None, False, [], ""),
     "pod of another job": (None, None, True, [], ""),
 }
 
 
+LOOK_UP = {"job complete, pods gone", "job complete, pod stale in the cache"}
+
+
 @pytest.mark.parametrize("name", EXPECT, ids=list(EXPECT))
 def test_cell_outcome(name):
     job_s, pods = scenario(name)
-    view = cell_outcome("test", LADDER_UID, CELL, "val_bpb", job_s, pods)
+    view = cell_outcome("test", LADDER_UID, CELL, "val_bpb", job_s, pods, budget_seconds=120.0)
     state, value, running, reasons, why = EXPECT[name]
+    assert view.look_up == (name in LOOK_UP)
     got = (view.outcome.state if view.outcome else None, view.outcome.value if view.outcome else None,
            view.running, [r.reason for r in view.rejections])
     assert got == (state, value, running, reasons)

@@ -26,3 +26,29 @@ def test_out_of_range_results_are_rejected_and_the_ladder_goes_on(operator, kube
     assert st["stages"][0]["decision"]["promoted"] == ["good", "ok2"]
     assert metric_sum(operator.metrics(), "ladder_result_errors_total", ladder="bounds", reason="range") >= 2
     assert any("out of range" in e.message for e in kube.events("ResultRejected"))
+
+
+def test_complete_job_whose_pod_the_cache_lacks_is_not_failed(operator, kube):
+    """Defects 1 and 2 (relabelling): a Complete Job whose Pod is not in the operator's cache
+    was judged `Failed: job completed without a valid result` (after a restart under load the
+    cache lagged for thousands of Pods; a hostile pod could relabel a rival's Pod out of it).
+    The operator now reads the Job's Pods directly (by the Job's own labels and owner
+    reference) before judging: the valid result counts, the relabelled Pod is still the cell's."""
+    from localcluster.waiting import wait_for
+
+    cands = {"a": {"value": 1.2, "sleep": 1}, "b": {"value": 1.1, "sleep": 1}}
+    kube.create(ladder("gap", cands, [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))]))
+    wait_for(lambda: len(kube.jobs("gap")) == 2, timeout=60, what="stage 1 jobs")
+    operator.kill()
+    wait_for(lambda: all(j.status.succeeded for j in kube.jobs("gap")), timeout=60, what="stage 1 done while down")
+    # Take b's Pod out of the operator's view: without the ladder label no watch shows it.
+    pod = next(p for p in kube.pods("gap") if p.metadata.labels["ladder.promotion.dev/candidate"] == "b")
+    kube.core.patch_namespaced_pod(pod.metadata.name, kube.ns, {"metadata": {"labels": {
+        "ladder.promotion.dev/ladder": None, "ladder.promotion.dev/candidate": "a"}}})
+    operator.start()
+    st = kube.wait_phase("gap", timeout=90)["status"]
+    assert st["phase"] == "Succeeded", kube.describe("gap")
+    cells = {c["candidate"]: c for c in st["stages"][0]["cells"]}
+    assert cells["b"]["state"] == "Succeeded" and cells["b"]["value"] == pytest.approx(1.101), cells["b"]
+    assert st["stages"][0]["decision"]["promoted"] == ["b"]
+    assert len(kube.jobs("gap")) == 3  # nothing re-run

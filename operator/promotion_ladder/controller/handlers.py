@@ -40,6 +40,8 @@ Key = tuple[str, str]  # (namespace, ladder name)
 CREATE_EXPECTATION_SECONDS = 30.0  # a created Job not yet seen in the index counts as existing this long
 RESYNC_SECONDS = 60.0  # safety net: every unfinished ladder is reconciled at least this often
 JOB_CREATE_CONCURRENCY = 8  # a stage's Jobs are created in parallel: the next stage starts sooner
+LOOKUP_KEEP_SECONDS = 120.0  # Pods read directly (a Complete Job's, missing from the cache) are used this long
+LOOKUPS_PER_RECONCILE = 50  # bounded: after a restart thousands of Jobs may want a look
 STATUS_COALESCE_SECONDS = 2.0  # cell progress is written at most this often; decisions at once
 HEARTBEAT_SECONDS = 5.0  # /healthz fails when the queue loop stops beating
 COMPONENT = "promotion-ladder-operator"
@@ -102,6 +104,41 @@ class KubeApi:
                 return None
             raise
         return obj["metadata"]["resourceVersion"]
+
+    def pods_of_job(self, namespace: str, job_name: str, job_uid: str) -> list[dict]:
+        """A Job's Pods read from the API server (not the cache), found by the labels the Job
+        controller sets and kept only when the Job controls them (owner reference UID): a Pod
+        whose ladder labels were changed is still found, one that merely claims the Job is not."""
+        from kubernetes.client.exceptions import ApiException
+
+        items: list[dict] = []
+        for selector in (f"batch.kubernetes.io/controller-uid={job_uid}", f"batch.kubernetes.io/job-name={job_name}"):
+            self._count("list_pods")
+            try:
+                found = self.core.list_namespaced_pod(namespace, label_selector=selector)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return []
+                raise
+            items = [self.core.api_client.sanitize_for_serialization(p) for p in found.items]
+            items = [p for p in items if any(r.get("controller") and r.get("uid") == job_uid
+                                             for r in (p.get("metadata") or {}).get("ownerReferences") or [])]
+            if items:
+                break
+        return items
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete one Job (and its Pods) if it is still the one we mean (UID precondition)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        self._count("delete_job")
+        try:
+            self.batch.delete_namespaced_job(name, namespace, body=client.V1DeleteOptions(
+                propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid)))
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
 
     def write_conditions(self, namespace: str, name: str, conditions: list[dict]) -> None:
         """Replace only .status.conditions (a merge patch replaces a list whole): works when the
@@ -180,6 +217,7 @@ class Controller:
         self._failures: dict[Key, int] = {}  # failed reconciles in a row, for the backoff
         self._not_before: dict[Key, float] = {}  # no reconcile of a failing ladder before (monotonic)
         self._deferred: set[Key] = set()  # keys with a timer waiting for their backoff to pass
+        self._looked_up: dict[Key, dict[str, tuple[float, list]]] = {}  # job uid -> (expiry, its Pods read directly)
         self.heartbeat = time.monotonic()
         self.reconciles = 0
 
@@ -284,10 +322,12 @@ class Controller:
             self.metrics.forget(*key)
             self.written.pop(key, None)
             self.creating.pop(key, None)
+            self._looked_up.pop(key, None)
             return
         uid = body["metadata"]["uid"]
         jobs = list(self.jobs_index.get(key, [])) if self.jobs_index is not None else []
         pods = list(self.pods_index.get(key, [])) if self.pods_index is not None else []
+        pods = self._with_looked_up(key, pods)
         w = self.written.get(key)
         mine = w is not None and w[0] == uid
         known = merge_known_status(body.get("status"), w[1] if mine else None,
@@ -354,6 +394,8 @@ class Controller:
                 self.metrics.decision_latency.observe(min(first_created) - since)
         for rej in r.rejections:
             self._reject(body, rej)
+        if r.look_up:
+            self._look_up(key, body, r.look_up[:LOOKUPS_PER_RECONCILE])
         if r.spec is not None and r.ladder_status is not None:
             self.metrics.observe(ns, name, r.spec, r.ladder_status)
         else:
@@ -361,6 +403,36 @@ class Controller:
                                   r.status.get("leader") or "")
         if r.new_decisions or r.create:
             log.info("ladder %s/%s: %s; %d job(s) created", ns, name, r.status.get("message"), len(r.create))
+
+    def _with_looked_up(self, key: Key, pods: list) -> list:
+        """The cached Pods, with those read directly in their place (fresher) while they last."""
+        found = self._looked_up.get(key)
+        if not found:
+            return pods
+        now = time.monotonic()
+        for uid in [u for u, (expiry, _) in found.items() if expiry <= now]:
+            del found[uid]
+        extra = {p.uid: p for _, ps in found.values() for p in ps}
+        return [p for p in pods if p.uid not in extra] + list(extra.values())
+
+    def _look_up(self, key: Key, body: dict, jobs: list) -> None:
+        """Complete Jobs with no terminal Pod in the cache: read their Pods from the API server.
+        Found: used by the next reconcile. Gone (deleted by someone): the result is lost, not
+        failed; the Job is deleted so that the cell runs again."""
+        ns, name = key
+        found_terminal = False
+        for job in jobs:
+            bodies = self.api.pods_of_job(ns, job.name, job.uid)
+            if bodies:
+                summaries = [pod_summary(b) for b in bodies]
+                self._looked_up.setdefault(key, {})[job.uid] = (time.monotonic() + LOOKUP_KEEP_SECONDS, summaries)
+                found_terminal = found_terminal or any(p.terminal for p in summaries)
+                continue
+            self.api.delete_job(ns, job.name, job.uid)
+            self._warn_once(body, "ResultLost", f"{ns}/{name}:lost:{job.uid}",
+                            f"Job {job.name} is Complete but its Pods are gone, so its result cannot be read; "
+                            "the cell runs again")
+        self._retry_later(key, 0.05 if found_terminal else 5.0)
 
     def _retry_later(self, key: Key, delay: float) -> None:
         if self._loop is not None:
@@ -443,6 +515,12 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING
+        # Server-side label selection: only the ladders' Jobs and Pods are listed, watched and
+        # held in memory, not every Pod of the namespace (or cluster). Kopf 1.45+ has it.
+        selectors = getattr(settings.watching, "label_selectors", None)
+        if selectors is not None:
+            selectors["batch", "v1", "jobs"] = LADDER_LABEL
+            selectors["", "v1", "pods"] = LADDER_LABEL
         await controller.start()
 
     @kopf.on.cleanup(registry=registry)

@@ -3,6 +3,11 @@
 Pure. The handlers turn raw Job/Pod bodies into small summaries (`job_summary`, `pod_summary`,
 kept in the operator's in-memory index) and ask `cell_outcome` what a cell's state is.
 
+A cell fails only on positive evidence: a terminal Pod with a bad or absent result, a Job
+Failed condition (backoff, deadline), a non-retryable exit code. A Complete Job whose Pod is
+not (or not yet as terminal) in the cache is missing evidence: `CellView.look_up` asks the
+handlers to read its Pods from the API server before anything is judged.
+
 A result counts only when:
   * the Pod is controlled by a Job this ladder controls (owner-reference UIDs, not labels), and
   * the Job's identity labels name the cell, and
@@ -93,6 +98,9 @@ class CellView:
     outcome: Outcome | None = None  # terminal: succeeded/failed
     running: bool = False  # a Job exists and is not finished
     rejections: list[Rejection] = field(default_factory=list)
+    # The Job says Complete but no terminal Pod of it is at hand (the cache has not seen it, or
+    # holds a stale copy): missing evidence, not a failure. The handlers look its Pods up.
+    look_up: bool = False
 
 
 def _controller_uid(meta: dict[str, Any]) -> str | None:
@@ -231,6 +239,11 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
         last = next((p for p in reversed(mine) if p.phase == "Failed"), None)
         detail = f"; last pod exit code {last.exit_code}" if last and last.exit_code is not None else ""
         view.outcome = Outcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
+        return view
+    if job.complete and not any(p.terminal for p in mine):
+        # Never a failure from missing evidence: a Complete Job had a Pod that exited 0; until
+        # that Pod is seen (looked up directly), the cell is still running as far as we know.
+        view.running = view.look_up = True
         return view
     if job.complete:
         view.outcome = Outcome("failed", reason=("job completed without a valid result"

@@ -35,6 +35,7 @@ class Reconciled:
     spec: LadderSpec | None = None
     ladder_status: LadderStatus | None = None
     new_decisions: list[Decision] = field(default_factory=list)
+    look_up: list[JobSummary] = field(default_factory=list)  # Complete Jobs whose Pods must be read directly
 
 
 def _condition(type_: str, status: bool, reason: str, message: str, old: list[dict], now: str) -> dict[str, Any]:
@@ -116,6 +117,7 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
                 rejections.append(r)
     observed: dict[CellKey, Outcome] = {}
     running: set[CellKey] = set()
+    look_up: list[JobSummary] = []
     for job in owned:
         cell = job.cell
         if cell is None or cell.key in recorded:
@@ -124,6 +126,8 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
         view = cell_outcome(name, uid, cell, spec.objective.metric, job, pods_by_job.get(job.uid, []),
                             budget_seconds=stage.budget_seconds if stage else None)
         rejections += view.rejections
+        if view.look_up:
+            look_up.append(job)
         if view.outcome is not None:
             observed[cell.key] = view.outcome
         elif view.running:
@@ -160,7 +164,7 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
         elif status.phase == "Failed":
             events.append(("Warning", "LadderFailed", status.message))
     return Reconciled(status=wire, create=create, events=events, rejections=rejections, spec=spec,
-                      ladder_status=status, new_decisions=list(plan.new_decisions))
+                      ladder_status=status, new_decisions=list(plan.new_decisions), look_up=look_up)
 
 
 def merge_known_status(from_body: dict | None, written: dict | None,
