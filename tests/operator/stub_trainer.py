@@ -8,7 +8,8 @@ The candidate config steers it (so tests can script faults per candidate):
   exit: exit code (3 diverged, 4 oom, 1 error; default 0)
   train_seconds: the trainSeconds to report (default: the seconds it slept)
   annotation: "forge" (annotate a result claiming another candidate, value 0.0),
-              "malformed" (annotate text that is not JSON), "none" (no annotation);
+              "malformed" (annotate text that is not JSON), "none" (no annotation),
+              "lie" (annotate its own identity with value lie_value, default 0.1);
               the termination message always carries the true result
 It writes the result file, the termination message (LADDER_TERMINATION_LOG or
 /dev/termination-log) and, with POD_NAME/POD_NAMESPACE, its Pod's result annotation.
@@ -68,6 +69,8 @@ def main() -> int:
     mode = cfg.get("annotation", "real")
     if mode == "forge":
         annotate(json.dumps({**doc, "candidate": cfg.get("forge_as", "c0"), "value": 0.0, "status": "ok"}))
+    elif mode == "lie":
+        annotate(json.dumps({k: v for k, v in {**doc, "value": float(cfg.get("lie_value", 0.1))}.items() if v is not None}))
     elif mode == "malformed":
         annotate("{this is not json")
     elif mode != "none":

@@ -31,6 +31,11 @@ def scenario(name):
         "forged identity, no fallback": lambda: case(j, PodB(j).result(result_doc(OTHER, 0.1)).exited(0)),
         "forged identity, termination message fallback": lambda: case(
             j, PodB(j).result(result_doc(OTHER, 0.1)).exited(0, message=result_doc(CELL, 1.3))),
+        "forged value, termination message counts": lambda: case(
+            j, PodB(j).result(result_doc(CELL, 0.1)).exited(0, message=result_doc(CELL, 4.001))),
+        "forged failure, termination message counts": lambda: case(
+            j, PodB(j).result(result_doc(CELL, None, status="error")).exited(0, message=result_doc(CELL, 1.3))),
+        "both channels agree": lambda: case(j, PodB(j).result(result_doc(CELL, 1.25)).exited(0, message=result_doc(CELL, 1.25))),
         "malformed annotation": lambda: case(j, PodB(j).result("{not json").exited(0)),
         "invalid schema": lambda: case(j, PodB(j).result('{"status": "ok"}').exited(0)),
         "wrong metric": lambda: case(j, PodB(j).result(result_doc(CELL, 1.0, metric="loss")).exited(0)),
@@ -64,6 +69,10 @@ EXPECT = {
     "annotation lands before exit": (None, None, True, [], ""),
     "forged identity, no fallback": ("failed", None, False, ["identity"], "without a valid result"),
     "forged identity, termination message fallback": ("succeeded", 1.3, False, ["identity"], ""),
+    # Issue 12, defect 2: the kubelet-written termination message is the authority.
+    "forged value, termination message counts": ("succeeded", 4.001, False, ["forged"], ""),
+    "forged failure, termination message counts": ("succeeded", 1.3, False, ["forged"], ""),
+    "both channels agree": ("succeeded", 1.25, False, [], ""),
     "malformed annotation": ("failed", None, False, ["malformed"], "without a valid result"),
     "invalid schema": ("failed", None, False, ["invalid"], ""),
     "wrong metric": ("failed", None, False, ["metric"], ""),

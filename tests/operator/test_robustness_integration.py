@@ -52,3 +52,100 @@ def test_complete_job_whose_pod_the_cache_lacks_is_not_failed(operator, kube):
     assert cells["b"]["state"] == "Succeeded" and cells["b"]["value"] == pytest.approx(1.101), cells["b"]
     assert st["stages"][0]["decision"]["promoted"] == ["b"]
     assert len(kube.jobs("gap")) == 3  # nothing re-run
+
+
+def _apply_cluster_scoped(api, objs) -> None:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    adm = client.AdmissionregistrationV1Api(api)
+    for o in objs:
+        create, replace, read = {
+            "ValidatingAdmissionPolicy": (adm.create_validating_admission_policy, adm.replace_validating_admission_policy,
+                                          adm.read_validating_admission_policy),
+            "ValidatingAdmissionPolicyBinding": (adm.create_validating_admission_policy_binding,
+                                                 adm.replace_validating_admission_policy_binding,
+                                                 adm.read_validating_admission_policy_binding),
+        }[o["kind"]]
+        try:
+            create(o)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            o = {**o, "metadata": {**o["metadata"], "resourceVersion": read(o["metadata"]["name"]).metadata.resource_version}}
+            replace(o["metadata"]["name"], o)
+
+
+def test_a_trainer_token_can_change_only_its_own_pods_result(local_cluster, namespace):
+    """Defect 2: the trainer ServiceAccount may patch every Pod of its namespace (RBAC cannot
+    name one's own Pod), so a hostile trainer forged a rival's result and relabelled a rival's
+    Pod. The chart's ValidatingAdmissionPolicy (rbac.trainer_admission_policy) lets a token
+    bound to a Pod change only that Pod, and there only the result/progress annotations."""
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    from localcluster.waiting import wait_for
+    from promotion_ladder.controller.rbac import TRAINER_SERVICE_ACCOUNT, trainer_admission_policy, trainer_objects
+    from promotion_ladder.core.result import PROGRESS_ANNOTATION, RESULT_ANNOTATION
+
+    api = local_cluster.api_client()
+    core, rbac_api = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    _apply_cluster_scoped(api, trainer_admission_policy())
+    sa, role, binding = trainer_objects(namespace)
+    core.create_namespaced_service_account(namespace, sa)
+    rbac_api.create_namespaced_role(namespace, role)
+    rbac_api.create_namespaced_role_binding(namespace, binding)
+    uids = {}
+    for name in ("rival", "attacker"):  # never scheduled: a pod need not run to hold a bound token
+        uids[name] = core.create_namespaced_pod(namespace, {
+            "metadata": {"name": name, "labels": {"ladder.promotion.dev/ladder": "l", "ladder.promotion.dev/candidate": name}},
+            "spec": {"serviceAccountName": TRAINER_SERVICE_ACCOUNT, "restartPolicy": "Never",
+                     "nodeSelector": {"no-such-node": "true"}, "containers": [{"name": "trainer", "image": "x"}]}}).metadata.uid
+    token = core.create_namespaced_service_account_token(TRAINER_SERVICE_ACCOUNT, namespace, {
+        "spec": {"expirationSeconds": 600, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "attacker",
+                                                              "uid": uids["attacker"]}}}).status.token
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(local_cluster.kubeconfig), client_configuration=cfg)
+    cfg.api_key = {"authorization": f"Bearer {token}"}
+    cfg.cert_file = cfg.key_file = None
+    as_attacker = client.CoreV1Api(client.ApiClient(cfg))
+
+    def patch(pod: str, meta: dict) -> ApiException | None:
+        try:
+            as_attacker.patch_namespaced_pod(pod, namespace, {"metadata": meta})
+            return None
+        except ApiException as exc:
+            return exc
+
+    forged = {"annotations": {RESULT_ANNOTATION: '{"status": "ok", "value": 0.1}'}}
+    # The policy takes effect once the API server has loaded it: wait for the first refusal.
+    refused = wait_for(lambda: patch("rival", forged), timeout=30, what="the forged patch refused")
+    assert refused.status == 403 and "only its own Pod" in refused.body, refused.body
+    assert (core.read_namespaced_pod("rival", namespace).metadata.annotations or {}).get(RESULT_ANNOTATION) is None
+    bad = patch("rival", {"labels": {"ladder.promotion.dev/ladder": None}})
+    assert bad is not None and bad.status == 403
+    # Its own Pod: the result and progress annotations only.
+    assert patch("attacker", {"annotations": {RESULT_ANNOTATION: '{"status": "ok", "value": 1.0}',
+                                              PROGRESS_ANNOTATION: '{"step": 3}'}}) is None
+    relabel = patch("attacker", {"labels": {"ladder.promotion.dev/candidate": "rival"}})
+    assert relabel is not None and relabel.status == 403 and "labels" in relabel.body
+    other = patch("attacker", {"annotations": {"example.com/note": "x"}})
+    assert other is not None and other.status == 403 and "only the annotations" in other.body
+    # Anyone else (here the admin) is not limited by the policy.
+    core.patch_namespaced_pod("rival", namespace, {"metadata": {"annotations": {"example.com/note": "admin"}}})
+
+
+def test_an_annotation_that_contradicts_the_termination_message_is_forged(operator, kube):
+    """Defect 2: a well-formed annotation disagreeing with the kubelet-written termination
+    message was accepted (value 0.1 ranked first, no Event). The termination message, which
+    only the cell's own container can write, is the authority: the annotation is rejected as
+    forged with an Event and the true value counts."""
+    cands = {"honest": {"value": 1.0}, "liar": {"value": 1.5, "annotation": "lie", "lie_value": 0.1}, "third": {"value": 1.2}}
+    kube.create(ladder("liar", cands, [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))]))
+    st = kube.wait_phase("liar", timeout=120)["status"]
+    assert st["phase"] == "Succeeded", kube.describe("liar")
+    cells = {c["candidate"]: c for c in st["stages"][0]["cells"]}
+    assert cells["liar"]["value"] == pytest.approx(1.501)
+    assert st["stages"][0]["decision"]["promoted"] == ["honest"]
+    assert metric_sum(operator.metrics(), "ladder_result_errors_total", ladder="liar", reason="forged") == 1
+    assert any("forged" in e.message for e in kube.events("ResultRejected"))

@@ -13,14 +13,19 @@ A result counts only when:
   * the Job's identity labels name the cell, and
   * the document validates (core.result.parse_result), its identity fields equal the Job's
     labels and its metric is the ladder's objective metric.
-The Pod annotation (ladder.promotion.dev/result) is the primary channel; the container's
-termination message (written by the kubelet, so it cannot be forged through the API) is the
-fallback. A rejected document yields a `Rejection` (reason = metric label, message = Event text).
+Two channels carry a result: the Pod annotation (ladder.promotion.dev/result; any holder of
+`patch pods` in the namespace can write it, unless the chart's admission policy limits a
+trainer to its own Pod) and the container's termination message (the kubelet reads it from
+the container's own file: only the cell itself can write it). When both are present the
+termination message is the authority and a disagreeing annotation is rejected as `forged`;
+the annotation counts alone only when there is no usable termination message. A rejected
+document yields a `Rejection` (reason = metric label, message = Event text).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +180,17 @@ def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool =
     return result
 
 
+def disagree(annotation: CellResult, message: CellResult) -> bool:
+    """Do two reports of one cell say different things (status, value, train seconds)? The
+    termination message may be shortened, so only what both carry is compared."""
+    if annotation.status != message.status:
+        return True
+    for a, b in ((annotation.value, message.value), (annotation.train_seconds, message.train_seconds)):
+        if a is not None and b is not None and not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
+            return True
+    return (annotation.value is None) != (message.value is None)
+
+
 def _outcome_from(result: CellResult, exit_code: int | None) -> Outcome:
     if result.status == "ok" and exit_code in (0, None):
         return Outcome("succeeded", result.value, result.train_seconds)
@@ -206,14 +222,15 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     problem = ""  # why the last result was refused: the failure reason when none is accepted
     for pod in mine:
         where = f"{pod.namespace}/{pod.name}"
-        candidates = []
+        checked: dict[bool, CellResult] = {}  # strict (annotation) / not (termination message) -> result
+        channels = []
         if pod.result is not None:
-            candidates.append((pod.result, True))
+            channels.append((pod.result, True))
         if pod.terminal and pod.termination_message:
-            candidates.append((pod.termination_message, False))
-        for text, strict in candidates:
+            channels.append((pod.termination_message, False))
+        for text, strict in channels:
             try:
-                res = check_result(text, ladder, cell, metric, strict=strict, budget_seconds=budget_seconds)
+                checked[strict] = check_result(text, ladder, cell, metric, strict=strict, budget_seconds=budget_seconds)
             except ResultError as exc:
                 problem = str(exc)
                 # A malformed termination message is not worth an Event (the kubelet wrote it,
@@ -222,10 +239,20 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
                     what = "result annotation" if strict else "termination message"
                     view.rejections.append(Rejection(where, _key(pod, text), exc.reason,
                                                      f"{what} on pod {pod.name} rejected: {exc}"))
-                continue
-            if pod.terminal and accepted is None:
-                accepted = (res, pod)
-            break
+        # The termination message is the authority: only the cell's own container can write it
+        # (the kubelet reads it from the container's file), while any holder of `patch pods`
+        # can write an annotation. Both present and different: the annotation is forged.
+        res = checked.get(False) or checked.get(True)
+        if True in checked and False in checked and disagree(checked[True], checked[False]):
+            problem = "result annotation disagrees with the termination message"
+            view.rejections.append(Rejection(
+                where, _key(pod, pod.result or ""), "forged",
+                f"result annotation on pod {pod.name} (status {checked[True].status}, value {checked[True].value}) "
+                f"disagrees with its termination message (status {checked[False].status}, value "
+                f"{checked[False].value}), which only the cell's container can write: the annotation is "
+                "rejected as forged and the termination message counts"))
+        if res is not None and pod.terminal and accepted is None:
+            accepted = (res, pod)
     if accepted is not None:
         res, pod = accepted
         if pod.phase == "Succeeded" or (pod.exit_code in NON_RETRYABLE_EXIT_CODES) or job.failed:

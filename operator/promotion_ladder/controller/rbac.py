@@ -49,8 +49,9 @@ _TRAINER_GRANT_RULES: list[Rule] = [
 OPERATOR_RULES += _TRAINER_GRANT_RULES
 
 # A trainer pod may read and annotate pods in its own namespace, and nothing more: it patches
-# its own Pod's ladder.promotion.dev/result annotation. (RBAC cannot say "only your own pod"
-# without knowing the name in advance; the operator's result intake checks the identity.)
+# its own Pod's ladder.promotion.dev/result annotation. RBAC cannot say "only your own pod"
+# without knowing the name in advance: TRAINER_ADMISSION_POLICY below does (Kubernetes 1.30+),
+# and the operator's result intake trusts the termination message over the annotation.
 TRAINER_RULES: list[Rule] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
 ]
@@ -94,3 +95,63 @@ def covers(granted: list[Rule], needed: list[Rule]) -> list[str]:
                                for x in granted):
                         missing.append(f"{g or 'core'}/{r}:{v}")
     return missing
+
+
+# -- the trainer's admission policy (Kubernetes 1.30+: admissionregistration.k8s.io/v1) ------------
+#
+# RBAC lets ladder-trainer patch any pod of its namespace. A ValidatingAdmissionPolicy narrows
+# that to: its own Pod (the bound service-account token names the pod it was issued for, in
+# userInfo.extra["authentication.kubernetes.io/pod-name"]), and there only the result and
+# progress annotations; no label, no other annotation. Requests of any other user pass.
+TRAINER_ADMISSION_POLICY = "ladder-trainer-own-pod"
+POD_NAME_CLAIM = "authentication.kubernetes.io/pod-name"
+TRAINER_ANNOTATIONS = ("ladder.promotion.dev/result", "ladder.promotion.dev/progress")
+
+
+def trainer_admission_policy(name: str = TRAINER_ADMISSION_POLICY) -> list[dict[str, Any]]:
+    """The ValidatingAdmissionPolicy and its binding (cluster-scoped; the chart renders the same)."""
+    allowed = "[" + ", ".join(f"'{a}'" for a in TRAINER_ANNOTATIONS) + "]"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": _labels()},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}]},
+            "matchConditions": [{
+                "name": "is-a-ladder-trainer",
+                "expression": ("request.userInfo.username.startsWith('system:serviceaccount:') && "
+                               f"request.userInfo.username.endsWith(':{TRAINER_SERVICE_ACCOUNT}')"),
+            }],
+            "variables": [
+                {"name": "podName", "expression": (
+                    f"has(request.userInfo.extra) && '{POD_NAME_CLAIM}' in request.userInfo.extra && "
+                    f"size(request.userInfo.extra['{POD_NAME_CLAIM}']) > 0 ? "
+                    f"request.userInfo.extra['{POD_NAME_CLAIM}'][0] : ''")},
+                {"name": "newLabels", "expression": "has(object.metadata.labels) ? object.metadata.labels : {}"},
+                {"name": "oldLabels", "expression": "has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}"},
+                {"name": "newAnn", "expression": "has(object.metadata.annotations) ? object.metadata.annotations : {}"},
+                {"name": "oldAnn", "expression": "has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}"},
+                {"name": "allowed", "expression": allowed},
+            ],
+            "validations": [
+                {"expression": "variables.podName != '' && variables.podName == object.metadata.name",
+                 "reason": "Forbidden",
+                 "messageExpression": ("'a ladder trainer may change only its own Pod (its token is bound to pod ' + "
+                                       "variables.podName + ', the request is for ' + object.metadata.name + ')'")},
+                {"expression": "variables.newLabels == variables.oldLabels",
+                 "reason": "Forbidden", "message": "a ladder trainer may not change its Pod's labels"},
+                {"expression": ("variables.newAnn.all(k, k in variables.allowed || "
+                                "(k in variables.oldAnn && variables.oldAnn[k] == variables.newAnn[k])) && "
+                                "variables.oldAnn.all(k, k in variables.allowed || k in variables.newAnn)"),
+                 "reason": "Forbidden",
+                 "message": "a ladder trainer may change only the annotations " + ", ".join(TRAINER_ANNOTATIONS)},
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": _labels()},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]
