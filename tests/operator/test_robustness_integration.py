@@ -4,6 +4,8 @@ on the code before the fix. Small ladders, stub trainers: a few seconds each on 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .test_operator_integration import ladder, metric_sum, stage
@@ -149,3 +151,32 @@ def test_an_annotation_that_contradicts_the_termination_message_is_forged(operat
     assert st["stages"][0]["decision"]["promoted"] == ["honest"]
     assert metric_sum(operator.metrics(), "ladder_result_errors_total", ladder="liar", reason="forged") == 1
     assert any("forged" in e.message for e in kube.events("ResultRejected"))
+
+
+def test_recorded_history_is_immutable(operator, kube):
+    """Defect 5: editing trainer.gpus on a Succeeded ladder recomputed its recorded GPU-hours
+    and counterfactuals. Now trainer.gpus is frozen (CEL and the frozen hash), and every cell
+    records what it ran with (GPUs, node, image) when it finishes."""
+    from kubernetes.client.rest import ApiException
+
+    from promotion_ladder.core.api import load_ladder
+
+    doc = ladder("audit", {"a": {"value": 1.0}, "b": {"value": 1.1}},
+                 [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))])
+    kube.create(doc)
+    obj = kube.wait_phase("audit", timeout=90)
+    st = obj["status"]
+    assert st["phase"] == "Succeeded", kube.describe("audit")
+    for s in st["stages"]:
+        assert s["image"] == "stub:0"
+        for c in s["cells"]:
+            assert c["gpus"] == 1 and c["node"].startswith("a100-"), c
+    with pytest.raises(ApiException) as err:
+        kube.patch("audit", {"spec": {"trainer": {"gpus": 2}}})
+    assert err.value.status == 422 and "trainer.gpus is frozen" in err.value.body
+    assert load_ladder(obj).spec.frozen_hash() == st["frozenHash"]  # the hash covers trainer.gpus
+    edited = json.loads(json.dumps(obj))
+    edited["spec"]["trainer"]["gpus"] = 2
+    assert load_ladder(edited).spec.frozen_hash() != st["frozenHash"]
+    kube.patch("audit", {"spec": {"trainer": {"image": "stub:1"}}})  # operational edits stay allowed
+    assert kube.ladder("audit")["status"]["gpuHours"] == st["gpuHours"]

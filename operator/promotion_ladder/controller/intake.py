@@ -33,7 +33,7 @@ from ..core.planner import Cell
 from ..core.result import (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM, NON_RETRYABLE_EXIT_CODES,
                            RESULT_ANNOTATION, CellResult, ResultError, check_range, parse_result)
 from ..core.rules import Outcome
-from .jobs import CONTAINER, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
+from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
 
 EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_OOM: "out of memory"}
 
@@ -50,6 +50,8 @@ class JobSummary:
     failed_reason: str = ""
     failed_message: str = ""
     active: int = 0
+    gpus: int | None = None  # what its Pods run with (the Job's template is immutable)
+    image: str | None = None
 
     @property
     def ladder(self) -> str | None:
@@ -103,6 +105,7 @@ class CellView:
     outcome: Outcome | None = None  # terminal: succeeded/failed
     running: bool = False  # a Job exists and is not finished
     rejections: list[Rejection] = field(default_factory=list)
+    node: str | None = None  # where the cell ran (the Pod whose result counts, else its latest)
     # The Job says Complete but no terminal Pod of it is at hand (the cache has not seen it, or
     # holds a stale copy): missing evidence, not a failure. The handlers look its Pods up.
     look_up: bool = False
@@ -131,11 +134,28 @@ def job_summary(body: dict[str, Any]) -> JobSummary:
             complete = True
         elif c.get("type") == "Failed":
             failed, reason, message = True, c.get("reason") or "", c.get("message") or ""
+    gpus, image = _launch(body)
     return JobSummary(
         namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
         labels=_labels(meta), owner_uid=_controller_uid(meta), complete=complete, failed=failed,
         failed_reason=reason, failed_message=message, active=int(status.get("active") or 0),
+        gpus=gpus, image=image,
     )
+
+
+def _launch(job: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The GPUs and image of the trainer container in a Job's Pod template."""
+    pod_spec = (((job.get("spec") or {}).get("template") or {}).get("spec")) or {}
+    for c in pod_spec.get("containers") or []:
+        if c.get("name") != CONTAINER:
+            continue
+        limit = ((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE)
+        try:
+            gpus = int(str(limit)) if limit is not None else 0
+        except ValueError:
+            gpus = None
+        return gpus, c.get("image")
+    return None, None
 
 
 def pod_summary(body: dict[str, Any]) -> PodSummary:
@@ -218,6 +238,7 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     mine = [p for p in pods if p.owner_uid == job.uid]
     # Stable order: Succeeded pods first, then by name (a retried Job has several pods).
     mine.sort(key=lambda p: (p.phase != "Succeeded", p.name))
+    view.node = next((p.node for p in mine if p.node), None)
     accepted: tuple[CellResult, PodSummary] | None = None
     problem = ""  # why the last result was refused: the failure reason when none is accepted
     for pod in mine:

@@ -76,7 +76,7 @@ class LadderMetrics:
                     if c.state in ("Succeeded", "Failed") and cell_key not in counted:
                         counted.add(cell_key)
                         self.gpu_hours.labels(namespace, ladder, st.name, c.candidate, c.host_block).inc(
-                            cell_gpu_hours(c.train_seconds, budgets.get(st.name, 0.0), gpus))
+                            cell_gpu_hours(c.train_seconds, budgets.get(st.name, 0.0), c.gpus if c.gpus is not None else gpus))
                 for state, n in by_state.items():
                     self.cells.labels(namespace, ladder, st.name, state).set(n)
                 self._stage_labels[key].add(st.name)

@@ -13,10 +13,10 @@ restarted operator (or one whose Jobs were cleaned up) re-decides nothing differ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..core.api import LadderInvalid, LadderSpec, frozen_hash, load_ladder
+from ..core.api import LadderInvalid, LadderSpec, frozen_hash, frozen_hash_matches, load_ladder
 from ..core.planner import PlanError
 from ..core.rules import Decision, Outcome
 from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status, parse_status
@@ -92,9 +92,9 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
         return _stopped(body, old, "InvalidSpec", "; ".join(exc.errors), now)
     spec = ladder.spec
     recorded_hash = old.get("frozenHash")
-    if recorded_hash and recorded_hash != frozen_hash(spec):
+    if not frozen_hash_matches(recorded_hash, spec):
         return _stopped(body, old, "FrozenSpecChanged",
-                        "the frozen fields (objective, candidates, stages, verdict) changed after admission "
+                        "the frozen fields (objective, candidates, stages, verdict, trainer.gpus) changed after admission "
                         f"(recorded {recorded_hash[:19]}, now {frozen_hash(spec)[:19]}); nothing more is run. "
                         "Create a new ladder to screen the new spec.", now)
     try:
@@ -128,8 +128,8 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
         rejections += view.rejections
         if view.look_up:
             look_up.append(job)
-        if view.outcome is not None:
-            observed[cell.key] = view.outcome
+        if view.outcome is not None:  # recorded with what it ran with, from its Job and Pod
+            observed[cell.key] = replace(view.outcome, gpus=job.gpus, image=job.image, node=view.node)
         elif view.running:
             running.add(cell.key)
     outcomes = {**observed, **recorded}  # recorded outcomes are final

@@ -1,7 +1,8 @@
 """GPU-hour accounting: what was spent, and what the alternatives would have cost.
 
-Executed GPU-hours count each terminal cell once: train seconds x gpus (the stage budget when
-the cell reported no seconds). The counterfactual of a non-final stage is what sending every
+Executed GPU-hours count each terminal cell once: train seconds x the GPUs it ran with (as
+recorded at launch; the spec's trainer.gpus for records without it), the stage budget when the
+cell reported no seconds. The counterfactual of a non-final stage is what sending every
 candidate that entered it straight through the final stage would have cost:
 entered x final cells x final budget x gpus.
 """
@@ -70,7 +71,9 @@ def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str
             o = outcomes.get(cell.key)
             if o is None:
                 continue
-            h = cell_gpu_hours(o.train_seconds, st.budget_seconds, gpus)
+            # The GPUs the cell ran with, as recorded: a later edit of trainer.gpus must not
+            # rewrite what was spent (older records without it: the spec's).
+            h = cell_gpu_hours(o.train_seconds, st.budget_seconds, o.gpus if o.gpus is not None else gpus)
             spent += h
             by_cand[cell.candidate] += h
             by_block[cell.host_block] += h

@@ -181,6 +181,9 @@ class PromotionLadder(BaseModel):
 
 
 FROZEN_FIELDS = ("objective", "candidates", "stages", "verdict")
+# trainer.gpus is frozen too: it is what a cell measures with and what GPU-hours are charged
+# at, so an edit would make one ladder's cells incomparable (and rewrite its accounting).
+FROZEN_TRAINER_FIELDS = ("gpus",)
 
 
 def _canonical(value: Any) -> Any:
@@ -194,13 +197,22 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def frozen_hash(spec: LadderSpec) -> str:
+def frozen_hash(spec: LadderSpec, *, with_trainer: bool = True) -> str:
     """sha256 over the canonical JSON of the frozen fields (defaults filled in, keys sorted,
-    integral floats as ints), so a file and the object the API server stored hash the same."""
+    integral floats as ints), so a file and the object the API server stored hash the same.
+    List order counts (candidate order breaks ranking ties; seeds and host blocks order cells)."""
     wire = _canonical(spec.wire())
     frozen = {k: wire.get(k) for k in FROZEN_FIELDS}
+    if with_trainer:
+        frozen["trainer"] = {k: wire["trainer"].get(k) for k in FROZEN_TRAINER_FIELDS}
     canonical = json.dumps(frozen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def frozen_hash_matches(recorded: str | None, spec: LadderSpec) -> bool:
+    """Does a recorded frozen hash belong to this spec? Hashes recorded before trainer.gpus was
+    frozen (without it) still match, so records written by an older version stay readable."""
+    return recorded is None or recorded in (frozen_hash(spec), frozen_hash(spec, with_trainer=False))
 
 
 class LadderInvalid(ValueError):

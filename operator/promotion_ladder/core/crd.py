@@ -107,6 +107,10 @@ def spec_schema() -> dict[str, Any]:
         target["x-kubernetes-validations"].append(
             {"rule": rule, "message": f"spec.{name} is frozen once the ladder is admitted, order included "
                                       f"({_ORDER_WHAT[name]}); create a new ladder instead"})
+    props["trainer"].setdefault("x-kubernetes-validations", []).append(
+        {"rule": "self.gpus == oldSelf.gpus",
+         "message": "spec.trainer.gpus is frozen once the ladder is admitted (cells would measure with different "
+                    "GPUs and the recorded GPU-hours would not compare); create a new ladder instead"})
     s["x-kubernetes-validations"] = [
         {"rule": "has(self.verdict) == has(oldSelf.verdict)",
          "message": "spec.verdict is frozen once the ladder is admitted; create a new ladder instead"},

@@ -34,6 +34,11 @@ class Outcome:
     value: float | None = None
     train_seconds: float | None = None
     reason: str = ""
+    # What the cell ran with, recorded at launch (the audit record: a later spec edit does not
+    # rewrite it; accounting charges `gpus` when recorded). None: not recorded (older statuses).
+    gpus: int | None = None
+    node: str | None = None
+    image: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -8,6 +8,7 @@ It is also the durable record the adapters resume from: `outcomes_from_status` a
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -28,6 +29,11 @@ class CellStatus(_Out):
     value: float | None = None
     train_seconds: float | None = None
     reason: str | None = None
+    # What the cell ran with (recorded when it finished, from its Job and Pod): GPUs, the node,
+    # and the image when it differs from the stage's `image` (kept once per stage: compact).
+    gpus: int | None = None
+    node: str | None = None
+    image: str | None = None
 
 
 class StageStatus(_Out):
@@ -35,6 +41,7 @@ class StageStatus(_Out):
     budget: str
     state: Literal["Pending", "Running", "Decided"]
     entered: int | None = None
+    image: str | None = Field(None, description="The image most of this stage's finished cells ran with.")
     cells: list[CellStatus] = Field(default_factory=list)
     decision: Decision | None = None
 
@@ -81,6 +88,9 @@ def build_status(
             stages.append(StageStatus(name=st.name, budget=st.budget, state="Pending"))
             continue
         cells = []
+        images = Counter(o.image for c in stage_cells(spec, i, entered)
+                         if (o := outcomes.get(c.key)) is not None and o.image)
+        stage_image = images.most_common(1)[0][0] if images else None
         for c in stage_cells(spec, i, entered):
             o = outcomes.get(c.key)
             if o is None:
@@ -91,10 +101,11 @@ def build_status(
                     candidate=c.candidate, host_block=c.host_block, seed=c.seed,
                     state="Succeeded" if o.ok else "Failed",
                     value=o.value if o.ok else None, train_seconds=_finite(o.train_seconds), reason=o.reason or None,
+                    gpus=o.gpus, node=o.node, image=o.image if o.image != stage_image else None,
                 ))
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
-            entered=len(entered), cells=cells, decision=decided.get(st.name),
+            entered=len(entered), image=stage_image, cells=cells, decision=decided.get(st.name),
         ))
     current = spec.stages[p.stage_index].name if p.stage_index is not None else None
     leader = p.verdict.winner if p.verdict else None
@@ -120,6 +131,7 @@ def outcomes_from_status(status: LadderStatus) -> dict[tuple[str, str, str, int]
                 out[(st.name, c.candidate, c.host_block, c.seed)] = Outcome(
                     state="succeeded" if c.state == "Succeeded" else "failed",
                     value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
+                    gpus=c.gpus, node=c.node, image=c.image or st.image,
                 )
     return out
 

@@ -18,7 +18,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.api import PromotionLadder
@@ -132,4 +133,5 @@ class CellProcess:
         outcome = outcome_from_result(self.ladder, self.cell, code, text)
         if not outcome.ok and "log:" not in outcome.reason:
             outcome = Outcome(outcome.state, outcome.value, outcome.train_seconds, f"{outcome.reason}; log: {self.log_file}")
-        return outcome
+        # Recorded with what it ran with: a later edit of the ladder file does not rewrite it.
+        return replace(outcome, gpus=self.ladder.spec.trainer.gpus, node=socket.gethostname())

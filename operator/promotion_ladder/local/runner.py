@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ..core.api import PromotionLadder
+from ..core.api import PromotionLadder, frozen_hash_matches
 from ..core.planner import Cell
 from ..core.rules import Decision, Outcome
 from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status
@@ -112,7 +112,7 @@ def run_ladder(
     recorded: list[Decision] = []
     if status_path.exists() and not fresh:
         prev = read_status(status_path)
-        if prev.frozen_hash and prev.frozen_hash != spec.frozen_hash():
+        if not frozen_hash_matches(prev.frozen_hash, spec):
             raise FileError(
                 f"{status_path}: written for a ladder whose frozen fields differ (frozen hash {prev.frozen_hash}, "
                 f"this file's spec has {spec.frozen_hash()}); the rules are frozen once a ladder starts. "
