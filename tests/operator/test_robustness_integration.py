@@ -180,3 +180,31 @@ def test_recorded_history_is_immutable(operator, kube):
     assert load_ladder(edited).spec.frozen_hash() != st["frozenHash"]
     kube.patch("audit", {"spec": {"trainer": {"image": "stub:1"}}})  # operational edits stay allowed
     assert kube.ladder("audit")["status"]["gpuHours"] == st["gpuHours"]
+
+
+def test_a_pod_running_past_its_deadline_is_ended_and_the_cell_retried(operator_identity, namespace, tmp_path, kube):
+    """Defect 7: a Pod left Running past its deadline (here: the simulated kubelet does not
+    enforce activeDeadlineSeconds, as one that lost the exit would not) held its GPU forever and
+    the ladder never decided. The operator ends it after deadline + grace; the Job retries."""
+    from localcluster.waiting import wait_for
+
+    from .harness import Operator
+
+    op = Operator(operator_identity, namespace, tmp_path, extra_args=("--stuck-grace", "2")).start()
+    try:
+        cands = {"hangs": {"value": 1.0, "sleep_first_try": 600}, "fine": {"value": 1.1}}
+        kube.create(ladder("stuck", cands, [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))]))
+
+        def hanging_pod():
+            return next((p for p in kube.pods("stuck") if p.metadata.labels["ladder.promotion.dev/candidate"] == "hangs"
+                         and p.status.phase == "Running"), None)
+        pod = wait_for(hanging_pod, timeout=60, what="the hanging cell running")
+        # A deadline may be lowered on a running Pod: 1 s, so it is overdue at once.
+        kube.core.patch_namespaced_pod(pod.metadata.name, namespace, {"spec": {"activeDeadlineSeconds": 1}})
+        st = kube.wait_phase("stuck", timeout=120)["status"]
+        assert st["phase"] == "Succeeded", kube.describe("stuck")
+        cell = next(c for c in st["stages"][0]["cells"] if c["candidate"] == "hangs")
+        assert cell["state"] == "Succeeded" and cell["value"] == pytest.approx(1.001)  # the retry reported
+        assert any(pod.metadata.name in e.message for e in kube.events("CellStuck"))
+    finally:
+        op.stop()

@@ -61,10 +61,11 @@ app.kubernetes.io/part-of: promotion-ladder
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
 # Results are read from trainer pods' annotations. patch: RBAC lets the operator grant the
-# trainer Role "get, patch pods" only if it holds those verbs itself.
+# trainer Role "get, patch pods" only if it holds those verbs itself. delete: a Pod still
+# running far past its deadline (a lost exit, a dead node) is ended.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, patch, delete]
 # An Event for each stage decision and each rejected result (Kopf and kubectl use either API).
 - apiGroups: [""]
   resources: [events]

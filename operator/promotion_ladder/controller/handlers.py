@@ -32,6 +32,7 @@ from .intake import Rejection, job_summary, pod_summary
 from .jobs import LADDER_LABEL
 from .metrics import LadderMetrics
 from .rbac import trainer_objects
+from .stuck import STUCK_GRACE_SECONDS
 from .reconcile import Reconciled, merge_known_status, reconcile
 
 log = logging.getLogger("promotion_ladder.operator")
@@ -127,6 +128,19 @@ class KubeApi:
                 break
         return items
 
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """End a stuck Pod at once (no grace: it already ran past its deadline)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        self._count("delete_pod")
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=client.V1DeleteOptions(
+                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)))
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete one Job (and its Pods) if it is still the one we mean (UID precondition)."""
         from kubernetes import client
@@ -220,6 +234,8 @@ class Controller:
         self._looked_up: dict[Key, dict[str, tuple[float, list]]] = {}  # job uid -> (expiry, its Pods read directly)
         self.heartbeat = time.monotonic()
         self.reconciles = 0
+        self.stuck_grace = STUCK_GRACE_SECONDS
+        self._wake_at: dict[Key, float] = {}  # the next timed reconcile of a ladder (monotonic)
 
     @property
     def api(self) -> KubeApi:
@@ -323,6 +339,7 @@ class Controller:
             self.written.pop(key, None)
             self.creating.pop(key, None)
             self._looked_up.pop(key, None)
+            self._wake_at.pop(key, None)
             return
         uid = body["metadata"]["uid"]
         jobs = list(self.jobs_index.get(key, [])) if self.jobs_index is not None else []
@@ -344,7 +361,7 @@ class Controller:
 
     def _reconcile_sync(self, key: Key, body: dict, known: dict, jobs, pods, creating: set[str], since: float) -> None:
         ns, name = key
-        r: Reconciled = reconcile(body, known, jobs, pods, creating, _now())
+        r: Reconciled = reconcile(body, known, jobs, pods, creating, _now(), stuck_grace=self.stuck_grace)
         if r.status != known:
             wait = self._last_write.get(key, 0.0) + STATUS_COALESCE_SECONDS - time.monotonic()
             if wait > 0 and not urgent_change(known, r.status):
@@ -396,6 +413,13 @@ class Controller:
             self._reject(body, rej)
         if r.look_up:
             self._look_up(key, body, r.look_up[:LOOKUPS_PER_RECONCILE])
+        if r.recheck_after is not None:
+            self._wake(key, r.recheck_after + 0.5)
+        for pod in r.end:  # stuck far past its deadline: end it; the Job retries or fails the cell
+            self.api.delete_pod(ns, pod.name, pod.uid)
+            self._warn_once(body, "CellStuck", f"{ns}/{name}:stuck:{pod.uid}",
+                            f"pod {pod.name} was still running {self.stuck_grace:g} s after its deadline "
+                            f"({pod.deadline_seconds} s from its start); it was ended and its Job retries or fails the cell")
         if r.spec is not None and r.ladder_status is not None:
             self.metrics.observe(ns, name, r.spec, r.ladder_status)
         else:
@@ -433,6 +457,17 @@ class Controller:
                             f"Job {job.name} is Complete but its Pods are gone, so its result cannot be read; "
                             "the cell runs again")
         self._retry_later(key, 0.05 if found_terminal else 5.0)
+
+    def _wake(self, key: Key, delay: float) -> None:
+        """Reconcile again after `delay` unless an earlier wake-up is already set (one timer per
+        ladder, not one per reconcile)."""
+        now = time.monotonic()
+        at = now + delay
+        prev = self._wake_at.get(key)
+        if prev is not None and now < prev <= at:
+            return
+        self._wake_at[key] = at
+        self._retry_later(key, delay)
 
     def _retry_later(self, key: Key, delay: float) -> None:
         if self._loop is not None:

@@ -80,6 +80,8 @@ class PodSummary:
     exit_code: int | None = None
     terminated_reason: str = ""
     termination_message: str | None = None
+    started_at: str | None = None  # status.startTime: with the deadline, tells a stuck Pod
+    deadline_seconds: int | None = None  # spec.activeDeadlineSeconds
 
     @property
     def ladder(self) -> str | None:
@@ -173,6 +175,7 @@ def pod_summary(body: dict[str, Any]) -> PodSummary:
         node=spec.get("nodeName"), deleting=bool(meta.get("deletionTimestamp")),
         result=(meta.get("annotations") or {}).get(RESULT_ANNOTATION),
         exit_code=exit_code, terminated_reason=reason, termination_message=message or None,
+        started_at=status.get("startTime"), deadline_seconds=spec.get("activeDeadlineSeconds"),
     )
 
 

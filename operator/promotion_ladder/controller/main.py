@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .handlers import Controller, register
 from .metrics import LadderMetrics
+from .stuck import STUCK_GRACE_SECONDS
 
 
 async def start_http(controller: Controller, metrics: LadderMetrics, ready: asyncio.Event,
@@ -50,9 +51,11 @@ async def start_http(controller: Controller, metrics: LadderMetrics, ready: asyn
 
 
 async def serve(namespaces: list[str] | None, metrics_port: int, health_port: int,
-                stop_flag: threading.Event | asyncio.Event | None = None, api=None, workers: int = 8) -> None:
+                stop_flag: threading.Event | asyncio.Event | None = None, api=None, workers: int = 8,
+                stuck_grace: float = STUCK_GRACE_SECONDS) -> None:
     metrics = LadderMetrics()
     controller = Controller(metrics, api=api, workers=workers)
+    controller.stuck_grace = stuck_grace
     registry = kopf.OperatorRegistry()
     register(registry, controller)
     ready = asyncio.Event()
@@ -70,5 +73,6 @@ async def serve(namespaces: list[str] | None, metrics_port: int, health_port: in
 def run_operator(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # per-object handler chatter
-    asyncio.run(serve(args.namespace, args.metrics_port, args.health_port))
+    asyncio.run(serve(args.namespace, args.metrics_port, args.health_port,
+                      stuck_grace=getattr(args, "stuck_grace", STUCK_GRACE_SECONDS)))
     return 0

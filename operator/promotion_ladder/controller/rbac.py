@@ -28,8 +28,9 @@ OPERATOR_RULES: list[Rule] = [
     # One Job per cell; deletion only through owner-reference garbage collection, but the
     # operator deletes a Job of a cell that is no longer wanted (kept minimal: no deletecollection).
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
-    # Results arrive as Pod annotations and termination messages: read-only on pods.
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    # Results arrive as Pod annotations and termination messages: read on pods. delete: a Pod
+    # still running far past its deadline (lost exit, dead node) is ended (controller/stuck.py).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
     # An Event for each stage decision and each rejected result (both APIs: kopf and kubectl use either).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},

@@ -22,6 +22,7 @@ from ..core.rules import Decision, Outcome
 from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status, parse_status
 from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
 from .jobs import build_job, cell_job_name
+from .stuck import STUCK_GRACE_SECONDS, next_check, stuck
 
 CellKey = tuple[str, str, str, int]
 
@@ -36,6 +37,8 @@ class Reconciled:
     ladder_status: LadderStatus | None = None
     new_decisions: list[Decision] = field(default_factory=list)
     look_up: list[JobSummary] = field(default_factory=list)  # Complete Jobs whose Pods must be read directly
+    end: list[PodSummary] = field(default_factory=list)  # Pods running far past their deadline (stuck.py)
+    recheck_after: float | None = None  # seconds until a running Pod would be stuck: look again then
 
 
 def _condition(type_: str, status: bool, reason: str, message: str, old: list[dict], now: str) -> dict[str, Any]:
@@ -82,7 +85,8 @@ def decision_message(d: Decision) -> str:
 
 
 def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: list[JobSummary],
-              pods: list[PodSummary], creating: set[str], now: str) -> Reconciled:
+              pods: list[PodSummary], creating: set[str], now: str,
+              stuck_grace: float = STUCK_GRACE_SECONDS) -> Reconciled:
     meta = body["metadata"]
     name, uid = meta["name"], meta["uid"]
     old = dict(known_status or {})
@@ -118,6 +122,8 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     observed: dict[CellKey, Outcome] = {}
     running: set[CellKey] = set()
     look_up: list[JobSummary] = []
+    end: list[PodSummary] = []
+    recheck: float | None = None
     for job in owned:
         cell = job.cell
         if cell is None or cell.key in recorded:
@@ -128,6 +134,15 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
         rejections += view.rejections
         if view.look_up:
             look_up.append(job)
+        if view.outcome is None and view.running:
+            job_pods = [p for p in pods_by_job.get(job.uid, []) if p.owner_uid == job.uid]
+            to_end, why = stuck(job_pods, now, stuck_grace)
+            end += to_end
+            wait = next_check(job_pods, now, stuck_grace)
+            if wait is not None and not to_end and not why:
+                recheck = wait if recheck is None else min(recheck, wait)
+            if why:
+                view.outcome, view.running = Outcome("failed", reason=why[:200]), False
         if view.outcome is not None:  # recorded with what it ran with, from its Job and Pod
             observed[cell.key] = replace(view.outcome, gpus=job.gpus, image=job.image, node=view.node)
         elif view.running:
@@ -164,7 +179,7 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
         elif status.phase == "Failed":
             events.append(("Warning", "LadderFailed", status.message))
     return Reconciled(status=wire, create=create, events=events, rejections=rejections, spec=spec,
-                      ladder_status=status, new_decisions=list(plan.new_decisions), look_up=look_up)
+                      ladder_status=status, new_decisions=list(plan.new_decisions), look_up=look_up, end=end, recheck_after=recheck)
 
 
 def merge_known_status(from_body: dict | None, written: dict | None,
