@@ -63,6 +63,7 @@ FROZEN = {
     "stage budget": ("spec.stages.1.budget", "20m"),
     "objective": ("spec.objective", {"metric": "val_bpb", "direction": "maximize"}),
     "verdict added": ("spec.verdict", {"reference": "c0"}),
+    "trainer gpus (issue 12, defect 5)": ("spec.trainer", {"gpus": 2}),
 }
 
 
@@ -78,7 +79,7 @@ def test_frozen_fields_reject_edits(ladders, namespace, name):
 
 def test_operational_fields_stay_editable_and_status_is_a_subresource(ladders, namespace, local_cluster):
     created = create(ladders, namespace, ladder_doc())
-    changed = edit(created, "spec.trainer", {"image": "registry.example/trainer:2", "gpus": 2})
+    changed = edit(created, "spec.trainer", {"image": "registry.example/trainer:2", "gpus": 1})
     ladders.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "test", changed)
     patched = ladders.patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, "test",

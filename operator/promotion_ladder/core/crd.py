@@ -108,7 +108,9 @@ def spec_schema() -> dict[str, Any]:
             {"rule": rule, "message": f"spec.{name} is frozen once the ladder is admitted, order included "
                                       f"({_ORDER_WHAT[name]}); create a new ladder instead"})
     props["trainer"].setdefault("x-kubernetes-validations", []).append(
-        {"rule": "self.gpus == oldSelf.gpus",
+        # gpus always holds its default (1) on a stored ladder; the CRD's own default ({}) is
+        # checked against the rule too, hence the has().
+        {"rule": "(has(self.gpus) ? self.gpus : 1) == (has(oldSelf.gpus) ? oldSelf.gpus : 1)",
          "message": "spec.trainer.gpus is frozen once the ladder is admitted (cells would measure with different "
                     "GPUs and the recorded GPU-hours would not compare); create a new ladder instead"})
     s["x-kubernetes-validations"] = [
