@@ -5,7 +5,7 @@
 The candidate config steers it (so tests can script faults per candidate):
   value: base metric (default 1.0); the reported val_bpb is value + 0.001 * seed
   sleep: seconds to "train" before reporting (default 0)
-  sleep_first_try: seconds to hang on the cell's first try only (a marker file in $TMPDIR's
+  sleep_first_try: seconds to hang on the candidate's first try only (a marker file in $TMPDIR's
               parent tells later tries), e.g. to leave a Pod running past its deadline
   exit: exit code (3 diverged, 4 oom, 1 error; default 0)
   train_seconds: the trainSeconds to report (default: the seconds it slept)
@@ -54,7 +54,7 @@ def main() -> int:
     time.sleep(float(cfg.get("sleep", 0)))
     if cfg.get("sleep_first_try"):
         marker = os.path.join(os.path.dirname(os.path.abspath(os.environ.get("TMPDIR", "/tmp"))), "stub-tried-" + "-".join(
-            os.environ.get(k, "") for k in ("POD_NAMESPACE", "LADDER_NAME", "LADDER_STAGE", "LADDER_CANDIDATE", "LADDER_SEED")))
+            os.environ.get(k, "") for k in ("POD_NAMESPACE", "LADDER_NAME", "LADDER_CANDIDATE", "LADDER_SEED")))
         if not os.path.exists(marker):
             open(marker, "w").close()
             time.sleep(float(cfg["sleep_first_try"]))

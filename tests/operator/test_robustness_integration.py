@@ -112,16 +112,18 @@ def test_a_trainer_token_can_change_only_its_own_pods_result(local_cluster, name
     cfg.cert_file = cfg.key_file = None
     as_attacker = client.CoreV1Api(client.ApiClient(cfg))
 
-    def patch(pod: str, meta: dict) -> ApiException | None:
+    def patch(pod: str, meta: dict, **kw) -> ApiException | None:
         try:
-            as_attacker.patch_namespaced_pod(pod, namespace, {"metadata": meta})
+            as_attacker.patch_namespaced_pod(pod, namespace, {"metadata": meta}, **kw)
             return None
         except ApiException as exc:
             return exc
 
     forged = {"annotations": {RESULT_ANNOTATION: '{"status": "ok", "value": 0.1}'}}
-    # The policy takes effect once the API server has loaded it: wait for the first refusal.
-    refused = wait_for(lambda: patch("rival", forged), timeout=30, what="the forged patch refused")
+    # The policy takes effect once the API server has loaded it: wait for the first refusal of
+    # a dry run (admission runs on dry runs too, and a dry run changes nothing meanwhile).
+    wait_for(lambda: patch("rival", forged, dry_run="All"), timeout=30, what="the policy loaded")
+    refused = patch("rival", forged)
     assert refused.status == 403 and "only its own Pod" in refused.body, refused.body
     assert (core.read_namespaced_pod("rival", namespace).metadata.annotations or {}).get(RESULT_ANNOTATION) is None
     bad = patch("rival", {"labels": {"ladder.promotion.dev/ladder": None}})
