@@ -18,7 +18,7 @@ except ImportError as exc:  # the operator is another package's work; say so in 
 
 needs_rbac = pytest.mark.skipif(rbac is None, reason=_why if rbac is None else "")
 
-CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"), ("", "nodes")}
 
 
 def triples(rules: list[dict]) -> set[tuple[str, str, str]]:

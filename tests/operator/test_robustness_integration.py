@@ -210,3 +210,43 @@ def test_a_pod_running_past_its_deadline_is_ended_and_the_cell_retried(operator_
         assert any(pod.metadata.name in e.message for e in kube.events("CellStuck"))
     finally:
         op.stop()
+
+
+def test_two_operators_never_act_at_once(operator_identity, namespace, tmp_path, kube):
+    """Defect 8: after SIGTERM the old operator went on creating queued Jobs for about 45 s while
+    a new one ran. Now only the holder of the Lease reconciles; SIGTERM stops new work at once
+    and gives the Lease up, so the standby takes over without waiting for it to expire."""
+    from kubernetes import client
+
+    from localcluster.waiting import wait_for
+    from promotion_ladder.controller.lease import LEASE_NAME
+
+    from .harness import Operator
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    first = Operator(operator_identity, namespace, tmp_path / "a").start()
+    second = Operator(operator_identity, namespace, tmp_path / "b").start()
+    coord = client.CoordinationV1Api(kube.api)
+    try:
+        holder = wait_for(lambda: coord.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity,
+                          timeout=30, what="a leader")
+        cands = {f"c{i}": {"value": 1.0 + i / 10, "sleep": 1} for i in range(6)}
+        kube.create(ladder("pair", cands, [stage("s1", blocks=("a100",), top=2), stage("s2", "3s", blocks=("a100",))],
+                           parallelism=2))
+        wait_for(lambda: len(kube.jobs("pair")) >= 2, timeout=60, what="the first Jobs")
+        leader = first if f"-{first.proc.pid}-" in holder else second
+        standby = second if leader is first else first
+        leader.stop()  # SIGTERM
+        assert "no new work from now on" in leader.tail(200)
+        new = wait_for(lambda: (h := coord.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity)
+                       and h != holder and h, timeout=15, what="the standby taking the Lease")
+        assert f"-{standby.proc.pid}-" in new
+        st = kube.wait_phase("pair", timeout=150)["status"]
+        assert st["phase"] == "Succeeded", kube.describe("pair")
+        jobs = kube.jobs("pair")
+        assert len(jobs) == 6 + 2 == len({j.metadata.name for j in jobs})
+        assert len(kube.pods("pair")) == len(jobs)  # no cell ran twice
+    finally:
+        for op in (first, second):
+            op.stop()

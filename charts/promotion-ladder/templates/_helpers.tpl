@@ -66,6 +66,10 @@ app.kubernetes.io/part-of: promotion-ladder
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch, delete]
+# One operator at a time: the leader Lease, in the first watched namespace or the release's.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
 # An Event for each stage decision and each rejected result (Kopf and kubectl use either API).
 - apiGroups: [""]
   resources: [events]
@@ -89,4 +93,8 @@ app.kubernetes.io/part-of: promotion-ladder
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [get, list, watch]
+# Admission: warn when no node matches a host block. Read only.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list]
 {{- end }}

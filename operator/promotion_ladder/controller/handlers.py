@@ -19,16 +19,20 @@ import copy
 import logging
 import os
 import socket
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 
-from ..core.api import GROUP, KIND, PLURAL, VERSION
+from ..core.api import GROUP, KIND, PLURAL, VERSION, LadderInvalid, load_ladder
+from .admission import Admission, sample_jobs, unmatched_blocks
 from .failures import RECONCILE_ERROR, error_message, retry_delay, with_error_condition
 from .intake import Rejection, job_summary, pod_summary
+from .lease import LeaderLease
 from .jobs import LADDER_LABEL
 from .metrics import LadderMetrics
 from .rbac import trainer_objects
@@ -39,6 +43,7 @@ log = logging.getLogger("promotion_ladder.operator")
 Key = tuple[str, str]  # (namespace, ladder name)
 
 CREATE_EXPECTATION_SECONDS = 30.0  # a created Job not yet seen in the index counts as existing this long
+ADOPTED_EXPECTATION_SECONDS = 300.0  # ...and a Job whose create answered 409 (it exists) this long
 RESYNC_SECONDS = 60.0  # safety net: every unfinished ladder is reconciled at least this often
 JOB_CREATE_CONCURRENCY = 8  # a stage's Jobs are created in parallel: the next stage starts sooner
 LOOKUP_KEEP_SECONDS = 120.0  # Pods read directly (a Complete Job's, missing from the cache) are used this long
@@ -64,6 +69,7 @@ class KubeApi:
             except config.ConfigException:
                 config.load_kube_config()
             api_client = client.ApiClient()
+        self.api_client = api_client
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
@@ -127,6 +133,15 @@ class KubeApi:
             if items:
                 break
         return items
+
+    def dry_run_job(self, namespace: str, job: dict) -> None:
+        """Create a Job with dryRun=All: validated and admitted by the API server, never stored."""
+        self._count("dry_run_job")
+        self.batch.create_namespaced_job(namespace, job, dry_run="All")
+
+    def node_labels(self) -> list[dict[str, str]]:
+        self._count("list_nodes")
+        return [dict(n.metadata.labels or {}) for n in self.core.list_node().items]
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         """End a stuck Pod at once (no grace: it already ran past its deadline)."""
@@ -235,7 +250,11 @@ class Controller:
         self.heartbeat = time.monotonic()
         self.reconciles = 0
         self.stuck_grace = STUCK_GRACE_SECONDS
+        self.stopping = threading.Event()  # set on SIGTERM: worker threads check it before each write
+        self.lease_namespace: str | None = None  # where the leader Lease lives; None: no election (tests)
+        self.lease: LeaderLease | None = None
         self._wake_at: dict[Key, float] = {}  # the next timed reconcile of a ladder (monotonic)
+        self._admitted: dict[Key, tuple[tuple, Admission]] = {}  # (uid, generation) -> admission checks
 
     @property
     def api(self) -> KubeApi:
@@ -264,12 +283,34 @@ class Controller:
     async def start(self) -> None:
         self._queue = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
+        if self.lease_namespace is not None:
+            identity = f"{self.api.instance}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            self.lease = LeaderLease(self.api.api_client, self.lease_namespace, identity,
+                                     on_acquired=self._on_leading).start()
         for key in self._dirty:
             self._queue.put_nowait(key)
         self._tasks = [asyncio.create_task(self._worker(i)) for i in range(self.workers)]
         self._tasks.append(asyncio.create_task(self._resync()))
 
+    def _on_leading(self) -> None:
+        """Called from the Lease thread on taking the Lease: everything may have changed while
+        another operator led (or none did), so every ladder is reconciled."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: [self.enqueue(k) for k in list(self.ladders)])
+
+    def leading(self) -> bool:
+        return self.lease is None or self.lease.held()
+
+    def stop_starting_work(self) -> None:
+        """SIGTERM: from now on no reconcile starts, no status is written and no Job is created
+        (a Job create already sent may still land; the next operator adopts it). The Lease is
+        given up at once, so a successor need not wait for it to expire."""
+        self.stopping.set()
+        if self.lease is not None:
+            self.lease.stop(release=True)
+
     async def stop(self) -> None:
+        self.stop_starting_work()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -340,6 +381,7 @@ class Controller:
             self.creating.pop(key, None)
             self._looked_up.pop(key, None)
             self._wake_at.pop(key, None)
+            self._admitted.pop(key, None)
             return
         uid = body["metadata"]["uid"]
         jobs = list(self.jobs_index.get(key, [])) if self.jobs_index is not None else []
@@ -361,7 +403,10 @@ class Controller:
 
     def _reconcile_sync(self, key: Key, body: dict, known: dict, jobs, pods, creating: set[str], since: float) -> None:
         ns, name = key
-        r: Reconciled = reconcile(body, known, jobs, pods, creating, _now(), stuck_grace=self.stuck_grace)
+        if self.stopping.is_set() or not self.leading():
+            return  # standing by: the leader does the work; on taking the Lease all is reconciled
+        r: Reconciled = reconcile(body, known, jobs, pods, creating, _now(), stuck_grace=self.stuck_grace,
+                                  admission=self._admission(key, body))
         if r.status != known:
             wait = self._last_write.get(key, 0.0) + STATUS_COALESCE_SECONDS - time.monotonic()
             if wait > 0 and not urgent_change(known, r.status):
@@ -389,8 +434,10 @@ class Controller:
 
             def create(job: dict) -> None:
                 name_ = job["metadata"]["name"]
+                if self.stopping.is_set() or not self.leading():  # SIGTERM or Lease lost: no new work
+                    return
                 try:
-                    self.api.create_job(ns, job)
+                    created = self.api.create_job(ns, job)
                 except Exception as exc:  # noqa: BLE001 - a refused Job must be visible, not a crash loop
                     status = getattr(exc, "status", None)
                     if status is None or status >= 500 or status == 429:
@@ -403,7 +450,10 @@ class Controller:
                     self._retry_later(key, 30.0)
                     return
                 first_created.append(time.monotonic())
-                self.creating.setdefault(key, {})[name_] = expiry
+                # 409: the Job exists (our earlier create, not yet in a lagging watch): adopt it,
+                # and expect it for longer, so a slow watch does not cause create after create.
+                self.creating.setdefault(key, {})[name_] = (
+                    expiry if created else time.monotonic() + ADOPTED_EXPECTATION_SECONDS)
 
             list(self._creators.map(create, r.create))
             if r.new_decisions and first_created:
@@ -427,6 +477,45 @@ class Controller:
                                   r.status.get("leader") or "")
         if r.new_decisions or r.create:
             log.info("ladder %s/%s: %s; %d job(s) created", ns, name, r.status.get("message"), len(r.create))
+
+    def _admission(self, key: Key, body: dict) -> Admission | None:
+        """Dry-run one Job per host block and look for matching nodes, once per spec generation
+        of an unfinished ladder (controller/admission.py)."""
+        if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return None
+        meta = body["metadata"]
+        mark = (meta.get("uid"), meta.get("generation"))
+        cached = self._admitted.get(key)
+        if cached is not None and cached[0] == mark:
+            return cached[1]
+        try:
+            spec = load_ladder(body).spec
+        except LadderInvalid:
+            return None  # the reconcile reports it
+        problem = None
+        for block, job in sample_jobs(body, spec):
+            try:
+                self.api.dry_run_job(key[0], job)
+            except Exception as exc:  # noqa: BLE001 - only the API server's "invalid" blocks a ladder
+                status = getattr(exc, "status", None)
+                if status in (400, 422):
+                    problem = (f"host block {block}: the API server refuses its cell Jobs: "
+                               f"{_api_message(exc)}")[:1024]
+                    break
+                if status not in (409,):  # 403 (a full quota), 5xx: not a verdict on the spec
+                    log.warning("dry run of a Job of %s/%s: %s", *key, exc)
+        warnings: tuple[str, ...] = ()
+        try:
+            nodes = self.api.node_labels()
+            blocks = {h.name: h for h in spec.host_blocks}
+            warnings = tuple(f"no node matches host block {b} (nodeSelector {blocks[b].node_selector}); its cells "
+                             "wait until one does (a cluster autoscaler may add it)"
+                             for b in unmatched_blocks(spec, nodes))
+        except Exception as exc:  # noqa: BLE001 - a warning only; never blocks
+            log.warning("could not list nodes for %s/%s: %s", *key, exc)
+        admission = Admission(problem, warnings)
+        self._admitted[key] = (mark, admission)
+        return admission
 
     def _with_looked_up(self, key: Key, pods: list) -> list:
         """The cached Pods, with those read directly in their place (fresher) while they last."""
@@ -521,6 +610,16 @@ class Controller:
 
     def alive(self, max_age: float = 60.0) -> bool:
         return time.monotonic() - self.heartbeat < max_age
+
+
+def _api_message(exc: Exception) -> str:
+    """The message of an API server Status in an ApiException body, else the exception."""
+    import json
+
+    try:
+        return json.loads(getattr(exc, "body", "") or "{}").get("message") or str(exc)
+    except ValueError:
+        return str(getattr(exc, "body", "") or exc)
 
 
 def urgent_change(old: dict, new: dict) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import threading
 
 import kopf
@@ -56,14 +58,37 @@ async def serve(namespaces: list[str] | None, metrics_port: int, health_port: in
     metrics = LadderMetrics()
     controller = Controller(metrics, api=api, workers=workers)
     controller.stuck_grace = stuck_grace
+    # The leader Lease: in the first watched namespace (the operator's Role covers it), else the
+    # operator's own (the chart sets POD_NAMESPACE; watching all namespaces, its ClusterRole
+    # covers it). A fake api (tests) runs without election.
+    if api is None:
+        controller.lease_namespace = (namespaces or [None])[0] or os.environ.get("POD_NAMESPACE") or "default"
     registry = kopf.OperatorRegistry()
     register(registry, controller)
     ready = asyncio.Event()
     runners = await start_http(controller, metrics, ready, metrics_port, health_port)
+    stop = stop_flag if stop_flag is not None else asyncio.Event()
+
+    @kopf.on.startup(registry=registry)
+    async def take_signals(**_) -> None:
+        # Kopf stops on SIGTERM only after its watchers and handlers wind down, while Job
+        # creates queued in worker threads went on (45 s of a second operator's worth of work
+        # in one test). Stop starting work the moment the signal arrives, then let Kopf stop.
+        def on_signal(sig: signal.Signals) -> None:
+            logging.getLogger("promotion_ladder.operator").info("%s: no new work from now on; stopping", sig.name)
+            controller.stop_starting_work()
+            stop.set()
+        loop = asyncio.get_running_loop()
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests): Kopf's own handling
+            pass
+
     try:
         await kopf.operator(
             registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces or [],
-            ready_flag=ready, stop_flag=stop_flag,
+            ready_flag=ready, stop_flag=stop,
         )
     finally:
         for r in runners:

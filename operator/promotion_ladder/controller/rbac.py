@@ -37,9 +37,14 @@ OPERATOR_RULES: list[Rule] = [
     # The trainer's identity in each ladder's namespace (created if absent, never modified).
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
+    # One operator at a time: the leader Lease (controller/lease.py), in the first watched
+    # namespace or the operator's own.
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
     # Kopf: resource discovery and namespace watching when run cluster-wide or with globs.
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    # Admission: warn when no node matches a host block (controller/admission.py). Read only.
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
 ]
 
 # Rules the operator must hold itself only because it grants them to the trainer

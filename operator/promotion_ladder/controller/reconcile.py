@@ -21,6 +21,7 @@ from ..core.planner import PlanError
 from ..core.rules import Decision, Outcome
 from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status, parse_status
 from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
+from .admission import Admission, admission_conditions
 from .jobs import build_job, cell_job_name
 from .stuck import STUCK_GRACE_SECONDS, next_check, stuck
 
@@ -66,6 +67,18 @@ def _stopped(body: dict, old: dict, reason: str, message: str, now: str) -> Reco
     return Reconciled(status=status, events=events)
 
 
+def _not_admitted(body: dict, old: dict, admission: Admission, now: str) -> Reconciled:
+    """Pending, nothing created, the reason in the Admitted condition (controller/admission.py)."""
+    status = dict(old)
+    message = f"not started: {admission.problem}"[:1024]
+    status.update(phase="Pending", message=message, observedGeneration=body["metadata"].get("generation"))
+    prior = old.get("conditions") or []
+    status["conditions"] = conditions("Pending", "NotAdmitted", message, prior, now) + admission_conditions(
+        admission, prior, now)
+    said = any(c.get("type") == "Admitted" and c.get("message") == admission.problem[:1024] for c in prior)
+    return Reconciled(status=status, events=[] if said else [("Warning", "JobInvalid", message)])
+
+
 def _reason(status: dict) -> str | None:
     return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Failed"), None)
 
@@ -86,7 +99,7 @@ def decision_message(d: Decision) -> str:
 
 def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: list[JobSummary],
               pods: list[PodSummary], creating: set[str], now: str,
-              stuck_grace: float = STUCK_GRACE_SECONDS) -> Reconciled:
+              stuck_grace: float = STUCK_GRACE_SECONDS, admission: Admission | None = None) -> Reconciled:
     meta = body["metadata"]
     name, uid = meta["name"], meta["uid"]
     old = dict(known_status or {})
@@ -109,6 +122,8 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     decisions = decisions_from_status(recorded_status)
 
     owned = [j for j in jobs if j.owner_uid == uid]
+    if admission is not None and admission.problem and not recorded and not decisions and not owned:
+        return _not_admitted(body, old, admission, now)
     all_job_uids = {j.uid for j in jobs}
     pods_by_job: dict[str, list[PodSummary]] = {}
     rejections: list[Rejection] = []
@@ -171,8 +186,12 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     wire["frozenHash"] = recorded_hash or wire.get("frozenHash")
     reason = {"Running": "StageRunning", "Succeeded": "VerdictReached", "Failed": "NoCandidateCompleted"}[status.phase]
     wire["conditions"] = conditions(status.phase, reason, status.message, old.get("conditions") or [], now)
+    warn = Admission(warnings=admission.warnings) if admission is not None and status.phase == "Running" else None
+    wire["conditions"] += admission_conditions(warn, old.get("conditions") or [], now)
 
     events: list[tuple[str, str, str]] = [("Normal", "StageDecided", decision_message(d)) for d in plan.new_decisions]
+    if warn is not None and warn.warnings and not any(c.get("type") == "Schedulable" for c in old.get("conditions") or []):
+        events.append(("Warning", "NoNodeMatches", "; ".join(warn.warnings)[:1024]))
     if status.phase != old.get("phase"):
         if status.phase == "Succeeded":
             events.append(("Normal", "LadderSucceeded", status.message))

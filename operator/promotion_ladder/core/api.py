@@ -36,6 +36,10 @@ MAX_STAGES = 16
 MAX_SEEDS = 32
 MAX_KEEP = 16  # CEL cost: the keep-names-a-candidate rule is stages x keep x candidates
 MAX_CHECKS = 32
+# A candidate's config reaches the trainer as one argument (--config JSON): Linux refuses a
+# single argument over 128 KiB (MAX_ARG_STRLEN) and all of them together over ARG_MAX; a 1 MB
+# config failed every pod with "Argument list too long". 32 KiB of compact JSON leaves room.
+MAX_CONFIG_BYTES = 32 * 1024
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
 
@@ -80,10 +84,19 @@ class HostBlock(_Model):
 class Candidate(_Model):
     name: Name
     config: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Free-form key/values passed to the trainer as --config JSON.",
+        default_factory=dict, max_length=256,
+        description=f"Free-form key/values passed to the trainer as --config JSON (at most {MAX_CONFIG_BYTES // 1024} KiB).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+
+    @field_validator("config")
+    @classmethod
+    def _config_fits_an_argument(cls, v: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(f"is {size} bytes of JSON, over the {MAX_CONFIG_BYTES} bytes a trainer argument can "
+                             "carry; pass large data by reference (a path or URL in the config)")
+        return v
 
 
 Aggregate = Literal["mean", "median", "worst", "meanRank"]
