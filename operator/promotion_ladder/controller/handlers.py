@@ -306,8 +306,8 @@ class Controller:
         (a Job create already sent may still land; the next operator adopts it). The Lease is
         given up at once, so a successor need not wait for it to expire."""
         self.stopping.set()
-        if self.lease is not None:
-            self.lease.stop(release=True)
+        if self.lease is not None:  # an API call: off the event loop, which must keep stopping
+            threading.Thread(target=self.lease.stop, kwargs={"release": True}, daemon=True).start()
 
     async def stop(self) -> None:
         self.stop_starting_work()

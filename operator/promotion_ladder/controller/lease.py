@@ -70,6 +70,8 @@ class LeaderLease:
         return self
 
     def stop(self, release: bool = True) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         was_held = self.held()
         self._valid_until = 0.0

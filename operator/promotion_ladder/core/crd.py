@@ -88,13 +88,6 @@ _ORDER_WHAT = {
 }
 
 
-def _first_bad(items: str, var: str, bad: str, tail: str) -> str:
-    """A CEL messageExpression naming the index of the first item of a name-keyed list for which
-    `bad` holds: 'spec.stages[2' + tail. (Only evaluated when the rule failed, so one exists.)"""
-    return (f"'spec.{items.removeprefix('self.')}[' + string({items}.map({var}, {var}.name).indexOf("
-            f"{items}.filter({var}, {bad})[0].name)) + {tail}")
-
-
 def spec_schema() -> dict[str, Any]:
     s = openapi_schema(LadderSpec)
     props = s["properties"]
@@ -128,25 +121,15 @@ def spec_schema() -> dict[str, Any]:
         {"rule": "self.stages.filter(s, !has(s.promote)).size() == 1",
          "message": "every stage but the last needs promote", "fieldPath": ".stages"},
         {"rule": "self.stages.all(s, s.hostBlocks.all(h, self.hostBlocks.exists(b, b.name == h)))",
-         "message": "a stage names a host block that is not declared under spec.hostBlocks", "fieldPath": ".stages",
-         # Name the first offending stage by index, as `ladder validate` does.
-         "messageExpression": _first_bad(
-             "self.stages", "s", "!s.hostBlocks.all(h, self.hostBlocks.exists(b, b.name == h))",
-             "'].hostBlocks names a host block that is not declared under spec.hostBlocks'")},
+         "message": "a stage names a host block that is not declared under spec.hostBlocks", "fieldPath": ".stages"},
         {"rule": "self.stages.all(s, !has(s.promote) || !has(s.promote.keep) || s.promote.keep.all(k, self.candidates.exists(c, c.name == k)))",
-         "message": "promote.keep names an unknown candidate", "fieldPath": ".stages",
-         "messageExpression": _first_bad(
-             "self.stages", "s", "has(s.promote) && has(s.promote.keep) && !s.promote.keep.all(k, self.candidates.exists(c, c.name == k))",
-             "'].promote.keep names an unknown candidate'")},
+         "message": "promote.keep names an unknown candidate", "fieldPath": ".stages"},
         {"rule": "!has(self.stages[0].promote) || self.stages[0].promote.top <= size(self.candidates)",
          "message": "the first stage's promote.top is larger than the number of candidates", "fieldPath": ".stages"},
         {"rule": "!has(self.verdict) || self.candidates.exists(c, c.name == self.verdict.reference)",
          "message": "verdict.reference is not a candidate", "fieldPath": ".verdict.reference"},
         {"rule": "!has(self.verdict) || !has(self.verdict.checks) || self.verdict.checks.all(k, self.candidates.exists(c, c.name == k.candidate))",
-         "message": "a verdict check names an unknown candidate", "fieldPath": ".verdict.checks",
-         "messageExpression": "'spec.verdict.checks[' + string(self.verdict.checks.map(k, k.name).indexOf("
-                              "self.verdict.checks.filter(k, !self.candidates.exists(c, c.name == k.candidate))[0].name))"
-                              " + '].candidate names an unknown candidate'"},
+         "message": "a verdict check names an unknown candidate", "fieldPath": ".verdict.checks"},
     ]
     checks_items = props["verdict"]["properties"]["checks"]["items"]
     checks_items["x-kubernetes-validations"] = [
