@@ -250,3 +250,38 @@ def test_two_operators_never_act_at_once(operator_identity, namespace, tmp_path,
     finally:
         for op in (first, second):
             op.stop()
+
+
+def test_a_ladder_that_can_never_run_is_stopped_before_its_jobs(operator, kube):
+    """Defect 6: an invalid resource quantity was admitted and Job creation refused every 30 s
+    with one Warning; a nodeSelector no node has left the ladder Running, saying nothing; a
+    1 MB candidate config failed every pod with `Argument list too long`. Now a dry-run Job per
+    host block keeps such a ladder Pending with Admitted=False (fixable by an edit), a host
+    block no node serves is a Schedulable=False warning, and an oversized config is InvalidSpec."""
+    from localcluster.waiting import wait_for
+
+    def condition(name, type_):
+        return next((c for c in (kube.ladder(name).get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+    bad = ladder("quantity", {"a": {"value": 1.0}}, [stage("only", blocks=("a100",))])
+    bad["spec"]["trainer"]["resources"] = {"limits": {"cpu": "lots"}}
+    kube.create(bad)
+    admitted = wait_for(lambda: condition("quantity", "Admitted"), timeout=60, what="Admitted condition")
+    assert admitted["status"] == "False" and admitted["reason"] == "JobInvalid" and "a100" in admitted["message"]
+    assert kube.ladder("quantity")["status"]["phase"] == "Pending" and kube.jobs("quantity") == []
+    assert kube.events("JobInvalid")
+    kube.patch("quantity", {"spec": {"trainer": {"resources": {"limits": {"cpu": "1"}}}}})  # placement is editable
+    assert kube.wait_phase("quantity", timeout=90)["status"]["phase"] == "Succeeded", kube.describe("quantity")
+
+    nowhere = ladder("nowhere", {"a": {"value": 1.0}}, [stage("only", blocks=("a100", "h100"))])
+    nowhere["spec"]["hostBlocks"].append({"name": "h100", "nodeSelector": {"ladder.promotion.dev/host-block": "h100"}})
+    kube.create(nowhere)
+    warned = wait_for(lambda: condition("nowhere", "Schedulable"), timeout=60, what="Schedulable condition")
+    assert warned["status"] == "False" and warned["reason"] == "NoNodeMatches" and "h100" in warned["message"]
+    assert kube.ladder("nowhere")["status"]["phase"] == "Running"  # a warning: an autoscaler may add the node
+    assert kube.events("NoNodeMatches")
+
+    huge = ladder("huge", {"a": {"value": 1.0, "blob": "x" * 300_000}}, [stage("only", blocks=("a100",))])
+    kube.create(huge)
+    st = kube.wait_phase("huge", phases=("Failed",), timeout=60)["status"]
+    assert "spec.candidates[0].config" in st["message"] and kube.jobs("huge") == []
