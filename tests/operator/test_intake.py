@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from promotion_ladder.controller.intake import cell_outcome, foreign_pod_rejection
-from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.cell import Cell
 
 from .kube import LADDER_UID, JobB, PodB, ladder_body, result_doc
 
@@ -67,18 +67,18 @@ EXPECT = {
     "valid annotation, exit 0": ("succeeded", 1.25, False, [], ""),
     "still running": (None, None, True, [], ""),
     "annotation lands before exit": (None, None, True, [], ""),
-    "forged identity, no fallback": ("failed", None, False, ["identity"], "without a valid result"),
+    "forged identity, no fallback": ("failed", None, False, ["identity"], "identity does not match the cell"),
     "forged identity, termination message fallback": ("succeeded", 1.3, False, ["identity"], ""),
     # Issue 12, defect 2: the kubelet-written termination message is the authority.
     "forged value, termination message counts": ("succeeded", 4.001, False, ["forged"], ""),
     "forged failure, termination message counts": ("succeeded", 1.3, False, ["forged"], ""),
     "both channels agree": ("succeeded", 1.25, False, [], ""),
-    "malformed annotation": ("failed", None, False, ["malformed"], "without a valid result"),
+    "malformed annotation": ("failed", None, False, ["malformed"], "result is not JSON"),
     "invalid schema": ("failed", None, False, ["invalid"], ""),
-    "wrong metric": ("failed", None, False, ["metric"], ""),
+    "wrong metric": ("failed", None, False, ["metric"], "reports metric 'loss', the ladder's objective metric is 'val_bpb'"),
     "missing identity field": ("failed", None, False, ["identity"], ""),
     "termination message only (shortened, no ladder field)": ("succeeded", 1.4, False, [], ""),
-    "exit 0 without result": ("failed", None, False, [], "without a valid result"),
+    "exit 0 without result": ("failed", None, False, [], "exit code 0 but no result"),
     "diverged exit 3 with result": ("failed", None, False, [], "diverged: loss is nan"),
     "oom exit 4, no result": ("failed", None, False, [], "out of memory"),
     "exit 1 retried: still running": (None, None, True, [], ""),
@@ -89,7 +89,7 @@ EXPECT = {
     # failure: the cell stays running and its Pods are looked up directly (view.look_up).
     "job complete, pods gone": (None, None, True, [], ""),
     "job complete, pod stale in the cache": (None, None, True, [], ""),
-    "job complete, pod exited 0 without result": ("failed", None, False, [], "completed without a valid result"),
+    "job complete, pod exited 0 without result": ("failed", None, False, [], "exit code 0 but no result"),
     # Issue 12, defect 3: both channels out of range: rejected (with an Event each), cell failed.
     "value out of range, termination message too": ("failed", None, False, ["range", "range"], "out of range"),
     "train seconds out of range": ("failed", None, False, ["range"], "trainSeconds"),

@@ -6,7 +6,7 @@ import pytest
 
 from promotion_ladder.controller.reconcile import reconcile
 from promotion_ladder.controller.stuck import stuck
-from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.cell import Cell
 
 from .kube import JobB, PodB, ladder_body
 

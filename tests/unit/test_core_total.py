@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from promotion_ladder.core.api import load_ladder
 from promotion_ladder.core.recorded import RecordedResultsInvalid, parse_results
 from promotion_ladder.core.result import MAX_RESULT_VALUE, CellResult, ResultError, check_range
-from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.status import build_status, simulate
 
 from .builders import ladder_doc
@@ -35,7 +35,7 @@ EXTREME = st.one_of(
 )
 OUTCOME = st.one_of(
     st.none(),
-    st.builds(Outcome, state=st.sampled_from(["succeeded", "failed"]), value=st.one_of(st.none(), EXTREME),
+    st.builds(CellOutcome, state=st.sampled_from(["succeeded", "failed"]), value=st.one_of(st.none(), EXTREME),
               train_seconds=st.one_of(st.none(), EXTREME)),
 )
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.api import LadderSpec
-from ..core.planner import Cell
+from ..core.cell import Cell
 from .jobs import build_job
 
 

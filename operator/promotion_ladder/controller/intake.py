@@ -3,23 +3,24 @@
 Pure. The handlers turn raw Job/Pod bodies into small summaries (`job_summary`, `pod_summary`,
 kept in the operator's in-memory index) and ask `cell_outcome` what a cell's state is.
 
-A cell fails only on positive evidence: a terminal Pod with a bad or absent result, a Job
-Failed condition (backoff, deadline), a non-retryable exit code. A Complete Job whose Pod is
-not (or not yet as terminal) in the cache is missing evidence: `CellView.look_up` asks the
-handlers to read its Pods from the API server before anything is judged.
-
-A result counts only when:
-  * the Pod is controlled by a Job this ladder controls (owner-reference UIDs, not labels), and
-  * the Job's identity labels name the cell, and
-  * the document validates (core.result.parse_result), its identity fields equal the Job's
-    labels and its metric is the ladder's objective metric.
-Two channels carry a result: the Pod annotation (ladder.promotion.dev/result; any holder of
-`patch pods` in the namespace can write it, unless the chart's admission policy limits a
-trainer to its own Pod) and the container's termination message (the kubelet reads it from
-the container's own file: only the cell itself can write it). When both are present the
-termination message is the authority and a disagreeing annotation is rejected as `forged`;
-the annotation counts alone only when there is no usable termination message. A rejected
-document yields a `Rejection` (reason = metric label, message = Event text).
+How a finished cell is judged is the cell contract's (core.contract.judge, the same for
+`ladder run`); this module only gathers the Kubernetes evidence for it:
+  * which Pod: one controlled by a Job this ladder controls (owner-reference UIDs, not labels),
+    whose identity labels name the cell; Succeeded Pods first;
+  * which channel: the container's termination message (the kubelet reads it from the
+    container's own file: only the cell itself can write it) is the authority; the Pod
+    annotation (core.contract.RESULT_ANNOTATION; any holder of `patch pods` in the namespace
+    can write it, unless the chart's admission policy limits a trainer to its own Pod) counts
+    when there is no usable termination message. Both usable and different: the annotation is
+    rejected as `forged`;
+  * when it is final: a Pod that Succeeded, a Pod that failed with a non-retryable exit code,
+    or a Job that has finished (its retries are spent). A Pod that is still running, or that
+    failed in a way the Job retries, decides nothing, whatever its annotation says.
+  * never a failure from missing evidence: a Complete Job with no terminal Pod at hand (the
+    cache has not seen it, or holds a stale copy; its labels were changed) is not judged:
+    `CellView.look_up` asks the handlers to read its Pods from the API server first.
+A rejected annotation yields a `Rejection` (reason = metric label, message = Event text), also
+for a Pod that has not ended.
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.planner import Cell
-from ..core.result import (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM, NON_RETRYABLE_EXIT_CODES,
-                           RESULT_ANNOTATION, CellResult, ResultError, check_range, parse_result)
-from ..core.rules import Outcome
+from ..core.cell import Cell
+from ..core.contract import NON_RETRYABLE_EXIT_CODES, RESULT_ANNOTATION, check_result, judge
+from ..core.result import CellResult, ResultError
+from ..core.cell import CellOutcome
 from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
-
-EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_OOM: "out of memory"}
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ class Rejection:
 class CellView:
     """What the cluster says about one cell right now."""
 
-    outcome: Outcome | None = None  # terminal: succeeded/failed
+    outcome: CellOutcome | None = None  # terminal: succeeded/failed
     running: bool = False  # a Job exists and is not finished
     rejections: list[Rejection] = field(default_factory=list)
     node: str | None = None  # where the cell ran (the Pod whose result counts, else its latest)
@@ -183,24 +182,12 @@ def _key(pod: PodSummary, text: str) -> str:
     return pod.uid + ":" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool = True,
-                 budget_seconds: float | None = None) -> CellResult:
-    """Parse a result and check it belongs to this cell. `strict`: every identity field must be
-    present (annotations); otherwise only the fields present must match (termination messages,
-    which the trainer may shorten). With the stage's budget, also that its numbers are in range."""
-    result = parse_result(text)
-    if budget_seconds is not None:
-        check_range(result, budget_seconds)
-    want = {"ladder": ladder, "stage": cell.stage, "candidate": cell.candidate,
-            "hostBlock": cell.host_block, "seed": cell.seed}
-    got = dict(zip(("ladder", "stage", "candidate", "hostBlock", "seed"), result.identity()))
-    wrong = [k for k, v in want.items() if (got[k] is not None or strict) and got[k] != v]
-    if wrong:
-        raise ResultError("identity", "result identity does not match its Job: " + ", ".join(
-            f"{k}={got[k]!r} (expected {want[k]!r})" for k in wrong))
-    if result.metric != metric:
-        raise ResultError("metric", f"result metric {result.metric!r} is not the ladder's objective metric {metric!r}")
-    return result
+def foreign_pod_rejection(pod: PodSummary) -> Rejection | None:
+    """A Pod with our labels and a result that no Job of the ladder controls: never counted."""
+    if pod.result is None:
+        return None
+    return Rejection(f"{pod.namespace}/{pod.name}", _key(pod, pod.result), "foreign",
+                     f"pod {pod.name} carries a result but is not controlled by a Job of this ladder; ignored")
 
 
 def disagree(annotation: CellResult, message: CellResult) -> bool:
@@ -214,20 +201,48 @@ def disagree(annotation: CellResult, message: CellResult) -> bool:
     return (annotation.value is None) != (message.value is None)
 
 
-def _outcome_from(result: CellResult, exit_code: int | None) -> Outcome:
-    if result.status == "ok" and exit_code in (0, None):
-        return Outcome("succeeded", result.value, result.train_seconds)
-    why = result.status if result.status != "ok" else f"exit code {exit_code}"
-    msg = f"{why}: {result.message}" if result.message else why
-    return Outcome("failed", None, result.train_seconds, msg[:200])
+def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str, view: CellView,
+              budget_seconds: float | None = None) -> tuple[str | None, bool]:
+    """The result text this Pod offers and whether it came from the strict channel (annotation).
 
-
-def foreign_pod_rejection(pod: PodSummary) -> Rejection | None:
-    """A Pod with our labels and a result that no Job of the ladder controls: never counted."""
-    if pod.result is None:
-        return None
-    return Rejection(f"{pod.namespace}/{pod.name}", _key(pod, pod.result), "foreign",
-                     f"pod {pod.name} carries a result but is not controlled by a Job of this ladder; ignored")
+    The termination message is the authority: only the cell's own container can write it,
+    while anyone allowed to patch the Pod can write the annotation. A usable termination
+    message wins; a usable annotation that disagrees with it is rejected as forged. The
+    annotation counts when there is no usable termination message. When neither passes the
+    contract's checks, the termination message (the kubelet's) is the evidence to judge. A
+    rejected annotation, and an out-of-range document from either channel, is recorded in
+    `view.rejections`."""
+    channels: list[tuple[str, bool]] = []
+    if pod.result is not None:
+        channels.append((pod.result, True))
+    if pod.terminal and pod.termination_message:
+        channels.append((pod.termination_message, False))
+    usable: dict[bool, tuple[str, CellResult]] = {}
+    for text, strict in channels:
+        try:
+            usable[strict] = (text, check_result(text, ladder, cell, metric, strict=strict, budget_seconds=budget_seconds))
+        except ResultError as exc:
+            # A malformed termination message is not worth an Event (the kubelet wrote it, the
+            # trainer may have shortened it); an out-of-range one is, wherever it came from.
+            if strict or exc.reason == "range":
+                what = "result annotation" if strict else "termination message"
+                view.rejections.append(Rejection(f"{pod.namespace}/{pod.name}", _key(pod, text), exc.reason,
+                                                 f"{what} on pod {pod.name} rejected: {exc}"))
+    if False in usable:
+        if True in usable and disagree(usable[True][1], usable[False][1]):
+            ann, msg = usable[True][1], usable[False][1]
+            view.rejections.append(Rejection(
+                f"{pod.namespace}/{pod.name}", _key(pod, usable[True][0]), "forged",
+                f"result annotation on pod {pod.name} (status {ann.status}, value {ann.value}) disagrees with its "
+                f"termination message (status {msg.status}, value {msg.value}), which only the cell's container "
+                "can write: the annotation is rejected as forged and the termination message counts"))
+        return usable[False][0], False
+    if True in usable:
+        return usable[True][0], True
+    if not channels:
+        return None, False
+    text, strict = channels[-1]
+    return text, strict
 
 
 def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: JobSummary | None,
@@ -242,54 +257,27 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     # Stable order: Succeeded pods first, then by name (a retried Job has several pods).
     mine.sort(key=lambda p: (p.phase != "Succeeded", p.name))
     view.node = next((p.node for p in mine if p.node), None)
-    accepted: tuple[CellResult, PodSummary] | None = None
-    problem = ""  # why the last result was refused: the failure reason when none is accepted
+    decided: CellOutcome | None = None
     for pod in mine:
-        where = f"{pod.namespace}/{pod.name}"
-        checked: dict[bool, CellResult] = {}  # strict (annotation) / not (termination message) -> result
-        channels = []
-        if pod.result is not None:
-            channels.append((pod.result, True))
-        if pod.terminal and pod.termination_message:
-            channels.append((pod.termination_message, False))
-        for text, strict in channels:
-            try:
-                checked[strict] = check_result(text, ladder, cell, metric, strict=strict, budget_seconds=budget_seconds)
-            except ResultError as exc:
-                problem = str(exc)
-                # A malformed termination message is not worth an Event (the kubelet wrote it,
-                # the trainer may have shortened it); an out-of-range one is, wherever it came from.
-                if strict or exc.reason == "range":
-                    what = "result annotation" if strict else "termination message"
-                    view.rejections.append(Rejection(where, _key(pod, text), exc.reason,
-                                                     f"{what} on pod {pod.name} rejected: {exc}"))
-        # The termination message is the authority: only the cell's own container can write it
-        # (the kubelet reads it from the container's file), while any holder of `patch pods`
-        # can write an annotation. Both present and different: the annotation is forged.
-        res = checked.get(False) or checked.get(True)
-        if True in checked and False in checked and disagree(checked[True], checked[False]):
-            problem = "result annotation disagrees with the termination message"
-            view.rejections.append(Rejection(
-                where, _key(pod, pod.result or ""), "forged",
-                f"result annotation on pod {pod.name} (status {checked[True].status}, value {checked[True].value}) "
-                f"disagrees with its termination message (status {checked[False].status}, value "
-                f"{checked[False].value}), which only the cell's container can write: the annotation is "
-                "rejected as forged and the termination message counts"))
-        if res is not None and pod.terminal and accepted is None:
-            accepted = (res, pod)
-    if accepted is not None:
-        res, pod = accepted
-        if pod.phase == "Succeeded" or (pod.exit_code in NON_RETRYABLE_EXIT_CODES) or job.failed:
-            view.outcome = _outcome_from(res, pod.exit_code if pod.phase != "Succeeded" else 0)
-            return view
-    for pod in mine:  # a non-retryable exit fails the cell at once (the Job follows)
-        if pod.phase == "Failed" and pod.exit_code in NON_RETRYABLE_EXIT_CODES:
-            view.outcome = Outcome("failed", reason=f"exit code {pod.exit_code} ({EXIT_REASONS[pod.exit_code]})")
-            return view
+        text, strict = _evidence(pod, ladder, cell, metric, view, budget_seconds)
+        if decided is not None or not pod.terminal:
+            continue  # a running Pod's annotation may be rejected (above), never decides the cell
+        # Final evidence: the Pod succeeded, failed for good, or failed with a result document
+        # after the Job gave up on it. A Pod the Job retries decides nothing; a failed Job with
+        # no document keeps the Job's own reason (below).
+        final = (pod.phase == "Succeeded" or pod.exit_code in NON_RETRYABLE_EXIT_CODES
+                 or (job.finished and text is not None))
+        if not final:
+            continue
+        code = pod.exit_code if pod.exit_code is not None else (0 if pod.phase == "Succeeded" else 1)
+        decided = judge(text, code, cell, ladder, metric, strict=strict, budget_seconds=budget_seconds)
+    if decided is not None:
+        view.outcome = decided
+        return view
     if job.failed:
         last = next((p for p in reversed(mine) if p.phase == "Failed"), None)
         detail = f"; last pod exit code {last.exit_code}" if last and last.exit_code is not None else ""
-        view.outcome = Outcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
+        view.outcome = CellOutcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
         return view
     if job.complete and not any(p.terminal for p in mine):
         # Never a failure from missing evidence: a Complete Job had a Pod that exited 0; until
@@ -297,14 +285,7 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
         view.running = view.look_up = True
         return view
     if job.complete:
-        view.outcome = Outcome("failed", reason=("job completed without a valid result"
-                                                 + (f" ({problem})" if problem else ""))[:200])
-        return view
-    if any(p.phase == "Succeeded" for p in mine):
-        # Exit 0 but no acceptable result: the contract says failed. Wait for the Job to say
-        # Complete only if a result may still be on its way (the annotation lands before exit).
-        view.outcome = Outcome("failed", reason=("trainer exited 0 without a valid result"
-                                                 + (f" ({problem})" if problem else ""))[:200])
+        view.outcome = CellOutcome("failed", reason="job completed without a valid result")
         return view
     view.running = True
     return view

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.api import GROUP, PLURAL
+from ..core.contract import PROGRESS_ANNOTATION, RESULT_ANNOTATION
 
 Rule = dict[str, list[str]]
 
@@ -55,7 +56,7 @@ _TRAINER_GRANT_RULES: list[Rule] = [
 OPERATOR_RULES += _TRAINER_GRANT_RULES
 
 # A trainer pod may read and annotate pods in its own namespace, and nothing more: it patches
-# its own Pod's ladder.promotion.dev/result annotation. RBAC cannot say "only your own pod"
+# its own Pod's result annotation (core.contract.RESULT_ANNOTATION). RBAC cannot say "only your own pod"
 # without knowing the name in advance: TRAINER_ADMISSION_POLICY below does (Kubernetes 1.30+),
 # and the operator's result intake trusts the termination message over the annotation.
 TRAINER_RULES: list[Rule] = [
@@ -111,7 +112,7 @@ def covers(granted: list[Rule], needed: list[Rule]) -> list[str]:
 # progress annotations; no label, no other annotation. Requests of any other user pass.
 TRAINER_ADMISSION_POLICY = "ladder-trainer-own-pod"
 POD_NAME_CLAIM = "authentication.kubernetes.io/pod-name"
-TRAINER_ANNOTATIONS = ("ladder.promotion.dev/result", "ladder.promotion.dev/progress")
+TRAINER_ANNOTATIONS = (RESULT_ANNOTATION, PROGRESS_ANNOTATION)
 
 
 def trainer_admission_policy(name: str = TRAINER_ADMISSION_POLICY) -> list[dict[str, Any]]:

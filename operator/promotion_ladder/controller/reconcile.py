@@ -3,12 +3,10 @@
     reconcile(ladder body, known status, its Jobs, their Pods, Jobs being created, now)
         -> Reconciled(status to write, Jobs to create, Events, rejected results)
 
-The handlers do the I/O around it (handlers.py). All decisions come from the core planner;
-this module only gathers outcomes and turns the plan into Kubernetes objects.
-
-The durable record is the status: outcomes recorded in status.stages[].cells and decisions
-recorded in status.stages[].decision are final and win over anything observed later, so a
-restarted operator (or one whose Jobs were cleaned up) re-decides nothing differently.
+A translator around the core's ladder step (core/step.py): Kubernetes objects in (Jobs and
+Pods -> observed cell outcomes and running cells, via intake.py), the step, Kubernetes objects
+out (Job manifests via jobs.py, the status document, Events). Replay of the recorded status,
+the merge, the decisions and the status itself are the step's; nothing is decided here.
 """
 
 from __future__ import annotations
@@ -16,16 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..core.api import LadderInvalid, LadderSpec, frozen_hash, frozen_hash_matches, load_ladder
-from ..core.planner import PlanError
-from ..core.rules import Decision, Outcome
-from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status, parse_status
-from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
+from ..core.api import LadderInvalid, LadderSpec, load_ladder
+from ..core.cell import CellKey, CellOutcome
+from ..core.rules import Decision
+from ..core.status import INVALID_SPEC, LadderStatus, conditions
+from ..core.step import Step, step, stop
 from .admission import Admission, admission_conditions
+from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
 from .jobs import build_job, cell_job_name
 from .stuck import STUCK_GRACE_SECONDS, next_check, stuck
-
-CellKey = tuple[str, str, str, int]
 
 
 @dataclass
@@ -42,88 +39,22 @@ class Reconciled:
     recheck_after: float | None = None  # seconds until a running Pod would be stuck: look again then
 
 
-def _condition(type_: str, status: bool, reason: str, message: str, old: list[dict], now: str) -> dict[str, Any]:
-    s = "True" if status else "False"
-    prev = next((c for c in old if c.get("type") == type_), None)
-    since = prev.get("lastTransitionTime") if prev and prev.get("status") == s and prev.get("lastTransitionTime") else now
-    return {"type": type_, "status": s, "reason": reason, "message": message[:1024], "lastTransitionTime": since}
+@dataclass
+class Observed:
+    """What the ladder's Jobs and Pods show, and what the handlers must do about missing or
+    stuck evidence."""
+
+    outcomes: dict[CellKey, CellOutcome] = field(default_factory=dict)
+    running: set[CellKey] = field(default_factory=set)
+    rejections: list[Rejection] = field(default_factory=list)
+    look_up: list[JobSummary] = field(default_factory=list)
+    end: list[PodSummary] = field(default_factory=list)
+    recheck_after: float | None = None
 
 
-def conditions(phase: str, reason: str, message: str, old: list[dict], now: str) -> list[dict[str, Any]]:
-    """Progressing / Complete / Failed, each always present (True for exactly one, or none while Pending)."""
-    return [
-        _condition("Progressing", phase == "Running", reason if phase == "Running" else phase, message if phase == "Running" else "", old, now),
-        _condition("Complete", phase == "Succeeded", reason if phase == "Succeeded" else "NotComplete", message if phase == "Succeeded" else "", old, now),
-        _condition("Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed", message if phase == "Failed" else "", old, now),
-    ]
-
-
-def _stopped(body: dict, old: dict, reason: str, message: str, now: str) -> Reconciled:
-    """Failed, keeping whatever was recorded; nothing is created."""
-    status = dict(old)
-    status.update(phase="Failed", message=message[:1024], observedGeneration=body["metadata"].get("generation"))
-    status["conditions"] = conditions("Failed", reason, message, old.get("conditions") or [], now)
-    events = [] if old.get("phase") == "Failed" and _reason(old) == reason else [("Warning", reason, message[:1024])]
-    return Reconciled(status=status, events=events)
-
-
-def _not_admitted(body: dict, old: dict, admission: Admission, now: str) -> Reconciled:
-    """Pending, nothing created, the reason in the Admitted condition (controller/admission.py)."""
-    status = dict(old)
-    message = f"not started: {admission.problem}"[:1024]
-    status.update(phase="Pending", message=message, observedGeneration=body["metadata"].get("generation"))
-    prior = old.get("conditions") or []
-    status["conditions"] = conditions("Pending", "NotAdmitted", message, prior, now) + admission_conditions(
-        admission, prior, now)
-    said = any(c.get("type") == "Admitted" and c.get("message") == admission.problem[:1024] for c in prior)
-    return Reconciled(status=status, events=[] if said else [("Warning", "JobInvalid", message)])
-
-
-def _reason(status: dict) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Failed"), None)
-
-
-def decision_message(d: Decision) -> str:
-    rule = d.rule
-    how = f"top {rule.top} by {rule.aggregate}" if rule.top is not None else f"final ranking by {rule.aggregate}"
-    if rule.within is not None:
-        how += f", within {rule.within}"
-    if rule.keep:
-        how += f", keep {', '.join(rule.keep)}"
-    best = ", ".join(f"{e.candidate}={e.aggregate:.4g}" for e in d.ranking[:3] if e.aggregate is not None)
-    if rule.top is None:  # the last stage promotes nobody: its ranking feeds the verdict
-        return f"stage {d.stage}: {how} over {len(d.cells)} cells; best {best or 'n/a'}"[:1024]
-    promoted = ", ".join(d.promoted) if d.promoted else "none"
-    return f"stage {d.stage}: promoted {promoted} ({how} over {len(d.cells)} cells; best {best or 'n/a'})"[:1024]
-
-
-def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: list[JobSummary],
-              pods: list[PodSummary], creating: set[str], now: str,
-              stuck_grace: float = STUCK_GRACE_SECONDS, admission: Admission | None = None) -> Reconciled:
-    meta = body["metadata"]
-    name, uid = meta["name"], meta["uid"]
-    old = dict(known_status or {})
-    try:
-        ladder = load_ladder(body, source=f"PromotionLadder {name}")
-    except LadderInvalid as exc:
-        return _stopped(body, old, "InvalidSpec", "; ".join(exc.errors), now)
-    spec = ladder.spec
-    recorded_hash = old.get("frozenHash")
-    if not frozen_hash_matches(recorded_hash, spec):
-        return _stopped(body, old, "FrozenSpecChanged",
-                        "the frozen fields (objective, candidates, stages, verdict, trainer.gpus) changed after admission "
-                        f"(recorded {recorded_hash[:19]}, now {frozen_hash(spec)[:19]}); nothing more is run. "
-                        "Create a new ladder to screen the new spec.", now)
-    try:
-        recorded_status = parse_status(old)
-    except ValueError as exc:
-        return _stopped(body, old, "StatusUnreadable", f"the recorded status cannot be read: {exc}", now)
-    recorded = outcomes_from_status(recorded_status)
-    decisions = decisions_from_status(recorded_status)
-
-    owned = [j for j in jobs if j.owner_uid == uid]
-    if admission is not None and admission.problem and not recorded and not decisions and not owned:
-        return _not_admitted(body, old, admission, now)
+def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods: list[PodSummary],
+             now: str, stuck_grace: float) -> Observed:
+    """The cells' outcomes and running cells as the ladder's Jobs and Pods show them."""
     all_job_uids = {j.uid for j in jobs}
     pods_by_job: dict[str, list[PodSummary]] = {}
     rejections: list[Rejection] = []
@@ -134,71 +65,85 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
             r = foreign_pod_rejection(p)
             if r is not None:
                 rejections.append(r)
-    observed: dict[CellKey, Outcome] = {}
-    running: set[CellKey] = set()
-    look_up: list[JobSummary] = []
-    end: list[PodSummary] = []
-    recheck: float | None = None
-    for job in owned:
+    seen = Observed(rejections=rejections)
+    budgets = {st.name: st.budget_seconds for st in spec.stages}
+    for job in jobs:
         cell = job.cell
-        if cell is None or cell.key in recorded:
+        if job.owner_uid != uid or cell is None:
             continue
-        stage = next((s for s in spec.stages if s.name == cell.stage), None)
-        view = cell_outcome(name, uid, cell, spec.objective.metric, job, pods_by_job.get(job.uid, []),
-                            budget_seconds=stage.budget_seconds if stage else None)
-        rejections += view.rejections
+        job_pods = pods_by_job.get(job.uid, [])
+        view = cell_outcome(name, uid, cell, spec.objective.metric, job, job_pods, budget_seconds=budgets.get(cell.stage))
+        seen.rejections += view.rejections
         if view.look_up:
-            look_up.append(job)
+            seen.look_up.append(job)
         if view.outcome is None and view.running:
-            job_pods = [p for p in pods_by_job.get(job.uid, []) if p.owner_uid == job.uid]
-            to_end, why = stuck(job_pods, now, stuck_grace)
-            end += to_end
-            wait = next_check(job_pods, now, stuck_grace)
+            mine = [p for p in job_pods if p.owner_uid == job.uid]
+            to_end, why = stuck(mine, now, stuck_grace)
+            seen.end += to_end
+            wait = next_check(mine, now, stuck_grace)
             if wait is not None and not to_end and not why:
-                recheck = wait if recheck is None else min(recheck, wait)
+                seen.recheck_after = wait if seen.recheck_after is None else min(seen.recheck_after, wait)
             if why:
-                view.outcome, view.running = Outcome("failed", reason=why[:200]), False
+                view.outcome, view.running = CellOutcome("failed", reason=why[:200]), False
         if view.outcome is not None:  # recorded with what it ran with, from its Job and Pod
-            observed[cell.key] = replace(view.outcome, gpus=job.gpus, image=job.image, node=view.node)
+            seen.outcomes[cell.key] = replace(view.outcome, gpus=job.gpus, image=job.image, node=view.node)
         elif view.running:
-            running.add(cell.key)
-    outcomes = {**observed, **recorded}  # recorded outcomes are final
+            seen.running.add(cell.key)
+    return seen
+
+
+def _reconciled(s: Step, **kw: Any) -> Reconciled:
+    return Reconciled(status=s.status, events=[(a.type, a.reason, a.message) for a in s.announcements],
+                      ladder_status=s.ladder_status if s.stopped is None else None,
+                      new_decisions=list(s.new_decisions), **kw)
+
+
+def _not_admitted(body: dict, old: dict, admission: Admission, now: str) -> Reconciled:
+    """Pending, nothing created, the reason in the Admitted condition (controller/admission.py)."""
+    status = dict(old)
+    message = f"not started: {admission.problem}"[:1024]
+    status.update(phase="Pending", message=message, observedGeneration=body["metadata"].get("generation"))
+    prior = old.get("conditions") or []
+    status["conditions"] = [c.wire() for c in conditions("Pending", "NotAdmitted", message, prior, now)] + \
+        admission_conditions(admission, prior, now)
+    said = any(c.get("type") == "Admitted" and c.get("message") == (admission.problem or "")[:1024] for c in prior)
+    return Reconciled(status=status, events=[] if said else [("Warning", "JobInvalid", message)])
+
+
+def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: list[JobSummary],
+              pods: list[PodSummary], creating: set[str], now: str,
+              stuck_grace: float = STUCK_GRACE_SECONDS, admission: Admission | None = None) -> Reconciled:
+    meta = body["metadata"]
+    name, uid, generation = meta["name"], meta["uid"], meta.get("generation")
     try:
-        status, plan = build_status(spec, outcomes, decisions, running=frozenset(running))
-    except PlanError as exc:
-        return _stopped(body, old, "RecordedDecisionsMismatch", str(exc), now)
-
-    create: list[dict[str, Any]] = []
-    if plan.to_run:
-        existing = {j.name for j in jobs} | creating
-        active = len(running) + len([n for n in creating if n not in {j.name for j in jobs}])
-        slots = (spec.parallelism - active) if spec.parallelism else len(plan.to_run)
-        for cell in plan.to_run:
-            if slots <= 0:
-                break
-            if cell_job_name(name, cell) in existing or cell.key in running:
-                continue
-            create.append(build_job(body, spec, cell))
-            slots -= 1
-
-    wire = status.wire()
-    wire["observedGeneration"] = meta.get("generation")
-    wire["frozenHash"] = recorded_hash or wire.get("frozenHash")
-    reason = {"Running": "StageRunning", "Succeeded": "VerdictReached", "Failed": "NoCandidateCompleted"}[status.phase]
-    wire["conditions"] = conditions(status.phase, reason, status.message, old.get("conditions") or [], now)
-    warn = Admission(warnings=admission.warnings) if admission is not None and status.phase == "Running" else None
-    wire["conditions"] += admission_conditions(warn, old.get("conditions") or [], now)
-
-    events: list[tuple[str, str, str]] = [("Normal", "StageDecided", decision_message(d)) for d in plan.new_decisions]
-    if warn is not None and warn.warnings and not any(c.get("type") == "Schedulable" for c in old.get("conditions") or []):
-        events.append(("Warning", "NoNodeMatches", "; ".join(warn.warnings)[:1024]))
-    if status.phase != old.get("phase"):
-        if status.phase == "Succeeded":
-            events.append(("Normal", "LadderSucceeded", status.message))
-        elif status.phase == "Failed":
-            events.append(("Warning", "LadderFailed", status.message))
-    return Reconciled(status=wire, create=create, events=events, rejections=rejections, spec=spec,
-                      ladder_status=status, new_decisions=list(plan.new_decisions), look_up=look_up, end=end, recheck_after=recheck)
+        ladder = load_ladder(body, source=f"PromotionLadder {name}")
+    except LadderInvalid as exc:
+        return _reconciled(stop(known_status, INVALID_SPEC, "; ".join(exc.errors), generation, now))
+    spec = ladder.spec
+    old = dict(known_status or {})
+    if (admission is not None and admission.problem and old.get("phase") in (None, "Pending")
+            and not any(j.owner_uid == uid for j in jobs)):
+        return _not_admitted(body, old, admission, now)
+    seen = _observe(name, uid, spec, jobs, pods, now, stuck_grace)
+    existing = {j.name for j in jobs}
+    # A Job that exists (or is being created) is never created again; only the ones being
+    # created that the watch has not shown yet count against the parallelism as extra.
+    known_names = existing | creating
+    s = step(spec, known_status, seen.outcomes, seen.running, now=now, generation=generation,
+             pending_starts=len(creating - existing),
+             started=lambda cell: cell_job_name(name, cell) in known_names)
+    if s.stopped is not None:
+        return _reconciled(s)
+    r = _reconciled(s, create=[build_job(body, spec, c) for c in s.to_start], rejections=seen.rejections, spec=spec,
+                    look_up=seen.look_up, end=seen.end, recheck_after=seen.recheck_after)
+    # Admission warnings (no node matches a host block) ride along while the ladder runs.
+    if admission is not None and admission.warnings and r.status.get("phase") == "Running":
+        prior = old.get("conditions") or []
+        r.status["conditions"] = list(r.status.get("conditions") or []) + admission_conditions(
+            Admission(warnings=admission.warnings), prior, now)
+        if not any(c.get("type") == "Schedulable" for c in prior):
+            r.events.append(("Warning", "NoNodeMatches", "; ".join(admission.warnings)[:1024]))
+    return r
 
 
 def merge_known_status(from_body: dict | None, written: dict | None,

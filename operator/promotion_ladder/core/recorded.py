@@ -11,12 +11,13 @@ import math
 
 from pydantic import Field, ValidationError, field_validator
 
-from .api import LadderSpec, _Model, pydantic_errors
+from .api import LadderSpec, pydantic_errors
+from .cell import CellKey, CellOutcome
+from .model import SpecModel
 from .result import MAX_RESULT_VALUE, train_seconds_limit, value_in_range
-from .rules import Outcome
 
 
-class RecordedResult(_Model):
+class RecordedResult(SpecModel):
     stage: str
     candidate: str
     host_block: str
@@ -46,13 +47,12 @@ class RecordedResultsInvalid(ValueError):
         super().__init__("\n".join(errors))
 
 
-def parse_results(text: str, source: str = "results",
-                  spec: LadderSpec | None = None) -> dict[tuple[str, str, str, int], Outcome]:
+def parse_results(text: str, source: str = "results", spec: LadderSpec | None = None) -> dict[CellKey, CellOutcome]:
     """Parse JSONL into outcomes keyed by (stage, candidate, hostBlock, seed); every bad line is
     reported. With the ladder's spec, train seconds past a cell's deadline are reported too."""
     budgets = {st.name: st.budget_seconds for st in spec.stages} if spec is not None else {}
     errors: list[str] = []
-    out: dict[tuple[str, str, str, int], Outcome] = {}
+    out: dict[CellKey, CellOutcome] = {}
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -69,12 +69,12 @@ def parse_results(text: str, source: str = "results",
             errors.append(f"{where}: trainSeconds: {r.train_seconds!r} is out of range (at most the cell's deadline, "
                           f"{train_seconds_limit(budgets[r.stage]):g} s for stage {r.stage!r})")
             continue
-        key = (r.stage, r.candidate, r.host_block, r.seed)
+        key = CellKey(r.stage, r.candidate, r.host_block, r.seed)
         if key in out:
             errors.append(f"{where}: a second result for cell {r.stage}/{r.candidate}/{r.host_block}/{r.seed}")
             continue
         ok = r.value is not None
-        out[key] = Outcome(
+        out[key] = CellOutcome(
             state="succeeded" if ok else "failed", value=r.value, train_seconds=r.train_seconds,
             reason=r.reason or ("" if ok else "recorded without a value"),
         )
