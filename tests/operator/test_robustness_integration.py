@@ -88,7 +88,7 @@ def test_a_trainer_token_can_change_only_its_own_pods_result(local_cluster, name
 
     from localcluster.waiting import wait_for
     from promotion_ladder.controller.rbac import TRAINER_SERVICE_ACCOUNT, trainer_admission_policy, trainer_objects
-    from promotion_ladder.core.result import PROGRESS_ANNOTATION, RESULT_ANNOTATION
+    from promotion_ladder.core.contract import PROGRESS_ANNOTATION, RESULT_ANNOTATION
 
     api = local_cluster.api_client()
     core, rbac_api = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)

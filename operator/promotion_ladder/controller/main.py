@@ -70,11 +70,14 @@ async def serve(namespaces: list[str] | None, metrics_port: int, health_port: in
     runners = await start_http(controller, metrics, ready, metrics_port, health_port)
     stop = stop_flag if stop_flag is not None else asyncio.Event()
 
-    @kopf.on.startup(registry=registry)
-    async def take_signals(**_) -> None:
+    async def take_signals() -> None:
         # Kopf stops on SIGTERM only after its watchers and handlers wind down, while Job
         # creates queued in worker threads went on (45 s of a second operator's worth of work
         # in one test). Stop starting work the moment the signal arrives, then let Kopf stop.
+        # Installed once Kopf is ready: Kopf installs its own handlers during start-up, and the
+        # last one installed for a signal is the one that runs.
+        await ready.wait()
+
         def on_signal(sig: signal.Signals) -> None:
             logging.getLogger("promotion_ladder.operator").info("%s: no new work from now on; stopping", sig.name)
             controller.stop_starting_work()
@@ -86,12 +89,14 @@ async def serve(namespaces: list[str] | None, metrics_port: int, health_port: in
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests): Kopf's own handling
             pass
 
+    signals = asyncio.create_task(take_signals())
     try:
         await kopf.operator(
             registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces or [],
             ready_flag=ready, stop_flag=stop,
         )
     finally:
+        signals.cancel()
         for r in runners:
             await r.cleanup()
 
