@@ -54,6 +54,8 @@ class CellOutcome:
     gpus: int | None = None
     node: str | None = None
     image: str | None = None
+    corpus: str | None = None  # fingerprint of the data the cell trained on (core/data_checks.py)
+    data_passes: float | None = None  # training tokens consumed / available
 
     @property
     def ok(self) -> bool:

@@ -17,10 +17,12 @@ from pydantic import Field, ValidationError
 
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
+from .data_checks import CORPUS_CONFLICT, REPEATED_DATA, corpus_conflict, repeated_data, repeated_data_message
 from .planner import Outcomes, Plan, plan, stage_cells
 from .cell import Cell, CellKey, CellOutcome
 from .model import WireModel
 from .rules import Decision, VerdictResult, rank_stage
+from .stability import Stability, stability
 
 CellState = Literal["Pending", "Running", "Succeeded", "Failed"]
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
@@ -49,6 +51,8 @@ class CellStatus(WireModel):
     gpus: int | None = None
     node: str | None = None
     image: str | None = None
+    corpus: str | None = None
+    data_passes: float | None = None
 
 
 class StageStatus(WireModel):
@@ -59,6 +63,8 @@ class StageStatus(WireModel):
     image: str | None = Field(None, description="The image most of this stage's finished cells ran with.")
     cells: list[CellStatus] = Field(default_factory=list)
     decision: Decision | None = None
+    # Warnings about the stage's data (CorpusConflict, RepeatedData; absent when none): stage_conditions.
+    conditions: list["Condition"] | None = None
 
 
 class Condition(WireModel):
@@ -67,6 +73,19 @@ class Condition(WireModel):
     reason: str
     message: str = ""
     last_transition_time: str | None = None
+
+
+def stage_conditions(stage: str, cells: Outcomes) -> list[Condition]:
+    """The stage's data warnings, from its finished cells (core/data_checks.py)."""
+    out = []
+    conflict = corpus_conflict(stage, cells)
+    if conflict:
+        out.append(Condition(type=CORPUS_CONFLICT, status="True", reason="DifferentCorpora", message=conflict))
+    repeats = repeated_data(cells)
+    if repeats:
+        out.append(Condition(type=REPEATED_DATA, status="True", reason="DataPassesAboveOne",
+                             message=repeated_data_message(stage, repeats)))
+    return out
 
 
 class LadderStatus(WireModel):
@@ -79,6 +98,7 @@ class LadderStatus(WireModel):
     stages: list[StageStatus] = Field(default_factory=list)
     gpu_hours: GpuHours | None = None
     verdict: VerdictResult | None = None
+    stability: Stability | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -103,9 +123,11 @@ def build_status(
         stage_image = images.most_common(1)[0][0] if images else None
         for c in stage_cells(spec, i, entered):
             cells.append(cell_status(c, outcomes.get(c.key), c.key in running, stage_image))
+        finished = {c.key: outcomes[c.key] for c in stage_cells(spec, i, entered) if c.key in outcomes}
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
             entered=len(entered), image=stage_image, cells=cells, decision=decided.get(st.name),
+            conditions=stage_conditions(st.name, finished) or None,
         ))
     current = spec.stages[p.stage_index].name if p.stage_index is not None else None
     leader = p.verdict.winner if p.verdict else None
@@ -119,6 +141,7 @@ def build_status(
         phase=p.phase, message=p.message or (f"running stage {current}" if current else ""),
         frozen_hash=frozen_hash(spec), current_stage=current, leader=leader, stages=stages,
         gpu_hours=gpu_hours(spec, outcomes, p.entering), verdict=p.verdict,
+        stability=stability(p.decisions, p.entering),
     )
     return status, p
 
@@ -142,6 +165,7 @@ def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False,
         value=outcome.value if outcome.ok else None, train_seconds=_finite(outcome.train_seconds),
         reason=outcome.reason or None, gpus=outcome.gpus, node=outcome.node,
         image=outcome.image if outcome.image != stage_image else None,
+        corpus=outcome.corpus, data_passes=outcome.data_passes,
     )
 
 
@@ -151,7 +175,8 @@ def recorded_outcome(c: CellStatus, stage_image: str | None = None) -> CellOutco
         return None
     return CellOutcome(state="succeeded" if c.state == "Succeeded" else "failed",
                        value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
-                       gpus=c.gpus, node=c.node, image=c.image or stage_image)
+                       gpus=c.gpus, node=c.node, image=c.image or stage_image,
+                       corpus=c.corpus, data_passes=c.data_passes)
 
 
 def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:

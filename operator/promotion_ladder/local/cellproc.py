@@ -8,13 +8,14 @@ the cell's own folder under the work dir.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.api import PromotionLadder
@@ -84,6 +85,6 @@ class CellProcess:
             text = None
         outcome = outcome_from_result(self.ladder, self.cell, code, text)
         if not outcome.ok and "log:" not in outcome.reason:
-            outcome = CellOutcome(outcome.state, outcome.value, outcome.train_seconds, f"{outcome.reason}; log: {self.log_file}")
+            outcome = dataclasses.replace(outcome, reason=f"{outcome.reason}; log: {self.log_file}")
         # Recorded with what it ran with: a later edit of the ladder file does not rewrite it.
-        return replace(outcome, gpus=self.ladder.spec.trainer.gpus, node=socket.gethostname())
+        return dataclasses.replace(outcome, gpus=self.ladder.spec.trainer.gpus, node=socket.gethostname())
