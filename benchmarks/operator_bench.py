@@ -20,7 +20,7 @@ Restart under load (issue 12, defect 1):
 
 One ladder: s1 (every candidate x a100,l40s x seeds 1,2, top N/10) -> s2 (top N/100, at least 1)
 -> s3, each stage 2 host blocks x 2 seeds. Once every s1 Job exists the operator is killed
-(SIGKILL) and started again. Prints: seconds to /readyz after the restart, the reconcile gap
+(SIGKILL), and started again once --down-until (90%) of them completed meanwhile. Prints: seconds to /readyz after the restart, the reconcile gap
 (restart to the first status write of the new operator, and the longest pause between status
 writes after it), the restarted operator's peak RSS, and results lost (cells recorded Failed:
 the stub never fails, so anything above 0 is a lost result).
@@ -205,6 +205,15 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
     finally:
         os.killpg(op.pid, 9)
         op.wait()
+    # While it is down the cells go on: restart once --down-until of the stage-1 Jobs completed,
+    # so the new operator must index (and judge) thousands of finished Jobs and Pods at once.
+    t_down = time.monotonic()
+
+    def s1_done():
+        jobs = batch.list_namespaced_job(NS, label_selector=f"{LABEL}=restart,ladder.promotion.dev/stage=s1").items
+        return sum(1 for j in jobs if j.status.succeeded) >= args.down_until * s1_jobs
+    wait_for(s1_done, timeout=args.timeout, interval=3, what=f"{args.down_until:.0%} of stage 1 done while down")
+    down_s = time.monotonic() - t_down
     # Status writes of the new operator, seen by a watch of this process.
     writes: list[float] = []
     stop = threading.Event()
@@ -248,6 +257,7 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
         "results_lost": sum(c["state"] == "Failed" for c in cells),
         "failed_reasons": sorted({c.get("reason", "") for c in cells if c["state"] == "Failed"})[:5],
         "stage1_jobs_created_s": round(t_jobs, 1),
+        "down_until_stage1_done": args.down_until, "down_s": round(down_s, 1),
         "ready_after_restart_s": round(t_ready, 1),
         "first_status_write_after_restart_s": round(after[0] - t_restart, 1) if after else None,
         "longest_status_gap_after_restart_s": round(max(gaps), 1) if gaps else None,
@@ -266,6 +276,8 @@ def main() -> int:
     ap.add_argument("--record", action="store_true", help="append the numbers to benchmarks/operator-results.md")
     ap.add_argument("--restart", action="store_true", help="restart under load: one ladder, operator killed once "
                                                            "its stage-1 Jobs exist (default 100 candidates)")
+    ap.add_argument("--down-until", type=float, default=0.9,
+                    help="--restart: start the operator again once this share of stage-1 Jobs completed (default 0.9)")
     args = ap.parse_args()
     if args.restart and "--candidates" not in sys.argv:
         args.candidates = 100
