@@ -113,9 +113,8 @@ class Controller:
     def _on_leading(self) -> None:
         """Called from the Lease thread on taking the Lease: everything may have changed while
         another operator led (or none did), so every ladder is reconciled."""
-        loop = self.queue._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(lambda: [self.enqueue(k) for k in list(self.ladders)])
+        for key in list(self.ladders):
+            self.queue.add_after(key, 0.0)  # thread-safe
 
     def leading(self) -> bool:
         return self.lease is None or self.lease.held()
