@@ -341,9 +341,9 @@ def test_gpu_hours_count_nodes_times_gpus(case):
 
     trainer_spec, per_cell = GPU_HOURS[case]
     spec = load_ladder(edit(ladder_doc(), "spec.trainer", trainer_spec)).spec
-    outcomes = {Cell("s1", "c0", h, 1).key: CellOutcome("succeeded", 1.0, 3600.0) for h in ("a100", "l40s")}
+    outcomes = {Cell("s1", "c0", h, 1).key: CellOutcome("succeeded", 1.0, 90.0) for h in ("a100", "l40s")}
     g = gpu_hours(spec, outcomes, {"s1": ["c0"]})
-    assert g.total == 2 * per_cell  # two one-hour cells
+    assert g.total == pytest.approx(2 * 90 * per_cell / 3600)  # two 90 s cells
     # the counterfactual (straight to the final stage) counts the same GPUs per cell: 4 cells x 10 min
     assert g.counterfactuals[0].gpu_hours == pytest.approx(4 * per_cell / 6)
 
@@ -365,3 +365,17 @@ def test_operator_refuses_an_owned_field_with_a_condition_naming_it():
     failed = next(c for c in r.status["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and failed["reason"] == "InvalidSpec"
     assert "spec.trainer.template.spec.containers[trainer].env[LADDER_STAGE]: owned by the operator" in failed["message"]
+
+
+
+RECORDED_GPUS = {"one GPU": ({}, 1), "gpus 4": ({"gpus": 4}, 4), "2 nodes x 8 gpus": ({"gpus": 8, "nodes": 2}, 16),
+                 "cpu only": ({"gpus": 0}, 0)}
+
+
+@pytest.mark.parametrize("case", RECORDED_GPUS, ids=list(RECORDED_GPUS))
+def test_a_cell_records_the_gpus_of_all_its_pods(case):
+    """What a finished cell is charged at is read from its Job: GPUs per pod x pods."""
+    from promotion_ladder.controller.intake import job_summary
+
+    trainer_spec, gpus = RECORDED_GPUS[case]
+    assert job_summary(job_for(trainer_spec)).gpus == gpus
