@@ -91,11 +91,10 @@ class LocalPrometheus:
     # --- the HTTP API ---------------------------------------------------------------------
 
     def api(self, path: str, **params) -> object:
-        """POST /api/v1/<path> with form params; the `data` of a success, PromQLError otherwise."""
-        body = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None}, doseq=True).encode()
-        req = urllib.request.Request(f"{self.url}/api/v1/{path}", data=body, method="POST")
+        """GET /api/v1/<path>?params; the `data` of a success, PromQLError otherwise."""
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None}, doseq=True)
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as r:
                 doc = json.loads(r.read())
         except urllib.error.HTTPError as exc:  # 400/422 carry Prometheus' error as JSON
             try:
