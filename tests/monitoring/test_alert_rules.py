@@ -13,24 +13,13 @@ import subprocess
 import pytest
 import yaml
 
-from ..chart.conftest import FULL_VALUES, find_helm, in_ci, one, render
+from ..chart.conftest import FULL_VALUES, helm, one, render  # noqa: F401 - helm is the chart tests' fixture
 from .alert_cases import CASES
 
 VALUES = {
     "default": ((), {"metrics.prometheusRule.enabled": "true"}),
     "full": ((FULL_VALUES,), {}),
 }
-
-
-@pytest.fixture(scope="module")
-def helm_bin() -> str:
-    path = find_helm()
-    if path is None:
-        reason = "helm not found in ${LADDER_CACHE:-~/.cache/promotion-ladder}/bin or PATH; run cluster/build.sh"
-        if in_ci():
-            pytest.fail(reason + " (CI is set: the rule tests must run)", pytrace=False)
-        pytest.skip(reason)
-    return path
 
 
 def rendered_groups(helm: str, values: str) -> list[dict]:
@@ -43,8 +32,8 @@ def rendered_alerts(helm: str, values: str) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("values", VALUES)
-def test_every_rendered_alert_has_fire_and_silent_cases(helm_bin, values):
-    alerts = rendered_alerts(helm_bin, values)
+def test_every_rendered_alert_has_fire_and_silent_cases(helm, values):
+    alerts = rendered_alerts(helm, values)
     assert alerts, "the PrometheusRule renders no alerts"
     missing = sorted(set(alerts) - set(CASES))
     assert not missing, f"alerts without promtool cases in tests/monitoring/alert_cases.py: {missing}"
@@ -59,9 +48,9 @@ def test_every_rendered_alert_has_fire_and_silent_cases(helm_bin, values):
 
 
 @pytest.mark.parametrize("values", VALUES)
-def test_rules_pass_promtool_check(promtool, helm_bin, values, tmp_path):
+def test_rules_pass_promtool_check(promtool, helm, values, tmp_path):
     rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump({"groups": rendered_groups(helm_bin, values)}, sort_keys=False))
+    rules.write_text(yaml.safe_dump({"groups": rendered_groups(helm, values)}, sort_keys=False))
     proc = subprocess.run([promtool, "check", "rules", "--lint=all", "--lint-fatal", str(rules)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -69,12 +58,12 @@ def test_rules_pass_promtool_check(promtool, helm_bin, values, tmp_path):
 
 @pytest.mark.parametrize("values", VALUES)
 @pytest.mark.parametrize("alert", sorted(CASES))
-def test_alert_fires_and_stays_silent(promtool, helm_bin, values, alert, tmp_path):
-    alerts = rendered_alerts(helm_bin, values)
+def test_alert_fires_and_stays_silent(promtool, helm, values, alert, tmp_path):
+    alerts = rendered_alerts(helm, values)
     if alert not in alerts:
         pytest.fail(f"{alert} has cases but the {values} values render no such alert")
     rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump({"groups": rendered_groups(helm_bin, values)}, sort_keys=False))
+    rules.write_text(yaml.safe_dump({"groups": rendered_groups(helm, values)}, sort_keys=False))
     tests = tmp_path / f"{alert}.test.yaml"
     tests.write_text(yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m",
                                      "tests": CASES[alert](alerts[alert])}, sort_keys=False))
