@@ -18,7 +18,8 @@
 #
 # Prometheus is built without its web UI assets (the HTTP API is all the tests use; the UI
 # would need node/npm) and without service discovery other than static/file/http
-# (-tags remove_all_sd: the cloud SDKs would more than double its build time).
+# (-tags remove_all_sd: the tests scrape static targets on loopback, and the cloud SDKs of
+# the other discoverers need not be compiled). Prometheus v3.16 needs Go >= 1.26.7.
 #
 # Why not `go install mod@version`: k8s.io/kubernetes replaces its staging modules
 # (k8s.io/api, k8s.io/client-go, ...) with local paths (./staging/src/k8s.io/X), and etcd's
@@ -33,7 +34,8 @@
 # go.sum with the go.sum of the module being built (k8s.io/kubernetes' or etcd server's own
 # go.sum), so every transitive dependency is still checked against the hashes its
 # maintainers pinned (a mismatch is a hard "SECURITY ERROR"). Only the top modules
-# themselves (k8s.io/kubernetes, its k8s.io/X v0.34.y staging modules, etcd, helm) are then
+# themselves (k8s.io/kubernetes, its k8s.io/X v0.34.y staging modules, etcd, helm,
+# prometheus) are then
 # trusted on first use from the proxy. Set GOSUMDB yourself to override the probe.
 #
 # Env: LADDER_CACHE, K8S_VERSION, ETCD_VERSION, HELM_VERSION, PROMETHEUS_VERSION,
