@@ -35,8 +35,8 @@
 # go.sum), so every transitive dependency is still checked against the hashes its
 # maintainers pinned (a mismatch is a hard "SECURITY ERROR"). Only the top modules
 # themselves (k8s.io/kubernetes, its k8s.io/X v0.34.y staging modules, etcd, helm,
-# prometheus) are then
-# trusted on first use from the proxy. Set GOSUMDB yourself to override the probe.
+# prometheus) are then trusted on first use from the proxy. Set GOSUMDB yourself to
+# override the probe.
 #
 # Env: LADDER_CACHE, K8S_VERSION, ETCD_VERSION, HELM_VERSION, PROMETHEUS_VERSION,
 # GOFLAGS (we add -mod=mod).
