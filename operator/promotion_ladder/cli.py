@@ -58,6 +58,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{ladder.name}.status.json")
     status = run_ladder(ladder, out, parallel=args.parallel, workdir=Path(args.workdir) if args.workdir else None,
                         fresh=args.fresh)
+    from .render import stability_lines
+
+    for line in stability_lines(status):
+        print(line, file=sys.stderr)
     return 0 if status.phase == "Succeeded" else 3
 
 

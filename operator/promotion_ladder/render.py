@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from .core.status import LadderStatus
+import math
+
+from .core.stability import flips
+from .core.status import LadderStatus, decisions_from_status
+from .core.wording import entry_outcome, rule_summary
 
 
 def _fmt(v: float | None, nd: int = 4) -> str:
@@ -13,6 +17,7 @@ def status_table(status: LadderStatus) -> str:
     lines = [f"phase: {status.phase}" + (f"  ({status.message})" if status.message else "")]
     if status.frozen_hash:
         lines.append(f"frozen hash: {status.frozen_hash}")
+    winner = status.verdict.winner if status.verdict else None
     for st in status.stages:
         head = f"\nstage {st.name} (budget {st.budget}): {st.state}"
         if st.entered is not None:
@@ -23,18 +28,11 @@ def status_table(status: LadderStatus) -> str:
         d = st.decision
         if d is None:
             continue
-        rule = f"rule: {d.rule.aggregate}"
-        if d.rule.top is not None:
-            rule += f", top {d.rule.top}"
-        if d.rule.keep:
-            rule += f", keep {', '.join(d.rule.keep)}"
-        if d.rule.within is not None:
-            rule += f", within {d.rule.within}"
-        lines.append(f"  {rule} ({d.rule.direction})")
+        lines.append(f"  rule: {rule_summary(d.rule)} ({d.rule.direction})")
         width = max(len(e.candidate) for e in d.ranking)
         lines.append(f"  {'rank':>4}  {'candidate':<{width}}  {'aggregate':>9}  {'cells (' + ' '.join(d.cells) + ')'}")
         for e in d.ranking:
-            mark = f"-> {e.promoted_by}" if e.promoted_by else ("" if d.rule.top is None else "cut")
+            mark = entry_outcome(e, final=d.rule.top is None, winner=winner)
             cells = " ".join(_fmt(v) for v in e.values)
             lines.append(f"  {e.rank:>4}  {e.candidate:<{width}}  {_fmt(e.aggregate):>9}  {cells}  {mark}")
     g = status.gpu_hours
@@ -50,4 +48,35 @@ def status_table(status: LadderStatus) -> str:
         lines.append(f"\nverdict: winner {v.winner}" + (f", reference {v.reference}" if v.reference else ""))
         for c in v.checks:
             lines.append(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name} ({c.type}, {c.candidate}): {c.detail}")
+    stab = stability_lines(status)
+    if stab:
+        lines.append("")
+        lines += stab
     return "\n".join(lines)
+
+
+def _tau(t) -> str:
+    tau = f"tau {t.kendall_tau:.2f}" if t.kendall_tau is not None else f"tau undefined ({t.reason})"
+    return f"{tau} over {t.candidates} candidate{'' if t.candidates == 1 else 's'}"
+
+
+def stability_lines(status: LadderStatus, below: float = 0.8) -> list[str]:
+    """One line per stage pair and per host-block pair, and a warning per promotion that a resample
+    of the stage's cells overturns in more than 1 - `below` of the resamples."""
+    s = status.stability
+    if s is None or not (s.stages or s.host_blocks or s.promotion):
+        return []
+    lines = ["rank stability (Kendall tau-b: 1 same order, 0 unrelated, -1 reversed):"]
+    lines += [f"  {t.from_} -> {t.to}: {_tau(t)}" for t in s.stages]
+    lines += [f"  stage {t.stage}, host block {t.a} vs {t.b}: {_tau(t)}"
+              for t in s.host_blocks]
+    resamples = {p.stage: p.resamples for p in s.promotion}
+    shares = flips(s, decisions_from_status(status), below=math.inf)  # every promotion by rank
+    if shares:
+        stage, cand, share = min(shares, key=lambda f: f[2])
+        lines.append(f"  promotion by rank: the least robust, {cand} at stage {stage}, held in {share:.0%} of "
+                     f"{resamples[stage]} resamples of the stage's cells")
+    for stage, cand, share in (f for f in shares if f[2] < below):
+        lines.append(f"warning: stage {stage}: promotion of {cand} would flip in {1 - share:.0%} of resamples "
+                     f"(promoted in {round(share * resamples[stage])} of {resamples[stage]} resamples of the stage's cells)")
+    return lines

@@ -20,9 +20,9 @@ import pytest
 from localcluster.waiting import wait_for
 from promotion_ladder.controller.jobs import cell_job_name
 from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.planner import Cell
-from promotion_ladder.core.result import RESULT_ANNOTATION
-from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.cell import Cell
+from promotion_ladder.core.contract import RESULT_ANNOTATION
+from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.status import simulate
 
 from .harness import STUB, install_crd, node_host_blocks
@@ -74,7 +74,7 @@ def accepted_results(kube, name: str) -> dict:
             if d.get("candidate") != lab["ladder.promotion.dev/candidate"]:
                 continue
             key = (lab["ladder.promotion.dev/stage"], d["candidate"], lab["ladder.promotion.dev/host-block"], int(lab["ladder.promotion.dev/seed"]))
-            out[key] = Outcome("succeeded", d["value"], d.get("trainSeconds"))
+            out[key] = CellOutcome("succeeded", d["value"], d.get("trainSeconds"))
             break
     return out
 
@@ -127,6 +127,9 @@ def test_three_stage_ladder_completes(operator, kube, local_cluster, namespace):
         st["gpuHours"]["total"], abs=1e-6)
     assert metric_sum(text, "ladder_decisions_total", ladder="three") == 3
     assert metric_sum(text, "ladder_info", ladder="three", phase="Succeeded", leader="c1") == 1
+    last = [t for t in st["stability"]["stages"] if "kendallTau" in t][-1]  # the gauge holds the latest pair
+    assert metric_sum(text, "ladder_rank_stability_kendall_tau", ladder="three", from_stage=last["from"],
+                      to_stage=last["to"]) == last["kendallTau"]
     assert metric_sum(text, "ladder_decision_latency_seconds_count") >= 2
     assert operator.get("/healthz", operator.health_port) == "ok\n"
 

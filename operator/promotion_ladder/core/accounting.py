@@ -14,10 +14,10 @@ from pydantic import Field
 
 from .api import LadderSpec
 from .planner import Outcomes, stage_cells
-from .rules import _Out
+from .model import WireModel
 
 
-class Counterfactual(_Out):
+class Counterfactual(WireModel):
     stage: str
     entered: int
     gpu_hours: float
@@ -25,7 +25,7 @@ class Counterfactual(_Out):
     saved_percent: float
 
 
-class GpuHours(_Out):
+class GpuHours(WireModel):
     total: float
     by_stage: dict[str, float]
     by_candidate: dict[str, float]
