@@ -2,7 +2,8 @@
 
 On the local control plane, `ladder operator` runs three ladders in one namespace while
 Prometheus (cluster/build.sh) scrapes its /metrics every second:
-  real    the real trainer at tiny CPU budgets, two stages on both host blocks
+  real    the real trainer at tiny CPU budgets: 2 candidates on both host blocks, both promoted
+          to a second stage (so a rank-stability tau is defined)
   broken  the real trainer, one candidate with a bad config (exit 2: its cell fails)
   forged  the stub trainer, one candidate annotating a result that claims another cell
           (the operator rejects it: ladder_result_errors_total{reason="identity"})
@@ -65,7 +66,7 @@ def ladders(corpus: Path) -> list[dict]:
     stub = {"command": [sys.executable, STUB]}
     return [
         _ladder("real", real_trainer, {"lr-lo": {**TINY, "matrix_lr": 0.01}, "lr-hi": {**TINY, "matrix_lr": 0.04}},
-                [_stage("s1", "2s", top=1), _stage("s2", "2s", blocks=("a100",))]),
+                [_stage("s1", "2s", top=2), _stage("s2", "2s", blocks=("a100",))]),
         # head_dim must be even: the trainer refuses the config and exits 2 (not retried).
         _ladder("broken", real_trainer, {"ok": TINY, "bad-config": {**TINY, "head_dim": 15}},
                 [_stage("only", "2s", blocks=("l40s",))]),
@@ -112,6 +113,11 @@ def monitored(local_cluster, tmp_path_factory) -> Monitored:
         final = f'count(ladder_info{{namespace="{ns}", phase=~"Succeeded|Failed"}})'
         wait_for(lambda: [s["value"][1] for s in prom.query(final)] == [str(len(docs))], timeout=30,
                  what="prometheus scraped the final phases", describe=lambda: prom.query(f'ladder_info{{namespace="{ns}"}}'))
+        # And one scrape more, so the last step of a range query ending now falls after the
+        # scrape that first held the final state (a series born in it shows in range queries).
+        seen = time.time()
+        wait_for(lambda: float(prom.query("max(timestamp(up))")[0]["value"][1]) > seen, timeout=30,
+                 what="one more scrape")
         end = time.time()
         yield Monitored(prom, operator, kube, ns, TimeRange(start - 5, end, scrape_interval=SCRAPE_SECONDS),
                         operator.metrics())
