@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 value=outcome.value, train_seconds=outcome.train_seconds, steps=outcome.steps, tokens=outcome.tokens,
                 tokens_per_second=outcome.tokens_per_second, mfu=outcome.mfu,
                 peak_memory_bytes=outcome.peak_memory_bytes, gpu_name=outcome.gpu_name,
+                corpus=outcome.corpus, data_passes=outcome.data_passes,
             )
             message = message or outcome.message
         result = CellResult(**identity, status=status, message=message, **fields)

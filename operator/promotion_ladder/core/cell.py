@@ -48,6 +48,8 @@ class CellOutcome:
     value: float | None = None
     train_seconds: float | None = None
     reason: str = ""
+    corpus: str | None = None  # fingerprint of the data the cell trained on (core/data_checks.py)
+    data_passes: float | None = None  # training tokens consumed / available
 
     @property
     def ok(self) -> bool:

@@ -1,7 +1,8 @@
 """Recorded results (RESULTS.jsonl) for `ladder simulate`: one cell per line.
 
 {"stage": "10m", "candidate": "bridge", "hostBlock": "a100", "seed": 1, "value": 1.21, "trainSeconds": 600}
-A null or missing value records a failed cell; trainSeconds is optional (the budget is used).
+A null or missing value records a failed cell; trainSeconds is optional (the budget is used);
+corpus and dataPasses are optional, as a CellResult reports them (core/data_checks.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class RecordedResult(SpecModel):
     value: float | None = None
     train_seconds: float | None = Field(None, ge=0)
     reason: str | None = None
+    corpus: str | None = None
+    data_passes: float | None = Field(None, ge=0)
 
 
 class RecordedResultsInvalid(ValueError):
@@ -55,6 +58,7 @@ def parse_results(text: str, source: str = "results") -> dict[CellKey, CellOutco
         out[key] = CellOutcome(
             state="succeeded" if ok else "failed", value=r.value, train_seconds=r.train_seconds,
             reason=r.reason or ("" if ok else "recorded without a value"),
+            corpus=r.corpus, data_passes=r.data_passes,
         )
     if errors:
         raise RecordedResultsInvalid(errors)

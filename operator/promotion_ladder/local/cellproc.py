@@ -8,6 +8,7 @@ the cell's own folder under the work dir.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -82,5 +83,5 @@ class CellProcess:
             text = None
         outcome = outcome_from_result(self.ladder, self.cell, code, text)
         if not outcome.ok and "log:" not in outcome.reason:
-            outcome = CellOutcome(outcome.state, outcome.value, outcome.train_seconds, f"{outcome.reason}; log: {self.log_file}")
+            outcome = dataclasses.replace(outcome, reason=f"{outcome.reason}; log: {self.log_file}")
         return outcome
