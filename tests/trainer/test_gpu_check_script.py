@@ -51,3 +51,17 @@ def test_unknown_part_is_refused(tmp_path):
 def test_without_a_gpu_it_says_so(tmp_path):
     proc = gpu_check("tests", out=tmp_path, smoke=False)
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
+
+
+def test_smoke_ddp_part_compares_the_launcher_path_with_one_process(tmp_path):
+    proc = gpu_check("ddp", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (tmp_path / "ddp.log").read_text()
+    assert "| one process | 1 |" in log and "| torch.distributed.run + DDP | 2 |" in log
+    assert "| torch.distributed.run + FSDP2 | 2 |" in log
+    assert "scaling, DDP:" in log and "scaling, FSDP2:" in log
+    results = [json.loads(line.removeprefix("result: ")) for line in log.splitlines() if line.startswith("result: ")]
+    assert [r.get("worldSize") for r in results] == [1, 2, 2]
+    assert [r["steps"] for r in results] == [5, 5, 5]
+    for r in results[1:]:  # the same training, split in two
+        assert r["value"] == pytest.approx(results[0]["value"], rel=1e-4)
