@@ -20,6 +20,7 @@ from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ..core.accounting import cell_gpu_hours
 from ..core.api import LadderSpec
 from ..core.status import LadderStatus
 
@@ -54,6 +55,8 @@ class LadderMetrics:
         self.decision_latency = Histogram("ladder_decision_latency_seconds",
                                           "From a stage's last result seen to the next stage's Jobs created.",
                                           buckets=_LATENCY_BUCKETS, registry=r)
+        self.reconcile_errors = Counter("ladder_reconcile_errors", "Reconciles that failed (each is retried with backoff).",
+                                        registry=r)
         self.api_requests = Counter("ladder_operator_api_requests", "API requests the reconciles made (watches not counted).",
                                     ["operation"], registry=r)
         # Only the latest stage pair with a defined tau, one series per ladder: the question a dashboard
@@ -92,8 +95,9 @@ class LadderMetrics:
                     spent = self.gpu_seconds.labels(namespace, ladder, st.name, c.candidate, c.host_block)
                     if c.state in ("Succeeded", "Failed") and cell_key not in counted:
                         counted.add(cell_key)
-                        secs = c.train_seconds if c.train_seconds is not None else budgets.get(st.name, 0.0)
-                        spent.inc(secs * gpus)
+                        # The status's accounting in GPU-seconds, so counter and status agree.
+                        spent.inc(3600.0 * cell_gpu_hours(c.train_seconds, budgets.get(st.name, 0.0),
+                                                          c.gpus if c.gpus is not None else gpus))
                 for state, n in by_state.items():
                     self.cells.labels(namespace, ladder, st.name, state).set(n)
                 self._stage_labels[key].add(st.name)

@@ -1,19 +1,22 @@
 """GPU-hour accounting: what was spent, and what the alternatives would have cost.
 
-Executed GPU-hours count each terminal cell once: train seconds x gpus (the stage budget when
-the cell reported no seconds). The counterfactual of a non-final stage is what sending every
+Executed GPU-hours count each terminal cell once: train seconds x the GPUs it ran with (as
+recorded at launch; the spec's trainer.gpus for records without it), the stage budget when the
+cell reported no seconds. The counterfactual of a non-final stage is what sending every
 candidate that entered it straight through the final stage would have cost:
 entered x final cells x final budget x gpus.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from pydantic import Field
 
 from .api import LadderSpec
 from .planner import Outcomes, stage_cells
+from .result import train_seconds_limit
 from .model import WireModel
 
 
@@ -37,6 +40,23 @@ def _r(x: float) -> float:
     return round(x, 6)
 
 
+def charged_seconds(reported: float | None, budget_seconds: float) -> float:
+    """What a cell is charged: its reported seconds, or the budget when it reported none. Seconds
+    no cell of this budget can have spent (not finite, negative, past the deadline) are charged
+    at the deadline, the most it can have run: the accounting stays finite on any input."""
+    if reported is None:
+        return budget_seconds
+    limit = train_seconds_limit(budget_seconds)
+    if not math.isfinite(reported) or reported > limit:
+        return limit
+    return max(reported, 0.0)
+
+
+def cell_gpu_hours(reported_seconds: float | None, budget_seconds: float, gpus: int) -> float:
+    """One terminal cell's GPU-hours (the status's accounting and the metrics' counter agree)."""
+    return charged_seconds(reported_seconds, budget_seconds) * gpus / 3600.0
+
+
 def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str]]) -> GpuHours:
     """`entering` is the planner's stage -> entered candidates, for the stages reached so far."""
     gpus = spec.trainer.gpus
@@ -51,8 +71,9 @@ def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str
             o = outcomes.get(cell.key)
             if o is None:
                 continue
-            secs = o.train_seconds if o.train_seconds is not None else st.budget_seconds
-            h = secs * gpus / 3600.0
+            # The GPUs the cell ran with, as recorded: a later edit of trainer.gpus must not
+            # rewrite what was spent (older records without it: the spec's).
+            h = cell_gpu_hours(o.train_seconds, st.budget_seconds, o.gpus if o.gpus is not None else gpus)
             spent += h
             by_cand[cell.candidate] += h
             by_block[cell.host_block] += h
