@@ -14,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 import traceback
 
 from promotion_ladder.core.budget import parse_budget
@@ -94,7 +95,14 @@ def _on_sigterm(signum, frame):
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
-def main(argv: list[str] | None = None) -> int:
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(max(seconds, 0.0), 3)
+
+
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """`started`: the perf_counter() reading set-up is measured from; `python -m ladder_trainer`
+    passes the process's start, a caller in a longer-lived process gets the time of this call."""
+    started = time.perf_counter() if started is None else started
     args = build_parser().parse_args(argv)
     identity = identity_from_env()
     seed = args.seed if args.seed is not None else identity.get("seed", 0)
@@ -108,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 value=outcome.value, train_seconds=outcome.train_seconds, steps=outcome.steps, tokens=outcome.tokens,
                 tokens_per_second=outcome.tokens_per_second, mfu=outcome.mfu,
                 peak_memory_bytes=outcome.peak_memory_bytes, gpu_name=outcome.gpu_name,
+                setup_seconds=_round(outcome.clock_started - started) if outcome.clock_started is not None else None,
+                eval_seconds=_round(outcome.eval_seconds),
             )
             message = message or outcome.message
         result = CellResult(**identity, status=status, message=message, **fields)

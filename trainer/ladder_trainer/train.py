@@ -44,6 +44,12 @@ class Outcome:
     mfu: float | None = None
     peak_memory_bytes: int | None = None
     gpu_name: str | None = None
+    # Where the time went besides training (perf_counter seconds). `clock_started` is when the
+    # first timed step began, so the caller can measure set-up from its own process start.
+    clock_started: float | None = None
+    setup_seconds: float | None = None  # run() entered -> first timed step
+    compile_seconds: float | None = None  # the untimed warm-up steps (compilation, when compiling)
+    eval_seconds: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -175,6 +181,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     # Untimed warm-up: compile the training graph, then restore the initial state so the
     # run is the same with or without it.
     warmup = settings.warmup_steps if settings.warmup_steps >= 0 else (2 if compile_on else 0)
+    compile_seconds = None
     if warmup:
         t0 = time.perf_counter()
         model_state = copy.deepcopy(model.state_dict())
@@ -188,7 +195,8 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         for opt, st in zip(optimizers, opt_states):
             opt.load_state_dict(st)
         batches.reset()
-        log(f"warm-up: {warmup} untimed steps in {time.perf_counter() - t0:.1f}s")
+        compile_seconds = time.perf_counter() - t0
+        log(f"warm-up: {warmup} untimed steps in {compile_seconds:.1f}s{compile_cache_note()}")
     log(f"setup took {time.perf_counter() - t_setup:.1f}s; training starts")
 
     steps = 0
@@ -201,6 +209,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     paused = 0.0  # seconds spent off the clock after the start (recompiling after growth)
     synchronize(device)
     t_start = time.perf_counter()
+    timing = dict(clock_started=t_start, setup_seconds=t_start - t_setup, compile_seconds=compile_seconds)
     last_log = t_start
     elapsed = lambda: time.perf_counter() - t_start - paused  # noqa: E731
     stop = False
@@ -244,6 +253,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
                 tokens=steps * cfg.batch,
                 gpu_name=device_name(device),
                 peak_memory_bytes=peak_memory(device),
+                **timing,
             )
         optimizer_step()
         steps += 1
@@ -263,12 +273,12 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     processed = micro_batches * cfg.device_batch * cfg.seq_len
     if steps == 0:
         return Outcome("error", f"no optimizer step finished within the {budget:g}s budget; use a smaller batch",
-                       train_seconds=train_seconds, steps=0, tokens=0, gpu_name=device_name(device))
+                       train_seconds=train_seconds, steps=0, tokens=0, gpu_name=device_name(device), **timing)
 
     if settings.eval_tokens < 0:  # the benchmark measures training only
         return Outcome("ok", train_seconds=train_seconds, steps=steps, tokens=steps * cfg.batch,
                        tokens_per_second=processed / train_seconds, mfu=_mfu(flops, train_seconds, device),
-                       peak_memory_bytes=peak_memory(device), gpu_name=device_name(device))
+                       peak_memory_bytes=peak_memory(device), gpu_name=device_name(device), **timing)
     t_eval = time.perf_counter()
     model.eval()
     eval_tokens = settings.eval_tokens or EVAL_TOKENS_DEFAULT.get(device.type, EVAL_TOKENS_DEFAULT["cpu"])
@@ -276,10 +286,12 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         log(f"eval: only {len(shards.val) - 1} held-out tokens, fewer than the {eval_tokens} asked for")
     # Eager on purpose: compiling the evaluation graph would cost more (30-70 s) than running it.
     ev = evaluate(model, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device, autocast)
+    synchronize(device)
+    eval_seconds = time.perf_counter() - t_eval
     passes = steps * cfg.batch / len(shards.train)
     log(
         f"eval: val_bpb {ev['val_bpb']:.4f} over {ev['tokens']} tokens ({ev['bytes']} bytes) in "
-        f"{time.perf_counter() - t_eval:.1f}s | {steps} steps ({passes:.1f} passes over the training split), "
+        f"{eval_seconds:.1f}s | {steps} steps ({passes:.1f} passes over the training split), "
         f"{train_seconds:.1f}s, final train loss {last_loss:.4f}"
     )
     if passes > 4:
@@ -297,11 +309,30 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         mfu=_mfu(flops, train_seconds, device),
         peak_memory_bytes=peak_memory(device),
         gpu_name=gpu,
+        eval_seconds=eval_seconds,
         extra={"eval": ev, "train_loss": last_loss},
+        **timing,
     )
     if settings.checkpoint_dir:
         save_checkpoint(Path(settings.checkpoint_dir), model, cfg, shards, seed, outcome)
     return outcome
+
+
+def compile_cache_note() -> str:
+    """Inductor's cache hits and misses so far in this process (' | compile cache: ...'), or ''
+    when nothing was compiled. A warm cache (the ladder's shared directory, local/caches.py)
+    shows as hits and no misses."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return ""
+    fx, aot = counters.get("inductor", {}), counters.get("aot_autograd", {})
+    seen = {
+        "FX graph": (fx.get("fxgraph_cache_hit", 0), fx.get("fxgraph_cache_miss", 0)),
+        "AOTAutograd": (aot.get("autograd_cache_hit", 0), aot.get("autograd_cache_miss", 0)),
+    }
+    parts = [f"{name} {hit} hit(s), {miss} miss(es)" for name, (hit, miss) in seen.items() if hit or miss]
+    return " | compile cache: " + "; ".join(parts) if parts else ""
 
 
 def _mfu(flops: float, seconds: float, device: torch.device) -> float | None:

@@ -1,7 +1,8 @@
 """Recorded results (RESULTS.jsonl) for `ladder simulate`: one cell per line.
 
 {"stage": "10m", "candidate": "bridge", "hostBlock": "a100", "seed": 1, "value": 1.21, "trainSeconds": 600}
-A null or missing value records a failed cell; trainSeconds is optional (the budget is used).
+A null or missing value records a failed cell; trainSeconds is optional (the budget is used),
+and so is occupiedSeconds (how long the cell held its GPUs; core.accounting).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class RecordedResult(_Model):
     seed: int
     value: float | None = None
     train_seconds: float | None = Field(None, ge=0)
+    occupied_seconds: float | None = Field(None, ge=0)
     reason: str | None = None
 
 
@@ -53,6 +55,7 @@ def parse_results(text: str, source: str = "results") -> dict[tuple[str, str, st
         ok = r.value is not None
         out[key] = Outcome(
             state="succeeded" if ok else "failed", value=r.value, train_seconds=r.train_seconds,
+            occupied_seconds=r.occupied_seconds,
             reason=r.reason or ("" if ok else "recorded without a value"),
         )
     if errors:

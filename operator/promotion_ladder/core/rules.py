@@ -33,6 +33,9 @@ class Outcome:
     value: float | None = None
     train_seconds: float | None = None
     reason: str = ""
+    # Seconds the cell held its GPUs (Pod bound to finished, or the local process's wall time;
+    # every attempt counted). None: not measured (see core.accounting for how it is counted).
+    occupied_seconds: float | None = None
 
     @property
     def ok(self) -> bool:

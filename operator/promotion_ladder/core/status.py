@@ -26,6 +26,7 @@ class CellStatus(_Out):
     state: CellState
     value: float | None = None
     train_seconds: float | None = None
+    occupied_seconds: float | None = None
     reason: str | None = None
 
 
@@ -85,6 +86,7 @@ def build_status(
                     candidate=c.candidate, host_block=c.host_block, seed=c.seed,
                     state="Succeeded" if o.ok else "Failed",
                     value=o.value if o.ok else None, train_seconds=o.train_seconds, reason=o.reason or None,
+                    occupied_seconds=o.occupied_seconds,
                 ))
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
@@ -114,6 +116,7 @@ def outcomes_from_status(status: LadderStatus) -> dict[tuple[str, str, str, int]
                 out[(st.name, c.candidate, c.host_block, c.seed)] = Outcome(
                     state="succeeded" if c.state == "Succeeded" else "failed",
                     value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
+                    occupied_seconds=c.occupied_seconds,
                 )
     return out
 

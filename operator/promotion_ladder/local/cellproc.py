@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.api import PromotionLadder
@@ -26,6 +26,7 @@ from ..core.budget import cell_deadline_seconds
 from ..core.planner import Cell
 from ..core.result import ResultError, parse_result
 from ..core.rules import Outcome
+from .caches import compile_cache_env
 
 
 def cell_command(ladder: PromotionLadder, cell: Cell, result_file: str) -> list[str]:
@@ -90,6 +91,7 @@ class CellProcess:
     log_file: Path
     deadline: float
     devices: list[str] | None
+    started: float = 0.0  # time.monotonic() at spawn: the start of the cell's occupancy
 
     @classmethod
     def start(cls, ladder: PromotionLadder, cell: Cell, workdir: Path, devices: list[str] | None) -> "CellProcess":
@@ -99,6 +101,8 @@ class CellProcess:
         result_file.unlink(missing_ok=True)  # a stale result from an interrupted run must not count
         log_file = d / "log.txt"
         env = {**os.environ, **cell_env(ladder, cell)}
+        for key, value in compile_cache_env(workdir).items():
+            env.setdefault(key, value)  # the user's own setting wins
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         budget = next(s.budget_seconds for s in ladder.spec.stages if s.name == cell.stage)
@@ -107,7 +111,8 @@ class CellProcess:
                 cell_command(ladder, cell, str(result_file.resolve())), env=env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
-        return cls(ladder, cell, proc, result_file, log_file, time.monotonic() + cell_deadline_seconds(budget), devices)
+        started = time.monotonic()
+        return cls(ladder, cell, proc, result_file, log_file, started + cell_deadline_seconds(budget), devices, started)
 
     def kill(self) -> None:
         try:
@@ -117,17 +122,21 @@ class CellProcess:
         self.proc.wait()
 
     def poll(self) -> Outcome | None:
+        """The outcome once the process has ended. Its occupancy is the process's wall time, from
+        spawn to the poll that saw it end (so up to one poll interval late)."""
         code = self.proc.poll()
         if code is None:
             if time.monotonic() < self.deadline:
                 return None
             self.kill()
-            return Outcome("failed", reason=f"deadline exceeded (budget + grace); log: {self.log_file}")
+            return Outcome("failed", reason=f"deadline exceeded (budget + grace); log: {self.log_file}",
+                           occupied_seconds=round(time.monotonic() - self.started, 3))
+        occupied = round(time.monotonic() - self.started, 3)
         try:
             text = self.result_file.read_text()
         except (FileNotFoundError, UnicodeDecodeError):
             text = None
-        outcome = outcome_from_result(self.ladder, self.cell, code, text)
+        outcome = replace(outcome_from_result(self.ladder, self.cell, code, text), occupied_seconds=occupied)
         if not outcome.ok and "log:" not in outcome.reason:
-            outcome = Outcome(outcome.state, outcome.value, outcome.train_seconds, f"{outcome.reason}; log: {self.log_file}")
+            outcome = replace(outcome, reason=f"{outcome.reason}; log: {self.log_file}")
         return outcome

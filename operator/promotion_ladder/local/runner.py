@@ -22,6 +22,7 @@ from ..core.planner import Cell
 from ..core.rules import Decision, Outcome
 from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status
 from ..files import FileError, read_status
+from ..render import occupancy_table
 from .cellproc import CellProcess
 
 
@@ -83,8 +84,9 @@ def _summary(status: LadderStatus, running: int) -> str:
     done = sum(c.state == "Succeeded" for c in st.cells)
     failed = sum(c.state == "Failed" for c in st.cells)
     gh = status.gpu_hours.total if status.gpu_hours else 0.0
+    occ = status.gpu_hours.occupied.total if status.gpu_hours and status.gpu_hours.occupied else gh
     return (f"stage {st.name} ({st.budget}): {done + failed}/{len(st.cells)} cells done, {running} running, "
-            f"{failed} failed | leader {status.leader or '-'} | {gh:.3f} GPU-h")
+            f"{failed} failed | leader {status.leader or '-'} | {gh:.3f} GPU-h ({occ:.3f} occupied)")
 
 
 def _decision_text(d: Decision) -> str:
@@ -181,4 +183,7 @@ def run_ladder(
         raise
     progress.event(f"ladder {ladder.name}: {status.phase}. {status.message}. "
                    f"{status.gpu_hours.total if status.gpu_hours else 0:.4f} GPU-hours; status in {status_path}")
+    if status.gpu_hours is not None:
+        for line in occupancy_table(status.gpu_hours):
+            progress.event(line)
     return status
