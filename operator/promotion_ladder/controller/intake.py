@@ -24,6 +24,7 @@ from ..core.result import (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM, NON_RETRYAB
                            RESULT_ANNOTATION, CellResult, ResultError, parse_result)
 from ..core.rules import Outcome
 from .jobs import CONTAINER, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
+from .occupancy import pod_times
 
 EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_OOM: "out of memory"}
 
@@ -68,6 +69,8 @@ class PodSummary:
     exit_code: int | None = None
     terminated_reason: str = ""
     termination_message: str | None = None
+    bound_at: float | None = None  # occupancy.pod_times: bound to a node ...
+    released_at: float | None = None  # ... to the trainer container's end (epoch seconds)
 
     @property
     def ladder(self) -> str | None:
@@ -140,6 +143,7 @@ def pod_summary(body: dict[str, Any]) -> PodSummary:
         node=spec.get("nodeName"), deleting=bool(meta.get("deletionTimestamp")),
         result=(meta.get("annotations") or {}).get(RESULT_ANNOTATION),
         exit_code=exit_code, terminated_reason=reason, termination_message=message or None,
+        **pod_times(body, CONTAINER),
     )
 
 

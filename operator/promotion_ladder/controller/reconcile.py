@@ -22,6 +22,7 @@ from ..core.rules import Decision, Outcome
 from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status, parse_status
 from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
 from .jobs import build_job, cell_job_name
+from .occupancy import with_occupancy
 
 CellKey = tuple[str, str, str, int]
 
@@ -123,7 +124,7 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
         view = cell_outcome(name, uid, cell, spec.objective.metric, job, pods_by_job.get(job.uid, []))
         rejections += view.rejections
         if view.outcome is not None:
-            observed[cell.key] = view.outcome
+            observed[cell.key] = with_occupancy(view.outcome, pods_by_job.get(job.uid, []))
         elif view.running:
             running.add(cell.key)
     outcomes = {**observed, **recorded}  # recorded outcomes are final
