@@ -14,6 +14,7 @@ import copy
 import importlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,7 +333,10 @@ def compile_cache_note() -> str:
         "AOTAutograd": (aot.get("autograd_cache_hit", 0), aot.get("autograd_cache_miss", 0)),
     }
     parts = [f"{name} {hit} hit(s), {miss} miss(es)" for name, (hit, miss) in seen.items() if hit or miss]
-    return " | compile cache: " + "; ".join(parts) if parts else ""
+    if not parts:
+        return ""
+    where = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "torch's default directory"
+    return f" | compile cache {where}: " + "; ".join(parts)
 
 
 def _mfu(flops: float, seconds: float, device: torch.device) -> float | None:
