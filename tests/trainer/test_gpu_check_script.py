@@ -51,3 +51,13 @@ def test_unknown_part_is_refused(tmp_path):
 def test_without_a_gpu_it_says_so(tmp_path):
     proc = gpu_check("tests", out=tmp_path, smoke=False)
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
+
+
+def test_smoke_overhead_part_prints_each_cells_costs(tmp_path):
+    proc = gpu_check("overhead", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "overhead.json").read_text())
+    assert len(summary["rows"]) == 2
+    for r in summary["rows"]:
+        assert r["setup_s"] > 0 and r["occupied_s"] >= r["train_s"] >= 2
+    assert "| cell | set-up s | compile s |" in proc.stdout and "occupied / budget, warm cells" in proc.stdout

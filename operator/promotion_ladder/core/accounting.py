@@ -97,15 +97,16 @@ def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str
         if st.name not in entering:
             continue
         spent = occ = 0.0
+        budget = st.budget_seconds
         for cell in stage_cells(spec, i, entering[st.name]):
             o = outcomes.get(cell.key)
             if o is None:
                 continue
-            h = protocol_seconds(o.train_seconds, st.budget_seconds) * gpus / 3600.0
+            h = protocol_seconds(o.train_seconds, budget) * gpus / 3600.0
             spent += h
             by_cand[cell.candidate] += h
             by_block[cell.host_block] += h
-            occ += occupied_seconds(o.occupied_seconds, o.train_seconds, st.budget_seconds) * gpus / 3600.0
+            occ += occupied_seconds(o.occupied_seconds, o.train_seconds, budget) * gpus / 3600.0
             cells += 1
             measured += o.occupied_seconds is not None
         by_stage[st.name] = spent

@@ -143,9 +143,12 @@ def parse_status(data: Any) -> LadderStatus:
 def simulate(spec: LadderSpec, recorded: Outcomes) -> tuple[LadderStatus, Plan]:
     """Replay a ladder against recorded results; a cell with no recorded result failed."""
     seen: dict[tuple[str, str, str, int], Outcome] = {}
+    decided: list[Decision] = []
     while True:
-        p = plan(spec, seen)
+        # Decisions made so far are replayed, not re-decided: each stage is decided once.
+        p = plan(spec, seen, decided)
+        decided = p.decisions
         if p.phase != "Running":
-            return build_status(spec, seen)
+            return build_status(spec, seen, decided)
         for c in p.to_run:
             seen[c.key] = recorded.get(c.key) or Outcome(state="failed", reason="no recorded result")
