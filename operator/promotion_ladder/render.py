@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .core.accounting import GpuHours, occupancy_rows
 from .core.status import LadderStatus
+from .core.wording import entry_outcome, rule_summary
 
 
 def _fmt(v: float | None, nd: int = 4) -> str:
@@ -37,6 +38,7 @@ def status_table(status: LadderStatus) -> str:
     lines = [f"phase: {status.phase}" + (f"  ({status.message})" if status.message else "")]
     if status.frozen_hash:
         lines.append(f"frozen hash: {status.frozen_hash}")
+    winner = status.verdict.winner if status.verdict else None
     for st in status.stages:
         head = f"\nstage {st.name} (budget {st.budget}): {st.state}"
         if st.entered is not None:
@@ -47,18 +49,11 @@ def status_table(status: LadderStatus) -> str:
         d = st.decision
         if d is None:
             continue
-        rule = f"rule: {d.rule.aggregate}"
-        if d.rule.top is not None:
-            rule += f", top {d.rule.top}"
-        if d.rule.keep:
-            rule += f", keep {', '.join(d.rule.keep)}"
-        if d.rule.within is not None:
-            rule += f", within {d.rule.within}"
-        lines.append(f"  {rule} ({d.rule.direction})")
+        lines.append(f"  rule: {rule_summary(d.rule)} ({d.rule.direction})")
         width = max(len(e.candidate) for e in d.ranking)
         lines.append(f"  {'rank':>4}  {'candidate':<{width}}  {'aggregate':>9}  {'cells (' + ' '.join(d.cells) + ')'}")
         for e in d.ranking:
-            mark = f"-> {e.promoted_by}" if e.promoted_by else ("" if d.rule.top is None else "cut")
+            mark = entry_outcome(e, final=d.rule.top is None, winner=winner)
             cells = " ".join(_fmt(v) for v in e.values)
             lines.append(f"  {e.rank:>4}  {e.candidate:<{width}}  {_fmt(e.aggregate):>9}  {cells}  {mark}")
     g = status.gpu_hours

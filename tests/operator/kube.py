@@ -9,8 +9,8 @@ from typing import Any
 from promotion_ladder.controller.intake import job_summary, pod_summary
 from promotion_ladder.controller.jobs import build_job
 from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.planner import Cell
-from promotion_ladder.core.result import RESULT_ANNOTATION
+from promotion_ladder.core.cell import Cell
+from promotion_ladder.core.contract import RESULT_ANNOTATION
 
 from ..unit.builders import ladder_doc
 

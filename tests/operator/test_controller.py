@@ -6,7 +6,7 @@ import asyncio
 
 from promotion_ladder.controller.handlers import Controller
 from promotion_ladder.controller.metrics import LadderMetrics
-from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.cell import Cell
 
 from .kube import JobB, PodB, ladder_body, result_doc
 
@@ -48,7 +48,7 @@ def controller(api, jobs=(), pods=()):
 
 
 def run(c):
-    asyncio.run(c._reconcile(KEY, 0.0))
+    asyncio.run(c.reconcile(KEY, 0.0))
 
 
 def kinds(calls):
@@ -105,7 +105,7 @@ def test_decision_then_next_stage():
 
 
 def test_cell_progress_is_not_urgent_decisions_are():
-    from promotion_ladder.controller.handlers import urgent_change
+    from promotion_ladder.controller.statuswriter import urgent_change
 
     base = {"phase": "Running", "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Pending"}]}],
             "conditions": [{"type": "Progressing", "status": "True", "lastTransitionTime": "t0"}]}
@@ -115,3 +115,94 @@ def test_cell_progress_is_not_urgent_decisions_are():
     assert not urgent_change(base, started) and not urgent_change(started, done)
     assert urgent_change(done, decided) and urgent_change(base, {**base, "phase": "Failed"})
     assert urgent_change(base, {**base, "observedGeneration": 2})
+
+
+# -- the named parts, each on its own ------------------------------------------------------------
+
+def test_work_queue_dedupes_and_runs_one_reconcile_per_ladder_at_a_time():
+    from promotion_ladder.controller.workqueue import WorkQueue
+
+    async def scenario():
+        q: WorkQueue[str] = WorkQueue()
+        q.add("a")
+        q.add("a")  # waiting already: not queued twice
+        q.start()
+        q.add("b")
+        key, _ = await q.get()
+        assert key == "a"
+        q.add("a")  # while its reconcile runs: waits
+        assert (await q.get())[0] == "b"
+        q.done("b")
+        q.done("a")  # now queued once more
+        assert (await asyncio.wait_for(q.get(), 1.0))[0] == "a"
+        q.done("a")
+        assert not q.waiting("a")
+
+    asyncio.run(scenario())
+
+
+def test_create_expectations_end_when_seen_or_expired():
+    from promotion_ladder.controller.expectations import CreateExpectations
+
+    e = CreateExpectations(ttl=30.0)
+    e.expect(KEY, "j1")
+    e.expect(KEY, "j2")
+    assert e.pending(KEY, seen=["j1"]) == {"j2"}
+    assert e.pending(KEY, seen=[]) == {"j2"}  # j1 was seen once: done with it
+    short = CreateExpectations(ttl=0.0)
+    short.expect(KEY, "j3")
+    assert short.pending(KEY, seen=[]) == set()
+
+
+def test_retryable_api_errors():
+    from promotion_ladder.controller.kubeapi import retryable
+
+    def err(status):
+        e = Exception("x")
+        if status is not None:
+            e.status = status
+        return e
+
+    cases = {"connection": (None, True), "500": (500, True), "503": (503, True), "429": (429, True),
+             "403 quota": (403, False), "422 invalid": (422, False), "409": (409, False)}
+    for name, (status, want) in cases.items():
+        assert retryable(err(status)) is want, name
+
+
+class WriterApi:
+    def __init__(self, gone=False):
+        self.calls, self.gone = [], gone
+
+    def write_status(self, ns, name, status):
+        self.calls.append(("status", status.get("phase")))
+        return None if self.gone else str(len(self.calls))
+
+    def post_event(self, body, type_, reason, message):
+        self.calls.append(("event", reason))
+
+
+def test_status_writer_pairs_events_with_the_write():
+    from promotion_ladder.controller.statuswriter import StatusWriter, WriteResult
+
+    body = ladder_body()
+    base = {"phase": "Running", "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Pending"}]}]}
+    progress = {**base, "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Running"}]}]}
+    cases = {
+        # name: (api gone?, wrote just before?, new status, events) -> (result, calls)
+        "first write": (False, False, progress, [], WriteResult.WRITTEN, [("status", "Running")]),
+        "progress soon after a write is deferred": (False, True, progress, [], WriteResult.DEFERRED, []),
+        "an Event makes the write urgent": (False, True, progress, [("Normal", "StageDecided", "m")],
+                                            WriteResult.WRITTEN, [("status", "Running"), ("event", "StageDecided")]),
+        "no Event when the write finds no ladder": (True, False, progress, [("Normal", "StageDecided", "m")],
+                                                     WriteResult.GONE, [("status", "Running")]),
+        "unchanged status: Events only": (False, False, base, [("Warning", "X", "m")],
+                                          WriteResult.UNCHANGED, [("event", "X")]),
+    }
+    for name, (gone, recent, new, events, want, calls) in cases.items():
+        api = WriterApi(gone)
+        w = StatusWriter(lambda: api, coalesce_seconds=60.0)
+        if recent:
+            w.write(KEY, body, {}, base, [])
+            api.calls.clear()
+        result, _ = w.write(KEY, body, base, new, events)
+        assert (result, api.calls) == (want, calls), name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from promotion_ladder.controller.intake import cell_outcome, foreign_pod_rejection
-from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.cell import Cell
 
 from .kube import LADDER_UID, JobB, PodB, ladder_body, result_doc
 
@@ -57,14 +57,14 @@ EXPECT = {
     "valid annotation, exit 0": ("succeeded", 1.25, False, [], ""),
     "still running": (None, None, True, [], ""),
     "annotation lands before exit": (None, None, True, [], ""),
-    "forged identity, no fallback": ("failed", None, False, ["identity"], "without a valid result"),
+    "forged identity, no fallback": ("failed", None, False, ["identity"], "identity does not match the cell"),
     "forged identity, termination message fallback": ("succeeded", 1.3, False, ["identity"], ""),
-    "malformed annotation": ("failed", None, False, ["malformed"], "without a valid result"),
+    "malformed annotation": ("failed", None, False, ["malformed"], "result is not JSON"),
     "invalid schema": ("failed", None, False, ["invalid"], ""),
-    "wrong metric": ("failed", None, False, ["metric"], ""),
+    "wrong metric": ("failed", None, False, ["metric"], "reports metric 'loss', the ladder's objective metric is 'val_bpb'"),
     "missing identity field": ("failed", None, False, ["identity"], ""),
     "termination message only (shortened, no ladder field)": ("succeeded", 1.4, False, [], ""),
-    "exit 0 without result": ("failed", None, False, [], "without a valid result"),
+    "exit 0 without result": ("failed", None, False, [], "exit code 0 but no result"),
     "diverged exit 3 with result": ("failed", None, False, [], "diverged: loss is nan"),
     "oom exit 4, no result": ("failed", None, False, [], "out of memory"),
     "exit 1 retried: still running": (None, None, True, [], ""),

@@ -10,7 +10,7 @@ import pytest
 from promotion_ladder.controller.jobs import (GPU_RESOURCE, QUEUE_LABEL, build_job, cell_from_labels,
                                               cell_job_name, cell_labels)
 from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.cell import Cell
 
 from ..unit.builders import edit, ladder_doc
 from .kube import ladder_body

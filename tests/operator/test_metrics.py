@@ -6,7 +6,7 @@ import pytest
 
 from promotion_ladder.controller.metrics import LadderMetrics
 from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.status import build_status, simulate
 
 from ..unit.builders import ladder_doc
@@ -16,7 +16,7 @@ SPEC = load_ladder(ladder_doc()).spec  # 4 candidates; s1: 2m x (a100, l40s) x [
 
 def outcomes(stage_values: dict[str, float], stage="s1", seconds=1800.0):
     st = next(s for s in SPEC.stages if s.name == stage)
-    return {(stage, c, hb, s): Outcome("succeeded", v, seconds) for c, v in stage_values.items() for hb, s in st.cells()}
+    return {(stage, c, hb, s): CellOutcome("succeeded", v, seconds) for c, v in stage_values.items() for hb, s in st.cells()}
 
 
 def sample(m: LadderMetrics, name: str, **labels) -> float | None:

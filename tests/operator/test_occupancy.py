@@ -10,7 +10,7 @@ from promotion_ladder.controller.metrics import LadderMetrics
 from promotion_ladder.controller.occupancy import occupied_seconds, pod_times
 from promotion_ladder.controller.reconcile import reconcile
 from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.cell import Cell
 
 from .kube import JobB, PodB, ladder_body, result_doc
 

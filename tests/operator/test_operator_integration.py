@@ -20,9 +20,9 @@ import pytest
 from localcluster.waiting import wait_for
 from promotion_ladder.controller.jobs import cell_job_name
 from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.planner import Cell
-from promotion_ladder.core.result import RESULT_ANNOTATION
-from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.cell import Cell
+from promotion_ladder.core.contract import RESULT_ANNOTATION
+from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.status import simulate
 
 from .harness import STUB, install_crd, node_host_blocks
@@ -74,7 +74,7 @@ def accepted_results(kube, name: str) -> dict:
             if d.get("candidate") != lab["ladder.promotion.dev/candidate"]:
                 continue
             key = (lab["ladder.promotion.dev/stage"], d["candidate"], lab["ladder.promotion.dev/host-block"], int(lab["ladder.promotion.dev/seed"]))
-            out[key] = Outcome("succeeded", d["value"], d.get("trainSeconds"), occupied_seconds=pod_occupancy(p))
+            out[key] = CellOutcome("succeeded", d["value"], d.get("trainSeconds"), occupied_seconds=pod_occupancy(p))
             break
     return out
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.result import RESULT_ANNOTATION, parse_result
+from promotion_ladder.core.contract import RESULT_ANNOTATION
+from promotion_ladder.core.result import parse_result
 from promotion_ladder.core.status import simulate
 
 from ..corpus import write_tiny_corpus

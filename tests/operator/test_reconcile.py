@@ -7,8 +7,8 @@ import json
 from promotion_ladder.controller.jobs import cell_job_name
 from promotion_ladder.controller.reconcile import merge_known_status, reconcile
 from promotion_ladder.core.api import frozen_hash, load_ladder
-from promotion_ladder.core.planner import Cell
-from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.cell import Cell
+from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.status import simulate
 
 from ..unit.builders import edit, ladder_doc
@@ -85,7 +85,7 @@ def test_completed_ladder_matches_simulate():
     recorded = {}
     for p in pods + p2:
         d = json.loads(p.result)
-        recorded[(d["stage"], d["candidate"], d["hostBlock"], d["seed"])] = Outcome("succeeded", d["value"], d["trainSeconds"])
+        recorded[(d["stage"], d["candidate"], d["hostBlock"], d["seed"])] = CellOutcome("succeeded", d["value"], d["trainSeconds"])
     sim, _ = simulate(load_ladder(body).spec, recorded)
     operator_only = ("observedGeneration", "conditions")
     assert {k: v for k, v in r2.status.items() if k not in operator_only} == {
@@ -200,7 +200,7 @@ def test_status_of_a_500_candidate_ladder_stays_small():
     for st in spec.stages:
         for c in names:
             for hb, s in st.cells():
-                recorded[(st.name, c, hb, s)] = Outcome("succeeded", rnd.uniform(0.9, 1.5), rnd.uniform(100, 4000))
+                recorded[(st.name, c, hb, s)] = CellOutcome("succeeded", rnd.uniform(0.9, 1.5), rnd.uniform(100, 4000))
     status, _ = simulate(spec, recorded)
     size = len(json.dumps(status.wire(), separators=(",", ":")))
     print(f"status of a 500-candidate ladder: {size / 1024:.0f} KiB")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from promotion_ladder.core.recorded import parse_results
-from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.status import build_status, simulate
 from promotion_ladder.files import read_ladder, read_text
 from promotion_ladder.report import ReportInput, from_document
@@ -53,7 +53,7 @@ FAILURES = {
 def failing_results():
     out = dict(recorded())
     for key, reason in FAILURES.items():
-        out[key] = Outcome(state="failed", reason=reason)
+        out[key] = CellOutcome(state="failed", reason=reason)
     return out
 
 
@@ -70,7 +70,7 @@ def running_status():
     out[("60m", "bridge", "a100", 2)] = rec[("60m", "bridge", "a100", 2)]
     out[("60m", "bridge", "l40s", 1)] = rec[("60m", "bridge", "l40s", 1)]
     out[("60m", "bridge", "l40s", 2)] = rec[("60m", "bridge", "l40s", 2)]
-    out[("60m", "sentinel-d8-ar48", "a100", 1)] = Outcome(state="failed", reason="preempted twice")
+    out[("60m", "sentinel-d8-ar48", "a100", 1)] = CellOutcome(state="failed", reason="preempted twice")
     running = frozenset({("60m", "greedy", "a100", 1), ("60m", "greedy", "l40s", 1)})
     status, _ = build_status(lad.spec, out, running=running)
     return status

@@ -8,7 +8,8 @@ import pytest
 
 from ladder_trainer.cli import main
 from ladder_trainer.config import ConfigError, TrainConfig, parse_config
-from promotion_ladder.core.result import EXIT_BAD_CONFIG, parse_result
+from promotion_ladder.core.contract import EXIT_BAD_CONFIG
+from promotion_ladder.core.result import parse_result
 
 BAD = {
     "unknown key": ({"detph": 4}, "detph"),

@@ -69,7 +69,8 @@ def test_missing_data_path_is_a_clear_error(tmp_path):
 
 def test_cli_missing_data_exits_2(tmp_path):
     from ladder_trainer.cli import main
-    from promotion_ladder.core.result import EXIT_BAD_CONFIG, parse_result
+    from promotion_ladder.core.contract import EXIT_BAD_CONFIG
+    from promotion_ladder.core.result import parse_result
 
     out = tmp_path / "r.json"
     code = main(["--config", json.dumps(TINY), "--budget", "5s", "--data", str(tmp_path / "nope"), "--result-file", str(out)])

@@ -26,7 +26,8 @@ from ladder_trainer.hardware import attention_backend, peak_flops  # noqa: E402
 from ladder_trainer.model import GPT  # noqa: E402
 from ladder_trainer.optim import PlainAdamW, build_optimizers  # noqa: E402
 from ladder_trainer.train import run  # noqa: E402
-from promotion_ladder.core.result import EXIT_OOM, parse_result  # noqa: E402
+from promotion_ladder.core.contract import EXIT_OOM  # noqa: E402
+from promotion_ladder.core.result import parse_result  # noqa: E402
 
 from ..corpus import write_tiny_corpus  # noqa: E402
 from .conftest import run_cli  # noqa: E402  (a plain function; no fixtures are taken from conftest)

@@ -13,7 +13,8 @@ pytest.importorskip("torch")
 from kubernetes import client  # noqa: E402
 from localcluster.waiting import wait_for  # noqa: E402
 
-from promotion_ladder.core.result import PROGRESS_ANNOTATION, RESULT_ANNOTATION, parse_result  # noqa: E402
+from promotion_ladder.core.contract import PROGRESS_ANNOTATION, RESULT_ANNOTATION  # noqa: E402
+from promotion_ladder.core.result import parse_result  # noqa: E402
 
 from .conftest import TINY  # noqa: E402
 

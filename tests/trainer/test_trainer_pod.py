@@ -12,8 +12,9 @@ import pytest
 pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 
-from ladder_trainer.report import termination_message  # noqa: E402
-from promotion_ladder.core.result import PROGRESS_ANNOTATION, RESULT_ANNOTATION, CellResult, parse_result  # noqa: E402
+from ladder_trainer.publish import termination_message  # noqa: E402
+from promotion_ladder.core.contract import PROGRESS_ANNOTATION, RESULT_ANNOTATION  # noqa: E402
+from promotion_ladder.core.result import CellResult, parse_result  # noqa: E402
 
 from .conftest import TINY, run_cli  # noqa: E402
 

@@ -12,7 +12,8 @@ pytest.importorskip("torch")
 
 from ladder_trainer.config import Settings, parse_config  # noqa: E402
 from ladder_trainer.train import run  # noqa: E402
-from promotion_ladder.core.result import EXIT_DIVERGED, EXIT_ERROR, EXIT_OOM, parse_result  # noqa: E402
+from promotion_ladder.core.contract import EXIT_DIVERGED, EXIT_ERROR, EXIT_OOM  # noqa: E402
+from promotion_ladder.core.result import parse_result  # noqa: E402
 
 from .conftest import TINY, run_cli  # noqa: E402
 

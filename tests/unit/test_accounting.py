@@ -9,7 +9,7 @@ import pytest
 
 from promotion_ladder.core.accounting import occupancy_rows, occupied_seconds, protocol_seconds
 from promotion_ladder.core.recorded import parse_results
-from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.cell import CellOutcome as Outcome
 from promotion_ladder.core.status import build_status, simulate
 from promotion_ladder.files import read_ladder
 from promotion_ladder.render import status_table

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from promotion_ladder.core.accounting import gpu_hours
 from promotion_ladder.core.planner import PlanError, plan
-from promotion_ladder.core.rules import Outcome
+from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.status import build_status, decisions_from_status, outcomes_from_status, parse_status, simulate
 from promotion_ladder.core.recorded import parse_results
 from promotion_ladder.files import read_ladder
@@ -26,7 +26,7 @@ def run_all(spec, value_of):
             return p, outcomes
         for c in p.to_run:
             v = value_of(c)
-            outcomes[c.key] = Outcome("failed", reason="x") if v is None else Outcome("succeeded", value=v, train_seconds=30.0)
+            outcomes[c.key] = CellOutcome("failed", reason="x") if v is None else CellOutcome("succeeded", value=v, train_seconds=30.0)
     raise AssertionError("planner did not finish")
 
 
@@ -46,7 +46,7 @@ def test_recorded_decisions_are_final():
     spec = build().spec
     p, outcomes = run_all(spec, lambda c: int(c.candidate[1:]))
     # Replaying with different stage-1 values but the recorded decisions keeps the decisions.
-    flipped = {k: Outcome("succeeded", value=-int(k[1][1:])) for k in outcomes}
+    flipped = {k: CellOutcome("succeeded", value=-int(k[1][1:])) for k in outcomes}
     again = plan(spec, flipped, p.decisions)
     assert [d.wire() for d in again.decisions] == [d.wire() for d in p.decisions]
     assert again.new_decisions == []

@@ -3,10 +3,11 @@
 import pytest
 
 from promotion_ladder.core.api import Check, Promote, Stage, Verdict
-from promotion_ladder.core.rules import Outcome, decide, rank_stage, verdict
+from promotion_ladder.core.rules import decide, rank_stage, verdict
+from promotion_ladder.core.cell import CellOutcome
 
-OK = lambda v: Outcome("succeeded", value=v)  # noqa: E731
-FAIL = Outcome("failed", reason="diverged")
+OK = lambda v: CellOutcome("succeeded", value=v)  # noqa: E731
+FAIL = CellOutcome("failed", reason="diverged")
 
 
 def stage(promote=None, blocks=("a", "b"), seeds=(1,)):

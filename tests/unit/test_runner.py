@@ -10,7 +10,7 @@ from promotion_ladder.core.api import load_ladder
 from promotion_ladder.files import FileError, read_status
 from promotion_ladder.local.cellproc import outcome_from_result
 from promotion_ladder.local.runner import run_ladder
-from promotion_ladder.core.planner import Cell
+from promotion_ladder.core.cell import Cell
 
 from .builders import edit, ladder_doc
 
@@ -55,7 +55,7 @@ def test_runs_a_ladder_and_records_failures(tmp_path):
     assert all("diverged: loss is nan" in c.reason for c in failed)
     saved = read_status(tmp_path / "s.json")
     assert saved.wire() == status.wire()
-    assert "stage s1 decided" in out.text and "winner: c1" in out.text
+    assert "stage s1: promoted" in out.text and "winner: c1" in out.text
 
 
 def test_resume_runs_no_finished_cell_again(tmp_path):
@@ -83,8 +83,8 @@ OK_DOC = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult", "
 
 OUTCOMES = {
     "ok": (0, OK_DOC, "succeeded", ""),
-    "no result file": (0, None, "failed", "exit code 0 but no result file"),
-    "crash": (1, None, "failed", "exit code 1 (no result file)"),
+    "no result file": (0, None, "failed", "exit code 0 but no result"),
+    "crash": (1, None, "failed", "exit code 1 (no result)"),
     "diverged": (3, {**OK_DOC, "status": "diverged", "value": None, "message": "nan"}, "failed", "exit code 3 (diverged: nan)"),
     "forged identity": (0, {**OK_DOC, "candidate": "c9"}, "failed", "does not match the cell"),
     "wrong metric": (0, {**OK_DOC, "metric": "loss"}, "failed", "reports metric 'loss'"),

@@ -4,7 +4,7 @@
 
 Candidate config is the JSON object; everything else a ladder keeps the same for all its
 cells is a flag or a LADDER_TRAINER_* variable (flags win). Whatever happens, a result
-document is written and the exit code follows promotion_ladder.core.result: 0 ok, 1 error,
+document is written and the exit code follows promotion_ladder.core.contract: 0 ok, 1 error,
 2 bad config, 3 diverged, 4 out of memory.
 """
 
@@ -18,17 +18,11 @@ import time
 import traceback
 
 from promotion_ladder.core.budget import parse_budget
-from promotion_ladder.core.result import (
-    EXIT_BAD_CONFIG,
-    EXIT_DIVERGED,
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_OOM,
-    CellResult,
-)
+from promotion_ladder.core.contract import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM
+from promotion_ladder.core.result import CellResult
 
 from .config import ConfigError, Settings, parse_config
-from .report import PodAnnotator, ProgressReporter, identity_from_env, log, publish
+from .publish import PodAnnotator, ProgressReporter, identity_from_env, log, publish
 
 # flag -> (env variable, type, default); the same table documents the settings in docs/trainer.md.
 SETTINGS = {

@@ -27,14 +27,14 @@ from .config import ConfigError, Settings, TrainConfig
 from .hardware import attention_backend, device_name, peak_flops, peak_memory, pick_device, synchronize
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, set_lr
-from .report import ProgressReporter, log
+from .publish import ProgressReporter, log
 
 
 EVAL_TOKENS_DEFAULT = {"cuda": 2**20, "cpu": 2**14}
 
 
 @dataclass
-class Outcome:
+class RunOutcome:
     status: str
     message: str = ""
     value: float | None = None
@@ -118,12 +118,12 @@ def _fault(settings: Settings) -> tuple[str | None, int]:
     return kind, int(step)
 
 
-def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None = None) -> Outcome:
+def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None = None) -> RunOutcome:
     with attention_backend(settings.attention):
         return _run(cfg, seed, budget, settings, progress)
 
 
-def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None) -> Outcome:
+def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None) -> RunOutcome:
     t_setup = time.perf_counter()
     try:
         device = pick_device(settings.device)
@@ -245,7 +245,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         if not math.isfinite(last_loss) or last_loss > 2 * first_loss + 1:
             synchronize(device)
             train_seconds = elapsed()
-            return Outcome(
+            return RunOutcome(
                 "diverged",
                 f"training loss {last_loss:.4g} at step {steps + 1} (first step {first_loss:.4g}); "
                 "lower the learning rates or add warmup",
@@ -273,11 +273,11 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     train_seconds = elapsed()
     processed = micro_batches * cfg.device_batch * cfg.seq_len
     if steps == 0:
-        return Outcome("error", f"no optimizer step finished within the {budget:g}s budget; use a smaller batch",
-                       train_seconds=train_seconds, steps=0, tokens=0, gpu_name=device_name(device), **timing)
+        return RunOutcome("error", f"no optimizer step finished within the {budget:g}s budget; use a smaller batch",
+                          train_seconds=train_seconds, steps=0, tokens=0, gpu_name=device_name(device), **timing)
 
     if settings.eval_tokens < 0:  # the benchmark measures training only
-        return Outcome("ok", train_seconds=train_seconds, steps=steps, tokens=steps * cfg.batch,
+        return RunOutcome("ok", train_seconds=train_seconds, steps=steps, tokens=steps * cfg.batch,
                        tokens_per_second=processed / train_seconds, mfu=_mfu(flops, train_seconds, device),
                        peak_memory_bytes=peak_memory(device), gpu_name=device_name(device), **timing)
     t_eval = time.perf_counter()
@@ -299,7 +299,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         log(f"note: the training split was repeated {passes:.0f} times; past a few passes a longer budget can "
             "make val_bpb worse, not better. Give larger budgets a larger corpus (--data)")
     gpu = device_name(device)
-    outcome = Outcome(
+    outcome = RunOutcome(
         "ok" if math.isfinite(ev["val_bpb"]) else "diverged",
         "" if math.isfinite(ev["val_bpb"]) else "val_bpb is not finite",
         value=ev["val_bpb"] if math.isfinite(ev["val_bpb"]) else None,
@@ -367,7 +367,7 @@ def _inject(kind: str, step: int) -> None:
         raise RuntimeError(f"injected error (fault error_at_step:{step})")
 
 
-def save_checkpoint(out: Path, model: GPT, cfg: TrainConfig, shards, seed: int, outcome: Outcome) -> None:
+def save_checkpoint(out: Path, model: GPT, cfg: TrainConfig, shards, seed: int, outcome: RunOutcome) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "vocab_size": shards.vocab_size}, out / "model.pt")
     (out / "config.json").write_text(json.dumps(

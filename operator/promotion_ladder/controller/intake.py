@@ -3,14 +3,18 @@
 Pure. The handlers turn raw Job/Pod bodies into small summaries (`job_summary`, `pod_summary`,
 kept in the operator's in-memory index) and ask `cell_outcome` what a cell's state is.
 
-A result counts only when:
-  * the Pod is controlled by a Job this ladder controls (owner-reference UIDs, not labels), and
-  * the Job's identity labels name the cell, and
-  * the document validates (core.result.parse_result), its identity fields equal the Job's
-    labels and its metric is the ladder's objective metric.
-The Pod annotation (ladder.promotion.dev/result) is the primary channel; the container's
-termination message (written by the kubelet, so it cannot be forged through the API) is the
-fallback. A rejected document yields a `Rejection` (reason = metric label, message = Event text).
+How a finished cell is judged is the cell contract's (core.contract.judge, the same for
+`ladder run`); this module only gathers the Kubernetes evidence for it:
+  * which Pod: one controlled by a Job this ladder controls (owner-reference UIDs, not labels),
+    whose identity labels name the cell; Succeeded Pods first;
+  * which channel: the Pod annotation (core.contract.RESULT_ANNOTATION) first, the container's
+    termination message (written by the kubelet, so it cannot be forged through the API) as
+    the fallback when the annotation is missing or rejected;
+  * when it is final: a Pod that Succeeded, a Pod that failed with a non-retryable exit code,
+    or a Job that has finished (its retries are spent). A Pod that is still running, or that
+    failed in a way the Job retries, decides nothing, whatever its annotation says.
+A rejected annotation yields a `Rejection` (reason = metric label, message = Event text), also
+for a Pod that has not ended.
 """
 
 from __future__ import annotations
@@ -19,14 +23,12 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.planner import Cell
-from ..core.result import (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM, NON_RETRYABLE_EXIT_CODES,
-                           RESULT_ANNOTATION, CellResult, ResultError, parse_result)
-from ..core.rules import Outcome
+from ..core.cell import Cell
+from ..core.contract import NON_RETRYABLE_EXIT_CODES, RESULT_ANNOTATION, check_result, judge
+from ..core.result import ResultError
+from ..core.cell import CellOutcome
 from .jobs import CONTAINER, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
 from .occupancy import pod_times
-
-EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_OOM: "out of memory"}
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class Rejection:
 class CellView:
     """What the cluster says about one cell right now."""
 
-    outcome: Outcome | None = None  # terminal: succeeded/failed
+    outcome: CellOutcome | None = None  # terminal: succeeded/failed
     running: bool = False  # a Job exists and is not finished
     rejections: list[Rejection] = field(default_factory=list)
 
@@ -151,37 +153,39 @@ def _key(pod: PodSummary, text: str) -> str:
     return pod.uid + ":" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool = True) -> CellResult:
-    """Parse a result and check it belongs to this cell. `strict`: every identity field must be
-    present (annotations); otherwise only the fields present must match (termination messages,
-    which the trainer may shorten)."""
-    result = parse_result(text)
-    want = {"ladder": ladder, "stage": cell.stage, "candidate": cell.candidate,
-            "hostBlock": cell.host_block, "seed": cell.seed}
-    got = dict(zip(("ladder", "stage", "candidate", "hostBlock", "seed"), result.identity()))
-    wrong = [k for k, v in want.items() if (got[k] is not None or strict) and got[k] != v]
-    if wrong:
-        raise ResultError("identity", "result identity does not match its Job: " + ", ".join(
-            f"{k}={got[k]!r} (expected {want[k]!r})" for k in wrong))
-    if result.metric != metric:
-        raise ResultError("metric", f"result metric {result.metric!r} is not the ladder's objective metric {metric!r}")
-    return result
-
-
-def _outcome_from(result: CellResult, exit_code: int | None) -> Outcome:
-    if result.status == "ok" and exit_code in (0, None):
-        return Outcome("succeeded", result.value, result.train_seconds)
-    why = result.status if result.status != "ok" else f"exit code {exit_code}"
-    msg = f"{why}: {result.message}" if result.message else why
-    return Outcome("failed", None, result.train_seconds, msg[:200])
-
-
 def foreign_pod_rejection(pod: PodSummary) -> Rejection | None:
     """A Pod with our labels and a result that no Job of the ladder controls: never counted."""
     if pod.result is None:
         return None
     return Rejection(f"{pod.namespace}/{pod.name}", _key(pod, pod.result), "foreign",
                      f"pod {pod.name} carries a result but is not controlled by a Job of this ladder; ignored")
+
+
+def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str,
+              view: CellView) -> tuple[str | None, bool]:
+    """The result text this Pod offers and whether it came from the strict channel (annotation).
+
+    The first channel whose document passes the contract's checks wins; when none does, the
+    termination message (the kubelet's, unforgeable) is preferred as the evidence to judge. A
+    rejected annotation is recorded in `view.rejections`."""
+    channels: list[tuple[str, bool]] = []
+    if pod.result is not None:
+        channels.append((pod.result, True))
+    if pod.terminal and pod.termination_message:
+        channels.append((pod.termination_message, False))
+    for text, strict in channels:
+        try:
+            check_result(text, ladder, cell, metric, strict=strict)
+        except ResultError as exc:
+            if strict:  # a bad termination message is not worth an Event: the kubelet wrote it
+                view.rejections.append(Rejection(f"{pod.namespace}/{pod.name}", _key(pod, text), exc.reason,
+                                                 f"result annotation on pod {pod.name} rejected: {exc}"))
+            continue
+        return text, strict
+    if not channels:
+        return None, False
+    text, strict = channels[-1]
+    return text, strict
 
 
 def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: JobSummary | None,
@@ -195,46 +199,30 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     mine = [p for p in pods if p.owner_uid == job.uid]
     # Stable order: Succeeded pods first, then by name (a retried Job has several pods).
     mine.sort(key=lambda p: (p.phase != "Succeeded", p.name))
-    accepted: tuple[CellResult, PodSummary] | None = None
+    decided: CellOutcome | None = None
     for pod in mine:
-        where = f"{pod.namespace}/{pod.name}"
-        candidates = []
-        if pod.result is not None:
-            candidates.append((pod.result, True))
-        if pod.terminal and pod.termination_message:
-            candidates.append((pod.termination_message, False))
-        for text, strict in candidates:
-            try:
-                res = check_result(text, ladder, cell, metric, strict=strict)
-            except ResultError as exc:
-                if strict:  # a bad termination message is not worth an Event: the kubelet wrote it
-                    view.rejections.append(Rejection(where, _key(pod, text), exc.reason,
-                                                     f"result annotation on pod {pod.name} rejected: {exc}"))
-                continue
-            if pod.terminal and accepted is None:
-                accepted = (res, pod)
-            break
-    if accepted is not None:
-        res, pod = accepted
-        if pod.phase == "Succeeded" or (pod.exit_code in NON_RETRYABLE_EXIT_CODES) or job.failed:
-            view.outcome = _outcome_from(res, pod.exit_code if pod.phase != "Succeeded" else 0)
-            return view
-    for pod in mine:  # a non-retryable exit fails the cell at once (the Job follows)
-        if pod.phase == "Failed" and pod.exit_code in NON_RETRYABLE_EXIT_CODES:
-            view.outcome = Outcome("failed", reason=f"exit code {pod.exit_code} ({EXIT_REASONS[pod.exit_code]})")
-            return view
+        text, strict = _evidence(pod, ladder, cell, metric, view)
+        if decided is not None or not pod.terminal:
+            continue  # a running Pod's annotation may be rejected (above), never decides the cell
+        # Final evidence: the Pod succeeded, failed for good, or failed with a result document
+        # after the Job gave up on it. A Pod the Job retries decides nothing; a failed Job with
+        # no document keeps the Job's own reason (below).
+        final = (pod.phase == "Succeeded" or pod.exit_code in NON_RETRYABLE_EXIT_CODES
+                 or (job.finished and text is not None))
+        if not final:
+            continue
+        code = pod.exit_code if pod.exit_code is not None else (0 if pod.phase == "Succeeded" else 1)
+        decided = judge(text, code, cell, ladder, metric, strict=strict)
+    if decided is not None:
+        view.outcome = decided
+        return view
     if job.failed:
         last = next((p for p in reversed(mine) if p.phase == "Failed"), None)
         detail = f"; last pod exit code {last.exit_code}" if last and last.exit_code is not None else ""
-        view.outcome = Outcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
+        view.outcome = CellOutcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
         return view
     if job.complete:
-        view.outcome = Outcome("failed", reason="job completed without a valid result")
-        return view
-    if any(p.phase == "Succeeded" for p in mine):
-        # Exit 0 but no acceptable result: the contract says failed. Wait for the Job to say
-        # Complete only if a result may still be on its way (the annotation lands before exit).
-        view.outcome = Outcome("failed", reason="trainer exited 0 without a valid result")
+        view.outcome = CellOutcome("failed", reason="job completed without a valid result")
         return view
     view.running = True
     return view

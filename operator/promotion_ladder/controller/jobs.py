@@ -1,8 +1,7 @@
 """One Kubernetes Job per cell: deterministic names and a pure builder.
 
-A cell's Job runs the trainer by the cell contract (core issue): trainer.command + trainer.args
-+ --config/--seed/--budget/--result-file, LADDER_* env, POD_NAME/POD_NAMESPACE from the
-downward API. Failure handling lives in the Job itself: a podFailurePolicy fails the Job at
+A cell's Job runs the trainer by the cell contract (core/contract.py: argv and LADDER_* env),
+plus POD_NAME/POD_NAMESPACE from the downward API. Failure handling lives in the Job itself: a podFailurePolicy fails the Job at
 once on the trainer's "not worth retrying" exit codes (bad config, diverged, OOM) and does not
 count disruptions (preemption, eviction, node drain); anything else retries up to BACKOFF_LIMIT.
 """
@@ -16,8 +15,8 @@ from typing import Any
 
 from ..core.api import API_VERSION, KIND, LadderSpec
 from ..core.budget import cell_deadline_seconds
-from ..core.planner import Cell
-from ..core.result import NON_RETRYABLE_EXIT_CODES
+from ..core.cell import Cell
+from ..core.contract import NON_RETRYABLE_EXIT_CODES, cell_args, cell_env
 from .rbac import TRAINER_SERVICE_ACCOUNT
 
 LABEL_PREFIX = "ladder.promotion.dev/"
@@ -86,18 +85,12 @@ def owner_reference(ladder_body: dict[str, Any]) -> dict[str, Any]:
 
 
 def trainer_args(spec: LadderSpec, cell: Cell) -> list[str]:
-    stage = next(s for s in spec.stages if s.name == cell.stage)
-    config = json.dumps(spec.candidate(cell.candidate).config, sort_keys=True, separators=(",", ":"))
-    return [*spec.trainer.args, "--config", config, "--seed", str(cell.seed), "--budget", stage.budget,
-            "--result-file", RESULT_FILE]
+    return cell_args(spec, cell, RESULT_FILE)
 
 
 def trainer_env(spec: LadderSpec, ladder: str, cell: Cell) -> list[dict[str, Any]]:
     env = [{"name": k, "value": v} for k, v in sorted(spec.trainer.env.items())]
-    ours = {
-        "LADDER_NAME": ladder, "LADDER_STAGE": cell.stage, "LADDER_CANDIDATE": cell.candidate,
-        "LADDER_HOST_BLOCK": cell.host_block, "LADDER_SEED": str(cell.seed),
-    }
+    ours = cell_env(ladder, cell)
     env = [e for e in env if e["name"] not in ours and e["name"] not in ("POD_NAME", "POD_NAMESPACE")]
     env += [{"name": k, "value": v} for k, v in ours.items()]
     env += [

@@ -16,7 +16,8 @@ import threading
 import kopf
 from aiohttp import web
 
-from .handlers import Controller, register
+from .handlers import register
+from .reconciler import Controller
 from .metrics import LadderMetrics
 
 

@@ -23,7 +23,7 @@ import datetime as dt
 from dataclasses import replace
 from typing import Any, Iterable, Protocol
 
-from ..core.rules import Outcome
+from ..core.cell import CellOutcome
 
 
 class _Timed(Protocol):
@@ -78,6 +78,6 @@ def occupied_seconds(pods: Iterable[_Timed]) -> float | None:
     return total if any_bound else None
 
 
-def with_occupancy(outcome: Outcome, pods: Iterable[_Timed]) -> Outcome:
+def with_occupancy(outcome: CellOutcome, pods: Iterable[_Timed]) -> CellOutcome:
     """A terminal cell's outcome with the occupancy of its Job's Pods."""
     return replace(outcome, occupied_seconds=occupied_seconds(pods))

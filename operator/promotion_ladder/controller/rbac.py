@@ -49,7 +49,7 @@ _TRAINER_GRANT_RULES: list[Rule] = [
 OPERATOR_RULES += _TRAINER_GRANT_RULES
 
 # A trainer pod may read and annotate pods in its own namespace, and nothing more: it patches
-# its own Pod's ladder.promotion.dev/result annotation. (RBAC cannot say "only your own pod"
+# its own Pod's result annotation (core.contract.RESULT_ANNOTATION). (RBAC cannot say "only your own pod"
 # without knowing the name in advance; the operator's result intake checks the identity.)
 TRAINER_RULES: list[Rule] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},

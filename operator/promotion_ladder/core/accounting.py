@@ -25,10 +25,10 @@ from pydantic import Field
 
 from .api import LadderSpec
 from .planner import Outcomes, stage_cells
-from .rules import _Out
+from .model import WireModel
 
 
-class Counterfactual(_Out):
+class Counterfactual(WireModel):
     stage: str
     entered: int
     gpu_hours: float
@@ -36,7 +36,7 @@ class Counterfactual(_Out):
     saved_percent: float
 
 
-class OccupiedGpuHours(_Out):
+class OccupiedGpuHours(WireModel):
     total: float
     by_stage: dict[str, float]
     ratio: float | None = Field(None, description="Occupied total / protocol total (absent while the protocol total is 0).")
@@ -44,7 +44,7 @@ class OccupiedGpuHours(_Out):
     cells: int = Field(description="Terminal cells counted.")
 
 
-class GpuHours(_Out):
+class GpuHours(WireModel):
     total: float
     by_stage: dict[str, float]
     by_candidate: dict[str, float]

@@ -14,9 +14,9 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic.alias_generators import to_camel
 
 from .budget import parse_budget
+from .model import SpecModel
 
 GROUP = "ladder.promotion.dev"
 VERSION = "v1alpha1"
@@ -40,22 +40,12 @@ MAX_CHECKS = 32
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-    def wire(self) -> dict[str, Any]:
-        """The object as it appears in YAML / on the API server (camelCase, no nulls)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-class Objective(_Model):
+class Objective(SpecModel):
     metric: str = Field("val_bpb", min_length=1, max_length=128, description="Metric the trainer reports (result 'metric').")
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
-class Trainer(_Model):
+class Trainer(SpecModel):
     image: str = Field("ghcr.io/promotion-ladder/trainer:0.1.0", min_length=1, max_length=512)
     command: list[str] = Field(default_factory=lambda: ["python", "-m", "ladder_trainer"], min_length=1, max_length=64)
     args: list[str] = Field(default_factory=list, max_length=256)
@@ -68,7 +58,7 @@ class Trainer(_Model):
     )
 
 
-class HostBlock(_Model):
+class HostBlock(SpecModel):
     name: Name
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=32)
     tolerations: list[dict[str, Any]] = Field(
@@ -77,7 +67,7 @@ class HostBlock(_Model):
     )
 
 
-class Candidate(_Model):
+class Candidate(SpecModel):
     name: Name
     config: dict[str, Any] = Field(
         default_factory=dict,
@@ -89,7 +79,7 @@ class Candidate(_Model):
 Aggregate = Literal["mean", "median", "worst", "meanRank"]
 
 
-class Promote(_Model):
+class Promote(SpecModel):
     top: int = Field(ge=1, le=MAX_CANDIDATES, description="Promote the best `top` complete candidates.")
     keep: list[Name] = Field(default_factory=list, max_length=MAX_KEEP, description="References always promoted.")
     aggregate: Aggregate = "mean"
@@ -98,7 +88,7 @@ class Promote(_Model):
     )
 
 
-class Stage(_Model):
+class Stage(SpecModel):
     name: Name
     budget: str = Field(min_length=1, max_length=32, pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$",
                         description='Wall-clock training budget per cell, e.g. "90s", "2m", "12h".')
@@ -124,7 +114,7 @@ class Stage(_Model):
 CheckType = Literal["nearEquivalence", "meanGap", "rankFirstAllCells"]
 
 
-class Check(_Model):
+class Check(SpecModel):
     name: Name
     type: CheckType
     candidate: Name
@@ -132,12 +122,12 @@ class Check(_Model):
     max_gap: float | None = Field(None, ge=0, description="meanGap: mean gap to the reference (worse direction) <= maxGap.")
 
 
-class Verdict(_Model):
+class Verdict(SpecModel):
     reference: Name
     checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)
 
 
-class LadderSpec(_Model):
+class LadderSpec(SpecModel):
     # Defaults are materialised by the API server too ({} + field defaults), so the frozen
     # objective exists on every stored ladder and `self == oldSelf` always applies to it.
     objective: Objective = Field(default_factory=Objective, json_schema_extra={"default": {}})

@@ -10,24 +10,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
 from .api import LadderSpec
-from .rules import Decision, Outcome, VerdictResult, decide, verdict
+from .cell import Cell, CellKey, CellOutcome
+from .rules import Decision, VerdictResult, decide, verdict
 
 
-@dataclass(frozen=True, order=True)
-class Cell:
-    """One unit of work: a candidate's run at one stage, on one host block, with one seed."""
-
-    stage: str
-    candidate: str
-    host_block: str
-    seed: int
-
-    @property
-    def key(self) -> tuple[str, str, str, int]:
-        return (self.stage, self.candidate, self.host_block, self.seed)
-
-
-Outcomes = Mapping[tuple[str, str, str, int], Outcome]  # (stage, candidate, hostBlock, seed) -> Outcome
+Outcomes = Mapping[CellKey, CellOutcome]
 Phase = Literal["Running", "Succeeded", "Failed"]
 
 

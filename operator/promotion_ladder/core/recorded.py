@@ -11,11 +11,12 @@ import json
 
 from pydantic import Field, ValidationError
 
-from .api import _Model, pydantic_errors
-from .rules import Outcome
+from .api import pydantic_errors
+from .cell import CellKey, CellOutcome
+from .model import SpecModel
 
 
-class RecordedResult(_Model):
+class RecordedResult(SpecModel):
     stage: str
     candidate: str
     host_block: str
@@ -32,10 +33,10 @@ class RecordedResultsInvalid(ValueError):
         super().__init__("\n".join(errors))
 
 
-def parse_results(text: str, source: str = "results") -> dict[tuple[str, str, str, int], Outcome]:
+def parse_results(text: str, source: str = "results") -> dict[CellKey, CellOutcome]:
     """Parse JSONL into outcomes keyed by (stage, candidate, hostBlock, seed); every bad line is reported."""
     errors: list[str] = []
-    out: dict[tuple[str, str, str, int], Outcome] = {}
+    out: dict[CellKey, CellOutcome] = {}
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -48,12 +49,12 @@ def parse_results(text: str, source: str = "results") -> dict[tuple[str, str, st
         except ValidationError as exc:
             errors += [f"{where}: {e}" for e in pydantic_errors(exc)]
             continue
-        key = (r.stage, r.candidate, r.host_block, r.seed)
+        key = CellKey(r.stage, r.candidate, r.host_block, r.seed)
         if key in out:
             errors.append(f"{where}: a second result for cell {r.stage}/{r.candidate}/{r.host_block}/{r.seed}")
             continue
         ok = r.value is not None
-        out[key] = Outcome(
+        out[key] = CellOutcome(
             state="succeeded" if ok else "failed", value=r.value, train_seconds=r.train_seconds,
             occupied_seconds=r.occupied_seconds,
             reason=r.reason or ("" if ok else "recorded without a value"),

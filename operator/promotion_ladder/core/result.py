@@ -1,7 +1,8 @@
 """The cell result document: what one run of a cell reports back.
 
 Owned here because every adapter shares it: the trainer writes it (result file, Pod
-annotation, termination message), the local runner and the operator read and validate it.
+annotation, termination message), the local runner and the operator read and validate it
+(the rest of the cell contract, and how a finished cell is judged: core/contract.py).
 The schema is versioned through `apiVersion`/`kind`; a reader rejects anything else.
 """
 
@@ -15,17 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 RESULT_API_VERSION = "ladder.promotion.dev/v1alpha1"
 RESULT_KIND = "CellResult"
-RESULT_ANNOTATION = "ladder.promotion.dev/result"
-PROGRESS_ANNOTATION = "ladder.promotion.dev/progress"
-
-# Exit codes of a cell program (the trainer). The operator's podFailurePolicy fails a Job
-# at once on the "not worth retrying" codes and retries anything else a bounded number of times.
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_BAD_CONFIG = 2
-EXIT_DIVERGED = 3
-EXIT_OOM = 4
-NON_RETRYABLE_EXIT_CODES = (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM)
 
 Status = Literal["ok", "diverged", "oom", "error"]
 

@@ -13,43 +13,19 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
 from typing import Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from .api import Check, Promote, Stage, Verdict
+from .cell import CellOutcome
+from .model import WireModel
 
 EPS = 1e-12
 CellId = tuple[str, int]  # (hostBlock, seed)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """A terminal cell: succeeded with a value, or failed (crashed, diverged, never reported)."""
-
-    state: Literal["succeeded", "failed"]
-    value: float | None = None
-    train_seconds: float | None = None
-    reason: str = ""
-    # Seconds the cell held its GPUs (Pod bound to finished, or the local process's wall time;
-    # every attempt counted). None: not measured (see core.accounting for how it is counted).
-    occupied_seconds: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "succeeded" and self.value is not None and math.isfinite(self.value)
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
-
-    def wire(self) -> dict:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-class RankEntry(_Out):
+class RankEntry(WireModel):
     candidate: str
     rank: int
     aggregate: float | None = None
@@ -58,7 +34,7 @@ class RankEntry(_Out):
     promoted_by: Literal["top", "within", "keep"] | None = None
 
 
-class Rule(_Out):
+class Rule(WireModel):
     direction: Literal["minimize", "maximize"]
     aggregate: str
     top: int | None = None
@@ -66,7 +42,7 @@ class Rule(_Out):
     within: float | None = None
 
 
-class Decision(_Out):
+class Decision(WireModel):
     """A stage's recorded decision: inputs (values per cell), the rule, the ranking, who goes on."""
 
     stage: str
@@ -115,7 +91,7 @@ def _mean_ranks(values: dict[str, list[float]], direction: str) -> dict[str, flo
 def rank_stage(
     stage: Stage,
     entering: list[str],
-    outcomes: Mapping[tuple[str, str, int], Outcome],
+    outcomes: Mapping[tuple[str, str, int], CellOutcome],
     direction: str,
     aggregate: str = "mean",
 ) -> list[RankEntry]:
@@ -154,7 +130,7 @@ def rank_stage(
 def decide(
     stage: Stage,
     entering: list[str],
-    outcomes: Mapping[tuple[str, str, int], Outcome],
+    outcomes: Mapping[tuple[str, str, int], CellOutcome],
     direction: str,
 ) -> Decision:
     """The frozen rule of one stage: rank, then promote top N, those `within` the best, and `keep`."""
@@ -188,7 +164,7 @@ def decide(
     )
 
 
-class CheckResult(_Out):
+class CheckResult(WireModel):
     name: str
     type: str
     candidate: str
@@ -198,7 +174,7 @@ class CheckResult(_Out):
     detail: str
 
 
-class VerdictResult(_Out):
+class VerdictResult(WireModel):
     winner: str | None
     reference: str | None = None
     checks: list[CheckResult] = Field(default_factory=list)

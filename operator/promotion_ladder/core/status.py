@@ -2,24 +2,39 @@
 `ladder run`'s status file and for `ladder simulate --output json`.
 
 It is also the durable record the adapters resume from: `outcomes_from_status` and
-`decisions_from_status` read back exactly what `build_status` wrote.
+`decisions_from_status` read back exactly what `build_status` wrote. The conditions
+(`conditions`) and the stopped states (`stopped_status`) are built here too, so no adapter
+patches status dicts of its own (core/step.py puts it together per ladder step).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, ValidationError
 
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
 from .planner import Outcomes, Plan, plan, stage_cells
-from .rules import Decision, Outcome, VerdictResult, _Out, rank_stage
+from .cell import Cell, CellKey, CellOutcome
+from .model import WireModel
+from .rules import Decision, VerdictResult, rank_stage
 
 CellState = Literal["Pending", "Running", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+MESSAGE_LIMIT = 1024  # a condition's / Event's message
+
+# The reasons a ladder stops without deciding anything more; each is a Failed condition's reason.
+INVALID_SPEC = "InvalidSpec"
+FROZEN_SPEC_CHANGED = "FrozenSpecChanged"
+STATUS_UNREADABLE = "StatusUnreadable"
+RECORDED_DECISIONS_MISMATCH = "RecordedDecisionsMismatch"
+STOPPED_REASONS = (INVALID_SPEC, FROZEN_SPEC_CHANGED, STATUS_UNREADABLE, RECORDED_DECISIONS_MISMATCH)
+# The condition reason of a ladder that runs or ended by its rules, per phase.
+PHASE_REASONS = {"Running": "StageRunning", "Succeeded": "VerdictReached", "Failed": "NoCandidateCompleted"}
 
 
-class CellStatus(_Out):
+class CellStatus(WireModel):
     candidate: str
     host_block: str
     seed: int
@@ -30,7 +45,7 @@ class CellStatus(_Out):
     reason: str | None = None
 
 
-class StageStatus(_Out):
+class StageStatus(WireModel):
     name: str
     budget: str
     state: Literal["Pending", "Running", "Decided"]
@@ -39,7 +54,7 @@ class StageStatus(_Out):
     decision: Decision | None = None
 
 
-class Condition(_Out):
+class Condition(WireModel):
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str
@@ -47,7 +62,7 @@ class Condition(_Out):
     last_transition_time: str | None = None
 
 
-class LadderStatus(_Out):
+class LadderStatus(WireModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
     message: str = ""
     observed_generation: int | None = None
@@ -64,7 +79,7 @@ def build_status(
     spec: LadderSpec,
     outcomes: Outcomes,
     recorded: list[Decision] | tuple[Decision, ...] = (),
-    running: set[tuple[str, str, str, int]] | frozenset = frozenset(),
+    running: set[CellKey] | frozenset = frozenset(),
 ) -> tuple[LadderStatus, Plan]:
     """Plan the ladder and describe it. `running` marks non-terminal cells that are executing."""
     p = plan(spec, outcomes, recorded)
@@ -77,17 +92,7 @@ def build_status(
             continue
         cells = []
         for c in stage_cells(spec, i, entered):
-            o = outcomes.get(c.key)
-            if o is None:
-                state = "Running" if c.key in running else "Pending"
-                cells.append(CellStatus(candidate=c.candidate, host_block=c.host_block, seed=c.seed, state=state))
-            else:
-                cells.append(CellStatus(
-                    candidate=c.candidate, host_block=c.host_block, seed=c.seed,
-                    state="Succeeded" if o.ok else "Failed",
-                    value=o.value if o.ok else None, train_seconds=o.train_seconds, reason=o.reason or None,
-                    occupied_seconds=o.occupied_seconds,
-                ))
+            cells.append(cell_status(c, outcomes.get(c.key), c.key in running))
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
             entered=len(entered), cells=cells, decision=decided.get(st.name),
@@ -108,16 +113,36 @@ def build_status(
     return status, p
 
 
-def outcomes_from_status(status: LadderStatus) -> dict[tuple[str, str, str, int], Outcome]:
+def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False) -> CellStatus:
+    """A cell as the status records it; `recorded_outcome` reads it back. A new field of a cell's
+    outcome goes into both (and CellStatus), nowhere else."""
+    if outcome is None:
+        return CellStatus(candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
+                          state="Running" if running else "Pending")
+    return CellStatus(
+        candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
+        state="Succeeded" if outcome.ok else "Failed",
+        value=outcome.value if outcome.ok else None, train_seconds=outcome.train_seconds, reason=outcome.reason or None,
+        occupied_seconds=outcome.occupied_seconds,
+    )
+
+
+def recorded_outcome(c: CellStatus) -> CellOutcome | None:
+    """The recorded outcome of a cell (None while it has not ended)."""
+    if c.state not in ("Succeeded", "Failed"):
+        return None
+    return CellOutcome(state="succeeded" if c.state == "Succeeded" else "failed",
+                       value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
+                       occupied_seconds=c.occupied_seconds)
+
+
+def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:
     out = {}
     for st in status.stages:
         for c in st.cells:
-            if c.state in ("Succeeded", "Failed"):
-                out[(st.name, c.candidate, c.host_block, c.seed)] = Outcome(
-                    state="succeeded" if c.state == "Succeeded" else "failed",
-                    value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
-                    occupied_seconds=c.occupied_seconds,
-                )
+            o = recorded_outcome(c)
+            if o is not None:
+                out[CellKey(st.name, c.candidate, c.host_block, c.seed)] = o
     return out
 
 
@@ -142,7 +167,7 @@ def parse_status(data: Any) -> LadderStatus:
 
 def simulate(spec: LadderSpec, recorded: Outcomes) -> tuple[LadderStatus, Plan]:
     """Replay a ladder against recorded results; a cell with no recorded result failed."""
-    seen: dict[tuple[str, str, str, int], Outcome] = {}
+    seen: dict[CellKey, CellOutcome] = {}
     decided: list[Decision] = []
     while True:
         # Decisions made so far are replayed, not re-decided: each stage is decided once.
@@ -151,4 +176,42 @@ def simulate(spec: LadderSpec, recorded: Outcomes) -> tuple[LadderStatus, Plan]:
         if p.phase != "Running":
             return build_status(spec, seen, decided)
         for c in p.to_run:
-            seen[c.key] = recorded.get(c.key) or Outcome(state="failed", reason="no recorded result")
+            seen[c.key] = recorded.get(c.key) or CellOutcome(state="failed", reason="no recorded result")
+
+
+def _condition(type_: str, status: bool, reason: str, message: str,
+               old: Sequence[Mapping[str, Any]], now: str) -> Condition:
+    s = "True" if status else "False"
+    prev = next((c for c in old if c.get("type") == type_), None)
+    since = prev.get("lastTransitionTime") if prev and prev.get("status") == s and prev.get("lastTransitionTime") else now
+    return Condition(type=type_, status=s, reason=reason, message=message[:MESSAGE_LIMIT], last_transition_time=since)
+
+
+def conditions(phase: str, reason: str, message: str, old: Sequence[Mapping[str, Any]], now: str) -> list[Condition]:
+    """Progressing / Complete / Failed, each always present (True for exactly one, or none while
+    Pending). `old` is the recorded conditions (wire form): lastTransitionTime is kept while a
+    condition's status is unchanged, so an unchanged ladder gives an unchanged status."""
+    return [
+        _condition("Progressing", phase == "Running", reason if phase == "Running" else phase,
+                   message if phase == "Running" else "", old, now),
+        _condition("Complete", phase == "Succeeded", reason if phase == "Succeeded" else "NotComplete",
+                   message if phase == "Succeeded" else "", old, now),
+        _condition("Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
+                   message if phase == "Failed" else "", old, now),
+    ]
+
+
+def failed_reason(status: Mapping[str, Any]) -> str | None:
+    """The reason of a (wire) status's Failed condition."""
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Failed"), None)
+
+
+def stopped_status(recorded: Mapping[str, Any] | None, reason: str, message: str,
+                   generation: int | None, now: str) -> dict[str, Any]:
+    """A ladder that stops (one of STOPPED_REASONS): Failed, with whatever was recorded kept as it
+    is (it may be unreadable, hence the wire form) and nothing more decided."""
+    old = dict(recorded or {})
+    status = dict(old)
+    status.update(phase="Failed", message=message[:MESSAGE_LIMIT], observedGeneration=generation)
+    status["conditions"] = [c.wire() for c in conditions("Failed", reason, message, old.get("conditions") or [], now)]
+    return status

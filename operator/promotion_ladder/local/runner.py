@@ -1,7 +1,8 @@
 """`ladder run`: the embedded default. Runs a whole ladder on this machine, no Kubernetes.
 
-Each cell is a local process launched by the cell contract (see cellproc.py), one per free GPU
-(one at a time on a machine without GPUs, unless --parallel says otherwise). The status file
+A translator around the core's ladder step (core/step.py): finished processes in as observed
+outcomes, the step, cells to start out as processes (cellproc.py, by the cell contract), one per
+free GPU (one at a time on a machine without GPUs, unless --parallel says otherwise). The status file
 is rewritten after every finished cell, so an interrupted run resumes with the same command
 and never re-runs a finished cell or re-decides a recorded stage.
 """
@@ -14,13 +15,14 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 from ..core.api import PromotionLadder
-from ..core.planner import Cell
-from ..core.rules import Decision, Outcome
-from ..core.status import LadderStatus, build_status, decisions_from_status, outcomes_from_status
+from ..core.cell import CellKey, CellOutcome
+from ..core.status import FROZEN_SPEC_CHANGED, LadderStatus, decisions_from_status, outcomes_from_status
+from ..core.step import step
 from ..files import FileError, read_status
 from ..render import occupancy_table
 from .cellproc import CellProcess
@@ -38,6 +40,10 @@ def detect_gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_status(path: Path, ladder: PromotionLadder, status: LadderStatus) -> None:
@@ -89,17 +95,6 @@ def _summary(status: LadderStatus, running: int) -> str:
             f"{failed} failed | leader {status.leader or '-'} | {gh:.3f} GPU-h ({occ:.3f} occupied)")
 
 
-def _decision_text(d: Decision) -> str:
-    if d.rule.top is None:
-        return f"stage {d.stage}: final ranking: " + ", ".join(
-            f"{e.candidate} {e.aggregate:.4f}" if e.complete else f"{e.candidate} (failed cells)" for e in d.ranking)
-    cut = [e.candidate for e in d.ranking if not e.promoted_by]
-    text = f"stage {d.stage} decided ({d.rule.aggregate}"
-    text += f", top {d.rule.top}" if d.rule.top is not None else ""
-    text += f"): promoted {', '.join(d.promoted) or 'nobody'}"
-    return text + (f"; cut {', '.join(cut)}" if cut and d.rule.top is not None else "")
-
-
 def run_ladder(
     ladder: PromotionLadder,
     status_path: Path,
@@ -110,57 +105,55 @@ def run_ladder(
     poll_seconds: float = 0.2,
 ) -> LadderStatus:
     spec = ladder.spec
-    outcomes: dict[tuple[str, str, str, int], Outcome] = {}
-    recorded: list[Decision] = []
+    record: LadderStatus | None = None  # the status as last recorded (file, then each step)
     if status_path.exists() and not fresh:
-        prev = read_status(status_path)
-        if prev.frozen_hash and prev.frozen_hash != spec.frozen_hash():
-            raise FileError(
-                f"{status_path}: written for a ladder whose frozen fields differ (frozen hash {prev.frozen_hash}, "
-                f"this file's spec has {spec.frozen_hash()}); the rules are frozen once a ladder starts. "
-                "Use --fresh to start over, or --output for a new status file."
-            )
-        outcomes, recorded = outcomes_from_status(prev), decisions_from_status(prev)
+        record = read_status(status_path)
     gpus = detect_gpus()
     per_cell = max(spec.trainer.gpus, 1)
     slots_total = max(len(gpus) // per_cell, 1) if gpus else 1
     slots = min(parallel, slots_total) if parallel and gpus else (parallel or slots_total)
-    if spec.parallelism:
-        slots = min(slots, spec.parallelism)
+    first = step(spec, record, {}, (), now=_now(), capacity=slots)
+    if first.stopped == FROZEN_SPEC_CHANGED:
+        raise FileError(
+            f"{status_path}: written for a ladder whose frozen fields differ (frozen hash {record.frozen_hash}, "
+            f"this file's spec has {spec.frozen_hash()}); the rules are frozen once a ladder starts. "
+            "Use --fresh to start over, or --output for a new status file."
+        )
+    if first.stopped is not None:
+        raise FileError(f"{status_path}: {first.status.get('message')}. Use --fresh to start over.")
     workdir = workdir or status_path.with_name(status_path.name.removesuffix(".json") + ".cells")
     progress = Progress(stream)
     device = f"{len(gpus)} GPU(s)" if gpus else "CPU (no GPU found)"
+    at_once = min(slots, spec.parallelism) if spec.parallelism else slots
     progress.event(f"ladder {ladder.name}: {len(spec.candidates)} candidates, {len(spec.stages)} stages on {device}, "
-                   f"{slots} cell(s) at a time; status -> {status_path}")
-    if outcomes:
-        progress.event(f"resuming: {len(outcomes)} finished cells and {len(recorded)} decisions from {status_path}")
+                   f"{at_once} cell(s) at a time; status -> {status_path}")
+    if record is not None:
+        done, decided = len(outcomes_from_status(record)), len(decisions_from_status(record))
+        if done:
+            progress.event(f"resuming: {done} finished cells and {decided} decisions from {status_path}")
 
-    running: dict[tuple, CellProcess] = {}
+    observed: dict[CellKey, CellOutcome] = {}  # ended since the last step
+    running: dict[CellKey, CellProcess] = {}
     free_gpu_groups = [gpus[i * per_cell:(i + 1) * per_cell] for i in range(slots_total)] if gpus else []
-    announced = len(recorded)
     finished_since_write = False
     try:
         while True:
-            status, p = build_status(spec, outcomes, recorded, running=frozenset(running))
-            for d in p.decisions[announced:]:
-                progress.event(_decision_text(d))
-            announced = len(p.decisions)
-            recorded = list(p.decisions)
+            s = step(spec, record, observed, frozenset(running), now=_now(), capacity=slots)
+            record, observed = s.ladder_status, {}
+            for a in s.announcements:
+                if a.reason == "StageDecided":  # the ladder's end is the closing line below
+                    progress.event(a.message)
             # Written after every pass that finished a cell or decided a stage, so a resumed run
             # re-runs nothing that finished.
-            if finished_since_write or p.new_decisions or p.phase != "Running":
-                write_status(status_path, ladder, status)
+            if finished_since_write or s.new_decisions or s.phase != "Running":
+                write_status(status_path, ladder, record)
                 finished_since_write = False
-            if p.phase != "Running":
+            if s.phase != "Running":
                 break
-            for cell in p.to_run:
-                if len(running) >= slots:
-                    break
-                if cell.key in running:
-                    continue
+            for cell in s.to_start:
                 devices = free_gpu_groups.pop(0) if free_gpu_groups else None
                 running[cell.key] = CellProcess.start(ladder, cell, workdir, devices)
-            progress.line(_summary(status, len(running)))
+            progress.line(_summary(record, len(running)))
             time.sleep(poll_seconds)
             for key, proc in list(running.items()):
                 outcome = proc.poll()
@@ -169,18 +162,18 @@ def run_ladder(
                 del running[key]
                 if proc.devices:
                     free_gpu_groups.append(proc.devices)
-                outcomes[key] = outcome
-                c: Cell = proc.cell
+                observed[key] = outcome
                 what = f"{outcome.value:.4f}" if outcome.ok else f"FAILED ({outcome.reason})"
-                progress.event(f"  {c.stage}/{c.candidate}/{c.host_block}/{c.seed}: {what}")
+                progress.event(f"  {proc.cell}: {what}")
                 finished_since_write = True
     except KeyboardInterrupt:
         for proc in running.values():
             proc.kill()
-        status, _ = build_status(spec, outcomes, recorded)
-        write_status(status_path, ladder, status)
+        record = step(spec, record, observed, (), now=_now()).ladder_status
+        write_status(status_path, ladder, record)
         progress.event(f"interrupted; finished cells are saved in {status_path}; run the same command to resume")
         raise
+    status = record
     progress.event(f"ladder {ladder.name}: {status.phase}. {status.message}. "
                    f"{status.gpu_hours.total if status.gpu_hours else 0:.4f} GPU-hours; status in {status_path}")
     if status.gpu_hours is not None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from ..core.accounting import occupancy_rows
 from ..core.api import LadderSpec
-from ..core.rules import Decision
 from ..core.status import LadderStatus, StageStatus
+from ..core.wording import entry_outcome, rule_text
 from ..render import gh
 from .source import ReportInput
 
@@ -66,21 +66,6 @@ def pct(x: float | None) -> str:
 
 def val(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
-
-
-def rule_text(d: Decision, n_cells: int) -> str:
-    r = d.rule
-    how = {"mean": "mean", "median": "median", "worst": "worst", "meanRank": "mean rank"}.get(r.aggregate, r.aggregate)
-    parts = [f"rank by {how} over {n_cells} cells ({'lower' if r.direction == 'minimize' else 'higher'} is better)"]
-    if r.top is not None:
-        parts.append(f"promote the top {r.top} complete candidates")
-    if r.within is not None:
-        parts.append(f"and every complete candidate within {r.within:g} of the best")
-    if r.keep:
-        parts.append(f"always keep {', '.join(r.keep)}")
-    if r.top is None and not r.keep:
-        parts.append("final stage: the verdict decides")
-    return "; ".join(parts)
 
 
 def stage_progress(st: StageStatus) -> dict[str, int]:
@@ -202,14 +187,13 @@ def _spec(inp: ReportInput) -> Section:
     return sec
 
 
-def _outcome(e, d: Decision, final: bool, winner: str | None) -> tuple[str, str]:
+def _outcome(e, final: bool, winner: str | None) -> tuple[str, str]:
+    """The words (core.wording) and the row's mark (colour class)."""
     if final:
-        if e.candidate == winner:
-            return "winner", "promoted"
-        return ("" if e.complete else "incomplete (failed cells)"), ("" if e.complete else "failed")
-    if e.promoted_by:
-        return f"promoted ({e.promoted_by})", "promoted"
-    return ("cut" if e.complete else "cut: incomplete (failed cells)"), "cut"
+        mark = "promoted" if e.candidate == winner else ("" if e.complete else "failed")
+    else:
+        mark = "promoted" if e.promoted_by else "cut"
+    return entry_outcome(e, final, winner), mark
 
 
 def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
@@ -236,11 +220,11 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
         sec.tables.append(Table(f"cells-{st.name}", ["Candidate"] + labels, rows, caption="Cells so far"))
         return sec
     n_cells = len(d.cells)
-    sec.text.append(f"Rule: {rule_text(d, n_cells)}.")
+    sec.text.append(f"Rule: {rule_text(d)}.")
     winner = s.verdict.winner if s.verdict else None
     rows, marks = [], []
     for e in d.ranking:
-        outcome, mark = _outcome(e, d, final, winner)
+        outcome, mark = _outcome(e, final, winner)
         if e.aggregate is None:
             agg = "-"
         else:

@@ -15,7 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-from promotion_ladder.core.result import PROGRESS_ANNOTATION, RESULT_ANNOTATION, CellResult
+from promotion_ladder.core import contract
+from promotion_ladder.core.contract import PROGRESS_ANNOTATION, RESULT_ANNOTATION
+from promotion_ladder.core.result import CellResult
 
 TERMINATION_LIMIT = 4096
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -28,17 +30,8 @@ def log(msg: str) -> None:
 
 
 def identity_from_env(env: dict[str, str] | None = None) -> dict:
-    env = os.environ if env is None else env
-    out: dict = {}
-    for key, var in (("ladder", "LADDER_NAME"), ("stage", "LADDER_STAGE"), ("candidate", "LADDER_CANDIDATE"), ("hostBlock", "LADDER_HOST_BLOCK")):
-        if env.get(var):
-            out[key] = env[var]
-    if env.get("LADDER_SEED"):
-        try:
-            out["seed"] = int(env["LADDER_SEED"])
-        except ValueError:
-            pass
-    return out
+    """The result's identity fields from the LADDER_* variables (core.contract names them)."""
+    return contract.identity_from_env(os.environ if env is None else env)
 
 
 def write_result_file(path: str, result: CellResult) -> None:

@@ -1,0 +1,61 @@
+"""The operator's work queue: which ladders need a reconcile, one at a time per ladder.
+
+Watch handlers and timers `add` a ladder key; workers `get` one, reconcile it and call `done`.
+  * De-duplicated: a key that is already waiting is not queued twice.
+  * One reconcile per ladder at a time: a key added while its reconcile runs waits, and is
+    queued once more when `done` is called (events during a reconcile coalesce into one).
+  * Retry later: `add_after` re-adds a key after a delay; safe from any thread (workers run the
+    reconcile in threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Generic, Hashable, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class WorkQueue(Generic[K]):
+    def __init__(self) -> None:
+        self._dirty: dict[K, float] = {}  # key -> monotonic time it became dirty
+        self._busy: set[K] = set()
+        self._queue: asyncio.Queue[K] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Bind to the running event loop; keys added before are queued now."""
+        self._queue = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        for key in self._dirty:
+            if key not in self._busy:
+                self._queue.put_nowait(key)
+
+    def add(self, key: K) -> None:
+        if key in self._dirty:
+            return
+        self._dirty[key] = time.monotonic()
+        if key not in self._busy and self._queue is not None:
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: K, delay: float) -> None:
+        """Add `key` after `delay` seconds; callable from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.call_later, delay, self.add, key)
+
+    async def get(self) -> tuple[K, float]:
+        """The next key and the monotonic time it became dirty; the key is busy until `done`."""
+        assert self._queue is not None, "start() first"
+        key = await self._queue.get()
+        since = self._dirty.pop(key, time.monotonic())
+        self._busy.add(key)
+        return key, since
+
+    def done(self, key: K) -> None:
+        self._busy.discard(key)
+        if key in self._dirty and self._queue is not None:
+            self._queue.put_nowait(key)
+
+    def waiting(self, key: K) -> bool:
+        return key in self._dirty

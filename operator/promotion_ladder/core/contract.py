@@ -1,0 +1,141 @@
+"""The cell contract: how a cell is run and how its end is judged, shared by every adapter.
+
+    argv: trainer.command + trainer.args + --config <json> --seed <n> --budget <b> --result-file <path>
+    env:  LADDER_NAME, LADDER_STAGE, LADDER_CANDIDATE, LADDER_HOST_BLOCK, LADDER_SEED (+ trainer.env)
+    out:  one CellResult document (core/result.py) in the result file; on Kubernetes also in
+          the Pod annotation RESULT_ANNOTATION and the container's termination message
+    exit: 0 ok, 1 error, 2 bad config, 3 diverged, 4 out of memory
+
+`ladder run` (local/cellproc.py), the operator (controller/jobs.py, controller/intake.py) and
+the trainer (trainer/ladder_trainer) all take the names from here, and a finished cell is judged
+by `judge` everywhere, so a given (exit code, result) pair ends the same way under either
+adapter. The adapters only gather the evidence (a process's exit code and file; a Pod's phase,
+annotation or termination message, and its Job's conditions).
+
+Pure: no Kubernetes, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Mapping
+
+from .api import LadderSpec
+from .cell import Cell, CellOutcome
+from .result import CellResult, ResultError, parse_result
+
+# -- argv and env ----------------------------------------------------------------------------
+CONFIG_FLAG = "--config"
+SEED_FLAG = "--seed"
+BUDGET_FLAG = "--budget"
+RESULT_FILE_FLAG = "--result-file"
+
+ENV_LADDER = "LADDER_NAME"
+ENV_STAGE = "LADDER_STAGE"
+ENV_CANDIDATE = "LADDER_CANDIDATE"
+ENV_HOST_BLOCK = "LADDER_HOST_BLOCK"
+ENV_SEED = "LADDER_SEED"
+IDENTITY_ENV = (ENV_LADDER, ENV_STAGE, ENV_CANDIDATE, ENV_HOST_BLOCK, ENV_SEED)
+
+# -- where results go on Kubernetes -----------------------------------------------------------
+RESULT_ANNOTATION = "ladder.promotion.dev/result"
+PROGRESS_ANNOTATION = "ladder.promotion.dev/progress"
+
+# -- exit codes of a cell program (the trainer) ---------------------------------------------
+# The operator's podFailurePolicy fails a Job at once on the "not worth retrying" codes and
+# retries anything else a bounded number of times.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_BAD_CONFIG = 2
+EXIT_DIVERGED = 3
+EXIT_OOM = 4
+NON_RETRYABLE_EXIT_CODES = (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM)
+EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_OOM: "out of memory"}
+
+REASON_LIMIT = 200  # a cell's reason is kept in the status: bounded
+
+
+def cell_args(spec: LadderSpec, cell: Cell, result_file: str) -> list[str]:
+    """What follows trainer.command: trainer.args, then the cell's flags."""
+    budget = next(s.budget for s in spec.stages if s.name == cell.stage)
+    config = json.dumps(spec.candidate(cell.candidate).config, sort_keys=True, separators=(",", ":"))
+    return [*spec.trainer.args, CONFIG_FLAG, config, SEED_FLAG, str(cell.seed), BUDGET_FLAG, budget,
+            RESULT_FILE_FLAG, result_file]
+
+
+def cell_env(ladder: str, cell: Cell) -> dict[str, str]:
+    """The cell's identity variables (the adapters add trainer.env beneath them)."""
+    return {ENV_LADDER: ladder, ENV_STAGE: cell.stage, ENV_CANDIDATE: cell.candidate,
+            ENV_HOST_BLOCK: cell.host_block, ENV_SEED: str(cell.seed)}
+
+
+def identity_from_env(env: Mapping[str, str]) -> dict:
+    """The trainer's side: the identity fields of its result (camelCase), from whatever of the
+    LADDER_* variables are set (a trainer run by hand has none)."""
+    out: dict = {}
+    for key, var in (("ladder", ENV_LADDER), ("stage", ENV_STAGE), ("candidate", ENV_CANDIDATE),
+                     ("hostBlock", ENV_HOST_BLOCK)):
+        if env.get(var):
+            out[key] = env[var]
+    if env.get(ENV_SEED):
+        try:
+            out["seed"] = int(env[ENV_SEED])
+        except ValueError:
+            pass
+    return out
+
+
+# -- judging a finished cell ------------------------------------------------------------------
+def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool = False) -> CellResult:
+    """Parse a result and check it belongs to this cell and reports the ladder's objective.
+
+    Raises ResultError with reason "malformed", "invalid", "identity" or "metric".
+    `strict`: every identity field must be present (a Pod annotation, which anyone with patch
+    rights on the Pod could have written); otherwise only the fields present must match (a
+    result file or termination message, which the trainer may shorten).
+    """
+    result = parse_result(text)
+    want = {"ladder": ladder, "stage": cell.stage, "candidate": cell.candidate,
+            "hostBlock": cell.host_block, "seed": cell.seed}
+    got = dict(zip(("ladder", "stage", "candidate", "hostBlock", "seed"), result.identity()))
+    wrong = [k for k, v in want.items() if (got[k] is not None or strict) and got[k] != v]
+    if wrong:
+        raise ResultError("identity", "result identity does not match the cell: " + ", ".join(
+            f"{k}={got[k]!r} (expected {want[k]!r})" for k in wrong))
+    if result.metric != metric:
+        raise ResultError("metric", f"result reports metric {result.metric!r}, "
+                                    f"the ladder's objective metric is {metric!r}")
+    return result
+
+
+def judge(result_text: str | None, exit_code: int, cell: Cell, ladder: str, metric: str,
+          strict: bool = False) -> CellOutcome:
+    """The outcome of a cell whose program has ended, from its exit code and result document.
+
+    Succeeded only with exit 0 and a valid result of this cell, with status ok, on the ladder's
+    objective metric. Anything else failed, with a reason that says which rule it broke; a
+    result that is unreadable, belongs to another cell or reports another metric fails the cell
+    whatever the exit code (the document is evidence of a broken contract).
+    """
+    if result_text is None:
+        if exit_code == EXIT_OK:
+            return CellOutcome("failed", reason="exit code 0 but no result")
+        return CellOutcome("failed", reason=f"exit code {exit_code} ({EXIT_REASONS.get(exit_code, 'no result')})")
+    try:
+        result = check_result(result_text, ladder, cell, metric, strict=strict)
+    except ResultError as exc:
+        prefix = f"exit code {exit_code}: " if exit_code != EXIT_OK else ""
+        return CellOutcome("failed", reason=f"{prefix}{exc}"[:REASON_LIMIT])
+    measured = measured_fields(result)
+    detail = f"{result.status}: {result.message}" if result.message else result.status
+    if exit_code != EXIT_OK:
+        return CellOutcome("failed", reason=f"exit code {exit_code} ({detail})"[:REASON_LIMIT], **measured)
+    if result.status != "ok":
+        return CellOutcome("failed", reason=detail[:REASON_LIMIT], **measured)
+    return CellOutcome("succeeded", value=result.value, **measured)
+
+
+def measured_fields(result: CellResult) -> dict:
+    """What a cell's outcome keeps of its result besides the value (also when it failed): a new
+    measured field of CellResult that the ladder records is copied here."""
+    return {"train_seconds": result.train_seconds}
