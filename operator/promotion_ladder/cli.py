@@ -58,6 +58,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{ladder.name}.status.json")
     status = run_ladder(ladder, out, parallel=args.parallel, workdir=Path(args.workdir) if args.workdir else None,
                         fresh=args.fresh)
+    if status.gpu_hours is not None:
+        from .render import occupancy_table
+
+        print("\n".join(occupancy_table(status.gpu_hours)), file=sys.stderr)
     return 0 if status.phase == "Succeeded" else 3
 
 

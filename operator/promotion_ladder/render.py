@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .core.accounting import GpuHours, occupancy_rows
+from .core.accounting import GpuHours, format_gpu_hours, occupancy_rows
 from .core.status import LadderStatus
 from .core.wording import entry_outcome, rule_summary
 
@@ -11,12 +11,7 @@ def _fmt(v: float | None, nd: int = 4) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
-def gh(v: float | None) -> str:
-    """GPU-hours: one decimal from 1 up (the paper's figures), three significant digits below
-    (a CPU demo spends hundredths)."""
-    if v is None:
-        return "-"
-    return f"{v:.1f}" if v == 0 or abs(v) >= 0.95 else f"{v:.3g}"
+gh = format_gpu_hours
 
 
 def occupancy_table(g: GpuHours, indent: str = "  ") -> list[str]:

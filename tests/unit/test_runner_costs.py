@@ -2,6 +2,7 @@
 gets the same torch.compile cache directory (the real compiled cells: tests/trainer/test_trainer_overhead.py)."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -36,7 +37,17 @@ def test_occupancy_is_the_process_wall_time(tmp_path):
     g = status.gpu_hours
     assert g.occupied.measured_cells == g.occupied.cells == 4
     assert g.occupied.total == round(sum(max(c.occupied_seconds, 1.0) for c in cells) / 3600, 6)
-    assert "occupied" in out.text and "measured for 4 of 4 cells" in out.text
+    assert "occupied)" in out.text  # the progress line: "... GPU-h (... occupied)"
+
+
+def test_ladder_run_ends_with_protocol_and_occupied_per_stage(tmp_path, capsys):
+    from promotion_ladder.cli import main
+
+    (tmp_path / "ladder.json").write_text(json.dumps(one_stage(sleep=0)))
+    assert main(["run", str(tmp_path / "ladder.json"), "--output", str(tmp_path / "s.json"), "--parallel", "2"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"stage +protocol +occupied +occupied/protocol", err) and re.search(r"\n +total +", err)
+    assert "measured for 4 of 4 cells" in err
 
 
 def test_every_cell_gets_the_ladders_compile_cache(tmp_path, monkeypatch):

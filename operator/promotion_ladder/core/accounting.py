@@ -73,6 +73,14 @@ def ratio(occupied: float, protocol: float) -> float | None:
     return round(occupied / protocol, 4) if protocol > 0 else None
 
 
+def format_gpu_hours(v: float | None) -> str:
+    """GPU-hours as every output shows them: one decimal from 1 up (the paper's figures), three
+    significant digits below (a CPU demo spends hundredths)."""
+    if v is None:
+        return "-"
+    return f"{v:.1f}" if v == 0 or abs(v) >= 0.95 else f"{v:.3g}"
+
+
 def occupancy_rows(g: GpuHours) -> list[tuple[str, float, float | None, float | None]]:
     """(stage or "total", protocol GPU-hours, occupied GPU-hours, occupied / protocol) for
     renderers: every stage with GPU-hours, then the total."""

@@ -24,7 +24,6 @@ from ..core.cell import CellKey, CellOutcome
 from ..core.status import FROZEN_SPEC_CHANGED, LadderStatus, decisions_from_status, outcomes_from_status
 from ..core.step import step
 from ..files import FileError, read_status
-from ..render import occupancy_table
 from .cellproc import CellProcess
 
 
@@ -176,7 +175,4 @@ def run_ladder(
     status = record
     progress.event(f"ladder {ladder.name}: {status.phase}. {status.message}. "
                    f"{status.gpu_hours.total if status.gpu_hours else 0:.4f} GPU-hours; status in {status_path}")
-    if status.gpu_hours is not None:
-        for line in occupancy_table(status.gpu_hours):
-            progress.event(line)
     return status

@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..core.accounting import occupancy_rows
+from ..core.accounting import format_gpu_hours, occupancy_rows
 from ..core.api import LadderSpec
 from ..core.status import LadderStatus, StageStatus
 from ..core.wording import entry_outcome, rule_text
-from ..render import gh
 from .source import ReportInput
 
 # Figure keys; per-stage value figures are "cell-values:<stage>".
@@ -57,7 +56,7 @@ class Report:
 
 
 def gpu_h(x: float | None) -> str:
-    return gh(x)  # one decimal from 1 GPU-hour up, three significant digits below (CPU demos)
+    return format_gpu_hours(x)
 
 
 def pct(x: float | None) -> str:
