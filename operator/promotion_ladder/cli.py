@@ -58,10 +58,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{ladder.name}.status.json")
     status = run_ladder(ladder, out, parallel=args.parallel, workdir=Path(args.workdir) if args.workdir else None,
                         fresh=args.fresh)
-    if status.gpu_hours is not None:
-        from .render import occupancy_table
+    from .render import occupancy_table, stability_lines
 
+    if status.gpu_hours is not None:
         print("\n".join(occupancy_table(status.gpu_hours)), file=sys.stderr)
+    for line in stability_lines(status):
+        print(line, file=sys.stderr)
     return 0 if status.phase == "Succeeded" else 3
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 from .core.accounting import GpuHours, format_gpu_hours, occupancy_rows
-from .core.status import LadderStatus
+from .core.stability import flips
+from .core.status import LadderStatus, decisions_from_status
 from .core.wording import entry_outcome, rule_summary
 
 
@@ -66,4 +69,35 @@ def status_table(status: LadderStatus) -> str:
         lines.append(f"\nverdict: winner {v.winner}" + (f", reference {v.reference}" if v.reference else ""))
         for c in v.checks:
             lines.append(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name} ({c.type}, {c.candidate}): {c.detail}")
+    stab = stability_lines(status)
+    if stab:
+        lines.append("")
+        lines += stab
     return "\n".join(lines)
+
+
+def _tau(t) -> str:
+    tau = f"tau {t.kendall_tau:.2f}" if t.kendall_tau is not None else f"tau undefined ({t.reason})"
+    return f"{tau} over {t.candidates} candidate{'' if t.candidates == 1 else 's'}"
+
+
+def stability_lines(status: LadderStatus, below: float = 0.8) -> list[str]:
+    """One line per stage pair and per host-block pair, and a warning per promotion that a resample
+    of the stage's cells overturns in more than 1 - `below` of the resamples."""
+    s = status.stability
+    if s is None or not (s.stages or s.host_blocks or s.promotion):
+        return []
+    lines = ["rank stability (Kendall tau-b: 1 same order, 0 unrelated, -1 reversed):"]
+    lines += [f"  {t.from_} -> {t.to}: {_tau(t)}" for t in s.stages]
+    lines += [f"  stage {t.stage}, host block {t.a} vs {t.b}: {_tau(t)}"
+              for t in s.host_blocks]
+    resamples = {p.stage: p.resamples for p in s.promotion}
+    shares = flips(s, decisions_from_status(status), below=math.inf)  # every promotion by rank
+    if shares:
+        stage, cand, share = min(shares, key=lambda f: f[2])
+        lines.append(f"  promotion by rank: the least robust, {cand} at stage {stage}, held in {share:.0%} of "
+                     f"{resamples[stage]} resamples of the stage's cells")
+    for stage, cand, share in (f for f in shares if f[2] < below):
+        lines.append(f"warning: stage {stage}: promotion of {cand} would flip in {1 - share:.0%} of resamples "
+                     f"(promoted in {round(share * resamples[stage])} of {resamples[stage]} resamples of the stage's cells)")
+    return lines

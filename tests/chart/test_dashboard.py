@@ -19,7 +19,7 @@ DASHBOARD = REPO / "dashboards" / "promotion-ladder.json"
 # The metric contract (issue 5/6), the fallback when the operator is not importable.
 CONTRACT = {
     "ladder_gpu_hours_total", "ladder_gpus_in_use", "ladder_counterfactual_gpu_hours", "ladder_cells",
-    "ladder_decisions_total", "ladder_result_errors_total", "ladder_info",
+    "ladder_decisions_total", "ladder_result_errors_total", "ladder_info", "ladder_rank_stability_kendall_tau",
     *(f"ladder_{h}_seconds_{s}" for h in ("reconcile_duration", "decision_latency") for s in ("bucket", "sum", "count")),
 }
 
@@ -93,6 +93,7 @@ REQUIRED_VIEWS = {
     "Current stage and leader per ladder": "ladder_info",
     "Result errors by reason": "ladder_result_errors_total",
     "Decision latency": "ladder_decision_latency_seconds_bucket",
+    "Rank stability: latest stage pair per ladder": "ladder_rank_stability_kendall_tau",
 }
 
 

@@ -91,3 +91,22 @@ def test_operational_fields_stay_editable_and_status_is_a_subresource(ladders, n
     header, row = out.splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "STAGE", "LEADER", "GPU-HOURS", "AGE"]
     assert row.split()[:5] == ["test", "Running", "s1", "c0", "1.5"]
+
+
+def test_a_full_status_is_kept_as_written(ladders, namespace):
+    """Every status field the core writes (stability included) survives the structural schema's pruning."""
+    from promotion_ladder.core.api import load_ladder
+    from promotion_ladder.core.cell import CellOutcome
+    from promotion_ladder.core.status import simulate
+
+    doc = edit(ladder_doc(), "metadata.name", "full-status")
+    spec = load_ladder(doc).spec
+    values = {"c0": (1.0, 1.3), "c1": (1.1, 1.0), "c2": (1.2, 1.25), "c3": (1.4, 1.5)}
+    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", v[hb == "l40s"] + 0.01 * s, 60.0)
+                for st in spec.stages for c, v in values.items() for hb, s in st.cells()}
+    status = simulate(spec, recorded)[0].wire()
+    assert status["stability"]["stages"] and status["stability"]["promotion"][0]["promotedShare"]
+    create(ladders, namespace, doc)
+    patched = ladders.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "full-status",
+                                                            {"status": status})
+    assert patched["status"] == status

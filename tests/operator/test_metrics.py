@@ -25,14 +25,15 @@ def sample(m: LadderMetrics, name: str, **labels) -> float | None:
 
 def test_names_are_the_contract():
     m = LadderMetrics()
-    m.observe("ns", "l", SPEC, build_status(SPEC, outcomes({"c0": 1.0, "c1": 1.1, "c2": 1.2, "c3": 1.3}))[0])
+    done = {**outcomes({"c0": 1.0, "c1": 1.1, "c2": 1.2, "c3": 1.3}), **outcomes({"c0": 1.0, "c1": 1.1}, stage="s2")}
+    m.observe("ns", "l", SPEC, simulate(SPEC, done)[0])
     m.result_error("ns", "l", "identity")
     m.reconcile_duration.observe(0.1)
     m.decision_latency.observe(0.2)
     names = {s.name for fam in m.registry.collect() for s in fam.samples}
     for want in ("ladder_gpu_hours_total", "ladder_gpus_in_use", "ladder_counterfactual_gpu_hours", "ladder_cells",
                  "ladder_decisions_total", "ladder_result_errors_total", "ladder_reconcile_duration_seconds_bucket",
-                 "ladder_decision_latency_seconds_bucket", "ladder_info"):
+                 "ladder_decision_latency_seconds_bucket", "ladder_info", "ladder_rank_stability_kendall_tau"):
         assert want in names, want
     assert b"ladder_info{" in m.exposition()
 
@@ -68,3 +69,32 @@ def test_info_moves_with_the_phase_and_forget_drops_gauges():
     assert sample(m, "ladder_info", namespace="ns", ladder="l", phase="Succeeded", stage="", leader="c0") is None
     assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s1", state="Succeeded") is None
     assert sample(m, "ladder_gpus_in_use", namespace="ns", ladder="l") is None
+
+
+def test_rank_stability_is_the_latest_defined_stage_pair():
+    spec = load_ladder(ladder_doc(stages=[
+        {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 3}},
+        {"name": "s2", "budget": "5m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 2}},
+        {"name": "s3", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1]},
+    ])).spec
+
+    def cells(stage, values):
+        return {(stage, c, hb, 1): CellOutcome("succeeded", v, 60.0) for c, v in values.items() for hb in ("a100", "l40s")}
+
+    def tau(**labels):
+        return sample(m, "ladder_rank_stability_kendall_tau", namespace="ns", ladder="l", **labels)
+
+    m = LadderMetrics()
+    s1 = cells("s1", {"c0": 1.0, "c1": 1.1, "c2": 1.2, "c3": 1.3})
+    m.observe("ns", "l", spec, build_status(spec, s1)[0])
+    assert not [s for fam in m.registry.collect() for s in fam.samples if s.name == "ladder_rank_stability_kendall_tau"]
+    # s2 reverses s1's order of c0, c1, c2: tau -1 over 3 candidates.
+    s2 = {**s1, **cells("s2", {"c0": 1.3, "c1": 1.2, "c2": 1.1})}
+    m.observe("ns", "l", spec, build_status(spec, s2)[0])
+    assert tau(from_stage="s1", to_stage="s2") == -1.0
+    # s3 keeps s2's order of c2, c1: tau 1 over 2; the s1 -> s2 series goes.
+    m.observe("ns", "l", spec, build_status(spec, {**s2, **cells("s3", {"c2": 1.0, "c1": 1.05})})[0])
+    assert tau(from_stage="s2", to_stage="s3") == 1.0
+    assert tau(from_stage="s1", to_stage="s2") is None
+    m.forget("ns", "l")
+    assert tau(from_stage="s2", to_stage="s3") is None

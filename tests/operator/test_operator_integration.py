@@ -137,6 +137,9 @@ def test_three_stage_ladder_completes(operator, kube, local_cluster, namespace):
         st["gpuHours"]["total"], abs=1e-6)
     assert metric_sum(text, "ladder_decisions_total", ladder="three") == 3
     assert metric_sum(text, "ladder_info", ladder="three", phase="Succeeded", leader="c1") == 1
+    last = [t for t in st["stability"]["stages"] if "kendallTau" in t][-1]  # the gauge holds the latest pair
+    assert metric_sum(text, "ladder_rank_stability_kendall_tau", ladder="three", from_stage=last["from"],
+                      to_stage=last["to"]) == last["kendallTau"]
     assert metric_sum(text, "ladder_decision_latency_seconds_count") >= 2
     assert operator.get("/healthz", operator.health_port) == "ok\n"
 

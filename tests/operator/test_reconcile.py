@@ -202,6 +202,7 @@ def test_status_of_a_500_candidate_ladder_stays_small():
             for hb, s in st.cells():
                 recorded[(st.name, c, hb, s)] = CellOutcome("succeeded", rnd.uniform(0.9, 1.5), rnd.uniform(100, 4000))
     status, _ = simulate(spec, recorded)
+    assert len(status.stability.promotion[0].promoted_share) == 500  # the stability figures are in it too
     size = len(json.dumps(status.wire(), separators=(",", ":")))
     print(f"status of a 500-candidate ladder: {size / 1024:.0f} KiB")
     assert size < 768 * 1024  # half of the 1.5 MiB object limit, leaving room for the spec

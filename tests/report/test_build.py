@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from promotion_ladder.report import build_report
-from promotion_ladder.report.build import CELL_VALUES, GPU_HOURS, PROGRESS, RANK_FLOW
+from promotion_ladder.report.build import CELL_VALUES, GPU_HOURS, PROGRESS, RANK_FLOW, STABILITY
 
 from .builders import example_input, failing_input, running_input
 
@@ -54,6 +56,13 @@ CELLS = {
     "failed cells reason": ("failing", "failed-cells", "12h", "Reason", "OOMKilled"),
     "failed executed total": ("failing", "cost-executed", "total", "GPU-hours", "169.0"),
     "failed verdict": ("failing", "verdict", "greedy-near-equivalent", "Detail", "greedy has failed cells in the final stage"),
+    "tau 10m to 60m": ("example", "stability-stages", "10m", "Kendall tau-b", "0.67"),
+    "tau 2m to 5m": ("example", "stability-stages", "2m", "Kendall tau-b", "0.84"),
+    "tau host blocks 5m": ("example", "stability-host-blocks", "5m", "Kendall tau-b", "0.94"),
+    "share of a top promotion": ("example", "decision-10m", "3", "Promoted in resamples", "100%"),
+    "share of a cut": ("example", "decision-10m", "4", "Promoted in resamples", "0%"),
+    "shares per stage": ("example", "stability-promotion", "10m", "Least robust promotion", "all at 100%"),
+    "no share for an incomplete": ("failing", "decision-10m", "9", "Promoted in resamples", "-"),
     "running stage": ("running", "progress", "60m", "State", "Running"),
     "running counts": ("running", "progress", "60m", "Pending", "9"),
     "running failed": ("running", "progress", "60m", "Failed", "1"),
@@ -87,9 +96,9 @@ def test_cut_and_promoted_are_marked(reports):
 
 
 FIGURES = {
-    "example": [RANK_FLOW, GPU_HOURS] + [CELL_VALUES + s for s in ("2m", "5m", "10m", "60m", "12h")],
-    "failing": [RANK_FLOW, GPU_HOURS] + [CELL_VALUES + s for s in ("2m", "5m", "10m", "60m", "12h")],
-    "running": [PROGRESS, RANK_FLOW, GPU_HOURS] + [CELL_VALUES + s for s in ("2m", "5m", "10m", "60m")],
+    "example": [RANK_FLOW, STABILITY, GPU_HOURS] + [CELL_VALUES + s for s in ("2m", "5m", "10m", "60m", "12h")],
+    "failing": [RANK_FLOW, STABILITY, GPU_HOURS] + [CELL_VALUES + s for s in ("2m", "5m", "10m", "60m", "12h")],
+    "running": [PROGRESS, RANK_FLOW, STABILITY, GPU_HOURS] + [CELL_VALUES + s for s in ("2m", "5m", "10m", "60m")],
 }
 
 
@@ -140,3 +149,48 @@ def test_ladder_that_failed_at_its_first_stage():
     assert summary["Failed cells"] == "36"
     assert set(column(report.table("decision-2m"), "Outcome")) == {"cut: incomplete (failed cells)"}
     assert report.figure_keys() == [RANK_FLOW, GPU_HOURS, CELL_VALUES + "2m"]
+
+
+def test_fragile_promotion_is_flagged_beside_its_decision():
+    """Two host blocks, top 1: x (1.0, 3.0) ties y (2.0, 2.0) on the mean and wins on entering order; a resample
+    that draws l40s twice promotes y instead. The shares are counted from the pinned draws of stage s1."""
+    from collections import Counter
+
+    from promotion_ladder.core.cell import CellOutcome
+    from promotion_ladder.core.stability import draws
+    from promotion_ladder.core.status import simulate
+    from promotion_ladder.report import from_document
+
+    from ..unit.builders import build, ladder_doc
+
+    ladder = build(ladder_doc(candidates=["x", "y", "z"], stages=[
+        {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 1}},
+        {"name": "s2", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1]},
+    ]))
+    values = {"s1": {"x": [1.0, 3.0], "y": [2.0, 2.0], "z": [2.5, 2.5]}, "s2": {"x": [1.0, 1.1]}}
+    recorded = {(st, c, hb, 1): CellOutcome("succeeded", v) for st, t in values.items() for c, vals in t.items()
+                for hb, v in zip(("a100", "l40s"), vals)}
+    status, _ = simulate(ladder.spec, recorded)
+    n = Counter(tuple(sorted(d)) for d in draws("s1", 2))
+    x = (n[(0, 0)] + n[(0, 1)]) / 200
+    report = build_report(from_document(json.loads(json.dumps(status.wire())), "small.json", name="small"))
+    t = report.table("decision-s1")
+    assert column(t, "Promoted in resamples") == [f"{x:.0%}", f"{1 - x:.0%}", "0%"]
+    stage = next(s for s in report.sections if s.key == "stage-s1")
+    assert f"Fragile: the promotion of x would flip in {1 - x:.0%} of the resamples." in stage.text
+    assert row(report.table("stability-promotion"), "s1")[2] == f"x {x:.0%}"
+    assert report.table("stability-promotion").marks == ["fail"]
+    assert row(report.table("stability-stages"), "s1")[3] == (
+        "undefined: fewer than two candidates complete in both s1 and s2")
+
+
+def test_a_status_from_before_stability_gets_the_same_figures():
+    from promotion_ladder.report import from_document
+
+    from .builders import simulate_json
+
+    doc = simulate_json()
+    old = {k: v for k, v in doc.items() if k != "stability"}
+    new_report, old_report = (build_report(from_document(d, "sim.json", name="sim")) for d in (doc, old))
+    for key in ("stability-stages", "stability-host-blocks", "stability-promotion", "decision-10m"):
+        assert old_report.table(key).rows == new_report.table(key).rows

@@ -59,7 +59,7 @@ def test_bare_status_plus_ladder_to_html(tmp_path, capsys, small):
     html = out.read_text()
     assert "Promotion ladder report: small" in html
     assert '<table id="table-spec-stages">' in html  # the frozen spec came from --ladder
-    assert html.count("data:image/png;base64,") == 4  # rank flow, s1, s2, GPU-hours
+    assert html.count("data:image/png;base64,") == 5  # rank flow, rank stability, s1, s2, GPU-hours
     assert "r.html: html report of small (Succeeded)" in capsys.readouterr().err
 
 
@@ -71,7 +71,7 @@ def test_stdin_to_markdown_on_stdout(tmp_path, capsys, monkeypatch, small):
     md = capsys.readouterr().out
     assert md.startswith("# Promotion ladder report: ladder")
     assert "pass --ladder FILE" in md
-    assert md.count("](data:image/png;base64,") == 4
+    assert md.count("](data:image/png;base64,") == 5  # rank flow, rank stability, s1, s2, GPU-hours
 
 
 def test_default_output_name_and_format_from_suffix(tmp_path, capsys, monkeypatch, small):

@@ -53,12 +53,19 @@ class LadderMetrics:
                                           buckets=_LATENCY_BUCKETS, registry=r)
         self.api_requests = Counter("ladder_operator_api_requests", "API requests the reconciles made (watches not counted).",
                                     ["operation"], registry=r)
+        # Only the latest stage pair with a defined tau, one series per ladder: the question a dashboard
+        # asks is "how stable is this ladder's ranking now"; every pair is in status.stability.stages.
+        self.rank_stability = Gauge("ladder_rank_stability_kendall_tau",
+                                    "Kendall tau-b between the aggregates of the latest two decided stages "
+                                    "(1 same order, 0 unrelated, -1 reversed); only the latest pair with a defined tau.",
+                                    ["namespace", "ladder", "from_stage", "to_stage"], registry=r)
         self.info = Gauge("ladder_info", "1 per ladder, with its phase, current stage and leader.",
                           ["namespace", "ladder", "phase", "stage", "leader"], registry=r)
         self._lock = threading.Lock()
         self._counted_cells: dict[tuple[str, str], set] = defaultdict(set)
         self._counted_decisions: dict[tuple[str, str], set] = defaultdict(set)
         self._info_labels: dict[tuple[str, str], tuple] = {}
+        self._tau_labels: dict[tuple[str, str], tuple] = {}
         self._stage_labels: dict[tuple[str, str], set] = defaultdict(set)
 
     def observe(self, namespace: str, ladder: str, spec: LadderSpec, status: LadderStatus) -> None:
@@ -93,7 +100,18 @@ class LadderMetrics:
             if status.gpu_hours is not None:
                 for cf in status.gpu_hours.counterfactuals:
                     self.counterfactual.labels(namespace, ladder, cf.stage).set(cf.gpu_hours)
+            self._set_rank_stability(key, status)
         self.set_info(namespace, ladder, status.phase, status.current_stage or "", status.leader or "")
+
+    def _set_rank_stability(self, key: tuple[str, str], status: LadderStatus) -> None:
+        defined = [t for t in (status.stability.stages if status.stability else []) if t.kendall_tau is not None]
+        labels = (*key, defined[-1].from_, defined[-1].to) if defined else None
+        old = self._tau_labels.pop(key, None)
+        if old is not None and old != labels:
+            self.rank_stability.remove(*old)
+        if labels is not None:
+            self.rank_stability.labels(*labels).set(defined[-1].kendall_tau)
+            self._tau_labels[key] = labels
 
     def set_info(self, namespace: str, ladder: str, phase: str, stage: str, leader: str) -> None:
         key, info = (namespace, ladder), (namespace, ladder, phase, stage, leader)
@@ -114,6 +132,9 @@ class LadderMetrics:
             old = self._info_labels.pop(key, None)
             if old is not None:
                 self.info.remove(*old)
+            old = self._tau_labels.pop(key, None)
+            if old is not None:
+                self.rank_stability.remove(*old)
             try:
                 self.gpus_in_use.remove(namespace, ladder)
             except KeyError:

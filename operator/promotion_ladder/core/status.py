@@ -19,6 +19,7 @@ from .planner import Outcomes, Plan, plan, stage_cells
 from .cell import Cell, CellKey, CellOutcome
 from .model import WireModel
 from .rules import Decision, VerdictResult, rank_stage
+from .stability import Stability, stability
 
 CellState = Literal["Pending", "Running", "Succeeded", "Failed"]
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
@@ -72,6 +73,7 @@ class LadderStatus(WireModel):
     stages: list[StageStatus] = Field(default_factory=list)
     gpu_hours: GpuHours | None = None
     verdict: VerdictResult | None = None
+    stability: Stability | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -109,6 +111,7 @@ def build_status(
         phase=p.phase, message=p.message or (f"running stage {current}" if current else ""),
         frozen_hash=frozen_hash(spec), current_stage=current, leader=leader, stages=stages,
         gpu_hours=gpu_hours(spec, outcomes, p.entering), verdict=p.verdict,
+        stability=stability(p.decisions, p.entering),
     )
     return status, p
 

@@ -7,11 +7,14 @@ Pure (no matplotlib, no I/O): the HTML and Markdown writers render the same `Rep
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from ..core.accounting import format_gpu_hours, occupancy_rows
 from ..core.api import LadderSpec
-from ..core.status import LadderStatus, StageStatus
+from ..core.rules import Decision
+from ..core.stability import Stability, flips, stability
+from ..core.status import LadderStatus, StageStatus, decisions_from_status
 from ..core.wording import entry_outcome, rule_text
 from .source import ReportInput
 
@@ -19,6 +22,8 @@ from .source import ReportInput
 RANK_FLOW = "rank-flow"
 GPU_HOURS = "gpu-hours"
 PROGRESS = "progress"
+STABILITY = "stability"
+FLIP_BELOW = 0.8  # a promotion by rank held in fewer resamples than this is flagged
 CELL_VALUES = "cell-values:"
 
 
@@ -72,6 +77,22 @@ def stage_progress(st: StageStatus) -> dict[str, int]:
     for c in st.cells:
         counts[c.state] += 1
     return counts
+
+
+def stability_of(s: LadderStatus) -> Stability:
+    """The status's stability figures; for a status written before they existed, computed from its record."""
+    if s.stability is not None:
+        return s.stability
+    entering = {st.name: list(dict.fromkeys(c.candidate for c in st.cells)) for st in s.stages}
+    return stability(decisions_from_status(s), entering)
+
+
+def share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def tau_text(tau: float | None, reason: str | None) -> str:
+    return f"{tau:.2f}" if tau is not None else f"undefined: {reason}"
 
 
 def is_running(status: LadderStatus) -> bool:
@@ -221,6 +242,8 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
     n_cells = len(d.cells)
     sec.text.append(f"Rule: {rule_text(d)}.")
     winner = s.verdict.winner if s.verdict else None
+    shares = next((p for p in stability_of(s).promotion if p.stage == st.name), None) if not final else None
+    by = shares.promoted_share if shares is not None else None
     rows, marks = [], []
     for e in d.ranking:
         outcome, mark = _outcome(e, final, winner)
@@ -228,13 +251,23 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
             agg = "-"
         else:
             agg = f"{e.aggregate:.2f}" if d.rule.aggregate == "meanRank" else val(e.aggregate)
-        rows.append([str(e.rank), e.candidate] + [("failed" if v is None else val(v)) for v in e.values] + [agg, outcome])
+        robust = [share(by.get(e.candidate))] if by is not None else []
+        rows.append([str(e.rank), e.candidate] + [("failed" if v is None else val(v)) for v in e.values]
+                    + [agg] + robust + [outcome])
         marks.append(mark)
     agg_name = {"meanRank": "Mean rank"}.get(d.rule.aggregate, d.rule.aggregate.capitalize())
-    sec.tables.append(Table(f"decision-{st.name}", ["Rank", "Candidate"] + list(d.cells) + [agg_name, "Outcome"],
+    robust_head = ["Promoted in resamples"] if by is not None else []
+    sec.tables.append(Table(f"decision-{st.name}", ["Rank", "Candidate"] + list(d.cells) + [agg_name] + robust_head + ["Outcome"],
                             rows, caption="Inputs (value per cell), ranking and outcome", marks=marks))
     if not final:
         sec.text.append(f"Promoted ({len(d.promoted)}): {', '.join(d.promoted) or 'none'}.")
+    if by is not None:
+        sec.text.append(f"Promoted in resamples: the share of {shares.resamples} resamples of this stage's cells "
+                        "(drawn with replacement) in which the frozen rule promotes the candidate.")
+        for _, cand, x in flips(stability_of(s), [d], FLIP_BELOW):
+            sec.text.append(f"Fragile: the promotion of {cand} would flip in {1 - x:.0%} of the resamples.")
+    elif shares is not None and shares.reason:
+        sec.text.append(f"No promotion shares: {shares.reason}.")
     return sec
 
 
@@ -245,6 +278,78 @@ def _rank_flow(s: LadderStatus) -> Section:
                    text=["Each line is a candidate: its rank at each decided stage (1 = best). A cross marks the "
                          "stage that cut it, a square a promotion by the keep rule, a red ring a stage where it had failed cells, "
                          "the star the winner."])
+
+
+def _stability_summary(st: Stability, decisions: list[Decision]) -> str:
+    """This ladder in one sentence: its weakest stage step, its weakest host-block agreement, its weakest promotion."""
+    parts = []
+    for what, figures, name in (("stage step", st.stages, lambda t: f"{t.from_} \u2192 {t.to}"),
+                                ("host-block agreement", st.host_blocks, lambda t: f"{t.a} vs {t.b} at {t.stage}")):
+        defined = [t for t in figures if t.kendall_tau is not None]
+        if defined:
+            t = min(defined, key=lambda t: t.kendall_tau)
+            parts.append(f"the least stable {what} was {name(t)} (tau {t.kendall_tau:.2f} over {t.candidates} candidates)")
+    shares = flips(st, decisions, below=math.inf)
+    if shares:
+        stage, cand, x = min(shares, key=lambda f: f[2])
+        parts.append("every promotion by rank held in every resample" if x >= 1.0 else
+                     f"the least robust promotion was {cand} at {stage}, promoted in {x:.0%} of resamples")
+    return ("In this ladder " + "; ".join(parts) + ".") if parts else "No figure is defined yet."
+
+
+def _stability(s: LadderStatus) -> Section:
+    sec = Section("stability", "Rank stability")
+    st = stability_of(s)
+    if not (st.stages or st.host_blocks or st.promotion):
+        sec.text.append("No stage decided yet.")
+        return sec
+    sec.text.append(
+        "How far to trust the ranking. Kendall's tau-b compares two orderings of the same candidates: "
+        "1 is the same order, 0 no relation, -1 reversed. Between consecutive stages it asks whether the shorter "
+        "budget predicted the longer one; between host blocks, whether the ranking depends on the hardware.")
+    sec.text.append(
+        "Promotion shares: each decided stage's (host block, seed) cells are drawn again with replacement, "
+        f"{st.promotion[0].resamples if st.promotion else 200} times with a fixed seed (so the figures replay the same), "
+        "and the frozen rule is re-applied to each draw. A promoted candidate at 60% would have been cut in 4 of 10 "
+        "such reruns: a near coin flip, not a finding.")
+    sec.text.append(_stability_summary(st, decisions_from_status(s)))
+    if st.stages or st.host_blocks:
+        sec.figures.append(STABILITY)
+    if st.stages:
+        sec.tables.append(Table("stability-stages", ["From", "To", "Candidates", "Kendall tau-b"],
+                                [[t.from_, t.to, str(t.candidates), tau_text(t.kendall_tau, t.reason)] for t in st.stages],
+                                caption="Consecutive stages: tau-b between their aggregates, over candidates complete in both"))
+    if st.host_blocks:
+        sec.tables.append(Table("stability-host-blocks", ["Stage", "Host blocks", "Candidates", "Kendall tau-b"],
+                                [[t.stage, f"{t.a} vs {t.b}", str(t.candidates), tau_text(t.kendall_tau, t.reason)]
+                                 for t in st.host_blocks],
+                                caption="Host blocks: tau-b between the candidates' means on each block"))
+    decisions = {d.stage: d for d in decisions_from_status(s)}
+    rows, marks = [], []
+    for p in st.promotion:
+        d = decisions.get(p.stage)
+        if p.promoted_share is None or d is None:
+            rows.append([p.stage, "-", f"undefined: {p.reason}", "-", f"{p.resamples} (seed {p.seed})"])
+            marks.append("")
+            continue
+        by_rank = [e.candidate for e in d.ranking if e.promoted_by in ("top", "within")]
+        cut = [e.candidate for e in d.ranking if e.complete and not e.promoted_by]
+        weakest = min(by_rank, key=lambda c: p.promoted_share.get(c, 1.0), default=None)
+        strongest_cut = max(cut, key=lambda c: p.promoted_share.get(c, 0.0), default=None)
+        low = p.promoted_share.get(weakest, 1.0) if weakest else None
+        rows.append([p.stage, str(len(by_rank)),
+                     "-" if low is None else "all at 100%" if low >= 1.0 else f"{weakest} {share(low)}",
+                     f"{strongest_cut} {share(p.promoted_share.get(strongest_cut))}" if strongest_cut else "-",
+                     f"{p.resamples} (seed {p.seed})"])
+        marks.append("fail" if low is not None and low < FLIP_BELOW else "")
+    if rows:
+        sec.tables.append(Table("stability-promotion",
+                                ["Stage", "Promoted by rank", "Least robust promotion", "Most promoted cut candidate",
+                                 "Resamples"], rows, marks=marks,
+                                caption="Promotion shares per decision (each stage's section lists every candidate's)"))
+    for stage, cand, x in flips(st, list(decisions.values()), FLIP_BELOW):
+        sec.text.append(f"Fragile: stage {stage}: the promotion of {cand} would flip in {1 - x:.0%} of resamples.")
+    return sec
 
 
 def _decisions(s: LadderStatus) -> list[Section]:
@@ -341,7 +446,7 @@ def _failures(s: LadderStatus) -> Section | None:
 
 def build_report(inp: ReportInput) -> Report:
     s = inp.status
-    sections = [_summary(inp), _progress(s), _rank_flow(s), _verdict(s), _cost(s), *_decisions(s), _failures(s), _spec(inp)]
+    sections = [_summary(inp), _progress(s), _rank_flow(s), _stability(s), _verdict(s), _cost(s), *_decisions(s), _failures(s), _spec(inp)]
     subtitle = f"{s.phase}" + (f", winner {s.verdict.winner}" if s.verdict and s.verdict.winner else "")
     return Report(title=f"Promotion ladder report: {inp.name}", subtitle=subtitle, warnings=list(inp.warnings),
                   sections=[sec for sec in sections if sec is not None])

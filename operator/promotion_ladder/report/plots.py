@@ -6,10 +6,11 @@ matplotlib is the optional `report` extra: it is imported only when a figure is 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 from ..core.status import LadderStatus, StageStatus
-from .build import CELL_VALUES, GPU_HOURS, PROGRESS, RANK_FLOW, gpu_h
+from .build import CELL_VALUES, GPU_HOURS, PROGRESS, RANK_FLOW, STABILITY, gpu_h, stability_of
 from .source import ReportError
 
 STATE_COLORS = {"Succeeded": "#4caf50", "Failed": "#d62728", "Running": "#ff9800", "Pending": "#d9d9d9"}
@@ -277,6 +278,75 @@ def progress(s: LadderStatus) -> Figure:
     return Figure(PROGRESS, f"Stage {st.name} in progress", alt, _png(fig))
 
 
+def stability(s: LadderStatus) -> Figure:
+    """Tau-b between consecutive stages (a line) and between host blocks per stage (a heat map)."""
+    MplFigure = _mpl()
+    import matplotlib
+
+    st = stability_of(s)
+    pairs, blocks = st.stages, st.host_blocks
+    panels = (1 if pairs else 0) + (1 if blocks else 0)
+    fig = MplFigure(figsize=(10, 3.9), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False, width_ratios=[1.5, 1][:panels] if panels == 2 else None)[0]
+    cmap = matplotlib.colormaps["RdYlGn"]
+    norm = matplotlib.colors.Normalize(-1, 1)
+    if pairs:
+        ax = axes[0]
+        xs = list(range(len(pairs)))
+        ys = [t.kendall_tau for t in pairs]
+        ax.axhspan(0.8, 1.05, color="#e8f5e9", zorder=0)
+        ax.axhline(0, color="#9e9e9e", lw=0.8, zorder=1)
+        ax.plot([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], "-", color="#1f77b4",
+                lw=1.8, zorder=2)
+        for x, t in zip(xs, pairs):
+            if t.kendall_tau is None:
+                ax.text(x, 0.0, "n/a", ha="center", va="center", fontsize=9, color="#757575",
+                        bbox=dict(boxstyle="round", fc="white", ec="#bdbdbd"))
+                continue
+            ax.plot(x, t.kendall_tau, "o", ms=9, color=cmap(norm(t.kendall_tau)), mec="#333333", zorder=3)
+            ax.annotate(f"{t.kendall_tau:.2f}\n{t.candidates} cand.", (x, t.kendall_tau), xytext=(0, -12),
+                        textcoords="offset points", ha="center", va="top", fontsize=8)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{t.from_} \u2192 {t.to}" for t in pairs], fontsize=9)
+        ax.set_xlim(-0.5, len(pairs) - 0.5)
+        ax.set_ylim(-1.05, 1.12)
+        ax.set_ylabel("tau-b (1 same order, 0 unrelated)", fontsize=9)
+        ax.set_xlabel("stage pair (shorter \u2192 longer budget)", fontsize=9)
+        ax.grid(axis="y", alpha=0.25)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        ax.set_title("Consecutive stages: does the shorter budget predict the longer?", fontsize=10, loc="left")
+    if blocks:
+        ax = axes[-1]
+        stages = list(dict.fromkeys(t.stage for t in blocks))
+        labels = list(dict.fromkeys(f"{t.a} vs {t.b}" for t in blocks))
+        grid = [[math.nan] * len(stages) for _ in labels]
+        for t in blocks:
+            if t.kendall_tau is not None:
+                grid[labels.index(f"{t.a} vs {t.b}")][stages.index(t.stage)] = t.kendall_tau
+        cm = cmap.with_extremes(bad="#e0e0e0")
+        im = ax.imshow(grid, cmap=cm, norm=norm, aspect="equal")
+        for t in blocks:
+            i, j = labels.index(f"{t.a} vs {t.b}"), stages.index(t.stage)
+            dark = t.kendall_tau is not None and abs(t.kendall_tau) > 0.6  # the colour map's dark ends
+            ax.text(j, i, "n/a" if t.kendall_tau is None else f"{t.kendall_tau:.2f}", ha="center", va="center",
+                    fontsize=9, color="white" if dark else "black")
+        ax.set_xticks(range(len(stages)))
+        ax.set_xticklabels(stages, fontsize=9)
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels, fontsize=9)
+        ax.tick_params(length=0)
+        ax.set_xlabel("stage", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="tau-b", location="bottom" if len(labels) < 3 else "right")
+        ax.set_title("Host blocks: same ranking on each?", fontsize=10, loc="left")
+    fig.suptitle("Rank stability (Kendall tau-b)", fontsize=12, x=0.02, ha="left")
+    alt = "Rank stability: " + "; ".join(
+        [f"{t.from_} to {t.to} tau " + ("undefined" if t.kendall_tau is None else f"{t.kendall_tau:.2f}") for t in pairs]
+        + [f"{t.stage} {t.a} vs {t.b} tau " + ("undefined" if t.kendall_tau is None else f"{t.kendall_tau:.2f}")
+           for t in blocks])
+    return Figure(STABILITY, "Rank stability: tau-b between stages and between host blocks", alt, _png(fig))
+
+
 def draw(keys: list[str], s: LadderStatus, metric: str) -> dict[str, Figure]:
     """Draw the figures a report's sections name."""
     out: dict[str, Figure] = {}
@@ -287,6 +357,8 @@ def draw(keys: list[str], s: LadderStatus, metric: str) -> dict[str, Figure]:
             out[k] = gpu_hours(s)
         elif k == PROGRESS:
             out[k] = progress(s)
+        elif k == STABILITY:
+            out[k] = stability(s)
         elif k.startswith(CELL_VALUES):
             st = next(st for st in s.stages if st.name == k[len(CELL_VALUES):])
             out[k] = cell_values(st, metric)
