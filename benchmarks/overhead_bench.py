@@ -7,7 +7,7 @@ One candidate, one stage, one host block, N seeds, one cell at a time, through `
 (the same process launch, compile-cache directory and occupancy measure as any ladder). The
 compile cache starts empty (a fresh work dir), so cell 1 compiles and the others find its
 graphs. Per cell it prints: set-up seconds (process start to the first timed step, from the
-result), compile seconds (the untimed warm-up steps, from the cell's log), train and eval
+result; of which before train.run: Python and `import torch`), compile seconds (the untimed warm-up steps, from the cell's log), train and eval
 seconds, occupied seconds (the process's wall time, from the status) and occupied / budget.
 
 Goals (issue 15): a cell whose shape was already compiled starts training in at most 30% of
@@ -96,18 +96,23 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads((d / "result.json").read_text())
         log = (d / "log.txt").read_text()
         m = re.search(r"warm-up: \d+ untimed steps in ([\d.]+)s", log)
+        in_run = re.search(r"setup took ([\d.]+)s", log)
+        before = (result["setupSeconds"] - float(in_run.group(1))) if in_run and result.get("setupSeconds") else None
         rows.append({
-            "seed": cell["seed"], "setup_s": result.get("setupSeconds"), "compile_s": float(m.group(1)) if m else None,
+            "seed": cell["seed"], "setup_s": result.get("setupSeconds"), "before_run_s": before,
+            "compile_s": float(m.group(1)) if m else None,
             "train_s": result.get("trainSeconds"), "eval_s": result.get("evalSeconds"),
             "occupied_s": cell.get("occupiedSeconds"), "budget_s": budget_s,
             "occupied_per_budget": round(cell["occupiedSeconds"] / budget_s, 3) if cell.get("occupiedSeconds") else None,
             "corpus_prepared": "preparing corpus" in log,
             "cache": (re.search(r"compile cache [^:]+: (.*)", log) or [None, None])[1],
         })
-    print("| cell | set-up s | compile s | train s | eval s | occupied s | budget s | occupied/budget | compile cache |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| cell | set-up s | of which before train.run | compile s | train s | eval s | occupied s | budget s "
+          "| occupied/budget | compile cache |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(rows, 1):
-        print(f"| {i} | {_f(r['setup_s'])} | {_f(r['compile_s'])} | {_f(r['train_s'])} | {_f(r['eval_s'])} | "
+        print(f"| {i} | {_f(r['setup_s'])} | {_f(r['before_run_s'])} | {_f(r['compile_s'])} | {_f(r['train_s'])} | "
+              f"{_f(r['eval_s'])} | "
               f"{_f(r['occupied_s'])} | {r['budget_s']:g} | {_f(r['occupied_per_budget'], 2)} | {r['cache'] or 'n/a'} |")
     first, warm = rows[0], rows[1:]
     summary = {"wall_s": round(wall, 1), "gpu": gpu, "rows": rows}
