@@ -3,6 +3,8 @@ bound to a node (PodScheduled) -> the trainer container's finishedAt, every atte
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from promotion_ladder.controller.intake import pod_summary
@@ -59,6 +61,25 @@ CASES = {
     "no Pod bound at all: unmeasured": ([lambda: PodB(JOB).phase("Pending")], None),
     "no timestamps at all: unmeasured": ([lambda: PodB(JOB).exited(0)], None),
 }
+
+
+def node(index: int, bound: float, released: float | None):
+    """A Pod of a multi-node cell (an Indexed Job), reduced to what occupancy reads."""
+    return SimpleNamespace(index=index, bound_at=bound, released_at=released)
+
+
+# name: (pods, expected seconds or None)
+MULTI_NODE = {
+    "nodes held at once: the longest index": ([node(0, 0, 100), node(1, 2, 101)], 100.0),
+    "an index retried: its attempts summed": ([node(0, 0, 100), node(1, 0, 30), node(1, 40, 150)], 140.0),
+    "a node without an end: unmeasured": ([node(0, 0, 100), node(1, 0, None)], None),
+}
+
+
+@pytest.mark.parametrize("name", MULTI_NODE)
+def test_occupied_seconds_of_a_multi_node_cell(name):
+    pods, want = MULTI_NODE[name]
+    assert occupied_seconds(pods) == want
 
 
 @pytest.mark.parametrize("name", CASES)

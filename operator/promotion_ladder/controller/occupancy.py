@@ -10,7 +10,10 @@ The occupancy of one Pod runs
     the container has ended, the trainer no longer holds the GPU; the seconds the kubelet then
     needs to mark the Pod terminal are not counted.
 A Pod never bound (still Pending, or deleted while queued) held no GPU and counts 0. A cell's
-occupancy is the sum over every Pod of its Job: a retried Job paid for every attempt. It is
+occupancy is the sum over every Pod of its Job: a retried Job paid for every attempt. A
+multi-node cell (an Indexed Job, one Pod per node, `index` = the completion index) holds its
+nodes at the same time: the attempts of each index are summed and the cell counts its longest
+index, which the accounting multiplies by the cell's GPUs (nodes x gpus). It is
 unmeasured (None) when some bound Pod lacks an end (deleted while running, or still running),
 or when none of its Pods is known any more; the accounting then counts the cell's protocol
 seconds (core.accounting). Kubernetes writes these timestamps with one-second resolution, so
@@ -66,16 +69,17 @@ def pod_times(body: dict[str, Any], container: str) -> dict[str, float | None]:
 
 
 def occupied_seconds(pods: Iterable[_Timed]) -> float | None:
-    """The seconds a cell's Pods held their node's GPUs, summed; None when not measurable."""
-    total, any_bound = 0.0, False
+    """The seconds a cell held its GPUs: its Pods' intervals summed per completion index, the
+    longest index counted; None when not measurable."""
+    by_index: dict[int | None, float] = {}
     for p in pods:
         if p.bound_at is None:
             continue  # never bound: held nothing
         if p.released_at is None:
             return None
-        any_bound = True
-        total += max(p.released_at - p.bound_at, 0.0)
-    return total if any_bound else None
+        index = getattr(p, "index", None)  # set on the Pods of an Indexed (multi-node) Job
+        by_index[index] = by_index.get(index, 0.0) + max(p.released_at - p.bound_at, 0.0)
+    return max(by_index.values()) if by_index else None
 
 
 def with_occupancy(outcome: CellOutcome, pods: Iterable[_Timed]) -> CellOutcome:
