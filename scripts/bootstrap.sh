@@ -24,8 +24,8 @@ fi
 stamp=$venv/.pyproject.sha
 want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "bootstrap: installing promotion-ladder[dev,trainer,report] (first run downloads torch, a few GB)" >&2
-  "$venv/bin/pip" install -q --progress-bar off -e "$root[dev,trainer,report]"
+  echo "bootstrap: installing promotion-ladder[dev,trainer,report,prepare] (first run downloads torch, a few GB)" >&2
+  "$venv/bin/pip" install -q --progress-bar off -e "$root[dev,trainer,report,prepare]"
   echo "$want" > "$stamp"
 fi
 here=$("$venv/bin/python" -c 'import promotion_ladder, os; print(os.path.dirname(promotion_ladder.__file__))' 2>/dev/null || true)

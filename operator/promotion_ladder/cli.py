@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +21,39 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.file}: valid PromotionLadder {ladder.name!r}: {len(spec.candidates)} candidates, "
           f"{len(spec.stages)} stages, {len(spec.host_blocks)} host blocks, {cells} cells per candidate at most; "
           f"frozen hash {spec.frozen_hash()}")
+    if args.tokens_per_second is not None:
+        for line in _repeat_warnings(spec, args):
+            print(line)
     return 0
+
+
+def _repeat_warnings(spec, args: argparse.Namespace) -> list[str]:
+    """Before anything runs: which stages would repeat the training data at this throughput."""
+    from .core.data_checks import REPEAT_ABOVE, estimated_passes
+
+    if args.tokens_per_second <= 0:
+        raise FileError(f"--tokens-per-second: must be positive, got {args.tokens_per_second:g}")
+    if args.train_tokens is not None:
+        train_tokens, what = args.train_tokens, f"{args.train_tokens:,} training tokens"
+    elif args.data:
+        meta_path = Path(args.data) / "meta.json"
+        try:
+            train_tokens = int(json.loads(meta_path.read_text())["train_tokens"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FileError(f"--data {args.data}: no prepared corpus there (meta.json with train_tokens): {exc}") from None
+        what = f"the {train_tokens:,} training tokens of {args.data}"
+    else:
+        raise FileError("--tokens-per-second needs the corpus size: --train-tokens N or --data DIR (a prepared corpus)")
+    out = []
+    for st in spec.stages:
+        passes = estimated_passes(st.budget_seconds, args.tokens_per_second, train_tokens)
+        if passes > REPEAT_ABOVE:
+            out.append(f"warning: stage {st.name} (budget {st.budget}): at {args.tokens_per_second:,.0f} tokens/s a cell "
+                       f"makes about {passes:.1f} passes over {what}: repeated data (a longer budget can rank by "
+                       "memorisation); give it a larger corpus")
+    if not out:
+        out.append(f"data: every stage stays within one pass over {what} at {args.tokens_per_second:,.0f} tokens/s")
+    return out
 
 
 def _cmd_crd(args: argparse.Namespace) -> int:
@@ -88,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("validate", help="check a ladder file; exit 1 listing every problem by field path")
     s.add_argument("file")
+    s.add_argument("--tokens-per-second", type=float, default=None,
+                   help="a cell's expected training throughput: warn about stages that would repeat the data")
+    s.add_argument("--train-tokens", type=int, default=None, help="training tokens of the corpus (with --tokens-per-second)")
+    s.add_argument("--data", default=None, help="a prepared corpus directory, for its training token count")
     s.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("crd", help="print the PromotionLadder CustomResourceDefinition (YAML)")

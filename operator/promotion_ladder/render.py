@@ -44,6 +44,8 @@ def status_table(status: LadderStatus) -> str:
             failed = sum(c.state == "Failed" for c in st.cells)
             head += f", {st.entered} entered, cells {done}/{len(st.cells)} done, {failed} failed"
         lines.append(head)
+        for c in st.conditions or []:  # data warnings: repeated data, cells on different corpora
+            lines.append(f"  warning: {c.type}: {c.message}")
         d = st.decision
         if d is None:
             continue

@@ -76,3 +76,25 @@ def test_cli_missing_data_exits_2(tmp_path):
     code = main(["--config", json.dumps(TINY), "--budget", "5s", "--data", str(tmp_path / "nope"), "--result-file", str(out)])
     assert code == EXIT_BAD_CONFIG
     assert "nope" in parse_result(out.read_text()).message
+
+
+TINY_CORPORA = {
+    # documents by name -> (train docs, val docs) or an error; no name here hashes into val
+    "one document is too few": ({"a.txt": "only one"}, "at least two"),
+    "the last document is held out when none falls in val": ({"a.txt": "first doc", "b.txt": "second doc"}, (1, 1)),
+}
+
+
+@pytest.mark.parametrize("files,expected", TINY_CORPORA.values(), ids=TINY_CORPORA.keys())
+def test_tiny_corpora(tmp_path, files, expected):
+    assert not any(data.is_val(name) for name in files)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected):
+            data.prepare("byte", 256, str(tmp_path))
+        return
+    shards = data.prepare("byte", 256, str(tmp_path))
+    assert (shards.meta["train_docs"], shards.meta["val_docs"]) == expected
+    assert bytes(np.asarray(shards.val)[:-1].tolist()).decode() == "second doc"
+    assert bytes(np.asarray(shards.train)[:-1].tolist()).decode() == "first doc"

@@ -149,3 +149,20 @@ def test_a_real_out_of_memory_exits_4(corpus, tmp_path):
     assert proc.returncode == EXIT_OOM, proc.stderr[-2000:]
     result = parse_result(out.read_text())
     assert result.status == "oom" and "device_batch" in result.message
+
+
+def test_a_gpu_cell_that_will_repeat_its_corpus_says_so_at_start(corpus, tmp_path):
+    """The tiny corpus stands in for the default one: a GPU goes through it many times a second."""
+    out = tmp_path / "result.json"
+    proc = run_cli(["--config", json.dumps(SMALL), "--budget", "30s", "--max-steps", "40", "--result-file", str(out),
+                    "--data", str(corpus), "--eval-tokens", "4096"], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = parse_result(out.read_text())
+    warning = next(ln for ln in proc.stderr.splitlines() if "repeated data" in ln)
+    assert f"corpus {result.corpus}" in warning and proc.stderr.index("repeated data") < proc.stderr.index("eval:")
+    assert result.data_passes == pytest.approx(result.tokens / _train_tokens(proc.stderr), rel=1e-3)
+
+
+def _train_tokens(stderr: str) -> int:
+    # "... | corpus <fp> (<dir>: N train / M val tokens)"
+    return int(stderr.split(" train / ")[0].rsplit(": ", 1)[1])

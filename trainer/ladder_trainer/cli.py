@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
                 peak_memory_bytes=outcome.peak_memory_bytes, gpu_name=outcome.gpu_name,
                 setup_seconds=_round(outcome.clock_started - started) if outcome.clock_started is not None else None,
                 eval_seconds=_round(outcome.eval_seconds),
+                corpus=outcome.corpus, data_passes=outcome.data_passes,
             )
             message = message or outcome.message
         result = CellResult(**identity, status=status, message=message, **fields)

@@ -7,6 +7,11 @@ pre-tokenized data):
     train.bin, val.bin flat token ids (dtype uint16 or uint32), documents separated by `eot`
     token_bytes.npy    int32[vocab_size]: UTF-8 bytes each token stands for (0 for `eot`)
 
+`ladder-tokens/v2` (written by `python -m ladder_trainer.prepare`, see prepare.py) is the same
+with many shards: meta.json lists them in order under "shards" {"train": [[file, tokens]...],
+"val": [...]}. Either is read with memory maps, shard by shard; nothing loads a split into RAM.
+The corpus fingerprint (`corpus_fingerprint`) names what a cell trained and evaluated on.
+
 `token_bytes` is what makes val_bpb independent of the tokenizer. The held-out split is by
 document (a stable hash of its key), so it does not move when a corpus grows.
 
@@ -34,6 +39,7 @@ from typing import Iterator
 import numpy as np
 
 FORMAT = "ladder-tokens/v1"
+FORMAT_V2 = "ladder-tokens/v2"
 EOT_TEXT = "<|endoftext|>"
 VAL_PERMILLE = 50  # 5% of documents are held out
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text"}
@@ -105,8 +111,11 @@ def iter_docs(files: list[tuple[str, Path]], text_field: str = "text") -> Iterat
                 import pyarrow.parquet as pq
             except ImportError:
                 raise RuntimeError(f"{p}: reading parquet needs pyarrow (pip install pyarrow)") from None
-            for i, text in enumerate(pq.read_table(p, columns=[text_field]).column(text_field).to_pylist()):
-                yield Doc(f"{rel}:{i}", str(text))
+            i = 0
+            for batch in pq.ParquetFile(p).iter_batches(batch_size=1024, columns=[text_field]):  # streaming
+                for text in batch.column(0).to_pylist():
+                    yield Doc(f"{rel}:{i}", str(text))
+                    i += 1
         else:
             try:
                 yield Doc(rel, p.read_text(encoding="utf-8"))
@@ -200,13 +209,73 @@ class BPETokenizer:
 # ---- prepared shards -----------------------------------------------------------------------
 
 
+def corpus_fingerprint(meta: dict) -> str:
+    """12 hex digits naming the prepared data: tokenizer, token counts, token_bytes, the val split.
+
+    From meta.json's content fields only (never paths or times), so the same preparation on
+    two machines, a copy on a volume, or the same corpus cut into shards of another size gives
+    the same fingerprint. The training split enters by its token count, the val split by the
+    hash of its tokens: hashing terabytes of training tokens at every cell start would cost
+    more than it could catch.
+    """
+    keys = ("vocab_size", "eot", "dtype", "train_tokens", "val_tokens", "tokenizer_sha256", "token_bytes_sha256",
+            "val_sha256")
+    doc = {k: meta.get(k) for k in keys}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class TokenSplit:
+    """One split as an ordered list of token shards, each memory-mapped only when read.
+
+    Maps are opened lazily and kept in a small cache, so a corpus of thousands of shards needs
+    neither thousands of file descriptors nor its size in RAM.
+    """
+
+    MAX_OPEN = 64
+
+    def __init__(self, files: list[tuple[Path, int]], dtype: np.dtype):
+        self.files = [(Path(p), int(n)) for p, n in files if int(n) > 0]
+        self.dtype = np.dtype(dtype)
+        self.lengths = np.array([n for _, n in self.files], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self._open: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def shard(self, i: int) -> np.ndarray:
+        m = self._open.get(i)
+        if m is None:
+            if len(self._open) >= self.MAX_OPEN:
+                self._open.pop(next(iter(self._open)))
+            path, n = self.files[i]
+            m = np.memmap(path, dtype=self.dtype, mode="r", shape=(n,))
+            self._open[i] = m
+        return m
+
+    def head(self, n: int) -> np.ndarray:
+        """The first n tokens in shard order (a copy of just those)."""
+        n = min(n, len(self))
+        parts, left, i = [], n, 0
+        while left > 0:
+            take = min(left, int(self.lengths[i]))
+            parts.append(np.asarray(self.shard(i)[:take]))
+            left -= take
+            i += 1
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None):  # the whole split: for tests and small corpora only
+        out = self.head(len(self))
+        return out.astype(dtype) if dtype is not None else out
+
+
 @dataclass
 class Shards:
     path: Path
     vocab_size: int
     eot: int
-    train: np.ndarray
-    val: np.ndarray
+    train: TokenSplit
+    val: TokenSplit
     token_bytes: np.ndarray
     meta: dict
 
@@ -216,15 +285,38 @@ class Shards:
         if not meta_path.exists():
             raise FileNotFoundError(f"{path}: not a token-shard directory (no meta.json)")
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        if meta.get("format") not in (FORMAT, FORMAT_V2):
+            raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r} or {FORMAT_V2!r}")
         dtype = np.dtype(meta["dtype"])
-        train = np.memmap(path / "train.bin", dtype=dtype, mode="r")
-        val = np.memmap(path / "val.bin", dtype=dtype, mode="r")
+        if meta["format"] == FORMAT:
+            splits = {s: [(path / f"{s}.bin", (path / f"{s}.bin").stat().st_size // dtype.itemsize)] for s in ("train", "val")}
+        else:
+            splits = {s: [(path / name, n) for name, n in meta["shards"][s]] for s in ("train", "val")}
+        for split, files in splits.items():
+            for f, n in files:
+                if not f.exists() or f.stat().st_size != n * dtype.itemsize:
+                    raise ValueError(f"{f}: missing or not {n} tokens as meta.json says; prepare {path} again")
+        train, val = TokenSplit(splits["train"], dtype), TokenSplit(splits["val"], dtype)
         token_bytes = np.load(path / "token_bytes.npy").astype(np.int64)
         if len(token_bytes) != meta["vocab_size"]:
             raise ValueError(f"{path}: token_bytes.npy has {len(token_bytes)} entries, vocab_size is {meta['vocab_size']}")
+        if not len(train) or not len(val):
+            raise ValueError(f"{path}: the {'train' if not len(train) else 'val'} split is empty")
         return cls(path, int(meta["vocab_size"]), int(meta["eot"]), train, val, token_bytes, meta)
+
+    @property
+    def corpus(self) -> str:
+        """The corpus fingerprint; v1 directories (the default corpus) get their hashes here."""
+        meta = dict(self.meta)
+        if meta.get("val_sha256") is None:
+            tok_file = self.path / "tokenizer.json"
+            meta["tokenizer_sha256"] = hashlib.sha256(tok_file.read_bytes()).hexdigest() if tok_file.exists() else "byte"
+            meta["token_bytes_sha256"] = hashlib.sha256(self.token_bytes.astype(np.int32).tobytes()).hexdigest()
+            h = hashlib.sha256()
+            for i in range(len(self.val.files)):
+                h.update(np.ascontiguousarray(self.val.shard(i)).tobytes())
+            meta["val_sha256"] = h.hexdigest()
+        return corpus_fingerprint(meta)
 
 
 @contextlib.contextmanager
@@ -273,40 +365,73 @@ def prepare(
 
 
 def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, text_field: str, source: str) -> None:
-    train_docs: list[str] = []
-    val_docs: list[str] = []
-    for doc in iter_docs(files, text_field):
-        if doc.text:
-            (val_docs if is_val(doc.key) else train_docs).append(doc.text)
-    if not val_docs:  # tiny corpora: hold out the last document rather than nothing
-        val_docs.append(train_docs.pop())
-    if not train_docs:
-        raise ValueError(f"corpus {source}: needs at least two non-empty documents")
+    """Tokenize the corpus into train.bin / val.bin, streaming: documents are read twice at most
+    (once for the BPE's bounded sample) and never held all at once."""
+    def docs() -> Iterator[Doc]:
+        return (d for d in iter_docs(files, text_field) if d.text)
+
     if tokenizer_file:
         tok = BPETokenizer.load(Path(tokenizer_file))
         shutil.copy(tokenizer_file, out / "tokenizer.json")
     elif tokenizer == "byte":
         tok = ByteTokenizer()
     else:
-        tok = BPETokenizer.train(_bounded(train_docs, BPE_TRAIN_BYTES), vocab_size)
+        tok = BPETokenizer.train(_bounded((d.text for d in docs() if not is_val(d.key)), BPE_TRAIN_BYTES), vocab_size)
         tok.tok.save(str(out / "tokenizer.json"))
     if tok.eot is None:
         raise ValueError(f"tokenizer {tokenizer_file}: has no {EOT_TEXT} token")
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    counts = {}
-    for split, docs in (("train", train_docs), ("val", val_docs)):
-        with open(out / f"{split}.bin", "wb") as fh:
-            n = 0
-            for i in range(0, len(docs), 256):
-                for ids in tok.encode_batch(docs[i : i + 256]):
-                    arr = np.append(ids, tok.eot).astype(dtype)
-                    fh.write(arr.tobytes())
-                    n += len(arr)
-            counts[split] = n
+    counts = {"train": 0, "val": 0}
+    n_docs = {"train": 0, "val": 0}
+    val_bytes = 0
+    last_train: tuple[np.ndarray, int] | None = None  # (tokens, text bytes) of the last train document
+    files_out = {split: open(out / f"{split}.bin", "wb") for split in ("train", "val")}
+    pending: dict[str, list[str]] = {"train": [], "val": []}
+
+    def flush(split: str) -> None:
+        nonlocal last_train
+        for text, ids in zip(pending[split], tok.encode_batch(pending[split])):
+            arr = np.append(ids, tok.eot).astype(dtype)
+            files_out[split].write(arr.tobytes())
+            counts[split] += len(arr)
+            if split == "train":
+                last_train = (arr, len(text.encode("utf-8")))
+        pending[split] = []
+
+    try:
+        for doc in docs():
+            split = "val" if is_val(doc.key) else "train"
+            pending[split].append(doc.text)
+            n_docs[split] += 1
+            if split == "val":
+                val_bytes += len(doc.text.encode("utf-8"))
+            if len(pending[split]) == 256:
+                flush(split)
+        flush("train")
+        flush("val")
+    finally:
+        for fh in files_out.values():
+            fh.close()
+    if n_docs["train"] - (0 if n_docs["val"] else 1) < 1:  # no training document (once one is held out)
+        raise ValueError(f"corpus {source}: needs at least two non-empty documents")
+    if not n_docs["val"]:
+        # Tiny corpora: hold out the last document rather than nothing (a BPE trained here had it
+        # in its sample; streaming cannot know in advance, and a corpus this small is a test).
+        arr, nbytes = last_train
+        with open(out / "train.bin", "r+b") as fh:
+            fh.truncate((counts["train"] - len(arr)) * np.dtype(dtype).itemsize)
+        (out / "val.bin").write_bytes(arr.tobytes())
+        counts["train"] -= len(arr)
+        counts["val"] = len(arr)
+        n_docs["train"] -= 1
+        n_docs["val"] = 1
+        val_bytes = nbytes
     token_bytes = tok.token_bytes()
-    val_tokens = np.fromfile(out / "val.bin", dtype=dtype)
-    text_bytes = sum(len(d.encode("utf-8")) for d in val_docs)
-    if int(token_bytes[val_tokens].astype(np.int64).sum()) != text_bytes:
+    val_tokens = np.memmap(out / "val.bin", dtype=dtype, mode="r")
+    counted = sum(int(token_bytes[np.asarray(val_tokens[i : i + 2**20])].astype(np.int64).sum())
+                  for i in range(0, len(val_tokens), 2**20))
+    del val_tokens
+    if counted != val_bytes:
         # val_bpb divides by these byte counts, so a tokenizer whose tokens are not plain byte
         # sequences (normalizers, SentencePiece-style spaces) would silently skew the metric.
         raise ValueError(
@@ -323,13 +448,13 @@ def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, te
         "dtype": np.dtype(dtype).name,
         "train_tokens": counts["train"],
         "val_tokens": counts["val"],
-        "train_docs": len(train_docs),
-        "val_docs": len(val_docs),
+        "train_docs": n_docs["train"],
+        "val_docs": n_docs["val"],
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
-def _bounded(docs: list[str], limit: int) -> Iterator[str]:
+def _bounded(docs: Iterator[str], limit: int) -> Iterator[str]:
     total = 0
     for d in docs:
         if total >= limit:

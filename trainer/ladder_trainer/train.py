@@ -28,6 +28,7 @@ from .hardware import attention_backend, device_name, peak_flops, peak_memory, p
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, set_lr
 from .publish import ProgressReporter, log
+from .sampler import WindowSampler
 
 
 EVAL_TOKENS_DEFAULT = {"cuda": 2**20, "cpu": 2**14}
@@ -51,26 +52,27 @@ class RunOutcome:
     setup_seconds: float | None = None  # run() entered -> first timed step
     compile_seconds: float | None = None  # the untimed warm-up steps (compilation, when compiling)
     eval_seconds: float | None = None
+    corpus: str | None = None  # fingerprint of the prepared data (data.corpus_fingerprint)
+    data_passes: float | None = None  # training tokens consumed / training tokens available
     extra: dict = field(default_factory=dict)
 
 
 class Batches:
-    """Random windows of seq_len + 1 tokens from the training split, seeded per cell."""
+    """Random windows of seq_len + 1 tokens from every training shard, seeded per cell (sampler.py)."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, rows: int, seed: int, device: torch.device):
-        if len(tokens) < seq_len + 2:
-            raise ConfigError(f"seq_len: {seq_len} is longer than the training split ({len(tokens)} tokens)")
-        self.tokens, self.seq_len, self.rows, self.device = tokens, seq_len, rows, device
-        self.seed = seed
-        self.reset()
+    def __init__(self, split: data_mod.TokenSplit, seq_len: int, rows: int, seed: int, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        try:
+            self.sampler = WindowSampler(split, seq_len, rows, seed, rank, world_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.device = device
 
     def reset(self) -> None:
-        self.rng = np.random.default_rng(self.seed)
+        self.sampler.reset()
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.rows)
-        buf = np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int64)
-        t = torch.from_numpy(buf)
+        t = torch.from_numpy(self.sampler.next())
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)
         return t[:, :-1], t[:, 1:]
@@ -85,7 +87,8 @@ def evaluate(model, val: np.ndarray, token_bytes: np.ndarray, n_tokens: int, seq
     is bits per byte of text whatever the tokenizer.
     """
     n_tokens = min(n_tokens, len(val) - 1)
-    tokens = torch.from_numpy(np.asarray(val[: n_tokens + 1]).astype(np.int64))
+    head = val.head(n_tokens + 1) if isinstance(val, data_mod.TokenSplit) else val[: n_tokens + 1]
+    tokens = torch.from_numpy(np.asarray(head).astype(np.int64))
     tb = torch.from_numpy(np.asarray(token_bytes, dtype=np.int64))
     nats = torch.zeros((), dtype=torch.float64)
     n_bytes = 0
@@ -140,6 +143,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         shards = data_mod.prepare(cfg.tokenizer, cfg.vocab_size, settings.data, settings.tokenizer_file, settings.text_field)
     except (OSError, ValueError) as exc:  # a missing or unusable corpus will not get better on a retry
         raise ConfigError(f"data: {exc}") from None
+    corpus = shards.corpus
     use_bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     compile_on = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
@@ -159,8 +163,8 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         f"model: depth {len(model.blocks)}/{cfg.depth} width {cfg.width} heads {cfg.n_head} "
         f"params {model.num_params() / 1e6:.2f}M vocab {shards.vocab_size} | device {device} "
         f"{'bf16' if use_bf16 else 'fp32'} compile {'on' if compile_on else 'off'} attention {settings.attention} | batch {cfg.batch} tokens "
-        f"= {accum} x {cfg.device_batch} x {cfg.seq_len} | budget {budget:g}s | corpus {shards.path.name} "
-        f"({len(shards.train)} train / {len(shards.val)} val tokens)"
+        f"= {accum} x {cfg.device_batch} x {cfg.seq_len} | budget {budget:g}s | corpus {corpus} "
+        f"({shards.path.name}: {len(shards.train)} train / {len(shards.val)} val tokens)"
     )
 
     def forward_backward(x, y) -> torch.Tensor:
@@ -213,6 +217,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     timing = dict(clock_started=t_start, setup_seconds=t_start - t_setup, compile_seconds=compile_seconds)
     last_log = t_start
     elapsed = lambda: time.perf_counter() - t_start - paused  # noqa: E731
+    repeat_checked = False
     stop = False
     while not stop:
         if settings.max_steps and steps >= settings.max_steps:
@@ -254,6 +259,8 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
                 tokens=steps * cfg.batch,
                 gpu_name=device_name(device),
                 peak_memory_bytes=peak_memory(device),
+                corpus=corpus,
+                data_passes=data_passes(steps * cfg.batch, shards),
                 **timing,
             )
         optimizer_step()
@@ -262,6 +269,9 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         now = time.perf_counter()
         if progress is not None:
             progress.update(elapsed=round(elapsed(), 1), step=steps, tokens=steps * cfg.batch, loss=round(last_loss, 4))
+        if not repeat_checked and (steps >= 20 or elapsed() >= min(2.0, 0.05 * budget)):
+            repeat_checked = True
+            _warn_if_repeating(shards, corpus, steps * cfg.batch, elapsed(), budget)
         if steps <= 3 or now - last_log >= settings.log_interval:
             last_log = now
             t = elapsed()
@@ -279,7 +289,8 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     if settings.eval_tokens < 0:  # the benchmark measures training only
         return RunOutcome("ok", train_seconds=train_seconds, steps=steps, tokens=steps * cfg.batch,
                        tokens_per_second=processed / train_seconds, mfu=_mfu(flops, train_seconds, device),
-                       peak_memory_bytes=peak_memory(device), gpu_name=device_name(device), **timing)
+                       peak_memory_bytes=peak_memory(device), gpu_name=device_name(device),
+                       corpus=corpus, data_passes=data_passes(steps * cfg.batch, shards), **timing)
     t_eval = time.perf_counter()
     model.eval()
     eval_tokens = settings.eval_tokens or EVAL_TOKENS_DEFAULT.get(device.type, EVAL_TOKENS_DEFAULT["cpu"])
@@ -289,7 +300,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     ev = evaluate(model, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device, autocast)
     synchronize(device)
     eval_seconds = time.perf_counter() - t_eval
-    passes = steps * cfg.batch / len(shards.train)
+    passes = data_passes(steps * cfg.batch, shards)
     log(
         f"eval: val_bpb {ev['val_bpb']:.4f} over {ev['tokens']} tokens ({ev['bytes']} bytes) in "
         f"{eval_seconds:.1f}s | {steps} steps ({passes:.1f} passes over the training split), "
@@ -311,6 +322,8 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         peak_memory_bytes=peak_memory(device),
         gpu_name=gpu,
         eval_seconds=eval_seconds,
+        corpus=corpus,
+        data_passes=passes,
         extra={"eval": ev, "train_loss": last_loss},
         **timing,
     )
@@ -337,6 +350,29 @@ def compile_cache_note() -> str:
         return ""
     where = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "torch's default directory"
     return f" | compile cache {where}: " + "; ".join(parts)
+
+
+def data_passes(tokens: int, shards: data_mod.Shards) -> float:
+    return float(f"{tokens / len(shards.train):.6g}")
+
+
+def _warn_if_repeating(shards: data_mod.Shards, corpus: str, tokens: int, seconds: float, budget: float) -> None:
+    """Say at the start, from the first steps' throughput, that the budget will repeat the data.
+
+    A cell that repeats its training split past a pass or so measures memorisation as much as
+    the candidate, and a longer budget can then make val_bpb worse; the ladder shows it too
+    (dataPasses), but the person watching a GPU cell should not wait for the end to learn it.
+    """
+    if seconds <= 0 or tokens <= 0:
+        return
+    projected = tokens / seconds * budget / len(shards.train)
+    if projected <= 1:
+        return
+    default = shards.meta.get("source", "").startswith("python-stdlib")
+    hint = ("this is the default corpus (the Python standard library): prepare a real one with "
+            "`python -m ladder_trainer.prepare` and pass --data" if default else "give this budget a larger corpus")
+    log(f"warning: at {tokens / seconds:,.0f} tok/s this {budget:g}s cell will make about {projected:.1f} passes over "
+        f"the {len(shards.train):,} training tokens of corpus {corpus}; repeated data: {hint}")
 
 
 def _mfu(flops: float, seconds: float, device: torch.device) -> float | None:

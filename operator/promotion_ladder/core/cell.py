@@ -51,6 +51,8 @@ class CellOutcome:
     # Seconds the cell held its GPUs (Pod bound to finished, or the local process's wall time;
     # every attempt counted). None: not measured (see core.accounting for how it is counted).
     occupied_seconds: float | None = None
+    corpus: str | None = None  # fingerprint of the data the cell trained on (core/data_checks.py)
+    data_passes: float | None = None  # training tokens consumed / available
 
     @property
     def ok(self) -> bool:

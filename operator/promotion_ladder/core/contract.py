@@ -138,4 +138,4 @@ def judge(result_text: str | None, exit_code: int, cell: Cell, ladder: str, metr
 def measured_fields(result: CellResult) -> dict:
     """What a cell's outcome keeps of its result besides the value (also when it failed): a new
     measured field of CellResult that the ladder records is copied here."""
-    return {"train_seconds": result.train_seconds}
+    return {"train_seconds": result.train_seconds, "corpus": result.corpus, "data_passes": result.data_passes}

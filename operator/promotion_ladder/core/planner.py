@@ -11,6 +11,7 @@ from typing import Literal, Mapping, Sequence
 
 from .api import LadderSpec
 from .cell import Cell, CellKey, CellOutcome
+from .data_checks import CORPUS_CONFLICT, corpus_conflict
 from .rules import Decision, VerdictResult, decide, verdict
 
 
@@ -32,6 +33,7 @@ class Plan:
     new_decisions: list[Decision] = field(default_factory=list)
     verdict: VerdictResult | None = None
     message: str = ""
+    reason: str = ""  # why it ended, when that is not the phase's usual reason (status.PHASE_REASONS)
 
 
 def stage_cells(spec: LadderSpec, stage_index: int, entering: Sequence[str]) -> list[Cell]:
@@ -59,6 +61,9 @@ def plan(spec: LadderSpec, outcomes: Outcomes, recorded: Sequence[Decision] = ()
             if pending:
                 return Plan("Running", i, entering_by, pending, decisions, new)
             by_cell = {(c.candidate, c.host_block, c.seed): outcomes[c.key] for c in cells}
+            conflict = corpus_conflict(st.name, by_cell)
+            if conflict:  # values measured on different data cannot be ranked against each other
+                return Plan("Failed", None, entering_by, [], decisions, new, message=conflict, reason=CORPUS_CONFLICT)
             d = decide(st, entering, by_cell, direction)
             new.append(d)
         decisions.append(d)

@@ -49,6 +49,10 @@ class CellResult(BaseModel):
     mfu: float | None = Field(None, ge=0)
     peak_memory_bytes: int | None = Field(None, ge=0, alias="peakMemoryBytes")
     gpu_name: str | None = Field(None, alias="gpuName")
+    # What the cell trained and evaluated on: a fingerprint of the prepared data (tokenizer,
+    # token counts, the val split's content) and training tokens consumed / available.
+    corpus: str | None = Field(None, max_length=64)
+    data_passes: float | None = Field(None, ge=0, alias="dataPasses")
 
     @model_validator(mode="after")
     def _ok_needs_finite_value(self) -> "CellResult":

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError
 
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
+from .data_checks import CORPUS_CONFLICT, REPEATED_DATA, corpus_conflict, repeated_data, repeated_data_message
 from .planner import Outcomes, Plan, plan, stage_cells
 from .cell import Cell, CellKey, CellOutcome
 from .model import WireModel
@@ -44,6 +45,8 @@ class CellStatus(WireModel):
     train_seconds: float | None = None
     occupied_seconds: float | None = None
     reason: str | None = None
+    corpus: str | None = None
+    data_passes: float | None = None
 
 
 class StageStatus(WireModel):
@@ -53,6 +56,8 @@ class StageStatus(WireModel):
     entered: int | None = None
     cells: list[CellStatus] = Field(default_factory=list)
     decision: Decision | None = None
+    # Warnings about the stage's data (CorpusConflict, RepeatedData; absent when none): stage_conditions.
+    conditions: list["Condition"] | None = None
 
 
 class Condition(WireModel):
@@ -61,6 +66,19 @@ class Condition(WireModel):
     reason: str
     message: str = ""
     last_transition_time: str | None = None
+
+
+def stage_conditions(stage: str, cells: Outcomes) -> list[Condition]:
+    """The stage's data warnings, from its finished cells (core/data_checks.py)."""
+    out = []
+    conflict = corpus_conflict(stage, cells)
+    if conflict:
+        out.append(Condition(type=CORPUS_CONFLICT, status="True", reason="DifferentCorpora", message=conflict))
+    repeats = repeated_data(cells)
+    if repeats:
+        out.append(Condition(type=REPEATED_DATA, status="True", reason="DataPassesAboveOne",
+                             message=repeated_data_message(stage, repeats)))
+    return out
 
 
 class LadderStatus(WireModel):
@@ -95,9 +113,11 @@ def build_status(
         cells = []
         for c in stage_cells(spec, i, entered):
             cells.append(cell_status(c, outcomes.get(c.key), c.key in running))
+        finished = {c.key: outcomes[c.key] for c in stage_cells(spec, i, entered) if c.key in outcomes}
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
             entered=len(entered), cells=cells, decision=decided.get(st.name),
+            conditions=stage_conditions(st.name, finished) or None,
         ))
     current = spec.stages[p.stage_index].name if p.stage_index is not None else None
     leader = p.verdict.winner if p.verdict else None
@@ -127,6 +147,7 @@ def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False) 
         state="Succeeded" if outcome.ok else "Failed",
         value=outcome.value if outcome.ok else None, train_seconds=outcome.train_seconds, reason=outcome.reason or None,
         occupied_seconds=outcome.occupied_seconds,
+        corpus=outcome.corpus, data_passes=outcome.data_passes,
     )
 
 
@@ -136,7 +157,7 @@ def recorded_outcome(c: CellStatus) -> CellOutcome | None:
         return None
     return CellOutcome(state="succeeded" if c.state == "Succeeded" else "failed",
                        value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
-                       occupied_seconds=c.occupied_seconds)
+                       occupied_seconds=c.occupied_seconds, corpus=c.corpus, data_passes=c.data_passes)
 
 
 def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:

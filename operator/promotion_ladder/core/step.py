@@ -138,7 +138,7 @@ def step(
     # 5. start
     to_start = _to_start(spec, plan.to_run, live, pending_starts, capacity, started) if plan.phase == "Running" else []
     # 6. status and announcements
-    conds = conditions(status.phase, PHASE_REASONS[status.phase], status.message, old.get("conditions") or [], now)
+    conds = conditions(status.phase, plan.reason or PHASE_REASONS[status.phase], status.message, old.get("conditions") or [], now)
     status = status.model_copy(update={"observed_generation": generation, "conditions": conds})
     announcements = [Announcement("Normal", "StageDecided", decision_message(d)) for d in plan.new_decisions]
     if status.phase != old.get("phase"):

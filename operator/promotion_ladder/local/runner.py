@@ -94,6 +94,20 @@ def _summary(status: LadderStatus, running: int) -> str:
             f"{failed} failed | leader {status.leader or '-'} | {gh:.3f} GPU-h ({occ:.3f} occupied)")
 
 
+def _new_stage_warnings(status: LadderStatus, warned: set[tuple[str, str]]) -> list[str]:
+    """Data conditions (repeated data, corpus conflicts) of stages whose cells have all finished, once each."""
+    out = []
+    for st in status.stages:
+        if not st.cells or any(c.state in ("Pending", "Running") for c in st.cells):
+            continue
+        for c in st.conditions or []:
+            key = (st.name, c.type)
+            if key not in warned:
+                warned.add(key)
+                out.append(f"warning: {c.type}: {c.message}")
+    return out
+
+
 def run_ladder(
     ladder: PromotionLadder,
     status_path: Path,
@@ -134,6 +148,7 @@ def run_ladder(
     observed: dict[CellKey, CellOutcome] = {}  # ended since the last step
     running: dict[CellKey, CellProcess] = {}
     free_gpu_groups = [gpus[i * per_cell:(i + 1) * per_cell] for i in range(slots_total)] if gpus else []
+    warned: set[tuple[str, str]] = set()  # (stage, condition type) already printed
     finished_since_write = False
     try:
         while True:
@@ -142,6 +157,8 @@ def run_ladder(
             for a in s.announcements:
                 if a.reason == "StageDecided":  # the ladder's end is the closing line below
                     progress.event(a.message)
+            for line in _new_stage_warnings(record, warned):
+                progress.event(line)
             # Written after every pass that finished a cell or decided a stage, so a resumed run
             # re-runs nothing that finished.
             if finished_since_write or s.new_decisions or s.phase != "Running":
@@ -163,6 +180,8 @@ def run_ladder(
                     free_gpu_groups.append(proc.devices)
                 observed[key] = outcome
                 what = f"{outcome.value:.4f}" if outcome.ok else f"FAILED ({outcome.reason})"
+                if outcome.data_passes is not None and outcome.data_passes > 1:
+                    what += f" [repeated data: {outcome.data_passes:.1f} passes over corpus {outcome.corpus or '?'}]"
                 progress.event(f"  {proc.cell}: {what}")
                 finished_since_write = True
     except KeyboardInterrupt:

@@ -226,6 +226,8 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
         f"{st.entered} candidates entered; {len(st.cells)} cells: {n['Succeeded']} succeeded, {n['Failed']} failed"
         + (f", {n['Running']} running, {n['Pending']} pending" if n["Running"] or n["Pending"] else "") + "."
     )
+    for c in st.conditions or []:  # data warnings: repeated data, cells on different corpora
+        sec.text.append(f"Warning ({c.type}): {c.message}.")
     d = st.decision
     if st.cells:
         sec.figures.append(CELL_VALUES + st.name)
@@ -448,7 +450,8 @@ def build_report(inp: ReportInput) -> Report:
     s = inp.status
     sections = [_summary(inp), _progress(s), _rank_flow(s), _stability(s), _verdict(s), _cost(s), *_decisions(s), _failures(s), _spec(inp)]
     subtitle = f"{s.phase}" + (f", winner {s.verdict.winner}" if s.verdict and s.verdict.winner else "")
-    return Report(title=f"Promotion ladder report: {inp.name}", subtitle=subtitle, warnings=list(inp.warnings),
+    data_warnings = [f"{c.type}: {c.message}" for st in s.stages for c in st.conditions or []]
+    return Report(title=f"Promotion ladder report: {inp.name}", subtitle=subtitle, warnings=list(inp.warnings) + data_warnings,
                   sections=[sec for sec in sections if sec is not None])
 
 
