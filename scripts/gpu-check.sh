@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # The trainer's GPU checks (issue 3), for a machine with a CUDA GPU: the device tool's H100, or yours.
-#   bash scripts/gpu-check.sh [PART...]     parts: env tests bench12 bench8 budgets overhead (default: all)
+#   bash scripts/gpu-check.sh [PART...]     parts: env tests bench12 bench8 budgets ddp overhead (default: all)
 #     env      GPU, driver, torch, CUDA and cuDNN versions
 #     tests    tests/trainer/test_trainer_gpu.py (bf16, compile, fused AdamW, attention kernels, real OOM, MFU)
 #     bench12  python -m ladder_trainer.bench at d12, seq 2048 (all cases)
 #     bench8   the same at d8
 #     budgets  the default config on the default corpus at three budgets: val_bpb should fall
+#     ddp      a cell on every GPU here through torch.distributed.run with DDP and with FSDP2 (NCCL;
+#              world size 1 on a one-GPU machine, launched anyway) against one process, same shape: tokens/s
 #     overhead benchmarks/overhead_bench.py: 2 cells of d12 at 2m through `ladder run`, set-up,
 #              compile, eval and occupied seconds per cell (issue 15's goals)
 # Every bench row and budget cell also prints its set-up seconds and compile seconds.
 # Needs python3 (or $PYTHON) with torch, numpy, tokenizers and pydantic; no install of the project.
 # Where pydantic is missing, the wheels in .whl/ are installed first (scripts/gpu-wheels.sh
 # fetches them). Logs and JSON go to $OUT when set (the device tool brings that folder
-# back, at most 8 files per call: env to budgets write 8, overhead 2 more, so give overhead
-# a call of its own there), else to out/gpu-check/.
+# back, at most 8 files: all parts together write 11, so name the parts of one call; bench12
+# alone outlasts half of its 10-minute limit anyway, and overhead takes 5-6 minutes), else to
+# out/gpu-check/.
 # GPU_CHECK_SMOKE=1 shrinks every part to seconds on a CPU; a test runs it that way.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -111,8 +114,52 @@ sys.exit(0 if falls else 1)
 EOF
 }
 
+ddp() {  # one process against the launcher + DDP path on every GPU here, the same cell shape
+  local config extra=() n max_steps=20
+  if [ -n "$smoke" ]; then  # 2 gloo processes on the CPU: the same code path, tiny shapes
+    config='{"depth": 1, "aspect_ratio": 32, "head_dim": 16, "seq_len": 64, "tokenizer": "byte", "batch": 512, "device_batch": 2}'
+    extra=(--device cpu --eval-tokens 4096)
+    n=2 max_steps=5
+  else  # the benchmark's d12 shape: seq 2048, 2^18 tokens per step, the default corpus
+    config='{"depth": 12, "aspect_ratio": 64, "head_dim": 128, "seq_len": 2048}'
+    extra=(--eval-tokens 65536)
+    n=$("$python" -c "import torch; print(torch.cuda.device_count())")
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  echo "-- one process"
+  "$python" -m ladder_trainer --config "$config" --seed 0 --budget 30m --max-steps "$max_steps" \
+    --result-file "$tmp/single.json" "${extra[@]}" || return 1
+  local parallel
+  for parallel in ddp fsdp; do
+    echo "-- $n process(es) through torch.distributed.run, $parallel (LADDER_GPUS=$n, launched even for one)"
+    LADDER_GPUS=$n LADDER_TRAINER_LAUNCH=always LADDER_TRAINER_PARALLEL=$parallel "$python" -m ladder_trainer \
+      --config "$config" --seed 0 --budget 30m --max-steps "$max_steps" --result-file "$tmp/$parallel.json" "${extra[@]}" \
+      || return 1
+  done
+  "$python" - "$tmp/single.json" "$tmp/ddp.json" "$tmp/fsdp.json" <<'EOF'
+import json, sys
+rows = [json.load(open(p)) for p in sys.argv[1:]]
+print("| path | processes | steps | tokens/s | tokens/s per process | MFU | peak memory | val_bpb |")
+print("|---|---|---|---|---|---|---|---|")
+for label, r in zip(("one process", "torch.distributed.run + DDP", "torch.distributed.run + FSDP2"), rows):
+    n = r.get("worldSize", 1)
+    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+    mem = f"{r['peakMemoryBytes'] / 2**30:.2f} GiB" if r.get("peakMemoryBytes") else "n/a"
+    print(f"| {label} | {n} | {r['steps']} | {r['tokensPerSecond']:,.0f} | {r['tokensPerSecond'] / n:,.0f} | {mfu} | {mem} | {r['value']:.4f} |")
+one = rows[0]
+for label, r in zip(("DDP", "FSDP2"), rows[1:]):
+    n = r.get("worldSize", 1)
+    print(f"scaling, {label}: {r['tokensPerSecond'] / (n * one['tokensPerSecond']):.3f} of {n} x one process's tokens/s")
+for r in rows:
+    print("result:", json.dumps(r))
+ok = all(r["status"] == "ok" and r["steps"] == one["steps"] for r in rows)
+sys.exit(0 if ok else 1)
+EOF
+}
+
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(env tests bench12 bench8 budgets overhead)
+[ ${#parts[@]} -gt 0 ] || parts=(env tests bench12 bench8 budgets ddp overhead)
 for part in "${parts[@]}"; do
   case $part in
     env) step env env_report ;;
@@ -120,8 +167,9 @@ for part in "${parts[@]}"; do
     bench12) step bench12 bench 12 ;;
     bench8) step bench8 bench 8 ;;
     budgets) step budgets budgets ;;
+    ddp) step ddp ddp ;;
     overhead) step overhead overhead ;;
-    *) echo "gpu-check: unknown part '$part' (env tests bench12 bench8 budgets overhead)" >&2; exit 2 ;;
+    *) echo "gpu-check: unknown part '$part' (env tests bench12 bench8 budgets ddp overhead)" >&2; exit 2 ;;
   esac
 done
 exit "$status"

@@ -62,3 +62,17 @@ def test_smoke_overhead_part_prints_each_cells_costs(tmp_path):
         assert r["setup_s"] > 0 and r["occupied_s"] >= r["train_s"] >= 2
     assert "| cell | set-up s | of which before train.run | compile s |" in proc.stdout
     assert "occupied / budget, warm cells" in proc.stdout
+
+
+def test_smoke_ddp_part_compares_the_launcher_path_with_one_process(tmp_path):
+    proc = gpu_check("ddp", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (tmp_path / "ddp.log").read_text()
+    assert "| one process | 1 |" in log and "| torch.distributed.run + DDP | 2 |" in log
+    assert "| torch.distributed.run + FSDP2 | 2 |" in log
+    assert "scaling, DDP:" in log and "scaling, FSDP2:" in log
+    results = [json.loads(line.removeprefix("result: ")) for line in log.splitlines() if line.startswith("result: ")]
+    assert [r.get("worldSize") for r in results] == [1, 2, 2]
+    assert [r["steps"] for r in results] == [5, 5, 5]
+    for r in results[1:]:  # the same training, split in two
+        assert r["value"] == pytest.approx(results[0]["value"], rel=1e-4)

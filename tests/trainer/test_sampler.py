@@ -59,3 +59,13 @@ def test_ranks_read_different_windows_and_each_rank_is_reproducible(tmp_path):
 def test_a_window_longer_than_every_shard_is_an_error_naming_seq_len(tmp_path):
     with pytest.raises(ValueError, match="seq_len: 128"):
         WindowSampler(shards(tmp_path, [100, 50]), 128, 4, seed=0)
+
+
+def test_ranks_together_draw_the_micro_batches_one_process_draws(tmp_path):
+    split = shards(tmp_path, [10_000])
+    np.arange(10_000, dtype=np.uint16).tofile(split.files[0][0])
+    one = WindowSampler(split, 16, 2, seed=5)
+    ranks = [WindowSampler(split, 16, 2, seed=5, rank=r, world_size=3) for r in range(3)]
+    for _ in range(4):  # micro-batch g of the single stream is micro-batch g // 3 of rank g % 3
+        for r in range(3):
+            assert np.array_equal(one.next(), ranks[r].next())

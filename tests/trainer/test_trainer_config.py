@@ -115,3 +115,26 @@ RESOLVE = {
 def test_batch_defaults_scale_to_the_device(raw, device, want):
     cfg = parse_config(raw).resolve(device)
     assert (cfg.batch, cfg.device_batch) == want
+
+
+# (config, device, processes) -> (batch, device_batch, micro-batches per process per step)
+RESOLVE_WORLD = {
+    "8 gpus keep the global batch": ({"seq_len": 2048}, "cuda", 8, (2**18, 16, 1)),
+    "2 gpus accumulate": ({"seq_len": 2048}, "cuda", 2, (2**18, 32, 2)),
+    "6 gpus: auto batch rounds down to split evenly": ({"seq_len": 2048}, "cuda", 6, (126 * 2048, 21, 1)),
+    "2 cpu processes": ({"seq_len": 32, "batch": 128, "device_batch": 1}, "cpu", 2, (128, 1, 2)),
+    "auto micro-batch divides the share": ({"seq_len": 128, "batch": 12 * 128}, "cpu", 2, (12 * 128, 6, 1)),
+}
+
+
+@pytest.mark.parametrize("raw,device,world,want", RESOLVE_WORLD.values(), ids=RESOLVE_WORLD.keys())
+def test_batch_is_global_and_split_over_processes(raw, device, world, want):
+    cfg = parse_config(raw).resolve(device, world)
+    assert (cfg.batch, cfg.device_batch, cfg.grad_accum // world) == want
+    assert cfg.grad_accum % world == 0
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused():
+    with pytest.raises(ConfigError, match=r"batch: 384 tokens per step is not a multiple of device_batch x seq_len x "
+                                          r"processes = 1 x 128 x 2 = 256"):
+        parse_config({"seq_len": 128, "batch": 384, "device_batch": 1}).resolve("cpu", 2)

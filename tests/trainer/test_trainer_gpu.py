@@ -151,6 +151,26 @@ def test_a_real_out_of_memory_exits_4(corpus, tmp_path):
     assert result.status == "oom" and "device_batch" in result.message
 
 
+def test_launcher_and_ddp_on_the_gpus_match_one_process(corpus, tmp_path):
+    """The multi-process path on the GPUs here (NCCL, DDP compiled, gradient accumulation
+    without sync): world size 1 on a one-GPU machine, launched anyway, else 2 processes."""
+    n = min(torch.cuda.device_count(), 2)
+    cfg = dict(SMALL, warmdown_frac=0.0)  # the lr follows wall-clock time, which differs between the runs
+    runs = {}
+    for name, env in (("one", {}), ("ddp", {"LADDER_GPUS": str(n), "LADDER_TRAINER_LAUNCH": "always"})):
+        proc = run_cli(["--config", json.dumps(cfg), "--budget", "10m", "--max-steps", "4", "--data", str(corpus),
+                        "--eval-tokens", "4096", "--result-file", str(tmp_path / f"{name}.json"),
+                        "--step-log", str(tmp_path / f"{name}.jsonl")], env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = ([json.loads(x)["loss"] for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()],
+                      parse_result((tmp_path / f"{name}.json").read_text()))
+    (loss_one, one), (loss_ddp, ddp) = runs["one"], runs["ddp"]
+    assert ddp.world_size == n and one.world_size == 1 and ddp.steps == one.steps == 4
+    assert loss_ddp == pytest.approx(loss_one, rel=2e-2)  # bf16, and DDP splits the compiled graph differently
+    assert ddp.value == pytest.approx(one.value, rel=2e-2)
+    assert ddp.mfu is None or 0 < ddp.mfu < 1
+
+
 def test_a_gpu_cell_that_will_repeat_its_corpus_says_so_at_start(corpus, tmp_path):
     """The tiny corpus stands in for the default one: a GPU goes through it many times a second."""
     out = tmp_path / "result.json"

@@ -1,5 +1,6 @@
 """The trainer as a Pod on the local control plane (real apiserver, RBAC, simulated kubelet):
-the result and progress annotations land on its own Pod, and the termination message too."""
+the result and progress annotations land on its own Pod, and the termination message too;
+also for a two-process cell (LADDER_GPUS=2: two gloo processes in the one Pod)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from promotion_ladder.core.result import parse_result  # noqa: E402
 from .conftest import TINY  # noqa: E402
 
 
-def trainer_pod(corpus, cache_dir) -> dict:
+def trainer_pod(corpus, cache_dir, processes: int = 1) -> dict:
     env = {"LADDER_NAME": "it", "LADDER_STAGE": "screen", "LADDER_CANDIDATE": "tiny", "LADDER_HOST_BLOCK": "a100",
-           "LADDER_SEED": "3", "LADDER_CACHE": str(cache_dir), "LADDER_TRAINER_PROGRESS_INTERVAL": "0"}
+           "LADDER_SEED": "3", "LADDER_CACHE": str(cache_dir), "LADDER_TRAINER_PROGRESS_INTERVAL": "0",
+           "LADDER_GPUS": str(processes)}
     return {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cell"},
         "spec": {
@@ -41,7 +43,8 @@ def trainer_pod(corpus, cache_dir) -> dict:
     }
 
 
-def test_trainer_pod_annotates_itself(local_cluster, namespace, corpus, cache_dir):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_trainer_pod_annotates_itself(local_cluster, namespace, corpus, cache_dir, processes):
     api = local_cluster.api_client()
     core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "cell"}})
@@ -51,7 +54,7 @@ def test_trainer_pod_annotates_itself(local_cluster, namespace, corpus, cache_di
         "metadata": {"name": "cell"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cell"},
         "subjects": [{"kind": "ServiceAccount", "name": "cell", "namespace": namespace}]})
-    core.create_namespaced_pod(namespace, trainer_pod(corpus, cache_dir))
+    core.create_namespaced_pod(namespace, trainer_pod(corpus, cache_dir, processes))
 
     def finished():
         pod = core.read_namespaced_pod("cell", namespace)
@@ -64,6 +67,7 @@ def test_trainer_pod_annotates_itself(local_cluster, namespace, corpus, cache_di
     annotations = pod.metadata.annotations or {}
     result = parse_result(annotations[RESULT_ANNOTATION])
     assert result.status == "ok" and result.identity() == ("it", "screen", "tiny", "a100", 3)
+    assert result.world_size == processes
     assert set(json.loads(annotations[PROGRESS_ANNOTATION])) == {"elapsed", "step", "tokens", "loss"}
     assert parse_result(pod.status.container_statuses[0].state.terminated.message) == result
     assert "could not annotate" not in log_text

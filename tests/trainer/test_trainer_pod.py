@@ -97,6 +97,27 @@ def test_result_and_progress_are_patched_on_the_own_pod(corpus, tmp_path, api_se
     assert parse_result((tmp_path / "termination-log").read_text()).status == "ok"
 
 
+@pytest.mark.parametrize("fault,ranks_patching", [(None, {"ok"}), ("exit_at_step:2@1", {"error"})], ids=["ok", "rank 1 crashes"])
+def test_a_two_process_cell_publishes_one_result_on_its_pod(corpus, tmp_path, api_server, fault, ranks_patching):
+    """Rank 0 publishes, rank 1 never; when a rank fails, the agent's result (naming it) is the
+    last word on the Pod, in the result file and in the termination message."""
+    server = api_server()
+    out = tmp_path / "result.json"
+    env = {**pod_env(server, tmp_path), "LADDER_GPUS": "2", **({"LADDER_TRAINER_FAULT": fault} if fault else {})}
+    proc = run_cli(["--config", json.dumps(TINY), "--budget", "30s", "--max-steps", "3", "--result-file", str(out),
+                    "--data", str(corpus), "--eval-tokens", "256"], env=env, timeout=180)
+    assert (proc.returncode == 0) == (fault is None), proc.stderr[-3000:]
+    annotations = [r["body"]["metadata"]["annotations"] for r in server.requests]
+    results = [parse_result(a[RESULT_ANNOTATION]) for a in annotations if RESULT_ANNOTATION in a]
+    final = parse_result(out.read_text())
+    assert results and results[-1] == final == parse_result((tmp_path / "termination-log").read_text())
+    assert {r.status for r in results} == ranks_patching
+    if fault is None:
+        assert len(results) == 1 and final.world_size == 2
+    else:  # rank 0 reported its broken collective first; the agent then said who failed
+        assert final.message.startswith("rank 1 of 2 exited with code 1")
+
+
 def test_api_failures_do_not_cost_the_run(corpus, tmp_path, api_server):
     server = api_server(status=500)
     out = tmp_path / "result.json"

@@ -102,3 +102,40 @@ def test_outcome_from_result(name):
     assert reason in o.reason
     if state == "succeeded":
         assert (o.value, o.train_seconds) == (1.25, 9.5)
+
+
+# ---- GPUs and processes per cell -------------------------------------------------------------
+
+def _cells_env(tmp_path) -> list[dict]:
+    return [json.loads(json.loads(p.read_text())["message"]) for p in sorted(tmp_path.glob("s.cells/**/result.json"))]
+
+
+@pytest.mark.parametrize("visible,gpus,want", [
+    ("", 2, [{"LADDER_GPUS": "2", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": ""}] * 2),  # CPU: 2 gloo processes
+    ("0,1,2,3", 2, [{"LADDER_GPUS": "2", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "0,1"},
+                    {"LADDER_GPUS": "2", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "2,3"}]),
+    ("0,1", 0, [{"LADDER_GPUS": "1", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "0"},
+                {"LADDER_GPUS": "1", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "1"}]),
+], ids=["cpu only", "four gpus two per cell", "gpus 0 means one"])
+def test_each_cell_gets_its_gpus_and_process_count(tmp_path, monkeypatch, visible, gpus, want):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    for var in ("LADDER_GPUS", "LADDER_NODES"):
+        monkeypatch.delenv(var, raising=False)
+    stages = [{"name": "s1", "budget": "2m", "hostBlocks": ["a", "b"], "seeds": [1]}]
+    doc = fake_ladder({"c0": {"base": 1.0, "echo_env": True}}, stages=stages)
+    doc["spec"]["trainer"]["gpus"] = gpus
+    status = run_ladder(load_ladder(doc), tmp_path / "s.json", stream=Quiet(), poll_seconds=0.02)
+    assert status.phase == "Succeeded"
+    got = _cells_env(tmp_path)
+    if visible:  # cells ran in parallel: which cell got which group is the scheduler's choice
+        got = sorted(got, key=lambda e: e["CUDA_VISIBLE_DEVICES"])
+    assert got == want
+
+
+def test_a_ladder_needing_more_gpus_than_the_machine_has_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    doc = fake_ladder({"c0": {"base": 1.0}, "c1": {"base": 2.0}})
+    doc["spec"]["trainer"]["gpus"] = 4
+    with pytest.raises(ValueError, match=r"trainer.gpus: 4 GPUs per cell, but this machine has 2 \(ids 0, 1"):
+        run_ladder(load_ladder(doc), tmp_path / "s.json", stream=Quiet())
+    assert not (tmp_path / "s.json").exists()  # refused before anything ran

@@ -6,6 +6,10 @@ Candidate config is the JSON object; everything else a ladder keeps the same for
 cells is a flag or a LADDER_TRAINER_* variable (flags win). Whatever happens, a result
 document is written and the exit code follows promotion_ladder.core.contract: 0 ok, 1 error,
 2 bad config, 3 diverged, 4 out of memory.
+
+With LADDER_GPUS / LADDER_NODES asking for more than one process, this process launches the
+ranks (launch.py) and publishes only if one of them fails; otherwise rank 0 publishes. Ranks
+other than 0 never publish: a failing one tells the launcher why through its error file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from promotion_ladder.core.budget import parse_budget
 from promotion_ladder.core.contract import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM
 from promotion_ladder.core.result import CellResult
 
+from . import launch
 from .config import ConfigError, Settings, parse_config
 from .publish import PodAnnotator, ProgressReporter, identity_from_env, log, publish
 
@@ -42,8 +47,13 @@ SETTINGS = {
     "init_from": ("LADDER_TRAINER_INIT_FROM", str, None),
     "max_steps": ("LADDER_TRAINER_MAX_STEPS", int, 0),
     "fault": ("LADDER_TRAINER_FAULT", str, None),
+    "step_log": ("LADDER_TRAINER_STEP_LOG", str, None),
+    "launch": ("LADDER_TRAINER_LAUNCH", str, "auto"),
+    "parallel": ("LADDER_TRAINER_PARALLEL", str, "ddp"),
 }
 CHOICES = {
+    "parallel": ("ddp", "fsdp"),
+    "launch": launch.LAUNCH_MODES,
     "compile": ("auto", "on", "off"),
     "dtype": ("auto", "bf16", "fp32"),
     "attention": ("auto", "cudnn", "flash", "efficient", "math"),
@@ -97,24 +107,33 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """`started`: the perf_counter() reading set-up is measured from; `python -m ladder_trainer`
     passes the process's start, a caller in a longer-lived process gets the time of this call."""
     started = time.perf_counter() if started is None else started
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    rank = launch.rank_from_env()
     identity = identity_from_env()
     seed = args.seed if args.seed is not None else identity.get("seed", 0)
     identity.setdefault("seed", seed)
-    annotator = PodAnnotator.from_env()
+    annotator = PodAnnotator.from_env() if rank == 0 else None
 
-    def finish(status: str, code: int, message: str = "", outcome=None) -> int:
-        fields = {}
+    def finish(status: str, code: int, message: str = "", outcome=None, secondary: bool = False,
+               world_size: int | None = None) -> int:
+        fields = {"world_size": world_size} if world_size else {}
         if outcome is not None:
             fields = dict(
                 value=outcome.value, train_seconds=outcome.train_seconds, steps=outcome.steps, tokens=outcome.tokens,
                 tokens_per_second=outcome.tokens_per_second, mfu=outcome.mfu,
-                peak_memory_bytes=outcome.peak_memory_bytes, gpu_name=outcome.gpu_name,
+                peak_memory_bytes=outcome.peak_memory_bytes, gpu_name=outcome.gpu_name, world_size=outcome.world_size,
                 setup_seconds=_round(outcome.clock_started - started) if outcome.clock_started is not None else None,
                 eval_seconds=_round(outcome.eval_seconds),
                 corpus=outcome.corpus, data_passes=outcome.data_passes,
             )
             message = message or outcome.message
+        if code:  # under a launcher: tell its agent why this rank failed (a no-op otherwise)
+            launch.write_rank_failure(status, code, message, secondary)
+        if rank != 0:  # rank 0 publishes the cell's result; the others only explain a failure
+            if code:
+                log(f"rank {rank}: {status}: {message}")
+            return code
         result = CellResult(**identity, status=status, message=message, **fields)
         try:
             publish(result, args.result_file, annotator)
@@ -132,8 +151,11 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         settings = resolve_settings(args)
         if settings.eval_tokens < 0:
             raise ConfigError(f"eval tokens must be positive (or 0 for the device default), got {settings.eval_tokens}")
+        plan = launch.plan_launch(os.environ, settings.launch)
     except (ConfigError, ValueError) as exc:
         return finish("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
+    if plan is not None:
+        return _launch(plan, argv, finish)
 
     try:
         from . import train
@@ -146,13 +168,17 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     try:
         outcome = train.run(cfg, seed, budget, settings, progress)
     except Terminated:
-        # Not a verdict on the candidate: a retry (another Pod) may well finish the cell.
-        return finish("error", EXIT_TERMINATED, "terminated by SIGTERM before the cell finished (pod deleted or preempted)")
+        # Not a verdict on the candidate: a retry (another Pod) may well finish the cell. Under a
+        # launcher it is how the agent stops the other ranks after one failed: an echo, not a cause.
+        return finish("error", EXIT_TERMINATED, "terminated by SIGTERM before the cell finished (pod deleted or preempted)",
+                      secondary=True)
     except ConfigError as exc:
         return finish("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a result
         if is_oom(exc):
             return finish("oom", EXIT_OOM, f"out of memory: {str(exc).splitlines()[0][:500]}; lower device_batch or enable activation_checkpointing")
+        if launch.is_peer_loss(exc):  # another rank's failure; its own report says why
+            return finish("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"[:2000], secondary=True)
         traceback.print_exc()
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
         return finish("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}\n{tail}"[:2000])
@@ -161,6 +187,30 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         progress.close()
     code = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED, "oom": EXIT_OOM}.get(outcome.status, EXIT_ERROR)
     return finish(outcome.status, code, outcome=outcome)
+
+
+def _launch(plan: launch.LaunchPlan, argv: list[str], finish) -> int:
+    """Be the launcher's agent for this cell's ranks; publish only when they did not succeed."""
+    where = ""
+    if plan.nnodes > 1:
+        where = f" x {plan.nnodes} nodes" + (f" (this is node {plan.node_rank})" if plan.node_rank is not None else "")
+    log(f"launching {plan.nproc} process(es){where} through torch.distributed.run")
+    try:
+        outcome = launch.launch(plan, argv)
+    except ImportError as exc:
+        return finish("error", EXIT_ERROR, f"the trainer needs torch (pip install 'promotion-ladder[trainer]'): {exc}")
+    if outcome.signal is not None:
+        return finish("error", 128 + outcome.signal,
+                      f"terminated by signal {outcome.signal} before the cell finished (pod deleted or preempted)")
+    if outcome.error:
+        return finish("error", EXIT_ERROR, f"the launcher failed before the ranks finished: {outcome.error}")
+    if outcome.failures:
+        status, code, message = launch.failure_result(outcome.failures, plan.world_size)
+        if launch.rank0_published(outcome.failures):
+            log(f"{status}: {message} (rank 0's result says why)")
+            return code
+        return finish(status, code, message, world_size=plan.world_size)
+    return EXIT_OK  # rank 0 has published the result
 
 
 if __name__ == "__main__":

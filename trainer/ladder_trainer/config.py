@@ -67,26 +67,37 @@ class TrainConfig:
             return self.matrix_lr
         return 0.02 if self.optimizer == "muon" else 3e-3
 
-    def resolve(self, device_type: str) -> "TrainConfig":
-        """Fill the device-dependent defaults (batch sizes) and return a complete config."""
+    def resolve(self, device_type: str, world_size: int = 1) -> "TrainConfig":
+        """Fill the device-dependent defaults (batch sizes) and return a complete config.
+
+        `batch` is the global batch (tokens per optimizer step, all processes together), so a
+        candidate trains the same with one process or eight; each of the `world_size`
+        processes takes an equal share of the micro-batches.
+        """
         batch, device_batch = self.batch, self.device_batch
-        if device_type == "cuda":
-            if batch == 0:
-                batch = max(self.seq_len, 2**18 // self.seq_len * self.seq_len)
-            if device_batch == 0:
-                # 64Ki tokens per micro-batch fits d12 at seq 2048 on an 80 GB GPU in bf16.
-                device_batch = max(1, min(batch // self.seq_len, 2**16 // self.seq_len))
-        else:
-            if batch == 0:
-                batch = 4 * self.seq_len
-            if device_batch == 0:
-                # Short micro-batches keep the budget check (once per micro-batch) fine-grained.
-                device_batch = max(1, min(batch // self.seq_len, 2048 // self.seq_len))
+        # 64Ki tokens per micro-batch fits d12 at seq 2048 on an 80 GB GPU in bf16; on a CPU, short
+        # micro-batches keep the budget check (once per micro-batch) fine-grained.
+        cap = max(1, (2**16 if device_type == "cuda" else 2048) // self.seq_len)
+        if batch == 0:
+            batch = max(self.seq_len, 2**18 // self.seq_len * self.seq_len) if device_type == "cuda" else 4 * self.seq_len
+            # Auto batch splits evenly over the processes (a no-op for power-of-two counts).
+            batch = max(1, batch // (self.seq_len * world_size)) * self.seq_len * world_size
+        if device_batch == 0:
+            share = max(1, batch // self.seq_len // world_size)  # sequences per process per step
+            device_batch = min(share, cap)
+            while share % device_batch:  # the largest micro-batch up to the cap that divides the share
+                device_batch -= 1
         tokens_per_micro = device_batch * self.seq_len
-        if batch % tokens_per_micro != 0:
+        if batch % (tokens_per_micro * world_size) != 0:
+            if world_size == 1:
+                raise ConfigError(
+                    f"batch: {batch} tokens per step is not a multiple of device_batch x seq_len "
+                    f"= {device_batch} x {self.seq_len} = {tokens_per_micro}; change batch or device_batch"
+                )
             raise ConfigError(
-                f"batch: {batch} tokens per step is not a multiple of device_batch x seq_len "
-                f"= {device_batch} x {self.seq_len} = {tokens_per_micro}; change batch or device_batch"
+                f"batch: {batch} tokens per step is not a multiple of device_batch x seq_len x processes "
+                f"= {device_batch} x {self.seq_len} x {world_size} = {tokens_per_micro * world_size} (each of the "
+                f"{world_size} processes takes an equal share of the micro-batches); change batch or device_batch"
             )
         return dataclasses.replace(self, batch=batch, device_batch=device_batch)
 
@@ -119,7 +130,15 @@ class Settings:
     checkpoint_dir: str | None = None
     init_from: str | None = None  # a --checkpoint-dir of an earlier cell: start from its weights
     max_steps: int = 0  # 0 = until the budget is spent
-    fault: str | None = None  # test aid: "nan_at_step:N", "oom_at_step:N", "error_at_step:N"
+    fault: str | None = None  # test aid: "KIND:ARG[@RANK]", see train.parse_fault
+    step_log: str | None = None  # a JSON line per optimizer step (rank 0): step, loss, lr, elapsed, tokens
+    # Whether `python -m ladder_trainer` starts its processes through torch.distributed.run: auto
+    # (when LADDER_GPUS x LADDER_NODES > 1), always (even for one process), never (one process).
+    launch: str = "auto"
+    # How several processes share the model: ddp (each holds all of it; gradients all-reduced)
+    # or fsdp (FSDP2 fully_shard: parameters, gradients and optimizer state sharded, for models
+    # whose training state does not fit one GPU). One process ignores it.
+    parallel: str = "ddp"
 
 
 _CHOICES = {"tokenizer": ("bpe", "byte"), "optimizer": ("adamw", "muon")}

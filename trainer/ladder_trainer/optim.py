@@ -78,6 +78,21 @@ def newton_schulz(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return X.to(G.dtype)
 
 
+def orthogonalised(g: torch.Tensor) -> torch.Tensor:
+    """newton_schulz of a whole matrix, also when g is one rank's rows of it (an FSDP2 DTensor):
+    the iteration needs every row, so it runs on the gathered matrix and keeps this rank's rows.
+    Under DDP every rank holds the whole averaged gradient and computes the same update."""
+    if not hasattr(g, "full_tensor"):
+        return newton_schulz(g)
+    from torch.distributed.tensor import distribute_tensor
+
+    full = newton_schulz(g.full_tensor())
+    try:  # every rank computed the same matrix: cut it locally rather than scatter rank 0's
+        return distribute_tensor(full, g.device_mesh, g.placements, src_data_rank=None)
+    except TypeError:  # torch before 2.6 knows no src_data_rank
+        return distribute_tensor(full, g.device_mesh, g.placements)
+
+
 class LightOptimizer:
     """The part of torch.optim.Optimizer this trainer uses (param_groups, state, add_param_group,
     state_dict/load_state_dict for undoing the warm-up), without importing torch._dynamo."""
@@ -138,7 +153,7 @@ class PlainAdamW(LightOptimizer):
 
 
 class Muon(LightOptimizer):
-    """Momentum with orthogonalised updates for 2-D weights (single device)."""
+    """Momentum with orthogonalised updates for 2-D weights (one process, DDP or FSDP2)."""
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0, nesterov: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
@@ -155,7 +170,7 @@ class Muon(LightOptimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 g = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz(g)
+                update = orthogonalised(g)
                 scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])

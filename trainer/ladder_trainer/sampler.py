@@ -2,10 +2,14 @@
 
 A window is seq_len + 1 consecutive tokens inside one shard. Its start is uniform over every
 valid start of every shard (shards weigh by their length), so a corpus cut into many shards is
-sampled as if it were one file. Rank r of a world of size w draws from its own random stream
-(seed, r): ranks read different windows, and rank 0 of a single-process cell draws exactly
-what the trainer drew before shards existed (a single shard, `default_rng(seed)`), so old
-results stay reproducible.
+sampled as if it were one file. There is one stream of micro-batches per seed
+(`default_rng(seed)`), dealt out round-robin: rank r of a world of size w takes micro-batches
+r, r + w, r + 2w, ... So ranks read different windows, w ranks together read exactly the
+micro-batches one process would (a multi-process cell trains on the same data as a
+single-process one, which is what lets a test compare them step by step), and a
+single-process cell draws exactly what the trainer drew before shards existed (a single
+shard, `default_rng(seed)`), so old results stay reproducible. Each rank draws the others'
+starts too and drops them: w times a few random integers per micro-batch.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ class WindowSampler:
         self.reset()
 
     def reset(self) -> None:
-        self.rng = np.random.default_rng(self.seed if self.rank == 0 else [self.seed, self.rank])
+        self.rng = np.random.default_rng(self.seed)
 
     def next(self) -> np.ndarray:
-        """int64[rows, seq_len + 1]."""
-        g = self.rng.integers(0, int(self.cum[-1]), size=self.rows)
+        """int64[rows, seq_len + 1]: this rank's next micro-batch of the shared stream."""
+        for r in range(self.world_size):
+            drawn = self.rng.integers(0, int(self.cum[-1]), size=self.rows)
+            if r == self.rank:
+                g = drawn
         shard = np.searchsorted(self.cum, g, side="right") - 1
         local = g - self.cum[shard]
         n = self.seq_len + 1

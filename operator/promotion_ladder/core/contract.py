@@ -1,7 +1,8 @@
 """The cell contract: how a cell is run and how its end is judged, shared by every adapter.
 
     argv: trainer.command + trainer.args + --config <json> --seed <n> --budget <b> --result-file <path>
-    env:  LADDER_NAME, LADDER_STAGE, LADDER_CANDIDATE, LADDER_HOST_BLOCK, LADDER_SEED (+ trainer.env)
+    env:  LADDER_NAME, LADDER_STAGE, LADDER_CANDIDATE, LADDER_HOST_BLOCK, LADDER_SEED (+ trainer.env);
+          LADDER_GPUS, LADDER_NODES (+ LADDER_RDZV_ENDPOINT, LADDER_RDZV_ID for several nodes)
     out:  one CellResult document (core/result.py) in the result file; on Kubernetes also in
           the Pod annotation RESULT_ANNOTATION and the container's termination message
     exit: 0 ok, 1 error, 2 bad config, 3 diverged, 4 out of memory
@@ -37,6 +38,14 @@ ENV_HOST_BLOCK = "LADDER_HOST_BLOCK"
 ENV_SEED = "LADDER_SEED"
 IDENTITY_ENV = (ENV_LADDER, ENV_STAGE, ENV_CANDIDATE, ENV_HOST_BLOCK, ENV_SEED)
 
+# A cell's processes: the trainer starts ENV_GPUS per node on ENV_NODES nodes through
+# torch.distributed.run (trainer/ladder_trainer/launch.py); the global rank 0 publishes.
+ENV_GPUS = "LADDER_GPUS"  # processes per node, one per GPU: trainer.gpus, at least 1
+ENV_NODES = "LADDER_NODES"  # nodes (pods) of the cell, default 1
+ENV_RDZV_ENDPOINT = "LADDER_RDZV_ENDPOINT"  # nodes > 1: host:port of the c10d rendezvous (node index 0)
+ENV_RDZV_ID = "LADDER_RDZV_ID"  # nodes > 1: a name unique to the cell
+RDZV_PORT = 29400
+
 # -- where results go on Kubernetes -----------------------------------------------------------
 RESULT_ANNOTATION = "ladder.promotion.dev/result"
 PROGRESS_ANNOTATION = "ladder.promotion.dev/progress"
@@ -67,6 +76,11 @@ def cell_env(ladder: str, cell: Cell) -> dict[str, str]:
     """The cell's identity variables (the adapters add trainer.env beneath them)."""
     return {ENV_LADDER: ladder, ENV_STAGE: cell.stage, ENV_CANDIDATE: cell.candidate,
             ENV_HOST_BLOCK: cell.host_block, ENV_SEED: str(cell.seed)}
+
+
+def process_env(gpus: int, nodes: int = 1) -> dict[str, str]:
+    """How many processes the cell's trainer starts: per node (at least 1) and nodes."""
+    return {ENV_GPUS: str(max(gpus, 1)), ENV_NODES: str(max(nodes, 1))}
 
 
 def identity_from_env(env: Mapping[str, str]) -> dict:

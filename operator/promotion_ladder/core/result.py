@@ -53,6 +53,9 @@ class CellResult(BaseModel):
     # token counts, the val split's content) and training tokens consumed / available.
     corpus: str | None = Field(None, max_length=64)
     data_passes: float | None = Field(None, ge=0, alias="dataPasses")
+    # Processes that trained the cell together (data-parallel, one per GPU); tokensPerSecond and
+    # mfu are over all of them. Absent from trainers that predate multi-process cells: read as 1.
+    world_size: int | None = Field(None, ge=1, alias="worldSize")
 
     @model_validator(mode="after")
     def _ok_needs_finite_value(self) -> "CellResult":

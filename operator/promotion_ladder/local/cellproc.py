@@ -19,7 +19,7 @@ from pathlib import Path
 from ..core.api import PromotionLadder
 from ..core.budget import cell_deadline_seconds
 from ..core.cell import Cell, CellOutcome
-from ..core.contract import cell_args, cell_env, judge
+from ..core.contract import cell_args, cell_env, judge, process_env
 from .caches import compile_cache_env
 
 
@@ -58,6 +58,7 @@ class CellProcess:
             env.setdefault(key, value)  # the user's own setting wins
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        env.update(process_env(ladder.spec.trainer.gpus))  # N GPUs, or N gloo processes on a CPU
         budget = next(s.budget_seconds for s in ladder.spec.stages if s.name == cell.stage)
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(

@@ -25,6 +25,7 @@ from ..core.status import FROZEN_SPEC_CHANGED, LadderStatus, decisions_from_stat
 from ..core.step import step
 from ..files import FileError, read_status
 from .cellproc import CellProcess
+from .placement import gpu_groups
 
 
 def detect_gpus() -> list[str]:
@@ -122,8 +123,8 @@ def run_ladder(
     if status_path.exists() and not fresh:
         record = read_status(status_path)
     gpus = detect_gpus()
-    per_cell = max(spec.trainer.gpus, 1)
-    slots_total = max(len(gpus) // per_cell, 1) if gpus else 1
+    gpu_groups_all = gpu_groups(gpus, spec.trainer.gpus, getattr(spec.trainer, "nodes", 1))
+    slots_total = max(len(gpu_groups_all), 1)
     slots = min(parallel, slots_total) if parallel and gpus else (parallel or slots_total)
     first = step(spec, record, {}, (), now=_now(), capacity=slots)
     if first.stopped == FROZEN_SPEC_CHANGED:
@@ -147,7 +148,7 @@ def run_ladder(
 
     observed: dict[CellKey, CellOutcome] = {}  # ended since the last step
     running: dict[CellKey, CellProcess] = {}
-    free_gpu_groups = [gpus[i * per_cell:(i + 1) * per_cell] for i in range(slots_total)] if gpus else []
+    free_gpu_groups = list(gpu_groups_all)
     warned: set[tuple[str, str]] = set()  # (stage, condition type) already printed
     finished_since_write = False
     try:
