@@ -12,6 +12,18 @@ Prints, and with --record appends to benchmarks/operator-results.md:
   * the operator's peak RSS (VmHWM).
 Each ladder: s1 1s x a100 x seed 1 (M cells, top 10) -> s2 1s x a100,l40s x seed 1 (top 3) -> s3 1s x
 a100,l40s x seeds 1,2.
+
+Restart under load (issue 12, defect 1):
+
+    ... operator_bench.py --restart [--candidates 100]      # CI-affordable: 100 x 2 x 2 (444 cells)
+    ... operator_bench.py --restart --candidates 1000       # full size: 4,440 cells
+
+One ladder: s1 (every candidate x a100,l40s x seeds 1,2, top N/10) -> s2 (top N/100, at least 1)
+-> s3, each stage 2 host blocks x 2 seeds. Once every s1 Job exists the operator is killed
+(SIGKILL), and started again once --down-until (90%) of them completed meanwhile. Prints: seconds to /readyz after the restart, the reconcile gap
+(restart to the first status write of the new operator, and the longest pause between status
+writes after it), the restarted operator's peak RSS, and results lost (cells recorded Failed:
+the stub never fails, so anything above 0 is a lost result).
 """
 
 from __future__ import annotations
@@ -135,6 +147,126 @@ def histogram_quantile(text: str, name: str, q: float) -> float | None:
     return next(le for le, n in sorted(buckets) if n >= q * total)
 
 
+def restart_ladder(candidates: int) -> dict:
+    blocks, seeds = ["a100", "l40s"], [1, 2]
+    top1, top2 = max(2, candidates // 10), max(1, candidates // 100)
+    return {
+        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "restart"},
+        "spec": {
+            "trainer": {"image": "stub", "command": [sys.executable, str(ROOT / "benchmarks" / "instant_trainer.py")], "gpus": 1},
+            "hostBlocks": [{"name": h, "nodeSelector": {"ladder.promotion.dev/host-block": h}} for h in blocks],
+            "candidates": [{"name": f"c{j:04d}", "config": {"value": 1.0 + (j * 37 % candidates) / candidates}}
+                           for j in range(candidates)],
+            "stages": [
+                {"name": "s1", "budget": "1s", "hostBlocks": blocks, "seeds": seeds, "promote": {"top": top1}},
+                {"name": "s2", "budget": "1s", "hostBlocks": blocks, "seeds": seeds, "promote": {"top": top2}},
+                {"name": "s3", "budget": "1s", "hostBlocks": blocks, "seeds": seeds},
+            ],
+        },
+    }
+
+
+def start_operator(cluster: LocalCluster, d: Path, n: int) -> tuple[subprocess.Popen, int, int]:
+    mport, hport = free_port(), free_port()
+    log = open(d / f"operator-{n}.log", "w")
+    op = subprocess.Popen([sys.executable, "-m", "promotion_ladder.cli", "operator", "-n", NS,
+                           "--metrics-port", str(mport), "--health-port", str(hport)],
+                          stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                          env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+    return op, mport, hport
+
+
+def ready(port: int) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def peak_rss_mb(pid: int) -> float:
+    return round(next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmHWM")) / 1024, 1)
+
+
+def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> dict:
+    api = cluster.api_client()
+    custom, batch = client.CustomObjectsApi(api), client.BatchV1Api(api)
+    op, _, hport = start_operator(cluster, d, 1)
+    try:
+        wait_for(lambda: ready(hport), timeout=120, what="operator ready")
+        doc = restart_ladder(args.candidates)
+        t0 = time.monotonic()
+        custom.create_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders", doc)
+        s1_jobs = args.candidates * 4
+
+        def s1_created():
+            return len(batch.list_namespaced_job(NS, label_selector=f"{LABEL}=restart,ladder.promotion.dev/stage=s1").items) >= s1_jobs
+        wait_for(s1_created, timeout=args.timeout, interval=2, what=f"{s1_jobs} stage-1 Jobs")
+        t_jobs = time.monotonic() - t0
+    finally:
+        os.killpg(op.pid, 9)
+        op.wait()
+    # While it is down the cells go on: restart once --down-until of the stage-1 Jobs completed,
+    # so the new operator must index (and judge) thousands of finished Jobs and Pods at once.
+    t_down = time.monotonic()
+
+    def s1_done():
+        jobs = batch.list_namespaced_job(NS, label_selector=f"{LABEL}=restart,ladder.promotion.dev/stage=s1").items
+        return sum(1 for j in jobs if j.status.succeeded) >= args.down_until * s1_jobs
+    wait_for(s1_done, timeout=args.timeout, interval=3, what=f"{args.down_until:.0%} of stage 1 done while down")
+    down_s = time.monotonic() - t_down
+    # Status writes of the new operator, seen by a watch of this process.
+    writes: list[float] = []
+    stop = threading.Event()
+
+    def watch_ladder():
+        rv = custom.get_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders",
+                                                 "restart")["metadata"]["resourceVersion"]
+        while not stop.is_set():
+            try:
+                for ev in watch.Watch().stream(custom.list_namespaced_custom_object, "ladder.promotion.dev", "v1alpha1",
+                                               NS, "promotionladders", resource_version=rv, timeout_seconds=20):
+                    rv = ev["object"]["metadata"]["resourceVersion"]
+                    writes.append(time.monotonic())
+                    if stop.is_set():
+                        return
+            except Exception:  # noqa: BLE001 - reconnect
+                time.sleep(0.5)
+    threading.Thread(target=watch_ladder, daemon=True).start()
+    time.sleep(1)
+    t_restart = time.monotonic()
+    op, mport, hport = start_operator(cluster, d, 2)
+    try:
+        wait_for(lambda: ready(hport), timeout=args.timeout, interval=0.5, what="restarted operator ready")
+        t_ready = time.monotonic() - t_restart
+        obj = wait_for(lambda: (o := custom.get_namespaced_custom_object(
+            "ladder.promotion.dev", "v1alpha1", NS, "promotionladders", "restart")).get("status", {}).get("phase")
+            in ("Succeeded", "Failed") and o, timeout=args.timeout, interval=2, what="ladder finished")
+        stop.set()
+        rss = peak_rss_mb(op.pid)
+        text = scrape(mport)
+    finally:
+        os.killpg(op.pid, 15)
+        op.wait(30)
+    st = obj["status"]
+    cells = [c for s in st["stages"] for c in s.get("cells") or []]
+    after = [t for t in writes if t >= t_restart]
+    gaps = [b - a for a, b in zip([t_restart] + after, after)]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "mode": "restart",
+        "candidates": args.candidates, "cells": len(cells), "phase": st["phase"],
+        "results_lost": sum(c["state"] == "Failed" for c in cells),
+        "failed_reasons": sorted({c.get("reason", "") for c in cells if c["state"] == "Failed"})[:5],
+        "stage1_jobs_created_s": round(t_jobs, 1),
+        "down_until_stage1_done": args.down_until, "down_s": round(down_s, 1),
+        "ready_after_restart_s": round(t_ready, 1),
+        "first_status_write_after_restart_s": round(after[0] - t_restart, 1) if after else None,
+        "longest_status_gap_after_restart_s": round(max(gaps), 1) if gaps else None,
+        "restarted_operator_peak_rss_mb": rss,
+        "lookups": metric(text, 'ladder_operator_api_requests_total{operation="list_pods"}'),
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ladders", type=int, default=20)
@@ -142,7 +274,13 @@ def main() -> int:
     ap.add_argument("--gpus-per-node", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--record", action="store_true", help="append the numbers to benchmarks/operator-results.md")
+    ap.add_argument("--restart", action="store_true", help="restart under load: one ladder, operator killed once "
+                                                           "its stage-1 Jobs exist (default 100 candidates)")
+    ap.add_argument("--down-until", type=float, default=0.9,
+                    help="--restart: start the operator again once this share of stage-1 Jobs completed (default 0.9)")
     args = ap.parse_args()
+    if args.restart and "--candidates" not in sys.argv:
+        args.candidates = 100
 
     d = Path(tempfile.mkdtemp(prefix="operator-bench-"))
     nodes = [gpu_node(f"a100-{i}", "a100", args.gpus_per_node) for i in range(2)] + \
@@ -156,6 +294,14 @@ def main() -> int:
         core = client.CoreV1Api(api)
         core.create_namespace({"metadata": {"name": NS}})
         wait_for(lambda: core.read_namespaced_service_account("default", NS), timeout=30, what="namespace ready")
+        if args.restart:
+            result = restart_bench(args, cluster, d)
+            print(json.dumps(result, indent=2))
+            if args.record:
+                with open(ROOT / "benchmarks" / "operator-results.md", "a") as fh:
+                    fh.write(f"\n## {result['date']}: restart under load, {args.candidates} candidates x 2 x 2 "
+                             f"({result['cells']} cells, {result['cpus']} CPUs)\n\n```json\n{json.dumps(result, indent=2)}\n```\n")
+            return 0 if result["results_lost"] == 0 else 1
         mport, hport = free_port(), free_port()
         log = open(d / "operator.log", "w")
         op = subprocess.Popen([sys.executable, "-m", "promotion_ladder.cli", "operator", "-n", NS,

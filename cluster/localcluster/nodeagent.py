@@ -26,7 +26,8 @@ process, patching the pod's status as a kubelet does. The contract pods can rely
   end of its output instead.
 - Output: stdout and stderr go to `<agent dir>/logs/<namespace>_<pod>.log` (see log_path()).
 - Status: Running (startTime, podIP, conditions, containerStatuses[0].state.running), then
-  Succeeded/Failed with terminated.exitCode and reason Completed/Error (128+N for a signal),
+  Succeeded/Failed (each write retried with backoff for up to 2 minutes while the API server
+  is unreachable, so an exit during a short outage is not lost) with terminated.exitCode and reason Completed/Error (128+N for a signal),
   so the Job controller and podFailurePolicy see what they would see from a kubelet.
   restartPolicy OnFailure/Always restart the process in place (restartCount, lastState).
 - Deletion: when a pod gets a deletionTimestamp its process group gets SIGTERM, then SIGKILL
@@ -53,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
@@ -70,6 +72,8 @@ MAX_TERMINATION_MESSAGE = 4096
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 10.0
 NOT_READY_TAINTS = {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+STATUS_RETRY_SECONDS = 120.0  # how long a pod status write is retried through an API outage
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
 
 # --- nodes ---------------------------------------------------------------------------------
@@ -719,11 +723,28 @@ class NodeAgent:
         ]
 
     def _patch_status(self, core: client.CoreV1Api, ns: str, name: str, status: dict) -> None:
-        try:
-            core.patch_namespaced_pod_status(name, ns, {"status": status})
-        except ApiException as exc:
-            if exc.status != 404:  # deleted meanwhile
-                raise
+        """Write a pod's status, retrying (bounded backoff) while the API server is unreachable or
+        overloaded, as the kubelet's status manager does: an exit reported during a short API
+        outage must not be lost (a pod would stay Running forever and hold its GPUs)."""
+        deadline = time.monotonic() + STATUS_RETRY_SECONDS
+        delay = 0.5
+        while True:
+            try:
+                core.patch_namespaced_pod_status(name, ns, {"status": status})
+                return
+            except ApiException as exc:
+                if exc.status == 404:  # deleted meanwhile
+                    return
+                if exc.status not in RETRYABLE_STATUS or time.monotonic() + delay > deadline or self._stop.is_set():
+                    raise
+                log.warning("status of pod %s/%s not written (%s %s); retrying in %.1fs", ns, name, exc.status,
+                            exc.reason, delay)
+            except (OSError, urllib3.exceptions.HTTPError) as exc:  # connection refused/reset, timeouts
+                if time.monotonic() + delay > deadline or self._stop.is_set():
+                    raise
+                log.warning("status of pod %s/%s not written (%r); retrying in %.1fs", ns, name, exc, delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, 8.0)
 
 
 def pod_pid(pod: Any) -> int | None:

@@ -74,7 +74,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from .render import status_table
 
     ladder = read_ladder(args.file)
-    recorded = parse_results(read_text(args.results), source=str(args.results))
+    recorded = parse_results(read_text(args.results), source=str(args.results), spec=ladder.spec)
     status, _ = simulate(ladder.spec, recorded)
     if args.output == "json":
         # pydantic's encoder: the same text as json.dumps(status.wire(), indent=2), 7x faster
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (default: all)")
     s.add_argument("--metrics-port", type=int, default=8080)
     s.add_argument("--health-port", type=int, default=8081)
+    s.add_argument("--stuck-grace", type=float, default=120.0, metavar="SECONDS",
+                   help="end a cell's Pod still running this long past its deadline (default 120)")
     s.add_argument("--standalone", action="store_true", default=True, help=argparse.SUPPRESS)
     s.set_defaults(func=_cmd_operator)
     return p

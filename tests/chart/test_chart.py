@@ -69,6 +69,8 @@ def test_default_render_has_exactly_the_base_objects(helm):
         ("ClusterRoleBinding", "", "ladder-promotion-ladder"),
         ("Service", NAMESPACE, "ladder-promotion-ladder-metrics"),
         ("Deployment", NAMESPACE, "ladder-promotion-ladder"),
+        ("ValidatingAdmissionPolicy", "", "ladder-trainer-own-pod"),
+        ("ValidatingAdmissionPolicyBinding", "", "ladder-trainer-own-pod"),
     ])
 
 

@@ -18,7 +18,7 @@ except ImportError as exc:  # the operator is another package's work; say so in 
 
 needs_rbac = pytest.mark.skipif(rbac is None, reason=_why if rbac is None else "")
 
-CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"), ("", "nodes")}
 
 
 def triples(rules: list[dict]) -> set[tuple[str, str, str]]:
@@ -103,3 +103,15 @@ def test_rendered_trainer_identity_equals_the_operators(helm):
                 assert triples(got["rules"]) == triples(want[kind]["rules"])
             if kind == "RoleBinding":
                 assert got["roleRef"] == want[kind]["roleRef"] and got["subjects"] == want[kind]["subjects"]
+
+
+@needs_rbac
+def test_rendered_trainer_admission_policy_equals_the_operators(helm):
+    """Issue 12, defect 2: the chart limits a trainer to its own Pod's result/progress
+    annotations with the policy rbac.trainer_admission_policy() defines (labels aside)."""
+    docs = render(helm)
+    for want in rbac.trainer_admission_policy():
+        got = one(docs, want["kind"], want["metadata"]["name"])
+        assert got["spec"] == want["spec"]
+    off = render(helm, set_values={"trainer.admissionPolicy": "false"})
+    assert not objects(off, "ValidatingAdmissionPolicy") and not objects(off, "ValidatingAdmissionPolicyBinding")

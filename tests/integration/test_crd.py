@@ -63,6 +63,7 @@ FROZEN = {
     "stage budget": ("spec.stages.1.budget", "20m"),
     "objective": ("spec.objective", {"metric": "val_bpb", "direction": "maximize"}),
     "verdict added": ("spec.verdict", {"reference": "c0"}),
+    "trainer gpus (issue 12, defect 5)": ("spec.trainer", {"gpus": 2}),
 }
 
 
@@ -78,7 +79,7 @@ def test_frozen_fields_reject_edits(ladders, namespace, name):
 
 def test_operational_fields_stay_editable_and_status_is_a_subresource(ladders, namespace, local_cluster):
     created = create(ladders, namespace, ladder_doc())
-    changed = edit(created, "spec.trainer", {"image": "registry.example/trainer:2", "gpus": 2})
+    changed = edit(created, "spec.trainer", {"image": "registry.example/trainer:2", "gpus": 1})
     ladders.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "test", changed)
     patched = ladders.patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, "test",
@@ -91,6 +92,58 @@ def test_operational_fields_stay_editable_and_status_is_a_subresource(ladders, n
     header, row = out.splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "STAGE", "LEADER", "GPU-HOURS", "AGE"]
     assert row.split()[:5] == ["test", "Running", "s1", "c0", "1.5"]
+
+
+def _ordered_doc() -> dict:
+    """Every frozen list has two or more entries, so each can be reordered."""
+    stages = [
+        {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2], "promote": {"top": 2}},
+        {"name": "s2", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2], "promote": {"top": 2}},
+        {"name": "s3", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2]},
+    ]
+    verdict = {"reference": "c0", "checks": [
+        {"name": "k1", "type": "meanGap", "candidate": "c1", "maxGap": 0.1},
+        {"name": "k2", "type": "rankFirstAllCells", "candidate": "c0"}]}
+    return ladder_doc(stages=stages, verdict=verdict)
+
+
+def _swap(items: list) -> list:
+    return [items[1], items[0], *items[2:]]
+
+
+# Defect 4 of issue 12: `self == oldSelf` compares listType=map/set lists as sets, so these
+# reorderings were admitted while the frozen hash (and ranking ties, and cell order) changed.
+REORDERED = {
+    "candidates": lambda d: edit(d, "spec.candidates", _swap(d["spec"]["candidates"])),
+    "stages": lambda d: edit(d, "spec.stages", _swap(d["spec"]["stages"])),
+    "a stage's seeds": lambda d: edit(d, "spec.stages.1.seeds", [2, 1]),
+    "a stage's host blocks": lambda d: edit(d, "spec.stages.2.hostBlocks", ["l40s", "a100"]),
+    "verdict checks": lambda d: edit(d, "spec.verdict.checks", _swap(d["spec"]["verdict"]["checks"])),
+}
+
+
+@pytest.mark.parametrize("name", list(REORDERED))
+def test_frozen_fields_reject_reordering(ladders, namespace, name):
+    """Issue 12, defect 4: frozen means the same in CEL as in the frozen hash, order included."""
+    from promotion_ladder.core.api import load_ladder
+
+    created = create(ladders, namespace, _ordered_doc())
+    reordered = REORDERED[name](created)
+    # The hash sees the reordering, so the API server must refuse it.
+    assert load_ladder(reordered).spec.frozen_hash() != load_ladder(created).spec.frozen_hash()
+    with pytest.raises(ApiException) as exc:
+        ladders.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "test", reordered)
+    assert exc.value.status == 422 and "order included" in exc.value.body, exc.value.body
+
+
+def test_reordering_an_unfrozen_list_is_allowed(ladders, namespace):
+    """Issue 12, defect 4 (the other side): spec.hostBlocks is not frozen and not hashed."""
+    from promotion_ladder.core.api import load_ladder
+
+    created = create(ladders, namespace, _ordered_doc())
+    reordered = edit(created, "spec.hostBlocks", _swap(created["spec"]["hostBlocks"]))
+    assert load_ladder(reordered).spec.frozen_hash() == load_ladder(created).spec.frozen_hash()
+    ladders.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "test", reordered)
 
 
 def test_a_full_status_is_kept_as_written(ladders, namespace):

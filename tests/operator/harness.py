@@ -103,8 +103,9 @@ def free_port() -> int:
 class Operator:
     """`ladder operator -n NAMESPACE` in a subprocess; kill() is SIGKILL (no graceful anything)."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path):
+    def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path, extra_args: tuple[str, ...] = ()):
         self.kubeconfig, self.namespace = kubeconfig, namespace
+        self.extra_args = tuple(extra_args)
         self.log_path = log_dir / f"operator-{namespace}.log"
         self.metrics_port, self.health_port = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
@@ -118,7 +119,7 @@ class Operator:
         log.flush()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "promotion_ladder.cli", "operator", "-n", self.namespace,
-             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)],
+             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO), start_new_session=True)
         wait_for(lambda: self.get("/readyz", self.health_port) == "ok\n", timeout=60, what="operator /readyz",
                  describe=self.tail)

@@ -5,9 +5,13 @@
 The candidate config steers it (so tests can script faults per candidate):
   value: base metric (default 1.0); the reported val_bpb is value + 0.001 * seed
   sleep: seconds to "train" before reporting (default 0)
+  sleep_first_try: seconds to hang on the candidate's first try only (a marker file in $TMPDIR's
+              parent tells later tries), e.g. to leave a Pod running past its deadline
   exit: exit code (3 diverged, 4 oom, 1 error; default 0)
+  train_seconds: the trainSeconds to report (default: the seconds it slept)
   annotation: "forge" (annotate a result claiming another candidate, value 0.0),
-              "malformed" (annotate text that is not JSON), "none" (no annotation);
+              "malformed" (annotate text that is not JSON), "none" (no annotation),
+              "lie" (annotate its own identity with value lie_value, default 0.1);
               the termination message always carries the true result
 It writes the result file, the termination message (LADDER_TERMINATION_LOG or
 /dev/termination-log) and, with POD_NAME/POD_NAMESPACE, its Pod's result annotation.
@@ -48,6 +52,12 @@ def main() -> int:
     cfg = json.loads(a.config)
     t0 = time.monotonic()
     time.sleep(float(cfg.get("sleep", 0)))
+    if cfg.get("sleep_first_try"):
+        marker = os.path.join(os.path.dirname(os.path.abspath(os.environ.get("TMPDIR", "/tmp"))), "stub-tried-" + "-".join(
+            os.environ.get(k, "") for k in ("POD_NAMESPACE", "LADDER_NAME", "LADDER_CANDIDATE", "LADDER_SEED")))
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(float(cfg["sleep_first_try"]))
     code = int(cfg.get("exit", 0))
     status = STATUS_BY_EXIT.get(code, "error")
     doc = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult",
@@ -55,7 +65,7 @@ def main() -> int:
            "candidate": os.environ.get("LADDER_CANDIDATE"), "hostBlock": os.environ.get("LADDER_HOST_BLOCK"),
            "seed": int(os.environ.get("LADDER_SEED", a.seed)), "status": status, "metric": "val_bpb",
            "value": round(float(cfg.get("value", 1.0)) + 0.001 * a.seed, 6) if status == "ok" else None,
-           "trainSeconds": round(time.monotonic() - t0, 3), "message": "" if status == "ok" else f"stub exit {code}"}
+           "trainSeconds": float(cfg.get("train_seconds", round(time.monotonic() - t0, 3))), "message": "" if status == "ok" else f"stub exit {code}"}
     text = json.dumps({k: v for k, v in doc.items() if v is not None}, separators=(",", ":"))
     if a.result_file:
         with open(a.result_file, "w") as fh:
@@ -67,6 +77,8 @@ def main() -> int:
     mode = cfg.get("annotation", "real")
     if mode == "forge":
         annotate(json.dumps({**doc, "candidate": cfg.get("forge_as", "c0"), "value": 0.0, "status": "ok"}))
+    elif mode == "lie":
+        annotate(json.dumps({k: v for k, v in {**doc, "value": float(cfg.get("lie_value", 0.1))}.items() if v is not None}))
     elif mode == "malformed":
         annotate("{this is not json")
     elif mode != "none":

@@ -14,12 +14,19 @@ KEY = ("ns", "test")
 
 
 class FakeApi:
-    def __init__(self, refuse_jobs: int | None = None):
+    def __init__(self, refuse_jobs: int | None = None, refuse_status: int | None = None):
         self.calls: list[tuple] = []
         self.rv = 100
         self.refuse_jobs = refuse_jobs
+        self.refuse_status = refuse_status
+        self.pods_by_job: dict = {}
 
     def write_status(self, ns, name, status):
+        if self.refuse_status:
+            self.calls.append(("status-refused",))
+            exc = Exception("Bad Request")
+            exc.status, exc.reason, exc.body = self.refuse_status, "Bad Request", "status.gpuHours.total: Infinity"
+            raise exc
         self.rv += 1
         self.calls.append(("status", status.get("phase"), status.get("currentStage")))
         return str(self.rv)
@@ -37,6 +44,22 @@ class FakeApi:
 
     def post_event(self, body, type_, reason, message):
         self.calls.append(("event", reason))
+
+    def dry_run_job(self, ns, job):  # admission: every Job is valid here
+        pass
+
+    def node_labels(self):
+        return [{"ladder.promotion.dev/host-block": b} for b in ("a100", "l40s")]
+
+    def pods_of_job(self, ns, job_name, job_uid):
+        self.calls.append(("lookup", job_name))
+        return self.pods_by_job.get(job_uid, [])
+
+    def delete_job(self, ns, name, uid):
+        self.calls.append(("delete", name))
+
+    def write_conditions(self, ns, name, conditions):
+        self.calls.append(("conditions", [(c["type"], c["status"]) for c in conditions]))
 
 
 def controller(api, jobs=(), pods=()):
@@ -180,6 +203,22 @@ class WriterApi:
     def post_event(self, body, type_, reason, message):
         self.calls.append(("event", reason))
 
+    def dry_run_job(self, ns, job):  # admission: every Job is valid here
+        pass
+
+    def node_labels(self):
+        return [{"ladder.promotion.dev/host-block": b} for b in ("a100", "l40s")]
+
+    def pods_of_job(self, ns, job_name, job_uid):
+        self.calls.append(("lookup", job_name))
+        return self.pods_by_job.get(job_uid, [])
+
+    def delete_job(self, ns, name, uid):
+        self.calls.append(("delete", name))
+
+    def write_conditions(self, ns, name, conditions):
+        self.calls.append(("conditions", [(c["type"], c["status"]) for c in conditions]))
+
 
 def test_status_writer_pairs_events_with_the_write():
     from promotion_ladder.controller.statuswriter import StatusWriter, WriteResult
@@ -206,3 +245,56 @@ def test_status_writer_pairs_events_with_the_write():
             api.calls.clear()
         result, _ = w.write(KEY, body, base, new, events)
         assert (result, api.calls) == (want, calls), name
+
+
+def test_failing_reconcile_says_so_and_backs_off():
+    """Issue 12, defect 3: a reconcile that fails sets ReconcileError and posts a Warning once,
+    then waits (5 s, doubling) instead of retrying silently every few seconds, also when
+    watch events keep arriving."""
+    from promotion_ladder.controller.failures import retry_delay
+
+    assert [retry_delay(n) for n in (1, 2, 3, 4, 10, 100)] == [5, 10, 20, 40, 300, 300]
+    api = FakeApi(refuse_status=400)
+    c = controller(api)
+
+    async def scenario():
+        await c.start()
+        c.enqueue(KEY)
+        for _ in range(200):
+            if any(x[0] == "event" for x in api.calls):
+                break
+            await asyncio.sleep(0.01)
+        for _ in range(20):  # a burst of watch events during the backoff
+            c.enqueue(KEY)
+            await asyncio.sleep(0.01)
+        await c.stop()
+
+    asyncio.run(scenario())
+    assert api.calls == [("status-refused",), ("conditions", [("ReconcileError", "True")]), ("event", "ReconcileError")]
+    assert c._failures[KEY] == 1
+    assert c.metrics.registry.get_sample_value("ladder_reconcile_errors_total") == 1
+
+
+def test_complete_job_without_its_pod_in_the_cache_is_looked_up_not_failed():
+    """Issue 12, defect 1: after a restart under load a Complete Job's Pod may be missing from
+    (or stale in) the cache; its Pods are read directly and the result counts. A Job whose Pods
+    are really gone is run again, never recorded as failed."""
+    body = ladder_body()
+    present, gone = Cell("s1", "c0", "a100", 1), Cell("s1", "c1", "a100", 1)
+    jp, jg = JobB(body, present).complete(), JobB(body, gone).complete()
+    api = FakeApi()
+    api.pods_by_job = {jp.o["metadata"]["uid"]: [PodB(jp).result(result_doc(present, 1.25)).exited(0).obj()]}
+    c = controller(api, [jp.summary(), jg.summary()], [])
+    c.status_writer.coalesce_seconds = 0.0
+
+    def cells():
+        written = c.status_writer.last_written(KEY, body["metadata"]["uid"]).status
+        return {x["candidate"]: x for x in written["stages"][0]["cells"] if x["hostBlock"] == "a100"}
+
+    run(c)
+    assert ("lookup", jp.o["metadata"]["name"]) in api.calls and ("delete", jg.o["metadata"]["name"]) in api.calls
+    assert ("event", "ResultLost") in api.calls
+    assert cells()["c0"]["state"] == "Running" and cells()["c1"]["state"] == "Running"  # nothing failed
+    run(c)
+    assert cells()["c0"]["state"] == "Succeeded" and cells()["c0"]["value"] == 1.25
+    assert cells()["c1"]["state"] != "Failed"

@@ -31,6 +31,11 @@ def scenario(name):
         "forged identity, no fallback": lambda: case(j, PodB(j).result(result_doc(OTHER, 0.1)).exited(0)),
         "forged identity, termination message fallback": lambda: case(
             j, PodB(j).result(result_doc(OTHER, 0.1)).exited(0, message=result_doc(CELL, 1.3))),
+        "forged value, termination message counts": lambda: case(
+            j, PodB(j).result(result_doc(CELL, 0.1)).exited(0, message=result_doc(CELL, 4.001))),
+        "forged failure, termination message counts": lambda: case(
+            j, PodB(j).result(result_doc(CELL, None, status="error")).exited(0, message=result_doc(CELL, 1.3))),
+        "both channels agree": lambda: case(j, PodB(j).result(result_doc(CELL, 1.25)).exited(0, message=result_doc(CELL, 1.25))),
         "malformed annotation": lambda: case(j, PodB(j).result("{not json").exited(0)),
         "invalid schema": lambda: case(j, PodB(j).result('{"status": "ok"}').exited(0)),
         "wrong metric": lambda: case(j, PodB(j).result(result_doc(CELL, 1.0, metric="loss")).exited(0)),
@@ -46,6 +51,11 @@ def scenario(name):
         "job failed: backoff": lambda: case(j.failed("BackoffLimitExceeded"), PodB(j).exited(1), PodB(j).exited(1)),
         "job failed: deadline": lambda: case(j.failed("DeadlineExceeded"), PodB(j).phase("Failed")),
         "job complete, pods gone": lambda: case(j.complete()),
+        "job complete, pod stale in the cache": lambda: case(j.complete(), PodB(j).result(result_doc(CELL, 1.25))),
+        "job complete, pod exited 0 without result": lambda: case(j.complete(), PodB(j).exited(0)),
+        "value out of range, termination message too": lambda: case(
+            j, PodB(j).result(result_doc(CELL, 1.7e308)).exited(0, message=result_doc(CELL, 1.7e308))),
+        "train seconds out of range": lambda: case(j, PodB(j).result(result_doc(CELL, 1.2, train_seconds=1e9)).exited(0)),
         "job of another ladder uid": lambda: case(j.owner("someone-else"), PodB(j).result(result_doc(CELL)).exited(0)),
         "pod of another job": lambda: case(j.active(), PodB(j).owner("other-job").result(result_doc(CELL)).exited(0)),
     }
@@ -59,6 +69,10 @@ EXPECT = {
     "annotation lands before exit": (None, None, True, [], ""),
     "forged identity, no fallback": ("failed", None, False, ["identity"], "identity does not match the cell"),
     "forged identity, termination message fallback": ("succeeded", 1.3, False, ["identity"], ""),
+    # Issue 12, defect 2: the kubelet-written termination message is the authority.
+    "forged value, termination message counts": ("succeeded", 4.001, False, ["forged"], ""),
+    "forged failure, termination message counts": ("succeeded", 1.3, False, ["forged"], ""),
+    "both channels agree": ("succeeded", 1.25, False, [], ""),
     "malformed annotation": ("failed", None, False, ["malformed"], "result is not JSON"),
     "invalid schema": ("failed", None, False, ["invalid"], ""),
     "wrong metric": ("failed", None, False, ["metric"], "reports metric 'loss', the ladder's objective metric is 'val_bpb'"),
@@ -71,17 +85,28 @@ EXPECT = {
     "exit 1 then success": ("succeeded", 1.1, False, [], ""),
     "job failed: backoff": ("failed", None, False, [], "BackoffLimitExceeded; last pod exit code 1"),
     "job failed: deadline": ("failed", None, False, [], "DeadlineExceeded"),
-    "job complete, pods gone": ("failed", None, False, [], "completed without a valid result"),
+    # Issue 12, defect 1: a Complete Job with no terminal Pod at hand is missing evidence, not a
+    # failure: the cell stays running and its Pods are looked up directly (view.look_up).
+    "job complete, pods gone": (None, None, True, [], ""),
+    "job complete, pod stale in the cache": (None, None, True, [], ""),
+    "job complete, pod exited 0 without result": ("failed", None, False, [], "exit code 0 but no result"),
+    # Issue 12, defect 3: both channels out of range: rejected (with an Event each), cell failed.
+    "value out of range, termination message too": ("failed", None, False, ["range", "range"], "out of range"),
+    "train seconds out of range": ("failed", None, False, ["range"], "trainSeconds"),
     "job of another ladder uid": (None, None, False, [], ""),
     "pod of another job": (None, None, True, [], ""),
 }
 
 
+LOOK_UP = {"job complete, pods gone", "job complete, pod stale in the cache"}
+
+
 @pytest.mark.parametrize("name", EXPECT, ids=list(EXPECT))
 def test_cell_outcome(name):
     job_s, pods = scenario(name)
-    view = cell_outcome("test", LADDER_UID, CELL, "val_bpb", job_s, pods)
+    view = cell_outcome("test", LADDER_UID, CELL, "val_bpb", job_s, pods, budget_seconds=120.0)
     state, value, running, reasons, why = EXPECT[name]
+    assert view.look_up == (name in LOOK_UP)
     got = (view.outcome.state if view.outcome else None, view.outcome.value if view.outcome else None,
            view.running, [r.reason for r in view.rejections])
     assert got == (state, value, running, reasons)

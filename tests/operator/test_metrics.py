@@ -14,7 +14,7 @@ from ..unit.builders import ladder_doc
 SPEC = load_ladder(ladder_doc()).spec  # 4 candidates; s1: 2m x (a100, l40s) x [1]; s2: 10m x 2 blocks x [1, 2]; top 2
 
 
-def outcomes(stage_values: dict[str, float], stage="s1", seconds=1800.0):
+def outcomes(stage_values: dict[str, float], stage="s1", seconds=90.0):
     st = next(s for s in SPEC.stages if s.name == stage)
     return {(stage, c, hb, s): CellOutcome("succeeded", v, seconds) for c, v in stage_values.items() for hb, s in st.cells()}
 
@@ -44,7 +44,7 @@ def test_values_from_a_status_and_counting_once():
     status, _ = build_status(SPEC, o, running={("s2", "c0", "a100", 1)})
     for _ in range(3):  # reconciles repeat; counters count each cell and decision once
         m.observe("ns", "l", SPEC, status)
-    assert sample(m, "ladder_gpu_hours_total", namespace="ns", ladder="l", stage="s1", candidate="c0", host_block="a100") == pytest.approx(0.5)
+    assert sample(m, "ladder_gpu_hours_total", namespace="ns", ladder="l", stage="s1", candidate="c0", host_block="a100") == pytest.approx(90 / 3600)
     assert sample(m, "ladder_decisions_total", namespace="ns", ladder="l", stage="s1") == 1
     assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s1", state="Succeeded") == 8
     assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s2", state="Running") == 1

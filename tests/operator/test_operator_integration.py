@@ -91,7 +91,10 @@ def pod_occupancy(pod) -> float | None:
 
 
 def without_operator_fields(status: dict) -> dict:
-    return {k: v for k, v in status.items() if k not in ("observedGeneration", "conditions")}
+    """What `ladder simulate` also shows: no conditions, no launch facts (gpus, node, image)."""
+    from .test_reconcile import without_launch
+
+    return {k: v for k, v in without_launch(status).items() if k not in ("observedGeneration", "conditions")}
 
 
 def metric_sum(text: str, name: str, **labels) -> float:

@@ -88,8 +88,23 @@ def test_completed_ladder_matches_simulate():
         recorded[(d["stage"], d["candidate"], d["hostBlock"], d["seed"])] = CellOutcome("succeeded", d["value"], d["trainSeconds"])
     sim, _ = simulate(load_ladder(body).spec, recorded)
     operator_only = ("observedGeneration", "conditions")
-    assert {k: v for k, v in r2.status.items() if k not in operator_only} == {
+    assert {k: v for k, v in without_launch(r2.status).items() if k not in operator_only} == {
         k: v for k, v in sim.wire().items() if k not in operator_only}
+    # Each finished cell records what it ran with (issue 12, defect 5), from its Job and Pod.
+    cell = r2.status["stages"][0]["cells"][0]
+    assert cell["gpus"] == 1 and cell["node"] == "node-1" and r2.status["stages"][0]["image"] == "ghcr.io/promotion-ladder/trainer:0.1.0"
+
+
+def without_launch(status: dict) -> dict:
+    """The status without what cells ran with (gpus, node, image): `ladder simulate` of recorded
+    values has no launch facts to record."""
+    out = json.loads(json.dumps(status))
+    for st in out.get("stages") or []:
+        st.pop("image", None)
+        for c in st.get("cells") or []:
+            for k in ("gpus", "node", "image"):
+                c.pop(k, None)
+    return out
 
 
 def test_recorded_outcomes_and_decisions_are_final():

@@ -61,10 +61,15 @@ app.kubernetes.io/part-of: promotion-ladder
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
 # Results are read from trainer pods' annotations. patch: RBAC lets the operator grant the
-# trainer Role "get, patch pods" only if it holds those verbs itself.
+# trainer Role "get, patch pods" only if it holds those verbs itself. delete: a Pod still
+# running far past its deadline (a lost exit, a dead node) is ended.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, patch, delete]
+# One operator at a time: the leader Lease, in the first watched namespace or the release's.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
 # An Event for each stage decision and each rejected result (Kopf and kubectl use either API).
 - apiGroups: [""]
   resources: [events]
@@ -88,4 +93,8 @@ app.kubernetes.io/part-of: promotion-ladder
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [get, list, watch]
+# Admission: warn when no node matches a host block. Read only.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list]
 {{- end }}

@@ -27,9 +27,9 @@ class CreateExpectations:
             self._by_key[key] = left
             return set(left)
 
-    def expect(self, key: Hashable, name: str) -> None:
+    def expect(self, key: Hashable, name: str, ttl: float | None = None) -> None:
         with self._lock:
-            self._by_key.setdefault(key, {})[name] = time.monotonic() + self.ttl
+            self._by_key.setdefault(key, {})[name] = time.monotonic() + (self.ttl if ttl is None else ttl)
 
     def forget(self, key: Hashable) -> None:
         with self._lock:

@@ -38,6 +38,12 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING
+        # Server-side label selection: only the ladders' Jobs and Pods are listed, watched and
+        # held in memory, not every Pod of the namespace (or cluster). Kopf 1.45+ has it.
+        selectors = getattr(settings.watching, "label_selectors", None)
+        if selectors is not None:
+            selectors["batch", "v1", "jobs"] = LADDER_LABEL
+            selectors["", "v1", "pods"] = LADDER_LABEL
         await controller.start()
 
     @kopf.on.cleanup(registry=registry)

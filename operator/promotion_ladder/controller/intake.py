@@ -7,12 +7,18 @@ How a finished cell is judged is the cell contract's (core.contract.judge, the s
 `ladder run`); this module only gathers the Kubernetes evidence for it:
   * which Pod: one controlled by a Job this ladder controls (owner-reference UIDs, not labels),
     whose identity labels name the cell; Succeeded Pods first;
-  * which channel: the Pod annotation (core.contract.RESULT_ANNOTATION) first, the container's
-    termination message (written by the kubelet, so it cannot be forged through the API) as
-    the fallback when the annotation is missing or rejected;
+  * which channel: the container's termination message (the kubelet reads it from the
+    container's own file: only the cell itself can write it) is the authority; the Pod
+    annotation (core.contract.RESULT_ANNOTATION; any holder of `patch pods` in the namespace
+    can write it, unless the chart's admission policy limits a trainer to its own Pod) counts
+    when there is no usable termination message. Both usable and different: the annotation is
+    rejected as `forged`;
   * when it is final: a Pod that Succeeded, a Pod that failed with a non-retryable exit code,
     or a Job that has finished (its retries are spent). A Pod that is still running, or that
     failed in a way the Job retries, decides nothing, whatever its annotation says.
+  * never a failure from missing evidence: a Complete Job with no terminal Pod at hand (the
+    cache has not seen it, or holds a stale copy; its labels were changed) is not judged:
+    `CellView.look_up` asks the handlers to read its Pods from the API server first.
 A rejected annotation yields a `Rejection` (reason = metric label, message = Event text), also
 for a Pod that has not ended.
 """
@@ -20,14 +26,15 @@ for a Pod that has not ended.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.cell import Cell
 from ..core.contract import NON_RETRYABLE_EXIT_CODES, RESULT_ANNOTATION, check_result, judge
-from ..core.result import ResultError
+from ..core.result import CellResult, ResultError
 from ..core.cell import CellOutcome
-from .jobs import CONTAINER, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
+from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
 from .occupancy import pod_times
 
 
@@ -43,6 +50,8 @@ class JobSummary:
     failed_reason: str = ""
     failed_message: str = ""
     active: int = 0
+    gpus: int | None = None  # what its Pods run with (the Job's template is immutable)
+    image: str | None = None
 
     @property
     def ladder(self) -> str | None:
@@ -73,6 +82,8 @@ class PodSummary:
     termination_message: str | None = None
     bound_at: float | None = None  # occupancy.pod_times: bound to a node ...
     released_at: float | None = None  # ... to the trainer container's end (epoch seconds)
+    started_at: str | None = None  # status.startTime: with the deadline, tells a stuck Pod
+    deadline_seconds: int | None = None  # spec.activeDeadlineSeconds
 
     @property
     def ladder(self) -> str | None:
@@ -98,6 +109,10 @@ class CellView:
     outcome: CellOutcome | None = None  # terminal: succeeded/failed
     running: bool = False  # a Job exists and is not finished
     rejections: list[Rejection] = field(default_factory=list)
+    node: str | None = None  # where the cell ran (the Pod whose result counts, else its latest)
+    # The Job says Complete but no terminal Pod of it is at hand (the cache has not seen it, or
+    # holds a stale copy): missing evidence, not a failure. The handlers look its Pods up.
+    look_up: bool = False
 
 
 def _controller_uid(meta: dict[str, Any]) -> str | None:
@@ -123,11 +138,28 @@ def job_summary(body: dict[str, Any]) -> JobSummary:
             complete = True
         elif c.get("type") == "Failed":
             failed, reason, message = True, c.get("reason") or "", c.get("message") or ""
+    gpus, image = _launch(body)
     return JobSummary(
         namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
         labels=_labels(meta), owner_uid=_controller_uid(meta), complete=complete, failed=failed,
         failed_reason=reason, failed_message=message, active=int(status.get("active") or 0),
+        gpus=gpus, image=image,
     )
+
+
+def _launch(job: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The GPUs and image of the trainer container in a Job's Pod template."""
+    pod_spec = (((job.get("spec") or {}).get("template") or {}).get("spec")) or {}
+    for c in pod_spec.get("containers") or []:
+        if c.get("name") != CONTAINER:
+            continue
+        limit = ((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE)
+        try:
+            gpus = int(str(limit)) if limit is not None else 0
+        except ValueError:
+            gpus = None
+        return gpus, c.get("image")
+    return None, None
 
 
 def pod_summary(body: dict[str, Any]) -> PodSummary:
@@ -145,6 +177,7 @@ def pod_summary(body: dict[str, Any]) -> PodSummary:
         node=spec.get("nodeName"), deleting=bool(meta.get("deletionTimestamp")),
         result=(meta.get("annotations") or {}).get(RESULT_ANNOTATION),
         exit_code=exit_code, terminated_reason=reason, termination_message=message or None,
+        started_at=status.get("startTime"), deadline_seconds=spec.get("activeDeadlineSeconds"),
         **pod_times(body, CONTAINER),
     )
 
@@ -161,27 +194,55 @@ def foreign_pod_rejection(pod: PodSummary) -> Rejection | None:
                      f"pod {pod.name} carries a result but is not controlled by a Job of this ladder; ignored")
 
 
-def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str,
-              view: CellView) -> tuple[str | None, bool]:
+def disagree(annotation: CellResult, message: CellResult) -> bool:
+    """Do two reports of one cell say different things (status, value, train seconds)? The
+    termination message may be shortened, so only what both carry is compared."""
+    if annotation.status != message.status:
+        return True
+    for a, b in ((annotation.value, message.value), (annotation.train_seconds, message.train_seconds)):
+        if a is not None and b is not None and not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
+            return True
+    return (annotation.value is None) != (message.value is None)
+
+
+def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str, view: CellView,
+              budget_seconds: float | None = None) -> tuple[str | None, bool]:
     """The result text this Pod offers and whether it came from the strict channel (annotation).
 
-    The first channel whose document passes the contract's checks wins; when none does, the
-    termination message (the kubelet's, unforgeable) is preferred as the evidence to judge. A
-    rejected annotation is recorded in `view.rejections`."""
+    The termination message is the authority: only the cell's own container can write it,
+    while anyone allowed to patch the Pod can write the annotation. A usable termination
+    message wins; a usable annotation that disagrees with it is rejected as forged. The
+    annotation counts when there is no usable termination message. When neither passes the
+    contract's checks, the termination message (the kubelet's) is the evidence to judge. A
+    rejected annotation, and an out-of-range document from either channel, is recorded in
+    `view.rejections`."""
     channels: list[tuple[str, bool]] = []
     if pod.result is not None:
         channels.append((pod.result, True))
     if pod.terminal and pod.termination_message:
         channels.append((pod.termination_message, False))
+    usable: dict[bool, tuple[str, CellResult]] = {}
     for text, strict in channels:
         try:
-            check_result(text, ladder, cell, metric, strict=strict)
+            usable[strict] = (text, check_result(text, ladder, cell, metric, strict=strict, budget_seconds=budget_seconds))
         except ResultError as exc:
-            if strict:  # a bad termination message is not worth an Event: the kubelet wrote it
+            # A malformed termination message is not worth an Event (the kubelet wrote it, the
+            # trainer may have shortened it); an out-of-range one is, wherever it came from.
+            if strict or exc.reason == "range":
+                what = "result annotation" if strict else "termination message"
                 view.rejections.append(Rejection(f"{pod.namespace}/{pod.name}", _key(pod, text), exc.reason,
-                                                 f"result annotation on pod {pod.name} rejected: {exc}"))
-            continue
-        return text, strict
+                                                 f"{what} on pod {pod.name} rejected: {exc}"))
+    if False in usable:
+        if True in usable and disagree(usable[True][1], usable[False][1]):
+            ann, msg = usable[True][1], usable[False][1]
+            view.rejections.append(Rejection(
+                f"{pod.namespace}/{pod.name}", _key(pod, usable[True][0]), "forged",
+                f"result annotation on pod {pod.name} (status {ann.status}, value {ann.value}) disagrees with its "
+                f"termination message (status {msg.status}, value {msg.value}), which only the cell's container "
+                "can write: the annotation is rejected as forged and the termination message counts"))
+        return usable[False][0], False
+    if True in usable:
+        return usable[True][0], True
     if not channels:
         return None, False
     text, strict = channels[-1]
@@ -189,7 +250,7 @@ def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str,
 
 
 def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: JobSummary | None,
-                 pods: list[PodSummary]) -> CellView:
+                 pods: list[PodSummary], budget_seconds: float | None = None) -> CellView:
     """The cell's state from its Job and that Job's Pods (pure)."""
     view = CellView()
     if job is None:
@@ -199,9 +260,10 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     mine = [p for p in pods if p.owner_uid == job.uid]
     # Stable order: Succeeded pods first, then by name (a retried Job has several pods).
     mine.sort(key=lambda p: (p.phase != "Succeeded", p.name))
+    view.node = next((p.node for p in mine if p.node), None)
     decided: CellOutcome | None = None
     for pod in mine:
-        text, strict = _evidence(pod, ladder, cell, metric, view)
+        text, strict = _evidence(pod, ladder, cell, metric, view, budget_seconds)
         if decided is not None or not pod.terminal:
             continue  # a running Pod's annotation may be rejected (above), never decides the cell
         # Final evidence: the Pod succeeded, failed for good, or failed with a result document
@@ -212,7 +274,7 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
         if not final:
             continue
         code = pod.exit_code if pod.exit_code is not None else (0 if pod.phase == "Succeeded" else 1)
-        decided = judge(text, code, cell, ladder, metric, strict=strict)
+        decided = judge(text, code, cell, ladder, metric, strict=strict, budget_seconds=budget_seconds)
     if decided is not None:
         view.outcome = decided
         return view
@@ -220,6 +282,11 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
         last = next((p for p in reversed(mine) if p.phase == "Failed"), None)
         detail = f"; last pod exit code {last.exit_code}" if last and last.exit_code is not None else ""
         view.outcome = CellOutcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
+        return view
+    if job.complete and not any(p.terminal for p in mine):
+        # Never a failure from missing evidence: a Complete Job had a Pod that exited 0; until
+        # that Pod is seen (looked up directly), the cell is still running as far as we know.
+        view.running = view.look_up = True
         return view
     if job.complete:
         view.outcome = CellOutcome("failed", reason="job completed without a valid result")

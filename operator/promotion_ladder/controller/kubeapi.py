@@ -46,6 +46,7 @@ class KubeApi:
             except config.ConfigException:
                 config.load_kube_config()
             api_client = client.ApiClient()
+        self.api_client = api_client
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
@@ -87,6 +88,77 @@ class KubeApi:
                 return None
             raise
         return obj["metadata"]["resourceVersion"]
+
+    def write_conditions(self, namespace: str, name: str, conditions: list[dict]) -> None:
+        """Replace only .status.conditions (a merge patch replaces a list whole): works when the
+        full status write is what the API server refuses."""
+        from kubernetes.client.exceptions import ApiException
+
+        self._count("patch_status")
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": {"conditions": conditions}},
+                _content_type="application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def pods_of_job(self, namespace: str, job_name: str, job_uid: str) -> list[dict]:
+        """A Job's Pods read from the API server (not the cache), found by the labels the Job
+        controller sets and kept only when the Job controls them (owner reference UID): a Pod
+        whose ladder labels were changed is still found, one that merely claims the Job is not."""
+        from kubernetes.client.exceptions import ApiException
+
+        items: list[dict] = []
+        for selector in (f"batch.kubernetes.io/controller-uid={job_uid}", f"batch.kubernetes.io/job-name={job_name}"):
+            self._count("list_pods")
+            try:
+                found = self.core.list_namespaced_pod(namespace, label_selector=selector)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return []
+                raise
+            items = [self.core.api_client.sanitize_for_serialization(p) for p in found.items]
+            items = [p for p in items if any(r.get("controller") and r.get("uid") == job_uid
+                                             for r in (p.get("metadata") or {}).get("ownerReferences") or [])]
+            if items:
+                break
+        return items
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete one Job (and its Pods) if it is still the one we mean (UID precondition)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        self._count("delete_job")
+        try:
+            self.batch.delete_namespaced_job(name, namespace, body=client.V1DeleteOptions(
+                propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid)))
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """End a stuck Pod at once (no grace: it already ran past its deadline)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        self._count("delete_pod")
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=client.V1DeleteOptions(
+                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)))
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    def dry_run_job(self, namespace: str, job: dict) -> None:
+        """Create a Job with dryRun=All: validated and admitted by the API server, never stored."""
+        self._count("dry_run_job")
+        self.batch.create_namespaced_job(namespace, job, dry_run="All")
+
+    def node_labels(self) -> list[dict[str, str]]:
+        self._count("list_nodes")
+        return [dict(n.metadata.labels or {}) for n in self.core.list_node().items]
 
     def post_event(self, body: dict, type_: str, reason: str, message: str) -> None:
         from kubernetes.client.exceptions import ApiException

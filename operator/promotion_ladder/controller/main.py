@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import threading
 
 import kopf
@@ -19,6 +21,7 @@ from aiohttp import web
 from .handlers import register
 from .reconciler import Controller
 from .metrics import LadderMetrics
+from .stuck import STUCK_GRACE_SECONDS
 
 
 async def start_http(controller: Controller, metrics: LadderMetrics, ready: asyncio.Event,
@@ -51,19 +54,49 @@ async def start_http(controller: Controller, metrics: LadderMetrics, ready: asyn
 
 
 async def serve(namespaces: list[str] | None, metrics_port: int, health_port: int,
-                stop_flag: threading.Event | asyncio.Event | None = None, api=None, workers: int = 8) -> None:
+                stop_flag: threading.Event | asyncio.Event | None = None, api=None, workers: int = 8,
+                stuck_grace: float = STUCK_GRACE_SECONDS) -> None:
     metrics = LadderMetrics()
     controller = Controller(metrics, api=api, workers=workers)
+    controller.stuck_grace = stuck_grace
+    # The leader Lease: in the first watched namespace (the operator's Role covers it), else the
+    # operator's own (the chart sets POD_NAMESPACE; watching all namespaces, its ClusterRole
+    # covers it). A fake api (tests) runs without election.
+    if api is None:
+        controller.lease_namespace = (namespaces or [None])[0] or os.environ.get("POD_NAMESPACE") or "default"
     registry = kopf.OperatorRegistry()
     register(registry, controller)
     ready = asyncio.Event()
     runners = await start_http(controller, metrics, ready, metrics_port, health_port)
+    stop = stop_flag if stop_flag is not None else asyncio.Event()
+
+    async def take_signals() -> None:
+        # Kopf stops on SIGTERM only after its watchers and handlers wind down, while Job
+        # creates queued in worker threads went on (45 s of a second operator's worth of work
+        # in one test). Stop starting work the moment the signal arrives, then let Kopf stop.
+        # Installed once Kopf is ready: Kopf installs its own handlers during start-up, and the
+        # last one installed for a signal is the one that runs.
+        await ready.wait()
+
+        def on_signal(sig: signal.Signals) -> None:
+            logging.getLogger("promotion_ladder.operator").info("%s: no new work from now on; stopping", sig.name)
+            controller.stop_starting_work()
+            stop.set()
+        loop = asyncio.get_running_loop()
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests): Kopf's own handling
+            pass
+
+    signals = asyncio.create_task(take_signals())
     try:
         await kopf.operator(
             registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces or [],
-            ready_flag=ready, stop_flag=stop_flag,
+            ready_flag=ready, stop_flag=stop,
         )
     finally:
+        signals.cancel()
         for r in runners:
             await r.cleanup()
 
@@ -71,5 +104,6 @@ async def serve(namespaces: list[str] | None, metrics_port: int, health_port: in
 def run_operator(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # per-object handler chatter
-    asyncio.run(serve(args.namespace, args.metrics_port, args.health_port))
+    asyncio.run(serve(args.namespace, args.metrics_port, args.health_port,
+                      stuck_grace=getattr(args, "stuck_grace", STUCK_GRACE_SECONDS)))
     return 0

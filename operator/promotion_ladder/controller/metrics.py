@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ..core.accounting import occupied_seconds, protocol_seconds
+from ..core.accounting import cell_gpu_hours, cell_occupied_gpu_hours
 from ..core.api import LadderSpec
 from ..core.status import LadderStatus
 
@@ -51,6 +51,8 @@ class LadderMetrics:
         self.decision_latency = Histogram("ladder_decision_latency_seconds",
                                           "From a stage's last result seen to the next stage's Jobs created.",
                                           buckets=_LATENCY_BUCKETS, registry=r)
+        self.reconcile_errors = Counter("ladder_reconcile_errors", "Reconciles that failed (each is retried with backoff).",
+                                        registry=r)
         self.api_requests = Counter("ladder_operator_api_requests", "API requests the reconciles made (watches not counted).",
                                     ["operation"], registry=r)
         # Only the latest stage pair with a defined tau, one series per ladder: the question a dashboard
@@ -86,10 +88,11 @@ class LadderMetrics:
                     if c.state in ("Succeeded", "Failed") and cell_key not in counted:
                         counted.add(cell_key)
                         budget = budgets.get(st.name, 0.0)
+                        cell_gpus = c.gpus if c.gpus is not None else gpus
                         labels = (namespace, ladder, st.name, c.candidate, c.host_block)
-                        self.gpu_hours.labels(*labels).inc(protocol_seconds(c.train_seconds, budget) * gpus / 3600.0)
+                        self.gpu_hours.labels(*labels).inc(cell_gpu_hours(c.train_seconds, budget, cell_gpus))
                         self.gpu_hours_occupied.labels(*labels).inc(
-                            occupied_seconds(c.occupied_seconds, c.train_seconds, budget) * gpus / 3600.0)
+                            cell_occupied_gpu_hours(c.occupied_seconds, c.train_seconds, budget, cell_gpus))
                 for state, n in by_state.items():
                     self.cells.labels(namespace, ladder, st.name, state).set(n)
                 self._stage_labels[key].add(st.name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.api import GROUP, PLURAL
+from ..core.contract import PROGRESS_ANNOTATION, RESULT_ANNOTATION
 
 Rule = dict[str, list[str]]
 
@@ -28,17 +29,23 @@ OPERATOR_RULES: list[Rule] = [
     # One Job per cell; deletion only through owner-reference garbage collection, but the
     # operator deletes a Job of a cell that is no longer wanted (kept minimal: no deletecollection).
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
-    # Results arrive as Pod annotations and termination messages: read-only on pods.
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    # Results arrive as Pod annotations and termination messages: read on pods. delete: a Pod
+    # still running far past its deadline (lost exit, dead node) is ended (controller/stuck.py).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
     # An Event for each stage decision and each rejected result (both APIs: kopf and kubectl use either).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     # The trainer's identity in each ladder's namespace (created if absent, never modified).
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
     {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
+    # One operator at a time: the leader Lease (controller/lease.py), in the first watched
+    # namespace or the operator's own.
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
     # Kopf: resource discovery and namespace watching when run cluster-wide or with globs.
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    # Admission: warn when no node matches a host block (controller/admission.py). Read only.
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
 ]
 
 # Rules the operator must hold itself only because it grants them to the trainer
@@ -49,8 +56,9 @@ _TRAINER_GRANT_RULES: list[Rule] = [
 OPERATOR_RULES += _TRAINER_GRANT_RULES
 
 # A trainer pod may read and annotate pods in its own namespace, and nothing more: it patches
-# its own Pod's result annotation (core.contract.RESULT_ANNOTATION). (RBAC cannot say "only your own pod"
-# without knowing the name in advance; the operator's result intake checks the identity.)
+# its own Pod's result annotation (core.contract.RESULT_ANNOTATION). RBAC cannot say "only your own pod"
+# without knowing the name in advance: TRAINER_ADMISSION_POLICY below does (Kubernetes 1.30+),
+# and the operator's result intake trusts the termination message over the annotation.
 TRAINER_RULES: list[Rule] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]},
 ]
@@ -94,3 +102,63 @@ def covers(granted: list[Rule], needed: list[Rule]) -> list[str]:
                                for x in granted):
                         missing.append(f"{g or 'core'}/{r}:{v}")
     return missing
+
+
+# -- the trainer's admission policy (Kubernetes 1.30+: admissionregistration.k8s.io/v1) ------------
+#
+# RBAC lets ladder-trainer patch any pod of its namespace. A ValidatingAdmissionPolicy narrows
+# that to: its own Pod (the bound service-account token names the pod it was issued for, in
+# userInfo.extra["authentication.kubernetes.io/pod-name"]), and there only the result and
+# progress annotations; no label, no other annotation. Requests of any other user pass.
+TRAINER_ADMISSION_POLICY = "ladder-trainer-own-pod"
+POD_NAME_CLAIM = "authentication.kubernetes.io/pod-name"
+TRAINER_ANNOTATIONS = (RESULT_ANNOTATION, PROGRESS_ANNOTATION)
+
+
+def trainer_admission_policy(name: str = TRAINER_ADMISSION_POLICY) -> list[dict[str, Any]]:
+    """The ValidatingAdmissionPolicy and its binding (cluster-scoped; the chart renders the same)."""
+    allowed = "[" + ", ".join(f"'{a}'" for a in TRAINER_ANNOTATIONS) + "]"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": _labels()},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}]},
+            "matchConditions": [{
+                "name": "is-a-ladder-trainer",
+                "expression": ("request.userInfo.username.startsWith('system:serviceaccount:') && "
+                               f"request.userInfo.username.endsWith(':{TRAINER_SERVICE_ACCOUNT}')"),
+            }],
+            "variables": [
+                {"name": "podName", "expression": (
+                    f"has(request.userInfo.extra) && '{POD_NAME_CLAIM}' in request.userInfo.extra && "
+                    f"size(request.userInfo.extra['{POD_NAME_CLAIM}']) > 0 ? "
+                    f"request.userInfo.extra['{POD_NAME_CLAIM}'][0] : ''")},
+                {"name": "newLabels", "expression": "has(object.metadata.labels) ? object.metadata.labels : {}"},
+                {"name": "oldLabels", "expression": "has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}"},
+                {"name": "newAnn", "expression": "has(object.metadata.annotations) ? object.metadata.annotations : {}"},
+                {"name": "oldAnn", "expression": "has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}"},
+                {"name": "allowed", "expression": allowed},
+            ],
+            "validations": [
+                {"expression": "variables.podName != '' && variables.podName == object.metadata.name",
+                 "reason": "Forbidden",
+                 "messageExpression": ("'a ladder trainer may change only its own Pod (its token is bound to pod ' + "
+                                       "variables.podName + ', the request is for ' + object.metadata.name + ')'")},
+                {"expression": "variables.newLabels == variables.oldLabels",
+                 "reason": "Forbidden", "message": "a ladder trainer may not change its Pod's labels"},
+                {"expression": ("variables.newAnn.all(k, k in variables.allowed || "
+                                "(k in variables.oldAnn && variables.oldAnn[k] == variables.newAnn[k])) && "
+                                "variables.oldAnn.all(k, k in variables.allowed || k in variables.newAnn)"),
+                 "reason": "Forbidden",
+                 "message": "a ladder trainer may change only the annotations " + ", ".join(TRAINER_ANNOTATIONS)},
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": _labels()},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]

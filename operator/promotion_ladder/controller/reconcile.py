@@ -11,16 +11,18 @@ the merge, the decisions and the status itself are the step's; nothing is decide
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..core.api import LadderInvalid, LadderSpec, load_ladder
 from ..core.cell import CellKey, CellOutcome
 from ..core.rules import Decision
-from ..core.status import INVALID_SPEC, LadderStatus
+from ..core.status import INVALID_SPEC, LadderStatus, conditions
 from ..core.step import Step, step, stop
+from .admission import Admission, admission_conditions
 from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
 from .jobs import build_job, cell_job_name
+from .stuck import STUCK_GRACE_SECONDS, next_check, stuck
 from .occupancy import with_occupancy
 
 
@@ -33,10 +35,26 @@ class Reconciled:
     spec: LadderSpec | None = None
     ladder_status: LadderStatus | None = None
     new_decisions: list[Decision] = field(default_factory=list)
+    look_up: list[JobSummary] = field(default_factory=list)  # Complete Jobs whose Pods must be read directly
+    end: list[PodSummary] = field(default_factory=list)  # Pods running far past their deadline (stuck.py)
+    recheck_after: float | None = None  # seconds until a running Pod would be stuck: look again then
 
 
-def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods: list[PodSummary]
-             ) -> tuple[dict[CellKey, CellOutcome], set[CellKey], list[Rejection]]:
+@dataclass
+class Observed:
+    """What the ladder's Jobs and Pods show, and what the handlers must do about missing or
+    stuck evidence."""
+
+    outcomes: dict[CellKey, CellOutcome] = field(default_factory=dict)
+    running: set[CellKey] = field(default_factory=set)
+    rejections: list[Rejection] = field(default_factory=list)
+    look_up: list[JobSummary] = field(default_factory=list)
+    end: list[PodSummary] = field(default_factory=list)
+    recheck_after: float | None = None
+
+
+def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods: list[PodSummary],
+             now: str, stuck_grace: float) -> Observed:
     """The cells' outcomes and running cells as the ladder's Jobs and Pods show them."""
     all_job_uids = {j.uid for j in jobs}
     pods_by_job: dict[str, list[PodSummary]] = {}
@@ -48,19 +66,32 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
             r = foreign_pod_rejection(p)
             if r is not None:
                 rejections.append(r)
-    observed: dict[CellKey, CellOutcome] = {}
-    running: set[CellKey] = set()
+    seen = Observed(rejections=rejections)
+    budgets = {st.name: st.budget_seconds for st in spec.stages}
     for job in jobs:
         cell = job.cell
         if job.owner_uid != uid or cell is None:
             continue
-        view = cell_outcome(name, uid, cell, spec.objective.metric, job, pods_by_job.get(job.uid, []))
-        rejections += view.rejections
-        if view.outcome is not None:
-            observed[cell.key] = with_occupancy(view.outcome, pods_by_job.get(job.uid, []))
+        job_pods = pods_by_job.get(job.uid, [])
+        view = cell_outcome(name, uid, cell, spec.objective.metric, job, job_pods, budget_seconds=budgets.get(cell.stage))
+        seen.rejections += view.rejections
+        if view.look_up:
+            seen.look_up.append(job)
+        if view.outcome is None and view.running:
+            mine = [p for p in job_pods if p.owner_uid == job.uid]
+            to_end, why = stuck(mine, now, stuck_grace)
+            seen.end += to_end
+            wait = next_check(mine, now, stuck_grace)
+            if wait is not None and not to_end and not why:
+                seen.recheck_after = wait if seen.recheck_after is None else min(seen.recheck_after, wait)
+            if why:
+                view.outcome, view.running = CellOutcome("failed", reason=why[:200]), False
+        if view.outcome is not None:  # recorded with what it ran with, from its Job and Pod
+            seen.outcomes[cell.key] = with_occupancy(
+                replace(view.outcome, gpus=job.gpus, image=job.image, node=view.node), job_pods)
         elif view.running:
-            running.add(cell.key)
-    return observed, running, rejections
+            seen.running.add(cell.key)
+    return seen
 
 
 def _reconciled(s: Step, **kw: Any) -> Reconciled:
@@ -69,8 +100,21 @@ def _reconciled(s: Step, **kw: Any) -> Reconciled:
                       new_decisions=list(s.new_decisions), **kw)
 
 
+def _not_admitted(body: dict, old: dict, admission: Admission, now: str) -> Reconciled:
+    """Pending, nothing created, the reason in the Admitted condition (controller/admission.py)."""
+    status = dict(old)
+    message = f"not started: {admission.problem}"[:1024]
+    status.update(phase="Pending", message=message, observedGeneration=body["metadata"].get("generation"))
+    prior = old.get("conditions") or []
+    status["conditions"] = [c.wire() for c in conditions("Pending", "NotAdmitted", message, prior, now)] + \
+        admission_conditions(admission, prior, now)
+    said = any(c.get("type") == "Admitted" and c.get("message") == (admission.problem or "")[:1024] for c in prior)
+    return Reconciled(status=status, events=[] if said else [("Warning", "JobInvalid", message)])
+
+
 def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: list[JobSummary],
-              pods: list[PodSummary], creating: set[str], now: str) -> Reconciled:
+              pods: list[PodSummary], creating: set[str], now: str,
+              stuck_grace: float = STUCK_GRACE_SECONDS, admission: Admission | None = None) -> Reconciled:
     meta = body["metadata"]
     name, uid, generation = meta["name"], meta["uid"], meta.get("generation")
     try:
@@ -78,17 +122,30 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     except LadderInvalid as exc:
         return _reconciled(stop(known_status, INVALID_SPEC, "; ".join(exc.errors), generation, now))
     spec = ladder.spec
-    observed, running, rejections = _observe(name, uid, spec, jobs, pods)
+    old = dict(known_status or {})
+    if (admission is not None and admission.problem and old.get("phase") in (None, "Pending")
+            and not any(j.owner_uid == uid for j in jobs)):
+        return _not_admitted(body, old, admission, now)
+    seen = _observe(name, uid, spec, jobs, pods, now, stuck_grace)
     existing = {j.name for j in jobs}
     # A Job that exists (or is being created) is never created again; only the ones being
     # created that the watch has not shown yet count against the parallelism as extra.
     known_names = existing | creating
-    s = step(spec, known_status, observed, running, now=now, generation=generation,
+    s = step(spec, known_status, seen.outcomes, seen.running, now=now, generation=generation,
              pending_starts=len(creating - existing),
              started=lambda cell: cell_job_name(name, cell) in known_names)
     if s.stopped is not None:
         return _reconciled(s)
-    return _reconciled(s, create=[build_job(body, spec, c) for c in s.to_start], rejections=rejections, spec=spec)
+    r = _reconciled(s, create=[build_job(body, spec, c) for c in s.to_start], rejections=seen.rejections, spec=spec,
+                    look_up=seen.look_up, end=seen.end, recheck_after=seen.recheck_after)
+    # Admission warnings (no node matches a host block) ride along while the ladder runs.
+    if admission is not None and admission.warnings and r.status.get("phase") == "Running":
+        prior = old.get("conditions") or []
+        r.status["conditions"] = list(r.status.get("conditions") or []) + admission_conditions(
+            Admission(warnings=admission.warnings), prior, now)
+        if not any(c.get("type") == "Schedulable" for c in prior):
+            r.events.append(("Warning", "NoNodeMatches", "; ".join(admission.warnings)[:1024]))
+    return r
 
 
 def merge_known_status(from_body: dict | None, written: dict | None,

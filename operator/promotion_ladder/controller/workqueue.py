@@ -6,6 +6,9 @@ Watch handlers and timers `add` a ladder key; workers `get` one, reconcile it an
     queued once more when `done` is called (events during a reconcile coalesce into one).
   * Retry later: `add_after` re-adds a key after a delay; safe from any thread (workers run the
     reconcile in threads).
+  * Back off: after `back_off(key, delay)` the key is not handed out again before the delay has
+    passed, however often it is added meanwhile (a failing ladder's watch events wait too);
+    `clear_backoff` ends that early.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ class WorkQueue(Generic[K]):
         self._busy: set[K] = set()
         self._queue: asyncio.Queue[K] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._not_before: dict[K, float] = {}  # backing off: not handed out before (monotonic)
+        self._deferred: set[K] = set()  # keys with a timer waiting for their backoff to pass
 
     def start(self) -> None:
         """Bind to the running event loop; keys added before are queued now."""
@@ -35,9 +40,27 @@ class WorkQueue(Generic[K]):
     def add(self, key: K) -> None:
         if key in self._dirty:
             return
+        wait = self._not_before.get(key, 0.0) - time.monotonic()
+        if wait > 0 and self._loop is not None:
+            if key not in self._deferred:
+                self._deferred.add(key)
+                self._loop.call_later(wait, self._undefer, key)
+            return
         self._dirty[key] = time.monotonic()
         if key not in self._busy and self._queue is not None:
             self._queue.put_nowait(key)
+
+    def _undefer(self, key: K) -> None:
+        self._deferred.discard(key)
+        self.add(key)
+
+    def back_off(self, key: K, delay: float) -> None:
+        """Hand `key` out again only after `delay` seconds (call on the event loop)."""
+        self._not_before[key] = time.monotonic() + delay
+        self.add(key)
+
+    def clear_backoff(self, key: K) -> None:
+        self._not_before.pop(key, None)
 
     def add_after(self, key: K, delay: float) -> None:
         """Add `key` after `delay` seconds; callable from any thread."""

@@ -2,29 +2,33 @@
 
 Two measures, side by side:
 - Protocol GPU-hours (`total`, `byStage`, ...: the paper's measure, unchanged) count each
-  terminal cell once: train seconds x gpus (the stage budget when the cell reported no seconds).
+  terminal cell once: train seconds x the GPUs it ran with (as recorded at launch; the spec's
+  trainer.gpus for records without it), the stage budget when the cell reported no seconds.
   The counterfactual of a non-final stage is what sending every candidate that entered it
   straight through the final stage would have cost: entered x final cells x final budget x gpus.
 - Occupied GPU-hours (`occupied`) count what a cluster pays: the seconds each terminal cell
   held its GPUs (the operator: from its Pods being bound to a node to the trainer container's
-  end, every attempt of a retried Job summed; `ladder run`: the process's wall time), x gpus.
-  That includes start-up, data preparation, compilation, warm-up and evaluation. Rules:
+  end, every attempt of a retried Job summed; `ladder run`: the process's wall time), x the
+  same GPUs. That includes start-up, data preparation, compilation, warm-up and evaluation.
+  Rules:
     * a cell whose occupancy was not measured (recorded results without `occupiedSeconds`, a
       Pod without the timestamps) counts its protocol seconds: the honest lower bound, since
       a cell held its GPUs at least as long as it trained. `measuredCells` of `cells` says how
       many were measured;
-    * a measured occupancy is never counted below the cell's reported train seconds
+    * a measured occupancy is never counted below the cell's charged train seconds
       (Kubernetes timestamps have one-second resolution).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from pydantic import Field
 
 from .api import LadderSpec
 from .planner import Outcomes, stage_cells
+from .result import train_seconds_limit
 from .model import WireModel
 
 
@@ -57,16 +61,39 @@ def _r(x: float) -> float:
     return round(x, 6)
 
 
+def charged_seconds(reported: float | None, budget_seconds: float) -> float:
+    """What a cell is charged: its reported seconds, or the budget when it reported none. Seconds
+    no cell of this budget can have spent (not finite, negative, past the deadline) are charged
+    at the deadline, the most it can have run: the accounting stays finite on any input."""
+    if reported is None:
+        return budget_seconds
+    limit = train_seconds_limit(budget_seconds)
+    if not math.isfinite(reported) or reported > limit:
+        return limit
+    return max(reported, 0.0)
+
+
+def cell_gpu_hours(reported_seconds: float | None, budget_seconds: float, gpus: int) -> float:
+    """One terminal cell's GPU-hours (the status's accounting and the metrics' counter agree)."""
+    return charged_seconds(reported_seconds, budget_seconds) * gpus / 3600.0
+
+
 def protocol_seconds(train_seconds: float | None, budget_seconds: float) -> float:
     """A terminal cell's seconds under the protocol's measure."""
-    return train_seconds if train_seconds is not None else budget_seconds
+    return charged_seconds(train_seconds, budget_seconds)
 
 
 def occupied_seconds(occupied: float | None, train_seconds: float | None, budget_seconds: float) -> float:
     """A terminal cell's seconds under the occupied measure (the rules in the module docstring)."""
-    if occupied is None:
-        return protocol_seconds(train_seconds, budget_seconds)
-    return max(occupied, train_seconds or 0.0)
+    protocol = protocol_seconds(train_seconds, budget_seconds)
+    if occupied is None or not math.isfinite(occupied):
+        return protocol
+    return max(occupied, protocol if train_seconds is not None else 0.0)
+
+
+def cell_occupied_gpu_hours(occupied: float | None, train_seconds: float | None, budget_seconds: float,
+                            gpus: int) -> float:
+    return occupied_seconds(occupied, train_seconds, budget_seconds) * gpus / 3600.0
 
 
 def ratio(occupied: float, protocol: float) -> float | None:
@@ -110,11 +137,14 @@ def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str
             o = outcomes.get(cell.key)
             if o is None:
                 continue
-            h = protocol_seconds(o.train_seconds, budget) * gpus / 3600.0
+            # The GPUs the cell ran with, as recorded: a later edit of trainer.gpus must not
+            # rewrite what was spent (older records without it: the spec's).
+            cell_gpus = o.gpus if o.gpus is not None else gpus
+            h = cell_gpu_hours(o.train_seconds, budget, cell_gpus)
             spent += h
             by_cand[cell.candidate] += h
             by_block[cell.host_block] += h
-            occ += occupied_seconds(o.occupied_seconds, o.train_seconds, budget) * gpus / 3600.0
+            occ += cell_occupied_gpu_hours(o.occupied_seconds, o.train_seconds, budget, cell_gpus)
             cells += 1
             measured += o.occupied_seconds is not None
         by_stage[st.name] = spent

@@ -36,6 +36,10 @@ MAX_STAGES = 16
 MAX_SEEDS = 32
 MAX_KEEP = 16  # CEL cost: the keep-names-a-candidate rule is stages x keep x candidates
 MAX_CHECKS = 32
+# A candidate's config reaches the trainer as one argument (--config JSON): Linux refuses a
+# single argument over 128 KiB (MAX_ARG_STRLEN) and all of them together over ARG_MAX; a 1 MB
+# config failed every pod with "Argument list too long". 32 KiB of compact JSON leaves room.
+MAX_CONFIG_BYTES = 32 * 1024
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
 
@@ -70,10 +74,19 @@ class HostBlock(SpecModel):
 class Candidate(SpecModel):
     name: Name
     config: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Free-form key/values passed to the trainer as --config JSON.",
+        default_factory=dict, max_length=256,
+        description=f"Free-form key/values passed to the trainer as --config JSON (at most {MAX_CONFIG_BYTES // 1024} KiB).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+
+    @field_validator("config")
+    @classmethod
+    def _config_fits_an_argument(cls, v: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(f"is {size} bytes of JSON, over the {MAX_CONFIG_BYTES} bytes a trainer argument can "
+                             "carry; pass large data by reference (a path or URL in the config)")
+        return v
 
 
 Aggregate = Literal["mean", "median", "worst", "meanRank"]
@@ -171,6 +184,9 @@ class PromotionLadder(BaseModel):
 
 
 FROZEN_FIELDS = ("objective", "candidates", "stages", "verdict")
+# trainer.gpus is frozen too: it is what a cell measures with and what GPU-hours are charged
+# at, so an edit would make one ladder's cells incomparable (and rewrite its accounting).
+FROZEN_TRAINER_FIELDS = ("gpus",)
 
 
 def _canonical(value: Any) -> Any:
@@ -184,13 +200,22 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def frozen_hash(spec: LadderSpec) -> str:
+def frozen_hash(spec: LadderSpec, *, with_trainer: bool = True) -> str:
     """sha256 over the canonical JSON of the frozen fields (defaults filled in, keys sorted,
-    integral floats as ints), so a file and the object the API server stored hash the same."""
+    integral floats as ints), so a file and the object the API server stored hash the same.
+    List order counts (candidate order breaks ranking ties; seeds and host blocks order cells)."""
     wire = _canonical(spec.wire())
     frozen = {k: wire.get(k) for k in FROZEN_FIELDS}
+    if with_trainer:
+        frozen["trainer"] = {k: wire["trainer"].get(k) for k in FROZEN_TRAINER_FIELDS}
     canonical = json.dumps(frozen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def frozen_hash_matches(recorded: str | None, spec: LadderSpec) -> bool:
+    """Does a recorded frozen hash belong to this spec? Hashes recorded before trainer.gpus was
+    frozen (without it) still match, so records written by an older version stay readable."""
+    return recorded is None or recorded in (frozen_hash(spec), frozen_hash(spec, with_trainer=False))
 
 
 class LadderInvalid(ValueError):

@@ -4,9 +4,10 @@ terminal outcome. Every module that names a cell uses these (no raw 4-tuples).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
+
+from .result import value_in_range
 
 
 class CellKey(NamedTuple):
@@ -51,9 +52,16 @@ class CellOutcome:
     # Seconds the cell held its GPUs (Pod bound to finished, or the local process's wall time;
     # every attempt counted). None: not measured (see core.accounting for how it is counted).
     occupied_seconds: float | None = None
+    # What the cell ran with, recorded at launch (the audit record: a later spec edit does not
+    # rewrite it; accounting charges `gpus` when recorded). None: not recorded (older statuses).
+    gpus: int | None = None
+    node: str | None = None
+    image: str | None = None
     corpus: str | None = None  # fingerprint of the data the cell trained on (core/data_checks.py)
     data_passes: float | None = None  # training tokens consumed / available
 
     @property
     def ok(self) -> bool:
-        return self.state == "succeeded" and self.value is not None and math.isfinite(self.value)
+        # In range, not just finite: the rules add and average values, and 1.7e308 + 1.7e308
+        # overflows. Intake rejects such results; this keeps the rules total on any input.
+        return self.state == "succeeded" and value_in_range(self.value)

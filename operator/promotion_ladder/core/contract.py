@@ -23,7 +23,7 @@ from typing import Mapping
 
 from .api import LadderSpec
 from .cell import Cell, CellOutcome
-from .result import CellResult, ResultError, parse_result
+from .result import CellResult, ResultError, check_range, parse_result
 
 # -- argv and env ----------------------------------------------------------------------------
 CONFIG_FLAG = "--config"
@@ -100,15 +100,19 @@ def identity_from_env(env: Mapping[str, str]) -> dict:
 
 
 # -- judging a finished cell ------------------------------------------------------------------
-def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool = False) -> CellResult:
-    """Parse a result and check it belongs to this cell and reports the ladder's objective.
+def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool = False,
+                 budget_seconds: float | None = None) -> CellResult:
+    """Parse a result and check it belongs to this cell and reports the ladder's objective, and,
+    given the stage's budget, that its numbers are in range (core.result.check_range).
 
-    Raises ResultError with reason "malformed", "invalid", "identity" or "metric".
+    Raises ResultError with reason "malformed", "invalid", "range", "identity" or "metric".
     `strict`: every identity field must be present (a Pod annotation, which anyone with patch
     rights on the Pod could have written); otherwise only the fields present must match (a
     result file or termination message, which the trainer may shorten).
     """
     result = parse_result(text)
+    if budget_seconds is not None:
+        check_range(result, budget_seconds)
     want = {"ladder": ladder, "stage": cell.stage, "candidate": cell.candidate,
             "hostBlock": cell.host_block, "seed": cell.seed}
     got = dict(zip(("ladder", "stage", "candidate", "hostBlock", "seed"), result.identity()))
@@ -123,20 +127,21 @@ def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool =
 
 
 def judge(result_text: str | None, exit_code: int, cell: Cell, ladder: str, metric: str,
-          strict: bool = False) -> CellOutcome:
+          strict: bool = False, budget_seconds: float | None = None) -> CellOutcome:
     """The outcome of a cell whose program has ended, from its exit code and result document.
 
     Succeeded only with exit 0 and a valid result of this cell, with status ok, on the ladder's
     objective metric. Anything else failed, with a reason that says which rule it broke; a
     result that is unreadable, belongs to another cell or reports another metric fails the cell
-    whatever the exit code (the document is evidence of a broken contract).
+    whatever the exit code (the document is evidence of a broken contract), and so does a result
+    out of range for the stage's budget (`budget_seconds`, when given).
     """
     if result_text is None:
         if exit_code == EXIT_OK:
             return CellOutcome("failed", reason="exit code 0 but no result")
         return CellOutcome("failed", reason=f"exit code {exit_code} ({EXIT_REASONS.get(exit_code, 'no result')})")
     try:
-        result = check_result(result_text, ladder, cell, metric, strict=strict)
+        result = check_result(result_text, ladder, cell, metric, strict=strict, budget_seconds=budget_seconds)
     except ResultError as exc:
         prefix = f"exit code {exit_code}: " if exit_code != EXIT_OK else ""
         return CellOutcome("failed", reason=f"{prefix}{exc}"[:REASON_LIMIT])

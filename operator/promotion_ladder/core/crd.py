@@ -72,6 +72,22 @@ def _list_map(prop: dict[str, Any]) -> None:
     prop["x-kubernetes-list-map-keys"] = ["name"]
 
 
+# Order-sensitive frozen checks (transition rules), one per frozen list-bearing field.
+_ORDER_RULES = {
+    "candidates": "self.map(c, c.name) == oldSelf.map(c, c.name)",
+    "stages": ("self.map(s, s.name) == oldSelf.map(s, s.name)"
+               " && self.map(s, s.hostBlocks.map(h, h)) == oldSelf.map(s, s.hostBlocks.map(h, h))"
+               " && self.map(s, s.seeds.map(x, x)) == oldSelf.map(s, s.seeds.map(x, x))"),
+    "verdict": ("!has(self.checks) || !has(oldSelf.checks)"
+                " || self.checks.map(k, k.name) == oldSelf.checks.map(k, k.name)"),
+}
+_ORDER_WHAT = {
+    "candidates": "the order of candidates breaks ranking ties",
+    "stages": "the order of stages, and of each stage's hostBlocks and seeds, is the cells' order",
+    "verdict": "the order of the checks is the verdict's order",
+}
+
+
 def spec_schema() -> dict[str, Any]:
     s = openapi_schema(LadderSpec)
     props = s["properties"]
@@ -82,6 +98,21 @@ def spec_schema() -> dict[str, Any]:
         props[name].setdefault("x-kubernetes-validations", []).append(
             {"rule": "self == oldSelf", "message": f"spec.{name} is frozen once the ladder is admitted; create a new ladder instead"}
         )
+    # `self == oldSelf` compares listType=map and listType=set lists as sets, so it lets a
+    # reordering through; the frozen hash (and the ranking's tie-break, and every decision's
+    # cell order) depend on order. These rules compare the orders: `map()` yields a plain CEL
+    # list, whose equality is positional.
+    for name, rule in _ORDER_RULES.items():
+        target = props["verdict"] if name == "verdict" else props[name]
+        target["x-kubernetes-validations"].append(
+            {"rule": rule, "message": f"spec.{name} is frozen once the ladder is admitted, order included "
+                                      f"({_ORDER_WHAT[name]}); create a new ladder instead"})
+    props["trainer"].setdefault("x-kubernetes-validations", []).append(
+        # gpus always holds its default (1) on a stored ladder; the CRD's own default ({}) is
+        # checked against the rule too, hence the has().
+        {"rule": "(has(self.gpus) ? self.gpus : 1) == (has(oldSelf.gpus) ? oldSelf.gpus : 1)",
+         "message": "spec.trainer.gpus is frozen once the ladder is admitted (cells would measure with different "
+                    "GPUs and the recorded GPU-hours would not compare); create a new ladder instead"})
     s["x-kubernetes-validations"] = [
         {"rule": "has(self.verdict) == has(oldSelf.verdict)",
          "message": "spec.verdict is frozen once the ladder is admitted; create a new ladder instead"},

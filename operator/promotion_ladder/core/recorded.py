@@ -9,12 +9,14 @@ occupiedSeconds (how long the cell held its GPUs; core.accounting).
 from __future__ import annotations
 
 import json
+import math
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
-from .api import pydantic_errors
+from .api import LadderSpec, pydantic_errors
 from .cell import CellKey, CellOutcome
 from .model import SpecModel
+from .result import MAX_RESULT_VALUE, train_seconds_limit, value_in_range
 
 
 class RecordedResult(SpecModel):
@@ -29,6 +31,20 @@ class RecordedResult(SpecModel):
     corpus: str | None = None
     data_passes: float | None = Field(None, ge=0)
 
+    @field_validator("value")
+    @classmethod
+    def _value_in_range(cls, v: float | None) -> float | None:
+        if v is not None and not value_in_range(v):
+            raise ValueError(f"{v!r} is out of range (finite and within +-{MAX_RESULT_VALUE:g})")
+        return v
+
+    @field_validator("train_seconds")
+    @classmethod
+    def _seconds_finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"{v!r} is not a finite number of seconds")
+        return v
+
 
 class RecordedResultsInvalid(ValueError):
     def __init__(self, errors: list[str]):
@@ -36,8 +52,10 @@ class RecordedResultsInvalid(ValueError):
         super().__init__("\n".join(errors))
 
 
-def parse_results(text: str, source: str = "results") -> dict[CellKey, CellOutcome]:
-    """Parse JSONL into outcomes keyed by (stage, candidate, hostBlock, seed); every bad line is reported."""
+def parse_results(text: str, source: str = "results", spec: LadderSpec | None = None) -> dict[CellKey, CellOutcome]:
+    """Parse JSONL into outcomes keyed by (stage, candidate, hostBlock, seed); every bad line is
+    reported. With the ladder's spec, train seconds past a cell's deadline are reported too."""
+    budgets = {st.name: st.budget_seconds for st in spec.stages} if spec is not None else {}
     errors: list[str] = []
     out: dict[CellKey, CellOutcome] = {}
     for n, line in enumerate(text.splitlines(), start=1):
@@ -51,6 +69,10 @@ def parse_results(text: str, source: str = "results") -> dict[CellKey, CellOutco
             continue
         except ValidationError as exc:
             errors += [f"{where}: {e}" for e in pydantic_errors(exc)]
+            continue
+        if r.stage in budgets and r.train_seconds is not None and r.train_seconds > train_seconds_limit(budgets[r.stage]):
+            errors.append(f"{where}: trainSeconds: {r.train_seconds!r} is out of range (at most the cell's deadline, "
+                          f"{train_seconds_limit(budgets[r.stage]):g} s for stage {r.stage!r})")
             continue
         key = CellKey(r.stage, r.candidate, r.host_block, r.seed)
         if key in out:

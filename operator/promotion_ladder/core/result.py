@@ -14,10 +14,27 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .budget import cell_deadline_seconds
+
 RESULT_API_VERSION = "ladder.promotion.dev/v1alpha1"
 RESULT_KIND = "CellResult"
 
 Status = Literal["ok", "diverged", "oom", "error"]
+
+# A metric value outside [-MAX_RESULT_VALUE, MAX_RESULT_VALUE] is not a measurement (val_bpb is
+# about 1, losses and accuracies are small numbers): such a result is rejected at intake, and
+# the rules treat such a value as no value, so sums and means can never overflow.
+MAX_RESULT_VALUE = 1e6
+
+
+def value_in_range(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and abs(value) <= MAX_RESULT_VALUE
+
+
+def train_seconds_limit(budget_seconds: float) -> float:
+    """The most train seconds a cell can honestly report: its budget plus the grace the cell's
+    deadline allows (a cell is killed past it, so more cannot have been spent)."""
+    return float(cell_deadline_seconds(budget_seconds))
 
 
 class CellResult(BaseModel):
@@ -76,6 +93,20 @@ class ResultError(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+def check_range(result: CellResult, budget_seconds: float) -> None:
+    """Raise ResultError("range") when the result reports what no cell of this budget can have
+    measured: a value that is not finite or beyond +-MAX_RESULT_VALUE, or train seconds that are
+    not finite or beyond the cell's deadline (budget + grace). Every adapter calls this before a
+    result counts, so one absurd document cannot reach the rules or the accounting."""
+    if result.value is not None and not value_in_range(result.value):
+        raise ResultError("range", f"result value {result.value!r} is out of range "
+                                   f"(finite and within +-{MAX_RESULT_VALUE:g})")
+    limit = train_seconds_limit(budget_seconds)
+    if result.train_seconds is not None and not (math.isfinite(result.train_seconds) and result.train_seconds <= limit):
+        raise ResultError("range", f"result trainSeconds {result.train_seconds!r} is out of range "
+                                   f"(at most the cell's deadline, {limit:g} s)")
 
 
 def parse_result(text: str | bytes) -> CellResult:

@@ -9,6 +9,8 @@ patches status dicts of its own (core/step.py puts it together per ladder step).
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, ValidationError
@@ -45,6 +47,11 @@ class CellStatus(WireModel):
     train_seconds: float | None = None
     occupied_seconds: float | None = None
     reason: str | None = None
+    # What the cell ran with (recorded when it finished, from its Job and Pod): GPUs, the node,
+    # and the image when it differs from the stage's `image` (kept once per stage: compact).
+    gpus: int | None = None
+    node: str | None = None
+    image: str | None = None
     corpus: str | None = None
     data_passes: float | None = None
 
@@ -54,6 +61,7 @@ class StageStatus(WireModel):
     budget: str
     state: Literal["Pending", "Running", "Decided"]
     entered: int | None = None
+    image: str | None = Field(None, description="The image most of this stage's finished cells ran with.")
     cells: list[CellStatus] = Field(default_factory=list)
     decision: Decision | None = None
     # Warnings about the stage's data (CorpusConflict, RepeatedData; absent when none): stage_conditions.
@@ -111,12 +119,15 @@ def build_status(
             stages.append(StageStatus(name=st.name, budget=st.budget, state="Pending"))
             continue
         cells = []
+        images = Counter(o.image for c in stage_cells(spec, i, entered)
+                         if (o := outcomes.get(c.key)) is not None and o.image)
+        stage_image = images.most_common(1)[0][0] if images else None
         for c in stage_cells(spec, i, entered):
-            cells.append(cell_status(c, outcomes.get(c.key), c.key in running))
+            cells.append(cell_status(c, outcomes.get(c.key), c.key in running, stage_image))
         finished = {c.key: outcomes[c.key] for c in stage_cells(spec, i, entered) if c.key in outcomes}
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
-            entered=len(entered), cells=cells, decision=decided.get(st.name),
+            entered=len(entered), image=stage_image, cells=cells, decision=decided.get(st.name),
             conditions=stage_conditions(st.name, finished) or None,
         ))
     current = spec.stages[p.stage_index].name if p.stage_index is not None else None
@@ -136,27 +147,37 @@ def build_status(
     return status, p
 
 
-def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False) -> CellStatus:
+def _finite(x: float | None) -> float | None:
+    """The API server refuses a status holding Infinity or NaN: never write one."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False,
+                stage_image: str | None = None) -> CellStatus:
     """A cell as the status records it; `recorded_outcome` reads it back. A new field of a cell's
-    outcome goes into both (and CellStatus), nowhere else."""
+    outcome goes into both (and CellStatus), nowhere else. The image is kept per cell only when
+    it differs from the stage's."""
     if outcome is None:
         return CellStatus(candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
                           state="Running" if running else "Pending")
     return CellStatus(
         candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
         state="Succeeded" if outcome.ok else "Failed",
-        value=outcome.value if outcome.ok else None, train_seconds=outcome.train_seconds, reason=outcome.reason or None,
-        occupied_seconds=outcome.occupied_seconds,
+        value=outcome.value if outcome.ok else None, train_seconds=_finite(outcome.train_seconds),
+        reason=outcome.reason or None, gpus=outcome.gpus, node=outcome.node,
+        image=outcome.image if outcome.image != stage_image else None,
+        occupied_seconds=_finite(outcome.occupied_seconds),
         corpus=outcome.corpus, data_passes=outcome.data_passes,
     )
 
 
-def recorded_outcome(c: CellStatus) -> CellOutcome | None:
+def recorded_outcome(c: CellStatus, stage_image: str | None = None) -> CellOutcome | None:
     """The recorded outcome of a cell (None while it has not ended)."""
     if c.state not in ("Succeeded", "Failed"):
         return None
     return CellOutcome(state="succeeded" if c.state == "Succeeded" else "failed",
                        value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
+                       gpus=c.gpus, node=c.node, image=c.image or stage_image,
                        occupied_seconds=c.occupied_seconds, corpus=c.corpus, data_passes=c.data_passes)
 
 
@@ -164,7 +185,7 @@ def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:
     out = {}
     for st in status.stages:
         for c in st.cells:
-            o = recorded_outcome(c)
+            o = recorded_outcome(c, st.image)
             if o is not None:
                 out[CellKey(st.name, c.candidate, c.host_block, c.seed)] = o
     return out

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Literal, Mapping
 
-from .api import LadderSpec, frozen_hash
+from .api import LadderSpec, frozen_hash, frozen_hash_matches
 from .cell import Cell, CellKey, CellOutcome
 from .planner import PlanError
 from .rules import Decision
@@ -115,9 +115,9 @@ def step(
     old = recorded.wire() if isinstance(recorded, LadderStatus) else dict(recorded or {})
     # 1. frozen hash
     recorded_hash = old.get("frozenHash")
-    if recorded_hash and recorded_hash != frozen_hash(spec):
+    if not frozen_hash_matches(recorded_hash, spec):
         return stop(old, FROZEN_SPEC_CHANGED,
-                    "the frozen fields (objective, candidates, stages, verdict) changed after admission "
+                    "the frozen fields (objective, candidates, stages, verdict, trainer.gpus) changed after admission "
                     f"(recorded {recorded_hash[:19]}, now {frozen_hash(spec)[:19]}); nothing more is run. "
                     "Create a new ladder to screen the new spec.", generation, now)
     # 2. replay

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +33,8 @@ def cell_command(ladder: PromotionLadder, cell: Cell, result_file: str) -> list[
 
 def outcome_from_result(ladder: PromotionLadder, cell: Cell, exit_code: int, result_text: str | None) -> CellOutcome:
     """Judge a finished cell from its exit code and result file (core.contract.judge)."""
-    return judge(result_text, exit_code, cell, ladder.name, ladder.spec.objective.metric)
+    budget = next(s.budget_seconds for s in ladder.spec.stages if s.name == cell.stage)
+    return judge(result_text, exit_code, cell, ladder.name, ladder.spec.objective.metric, budget_seconds=budget)
 
 
 @dataclass
@@ -93,4 +95,5 @@ class CellProcess:
         outcome = replace(outcome_from_result(self.ladder, self.cell, code, text), occupied_seconds=occupied)
         if not outcome.ok and "log:" not in outcome.reason:
             outcome = replace(outcome, reason=f"{outcome.reason}; log: {self.log_file}")
-        return outcome
+        # Recorded with what it ran with: a later edit of the ladder file does not rewrite it.
+        return replace(outcome, gpus=self.ladder.spec.trainer.gpus, node=socket.gethostname())

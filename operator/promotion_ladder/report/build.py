@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..core.accounting import format_gpu_hours, occupancy_rows
-from ..core.api import LadderSpec
+from ..core.api import LadderSpec, frozen_hash_matches
 from ..core.rules import Decision
 from ..core.stability import Stability, flips, stability
 from ..core.status import LadderStatus, StageStatus, decisions_from_status
@@ -161,11 +161,12 @@ def _spec(inp: ReportInput) -> Section:
         )
         return sec
     h = spec.frozen_hash()
-    same = s.frozen_hash is None or s.frozen_hash == h
+    same = frozen_hash_matches(s.frozen_hash, spec)
     sec.text.append(
         f"Frozen hash {h}" + (" (matches the status)." if s.frozen_hash and same else "." if same else
                               f" (the status records {s.frozen_hash}: they differ).")
-        + " The hash covers the objective, candidates, stages and verdict: the rules were fixed before any result was seen."
+        + " The hash covers the objective, candidates, stages, verdict and trainer.gpus (order included): the rules "
+        "were fixed before any result was seen."
     )
     sec.text.append(
         f"Objective: {spec.objective.direction} {spec.objective.metric}. "

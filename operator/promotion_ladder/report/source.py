@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..core.api import GROUP, KIND, PLURAL, VERSION, LadderInvalid, LadderSpec, load_ladder
+from ..core.api import GROUP, KIND, PLURAL, VERSION, LadderInvalid, LadderSpec, frozen_hash_matches, load_ladder
 from ..core.status import LadderStatus, parse_status
 from ..files import FileError, read_ladder, read_text
 
@@ -57,7 +57,7 @@ def from_document(data: Any, origin: str, name: str | None = None, ladder_file: 
             warnings.append(f"--ladder {ladder_file} differs from the spec stored with the status; showing the stored spec")
         elif spec is None:
             spec, name = ladder.spec, ladder.name
-    if spec is not None and status.frozen_hash and spec.frozen_hash() != status.frozen_hash:
+    if spec is not None and not frozen_hash_matches(status.frozen_hash, spec):
         warnings.append(
             f"the spec's frozen hash {spec.frozen_hash()} differs from the status's {status.frozen_hash}: "
             "the frozen fields changed after the ladder ran, so the spec shown is not the one that was decided on"

@@ -1,0 +1,287 @@
+"""Issue 12 (under load, restarts and hostile pods: no result lost, no cell forged, no ladder
+hung) on the local control plane. Each test names the defect of the issue it covers and fails
+on the code before the fix. Small ladders, stub trainers: a few seconds each on 2 cores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .test_operator_integration import ladder, metric_sum, stage
+
+pytestmark = pytest.mark.integration
+
+
+def test_out_of_range_results_are_rejected_and_the_ladder_goes_on(operator, kube):
+    """Defect 3: value 1.7e308 raised OverflowError in the rules and trainSeconds 1.7e308 put
+    Infinity into the status (refused by the API server): the ladder hung Running, silently.
+    Now each is rejected at intake with its reason, the cell fails, the ladder decides."""
+    cands = {"good": {"value": 1.0}, "huge": {"value": 1.7e308}, "slow": {"value": 0.5, "train_seconds": 1.7e308},
+             "ok2": {"value": 1.2}}
+    kube.create(ladder("bounds", cands, [stage("s1", blocks=("a100",), top=2), stage("s2", "3s", blocks=("a100",))]))
+    st = kube.wait_phase("bounds", timeout=120)["status"]
+    assert st["phase"] == "Succeeded", kube.describe("bounds")
+    cells = {c["candidate"]: c for c in st["stages"][0]["cells"]}
+    assert cells["huge"]["state"] == "Failed" and "out of range" in cells["huge"]["reason"], cells["huge"]
+    assert cells["slow"]["state"] == "Failed" and "trainSeconds" in cells["slow"]["reason"], cells["slow"]
+    assert st["stages"][0]["decision"]["promoted"] == ["good", "ok2"]
+    assert metric_sum(operator.metrics(), "ladder_result_errors_total", ladder="bounds", reason="range") >= 2
+    assert any("out of range" in e.message for e in kube.events("ResultRejected"))
+
+
+def test_complete_job_whose_pod_the_cache_lacks_is_not_failed(operator, kube):
+    """Defects 1 and 2 (relabelling): a Complete Job whose Pod is not in the operator's cache
+    was judged `Failed: job completed without a valid result` (after a restart under load the
+    cache lagged for thousands of Pods; a hostile pod could relabel a rival's Pod out of it).
+    The operator now reads the Job's Pods directly (by the Job's own labels and owner
+    reference) before judging: the valid result counts, the relabelled Pod is still the cell's."""
+    from localcluster.waiting import wait_for
+
+    cands = {"a": {"value": 1.2, "sleep": 1}, "b": {"value": 1.1, "sleep": 1}}
+    kube.create(ladder("gap", cands, [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))]))
+    wait_for(lambda: len(kube.jobs("gap")) == 2, timeout=60, what="stage 1 jobs")
+    operator.kill()
+    wait_for(lambda: all(j.status.succeeded for j in kube.jobs("gap")), timeout=60, what="stage 1 done while down")
+    # Take b's Pod out of the operator's view: without the ladder label no watch shows it.
+    pod = next(p for p in kube.pods("gap") if p.metadata.labels["ladder.promotion.dev/candidate"] == "b")
+    kube.core.patch_namespaced_pod(pod.metadata.name, kube.ns, {"metadata": {"labels": {
+        "ladder.promotion.dev/ladder": None, "ladder.promotion.dev/candidate": "a"}}})
+    operator.start()
+    st = kube.wait_phase("gap", timeout=90)["status"]
+    assert st["phase"] == "Succeeded", kube.describe("gap")
+    cells = {c["candidate"]: c for c in st["stages"][0]["cells"]}
+    assert cells["b"]["state"] == "Succeeded" and cells["b"]["value"] == pytest.approx(1.101), cells["b"]
+    assert st["stages"][0]["decision"]["promoted"] == ["b"]
+    assert len(kube.jobs("gap")) == 3  # nothing re-run
+
+
+def _apply_cluster_scoped(api, objs) -> None:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    adm = client.AdmissionregistrationV1Api(api)
+    for o in objs:
+        create, replace, read = {
+            "ValidatingAdmissionPolicy": (adm.create_validating_admission_policy, adm.replace_validating_admission_policy,
+                                          adm.read_validating_admission_policy),
+            "ValidatingAdmissionPolicyBinding": (adm.create_validating_admission_policy_binding,
+                                                 adm.replace_validating_admission_policy_binding,
+                                                 adm.read_validating_admission_policy_binding),
+        }[o["kind"]]
+        try:
+            create(o)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            o = {**o, "metadata": {**o["metadata"], "resourceVersion": read(o["metadata"]["name"]).metadata.resource_version}}
+            replace(o["metadata"]["name"], o)
+
+
+def test_a_trainer_token_can_change_only_its_own_pods_result(local_cluster, namespace):
+    """Defect 2: the trainer ServiceAccount may patch every Pod of its namespace (RBAC cannot
+    name one's own Pod), so a hostile trainer forged a rival's result and relabelled a rival's
+    Pod. The chart's ValidatingAdmissionPolicy (rbac.trainer_admission_policy) lets a token
+    bound to a Pod change only that Pod, and there only the result/progress annotations."""
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    from localcluster.waiting import wait_for
+    from promotion_ladder.controller.rbac import TRAINER_SERVICE_ACCOUNT, trainer_admission_policy, trainer_objects
+    from promotion_ladder.core.contract import PROGRESS_ANNOTATION, RESULT_ANNOTATION
+
+    api = local_cluster.api_client()
+    core, rbac_api = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    _apply_cluster_scoped(api, trainer_admission_policy())
+    sa, role, binding = trainer_objects(namespace)
+    core.create_namespaced_service_account(namespace, sa)
+    rbac_api.create_namespaced_role(namespace, role)
+    rbac_api.create_namespaced_role_binding(namespace, binding)
+    uids = {}
+    for name in ("rival", "attacker"):  # never scheduled: a pod need not run to hold a bound token
+        uids[name] = core.create_namespaced_pod(namespace, {
+            "metadata": {"name": name, "labels": {"ladder.promotion.dev/ladder": "l", "ladder.promotion.dev/candidate": name}},
+            "spec": {"serviceAccountName": TRAINER_SERVICE_ACCOUNT, "restartPolicy": "Never",
+                     "nodeSelector": {"no-such-node": "true"}, "containers": [{"name": "trainer", "image": "x"}]}}).metadata.uid
+    token = core.create_namespaced_service_account_token(TRAINER_SERVICE_ACCOUNT, namespace, {
+        "spec": {"expirationSeconds": 600, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "attacker",
+                                                              "uid": uids["attacker"]}}}).status.token
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(local_cluster.kubeconfig), client_configuration=cfg)
+    cfg.api_key = {"authorization": f"Bearer {token}"}
+    cfg.cert_file = cfg.key_file = None
+    as_attacker = client.CoreV1Api(client.ApiClient(cfg))
+
+    def patch(pod: str, meta: dict, **kw) -> ApiException | None:
+        try:
+            as_attacker.patch_namespaced_pod(pod, namespace, {"metadata": meta}, **kw)
+            return None
+        except ApiException as exc:
+            return exc
+
+    forged = {"annotations": {RESULT_ANNOTATION: '{"status": "ok", "value": 0.1}'}}
+    # The policy takes effect once the API server has loaded it: wait for the first refusal of
+    # a dry run (admission runs on dry runs too, and a dry run changes nothing meanwhile).
+    wait_for(lambda: patch("rival", forged, dry_run="All"), timeout=30, what="the policy loaded")
+    refused = patch("rival", forged)
+    assert refused.status == 403 and "only its own Pod" in refused.body, refused.body
+    assert (core.read_namespaced_pod("rival", namespace).metadata.annotations or {}).get(RESULT_ANNOTATION) is None
+    bad = patch("rival", {"labels": {"ladder.promotion.dev/ladder": None}})
+    assert bad is not None and bad.status == 403
+    # Its own Pod: the result and progress annotations only.
+    assert patch("attacker", {"annotations": {RESULT_ANNOTATION: '{"status": "ok", "value": 1.0}',
+                                              PROGRESS_ANNOTATION: '{"step": 3}'}}) is None
+    relabel = patch("attacker", {"labels": {"ladder.promotion.dev/candidate": "rival"}})
+    assert relabel is not None and relabel.status == 403 and "labels" in relabel.body
+    other = patch("attacker", {"annotations": {"example.com/note": "x"}})
+    assert other is not None and other.status == 403 and "only the annotations" in other.body
+    # Anyone else (here the admin) is not limited by the policy.
+    core.patch_namespaced_pod("rival", namespace, {"metadata": {"annotations": {"example.com/note": "admin"}}})
+
+
+def test_an_annotation_that_contradicts_the_termination_message_is_forged(operator, kube):
+    """Defect 2: a well-formed annotation disagreeing with the kubelet-written termination
+    message was accepted (value 0.1 ranked first, no Event). The termination message, which
+    only the cell's own container can write, is the authority: the annotation is rejected as
+    forged with an Event and the true value counts."""
+    cands = {"honest": {"value": 1.0}, "liar": {"value": 1.5, "annotation": "lie", "lie_value": 0.1}, "third": {"value": 1.2}}
+    kube.create(ladder("liar", cands, [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))]))
+    st = kube.wait_phase("liar", timeout=120)["status"]
+    assert st["phase"] == "Succeeded", kube.describe("liar")
+    cells = {c["candidate"]: c for c in st["stages"][0]["cells"]}
+    assert cells["liar"]["value"] == pytest.approx(1.501)
+    assert st["stages"][0]["decision"]["promoted"] == ["honest"]
+    assert metric_sum(operator.metrics(), "ladder_result_errors_total", ladder="liar", reason="forged") == 1
+    assert any("forged" in e.message for e in kube.events("ResultRejected"))
+
+
+def test_recorded_history_is_immutable(operator, kube):
+    """Defect 5: editing trainer.gpus on a Succeeded ladder recomputed its recorded GPU-hours
+    and counterfactuals. Now trainer.gpus is frozen (CEL and the frozen hash), and every cell
+    records what it ran with (GPUs, node, image) when it finishes."""
+    from kubernetes.client.rest import ApiException
+
+    from promotion_ladder.core.api import load_ladder
+
+    doc = ladder("audit", {"a": {"value": 1.0}, "b": {"value": 1.1}},
+                 [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))])
+    kube.create(doc)
+    obj = kube.wait_phase("audit", timeout=90)
+    st = obj["status"]
+    assert st["phase"] == "Succeeded", kube.describe("audit")
+    for s in st["stages"]:
+        assert s["image"] == "stub:0"
+        for c in s["cells"]:
+            assert c["gpus"] == 1 and c["node"].startswith("a100-"), c
+    with pytest.raises(ApiException) as err:
+        kube.patch("audit", {"spec": {"trainer": {"gpus": 2}}})
+    assert err.value.status == 422 and "trainer.gpus is frozen" in err.value.body
+    assert load_ladder(obj).spec.frozen_hash() == st["frozenHash"]  # the hash covers trainer.gpus
+    edited = json.loads(json.dumps(obj))
+    edited["spec"]["trainer"]["gpus"] = 2
+    assert load_ladder(edited).spec.frozen_hash() != st["frozenHash"]
+    kube.patch("audit", {"spec": {"trainer": {"image": "stub:1"}}})  # operational edits stay allowed
+    assert kube.ladder("audit")["status"]["gpuHours"] == st["gpuHours"]
+
+
+def test_a_pod_running_past_its_deadline_is_ended_and_the_cell_retried(operator_identity, namespace, tmp_path, kube):
+    """Defect 7: a Pod left Running past its deadline (here: the simulated kubelet does not
+    enforce activeDeadlineSeconds, as one that lost the exit would not) held its GPU forever and
+    the ladder never decided. The operator ends it after deadline + grace; the Job retries."""
+    from localcluster.waiting import wait_for
+
+    from .harness import Operator
+
+    op = Operator(operator_identity, namespace, tmp_path, extra_args=("--stuck-grace", "2")).start()
+    try:
+        cands = {"hangs": {"value": 1.0, "sleep_first_try": 600}, "fine": {"value": 1.1}}
+        kube.create(ladder("stuck", cands, [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))]))
+
+        def hanging_pod():
+            return next((p for p in kube.pods("stuck") if p.metadata.labels["ladder.promotion.dev/candidate"] == "hangs"
+                         and p.status.phase == "Running"), None)
+        pod = wait_for(hanging_pod, timeout=60, what="the hanging cell running")
+        # A deadline may be lowered on a running Pod: 1 s, so it is overdue at once.
+        kube.core.patch_namespaced_pod(pod.metadata.name, namespace, {"spec": {"activeDeadlineSeconds": 1}})
+        st = kube.wait_phase("stuck", timeout=120)["status"]
+        assert st["phase"] == "Succeeded", kube.describe("stuck")
+        cell = next(c for c in st["stages"][0]["cells"] if c["candidate"] == "hangs")
+        assert cell["state"] == "Succeeded" and cell["value"] == pytest.approx(1.001)  # the retry reported
+        assert any(pod.metadata.name in e.message for e in kube.events("CellStuck"))
+    finally:
+        op.stop()
+
+
+def test_two_operators_never_act_at_once(operator_identity, namespace, tmp_path, kube):
+    """Defect 8: after SIGTERM the old operator went on creating queued Jobs for about 45 s while
+    a new one ran. Now only the holder of the Lease reconciles; SIGTERM stops new work at once
+    and gives the Lease up, so the standby takes over without waiting for it to expire."""
+    from kubernetes import client
+
+    from localcluster.waiting import wait_for
+    from promotion_ladder.controller.lease import LEASE_NAME
+
+    from .harness import Operator
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    first = Operator(operator_identity, namespace, tmp_path / "a").start()
+    second = Operator(operator_identity, namespace, tmp_path / "b").start()
+    coord = client.CoordinationV1Api(kube.api)
+    try:
+        holder = wait_for(lambda: coord.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity,
+                          timeout=30, what="a leader")
+        cands = {f"c{i}": {"value": 1.0 + i / 10, "sleep": 1} for i in range(6)}
+        kube.create(ladder("pair", cands, [stage("s1", blocks=("a100",), top=2), stage("s2", "3s", blocks=("a100",))],
+                           parallelism=2))
+        wait_for(lambda: len(kube.jobs("pair")) >= 2, timeout=60, what="the first Jobs")
+        leader = first if f"-{first.proc.pid}-" in holder else second
+        standby = second if leader is first else first
+        leader.stop()  # SIGTERM
+        assert "no new work from now on" in leader.tail(200)
+        new = wait_for(lambda: (h := coord.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity)
+                       and h != holder and h, timeout=15, what="the standby taking the Lease")
+        assert f"-{standby.proc.pid}-" in new
+        st = kube.wait_phase("pair", timeout=150)["status"]
+        assert st["phase"] == "Succeeded", kube.describe("pair")
+        jobs = kube.jobs("pair")
+        assert len(jobs) == 6 + 2 == len({j.metadata.name for j in jobs})
+        assert len(kube.pods("pair")) == len(jobs)  # no cell ran twice
+    finally:
+        for op in (first, second):
+            op.stop()
+
+
+def test_a_ladder_that_can_never_run_is_stopped_before_its_jobs(operator, kube):
+    """Defect 6: an invalid resource quantity was admitted and Job creation refused every 30 s
+    with one Warning; a nodeSelector no node has left the ladder Running, saying nothing; a
+    1 MB candidate config failed every pod with `Argument list too long`. Now a dry-run Job per
+    host block keeps such a ladder Pending with Admitted=False (fixable by an edit), a host
+    block no node serves is a Schedulable=False warning, and an oversized config is InvalidSpec."""
+    from localcluster.waiting import wait_for
+
+    def condition(name, type_):
+        return next((c for c in (kube.ladder(name).get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+    bad = ladder("quantity", {"a": {"value": 1.0}}, [stage("only", blocks=("a100",))])
+    bad["spec"]["trainer"]["resources"] = {"limits": {"cpu": "lots"}}
+    kube.create(bad)
+    admitted = wait_for(lambda: condition("quantity", "Admitted"), timeout=60, what="Admitted condition")
+    assert admitted["status"] == "False" and admitted["reason"] == "JobInvalid" and "a100" in admitted["message"]
+    assert kube.ladder("quantity")["status"]["phase"] == "Pending" and kube.jobs("quantity") == []
+    assert kube.events("JobInvalid")
+    kube.patch("quantity", {"spec": {"trainer": {"resources": {"limits": {"cpu": "1"}}}}})  # placement is editable
+    assert kube.wait_phase("quantity", timeout=90)["status"]["phase"] == "Succeeded", kube.describe("quantity")
+
+    nowhere = ladder("nowhere", {"a": {"value": 1.0}}, [stage("only", blocks=("a100", "h100"))])
+    nowhere["spec"]["hostBlocks"].append({"name": "h100", "nodeSelector": {"ladder.promotion.dev/host-block": "h100"}})
+    kube.create(nowhere)
+    warned = wait_for(lambda: condition("nowhere", "Schedulable"), timeout=60, what="Schedulable condition")
+    assert warned["status"] == "False" and warned["reason"] == "NoNodeMatches" and "h100" in warned["message"]
+    assert kube.ladder("nowhere")["status"]["phase"] == "Running"  # a warning: an autoscaler may add the node
+    assert kube.events("NoNodeMatches")
+
+    huge = ladder("huge", {"a": {"value": 1.0, "blob": "x" * 300_000}}, [stage("only", blocks=("a100",))])
+    kube.create(huge)
+    st = kube.wait_phase("huge", phases=("Failed",), timeout=60)["status"]
+    assert "spec.candidates[0].config" in st["message"] and kube.jobs("huge") == []
