@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ..core.accounting import cell_gpu_hours
+from ..core.accounting import cell_gpu_hours, cell_occupied_gpu_hours
 from ..core.api import LadderSpec
 from ..core.status import LadderStatus
 
@@ -31,6 +31,11 @@ class LadderMetrics:
         r = self.registry
         self.gpu_hours = Counter("ladder_gpu_hours", "GPU-hours of finished cells (train seconds x GPUs).",
                                  ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
+        self.gpu_hours_occupied = Counter(
+            "ladder_gpu_hours_occupied",
+            "GPU-hours finished cells held their GPUs (Pod bound to trainer exit, every attempt; "
+            "unmeasured cells count their train seconds), x GPUs.",
+            ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
         self.gpus_in_use = Gauge("ladder_gpus_in_use", "GPUs held by running cells now.",
                                  ["namespace", "ladder"], registry=r)
         self.counterfactual = Gauge("ladder_counterfactual_gpu_hours",
@@ -82,8 +87,12 @@ class LadderMetrics:
                     cell_key = (st.name, c.candidate, c.host_block, c.seed)
                     if c.state in ("Succeeded", "Failed") and cell_key not in counted:
                         counted.add(cell_key)
-                        self.gpu_hours.labels(namespace, ladder, st.name, c.candidate, c.host_block).inc(
-                            cell_gpu_hours(c.train_seconds, budgets.get(st.name, 0.0), c.gpus if c.gpus is not None else gpus))
+                        budget = budgets.get(st.name, 0.0)
+                        cell_gpus = c.gpus if c.gpus is not None else gpus
+                        labels = (namespace, ladder, st.name, c.candidate, c.host_block)
+                        self.gpu_hours.labels(*labels).inc(cell_gpu_hours(c.train_seconds, budget, cell_gpus))
+                        self.gpu_hours_occupied.labels(*labels).inc(
+                            cell_occupied_gpu_hours(c.occupied_seconds, c.train_seconds, budget, cell_gpus))
                 for state, n in by_state.items():
                     self.cells.labels(namespace, ladder, st.name, state).set(n)
                 self._stage_labels[key].add(st.name)
