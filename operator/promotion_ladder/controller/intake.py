@@ -35,6 +35,7 @@ from ..core.contract import NON_RETRYABLE_EXIT_CODES, RESULT_ANNOTATION, check_r
 from ..core.result import CellResult, ResultError
 from ..core.cell import CellOutcome
 from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
+from .occupancy import pod_times
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class PodSummary:
     exit_code: int | None = None
     terminated_reason: str = ""
     termination_message: str | None = None
+    bound_at: float | None = None  # occupancy.pod_times: bound to a node ...
+    released_at: float | None = None  # ... to the trainer container's end (epoch seconds)
     started_at: str | None = None  # status.startTime: with the deadline, tells a stuck Pod
     deadline_seconds: int | None = None  # spec.activeDeadlineSeconds
 
@@ -175,6 +178,7 @@ def pod_summary(body: dict[str, Any]) -> PodSummary:
         result=(meta.get("annotations") or {}).get(RESULT_ANNOTATION),
         exit_code=exit_code, terminated_reason=reason, termination_message=message or None,
         started_at=status.get("startTime"), deadline_seconds=spec.get("activeDeadlineSeconds"),
+        **pod_times(body, CONTAINER),
     )
 
 

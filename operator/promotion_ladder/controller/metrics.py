@@ -20,7 +20,7 @@ from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ..core.accounting import cell_gpu_hours
+from ..core.accounting import cell_gpu_hours, cell_occupied_gpu_hours
 from ..core.api import LadderSpec
 from ..core.status import LadderStatus
 
@@ -40,6 +40,11 @@ class LadderMetrics:
         r = self.registry
         self.gpu_seconds = Counter("ladder_gpu_seconds", "GPU-seconds of finished cells (train seconds x GPUs).",
                                    ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
+        self.occupied_gpu_seconds = Counter(
+            "ladder_occupied_gpu_seconds",
+            "GPU-seconds finished cells held their GPUs (Pod bound to trainer exit, every attempt; "
+            "unmeasured cells count their train seconds), x GPUs.",
+            ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
         self.gpus_in_use = Gauge("ladder_gpus_in_use", "GPUs held by running cells now.",
                                  ["namespace", "ladder"], registry=r)
         self.counterfactual = Gauge("ladder_counterfactual_gpu_seconds",
@@ -92,12 +97,16 @@ class LadderMetrics:
                     if c.state == "Running":
                         running += 1
                     cell_key = (st.name, c.candidate, c.host_block, c.seed)
-                    spent = self.gpu_seconds.labels(namespace, ladder, st.name, c.candidate, c.host_block)
+                    labels = (namespace, ladder, st.name, c.candidate, c.host_block)
+                    spent, occupied = self.gpu_seconds.labels(*labels), self.occupied_gpu_seconds.labels(*labels)
                     if c.state in ("Succeeded", "Failed") and cell_key not in counted:
                         counted.add(cell_key)
-                        # The status's accounting in GPU-seconds, so counter and status agree.
-                        spent.inc(3600.0 * cell_gpu_hours(c.train_seconds, budgets.get(st.name, 0.0),
-                                                          c.gpus if c.gpus is not None else gpus))
+                        budget = budgets.get(st.name, 0.0)
+                        cell_gpus = c.gpus if c.gpus is not None else gpus
+                        # The status's own accounting, in GPU-seconds, so counters and status agree.
+                        spent.inc(3600.0 * cell_gpu_hours(c.train_seconds, budget, cell_gpus))
+                        occupied.inc(3600.0 * cell_occupied_gpu_hours(c.occupied_seconds, c.train_seconds, budget,
+                                                                      cell_gpus))
                 for state, n in by_state.items():
                     self.cells.labels(namespace, ladder, st.name, state).set(n)
                 self._stage_labels[key].add(st.name)
