@@ -120,7 +120,7 @@ def test_reconcile_records_occupancy_in_the_status_and_metrics():
 
     m = LadderMetrics()
     m.observe("ns", "test", spec, r.ladder_status)
-    samples = [s for fam in m.registry.collect() for s in fam.samples if s.name == "ladder_gpu_hours_occupied_total"]
-    assert sum(s.value for s in samples) == pytest.approx(want)
-    assert m.registry.get_sample_value("ladder_gpu_hours_occupied_total", {
-        "namespace": "ns", "ladder": "test", "stage": "s1", "candidate": "c0", "host_block": "a100"}) == pytest.approx(100 / 3600)
+    samples = [s for fam in m.registry.collect() for s in fam.samples if s.name == "ladder_occupied_gpu_seconds_total"]
+    assert sum(s.value for s in samples) == pytest.approx(want * 3600)
+    assert m.registry.get_sample_value("ladder_occupied_gpu_seconds_total", {
+        "namespace": "ns", "ladder": "test", "stage": "s1", "candidate": "c0", "host_block": "a100"}) == pytest.approx(100)

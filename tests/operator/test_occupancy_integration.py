@@ -41,7 +41,7 @@ def test_each_cell_counts_its_pod_from_binding_to_exit(operator, kube: Cluster, 
     assert protocol == pytest.approx(sum(c["trainSeconds"] for c in cells) / 3600, abs=1e-6)
     assert occ["ratio"] == pytest.approx(occ["total"] / protocol, abs=1e-3) and occ["ratio"] >= 1
     text = operator.metrics()
-    assert metric_sum(text, "ladder_gpu_hours_occupied_total", namespace=namespace, ladder="held") == pytest.approx(
+    assert metric_sum(text, "ladder_occupied_gpu_seconds_total", namespace=namespace, ladder="held") / 3600 == pytest.approx(
         occ["total"], abs=1e-6)
-    assert metric_sum(text, "ladder_gpu_hours_total", namespace=namespace, ladder="held") == pytest.approx(
+    assert metric_sum(text, "ladder_gpu_seconds_total", namespace=namespace, ladder="held") / 3600 == pytest.approx(
         st["gpuHours"]["total"], abs=1e-6)

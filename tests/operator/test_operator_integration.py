@@ -137,7 +137,7 @@ def test_three_stage_ladder_completes(operator, kube, local_cluster, namespace):
     decided = kube.events("StageDecided")
     assert sorted(re.match(r"stage (\w+):", e.message).group(1) for e in decided) == ["s1", "s2", "s3"]
     text = operator.metrics()
-    assert metric_sum(text, "ladder_gpu_hours_total", namespace=namespace, ladder="three") == pytest.approx(
+    assert metric_sum(text, "ladder_gpu_seconds_total", namespace=namespace, ladder="three") / 3600 == pytest.approx(
         st["gpuHours"]["total"], abs=1e-6)
     assert metric_sum(text, "ladder_decisions_total", ladder="three") == 3
     assert metric_sum(text, "ladder_info", ladder="three", phase="Succeeded", leader="c1") == 1
