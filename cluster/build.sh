@@ -8,9 +8,18 @@
 #     kube-controller-manager   k8s.io/kubernetes/cmd/kube-controller-manager
 #     kube-scheduler            k8s.io/kubernetes/cmd/kube-scheduler
 #     helm                      helm.sh/helm/v3/cmd/helm             $HELM_VERSION
+#     prometheus, promtool      github.com/prometheus/prometheus     $PROMETHEUS_VERSION
+#                               (module v0.3XX.y for release v3.XX.y)
 #
 # A second run asks each cached binary for its version and, when all match, exits in
 # seconds. Delete the bin folder (or pass --force) to rebuild.
+#
+#   cluster/build.sh [--force] [PART...]   PART: etcd kube helm prometheus (default: all)
+#
+# Prometheus is built without its web UI assets (the HTTP API is all the tests use; the UI
+# would need node/npm) and without service discovery other than static/file/http
+# (-tags remove_all_sd: the tests scrape static targets on loopback, and the cloud SDKs of
+# the other discoverers need not be compiled). Prometheus v3.16 needs Go >= 1.26.7.
 #
 # Why not `go install mod@version`: k8s.io/kubernetes replaces its staging modules
 # (k8s.io/api, k8s.io/client-go, ...) with local paths (./staging/src/k8s.io/X), and etcd's
@@ -25,21 +34,32 @@
 # go.sum with the go.sum of the module being built (k8s.io/kubernetes' or etcd server's own
 # go.sum), so every transitive dependency is still checked against the hashes its
 # maintainers pinned (a mismatch is a hard "SECURITY ERROR"). Only the top modules
-# themselves (k8s.io/kubernetes, its k8s.io/X v0.34.y staging modules, etcd, helm) are then
-# trusted on first use from the proxy. Set GOSUMDB yourself to override the probe.
+# themselves (k8s.io/kubernetes, its k8s.io/X v0.34.y staging modules, etcd, helm,
+# prometheus) are then trusted on first use from the proxy. Set GOSUMDB yourself to
+# override the probe.
 #
-# Env: LADDER_CACHE, K8S_VERSION, ETCD_VERSION, HELM_VERSION, GOFLAGS (we add -mod=mod).
+# Env: LADDER_CACHE, K8S_VERSION, ETCD_VERSION, HELM_VERSION, PROMETHEUS_VERSION,
+# GOFLAGS (we add -mod=mod).
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v3.16.0}
 
 cache=${LADDER_CACHE:-$HOME/.cache/promotion-ladder}
 bin=$cache/bin
 work=$cache/gobuild
 force=0
-[ "${1:-}" = "--force" ] && force=1
+parts=()
+for arg in "$@"; do
+  case $arg in
+    --force) force=1 ;;
+    etcd|kube|helm|prometheus) parts+=("$arg") ;;
+    *) echo "build.sh: unknown argument '$arg' (usage: cluster/build.sh [--force] [etcd|kube|helm|prometheus]...)" >&2; exit 2 ;;
+  esac
+done
+[ ${#parts[@]} = 0 ] && parts=(etcd kube helm prometheus)
 
 say() { printf 'build.sh [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 start=$(date +%s)
@@ -47,6 +67,10 @@ start=$(date +%s)
 # --- what is already cached -------------------------------------------------------------
 k8s_minor=${K8S_VERSION#v1.}        # 34.4
 staging_version=v0.$k8s_minor      # v0.34.4
+# Prometheus v3.X.Y is published as Go module version v0.3XX.Y (v3.16.0 => v0.316.0).
+prom_release=${PROMETHEUS_VERSION#v}   # 3.16.0
+IFS=. read -r prom_major prom_minor prom_patch <<<"$prom_release"
+prom_module_version=$(printf 'v0.%d%02d.%d' "$prom_major" "$prom_minor" "$prom_patch")
 
 # Capture each binary's version before matching: with pipefail, `bin --version | grep -q`
 # fails at random when grep exits early and the binary dies of SIGPIPE on its next line.
@@ -59,17 +83,27 @@ have_kube() {
   done
 }
 have_helm() { [ -x "$bin/helm" ] && grep -q "^$HELM_VERSION$" <<<"$(version_of "$bin/helm" version --template '{{.Version}}')"; }
+have_prometheus() {
+  local b
+  for b in prometheus promtool; do
+    [ -x "$bin/$b" ] && grep -q "^$b, version $prom_release " <<<"$(version_of "$bin/$b" --version)" || return 1
+  done
+}
+have() { "have_$1"; }
+describe() {
+  case $1 in
+    etcd) echo "etcd $ETCD_VERSION" ;; kube) echo "kubernetes $K8S_VERSION" ;;
+    helm) echo "helm $HELM_VERSION" ;; prometheus) echo "prometheus $PROMETHEUS_VERSION" ;;
+  esac
+}
 
 need=()
-if [ $force = 1 ]; then
-  need=(etcd kube helm)
-else
-  have_etcd || need+=(etcd)
-  have_kube || need+=(kube)
-  have_helm || need+=(helm)
-fi
+for part in "${parts[@]}"; do
+  if [ $force = 1 ] || ! have "$part"; then need+=("$part"); fi
+done
 if [ ${#need[@]} = 0 ]; then
-  say "all binaries cached in $bin (etcd $ETCD_VERSION, kubernetes $K8S_VERSION, helm $HELM_VERSION); nothing to do ($(( $(date +%s) - start ))s)"
+  cached=$(for part in "${parts[@]}"; do describe "$part"; done | paste -sd, - | sed 's/,/, /g')
+  say "all binaries cached in $bin ($cached); nothing to do ($(( $(date +%s) - start ))s)"
   exit 0
 fi
 say "to build: ${need[*]} (cache: $bin)"
@@ -154,11 +188,25 @@ for what in "${need[@]}"; do
              -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
              helm.sh/helm/v3/cmd/helm)
       ;;
+    prometheus)
+      # No replace directives in its go.mod: the throwaway module only pins the version (and
+      # seeds go.sum when the checksum database is unreachable).
+      throwaway_module "$work/prometheus" github.com/prometheus/prometheus "$prom_module_version" "$prom_module_version"
+      ld="-s -w"
+      for kv in "Version=$prom_release" "Revision=module-$prom_module_version" "Branch=HEAD" \
+                "BuildUser=promotion-ladder" "BuildDate=$(date -u +%Y%m%d-%H:%M:%S)"; do
+        ld="$ld -X github.com/prometheus/common/version.$kv"
+      done
+      pkgs="github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool"
+      say "prometheus $PROMETHEUS_VERSION (module $prom_module_version): compiling prometheus, promtool"
+      (cd "$work/prometheus" && go get $(printf "%s@$prom_module_version " $pkgs) \
+        && go build -trimpath -tags netgo,remove_all_sd -ldflags "$ld" -o "$bin/" $pkgs)
+      ;;
   esac
   say "$what done in $(( $(date +%s) - t0 ))s"
 done
 
-have_etcd || { echo "build.sh: $bin/etcd does not report $ETCD_VERSION" >&2; exit 1; }
-have_kube || { echo "build.sh: kube binaries in $bin do not report $K8S_VERSION" >&2; exit 1; }
-have_helm || { echo "build.sh: $bin/helm does not report $HELM_VERSION" >&2; exit 1; }
+for part in "${need[@]}"; do
+  have "$part" || { echo "build.sh: $part binaries in $bin do not report $(describe "$part")" >&2; exit 1; }
+done
 say "built ${need[*]} in $(( $(date +%s) - start ))s; binaries in $bin"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The trainer's GPU checks (issue 3), for a machine with a CUDA GPU: the device tool's H100, or yours.
-#   bash scripts/gpu-check.sh [PART...]     parts: env tests bench12 bench8 budgets ddp (default: all)
+#   bash scripts/gpu-check.sh [PART...]     parts: env tests bench12 bench8 budgets ddp overhead (default: all)
 #     env      GPU, driver, torch, CUDA and cuDNN versions
 #     tests    tests/trainer/test_trainer_gpu.py (bf16, compile, fused AdamW, attention kernels, real OOM, MFU)
 #     bench12  python -m ladder_trainer.bench at d12, seq 2048 (all cases)
@@ -8,11 +8,15 @@
 #     budgets  the default config on the default corpus at three budgets: val_bpb should fall
 #     ddp      a cell on every GPU here through torch.distributed.run with DDP and with FSDP2 (NCCL;
 #              world size 1 on a one-GPU machine, launched anyway) against one process, same shape: tokens/s
+#     overhead benchmarks/overhead_bench.py: 2 cells of d12 at 2m through `ladder run`, set-up,
+#              compile, eval and occupied seconds per cell (issue 15's goals)
+# Every bench row and budget cell also prints its set-up seconds and compile seconds.
 # Needs python3 (or $PYTHON) with torch, numpy, tokenizers and pydantic; no install of the project.
 # Where pydantic is missing, the wheels in .whl/ are installed first (scripts/gpu-wheels.sh
 # fetches them). Logs and JSON go to $OUT when set (the device tool brings that folder
-# back, at most 8 files: all parts together write 9, so name the parts of one call; bench12
-# alone outlasts half of its 10-minute limit anyway), else to out/gpu-check/.
+# back, at most 8 files: all parts together write 11, so name the parts of one call; bench12
+# alone outlasts half of its 10-minute limit anyway, and overhead takes 5-6 minutes), else to
+# out/gpu-check/.
 # GPU_CHECK_SMOKE=1 shrinks every part to seconds on a CPU; a test runs it that way.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,6 +73,14 @@ bench() {  # DEPTH
   fi
 }
 
+overhead() {
+  if [ -n "$smoke" ]; then
+    "$python" benchmarks/overhead_bench.py --cells 2 --budget 2s --compile off --json "$out/overhead.json"
+  else
+    "$python" benchmarks/overhead_bench.py --json "$out/overhead.json"
+  fi
+}
+
 budgets() {
   local config='{}' list=(10s 30s 90s) extra=()
   if [ -n "$smoke" ]; then
@@ -88,11 +100,13 @@ budgets() {
   "$python" - "$out/budgets.jsonl" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-print("| budget (s) | steps | tokens | val_bpb | MFU |")
-print("|---|---|---|---|---|")
+print("| budget (s) | steps | tokens | val_bpb | MFU | set-up s | eval s |")
+print("|---|---|---|---|---|---|---|")
+f = lambda v: "n/a" if v is None else f"{v:.1f}"
 for r in rows:
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-    print(f"| {r['trainSeconds']:.1f} | {r['steps']} | {r['tokens']:,} | {r['value']:.4f} | {mfu} |")
+    print(f"| {r['trainSeconds']:.1f} | {r['steps']} | {r['tokens']:,} | {r['value']:.4f} | {mfu} | "
+          f"{f(r.get('setupSeconds'))} | {f(r.get('evalSeconds'))} |")
 values = [r["value"] for r in rows]
 falls = all(b < a for a, b in zip(values, values[1:]))
 print("val_bpb falls with budget:", "yes" if falls else "NO")
@@ -145,7 +159,7 @@ EOF
 }
 
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(env tests bench12 bench8 budgets ddp)
+[ ${#parts[@]} -gt 0 ] || parts=(env tests bench12 bench8 budgets ddp overhead)
 for part in "${parts[@]}"; do
   case $part in
     env) step env env_report ;;
@@ -154,7 +168,8 @@ for part in "${parts[@]}"; do
     bench8) step bench8 bench 8 ;;
     budgets) step budgets budgets ;;
     ddp) step ddp ddp ;;
-    *) echo "gpu-check: unknown part '$part' (env tests bench12 bench8 budgets ddp)" >&2; exit 2 ;;
+    overhead) step overhead overhead ;;
+    *) echo "gpu-check: unknown part '$part' (env tests bench12 bench8 budgets ddp overhead)" >&2; exit 2 ;;
   esac
 done
 exit "$status"

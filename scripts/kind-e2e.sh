@@ -161,9 +161,9 @@ run_ladder() {
   # The operator's /metrics, through the API server's service proxy (no port-forward).
   local metrics
   metrics=$(kubectl get --raw "/api/v1/namespaces/$SYSTEM_NS/services/http:$RELEASE-promotion-ladder-metrics:8080/proxy/metrics")
-  grep -m3 -E "^ladder_gpu_hours_total\{.*ladder=\"$name\"" <<<"$metrics" || true
-  grep -qE "^ladder_gpu_hours_total\{.*ladder=\"$name\"" <<<"$metrics" || die "/metrics has no ladder_gpu_hours_total for $name"
-  say "ok: $name Succeeded, every cell on its host block, GPU-hours on /metrics"
+  grep -m3 -E "^ladder_gpu_seconds_total\{.*ladder=\"$name\"" <<<"$metrics" || true
+  grep -qE "^ladder_gpu_seconds_total\{.*ladder=\"$name\"" <<<"$metrics" || die "/metrics has no ladder_gpu_seconds_total for $name"
+  say "ok: $name Succeeded, every cell on its host block, GPU-seconds on /metrics"
 }
 
 down() {

@@ -1,4 +1,4 @@
-"""python -m localcluster up|down|agent: run the local control plane (and simulated nodes) by hand.
+"""python -m localcluster up|down|agent|prometheus: run the local control plane (and simulated nodes) by hand.
 
   up    [--dir D] [--nodes SPEC] [--foreground]
         Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and (unless
@@ -11,6 +11,11 @@
         `up` created it as a temporary directory (unless --keep).
   agent --kubeconfig K --dir D [--nodes SPEC]
         Runs only the node agent in the foreground (what `up` starts in the background).
+  prometheus [--target HOST:PORT]... [--port P] [--dir D] [--scrape-interval I]
+        Runs Prometheus (built by `cluster/build.sh prometheus`) in the foreground on
+        127.0.0.1:P (default 9090), scraping each target's /metrics (default
+        127.0.0.1:8080, `ladder operator`'s metrics port) every I (default 5s); config and
+        TSDB in D (default: a new temporary directory). Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -154,6 +159,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prometheus(args: argparse.Namespace) -> int:
+    from .prometheus import serve
+
+    reason = binaries.prometheus_missing_reason()
+    if reason:
+        print(f"localcluster: {reason}", file=sys.stderr)
+        return 2
+    directory = Path(args.dir or tempfile.mkdtemp(prefix="localcluster-prometheus-")).resolve()
+    return serve(directory, args.target or ["127.0.0.1:8080"], args.port, args.scrape_interval)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     agent.add_argument("--kubeconfig", required=True)
     agent.add_argument("--dir", required=True)
     agent.add_argument("--nodes", default="default")
+    prom = sub.add_parser("prometheus", help="run Prometheus scraping the operator's /metrics")
+    prom.add_argument("--target", action="append", help="HOST:PORT to scrape (repeatable; default 127.0.0.1:8080)")
+    prom.add_argument("--port", type=int, default=9090, help="listen on 127.0.0.1:PORT (default 9090)")
+    prom.add_argument("--dir", help="config and TSDB directory (default: a new temporary directory)")
+    prom.add_argument("--scrape-interval", default="5s", help="scrape interval (default 5s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOCALCLUSTER_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -176,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up" and reason:
         print(f"localcluster: {reason}", file=sys.stderr)
         return 2
-    return {"up": cmd_up, "down": cmd_down, "agent": cmd_agent}[args.command](args)
+    return {"up": cmd_up, "down": cmd_down, "agent": cmd_agent, "prometheus": cmd_prometheus}[args.command](args)
 
 
 if __name__ == "__main__":

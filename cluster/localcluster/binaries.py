@@ -36,3 +36,28 @@ def missing_reason(directory: Path | None = None) -> str | None:
 
 def helm_path() -> Path:
     return bin_dir() / "helm"
+
+
+# Prometheus and promtool (cluster/build.sh, part "prometheus"): the monitoring tests run the
+# dashboard's queries and the alert rules through them.
+PROMETHEUS_BINARIES = ("prometheus", "promtool")
+
+
+def prometheus_path() -> Path:
+    return bin_dir() / "prometheus"
+
+
+def promtool_path() -> Path:
+    return bin_dir() / "promtool"
+
+
+def prometheus_missing_reason(directory: Path | None = None) -> str | None:
+    """One line saying that prometheus/promtool are not built and how to build them, or None."""
+    directory = directory or bin_dir()
+    missing = [b for b in PROMETHEUS_BINARIES if not os.access(directory / b, os.X_OK)]
+    if not missing:
+        return None
+    return (
+        f"Prometheus not built ({', '.join(missing)} missing in {directory}): "
+        "run `bash cluster/build.sh prometheus` once (needs Go and the Go module proxy; see docs/localcluster.md)"
+    )

@@ -11,6 +11,11 @@ from .core.api import KIND, LadderInvalid, PromotionLadder, load_ladder
 from .core.status import LadderStatus, parse_status
 
 
+# libyaml's C loader when PyYAML was built with it: the pure-Python one spent most of
+# `ladder simulate`'s time on a 1,000-candidate ladder (benchmarks/simulate-results.md).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class FileError(ValueError):
     """A file that cannot be used; the message names it and says what to do."""
 
@@ -27,11 +32,22 @@ def read_text(path: str | Path) -> str:
         raise FileError(f"{p}: cannot read: {exc}") from None
 
 
+def _load_yaml(text: str) -> list:
+    try:
+        return [d for d in yaml.load_all(text, Loader=_LOADER) if d is not None]
+    except yaml.YAMLError:
+        if _LOADER is yaml.SafeLoader:
+            raise
+    # libyaml places some errors at the end of the stream; the Python loader says where the
+    # problem is, so a bad file is read again by it for the message.
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
 def read_ladder(path: str | Path) -> PromotionLadder:
     """Load and validate the one PromotionLadder in a YAML or JSON file."""
     text = read_text(path)
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

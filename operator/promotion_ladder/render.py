@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from .core.accounting import GpuHours, format_gpu_hours, occupancy_rows
 from .core.stability import flips
 from .core.status import LadderStatus, decisions_from_status
 from .core.wording import entry_outcome, rule_summary
@@ -11,6 +12,24 @@ from .core.wording import entry_outcome, rule_summary
 
 def _fmt(v: float | None, nd: int = 4) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
+
+
+gh = format_gpu_hours
+
+
+def occupancy_table(g: GpuHours, indent: str = "  ") -> list[str]:
+    """Protocol and occupied GPU-hours per stage and in total, with their ratio."""
+    rows = occupancy_rows(g)
+    width = max(len("stage"), *(len(r[0]) for r in rows))
+    lines = [f"{indent}{'stage':<{width}}  {'protocol':>9}  {'occupied':>9}  {'occupied/protocol':>17}"]
+    for name, protocol, occupied, r in rows:
+        lines.append(f"{indent}{name:<{width}}  {gh(protocol):>9}  {gh(occupied):>9}  "
+                     f"{('-' if r is None else f'{r:.2f}x'):>17}")
+    if g.occupied is not None:
+        o = g.occupied
+        lines.append(f"{indent}occupied: how long cells held their GPUs (start-up, compilation, evaluation included); "
+                     f"measured for {o.measured_cells} of {o.cells} cells, the others count their protocol hours")
+    return lines
 
 
 def status_table(status: LadderStatus) -> str:
@@ -39,12 +58,14 @@ def status_table(status: LadderStatus) -> str:
             lines.append(f"  {e.rank:>4}  {e.candidate:<{width}}  {_fmt(e.aggregate):>9}  {cells}  {mark}")
     g = status.gpu_hours
     if g is not None:
-        lines.append(f"\nGPU-hours executed: {g.total:.1f}  (" + ", ".join(f"{k} {v:.1f}" for k, v in g.by_stage.items()) + ")")
+        lines.append(f"\nGPU-hours executed: {gh(g.total)}  (" + ", ".join(f"{k} {gh(v)}" for k, v in g.by_stage.items()) + ")")
         for cf in g.counterfactuals:
             lines.append(
                 f"  counterfactual after {cf.stage}: {cf.entered} candidates through the final stage = "
-                f"{cf.gpu_hours:.1f} GPU-hours (saved {cf.saved_gpu_hours:.1f}, {cf.saved_percent:.1f}%)"
+                f"{gh(cf.gpu_hours)} GPU-hours (saved {gh(cf.saved_gpu_hours)}, {cf.saved_percent:.1f}%)"
             )
+        lines.append("GPU-hours, protocol (train seconds x GPUs) and occupied:")
+        lines += occupancy_table(g)
     v = status.verdict
     if v is not None:
         lines.append(f"\nverdict: winner {v.winner}" + (f", reference {v.reference}" if v.reference else ""))

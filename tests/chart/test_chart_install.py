@@ -89,7 +89,7 @@ def test_ladder_completes_under_the_charts_identity(chart_release, local_cluster
         pods = kube.pods("via-chart")
         assert pods and {p.spec.service_account_name for p in pods} == {"ladder-trainer"}
         spent = [line for line in op.metrics().splitlines()
-                 if line.startswith("ladder_gpu_hours_total{") and 'ladder="via-chart"' in line]
+                 if line.startswith("ladder_gpu_seconds_total{") and 'ladder="via-chart"' in line]
         assert spent and sum(float(line.rsplit(" ", 1)[1]) for line in spent) > 0
         assert "403" not in op.tail(400) and "Forbidden" not in op.tail(400), op.tail(400)
     finally:

@@ -18,7 +18,7 @@ DASHBOARD = REPO / "dashboards" / "promotion-ladder.json"
 
 # The metric contract (issue 5/6), the fallback when the operator is not importable.
 CONTRACT = {
-    "ladder_gpu_hours_total", "ladder_gpus_in_use", "ladder_counterfactual_gpu_hours", "ladder_cells",
+    "ladder_gpu_seconds_total", "ladder_gpus_in_use", "ladder_counterfactual_gpu_seconds", "ladder_cells",
     "ladder_decisions_total", "ladder_result_errors_total", "ladder_info", "ladder_rank_stability_kendall_tau",
     *(f"ladder_{h}_seconds_{s}" for h in ("reconcile_duration", "decision_latency") for s in ("bucket", "sum", "count")),
 }
@@ -87,8 +87,8 @@ def test_alert_rules_name_exported_metrics():
 
 # What the dashboard must show (issue 6) -> a metric its panel queries.
 REQUIRED_VIEWS = {
-    "GPU-hours spent per ladder and stage": "ladder_gpu_hours_total",
-    "Spent vs. counterfactual GPU-hours": "ladder_counterfactual_gpu_hours",
+    "GPU-hours spent per ladder and stage": "ladder_gpu_seconds_total",
+    "Spent vs. counterfactual GPU-hours": "ladder_counterfactual_gpu_seconds",
     "Cells by state": "ladder_cells",
     "Current stage and leader per ladder": "ladder_info",
     "Result errors by reason": "ladder_result_errors_total",

@@ -96,7 +96,7 @@ def test_every_cell_ran_on_its_host_block(demo, kubectl):
 def test_metrics_show_the_ladders_gpu_hours(demo, kubectl):
     name = demo["metadata"]["name"]
     text = kubectl("get", "--raw", f"/api/v1/namespaces/{SYSTEM_NS}/services/http:{OPERATOR}-metrics:8080/proxy/metrics")
-    spent = [line for line in text.splitlines() if line.startswith("ladder_gpu_hours_total{") and f'ladder="{name}"' in line]
+    spent = [line for line in text.splitlines() if line.startswith("ladder_gpu_seconds_total{") and f'ladder="{name}"' in line]
     assert spent and sum(float(line.rsplit(" ", 1)[1]) for line in spent) > 0
     assert f'ladder_info{{namespace="{LADDER_NS}",ladder="{name}",phase="Succeeded"' in text
 

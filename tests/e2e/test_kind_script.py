@@ -27,7 +27,7 @@ case "$*" in
   *"get pods -l ladder.promotion.dev/ladder=demo -o name"*) echo pod/demo-screen-a ;;
   "get node e2e-worker -o jsonpath="*) echo -n "${WORKER_BLOCK:-a100}" ;;
   "get node e2e-worker2 -o jsonpath="*) echo -n l40s ;;
-  "get --raw "*) echo 'ladder_gpu_hours_total{namespace="ladder-e2e",ladder="demo",stage="screen",candidate="d2-w64",host_block="a100"} 0.01' ;;
+  "get --raw "*) echo 'ladder_gpu_seconds_total{namespace="ladder-e2e",ladder="demo",stage="screen",candidate="d2-w64",host_block="a100"} 0.01' ;;
   "get namespace ladder-e2e") exit 1 ;;
 esac
 exit 0

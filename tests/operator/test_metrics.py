@@ -31,7 +31,7 @@ def test_names_are_the_contract():
     m.reconcile_duration.observe(0.1)
     m.decision_latency.observe(0.2)
     names = {s.name for fam in m.registry.collect() for s in fam.samples}
-    for want in ("ladder_gpu_hours_total", "ladder_gpus_in_use", "ladder_counterfactual_gpu_hours", "ladder_cells",
+    for want in ("ladder_gpu_seconds_total", "ladder_gpus_in_use", "ladder_counterfactual_gpu_seconds", "ladder_cells",
                  "ladder_decisions_total", "ladder_result_errors_total", "ladder_reconcile_duration_seconds_bucket",
                  "ladder_decision_latency_seconds_bucket", "ladder_info", "ladder_rank_stability_kendall_tau"):
         assert want in names, want
@@ -44,14 +44,14 @@ def test_values_from_a_status_and_counting_once():
     status, _ = build_status(SPEC, o, running={("s2", "c0", "a100", 1)})
     for _ in range(3):  # reconciles repeat; counters count each cell and decision once
         m.observe("ns", "l", SPEC, status)
-    assert sample(m, "ladder_gpu_hours_total", namespace="ns", ladder="l", stage="s1", candidate="c0", host_block="a100") == pytest.approx(90 / 3600)
+    assert sample(m, "ladder_gpu_seconds_total", namespace="ns", ladder="l", stage="s1", candidate="c0", host_block="a100") == pytest.approx(90)
     assert sample(m, "ladder_decisions_total", namespace="ns", ladder="l", stage="s1") == 1
     assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s1", state="Succeeded") == 8
     assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s2", state="Running") == 1
     assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s2", state="Pending") == 7
     assert sample(m, "ladder_gpus_in_use", namespace="ns", ladder="l") == 1
     # counterfactual of s1: 4 entered x 4 final cells x 10 min x 1 GPU
-    assert sample(m, "ladder_counterfactual_gpu_hours", namespace="ns", ladder="l", stage="s1") == pytest.approx(4 * 4 * 10 / 60)
+    assert sample(m, "ladder_counterfactual_gpu_seconds", namespace="ns", ladder="l", stage="s1") == pytest.approx(4 * 4 * 10 * 60)
     assert sample(m, "ladder_info", namespace="ns", ladder="l", phase="Running", stage="s2", leader="") == 1  # no s2 value yet
 
 
@@ -63,12 +63,26 @@ def test_info_moves_with_the_phase_and_forget_drops_gauges():
     m.observe("ns", "l", SPEC, final)
     assert sample(m, "ladder_info", namespace="ns", ladder="l", phase="Running", stage="s1", leader="") is None
     assert sample(m, "ladder_info", namespace="ns", ladder="l", phase="Succeeded", stage="", leader="c0") == 1
-    total = sum(s.value for fam in m.registry.collect() for s in fam.samples if s.name == "ladder_gpu_hours_total")
-    assert total == pytest.approx(final.gpu_hours.total)
+    total = sum(s.value for fam in m.registry.collect() for s in fam.samples if s.name == "ladder_gpu_seconds_total")
+    assert total == pytest.approx(final.gpu_hours.total * 3600)
     m.forget("ns", "l")
     assert sample(m, "ladder_info", namespace="ns", ladder="l", phase="Succeeded", stage="", leader="c0") is None
     assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s1", state="Succeeded") is None
     assert sample(m, "ladder_gpus_in_use", namespace="ns", ladder="l") is None
+
+
+def test_counters_start_at_zero_before_their_first_event():
+    """A series that appears at 1 hides its first event from increase(): export 0 first."""
+    m = LadderMetrics()
+    status, _ = build_status(SPEC, {}, running={("s1", "c0", "a100", 1)})
+    m.observe("ns", "l", SPEC, status)
+    assert sample(m, "ladder_decisions_total", namespace="ns", ladder="l", stage="s1") == 0
+    assert sample(m, "ladder_gpu_seconds_total", namespace="ns", ladder="l", stage="s1", candidate="c0",
+                  host_block="a100") == 0
+    for reason in ("malformed", "invalid", "identity", "metric", "foreign"):
+        assert sample(m, "ladder_result_errors_total", namespace="ns", ladder="l", reason=reason) == 0, reason
+    m.result_error("ns", "l", "identity")
+    assert sample(m, "ladder_result_errors_total", namespace="ns", ladder="l", reason="identity") == 1
 
 
 def test_rank_stability_is_the_latest_defined_stage_pair():

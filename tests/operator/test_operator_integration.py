@@ -75,9 +75,19 @@ def accepted_results(kube, name: str) -> dict:
                 continue
             key = (lab["ladder.promotion.dev/stage"], d["candidate"], lab["ladder.promotion.dev/host-block"], int(lab["ladder.promotion.dev/seed"]))
             out[key] = CellOutcome("succeeded", d["value"], d.get("trainSeconds"), corpus=d.get("corpus"),
-                                   data_passes=d.get("dataPasses"))
+                                   data_passes=d.get("dataPasses"), occupied_seconds=pod_occupancy(p))
             break
     return out
+
+
+def pod_occupancy(pod) -> float | None:
+    """A pod's GPU occupancy as the operator defines it (bound -> the container's finishedAt)."""
+    bound = next((c.last_transition_time for c in pod.status.conditions or []
+                  if c.type == "PodScheduled" and c.status == "True"), None)
+    term = pod.status.container_statuses[0].state.terminated if pod.status.container_statuses else None
+    if bound is None or term is None or term.finished_at is None:
+        return None
+    return (term.finished_at - bound).total_seconds()
 
 
 def without_operator_fields(status: dict) -> dict:
@@ -127,7 +137,7 @@ def test_three_stage_ladder_completes(operator, kube, local_cluster, namespace):
     decided = kube.events("StageDecided")
     assert sorted(re.match(r"stage (\w+):", e.message).group(1) for e in decided) == ["s1", "s2", "s3"]
     text = operator.metrics()
-    assert metric_sum(text, "ladder_gpu_hours_total", namespace=namespace, ladder="three") == pytest.approx(
+    assert metric_sum(text, "ladder_gpu_seconds_total", namespace=namespace, ladder="three") / 3600 == pytest.approx(
         st["gpuHours"]["total"], abs=1e-6)
     assert metric_sum(text, "ladder_decisions_total", ladder="three") == 3
     assert metric_sum(text, "ladder_info", ladder="three", phase="Succeeded", leader="c1") == 1

@@ -215,7 +215,9 @@ def test_status_of_a_500_candidate_ladder_stays_small():
     for st in spec.stages:
         for c in names:
             for hb, s in st.cells():
-                recorded[(st.name, c, hb, s)] = CellOutcome("succeeded", rnd.uniform(0.9, 1.5), rnd.uniform(100, 4000))
+                train = rnd.uniform(100, 4000)  # and each cell's measured occupancy
+                recorded[(st.name, c, hb, s)] = CellOutcome("succeeded", rnd.uniform(0.9, 1.5), train,
+                                                            occupied_seconds=round(train + rnd.uniform(10, 60)))
     status, _ = simulate(spec, recorded)
     assert len(status.stability.promotion[0].promoted_share) == 500  # the stability figures are in it too
     size = len(json.dumps(status.wire(), separators=(",", ":")))

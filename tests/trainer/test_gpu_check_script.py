@@ -53,6 +53,17 @@ def test_without_a_gpu_it_says_so(tmp_path):
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
 
 
+def test_smoke_overhead_part_prints_each_cells_costs(tmp_path):
+    proc = gpu_check("overhead", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "overhead.json").read_text())
+    assert len(summary["rows"]) == 2
+    for r in summary["rows"]:
+        assert r["setup_s"] > 0 and r["occupied_s"] >= r["train_s"] >= 2
+    assert "| cell | set-up s | of which before train.run | compile s |" in proc.stdout
+    assert "occupied / budget, warm cells" in proc.stdout
+
+
 def test_smoke_ddp_part_compares_the_launcher_path_with_one_process(tmp_path):
     proc = gpu_check("ddp", out=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -47,7 +47,8 @@ def _private_cache(tmp_path_factory, monkeypatch):
 
 
 def settings(corpus, **kw) -> Settings:
-    return Settings(data=str(corpus), eval_tokens=4096, log_interval=60, **kw)
+    """The tests' settings; keywords given win over these defaults (eval_tokens among them)."""
+    return Settings(**{"data": str(corpus), "eval_tokens": 4096, "log_interval": 60, **kw})
 
 
 def test_cuda_cell_reports_gpu_mfu_and_memory(corpus, tmp_path):

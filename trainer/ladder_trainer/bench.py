@@ -7,7 +7,10 @@ Each case is a real trainer run (train.run, same loop, compile and warm-up as a 
 after --steps optimizer steps with evaluation skipped, so the numbers are the numbers a cell
 gets. Cases: bf16 + torch.compile with torch's attention kernel, then with cuDNN's and with
 flash attention put first (the `attention` setting), with activation checkpointing, and
-eager fp32 for contrast. MFU is against the GPU's nominal dense bf16 peak (hardware.PEAK_BF16_FLOPS),
+eager fp32 for contrast. Each row also says the case's set-up seconds (train.run entered to the
+first timed step: CUDA and data, model, compilation) and compile seconds (the untimed warm-up
+steps, where torch.compile does its work); the first case pays for a cold compile cache, later
+cases of the same shape find Inductor's caches warm. MFU is against the GPU's nominal dense bf16 peak (hardware.PEAK_BF16_FLOPS),
 also for the fp32 case, so the rows compare directly. A case that runs out of memory prints
 "OOM" and the benchmark goes on.
 """
@@ -63,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# ladder_trainer benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, device {device_name}, "
           f"torch {torch.__version__}, seq {args.seq_len}, batch {args.batch} tokens, {args.steps} timed steps", flush=True)
     print(f"# attention kernel torch picks by default here: {_default_attention(args)}", flush=True)
-    print("| model | params | case | tokens/s | MFU | peak memory |")
-    print("|---|---|---|---|---|---|")
+    print("| model | params | case | tokens/s | MFU | peak memory | set-up s | compile s |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     for depth in (int(d) for d in args.depths.split(",")):
         for label, ckpt, dtype, compile_, attention in cases:
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 out = run(cfg, seed=0, budget=1e9, settings=settings)
                 row.update(tokens_per_second=out.tokens_per_second, mfu=out.mfu, peak_memory_bytes=out.peak_memory_bytes,
-                           steps=out.steps, gpu=out.gpu_name)
+                           steps=out.steps, gpu=out.gpu_name, setup_seconds=out.setup_seconds,
+                           compile_seconds=out.compile_seconds)
             except Exception as exc:  # noqa: BLE001
                 if not is_oom(exc):
                     raise
@@ -98,10 +102,12 @@ def _format(row: dict, cfg) -> str:
     params = f"{params:.0f}M" if params >= 10 else f"{params:.2f}M"
     model = f"d{row['depth']} (width {row['width']})"
     if "error" in row:
-        return f"| {model} | {params} | {row['case']} | {row['error']} | | |"
+        return f"| {model} | {params} | {row['case']} | {row['error']} | | | | |"
     mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "n/a (no GPU peak)"
     mem = f"{row['peak_memory_bytes'] / 2**30:.2f} GiB" if row.get("peak_memory_bytes") else "n/a"
-    return f"| {model} | {params} | {row['case']} | {row['tokens_per_second']:,.0f} | {mfu} | {mem} |"
+    setup = f"{row['setup_seconds']:.1f}" if row.get("setup_seconds") is not None else "n/a"
+    comp = f"{row['compile_seconds']:.1f}" if row.get("compile_seconds") is not None else "n/a"
+    return f"| {model} | {params} | {row['case']} | {row['tokens_per_second']:,.0f} | {mfu} | {mem} | {setup} | {comp} |"
 
 
 def _default_attention(args) -> str:

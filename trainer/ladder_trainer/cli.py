@@ -18,6 +18,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 import traceback
 
 from promotion_ladder.core.budget import parse_budget
@@ -98,7 +99,14 @@ def _on_sigterm(signum, frame):
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
-def main(argv: list[str] | None = None) -> int:
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(max(seconds, 0.0), 3)
+
+
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """`started`: the perf_counter() reading set-up is measured from; `python -m ladder_trainer`
+    passes the process's start, a caller in a longer-lived process gets the time of this call."""
+    started = time.perf_counter() if started is None else started
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     rank = launch.rank_from_env()
@@ -115,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 value=outcome.value, train_seconds=outcome.train_seconds, steps=outcome.steps, tokens=outcome.tokens,
                 tokens_per_second=outcome.tokens_per_second, mfu=outcome.mfu,
                 peak_memory_bytes=outcome.peak_memory_bytes, gpu_name=outcome.gpu_name, world_size=outcome.world_size,
+                setup_seconds=_round(outcome.clock_started - started) if outcome.clock_started is not None else None,
+                eval_seconds=_round(outcome.eval_seconds),
                 corpus=outcome.corpus, data_passes=outcome.data_passes,
             )
             message = message or outcome.message

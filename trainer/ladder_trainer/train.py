@@ -54,6 +54,12 @@ class RunOutcome:
     mfu: float | None = None
     peak_memory_bytes: int | None = None
     gpu_name: str | None = None
+    # Where the time went besides training (perf_counter seconds). `clock_started` is when the
+    # first timed step began, so the caller can measure set-up from its own process start.
+    clock_started: float | None = None
+    setup_seconds: float | None = None  # run() entered -> first timed step
+    compile_seconds: float | None = None  # the untimed warm-up steps (compilation, when compiling)
+    eval_seconds: float | None = None
     corpus: str | None = None  # fingerprint of the prepared data (data.corpus_fingerprint)
     data_passes: float | None = None  # training tokens consumed / training tokens available
     world_size: int | None = None
@@ -296,6 +302,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     # Untimed warm-up: compile the training graph, then restore the initial state so the
     # run is the same with or without it.
     warmup = settings.warmup_steps if settings.warmup_steps >= 0 else (2 if compile_on else 0)
+    compile_seconds = None
     if warmup:
         t0 = time.perf_counter()
         model_state = copy.deepcopy(model.state_dict())
@@ -309,7 +316,8 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         for opt, st in zip(optimizers, opt_states):
             opt.load_state_dict(st)
         batches.reset()
-        say(f"warm-up: {warmup} untimed steps in {time.perf_counter() - t0:.1f}s")
+        compile_seconds = time.perf_counter() - t0
+        say(f"warm-up: {warmup} untimed steps in {compile_seconds:.1f}s{compile_cache_note()}")
     say(f"setup took {time.perf_counter() - t_setup:.1f}s; training starts")
 
     steps = 0
@@ -325,6 +333,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     synchronize(device)
     world.max(0.0)  # every rank's clock starts together
     t_start = time.perf_counter()
+    timing = dict(clock_started=t_start, setup_seconds=t_start - t_setup, compile_seconds=compile_seconds)
     last_log = t_start
     elapsed = lambda: time.perf_counter() - t_start - paused + skew  # noqa: E731
     repeat_checked = False
@@ -380,6 +389,7 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
                 corpus=corpus,
                 data_passes=data_passes(steps * cfg.batch, shards),
                 world_size=world.size,
+                **timing,
             )
         optimizer_step()
         steps += 1
@@ -414,13 +424,14 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     if steps == 0:
         return RunOutcome("error", f"no optimizer step finished within the {budget:g}s budget; use a smaller batch",
                        train_seconds=train_seconds, steps=0, tokens=0, gpu_name=device_name(device),
-                       world_size=world.size)
+                       world_size=world.size, **timing)
 
     if settings.eval_tokens < 0:  # the benchmark measures training only
         return RunOutcome("ok", train_seconds=train_seconds, steps=steps, tokens=steps * cfg.batch,
                        tokens_per_second=processed / train_seconds, mfu=_mfu(flops, train_seconds, device, world.size),
                        peak_memory_bytes=_peak_memory(world, device), gpu_name=device_name(device),
-                       corpus=corpus, data_passes=data_passes(steps * cfg.batch, shards), world_size=world.size)
+                       corpus=corpus, data_passes=data_passes(steps * cfg.batch, shards), world_size=world.size,
+                       **timing)
     t_eval = time.perf_counter()
     model.eval()
     eval_tokens = settings.eval_tokens or EVAL_TOKENS_DEFAULT.get(device.type, EVAL_TOKENS_DEFAULT["cpu"])
@@ -433,10 +444,12 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
     with eager:
         ev = evaluate(model, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device, autocast,
                       world, lockstep=net.fsdp)
+    synchronize(device)
+    eval_seconds = time.perf_counter() - t_eval
     passes = data_passes(steps * cfg.batch, shards)
     say(
         f"eval: val_bpb {ev['val_bpb']:.4f} over {ev['tokens']} tokens ({ev['bytes']} bytes) in "
-        f"{time.perf_counter() - t_eval:.1f}s | {steps} steps ({passes:.1f} passes over the training split), "
+        f"{eval_seconds:.1f}s | {steps} steps ({passes:.1f} passes over the training split), "
         f"{train_seconds:.1f}s, final train loss {last_loss:.4f}"
     )
     if passes > 4:
@@ -454,16 +467,38 @@ def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progres
         mfu=_mfu(flops, train_seconds, device, world.size),
         peak_memory_bytes=_peak_memory(world, device),
         gpu_name=gpu,
+        eval_seconds=eval_seconds,
         corpus=corpus,
         data_passes=passes,
         world_size=world.size,
         extra={"eval": ev, "train_loss": last_loss},
+        **timing,
     )
     if settings.checkpoint_dir:
         weights = net.full_state_dict()
         if world.main:
             save_checkpoint(Path(settings.checkpoint_dir), weights, cfg, shards, seed, outcome)
     return outcome
+
+
+def compile_cache_note() -> str:
+    """Inductor's cache hits and misses so far in this process (' | compile cache: ...'), or ''
+    when nothing was compiled. A warm cache (the ladder's shared directory, local/caches.py)
+    shows as hits and no misses."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return ""
+    fx, aot = counters.get("inductor", {}), counters.get("aot_autograd", {})
+    seen = {
+        "FX graph": (fx.get("fxgraph_cache_hit", 0), fx.get("fxgraph_cache_miss", 0)),
+        "AOTAutograd": (aot.get("autograd_cache_hit", 0), aot.get("autograd_cache_miss", 0)),
+    }
+    parts = [f"{name} {hit} hit(s), {miss} miss(es)" for name, (hit, miss) in seen.items() if hit or miss]
+    if not parts:
+        return ""
+    where = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "torch's default directory"
+    return f" | compile cache {where}: " + "; ".join(parts)
 
 
 def open_step_log(path: str | None):

@@ -37,6 +37,7 @@ from ..core.contract import NON_RETRYABLE_EXIT_CODES, RESULT_ANNOTATION, check_r
 from ..core.result import CellResult, ResultError
 from ..core.cell import CellOutcome
 from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
+from .occupancy import pod_times
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
@@ -83,6 +84,8 @@ class PodSummary:
     exit_code: int | None = None
     terminated_reason: str = ""
     termination_message: str | None = None
+    bound_at: float | None = None  # occupancy.pod_times: bound to a node ...
+    released_at: float | None = None  # ... to the trainer container's end (epoch seconds)
     started_at: str | None = None  # status.startTime: with the deadline, tells a stuck Pod
     deadline_seconds: int | None = None  # spec.activeDeadlineSeconds
     index: int | None = None  # batch.kubernetes.io/job-completion-index: the node rank of a multi-node cell
@@ -188,6 +191,7 @@ def pod_summary(body: dict[str, Any]) -> PodSummary:
         exit_code=exit_code, terminated_reason=reason, termination_message=message or None,
         started_at=status.get("startTime"), deadline_seconds=spec.get("activeDeadlineSeconds"),
         index=completion_index(meta),
+        **pod_times(body, CONTAINER),
     )
 
 

@@ -2,8 +2,15 @@
 
 Counters count what the durable record (the ladder's status) holds: on the first reconcile of a
 ladder after a restart, every cell and decision already recorded is counted once, so the counter
-value stays "GPU-hours of finished cells of the ladders this operator watches" across restarts
+value stays "GPU-seconds of finished cells of the ladders this operator watches" across restarts
 (rate()/increase() see no reset when the value comes back unchanged).
+
+Every counter series a ladder will use is exported at 0 as soon as the ladder (or the cell) is
+seen: a series that first appears at 1 hides its first event from increase() and rate(), so a
+dashboard or an alert would miss the first rejected result or the first decision.
+
+Units are base units, as Prometheus' naming rules (and `promtool check metrics`) want:
+GPU-seconds, not GPU-hours; the dashboard and the alerts divide by 3600.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ..core.accounting import cell_gpu_hours
+from ..core.accounting import cell_gpu_hours, cell_occupied_gpu_hours
 from ..core.api import LadderSpec
 from ..core.status import LadderStatus
 
 CELL_STATES = ("Pending", "Running", "Succeeded", "Failed")
+# ResultError/Rejection reasons (core/result.py, controller/intake.py), exported at 0 per ladder.
+RESULT_ERROR_REASONS = ("malformed", "invalid", "identity", "metric", "foreign")
 
 # Decisions are meant to be fast (p99 < 2 s): fine buckets below a few seconds.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
@@ -29,12 +38,17 @@ class LadderMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.gpu_hours = Counter("ladder_gpu_hours", "GPU-hours of finished cells (train seconds x GPUs).",
-                                 ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
+        self.gpu_seconds = Counter("ladder_gpu_seconds", "GPU-seconds of finished cells (train seconds x GPUs).",
+                                   ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
+        self.occupied_gpu_seconds = Counter(
+            "ladder_occupied_gpu_seconds",
+            "GPU-seconds finished cells held their GPUs (Pod bound to trainer exit, every attempt; "
+            "unmeasured cells count their train seconds), x GPUs.",
+            ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
         self.gpus_in_use = Gauge("ladder_gpus_in_use", "GPUs held by running cells now.",
                                  ["namespace", "ladder"], registry=r)
-        self.counterfactual = Gauge("ladder_counterfactual_gpu_hours",
-                                    "GPU-hours had every candidate entering this stage run the final stage.",
+        self.counterfactual = Gauge("ladder_counterfactual_gpu_seconds",
+                                    "GPU-seconds had every candidate entering this stage run the final stage.",
                                     ["namespace", "ladder", "stage"], registry=r)
         self.cells = Gauge("ladder_cells", "Cells by state.", ["namespace", "ladder", "stage", "state"], registry=r)
         self.decisions = Counter("ladder_decisions", "Stage decisions recorded.",
@@ -71,6 +85,9 @@ class LadderMetrics:
         gpus = spec.trainer.cell_gpus  # nodes x gpus
         budgets = {s.name: s.budget_seconds for s in spec.stages}
         with self._lock:
+            if key not in self._counted_cells:
+                for reason in RESULT_ERROR_REASONS:
+                    self.result_errors.labels(namespace, ladder, reason)
             counted = self._counted_cells[key]
             running = 0
             for st in status.stages:
@@ -80,20 +97,27 @@ class LadderMetrics:
                     if c.state == "Running":
                         running += 1
                     cell_key = (st.name, c.candidate, c.host_block, c.seed)
+                    labels = (namespace, ladder, st.name, c.candidate, c.host_block)
+                    spent, occupied = self.gpu_seconds.labels(*labels), self.occupied_gpu_seconds.labels(*labels)
                     if c.state in ("Succeeded", "Failed") and cell_key not in counted:
                         counted.add(cell_key)
-                        self.gpu_hours.labels(namespace, ladder, st.name, c.candidate, c.host_block).inc(
-                            cell_gpu_hours(c.train_seconds, budgets.get(st.name, 0.0), c.gpus if c.gpus is not None else gpus))
+                        budget = budgets.get(st.name, 0.0)
+                        cell_gpus = c.gpus if c.gpus is not None else gpus
+                        # The status's own accounting, in GPU-seconds, so counters and status agree.
+                        spent.inc(3600.0 * cell_gpu_hours(c.train_seconds, budget, cell_gpus))
+                        occupied.inc(3600.0 * cell_occupied_gpu_hours(c.occupied_seconds, c.train_seconds, budget,
+                                                                      cell_gpus))
                 for state, n in by_state.items():
                     self.cells.labels(namespace, ladder, st.name, state).set(n)
                 self._stage_labels[key].add(st.name)
+                decided = self.decisions.labels(namespace, ladder, st.name)
                 if st.decision is not None and st.name not in self._counted_decisions[key]:
                     self._counted_decisions[key].add(st.name)
-                    self.decisions.labels(namespace, ladder, st.name).inc()
+                    decided.inc()
             self.gpus_in_use.labels(namespace, ladder).set(running * gpus)
             if status.gpu_hours is not None:
                 for cf in status.gpu_hours.counterfactuals:
-                    self.counterfactual.labels(namespace, ladder, cf.stage).set(cf.gpu_hours)
+                    self.counterfactual.labels(namespace, ladder, cf.stage).set(cf.gpu_hours * 3600.0)
             self._set_rank_stability(key, status)
         self.set_info(namespace, ladder, status.phase, status.current_stage or "", status.leader or "")
 

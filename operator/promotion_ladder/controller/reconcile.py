@@ -23,6 +23,7 @@ from .admission import Admission, admission_conditions
 from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
 from .jobs import build_job, cell_job_name
 from .stuck import STUCK_GRACE_SECONDS, next_check, stuck
+from .occupancy import with_occupancy
 
 
 @dataclass
@@ -86,7 +87,8 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
             if why:
                 view.outcome, view.running = CellOutcome("failed", reason=why[:200]), False
         if view.outcome is not None:  # recorded with what it ran with, from its Job and Pod
-            seen.outcomes[cell.key] = replace(view.outcome, gpus=job.gpus, image=job.image, node=view.node)
+            seen.outcomes[cell.key] = with_occupancy(
+                replace(view.outcome, gpus=job.gpus, image=job.image, node=view.node), job_pods)
         elif view.running:
             seen.running.add(cell.key)
     return seen

@@ -1,10 +1,22 @@
 """GPU-hour accounting: what was spent, and what the alternatives would have cost.
 
-Executed GPU-hours count each terminal cell once: train seconds x the GPUs it ran with (as
-recorded at launch: its pods x GPUs per pod; the spec's trainer nodes x gpus for records without
-it), the stage budget when the cell reported no seconds. The counterfactual of a non-final
-stage is what sending every candidate that entered it straight through the final stage would
-have cost: entered x final cells x final budget x the cell's GPUs.
+Two measures, side by side:
+- Protocol GPU-hours (`total`, `byStage`, ...: the paper's measure, unchanged) count each
+  terminal cell once: train seconds x the GPUs it ran with (as recorded at launch: its pods x
+  GPUs per pod; the spec's trainer nodes x gpus for records without it), the stage budget when the cell reported no seconds.
+  The counterfactual of a non-final stage is what sending every candidate that entered it
+  straight through the final stage would have cost: entered x final cells x final budget x the cell's GPUs.
+- Occupied GPU-hours (`occupied`) count what a cluster pays: the seconds each terminal cell
+  held its GPUs (the operator: from its Pods being bound to a node to the trainer container's
+  end, every attempt of a retried Job summed; `ladder run`: the process's wall time), x the
+  same GPUs. That includes start-up, data preparation, compilation, warm-up and evaluation.
+  Rules:
+    * a cell whose occupancy was not measured (recorded results without `occupiedSeconds`, a
+      Pod without the timestamps) counts its protocol seconds: the honest lower bound, since
+      a cell held its GPUs at least as long as it trained. `measuredCells` of `cells` says how
+      many were measured;
+    * a measured occupancy is never counted below the cell's charged train seconds
+      (Kubernetes timestamps have one-second resolution).
 """
 
 from __future__ import annotations
@@ -28,12 +40,21 @@ class Counterfactual(WireModel):
     saved_percent: float
 
 
+class OccupiedGpuHours(WireModel):
+    total: float
+    by_stage: dict[str, float]
+    ratio: float | None = Field(None, description="Occupied total / protocol total (absent while the protocol total is 0).")
+    measured_cells: int = Field(description="Terminal cells whose occupancy was measured; the others count their protocol seconds.")
+    cells: int = Field(description="Terminal cells counted.")
+
+
 class GpuHours(WireModel):
     total: float
     by_stage: dict[str, float]
     by_candidate: dict[str, float]
     by_host_block: dict[str, float]
     counterfactuals: list[Counterfactual]
+    occupied: OccupiedGpuHours | None = None
 
 
 def _r(x: float) -> float:
@@ -57,28 +78,79 @@ def cell_gpu_hours(reported_seconds: float | None, budget_seconds: float, gpus: 
     return charged_seconds(reported_seconds, budget_seconds) * gpus / 3600.0
 
 
+def protocol_seconds(train_seconds: float | None, budget_seconds: float) -> float:
+    """A terminal cell's seconds under the protocol's measure."""
+    return charged_seconds(train_seconds, budget_seconds)
+
+
+def occupied_seconds(occupied: float | None, train_seconds: float | None, budget_seconds: float) -> float:
+    """A terminal cell's seconds under the occupied measure (the rules in the module docstring)."""
+    protocol = protocol_seconds(train_seconds, budget_seconds)
+    if occupied is None or not math.isfinite(occupied):
+        return protocol
+    return max(occupied, protocol if train_seconds is not None else 0.0)
+
+
+def cell_occupied_gpu_hours(occupied: float | None, train_seconds: float | None, budget_seconds: float,
+                            gpus: int) -> float:
+    return occupied_seconds(occupied, train_seconds, budget_seconds) * gpus / 3600.0
+
+
+def ratio(occupied: float, protocol: float) -> float | None:
+    return round(occupied / protocol, 4) if protocol > 0 else None
+
+
+def format_gpu_hours(v: float | None) -> str:
+    """GPU-hours as every output shows them: one decimal from 1 up (the paper's figures), three
+    significant digits below (a CPU demo spends hundredths)."""
+    if v is None:
+        return "-"
+    return f"{v:.1f}" if v == 0 or abs(v) >= 0.95 else f"{v:.3g}"
+
+
+def occupancy_rows(g: GpuHours) -> list[tuple[str, float, float | None, float | None]]:
+    """(stage or "total", protocol GPU-hours, occupied GPU-hours, occupied / protocol) for
+    renderers: every stage with GPU-hours, then the total."""
+    occ = g.occupied
+    rows = []
+    for name, protocol in g.by_stage.items():
+        o = occ.by_stage.get(name) if occ else None
+        rows.append((name, protocol, o, ratio(o, protocol) if o is not None else None))
+    rows.append(("total", g.total, occ.total if occ else None, occ.ratio if occ else None))
+    return rows
+
+
 def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str]]) -> GpuHours:
     """`entering` is the planner's stage -> entered candidates, for the stages reached so far."""
     gpus = spec.trainer.cell_gpus  # nodes x gpus
     by_stage: dict[str, float] = {}
     by_cand: dict[str, float] = defaultdict(float)
     by_block: dict[str, float] = defaultdict(float)
+    occ_by_stage: dict[str, float] = {}
+    cells = measured = 0
     for i, st in enumerate(spec.stages):
         if st.name not in entering:
             continue
-        spent = 0.0
+        spent = occ = 0.0
+        budget = st.budget_seconds
         for cell in stage_cells(spec, i, entering[st.name]):
             o = outcomes.get(cell.key)
             if o is None:
                 continue
             # The GPUs the cell ran with, as recorded: a later edit of trainer.gpus must not
             # rewrite what was spent (older records without it: the spec's).
-            h = cell_gpu_hours(o.train_seconds, st.budget_seconds, o.gpus if o.gpus is not None else gpus)
+            cell_gpus = o.gpus if o.gpus is not None else gpus
+            h = cell_gpu_hours(o.train_seconds, budget, cell_gpus)
             spent += h
             by_cand[cell.candidate] += h
             by_block[cell.host_block] += h
+            occ += cell_occupied_gpu_hours(o.occupied_seconds, o.train_seconds, budget, cell_gpus)
+            cells += 1
+            measured += o.occupied_seconds is not None
         by_stage[st.name] = spent
+        occ_by_stage[st.name] = occ
     total = sum(by_stage.values())
+    occ_total = sum(occ_by_stage.values())
     final = spec.stages[-1]
     final_cell_hours = len(final.cells()) * final.budget_seconds * gpus / 3600.0
     cfs = []
@@ -96,4 +168,8 @@ def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str
         by_candidate={k: _r(v) for k, v in by_cand.items()},
         by_host_block={k: _r(v) for k, v in by_block.items()},
         counterfactuals=cfs,
+        occupied=OccupiedGpuHours(
+            total=_r(occ_total), by_stage={k: _r(v) for k, v in occ_by_stage.items()},
+            ratio=ratio(occ_total, total), measured_cells=measured, cells=cells,
+        ),
     )

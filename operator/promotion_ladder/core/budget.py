@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 BUDGET_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
 
 
+@lru_cache(maxsize=256)  # a ladder has a handful of budgets, read once per cell by the accounting
 def parse_budget(text: str) -> float:
     """Seconds in a budget string such as "90s", "2m", "1h30m". Raises ValueError when bad."""
     if not isinstance(text, str):

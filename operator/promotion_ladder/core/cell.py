@@ -49,6 +49,9 @@ class CellOutcome:
     value: float | None = None
     train_seconds: float | None = None
     reason: str = ""
+    # Seconds the cell held its GPUs (Pod bound to finished, or the local process's wall time;
+    # every attempt counted). None: not measured (see core.accounting for how it is counted).
+    occupied_seconds: float | None = None
     # What the cell ran with, recorded at launch (the audit record: a later spec edit does not
     # rewrite it; accounting charges `gpus` when recorded). None: not recorded (older statuses).
     gpus: int | None = None

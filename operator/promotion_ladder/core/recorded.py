@@ -2,7 +2,8 @@
 
 {"stage": "10m", "candidate": "bridge", "hostBlock": "a100", "seed": 1, "value": 1.21, "trainSeconds": 600}
 A null or missing value records a failed cell; trainSeconds is optional (the budget is used);
-corpus and dataPasses are optional, as a CellResult reports them (core/data_checks.py).
+corpus and dataPasses are optional, as a CellResult reports them (core/data_checks.py); so is
+occupiedSeconds (how long the cell held its GPUs; core.accounting).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class RecordedResult(SpecModel):
     seed: int
     value: float | None = None
     train_seconds: float | None = Field(None, ge=0)
+    occupied_seconds: float | None = Field(None, ge=0)
     reason: str | None = None
     corpus: str | None = None
     data_passes: float | None = Field(None, ge=0)
@@ -79,6 +81,7 @@ def parse_results(text: str, source: str = "results", spec: LadderSpec | None = 
         ok = r.value is not None
         out[key] = CellOutcome(
             state="succeeded" if ok else "failed", value=r.value, train_seconds=r.train_seconds,
+            occupied_seconds=r.occupied_seconds,
             reason=r.reason or ("" if ok else "recorded without a value"),
             corpus=r.corpus, data_passes=r.data_passes,
         )

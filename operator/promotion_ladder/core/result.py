@@ -56,6 +56,10 @@ class CellResult(BaseModel):
     metric: str = "val_bpb"
     value: float | None = None
     train_seconds: float | None = Field(None, ge=0, alias="trainSeconds")
+    # Process start to the first timed step (imports, data, model, compilation, warm-up), and
+    # the evaluation after the budget: the time a cell holds its GPUs besides training.
+    setup_seconds: float | None = Field(None, ge=0, alias="setupSeconds")
+    eval_seconds: float | None = Field(None, ge=0, alias="evalSeconds")
     steps: int | None = Field(None, ge=0)
     tokens: int | None = Field(None, ge=0)
     tokens_per_second: float | None = Field(None, ge=0, alias="tokensPerSecond")

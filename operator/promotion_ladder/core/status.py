@@ -45,6 +45,7 @@ class CellStatus(WireModel):
     state: CellState
     value: float | None = None
     train_seconds: float | None = None
+    occupied_seconds: float | None = None
     reason: str | None = None
     # What the cell ran with (recorded when it finished, from its Job and Pod): GPUs, the node,
     # and the image when it differs from the stage's `image` (kept once per stage: compact).
@@ -165,6 +166,7 @@ def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False,
         value=outcome.value if outcome.ok else None, train_seconds=_finite(outcome.train_seconds),
         reason=outcome.reason or None, gpus=outcome.gpus, node=outcome.node,
         image=outcome.image if outcome.image != stage_image else None,
+        occupied_seconds=_finite(outcome.occupied_seconds),
         corpus=outcome.corpus, data_passes=outcome.data_passes,
     )
 
@@ -176,7 +178,7 @@ def recorded_outcome(c: CellStatus, stage_image: str | None = None) -> CellOutco
     return CellOutcome(state="succeeded" if c.state == "Succeeded" else "failed",
                        value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
                        gpus=c.gpus, node=c.node, image=c.image or stage_image,
-                       corpus=c.corpus, data_passes=c.data_passes)
+                       occupied_seconds=c.occupied_seconds, corpus=c.corpus, data_passes=c.data_passes)
 
 
 def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:
@@ -211,10 +213,13 @@ def parse_status(data: Any) -> LadderStatus:
 def simulate(spec: LadderSpec, recorded: Outcomes) -> tuple[LadderStatus, Plan]:
     """Replay a ladder against recorded results; a cell with no recorded result failed."""
     seen: dict[CellKey, CellOutcome] = {}
+    decided: list[Decision] = []
     while True:
-        p = plan(spec, seen)
+        # Decisions made so far are replayed, not re-decided: each stage is decided once.
+        p = plan(spec, seen, decided)
+        decided = p.decisions
         if p.phase != "Running":
-            return build_status(spec, seen)
+            return build_status(spec, seen, decided)
         for c in p.to_run:
             seen[c.key] = recorded.get(c.key) or CellOutcome(state="failed", reason="no recorded result")
 

@@ -8,20 +8,20 @@ the cell's own folder under the work dir.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..core.api import PromotionLadder
 from ..core.budget import cell_deadline_seconds
 from ..core.cell import Cell, CellOutcome
 from ..core.contract import cell_args, cell_env, judge, process_env
+from .caches import compile_cache_env
 
 
 def cell_command(ladder: PromotionLadder, cell: Cell, result_file: str) -> list[str]:
@@ -46,6 +46,7 @@ class CellProcess:
     log_file: Path
     deadline: float
     devices: list[str] | None
+    started: float = 0.0  # time.monotonic() at spawn: the start of the cell's occupancy
 
     @classmethod
     def start(cls, ladder: PromotionLadder, cell: Cell, workdir: Path, devices: list[str] | None) -> "CellProcess":
@@ -55,6 +56,8 @@ class CellProcess:
         result_file.unlink(missing_ok=True)  # a stale result from an interrupted run must not count
         log_file = d / "log.txt"
         env = {**os.environ, **ladder.spec.trainer.env, **cell_env(ladder.name, cell)}
+        for key, value in compile_cache_env(workdir).items():
+            env.setdefault(key, value)  # the user's own setting wins
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         env.update(process_env(ladder.spec.trainer.gpus))  # N GPUs, or N gloo processes on a CPU
@@ -64,7 +67,8 @@ class CellProcess:
                 cell_command(ladder, cell, str(result_file.resolve())), env=env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
-        return cls(ladder, cell, proc, result_file, log_file, time.monotonic() + cell_deadline_seconds(budget), devices)
+        started = time.monotonic()
+        return cls(ladder, cell, proc, result_file, log_file, started + cell_deadline_seconds(budget), devices, started)
 
     def kill(self) -> None:
         try:
@@ -74,18 +78,22 @@ class CellProcess:
         self.proc.wait()
 
     def poll(self) -> CellOutcome | None:
+        """The outcome once the process has ended. Its occupancy is the process's wall time, from
+        spawn to the poll that saw it end (so up to one poll interval late)."""
         code = self.proc.poll()
         if code is None:
             if time.monotonic() < self.deadline:
                 return None
             self.kill()
-            return CellOutcome("failed", reason=f"deadline exceeded (budget + grace); log: {self.log_file}")
+            return CellOutcome("failed", reason=f"deadline exceeded (budget + grace); log: {self.log_file}",
+                               occupied_seconds=round(time.monotonic() - self.started, 3))
+        occupied = round(time.monotonic() - self.started, 3)
         try:
             text = self.result_file.read_text()
         except (FileNotFoundError, UnicodeDecodeError):
             text = None
-        outcome = outcome_from_result(self.ladder, self.cell, code, text)
+        outcome = replace(outcome_from_result(self.ladder, self.cell, code, text), occupied_seconds=occupied)
         if not outcome.ok and "log:" not in outcome.reason:
-            outcome = dataclasses.replace(outcome, reason=f"{outcome.reason}; log: {self.log_file}")
+            outcome = replace(outcome, reason=f"{outcome.reason}; log: {self.log_file}")
         # Recorded with what it ran with: a later edit of the ladder file does not rewrite it.
-        return dataclasses.replace(outcome, gpus=self.ladder.spec.trainer.gpus, node=socket.gethostname())
+        return replace(outcome, gpus=self.ladder.spec.trainer.gpus, node=socket.gethostname())

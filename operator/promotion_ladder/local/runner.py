@@ -90,8 +90,9 @@ def _summary(status: LadderStatus, running: int) -> str:
     done = sum(c.state == "Succeeded" for c in st.cells)
     failed = sum(c.state == "Failed" for c in st.cells)
     gh = status.gpu_hours.total if status.gpu_hours else 0.0
+    occ = status.gpu_hours.occupied.total if status.gpu_hours and status.gpu_hours.occupied else gh
     return (f"stage {st.name} ({st.budget}): {done + failed}/{len(st.cells)} cells done, {running} running, "
-            f"{failed} failed | leader {status.leader or '-'} | {gh:.3f} GPU-h")
+            f"{failed} failed | leader {status.leader or '-'} | {gh:.3f} GPU-h ({occ:.3f} occupied)")
 
 
 def _new_stage_warnings(status: LadderStatus, warned: set[tuple[str, str]]) -> list[str]:

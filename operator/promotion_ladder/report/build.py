@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from ..core.accounting import format_gpu_hours, occupancy_rows
 from ..core.api import LadderSpec, frozen_hash_matches
 from ..core.rules import Decision
 from ..core.stability import Stability, flips, stability
@@ -60,7 +61,7 @@ class Report:
 
 
 def gpu_h(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}"
+    return format_gpu_hours(x)
 
 
 def pct(x: float | None) -> str:
@@ -113,6 +114,9 @@ def _summary(inp: ReportInput) -> Section:
     g = s.gpu_hours
     if g is not None:
         rows.append(["GPU-hours executed", gpu_h(g.total) + (" (so far)" if is_running(s) else "")])
+        if g.occupied is not None:
+            rows.append(["GPU-hours occupied", f"{gpu_h(g.occupied.total)} ({_ratio(g.occupied.ratio)} the executed; "
+                                               f"measured for {g.occupied.measured_cells} of {g.occupied.cells} cells)"])
         # One row per distinct alternative (a stage that cut nobody repeats the one before it).
         distinct = list({c.entered: c for c in reversed(g.counterfactuals)}.values())[::-1]
         if is_running(s) and distinct:
@@ -408,12 +412,28 @@ def _cost(s: LadderStatus) -> Section:
     saved = ["Saved GPU-hours", "Saved"] if not running else ["Saved so far (GPU-hours)", "Saved so far"]
     sec.tables.append(Table("cost-counterfactuals", ["Alternative", "Stage", "Candidates", "GPU-hours"] + saved,
                             cf_rows, caption="Counterfactuals"))
+    if g.occupied is not None:
+        sec.tables.append(_occupied_table(g))
     sec.tables.append(Table("cost-host-blocks", ["Host block", "GPU-hours"],
                             [[k, gpu_h(v)] for k, v in g.by_host_block.items()], caption="By host block"))
     sec.tables.append(Table("cost-candidates", ["Candidate", "GPU-hours"],
                             [[k, gpu_h(v)] for k, v in sorted(g.by_candidate.items(), key=lambda kv: -kv[1])],
                             caption="By candidate"))
     return sec
+
+
+def _ratio(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def _occupied_table(g) -> Table:
+    """Protocol GPU-hours (train seconds) beside occupied ones (how long cells held their GPUs)."""
+    rows = [[name, gpu_h(protocol), gpu_h(occupied), _ratio(r)] for name, protocol, occupied, r in occupancy_rows(g)]
+    o = g.occupied
+    return Table("cost-occupied", ["Stage", "Protocol GPU-hours", "Occupied GPU-hours", "Occupied / protocol"], rows,
+                 caption=f"Occupied: how long cells held their GPUs, set-up, compilation and evaluation included "
+                         f"(measured for {o.measured_cells} of {o.cells} cells; the others count their protocol hours)",
+                 marks=[""] * (len(rows) - 1) + ["total"])
 
 
 def _failures(s: LadderStatus) -> Section | None:

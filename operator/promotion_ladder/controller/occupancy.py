@@ -1,0 +1,87 @@
+"""How long a cell held its GPUs on the cluster, from its Pods' own timestamps (pure).
+
+The occupancy of one Pod runs
+  from `bound`: the PodScheduled condition's lastTransitionTime (status True), the moment the
+    scheduler bound the Pod to a node. From then on the scheduler counts the node's GPUs that
+    the Pod requests as taken: nothing else can be placed on them while the image is pulled,
+    the container starts, Python imports, the trainer prepares, compiles, trains and evaluates.
+    Fallback: status.startTime (when the kubelet took the Pod, usually within a second);
+  to `released`: the trainer container's terminated.finishedAt (state, else lastState). When
+    the container has ended, the trainer no longer holds the GPU; the seconds the kubelet then
+    needs to mark the Pod terminal are not counted.
+A Pod never bound (still Pending, or deleted while queued) held no GPU and counts 0. A cell's
+occupancy is the sum over every Pod of its Job: a retried Job paid for every attempt. A
+multi-node cell (an Indexed Job, one Pod per node, `index` = the completion index) holds its
+nodes at the same time: the attempts of each index are summed and the cell counts its longest
+index, which the accounting multiplies by the cell's GPUs (nodes x gpus). It is
+unmeasured (None) when some bound Pod lacks an end (deleted while running, or still running),
+or when none of its Pods is known any more; the accounting then counts the cell's protocol
+seconds (core.accounting). Kubernetes writes these timestamps with one-second resolution, so
+each Pod's figure is within about a second.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+from typing import Any, Iterable, Protocol
+
+from ..core.cell import CellOutcome
+
+
+class _Timed(Protocol):
+    bound_at: float | None
+    released_at: float | None
+
+
+def _epoch(stamp: Any) -> float | None:
+    if not stamp:
+        return None
+    if isinstance(stamp, dt.datetime):  # the kubernetes client's objects; Kopf bodies hold strings
+        when = stamp
+    else:
+        try:
+            when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
+
+
+def pod_times(body: dict[str, Any], container: str) -> dict[str, float | None]:
+    """`bound_at` and `released_at` (epoch seconds, None when absent) of one Pod body."""
+    status = body.get("status") or {}
+    bound = None
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "True":
+            bound = _epoch(c.get("lastTransitionTime"))
+    if bound is None:
+        bound = _epoch(status.get("startTime"))
+    released = None
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != container:
+            continue
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            released = _epoch(term.get("finishedAt"))
+    return {"bound_at": bound, "released_at": released}
+
+
+def occupied_seconds(pods: Iterable[_Timed]) -> float | None:
+    """The seconds a cell held its GPUs: its Pods' intervals summed per completion index, the
+    longest index counted; None when not measurable."""
+    by_index: dict[int | None, float] = {}
+    for p in pods:
+        if p.bound_at is None:
+            continue  # never bound: held nothing
+        if p.released_at is None:
+            return None
+        index = getattr(p, "index", None)  # set on the Pods of an Indexed (multi-node) Job
+        by_index[index] = by_index.get(index, 0.0) + max(p.released_at - p.bound_at, 0.0)
+    return max(by_index.values()) if by_index else None
+
+
+def with_occupancy(outcome: CellOutcome, pods: Iterable[_Timed]) -> CellOutcome:
+    """A terminal cell's outcome with the occupancy of its Job's Pods."""
+    return replace(outcome, occupied_seconds=occupied_seconds(pods))
