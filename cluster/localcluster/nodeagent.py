@@ -14,8 +14,13 @@ process, patching the pod's status as a kubelet does. The contract pods can rely
   spec.nodeName, spec.serviceAccountName, status.podIP and status.hostIP (both 127.0.0.1).
   Nothing else from the agent's environment leaks in except PATH, LANG/LC_*, TZ and the
   names in LOCALCLUSTER_PASSTHROUGH_ENV (comma separated).
-- cwd, HOME and TMPDIR are a fresh per-pod scratch directory `<agent dir>/pods/<ns>_<pod>_<uid8>/`.
-  workingDir and volumes (including the projected service-account token) are not mounted.
+- cwd, HOME and TMPDIR are a fresh per-pod scratch directory `<agent dir>/pods/<ns>_<pod>_<uid8>/`;
+  workingDir is ignored.
+- Volumes (localcluster.mounts): hostPath, a PVC bound to a hostPath/local PV, and emptyDir
+  (medium Memory: a directory on the host's /dev/shm) resolve to host directories; command,
+  args and env values naming a path under a mountPath are rewritten to that directory, and
+  LOCALCLUSTER_MOUNTS holds the mapping. Other volume types (the projected service-account
+  token among them) are not mounted. A PVC that is not bound fails the start (StartError).
 - API access: a token for the pod's service account, requested through the TokenRequest API
   and bound to the pod, in a kubeconfig at `<scratch>/kubeconfig` (server: the local
   apiserver, its CA); KUBECONFIG points at it. KUBERNETES_SERVICE_HOST is not set, so
@@ -60,6 +65,7 @@ from kubernetes.client.rest import ApiException
 
 from .controlplane import write_kubeconfig
 from .expansion import expand
+from .mounts import MOUNTS_ENV, SHM_PATH, VolumeError, container_mounts, mounts_env, resolve_volume, translate
 from .processes import spawn, stop_group
 
 log = logging.getLogger("localcluster.nodeagent")
@@ -72,6 +78,8 @@ MAX_TERMINATION_MESSAGE = 4096
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 10.0
 NOT_READY_TAINTS = {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
+# Env the agent sets from its own paths: never rewritten by the volume path translation.
+AGENT_ENV = frozenset({"PATH", "VIRTUAL_ENV", "HOME", "TMPDIR", "HOSTNAME", "KUBECONFIG", TERMINATION_LOG_ENV})
 STATUS_RETRY_SECONDS = 120.0  # how long a pod status write is retried through an API outage
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
@@ -462,10 +470,9 @@ class NodeAgent:
                 raise PodStartError(f"container {run.container!r} has no command; localcluster ignores images, "
                                     "so there is no entrypoint to run: set command (and args)")
             run.scratch.mkdir(parents=True, exist_ok=True)
-            env = self._pod_env(api, core, pod, ctr, run)
-            argv = [expand(a, env) for a in list(ctr.get("command") or []) + list(ctr.get("args") or [])]
+            argv, env = self._command(api, core, pod, ctr, run)
             self._spawn(run, argv, env)
-        except (PodStartError, ValueError, ApiException) as exc:
+        except (PodStartError, VolumeError, ValueError, ApiException) as exc:
             message = exc.body if isinstance(exc, ApiException) else str(exc)
             log.warning("pod %s/%s cannot start: %s", ns, name, message)
             run.finished = True
@@ -502,6 +509,46 @@ class NodeAgent:
         proc, uid = run.proc, run.uid
         threading.Thread(target=lambda: self._events.put(("exited", uid, proc.wait())),
                          name=f"wait-{run.name}", daemon=True).start()
+
+    def _command(self, api: client.ApiClient, core: client.CoreV1Api, pod: dict, ctr: dict,
+                 run: PodRun) -> tuple[list[str], dict[str, str]]:
+        """argv and env of the pod's process: `$(VAR)` expanded, then paths under a volume's
+        mountPath translated to the host directory behind it (localcluster.mounts)."""
+        env = self._pod_env(api, core, pod, ctr, run)
+        argv = [expand(a, env) for a in list(ctr.get("command") or []) + list(ctr.get("args") or [])]
+        mounts = self._mounts(core, pod, ctr, run)
+        if mounts:
+            argv = [translate(a, mounts) for a in argv]
+            env = {k: v if k in AGENT_ENV else translate(v, mounts) for k, v in env.items()}
+            env[MOUNTS_ENV] = mounts_env(mounts)
+        return argv, env
+
+    def _mounts(self, core: client.CoreV1Api, pod: dict, ctr: dict, run: PodRun) -> dict[str, str]:
+        ns = pod["metadata"]["namespace"]
+
+        def read(kind: str, fn: Any) -> Any:
+            def get(name: str) -> dict:
+                try:
+                    return core.api_client.sanitize_for_serialization(fn(name))
+                except ApiException as exc:
+                    raise VolumeError(f"cannot read {kind} {name!r}: {exc.status} {exc.reason}") from exc
+            return get
+
+        read_pvc = read("PersistentVolumeClaim", lambda n: core.read_namespaced_persistent_volume_claim(n, ns))
+        read_pv = read("PersistentVolume", core.read_persistent_volume)
+        dirs = {v["name"]: resolve_volume(v, scratch=run.scratch, shm_dir=self._shm_dir(run),
+                                          read_pvc=read_pvc, read_pv=read_pv)
+                for v in pod["spec"].get("volumes") or []}
+        mounts = container_mounts(ctr, dirs)
+        with open(run.log_path, "ab") as f:
+            for path, src in sorted(mounts.items()):
+                f.write(f"--- localcluster: volume at {path} is {src}\n".encode())
+        return mounts
+
+    def _shm_dir(self, run: PodRun) -> Path:
+        """Where a pod's memory-backed emptyDirs live: the host's /dev/shm (a tmpfs) when present."""
+        root = Path(SHM_PATH) if Path(SHM_PATH).is_dir() else run.scratch
+        return root / "localcluster" / run.scratch.name
 
     def _pod_env(self, api: client.ApiClient, core: client.CoreV1Api, pod: dict, ctr: dict, run: PodRun) -> dict[str, str]:
         ns = pod["metadata"]["namespace"]
@@ -597,6 +644,7 @@ class NodeAgent:
                     "containerID": f"localcluster://{run.proc.pid if run.proc else 0}"}})]})
             self._delete_now(core, run.namespace, run.name, uid)
             self._runs.pop(uid, None)
+            shutil.rmtree(self._shm_dir(run), ignore_errors=True)
             return
         terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
                       "startedAt": run.started_at, "finishedAt": _now(),
@@ -623,6 +671,7 @@ class NodeAgent:
             threading.Timer(backoff, lambda: self._events.put(("restart", uid))).start()
             return
         run.finished = True
+        shutil.rmtree(self._shm_dir(run), ignore_errors=True)  # memory-backed emptyDirs hold RAM
         self._patch_status(core, run.namespace, run.name, {
             "phase": "Succeeded" if code == 0 else "Failed",
             "conditions": self._conditions(ready=False, reason="PodCompleted" if code == 0 else "PodFailed"),
@@ -644,8 +693,7 @@ class NodeAgent:
             self._sync_pod(core.api_client, core, pod)
             return
         ctr = pod["spec"]["containers"][0]
-        env = self._pod_env(core.api_client, core, pod, ctr, run)
-        argv = [expand(a, env) for a in list(ctr.get("command") or []) + list(ctr.get("args") or [])]
+        argv, env = self._command(core.api_client, core, pod, ctr, run)
         self._spawn(run, argv, env)
         self._patch_status(core, run.namespace, run.name, {
             "conditions": self._conditions(ready=True),

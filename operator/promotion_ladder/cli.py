@@ -27,6 +27,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_manifests(args: argparse.Namespace) -> int:
+    from .controller.manifests import render
+
+    sys.stdout.write(render(read_ladder(args.file), args.stage, args.namespace))
+    return 0
+
+
 def _repeat_warnings(spec, args: argparse.Namespace) -> list[str]:
     """Before anything runs: which stages would repeat the training data at this throughput."""
     from .core.data_checks import REPEAT_ABOVE, estimated_passes
@@ -88,6 +95,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .local.runner import run_ladder
 
     ladder = read_ladder(args.file)
+    if ladder.spec.trainer.nodes > 1:
+        raise FileError(f"{args.file}: spec.trainer.nodes: {ladder.spec.trainer.nodes}: `ladder run` runs every cell on this "
+                        "one machine; a multi-node cell needs the operator (`ladder manifests` shows its Jobs)")
     out = Path(args.output or f"{ladder.name}.status.json")
     status = run_ladder(ladder, out, parallel=args.parallel, workdir=Path(args.workdir) if args.workdir else None,
                         fresh=args.fresh)
@@ -126,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-tokens", type=int, default=None, help="training tokens of the corpus (with --tokens-per-second)")
     s.add_argument("--data", default=None, help="a prepared corpus directory, for its training token count")
     s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("manifests", help="print the Jobs (and Services) the operator would create for a stage's cells (YAML, no cluster)")
+    s.add_argument("file")
+    s.add_argument("--stage", help="the stage (default: the first)")
+    s.add_argument("--namespace", "-n", help="the namespace to show (default: the file's metadata.namespace, else none)")
+    s.set_defaults(func=_cmd_manifests)
 
     s = sub.add_parser("crd", help="print the PromotionLadder CustomResourceDefinition (YAML)")
     s.set_defaults(func=_cmd_crd)

@@ -43,6 +43,12 @@ REJECTED = {
     "top above candidates": (edit(ladder_doc(), "spec.stages.0.promote.top", 9), "promote.top is larger"),
     "unknown keep": (edit(ladder_doc(), "spec.stages.0.promote", {"top": 1, "keep": ["zz"]}), "unknown candidate"),
     "bad name": (edit(ladder_doc(), "spec.candidates.0.name", "Not_DNS"), "spec.candidates[0].name"),
+    "template sets the trainer image": (
+        edit(ladder_doc(), "spec.trainer", {"template": {"spec": {"containers": [{"name": "trainer", "image": "x"}]}}}),
+        "spec.trainer.template.spec.containers[trainer].image: owned by the operator"),
+    "template sets restartPolicy": (edit(ladder_doc(), "spec.trainer", {"template": {"spec": {"restartPolicy": "Always"}}}),
+                                    "spec.trainer.template.spec.restartPolicy: owned by the operator"),
+    "nodes above 64": (edit(ladder_doc(), "spec.trainer", {"nodes": 65}), "spec.trainer.nodes"),
     "margin missing": (
         edit(ladder_doc(), "spec.verdict", {"reference": "c0", "checks": [{"name": "x", "type": "nearEquivalence", "candidate": "c1"}]}),
         "nearEquivalence needs margin"),
@@ -63,6 +69,7 @@ FROZEN = {
     "stage budget": ("spec.stages.1.budget", "20m"),
     "objective": ("spec.objective", {"metric": "val_bpb", "direction": "maximize"}),
     "verdict added": ("spec.verdict", {"reference": "c0"}),
+    "trainer nodes": ("spec.trainer.nodes", 2),
     "trainer gpus (issue 12, defect 5)": ("spec.trainer", {"gpus": 2}),
 }
 
@@ -79,7 +86,9 @@ def test_frozen_fields_reject_edits(ladders, namespace, name):
 
 def test_operational_fields_stay_editable_and_status_is_a_subresource(ladders, namespace, local_cluster):
     created = create(ladders, namespace, ladder_doc())
-    changed = edit(created, "spec.trainer", {"image": "registry.example/trainer:2", "gpus": 1})
+    changed = edit(created, "spec.trainer", {"image": "registry.example/trainer:2", "gpus": 1, "template": {"spec": {
+        "volumes": [{"name": "corpus", "persistentVolumeClaim": {"claimName": "c"}}],
+        "containers": [{"name": "trainer", "volumeMounts": [{"name": "corpus", "mountPath": "/data"}]}]}}})
     ladders.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "test", changed)
     patched = ladders.patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, "test",

@@ -107,6 +107,12 @@ class PodB:
         self.o["metadata"]["ownerReferences"][0]["uid"] = uid
         return self
 
+    def index(self, i: int) -> "PodB":
+        """A pod of an Indexed (multi-node) Job, as the Job controller marks it."""
+        self.o["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] = str(i)
+        self.o["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] = str(i)
+        return self
+
     def obj(self) -> dict:
         return self.o
 

@@ -8,6 +8,8 @@ The candidate config steers it (so tests can script faults per candidate):
   sleep_first_try: seconds to hang on the candidate's first try only (a marker file in $TMPDIR's
               parent tells later tries), e.g. to leave a Pod running past its deadline
   exit: exit code (3 diverged, 4 oom, 1 error; default 0)
+  rank_exit: exit code of the other pods of a multi-node cell (JOB_COMPLETION_INDEX > 0), which
+             publish nothing, as the contract says (default 0)
   train_seconds: the trainSeconds to report (default: the seconds it slept)
   annotation: "forge" (annotate a result claiming another candidate, value 0.0),
               "malformed" (annotate text that is not JSON), "none" (no annotation),
@@ -50,6 +52,12 @@ def main() -> int:
     p.add_argument("--result-file")
     a, _ = p.parse_known_args()
     cfg = json.loads(a.config)
+    layout = {k: os.environ.get(k) for k in ("JOB_COMPLETION_INDEX", "LADDER_GPUS", "LADDER_NODES",
+                                             "LADDER_RDZV_ENDPOINT", "LADDER_RDZV_ID")}
+    print("stub layout " + json.dumps(layout, sort_keys=True), flush=True)
+    if int(layout["JOB_COMPLETION_INDEX"] or 0) > 0:  # only global rank 0 publishes
+        time.sleep(float(cfg.get("sleep", 0)))
+        return int(cfg.get("rank_exit", 0))
     t0 = time.monotonic()
     time.sleep(float(cfg.get("sleep", 0)))
     if cfg.get("sleep_first_try"):

@@ -137,3 +137,44 @@ def test_foreign_pod():
     assert foreign_pod_rejection(PodB(j).summary()) is None
     r = foreign_pod_rejection(PodB(j).result(result_doc(CELL)).summary())
     assert r.reason == "foreign"
+
+
+# A multi-node cell: only the index-0 pod (global rank 0) publishes; the others exit 0 without.
+def multi_node(name):
+    from ..unit.builders import edit, ladder_doc
+
+    j = JobB(ladder_body(edit(ladder_doc(), "spec.trainer", {"nodes": 2})), CELL)
+    rank0, rank1 = PodB(j).index(0), PodB(j).index(1)
+    s = {
+        "rank 1 done first, rank 0 running": lambda: case(j.active(), rank0, rank1.exited(0)),
+        "both done, rank 0 published": lambda: case(j.complete(), rank0.result(result_doc(CELL, 1.2)).exited(0), rank1.exited(0)),
+        "rank 0 done, result in its termination message only": lambda: case(
+            j.complete(), rank0.exited(0, message=result_doc(CELL, 1.3)), rank1.exited(0)),
+        "a result on rank 1 is not read": lambda: case(
+            j.complete(), rank0.exited(0), rank1.result(result_doc(CELL, 0.1)).exited(0)),
+        "rank 1 failed: the Job fails as a whole": lambda: case(
+            j.failed("PodFailurePolicy"), rank0.exited(143), rank1.exited(1)),
+        "rank 1 out of memory": lambda: case(j.active(), rank0, rank1.exited(4)),
+    }
+    return s[name]()
+
+
+MULTI_NODE = {
+    "rank 1 done first, rank 0 running": (None, None, True, ""),
+    "both done, rank 0 published": ("succeeded", 1.2, False, ""),
+    "rank 0 done, result in its termination message only": ("succeeded", 1.3, False, ""),
+    "a result on rank 1 is not read": ("failed", None, False, "no result"),
+    "rank 1 failed: the Job fails as a whole": ("failed", None, False, "job failed: PodFailurePolicy"),
+    "rank 1 out of memory": ("failed", None, False, "exit code 4 (out of memory)"),
+}
+
+
+@pytest.mark.parametrize("name", MULTI_NODE, ids=list(MULTI_NODE))
+def test_multi_node_cell_outcome(name):
+    job_s, pods = multi_node(name)
+    view = cell_outcome("test", LADDER_UID, CELL, "val_bpb", job_s, pods)
+    state, value, running, why = MULTI_NODE[name]
+    got = (view.outcome.state if view.outcome else None, view.outcome.value if view.outcome else None, view.running)
+    assert got == (state, value, running)
+    assert why in (view.outcome.reason if view.outcome else "")
+    assert view.rejections == []

@@ -60,6 +60,10 @@ app.kubernetes.io/part-of: promotion-ladder
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
+# A multi-node cell's headless Service (rendezvous DNS), owned by the ladder like its Jobs.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create]
 # Results are read from trainer pods' annotations. patch: RBAC lets the operator grant the
 # trainer Role "get, patch pods" only if it holds those verbs itself. delete: a Pod still
 # running far past its deadline (a lost exit, a dead node) is ended.

@@ -6,7 +6,9 @@ kept in the operator's in-memory index) and ask `cell_outcome` what a cell's sta
 How a finished cell is judged is the cell contract's (core.contract.judge, the same for
 `ladder run`); this module only gathers the Kubernetes evidence for it:
   * which Pod: one controlled by a Job this ladder controls (owner-reference UIDs, not labels),
-    whose identity labels name the cell; Succeeded Pods first;
+    whose identity labels name the cell; Succeeded Pods first; of a multi-node cell's Pods only
+    the index-0 Pod (global rank 0) publishes: the others exit 0 without a result, which
+    neither gives nor lacks one (their non-retryable exit codes still fail the cell);
   * which channel: the container's termination message (the kubelet reads it from the
     container's own file: only the cell itself can write it) is the authority; the Pod
     annotation (core.contract.RESULT_ANNOTATION; any holder of `patch pods` in the namespace
@@ -36,6 +38,8 @@ from ..core.result import CellResult, ResultError
 from ..core.cell import CellOutcome
 from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
 from .occupancy import pod_times
+
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,16 @@ class PodSummary:
     released_at: float | None = None  # ... to the trainer container's end (epoch seconds)
     started_at: str | None = None  # status.startTime: with the deadline, tells a stuck Pod
     deadline_seconds: int | None = None  # spec.activeDeadlineSeconds
+    index: int | None = None  # batch.kubernetes.io/job-completion-index: the node rank of a multi-node cell
 
     @property
     def ladder(self) -> str | None:
         return dict(self.labels).get(LADDER_LABEL)
+
+    @property
+    def publishes(self) -> bool:
+        """Only global rank 0 (the index-0 pod of a multi-node cell) publishes a result."""
+        return self.index in (None, 0)
 
     @property
     def terminal(self) -> bool:
@@ -148,14 +158,16 @@ def job_summary(body: dict[str, Any]) -> JobSummary:
 
 
 def _launch(job: dict[str, Any]) -> tuple[int | None, str | None]:
-    """The GPUs and image of the trainer container in a Job's Pod template."""
+    """The GPUs (per pod x pods: an Indexed Job's completions) and image of the trainer
+    container in a Job's Pod template."""
     pod_spec = (((job.get("spec") or {}).get("template") or {}).get("spec")) or {}
+    pods = int((job.get("spec") or {}).get("completions") or 1)
     for c in pod_spec.get("containers") or []:
         if c.get("name") != CONTAINER:
             continue
         limit = ((c.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE)
         try:
-            gpus = int(str(limit)) if limit is not None else 0
+            gpus = int(str(limit)) * pods if limit is not None else 0
         except ValueError:
             gpus = None
         return gpus, c.get("image")
@@ -178,8 +190,19 @@ def pod_summary(body: dict[str, Any]) -> PodSummary:
         result=(meta.get("annotations") or {}).get(RESULT_ANNOTATION),
         exit_code=exit_code, terminated_reason=reason, termination_message=message or None,
         started_at=status.get("startTime"), deadline_seconds=spec.get("activeDeadlineSeconds"),
+        index=completion_index(meta),
         **pod_times(body, CONTAINER),
     )
+
+
+def completion_index(meta: dict[str, Any]) -> int | None:
+    """The Job controller writes the index as an annotation (always) and a label (PodIndexLabel)."""
+    for source in (meta.get("annotations") or {}, meta.get("labels") or {}):
+        try:
+            return int(source[COMPLETION_INDEX])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 def _key(pod: PodSummary, text: str) -> str:
@@ -263,6 +286,8 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     view.node = next((p.node for p in mine if p.node), None)
     decided: CellOutcome | None = None
     for pod in mine:
+        if not pod.publishes and pod.exit_code not in NON_RETRYABLE_EXIT_CODES:
+            continue  # another rank of a multi-node cell: no result is its contract
         text, strict = _evidence(pod, ladder, cell, metric, view, budget_seconds)
         if decided is not None or not pod.terminal:
             continue  # a running Pod's annotation may be rejected (above), never decides the cell

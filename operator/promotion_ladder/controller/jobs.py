@@ -17,6 +17,8 @@ from ..core.api import API_VERSION, KIND, LadderSpec
 from ..core.budget import cell_deadline_seconds
 from ..core.cell import Cell
 from ..core.contract import NON_RETRYABLE_EXIT_CODES, cell_args, cell_env
+from ..core.podtemplate import SCRATCH_PATH, SCRATCH_VOLUME, TRAINER_CONTAINER
+from .cellpod import shape_job
 from .rbac import TRAINER_SERVICE_ACCOUNT
 
 LABEL_PREFIX = "ladder.promotion.dev/"
@@ -29,10 +31,8 @@ IDENTITY_LABELS = (LADDER_LABEL, STAGE_LABEL, CANDIDATE_LABEL, HOST_BLOCK_LABEL,
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "promotion-ladder-operator"}
 
-CONTAINER = "trainer"
+CONTAINER = TRAINER_CONTAINER
 GPU_RESOURCE = "nvidia.com/gpu"
-SCRATCH_VOLUME = "scratch"
-SCRATCH_PATH = "/scratch"
 # Relative on purpose: the container's workingDir is the scratch emptyDir, and the local
 # simulated kubelet (which mounts nothing) runs the process in a per-pod scratch folder.
 RESULT_FILE = "result.json"
@@ -42,13 +42,15 @@ TERMINATION_LOG = "/dev/termination-log"
 # Infrastructure failures (node lost, image pull flake, exit 1) are retried this many times.
 BACKOFF_LIMIT = 2
 
-_MAX_NAME = 63  # Job names become a label value (batch.kubernetes.io/job-name): 63 at most
+# Job names become a label value (batch.kubernetes.io/job-name, 63 at most), and a multi-node
+# cell's pods get the hostname <job>-<index> (a DNS label, 63 at most; index < 64): 60.
+_MAX_NAME = 60
 _HASH_LEN = 8
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
 
 def cell_job_name(ladder: str, cell: Cell) -> str:
-    """`<ladder>-<stage>-<candidate>-<hostBlock>-<seed>-<hash>`, cut to 63 characters.
+    """`<ladder>-<stage>-<candidate>-<hostBlock>-<seed>-<hash>`, cut to 60 characters.
 
     The hash of the full identity is always appended, so two cells never share a name even when
     the readable part is ambiguous ("a-b" + "c" vs "a" + "b-c") or had to be shortened.
@@ -171,7 +173,7 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
     }
     if namespace:
         job_meta["namespace"] = namespace
-    return {
+    return shape_job({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": job_meta,
@@ -180,4 +182,4 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
             "podFailurePolicy": pod_failure_policy(),
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
-    }
+    }, spec)

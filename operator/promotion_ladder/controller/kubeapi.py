@@ -17,6 +17,7 @@ import threading
 from datetime import datetime, timezone
 
 from ..core.api import GROUP, KIND, PLURAL, VERSION
+from .cellpod import rendezvous_service
 from .metrics import LadderMetrics
 from .rbac import trainer_objects
 
@@ -64,6 +65,14 @@ class KubeApi:
         """True when created, False when it already existed."""
         from kubernetes.client.exceptions import ApiException
 
+        service = rendezvous_service(job)
+        if service is not None:  # before its Job, so the pods' names resolve from their start
+            self._count("create_service")
+            try:
+                self.core.create_namespaced_service(namespace, service)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
         self._count("create_job")
         try:
             self.batch.create_namespaced_job(namespace, job)

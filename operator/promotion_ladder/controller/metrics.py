@@ -82,7 +82,7 @@ class LadderMetrics:
     def observe(self, namespace: str, ladder: str, spec: LadderSpec, status: LadderStatus) -> None:
         """Bring every per-ladder metric in line with a freshly built status."""
         key = (namespace, ladder)
-        gpus = spec.trainer.gpus
+        gpus = spec.trainer.cell_gpus  # nodes x gpus
         budgets = {s.name: s.budget_seconds for s in spec.stages}
         with self._lock:
             if key not in self._counted_cells:

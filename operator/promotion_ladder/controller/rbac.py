@@ -29,6 +29,8 @@ OPERATOR_RULES: list[Rule] = [
     # One Job per cell; deletion only through owner-reference garbage collection, but the
     # operator deletes a Job of a cell that is no longer wanted (kept minimal: no deletecollection).
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    # A multi-node cell's headless Service (rendezvous DNS), owned by the ladder like its Jobs.
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
     # Results arrive as Pod annotations and termination messages: read on pods. delete: a Pod
     # still running far past its deadline (lost exit, dead node) is ended (controller/stuck.py).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},

@@ -2,10 +2,10 @@
 
 Two measures, side by side:
 - Protocol GPU-hours (`total`, `byStage`, ...: the paper's measure, unchanged) count each
-  terminal cell once: train seconds x the GPUs it ran with (as recorded at launch; the spec's
-  trainer.gpus for records without it), the stage budget when the cell reported no seconds.
+  terminal cell once: train seconds x the GPUs it ran with (as recorded at launch: its pods x
+  GPUs per pod; the spec's trainer nodes x gpus for records without it), the stage budget when the cell reported no seconds.
   The counterfactual of a non-final stage is what sending every candidate that entered it
-  straight through the final stage would have cost: entered x final cells x final budget x gpus.
+  straight through the final stage would have cost: entered x final cells x final budget x the cell's GPUs.
 - Occupied GPU-hours (`occupied`) count what a cluster pays: the seconds each terminal cell
   held its GPUs (the operator: from its Pods being bound to a node to the trainer container's
   end, every attempt of a retried Job summed; `ladder run`: the process's wall time), x the
@@ -122,7 +122,7 @@ def occupancy_rows(g: GpuHours) -> list[tuple[str, float, float | None, float | 
 
 def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str]]) -> GpuHours:
     """`entering` is the planner's stage -> entered candidates, for the stages reached so far."""
-    gpus = spec.trainer.gpus
+    gpus = spec.trainer.cell_gpus  # nodes x gpus
     by_stage: dict[str, float] = {}
     by_cand: dict[str, float] = defaultdict(float)
     by_block: dict[str, float] = defaultdict(float)

@@ -36,6 +36,7 @@ MAX_STAGES = 16
 MAX_SEEDS = 32
 MAX_KEEP = 16  # CEL cost: the keep-names-a-candidate rule is stages x keep x candidates
 MAX_CHECKS = 32
+MAX_NODES = 64  # pods of one multi-node cell; the Job's pod hostnames are <job>-<index>, index < 64
 # A candidate's config reaches the trainer as one argument (--config JSON): Linux refuses a
 # single argument over 128 KiB (MAX_ARG_STRLEN) and all of them together over ARG_MAX; a 1 MB
 # config failed every pod with "Argument list too long". 32 KiB of compact JSON leaves room.
@@ -53,13 +54,33 @@ class Trainer(SpecModel):
     image: str = Field("ghcr.io/promotion-ladder/trainer:0.1.0", min_length=1, max_length=512)
     command: list[str] = Field(default_factory=lambda: ["python", "-m", "ladder_trainer"], min_length=1, max_length=64)
     args: list[str] = Field(default_factory=list, max_length=256)
-    gpus: int = Field(1, ge=0, le=64, description="GPUs per cell (nvidia.com/gpu limit); GPU-hours are counted with it.")
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per cell pod (nvidia.com/gpu limit; the trainer starts one process per GPU); GPU-hours are counted with it.")
+    nodes: int = Field(
+        1, ge=1, le=MAX_NODES,
+        description="Pods per cell (multi-node training: an Indexed Job of this many pods with a headless Service for "
+                    "rendezvous, all in the cell's host block); GPU-hours count nodes x gpus. Frozen: it changes what a cell measures.",
+    )
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     resources: dict[str, Any] = Field(
         default_factory=dict,
         description="Kubernetes ResourceRequirements for the trainer container (nvidia.com/gpu is set from gpus).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+    template: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A partial PodTemplateSpec (metadata.labels/annotations, spec: volumes, imagePullSecrets, affinity, "
+                    "tolerations, priorityClassName, securityContext, ...; a container named trainer with volumeMounts, "
+                    "env, envFrom, securityContext) merged into every cell's pod. Fields the operator owns (the trainer's "
+                    "image/command/args/resources, restartPolicy, serviceAccountName, activeDeadlineSeconds, the host "
+                    "block's nodeSelector keys, the scratch volume, the cell identity env) are refused. Not part of the "
+                    "frozen hash: it is infrastructure, not protocol.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    @property
+    def cell_gpus(self) -> int:
+        """GPUs one cell holds: its pods x GPUs per pod (what GPU-hours count)."""
+        return self.nodes * self.gpus
 
 
 class HostBlock(SpecModel):
@@ -187,6 +208,9 @@ FROZEN_FIELDS = ("objective", "candidates", "stages", "verdict")
 # trainer.gpus is frozen too: it is what a cell measures with and what GPU-hours are charged
 # at, so an edit would make one ladder's cells incomparable (and rewrite its accounting).
 FROZEN_TRAINER_FIELDS = ("gpus",)
+# Trainer fields frozen too but hashed only when not at their default, so every ladder admitted
+# before the field existed keeps its recorded hash: nodes changes what a cell measures, like gpus.
+FROZEN_TRAINER_DEFAULTS = {"nodes": 1}
 
 
 def _canonical(value: Any) -> Any:
@@ -208,6 +232,8 @@ def frozen_hash(spec: LadderSpec, *, with_trainer: bool = True) -> str:
     frozen = {k: wire.get(k) for k in FROZEN_FIELDS}
     if with_trainer:
         frozen["trainer"] = {k: wire["trainer"].get(k) for k in FROZEN_TRAINER_FIELDS}
+        frozen["trainer"].update({k: wire["trainer"].get(k) for k, default in FROZEN_TRAINER_DEFAULTS.items()
+                                  if wire["trainer"].get(k, default) != default})
     canonical = json.dumps(frozen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -263,6 +289,11 @@ def semantic_errors(spec: LadderSpec) -> list[str]:
             seen.add(n)
 
     dupes([h.name for h in spec.host_blocks], "spec.hostBlocks")
+    # Imported here: podtemplate takes the contract's names, and the contract imports this module.
+    from .podtemplate import owned_field_errors
+
+    errs += owned_field_errors(spec.trainer.template, [
+        (f"spec.hostBlocks[{i}].nodeSelector", k) for i, h in enumerate(spec.host_blocks) for k in h.node_selector])
     dupes([c.name for c in spec.candidates], "spec.candidates")
     dupes([s.name for s in spec.stages], "spec.stages")
     blocks = {h.name for h in spec.host_blocks}

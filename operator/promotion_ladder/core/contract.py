@@ -2,7 +2,8 @@
 
     argv: trainer.command + trainer.args + --config <json> --seed <n> --budget <b> --result-file <path>
     env:  LADDER_NAME, LADDER_STAGE, LADDER_CANDIDATE, LADDER_HOST_BLOCK, LADDER_SEED (+ trainer.env);
-          LADDER_GPUS, LADDER_NODES (+ LADDER_RDZV_ENDPOINT, LADDER_RDZV_ID for several nodes)
+          LADDER_GPUS, LADDER_NODES (+ LADDER_RDZV_ENDPOINT, LADDER_RDZV_ID for several nodes, and
+          JOB_COMPLETION_INDEX from Kubernetes; only node 0 publishes)
     out:  one CellResult document (core/result.py) in the result file; on Kubernetes also in
           the Pod annotation RESULT_ANNOTATION and the container's termination message
     exit: 0 ok, 1 error, 2 bad config, 3 diverged, 4 out of memory
@@ -45,6 +46,8 @@ ENV_NODES = "LADDER_NODES"  # nodes (pods) of the cell, default 1
 ENV_RDZV_ENDPOINT = "LADDER_RDZV_ENDPOINT"  # nodes > 1: host:port of the c10d rendezvous (node index 0)
 ENV_RDZV_ID = "LADDER_RDZV_ID"  # nodes > 1: a name unique to the cell
 RDZV_PORT = 29400
+ENV_NODE_RANK = "JOB_COMPLETION_INDEX"  # nodes > 1: this pod's node index (Kubernetes sets it on an Indexed Job)
+LAYOUT_ENV = (ENV_GPUS, ENV_NODES, ENV_RDZV_ENDPOINT, ENV_RDZV_ID)
 
 # -- where results go on Kubernetes -----------------------------------------------------------
 RESULT_ANNOTATION = "ladder.promotion.dev/result"

@@ -136,10 +136,44 @@ def spec_schema() -> dict[str, Any]:
         {"rule": "self.type != 'nearEquivalence' || has(self.margin)", "message": "nearEquivalence needs margin"},
         {"rule": "self.type != 'meanGap' || has(self.maxGap)", "message": "meanGap needs maxGap"},
     ]
+    trainer = props["trainer"]["properties"]
+    trainer["nodes"]["x-kubernetes-validations"] = [
+        {"rule": "self == oldSelf", "message": "spec.trainer.nodes is frozen once the ladder is admitted (it changes what "
+                                               "a cell measures); create a new ladder instead"}]
+    trainer["template"].update(template_schema())
+    trainer["template"]["x-kubernetes-validations"] = template_rules()
     stage_items = props["stages"]["items"]["properties"]
     stage_items["seeds"]["x-kubernetes-list-type"] = "set"
     stage_items["hostBlocks"]["x-kubernetes-list-type"] = "set"
     return s
+
+
+def template_schema() -> dict[str, Any]:
+    """Free-form, but with the fields the CEL rules read declared (CEL cannot reach fields a
+    structural schema does not declare); containers bounded so the rules' cost is too."""
+    free = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    container = {**free, "required": ["name"], "properties": {
+        "name": {"type": "string"}, "image": {"type": "string"},
+        "command": {"type": "array", "items": {"type": "string"}}, "args": {"type": "array", "items": {"type": "string"}},
+        "resources": dict(free)}}
+    spec = {**free, "properties": {
+        "restartPolicy": {"type": "string"}, "activeDeadlineSeconds": {"type": "integer"},
+        "serviceAccountName": {"type": "string"}, "nodeName": {"type": "string"},
+        "containers": {"type": "array", "maxItems": 8, "items": container}}}
+    return {"properties": {"metadata": dict(free), "spec": spec}}
+
+
+def template_rules() -> list[dict[str, str]]:
+    """The cheap part of core.podtemplate.owned_field_errors as CEL, so `kubectl apply` refuses
+    the commonest mistakes at once; the operator checks the rest (condition InvalidSpec)."""
+    rules = [{"rule": f"!has(self.spec) || !has(self.spec.{f})",
+              "message": f"spec.trainer.template.spec.{f}: owned by the operator"}
+             for f in ("restartPolicy", "activeDeadlineSeconds", "serviceAccountName", "nodeName")]
+    for f, where in (("image", "spec.trainer.image"), ("command", "spec.trainer.command"), ("args", "spec.trainer.args"),
+                     ("resources", "spec.trainer.resources")):
+        rules.append({"rule": f"!has(self.spec) || !has(self.spec.containers) || self.spec.containers.all(c, !has(c.{f}))",
+                      "message": f"spec.trainer.template.spec.containers[trainer].{f}: owned by the operator (set {where})"})
+    return rules
 
 
 def crd() -> dict[str, Any]:
