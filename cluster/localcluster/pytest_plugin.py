@@ -37,14 +37,18 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _require_binaries() -> None:
-    """Skips (fails on CI) from this one place, so the summary shows one line for all tests."""
-    reason = binaries.missing_reason()
+def require_tool(reason: str | None, what: str = "integration tests") -> None:
+    """Skips (fails on CI) when `reason` says a tool is missing, from this one place, so the
+    summary shows one line for all tests that need it."""
     if reason is None:
         return
     if in_ci():
-        pytest.fail(f"CI is set, so integration tests must not skip: {reason}", pytrace=False)
+        pytest.fail(f"CI is set, so {what} must not skip: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def _require_binaries() -> None:
+    require_tool(binaries.missing_reason())
 
 
 @pytest.hookimpl(tryfirst=True)

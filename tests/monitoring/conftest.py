@@ -9,16 +9,11 @@ from __future__ import annotations
 import pytest
 
 from localcluster import binaries
-from localcluster.pytest_plugin import in_ci
+from localcluster.pytest_plugin import require_tool
 
 
 def require_prometheus() -> None:
-    reason = binaries.prometheus_missing_reason()
-    if reason is None:
-        return
-    if in_ci():
-        pytest.fail(f"CI is set, so the monitoring tests must not skip: {reason}", pytrace=False)
-    pytest.skip(reason)
+    require_tool(binaries.prometheus_missing_reason(), "the monitoring tests")
 
 
 @pytest.fixture(scope="session")

@@ -192,32 +192,16 @@ def test_retryable_api_errors():
         assert retryable(err(status)) is want, name
 
 
-class WriterApi:
+class WriterApi(FakeApi):
+    """FakeApi whose status write reports the ladder gone when asked to."""
+
     def __init__(self, gone=False):
-        self.calls, self.gone = [], gone
+        super().__init__()
+        self.gone = gone
 
     def write_status(self, ns, name, status):
         self.calls.append(("status", status.get("phase")))
         return None if self.gone else str(len(self.calls))
-
-    def post_event(self, body, type_, reason, message):
-        self.calls.append(("event", reason))
-
-    def dry_run_job(self, ns, job):  # admission: every Job is valid here
-        pass
-
-    def node_labels(self):
-        return [{"ladder.promotion.dev/host-block": b} for b in ("a100", "l40s")]
-
-    def pods_of_job(self, ns, job_name, job_uid):
-        self.calls.append(("lookup", job_name))
-        return self.pods_by_job.get(job_uid, [])
-
-    def delete_job(self, ns, name, uid):
-        self.calls.append(("delete", name))
-
-    def write_conditions(self, ns, name, conditions):
-        self.calls.append(("conditions", [(c["type"], c["status"]) for c in conditions]))
 
 
 def test_status_writer_pairs_events_with_the_write():
