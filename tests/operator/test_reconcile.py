@@ -7,11 +7,10 @@ import json
 from promotion_ladder.controller.jobs import cell_job_name
 from promotion_ladder.controller.reconcile import merge_known_status, reconcile
 from promotion_ladder.core.api import frozen_hash, load_ladder
-from promotion_ladder.core.cell import Cell
-from promotion_ladder.core.cell import CellOutcome
+from promotion_ladder.core.cell import Cell, CellOutcome
 from promotion_ladder.core.status import simulate
 
-from ..unit.builders import edit, ladder_doc
+from ..unit.builders import edit, funnel_stages, ladder_doc
 from .kube import JobB, PodB, ladder_body, result_doc
 
 NOW = "2026-11-22T20:00:00Z"
@@ -202,11 +201,7 @@ def test_status_of_a_500_candidate_ladder_stays_small():
     """The status holds every cell (compact camelCase, nulls dropped) and one decision per stage.
     Worst realistic case: 500 candidates x 4 cells at stage 1, 100 x 4 at stage 2, 10 x 8 at stage 3."""
     names = [f"cand-{i:03d}" for i in range(500)]
-    stages = [
-        {"name": "2m", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2], "promote": {"top": 100}},
-        {"name": "10m", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2], "promote": {"top": 10}},
-        {"name": "60m", "budget": "60m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2, 3, 4]},
-    ]
+    stages = funnel_stages()
     body = ladder_body(ladder_doc(candidates=names, stages=stages))
     spec = load_ladder(body).spec
     import random

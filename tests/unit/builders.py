@@ -56,3 +56,13 @@ def edit(doc: dict, path: str, value: Any) -> dict:
 
 
 DELETE = object()
+
+
+def funnel_stages() -> list[dict]:
+    """The worst realistic funnel for status-size tests: 4 cells per candidate at the first
+    stage, the top 100 go on (4 cells each), the top 10 to a final stage of 8 cells each."""
+    return [
+        {"name": "2m", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2], "promote": {"top": 100}},
+        {"name": "10m", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2], "promote": {"top": 10}},
+        {"name": "60m", "budget": "60m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2, 3, 4]},
+    ]

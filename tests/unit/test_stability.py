@@ -21,7 +21,7 @@ from promotion_ladder.core.status import decisions_from_status, parse_status, si
 from promotion_ladder.core.recorded import parse_results
 from promotion_ladder.files import read_ladder, read_text
 
-from .builders import build, ladder_doc
+from .builders import build, funnel_stages, ladder_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 OK = lambda v: CellOutcome("succeeded", value=v)  # noqa: E731
@@ -297,11 +297,7 @@ def test_a_failed_first_stage_has_no_pairs_and_no_nan():
 def test_status_of_a_1000_candidate_ladder_with_stability_fits_the_object_limit():
     """1,000 candidates x 4 cells at stage 1, 100 x 4 at stage 2, 10 x 8 at the final stage."""
     names = [f"cand-{i:04d}" for i in range(1000)]
-    stages = [
-        {"name": "2m", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2], "promote": {"top": 100}},
-        {"name": "10m", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2], "promote": {"top": 10}},
-        {"name": "60m", "budget": "60m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2, 3, 4]},
-    ]
+    stages = funnel_stages()
     ladder = build(ladder_doc(candidates=names, stages=stages))
     rnd = random.Random(1)
     recorded = {(st.name, c, hb, s): CellOutcome("succeeded", rnd.uniform(0.9, 1.5), rnd.uniform(100, 4000))
