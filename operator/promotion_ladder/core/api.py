@@ -29,12 +29,13 @@ SHORT_NAMES = ["ladder", "pl"]
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS1123_RE = re.compile(DNS1123_LABEL)
 
-# Size limits keep the object (and the API server's CEL cost estimates) bounded.
+# Size limits keep the object (and the API server's CEL cost estimates) bounded. core/crd.py
+# writes the indices of stages, host blocks, keeps and checks as CEL list literals this long.
 MAX_CANDIDATES = 1000
 MAX_HOST_BLOCKS = 32
 MAX_STAGES = 16
 MAX_SEEDS = 32
-MAX_KEEP = 16  # CEL cost: the keep-names-a-candidate rule is stages x keep x candidates
+MAX_KEEP = 16
 MAX_CHECKS = 32
 MAX_NODES = 64  # pods of one multi-node cell; the Job's pod hostnames are <job>-<index>, index < 64
 # A candidate's config reaches the trainer as a file (--config-file); on Kubernetes that file is
