@@ -55,7 +55,6 @@ class Informer:
         self._by_key: dict[Key, dict[str, Any]] = {}
         self.synced = threading.Event()
         self._stop = threading.Event()
-        self._resp: Any = None
         self._thread: threading.Thread | None = None
         self.lists = 0  # full lists done (1 + relists): visible in tests and logs
 
@@ -78,13 +77,9 @@ class Informer:
         return self
 
     def stop(self) -> None:
+        """Stop after the current watch read. The thread is a daemon and holds nothing to flush,
+        so nothing waits for it: closing its stream from here would block on the read."""
         self._stop.set()
-        resp = self._resp
-        if resp is not None:  # unblock a watch read
-            try:
-                resp.close()
-            except Exception:  # noqa: BLE001 - closing a stream that is already gone
-                pass
 
     def _run(self) -> None:
         failures = 0
@@ -173,7 +168,6 @@ class Informer:
         """Apply watch events until the server ends the watch; returns the resourceVersion to
         resume from. Raises ApiException(410) when the version is too old."""
         resp = self._call(watch=True, resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS)
-        self._resp = resp
         try:
             for line in iter_resp_lines(resp):
                 if self._stop.is_set():
@@ -188,7 +182,6 @@ class Informer:
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self._apply(kind, obj)
         finally:
-            self._resp = None
             resp.release_conn()
         return rv
 
