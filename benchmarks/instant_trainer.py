@@ -1,5 +1,5 @@
 """A trainer stub that reports at once, standard library only (fast to start: the benchmark runs
-over a thousand of them on two cores). Honours the cell contract: --config/--seed/--budget/
+over a thousand of them on two cores). Honours the cell contract: --config-file/--seed/--budget/
 --result-file, LADDER_* env; annotates its Pod through the JSON kubeconfig the local simulated
 kubelet writes ($KUBECONFIG) or the in-cluster service account; writes the termination message.
 val_bpb = config.value + 0.001 * seed."""
@@ -29,7 +29,7 @@ def api() -> tuple[str, str, ssl.SSLContext]:
 
 def main(argv: list[str]) -> int:
     args = dict(zip(argv[::2], argv[1::2]))
-    cfg = json.loads(args.get("--config", "{}"))
+    cfg = json.loads(open(args["--config-file"]).read())
     seed = int(args.get("--seed", "0"))
     doc = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult", "ladder": os.environ["LADDER_NAME"],
            "stage": os.environ["LADDER_STAGE"], "candidate": os.environ["LADDER_CANDIDATE"],

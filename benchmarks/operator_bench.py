@@ -244,6 +244,9 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
         stop.set()
         rss = peak_rss_mb(op.pid)
         text = scrape(mport)
+        selector = f"{LABEL}=restart"
+        jobs_created = len(batch.list_namespaced_job(NS, label_selector=selector).items)
+        pods_run = len(client.CoreV1Api(api).list_namespaced_pod(NS, label_selector=selector).items)
     finally:
         os.killpg(op.pid, 15)
         op.wait(30)
@@ -255,6 +258,7 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "mode": "restart",
         "candidates": args.candidates, "cells": len(cells), "phase": st["phase"],
         "results_lost": sum(c["state"] == "Failed" for c in cells),
+        "jobs_created": jobs_created, "pods_run": pods_run,
         "failed_reasons": sorted({c.get("reason", "") for c in cells if c["state"] == "Failed"})[:5],
         "stage1_jobs_created_s": round(t_jobs, 1),
         "down_until_stage1_done": args.down_until, "down_s": round(down_s, 1),

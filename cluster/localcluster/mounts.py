@@ -12,6 +12,8 @@ What a volume becomes:
   persistentVolumeClaim         the bound PersistentVolume's hostPath or local path (read through the API)
   emptyDir                      <pod scratch>/volumes/<name>
   emptyDir medium: Memory       <shm root>/<pod>/<name>, a directory on the host's /dev/shm (a tmpfs)
+  downwardAPI                   <pod scratch>/volumes/<name>, its items' fieldRef values written as
+                                files when the pod starts (not refreshed when an annotation changes)
   anything else (projected service-account token, configMap, secret, ...): not mounted
 
 Not simulated: readOnly, mount propagation, sizeLimit, per-pod isolation of hostPath and PVC
@@ -35,9 +37,12 @@ class VolumeError(Exception):
 
 
 def resolve_volume(volume: dict[str, Any], *, scratch: Path, shm_dir: Path,
-                   read_pvc: Callable[[str], dict[str, Any]], read_pv: Callable[[str], dict[str, Any]]) -> Path | None:
+                   read_pvc: Callable[[str], dict[str, Any]], read_pv: Callable[[str], dict[str, Any]],
+                   field_ref: Callable[[str], str] = lambda path: "") -> Path | None:
     """The host directory behind one pod volume, or None for a type that is not simulated.
-    read_pvc / read_pv: name -> the object as a dict (raising VolumeError when absent)."""
+    read_pvc / read_pv: name -> the object as a dict (raising VolumeError when absent);
+    field_ref: a downward-API fieldPath -> its value for this pod (raising ValueError when the
+    path is not supported)."""
     name = volume["name"]
     if volume.get("hostPath") is not None:
         hp = volume["hostPath"]
@@ -54,6 +59,20 @@ def resolve_volume(volume: dict[str, Any], *, scratch: Path, shm_dir: Path,
         medium = (volume["emptyDir"] or {}).get("medium") or ""
         path = (shm_dir if medium == "Memory" else scratch / "volumes") / name
         path.mkdir(parents=True, exist_ok=True)
+        return path
+    if volume.get("downwardAPI") is not None:
+        path = scratch / "volumes" / name
+        path.mkdir(parents=True, exist_ok=True)
+        for item in (volume["downwardAPI"] or {}).get("items") or []:
+            if "fieldRef" not in item:
+                raise VolumeError(f"volume {name!r}: item {item.get('path')!r}: only fieldRef items are simulated")
+            try:
+                value = field_ref(item["fieldRef"]["fieldPath"])
+            except ValueError as exc:
+                raise VolumeError(f"volume {name!r}: {exc}") from None
+            target = path / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(value, encoding="utf-8")
         return path
     if volume.get("persistentVolumeClaim") is not None:
         claim = volume["persistentVolumeClaim"]["claimName"]

@@ -16,8 +16,9 @@ process, patching the pod's status as a kubelet does. The contract pods can rely
   names in LOCALCLUSTER_PASSTHROUGH_ENV (comma separated).
 - cwd, HOME and TMPDIR are a fresh per-pod scratch directory `<agent dir>/pods/<ns>_<pod>_<uid8>/`;
   workingDir is ignored.
-- Volumes (localcluster.mounts): hostPath, a PVC bound to a hostPath/local PV, and emptyDir
-  (medium Memory: a directory on the host's /dev/shm) resolve to host directories; command,
+- Volumes (localcluster.mounts): hostPath, a PVC bound to a hostPath/local PV, emptyDir
+  (medium Memory: a directory on the host's /dev/shm) and downwardAPI (fieldRef items, written
+  once at start) resolve to host directories; command,
   args and env values naming a path under a mountPath are rewritten to that directory, and
   LOCALCLUSTER_MOUNTS holds the mapping. Other volume types (the projected service-account
   token among them) are not mounted. A PVC that is not bound fails the start (StartError).
@@ -537,7 +538,7 @@ class NodeAgent:
         read_pvc = read("PersistentVolumeClaim", lambda n: core.read_namespaced_persistent_volume_claim(n, ns))
         read_pv = read("PersistentVolume", core.read_persistent_volume)
         dirs = {v["name"]: resolve_volume(v, scratch=run.scratch, shm_dir=self._shm_dir(run),
-                                          read_pvc=read_pvc, read_pv=read_pv)
+                                          read_pvc=read_pvc, read_pv=read_pv, field_ref=lambda p: _field_ref(pod, p))
                 for v in pod["spec"].get("volumes") or []}
         mounts = container_mounts(ctr, dirs)
         with open(run.log_path, "ab") as f:

@@ -9,7 +9,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from promotion_ladder.core.api import GROUP, PLURAL, VERSION
+from promotion_ladder.core.api import (GROUP, MAX_CANDIDATES, MAX_CHECKS, MAX_HOST_BLOCKS, MAX_KEEP, MAX_SEEDS,
+                                       MAX_STAGES, PLURAL, VERSION)
 from localcluster.waiting import wait_for
 
 from ..operator.harness import install_crd
@@ -36,12 +37,8 @@ def test_valid_ladder_is_admitted(ladders, namespace):
 
 
 REJECTED = {
-    "unknown host block": (edit(ladder_doc(), "spec.stages.0.hostBlocks", ["a100", "h100"]), "host block that is not declared"),
-    "promote on last stage": (edit(ladder_doc(), "spec.stages.1.promote", {"top": 1}), "last stage cannot promote"),
     "duplicate candidate": (edit(ladder_doc(), "spec.candidates.1.name", "c0"), "Duplicate value"),
     "bad budget": (edit(ladder_doc(), "spec.stages.0.budget", "two minutes"), "spec.stages[0].budget"),
-    "top above candidates": (edit(ladder_doc(), "spec.stages.0.promote.top", 9), "promote.top is larger"),
-    "unknown keep": (edit(ladder_doc(), "spec.stages.0.promote", {"top": 1, "keep": ["zz"]}), "unknown candidate"),
     "bad name": (edit(ladder_doc(), "spec.candidates.0.name", "Not_DNS"), "spec.candidates[0].name"),
     "template sets the trainer image": (
         edit(ladder_doc(), "spec.trainer", {"template": {"spec": {"containers": [{"name": "trainer", "image": "x"}]}}}),
@@ -62,6 +59,85 @@ def test_server_rejects_invalid(ladders, namespace, name):
         create(ladders, namespace, doc)
     assert exc.value.status == 422
     assert message in exc.value.body, exc.value.body
+
+
+def _three_stages(**promote: dict) -> dict:
+    """Three stages, so a bad entry can sit at an index other than 0 or the last."""
+    stages = [{"name": f"s{i}", "budget": f"{i}m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2],
+               **({"promote": promote[f"s{i}"]} if f"s{i}" in promote else {})} for i in (1, 2, 3)]
+    return ladder_doc(stages=stages)
+
+
+def _largest_ladder() -> dict:
+    """Every list at its maxItems and every name at 63 characters: the most CEL work a ladder can ask
+    for (1,000 candidates x 16 stages x 32 host blocks x 16 keeps, 32 verdict checks)."""
+    names = [f"c{i:04d}".ljust(63, "x") for i in range(MAX_CANDIDATES)]
+    blocks = [f"b{i:02d}".ljust(63, "y") for i in range(MAX_HOST_BLOCKS)]
+    stages = [{"name": f"s{i}", "budget": f"{i + 1}m", "hostBlocks": list(blocks), "seeds": list(range(MAX_SEEDS)),
+               "promote": {"top": 1, "keep": names[-MAX_KEEP:]}} for i in range(MAX_STAGES)]
+    del stages[-1]["promote"]
+    checks = [{"name": f"k{i}", "type": "rankFirstAllCells", "candidate": names[-1 - i]} for i in range(MAX_CHECKS)]
+    return ladder_doc(candidates=names, stages=stages, host_blocks=tuple(blocks),
+                      verdict={"reference": names[-1], "checks": checks})
+
+
+# Issue 12, defect 8: the cross-field rules named the list but not the index ("spec.stages: a stage
+# names a host block that is not declared under spec.hostBlocks"). Each now names the first
+# offending index and value, as `ladder validate` does.
+CROSS_FIELD = {
+    "a stage names an undeclared host block": (
+        edit(_three_stages(s1={"top": 2}, s2={"top": 1}), "spec.stages.1.hostBlocks", ["a100", "h100"]),
+        "spec.stages[1].hostBlocks[1]: unknown host block 'h100'; declare it under spec.hostBlocks"),
+    "promote.keep names an unknown candidate": (
+        _three_stages(s1={"top": 2}, s2={"top": 1, "keep": ["c0", "zz"]}),
+        "spec.stages[1].promote.keep[1]: unknown candidate 'zz'"),
+    "the last stage promotes": (
+        _three_stages(s1={"top": 2}, s2={"top": 1}, s3={"top": 1}),
+        "spec.stages[2].promote: the last stage cannot promote; remove it (the verdict decides after the last stage)"),
+    "a middle stage lacks promote": (
+        _three_stages(s1={"top": 2}), "spec.stages[1].promote: required on every stage but the last"),
+    "the first stage promotes more than the candidates": (
+        edit(ladder_doc(), "spec.stages.0.promote.top", 9),
+        "spec.stages[0].promote.top: larger than the number of candidates that can enter stage 's1'"),
+    "the verdict's reference is not a candidate": (
+        edit(ladder_doc(), "spec.verdict", {"reference": "zz"}), "spec.verdict.reference: unknown candidate 'zz'"),
+    "a verdict check names an unknown candidate": (
+        edit(ladder_doc(), "spec.verdict", {"reference": "c0", "checks": [
+            {"name": "a", "type": "rankFirstAllCells", "candidate": "c1"},
+            {"name": "b", "type": "rankFirstAllCells", "candidate": "zz"}]}),
+        "spec.verdict.checks[1].candidate: unknown candidate 'zz'"),
+    # The most expensive failure to describe: the message's search runs over every list at its limit.
+    "the largest ladder with one unknown keep at the end": (
+        edit(_largest_ladder(), "spec.stages.14.promote.keep.15", "zz"), "spec.stages[14].promote.keep[15]: unknown candidate 'zz'"),
+}
+
+
+@pytest.mark.parametrize("name", list(CROSS_FIELD))
+def test_cross_field_messages_name_the_index(ladders, namespace, name):
+    """Issue 12, defect 8: the API server's message names the index and the value, at the same path
+    as `ladder validate`."""
+    from promotion_ladder.core.api import LadderInvalid, load_ladder
+
+    doc, message = CROSS_FIELD[name]
+    with pytest.raises(ApiException) as exc:
+        create(ladders, namespace, doc)
+    assert exc.value.status == 422
+    assert message in exc.value.body, exc.value.body
+    with pytest.raises(LadderInvalid) as invalid:
+        load_ladder(doc)
+    path = message.split(": ")[0]
+    assert path in [e.split(": ")[0] for e in invalid.value.errors], invalid.value.errors
+
+
+def test_the_largest_ladder_is_admitted(ladders, namespace):
+    """Every list at its maxItems, 1,000 candidates of 63-character names: the CEL rules fit the API
+    server's per-call cost limit (the keep rule written with `exists` did not, and refused it)."""
+    from promotion_ladder.core.api import load_ladder
+
+    doc = _largest_ladder()
+    load_ladder(doc)  # valid for `ladder validate` too
+    created = create(ladders, namespace, doc)
+    assert len(created["spec"]["candidates"]) == MAX_CANDIDATES
 
 
 FROZEN = {

@@ -1,6 +1,6 @@
 """A stand-in trainer that honours the cell contract and reports at once (or as told).
 
-    python stub_trainer.py --config JSON --seed N --budget 2s --result-file PATH
+    python stub_trainer.py --config-file PATH --seed N --budget 2s --result-file PATH
 
 The candidate config steers it (so tests can script faults per candidate):
   value: base metric (default 1.0); the reported val_bpb is value + 0.001 * seed
@@ -46,12 +46,12 @@ def annotate(text: str) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--config", default="{}")
+    p.add_argument("--config-file", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget", required=True)
     p.add_argument("--result-file")
     a, _ = p.parse_known_args()
-    cfg = json.loads(a.config)
+    cfg = json.loads(open(a.config_file).read())
     layout = {k: os.environ.get(k) for k in ("JOB_COMPLETION_INDEX", "LADDER_GPUS", "LADDER_NODES",
                                              "LADDER_RDZV_ENDPOINT", "LADDER_RDZV_ID")}
     print("stub layout " + json.dumps(layout, sort_keys=True), flush=True)

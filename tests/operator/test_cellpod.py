@@ -10,7 +10,7 @@ import yaml
 
 from promotion_ladder.cli import main
 from promotion_ladder.controller.cellpod import rendezvous_service
-from promotion_ladder.controller.jobs import GPU_RESOURCE, build_job
+from promotion_ladder.controller.jobs import GPU_RESOURCE, build_job, config_volume
 from promotion_ladder.core.api import LadderInvalid, frozen_hash, load_ladder
 from promotion_ladder.core.cell import Cell
 
@@ -60,8 +60,9 @@ PVC = {"name": "corpus", "persistentVolumeClaim": {"claimName": "corpus", "readO
 MERGE = {
     "volumes and mounts are added to the scratch volume": (
         tpl({"volumes": [PVC]}, {"volumeMounts": [{"name": "corpus", "mountPath": "/data", "readOnly": True}]}),
-        lambda j: (pod(j)["volumes"] == [{"name": "scratch", "emptyDir": {}}, PVC]
+        lambda j: (pod(j)["volumes"] == [{"name": "scratch", "emptyDir": {}}, config_volume(), PVC]
                    and trainer(j)["volumeMounts"] == [{"name": "scratch", "mountPath": "/scratch"},
+                                                      {"name": "ladder-config", "mountPath": "/etc/ladder", "readOnly": True},
                                                       {"name": "corpus", "mountPath": "/data", "readOnly": True}])),
     "env is added after the contract's, envFrom kept": (
         tpl(trainer_ctr={"env": [{"name": "HF_HOME", "value": "/cache"},
@@ -85,7 +86,8 @@ MERGE = {
         tpl(labels={"team": "lm"}, annotations={"cost-center": "42"}),
         lambda j: (j["spec"]["template"]["metadata"]["labels"]["team"] == "lm"
                    and j["spec"]["template"]["metadata"]["labels"]["ladder.promotion.dev/candidate"] == "c1"
-                   and j["spec"]["template"]["metadata"]["annotations"] == {"cost-center": "42"}
+                   and j["spec"]["template"]["metadata"]["annotations"]["cost-center"] == "42"
+                   and "ladder.promotion.dev/config" in j["spec"]["template"]["metadata"]["annotations"]
                    and "team" not in j["metadata"]["labels"])),
     "nodeSelector additions next to the host block's": (
         tpl({"nodeSelector": {"topology.kubernetes.io/zone": "z1"}}),
@@ -141,6 +143,11 @@ OWNED = {
     "scratch volume": (tpl({"volumes": [{"name": "scratch", "hostPath": {"path": "/"}}]}), f"{T}.spec.volumes[scratch]: owned"),
     "scratch mount": (tpl(trainer_ctr={"volumeMounts": [{"name": "x", "mountPath": "/scratch/"}]}),
                       f"{T}.spec.containers[trainer].volumeMounts[/scratch/]: owned"),
+    "config volume": (tpl({"volumes": [{"name": "ladder-config", "emptyDir": {}}]}), f"{T}.spec.volumes[ladder-config]: owned"),
+    "config mount": (tpl(trainer_ctr={"volumeMounts": [{"name": "x", "mountPath": "/etc/ladder"}]}),
+                     f"{T}.spec.containers[trainer].volumeMounts[/etc/ladder]: owned"),
+    "config annotation": (tpl(annotations={"ladder.promotion.dev/config": "{}"}),
+                          f"{T}.metadata.annotations[ladder.promotion.dev/config]: owned"),
     "identity env": (tpl(trainer_ctr={"env": [{"name": "LADDER_SEED", "value": "7"}]}),
                      f"{T}.spec.containers[trainer].env[LADDER_SEED]: owned by the operator"),
     "process layout env": (tpl(trainer_ctr={"env": [{"name": "LADDER_GPUS", "value": "1"}]}),

@@ -87,7 +87,7 @@ def test_cell_contract_args_and_env():
                                               "env": {"FOO": "1", "LADDER_SEED": "spoofed"}})
     c = container(job_for(doc))
     assert c["command"] == ["python", "-m", "ladder_trainer"]
-    assert c["args"] == ["--device", "cpu", "--config", json.dumps({"depth": 4}, separators=(",", ":")),
+    assert c["args"] == ["--device", "cpu", "--config-file", "/etc/ladder/config.json",
                          "--seed", "1", "--budget", "2m", "--result-file", "result.json"]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
     assert env["FOO"] == "1"
@@ -97,6 +97,25 @@ def test_cell_contract_args_and_env():
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert [e["name"] for e in c["env"]].count("LADDER_SEED") == 1
+
+
+def test_config_reaches_the_trainer_as_a_file_not_an_argument():
+    """Issue 12, defect 6: a config passed as one argument failed every pod of a 1 MB config with
+    "Argument list too long". The config is the Pod's annotation, projected as the file the
+    trainer's --config-file names; no argument carries it."""
+    config = {"depth": 4, "notes": "x" * 30_000}
+    doc = edit(ladder_doc(), "spec.candidates.0.config", config)
+    job = job_for(doc, Cell("s1", doc["spec"]["candidates"][0]["name"], "l40s", 1))
+    pod = job["spec"]["template"]
+    c = container(job)
+    assert json.loads(pod["metadata"]["annotations"]["ladder.promotion.dev/config"]) == config
+    assert max(len(a) for a in c["args"]) < 100
+    path = c["args"][c["args"].index("--config-file") + 1]
+    mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["downwardAPI"]["items"] == [{"path": path[len(mount["mountPath"]) + 1:], "fieldRef": {
+        "fieldPath": "metadata.annotations['ladder.promotion.dev/config']"}}]
 
 
 GPUS = {

@@ -81,6 +81,23 @@ def test_cli_bad_json_or_budget_exits_2(args, needle, tmp_path):
     assert needle in parse_result(out.read_text()).message
 
 
+def test_cli_reads_the_config_file_a_ladder_gives_it(tmp_path):
+    """The cell contract passes --config-file (issue 12: a config as one argument hit the kernel's
+    argument-length limit); the file's config is the one checked, so its typo fails the cell."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"depth": 2, "widht": 3}))
+    out = tmp_path / "r.json"
+    assert main(["--config-file", str(cfg), "--budget", "5s", "--result-file", str(out)]) == EXIT_BAD_CONFIG
+    assert "widht" in parse_result(out.read_text()).message
+
+
+def test_cli_missing_config_file_exits_2_naming_it(tmp_path):
+    out = tmp_path / "r.json"
+    missing = tmp_path / "nope.json"
+    assert main(["--config-file", str(missing), "--budget", "5s", "--result-file", str(out)]) == EXIT_BAD_CONFIG
+    assert f"--config-file {missing}" in parse_result(out.read_text()).message
+
+
 def test_bad_setting_env_exits_2(tmp_path, monkeypatch):
     monkeypatch.setenv("LADDER_TRAINER_EVAL_TOKENS", "lots")
     out = tmp_path / "r.json"

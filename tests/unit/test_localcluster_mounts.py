@@ -68,6 +68,26 @@ def test_resolve_volume_refused(case, tmp_path):
     assert message in str(exc.value)
 
 
+def test_downward_api_volume_writes_its_items(tmp_path):
+    """How a cell's config file reaches the trainer (an annotation projected by the downward API)."""
+    fields = {"metadata.annotations['ladder.promotion.dev/config']": '{"depth":4}', "metadata.name": "p"}
+
+    def field_ref(path):
+        if path not in fields:
+            raise ValueError(f"fieldRef {path!r} is not supported")
+        return fields[path]
+    volume = {"name": "cfg", "downwardAPI": {"items": [
+        {"path": "config.json", "fieldRef": {"fieldPath": "metadata.annotations['ladder.promotion.dev/config']"}},
+        {"path": "meta/name", "fieldRef": {"fieldPath": "metadata.name"}}]}}
+    got = resolve_volume(volume, scratch=tmp_path, shm_dir=tmp_path, read_pvc=lookup(PVCS, "x"),
+                         read_pv=lookup(PVS, "x"), field_ref=field_ref)
+    assert (got / "config.json").read_text() == '{"depth":4}' and (got / "meta/name").read_text() == "p"
+    bad = {"name": "v", "downwardAPI": {"items": [{"path": "x", "fieldRef": {"fieldPath": "status.phase"}}]}}
+    with pytest.raises(VolumeError, match="volume 'v': fieldRef 'status.phase'"):
+        resolve_volume(bad, scratch=tmp_path, shm_dir=tmp_path, read_pvc=lookup(PVCS, "x"), read_pv=lookup(PVS, "x"),
+                       field_ref=field_ref)
+
+
 def test_container_mounts_subpath_and_unresolved():
     ctr = {"volumeMounts": [{"name": "corpus", "mountPath": "/data/"}, {"name": "c", "mountPath": "/cache", "subPath": "inductor"},
                             {"name": "token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}

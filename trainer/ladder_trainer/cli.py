@@ -1,8 +1,10 @@
 """`python -m ladder_trainer`: the cell contract's entry point.
 
     python -m ladder_trainer --config '{"depth": 8}' --seed 1 --budget 2m --result-file out.json
+    python -m ladder_trainer --config-file config.json --seed 1 --budget 2m   # how a ladder runs it
 
-Candidate config is the JSON object; everything else a ladder keeps the same for all its
+Candidate config is the JSON object (a ladder's cells get it as a file, the cell contract's
+--config-file, so its size never meets the kernel's argument-length limit); everything else a ladder keeps the same for all its
 cells is a flag or a LADDER_TRAINER_* variable (flags win). Whatever happens, a result
 document is written and the exit code follows promotion_ladder.core.contract: 0 ok, 1 error,
 2 bad config, 3 diverged, 4 out of memory.
@@ -62,7 +64,9 @@ CHOICES = {
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ladder_trainer", description="Train one ladder cell and report val_bpb.")
-    p.add_argument("--config", default="{}", help="candidate config, a JSON object (see docs/trainer.md)")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--config", default=None, help="candidate config, a JSON object (see docs/trainer.md)")
+    given.add_argument("--config-file", default=None, help="a file holding the candidate config (the cell contract's way)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: LADDER_SEED or 0)")
     p.add_argument("--budget", required=True, help="wall-clock training budget, e.g. 90s, 2m, 12h")
     p.add_argument("--result-file", default=None, help="where to write the CellResult JSON")
@@ -101,6 +105,17 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 
 def _round(seconds: float | None) -> float | None:
     return None if seconds is None else round(max(seconds, 0.0), 3)
+
+
+def read_config(args: argparse.Namespace) -> str:
+    """The candidate config's JSON text, from --config or the file --config-file names."""
+    if args.config_file is None:
+        return args.config or "{}"
+    try:
+        with open(args.config_file, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config-file {args.config_file}: cannot read it: {exc}") from None
 
 
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
@@ -146,7 +161,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         return code
 
     try:
-        cfg = parse_config(args.config)
+        cfg = parse_config(read_config(args))
         budget = parse_budget(args.budget)
         settings = resolve_settings(args)
         if settings.eval_tokens < 0:

@@ -164,9 +164,9 @@ def parse_config(raw: str | dict[str, Any]) -> TrainConfig:
         try:
             raw = json.loads(raw) if raw.strip() else {}
         except ValueError as exc:
-            raise ConfigError(f"--config is not valid JSON: {exc}") from None
+            raise ConfigError(f"the config is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"--config must be a JSON object, got {type(raw).__name__}")
+        raise ConfigError(f"the config must be a JSON object, got {type(raw).__name__}")
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
     for key, value in raw.items():

@@ -1,7 +1,10 @@
 """One Kubernetes Job per cell: deterministic names and a pure builder.
 
 A cell's Job runs the trainer by the cell contract (core/contract.py: argv and LADDER_* env),
-plus POD_NAME/POD_NAMESPACE from the downward API. Failure handling lives in the Job itself: a podFailurePolicy fails the Job at
+plus POD_NAME/POD_NAMESPACE from the downward API. The candidate's config travels as the Pod's
+config annotation, which a downward-API volume projects into the file --config-file names (an
+annotation, not an argument or a ConfigMap: no argument-length limit, no object to create or
+garbage-collect, and the trainer's admission policy forbids it to change the annotation). Failure handling lives in the Job itself: a podFailurePolicy fails the Job at
 once on the trainer's "not worth retrying" exit codes (bad config, diverged, OOM) and does not
 count disruptions (preemption, eviction, node drain); anything else retries up to BACKOFF_LIMIT.
 """
@@ -16,8 +19,8 @@ from typing import Any
 from ..core.api import API_VERSION, KIND, LadderSpec
 from ..core.budget import cell_deadline_seconds
 from ..core.cell import Cell
-from ..core.contract import NON_RETRYABLE_EXIT_CODES, cell_args, cell_env
-from ..core.podtemplate import SCRATCH_PATH, SCRATCH_VOLUME, TRAINER_CONTAINER
+from ..core.contract import CONFIG_ANNOTATION, CONFIG_FILE, NON_RETRYABLE_EXIT_CODES, cell_args, cell_config, cell_env
+from ..core.podtemplate import CONFIG_PATH, CONFIG_VOLUME, SCRATCH_PATH, SCRATCH_VOLUME, TRAINER_CONTAINER
 from .cellpod import shape_job
 from .rbac import TRAINER_SERVICE_ACCOUNT
 
@@ -36,6 +39,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # Relative on purpose: the container's workingDir is the scratch emptyDir, and the local
 # simulated kubelet (which mounts nothing) runs the process in a per-pod scratch folder.
 RESULT_FILE = "result.json"
+CONFIG_FILE_PATH = f"{CONFIG_PATH}/{CONFIG_FILE}"
 # The kubelet mounts this file; the trainer writes its result there when it exists (and the
 # local simulated kubelet points LADDER_TERMINATION_LOG at its own file instead).
 TERMINATION_LOG = "/dev/termination-log"
@@ -87,7 +91,7 @@ def owner_reference(ladder_body: dict[str, Any]) -> dict[str, Any]:
 
 
 def trainer_args(spec: LadderSpec, cell: Cell) -> list[str]:
-    return cell_args(spec, cell, RESULT_FILE)
+    return cell_args(spec, cell, CONFIG_FILE_PATH, RESULT_FILE)
 
 
 def trainer_env(spec: LadderSpec, ladder: str, cell: Cell) -> list[dict[str, Any]]:
@@ -121,6 +125,11 @@ def trainer_resources(spec: LadderSpec) -> dict[str, Any]:
     return out
 
 
+def config_volume() -> dict[str, Any]:
+    return {"name": CONFIG_VOLUME, "downwardAPI": {"items": [
+        {"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}]}}
+
+
 def pod_failure_policy() -> dict[str, Any]:
     return {"rules": [
         {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
@@ -146,7 +155,8 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
         "args": trainer_args(spec, cell),
         "env": trainer_env(spec, ladder, cell),
         "workingDir": SCRATCH_PATH,
-        "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH}],
+        "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH},
+                         {"name": CONFIG_VOLUME, "mountPath": CONFIG_PATH, "readOnly": True}],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
     }
@@ -160,7 +170,7 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
         "restartPolicy": "Never",
         "serviceAccountName": TRAINER_SERVICE_ACCOUNT,
         "containers": [container],
-        "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {}}],
+        "volumes": [{"name": SCRATCH_VOLUME, "emptyDir": {}}, config_volume()],
     }
     if block.node_selector:
         pod_spec["nodeSelector"] = dict(block.node_selector)
@@ -180,6 +190,7 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
         "spec": {
             "backoffLimit": BACKOFF_LIMIT,
             "podFailurePolicy": pod_failure_policy(),
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": {"labels": labels, "annotations": {CONFIG_ANNOTATION: cell_config(spec, cell)}},
+                         "spec": pod_spec},
         },
     }, spec)

@@ -2,7 +2,7 @@
 
 Ports: --metrics-port serves /metrics (and /healthz, /readyz for convenience);
 --health-port serves /healthz (liveness: the work loop is beating) and /readyz (readiness:
-Kopf has started and its caches are filled). The kubeconfig is the in-cluster service account,
+Kopf has started and the Jobs' and Pods' caches have their first listing). The kubeconfig is the in-cluster service account,
 else $KUBECONFIG / ~/.kube/config.
 """
 
@@ -35,7 +35,7 @@ async def start_http(controller: Controller, metrics: LadderMetrics, ready: asyn
         return web.Response(status=200 if ok else 503, text="ok\n" if ok else "work loop stalled\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        ok = ready.is_set() and controller.alive()
+        ok = ready.is_set() and controller.caches_synced() and controller.alive()
         return web.Response(status=200 if ok else 503, text="ok\n" if ok else "not ready\n")
 
     runners = []
@@ -59,6 +59,8 @@ async def serve(namespaces: list[str] | None, metrics_port: int, health_port: in
     metrics = LadderMetrics()
     controller = Controller(metrics, api=api, workers=workers)
     controller.stuck_grace = stuck_grace
+    controller.watch_children = api is None  # a fake api (tests) comes with its own caches
+    controller.namespaces = namespaces or None
     # The leader Lease: in the first watched namespace (the operator's Role covers it), else the
     # operator's own (the chart sets POD_NAMESPACE; watching all namespaces, its ClusterRole
     # covers it). A fake api (tests) runs without election.

@@ -8,7 +8,8 @@
   * the status writer (statuswriter.py): status, then the Events that go with it.
 
 One reconcile, in order:
-  1. read only memory: the ladder body, its Jobs and Pods from Kopf's indexes, our last write;
+  1. read only memory: the ladder body, its Jobs and Pods from the informers' caches
+     (informer.py), our last write;
   2. `reconcile.reconcile` (pure): status, Events, Jobs to create, rejected results;
   3. write the status, then post its Events (StatusWriter);
   4. create the missing Jobs (after the trainer RBAC of the namespace), a few at a time;
@@ -39,7 +40,9 @@ from ..core.api import LadderInvalid, load_ladder
 from .admission import Admission, sample_jobs, unmatched_blocks
 from .expectations import CreateExpectations
 from .failures import RECONCILE_ERROR, error_message, retry_delay, with_error_condition
-from .intake import Rejection, pod_summary
+from .informer import Cache, Informer
+from .intake import Rejection, job_summary, pod_summary
+from .jobs import LADDER_LABEL
 from .kubeapi import KubeApi, TrainerRbac, now_iso, retryable
 from .lease import LeaderLease
 from .stuck import STUCK_GRACE_SECONDS
@@ -70,8 +73,12 @@ class Controller:
         self._api = api
         self.workers = workers
         self.ladders: dict[Key, dict] = {}  # the watched ladder bodies
-        self.jobs_index: Any = None  # Kopf's indexes (captured from the first handler call)
+        # The Jobs' and Pods' caches, `get((namespace, ladder))` -> summaries: informers started by
+        # `start` when `watch_children` is set (the operator), or set by tests.
+        self.jobs_index: Any = None
         self.pods_index: Any = None
+        self.watch_children = False
+        self.namespaces: list[str] | None = None  # None: all namespaces
         self.queue: WorkQueue[Key] = WorkQueue()
         self.expectations = CreateExpectations(CREATE_EXPECTATION_SECONDS)
         self.status_writer = StatusWriter(lambda: self.api, STATUS_COALESCE_SECONDS)
@@ -103,12 +110,36 @@ class Controller:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.queue.start()
+        if self.watch_children:
+            self._start_informers()
         if self.lease_namespace is not None:
             identity = f"{self.api.instance}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
             self.lease = LeaderLease(self.api.api_client, self.lease_namespace, identity,
                                      on_acquired=self._on_leading).start()
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         self._tasks.append(asyncio.create_task(self._resync()))
+
+    def _start_informers(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_event(kind: str, uid: str, ladder: str | None, namespace: str, summary: Any) -> None:
+            loop.call_soon_threadsafe(self.on_child, kind, uid, ladder, namespace, summary)
+        from kubernetes import client
+
+        # A connection pool of their own: each watch holds a connection for minutes.
+        watch_client = client.ApiClient(self.api.api_client.configuration)
+        batch, core = client.BatchV1Api(watch_client), client.CoreV1Api(watch_client)
+        jobs, pods = [], []
+        for ns in self.namespaces or [None]:
+            jobs.append(Informer("jobs", batch.list_namespaced_job if ns else batch.list_job_for_all_namespaces,
+                                 ns, LADDER_LABEL, job_summary, on_event).start())
+            pods.append(Informer("pods", core.list_namespaced_pod if ns else core.list_pod_for_all_namespaces,
+                                 ns, LADDER_LABEL, pod_summary, on_event).start())
+        self.jobs_index, self.pods_index = Cache(jobs), Cache(pods)
+
+    def caches_synced(self) -> bool:
+        """Every informer has its first list (always true for caches set by tests)."""
+        return all(getattr(c, "synced", lambda: True)() for c in (self.jobs_index, self.pods_index) if c is not None)
 
     def _on_leading(self) -> None:
         """Called from the Lease thread on taking the Lease: everything may have changed while
@@ -129,6 +160,9 @@ class Controller:
 
     async def stop(self) -> None:
         self.stop_starting_work()
+        for cache in (self.jobs_index, self.pods_index):
+            for inf in getattr(cache, "informers", []):
+                inf.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -140,6 +174,10 @@ class Controller:
         self.queue.add(key)
 
     async def _worker(self) -> None:
+        # Nothing is reconciled from a cache that is not filled yet: a Job "missing" there
+        # may only be not listed yet.
+        while not self.caches_synced():
+            await asyncio.sleep(0.1)
         while True:
             key, since = await self.queue.get()
             try:

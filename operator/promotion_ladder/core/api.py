@@ -29,17 +29,18 @@ SHORT_NAMES = ["ladder", "pl"]
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS1123_RE = re.compile(DNS1123_LABEL)
 
-# Size limits keep the object (and the API server's CEL cost estimates) bounded.
+# Size limits keep the object (and the API server's CEL cost estimates) bounded. core/crd.py
+# writes the indices of stages, host blocks, keeps and checks as CEL list literals this long.
 MAX_CANDIDATES = 1000
 MAX_HOST_BLOCKS = 32
 MAX_STAGES = 16
 MAX_SEEDS = 32
-MAX_KEEP = 16  # CEL cost: the keep-names-a-candidate rule is stages x keep x candidates
+MAX_KEEP = 16
 MAX_CHECKS = 32
 MAX_NODES = 64  # pods of one multi-node cell; the Job's pod hostnames are <job>-<index>, index < 64
-# A candidate's config reaches the trainer as one argument (--config JSON): Linux refuses a
-# single argument over 128 KiB (MAX_ARG_STRLEN) and all of them together over ARG_MAX; a 1 MB
-# config failed every pod with "Argument list too long". 32 KiB of compact JSON leaves room.
+# A candidate's config reaches the trainer as a file (--config-file); on Kubernetes that file is
+# its cell Pod's annotation, and a Pod's annotations are limited to 256 KiB in all, and the whole
+# ladder to etcd's ~1.5 MiB object. 32 KiB of compact JSON per config leaves room for both.
 MAX_CONFIG_BYTES = 32 * 1024
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
@@ -96,17 +97,17 @@ class Candidate(SpecModel):
     name: Name
     config: dict[str, Any] = Field(
         default_factory=dict, max_length=256,
-        description=f"Free-form key/values passed to the trainer as --config JSON (at most {MAX_CONFIG_BYTES // 1024} KiB).",
+        description=f"Free-form key/values passed to the trainer as a JSON file, --config-file (at most {MAX_CONFIG_BYTES // 1024} KiB).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
     @field_validator("config")
     @classmethod
-    def _config_fits_an_argument(cls, v: dict[str, Any]) -> dict[str, Any]:
+    def _config_fits(cls, v: dict[str, Any]) -> dict[str, Any]:
         size = len(json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
         if size > MAX_CONFIG_BYTES:
-            raise ValueError(f"is {size} bytes of JSON, over the {MAX_CONFIG_BYTES} bytes a trainer argument can "
-                             "carry; pass large data by reference (a path or URL in the config)")
+            raise ValueError(f"is {size} bytes of JSON, over the {MAX_CONFIG_BYTES} bytes a candidate "
+                             "config may have; pass large data by reference (a path or URL in the config)")
         return v
 
 

@@ -1,9 +1,13 @@
 """The cell contract: how a cell is run and how its end is judged, shared by every adapter.
 
-    argv: trainer.command + trainer.args + --config <json> --seed <n> --budget <b> --result-file <path>
+    argv: trainer.command + trainer.args + --config-file <path> --seed <n> --budget <b> --result-file <path>
+          (the config file holds the candidate's config, one JSON object: a file, not an argument,
+          so no config can hit the kernel's argument-length limit)
     env:  LADDER_NAME, LADDER_STAGE, LADDER_CANDIDATE, LADDER_HOST_BLOCK, LADDER_SEED (+ trainer.env);
           LADDER_GPUS, LADDER_NODES (+ LADDER_RDZV_ENDPOINT, LADDER_RDZV_ID for several nodes, and
           JOB_COMPLETION_INDEX from Kubernetes; only node 0 publishes)
+    in:   on Kubernetes the config file is the Pod annotation CONFIG_ANNOTATION, projected by the
+          downward API; `ladder run` writes it into the cell's folder
     out:  one CellResult document (core/result.py) in the result file; on Kubernetes also in
           the Pod annotation RESULT_ANNOTATION and the container's termination message
     exit: 0 ok, 1 error, 2 bad config, 3 diverged, 4 out of memory
@@ -27,7 +31,8 @@ from .cell import Cell, CellOutcome
 from .result import CellResult, ResultError, check_range, parse_result
 
 # -- argv and env ----------------------------------------------------------------------------
-CONFIG_FLAG = "--config"
+CONFIG_FILE_FLAG = "--config-file"
+CONFIG_FILE = "config.json"
 SEED_FLAG = "--seed"
 BUDGET_FLAG = "--budget"
 RESULT_FILE_FLAG = "--result-file"
@@ -51,6 +56,7 @@ LAYOUT_ENV = (ENV_GPUS, ENV_NODES, ENV_RDZV_ENDPOINT, ENV_RDZV_ID)
 
 # -- where results go on Kubernetes -----------------------------------------------------------
 RESULT_ANNOTATION = "ladder.promotion.dev/result"
+CONFIG_ANNOTATION = "ladder.promotion.dev/config"  # written by the operator; a trainer may not change it
 PROGRESS_ANNOTATION = "ladder.promotion.dev/progress"
 
 # -- exit codes of a cell program (the trainer) ---------------------------------------------
@@ -67,11 +73,15 @@ EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_O
 REASON_LIMIT = 200  # a cell's reason is kept in the status: bounded
 
 
-def cell_args(spec: LadderSpec, cell: Cell, result_file: str) -> list[str]:
+def cell_config(spec: LadderSpec, cell: Cell) -> str:
+    """The text of the cell's config file: its candidate's config as compact JSON."""
+    return json.dumps(spec.candidate(cell.candidate).config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def cell_args(spec: LadderSpec, cell: Cell, config_file: str, result_file: str) -> list[str]:
     """What follows trainer.command: trainer.args, then the cell's flags."""
     budget = next(s.budget for s in spec.stages if s.name == cell.stage)
-    config = json.dumps(spec.candidate(cell.candidate).config, sort_keys=True, separators=(",", ":"))
-    return [*spec.trainer.args, CONFIG_FLAG, config, SEED_FLAG, str(cell.seed), BUDGET_FLAG, budget,
+    return [*spec.trainer.args, CONFIG_FILE_FLAG, config_file, SEED_FLAG, str(cell.seed), BUDGET_FLAG, budget,
             RESULT_FILE_FLAG, result_file]
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .api import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION, LadderSpec
+from .api import (GROUP, KIND, MAX_CHECKS, MAX_HOST_BLOCKS, MAX_KEEP, MAX_STAGES, PLURAL, SHORT_NAMES,
+                  SINGULAR, VERSION, LadderSpec)
 from .status import LadderStatus
 
 _DROP = {"title", "examples"}
@@ -116,20 +117,7 @@ def spec_schema() -> dict[str, Any]:
     s["x-kubernetes-validations"] = [
         {"rule": "has(self.verdict) == has(oldSelf.verdict)",
          "message": "spec.verdict is frozen once the ladder is admitted; create a new ladder instead"},
-        {"rule": "!has(self.stages[size(self.stages) - 1].promote)",
-         "message": "the last stage cannot promote; remove spec.stages[last].promote", "fieldPath": ".stages"},
-        {"rule": "self.stages.filter(s, !has(s.promote)).size() == 1",
-         "message": "every stage but the last needs promote", "fieldPath": ".stages"},
-        {"rule": "self.stages.all(s, s.hostBlocks.all(h, self.hostBlocks.exists(b, b.name == h)))",
-         "message": "a stage names a host block that is not declared under spec.hostBlocks", "fieldPath": ".stages"},
-        {"rule": "self.stages.all(s, !has(s.promote) || !has(s.promote.keep) || s.promote.keep.all(k, self.candidates.exists(c, c.name == k)))",
-         "message": "promote.keep names an unknown candidate", "fieldPath": ".stages"},
-        {"rule": "!has(self.stages[0].promote) || self.stages[0].promote.top <= size(self.candidates)",
-         "message": "the first stage's promote.top is larger than the number of candidates", "fieldPath": ".stages"},
-        {"rule": "!has(self.verdict) || self.candidates.exists(c, c.name == self.verdict.reference)",
-         "message": "verdict.reference is not a candidate", "fieldPath": ".verdict.reference"},
-        {"rule": "!has(self.verdict) || !has(self.verdict.checks) || self.verdict.checks.all(k, self.candidates.exists(c, c.name == k.candidate))",
-         "message": "a verdict check names an unknown candidate", "fieldPath": ".verdict.checks"},
+        *cross_field_rules(),
     ]
     checks_items = props["verdict"]["properties"]["checks"]["items"]
     checks_items["x-kubernetes-validations"] = [
@@ -146,6 +134,91 @@ def spec_schema() -> dict[str, Any]:
     stage_items["seeds"]["x-kubernetes-list-type"] = "set"
     stage_items["hostBlocks"]["x-kubernetes-list-type"] = "set"
     return s
+
+
+def _indices(n: int) -> str:
+    """A CEL list literal [0, ..., n-1], the source of an index in a message: new CRD rules get
+    no lists.range() even on Kubernetes 1.34, and two-variable comprehensions need 1.33 where
+    the chart supports 1.28."""
+    return "[" + ", ".join(str(i) for i in range(n)) + "]"
+
+
+def _digits(n: int, index: str) -> str:
+    """`index` (below n) as a string, from a literal list: the cost estimator knows no bound on
+    string(int), and one unbounded string in a message makes its estimated cost unbounded."""
+    return "[" + ", ".join(f'"{i}"' for i in range(n)) + f"][{index}]"
+
+
+def _first(indices: str, size: str, bad: str, message: str) -> str:
+    """The message for the first index i in `indices` below `size` where `bad` holds."""
+    return f"{indices}.filter(i, i < {size} && {bad}).map(i, {message})[0]"
+
+
+def cross_field_rules() -> list[dict[str, str]]:
+    """Rules that span fields (the part of core.api.semantic_errors the API server can check),
+    each with a messageExpression naming the first offending index and value in the words of
+    `ladder validate`; `message` is the fallback should the expression fail.
+
+    Cost: a lookup written as `exists` (stages x keep x candidates string compares) was
+    estimated at 8.4M of the 10M per-rule limit, and on a schema-valid ladder (1,000 candidates
+    of 63-character names, every list full) it ran past the 1M per-call limit, refusing the
+    ladder. So each rule builds the list of names once, `[list].all(names, ...)` binding it
+    (the CRD's CEL has no cel.bind), and tests membership with `in`. A messageExpression runs
+    only on failure, but its estimated cost counts towards the CRD's limits as well."""
+    stages, blocks, keeps, checks = (_indices(n) for n in (MAX_STAGES, MAX_HOST_BLOCKS, MAX_KEEP, MAX_CHECKS))
+    stage, last = _digits(MAX_STAGES, "i"), _digits(MAX_STAGES, "size(self.stages) - 1")
+    block, keep_at, check = _digits(MAX_HOST_BLOCKS, "j"), _digits(MAX_KEEP, "j"), _digits(MAX_CHECKS, "i")
+    candidates = "[self.candidates.map(c, c.name)]"
+    declared = "[self.hostBlocks.map(b, b.name)]"
+    hosts, keep, checked = "self.stages[i].hostBlocks", "self.stages[i].promote.keep", "self.verdict.checks[i].candidate"
+    # CEL strings in double quotes, so the values can be quoted 'like this', as `ladder validate` does.
+    return [
+        {"rule": "!has(self.stages[size(self.stages) - 1].promote)",
+         "message": "the last stage cannot promote; remove spec.stages[last].promote",
+         "messageExpression": f'"spec.stages[" + {last} + "].promote: the last stage cannot promote; remove it '
+                              '(the verdict decides after the last stage)"',
+         "fieldPath": ".stages"},
+        {"rule": f"{stages}.all(i, i >= size(self.stages) - 1 || has(self.stages[i].promote))",
+         "message": "every stage but the last needs promote",
+         "messageExpression": _first(stages, "size(self.stages) - 1", "!has(self.stages[i].promote)",
+                                     f'"spec.stages[" + {stage} + "].promote: required on every stage but the last"'),
+         "fieldPath": ".stages"},
+        {"rule": f"{declared}.all(names, self.stages.all(s, s.hostBlocks.all(h, h in names)))",
+         "message": "a stage names a host block that is not declared under spec.hostBlocks",
+         "messageExpression": f"{declared}.map(names, " + _first(
+             stages, "size(self.stages)", f"{hosts}.exists(h, !(h in names))",
+             f"{blocks}.filter(j, j < size({hosts}) && !({hosts}[j] in names)).map(j, "
+             f'"spec.stages[" + {stage} + "].hostBlocks[" + {block} + "]: unknown host block \'" + {hosts}[j] + '
+             '"\'; declare it under spec.hostBlocks")[0]') + ")[0]",
+         "fieldPath": ".stages"},
+        {"rule": f"{candidates}.all(names, self.stages.all(s, !has(s.promote) || !has(s.promote.keep) "
+                 "|| s.promote.keep.all(k, k in names)))",
+         "message": "promote.keep names an unknown candidate",
+         "messageExpression": f"{candidates}.map(names, " + _first(
+             stages, "size(self.stages)",
+             f"has(self.stages[i].promote) && has({keep}) && {keep}.exists(k, !(k in names))",
+             f"{keeps}.filter(j, j < size({keep}) && !({keep}[j] in names)).map(j, "
+             f'"spec.stages[" + {stage} + "].promote.keep[" + {keep_at} + "]: unknown candidate \'" + {keep}[j] + '
+             '"\'")[0]') + ")[0]",
+         "fieldPath": ".stages"},
+        {"rule": "!has(self.stages[0].promote) || self.stages[0].promote.top <= size(self.candidates)",
+         "message": "the first stage's promote.top is larger than the number of candidates",
+         # Without the two numbers: string(int) has no bound the cost estimator knows.
+         "messageExpression": '"spec.stages[0].promote.top: larger than the number of candidates that can enter '
+                              'stage \'" + self.stages[0].name + "\'"',
+         "fieldPath": ".stages"},
+        {"rule": "!has(self.verdict) || self.verdict.reference in self.candidates.map(c, c.name)",
+         "message": "verdict.reference is not a candidate",
+         "messageExpression": '"spec.verdict.reference: unknown candidate \'" + self.verdict.reference + "\'"',
+         "fieldPath": ".verdict.reference"},
+        {"rule": f"!has(self.verdict) || !has(self.verdict.checks) || {candidates}.all(names, "
+                 "self.verdict.checks.all(k, k.candidate in names))",
+         "message": "a verdict check names an unknown candidate",
+         "messageExpression": f"{candidates}.map(names, " + _first(
+             checks, "size(self.verdict.checks)", f"!({checked} in names)",
+             f'"spec.verdict.checks[" + {check} + "].candidate: unknown candidate \'" + {checked} + "\'"') + ")[0]",
+         "fieldPath": ".verdict.checks"},
+    ]
 
 
 def template_schema() -> dict[str, Any]:

@@ -29,6 +29,10 @@ from .contract import ENV_NODE_RANK, IDENTITY_ENV, LAYOUT_ENV
 TRAINER_CONTAINER = "trainer"
 SCRATCH_VOLUME = "scratch"
 SCRATCH_PATH = "/scratch"
+# The candidate's config file (the cell contract's --config-file), projected from the Pod's
+# config annotation by the downward API.
+CONFIG_VOLUME = "ladder-config"
+CONFIG_PATH = "/etc/ladder"
 SHM_VOLUME = "dshm"
 SHM_PATH = "/dev/shm"
 
@@ -123,6 +127,8 @@ def _trainer_errors(ctr: dict[str, Any], path: str) -> list[str]:
             if p == SCRATCH_PATH or m.get("name") == SCRATCH_VOLUME:
                 errs.append(f"{path}.volumeMounts[{m['mountPath']}]: {OWNED} (the cell's scratch directory {SCRATCH_PATH}, "
                             "where the result file is written)")
+            elif p == CONFIG_PATH or m.get("name") == CONFIG_VOLUME:
+                errs.append(f"{path}.volumeMounts[{m['mountPath']}]: {OWNED} (the cell's config file, {CONFIG_PATH})")
             elif not m.get("name"):
                 errs.append(f"{path}.volumeMounts[{m['mountPath']}].name: required (the volume to mount)")
     if "env" in ctr:
@@ -163,8 +169,9 @@ def owned_field_errors(template: Any, host_selector_keys: Iterable[tuple[str, st
             errs += [f"{sp}.nodeSelector[{k}]: {OWNED} ({owners[k]} sets it; the host block's placement wins)"
                      for k in spec["nodeSelector"] if k in owners]
     if "volumes" in spec:
-        errs += [f"{sp}.volumes[{v['name']}]: {OWNED} (the cell's scratch emptyDir)"
-                 for v in _named_list(spec["volumes"], f"{sp}.volumes", errs) if v["name"] == SCRATCH_VOLUME]
+        owned_volumes = {SCRATCH_VOLUME: "the cell's scratch emptyDir", CONFIG_VOLUME: "the cell's config file"}
+        errs += [f"{sp}.volumes[{v['name']}]: {OWNED} ({owned_volumes[v['name']]})"
+                 for v in _named_list(spec["volumes"], f"{sp}.volumes", errs) if v["name"] in owned_volumes]
     if "imagePullSecrets" in spec:
         _named_list(spec["imagePullSecrets"], f"{sp}.imagePullSecrets", errs)
     if "tolerations" in spec and not (isinstance(spec["tolerations"], list)

@@ -20,15 +20,15 @@ from pathlib import Path
 from ..core.api import PromotionLadder
 from ..core.budget import cell_deadline_seconds
 from ..core.cell import Cell, CellOutcome
-from ..core.contract import cell_args, cell_env, judge, process_env
+from ..core.contract import CONFIG_FILE, cell_args, cell_config, cell_env, judge, process_env
 from .caches import compile_cache_env
 
 
-def cell_command(ladder: PromotionLadder, cell: Cell, result_file: str) -> list[str]:
+def cell_command(ladder: PromotionLadder, cell: Cell, config_file: str, result_file: str) -> list[str]:
     command = list(ladder.spec.trainer.command)
     if command[0] in ("python", "python3"):
         command[0] = sys.executable
-    return command + cell_args(ladder.spec, cell, result_file)
+    return command + cell_args(ladder.spec, cell, config_file, result_file)
 
 
 def outcome_from_result(ladder: PromotionLadder, cell: Cell, exit_code: int, result_text: str | None) -> CellOutcome:
@@ -54,6 +54,8 @@ class CellProcess:
         d.mkdir(parents=True, exist_ok=True)
         result_file = d / "result.json"
         result_file.unlink(missing_ok=True)  # a stale result from an interrupted run must not count
+        config_file = d / CONFIG_FILE
+        config_file.write_text(cell_config(ladder.spec, cell))
         log_file = d / "log.txt"
         env = {**os.environ, **ladder.spec.trainer.env, **cell_env(ladder.name, cell)}
         for key, value in compile_cache_env(workdir).items():
@@ -64,7 +66,7 @@ class CellProcess:
         budget = next(s.budget_seconds for s in ladder.spec.stages if s.name == cell.stage)
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(
-                cell_command(ladder, cell, str(result_file.resolve())), env=env,
+                cell_command(ladder, cell, str(config_file.resolve()), str(result_file.resolve())), env=env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         started = time.monotonic()
