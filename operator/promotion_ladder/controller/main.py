@@ -2,8 +2,8 @@
 
 Ports: --metrics-port serves /metrics (and /healthz, /readyz for convenience);
 --health-port serves /healthz (liveness: the work loop is beating) and /readyz (readiness:
-Kopf has started and the Jobs' and Pods' caches have their first listing). The kubeconfig is the in-cluster service account,
-else $KUBECONFIG / ~/.kube/config.
+Kopf has started and the Jobs' and Pods' caches have their first listing). The kubeconfig is
+the in-cluster service account, else $KUBECONFIG / ~/.kube/config.
 """
 
 from __future__ import annotations

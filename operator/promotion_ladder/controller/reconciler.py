@@ -120,12 +120,12 @@ class Controller:
         self._tasks.append(asyncio.create_task(self._resync()))
 
     def _start_informers(self) -> None:
+        from kubernetes import client
+
         loop = asyncio.get_running_loop()
 
         def on_event(kind: str, uid: str, ladder: str | None, namespace: str, summary: Any) -> None:
             loop.call_soon_threadsafe(self.on_child, kind, uid, ladder, namespace, summary)
-        from kubernetes import client
-
         # A connection pool of their own: each watch holds a connection for minutes.
         watch_client = client.ApiClient(self.api.api_client.configuration)
         batch, core = client.BatchV1Api(watch_client), client.CoreV1Api(watch_client)
