@@ -6,7 +6,12 @@ never fails), create no Job twice and finish the ladder.
 It runs `benchmarks/operator_bench.py --restart` (its own control plane, four simulated nodes
 of 8 GPUs), the same scenario the benchmark runs at full size (1,000 x 2 x 2 = 4,440 cells, with
 its timings and memory in benchmarks/operator-results.md). Only correctness is asserted here;
-speed and memory are the benchmark's."""
+speed and memory are the benchmark's.
+
+At this size the code before the fix passed too (0 lost on 4f8c56e: its Kopf indexes were full
+before it judged a cell; benchmarks/issue12-old-code.md), so this guards the scenario; the test
+that fails on that code for defect 1 is test_robustness_integration's
+test_complete_job_whose_pod_the_cache_lacks_is_not_failed."""
 
 from __future__ import annotations
 

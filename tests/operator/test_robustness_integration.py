@@ -161,6 +161,7 @@ def test_recorded_history_is_immutable(operator, kube):
     records what it ran with (GPUs, node, image) when it finishes."""
     from kubernetes.client.rest import ApiException
 
+    from localcluster.waiting import wait_for
     from promotion_ladder.core.api import load_ladder
 
     doc = ladder("audit", {"a": {"value": 1.0}, "b": {"value": 1.1}},
@@ -169,19 +170,26 @@ def test_recorded_history_is_immutable(operator, kube):
     obj = kube.wait_phase("audit", timeout=90)
     st = obj["status"]
     assert st["phase"] == "Succeeded", kube.describe("audit")
-    for s in st["stages"]:
-        assert s["image"] == "stub:0"
-        for c in s["cells"]:
-            assert c["gpus"] == 1 and c["node"].startswith("a100-"), c
-    with pytest.raises(ApiException) as err:
+    # The symptom first, whatever the API server makes of the gpus edit: once the operator has
+    # seen every edit (an allowed one too), the recorded GPU-hours are what they were.
+    try:
         kube.patch("audit", {"spec": {"trainer": {"gpus": 2}}})
-    assert err.value.status == 422 and "trainer.gpus is frozen" in err.value.body
+        refused = None
+    except ApiException as exc:
+        refused = exc
+    generation = kube.patch("audit", {"spec": {"trainer": {"image": "stub:1"}}})["metadata"]["generation"]
+    seen = wait_for(lambda: (s := kube.ladder("audit")["status"]).get("observedGeneration") == generation and s,
+                    timeout=60, what="the operator seeing the edits")
+    assert seen["gpuHours"] == st["gpuHours"], "the recorded GPU-hours changed after the ladder ended"
+    assert refused is not None and refused.status == 422 and "trainer.gpus is frozen" in refused.body
     assert load_ladder(obj).spec.frozen_hash() == st["frozenHash"]  # the hash covers trainer.gpus
     edited = json.loads(json.dumps(obj))
     edited["spec"]["trainer"]["gpus"] = 2
     assert load_ladder(edited).spec.frozen_hash() != st["frozenHash"]
-    kube.patch("audit", {"spec": {"trainer": {"image": "stub:1"}}})  # operational edits stay allowed
-    assert kube.ladder("audit")["status"]["gpuHours"] == st["gpuHours"]
+    for s in st["stages"]:
+        assert s["image"] == "stub:0"
+        for c in s["cells"]:
+            assert c["gpus"] == 1 and c["node"].startswith("a100-"), c
 
 
 def test_a_pod_running_past_its_deadline_is_ended_and_the_cell_retried(operator_identity, namespace, tmp_path, kube):
@@ -229,12 +237,17 @@ def test_two_operators_never_act_at_once(operator_identity, namespace, tmp_path,
     second = Operator(operator_identity, namespace, tmp_path / "b").start()
     coord = client.CoordinationV1Api(kube.api)
     try:
-        holder = wait_for(lambda: coord.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity,
-                          timeout=30, what="a leader")
         cands = {f"c{i}": {"value": 1.0 + i / 10, "sleep": 1} for i in range(6)}
         kube.create(ladder("pair", cands, [stage("s1", blocks=("a100",), top=2), stage("s2", "3s", blocks=("a100",))],
                            parallelism=2))
-        wait_for(lambda: len(kube.jobs("pair")) >= 2, timeout=60, what="the first Jobs")
+        wait_for(lambda: len(kube.jobs("pair")) >= 4, timeout=60, what="two rounds of Jobs")
+        # The symptom first: two operators at once both create Jobs (Job names are fixed, so the
+        # loser's creates end in 409s, but each is work done by an operator that should not act).
+        creates = [metric_sum(op.metrics(), "ladder_operator_api_requests_total", operation="create_job")
+                   for op in (first, second)]
+        assert min(creates) == 0, f"both operators created Jobs (create calls: {creates})"
+        holder = wait_for(lambda: coord.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity,
+                          timeout=30, what="a leader")
         leader = first if f"-{first.proc.pid}-" in holder else second
         standby = second if leader is first else first
         leader.stop()  # SIGTERM
@@ -252,36 +265,50 @@ def test_two_operators_never_act_at_once(operator_identity, namespace, tmp_path,
             op.stop()
 
 
-def test_a_ladder_that_can_never_run_is_stopped_before_its_jobs(operator, kube):
-    """Defect 6: an invalid resource quantity was admitted and Job creation refused every 30 s
-    with one Warning; a nodeSelector no node has left the ladder Running, saying nothing; a
-    1 MB candidate config failed every pod with `Argument list too long`. Now a dry-run Job per
-    host block keeps such a ladder Pending with Admitted=False (fixable by an edit), a host
-    block no node serves is a Schedulable=False warning, and an oversized config is InvalidSpec."""
-    from localcluster.waiting import wait_for
+def _condition(kube, name: str, type_: str) -> dict | None:
+    return next((c for c in (kube.ladder(name).get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
 
-    def condition(name, type_):
-        return next((c for c in (kube.ladder(name).get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+# Defect 6 had three ways to stall silently; one test each, so each is seen to fail on the code
+# before the fix (one test stopped at its first case).
+def test_a_ladder_whose_jobs_the_api_server_refuses_is_stopped_before_its_jobs(operator, kube):
+    """Defect 6: an invalid resource quantity was admitted and Job creation refused every 30 s
+    with one Warning. Now a dry-run Job per host block keeps such a ladder Pending with
+    Admitted=False, and an edit of the placement fixes it."""
+    from localcluster.waiting import wait_for
 
     bad = ladder("quantity", {"a": {"value": 1.0}}, [stage("only", blocks=("a100",))])
     bad["spec"]["trainer"]["resources"] = {"limits": {"cpu": "lots"}}
     kube.create(bad)
-    admitted = wait_for(lambda: condition("quantity", "Admitted"), timeout=60, what="Admitted condition")
+    admitted = wait_for(lambda: _condition(kube, "quantity", "Admitted"), timeout=60, what="Admitted condition",
+                        describe=lambda: kube.describe("quantity"))
     assert admitted["status"] == "False" and admitted["reason"] == "JobInvalid" and "a100" in admitted["message"]
     assert kube.ladder("quantity")["status"]["phase"] == "Pending" and kube.jobs("quantity") == []
     assert kube.events("JobInvalid")
     kube.patch("quantity", {"spec": {"trainer": {"resources": {"limits": {"cpu": "1"}}}}})  # placement is editable
     assert kube.wait_phase("quantity", timeout=90)["status"]["phase"] == "Succeeded", kube.describe("quantity")
 
+
+def test_a_host_block_no_node_serves_is_a_warning(operator, kube):
+    """Defect 6: a nodeSelector no node has left the ladder Running forever, saying nothing. Now it
+    is a Schedulable=False warning (an autoscaler may add the node, so the ladder runs on)."""
+    from localcluster.waiting import wait_for
+
     nowhere = ladder("nowhere", {"a": {"value": 1.0}}, [stage("only", blocks=("a100", "h100"))])
     nowhere["spec"]["hostBlocks"].append({"name": "h100", "nodeSelector": {"ladder.promotion.dev/host-block": "h100"}})
     kube.create(nowhere)
-    warned = wait_for(lambda: condition("nowhere", "Schedulable"), timeout=60, what="Schedulable condition")
+    warned = wait_for(lambda: _condition(kube, "nowhere", "Schedulable"), timeout=60, what="Schedulable condition",
+                      describe=lambda: kube.describe("nowhere"))
     assert warned["status"] == "False" and warned["reason"] == "NoNodeMatches" and "h100" in warned["message"]
-    assert kube.ladder("nowhere")["status"]["phase"] == "Running"  # a warning: an autoscaler may add the node
+    assert kube.ladder("nowhere")["status"]["phase"] == "Running"
     assert kube.events("NoNodeMatches")
 
+
+def test_an_oversized_candidate_config_is_refused_before_its_jobs(operator, kube):
+    """Defect 6: a 1 MB candidate config failed every pod with `Argument list too long` (three
+    doomed pods per cell) and the ladder still ended Succeeded. Now it is InvalidSpec, no Job."""
     huge = ladder("huge", {"a": {"value": 1.0, "blob": "x" * 300_000}}, [stage("only", blocks=("a100",))])
     kube.create(huge)
-    st = kube.wait_phase("huge", phases=("Failed",), timeout=60)["status"]
-    assert "spec.candidates[0].config" in st["message"] and kube.jobs("huge") == []
+    st = kube.wait_phase("huge", timeout=60)["status"]
+    assert st["phase"] == "Failed" and "spec.candidates[0].config" in st["message"], st.get("message")
+    assert kube.jobs("huge") == []
