@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from promotion_ladder.controller.handlers import Controller
 from promotion_ladder.controller.metrics import LadderMetrics
 from promotion_ladder.core.cell import Cell
@@ -14,8 +16,9 @@ KEY = ("ns", "test")
 
 
 class FakeApi:
-    def __init__(self, refuse_jobs: int | None = None, refuse_status: int | None = None):
+    def __init__(self, refuse_jobs: int | None = None, refuse_status: int | None = None, jobs_exist: bool = False):
         self.calls: list[tuple] = []
+        self.jobs_exist = jobs_exist  # every Job create answers 409 (create_job returns False)
         self.rv = 100
         self.refuse_jobs = refuse_jobs
         self.refuse_status = refuse_status
@@ -40,7 +43,7 @@ class FakeApi:
             exc.status, exc.reason, exc.body = self.refuse_jobs, "Forbidden", "quota"
             raise exc
         self.calls.append(("job", job["metadata"]["labels"]["ladder.promotion.dev/stage"]))
-        return True
+        return not self.jobs_exist
 
     def post_event(self, body, type_, reason, message):
         self.calls.append(("event", reason))
@@ -86,6 +89,29 @@ def test_status_is_written_before_jobs_and_nothing_twice():
     api.calls.clear()
     run(c)  # jobs not in the index yet, but remembered as being created; status unchanged
     assert api.calls == []
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["created", "409: adopted"])
+def test_a_job_whose_create_answered_409_is_adopted_not_created_again(exists, monkeypatch):
+    """Issue 12, defect 8: under load an expired create expectation caused ~389 repeated creates
+    (all 409). A Job whose create says it exists is expected for 5 minutes; one just created for
+    30 s (after that a watch that never showed it means it is gone: create it again)."""
+    from promotion_ladder.controller import expectations
+
+    clock = [1000.0]
+    monkeypatch.setattr(expectations.time, "monotonic", lambda: clock[0])
+    api = FakeApi(jobs_exist=exists)
+    c = controller(api)
+    run(c)
+    assert kinds(api.calls).count("job") == 8
+    clock[0] += 120  # the watch still shows none of them
+    api.calls.clear()
+    run(c)
+    assert kinds(api.calls).count("job") == (0 if exists else 8)
+    clock[0] += 300
+    api.calls.clear()
+    run(c)
+    assert kinds(api.calls).count("job") == 8  # even an adopted Job the watch never shows is created again
 
 
 def test_rejected_result_is_reported_once():
