@@ -9,18 +9,29 @@ from pathlib import Path
 
 import yaml
 
-from .core.api import LadderInvalid
+from .core.api import LadderInvalid, load_ladder
 from .core.recorded import RecordedResultsInvalid, parse_results
-from .files import FileError, read_ladder, read_text
+from .files import FileError, read_ladder, read_ladder_document, read_text
+
+# The API server limits an object's annotations to 256 KiB in all, and client-side `kubectl
+# apply` keeps the whole manifest in one (kubectl.kubernetes.io/last-applied-configuration).
+ANNOTATIONS_LIMIT = 256 * 1024
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    ladder = read_ladder(args.file)
+    doc = read_ladder_document(args.file)
+    ladder = load_ladder(doc, source=str(args.file))
     spec = ladder.spec
     cells = sum(len(s.cells()) for s in spec.stages)
     print(f"{args.file}: valid PromotionLadder {ladder.name!r}: {len(spec.candidates)} candidates, "
           f"{len(spec.stages)} stages, {len(spec.host_blocks)} host blocks, {cells} cells per candidate at most; "
           f"frozen hash {spec.frozen_hash()}")
+    size = len(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > ANNOTATIONS_LIMIT * 0.9:
+        print(f"warning: the ladder is {size // 1024} KiB as JSON: `kubectl apply -f` keeps a copy in the "
+              f"annotation kubectl.kubernetes.io/last-applied-configuration, and an object's annotations are "
+              f"limited to {ANNOTATIONS_LIMIT // 1024} KiB (it fails as `metadata.annotations: Too long`); use "
+              f"`kubectl apply --server-side -f {args.file}` or `kubectl create -f {args.file}`")
     if args.tokens_per_second is not None:
         for line in _repeat_warnings(spec, args):
             print(line)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -45,6 +46,11 @@ def _load_yaml(text: str) -> list:
 
 def read_ladder(path: str | Path) -> PromotionLadder:
     """Load and validate the one PromotionLadder in a YAML or JSON file."""
+    return load_ladder(read_ladder_document(path), source=str(path))
+
+
+def read_ladder_document(path: str | Path) -> Any:
+    """The one PromotionLadder document of a YAML or JSON file, as written (not validated)."""
     text = read_text(path)
     try:
         docs = _load_yaml(text)
@@ -59,7 +65,7 @@ def read_ladder(path: str | Path) -> PromotionLadder:
         raise FileError(f"{path}: holds no {KIND} document")
     if len(ladders) > 1:
         raise FileError(f"{path}: holds {len(ladders)} {KIND} documents; give one ladder per file")
-    return load_ladder(ladders[0], source=str(path))
+    return ladders[0]
 
 
 def read_status(path: str | Path) -> LadderStatus:

@@ -69,6 +69,18 @@ def test_validate(name, tmp_path, capsys):
     assert "Traceback" not in out.err
 
 
+@pytest.mark.parametrize("blob, warned", [(1000, False), (300_000, True)], ids=["small", "over the annotation limit"])
+def test_validate_warns_before_kubectl_apply_fails_on_size(blob, warned, tmp_path, capsys):
+    """Issue 12, defect 8: a ladder of a few hundred KiB fails client-side `kubectl apply` as
+    `metadata.annotations: Too long`, which says nothing about the ladder; validate says why
+    and what to run instead."""
+    doc = ladder_doc()
+    doc["spec"]["candidates"] += [{"name": f"big{i}", "config": {"notes": "x" * (blob // 10)}} for i in range(10)]
+    assert main(["validate", write(tmp_path, doc)]) == 0
+    out = capsys.readouterr().out
+    assert ("kubectl apply --server-side -f" in out) == warned, out
+
+
 def test_validate_missing_file(capsys):
     assert main(["validate", "/nonexistent/ladder.yaml"]) == 1
     assert "no such file" in capsys.readouterr().err
