@@ -93,3 +93,31 @@ def test_a_relist_reports_what_changed_while_the_watch_was_down(kube, namespace)
     assert sorted(rec.events) == [("ADDED", "q4", "lad"), ("DELETED", "q0", "lad"), ("DELETED", "q1", "lad"),
                                   ("MODIFIED", "q2", "lad")]
     assert {s.name for s in inf.get((namespace, "lad"))} == {"q2", "q3", "q4"} and inf.lists == 2
+
+
+@pytest.mark.parametrize("fault, lists", [("dropped", 1), ("gone", 2)], ids=["dropped connection: resume", "410: relist"])
+def test_a_broken_watch_resumes_or_relists(fault, lists, kube, namespace, monkeypatch):
+    """A watch that breaks (a dropped connection) resumes from its resourceVersion: no relist of
+    thousands of objects for a blip. One whose version is too old (410 Gone) lists again. The
+    first watch call fails on purpose; the list and every other call go to the real API server."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import ProtocolError
+
+    monkeypatch.setattr(informer_mod, "BACKOFF_SECONDS", (0.1,))
+    real = kube.core.list_namespaced_pod
+    failed = []
+
+    def flaky(*args, **kwargs):
+        if kwargs.get("watch") and not failed:
+            failed.append(kwargs["resource_version"])
+            raise ProtocolError("connection dropped") if fault == "dropped" else ApiException(status=410, reason="Gone")
+        return real(*args, **kwargs)
+    kube.core.create_namespaced_pod(namespace, pod("r0", "lad"))
+    inf = Informer("pods", flaky, namespace, LADDER_LABEL, pod_summary, Recorder()).start()
+    try:
+        assert Cache([inf]).wait_synced(30)
+        kube.core.create_namespaced_pod(namespace, pod("r1", "lad"))
+        wait_for(lambda: names(Cache([inf]), namespace, "lad") == {"r0", "r1"}, timeout=30, what="r1 seen after the fault")
+        assert failed and inf.lists == lists
+    finally:
+        inf.stop()

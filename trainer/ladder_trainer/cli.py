@@ -4,8 +4,8 @@
     python -m ladder_trainer --config-file config.json --seed 1 --budget 2m   # how a ladder runs it
 
 Candidate config is the JSON object (a ladder's cells get it as a file, the cell contract's
---config-file, so its size never meets the kernel's argument-length limit); everything else a ladder keeps the same for all its
-cells is a flag or a LADDER_TRAINER_* variable (flags win). Whatever happens, a result
+--config-file, so its size never meets the kernel's argument-length limit); everything else a
+ladder keeps the same for all its cells is a flag or a LADDER_TRAINER_* variable (flags win). Whatever happens, a result
 document is written and the exit code follows promotion_ladder.core.contract: 0 ok, 1 error,
 2 bad config, 3 diverged, 4 out of memory.
 

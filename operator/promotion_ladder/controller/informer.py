@@ -12,8 +12,9 @@ What this does instead, per (kind, namespace), in one thread:
   * list with pagination (`limit`/`continue`), server-side label selection, raw JSON (no client
     models): only one page of bodies is alive at a time, and each body becomes a summary;
   * then watch from the list's resourceVersion with bookmarks, so a quiet watch stays resumable;
-  * on 410 Gone (the watch is too old) or any error: list again (after a short backoff) and
-    report what changed meanwhile, deletions included.
+  * on an error (a dropped connection, a 5xx), resume the watch from the last resourceVersion
+    after a short backoff; on 410 Gone (that version is too old) list again, and report what
+    changed meanwhile, deletions included (client-go's reflector does the same).
 The informer is `synced` once its first list is complete; the Controller reconciles nothing
 before every informer is synced, so a reconcile never mistakes "not listed yet" for "missing".
 """
@@ -88,22 +89,20 @@ class Informer:
             try:
                 if rv is None:
                     rv = self._relist()
-                    failures = 0
                 rv = self._watch(rv)
+                failures = 0
             except ApiException as exc:
                 if exc.status == 410:  # too old to resume: list again, at once
                     rv = None
                     continue
                 failures += 1
-                log.warning("%s informer (%s): %s %s; listing again", self.kind, self._namespace or "all", exc.status,
+                log.warning("%s informer (%s): %s %s; retrying", self.kind, self._namespace or "all", exc.status,
                             exc.reason)
-                rv = None
-            except Exception as exc:  # noqa: BLE001 - a dropped connection: list again, never give up
+            except Exception as exc:  # noqa: BLE001 - a dropped connection: resume (or list), never give up
                 if self._stop.is_set():
                     return
                 failures += 1
-                log.warning("%s informer (%s): %s; listing again", self.kind, self._namespace or "all", exc)
-                rv = None
+                log.warning("%s informer (%s): %s; retrying", self.kind, self._namespace or "all", exc)
             if failures:
                 self._stop.wait(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS)) - 1])
 
@@ -167,7 +166,10 @@ class Informer:
     def _watch(self, rv: str) -> str:
         """Apply watch events until the server ends the watch; returns the resourceVersion to
         resume from. Raises ApiException(410) when the version is too old."""
-        resp = self._call(watch=True, resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS)
+        # The server ends the watch after WATCH_SECONDS; a read timeout a minute past that notices a
+        # connection that died silently (no FIN), which would otherwise block this thread forever.
+        resp = self._call(watch=True, resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=WATCH_SECONDS,
+                          _request_timeout=(10, WATCH_SECONDS + 60))
         try:
             for line in iter_resp_lines(resp):
                 if self._stop.is_set():

@@ -4,9 +4,11 @@ A cell's Job runs the trainer by the cell contract (core/contract.py: argv and L
 plus POD_NAME/POD_NAMESPACE from the downward API. The candidate's config travels as the Pod's
 config annotation, which a downward-API volume projects into the file --config-file names (an
 annotation, not an argument or a ConfigMap: no argument-length limit, no object to create or
-garbage-collect, and the trainer's admission policy forbids it to change the annotation). Failure handling lives in the Job itself: a podFailurePolicy fails the Job at
-once on the trainer's "not worth retrying" exit codes (bad config, diverged, OOM) and does not
-count disruptions (preemption, eviction, node drain); anything else retries up to BACKOFF_LIMIT.
+garbage-collect, and the trainer's admission policy forbids it to change the annotation).
+
+Failure handling lives in the Job itself: a podFailurePolicy fails the Job at once on the
+trainer's "not worth retrying" exit codes (bad config, diverged, OOM) and does not count
+disruptions (preemption, eviction, node drain); anything else retries up to BACKOFF_LIMIT.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class CellProcess:
         result_file = d / "result.json"
         result_file.unlink(missing_ok=True)  # a stale result from an interrupted run must not count
         config_file = d / CONFIG_FILE
-        config_file.write_text(cell_config(ladder.spec, cell))
+        config_file.write_text(cell_config(ladder.spec, cell), encoding="utf-8")
         log_file = d / "log.txt"
         env = {**os.environ, **ladder.spec.trainer.env, **cell_env(ladder.name, cell)}
         for key, value in compile_cache_env(workdir).items():
