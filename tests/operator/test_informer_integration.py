@@ -71,6 +71,14 @@ def test_lists_in_pages_then_follows_the_watch(kube, namespace, monkeypatch):
                       ("MODIFIED", "p2", "other")]:
             wait_for(lambda: rec.seen(event), timeout=10, what=str(event))
         wait_for(lambda: any(e[:2] == ("DELETED", "p3") for e in rec.events), timeout=30, what="p3 deleted")
+        # A change no reconcile reads (the trainer's progress annotation) wakes no ladder; one
+        # event later on the same stream shows the watch got past it.
+        kube.core.patch_namespaced_pod("p0", namespace, {"metadata": {"annotations": {
+            "ladder.promotion.dev/progress": '{"step": 3}'}}})
+        kube.core.patch_namespaced_pod("p4", namespace, {"metadata": {"annotations": {
+            "ladder.promotion.dev/result": "{}"}}})
+        wait_for(lambda: rec.seen(("MODIFIED", "p4", "lad")), timeout=30, what="p4's result seen")
+        assert not rec.seen(("MODIFIED", "p0", "lad"))
         assert inf.lists == 1
     finally:
         inf.stop()

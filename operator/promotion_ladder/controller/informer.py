@@ -41,7 +41,8 @@ BACKOFF_SECONDS = (0.5, 1, 2, 5, 10)
 class Informer:
     """`summarize(body)` -> a summary with `.ladder` (None: not a ladder's object; ignored).
     `on_event(type, uid, ladder, namespace, summary)` is called from the informer's thread for
-    every change after the first list (type ADDED, MODIFIED or DELETED)."""
+    every change of a summary after the first list (type ADDED, MODIFIED or DELETED); a change
+    the summary does not show (a progress annotation, a resourceVersion) is not an event."""
 
     def __init__(self, kind: str, list_fn: Callable[..., Any], namespace: str | None, label_selector: str,
                  summarize: Callable[[dict], Any], on_event: Callable[[str, str, str | None, str, Any], None]):
@@ -201,6 +202,8 @@ class Informer:
             if entry is not None:
                 self._by_uid[uid] = entry
                 self._by_key.setdefault(entry[0], {})[uid] = entry[1]
+        if old is not None and entry == old:
+            return  # nothing a reconcile reads changed (e.g. a progress annotation): no event
         # Deleted, or relabelled away from its ladder (a label-selected watch reports an object
         # that stops matching as DELETED): gone for the ladder it was listed under.
         if old is not None and (entry is None or entry[0] != old[0]):

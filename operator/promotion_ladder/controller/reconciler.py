@@ -84,7 +84,6 @@ class Controller:
         self.status_writer = StatusWriter(lambda: self.api, STATUS_COALESCE_SECONDS)
         self.trainer_rbac = TrainerRbac()
         self._reported: set[str] = set()  # rejections and warnings already posted
-        self._summaries: dict[str, Any] = {}  # object uid -> last summary that woke a ladder
         self._tasks: list[asyncio.Task] = []
         # Reconciles wait on the API server most of the time: threads, not cores, are the limit.
         # (asyncio.to_thread's default pool has cpu_count + 4 threads: 6 on two cores.)
@@ -124,8 +123,8 @@ class Controller:
 
         loop = asyncio.get_running_loop()
 
-        def on_event(kind: str, uid: str, ladder: str | None, namespace: str, summary: Any) -> None:
-            loop.call_soon_threadsafe(self.on_child, kind, uid, ladder, namespace, summary)
+        def on_event(kind: str, uid: str, ladder: str, namespace: str, summary: Any) -> None:
+            loop.call_soon_threadsafe(self.enqueue, (namespace, ladder))  # the queue is the loop's
         # A connection pool of their own: each watch holds a connection for minutes.
         watch_client = client.ApiClient(self.api.api_client.configuration)
         batch, core = client.BatchV1Api(watch_client), client.CoreV1Api(watch_client)
@@ -444,17 +443,6 @@ class Controller:
         if self.status_writer.is_own_write(key, meta.get("resourceVersion")):
             return  # our own status write coming back
         self.enqueue(key)
-
-    def on_child(self, event_type: str | None, uid: str, ladder: str | None, namespace: str, summary: Any) -> None:
-        if not ladder:
-            return
-        if event_type == "DELETED":
-            self._summaries.pop(uid, None)
-        elif self._summaries.get(uid) == summary:
-            return  # e.g. a progress annotation: nothing the reconcile reads changed
-        else:
-            self._summaries[uid] = summary
-        self.enqueue((namespace, ladder))
 
 
 def _api_message(exc: Exception) -> str:
