@@ -95,12 +95,14 @@ def test_a_relist_reports_what_changed_while_the_watch_was_down(kube, namespace)
     kube.core.patch_namespaced_pod("q1", namespace, {"metadata": {"labels": {LADDER_LABEL: None}}})
     kube.core.patch_namespaced_pod("q2", namespace, {"metadata": {"annotations": {
         "ladder.promotion.dev/result": "{}"}}})
+    kube.core.patch_namespaced_pod("q3", namespace, {"metadata": {"labels": {LADDER_LABEL: "other"}}})
     kube.core.create_namespaced_pod(namespace, pod("q4", "lad"))
     wait_for(lambda: not [p for p in kube.pods("lad") if p.metadata.name == "q0"], timeout=30, what="q0 gone")
     inf._relist()
+    # q3 moved to another ladder: gone for "lad" (as the watch reports it), there for "other".
     assert sorted(rec.events) == [("ADDED", "q4", "lad"), ("DELETED", "q0", "lad"), ("DELETED", "q1", "lad"),
-                                  ("MODIFIED", "q2", "lad")]
-    assert {s.name for s in inf.get((namespace, "lad"))} == {"q2", "q3", "q4"} and inf.lists == 2
+                                  ("DELETED", "q3", "lad"), ("MODIFIED", "q2", "lad"), ("MODIFIED", "q3", "other")]
+    assert {s.name for s in inf.get((namespace, "lad"))} == {"q2", "q4"} and inf.lists == 2
 
 
 @pytest.mark.parametrize("fault, lists", [("dropped", 1), ("gone", 2)], ids=["dropped connection: resume", "410: relist"])

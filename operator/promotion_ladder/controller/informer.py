@@ -147,13 +147,8 @@ class Informer:
             self.synced.set()
             return rv
         # A relist: report what changed while the watch was down.
-        for uid, (key, summary) in before.items():
-            if uid not in seen:
-                self._on_event("DELETED", uid, key[1], key[0], summary)
-        for uid, (key, summary) in seen.items():
-            old = before.get(uid)
-            if old is None or old[1] != summary:
-                self._on_event("ADDED" if old is None else "MODIFIED", uid, key[1], key[0], summary)
+        for uid in before.keys() | seen.keys():
+            self._report("MODIFIED" if uid in before else "ADDED", uid, before.get(uid), seen.get(uid))
         return rv
 
     def _entry(self, body: dict) -> tuple[Key, Any] | None:
@@ -202,14 +197,19 @@ class Informer:
             if entry is not None:
                 self._by_uid[uid] = entry
                 self._by_key.setdefault(entry[0], {})[uid] = entry[1]
-        if old is not None and entry == old:
-            return  # nothing a reconcile reads changed (e.g. a progress annotation): no event
-        # Deleted, or relabelled away from its ladder (a label-selected watch reports an object
-        # that stops matching as DELETED): gone for the ladder it was listed under.
-        if old is not None and (entry is None or entry[0] != old[0]):
+        self._report(kind, uid, old, entry)
+
+    def _report(self, kind: str, uid: str, old: tuple[Key, Any] | None, new: tuple[Key, Any] | None) -> None:
+        """The events of one object's change, from the watch or a relist: `kind` for its new
+        entry; a DELETED for the ladder it left (deleted, or relabelled away: a label-selected
+        watch reports an object that stops matching as DELETED); none when no summary changed
+        (a progress annotation, a resourceVersion)."""
+        if new == old:
+            return
+        if old is not None and (new is None or new[0] != old[0]):
             self._on_event("DELETED", uid, old[0][1], old[0][0], old[1])
-        if entry is not None:
-            self._on_event(kind, uid, entry[0][1], entry[0][0], entry[1])
+        if new is not None:
+            self._on_event(kind, uid, new[0][1], new[0][0], new[1])
 
 
 class Cache:
