@@ -3,6 +3,8 @@
 # installs the project into it in editable mode. A second run takes seconds.
 #
 #   LADDER_CACHE  cache root (default ~/.cache/promotion-ladder)
+#   LADDER_VENV   the environment (default $LADDER_CACHE/venv); one per clone when several
+#                 clones run tests at once, since the editable install points at one clone
 #
 # torch (the trainer extra) is several GB on Linux; it is installed into the same cached
 # venv so tests and the demo can run the real trainer. The operator's own install
@@ -10,7 +12,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${LADDER_CACHE:-$HOME/.cache/promotion-ladder}
-venv=$cache/venv
+venv=${LADDER_VENV:-$cache/venv}
 mkdir -p "$cache"
 
 if [ ! -x "$venv/bin/python" ]; then
