@@ -18,7 +18,7 @@ mkdir -p "$cache"
 if [ ! -x "$venv/bin/python" ]; then
   echo "bootstrap: creating $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q --upgrade pip
 fi
 
 # Re-install the dependencies only when their list changed (hash of pyproject.toml); re-point
@@ -27,12 +27,12 @@ stamp=$venv/.pyproject.sha
 want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing promotion-ladder[dev,trainer,report,prepare] (first run downloads torch, a few GB)" >&2
-  "$venv/bin/pip" install -q --progress-bar off -e "$root[dev,trainer,report,prepare]"
+  "$venv/bin/python" -m pip install -q --progress-bar off -e "$root[dev,trainer,report,prepare]"
   echo "$want" > "$stamp"
 fi
 here=$("$venv/bin/python" -c 'import promotion_ladder, os; print(os.path.dirname(promotion_ladder.__file__))' 2>/dev/null || true)
 if [ "$here" != "$root/operator/promotion_ladder" ]; then
   echo "bootstrap: pointing the environment at $root" >&2
-  "$venv/bin/pip" install -q --progress-bar off --no-deps -e "$root"
+  "$venv/bin/python" -m pip install -q --progress-bar off --no-deps -e "$root"
 fi
 echo "$venv"
