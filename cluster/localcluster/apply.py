@@ -44,7 +44,8 @@ def wait_established(api: client.ApiClient, names: Iterable[str], timeout: float
 
     def established() -> bool:
         for name in sorted(pending):
-            conditions = ext.read_custom_resource_definition(name).status.conditions or []
+            status = ext.read_custom_resource_definition(name).status
+            conditions = (status.conditions if status else None) or []
             if any(c.type == "Established" and c.status == "True" for c in conditions):
                 pending.discard(name)
         return not pending

@@ -347,13 +347,15 @@ class LocalKueue:
             (certs / name).write_bytes((self.dir / "pki" / name).read_bytes())
         config = configuration(self.ports["webhook"], self.ports["health"], certs)
         (self.dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        token = (
-            client.CoreV1Api(api)
-            .create_namespaced_service_account_token(
-                SERVICE_ACCOUNT, NAMESPACE, {"spec": {"expirationSeconds": TOKEN_SECONDS}}
-            )
-            .status.token
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS)
         )
+        status = (
+            client.CoreV1Api(api).create_namespaced_service_account_token(SERVICE_ACCOUNT, NAMESPACE, request).status
+        )
+        if status is None:
+            raise KueueError(f"the TokenRequest for {NAMESPACE}/{SERVICE_ACCOUNT} came back without a token")
+        token = status.token
         write_kubeconfig(
             self.dir / "kubeconfig",
             server=self.control_plane.server,
@@ -407,15 +409,12 @@ class LocalKueue:
 
 
 def _webhook_suspends(api: client.ApiClient) -> bool:
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"generateName": "kueue-probe-", "labels": {QUEUE_LABEL: "probe"}},
-        "spec": {
-            "template": {
-                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "none", "command": ["true"]}]}
-            }
-        },
-    }
+    container = client.V1Container(name="c", image="none", command=["true"])
+    job = client.V1Job(
+        metadata=client.V1ObjectMeta(generate_name="kueue-probe-", labels={QUEUE_LABEL: "probe"}),
+        spec=client.V1JobSpec(
+            template=client.V1PodTemplateSpec(spec=client.V1PodSpec(restart_policy="Never", containers=[container]))
+        ),
+    )
     made = client.BatchV1Api(api).create_namespaced_job("default", job, dry_run="All")
-    return bool(made.spec.suspend)
+    return made.spec is not None and bool(made.spec.suspend)
