@@ -10,11 +10,15 @@
 #     helm                      helm.sh/helm/v3/cmd/helm             $HELM_VERSION
 #     prometheus, promtool      github.com/prometheus/prometheus     $PROMETHEUS_VERSION
 #                               (module v0.3XX.y for release v3.XX.y)
+#     kueue                     sigs.k8s.io/kueue/cmd/kueue          $KUEUE_VERSION
+#     kueue-config/             the same module's CRDs (config/components/crd/bases), webhook
+#                               configurations and manager ClusterRole and secrets Role, which
+#                               `python -m localcluster up --kueue` installs
 #
 # A second run asks each cached binary for its version and, when all match, exits in
 # seconds. Delete the bin folder (or pass --force) to rebuild.
 #
-#   cluster/build.sh [--force] [PART...]   PART: etcd kube helm prometheus (default: all)
+#   cluster/build.sh [--force] [PART...]   PART: etcd kube helm prometheus kueue (default: all)
 #
 # Prometheus is built without its web UI assets (the HTTP API is all the tests use; the UI
 # would need node/npm) and without service discovery other than static/file/http
@@ -38,14 +42,20 @@
 # prometheus) are then trusted on first use from the proxy. Set GOSUMDB yourself to
 # override the probe.
 #
+# Kueue has no replace directives; its throwaway module only pins the version. Its binary
+# prints no version, so the check reads the version of the main package's module that Go
+# records in every binary (`go version -m`: "mod sigs.k8s.io/kueue v0.17.0"), plus the
+# VERSION file written last into kueue-config/.
+#
 # Env: LADDER_CACHE, K8S_VERSION, ETCD_VERSION, HELM_VERSION, PROMETHEUS_VERSION,
-# GOFLAGS (we add -mod=mod).
+# KUEUE_VERSION, GOFLAGS (we add -mod=mod).
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.19.5}
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v3.16.0}
+KUEUE_VERSION=${KUEUE_VERSION:-v0.17.0}
 
 cache=${LADDER_CACHE:-$HOME/.cache/promotion-ladder}
 bin=$cache/bin
@@ -55,11 +65,11 @@ parts=()
 for arg in "$@"; do
   case $arg in
     --force) force=1 ;;
-    etcd|kube|helm|prometheus) parts+=("$arg") ;;
-    *) echo "build.sh: unknown argument '$arg' (usage: cluster/build.sh [--force] [etcd|kube|helm|prometheus]...)" >&2; exit 2 ;;
+    etcd|kube|helm|prometheus|kueue) parts+=("$arg") ;;
+    *) echo "build.sh: unknown argument '$arg' (usage: cluster/build.sh [--force] [etcd|kube|helm|prometheus|kueue]...)" >&2; exit 2 ;;
   esac
 done
-[ ${#parts[@]} = 0 ] && parts=(etcd kube helm prometheus)
+[ ${#parts[@]} = 0 ] && parts=(etcd kube helm prometheus kueue)
 
 say() { printf 'build.sh [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 start=$(date +%s)
@@ -89,11 +99,18 @@ have_prometheus() {
     [ -x "$bin/$b" ] && grep -q "^$b, version $prom_release " <<<"$(version_of "$bin/$b" --version)" || return 1
   done
 }
+have_kueue() {
+  [ -x "$bin/kueue" ] && [ "$(cat "$bin/kueue-config/VERSION" 2>/dev/null)" = "$KUEUE_VERSION" ] || return 1
+  command -v go >/dev/null || return 0   # no Go to read the binary with: trust VERSION, written after it
+  grep -qE "^[[:space:]]+mod[[:space:]]+sigs\.k8s\.io/kueue[[:space:]]+$KUEUE_VERSION([[:space:]]|$)" \
+    <<<"$(version_of go version -m "$bin/kueue")"
+}
 have() { "have_$1"; }
 describe() {
   case $1 in
     etcd) echo "etcd $ETCD_VERSION" ;; kube) echo "kubernetes $K8S_VERSION" ;;
     helm) echo "helm $HELM_VERSION" ;; prometheus) echo "prometheus $PROMETHEUS_VERSION" ;;
+    kueue) echo "kueue $KUEUE_VERSION" ;;
   esac
 }
 
@@ -154,6 +171,26 @@ throwaway_module() {
   say "$mod@$ver: throwaway module $dir ($(grep -c '^replace' "$dir/go.mod") replaces)"
 }
 
+# Kueue's manager, and beside it the manifests the local cluster installs from the same module.
+build_kueue() {
+  local ld="-s -w" kv src conf="$bin/kueue-config"
+  throwaway_module "$work/kueue" sigs.k8s.io/kueue "$KUEUE_VERSION" "$KUEUE_VERSION"
+  for kv in "GitVersion=$KUEUE_VERSION" "GitCommit=module-$KUEUE_VERSION" "BuildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; do
+    ld="$ld -X sigs.k8s.io/kueue/pkg/version.$kv"
+  done
+  say "kueue $KUEUE_VERSION: compiling"
+  (cd "$work/kueue" && go get "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION" \
+    && go build -trimpath -ldflags "$ld" -o "$bin/kueue" sigs.k8s.io/kueue/cmd/kueue)
+  src=$(mod_dir "sigs.k8s.io/kueue@$KUEUE_VERSION")
+  rm -rf "$conf"; mkdir -p "$conf/crds"
+  cp "$src"/config/components/crd/bases/*.yaml "$conf/crds/"
+  cp "$src/config/components/webhook/manifests.yaml" "$conf/webhooks.yaml"
+  cp "$src/config/components/rbac/role.yaml" "$conf/role.yaml"
+  cp "$src/config/components/rbac/manager_secrets_role.yaml" "$conf/secrets_role.yaml"
+  chmod -R u+w "$conf"   # the module cache's files are read-only
+  echo "$KUEUE_VERSION" > "$conf/VERSION"   # last: a partial copy never counts as built
+}
+
 # `go get pkg@version` (never bare: that resolves @latest and upgrades the required module).
 for what in "${need[@]}"; do
   t0=$(date +%s)
@@ -202,6 +239,7 @@ for what in "${need[@]}"; do
       (cd "$work/prometheus" && go get $(printf "%s@$prom_module_version " $pkgs) \
         && go build -trimpath -tags netgo,remove_all_sd -ldflags "$ld" -o "$bin/" $pkgs)
       ;;
+    kueue) build_kueue ;;
   esac
   say "$what done in $(( $(date +%s) - t0 ))s"
 done

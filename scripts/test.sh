@@ -8,9 +8,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 venv=$(bash scripts/bootstrap.sh)
-# The Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler), helm and
-# prometheus/promtool (tests/monitoring), built once from Go modules into the cache; seconds
-# when cached.
+# The Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler), helm,
+# prometheus/promtool (tests/monitoring) and Kueue (tests/integration/test_kueue.py), built once
+# from Go modules into the cache; seconds when cached.
 bash cluster/build.sh
 # Headless Chromium for the report's browser test (Debian package; CI installs it).
 if [ -n "${CI:-}" ] && ! command -v chromium >/dev/null 2>&1; then

@@ -1,10 +1,11 @@
 """python -m localcluster up|down|agent|prometheus: run the local control plane (and simulated nodes) by hand.
 
-  up    [--dir D] [--nodes SPEC] [--foreground]
+  up    [--dir D] [--nodes SPEC] [--kueue] [--foreground]
         Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and (unless
         --nodes none) the node agent, detached; prints the kubeconfig path. SPEC is
         'default' (a100-0, a100-1, l40s-0; 4 GPUs each), 'none', or KIND=COUNT[:GPUS],...
-        with KIND in a100, h100, l40s. With --foreground it stays attached and stops
+        with KIND in a100, h100, l40s. --kueue also installs and runs Kueue (built by
+        `cluster/build.sh kueue`). With --foreground it stays attached and stops
         everything on Ctrl-C.
   down  [--dir D] [--keep]
         Stops everything `up` started in D (default: the last `up`), and removes D when
@@ -57,6 +58,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     if args.foreground:
         cluster = LocalCluster.start(directory, nodes, die_with_parent=True)
+        kueue = _start_kueue(cluster.control_plane, True) if args.kueue else None
         _print_up(cluster.control_plane, directory, time.monotonic() - t0, foreground=True)
         stop = threading.Event()
         # Explicit handlers: a shell starts background jobs with SIGINT ignored.
@@ -64,6 +66,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         while not stop.wait(1.0):
             pass
+        if kueue is not None:
+            kueue.stop()
         cluster.stop()
         if created:
             import shutil
@@ -85,6 +89,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         except Exception as exc:
             _stop_state(state)
             print(f"localcluster: node agent failed: {exc}", file=sys.stderr)
+            return 1
+    if args.kueue:
+        try:
+            state["components"]["kueue"] = _start_kueue(cp, False).state()
+        except Exception as exc:  # noqa: BLE001 - said in one line; what started is stopped
+            _stop_state(state)
+            print(f"localcluster: kueue failed: {exc}", file=sys.stderr)
             return 1
     (directory / "state.json").write_text(json.dumps(state, indent=2))
     _last_file().parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +120,14 @@ def _wait_nodes(kubeconfig: Path, names: list[str], proc: subprocess.Popen, agen
     raise RuntimeError(f"nodes {names} not Ready after 60s; see {agent_log}")
 
 
+def _start_kueue(cp, die_with_parent: bool):
+    from .kueue import LocalKueue
+
+    kueue = LocalKueue(cp, die_with_parent=die_with_parent).start()
+    print(f"localcluster: kueue up: webhooks on {kueue.webhook_url} (log: {kueue.log_path})")
+    return kueue
+
+
 def _print_up(cp, directory: Path, seconds: float, foreground: bool = False) -> None:
     print(f"localcluster: up in {seconds:.0f}s: {cp.server} (logs: {directory / 'logs'}, pod logs: {directory / 'nodes' / 'logs'})")
     print(f"export KUBECONFIG={cp.kubeconfig}")
@@ -122,9 +141,9 @@ def _alive(state: dict) -> bool:
 def _stop_state(state: dict) -> None:
     comps = state.get("components", {})
     # Agent first (it kills its pods), then the control plane in reverse start order.
-    for name in ["node-agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]:
+    for name in ["kueue", "node-agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]:
         if name in comps:
-            stop_group(comps[name]["pid"], grace=10.0 if name == "node-agent" else 5.0)
+            stop_group(comps[name]["pid"], grace=10.0 if name in ("node-agent", "kueue") else 5.0)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -177,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start a local cluster")
     up.add_argument("--dir", help="cluster directory (default: a new temporary directory)")
     up.add_argument("--nodes", default="default", help="default | none | KIND=COUNT[:GPUS],... (default: default)")
+    up.add_argument("--kueue", action="store_true", help="also run Kueue (cluster/build.sh kueue)")
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops everything")
     down = sub.add_parser("down", help="stop a local cluster")
     down.add_argument("--dir", help="cluster directory (default: the last `up`)")
@@ -196,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     reason = binaries.missing_reason()
     if args.command == "up" and reason:
         print(f"localcluster: {reason}", file=sys.stderr)
+        return 2
+    if args.command == "up" and args.kueue and binaries.kueue_missing_reason():
+        print(f"localcluster: {binaries.kueue_missing_reason()}", file=sys.stderr)
         return 2
     return {"up": cmd_up, "down": cmd_down, "agent": cmd_agent, "prometheus": cmd_prometheus}[args.command](args)
 

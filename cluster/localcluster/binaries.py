@@ -61,3 +61,29 @@ def prometheus_missing_reason(directory: Path | None = None) -> str | None:
         f"Prometheus not built ({', '.join(missing)} missing in {directory}): "
         "run `bash cluster/build.sh prometheus` once (needs Go and the Go module proxy; see docs/localcluster.md)"
     )
+
+
+# Kueue (cluster/build.sh, part "kueue"): the manager, and beside it the module's CRDs, webhook
+# configurations and RBAC that `localcluster.kueue` installs.
+def kueue_path() -> Path:
+    return bin_dir() / "kueue"
+
+
+def kueue_config_dir() -> Path:
+    return bin_dir() / "kueue-config"
+
+
+def kueue_missing_reason(directory: Path | None = None) -> str | None:
+    """One line saying that Kueue is not built and how to build it, or None."""
+    directory = directory or bin_dir()
+    missing = []
+    if not os.access(directory / "kueue", os.X_OK):
+        missing.append("kueue")
+    if not (directory / "kueue-config" / "VERSION").exists():  # written last by build.sh
+        missing.append("kueue-config/")
+    if not missing:
+        return None
+    return (
+        f"Kueue not built ({', '.join(missing)} missing in {directory}): "
+        "run `bash cluster/build.sh kueue` once (needs Go and the Go module proxy; see docs/localcluster.md)"
+    )

@@ -9,6 +9,11 @@ Register with ``pytest_plugins = ["localcluster.pytest_plugin"]`` in a conftest.
   per session, stopped at the end even when tests fail; its processes also die with pytest.
 - ``namespace`` (function): a fresh namespace whose default ServiceAccount exists; deleted
   (without waiting) after the test.
+- ``kueue_cluster`` (session): a second LocalCluster (nodes: ``kueue_cluster_nodes``, default
+  default_nodes()) with Kueue installed and running; ``kueue`` (session): its
+  :class:`localcluster.kueue.LocalKueue` (.restart(), .stop(), .start(), .log_path);
+  ``kueue_namespace`` (function): a fresh namespace there. A cluster of its own, because
+  Kueue's webhooks sit in the path of every Job created, and a test may stop Kueue.
 
 When the binaries from cluster/build.sh are missing, tests marked ``integration`` are skipped
 with one line saying how to build them; with CI set (CI=true or CI=1) they fail instead, so
@@ -22,6 +27,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,12 +74,21 @@ def local_cluster(local_cluster_nodes: list[NodeSpec]):
     from .cluster import LocalCluster  # imports the kubernetes client only when needed
 
     _require_binaries()
-    directory = Path(tempfile.mkdtemp(prefix="localcluster-"))
-    cluster = LocalCluster.start(directory, local_cluster_nodes)
+    with _cluster_dir("localcluster-") as directory:
+        cluster = LocalCluster.start(directory, local_cluster_nodes)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@contextmanager
+def _cluster_dir(prefix: str) -> Iterator[Path]:
+    """A new temporary directory, removed afterwards unless LOCALCLUSTER_KEEP is set."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        yield cluster
+        yield directory
     finally:
-        cluster.stop()
         if os.environ.get("LOCALCLUSTER_KEEP"):
             print(f"\nlocalcluster: kept {directory} (LOCALCLUSTER_KEEP)")
         else:
@@ -81,9 +97,13 @@ def local_cluster(local_cluster_nodes: list[NodeSpec]):
 
 @pytest.fixture
 def namespace(local_cluster, request: pytest.FixtureRequest):
+    yield from _fresh_namespace(local_cluster, request)
+
+
+def _fresh_namespace(cluster, request: pytest.FixtureRequest):
     from kubernetes import client
 
-    core = client.CoreV1Api(local_cluster.api_client())
+    core = client.CoreV1Api(cluster.api_client())
     base = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{base}-{uuid.uuid4().hex[:5]}"
     core.create_namespace({"metadata": {"name": name, "labels": {"localcluster.dev/test": "true"}}})
@@ -97,3 +117,41 @@ def namespace(local_cluster, request: pytest.FixtureRequest):
             core.delete_namespace(name)
         except client.ApiException:
             pass
+
+
+@pytest.fixture(scope="session")
+def kueue_cluster_nodes() -> list[NodeSpec]:
+    return default_nodes()
+
+
+@pytest.fixture(scope="session")
+def _kueue_stack(kueue_cluster_nodes: list[NodeSpec]):
+    from .cluster import LocalCluster
+    from .kueue import LocalKueue
+
+    _require_binaries()
+    require_tool(binaries.kueue_missing_reason(), "Kueue tests")
+    with _cluster_dir("localcluster-kueue-") as directory:
+        cluster = LocalCluster.start(directory, kueue_cluster_nodes)
+        kueue = LocalKueue(cluster.control_plane)
+        try:
+            kueue.start()
+            yield cluster, kueue
+        finally:
+            kueue.stop()
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kueue_cluster(_kueue_stack):
+    return _kueue_stack[0]
+
+
+@pytest.fixture(scope="session")
+def kueue(_kueue_stack):
+    return _kueue_stack[1]
+
+
+@pytest.fixture
+def kueue_namespace(kueue_cluster, request: pytest.FixtureRequest):
+    yield from _fresh_namespace(kueue_cluster, request)

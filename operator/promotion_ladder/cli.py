@@ -39,9 +39,30 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifests(args: argparse.Namespace) -> int:
+    if args.kueue:
+        return _kueue_manifests(args)
+    kueue_only = [o for o, v in (("--gpu-quota", args.gpu_quota), ("--cpu-quota", args.cpu_quota),
+                                 ("--memory-quota", args.memory_quota), ("--cluster-queue", args.cluster_queue),
+                                 ("--preemption", args.preemption)) if v]
+    if kueue_only:
+        raise FileError(f"{kueue_only[0]}: only with --kueue")
     from .controller.manifests import render
 
     sys.stdout.write(render(read_ladder(args.file), args.stage, args.namespace))
+    return 0
+
+
+def _kueue_manifests(args: argparse.Namespace) -> int:
+    from .controller.kueue_manifests import QueueOptions, parse_block_values, render
+
+    if args.stage:
+        raise FileError("--stage: not used with --kueue (the queue objects are the same for every stage)")
+    options = QueueOptions(
+        gpu_quota=parse_block_values(args.gpu_quota, "--gpu-quota"),
+        cpu_quota=parse_block_values(args.cpu_quota, "--cpu-quota"),
+        memory_quota=parse_block_values(args.memory_quota, "--memory-quota"),
+        cluster_queue=args.cluster_queue, namespace=args.namespace, preemption=args.preemption or "Never")
+    sys.stdout.write(render(read_ladder(args.file), options))
     return 0
 
 
@@ -152,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--stage", help="the stage (default: the first)")
     s.add_argument("--namespace", "-n", help="the namespace to show (default: the file's metadata.namespace, else none)")
+    k = s.add_argument_group("Kueue (docs/deploy.md, \"Quota-gated ladders\")")
+    k.add_argument("--kueue", action="store_true",
+                   help="print instead a ResourceFlavor per host block, a ClusterQueue and the LocalQueue spec.queueName")
+    k.add_argument("--gpu-quota", action="append", metavar="[HOSTBLOCK=]N",
+                   help="GPUs of quota per host block (repeatable; without HOSTBLOCK= for every block)")
+    k.add_argument("--cpu-quota", action="append", metavar="[HOSTBLOCK=]Q",
+                   help="cpu quota, when cells request cpu (default: what the cells that fit the GPU quota request)")
+    k.add_argument("--memory-quota", action="append", metavar="[HOSTBLOCK=]Q", help="memory quota, likewise")
+    k.add_argument("--cluster-queue", metavar="NAME", help="the ClusterQueue's name (default: spec.queueName)")
+    k.add_argument("--preemption", choices=["Never", "LowerPriority", "LowerOrNewerEqualPriority", "Any"],
+                   help="the ClusterQueue's withinClusterQueue preemption (default: Never, Kueue's default)")
     s.set_defaults(func=_cmd_manifests)
 
     s = sub.add_parser("crd", help="print the PromotionLadder CustomResourceDefinition (YAML)")
