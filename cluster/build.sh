@@ -10,7 +10,8 @@
 #     helm                      helm.sh/helm/v3/cmd/helm             $HELM_VERSION
 #     prometheus, promtool      github.com/prometheus/prometheus     $PROMETHEUS_VERSION
 #                               (module v0.3XX.y for release v3.XX.y)
-#     kubelet, kube-proxy       k8s.io/kubernetes/cmd/{kubelet,kube-proxy}  $K8S_VERSION (part node)
+#     kubelet, kube-proxy,      k8s.io/kubernetes/cmd/{kubelet,kube-proxy,kubectl}  $K8S_VERSION (part node;
+#     kubectl                   the end-to-end tests drive the real nodes with kubectl, as a user would)
 #     coredns                   github.com/coredns/coredns           $COREDNS_VERSION
 #                               (only the plugins a cluster.local resolver needs; see build_coredns)
 #
@@ -99,17 +100,20 @@ have_prometheus() {
 # The real nodes' kubelet and kube-proxy: the same version stamp as the control plane.
 have_node() {
   local b
-  for b in kubelet kube-proxy; do
-    [ -x "$bin/$b" ] && grep -q "Kubernetes $K8S_VERSION$" <<<"$(version_of "$bin/$b" --version)" || return 1
+  for b in kubelet kube-proxy kubectl; do
+    [ -x "$bin/$b" ] || return 1
+    if [ "$b" = kubectl ]; then grep -q "Client Version: $K8S_VERSION$" <<<"$(version_of_kubectl)" || return 1
+    else grep -q "Kubernetes $K8S_VERSION$" <<<"$(version_of "$bin/$b" --version)" || return 1; fi
   done
 }
+version_of_kubectl() { version_of "$bin/kubectl" version --client; }
 have_coredns() { [ -x "$bin/coredns" ] && grep -q "^CoreDNS-${COREDNS_VERSION#v}$" <<<"$(version_of "$bin/coredns" -version)"; }
 have() { "have_$1"; }
 describe() {
   case $1 in
     etcd) echo "etcd $ETCD_VERSION" ;; kube) echo "kubernetes $K8S_VERSION" ;;
     helm) echo "helm $HELM_VERSION" ;; prometheus) echo "prometheus $PROMETHEUS_VERSION" ;;
-    node) echo "kubelet/kube-proxy $K8S_VERSION" ;; coredns) echo "coredns $COREDNS_VERSION" ;;
+    node) echo "kubelet/kube-proxy/kubectl $K8S_VERSION" ;; coredns) echo "coredns $COREDNS_VERSION" ;;
   esac
 }
 
@@ -182,13 +186,13 @@ kube_ldflags() {
   echo "$ld"
 }
 
-# The real nodes' kubelet and kube-proxy, from their own throwaway module (a build of the
+# The real nodes' kubelet and kube-proxy (and kubectl), from their own throwaway module (a build of the
 # control plane running at the same time is not disturbed); the Go build cache the control
 # plane filled makes this a minute or two.
 build_node() {
-  local pkgs="k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy"
+  local pkgs="k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl"
   throwaway_module "$work/kubernetes-node" k8s.io/kubernetes "$K8S_VERSION" "$staging_version"
-  say "kubernetes $K8S_VERSION: compiling kubelet, kube-proxy"
+  say "kubernetes $K8S_VERSION: compiling kubelet, kube-proxy, kubectl"
   (cd "$work/kubernetes-node" && go get $(printf "%s@$K8S_VERSION " $pkgs) \
     && go build -trimpath -ldflags "$(kube_ldflags)" -o "$bin/" $pkgs)
 }

@@ -8,10 +8,20 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 venv=$(bash scripts/bootstrap.sh)
-# The Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler), helm and
-# prometheus/promtool (tests/monitoring), built once from Go modules into the cache; seconds
-# when cached.
+# The Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler), helm,
+# prometheus/promtool (tests/monitoring), and the real nodes' kubelet, kube-proxy, kubectl and
+# CoreDNS, built once from Go modules into the cache; seconds when cached.
 bash cluster/build.sh
+# Real nodes (tests marked real_nodes; docs/localcluster.md "Real nodes"): containerd, runc and
+# the CNI plugins run them, docker.io builds the images from the Dockerfiles, debootstrap makes
+# their base, busybox-static the pod sandbox image. Debian packages; CI installs them.
+real_node_packages="containerd runc containernetworking-plugins iptables docker.io debootstrap busybox-static"
+if [ -n "${CI:-}" ] && ! dpkg -s $real_node_packages >/dev/null 2>&1; then
+  echo "test.sh: installing Debian's $real_node_packages for the real-node tests" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+     $real_node_packages >/dev/null) \
+    || echo "test.sh: could not install $real_node_packages; the real-node tests will fail under CI" >&2
+fi
 # Headless Chromium for the report's browser test (Debian package; CI installs it).
 if [ -n "${CI:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   echo "test.sh: installing Debian's chromium for the report's browser test" >&2

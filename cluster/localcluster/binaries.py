@@ -65,7 +65,7 @@ def prometheus_missing_reason(directory: Path | None = None) -> str | None:
 
 # Real nodes (`up --kubelet`): kubelet, kube-proxy and CoreDNS from cluster/build.sh (parts node,
 # coredns); containerd, runc, the CNI plugins, iptables and nsenter from Debian's packages.
-NODE_BINARIES = ("kubelet", "kube-proxy", "coredns")
+NODE_BINARIES = ("kubelet", "kube-proxy", "kubectl", "coredns")
 HOST_TOOLS = {"containerd": "containerd", "ctr": "containerd", "runc": "runc", "iptables": "iptables",
               "nsenter": "util-linux", "ip": "iproute2", "mount": "mount"}
 CNI_DIR = Path("/usr/lib/cni")

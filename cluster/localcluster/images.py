@@ -94,6 +94,19 @@ def app_version() -> str:
     return match.group(1)
 
 
+IMAGE_TOOLS = {"dockerd": "docker.io", "debootstrap": "debootstrap", "chroot": "coreutils"}
+
+
+def images_missing_reason() -> str | None:
+    """One line naming the Debian packages the image build lacks, or None."""
+    missing = sorted({pkg for tool, pkg in IMAGE_TOOLS.items() if shutil.which(tool) is None})
+    if not BUSYBOX.exists():
+        missing.append("busybox-static")
+    if missing:
+        return f"the image build needs Debian packages: apt-get install {' '.join(missing)}"
+    return None
+
+
 def images_dir() -> Path:
     return binaries.cache_dir() / "images"
 
@@ -321,7 +334,7 @@ class Docker:
             "--build-arg",
             f"{image.base_arg}={base}",
             "-f",
-            image.dockerfile,
+            str(REPO / image.dockerfile),
             "-t",
             image.reference,
             str(REPO),

@@ -10,6 +10,14 @@ Register with ``pytest_plugins = ["localcluster.pytest_plugin"]`` in a conftest.
 - ``namespace`` (function): a fresh namespace whose default ServiceAccount exists; deleted
   (without waiting) after the test.
 
+Real nodes (tests marked ``real_nodes``, docs/localcluster.md "Real nodes"):
+
+- ``project_images`` (session): the operator and trainer images built from the Dockerfiles
+  (localcluster.images; cached) and in the image store; name -> reference.
+- ``real_cluster_nodes`` (session): a100-0 and l40s-0 (2 GPUs each), the host blocks of the
+  examples' ladders. ``real_cluster`` (session): a LocalCluster whose nodes are real kubelets
+  and containerds (``.real``), started after the images so every node has them.
+
 When the binaries from cluster/build.sh are missing, tests marked ``integration`` are skipped
 with one line saying how to build them; with CI set (CI=true or CI=1) they fail instead, so
 CI cannot pass by skipping. LOCALCLUSTER_KEEP=1 keeps the cluster directory after the session
@@ -27,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from . import binaries
-from .nodeagent import NodeSpec, default_nodes
+from .nodeagent import NodeSpec, default_nodes, gpu_node
 from .waiting import wait_for
 
 
@@ -51,10 +59,18 @@ def _require_binaries() -> None:
     require_tool(binaries.missing_reason())
 
 
+def _require_real_nodes() -> None:
+    from .images import images_missing_reason
+
+    require_tool(binaries.real_nodes_missing_reason() or images_missing_reason(), "real-node tests")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("integration") is not None:
         _require_binaries()
+    if item.get_closest_marker("real_nodes") is not None:
+        _require_real_nodes()
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +113,33 @@ def namespace(local_cluster, request: pytest.FixtureRequest):
             core.delete_namespace(name)
         except client.ApiException:
             pass
+
+
+@pytest.fixture(scope="session")
+def project_images() -> dict[str, str]:
+    from .images import IMAGES, build_all
+
+    _require_real_nodes()
+    build_all()
+    return {image.name: image.reference for image in IMAGES}
+
+
+@pytest.fixture(scope="session")
+def real_cluster_nodes() -> list[NodeSpec]:
+    return [gpu_node("a100-0", "a100", 2), gpu_node("l40s-0", "l40s", 2)]
+
+
+@pytest.fixture(scope="session")
+def real_cluster(project_images: dict[str, str], real_cluster_nodes: list[NodeSpec]):
+    from .cluster import LocalCluster
+
+    directory = Path(tempfile.mkdtemp(prefix="localcluster-real-"))
+    cluster = LocalCluster.start(directory, real_cluster_nodes, real=True, timeout=180)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if os.environ.get("LOCALCLUSTER_KEEP"):
+            print(f"\nlocalcluster: kept {directory} (LOCALCLUSTER_KEEP)")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
