@@ -21,6 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .netns import ClusterNetwork
 from .processes import spawn
@@ -43,13 +44,16 @@ class RuntimeClient:
 
     socket: Path
 
-    def ctr(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def ctr(
+        self, *args: str, timeout: float = 600, check: bool = True, stdin: IO[bytes] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             ["ctr", "--address", str(self.socket), "--namespace", NAMESPACE, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
+            stdin=stdin,
         )
         if check and proc.returncode != 0:
             raise ContainerdError(f"ctr {' '.join(args)} on {self.socket}: {proc.stderr.strip()}")

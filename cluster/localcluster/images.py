@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Self
 
 from . import binaries
-from .containerd import RuntimeClient, clone_root
+from .containerd import SNAPSHOTTER, RuntimeClient, clone_root
 from .processes import spawn, stop_group
 
 log = logging.getLogger("localcluster.images")
@@ -345,8 +345,15 @@ class Docker:
             raise ImageError(f"docker build -f {image.dockerfile} failed; log {log_path}:\n{proc.stderr[-2000:]}")
         log.info("built %s in %.0fs", image.reference, time.monotonic() - t0)
 
-    def save(self, refs: list[str], path: Path) -> None:
-        self.docker("save", "-o", str(path), *refs)
+    def save_into(self, store: RuntimeClient, refs: list[str]) -> None:
+        """`docker save` streamed into the store's `ctr images import -`: no archive on disk."""
+        env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
+        with subprocess.Popen([DOCKER, "save", *refs], stdout=subprocess.PIPE, env=env) as save:
+            imported = store.ctr(
+                "images", "import", "--snapshotter", SNAPSHOTTER, "-", timeout=3600, check=False, stdin=save.stdout
+            )
+        if save.returncode != 0 or imported.returncode != 0:
+            raise ImageError(f"docker save | ctr images import: {imported.stderr.strip()}")
 
 
 def make_python_base(docker: Docker) -> str:
@@ -425,12 +432,12 @@ def build_all() -> dict[str, str]:
                 made = {OPERATOR.name: make_python_base, TRAINER.name: make_torch_base}
                 for image in stale:
                     docker.build(image, made[image.name](docker))
-                archive = images_dir() / "export.tar"
-                try:
-                    docker.save([i.reference for i in stale], archive)
-                    digests = _import_into_store([archive, pause_archive()])
-                finally:
-                    archive.unlink(missing_ok=True)
+                with store_runtime() as store:
+                    t0 = time.monotonic()
+                    docker.save_into(store, [i.reference for i in stale])
+                    store.import_image(pause_archive())
+                    log.info("image store: %s imported in %.0fs", [i.name for i in stale], time.monotonic() - t0)
+                    digests = store.image_digests()
             for image in stale:
                 record[image.name] = {
                     "hash": wanted[image.name],
@@ -471,15 +478,6 @@ state = "{state / "state"}"
     finally:
         stop_group(proc.pid, grace=20.0, proc=proc)
         shutil.rmtree(state, ignore_errors=True)
-
-
-def _import_into_store(archives: list[Path]) -> dict[str, str]:
-    with store_runtime() as store:
-        for archive in archives:
-            t0 = time.monotonic()
-            store.import_image(archive)
-            log.info("image store: imported %s in %.0fs", archive.name, time.monotonic() - t0)
-        return store.image_digests()
 
 
 def load_into(sockets: list[Path], digests: dict[str, str]) -> None:

@@ -21,11 +21,21 @@ import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 log = logging.getLogger("localcluster.netns")
 
 FIRST_CLUSTER, LAST_CLUSTER = 200, 239
 NETNS_DIR = Path("/run/netns")
+
+
+class NetworkState(TypedDict):
+    """What `down` needs to delete a cluster's network after its maker is gone (state.json)."""
+
+    number: int
+    netns: str
+    host_link: str
+    cidr: str
 
 
 class NetworkError(RuntimeError):
@@ -84,7 +94,7 @@ class ClusterNetwork:
         containerd must see each other's mounts, which `ip netns exec` would hide)."""
         return ["nsenter", f"--net={self.netns_path}", "--"]
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> NetworkState:
         return {"number": self.number, "netns": self.netns, "host_link": self.host_link, "cidr": self.cidr}
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -160,11 +170,11 @@ class ClusterNetwork:
         delete_network(self.state())
 
 
-def delete_network(state: dict[str, object]) -> None:
+def delete_network(state: NetworkState) -> None:
     """Teardown from a recorded state (also what `down` uses after the process that made it is gone)."""
-    run(["ip", "link", "del", str(state["host_link"])], what="delete the host link", check=False)
-    if (NETNS_DIR / str(state["netns"])).exists():
-        run(["ip", "netns", "del", str(state["netns"])], what="delete the cluster namespace", check=False)
+    run(["ip", "link", "del", state["host_link"]], what="delete the host link", check=False)
+    if (NETNS_DIR / state["netns"]).exists():
+        run(["ip", "netns", "del", state["netns"]], what="delete the cluster namespace", check=False)
 
 
 def _routed_networks() -> list[ipaddress.IPv4Network]:
@@ -180,11 +190,11 @@ def _routed_networks() -> list[ipaddress.IPv4Network]:
     return [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
 
 
-def leftovers(state: dict[str, object]) -> list[str]:
+def leftovers(state: NetworkState) -> list[str]:
     """What of this network still exists (empty after a clean delete)."""
     left = []
-    if (NETNS_DIR / str(state["netns"])).exists():
+    if (NETNS_DIR / state["netns"]).exists():
         left.append(f"network namespace {state['netns']}")
-    if run(["ip", "link", "show", str(state["host_link"])], what="look up the host link", check=False).returncode == 0:
+    if run(["ip", "link", "show", state["host_link"]], what="look up the host link", check=False).returncode == 0:
         left.append(f"host link {state['host_link']}")
     return left

@@ -24,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from kubernetes import client, config
 
@@ -32,12 +33,21 @@ from .clusterdns import start_coredns, start_kube_proxy
 from .containerd import NodeRuntime, RuntimeClient
 from .controlplane import ControlPlane
 from .kubelet import Kubelet, advertise
-from .netns import ClusterNetwork, delete_network
+from .netns import ClusterNetwork, NetworkState, delete_network
 from .netns import leftovers as network_leftovers
 from .nodeagent import NodeSpec
 from .processes import stop_group
 
 log = logging.getLogger("localcluster.realnodes")
+
+
+class RealNodesState(TypedDict):
+    """What `down` needs to empty and stop real nodes after their maker is gone (state.json)."""
+
+    dir: str
+    network: NetworkState
+    sockets: list[str]
+    pids: dict[str, int]
 
 
 @dataclass
@@ -82,7 +92,7 @@ class RealNodes:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; logs under {self.dir}")
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> RealNodesState:
         return {
             "dir": str(self.dir),
             "network": self.network.state(),
@@ -101,9 +111,9 @@ class RealNodes:
 # --- teardown from a recorded state ---------------------------------------------------------
 
 
-def teardown(state: dict[str, object], kubeconfig: Path | None) -> None:
-    runtimes = [RuntimeClient(Path(s)) for s in state["sockets"]]  # type: ignore[union-attr]
-    pids: dict[str, int] = dict(state["pids"])  # type: ignore[arg-type]
+def teardown(state: RealNodesState, kubeconfig: Path | None) -> None:
+    runtimes = [RuntimeClient(Path(s)) for s in state["sockets"]]
+    pids = state["pids"]
     if kubeconfig is not None:
         _delete_all_pods(kubeconfig, runtimes)
     for name, pid in pids.items():
@@ -119,8 +129,8 @@ def teardown(state: dict[str, object], kubeconfig: Path | None) -> None:
     for name in ("kube-proxy", "coredns"):
         if name in pids:
             stop_group(pids[name], grace=5.0)
-    unmount_under(Path(str(state["dir"])))
-    delete_network(state["network"])  # type: ignore[arg-type]
+    unmount_under(Path(state["dir"]))
+    delete_network(state["network"])
 
 
 def _delete_all_pods(kubeconfig: Path, runtimes: list[RuntimeClient], timeout: float = 60.0) -> None:
@@ -174,14 +184,14 @@ def unmount_under(directory: Path) -> None:
             subprocess.run(["umount", "--lazy", point], capture_output=True, timeout=30, check=False)
 
 
-def leftovers(state: dict[str, object]) -> list[str]:
+def leftovers(state: RealNodesState) -> list[str]:
     """What survived a teardown: mounts, the network, processes, containers (empty when clean)."""
-    left = [f"mount {m}" for m in mounts_under(Path(str(state["dir"])))]
-    left += network_leftovers(state["network"])  # type: ignore[arg-type]
-    for name, pid in dict(state["pids"]).items():  # type: ignore[arg-type]
+    left = [f"mount {m}" for m in mounts_under(Path(state["dir"]))]
+    left += network_leftovers(state["network"])
+    for name, pid in state["pids"].items():
         if _alive(pid):
             left.append(f"process {name} ({pid})")
-    for sock in state["sockets"]:  # type: ignore[union-attr]
+    for sock in state["sockets"]:
         needle = str(sock).encode()
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import yaml
-
 from promotion_ladder.controller.admission import pod_security_problem
 from promotion_ladder.core.api import load_ladder
 from promotion_ladder.core.podsecurity import violations
