@@ -47,6 +47,7 @@ from typing import Self
 
 from . import binaries
 from .containerd import SNAPSHOTTER, RuntimeClient, clone_root
+from .hostmounts import unmount_under
 from .processes import spawn, stop_group
 
 log = logging.getLogger("localcluster.images")
@@ -291,6 +292,7 @@ class Docker:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
             stop_group(self.proc.pid, grace=20.0, proc=self.proc)
+        unmount_under(self.exec_root)  # dockerd bind-mounts its network namespace there
         shutil.rmtree(self.exec_root, ignore_errors=True)
 
     def docker(

@@ -32,6 +32,7 @@ from . import images
 from .clusterdns import start_coredns, start_kube_proxy
 from .containerd import NodeRuntime, RuntimeClient
 from .controlplane import ControlPlane
+from .hostmounts import mounts_under, unmount_under
 from .kubelet import Kubelet, advertise
 from .netns import ClusterNetwork, NetworkState, delete_network
 from .netns import leftovers as network_leftovers
@@ -162,26 +163,6 @@ def _kill_shims(socket: Path) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-def mounts_under(directory: Path) -> list[str]:
-    """Mount points at or below directory, deepest first."""
-    prefix = str(directory.resolve())
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == prefix or point.startswith(prefix + "/"):
-            points.append(point)
-    return sorted(set(points), key=lambda p: p.count("/"), reverse=True)
-
-
-def unmount_under(directory: Path) -> None:
-    for _ in range(3):  # a lazily unmounted parent can reveal mounts stacked below it
-        points = mounts_under(directory)
-        if not points:
-            return
-        for point in points:
-            subprocess.run(["umount", "--lazy", point], capture_output=True, timeout=30, check=False)
 
 
 def leftovers(state: RealNodesState) -> list[str]:
