@@ -8,10 +8,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 venv=$(bash scripts/bootstrap.sh)
-# The Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler), helm,
-# prometheus/promtool (tests/monitoring), and the real nodes' kubelet, kube-proxy, kubectl and
-# CoreDNS, built once from Go modules into the cache; seconds when cached.
-bash cluster/build.sh
 # Real nodes (tests marked real_nodes; docs/localcluster.md "Real nodes"): containerd, runc and
 # the CNI plugins run them, docker.io builds the images from the Dockerfiles, debootstrap makes
 # their base, busybox-static the pod sandbox image. Debian packages; CI installs them.
@@ -22,11 +18,35 @@ if [ -n "${CI:-}" ] && ! dpkg -s $real_node_packages >/dev/null 2>&1; then
      $real_node_packages >/dev/null) \
     || echo "test.sh: could not install $real_node_packages; the real-node tests will fail under CI" >&2
 fi
+# The operator and trainer images (tests marked real_nodes), built from the Dockerfiles into the
+# cache while the Go builds below use the CPU (the image build mostly waits on disk and the
+# package registries); seconds when cached. The real-node fixtures build them anyway if this
+# could not (their message names what is missing).
+images_log=${LADDER_CACHE:-$HOME/.cache/promotion-ladder}/images-build.log
+images_pid=
+if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null && command -v debootstrap >/dev/null; then
+  mkdir -p "$(dirname "$images_log")"
+  PYTHONPATH=cluster "$venv/bin/python" -m localcluster images > "$images_log" 2>&1 &
+  images_pid=$!
+fi
+# The Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler), helm,
+# prometheus/promtool (tests/monitoring), and the real nodes' kubelet, kube-proxy, kubectl and
+# CoreDNS, built once from Go modules into the cache; seconds when cached.
+bash cluster/build.sh
 # Headless Chromium for the report's browser test (Debian package; CI installs it).
 if [ -n "${CI:-}" ] && ! command -v chromium >/dev/null 2>&1; then
   echo "test.sh: installing Debian's chromium for the report's browser test" >&2
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "test.sh: could not install chromium; the browser test will fail under CI" >&2
+fi
+
+if [ -n "$images_pid" ]; then
+  if wait "$images_pid"; then
+    echo "test.sh: images ready ($(tail -2 "$images_log" | paste -sd' ' -))" >&2
+  else
+    echo "test.sh: building the images failed; the real-node tests will say why. Log $images_log:" >&2
+    tail -20 "$images_log" >&2
+  fi
 fi
 
 set +e

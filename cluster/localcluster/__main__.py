@@ -1,4 +1,4 @@
-"""python -m localcluster up|down|agent|prometheus: run the local control plane (and simulated nodes) by hand.
+"""python -m localcluster up|down|agent|images|prometheus: run the local control plane (simulated or real nodes) by hand.
 
   up    [--dir D] [--nodes SPEC] [--kubelet] [--foreground]
         Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and (unless
@@ -64,6 +64,9 @@ def cmd_up(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     t0 = time.monotonic()
+    if args.kubelet and (reason := binaries.real_nodes_missing_reason()):
+        print(f"localcluster: {reason}", file=sys.stderr)
+        return 2
     if args.kubelet and not args.foreground:
         return _up_real_detached(directory, nodes, created, t0)
     if args.foreground:
@@ -110,10 +113,6 @@ def _up_real_detached(directory: Path, nodes: list, created: bool, t0: float) ->
 
     if not nodes:
         print("localcluster: --kubelet needs nodes (--nodes none leaves nothing to run them)", file=sys.stderr)
-        return 2
-    reason = binaries.real_nodes_missing_reason()
-    if reason:
-        print(f"localcluster: {reason}", file=sys.stderr)
         return 2
     try:
         cluster = LocalCluster.start(directory, nodes, die_with_parent=False, real=True)

@@ -224,7 +224,11 @@ def clone_root(store: Path, root: Path) -> None:
     unpacked layers are immutable, so nodes share them on disk. The bolt databases (containerd's
     metadata and the snapshotter's) are written in place, so each node gets its own copy."""
     t0 = time.monotonic()
-    subprocess.run(["cp", "-a", "--link", f"{store}/.", str(root)], check=True, capture_output=True, timeout=600)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["cp", "-a", "--link", f"{store}/.", str(root)], capture_output=True, text=True,
+                          timeout=600, check=False)
+    if proc.returncode != 0:
+        raise ContainerdError(f"cloning the image store into {root}: {proc.stderr.strip()[-1000:]}")
     for db in root.rglob("*.db"):
         copy = db.with_name(db.name + ".copy")
         shutil.copy2(db, copy)

@@ -20,7 +20,8 @@ cache; every real node's containerd root is a hard-link clone of it (localcluste
 so a node starts with the images already unpacked.
 
 The build is skipped while nothing it reads has changed: a hash of each Dockerfile, the files
-its COPY lines take (pyproject.toml, README.md, operator/, trainer/, cluster/) and its base.
+its COPY lines take (the operator's: pyproject.toml, README.md, operator/; the trainer's also
+trainer/ and cluster/) and its base.
 """
 
 from __future__ import annotations
@@ -61,7 +62,6 @@ PYTHON_BASE = "localcluster.local/python:3.11-bookworm"
 PAUSE_IMAGE = "localcluster.local/pause:busybox-1"
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
 DOCKER = "/usr/bin/docker"  # Debian's docker.io client (20.10, the daemon's version)
-BUILD_INPUTS = ("pyproject.toml", "README.md", "operator", "trainer", "cluster")
 
 
 class ImageError(RuntimeError):
@@ -405,11 +405,22 @@ def make_torch_base(docker: Docker) -> str:
 # --- build, store, load ---------------------------------------------------------------------
 
 
+def copied_paths(dockerfile: Path) -> list[str]:
+    """The sources of the Dockerfile's COPY lines from the build context (not --from a stage)."""
+    sources: list[str] = []
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            sources += [w.rstrip("/") for w in words[1:-1] if not w.startswith("--")]
+    return sources
+
+
 def input_hash(image: Image, base: str) -> str:
-    """What a build of `image` reads: its Dockerfile, the files it copies and its base."""
+    """What a build of `image` reads: its Dockerfile, the files its COPY lines take, and its base."""
+    dockerfile = REPO / image.dockerfile
     h = hashlib.sha256(f"{image.dockerfile}\0{base}\0".encode())
-    h.update((REPO / image.dockerfile).read_bytes())
-    for top in BUILD_INPUTS:
+    h.update(dockerfile.read_bytes())
+    for top in copied_paths(dockerfile):
         paths = [REPO / top] if (REPO / top).is_file() else sorted((REPO / top).rglob("*"))
         for path in paths:
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":

@@ -134,7 +134,12 @@ def real_cluster(project_images: dict[str, str], real_cluster_nodes: list[NodeSp
     from .cluster import LocalCluster
 
     directory = Path(tempfile.mkdtemp(prefix="localcluster-real-"))
-    cluster = LocalCluster.start(directory, real_cluster_nodes, real=True, timeout=180)
+    try:
+        cluster = LocalCluster.start(directory, real_cluster_nodes, real=True, timeout=180)
+    except BaseException:
+        if not os.environ.get("LOCALCLUSTER_KEEP"):
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     try:
         yield cluster
     finally:

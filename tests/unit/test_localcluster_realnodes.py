@@ -100,12 +100,11 @@ def test_corefile_serves_cluster_local_on_the_namespace_address(tmp_path):
 def test_image_cache_key_follows_what_the_build_copies(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / "operator" / "pkg").mkdir(parents=True)
-    for name in images.BUILD_INPUTS:
-        if "." in name:
-            (repo / name).write_text(name)
-        else:
-            (repo / name).mkdir(exist_ok=True)
-    (repo / "Dockerfile.operator").write_text("FROM x\n")
+    for name in ("pyproject.toml", "README.md"):
+        (repo / name).write_text(name)
+    (repo / "trainer").mkdir()
+    (repo / "Dockerfile.operator").write_text("FROM x AS b\nCOPY pyproject.toml README.md ./\nCOPY operator/ operator/\n"
+                                              "FROM x\nCOPY --from=b /opt /opt\n")
     (repo / "operator" / "pkg" / "a.py").write_text("a = 1\n")
     monkeypatch.setattr(images, "REPO", repo)
     first = images.input_hash(images.OPERATOR, "base:1")
@@ -116,8 +115,17 @@ def test_image_cache_key_follows_what_the_build_copies(tmp_path, monkeypatch):
     (repo / "operator" / "pkg" / "a.py").write_text("a = 2\n")
     assert images.input_hash(images.OPERATOR, "base:1") != first  # the package changed
     (repo / "operator" / "pkg" / "a.py").write_text("a = 1\n")
+    assert images.input_hash(images.OPERATOR, "base:1") == first
+    (repo / "trainer" / "t.py").write_text("t = 1\n")
+    assert images.input_hash(images.OPERATOR, "base:1") == first  # not copied by this Dockerfile
     (repo / "Dockerfile.operator").write_text("FROM y\n")
     assert images.input_hash(images.OPERATOR, "base:1") != first  # the Dockerfile changed
+
+
+def test_copied_paths_are_the_real_dockerfiles_copy_sources():
+    assert images.copied_paths(images.REPO / "Dockerfile.operator") == ["pyproject.toml", "README.md", "operator"]
+    assert images.copied_paths(images.REPO / "Dockerfile.trainer") == [
+        "pyproject.toml", "README.md", "operator", "trainer", "cluster"]
 
 
 def test_pause_image_is_a_deterministic_docker_archive(tmp_path, monkeypatch):
