@@ -40,8 +40,8 @@ def test_nodes_are_kubelets_with_their_specs_labels_and_gpus(real_cluster, real_
 
 
 # The pause image is a static busybox: its applets run as `/bin/busybox APPLET`.
-PROBE = ("/bin/busybox nslookup kubernetes.default.svc.cluster.local 2>&1 | /bin/busybox tail -2; "
-         "/bin/busybox nc -z -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT && echo apiserver reachable; "
+PROBE = ("/bin/busybox nslookup kubernetes.default.svc.cluster.local 2>&1; "
+         "/bin/busybox nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null && echo apiserver reachable; "
          "/bin/busybox cat /var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
