@@ -78,21 +78,33 @@ def local_cluster_nodes() -> list[NodeSpec]:
     return default_nodes()
 
 
-@pytest.fixture(scope="session")
-def local_cluster(local_cluster_nodes: list[NodeSpec]):
+def _session_cluster(prefix: str, nodes: list[NodeSpec], **start: object):
+    """A started LocalCluster for the session; stopped, and its directory removed, at the end
+    (kept with LOCALCLUSTER_KEEP), also when it fails to start."""
     from .cluster import LocalCluster  # imports the kubernetes client only when needed
 
-    _require_binaries()
-    directory = Path(tempfile.mkdtemp(prefix="localcluster-"))
-    cluster = LocalCluster.start(directory, local_cluster_nodes)
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    keep = bool(os.environ.get("LOCALCLUSTER_KEEP"))
+    try:
+        cluster = LocalCluster.start(directory, nodes, **start)  # type: ignore[arg-type]
+    except BaseException:
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     try:
         yield cluster
     finally:
         cluster.stop()
-        if os.environ.get("LOCALCLUSTER_KEEP"):
+        if keep:
             print(f"\nlocalcluster: kept {directory} (LOCALCLUSTER_KEEP)")
         else:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(local_cluster_nodes: list[NodeSpec]):
+    _require_binaries()
+    yield from _session_cluster("localcluster-", local_cluster_nodes)
 
 
 @pytest.fixture
@@ -131,20 +143,4 @@ def real_cluster_nodes() -> list[NodeSpec]:
 
 @pytest.fixture(scope="session")
 def real_cluster(project_images: dict[str, str], real_cluster_nodes: list[NodeSpec]):
-    from .cluster import LocalCluster
-
-    directory = Path(tempfile.mkdtemp(prefix="localcluster-real-"))
-    try:
-        cluster = LocalCluster.start(directory, real_cluster_nodes, real=True, timeout=180)
-    except BaseException:
-        if not os.environ.get("LOCALCLUSTER_KEEP"):
-            shutil.rmtree(directory, ignore_errors=True)
-        raise
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        if os.environ.get("LOCALCLUSTER_KEEP"):
-            print(f"\nlocalcluster: kept {directory} (LOCALCLUSTER_KEEP)")
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+    yield from _session_cluster("localcluster-real-", real_cluster_nodes, real=True, timeout=180.0)

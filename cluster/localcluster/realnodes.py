@@ -17,6 +17,7 @@ bridges, veths and iptables rules. `leftovers()` says what, if anything, survive
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -127,6 +128,10 @@ def teardown(state: RealNodesState, kubeconfig: Path | None) -> None:
             stop_group(pid, grace=10.0)
     for runtime in runtimes:
         _kill_shims(runtime.socket)
+        for sock in (runtime.socket, runtime.socket.with_name(runtime.socket.name + ".ttrpc")):
+            sock.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            runtime.socket.parent.rmdir()  # the cluster's socket directory, once its last node is gone
     for name in ("kube-proxy", "coredns"):
         if name in pids:
             stop_group(pids[name], grace=5.0)
@@ -172,6 +177,7 @@ def leftovers(state: RealNodesState) -> list[str]:
     for name, pid in state["pids"].items():
         if _alive(pid):
             left.append(f"process {name} ({pid})")
+    left += [f"socket {s}" for s in state["sockets"] if Path(s).exists()]
     for sock in state["sockets"]:
         needle = str(sock).encode()
         for entry in Path("/proc").iterdir():

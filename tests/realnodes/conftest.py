@@ -39,10 +39,12 @@ def release(real_cluster, project_images, kubectl) -> Iterator[str]:
     pre-created in the e2e namespace. Yields the operator's full name."""
     repo, tag = project_images["operator"].rsplit(":", 1)
     kubectl("create", "namespace", LADDER_NS)
+    # --wait: the operator pod Ready (its readiness probe), as a user's install would wait.
     proc = run_helm(str(binaries.helm_path()), "upgrade", "--install", RELEASE, str(CHART), "--namespace", SYSTEM_NS,
                     "--create-namespace", "--kubeconfig", str(real_cluster.kubeconfig),
                     "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
-                    "--set-json", f"trainer.namespaces={json.dumps([LADDER_NS])}", "--wait", "--timeout", "5m")
+                    "--set-json", f"trainer.namespaces={json.dumps([LADDER_NS])}", "--wait", "--timeout", "5m",
+                    timeout=330)
     assert proc.returncode == 0, proc.stderr + kubectl("get", "pods", "-A", "-o", "wide")
     yield f"{RELEASE}-promotion-ladder"
 

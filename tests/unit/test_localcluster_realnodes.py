@@ -56,8 +56,9 @@ def runtime(tmp_path: Path, index: int = 1) -> NodeRuntime:
     return NodeRuntime("a100-1", index, tmp_path / "containerd", NET, images.PAUSE_IMAGE)
 
 
-def test_containerd_keeps_everything_under_the_node_directory(tmp_path):
+def test_containerd_keeps_its_state_under_the_node_directory_and_its_socket_short(tmp_path):
     rt = runtime(tmp_path)
+    assert str(rt.socket) == "/run/localcluster/207/a100-1.sock"  # unix socket paths stop at 104 bytes
     toml = rt.config_toml(tmp_path / "cni")
     for line in (f'root = "{rt.root}"', f'state = "{rt.state_dir}"', f'address = "{rt.socket}"',
                  f'Root = "{rt.state_dir / "runc"}"', "netns_mounts_under_state_dir = true"):
