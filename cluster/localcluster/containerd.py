@@ -29,9 +29,6 @@ from .processes import spawn
 log = logging.getLogger("localcluster.containerd")
 
 NAMESPACE = "k8s.io"  # the CRI plugin's containerd namespace
-# containerd's sockets live apart from its state: a unix socket path may not exceed 104 bytes,
-# and a node directory under a test's temporary directory can be longer than that.
-SOCKET_DIR = Path("/run/localcluster")
 CNI_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 SNAPSHOTTER = "overlayfs"
@@ -101,6 +98,7 @@ class NodeRuntime:
     dir: Path
     network: ClusterNetwork
     pause_image: str
+    log_dir: Path
 
     @property
     def root(self) -> Path:
@@ -112,7 +110,7 @@ class NodeRuntime:
 
     @property
     def socket(self) -> Path:
-        return SOCKET_DIR / str(self.network.number) / f"{self.name}.sock"
+        return self.dir / "containerd.sock"
 
     @property
     def endpoint(self) -> str:
@@ -120,7 +118,7 @@ class NodeRuntime:
 
     @property
     def log_path(self) -> Path:
-        return self.dir / "containerd.log"
+        return self.log_dir / "containerd.log"
 
     @property
     def client(self) -> RuntimeClient:
@@ -201,7 +199,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     def start(self, *, die_with_parent: bool) -> subprocess.Popen[bytes]:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.socket.parent.mkdir(parents=True, exist_ok=True)
         config = self.write_config()
         proc = spawn(
             [*self.network.nsenter(), "containerd", "--config", str(config)],

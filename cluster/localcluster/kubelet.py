@@ -42,10 +42,14 @@ REAL_NODE_LABEL = "localcluster.dev/real"
 
 @dataclass
 class Kubelet:
+    """dir: its root dir, certificates, volume plugins and pod logs (a short path: the kubelet
+    binds unix sockets under its root dir, and a socket path stops at 104 bytes); log_dir: its own log."""
+
     spec: NodeSpec
     dir: Path
     network: ClusterNetwork
     runtime: NodeRuntime
+    log_dir: Path
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -53,7 +57,7 @@ class Kubelet:
 
     @property
     def log_path(self) -> Path:
-        return self.dir / "kubelet.log"
+        return self.log_dir / "kubelet.log"
 
     @property
     def root_dir(self) -> Path:
@@ -103,7 +107,8 @@ class Kubelet:
         self.dir.mkdir(parents=True, exist_ok=True)
         name = self.spec.name
         kubeconfig = control_plane.client_kubeconfig(f"kubelet-{name}", f"/O=system:nodes/CN=system:node:{name}")
-        config = self.dir / "kubelet-config.json"
+        config = self.log_dir / "kubelet-config.json"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         config.write_text(json.dumps(self.config(control_plane.ca_file), indent=2))
         labels = {**self.spec.labels, REAL_NODE_LABEL: "true"}
         argv = [

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -43,10 +44,17 @@ from .processes import stop_group
 log = logging.getLogger("localcluster.realnodes")
 
 
+# The nodes' runtime state (kubelet root dirs, containerd roots, states and sockets) lives under
+# RUN_ROOT/<cluster number>: a short path, since the kubelet and containerd bind unix sockets
+# there and a socket path stops at 104 bytes; the cluster directory (any length) keeps the logs.
+RUN_ROOT = Path("/var/lib/localcluster")
+
+
 class RealNodesState(TypedDict):
     """What `down` needs to empty and stop real nodes after their maker is gone (state.json)."""
 
     dir: str
+    run_dir: str
     network: NetworkState
     sockets: list[str]
     pids: dict[str, int]
@@ -72,14 +80,14 @@ class RealNodes:
         pause = images.PAUSE_IMAGE
         kubelets = []
         for index, spec in enumerate(self.nodes):
-            node_dir = self.dir / spec.name
-            runtime = NodeRuntime(spec.name, index, node_dir / "containerd", net, pause)
+            node_dir, log_dir = self.run_dir / spec.name, self.dir / spec.name
+            runtime = NodeRuntime(spec.name, index, node_dir / "containerd", net, pause, log_dir)
             self.runtimes.append(runtime)
             images.clone_store(runtime.root)
             self.procs[f"containerd-{spec.name}"] = runtime.start(die_with_parent=keep)
             if pause not in runtime.client.image_digests():
                 runtime.client.import_image(images.pause_archive())
-            kubelet = Kubelet(spec, node_dir, net, runtime)
+            kubelet = Kubelet(spec, node_dir, net, runtime, log_dir)
             self.procs[f"kubelet-{spec.name}"] = kubelet.start(cp, die_with_parent=keep)
             kubelets.append(kubelet)
         core = client.CoreV1Api(config.new_client_from_config(config_file=str(cp.kubeconfig)))
@@ -94,9 +102,14 @@ class RealNodes:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; logs under {self.dir}")
 
+    @property
+    def run_dir(self) -> Path:
+        return RUN_ROOT / str(self.network.number)
+
     def state(self) -> RealNodesState:
         return {
             "dir": str(self.dir),
+            "run_dir": str(self.run_dir),
             "network": self.network.state(),
             "sockets": [str(r.socket) for r in self.runtimes],
             "pids": {name: proc.pid for name, proc in self.procs.items()},
@@ -135,7 +148,9 @@ def teardown(state: RealNodesState, kubeconfig: Path | None) -> None:
     for name in ("kube-proxy", "coredns"):
         if name in pids:
             stop_group(pids[name], grace=5.0)
-    unmount_under(Path(state["dir"]))
+    for directory in (Path(state["run_dir"]), Path(state["dir"])):
+        unmount_under(directory)
+    shutil.rmtree(state["run_dir"], ignore_errors=True)
     delete_network(state["network"])
 
 
@@ -172,7 +187,8 @@ def _kill_shims(socket: Path) -> None:
 
 def leftovers(state: RealNodesState) -> list[str]:
     """What survived a teardown: mounts, the network, processes, containers (empty when clean)."""
-    left = [f"mount {m}" for m in mounts_under(Path(state["dir"]))]
+    left = [f"mount {m}" for d in (state["run_dir"], state["dir"]) for m in mounts_under(Path(d))]
+    left += [f"directory {state['run_dir']}"] if Path(state["run_dir"]).exists() else []
     left += network_leftovers(state["network"])
     for name, pid in state["pids"].items():
         if _alive(pid):

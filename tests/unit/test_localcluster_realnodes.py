@@ -53,12 +53,13 @@ def test_nsenter_enters_only_the_network_namespace():
 
 
 def runtime(tmp_path: Path, index: int = 1) -> NodeRuntime:
-    return NodeRuntime("a100-1", index, tmp_path / "containerd", NET, images.PAUSE_IMAGE)
+    return NodeRuntime("a100-1", index, tmp_path / "containerd", NET, images.PAUSE_IMAGE, tmp_path / "logs")
 
 
-def test_containerd_keeps_its_state_under_the_node_directory_and_its_socket_short(tmp_path):
+def test_containerd_keeps_its_state_under_the_node_directory(tmp_path):
     rt = runtime(tmp_path)
-    assert str(rt.socket) == "/run/localcluster/207/a100-1.sock"  # unix socket paths stop at 104 bytes
+    assert rt.socket == tmp_path / "containerd" / "containerd.sock"
+    assert rt.log_path == tmp_path / "logs" / "containerd.log"
     toml = rt.config_toml(tmp_path / "cni")
     for line in (f'root = "{rt.root}"', f'state = "{rt.state_dir}"', f'address = "{rt.socket}"',
                  f'Root = "{rt.state_dir / "runc"}"', "netns_mounts_under_state_dir = true"):
@@ -79,7 +80,7 @@ def test_cni_is_a_bridge_of_the_nodes_own_with_its_own_ipam_state(tmp_path):
 
 def test_kubelet_configuration(tmp_path):
     rt = runtime(tmp_path)
-    kubelet = Kubelet(gpu_node("a100-1", "a100", 2), tmp_path, NET, rt)
+    kubelet = Kubelet(gpu_node("a100-1", "a100", 2), tmp_path, NET, rt, tmp_path / "logs")
     config = kubelet.config(tmp_path / "ca.crt")
     assert config["containerRuntimeEndpoint"] == f"unix://{rt.socket}"
     assert config["address"] == NET.node_ip and config["port"] != config["healthzPort"]
