@@ -14,7 +14,7 @@ applies tests/realnodes/small-ladder.yaml with kubectl and, once it Succeeded, r
 
 --cold-unpack also times what a node pays the first time it sees the trainer image (a registry
 pull's unpack): `ctr images import` of the image into an empty containerd. Results:
-benchmarks/realnode-setup-results.md.
+benchmarks/realnode-results.md.
 """
 
 from __future__ import annotations

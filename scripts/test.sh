@@ -19,9 +19,10 @@ if [ -n "${CI:-}" ] && ! dpkg -s $real_node_packages >/dev/null 2>&1; then
     || echo "test.sh: could not install $real_node_packages; the real-node tests will fail under CI" >&2
 fi
 # The operator and trainer images (tests marked real_nodes), built from the Dockerfiles into the
-# cache while the Go builds below use the CPU (the image build mostly waits on disk and the
-# package registries); seconds when cached. The real-node fixtures build them anyway if this
-# could not (their message names what is missing).
+# cache in the background, beside the Go builds below and the tests that need no image (the
+# image build mostly waits on disk and the package registries; the real-node tests run last and
+# wait for it through the build's lock). Seconds when cached. If it fails, the real-node
+# fixtures try again and name what is missing.
 images_log=${LADDER_CACHE:-$HOME/.cache/promotion-ladder}/images-build.log
 images_pid=
 if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null && command -v debootstrap >/dev/null; then
@@ -40,18 +41,13 @@ if [ -n "${CI:-}" ] && ! command -v chromium >/dev/null 2>&1; then
     || echo "test.sh: could not install chromium; the browser test will fail under CI" >&2
 fi
 
-if [ -n "$images_pid" ]; then
-  if wait "$images_pid"; then
-    echo "test.sh: images ready ($(tail -2 "$images_log" | paste -sd' ' -))" >&2
-  else
-    echo "test.sh: building the images failed; the real-node tests will say why. Log $images_log:" >&2
-    tail -20 "$images_log" >&2
-  fi
-fi
-
 set +e
 "$venv/bin/python" -m pytest "$@"
 rc=$?
+if [ -n "$images_pid" ] && ! wait "$images_pid"; then
+  echo "test.sh: the background image build failed (log $images_log):" >&2
+  tail -20 "$images_log" >&2
+fi
 set -e
 if [ "$rc" -eq 5 ]; then
   echo "test.sh: pytest collected no tests (exit 5) with arguments: $*" >&2

@@ -65,6 +65,12 @@ def _require_real_nodes() -> None:
     require_tool(binaries.real_nodes_missing_reason() or images_missing_reason(), "real-node tests")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Real-node tests run last (a stable sort): scripts/test.sh builds their images in the
+    background, and every other test runs meanwhile instead of waiting for them."""
+    items.sort(key=lambda item: item.get_closest_marker("real_nodes") is not None)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("integration") is not None:
