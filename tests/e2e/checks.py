@@ -134,14 +134,24 @@ def results_through_the_kubelet(t: Target) -> None:
             raise CheckFailed(f"cell {key}: status value {cell.get('value')} but termination message {values[key]}")
 
 
+def _series(text: str, name: str, **labels: str) -> list[float]:
+    """Values of the samples of `name` whose labels include `labels` (in any order)."""
+    want = {f'{k}="{v}"' for k, v in labels.items()}
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            head, value = line.rsplit(" ", 1)
+            if want <= set(head[len(name) + 1:-1].split(",")):
+                out.append(float(value))
+    return out
+
+
 def metrics_show_the_gpu_hours(t: Target) -> None:
     text = t.kubectl("get", "--raw", f"/api/v1/namespaces/{t.system_namespace}/services/"
                      f"http:{t.operator}-metrics:8080/proxy/metrics")
-    spent = [line for line in text.splitlines()
-             if line.startswith("ladder_gpu_seconds_total{") and f'ladder="{t.ladder}"' in line]
-    if not spent or sum(float(line.rsplit(" ", 1)[1]) for line in spent) <= 0:
+    if sum(_series(text, "ladder_gpu_seconds_total", ladder=t.ladder, namespace=t.namespace)) <= 0:
         raise CheckFailed(f"/metrics has no ladder_gpu_seconds_total > 0 for {t.ladder}")
-    if f'ladder_info{{namespace="{t.namespace}",ladder="{t.ladder}",phase="Succeeded"' not in text:
+    if not _series(text, "ladder_info", ladder=t.ladder, namespace=t.namespace, phase="Succeeded"):
         raise CheckFailed(f"/metrics has no ladder_info for {t.ladder} in phase Succeeded")
 
 
@@ -170,7 +180,7 @@ CAN_I = {
     "create jobs": ("create", "jobs.batch", True, True),
     "patch ladder status": ("patch", "promotionladders.ladder.promotion.dev/status", True, True),
     "no secrets": ("get", "secrets", True, False),
-    "no pod deletion": ("delete", "pods", True, False),
+    "no pod creation (Jobs make them)": ("create", "pods", True, False),
     "no ladder deletion": ("delete", "promotionladders.ladder.promotion.dev", True, False),
     "no node writes": ("patch", "nodes", False, False),
 }
