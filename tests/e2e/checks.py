@@ -175,24 +175,25 @@ def operator_hardened(t: Target) -> None:
         raise CheckFailed("operator container not ready (its readiness probe fails)")
 
 
-# (verb, resource, in the ladder namespace?, allowed) for the operator's ServiceAccount.
+# (`kubectl auth can-i` arguments, in the ladder namespace?, allowed) for the operator's ServiceAccount.
 CAN_I = {
-    "create jobs": ("create", "jobs.batch", True, True),
-    "patch ladder status": ("patch", "promotionladders.ladder.promotion.dev/status", True, True),
-    "no secrets": ("get", "secrets", True, False),
-    "no pod creation (Jobs make them)": ("create", "pods", True, False),
-    "no ladder deletion": ("delete", "promotionladders.ladder.promotion.dev", True, False),
-    "no node writes": ("patch", "nodes", False, False),
+    "create jobs": (["create", "jobs.batch"], True, True),
+    # `TYPE/status` would name an object called "status": a subresource is a flag.
+    "patch ladder status": (["patch", "promotionladders.ladder.promotion.dev", "--subresource=status"], True, True),
+    "no secrets": (["get", "secrets"], True, False),
+    "no pod creation (Jobs make them)": (["create", "pods"], True, False),
+    "no ladder deletion": (["delete", "promotionladders.ladder.promotion.dev"], True, False),
+    "no node writes": (["patch", "nodes"], False, False),
 }
 
 
 def operator_rbac_least_privilege(t: Target) -> None:
-    for case, (verb, resource, namespaced, allowed) in CAN_I.items():
-        args = ["auth", "can-i", verb, resource, f"--as=system:serviceaccount:{t.system_namespace}:{t.operator}"]
+    for case, (what, namespaced, allowed) in CAN_I.items():
+        args = ["auth", "can-i", *what, f"--as=system:serviceaccount:{t.system_namespace}:{t.operator}"]
         args += ["-n", t.namespace] if namespaced else []
         answer = t.kubectl(*args, check=False).strip()  # `can-i` exits 1 when it says "no"
         if answer != ("yes" if allowed else "no"):
-            raise CheckFailed(f"{case}: can-i {verb} {resource} answered {answer!r}")
+            raise CheckFailed(f"{case}: kubectl auth can-i {' '.join(what)} answered {answer!r}")
 
 
 CHECKS: dict[str, Callable[[Target], None]] = {

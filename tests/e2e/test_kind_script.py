@@ -65,7 +65,8 @@ elif line.startswith("get --raw "):
 elif line == "get promotionladders -n ladder-e2e":
     print("NAME   PHASE       STAGE   LEADER   GPU-HOURS   AGE")
 elif line.startswith("auth can-i"):
-    allowed = args[2] in ("create", "patch") and args[3] in ("jobs.batch", "promotionladders.ladder.promotion.dev/status")
+    allowed = (args[2:4] == ["create", "jobs.batch"]
+               or (args[2:4] == ["patch", "promotionladders.ladder.promotion.dev"] and "--subresource=status" in args))
     print("yes" if allowed else "no")
     sys.exit(0 if allowed else 1)
 elif line == "get namespace ladder-e2e":
