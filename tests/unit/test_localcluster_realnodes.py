@@ -9,7 +9,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from localcluster import images
 from localcluster.clusterdns import corefile
 from localcluster.containerd import NodeRuntime
