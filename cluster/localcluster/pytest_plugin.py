@@ -15,6 +15,14 @@ Register with ``pytest_plugins = ["localcluster.pytest_plugin"]`` in a conftest.
   ``kueue_namespace`` (function): a fresh namespace there. A cluster of its own, because
   Kueue's webhooks sit in the path of every Job created, and a test may stop Kueue.
 
+Real nodes (tests marked ``real_nodes``, docs/localcluster.md "Real nodes"):
+
+- ``project_images`` (session): the operator and trainer images built from the Dockerfiles
+  (localcluster.images; cached) and in the image store; name -> reference.
+- ``real_cluster_nodes`` (session): a100-0 and l40s-0 (2 GPUs each), the host blocks of the
+  examples' ladders. ``real_cluster`` (session): a LocalCluster whose nodes are real kubelets
+  and containerds (``.real``), started after the images so every node has them.
+
 When the binaries from cluster/build.sh are missing, tests marked ``integration`` are skipped
 with one line saying how to build them; with CI set (CI=true or CI=1) they fail instead, so
 CI cannot pass by skipping. LOCALCLUSTER_KEEP=1 keeps the cluster directory after the session
@@ -27,6 +35,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from typing import TYPE_CHECKING
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +43,10 @@ from pathlib import Path
 import pytest
 
 from . import binaries
-from .nodeagent import NodeSpec, default_nodes
+from .nodeagent import NodeSpec, default_nodes, gpu_node
+
+if TYPE_CHECKING:
+    from .cluster import LocalCluster
 from .waiting import wait_for
 
 
@@ -58,10 +70,24 @@ def _require_binaries() -> None:
     require_tool(binaries.missing_reason())
 
 
+def _require_real_nodes() -> None:
+    from .images import images_missing_reason
+
+    require_tool(binaries.real_nodes_missing_reason() or images_missing_reason(), "real-node tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Real-node tests run last (a stable sort): scripts/test.sh builds their images in the
+    background, and every other test runs meanwhile instead of waiting for them."""
+    items.sort(key=lambda item: item.get_closest_marker("real_nodes") is not None)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("integration") is not None:
         _require_binaries()
+    if item.get_closest_marker("real_nodes") is not None:
+        _require_real_nodes()
 
 
 @pytest.fixture(scope="session")
@@ -69,30 +95,35 @@ def local_cluster_nodes() -> list[NodeSpec]:
     return default_nodes()
 
 
-@pytest.fixture(scope="session")
-def local_cluster(local_cluster_nodes: list[NodeSpec]):
+@contextmanager
+def _session_cluster(prefix: str, nodes: list[NodeSpec], **start: object) -> Iterator["LocalCluster"]:
+    """A started LocalCluster for the session; stopped, and its directory removed, at the end
+    (kept with LOCALCLUSTER_KEEP), also when it fails to start."""
     from .cluster import LocalCluster  # imports the kubernetes client only when needed
 
-    _require_binaries()
-    with _cluster_dir("localcluster-") as directory:
-        cluster = LocalCluster.start(directory, local_cluster_nodes)
-        try:
-            yield cluster
-        finally:
-            cluster.stop()
-
-
-@contextmanager
-def _cluster_dir(prefix: str) -> Iterator[Path]:
-    """A new temporary directory, removed afterwards unless LOCALCLUSTER_KEEP is set."""
     directory = Path(tempfile.mkdtemp(prefix=prefix))
+    keep = bool(os.environ.get("LOCALCLUSTER_KEEP"))
     try:
-        yield directory
+        cluster = LocalCluster.start(directory, nodes, **start)  # type: ignore[arg-type]
+    except BaseException:
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    try:
+        yield cluster
     finally:
-        if os.environ.get("LOCALCLUSTER_KEEP"):
+        cluster.stop()
+        if keep:
             print(f"\nlocalcluster: kept {directory} (LOCALCLUSTER_KEEP)")
         else:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(local_cluster_nodes: list[NodeSpec]):
+    _require_binaries()
+    with _session_cluster("localcluster-", local_cluster_nodes) as cluster:
+        yield cluster
 
 
 @pytest.fixture
@@ -126,20 +157,17 @@ def kueue_cluster_nodes() -> list[NodeSpec]:
 
 @pytest.fixture(scope="session")
 def _kueue_stack(kueue_cluster_nodes: list[NodeSpec]):
-    from .cluster import LocalCluster
     from .kueue import LocalKueue
 
     _require_binaries()
     require_tool(binaries.kueue_missing_reason(), "Kueue tests")
-    with _cluster_dir("localcluster-kueue-") as directory:
-        cluster = LocalCluster.start(directory, kueue_cluster_nodes)
+    with _session_cluster("localcluster-kueue-", kueue_cluster_nodes) as cluster:
         kueue = LocalKueue(cluster.control_plane)
         try:
             kueue.start()
             yield cluster, kueue
         finally:
             kueue.stop()
-            cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -155,3 +183,23 @@ def kueue(_kueue_stack):
 @pytest.fixture
 def kueue_namespace(kueue_cluster, request: pytest.FixtureRequest):
     yield from _fresh_namespace(kueue_cluster, request)
+
+
+@pytest.fixture(scope="session")
+def project_images() -> dict[str, str]:
+    from .images import IMAGES, build_all
+
+    _require_real_nodes()
+    build_all()
+    return {image.name: image.reference for image in IMAGES}
+
+
+@pytest.fixture(scope="session")
+def real_cluster_nodes() -> list[NodeSpec]:
+    return [gpu_node("a100-0", "a100", 2), gpu_node("l40s-0", "l40s", 2)]
+
+
+@pytest.fixture(scope="session")
+def real_cluster(project_images: dict[str, str], real_cluster_nodes: list[NodeSpec]):
+    with _session_cluster("localcluster-real-", real_cluster_nodes, real=True, timeout=180.0) as cluster:
+        yield cluster

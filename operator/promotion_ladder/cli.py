@@ -35,6 +35,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.tokens_per_second is not None:
         for line in _repeat_warnings(spec, args):
             print(line)
+    if args.pod_security is not None:
+        return _pod_security(doc, spec, args.pod_security)
+    return 0
+
+
+def _pod_security(doc: dict, spec, level: str) -> int:
+    """Exit 1 naming each field that breaks the Pod Security Standard `level` in a cell's pod."""
+    from .controller.admission import pod_security_problems
+    from .controller.manifests import PLACEHOLDER_UID
+
+    body = {**doc, "metadata": {**doc.get("metadata", {}), "uid": PLACEHOLDER_UID}}  # the Jobs' owner reference
+    problems = pod_security_problems(level, body, spec)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if problems:
+        print(f"the namespace's Pod Security Standard {level} would refuse this ladder's cell pods; "
+              f"set the fields above in spec.trainer.template (docs/operator.md, \"Pod security\")", file=sys.stderr)
+        return 1
+    print(f"cell pods meet the Pod Security Standard {level}")
     return 0
 
 
@@ -167,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a cell's expected training throughput: warn about stages that would repeat the data")
     s.add_argument("--train-tokens", type=int, default=None, help="training tokens of the corpus (with --tokens-per-second)")
     s.add_argument("--data", default=None, help="a prepared corpus directory, for its training token count")
+    s.add_argument("--pod-security", choices=("baseline", "restricted"), default=None,
+                   help="also check the cell pods against this Pod Security Standard (the namespace's "
+                        "pod-security.kubernetes.io/enforce level); exit 1 naming each field that breaks it")
     s.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("manifests", help="print the Jobs (and Services) the operator would create for a stage's cells (YAML, no cluster)")

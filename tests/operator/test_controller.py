@@ -54,6 +54,9 @@ class FakeApi:
     def node_labels(self):
         return [{"ladder.promotion.dev/host-block": b} for b in ("a100", "l40s")]
 
+    def namespace_labels(self, name):  # admission: no Pod Security Standard enforced
+        return {}
+
     def pods_of_job(self, ns, job_name, job_uid):
         self.calls.append(("lookup", job_name))
         return self.pods_by_job.get(job_uid, [])

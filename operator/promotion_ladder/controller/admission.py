@@ -11,6 +11,10 @@ and admitted, never stored) and list the nodes:
     (placement is editable) and it starts.
   * no node matches a host block's nodeSelector: condition Schedulable=False (reason
     NoNodeMatches) and a Warning, but the ladder runs: a cluster autoscaler may add the node.
+  * the namespace enforces a Pod Security Standard (label pod-security.kubernetes.io/enforce)
+    that the cell pods break: the ladder does not start, and the condition names each field of
+    spec.trainer.template to set (core/podsecurity.py). The API server enforces the standard on
+    Pods only, so the Jobs' dry run alone would pass and every pod would then be refused.
 
 Pure: `sample_jobs` (what to dry-run) and `matches` (node selection); the verdict travels to
 the pure reconcile as an `Admission`.
@@ -23,7 +27,10 @@ from typing import Any
 
 from ..core.api import LadderSpec
 from ..core.cell import Cell
+from ..core.podsecurity import violations
 from .jobs import build_job
+
+POD_SECURITY_LABEL = "pod-security.kubernetes.io/enforce"
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,28 @@ def sample_jobs(body: dict[str, Any], spec: LadderSpec) -> list[tuple[str, dict[
             seen.add(block)
             out.append((block, build_job(body, spec, Cell(st.name, spec.candidates[0].name, block, st.seeds[0]))))
     return out
+
+
+def pod_security_problems(level: str, body: dict[str, Any], spec: LadderSpec) -> list[str]:
+    """Each field of the ladder that makes its cell pods break the standard `level` (once per field)."""
+    found: list[str] = []
+    for _block, job in sample_jobs(body, spec):
+        for line in violations(level, job["spec"]["template"]["spec"]):
+            if line not in found:
+                found.append(line)
+    return found
+
+
+def pod_security_problem(namespace_labels: dict[str, str], body: dict[str, Any], spec: LadderSpec) -> str | None:
+    """The blocking problem when the namespace enforces a standard the cell pods break."""
+    level = namespace_labels.get(POD_SECURITY_LABEL, "privileged")
+    if level not in ("baseline", "restricted"):
+        return None
+    problems = pod_security_problems(level, body, spec)
+    if not problems:
+        return None
+    return (f"the namespace enforces the Pod Security Standard {level} ({POD_SECURITY_LABEL}), which would refuse "
+            f"every cell pod: " + "; ".join(problems))[:1024]
 
 
 def matches(node_labels: dict[str, str], selector: dict[str, str]) -> bool:

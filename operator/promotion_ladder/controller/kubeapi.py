@@ -165,6 +165,10 @@ class KubeApi:
         self._count("dry_run_job")
         self.batch.create_namespaced_job(namespace, job, dry_run="All")
 
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        self._count("read_namespace")
+        return dict(self.core.read_namespace(name).metadata.labels or {})
+
     def node_labels(self) -> list[dict[str, str]]:
         self._count("list_nodes")
         return [dict(n.metadata.labels or {}) for n in self.core.list_node().items]

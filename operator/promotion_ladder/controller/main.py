@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import threading
 
 import kopf
@@ -51,6 +52,14 @@ async def start_http(controller: Controller, metrics: LadderMetrics, ready: asyn
         await web.TCPSite(runner, host, port).start()
         runners.append(runner)
     return runners
+
+
+def kopf_identity() -> str:
+    """The name Kopf gives this operator. Kopf's own default is `<user>@<host>`, with the user
+    looked up in /etc/passwd, which has no entry for the image's uid 65532: in the chart's pod
+    Kopf then fails at start with "getpwuid(): uid not found: 65532". The pod's name (the chart
+    sets POD_NAME) is what a reader of its Events wants anyway."""
+    return os.environ.get("POD_NAME") or f"ladder-operator@{socket.gethostname()}"
 
 
 async def serve(namespaces: list[str] | None, metrics_port: int, health_port: int,
@@ -95,7 +104,7 @@ async def serve(namespaces: list[str] | None, metrics_port: int, health_port: in
     try:
         await kopf.operator(
             registry=registry, standalone=True, clusterwide=not namespaces, namespaces=namespaces or [],
-            ready_flag=ready, stop_flag=stop,
+            ready_flag=ready, stop_flag=stop, identity=kopf_identity(),
         )
     finally:
         signals.cancel()

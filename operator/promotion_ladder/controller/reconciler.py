@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..core.api import LadderInvalid, load_ladder
-from .admission import Admission, sample_jobs, unmatched_blocks
+from .admission import Admission, pod_security_problem, sample_jobs, unmatched_blocks
 from .expectations import CreateExpectations
 from .failures import RECONCILE_ERROR, error_message, retry_delay, with_error_condition
 from .informer import Cache, Informer
@@ -351,6 +351,11 @@ class Controller:
                     break
                 if status != 409:  # 403 (a full quota), 5xx: not a verdict on the spec
                     log.warning("dry run of a Job of %s/%s: %s", *key, exc)
+        if problem is None:
+            try:
+                problem = pod_security_problem(self.api.namespace_labels(key[0]), body, spec)
+            except Exception as exc:  # noqa: BLE001 - unknown labels are no verdict; the pods say it then
+                log.warning("could not read namespace %s's labels: %s", key[0], exc)
         warnings: tuple[str, ...] = ()
         try:
             nodes = self.api.node_labels()
