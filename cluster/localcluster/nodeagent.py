@@ -45,7 +45,6 @@ process, patching the pod's status as a kubelet does. The contract pods can rely
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import logging
 import os
 import queue
@@ -64,6 +63,8 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from promotion_ladder.core.clock import iso, iso_micro
+
 from .controlplane import write_kubeconfig
 from .expansion import expand
 from .mounts import MOUNTS_ENV, SHM_PATH, VolumeError, container_mounts, mounts_env, resolve_volume, translate
@@ -76,6 +77,7 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_RESOURCE = "nvidia.com/gpu"
 TERMINATION_LOG_ENV = "LADDER_TERMINATION_LOG"
 MAX_TERMINATION_MESSAGE = 4096
+START_ERROR_MESSAGE_LIMIT = 1024  # a pod's status.message when its container cannot start
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 10.0
 NOT_READY_TAINTS = {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
@@ -138,14 +140,6 @@ def parse_nodes(spec: str) -> list[NodeSpec]:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _now_micro() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
 
 def _api_client(kubeconfig: Path) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(kubeconfig))
@@ -320,7 +314,7 @@ class NodeAgent:
         self._renew_lease(api, node.name, current.metadata.uid)
 
     def _node_status(self, node: NodeSpec) -> dict:
-        now = _now()
+        now = iso()
 
         def cond(type_: str, status: str, reason: str, message: str) -> dict:
             return {"type": type_, "status": status, "reason": reason, "message": message,
@@ -342,7 +336,7 @@ class NodeAgent:
 
     def _renew_lease(self, api: client.ApiClient, node_name: str, node_uid: str | None = None) -> None:
         coord = client.CoordinationV1Api(api)
-        spec = {"holderIdentity": node_name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": _now_micro()}
+        spec = {"holderIdentity": node_name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": iso_micro()}
         try:
             coord.patch_namespaced_lease(node_name, "kube-node-lease", {"spec": spec})
         except ApiException as exc:
@@ -479,9 +473,9 @@ class NodeAgent:
             run.finished = True
             run.log_path.parent.mkdir(parents=True, exist_ok=True)
             run.log_path.write_text(f"localcluster: cannot start container: {message}\n")
-            now = _now()
+            now = iso()
             self._patch_status(core, ns, name, {
-                "phase": "Failed", "reason": "StartError", "message": str(message)[:1024], "startTime": now,
+                "phase": "Failed", "reason": "StartError", "message": str(message)[:START_ERROR_MESSAGE_LIMIT], "startTime": now,
                 "hostIP": "127.0.0.1",
                 "containerStatuses": [self._container_status(run, {"terminated": {
                     "exitCode": 128, "reason": "StartError", "message": str(message)[:MAX_TERMINATION_MESSAGE],
@@ -501,12 +495,12 @@ class NodeAgent:
         if term.exists():
             term.unlink()
         with open(run.log_path, "ab") as f:
-            f.write(f"--- localcluster: starting {argv!r} on {run.node} (restart {run.restart_count}) at {_now()}\n".encode())
+            f.write(f"--- localcluster: starting {argv!r} on {run.node} (restart {run.restart_count}) at {iso()}\n".encode())
         try:
             run.proc = spawn(argv, log_path=run.log_path, env=env, cwd=run.scratch, die_with_parent=self.die_with_parent)
         except OSError as exc:
             raise PodStartError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
-        run.started_at = _now()
+        run.started_at = iso()
         proc, uid = run.proc, run.uid
         threading.Thread(target=lambda: self._events.put(("exited", uid, proc.wait())),
                          name=f"wait-{run.name}", daemon=True).start()
@@ -641,14 +635,14 @@ class NodeAgent:
                 "conditions": self._conditions(ready=False, reason="PodCompleted" if code == 0 else "PodFailed"),
                 "containerStatuses": [self._container_status(run, {"terminated": {
                     "exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                    "startedAt": run.started_at, "finishedAt": _now(),
+                    "startedAt": run.started_at, "finishedAt": iso(),
                     "containerID": f"localcluster://{run.proc.pid if run.proc else 0}"}})]})
             self._delete_now(core, run.namespace, run.name, uid)
             self._runs.pop(uid, None)
             shutil.rmtree(self._shm_dir(run), ignore_errors=True)
             return
         terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                      "startedAt": run.started_at, "finishedAt": _now(),
+                      "startedAt": run.started_at, "finishedAt": iso(),
                       "containerID": f"localcluster://{run.proc.pid if run.proc else 0}"}
         if returncode < 0:
             terminated["signal"] = -returncode
@@ -761,7 +755,7 @@ class NodeAgent:
 
     @staticmethod
     def _conditions(*, ready: bool, reason: str = "") -> list[dict]:
-        now = _now()
+        now = iso()
         extra = {} if ready else {"reason": reason}
         status = "True" if ready else "False"
         return [

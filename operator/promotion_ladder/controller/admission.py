@@ -23,6 +23,7 @@ from typing import Any
 
 from ..core.api import LadderSpec
 from ..core.cell import Cell
+from ..core.status import MESSAGE_LIMIT
 from .jobs import build_job
 
 
@@ -65,6 +66,6 @@ def admission_conditions(admission: Admission | None, old: list[dict], now: str)
         if not text:
             continue
         prev = next((c for c in old if c.get("type") == type_ and c.get("status") == "False"), None)
-        out.append({"type": type_, "status": "False", "reason": reason, "message": text[:1024],
+        out.append({"type": type_, "status": "False", "reason": reason, "message": text[:MESSAGE_LIMIT],
                     "lastTransitionTime": (prev or {}).get("lastTransitionTime") or now})
     return out

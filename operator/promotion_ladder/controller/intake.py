@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.cell import Cell
-from ..core.contract import NON_RETRYABLE_EXIT_CODES, RESULT_ANNOTATION, check_result, judge
+from ..core.contract import NON_RETRYABLE_EXIT_CODES, REASON_LIMIT, RESULT_ANNOTATION, check_result, judge
 from ..core.result import CellResult, ResultError
 from ..core.cell import CellOutcome
 from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
@@ -306,7 +306,7 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     if job.failed:
         last = next((p for p in reversed(mine) if p.phase == "Failed"), None)
         detail = f"; last pod exit code {last.exit_code}" if last and last.exit_code is not None else ""
-        view.outcome = CellOutcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
+        view.outcome = CellOutcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:REASON_LIMIT])
         return view
     if job.complete and not any(p.terminal for p in mine):
         # Never a failure from missing evidence: a Complete Job had a Pod that exited 0; until

@@ -14,19 +14,16 @@ import logging
 import os
 import socket
 import threading
-from datetime import datetime, timezone
 
 from ..core.api import GROUP, KIND, PLURAL, VERSION
+from ..core.clock import iso
+from ..core.status import MESSAGE_LIMIT
 from .cellpod import rendezvous_service
 from .metrics import LadderMetrics
 from .rbac import trainer_objects
 
 log = logging.getLogger("promotion_ladder.operator")
 COMPONENT = "promotion-ladder-operator"
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def retryable(exc: BaseException) -> bool:
@@ -173,13 +170,13 @@ class KubeApi:
         from kubernetes.client.exceptions import ApiException
 
         meta = body["metadata"]
-        now = now_iso()
+        now = iso()
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta["uid"]},
-            "type": type_, "reason": reason, "message": message[:1024],
+            "type": type_, "reason": reason, "message": message[:MESSAGE_LIMIT],
             "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": self.instance,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }

@@ -16,33 +16,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Callable
+
+from ..core import clock
 
 log = logging.getLogger("promotion_ladder.operator")
 
 LEASE_NAME = "promotion-ladder-operator"
 DURATION_SECONDS = 15
 RENEW_SECONDS = 5.0
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _fmt(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(value) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 class LeaderLease:
@@ -102,7 +85,7 @@ class LeaderLease:
         """Take or renew the Lease (or give it up); True when this operator holds it after."""
         from kubernetes.client.exceptions import ApiException
 
-        now = _now()
+        now = clock.now()
         try:
             lease = self.coord.read_namespaced_lease(self.name, self.namespace)
         except ApiException as exc:
@@ -110,7 +93,7 @@ class LeaderLease:
                 raise
             body = {"metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration,
-                             "acquireTime": _fmt(now), "renewTime": _fmt(now), "leaseTransitions": 0}}
+                             "acquireTime": clock.iso_micro(now), "renewTime": clock.iso_micro(now), "leaseTransitions": 0}}
             try:
                 self.coord.create_namespaced_lease(self.namespace, body)
                 return True
@@ -125,7 +108,7 @@ class LeaderLease:
                 return False
             spec.holder_identity, spec.lease_duration_seconds = None, 1
         else:
-            renewed = _parse(spec.renew_time) or _parse(spec.acquire_time)
+            renewed = clock.parse(spec.renew_time) or clock.parse(spec.acquire_time)
             expired = renewed is None or now > renewed + timedelta(seconds=spec.lease_duration_seconds or self.duration)
             if not mine and spec.holder_identity and not expired:
                 return False

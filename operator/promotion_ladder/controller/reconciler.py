@@ -37,13 +37,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..core.api import LadderInvalid, load_ladder
+from ..core.status import MESSAGE_LIMIT
 from .admission import Admission, sample_jobs, unmatched_blocks
 from .expectations import CreateExpectations
 from .failures import RECONCILE_ERROR, error_message, retry_delay, with_error_condition
 from .informer import Cache, Informer
 from .intake import Rejection, job_summary, pod_summary
 from .jobs import LADDER_LABEL
-from .kubeapi import KubeApi, TrainerRbac, now_iso, retryable
+from ..core.clock import iso
+from .kubeapi import KubeApi, TrainerRbac, retryable
 from .lease import LeaderLease
 from .stuck import STUCK_GRACE_SECONDS
 from .metrics import LadderMetrics
@@ -212,7 +214,7 @@ class Controller:
 
     def _report_failure(self, key: Key, body: dict, message: str, failures: int, delay: float) -> None:
         conditions = with_error_condition((body.get("status") or {}).get("conditions") or [], message,
-                                          failures, delay, now_iso())
+                                          failures, delay, iso())
         self.api.write_conditions(*key, conditions)
         self._warn_once(body, RECONCILE_ERROR, f"{key[0]}/{key[1]}:{RECONCILE_ERROR}:{message}", message)
 
@@ -259,7 +261,7 @@ class Controller:
         if self.stopping.is_set() or not self.leading():
             return  # standing by: the leader does the work; on taking the Lease all is reconciled
         # 2. the pure reconcile
-        r: Reconciled = reconcile(body, known, jobs, pods, creating, now_iso(), stuck_grace=self.stuck_grace,
+        r: Reconciled = reconcile(body, known, jobs, pods, creating, iso(), stuck_grace=self.stuck_grace,
                                   admission=self._admission(key, body))
         # 3. status, then its Events: an operator killed after the write loses at most the
         # Events, never the decision; both come before the slow part (Job creation).
@@ -347,7 +349,7 @@ class Controller:
             except Exception as exc:  # noqa: BLE001 - only the API server's "invalid" blocks a ladder
                 status = getattr(exc, "status", None)
                 if status in (400, 422):
-                    problem = f"host block {block}: the API server refuses its cell Jobs: {_api_message(exc)}"[:1024]
+                    problem = f"host block {block}: the API server refuses its cell Jobs: {_api_message(exc)}"[:MESSAGE_LIMIT]
                     break
                 if status != 409:  # 403 (a full quota), 5xx: not a verdict on the spec
                     log.warning("dry run of a Job of %s/%s: %s", *key, exc)
