@@ -57,12 +57,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import urllib3
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from promotion_ladder.controller.informer import ListWatch
 from promotion_ladder.core.clock import iso, iso_micro
 
 from .controlplane import write_kubeconfig
@@ -238,6 +239,7 @@ class NodeAgent:
         self._events: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pod_watch: ListWatch | None = None
 
     # --- public -----------------------------------------------------------------------------
 
@@ -260,7 +262,8 @@ class NodeAgent:
         api = _api_client(self.kubeconfig)
         for node in self.nodes:
             self._register(api, node)
-        for target, name in ((self._sync_loop, "sync"), (self._watch_loop, "watch"), (self._heartbeat_loop, "heartbeat")):
+        self._pod_watch = self._watch_pods()
+        for target, name in ((self._sync_loop, "sync"), (self._heartbeat_loop, "heartbeat")):
             t = threading.Thread(target=target, name=f"nodeagent-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -269,6 +272,8 @@ class NodeAgent:
 
     def stop(self, *, delete_nodes: bool = False) -> None:
         self._stop.set()
+        if self._pod_watch is not None:
+            self._pod_watch.stop()
         self._events.put(("stop",))
         for run in list(self._runs.values()):
             if run.proc is not None and run.proc.poll() is None:
@@ -363,38 +368,25 @@ class NodeAgent:
 
     # --- watching pods -----------------------------------------------------------------------
 
-    def _watch_loop(self) -> None:
-        """List + watch pods bound to any node; only ours are queued for the sync loop."""
-        api = _api_client(self.kubeconfig)
-        core = client.CoreV1Api(api)
-        while not self._stop.is_set():
-            try:
-                listing = api.sanitize_for_serialization(core.list_pod_for_all_namespaces(field_selector="spec.nodeName!="))
-                seen = set()
-                for pod in listing.get("items", []):
-                    if _get(pod, "spec", "nodeName") in self._node_names:
-                        seen.add(pod["metadata"]["uid"])
-                        self._events.put(("pod", pod))
-                self._events.put(("resync", seen))
-                rv = listing["metadata"]["resourceVersion"]
-                w = watch.Watch()
-                for ev in w.stream(core.list_pod_for_all_namespaces, field_selector="spec.nodeName!=",
-                                   resource_version=rv, timeout_seconds=60):
-                    if self._stop.is_set():
-                        w.stop()
-                        break
-                    pod = api.sanitize_for_serialization(ev["object"])
-                    if _get(pod, "spec", "nodeName") not in self._node_names:
-                        continue
-                    self._events.put(("deleted" if ev["type"] == "DELETED" else "pod", pod))
-            except ApiException as exc:
-                if exc.status != 410:  # 410 Gone: resourceVersion too old; re-list
-                    log.warning("pod watch failed: %s; re-listing", exc)
-                    self._stop.wait(1.0)
-            except Exception as exc:  # noqa: BLE001 - connection drops during shutdown etc.
-                if not self._stop.is_set():
-                    log.warning("pod watch failed: %r; re-listing", exc)
-                    self._stop.wait(1.0)
+    def _watch_pods(self) -> ListWatch:
+        """List + watch the pods bound to any node (the operator's ListWatch: resumed after an
+        error, listed again on 410); only ours are queued for the sync loop."""
+
+        def listed(pods: Iterator[dict]) -> None:
+            seen = set()
+            for pod in pods:
+                if _get(pod, "spec", "nodeName") in self._node_names:
+                    seen.add(pod["metadata"]["uid"])
+                    self._events.put(("pod", pod))
+            self._events.put(("resync", seen))
+
+        def changed(type_: str, pod: dict) -> None:
+            if _get(pod, "spec", "nodeName") in self._node_names:
+                self._events.put(("deleted" if type_ == "DELETED" else "pod", pod))
+
+        core = client.CoreV1Api(_api_client(self.kubeconfig))
+        return ListWatch("pods", core.list_pod_for_all_namespaces, None, field_selector="spec.nodeName!=",
+                         on_list=listed, on_event=changed).start()
 
     # --- the sync loop: every spawn and status write happens on this one thread ---------------
 

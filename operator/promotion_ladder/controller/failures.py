@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from ..core.status import MESSAGE_LIMIT
 
 RECONCILE_ERROR = "ReconcileError"  # the condition type and the Event reason
@@ -26,10 +28,8 @@ def retry_delay(failures: int) -> float:
 
 def error_message(exc: BaseException) -> str:
     """What the condition and the Event say: the API server's answer when there is one."""
-    status = getattr(exc, "status", None)
-    if status is not None:
-        body = str(getattr(exc, "body", "") or "")
-        return f"API server answered {status} {getattr(exc, 'reason', '')}: {body}"[:MESSAGE_LIMIT]
+    if isinstance(exc, ApiException) and exc.status is not None:
+        return f"API server answered {exc.status} {exc.reason or ''}: {exc.body or ''}"[:MESSAGE_LIMIT]
     return f"{type(exc).__name__}: {exc}"[:MESSAGE_LIMIT]
 
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Hashable, Protocol, Sequence
+from typing import Any, Hashable, Protocol, Sequence
 
 Event = tuple[str, str, str]  # (type, reason, message)
 
 
 class StatusApi(Protocol):
-    def write_status(self, namespace: str, name: str, status: dict) -> str | None: ...
-    def post_event(self, body: dict, type_: str, reason: str, message: str) -> None: ...
+    def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> str | None: ...
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
 
 
 def urgent_change(old: dict, new: dict) -> bool:
@@ -57,7 +57,7 @@ class WriteResult:
 
 
 class StatusWriter:
-    def __init__(self, api: Callable[[], StatusApi], coalesce_seconds: float = 2.0) -> None:
+    def __init__(self, api: StatusApi, coalesce_seconds: float = 2.0) -> None:
         self._api = api
         self.coalesce_seconds = coalesce_seconds
         self._written: dict[Hashable, Written] = {}
@@ -89,7 +89,7 @@ class StatusWriter:
             wait = self._last_write.get(key, 0.0) + self.coalesce_seconds - time.monotonic()
             if wait > 0 and not events and not urgent_change(known, status):
                 return WriteResult.DEFERRED, wait
-            rv = self._api().write_status(ns, name, status)
+            rv = self._api.write_status(ns, name, status)
             if rv is None:
                 return WriteResult.GONE, 0.0
             with self._lock:
@@ -97,6 +97,6 @@ class StatusWriter:
                 self._last_write[key] = time.monotonic()
             result = WriteResult.WRITTEN
         for type_, reason, message in events:
-            self._api().post_event(body, type_, reason, message)
+            self._api.post_event(body, type_, reason, message)
         return result, 0.0
 
