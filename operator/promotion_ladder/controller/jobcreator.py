@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .announcer import Announcer
 from .expectations import CreateExpectations
-from .kubeapi import TrainerRbac, api_message, retryable
+from .kubeapi import TrainerRbac, api_message, api_status, retryable
 from .lease import Gate
 from .workqueue import Key, Requeue
 
@@ -71,9 +71,9 @@ class JobCreator:
                 self._requeue.add_after(key, RETRY_SECONDS)
                 log.warning("creating Job %s/%s failed (%s); retrying", ns, job_name, exc)
                 return None
-            status = getattr(exc, "status", None)  # an ApiException's; other errors have none
+            status = api_status(exc)
             self._announcer.warn_once(body, "JobCreateFailed", f"{ns}/{name}:create-job:{status}",
-                                      f"cannot create Job {job_name}: {api_message(exc)}")
+                                      f"cannot create Job {job_name}: API server answered {status}: {api_message(exc)}")
             self._requeue.add_after(key, REFUSED_RETRY_SECONDS)
             return None
         # 409: the Job exists (our earlier create, not yet in a lagging watch): adopt it and

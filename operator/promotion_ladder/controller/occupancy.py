@@ -30,8 +30,14 @@ from ..core.clock import epoch
 
 
 class _Timed(Protocol):
-    bound_at: float | None
-    released_at: float | None
+    """What occupancy reads of a Pod (intake.PodSummary)."""
+
+    @property
+    def bound_at(self) -> float | None: ...
+    @property
+    def released_at(self) -> float | None: ...
+    @property
+    def index(self) -> int | None: ...  # the completion index of a multi-node cell's Pod, else None
 
 
 def pod_times(body: dict[str, Any], container: str) -> dict[str, float | None]:
@@ -62,8 +68,7 @@ def occupied_seconds(pods: Iterable[_Timed]) -> float | None:
             continue  # never bound: held nothing
         if p.released_at is None:
             return None
-        index = getattr(p, "index", None)  # set on the Pods of an Indexed (multi-node) Job
-        by_index[index] = by_index.get(index, 0.0) + max(p.released_at - p.bound_at, 0.0)
+        by_index[p.index] = by_index.get(p.index, 0.0) + max(p.released_at - p.bound_at, 0.0)
     return max(by_index.values()) if by_index else None
 
 
