@@ -43,7 +43,7 @@ class Reconciled:
 
 @dataclass
 class Observed:
-    """What the ladder's Jobs and Pods show, and what the handlers must do about missing or
+    """What the ladder's Jobs and Pods show, and what the reconciler must do about missing or
     stuck evidence."""
 
     outcomes: dict[CellKey, CellOutcome] = field(default_factory=dict)

@@ -1,6 +1,6 @@
 """The operator's work queue: which ladders need a reconcile, one at a time per ladder.
 
-Watch handlers and timers `add` a ladder key; workers `get` one, reconcile it and call `done`.
+Watch events and timers `add` a ladder key; workers `get` one, reconcile it and call `done`.
   * De-duplicated: a key that is already waiting is not queued twice.
   * One reconcile per ladder at a time: a key added while its reconcile runs waits, and is
     queued once more when `done` is called (events during a reconcile coalesce into one).
