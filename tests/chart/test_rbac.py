@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import yaml
 
 from promotion_ladder.controller import rbac

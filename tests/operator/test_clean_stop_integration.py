@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import urllib.request
+from typing import Self
 
 import pytest
 
@@ -42,7 +43,7 @@ class Scraper:
             except OSError:
                 return
 
-    def __enter__(self) -> Scraper:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -60,7 +61,7 @@ def test_sigterm_ends_the_operator_with_exit_0_every_time(operator_identity, nam
         op.start()
         name = f"small-{i}"
         kube.create(ladder(name, {"a": {"value": 1.0}, "b": {"value": 1.1}}, [stage("s1")]))
-        wait_for(lambda: kube.jobs(name), timeout=60, what=f"{name}'s first Job", describe=op.tail)
+        wait_for(lambda name=name: kube.jobs(name), timeout=60, what=f"{name}'s first Job", describe=op.tail)
         with Scraper(op) as scraper:
             wait_for(lambda: scraper.scrapes > 0, timeout=10, what="a scrape")
             codes.append(op.stop(timeout=30))
