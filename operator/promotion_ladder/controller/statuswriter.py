@@ -11,7 +11,8 @@ Writes are coalesced: cell progress (started, finished, values) is written at mo
 between re-reads them and decides the same. A change is *urgent* (written at once) when
 `urgent_change` says so, and always when the step announces something: every change that
 raises an Event is an urgent status write, otherwise the Event would be posted for a status
-that is not written yet (or be dropped with the deferred write).
+that is not written yet (or be dropped with the deferred write). Hand-made: this is the
+operator's own write policy; Kopf's status patching writes per handler, not once per reconcile.
 """
 
 from __future__ import annotations
