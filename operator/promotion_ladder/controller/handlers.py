@@ -23,7 +23,7 @@ from .parts import OperatorParts
 from .workloop import ALIVE_SECONDS
 
 
-def register(registry: kopf.OperatorRegistry, parts: OperatorParts, metrics_port: int) -> None:
+def register(registry: kopf.OperatorRegistry, parts: OperatorParts) -> None:
     """Wire the handlers into a Kopf registry: Kopf starts and stops `parts`."""
 
     # A registry of our own gets none of Kopf's default login handlers: add the kubernetes
@@ -35,7 +35,7 @@ def register(registry: kopf.OperatorRegistry, parts: OperatorParts, metrics_port
     @kopf.on.startup(id="start", registry=registry)
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING
-        await parts.start(metrics_port)
+        await parts.start()
 
     @kopf.on.cleanup(id="stop", registry=registry)
     async def stop(**_: Any) -> None:

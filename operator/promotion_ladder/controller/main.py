@@ -25,8 +25,7 @@ HEALTH_PATH = "/healthz"
 
 async def serve(settings: Settings) -> None:
     registry = kopf.OperatorRegistry()
-    # Built here (no I/O but reading the kubeconfig); Kopf's startup handler starts them.
-    register(registry, OperatorParts.build(settings, LadderMetrics()), settings.metrics_port)
+    register(registry, OperatorParts.build(settings, LadderMetrics()))
     await kopf.operator(
         registry=registry, standalone=True, clusterwide=not settings.namespaces,
         namespaces=settings.namespaces or [], liveness_endpoint=f"http://0.0.0.0:{settings.health_port}{HEALTH_PATH}",

@@ -70,7 +70,8 @@ def informers(api: KubeApi, namespaces: list[str] | None,
 
 @dataclass
 class OperatorParts:
-    """Everything the operator runs beside Kopf, built and started by Kopf's startup handler."""
+    """Everything the operator runs beside Kopf: built before Kopf starts (no I/O but reading
+    the kubeconfig), started and stopped by its startup and cleanup handlers."""
 
     jobs: Cache[JobSummary]
     pods: Cache[PodSummary]
@@ -78,6 +79,7 @@ class OperatorParts:
     gate: Gate
     loop: WorkLoop
     metrics: LadderMetrics
+    metrics_port: int
     http: web.AppRunner | None = None
 
     @classmethod
@@ -96,11 +98,11 @@ class OperatorParts:
         reconciler = Reconciler(api, ladders, jobs, pods, queue, gate, metrics, stuck_grace=settings.stuck_grace)
         work = WorkLoop(reconciler, ladders, queue, lambda: jobs.synced() and pods.synced(), metrics,
                         settings.workers)
-        return cls(jobs, pods, lease, gate, work, metrics)
+        return cls(jobs, pods, lease, gate, work, metrics, settings.metrics_port)
 
-    async def start(self, metrics_port: int) -> None:
-        """Serve /metrics, fill the caches, then campaign for the Lease and reconcile."""
-        self.http = await serve_metrics(self.metrics, metrics_port)
+    async def start(self) -> None:
+        """Serve /metrics, fill the caches, then reconcile and campaign for the Lease."""
+        self.http = await serve_metrics(self.metrics, self.metrics_port)
         for cache in (self.jobs, self.pods):
             for inf in cache.informers:
                 inf.start()
@@ -125,7 +127,7 @@ class OperatorParts:
 async def serve_metrics(metrics: LadderMetrics, port: int, host: str = "0.0.0.0") -> web.AppRunner:
     app = web.Application()
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
