@@ -145,7 +145,7 @@ def test_three_stage_ladder_completes(operator, kube, local_cluster, namespace):
     assert metric_sum(text, "ladder_rank_stability_kendall_tau", ladder="three", from_stage=last["from"],
                       to_stage=last["to"]) == last["kendallTau"]
     assert metric_sum(text, "ladder_decision_latency_seconds_count") >= 2
-    assert operator.get("/healthz", operator.health_port) == "ok\n"
+    assert operator.health() == {"workLoop": "alive", "leading": True}
 
     # kubectl shows the printer columns.
     out = subprocess.run(["kubectl", "--kubeconfig", str(local_cluster.kubeconfig), "-n", namespace, "get",

@@ -1,6 +1,6 @@
 """Result intake: which observed Jobs and Pods give a cell its outcome, and which are rejected.
 
-Pure. The handlers turn raw Job/Pod bodies into small summaries (`job_summary`, `pod_summary`,
+Pure. The informers turn raw Job/Pod bodies into small summaries (`job_summary`, `pod_summary`,
 kept in the operator's in-memory index) and ask `cell_outcome` what a cell's state is.
 
 How a finished cell is judged is the cell contract's (core.contract.judge, the same for
@@ -20,7 +20,7 @@ How a finished cell is judged is the cell contract's (core.contract.judge, the s
     failed in a way the Job retries, decides nothing, whatever its annotation says.
   * never a failure from missing evidence: a Complete Job with no terminal Pod at hand (the
     cache has not seen it, or holds a stale copy; its labels were changed) is not judged:
-    `CellView.look_up` asks the handlers to read its Pods from the API server first.
+    `CellView.look_up` asks the reconciler to read its Pods from the API server first.
 A rejected annotation yields a `Rejection` (reason = metric label, message = Event text), also
 for a Pod that has not ended.
 """
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.cell import Cell
-from ..core.contract import NON_RETRYABLE_EXIT_CODES, RESULT_ANNOTATION, check_result, judge
+from ..core.contract import NON_RETRYABLE_EXIT_CODES, REASON_LIMIT, RESULT_ANNOTATION, check_result, judge
 from ..core.result import CellResult, ResultError
 from ..core.cell import CellOutcome
 from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
@@ -121,7 +121,7 @@ class CellView:
     rejections: list[Rejection] = field(default_factory=list)
     node: str | None = None  # where the cell ran (the Pod whose result counts, else its latest)
     # The Job says Complete but no terminal Pod of it is at hand (the cache has not seen it, or
-    # holds a stale copy): missing evidence, not a failure. The handlers look its Pods up.
+    # holds a stale copy): missing evidence, not a failure. The reconciler looks its Pods up.
     look_up: bool = False
 
 
@@ -306,7 +306,7 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     if job.failed:
         last = next((p for p in reversed(mine) if p.phase == "Failed"), None)
         detail = f"; last pod exit code {last.exit_code}" if last and last.exit_code is not None else ""
-        view.outcome = CellOutcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:200])
+        view.outcome = CellOutcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:REASON_LIMIT])
         return view
     if job.complete and not any(p.terminal for p in mine):
         # Never a failure from missing evidence: a Complete Job had a Pod that exited 0; until

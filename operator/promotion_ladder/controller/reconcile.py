@@ -17,7 +17,8 @@ from typing import Any
 from ..core.api import LadderInvalid, LadderSpec, load_ladder
 from ..core.cell import CellKey, CellOutcome
 from ..core.rules import Decision
-from ..core.status import INVALID_SPEC, LadderStatus, conditions
+from ..core.contract import REASON_LIMIT
+from ..core.status import INVALID_SPEC, MESSAGE_LIMIT, LadderStatus, conditions
 from ..core.step import Step, step, stop
 from .admission import Admission, admission_conditions
 from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
@@ -42,7 +43,7 @@ class Reconciled:
 
 @dataclass
 class Observed:
-    """What the ladder's Jobs and Pods show, and what the handlers must do about missing or
+    """What the ladder's Jobs and Pods show, and what the reconciler must do about missing or
     stuck evidence."""
 
     outcomes: dict[CellKey, CellOutcome] = field(default_factory=dict)
@@ -85,7 +86,7 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
             if wait is not None and not to_end and not why:
                 seen.recheck_after = wait if seen.recheck_after is None else min(seen.recheck_after, wait)
             if why:
-                view.outcome, view.running = CellOutcome("failed", reason=why[:200]), False
+                view.outcome, view.running = CellOutcome("failed", reason=why[:REASON_LIMIT]), False
         if view.outcome is not None:  # recorded with what it ran with, from its Job and Pod
             seen.outcomes[cell.key] = with_occupancy(
                 replace(view.outcome, gpus=job.gpus, image=job.image, node=view.node), job_pods)
@@ -103,12 +104,12 @@ def _reconciled(s: Step, **kw: Any) -> Reconciled:
 def _not_admitted(body: dict, old: dict, admission: Admission, now: str) -> Reconciled:
     """Pending, nothing created, the reason in the Admitted condition (controller/admission.py)."""
     status = dict(old)
-    message = f"not started: {admission.problem}"[:1024]
+    message = f"not started: {admission.problem}"[:MESSAGE_LIMIT]
     status.update(phase="Pending", message=message, observedGeneration=body["metadata"].get("generation"))
     prior = old.get("conditions") or []
     status["conditions"] = [c.wire() for c in conditions("Pending", "NotAdmitted", message, prior, now)] + \
         admission_conditions(admission, prior, now)
-    said = any(c.get("type") == "Admitted" and c.get("message") == (admission.problem or "")[:1024] for c in prior)
+    said = any(c.get("type") == "Admitted" and c.get("message") == (admission.problem or "")[:MESSAGE_LIMIT] for c in prior)
     return Reconciled(status=status, events=[] if said else [("Warning", "JobInvalid", message)])
 
 
@@ -144,7 +145,7 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
         r.status["conditions"] = list(r.status.get("conditions") or []) + admission_conditions(
             Admission(warnings=admission.warnings), prior, now)
         if not any(c.get("type") == "Schedulable" for c in prior):
-            r.events.append(("Warning", "NoNodeMatches", "; ".join(admission.warnings)[:1024]))
+            r.events.append(("Warning", "NoNodeMatches", "; ".join(admission.warnings)[:MESSAGE_LIMIT]))
     return r
 
 
