@@ -74,7 +74,7 @@ def accepted_results(kube, name: str) -> dict:
             if d.get("candidate") != lab["ladder.promotion.dev/candidate"]:
                 continue
             key = (lab["ladder.promotion.dev/stage"], d["candidate"], lab["ladder.promotion.dev/host-block"], int(lab["ladder.promotion.dev/seed"]))
-            out[key] = CellOutcome("succeeded", d["value"], d.get("trainSeconds"), corpus=d.get("corpus"),
+            out[key] = CellOutcome("succeeded", d["value"], train_seconds=d.get("trainSeconds"), corpus=d.get("corpus"),
                                    data_passes=d.get("dataPasses"), occupied_seconds=pod_occupancy(p))
             break
     return out
