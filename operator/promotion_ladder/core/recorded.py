@@ -2,7 +2,7 @@
 
 {"stage": "10m", "candidate": "bridge", "hostBlock": "a100", "seed": 1, "value": 1.21, "trainSeconds": 600}
 A null or missing value records a failed cell. The measured fields a CellResult reports
-(core/result.py `Measured`: trainSeconds, corpus, dataPasses) are optional
+(core/result.py `Measured`: trainSeconds, corpus, dataPasses, peakMemoryBytes) are optional
 (without trainSeconds the budget is used); so is occupiedSeconds (how long the cell held its
 GPUs; core.accounting).
 """

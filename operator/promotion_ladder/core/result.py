@@ -53,6 +53,9 @@ class Measured(WireModel):
     # token counts, the val split's content) and training tokens consumed / available.
     corpus: str | None = Field(None, max_length=64)
     data_passes: float | None = Field(None, ge=0)
+    # The memory one process of the cell needed at its peak: torch.cuda.max_memory_allocated on
+    # a GPU, the peak resident set on a CPU; the largest over a cell's processes.
+    peak_memory_bytes: int | None = Field(None, ge=0)
 
     def measured(self) -> dict[str, Any]:
         """The measured fields by name, to build another `Measured` from (one copy for all)."""
@@ -92,7 +95,6 @@ class CellResult(Measured, _Envelope):
     tokens: int | None = Field(None, ge=0)
     tokens_per_second: float | None = Field(None, ge=0)
     mfu: float | None = Field(None, ge=0)
-    peak_memory_bytes: int | None = Field(None, ge=0)
     gpu_name: str | None = None
     # Processes that trained the cell together (data-parallel, one per GPU); tokensPerSecond and
     # mfu are over all of them. Absent from trainers that predate multi-process cells: read as 1.
