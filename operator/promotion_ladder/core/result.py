@@ -4,7 +4,9 @@ it the ladder records: the one list of measured fields.
 Owned here because every adapter shares it: the trainer writes it (result file, Pod
 annotation, termination message), the local runner and the operator read and validate it
 (the rest of the cell contract, and how a finished cell is judged: core/contract.py).
-The schema is versioned through `apiVersion`/`kind`; a reader rejects anything else.
+The schema is versioned through `apiVersion`/`kind`; a reader rejects anything else, and it is
+strict: a number must be a JSON number (not a string or a boolean), so `"value": "0.25"` or
+`"seed": true` is an invalid document, not 0.25 or seed 1.
 
 `CellResult`, `CellOutcome` (core/cell.py: a finished cell) and `CellStatus` (core/status.py: the
 status's record of it) all derive from `Measured`, so a new field the ladder records is declared
@@ -85,7 +87,8 @@ class CellResult(Measured, _Envelope):
     """One cell's result document (camelCase on the wire, like the custom resource): the
     envelope, the measured fields the ladder records, and what only the result reports."""
 
-    model_config = ConfigDict(extra="ignore")
+    # strict: no string or boolean stands in for a number, no float for an integer.
+    model_config = ConfigDict(strict=True, extra="ignore")
 
     # Process start to the first timed step (imports, data, model, compilation, warm-up), and
     # the evaluation after the budget: the time a cell holds its GPUs besides training.
