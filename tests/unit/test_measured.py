@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from promotion_ladder.core.cell import Cell
 from promotion_ladder.core.contract import judge
 from promotion_ladder.core.crd import crd

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from pydantic import ConfigDict
+from pydantic import BaseModel, ConfigDict
 
 from .result import Measured, value_in_range
 
@@ -36,7 +36,7 @@ class Cell:
         return CellKey(self.stage, self.candidate, self.host_block, self.seed)
 
     @classmethod
-    def of(cls, key: tuple[str, str, str, int]) -> "Cell":
+    def of(cls, key: tuple[str, str, str, int]) -> Cell:
         return cls(*key)
 
     def __str__(self) -> str:
@@ -68,7 +68,7 @@ class CellOutcome(Measured):
     image: str | None = None
 
     def __init__(self, state: OutcomeState, value: float | None = None, **fields: Any) -> None:
-        super().__init__(state=state, value=value, **fields)
+        BaseModel.__init__(self, state=state, value=value, **fields)  # the fields' own __init__
 
     @property
     def ok(self) -> bool:

@@ -24,8 +24,8 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 from .budget import cell_deadline_seconds
 from .model import WireModel
 
-RESULT_API_VERSION = "ladder.promotion.dev/v1alpha1"
-RESULT_KIND = "CellResult"
+RESULT_API_VERSION: Literal["ladder.promotion.dev/v1alpha1"] = "ladder.promotion.dev/v1alpha1"
+RESULT_KIND: Literal["CellResult"] = "CellResult"
 
 Status = Literal["ok", "diverged", "oom", "error"]
 
@@ -50,14 +50,14 @@ class Measured(WireModel):
     the result reports it, the cell's outcome and its status record carry it (camelCase on the
     wire). A new measured field goes here, and nowhere else in the core."""
 
-    train_seconds: float | None = Field(None, ge=0)
+    train_seconds: float | None = Field(default=None, ge=0)
     # What the cell trained and evaluated on: a fingerprint of the prepared data (tokenizer,
     # token counts, the val split's content) and training tokens consumed / available.
-    corpus: str | None = Field(None, max_length=64)
-    data_passes: float | None = Field(None, ge=0)
+    corpus: str | None = Field(default=None, max_length=64)
+    data_passes: float | None = Field(default=None, ge=0)
     # The memory one process of the cell needed at its peak: torch.cuda.max_memory_allocated on
     # a GPU, the peak resident set on a CPU; the largest over a cell's processes.
-    peak_memory_bytes: int | None = Field(None, ge=0)
+    peak_memory_bytes: int | None = Field(default=None, ge=0)
 
     def measured(self) -> dict[str, Any]:
         """The measured fields by name, to build another `Measured` from (one copy for all)."""
@@ -68,7 +68,7 @@ class _Envelope(WireModel):
     """What a result document is, whose it is and what it says; a base only so that these come
     first on the wire, before what the cell measured."""
 
-    api_version: Literal["ladder.promotion.dev/v1alpha1"] = Field(RESULT_API_VERSION, alias="apiVersion")
+    api_version: Literal["ladder.promotion.dev/v1alpha1"] = Field(default=RESULT_API_VERSION, alias="apiVersion")
     kind: Literal["CellResult"] = RESULT_KIND
     # Identity: present when the runner set the LADDER_* variables.
     ladder: str | None = None
@@ -92,19 +92,19 @@ class CellResult(Measured, _Envelope):
 
     # Process start to the first timed step (imports, data, model, compilation, warm-up), and
     # the evaluation after the budget: the time a cell holds its GPUs besides training.
-    setup_seconds: float | None = Field(None, ge=0)
-    eval_seconds: float | None = Field(None, ge=0)
-    steps: int | None = Field(None, ge=0)
-    tokens: int | None = Field(None, ge=0)
-    tokens_per_second: float | None = Field(None, ge=0)
-    mfu: float | None = Field(None, ge=0)
+    setup_seconds: float | None = Field(default=None, ge=0)
+    eval_seconds: float | None = Field(default=None, ge=0)
+    steps: int | None = Field(default=None, ge=0)
+    tokens: int | None = Field(default=None, ge=0)
+    tokens_per_second: float | None = Field(default=None, ge=0)
+    mfu: float | None = Field(default=None, ge=0)
     gpu_name: str | None = None
     # Processes that trained the cell together (data-parallel, one per GPU); tokensPerSecond and
     # mfu are over all of them. Absent from trainers that predate multi-process cells: read as 1.
-    world_size: int | None = Field(None, ge=1)
+    world_size: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
-    def _ok_needs_finite_value(self) -> "CellResult":
+    def _ok_needs_finite_value(self) -> CellResult:
         if self.status == "ok" and (self.value is None or not math.isfinite(self.value)):
             raise ValueError("status 'ok' needs a finite 'value'")
         return self

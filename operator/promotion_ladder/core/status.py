@@ -159,7 +159,7 @@ def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False,
     if outcome is None:
         return CellStatus(candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
                           state="Running" if running else "Pending")
-    measured = {k: _finite(v) if isinstance(v, float) else v for k, v in outcome.measured().items()}
+    measured: dict[str, Any] = {k: _finite(v) if isinstance(v, float) else v for k, v in outcome.measured().items()}
     return CellStatus(
         candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
         state="Succeeded" if outcome.ok else "Failed",
