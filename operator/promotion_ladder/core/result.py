@@ -93,6 +93,7 @@ class CellResult(Measured, _Envelope):
     # Process start to the first timed step (imports, data, model, compilation, warm-up), and
     # the evaluation after the budget: the time a cell holds its GPUs besides training.
     setup_seconds: float | None = Field(default=None, ge=0)
+    compile_seconds: float | None = Field(default=None, ge=0)  # of setupSeconds: the untimed warm-up steps
     eval_seconds: float | None = Field(default=None, ge=0)
     steps: int | None = Field(default=None, ge=0)
     tokens: int | None = Field(default=None, ge=0)
