@@ -116,6 +116,9 @@ def read_config(args: argparse.Namespace) -> str:
         raise ConfigError(f"--config-file {args.config_file}: cannot read it: {exc}") from None
 
 
+# A failure's message: room for the exception and its traceback's tail, within the
+# termination message's 4096 bytes (publish.TERMINATION_LIMIT) beside the rest of the result.
+FAILURE_MESSAGE_LIMIT = 2000
 EXIT_CODES = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED, "oom": EXIT_OOM}  # any other status: EXIT_ERROR
 
 
@@ -201,10 +204,11 @@ def _train(cfg: TrainConfig, seed: int, budget: float, settings: Settings, out: 
             return out.failed("oom", EXIT_OOM, f"out of memory: {str(exc).splitlines()[0][:500]}; "
                               "lower device_batch or enable activation_checkpointing")
         if launch.is_peer_loss(exc):  # another rank's failure; its own report says why
-            return out.failed("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"[:2000], secondary=True)
+            return out.failed("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"[:FAILURE_MESSAGE_LIMIT],
+                              secondary=True)
         traceback.print_exc()
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
-        return out.failed("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}\n{tail}"[:2000])
+        return out.failed("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}\n{tail}"[:FAILURE_MESSAGE_LIMIT])
     finally:
         signal.signal(signal.SIGTERM, previous)
         progress.close()
