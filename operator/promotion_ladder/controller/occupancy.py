@@ -22,7 +22,6 @@ each Pod's figure is within about a second.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Iterable, Protocol
 
 from ..core.cell import CellOutcome
@@ -74,4 +73,4 @@ def occupied_seconds(pods: Iterable[_Timed]) -> float | None:
 
 def with_occupancy(outcome: CellOutcome, pods: Iterable[_Timed]) -> CellOutcome:
     """A terminal cell's outcome with the occupancy of its Job's Pods."""
-    return replace(outcome, occupied_seconds=occupied_seconds(pods))
+    return outcome.model_copy(update={"occupied_seconds": occupied_seconds(pods)})

@@ -11,7 +11,7 @@ the merge, the decisions and the status itself are the step's; nothing is decide
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.api import LadderInvalid, LadderSpec, load_ladder
@@ -89,7 +89,7 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
                 view.outcome, view.running = CellOutcome("failed", reason=why[:REASON_LIMIT]), False
         if view.outcome is not None:  # recorded with what it ran with, from its Job and Pod
             seen.outcomes[cell.key] = with_occupancy(
-                replace(view.outcome, gpus=job.gpus, image=job.image, node=view.node), job_pods)
+                view.outcome.model_copy(update={"gpus": job.gpus, "image": job.image, "node": view.node}), job_pods)
         elif view.running:
             seen.running.add(cell.key)
     return seen
