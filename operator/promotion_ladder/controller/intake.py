@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core import clock
 from ..core.cell import Cell
 from ..core.contract import NON_RETRYABLE_EXIT_CODES, REASON_LIMIT, RESULT_ANNOTATION, check_result, judge
 from ..core.result import CellResult, ResultError
@@ -56,6 +57,11 @@ class JobSummary:
     active: int = 0
     gpus: int | None = None  # what its Pods run with (the Job's template is immutable)
     image: str | None = None
+    # A batch queue (Kueue) holds the Job: spec.suspend (queueing.py reads the times below).
+    suspended: bool = False
+    created_at: float | None = None  # metadata.creationTimestamp (epoch seconds)
+    suspended_at: float | None = None  # the Suspended=True condition's lastTransitionTime
+    resumed_at: float | None = None  # the Suspended=False condition's lastTransitionTime: admitted
 
     @property
     def ladder(self) -> str | None:
@@ -141,7 +147,13 @@ def job_summary(body: dict[str, Any]) -> JobSummary:
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     complete = failed = False
     reason = message = ""
+    suspended_at = resumed_at = None
     for c in status.get("conditions") or []:
+        if c.get("type") == "Suspended":
+            if c.get("status") == "True":
+                suspended_at = clock.epoch(c.get("lastTransitionTime"))
+            else:
+                resumed_at = clock.epoch(c.get("lastTransitionTime"))
         if c.get("status") != "True":
             continue
         if c.get("type") == "Complete":
@@ -153,7 +165,8 @@ def job_summary(body: dict[str, Any]) -> JobSummary:
         namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
         labels=_labels(meta), owner_uid=_controller_uid(meta), complete=complete, failed=failed,
         failed_reason=reason, failed_message=message, active=int(status.get("active") or 0),
-        gpus=gpus, image=image,
+        gpus=gpus, image=image, suspended=bool((body.get("spec") or {}).get("suspend")),
+        created_at=clock.epoch(meta.get("creationTimestamp")), suspended_at=suspended_at, resumed_at=resumed_at,
     )
 
 

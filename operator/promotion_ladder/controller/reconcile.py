@@ -11,9 +11,11 @@ the merge, the decisions and the status itself are the step's; nothing is decide
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.attempts import AttemptsSeen
 from ..core.api import LadderInvalid, LadderSpec, load_ladder
 from ..core.cell import CellKey, CellOutcome
 from ..core.rules import Decision
@@ -25,6 +27,7 @@ from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod
 from .jobs import build_job, cell_job_name
 from .stuck import STUCK_GRACE_SECONDS, next_check, stuck
 from .occupancy import with_occupancy
+from .queueing import QueueProblem, attempts_seen, lost_by_job, queue_conditions, queue_said
 
 
 @dataclass
@@ -52,10 +55,12 @@ class Observed:
     look_up: list[JobSummary] = field(default_factory=list)
     end: list[PodSummary] = field(default_factory=list)
     recheck_after: float | None = None
+    queued: set[CellKey] = field(default_factory=set)  # running cells a batch queue holds (queueing.py)
+    attempts: dict[CellKey, AttemptsSeen] = field(default_factory=dict)
 
 
 def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods: list[PodSummary],
-             now: str, stuck_grace: float) -> Observed:
+             now: str, stuck_grace: float, deleted: Iterable[tuple[PodSummary, float]] = ()) -> Observed:
     """The cells' outcomes and running cells as the ladder's Jobs and Pods show them."""
     all_job_uids = {j.uid for j in jobs}
     pods_by_job: dict[str, list[PodSummary]] = {}
@@ -69,10 +74,12 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
                 rejections.append(r)
     seen = Observed(rejections=rejections)
     budgets = {st.name: st.budget_seconds for st in spec.stages}
+    lost = lost_by_job(jobs, deleted)
     for job in jobs:
         cell = job.cell
         if job.owner_uid != uid or cell is None:
             continue
+        seen.attempts[cell.key] = attempts_seen(job, lost.get(job.uid, ()))
         job_pods = pods_by_job.get(job.uid, [])
         view = cell_outcome(name, uid, cell, spec.objective.metric, job, job_pods, budget_seconds=budgets.get(cell.stage))
         seen.rejections += view.rejections
@@ -92,6 +99,8 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
                 view.outcome.model_copy(update={"gpus": job.gpus, "image": job.image, "node": view.node}), job_pods)
         elif view.running:
             seen.running.add(cell.key)
+            if job.suspended:
+                seen.queued.add(cell.key)
     return seen
 
 
@@ -115,7 +124,8 @@ def _not_admitted(body: dict, old: dict, admission: Admission, now: str) -> Reco
 
 def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: list[JobSummary],
               pods: list[PodSummary], creating: set[str], now: str,
-              stuck_grace: float = STUCK_GRACE_SECONDS, admission: Admission | None = None) -> Reconciled:
+              stuck_grace: float = STUCK_GRACE_SECONDS, admission: Admission | None = None,
+              deleted: Iterable[tuple[PodSummary, float]] = (), queue: QueueProblem | None = None) -> Reconciled:
     meta = body["metadata"]
     name, uid, generation = meta["name"], meta["uid"], meta.get("generation")
     try:
@@ -127,14 +137,15 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     if (admission is not None and admission.problem and old.get("phase") in (None, "Pending")
             and not any(j.owner_uid == uid for j in jobs)):
         return _not_admitted(body, old, admission, now)
-    seen = _observe(name, uid, spec, jobs, pods, now, stuck_grace)
+    seen = _observe(name, uid, spec, jobs, pods, now, stuck_grace, deleted)
     existing = {j.name for j in jobs}
     # A Job that exists (or is being created) is never created again; only the ones being
     # created that the watch has not shown yet count against the parallelism as extra.
     known_names = existing | creating
     s = step(spec, known_status, seen.outcomes, seen.running, now=now, generation=generation,
              pending_starts=len(creating - existing),
-             started=lambda cell: cell_job_name(name, cell) in known_names)
+             started=lambda cell: cell_job_name(name, cell) in known_names, queued=seen.queued,
+             attempts=seen.attempts)
     if s.stopped is not None:
         return _reconciled(s)
     r = _reconciled(s, create=[build_job(body, spec, c) for c in s.to_start], rejections=seen.rejections, spec=spec,
@@ -146,7 +157,17 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
             Admission(warnings=admission.warnings), prior, now)
         if not any(c.get("type") == "Schedulable" for c in prior):
             r.events.append(("Warning", "NoNodeMatches", "; ".join(admission.warnings)[:MESSAGE_LIMIT]))
+    if queue is not None and r.status.get("phase") == "Running":
+        _with_queue_problem(r, queue, old.get("conditions") or [], now)
     return r
+
+
+def _with_queue_problem(r: Reconciled, problem: QueueProblem, prior: list[dict[str, Any]], now: str) -> None:
+    """A queue that cannot admit the cells: a QueueAdmissible=False condition and, once per
+    problem, a Warning Event naming the queue (queueing.py)."""
+    r.status["conditions"] = list(r.status.get("conditions") or []) + queue_conditions(problem, prior, now)
+    if not queue_said(problem, prior):
+        r.events.append(("Warning", problem.reason, problem.message[:MESSAGE_LIMIT]))
 
 
 def merge_known_status(from_body: dict | None, written: dict | None,
