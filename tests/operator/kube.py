@@ -59,6 +59,26 @@ class JobB:
     def failed(self, reason: str = "BackoffLimitExceeded") -> "JobB":
         return self.cond("Failed", reason)
 
+    def suspended(self, since: str) -> "JobB":
+        """Held by Kueue: spec.suspend and the Job controller's Suspended=True condition."""
+        self.o["spec"]["suspend"] = True
+        self.o["status"]["conditions"] = [c for c in self.o["status"].get("conditions", []) if c["type"] != "Suspended"]
+        self.o["status"]["conditions"].append({"type": "Suspended", "status": "True", "reason": "JobSuspended",
+                                               "lastTransitionTime": since})
+        return self
+
+    def resumed(self, at: str) -> "JobB":
+        """Admitted by Kueue: running, Suspended=False since `at`."""
+        self.o["spec"]["suspend"] = False
+        self.o["status"]["conditions"] = [c for c in self.o["status"].get("conditions", []) if c["type"] != "Suspended"]
+        self.o["status"]["conditions"].append({"type": "Suspended", "status": "False", "reason": "JobResumed",
+                                               "lastTransitionTime": at})
+        return self
+
+    def created(self, at: str) -> "JobB":
+        self.o["metadata"]["creationTimestamp"] = at
+        return self
+
     def active(self, n: int = 1) -> "JobB":
         self.o["status"]["active"] = n
         return self
@@ -105,6 +125,12 @@ class PodB:
 
     def owner(self, uid: str) -> "PodB":
         self.o["metadata"]["ownerReferences"][0]["uid"] = uid
+        return self
+
+    def bound(self, at: str) -> "PodB":
+        """Bound to a node at `at` (the PodScheduled condition occupancy reads)."""
+        self.o["status"].setdefault("conditions", []).append(
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": at})
         return self
 
     def index(self, i: int) -> "PodB":

@@ -35,6 +35,7 @@ class FakeApi:
         self.refuse_jobs = refuse_jobs
         self.refuse_status = refuse_status
         self.pods_by_job: dict = {}
+        self.workloads: list[dict] = []  # Kueue's, for queueing.WorkloadChecks
 
     def write_status(self, ns, name, status):
         if self.refuse_status:
@@ -78,6 +79,10 @@ class FakeApi:
     def delete_pod(self, ns, name, uid):
         self.calls.append(("delete-pod", name))
 
+    def list_workloads(self, ns):
+        self.calls.append(("list-workloads", ns))
+        return list(self.workloads)
+
 
 class Index:
     """A cache with a fixed content (satisfies reconciler.SummaryIndex)."""
@@ -110,8 +115,8 @@ class Rig:
         return WorkLoop(self.reconciler, self.ladders, self.queue, lambda: True, self.metrics)
 
 
-def controller(api, jobs=(), pods=()) -> Rig:
-    ladders, queue, metrics = {KEY: ladder_body()}, WorkQueue(), LadderMetrics()
+def controller(api, jobs=(), pods=(), body=None) -> Rig:
+    ladders, queue, metrics = {KEY: body or ladder_body()}, WorkQueue(), LadderMetrics()
     r = Reconciler(api, ladders, Index(jobs), Index(pods), queue, Gate(Leading()), metrics)
     return Rig(r, ladders, queue, metrics)
 

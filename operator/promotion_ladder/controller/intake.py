@@ -62,6 +62,7 @@ class JobSummary:
     created_at: float | None = None  # metadata.creationTimestamp (epoch seconds)
     suspended_at: float | None = None  # the Suspended=True condition's lastTransitionTime
     resumed_at: float | None = None  # the Suspended=False condition's lastTransitionTime: admitted
+    finished_at: float | None = None  # the Complete/Failed condition's lastTransitionTime
 
     @property
     def ladder(self) -> str | None:
@@ -147,7 +148,7 @@ def job_summary(body: dict[str, Any]) -> JobSummary:
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     complete = failed = False
     reason = message = ""
-    suspended_at = resumed_at = None
+    suspended_at = resumed_at = finished_at = None
     for c in status.get("conditions") or []:
         if c.get("type") == "Suspended":
             if c.get("status") == "True":
@@ -157,9 +158,10 @@ def job_summary(body: dict[str, Any]) -> JobSummary:
         if c.get("status") != "True":
             continue
         if c.get("type") == "Complete":
-            complete = True
+            complete, finished_at = True, clock.epoch(c.get("lastTransitionTime"))
         elif c.get("type") == "Failed":
             failed, reason, message = True, c.get("reason") or "", c.get("message") or ""
+            finished_at = clock.epoch(c.get("lastTransitionTime"))
     gpus, image = _launch(body)
     return JobSummary(
         namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
@@ -167,6 +169,7 @@ def job_summary(body: dict[str, Any]) -> JobSummary:
         failed_reason=reason, failed_message=message, active=int(status.get("active") or 0),
         gpus=gpus, image=image, suspended=bool((body.get("spec") or {}).get("suspend")),
         created_at=clock.epoch(meta.get("creationTimestamp")), suspended_at=suspended_at, resumed_at=resumed_at,
+        finished_at=finished_at,
     )
 
 

@@ -48,11 +48,15 @@ def attempts_seen(job: JobSummary, lost: Iterable[LostPod] = ()) -> AttemptsSeen
                         admitted_at=job.resumed_at, created_at=job.created_at, lost=tuple(lost))
 
 
-def lost_pod(pod: PodSummary, job_finished: bool, deleted_at: float) -> LostPod | None:
+def lost_pod(pod: PodSummary, job_finished_at: float | None, deleted_at: float) -> LostPod | None:
     """A deleted Pod as a lost attempt, when it was one: it was bound to a node (it held its
-    GPUs), had not ended for good (Succeeded, or a failure its Job counts), and its Job goes on."""
-    if job_finished or pod.bound_at is None or pod.phase in ("Succeeded", "Failed"):
+    GPUs), had not succeeded, and was deleted before its Job finished (a Job keeps its ended Pods:
+    one deleted before the end was evicted, preempted, drained or ended as stuck; its last view
+    may already say Failed, exit 143, as the trainer answers SIGTERM so)."""
+    if pod.bound_at is None or pod.phase == "Succeeded":
         return None
+    if job_finished_at is not None and deleted_at >= job_finished_at:
+        return None  # cleaned up with or after its Job
     end = pod.released_at if pod.released_at is not None else deleted_at
     return LostPod(pod=pod.name, held_seconds=round(max(end - pod.bound_at, 0.0), 3), index=pod.index)
 
@@ -84,7 +88,7 @@ class LostPods:
 
 def lost_by_job(jobs: Iterable[JobSummary], deleted: Iterable[tuple[PodSummary, float]]) -> dict[str, list[LostPod]]:
     """Job UID -> the lost attempts among the deleted Pods it controlled."""
-    finished = {j.uid: j.finished for j in jobs}
+    finished = {j.uid: j.finished_at if j.finished else None for j in jobs}
     out: dict[str, list[LostPod]] = {}
     for pod, at in deleted:
         if pod.owner_uid not in finished:
