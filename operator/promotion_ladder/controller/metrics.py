@@ -96,6 +96,7 @@ class LadderMetrics:
             if key not in self._counted_cells:
                 for reason in RESULT_ERROR_REASONS:
                     self.result_errors.labels(namespace, ladder, reason)
+                self.queue_seconds.labels(namespace, ladder)  # at 0 too: a ladder that never queues shows 0
             counted = self._counted_cells[key]
             running = 0
             for st in status.stages:
