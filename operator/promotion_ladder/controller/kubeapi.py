@@ -171,8 +171,8 @@ class KubeApi:
 
     def list_workloads(self, namespace: str) -> list[dict]:
         """Kueue's Workloads in a namespace (queueing.py reads why a queued cell waits); none
-        when Kueue is not installed (404) or the operator may not read them (403: the chart
-        grants it with kueue.enabled; the queued cells are still shown, only not why)."""
+        when Kueue is not installed (404) or the operator may not read them (403: an RBAC older
+        than controller/rbac.py; the queued cells are still shown Queued, only not why)."""
         self._count("list_workloads")
         try:
             found = self.custom.list_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
