@@ -6,13 +6,10 @@ them from Kueue v0.17.0."""
 from __future__ import annotations
 
 import pytest
-
 from promotion_ladder.controller.jobcreator import MAX_RETRY_SECONDS, RETRY_SECONDS
 from promotion_ladder.controller.metrics import LadderMetrics
-from promotion_ladder.controller.queueing import (QUEUE_CONDITION, LostPods, attempts_seen, lost_pod,
-                                                  queue_problem)
+from promotion_ladder.controller.queueing import QUEUE_CONDITION, LostPods, attempts_seen, lost_pod, queue_problem
 from promotion_ladder.controller.reconcile import reconcile
-from promotion_ladder.core.api import load_ladder
 from promotion_ladder.core.clock import epoch
 from promotion_ladder.core.status import parse_status
 

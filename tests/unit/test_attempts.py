@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import pytest
-
 from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.attempts import (Attempts, AttemptsSeen, LostPod, advance, advance_all, lost_attempts,
-                                            lost_gpu_hours, lost_seconds, with_lost_occupancy)
+from promotion_ladder.core.attempts import (
+    Attempts,
+    AttemptsSeen,
+    LostPod,
+    advance,
+    advance_all,
+    lost_attempts,
+    lost_gpu_hours,
+    lost_seconds,
+    with_lost_occupancy,
+)
 from promotion_ladder.core.cell import CellKey, CellOutcome
 from promotion_ladder.core.clock import epoch
 from promotion_ladder.core.status import attempts_from_status, build_status, parse_status

@@ -25,6 +25,7 @@ rate-limited read of the namespace's Workloads).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -35,6 +36,8 @@ from ..core.attempts import AttemptsSeen, LostPod
 from ..core.status import MESSAGE_LIMIT
 from .intake import JobSummary, PodSummary
 from .workqueue import Key
+
+log = logging.getLogger("promotion_ladder.operator")
 
 QUEUE_CONDITION = "QueueAdmissible"
 QUEUE_CHECK_SECONDS = 5.0  # a ladder with queued cells reads its Workloads at most this often
@@ -190,7 +193,12 @@ class WorkloadChecks:
             last = self._last.get(key)
         if last is not None and time.monotonic() - last[0] < self._every:
             return last[1]
-        problem = queue_problem(self._api.list_workloads(key[0]), queued, queue_name)
+        try:
+            workloads = self._api.list_workloads(key[0])
+        except Exception as exc:  # noqa: BLE001 - why cells wait is worth a look, never a failed reconcile
+            log.warning("cannot list Kueue Workloads in %s: %s", key[0], exc)
+            workloads = []
+        problem = queue_problem(workloads, queued, queue_name)
         with self._lock:
             self._last[key] = (time.monotonic(), problem)
         return problem

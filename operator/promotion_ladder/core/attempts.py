@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Annotated
 
 from pydantic import Field
 
@@ -40,16 +41,17 @@ from .model import WireModel
 class LostPod(WireModel):
     pod: str
     held_seconds: float = Field(ge=0, description="Seconds it held its GPUs: bound to a node -> its container's end.")
-    index: int | None = Field(None, description="Its completion index (the node rank of a multi-node cell).")
+    # Annotated defaults (not Field(None, ...)): mypy sees them without pydantic's plugin.
+    index: Annotated[int | None, Field(description="Its completion index (the node rank of a multi-node cell).")] = None
 
 
 class Attempts(WireModel):
-    queued_seconds: float | None = Field(
-        None, ge=0, description="Seconds the cell waited in its batch queue (Kueue), every wait summed.")
-    queued_since: str | None = Field(None, description="While the cell is Queued: when the current wait began.")
-    lost: list[LostPod] | None = Field(
-        None, description="Attempts lost to eviction or preemption (each re-run): the Pods deleted before the cell "
-                          "ended. Their seconds are in occupiedSeconds, never in protocol GPU-hours.")
+    queued_seconds: Annotated[float | None, Field(
+        ge=0, description="Seconds the cell waited in its batch queue (Kueue), every wait summed.")] = None
+    queued_since: Annotated[str | None, Field(description="While the cell is Queued: when the current wait began.")] = None
+    lost: Annotated[list[LostPod] | None, Field(
+        description="Attempts lost to eviction or preemption (each re-run): the Pods deleted before the cell "
+                    "ended. Their seconds are in occupiedSeconds, never in protocol GPU-hours.")] = None
 
 
 @dataclass(frozen=True)
