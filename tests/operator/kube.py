@@ -61,18 +61,17 @@ class JobB:
 
     def suspended(self, since: str) -> "JobB":
         """Held by Kueue: spec.suspend and the Job controller's Suspended=True condition."""
-        self.o["spec"]["suspend"] = True
-        self.o["status"]["conditions"] = [c for c in self.o["status"].get("conditions", []) if c["type"] != "Suspended"]
-        self.o["status"]["conditions"].append({"type": "Suspended", "status": "True", "reason": "JobSuspended",
-                                               "lastTransitionTime": since})
-        return self
+        return self._suspension(True, "JobSuspended", since)
 
     def resumed(self, at: str) -> "JobB":
         """Admitted by Kueue: running, Suspended=False since `at`."""
-        self.o["spec"]["suspend"] = False
-        self.o["status"]["conditions"] = [c for c in self.o["status"].get("conditions", []) if c["type"] != "Suspended"]
-        self.o["status"]["conditions"].append({"type": "Suspended", "status": "False", "reason": "JobResumed",
-                                               "lastTransitionTime": at})
+        return self._suspension(False, "JobResumed", at)
+
+    def _suspension(self, suspend: bool, reason: str, at: str) -> "JobB":
+        self.o["spec"]["suspend"] = suspend
+        conds = [c for c in self.o["status"].get("conditions", []) if c["type"] != "Suspended"]
+        conds.append({"type": "Suspended", "status": str(suspend), "reason": reason, "lastTransitionTime": at})
+        self.o["status"]["conditions"] = conds
         return self
 
     def created(self, at: str) -> "JobB":

@@ -65,7 +65,8 @@ def test_attempts_seen_from_the_job():
     body = QUEUED_BODY
     seen = attempts_seen(queued_job(body, 0, "2026-12-07T03:00:05Z").summary())
     assert seen.queued and seen.wait_began == epoch("2026-12-07T03:00:05Z")
-    done = JobB(body, cells(body, 0, ["c0"])[0]).resumed("2026-12-07T03:00:09Z").complete().suspended("2026-12-07T03:01:00Z")
+    done = JobB(body, cells(body, 0, ["c0"])[0]).resumed("2026-12-07T03:00:09Z").complete()
+    done.suspended("2026-12-07T03:01:00Z")
     assert not attempts_seen(done.summary()).queued  # a finished Job waits for nothing
 
 

@@ -161,7 +161,8 @@ def queue_conditions(problem: QueueProblem | None, old: list[dict[str, Any]], no
         return []
     prev = next((c for c in old if c.get("type") == QUEUE_CONDITION and c.get("status") == "False"), None)
     return [{"type": QUEUE_CONDITION, "status": "False", "reason": problem.reason,
-             "message": problem.message[:MESSAGE_LIMIT], "lastTransitionTime": (prev or {}).get("lastTransitionTime") or now}]
+             "message": problem.message[:MESSAGE_LIMIT],
+             "lastTransitionTime": (prev or {}).get("lastTransitionTime") or now}]
 
 
 def queue_said(problem: QueueProblem, old: list[dict[str, Any]]) -> bool:

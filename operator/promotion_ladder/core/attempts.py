@@ -48,7 +48,8 @@ class LostPod(WireModel):
 class Attempts(WireModel):
     queued_seconds: Annotated[float | None, Field(
         ge=0, description="Seconds the cell waited in its batch queue (Kueue), every wait summed.")] = None
-    queued_since: Annotated[str | None, Field(description="While the cell is Queued: when the current wait began.")] = None
+    queued_since: Annotated[str | None, Field(
+        description="While the cell is Queued: when the current wait began.")] = None
     lost: Annotated[list[LostPod] | None, Field(
         description="Attempts lost to eviction or preemption (each re-run): the Pods deleted before the cell "
                     "ended. Their seconds are in occupiedSeconds, never in protocol GPU-hours.")] = None
