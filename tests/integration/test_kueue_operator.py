@@ -319,3 +319,28 @@ def test_a_kueue_restart_loses_nothing(kq, kueue, kueue_namespace):
     assert st["phase"] == "Succeeded" and [c["state"] for c in cells(st)] == ["Succeeded"] * 6
     assert sampler.most_running_of_one_cell() == 1  # no cell ran twice at once
     assert sampler.peak_running_gpus() <= 2
+
+
+def test_creates_while_kueue_is_down_back_off_and_name_the_webhook(kq, kueue, kueue_namespace):
+    """Runs last (it stops Kueue): its webhook refuses every queued Job (500) while down."""
+    doc = ladder("down", {"c0": stub(1.0, 1), "c1": stub(1.1, 1)}, [stage("s1")], queueName="gpus")
+    queues(kq["api"], doc, kueue_namespace, gpu_quota={"": "2"})
+    kube = Cluster(kq["api"], kueue_namespace)
+    op = Operator(kq["kubeconfig"], kueue_namespace, kq["tmp"]).start()
+    kueue.stop()
+    try:
+        kube.create(doc)
+        (event,) = wait_for(lambda: kube.events("WebhookUnavailable"), timeout=30, what="a WebhookUnavailable Event",
+                            describe=op.tail)
+        assert "mjob.kb.io" in event.message, event.message
+        time.sleep(15)
+        refused = op.log_path.read_text().count("creating Job ")
+        # 2 Jobs, backoff 5 s doubling: about 3 rounds in 15-20 s (the spike saw 3.4 per Job per second)
+        assert refused <= 2 * 5, refused
+    finally:
+        kueue.start()
+    try:
+        st = kube.wait_phase("down", timeout=180)["status"]
+        assert st["phase"] == "Succeeded" and len(kube.events("WebhookUnavailable")) == 1
+    finally:
+        op.stop()
