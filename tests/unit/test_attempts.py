@@ -19,6 +19,7 @@ from promotion_ladder.core.cell import CellKey, CellOutcome
 from promotion_ladder.core.clock import epoch
 from promotion_ladder.core.status import attempts_from_status, build_status, parse_status
 from promotion_ladder.core.step import step
+from promotion_ladder.render import status_table
 
 from .builders import ladder_doc
 
@@ -105,3 +106,14 @@ def test_queued_cells_are_shown_queued_and_the_record_survives_a_replay():
     assert attempts_from_status(parse_status(s3.status))[KEY] == Attempts(queued_seconds=20.0)
     running = next(c for c in parse_status(s3.status).stages[0].cells if c.candidate == "c0")
     assert running.state == "Running"
+
+
+def test_the_cli_table_says_queued_cells_and_lost_hours():
+    spec = load_ladder(ladder_doc()).spec
+    waiting, _ = build_status(spec, {}, running={KEY}, queued={KEY})
+    assert "1 queued (waiting for quota)" in status_table(waiting)
+    done = CellOutcome("succeeded", 1.0, train_seconds=60.0, occupied_seconds=106.0, gpus=1)
+    attempts = {KEY: Attempts(lost=[LostPod(pod="p", held_seconds=36.0)])}
+    ended, _ = build_status(spec, {KEY: done}, attempts=attempts)
+    assert "held by attempts lost to eviction or preemption" in status_table(ended)
+    assert "queued" not in status_table(build_status(spec, {}, running={KEY})[0])
