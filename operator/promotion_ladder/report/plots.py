@@ -13,11 +13,11 @@ from ..core.status import LadderStatus, StageStatus
 from .build import CELL_VALUES, GPU_HOURS, PROGRESS, RANK_FLOW, STABILITY, gpu_h, stability_of
 from .source import ReportError
 
-STATE_COLORS = {"Succeeded": "#4caf50", "Failed": "#d62728", "Running": "#ff9800", "Queued": "#9e9e9e",
-                "Pending": "#d9d9d9"}
-STATE_MARKERS = {"Failed": "x", "Running": ">", "Queued": "|", "Pending": "."}
+STATE_COLORS = {"Succeeded": "#4caf50", "Failed": "#d62728", "Running": "#ff9800", "Pending": "#d9d9d9"}
 BLOCK_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 SEED_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+STATE_COLORS["Queued"] = "#9e9e9e"  # a cell whose Job a batch queue (Kueue) holds
+STATE_MARKERS = {"Failed": "x", "Running": ">", "Queued": "|", "Pending": "."}
 DPI = 100
 FAILED_RING = "#d62728"
 
