@@ -10,6 +10,7 @@ What Kueue does with the operator's Jobs: benchmarks/kueue-spike.md.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any, Self
 
 import pytest
 from kubernetes import client
+
 from localcluster.apply import apply_objects
 from localcluster.waiting import wait_for
 from promotion_ladder.controller.jobs import CANDIDATE_LABEL, HOST_BLOCK_LABEL, LADDER_LABEL, SEED_LABEL, STAGE_LABEL
@@ -172,10 +174,8 @@ def plain_namespace(kq) -> Any:
     core.create_namespace({"metadata": {"name": name, "labels": {"localcluster.dev/test": "true"}}})
     wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30, what=f"ServiceAccount {name}")
     yield name
-    try:
+    with contextlib.suppress(client.ApiException):
         core.delete_namespace(name)
-    except client.ApiException:
-        pass
 
 
 def test_quota_caps_concurrency_with_the_same_decisions(kq, kueue_namespace, plain_namespace):

@@ -59,22 +59,22 @@ class JobB:
     def failed(self, reason: str = "BackoffLimitExceeded") -> "JobB":
         return self.cond("Failed", reason)
 
-    def suspended(self, since: str) -> "JobB":
+    def suspended(self, since: str) -> JobB:
         """Held by Kueue: spec.suspend and the Job controller's Suspended=True condition."""
         return self._suspension(True, "JobSuspended", since)
 
-    def resumed(self, at: str) -> "JobB":
+    def resumed(self, at: str) -> JobB:
         """Admitted by Kueue: running, Suspended=False since `at`."""
         return self._suspension(False, "JobResumed", at)
 
-    def _suspension(self, suspend: bool, reason: str, at: str) -> "JobB":
+    def _suspension(self, suspend: bool, reason: str, at: str) -> JobB:
         self.o["spec"]["suspend"] = suspend
         conds = [c for c in self.o["status"].get("conditions", []) if c["type"] != "Suspended"]
         conds.append({"type": "Suspended", "status": str(suspend), "reason": reason, "lastTransitionTime": at})
         self.o["status"]["conditions"] = conds
         return self
 
-    def created(self, at: str) -> "JobB":
+    def created(self, at: str) -> JobB:
         self.o["metadata"]["creationTimestamp"] = at
         return self
 
@@ -126,7 +126,7 @@ class PodB:
         self.o["metadata"]["ownerReferences"][0]["uid"] = uid
         return self
 
-    def bound(self, at: str) -> "PodB":
+    def bound(self, at: str) -> PodB:
         """Bound to a node at `at` (the PodScheduled condition occupancy reads)."""
         self.o["status"].setdefault("conditions", []).append(
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": at})

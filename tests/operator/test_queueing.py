@@ -6,6 +6,7 @@ them from Kueue v0.17.0."""
 from __future__ import annotations
 
 import pytest
+
 from promotion_ladder.controller.jobcreator import MAX_RETRY_SECONDS, RETRY_SECONDS
 from promotion_ladder.controller.metrics import LadderMetrics
 from promotion_ladder.controller.queueing import QUEUE_CONDITION, LostPods, attempts_seen, lost_pod, queue_problem

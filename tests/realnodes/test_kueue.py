@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from localcluster.apply import apply_objects
 from localcluster.kueue import LocalKueue
 from localcluster.waiting import wait_for

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from promotion_ladder.core.api import load_ladder
 from promotion_ladder.core.attempts import (
     Attempts,

@@ -182,7 +182,8 @@ class KubeApi:
                 log.debug("cannot list Workloads in %s: %s", namespace, exc.status)
                 return []
             raise
-        return list(found.get("items") or [])
+        items: list[dict] = (found.get("items") or []) if isinstance(found, dict) else []
+        return items
 
     def dry_run_job(self, namespace: str, job: dict) -> None:
         """Create a Job with dryRun=All: validated and admitted by the API server, never stored."""

@@ -23,11 +23,11 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .informer import Cache, EventFn, Informer
 from .intake import JobSummary, PodSummary, job_summary, pod_summary
-from .queueing import LostPods
 from .jobs import LADDER_LABEL
 from .kubeapi import KubeApi
 from .lease import Gate, LeaderLease
 from .metrics import LadderMetrics
+from .queueing import LostPods
 from .reconciler import Reconciler
 from .stuck import STUCK_GRACE_SECONDS
 from .workloop import WORKERS, WorkLoop

@@ -112,14 +112,15 @@ class QueueProblem:
 def _condition(workload: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
     for c in (workload.get("status") or {}).get("conditions") or []:
         if c.get("type") == type_:
-            return c  # type: ignore[no-any-return]
+            return c
     return None
 
 
 def workload_job_uid(workload: Mapping[str, Any]) -> str | None:
     for ref in (workload.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("kind") == "Job" and ref.get("controller"):
-            return ref.get("uid")  # type: ignore[no-any-return]
+            uid = ref.get("uid")
+            return None if uid is None else str(uid)
     return None
 
 
@@ -129,7 +130,7 @@ def queue_problem(workloads: Iterable[Mapping[str, Any]], queued_jobs: Mapping[s
     they wait for quota). `queued_jobs`: Job UID -> Job name of the suspended cells."""
     for w in workloads:
         job_uid = workload_job_uid(w)
-        if job_uid not in queued_jobs:
+        if job_uid is None or job_uid not in queued_jobs:
             continue
         c = _condition(w, "QuotaReserved")
         if c is None or c.get("status") != "False":
