@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from .config import Settings, parse_config
+from .config import Settings, TrainConfig, parse_config
 from .hardware import is_oom
 from .train import run
 
@@ -41,7 +41,7 @@ CASES = [
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ladder_trainer.bench", description=__doc__.splitlines()[0])
     p.add_argument("--depths", default="8,12", help="comma-separated depths (default 8,12)")
     p.add_argument("--aspect-ratio", type=int, default=64)
@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default="all", help="comma-separated case numbers (1-based) or 'all'")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny shapes, byte tokens, few steps")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.tiny:
         args.depths, args.aspect_ratio, args.head_dim, args.seq_len = "1,2", 32, 16, 128
         args.batch, args.steps, args.tokenizer = 512, 5, "byte"
@@ -78,47 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     rows = []
     for depth in (int(d) for d in args.depths.split(",")):
-        for label, ckpt, dtype, compile_, attention in cases:
-            cfg = parse_config(
-                {
-                    "depth": depth,
-                    "aspect_ratio": args.aspect_ratio,
-                    "head_dim": args.head_dim,
-                    "seq_len": args.seq_len,
-                    "batch": args.batch,
-                    "device_batch": args.device_batch,
-                    "tokenizer": args.tokenizer,
-                    "activation_checkpointing": ckpt,
-                    "warmdown_frac": 0.0,
-                }
-            )
-            settings = Settings(
-                device=args.device,
-                dtype=dtype,
-                compile=compile_,
-                attention=attention,
-                warmup_steps=2,
-                eval_tokens=args.seq_len,
-                max_steps=args.steps,
-                log_interval=1e9,
-                threads=0 if args.device != "cpu" else 1,
-            )
-            row = {"depth": depth, "width": cfg.width, "case": label, "seq_len": args.seq_len}
-            try:
-                out = run(cfg, seed=0, budget=1e9, settings=settings)
-                row.update(
-                    tokens_per_second=out.tokens_per_second,
-                    mfu=out.mfu,
-                    peak_memory_bytes=out.peak_memory_bytes,
-                    steps=out.steps,
-                    gpu=out.gpu_name,
-                    setup_seconds=out.setup_seconds,
-                    compile_seconds=out.compile_seconds,
-                )
-            except Exception as exc:
-                if not is_oom(exc):
-                    raise
-                row.update(error="OOM")
+        for case in cases:
+            row, cfg = _run_case(args, depth, case)
             rows.append(row)
             print(_format(row, cfg), flush=True)
             _release()
@@ -126,6 +91,52 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)
     return 0
+
+
+def _run_case(args: argparse.Namespace, depth: int, case: tuple) -> tuple[dict, TrainConfig]:
+    """One row: a real trainer run of this shape and case, or error=OOM."""
+    label, ckpt, dtype, compile_, attention = case
+    cfg = parse_config(
+        {
+            "depth": depth,
+            "aspect_ratio": args.aspect_ratio,
+            "head_dim": args.head_dim,
+            "seq_len": args.seq_len,
+            "batch": args.batch,
+            "device_batch": args.device_batch,
+            "tokenizer": args.tokenizer,
+            "activation_checkpointing": ckpt,
+            "warmdown_frac": 0.0,
+        }
+    )
+    settings = Settings(
+        device=args.device,
+        dtype=dtype,
+        compile=compile_,
+        attention=attention,
+        warmup_steps=2,
+        eval_tokens=args.seq_len,
+        max_steps=args.steps,
+        log_interval=1e9,
+        threads=0 if args.device != "cpu" else 1,
+    )
+    row = {"depth": depth, "width": cfg.width, "case": label, "seq_len": args.seq_len}
+    try:
+        out = run(cfg, seed=0, budget=1e9, settings=settings)
+        row.update(
+            tokens_per_second=out.tokens_per_second,
+            mfu=out.mfu,
+            peak_memory_bytes=out.peak_memory_bytes,
+            steps=out.steps,
+            gpu=out.gpu_name,
+            setup_seconds=out.setup_seconds,
+            compile_seconds=out.compile_seconds,
+        )
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        row.update(error="OOM")
+    return row, cfg
 
 
 def _format(row: dict, cfg) -> str:
