@@ -116,22 +116,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         (directory / "state.json").write_text(json.dumps(state, indent=2))
         try:
             _wait_nodes(cp.kubeconfig, [n.name for n in nodes], proc, agent_log)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, stop what was started and say it
             _stop_state(state)
             print(f"localcluster: node agent failed: {exc}", file=sys.stderr)
             return 1
-    if args.kueue:
-        try:
-            state["components"]["kueue"] = _start_kueue(cp, False).state()
-        except Exception as exc:
-            _stop_state(state)
-            print(f"localcluster: kueue failed: {exc}", file=sys.stderr)
-            return 1
-    (directory / "state.json").write_text(json.dumps(state, indent=2))
-    _last_file().parent.mkdir(parents=True, exist_ok=True)
-    _last_file().write_text(str(directory))
-    _print_up(cp, directory, time.monotonic() - t0)
-    return 0
+    return _finish_up(cp, state, directory, t0, with_kueue=args.kueue)
 
 
 def _up_real_detached(directory: Path, nodes: list, created: bool, t0: float, with_kueue: bool = False) -> int:
@@ -143,24 +132,29 @@ def _up_real_detached(directory: Path, nodes: list, created: bool, t0: float, wi
         return 2
     try:
         cluster = LocalCluster.start(directory, nodes, die_with_parent=False, real=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever failed, say it and exit 1
         print(f"localcluster: real nodes failed: {exc}", file=sys.stderr)
         return 1
     assert cluster.real is not None
     state = cluster.control_plane.state()
     state["created_dir"] = created
     state["real_nodes"] = cluster.real.state()
+    return _finish_up(cluster.control_plane, state, directory, t0, with_kueue=with_kueue)
+
+
+def _finish_up(cp, state: dict, directory: Path, t0: float, with_kueue: bool) -> int:
+    """Kueue if asked, then state.json for `down` and the last-`up` pointer."""
     if with_kueue:
         try:
-            state["components"]["kueue"] = _start_kueue(cluster.control_plane, False).state()
-        except Exception as exc:
+            state["components"]["kueue"] = _start_kueue(cp, False).state()
+        except Exception as exc:  # noqa: BLE001 - whatever failed, stop what was started and say it
             _stop_state(state)
             print(f"localcluster: kueue failed: {exc}", file=sys.stderr)
             return 1
     (directory / "state.json").write_text(json.dumps(state, indent=2))
     _last_file().parent.mkdir(parents=True, exist_ok=True)
     _last_file().write_text(str(directory))
-    _print_up(cluster.control_plane, directory, time.monotonic() - t0)
+    _print_up(cp, directory, time.monotonic() - t0)
     return 0
 
 

@@ -402,7 +402,7 @@ class NodeAgent:
                     self._renew_lease(api, node.name)
                     if beats % 4 == 0:  # the kubelet posts status every ~40s when nothing changes
                         core.patch_node_status(node.name, self._node_status(node))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the agent goes on
                     log.warning("heartbeat for %s failed: %s", node.name, exc)
 
     # --- watching pods -----------------------------------------------------------------------
@@ -747,37 +747,6 @@ class NodeAgent:
         if run.proc is not None:
             stop_group(run.proc.pid, grace=0.5)  # leftovers the container forked
         code = signal_exit_code(returncode)
-        if run.deleting:
-            # As the kubelet does (since 1.27): report the killed pod terminal before it goes, so
-            # the Job controller (podFailurePolicy, podReplacementPolicy: Failed) counts it and
-            # lifts its tracking finalizer.
-            self._patch_status(
-                core,
-                run.namespace,
-                run.name,
-                {
-                    "phase": "Succeeded" if code == 0 else "Failed",
-                    "conditions": self._conditions(ready=False, reason="PodCompleted" if code == 0 else "PodFailed"),
-                    "containerStatuses": [
-                        self._container_status(
-                            run,
-                            {
-                                "terminated": {
-                                    "exitCode": code,
-                                    "reason": "Completed" if code == 0 else "Error",
-                                    "startedAt": run.started_at,
-                                    "finishedAt": iso(),
-                                    "containerID": f"localcluster://{run.proc.pid if run.proc else 0}",
-                                }
-                            },
-                        )
-                    ],
-                },
-            )
-            self._delete_now(core, run.namespace, run.name, uid)
-            self._runs.pop(uid, None)
-            shutil.rmtree(self._shm_dir(run), ignore_errors=True)
-            return
         terminated = {
             "exitCode": code,
             "reason": "Completed" if code == 0 else "Error",
@@ -787,6 +756,15 @@ class NodeAgent:
         }
         if returncode < 0:
             terminated["signal"] = -returncode
+        if run.deleting:
+            # As the kubelet does (since 1.27): report the killed pod terminal before it goes, so
+            # the Job controller (podFailurePolicy, podReplacementPolicy: Failed) counts it and
+            # lifts its tracking finalizer.
+            self._patch_terminal(core, run, code, terminated)
+            self._delete_now(core, run.namespace, run.name, uid)
+            self._runs.pop(uid, None)
+            shutil.rmtree(self._shm_dir(run), ignore_errors=True)
+            return
         message = self._termination_message(run)
         if not message and code != 0 and run.message_policy == "FallbackToLogsOnError":
             message = self._log_tail(run)
@@ -822,6 +800,10 @@ class NodeAgent:
             return
         run.finished = True
         shutil.rmtree(self._shm_dir(run), ignore_errors=True)  # memory-backed emptyDirs hold RAM
+        self._patch_terminal(core, run, code, terminated)
+
+    def _patch_terminal(self, core: client.CoreV1Api, run: PodRun, code: int, terminated: dict) -> None:
+        """The pod's last status: Succeeded or Failed, its container terminated as given."""
         self._patch_status(
             core,
             run.namespace,

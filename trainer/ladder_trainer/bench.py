@@ -162,7 +162,7 @@ def _default_attention(args) -> str:
         q = torch.empty(1, 2, args.seq_len, args.head_dim, device="cuda", dtype=torch.bfloat16)
         choice = torch._fused_sdp_choice(q, q, q, is_causal=True)  # private, hence the guard
         return torch.nn.attention.SDPBackend(choice).name
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a private API: any failure only means "unknown"
         return f"unknown ({type(exc).__name__})"
 
 

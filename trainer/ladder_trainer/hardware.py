@@ -75,7 +75,7 @@ def peak_memory(device: torch.device) -> int | None:
         import resource
 
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    except Exception:
+    except (ImportError, OSError):  # no resource module (not Unix): the peak is unknown
         return None
 
 

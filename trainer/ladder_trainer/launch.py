@@ -262,7 +262,7 @@ def launch(plan: LaunchPlan, argv: list[str]) -> LaunchOutcome:
         return LaunchOutcome([_from_torch(rank, f) for rank, f in exc.failures.items()])
     except SignalException as exc:
         return LaunchOutcome([], signal=int(exc.sigval))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the launcher's own failure becomes the cell's reason
         return LaunchOutcome([], error=f"{type(exc).__name__}: {exc}"[:1000])
     finally:
         sys.stdout.flush()

@@ -454,7 +454,7 @@ def _tokenizer_spec(args, out: Path) -> str:
     src = Path(args.tokenizer)
     try:
         BPETokenizer.load(src)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
         raise PrepareError(f"--tokenizer {src}: not a Hugging Face tokenizer.json: {exc}") from None
     dst = out / "tokenizer.json"
     if not dst.exists() or dst.read_bytes() != src.read_bytes():

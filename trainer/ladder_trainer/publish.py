@@ -119,7 +119,7 @@ class PodAnnotator:
                 _request_timeout=self.timeout,
             )
             return True
-        except Exception as exc:  # never let the API cost the run
+        except Exception as exc:  # noqa: BLE001 - never let the API cost the run
             first_line = " ".join(str(exc).split("\n")[:2])[:300]  # ApiException adds headers and body
             log(f"could not annotate pod {self.namespace}/{self.name}: {type(exc).__name__}: {first_line}")
             return False
