@@ -129,6 +129,9 @@ def spec_schema() -> dict[str, Any]:
         {"rule": "self.type != 'nearEquivalence' || has(self.margin)", "message": "nearEquivalence needs margin"},
         {"rule": "self.type != 'meanGap' || has(self.maxGap)", "message": "meanGap needs maxGap"},
     ]
+    props["continuation"]["properties"]["path"]["x-kubernetes-validations"] = [
+        {"rule": "self.startsWith('/')", "message": "spec.continuation.path: give an absolute path (the volume's "
+                                                      "mountPath or below it)"}]
     trainer = props["trainer"]["properties"]
     trainer["nodes"]["x-kubernetes-validations"] = [
         {"rule": "self == oldSelf", "message": "spec.trainer.nodes is frozen once the ladder is admitted (it changes what "
