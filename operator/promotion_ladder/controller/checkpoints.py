@@ -78,6 +78,8 @@ def prune_job_names(ladder: str, spec: LadderSpec) -> set[str]:
     return {prune_job_name(ladder, st.name) for st in spec.stages} if spec.continuation is not None else set()
 
 
-def failed_prunes(jobs: list[JobSummary]) -> list[JobSummary]:
-    """Prune Jobs that failed (their retries spent): the folders they were to delete are still there."""
-    return [j for j in jobs if dict(j.labels).get(PRUNE_LABEL) and j.failed]
+def failed_prunes(ladder: str, spec: LadderSpec, jobs: list[JobSummary]) -> list[JobSummary]:
+    """Prune Jobs that failed (their retries spent): the folders they were to delete are still
+    there. Known by name: a JobSummary keeps only the cell identity labels."""
+    names = prune_job_names(ladder, spec)
+    return [j for j in jobs if j.name in names and j.failed]

@@ -149,8 +149,9 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     if s.stopped is not None:
         return _reconciled(s)
     create = [build_job(body, spec, c) for c in s.to_start] + prune_jobs(body, spec, s.ladder_status, known_names)
+    pruned = failed_prunes(name, spec, [j for j in jobs if j.owner_uid == uid])
     r = _reconciled(s, create=create, rejections=seen.rejections, spec=spec, look_up=seen.look_up, end=seen.end,
-                    recheck_after=seen.recheck_after, failed_prunes=failed_prunes([j for j in jobs if j.owner_uid == uid]))
+                    recheck_after=seen.recheck_after, failed_prunes=pruned)
     # Admission warnings (no node matches a host block) ride along while the ladder runs.
     if admission is not None and admission.warnings and r.status.get("phase") == "Running":
         prior = old.get("conditions") or []
