@@ -28,11 +28,11 @@ def _body() -> dict:
 
 def _s1_finished(body: dict) -> tuple[list, list]:
     jobs, pods = [], []
-    for c in VALUES:
+    for c, value in VALUES.items():
         cell = Cell("s1", c, "a100", 1)
         j = JobB(body, cell).complete()
         jobs.append(j.summary())
-        pods.append(PodB(j).result(result_doc(cell, VALUES[c])).exited(0).summary())
+        pods.append(PodB(j).result(result_doc(cell, value)).exited(0).summary())
     return jobs, pods
 
 

@@ -13,17 +13,22 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
-
 from localcluster.waiting import wait_for
 from promotion_ladder.controller.checkpoints import prune_job_name
 
+from ..corpus import write_tiny_corpus
 from .test_operator_integration import stage
-from .test_real_trainer_integration import TINY, corpus  # noqa: F401 (a fixture)
+from .test_real_trainer_integration import TINY
 
 pytestmark = pytest.mark.integration
 
 CANDIDATES = {"slow": 0.0005, "mid": 0.005, "fast": 0.02}
 S1_BUDGET, S2_BUDGET, WARMDOWN = 2.0, 3.0, 0.4
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _checkpoint_claim(core: client.CoreV1Api, ns: str, host_dir: Path) -> str:

@@ -5,14 +5,32 @@ rules (each field), what a decided stage deletes, and the crd's rules. Data in, 
 from __future__ import annotations
 
 import pytest
-
 from promotion_ladder.core.api import LadderInvalid, frozen_hash, frozen_hash_matches, load_ladder
 from promotion_ladder.core.cell import Cell, CellOutcome
 from promotion_ladder.core.continuation import (
-    CHECKED_FIELDS, Expected, Manifest, cell_checkpoints, checkpoints_status, config_hash, deleted_candidates,
-    deleted_patterns, ladder_root, mismatches, missing, refusal, without_predecessor)
-from promotion_ladder.core.contract import (ENV_FROZEN_HASH, ENV_PREVIOUS_STAGE, EXIT_CHECKPOINT,
-                                            NON_RETRYABLE_EXIT_CODES, cell_args, cell_env, judge)
+    CHECKED_FIELDS,
+    Expected,
+    Manifest,
+    cell_checkpoints,
+    checkpoints_status,
+    config_hash,
+    deleted_candidates,
+    deleted_patterns,
+    ladder_root,
+    mismatches,
+    missing,
+    refusal,
+    without_predecessor,
+)
+from promotion_ladder.core.contract import (
+    ENV_FROZEN_HASH,
+    ENV_PREVIOUS_STAGE,
+    EXIT_CHECKPOINT,
+    NON_RETRYABLE_EXIT_CODES,
+    cell_args,
+    cell_env,
+    judge,
+)
 from promotion_ladder.core.crd import crd
 from promotion_ladder.core.podtemplate import continuation_mount_errors
 from promotion_ladder.core.status import simulate
@@ -218,12 +236,12 @@ DELETED = {
 @pytest.mark.parametrize("name", list(DELETED))
 def test_eliminated_candidates_are_deleted_stage_by_stage(name):
     spec = load_ladder(edit(DOC, "spec.continuation", {**CONTINUE, **DELETED[name][0]})).spec
-    status, plan = _decided(spec, VALUES)
+    _, plan = _decided(spec, VALUES)
     assert deleted_candidates(spec, plan.decisions, plan.entering, "c0") == DELETED[name][1]
 
 
 def test_a_ladder_without_a_winner_keeps_its_finalists():
-    status, plan = _decided(SPEC, VALUES)
+    _, plan = _decided(SPEC, VALUES)
     assert deleted_candidates(SPEC, plan.decisions, plan.entering, None)[-1] == (1, ["c2"])
 
 

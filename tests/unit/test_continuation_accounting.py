@@ -6,11 +6,11 @@ and for the paper's ladder it prints what continuing would have saved."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import yaml
-
 from promotion_ladder.cli import main
 from promotion_ladder.core.accounting import cell_gpu_hours, cell_occupied_gpu_hours, gpu_hours
 from promotion_ladder.core.api import load_ladder
@@ -118,7 +118,7 @@ def _paper_saving(status: dict) -> tuple[float, int]:
     hours = {"2m": 2 / 60, "5m": 5 / 60, "10m": 10 / 60, "60m": 1, "12h": 12}
     stages = doc["spec"]["stages"]
     saved, cells = 0.0, 0
-    for i, (prev, st) in enumerate(zip(stages, stages[1:])):
+    for i, (prev, st) in enumerate(pairwise(stages)):
         for c in status["stages"][i]["decision"]["promoted"]:
             for hb in st["hostBlocks"]:
                 for seed in st["seeds"]:

@@ -25,14 +25,23 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from promotion_ladder.core.continuation import (MANIFEST_FILE, STABLE_FILE, Expected, Manifest, config_hash,
-                                                mismatches, missing, refusal)
+from promotion_ladder.core.continuation import (
+    MANIFEST_FILE,
+    STABLE_FILE,
+    Expected,
+    Manifest,
+    config_hash,
+    mismatches,
+    missing,
+    refusal,
+)
 from promotion_ladder.core.contract import ENV_FROZEN_HASH, ENV_PREVIOUS_STAGE
 
 from .config import ConfigError

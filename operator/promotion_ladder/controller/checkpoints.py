@@ -28,7 +28,7 @@ from ..core.continuation import DeletedCheckpoints, deleted_stages
 from ..core.podtemplate import TRAINER_CONTAINER, merge_pod_template
 from ..core.status import LadderStatus
 from .intake import JobSummary
-from .jobs import LADDER_LABEL, LABEL_PREFIX, MANAGED_BY, owner_reference
+from .jobs import LABEL_PREFIX, LADDER_LABEL, MANAGED_BY, owner_reference
 
 PRUNE_LABEL = LABEL_PREFIX + "prune"  # the stage whose eliminated candidates the Job deletes
 PRUNE_MODULE = "ladder_trainer.prune"
