@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .core.api import LadderInvalid, load_ladder
+from .core.api import LadderInvalid, LadderSpec, load_ladder
 from .core.recorded import RecordedResultsInvalid, parse_results
 from .files import FileError, read_ladder, read_ladder_document, read_text
 
@@ -42,7 +42,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _continuation_notes(spec) -> list[str]:
+def _continuation_notes(spec: LadderSpec) -> list[str]:
     """A ladder that continues: where its checkpoints go, and what a cluster needs for them."""
     from .core.continuation import without_predecessor
     from .core.podtemplate import continuation_mount_errors

@@ -4,6 +4,9 @@ rules (each field), what a decided stage deletes, and the crd's rules. Data in, 
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 from promotion_ladder.core.api import LadderInvalid, frozen_hash, frozen_hash_matches, load_ladder
 from promotion_ladder.core.cell import Cell, CellOutcome
@@ -105,10 +108,9 @@ def test_a_ladder_without_continuation_keeps_the_hash_it_had():
     # The value recorded by ladders admitted before the field existed (same spec, no continuation).
     plain = load_ladder(edit(DOC, "spec.continuation", DELETE)).spec
     assert "continuation" not in plain.wire()
-    assert frozen_hash(plain) == "sha256:" + __import__("hashlib").sha256(
-        __import__("json").dumps(
-            {k: plain.wire().get(k) for k in ("objective", "candidates", "stages", "verdict")} | {"trainer": {"gpus": 1}},
-            sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    frozen = {k: plain.wire().get(k) for k in ("objective", "candidates", "stages", "verdict")} | {"trainer": {"gpus": 1}}
+    text = json.dumps(frozen, sort_keys=True, separators=(",", ":"))
+    assert frozen_hash(plain) == "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_switching_continuation_on_after_admission_stops_the_ladder():
