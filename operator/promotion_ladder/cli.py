@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .core.api import LadderInvalid, load_ladder
+from .core.api import LadderInvalid, LadderSpec, load_ladder
 from .core.recorded import RecordedResultsInvalid, parse_results
 from .files import FileError, read_ladder, read_ladder_document, read_text
 
@@ -32,12 +32,33 @@ def _cmd_validate(args: argparse.Namespace) -> int:
               f"annotation kubectl.kubernetes.io/last-applied-configuration, and an object's annotations are "
               f"limited to {ANNOTATIONS_LIMIT // 1024} KiB (it fails as `metadata.annotations: Too long`); use "
               f"`kubectl apply --server-side -f {args.file}` or `kubectl create -f {args.file}`")
+    for line in _continuation_notes(spec):
+        print(line)
     if args.tokens_per_second is not None:
         for line in _repeat_warnings(spec, args):
             print(line)
     if args.pod_security is not None:
         return _pod_security(doc, spec, args.pod_security)
     return 0
+
+
+def _continuation_notes(spec: LadderSpec) -> list[str]:
+    """A ladder that continues: where its checkpoints go, and what a cluster needs for them."""
+    from .core.continuation import without_predecessor
+    from .core.podtemplate import continuation_mount_errors
+
+    c = spec.continuation
+    if c is None:
+        return []
+    out = [f"continuation: each later cell resumes from the previous stage's stable checkpoint of the same candidate, "
+           f"host block and seed (onMismatch: {c.on_mismatch}, keep: {c.keep}); checkpoints under {c.path} on a "
+           "cluster, under the work dir with `ladder run`"]
+    for stage, alone, cells in without_predecessor(spec):
+        out.append(f"continuation: {alone} of the {cells} cells per candidate of stage {stage} have no cell of the same "
+                   "host block and seed one stage earlier: they train from scratch (for the stage's full budget)")
+    out += [f"warning: {e} (the operator refuses the ladder without it; `ladder run` does not need it)"
+            for e in continuation_mount_errors(c.path, spec.trainer.template)]
+    return out
 
 
 def _pod_security(doc: dict, spec, level: str) -> int:
@@ -128,17 +149,25 @@ def crd_yaml(doc: dict) -> str:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .core.status import simulate
-    from .render import status_table
+    from .core.accounting import continuation_estimate
+    from .core.continuation import ladder_root
+    from .core.status import outcomes_from_status, simulate
+    from .render import estimate_line, status_table
 
     ladder = read_ladder(args.file)
     recorded = parse_results(read_text(args.results), source=str(args.results), spec=ladder.spec)
-    status, _ = simulate(ladder.spec, recorded)
+    root = ladder_root(ladder.spec.continuation.path, ladder.name) if ladder.spec.continuation else None
+    status, plan = simulate(ladder.spec, recorded, checkpoint_root=root)
+    estimate = None
+    if ladder.spec.continuation is None and len(ladder.spec.stages) > 1:
+        estimate = estimate_line(continuation_estimate(ladder.spec, outcomes_from_status(status), plan.entering))
     if args.output == "json":
         # pydantic's encoder: the same text as json.dumps(status.wire(), indent=2), 7x faster
         print(status.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+        if estimate:
+            print(estimate, file=sys.stderr)
     else:
-        print(status_table(status))
+        print(status_table(status) + (f"\n\n{estimate}" if estimate else ""))
     return 0 if status.phase == "Succeeded" else 3
 
 
@@ -152,10 +181,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{ladder.name}.status.json")
     status = run_ladder(ladder, out, parallel=args.parallel, workdir=Path(args.workdir) if args.workdir else None,
                         fresh=args.fresh)
-    from .render import occupancy_table, stability_lines
+    from .render import continuation_lines, occupancy_table, stability_lines
 
     if status.gpu_hours is not None:
-        print("\n".join(occupancy_table(status.gpu_hours)), file=sys.stderr)
+        print("\n".join(occupancy_table(status.gpu_hours) + continuation_lines(status)), file=sys.stderr)
     for line in stability_lines(status):
         print(line, file=sys.stderr)
     return 0 if status.phase == "Succeeded" else 3

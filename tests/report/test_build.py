@@ -212,3 +212,30 @@ def test_each_candidates_peak_memory_per_stage(reports):
         "memory-2m", "memory-5m", "memory-10m", "memory-60m", "memory-12h"}
     # A status whose cells report no peak memory (the example's) gets no such table.
     assert not any(t.key.startswith("memory-") for s in reports["example"].sections for t in s.tables)
+
+
+def test_a_continuation_ladder_shows_what_ran_beside_from_scratch_and_the_winners_checkpoints():
+    from promotion_ladder.core.api import load_ladder
+    from promotion_ladder.core.status import simulate
+    from promotion_ladder.report import from_document
+    from promotion_ladder.report.build import gpu_h
+
+    from .builders import full_object, recorded
+
+    obj = full_object({})
+    obj["spec"]["continuation"] = {"from": "previousStage", "path": "/ck"}
+    spec = load_ladder(obj).spec
+    # Every cell after the first stage took 60 s over from its predecessor.
+    rec = {k: o if k[0] == spec.stages[0].name else o.model_copy(update={"resumed_seconds": 60.0})
+           for k, o in recorded().items()}
+    status, _ = simulate(spec, rec, checkpoint_root="/ck/protocol")
+    obj["status"] = json.loads(json.dumps(status.wire()))
+    summary = {r[0]: r[1] for r in build_report(from_document(obj, "cont.json")).table("summary").rows}
+    g = status.gpu_hours
+    assert g.from_scratch > g.total
+    saved = g.from_scratch - g.total
+    assert summary["GPU-hours from scratch"] == (f"{gpu_h(g.from_scratch)} (continuing ran {gpu_h(g.total)}: saved "
+                                                 f"{gpu_h(saved)}, {100 * saved / g.from_scratch:.1f}%)")
+    winner = status.verdict.winner
+    assert summary["Winner's checkpoints"].split(", ") == status.checkpoints.winner
+    assert all(f"/{winner}." in p for p in status.checkpoints.winner)

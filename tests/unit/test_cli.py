@@ -57,6 +57,15 @@ CASES = {
     "not yaml": ("spec: [unclosed", 1, "not valid YAML at line 1"),
     "not a ladder": ("- 1\n- 2\n", 1, "expected a PromotionLadder object"),
     "two ladders": (yaml.safe_dump(ladder_doc()) + "---\n" + yaml.safe_dump(ladder_doc()), 1, "holds 2 PromotionLadder documents"),
+    "continuation: a bad path names the field": (
+        edit(ladder_doc(), "spec.continuation", {"from": "previousStage", "path": "ckpt"}), 1,
+        "spec.continuation.path: 'ckpt': give an absolute path"),
+    "continuation: cells without a predecessor are said": (
+        edit(ladder_doc(), "spec.continuation", {"from": "previousStage"}), 0,
+        "continuation: 2 of the 4 cells per candidate of stage s2 have no cell of the same host block and seed"),
+    "continuation: no volume at the path is a warning": (
+        edit(ladder_doc(), "spec.continuation", {"from": "previousStage"}), 0,
+        "warning: spec.continuation.path: /checkpoints is on no volume of the cells' pods"),
 }
 
 

@@ -104,9 +104,9 @@ class LadderMetrics:
                         budget = budgets.get(st.name, 0.0)
                         cell_gpus = c.gpus if c.gpus is not None else gpus
                         # The status's own accounting, in GPU-seconds, so counters and status agree.
-                        spent.inc(3600.0 * cell_gpu_hours(c.train_seconds, budget, cell_gpus))
+                        spent.inc(3600.0 * cell_gpu_hours(c.train_seconds, budget, cell_gpus, c.resumed_seconds))
                         occupied.inc(3600.0 * cell_occupied_gpu_hours(c.occupied_seconds, c.train_seconds, budget,
-                                                                      cell_gpus))
+                                                                      cell_gpus, c.resumed_seconds))
                 for state, n in by_state.items():
                     self.cells.labels(namespace, ladder, st.name, state).set(n)
                 self._stage_labels[key].add(st.name)

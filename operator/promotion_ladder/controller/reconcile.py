@@ -16,11 +16,14 @@ from typing import Any
 
 from ..core.api import LadderInvalid, LadderSpec, load_ladder
 from ..core.cell import CellKey, CellOutcome
+from ..core.continuation import ladder_root
+from ..core.podtemplate import continuation_mount_errors
 from ..core.rules import Decision
 from ..core.contract import REASON_LIMIT
 from ..core.status import INVALID_SPEC, MESSAGE_LIMIT, LadderStatus, conditions
 from ..core.step import Step, step, stop
 from .admission import Admission, admission_conditions
+from .checkpoints import failed_prunes, prune_job_names, prune_jobs
 from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
 from .jobs import build_job, cell_job_name
 from .stuck import STUCK_GRACE_SECONDS, next_check, stuck
@@ -39,6 +42,7 @@ class Reconciled:
     look_up: list[JobSummary] = field(default_factory=list)  # Complete Jobs whose Pods must be read directly
     end: list[PodSummary] = field(default_factory=list)  # Pods running far past their deadline (stuck.py)
     recheck_after: float | None = None  # seconds until a running Pod would be stuck: look again then
+    failed_prunes: list[JobSummary] = field(default_factory=list)  # checkpoint prune Jobs that failed (checkpoints.py)
 
 
 @dataclass
@@ -123,6 +127,10 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     except LadderInvalid as exc:
         return _reconciled(stop(known_status, INVALID_SPEC, "; ".join(exc.errors), generation, now))
     spec = ladder.spec
+    mount_errors = continuation_mount_errors(spec.continuation.path if spec.continuation else None,
+                                             spec.trainer.template)
+    if mount_errors:  # the cells would each write their checkpoints into their own filesystem
+        return _reconciled(stop(known_status, INVALID_SPEC, "; ".join(mount_errors), generation, now))
     old = dict(known_status or {})
     if (admission is not None and admission.problem and old.get("phase") in (None, "Pending")
             and not any(j.owner_uid == uid for j in jobs)):
@@ -132,13 +140,18 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     # A Job that exists (or is being created) is never created again; only the ones being
     # created that the watch has not shown yet count against the parallelism as extra.
     known_names = existing | creating
+    root = ladder_root(spec.continuation.path, name) if spec.continuation else None
+    # Prune Jobs being created hold no GPU: they do not count against the parallelism.
+    not_cells = prune_job_names(name, spec)
     s = step(spec, known_status, seen.outcomes, seen.running, now=now, generation=generation,
-             pending_starts=len(creating - existing),
-             started=lambda cell: cell_job_name(name, cell) in known_names)
+             pending_starts=len(creating - existing - not_cells),
+             started=lambda cell: cell_job_name(name, cell) in known_names, checkpoint_root=root)
     if s.stopped is not None:
         return _reconciled(s)
-    r = _reconciled(s, create=[build_job(body, spec, c) for c in s.to_start], rejections=seen.rejections, spec=spec,
-                    look_up=seen.look_up, end=seen.end, recheck_after=seen.recheck_after)
+    create = [build_job(body, spec, c) for c in s.to_start] + prune_jobs(body, spec, s.ladder_status, known_names)
+    pruned = failed_prunes(name, spec, [j for j in jobs if j.owner_uid == uid])
+    r = _reconciled(s, create=create, rejections=seen.rejections, spec=spec, look_up=seen.look_up, end=seen.end,
+                    recheck_after=seen.recheck_after, failed_prunes=pruned)
     # Admission warnings (no node matches a host block) ride along while the ladder runs.
     if admission is not None and admission.warnings and r.status.get("phase") == "Running":
         prior = old.get("conditions") or []

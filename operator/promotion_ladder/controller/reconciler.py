@@ -122,6 +122,11 @@ class Reconciler:
         ns, name = key
         for rejection in r.rejections:
             self.announcer.reject(body, rejection)
+        for job in r.failed_prunes:  # the eliminated candidates' checkpoints are still on the volume
+            self.announcer.warn_once(
+                body, "CheckpointPruneFailed", f"{ns}/{name}:prune:{job.uid}",
+                f"Job {job.name}, deleting the checkpoints of the candidates a stage eliminated, failed "
+                f"({job.failed_reason}: {job.failed_message}); they are still on the volume")
         if r.look_up:
             self.lookups.look_up(key, body, r.look_up)
         if r.recheck_after is not None:

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError
 
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
+from .continuation import CheckpointsStatus, checkpoints_status, ladder_root
 from .data_checks import CORPUS_CONFLICT, REPEATED_DATA, corpus_conflict, repeated_data, repeated_data_message
 from .planner import Outcomes, Plan, plan, stage_cells
 from .cell import Cell, CellKey, CellOutcome
@@ -100,6 +101,8 @@ class LadderStatus(WireModel):
     gpu_hours: GpuHours | None = None
     verdict: VerdictResult | None = None
     stability: Stability | None = None
+    # A ladder that continues (spec.continuation): where its checkpoints are, which were deleted, the winner's.
+    checkpoints: CheckpointsStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -108,8 +111,11 @@ def build_status(
     outcomes: Outcomes,
     recorded: list[Decision] | tuple[Decision, ...] = (),
     running: set[CellKey] | frozenset = frozenset(),
+    checkpoint_root: str | None = None,
 ) -> tuple[LadderStatus, Plan]:
-    """Plan the ladder and describe it. `running` marks non-terminal cells that are executing."""
+    """Plan the ladder and describe it. `running` marks non-terminal cells that are executing.
+    `checkpoint_root`: the ladder's checkpoint folder (core.continuation.ladder_root; default:
+    spec.continuation.path/<ladder>, as "<ladder>" when the name is unknown here)."""
     p = plan(spec, outcomes, recorded)
     decided = {d.stage: d for d in p.decisions}
     stages = []
@@ -143,8 +149,14 @@ def build_status(
         frozen_hash=frozen_hash(spec), current_stage=current, leader=leader, stages=stages,
         gpu_hours=gpu_hours(spec, outcomes, p.entering), verdict=p.verdict,
         stability=stability(p.decisions, p.entering),
+        checkpoints=checkpoints_status(spec, checkpoint_root or _default_root(spec), p.decisions, p.entering,
+                                       p.verdict.winner if p.verdict else None),
     )
     return status, p
+
+
+def _default_root(spec: LadderSpec) -> str:
+    return ladder_root(spec.continuation.path, "<ladder>") if spec.continuation else ""
 
 
 def _finite(x: float | None) -> float | None:
@@ -208,7 +220,7 @@ def parse_status(data: Any) -> LadderStatus:
         raise ValueError(f"status.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}") from None
 
 
-def simulate(spec: LadderSpec, recorded: Outcomes) -> tuple[LadderStatus, Plan]:
+def simulate(spec: LadderSpec, recorded: Outcomes, checkpoint_root: str | None = None) -> tuple[LadderStatus, Plan]:
     """Replay a ladder against recorded results; a cell with no recorded result failed."""
     seen: dict[CellKey, CellOutcome] = {}
     decided: list[Decision] = []
@@ -217,7 +229,7 @@ def simulate(spec: LadderSpec, recorded: Outcomes) -> tuple[LadderStatus, Plan]:
         p = plan(spec, seen, decided)
         decided = p.decisions
         if p.phase != "Running":
-            return build_status(spec, seen, decided)
+            return build_status(spec, seen, decided, checkpoint_root=checkpoint_root)
         for c in p.to_run:
             seen[c.key] = recorded.get(c.key) or CellOutcome(state="failed", reason="no recorded result")
 

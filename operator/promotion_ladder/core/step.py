@@ -102,6 +102,7 @@ def step(
     capacity: int | None = None,
     pending_starts: int = 0,
     started: Callable[[Cell], bool] = lambda cell: False,
+    checkpoint_root: str | None = None,
 ) -> Step:
     """One step of a ladder.
 
@@ -111,13 +112,14 @@ def step(
     capacity: the adapter's own limit on cells at once (free GPUs), besides spec.parallelism.
     pending_starts: starts asked for that are not visible yet (they count as running).
     started: cells that already have their Job/process and must not be started again.
+    checkpoint_root: the ladder's checkpoint folder, for a ladder that continues (status.checkpoints).
     """
     old = recorded.wire() if isinstance(recorded, LadderStatus) else dict(recorded or {})
     # 1. frozen hash
     recorded_hash = old.get("frozenHash")
     if not frozen_hash_matches(recorded_hash, spec):
         return stop(old, FROZEN_SPEC_CHANGED,
-                    "the frozen fields (objective, candidates, stages, verdict, trainer.gpus) changed after admission "
+                    "the frozen fields (objective, candidates, stages, verdict, trainer.gpus, continuation) changed after admission "
                     f"(recorded {recorded_hash[:19]}, now {frozen_hash(spec)[:19]}); nothing more is run. "
                     "Create a new ladder to screen the new spec.", generation, now)
     # 2. replay
@@ -132,7 +134,7 @@ def step(
     live = frozenset(k for k in running if k not in outcomes)
     # 4. decide
     try:
-        status, plan = build_status(spec, outcomes, decisions, running=live)
+        status, plan = build_status(spec, outcomes, decisions, running=live, checkpoint_root=checkpoint_root)
     except PlanError as exc:
         return stop(old, RECORDED_DECISIONS_MISMATCH, str(exc), generation, now)
     # 5. start

@@ -133,9 +133,25 @@ def _summary(inp: ReportInput) -> Section:
         for c in distinct if not is_running(s) else []:
             rows.append([f"Saved vs {gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage} on)",
                          f"{gpu_h(c.saved_gpu_hours)} GPU-hours ({pct(c.saved_percent)})"])
+    rows += _continuation_rows(s)
     failed = sum(c.state == "Failed" for st in s.stages for c in st.cells)
     rows.append(["Failed cells", str(failed)])
     return Section("summary", "Summary", tables=[Table("summary", ["", ""], rows)])
+
+
+def _continuation_rows(s: LadderStatus) -> list[list[str]]:
+    """A ladder that continues (spec.continuation): what ran against the same cells from scratch,
+    and where the winner's checkpoints are."""
+    rows = []
+    g, record = s.gpu_hours, s.checkpoints
+    if g is not None and g.from_scratch is not None:
+        saved = g.from_scratch - g.total
+        share = pct(100 * saved / g.from_scratch) if g.from_scratch else "-"
+        rows.append(["GPU-hours from scratch", f"{gpu_h(g.from_scratch)} (continuing ran {gpu_h(g.total)}: "
+                                               f"saved {gpu_h(saved)}, {share})"])
+    if record is not None and record.winner:
+        rows.append(["Winner's checkpoints", ", ".join(record.winner)])
+    return rows
 
 
 def _progress(s: LadderStatus) -> Section | None:
