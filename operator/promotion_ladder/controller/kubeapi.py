@@ -15,8 +15,10 @@ import os
 import socket
 import threading
 from datetime import datetime, timezone
+from typing import Any
 
 from ..core.api import GROUP, KIND, PLURAL, VERSION
+from .admission import Node
 from .cellpod import rendezvous_service
 from .metrics import LadderMetrics
 from .rbac import trainer_objects
@@ -165,9 +167,36 @@ class KubeApi:
         self._count("dry_run_job")
         self.batch.create_namespaced_job(namespace, job, dry_run="All")
 
-    def node_labels(self) -> list[dict[str, str]]:
+    def nodes(self) -> list[Node]:
         self._count("list_nodes")
-        return [dict(n.metadata.labels or {}) for n in self.core.list_node().items]
+        return [Node(n.metadata.name, dict(n.metadata.labels or {}),
+                     {k: str(v) for k, v in ((n.status.allocatable if n.status else None) or {}).items()})
+                for n in self.core.list_node().items]
+
+    def failed_create(self, namespace: str, job_uid: str) -> str | None:
+        """The message of the Job controller's latest FailedCreate Event on a Job (None: none)."""
+        self._count("list_events")
+        found = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.uid={job_uid},reason=FailedCreate").items
+        if not found:
+            return None
+
+        def when(e: Any) -> float:
+            t = e.last_timestamp or e.event_time or e.metadata.creation_timestamp
+            return t.timestamp() if t is not None else 0.0
+
+        return max(found, key=when).message or "FailedCreate"
+
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge annotations into a Pod (gone: nothing to do)."""
+        from kubernetes.client.exceptions import ApiException
+
+        self._count("patch_pod")
+        try:
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def post_event(self, body: dict, type_: str, reason: str, message: str) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -34,7 +34,7 @@ class _Timed(Protocol):
     released_at: float | None
 
 
-def _epoch(stamp: Any) -> float | None:
+def epoch(stamp: Any) -> float | None:
     if not stamp:
         return None
     if isinstance(stamp, dt.datetime):  # the kubernetes client's objects; Kopf bodies hold strings
@@ -55,16 +55,16 @@ def pod_times(body: dict[str, Any], container: str) -> dict[str, float | None]:
     bound = None
     for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "True":
-            bound = _epoch(c.get("lastTransitionTime"))
+            bound = epoch(c.get("lastTransitionTime"))
     if bound is None:
-        bound = _epoch(status.get("startTime"))
+        bound = epoch(status.get("startTime"))
     released = None
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") != container:
             continue
         term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
         if term:
-            released = _epoch(term.get("finishedAt"))
+            released = epoch(term.get("finishedAt"))
     return {"bound_at": bound, "released_at": released}
 
 

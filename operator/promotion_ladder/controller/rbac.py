@@ -35,7 +35,8 @@ OPERATOR_RULES: list[Rule] = [
     # still running far past its deadline (lost exit, dead node) is ended (controller/stuck.py).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
     # An Event for each stage decision and each rejected result (both APIs: kopf and kubectl use either).
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    # list: why a cell's Job has no Pod is only in the Job controller's FailedCreate Event (jobevents.py).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "list"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     # The trainer's identity in each ladder's namespace (created if absent, never modified).
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},

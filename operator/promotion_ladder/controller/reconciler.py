@@ -37,11 +37,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..core.api import LadderInvalid, load_ladder
-from .admission import Admission, sample_jobs, unmatched_blocks
+from .admission import Admission, sample_jobs, unfit_blocks, unmatched_blocks
 from .expectations import CreateExpectations
 from .failures import RECONCILE_ERROR, error_message, retry_delay, with_error_condition
 from .informer import Cache, Informer
-from .intake import Rejection, job_summary, pod_summary
+from .intake import REJECTED_ANNOTATION, Rejection, disagreement, job_summary, pod_summary
+from .jobevents import FailedCreateEvents
 from .jobs import LADDER_LABEL
 from .kubeapi import KubeApi, TrainerRbac, now_iso, retryable
 from .lease import LeaderLease
@@ -99,6 +100,8 @@ class Controller:
         self._looked_up: dict[Key, dict[str, tuple[float, list]]] = {}  # job uid -> (expiry, its Pods read directly)
         self._wake_at: dict[Key, float] = {}  # the next timed reconcile of a ladder (monotonic)
         self._admitted: dict[Key, tuple[tuple, Admission]] = {}  # (uid, generation) -> admission checks
+        self.job_events = FailedCreateEvents()  # why a Job has no Pod (scheduling.py)
+        self._timed: set[str] = set()  # Jobs whose start times are in the histograms
 
     @property
     def api(self) -> KubeApi:
@@ -238,6 +241,7 @@ class Controller:
             self.metrics.forget(*key)
             self.status_writer.forget(key)
             self.expectations.forget(key)
+            self.job_events.forget(key)
             for d in (self._looked_up, self._wake_at, self._admitted, self._failures):
                 d.pop(key, None)
             return
@@ -258,9 +262,11 @@ class Controller:
         ns, name = key
         if self.stopping.is_set() or not self.leading():
             return  # standing by: the leader does the work; on taking the Lease all is reconciled
+        if body["metadata"].get("deletionTimestamp"):
+            return  # being deleted: garbage collection removes its Jobs and Pods; nothing to say
         # 2. the pure reconcile
         r: Reconciled = reconcile(body, known, jobs, pods, creating, now_iso(), stuck_grace=self.stuck_grace,
-                                  admission=self._admission(key, body))
+                                  admission=self._admission(key, body), failed_create=self.job_events.messages(key))
         # 3. status, then its Events: an operator killed after the write loses at most the
         # Events, never the decision; both come before the slow part (Job creation).
         written, retry_in = self.status_writer.write(key, body, known, r.status, r.events)
@@ -287,6 +293,7 @@ class Controller:
             self._warn_once(body, "CellStuck", f"{ns}/{name}:stuck:{pod.uid}",
                             f"pod {pod.name} was still running {self.stuck_grace:g} s after its deadline "
                             f"({pod.deadline_seconds} s from its start); it was ended and its Job retries or fails the cell")
+        self._waiting(key, body, r)
         if r.spec is not None and r.ladder_status is not None:
             self.metrics.observe(ns, name, r.spec, r.ladder_status)
         else:
@@ -325,6 +332,24 @@ class Controller:
         list(self._creators.map(create, manifests))
         return created
 
+    def _waiting(self, key: Key, body: dict, r: Reconciled) -> None:
+        """Cells that wait to start (scheduling.py): read why a Job has no Pod, delete the Jobs of
+        cells failed for waiting too long, and put each cell's start times in the histograms."""
+        ns, name = key
+        if r.read_events and self.job_events.read(self.api, key, ns, [j.uid for j in r.read_events]):
+            self.queue.add_after(key, 0.05)
+        for job in r.end_jobs:
+            self.api.delete_job(ns, job.name, job.uid)
+            self._warn_once(body, "CellNotStarted", f"{ns}/{name}:not-started:{job.uid}",
+                            f"Job {job.name} was deleted: its cell waited longer than schedulingTimeout to start "
+                            "and is recorded Failed (see the CellsWaiting condition and the cell's reason)")
+        for uid, times in r.start_times:
+            if uid not in self._timed:
+                if len(self._timed) > SEEN_LIMIT:
+                    self._timed.clear()
+                self._timed.add(uid)
+                self.metrics.observe_start(ns, times)
+
     # -- admission, missing and stuck evidence -------------------------------------------------
     def _admission(self, key: Key, body: dict) -> Admission | None:
         """Dry-run one Job per host block and look for matching nodes, once per spec generation
@@ -352,15 +377,17 @@ class Controller:
                 if status != 409:  # 403 (a full quota), 5xx: not a verdict on the spec
                     log.warning("dry run of a Job of %s/%s: %s", *key, exc)
         warnings: tuple[str, ...] = ()
+        unfit: dict[str, str] = {}
         try:
-            nodes = self.api.node_labels()
+            nodes = self.api.nodes()
             blocks = {h.name: h for h in spec.host_blocks}
             warnings = tuple(f"no node matches host block {b} (nodeSelector {blocks[b].node_selector}); its cells "
                              "wait until one does (a cluster autoscaler may add it)"
-                             for b in unmatched_blocks(spec, nodes))
+                             for b in unmatched_blocks(spec, [n.labels for n in nodes]))
+            unfit = unfit_blocks(body, spec, nodes)
         except Exception as exc:  # noqa: BLE001 - a warning only; never blocks
             log.warning("could not list nodes for %s/%s: %s", *key, exc)
-        admission = Admission(problem, warnings)
+        admission = Admission(problem, warnings, unfit)
         self._admitted[key] = (mark, admission)
         return admission
 
@@ -382,16 +409,17 @@ class Controller:
         ns, name = key
         found_terminal = False
         for job in jobs:
-            bodies = self.api.pods_of_job(ns, job.name, job.uid)
-            if bodies:
-                summaries = [pod_summary(b) for b in bodies]
+            # Only the Job's own Pods: a relabelled or re-owned one is forged (intake.disagreement).
+            summaries = [p for p in map(pod_summary, self.api.pods_of_job(ns, job.name, job.uid))
+                         if disagreement(p, job) is None]
+            if summaries:
                 self._looked_up.setdefault(key, {})[job.uid] = (time.monotonic() + LOOKUP_KEEP_SECONDS, summaries)
                 found_terminal = found_terminal or any(p.terminal for p in summaries)
                 continue
             self.api.delete_job(ns, job.name, job.uid)
             self._warn_once(body, "ResultLost", f"{ns}/{name}:lost:{job.uid}",
-                            f"Job {job.name} is Complete but its Pods are gone, so its result cannot be read; "
-                            "the cell runs again")
+                            f"Job {job.name} is Complete but its Pods are gone or were relabelled or re-owned, so "
+                            "its result cannot be read; the cell runs again")
         self.queue.add_after(key, 0.05 if found_terminal else RETRY_SECONDS)
 
     def _wake(self, key: Key, delay: float) -> None:
@@ -421,12 +449,19 @@ class Controller:
         log.warning("ladder %s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], message)
 
     def _reject(self, body: dict, rej: Rejection) -> None:
-        if not self._once(rej.key):
+        """Announce a rejected document once: an Event, the counter, and its digest written to
+        its Pod, so that a restarted operator (whose memory is empty) does not announce it again."""
+        if rej.digest in rej.seen or not self._once(rej.key):
             return
         meta = body["metadata"]
         self.metrics.result_error(meta["namespace"], meta["name"], rej.reason)
         self.api.post_event(body, "Warning", "ResultRejected", rej.message)
         log.warning("ladder %s/%s: %s", meta["namespace"], meta["name"], rej.message)
+        pod_ns, _, pod_name = rej.pod.partition("/")
+        try:
+            self.api.annotate_pod(pod_ns, pod_name, {REJECTED_ANNOTATION: rej.remembered()})
+        except Exception as exc:  # noqa: BLE001 - at worst a restart announces it once more
+            log.warning("could not mark pod %s as announced: %s", rej.pod, exc)
 
     # -- watch events ------------------------------------------------------------------------
     def on_ladder(self, event_type: str | None, raw: dict) -> None:
