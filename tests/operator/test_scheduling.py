@@ -3,13 +3,20 @@ policy ends the ones that will not start (controller/scheduling.py, pure)."""
 
 from __future__ import annotations
 
-import pytest
+from datetime import UTC
 
+import pytest
 from promotion_ladder.controller.admission import Admission, Node, unfit_blocks
 from promotion_ladder.controller.occupancy import epoch
 from promotion_ladder.controller.reconcile import reconcile
-from promotion_ladder.controller.scheduling import (CELLS_WAITING, WAIT_NOTICE_SECONDS, cell_wait, shortage_only,
-                                                    start_times, timed_out)
+from promotion_ladder.controller.scheduling import (
+    CELLS_WAITING,
+    WAIT_NOTICE_SECONDS,
+    cell_wait,
+    shortage_only,
+    start_times,
+    timed_out,
+)
 from promotion_ladder.core.api import load_ladder
 from promotion_ladder.core.cell import Cell
 
@@ -20,25 +27,33 @@ CELL = Cell("s1", "c1", "a100", 1)
 CREATED = "2026-11-29T10:00:00Z"
 T0 = epoch(CREATED)
 
-GPUS = "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 2 Insufficient nvidia.com/gpu. " \
-       "preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found."
-PVC = "0/3 nodes are available: persistentvolumeclaim \"corpus\" not found. preemption: 0/3 nodes are available: " \
-      "3 Preemption is not helpful for scheduling."
+GPUS = (
+    "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 2 Insufficient nvidia.com/gpu. "
+    "preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found."
+)
+PVC = (
+    '0/3 nodes are available: persistentvolumeclaim "corpus" not found. preemption: 0/3 nodes are available: '
+    "3 Preemption is not helpful for scheduling."
+)
 TAINT = "0/3 nodes are available: 3 node(s) had untolerated taint {dedicated: infra}."
 PRIORITY = 'pods "x" is forbidden: no PriorityClass with name no-such-class was found'
 QUOTA = 'pods "x" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, used: 8, limited: 8'
 
 
-@pytest.mark.parametrize("message, shortage", [
-    (GPUS, True),
-    ("0/3 nodes are available: 3 Insufficient cpu, 3 Insufficient memory.", True),
-    ("0/1 nodes are available: 1 Too many pods.", True),
-    (PVC, False),
-    (TAINT, False),
-    ("0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {a: b}.", False),
-    ("no nodes available to schedule pods", False),
-    ("", False),
-], ids=["gpus", "cpu and memory", "too many pods", "missing pvc", "taint", "shortage and taint", "no nodes", "empty"])
+@pytest.mark.parametrize(
+    "message, shortage",
+    [
+        (GPUS, True),
+        ("0/3 nodes are available: 3 Insufficient cpu, 3 Insufficient memory.", True),
+        ("0/1 nodes are available: 1 Too many pods.", True),
+        (PVC, False),
+        (TAINT, False),
+        ("0/3 nodes are available: 1 Insufficient cpu, 2 node(s) had untolerated taint {a: b}.", False),
+        ("no nodes available to schedule pods", False),
+        ("", False),
+    ],
+    ids=["gpus", "cpu and memory", "too many pods", "missing pvc", "taint", "shortage and taint", "no nodes", "empty"],
+)
 def test_shortage_only(message, shortage):
     assert shortage_only(message) is shortage
 
@@ -49,21 +64,55 @@ def job(**kw):
 
 # name -> (job builder, pod builders, failed_create, unfit) ; expected (cause or None, capacity, message part)
 WAITS = {
-    "running": (lambda j: j.active(), [lambda j: PodB(j).running("2026-11-29T10:00:05Z")], None, None,
-                (None, None, "")),
-    "pending, nothing said yet": (lambda j: j.active(), [lambda j: PodB(j).phase("Pending")], None, None,
-                                  (None, None, "")),
-    "unschedulable: busy GPUs": (lambda j: j.active(), [lambda j: PodB(j).unschedulable(GPUS)], None, None,
-                                 ("Unschedulable", True, "Insufficient nvidia.com/gpu")),
+    "running": (
+        lambda j: j.active(),
+        [lambda j: PodB(j).running("2026-11-29T10:00:05Z")],
+        None,
+        None,
+        (None, None, ""),
+    ),
+    "pending, nothing said yet": (
+        lambda j: j.active(),
+        [lambda j: PodB(j).phase("Pending")],
+        None,
+        None,
+        (None, None, ""),
+    ),
+    "unschedulable: busy GPUs": (
+        lambda j: j.active(),
+        [lambda j: PodB(j).unschedulable(GPUS)],
+        None,
+        None,
+        ("Unschedulable", True, "Insufficient nvidia.com/gpu"),
+    ),
     "unschedulable: more GPUs than any node": (
-        lambda j: j.active(), [lambda j: PodB(j).unschedulable(GPUS)], None, "trainer.gpus exceeds ...",
-        ("Unschedulable", False, "trainer.gpus exceeds")),
-    "unschedulable: missing PVC": (lambda j: j.active(), [lambda j: PodB(j).unschedulable(PVC)], None, None,
-                                   ("Unschedulable", False, 'persistentvolumeclaim "corpus" not found')),
-    "image pull back-off": (lambda j: j.active(), [lambda j: PodB(j).waiting("ImagePullBackOff", "Back-off pulling")],
-                            None, None, ("CannotStart", False, "ImagePullBackOff: Back-off pulling")),
-    "container creating": (lambda j: j.active(), [lambda j: PodB(j).waiting("ContainerCreating")], None, None,
-                           (None, None, "")),
+        lambda j: j.active(),
+        [lambda j: PodB(j).unschedulable(GPUS)],
+        None,
+        "trainer.gpus exceeds ...",
+        ("Unschedulable", False, "trainer.gpus exceeds"),
+    ),
+    "unschedulable: missing PVC": (
+        lambda j: j.active(),
+        [lambda j: PodB(j).unschedulable(PVC)],
+        None,
+        None,
+        ("Unschedulable", False, 'persistentvolumeclaim "corpus" not found'),
+    ),
+    "image pull back-off": (
+        lambda j: j.active(),
+        [lambda j: PodB(j).waiting("ImagePullBackOff", "Back-off pulling")],
+        None,
+        None,
+        ("CannotStart", False, "ImagePullBackOff: Back-off pulling"),
+    ),
+    "container creating": (
+        lambda j: j.active(),
+        [lambda j: PodB(j).waiting("ContainerCreating")],
+        None,
+        None,
+        (None, None, ""),
+    ),
     "no pod, FailedCreate": (lambda j: j, [], PRIORITY, None, ("FailedCreate", False, "no PriorityClass")),
     "no pod, quota used up": (lambda j: j, [], QUOTA, None, ("FailedCreate", True, "exceeded quota")),
     "no pod, nothing said": (lambda j: j, [], None, None, ("NoPodYet", True, "no Pod yet")),
@@ -85,9 +134,16 @@ def test_cell_wait(name):
         assert part in w.message and w.describe().startswith("s1/c1/a100/1: " + cause)
 
 
-@pytest.mark.parametrize("capacity, age, timeout, fails", [
-    (False, 899, 900.0, False), (False, 900, 900.0, True), (True, 10**6, 900.0, False), (False, 10**6, None, False),
-], ids=["stall, before the timeout", "stall, at the timeout", "capacity: never", "timeout 0s: never"])
+@pytest.mark.parametrize(
+    "capacity, age, timeout, fails",
+    [
+        (False, 899, 900.0, False),
+        (False, 900, 900.0, True),
+        (True, 10**6, 900.0, False),
+        (False, 10**6, None, False),
+    ],
+    ids=["stall, before the timeout", "stall, at the timeout", "capacity: never", "timeout 0s: never"],
+)
 def test_timed_out(capacity, age, timeout, fails):
     j = job()
     pods = [PodB(j).unschedulable(GPUS if capacity else PVC, since=CREATED).summary()]
@@ -95,7 +151,9 @@ def test_timed_out(capacity, age, timeout, fails):
     failed = timed_out(w, "15m", timeout, T0 + age)
     assert (failed is not None) is fails
     if fails:
-        assert failed.state == "failed" and failed.reason.startswith("not started within schedulingTimeout 15m: Unschedulable")
+        assert failed.state == "failed" and failed.reason.startswith(
+            "not started within schedulingTimeout 15m: Unschedulable"
+        )
 
 
 def test_start_times_of_the_first_pod_that_ran():
@@ -107,19 +165,34 @@ def test_start_times_of_the_first_pod_that_ran():
     assert start_times(j.summary(), [PodB(j).unschedulable(GPUS).summary()]) is None
 
 
-NODES = [Node("a100-0", {"ladder.promotion.dev/host-block": "a100"}, {"nvidia.com/gpu": "8", "cpu": "96", "memory": "1Ti"}),
-         Node("a100-1", {"ladder.promotion.dev/host-block": "a100"}, {"nvidia.com/gpu": "4", "cpu": "64", "memory": "1Ti"}),
-         Node("l40s-0", {"ladder.promotion.dev/host-block": "l40s"}, {"nvidia.com/gpu": "4", "cpu": "32", "memory": "256Gi"})]
+NODES = [
+    Node("a100-0", {"ladder.promotion.dev/host-block": "a100"}, {"nvidia.com/gpu": "8", "cpu": "96", "memory": "1Ti"}),
+    Node("a100-1", {"ladder.promotion.dev/host-block": "a100"}, {"nvidia.com/gpu": "4", "cpu": "64", "memory": "1Ti"}),
+    Node(
+        "l40s-0", {"ladder.promotion.dev/host-block": "l40s"}, {"nvidia.com/gpu": "4", "cpu": "32", "memory": "256Gi"}
+    ),
+]
 
 
-@pytest.mark.parametrize("trainer, unfit", [
-    ({"gpus": 4}, {}),
-    ({"gpus": 8}, {"l40s": "trainer.gpus"}),
-    ({"gpus": 9}, {"a100": "nvidia.com/gpu: 9 requested, at most 8 on a node, a100-0",
-                     "l40s": "nvidia.com/gpu: 9 requested, at most 4 on a node, l40s-0"}),
-    ({"gpus": 1, "resources": {"requests": {"cpu": "5000"}}},
-     {"a100": "a cell Pod's requests", "l40s": "cpu: 5000 requested, at most 32 on a node, l40s-0"}),
-], ids=["fits", "8 gpus: only a100", "9 gpus: nowhere", "cpu 5000: nowhere"])
+@pytest.mark.parametrize(
+    "trainer, unfit",
+    [
+        ({"gpus": 4}, {}),
+        ({"gpus": 8}, {"l40s": "trainer.gpus"}),
+        (
+            {"gpus": 9},
+            {
+                "a100": "nvidia.com/gpu: 9 requested, at most 8 on a node, a100-0",
+                "l40s": "nvidia.com/gpu: 9 requested, at most 4 on a node, l40s-0",
+            },
+        ),
+        (
+            {"gpus": 1, "resources": {"requests": {"cpu": "5000"}}},
+            {"a100": "a cell Pod's requests", "l40s": "cpu: 5000 requested, at most 32 on a node, l40s-0"},
+        ),
+    ],
+    ids=["fits", "8 gpus: only a100", "9 gpus: nowhere", "cpu 5000: nowhere"],
+)
 def test_unfit_blocks(trainer, unfit):
     body = ladder_body(edit(ladder_doc(), "spec.trainer", trainer))
     got = unfit_blocks(body, load_ladder(body).spec, NODES)
@@ -129,9 +202,9 @@ def test_unfit_blocks(trainer, unfit):
 
 
 def _at(seconds: float) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(T0 + seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(T0 + seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _first_stage(body, pod=None):
@@ -160,9 +233,14 @@ def test_a_stalled_cell_is_named_once_within_the_bound_then_failed_after_the_tim
     again = reconcile(body, said.status, jobs, pods, set(), _at(60))
     assert again.events == [] and again.status["conditions"] == said.status["conditions"]  # said once, unchanged
     failed = reconcile(body, again.status, jobs, pods, set(), _at(300))
-    rec = next(c for c in failed.status["stages"][0]["cells"] if c["candidate"] == cell.candidate
-               and c["hostBlock"] == cell.host_block and c["seed"] == cell.seed)
-    assert rec["state"] == "Failed" and rec["reason"].startswith("not started within schedulingTimeout 5m: Unschedulable")
+    rec = next(
+        c
+        for c in failed.status["stages"][0]["cells"]
+        if c["candidate"] == cell.candidate and c["hostBlock"] == cell.host_block and c["seed"] == cell.seed
+    )
+    assert rec["state"] == "Failed" and rec["reason"].startswith(
+        "not started within schedulingTimeout 5m: Unschedulable"
+    )
     assert [j.name for j in failed.end_jobs] == [jobs[0].name]
     cond = next(c for c in failed.status["conditions"] if c["type"] == CELLS_WAITING)
     assert cond["status"] == "False"  # none waits any more; the condition stays, False
@@ -173,7 +251,7 @@ def test_a_cell_waiting_for_capacity_waits_and_says_so():
     jobs, pods, _ = _first_stage(body, lambda j: PodB(j).unschedulable(GPUS, since=CREATED))
     r = reconcile(body, None, jobs, pods, set(), _at(10 * 3600))
     cond = next(c for c in r.status["conditions"] if c["type"] == CELLS_WAITING)
-    assert cond["reason"] == "WaitingForCapacity" and "no room" in cond["message"]
+    assert cond["reason"] == "WaitingForCapacity" and "no timeout applies" in cond["message"]
     assert [e[:2] for e in r.events] == [("Normal", CELLS_WAITING)] and r.end_jobs == []
     assert all(c["state"] != "Failed" for c in r.status["stages"][0]["cells"])
 

@@ -4,13 +4,12 @@ that `keep` promotes without a complete result is named as such wherever the dec
 from __future__ import annotations
 
 import pytest
-
 from promotion_ladder.core.api import Promote, Stage
 from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.rules import decide
 from promotion_ladder.core.wording import decision_message, entry_outcome, keep_sentence
 
-OK = lambda v: CellOutcome("succeeded", value=v)  # noqa: E731
+OK = lambda v: CellOutcome("succeeded", value=v)
 FAIL = CellOutcome("failed", reason="diverged")
 STAGE = Stage(name="s", budget="1m", host_blocks=["a", "b"], seeds=[1], promote=Promote(top=1, keep=["ref"]))
 
@@ -24,11 +23,15 @@ def decision(ref_cells):
 # name -> (ref's cells, the sentence, ref's outcome in the ranking)
 CASES = {
     "every cell of the kept candidate failed": (
-        [FAIL, FAIL], "kept by keep without a complete result: ref (0 of 2 cells succeeded)",
-        "promoted (keep, no complete result: 0 of 2 cells succeeded)"),
+        [FAIL, FAIL],
+        "kept by keep without a complete result: ref (0 of 2 cells succeeded)",
+        "promoted (keep, no complete result: 0 of 2 cells succeeded)",
+    ),
     "one of its cells failed": (
-        [OK(0.5), FAIL], "kept by keep without a complete result: ref (1 of 2 cells succeeded)",
-        "promoted (keep, no complete result: 1 of 2 cells succeeded)"),
+        [OK(0.5), FAIL],
+        "kept by keep without a complete result: ref (1 of 2 cells succeeded)",
+        "promoted (keep, no complete result: 1 of 2 cells succeeded)",
+    ),
     "complete, kept though not in the top": ([OK(2.0), OK(2.0)], None, "promoted (keep)"),
 }
 

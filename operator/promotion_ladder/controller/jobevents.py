@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Hashable, Iterable, Protocol
+from collections.abc import Callable, Hashable, Iterable
+from typing import Protocol
 
 REREAD_SECONDS = 15.0  # a Job whose Events said nothing (yet) is read again after this long
 READS_PER_RECONCILE = 10  # bounded: a stage of a thousand cells that cannot be created

@@ -136,8 +136,12 @@ def _wait(seen: Observed, spec: LadderSpec, job: JobSummary, pods: list[PodSumma
     if cell is None:
         return None
     if not pods and not job.active and not job.finished and not job.suspended and job.uid not in ctx.failed_create \
-            and job.created_at is not None and now - job.created_at >= READ_EVENTS_AFTER_SECONDS:
-        seen.read_events.append(job)
+            and job.created_at is not None:
+        age = now - job.created_at
+        if age >= READ_EVENTS_AFTER_SECONDS:
+            seen.read_events.append(job)
+        else:  # read its Events before the wait is named, so it is named with its cause
+            seen.look_again(READ_EVENTS_AFTER_SECONDS - age)
     w = cell_wait(cell, job, pods, now, ctx.failed_create.get(job.uid), ctx.unfit.get(cell.host_block))
     if w is None:
         return None

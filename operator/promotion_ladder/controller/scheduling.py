@@ -31,9 +31,10 @@ How long each stage of a cell's start took (`start_times`) feeds the latency his
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from ..core.cell import Cell, CellOutcome
 from ..core.contract import REASON_LIMIT
@@ -52,7 +53,7 @@ CAPACITY = "WaitingForCapacity"  # the condition's reason when every named cell 
 
 # "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match Pod's node affinity/selector.
 #  preemption: ..." (kube-scheduler's FitError). Only the part before "preemption:" is the fit.
-_FIT = re.compile(r"nodes are available: (?P<reasons>.*?)(?:\. preemption:|\.?$)", re.S)
+_FIT = re.compile(r"nodes are available: (?P<reasons>.*?)(?:\. preemption:|\.?$)", re.DOTALL)
 _SHORTAGE = re.compile(r"^(\d+ )?(Insufficient \S+|Too many pods)$")
 _OTHER_NODES = re.compile(r"^(\d+ )?node\(s\) didn't match Pod's node affinity/selector$")
 
@@ -83,7 +84,7 @@ class StartTimes:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def shortage_only(message: str) -> bool:
@@ -96,8 +97,14 @@ def shortage_only(message: str) -> bool:
     return bool(shortages) and all(_SHORTAGE.match(r) or _OTHER_NODES.match(r) for r in reasons)
 
 
-def cell_wait(cell: Cell, job: JobSummary, pods: Sequence[PodSummary], now: float,
-              failed_create: str | None = None, unfit: str | None = None) -> Wait | None:
+def cell_wait(
+    cell: Cell,
+    job: JobSummary,
+    pods: Sequence[PodSummary],
+    now: float,
+    failed_create: str | None = None,
+    unfit: str | None = None,
+) -> Wait | None:
     """Why a cell's Job has no running Pod, when it waits on something (None: it does not).
     `pods`: the Job's own Pods; `failed_create`: the message of its FailedCreate Event;
     `unfit`: why no empty node of the cell's host block could hold it."""
@@ -120,8 +127,14 @@ def cell_wait(cell: Cell, job: JobSummary, pods: Sequence[PodSummary], now: floa
             return Wait(cell, job, UNSCHEDULABLE, f"pod {p.name}: {message}", since, capacity)
         if p.waiting_reason in CANNOT_START_REASONS:
             since = p.bound_at or p.created_at or job.created_at
-            return Wait(cell, job, CANNOT_START, f"pod {p.name}: {p.waiting_reason}: {p.waiting_message}".rstrip(": "),
-                        since, False)
+            return Wait(
+                cell,
+                job,
+                CANNOT_START,
+                f"pod {p.name}: {p.waiting_reason}: {p.waiting_message}".rstrip(": "),
+                since,
+                False,
+            )
     return None
 
 
@@ -151,8 +164,9 @@ def next_notice(waits: Iterable[Wait], now: float, timeout_seconds: float | None
     return min(times) if times else None
 
 
-def waiting_condition(waits: Sequence[Wait], old: Sequence[dict[str, Any]], now: str,
-                      timeout: str) -> tuple[dict[str, Any] | None, tuple[str, str, str] | None]:
+def waiting_condition(
+    waits: Sequence[Wait], old: Sequence[dict[str, Any]], now: str, timeout: str
+) -> tuple[dict[str, Any] | None, tuple[str, str, str] | None]:
     """The CellsWaiting condition (None: the ladder never had one) and the Event that goes with
     it (None: nothing new to say). `waits`: the noticed waits, stalls first."""
     prev = next((c for c in old if c.get("type") == CELLS_WAITING), None)
@@ -164,10 +178,14 @@ def waiting_condition(waits: Sequence[Wait], old: Sequence[dict[str, Any]], now:
     reason = CAPACITY if first.capacity else first.cause
     shown = "; ".join(w.describe() for w in waits[:NAMED_CELLS])
     more = f"; and {len(waits) - NAMED_CELLS} more" if len(waits) > NAMED_CELLS else ""
-    policy = (" They wait while the cluster has no room for them." if first.capacity else
-              f" A cell that waits for anything but free capacity fails after schedulingTimeout ({timeout}).")
-    message = (f"{len(waits)} cell{'s' if len(waits) > 1 else ''} wait: {shown}{more}."[:MESSAGE_LIMIT - len(policy)]
-               + policy)
+    policy = (
+        " They wait their turn (capacity, a quota, the Job controller): no timeout applies."
+        if first.capacity
+        else f" A cell that waits for anything but free capacity fails after schedulingTimeout ({timeout})."
+    )
+    message = (
+        f"{len(waits)} cell{'s' if len(waits) > 1 else ''} wait: {shown}{more}."[: MESSAGE_LIMIT - len(policy)] + policy
+    )
     cond = _condition(True, reason, message, prev, now)
     said = prev is not None and prev.get("status") == "True" and prev.get("reason") == reason
     event = None if said else ("Normal" if first.capacity else "Warning", CELLS_WAITING, message)
@@ -177,19 +195,29 @@ def waiting_condition(waits: Sequence[Wait], old: Sequence[dict[str, Any]], now:
 def _condition(status: bool, reason: str, message: str, prev: dict[str, Any] | None, now: str) -> dict[str, Any]:
     s = "True" if status else "False"
     since = (prev or {}).get("lastTransitionTime") if (prev or {}).get("status") == s else None
-    return {"type": CELLS_WAITING, "status": s, "reason": reason, "message": message[:MESSAGE_LIMIT],
-            "lastTransitionTime": since or now}
+    return {
+        "type": CELLS_WAITING,
+        "status": s,
+        "reason": reason,
+        "message": message[:MESSAGE_LIMIT],
+        "lastTransitionTime": since or now,
+    }
 
 
 def start_times(job: JobSummary, pods: Sequence[PodSummary]) -> StartTimes | None:
     """How long the cell's first Pod took to be made, placed and started (None until it runs)."""
     if job.created_at is None:
         return None
-    started = sorted(((p.created_at or 0.0, p.name, p.created_at, p.bound_at, p.running_at) for p in pods
-                      if p.bound_at is not None and p.running_at is not None))
+    started = sorted(
+        (p.created_at or 0.0, p.name, p.created_at, p.bound_at, p.running_at)
+        for p in pods
+        if p.bound_at is not None and p.running_at is not None
+    )
     if not started:
         return None
     _, _, created, bound, running = started[0]  # the cell's first Pod that ran
-    return StartTimes(pod_created=None if created is None else max(0.0, created - job.created_at),
-                      scheduled=max(0.0, (bound or 0.0) - job.created_at),
-                      running=max(0.0, (running or 0.0) - (bound or 0.0)))
+    return StartTimes(
+        pod_created=None if created is None else max(0.0, created - job.created_at),
+        scheduled=max(0.0, (bound or 0.0) - job.created_at),
+        running=max(0.0, (running or 0.0) - (bound or 0.0)),
+    )
