@@ -133,6 +133,27 @@ def test_a_cell_that_cannot_start_is_named_within_the_bound(operator, kube, name
     assert kube.ladder("stall")["status"]["phase"] == "Running"  # the default timeout (15m) has not passed
 
 
+@pytest.mark.parametrize("gpus, says", [
+    (9, ["warning: spec.hostBlocks: trainer.gpus exceeds the allocatable of every node matching host block a100 "
+         "(nvidia.com/gpu: 9 requested, at most 4 on a node", "host block l40s"]),
+    (4, ["cluster: every host block has a node that can hold a cell"]),
+], ids=["gpus 9 on 4-GPU nodes", "gpus 4"])
+def test_validate_warns_when_no_node_could_hold_a_cell(local_cluster, tmp_path, capsys, gpus, says):
+    """Defect 2: `ladder validate` said nothing of trainer.gpus above every node's allocatable.
+    Where it can see the cluster it now warns (the file stays valid: a bigger node may come)."""
+    import yaml
+
+    from promotion_ladder.cli import main
+
+    doc = ladder("big", {"a": {"value": 1.0}}, [stage("only")])
+    doc["spec"]["trainer"]["gpus"] = gpus
+    path = tmp_path / "ladder.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(path), "--kubeconfig", str(local_cluster.kubeconfig)]) == 0
+    out = capsys.readouterr().out
+    assert all(s in out for s in says), out
+
+
 def test_a_stalled_cell_fails_after_the_scheduling_timeout(operator, kube):
     """Defect 2: a cell whose Pod can never be scheduled held its ladder Running for ever. With
     spec.schedulingTimeout it is failed with the reason once the wait lasted that long, and its

@@ -15,8 +15,9 @@ One reconcile, in order:
   4. create the missing Jobs (after the trainer RBAC of the namespace), a few at a time;
   5. report rejected results once each, read the Pods of Complete Jobs missing from the cache,
      end Pods stuck past their deadline, and update the metrics.
-ResultRejected, JobCreateFailed, ResultLost, CellStuck and ReconcileError Events announce nothing
-the status records, so they are posted outside the status writer, once per distinct cause.
+ResultRejected, JobCreateFailed, ResultLost, CellStuck, CellNotStarted and ReconcileError Events
+announce nothing the status records, so they are posted outside the status writer, once per
+distinct cause.
 
 Around it: only the holder of the leader Lease (lease.py) reconciles; SIGTERM stops new work at
 once (`stop_starting_work`); a reconcile that fails backs off (failures.py) with a condition and
