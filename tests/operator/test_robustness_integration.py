@@ -35,7 +35,9 @@ def test_complete_job_whose_pod_the_cache_lacks_is_not_failed(operator, kube):
     was judged `Failed: job completed without a valid result` (after a restart under load the
     cache lagged for thousands of Pods; a hostile pod could relabel a rival's Pod out of it).
     The operator now reads the Job's Pods directly (by the Job's own labels and owner
-    reference) before judging: the valid result counts, the relabelled Pod is still the cell's."""
+    reference) before judging, and never fails the cell for the missing Pod. Since issue 21 a
+    relabelled Pod is no cell's (its labels disagree with its Job: rejected as forged), so the
+    Job has lost its result: it is deleted and the cell runs again, with its true value."""
     from localcluster.waiting import wait_for
 
     cands = {"a": {"value": 1.2, "sleep": 1}, "b": {"value": 1.1, "sleep": 1}}
@@ -53,7 +55,9 @@ def test_complete_job_whose_pod_the_cache_lacks_is_not_failed(operator, kube):
     cells = {c["candidate"]: c for c in st["stages"][0]["cells"]}
     assert cells["b"]["state"] == "Succeeded" and cells["b"]["value"] == pytest.approx(1.101), cells["b"]
     assert st["stages"][0]["decision"]["promoted"] == ["b"]
-    assert len(kube.jobs("gap")) == 3  # nothing re-run
+    assert len(kube.jobs("gap")) == 3  # b's Job was re-created under its own name, nothing else re-run
+    assert any(pod.metadata.name in e.message and "forged" in e.message for e in kube.events("ResultRejected"))
+    assert any("relabelled or re-owned" in e.message for e in kube.events("ResultLost"))
 
 
 def test_a_trainer_token_can_change_only_its_own_pods_result(local_cluster, namespace):
