@@ -21,7 +21,7 @@ from ..core.rules import Decision
 from ..core.status import INVALID_SPEC, LadderStatus, conditions
 from ..core.step import Step, step, stop
 from .admission import Admission, admission_conditions
-from .intake import JobSummary, PodSummary, Rejection, cell_outcome, claims, foreign_pod_rejection
+from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
 from .jobs import build_job, cell_job_name
 from .occupancy import epoch, with_occupancy
 from .scheduling import (StartTimes, Wait, cell_wait, next_notice, noticed, start_times, timed_out,
@@ -81,11 +81,11 @@ class Observed:
 def _group(jobs: list[JobSummary], pods: list[PodSummary]) -> tuple[dict[str, list[PodSummary]], list[Rejection]]:
     """The Pods that claim each Job (by owner or by the Job controller's label; intake decides
     whether they are the Job's own), and rejections of result-carrying Pods that claim none."""
-    by_uid = {j.uid: j for j in jobs}
+    by_uid = {j.uid for j in jobs}
     by_job: dict[str, list[PodSummary]] = {}
     foreign: list[Rejection] = []
     for p in pods:
-        claimed = {u for u in (p.owner_uid, p.job_uid_label) if u in by_uid and claims(p, by_uid[u])}
+        claimed = {u for u in (p.owner_uid, p.job_uid_label) if u in by_uid}
         for u in claimed:
             by_job.setdefault(u, []).append(p)
         if not claimed and (r := foreign_pod_rejection(p)) is not None:
