@@ -42,7 +42,8 @@ from .admission import Admission, sample_jobs, unfit_blocks, unmatched_blocks
 from .expectations import CreateExpectations
 from .failures import RECONCILE_ERROR, error_message, retry_delay, with_error_condition
 from .informer import Cache, Informer
-from .intake import REJECTED_ANNOTATION, Rejection, disagreement, job_summary, pod_summary
+from .intake import (REJECTED_ANNOTATION, Rejection, disagreement, forged_pod_rejection, job_summary,
+                     pod_summary)
 from .jobevents import FailedCreateEvents
 from .jobs import LADDER_LABEL
 from .kubeapi import KubeApi, TrainerRbac, now_iso, retryable
@@ -411,8 +412,13 @@ class Controller:
         found_terminal = False
         for job in jobs:
             # Only the Job's own Pods: a relabelled or re-owned one is forged (intake.disagreement).
-            summaries = [p for p in map(pod_summary, self.api.pods_of_job(ns, job.name, job.uid))
-                         if disagreement(p, job) is None]
+            summaries = []
+            for pod in map(pod_summary, self.api.pods_of_job(ns, job.name, job.uid)):
+                why = disagreement(pod, job)
+                if why is None:
+                    summaries.append(pod)
+                else:
+                    self._reject(body, forged_pod_rejection(pod, job, why))
             if summaries:
                 self._looked_up.setdefault(key, {})[job.uid] = (time.monotonic() + LOOKUP_KEEP_SECONDS, summaries)
                 found_terminal = found_terminal or any(p.terminal for p in summaries)
