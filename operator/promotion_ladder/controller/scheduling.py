@@ -183,9 +183,8 @@ def waiting_condition(
         if first.capacity
         else f" A cell that waits for anything but free capacity fails after schedulingTimeout ({timeout})."
     )
-    message = (
-        f"{len(waits)} cell{'s' if len(waits) > 1 else ''} wait: {shown}{more}."[: MESSAGE_LIMIT - len(policy)] + policy
-    )
+    counted = f"{len(waits)} cells wait" if len(waits) > 1 else "1 cell waits"
+    message = f"{counted}: {shown}{more}."[: MESSAGE_LIMIT - len(policy)] + policy
     cond = _condition(True, reason, message, prev, now)
     said = prev is not None and prev.get("status") == "True" and prev.get("reason") == reason
     event = None if said else ("Normal" if first.capacity else "Warning", CELLS_WAITING, message)
