@@ -279,3 +279,46 @@ def test_unfit_host_block_is_a_stall_and_an_admission_warning():
     cond = next(c for c in r.status["conditions"] if c["type"] == CELLS_WAITING)
     assert cond["reason"] == "Unschedulable"
     assert {e[1] for e in r.events} == {"NoNodeFits", CELLS_WAITING}
+
+
+def test_cells_waiting_their_turn_are_said_in_words_that_do_not_change_with_them():
+    """A ladder larger than its cluster queues hundreds of cells: the condition says what they wait
+    for, not who, so it does not change (and rewrite the status) each time one starts."""
+    from promotion_ladder.controller.scheduling import waiting_condition
+
+    def waits(n, first_seed):
+        out = []
+        for i in range(n):
+            j = JobB(ladder_body(), Cell("s1", f"c{i % 4}", "a100", first_seed + i)).created(CREATED)
+            out.append(cell_wait(j.cell, j.summary(), [PodB(j).unschedulable(GPUS).summary()], T0 + 100))
+        return out
+
+    a, ev = waiting_condition(waits(12, 1), [], CREATED, "15m")
+    b, again = waiting_condition(waits(3, 50), [a], _at(60), "15m")
+    assert (
+        a["message"]
+        == b["message"]
+        == ("Cells wait their turn (free room on the nodes: Insufficient nvidia.com/gpu): no timeout applies.")
+    )
+    assert ev[0] == "Normal" and again is None and b["lastTransitionTime"] == a["lastTransitionTime"]
+
+
+def test_failed_create_events_are_listed_once_per_namespace_while_jobs_wait():
+    from promotion_ladder.controller.jobevents import REREAD_SECONDS, FailedCreateEvents
+
+    class Api:
+        def __init__(self):
+            self.calls, self.found = 0, {}
+
+        def failed_creates(self, namespace):
+            self.calls += 1
+            return dict(self.found)
+
+    now = [0.0]
+    events, api = FailedCreateEvents(clock=lambda: now[0]), Api()
+    assert events.read(api, "ns", ["j1", "j2"]) is False and api.calls == 1
+    api.found = {"j2": PRIORITY}
+    assert events.read(api, "ns", ["j1", "j2"]) is False and api.calls == 1  # read lately
+    now[0] = REREAD_SECONDS
+    assert events.read(api, "ns", ["j1", "j2"]) is True and api.calls == 2
+    assert events.messages("ns") == {"j2": PRIORITY} and events.messages("other") == {}

@@ -173,19 +173,22 @@ class KubeApi:
                      {k: str(v) for k, v in ((n.status.allocatable if n.status else None) or {}).items()})
                 for n in self.core.list_node().items]
 
-    def failed_create(self, namespace: str, job_uid: str) -> str | None:
-        """The message of the Job controller's latest FailedCreate Event on a Job (None: none)."""
+    def failed_creates(self, namespace: str) -> dict[str, str]:
+        """The message of the Job controller's latest FailedCreate Event of each Job in the
+        namespace that has one, by Job UID."""
         self._count("list_events")
         found = self.core.list_namespaced_event(
-            namespace, field_selector=f"involvedObject.uid={job_uid},reason=FailedCreate").items
-        if not found:
-            return None
+            namespace, field_selector="reason=FailedCreate,involvedObject.kind=Job").items
 
         def when(e: Any) -> float:
             t = e.last_timestamp or e.event_time or e.metadata.creation_timestamp
             return t.timestamp() if t is not None else 0.0
 
-        return max(found, key=when).message or "FailedCreate"
+        out: dict[str, str] = {}
+        for e in sorted(found, key=when):  # the latest wins
+            if e.involved_object is not None and e.involved_object.uid:
+                out[e.involved_object.uid] = e.message or "FailedCreate"
+        return out
 
     def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         """Merge annotations into a Pod (gone: nothing to do)."""

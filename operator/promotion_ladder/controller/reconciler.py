@@ -243,7 +243,6 @@ class Controller:
             self.metrics.forget(*key)
             self.status_writer.forget(key)
             self.expectations.forget(key)
-            self.job_events.forget(key)
             for d in (self._looked_up, self._wake_at, self._admitted, self._failures):
                 d.pop(key, None)
             return
@@ -268,7 +267,7 @@ class Controller:
             return  # being deleted: garbage collection removes its Jobs and Pods; nothing to say
         # 2. the pure reconcile
         r: Reconciled = reconcile(body, known, jobs, pods, creating, now_iso(), stuck_grace=self.stuck_grace,
-                                  admission=self._admission(key, body), failed_create=self.job_events.messages(key))
+                                  admission=self._admission(key, body), failed_create=self.job_events.messages(ns))
         # 3. status, then its Events: an operator killed after the write loses at most the
         # Events, never the decision; both come before the slow part (Job creation).
         written, retry_in = self.status_writer.write(key, body, known, r.status, r.events)
@@ -338,7 +337,7 @@ class Controller:
         """Cells that wait to start (scheduling.py): read why a Job has no Pod, delete the Jobs of
         cells failed for waiting too long, and put each cell's start times in the histograms."""
         ns, name = key
-        if r.read_events and self.job_events.read(self.api, key, ns, [j.uid for j in r.read_events]):
+        if r.read_events and self.job_events.read(self.api, ns, [j.uid for j in r.read_events]):
             self.queue.add_after(key, 0.05)
         for job in r.end_jobs:
             self.api.delete_job(ns, job.name, job.uid)

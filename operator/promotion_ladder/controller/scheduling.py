@@ -17,10 +17,10 @@ Some waits end by themselves, and a cell then simply waits its turn ("capacity")
   * a suspended Job (a queue such as Kueue holds it) does not wait here at all.
 
 The policy:
-  * every cell that has waited WAIT_NOTICE_SECONDS is named in the ladder's condition CellsWaiting
-    (True; reason: the cause of the first stalled cell, else of the first cell waiting for capacity),
-    with an Event when the condition turns True or its reason changes; a ladder whose cells waited
-    keeps the condition, False, once none does;
+  * every cell that has waited WAIT_NOTICE_SECONDS is said in the ladder's condition CellsWaiting
+    (True; reason: the cause of the first stalled cell, which it names with the next ones, else
+    WaitingForCapacity, saying what the cells wait for), with an Event when the condition turns
+    True or its reason changes; a ladder whose cells waited keeps the condition, False, once none does;
   * a cell that waits for capacity waits as long as that takes (a ladder larger than its cluster
     queues); any other wait fails the cell once it has lasted `spec.schedulingTimeout` (default
     DEFAULT_SCHEDULING_TIMEOUT; "0s" never fails), and its Job is deleted so that a Pod placed
@@ -168,27 +168,46 @@ def waiting_condition(
     waits: Sequence[Wait], old: Sequence[dict[str, Any]], now: str, timeout: str
 ) -> tuple[dict[str, Any] | None, tuple[str, str, str] | None]:
     """The CellsWaiting condition (None: the ladder never had one) and the Event that goes with
-    it (None: nothing new to say). `waits`: the noticed waits, stalls first."""
+    it (None: nothing new to say). `waits`: the noticed waits, stalls first.
+
+    Stalled cells are named (the first NAMED_CELLS, the rest counted); cells that wait their turn
+    are only said to, by what they wait for: in a ladder larger than its cluster hundreds of
+    them come and go, and a message that changed with each would rewrite the status for nothing."""
     prev = next((c for c in old if c.get("type") == CELLS_WAITING), None)
     if not waits:
         if prev is None:
             return None, None
         return _condition(False, "NoneWaiting", "no cell waits", prev, now), None
-    first = waits[0]
-    reason = CAPACITY if first.capacity else first.cause
-    shown = "; ".join(w.describe() for w in waits[:NAMED_CELLS])
-    more = f"; and {len(waits) - NAMED_CELLS} more" if len(waits) > NAMED_CELLS else ""
-    policy = (
-        " They wait their turn (capacity, a quota, the Job controller): no timeout applies."
-        if first.capacity
-        else f" A cell that waits for anything but free capacity fails after schedulingTimeout ({timeout})."
-    )
-    counted = f"{len(waits)} cells wait" if len(waits) > 1 else "1 cell waits"
-    message = f"{counted}: {shown}{more}."[: MESSAGE_LIMIT - len(policy)] + policy
+    stalls = [w for w in waits if not w.capacity]
+    turns = sorted({_turn(w) for w in waits if w.capacity})
+    queued = f"Cells wait their turn ({'; '.join(turns)}): no timeout applies." if turns else ""
+    if stalls:
+        reason = stalls[0].cause
+        shown = "; ".join(w.describe() for w in stalls[:NAMED_CELLS])
+        more = f"; and {len(stalls) - NAMED_CELLS} more" if len(stalls) > NAMED_CELLS else ""
+        counted = f"{len(stalls)} cells wait" if len(stalls) > 1 else "1 cell waits"
+        policy = f" A cell that waits for anything but its turn fails after schedulingTimeout ({timeout})."
+        tail = policy + (f" {queued}" if queued else "")
+        message = f"{counted}: {shown}{more}."[: MESSAGE_LIMIT - len(tail)] + tail
+    else:
+        reason, message = CAPACITY, queued
     cond = _condition(True, reason, message, prev, now)
     said = prev is not None and prev.get("status") == "True" and prev.get("reason") == reason
-    event = None if said else ("Normal" if first.capacity else "Warning", CELLS_WAITING, message)
+    event = None if said else ("Warning" if stalls else "Normal", CELLS_WAITING, message)
     return cond, event
+
+
+_TURNS = {UNSCHEDULABLE: "free room on the nodes", NO_POD_YET: "the Job controller", FAILED_CREATE: "a ResourceQuota"}
+
+
+def _turn(w: Wait) -> str:
+    """What a cell waiting its turn waits for, in words that do not change while it waits."""
+    if w.cause == UNSCHEDULABLE:
+        m = _FIT.search(w.message)
+        matches = [_SHORTAGE.match(r.strip()) for r in (m.group("reasons").split(", ") if m else [])]
+        short = sorted({x.group(2) for x in matches if x is not None})
+        return _TURNS[UNSCHEDULABLE] + (f": {', '.join(short)}" if short else "")
+    return _TURNS.get(w.cause, w.cause)
 
 
 def _condition(status: bool, reason: str, message: str, prev: dict[str, Any] | None, now: str) -> dict[str, Any]:
