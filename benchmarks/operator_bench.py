@@ -24,7 +24,7 @@ Restart under load (issue 12, defect 1):
 
 One ladder: s1 (every candidate x a100,l40s x seeds 1,2, top N/10) -> s2 (top N/100, at least 1)
 -> s3, each stage 2 host blocks x 2 seeds. Once every s1 Job exists the operator is killed
-(SIGKILL), and started again once --down-until (90%) of them completed meanwhile. Prints: seconds to /readyz after the restart, the reconcile gap
+(SIGKILL), and started again once --down-until (90%) of them completed meanwhile. Prints: seconds to /healthz after the restart, the reconcile gap
 (restart to the first status write of the new operator, and the longest pause between status
 writes after it), the restarted operator's peak RSS, and results lost (cells recorded Failed:
 the stub never fails, so anything above 0 is a lost result).
@@ -197,7 +197,7 @@ def start_operator(cluster: LocalCluster, d: Path, n: int) -> tuple[subprocess.P
 
 def ready(port: int) -> bool:
     try:
-        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200
     except OSError:
         return False
 
@@ -332,7 +332,7 @@ def main() -> int:
                                "--metrics-port", str(mport), "--health-port", str(hport)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                               env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
-        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{hport}/readyz", timeout=2).status == 200,
+        wait_for(lambda: ready(hport),
                  timeout=60, what="operator ready")
         rec = Recorder(api)
         rec.start()

@@ -45,7 +45,7 @@ def main() -> None:
     spec = ladder(n)
     rnd = random.Random(1)
     skill = {c.name: rnd.gauss(1.2, 0.05) for c in spec.candidates}
-    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", skill[c] + rnd.gauss(0, 0.02), 60.0)
+    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", skill[c] + rnd.gauss(0, 0.02), train_seconds=60.0)
                 for st in spec.stages for c in skill for hb, s in st.cells()}
     t = time.perf_counter()
     status, p = simulate(spec, recorded)

@@ -8,7 +8,7 @@
 #   LADDER_E2E=kind pytest tests/e2e   # the same, driven by pytest (tests/e2e/test_kind.py)
 #
 # Needs Docker (running), kind >= 0.22 (its default node image is Kubernetes >= 1.29; the chart
-# wants >= 1.28), kubectl >= 1.28 and helm >= 3.12 on PATH, and ~10 GB
+# wants >= 1.28), kubectl >= 1.28, helm >= 3.12 and python3 (the checks) on PATH, and ~10 GB
 # of disk for the trainer image. Nothing else: it runs unchanged on a laptop or a CI runner.
 #
 # The images are built and loaded under the names the chart and the example already use
@@ -58,8 +58,8 @@ die() { printf 'kind-e2e: %s\n' "$*" >&2; exit 1; }
 
 preflight() {
   local t
-  for t in docker kind kubectl helm; do
-    command -v "$t" >/dev/null || die "$t not found on PATH (needs docker, kind, kubectl, helm)"
+  for t in docker kind kubectl helm python3; do
+    command -v "$t" >/dev/null || die "$t not found on PATH (needs docker, kind, kubectl, helm, python3)"
   done
   docker info >/dev/null 2>&1 || die "docker is installed but its daemon does not answer (docker info)"
   [ -n "${SKIP_BUILD:-}" ] || [ -f "$TRAINER_DOCKERFILE" ] \
@@ -147,23 +147,11 @@ run_ladder() {
   say "ladder $name Succeeded"
   kubectl -n "$LADDER_NS" get promotionladders
 
-  # Every cell's pod ran on a node of its host block.
-  local pod block node node_block bad=0
-  while read -r pod block node; do
-    node_block=$(kubectl get node "$node" -o "jsonpath={.metadata.labels.ladder\.promotion\.dev/host-block}")
-    if [ "$node_block" != "$block" ]; then echo "pod $pod of host block $block ran on $node ($node_block)"; bad=1; fi
-  done < <(kubectl -n "$LADDER_NS" get pods -l "ladder.promotion.dev/ladder=$name" \
-             -o 'jsonpath={range .items[*]}{.metadata.name} {.metadata.labels.ladder\.promotion\.dev/host-block} {.spec.nodeName}{"\n"}{end}')
-  [ "$bad" = 0 ] || die "cells ran outside their host blocks"
-  [ -n "$(kubectl -n "$LADDER_NS" get pods -l "ladder.promotion.dev/ladder=$name" -o name)" ] \
-    || die "no pods of $name left to check host blocks against"
-
-  # The operator's /metrics, through the API server's service proxy (no port-forward).
-  local metrics
-  metrics=$(kubectl get --raw "/api/v1/namespaces/$SYSTEM_NS/services/http:$RELEASE-promotion-ladder-metrics:8080/proxy/metrics")
-  grep -m3 -E "^ladder_gpu_seconds_total\{.*ladder=\"$name\"" <<<"$metrics" || true
-  grep -qE "^ladder_gpu_seconds_total\{.*ladder=\"$name\"" <<<"$metrics" || die "/metrics has no ladder_gpu_seconds_total for $name"
-  say "ok: $name Succeeded, every cell on its host block, GPU-seconds on /metrics"
+  # The checks the real-node tests run too (tests/e2e/checks.py: one list for both flows):
+  # host blocks, containers, results through the kubelet, /metrics, columns, operator, RBAC.
+  python3 tests/e2e/checks.py --namespace "$LADDER_NS" --ladder "$name" --system-namespace "$SYSTEM_NS" \
+    --release "$RELEASE" || die "end-to-end checks failed for $name"
+  say "ok: $name Succeeded and passed the end-to-end checks"
 }
 
 down() {

@@ -8,9 +8,32 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 venv=$(bash scripts/bootstrap.sh)
-# The Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler), helm and
-# prometheus/promtool (tests/monitoring), built once from Go modules into the cache; seconds
-# when cached.
+# Real nodes (tests marked real_nodes; docs/localcluster.md "Real nodes"): containerd, runc and
+# the CNI plugins run them, docker.io builds the images from the Dockerfiles, debootstrap makes
+# their base, busybox-static the pod sandbox image. Debian packages; CI installs them.
+real_node_packages="containerd runc containernetworking-plugins iptables docker.io debootstrap busybox-static"
+if [ -n "${CI:-}" ] && ! dpkg -s $real_node_packages >/dev/null 2>&1; then
+  echo "test.sh: installing Debian's $real_node_packages for the real-node tests" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+     $real_node_packages >/dev/null) \
+    || echo "test.sh: could not install $real_node_packages; the real-node tests will fail under CI" >&2
+fi
+# The operator and trainer images (tests marked real_nodes), built from the Dockerfiles into the
+# cache in the background, beside the Go builds below and the tests that need no image (the
+# image build mostly waits on disk and the package registries; the real-node tests run last and
+# wait for it through the build's lock). Seconds when cached. If it fails, the real-node
+# fixtures try again and name what is missing.
+images_log=${LADDER_CACHE:-$HOME/.cache/promotion-ladder}/images-build.log
+images_pid=
+if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null && command -v debootstrap >/dev/null; then
+  mkdir -p "$(dirname "$images_log")"
+  PYTHONPATH=cluster "$venv/bin/python" -m localcluster images > "$images_log" 2>&1 &
+  images_pid=$!
+fi
+# The Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler), helm,
+# prometheus/promtool (tests/monitoring), Kueue (tests/integration/test_kueue.py), and the real
+# nodes' kubelet, kube-proxy, kubectl and CoreDNS, built once from Go modules into the cache;
+# seconds when cached.
 bash cluster/build.sh
 # Headless Chromium for the report's browser test (Debian package; CI installs it).
 if [ -n "${CI:-}" ] && ! command -v chromium >/dev/null 2>&1; then
@@ -22,6 +45,10 @@ fi
 set +e
 "$venv/bin/python" -m pytest "$@"
 rc=$?
+if [ -n "$images_pid" ] && ! wait "$images_pid"; then
+  echo "test.sh: the background image build failed (log $images_log):" >&2
+  tail -20 "$images_log" >&2
+fi
 set -e
 if [ "$rc" -eq 5 ]; then
   echo "test.sh: pytest collected no tests (exit 5) with arguments: $*" >&2

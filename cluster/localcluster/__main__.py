@@ -1,16 +1,26 @@
-"""python -m localcluster up|down|agent|prometheus: run the local control plane (and simulated nodes) by hand.
+"""python -m localcluster up|down|agent|images|prometheus: run the local control plane (simulated or real nodes) by hand.
 
-  up    [--dir D] [--nodes SPEC] [--foreground]
+  up    [--dir D] [--nodes SPEC] [--kubelet] [--kueue] [--foreground]
         Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and (unless
         --nodes none) the node agent, detached; prints the kubeconfig path. SPEC is
         'default' (a100-0, a100-1, l40s-0; 4 GPUs each), 'none', or KIND=COUNT[:GPUS],...
-        with KIND in a100, h100, l40s. With --foreground it stays attached and stops
+        with KIND in a100, h100, l40s. With --kubelet the nodes are real: a containerd and a
+        kubelet each, kube-proxy and CoreDNS, in the cluster's own network namespace
+        (needs root, Debian's containerd, runc and containernetworking-plugins, and
+        `cluster/build.sh node coredns`). --kueue also installs and runs Kueue (built by
+        `cluster/build.sh kueue`). With --foreground it stays attached and stops
         everything on Ctrl-C.
   down  [--dir D] [--keep]
         Stops everything `up` started in D (default: the last `up`), and removes D when
         `up` created it as a temporary directory (unless --keep).
   agent --kubeconfig K --dir D [--nodes SPEC]
         Runs only the node agent in the foreground (what `up` starts in the background).
+  images [--dir D]
+        Builds the operator and trainer images from Dockerfile.operator and
+        Dockerfile.trainer on bases made here (cached; rebuilt when the Dockerfiles or the
+        package change), loads them into the real nodes of the cluster in D (default: the
+        last `up`, if it has real nodes; nodes started later get them from the image store),
+        and prints the two image references, one per line.
   prometheus [--target HOST:PORT]... [--port P] [--dir D] [--scrape-interval I]
         Runs Prometheus (built by `cluster/build.sh prometheus`) in the foreground on
         127.0.0.1:P (default 9090), scraping each target's /metrics (default
@@ -55,8 +65,14 @@ def cmd_up(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     t0 = time.monotonic()
+    if args.kubelet and (reason := binaries.real_nodes_missing_reason()):
+        print(f"localcluster: {reason}", file=sys.stderr)
+        return 2
+    if args.kubelet and not args.foreground:
+        return _up_real_detached(directory, nodes, created, t0, with_kueue=args.kueue)
     if args.foreground:
-        cluster = LocalCluster.start(directory, nodes, die_with_parent=True)
+        cluster = LocalCluster.start(directory, nodes, die_with_parent=True, real=args.kubelet)
+        kueue = _start_kueue(cluster.control_plane, True) if args.kueue else None
         _print_up(cluster.control_plane, directory, time.monotonic() - t0, foreground=True)
         stop = threading.Event()
         # Explicit handlers: a shell starts background jobs with SIGINT ignored.
@@ -64,6 +80,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         while not stop.wait(1.0):
             pass
+        if kueue is not None:
+            kueue.stop()
         cluster.stop()
         if created:
             import shutil
@@ -86,10 +104,47 @@ def cmd_up(args: argparse.Namespace) -> int:
             _stop_state(state)
             print(f"localcluster: node agent failed: {exc}", file=sys.stderr)
             return 1
+    if args.kueue:
+        try:
+            state["components"]["kueue"] = _start_kueue(cp, False).state()
+        except Exception as exc:  # noqa: BLE001 - said in one line; what started is stopped
+            _stop_state(state)
+            print(f"localcluster: kueue failed: {exc}", file=sys.stderr)
+            return 1
     (directory / "state.json").write_text(json.dumps(state, indent=2))
     _last_file().parent.mkdir(parents=True, exist_ok=True)
     _last_file().write_text(str(directory))
     _print_up(cp, directory, time.monotonic() - t0)
+    return 0
+
+
+def _up_real_detached(directory: Path, nodes: list, created: bool, t0: float, with_kueue: bool = False) -> int:
+    """`up --kubelet`: real nodes that outlive this command; state.json tells `down` what to stop."""
+    from .cluster import LocalCluster
+
+    if not nodes:
+        print("localcluster: --kubelet needs nodes (--nodes none leaves nothing to run them)", file=sys.stderr)
+        return 2
+    try:
+        cluster = LocalCluster.start(directory, nodes, die_with_parent=False, real=True)
+    except Exception as exc:  # noqa: BLE001 - one line, the logs say the rest
+        print(f"localcluster: real nodes failed: {exc}", file=sys.stderr)
+        return 1
+    assert cluster.real is not None
+    state = cluster.control_plane.state()
+    state["created_dir"] = created
+    state["real_nodes"] = cluster.real.state()
+    if with_kueue:
+        try:
+            state["components"]["kueue"] = _start_kueue(cluster.control_plane, False).state()
+        except Exception as exc:  # noqa: BLE001 - said in one line; what started is stopped
+            _stop_state(state)
+            print(f"localcluster: kueue failed: {exc}", file=sys.stderr)
+            return 1
+    (directory / "state.json").write_text(json.dumps(state, indent=2))
+    _last_file().parent.mkdir(parents=True, exist_ok=True)
+    _last_file().write_text(str(directory))
+    _print_up(cluster.control_plane, directory, time.monotonic() - t0)
     return 0
 
 
@@ -109,6 +164,14 @@ def _wait_nodes(kubeconfig: Path, names: list[str], proc: subprocess.Popen, agen
     raise RuntimeError(f"nodes {names} not Ready after 60s; see {agent_log}")
 
 
+def _start_kueue(cp, die_with_parent: bool):
+    from .kueue import LocalKueue
+
+    kueue = LocalKueue(cp, die_with_parent=die_with_parent).start()
+    print(f"localcluster: kueue up: webhooks on {kueue.webhook_url} (log: {kueue.log_path})")
+    return kueue
+
+
 def _print_up(cp, directory: Path, seconds: float, foreground: bool = False) -> None:
     print(f"localcluster: up in {seconds:.0f}s: {cp.server} (logs: {directory / 'logs'}, pod logs: {directory / 'nodes' / 'logs'})")
     print(f"export KUBECONFIG={cp.kubeconfig}")
@@ -116,15 +179,22 @@ def _print_up(cp, directory: Path, seconds: float, foreground: bool = False) -> 
 
 
 def _alive(state: dict) -> bool:
-    return any(group_alive(c["pid"]) for c in state.get("components", {}).values())
+    pids = [c["pid"] for c in state.get("components", {}).values()]
+    pids += list(state.get("real_nodes", {}).get("pids", {}).values())
+    return any(group_alive(pid) for pid in pids)
 
 
 def _stop_state(state: dict) -> None:
     comps = state.get("components", {})
-    # Agent first (it kills its pods), then the control plane in reverse start order.
-    for name in ["node-agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]:
+    # Agent first (it kills its pods), then the control plane in reverse start order; real
+    # nodes are emptied once nothing can recreate or place pods, before the apiserver stops.
+    for name in ["kueue", "node-agent", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]:
+        if name == "kube-apiserver" and "real_nodes" in state:
+            from .realnodes import teardown
+
+            teardown(state["real_nodes"], Path(state["kubeconfig"]))
         if name in comps:
-            stop_group(comps[name]["pid"], grace=10.0 if name == "node-agent" else 5.0)
+            stop_group(comps[name]["pid"], grace=10.0 if name in ("node-agent", "kueue") else 5.0)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -159,6 +229,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_images(args: argparse.Namespace) -> int:
+    from .images import main_images
+
+    directory = Path(args.dir) if args.dir else (Path(_last_file().read_text()) if _last_file().exists() else None)
+    if directory is not None and "real_nodes" not in _read_state(directory):
+        directory = None  # simulated nodes ignore images
+    return main_images(directory)
+
+
+def _read_state(directory: Path) -> dict:
+    path = directory / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def cmd_prometheus(args: argparse.Namespace) -> int:
     from .prometheus import serve
 
@@ -177,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start a local cluster")
     up.add_argument("--dir", help="cluster directory (default: a new temporary directory)")
     up.add_argument("--nodes", default="default", help="default | none | KIND=COUNT[:GPUS],... (default: default)")
+    up.add_argument("--kubelet", action="store_true",
+                    help="real nodes: containerd + kubelet per node, kube-proxy, CoreDNS (needs root)")
+    up.add_argument("--kueue", action="store_true", help="also run Kueue (cluster/build.sh kueue)")
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops everything")
     down = sub.add_parser("down", help="stop a local cluster")
     down.add_argument("--dir", help="cluster directory (default: the last `up`)")
@@ -185,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     agent.add_argument("--kubeconfig", required=True)
     agent.add_argument("--dir", required=True)
     agent.add_argument("--nodes", default="default")
+    imgs = sub.add_parser("images", help="build the operator and trainer images and load them into real nodes")
+    imgs.add_argument("--dir", help="cluster directory whose real nodes get the images (default: the last `up`)")
     prom = sub.add_parser("prometheus", help="run Prometheus scraping the operator's /metrics")
     prom.add_argument("--target", action="append", help="HOST:PORT to scrape (repeatable; default 127.0.0.1:8080)")
     prom.add_argument("--port", type=int, default=9090, help="listen on 127.0.0.1:PORT (default 9090)")
@@ -197,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up" and reason:
         print(f"localcluster: {reason}", file=sys.stderr)
         return 2
-    return {"up": cmd_up, "down": cmd_down, "agent": cmd_agent, "prometheus": cmd_prometheus}[args.command](args)
+    if args.command == "up" and args.kueue and binaries.kueue_missing_reason():
+        print(f"localcluster: {binaries.kueue_missing_reason()}", file=sys.stderr)
+        return 2
+    commands = {"up": cmd_up, "down": cmd_down, "agent": cmd_agent, "images": cmd_images, "prometheus": cmd_prometheus}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

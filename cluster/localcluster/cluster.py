@@ -1,4 +1,5 @@
-"""A control plane plus an in-process node agent: what the pytest fixture hands to tests."""
+"""A control plane plus its nodes (the in-process simulated agent, or real kubelets): what the
+pytest fixtures hand to tests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Iterable
 from kubernetes import client, config
 
 from .controlplane import ControlPlane
+from .netns import ClusterNetwork
 from .nodeagent import NodeAgent, NodeSpec
+from .realnodes import RealNodes
 from .waiting import wait_for
 
 log = logging.getLogger("localcluster")
@@ -23,12 +26,14 @@ class LocalCluster:
 
     kubeconfig: admin kubeconfig path (system:masters); server: the apiserver URL;
     dir: the cluster directory (logs/ for components, nodes/ for the agent);
-    agent: the NodeAgent (None with no nodes); nodes: the NodeSpecs it serves.
+    agent: the NodeAgent (None with no simulated nodes); nodes: the NodeSpecs it serves;
+    real: the real nodes (kubelets, containerd, kube-proxy, CoreDNS) when started with real=True.
     """
 
     control_plane: ControlPlane
     agent: NodeAgent | None
     nodes: list[NodeSpec] = field(default_factory=list)
+    real: RealNodes | None = None
 
     @property
     def kubeconfig(self) -> Path:
@@ -56,23 +61,44 @@ class LocalCluster:
     def stop(self) -> None:
         if self.agent is not None:
             self.agent.stop()
+        if self.real is not None:
+            # Nothing may recreate or place pods while the nodes are emptied.
+            self.control_plane.stop_controllers()
+            self.real.stop()
         self.control_plane.stop()
 
     @classmethod
     def start(cls, dir: Path, nodes: Iterable[NodeSpec], *, die_with_parent: bool = True,
-              timeout: float = 120.0) -> "LocalCluster":
+              timeout: float = 120.0, real: bool = False) -> "LocalCluster":
+        """Simulated nodes by default; real=True runs a kubelet and a containerd per node in the
+        cluster's own network namespace (localcluster.realnodes)."""
         t0 = time.monotonic()
-        cp = ControlPlane(dir=Path(dir), die_with_parent=die_with_parent).start(timeout=timeout)
         nodes = list(nodes)
-        agent = None
+        network = ClusterNetwork.create() if real else None
         try:
-            if nodes:
+            cp = ControlPlane(dir=Path(dir), die_with_parent=die_with_parent,
+                              address=network.host_ip if network else "127.0.0.1").start(timeout=timeout)
+        except BaseException:
+            if network is not None:
+                network.delete()
+            raise
+        agent, real_nodes = None, None
+        try:
+            if network is not None:
+                real_nodes = RealNodes(cp, network, nodes, cp.dir / "nodes", die_with_parent=die_with_parent)
+                real_nodes.start(timeout=timeout)
+            elif nodes:
                 agent = NodeAgent(cp.kubeconfig, nodes, cp.dir / "nodes", die_with_parent=die_with_parent).start()
-            cluster = cls(cp, agent, nodes)
+            cluster = cls(cp, agent, nodes, real_nodes)
             cluster.wait_ready(timeout=timeout)
         except BaseException:
             if agent is not None:
                 agent.stop()
+            if real_nodes is not None:
+                cp.stop_controllers()
+                real_nodes.stop()
+            elif network is not None:
+                network.delete()
             cp.stop()
             raise
         log.info("local cluster ready in %.1fs", time.monotonic() - t0)

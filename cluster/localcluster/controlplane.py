@@ -63,6 +63,10 @@ class ControlPlane:
 
     die_with_parent: children get SIGKILL when the calling thread dies (pytest); `up` turns it
     off so the cluster outlives the command.
+    address: where the apiserver listens and what it advertises; 127.0.0.1 for simulated nodes,
+    the host end of the cluster network for real ones (localcluster.netns), which also turns on
+    what real kubelets need: the Node authorizer, the `kubernetes` Service's endpoint, and a
+    client certificate for the apiserver's calls to kubelets (logs).
     """
 
     dir: Path
@@ -71,10 +75,15 @@ class ControlPlane:
     ports: dict[str, int] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    address: str = "127.0.0.1"
+
+    @property
+    def real_nodes(self) -> bool:
+        return self.address != "127.0.0.1"
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.address}:{self.ports['apiserver']}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -120,6 +129,21 @@ class ControlPlane:
             stop_group(c.proc.pid, grace=5.0, proc=c.proc)
         self.components.clear()
 
+    def stop_controllers(self) -> None:
+        """Stops the controller manager and the scheduler only: then nothing recreates or places
+        pods, so real nodes can be emptied before they stop."""
+        for c in [c for c in self.components if c.name in ("kube-controller-manager", "kube-scheduler")]:
+            stop_group(c.proc.pid, grace=5.0, proc=c.proc)
+            self.components.remove(c)
+
+    def client_kubeconfig(self, name: str, subject: str) -> Path:
+        """A kubeconfig for a new client certificate (e.g. a kubelet's: /O=system:nodes/CN=system:node:<name>)."""
+        self._sign(name, subject)
+        pki = self.dir / "pki"
+        return write_kubeconfig(self.dir / f"{name}.kubeconfig", server=self.server, ca_file=pki / "ca.crt",
+                                user={"client-certificate-data": _b64(pki / f"{name}.crt"),
+                                      "client-key-data": _b64(pki / f"{name}.key")})
+
     def __enter__(self) -> "ControlPlane":
         return self.start()
 
@@ -154,8 +178,12 @@ class ControlPlane:
             "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         )
-        san = "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+        san = ("IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+               "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")
+        if self.real_nodes:
+            san += f",IP:{self.address}"
         self._sign("apiserver", "/CN=kube-apiserver", server=True, san=san)
+        self._sign("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
         self._sign("admin", "/O=system:masters/CN=localcluster-admin")
         self._sign("controller-manager", "/CN=system:kube-controller-manager")
         self._sign("scheduler", "/CN=system:kube-scheduler")
@@ -208,21 +236,33 @@ class ControlPlane:
 
     def _start_apiserver(self) -> None:
         pki = self.dir / "pki"
+        if self.real_nodes:
+            # Kubelets authenticate as system:node:<name> (the Node authorizer scopes them to their
+            # pods); the apiserver reaches them by InternalIP (the node names resolve nowhere)
+            # with its own client certificate; the `kubernetes` Service gets this address as
+            # its endpoint, so in-cluster config works from pods.
+            nodes = [
+                "--authorization-mode=Node,RBAC",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            ]
+        else:
+            # The "kubernetes" Service's endpoints would point at 127.0.0.1, which Endpoints
+            # validation rejects; nothing here routes service IPs anyway.
+            nodes = ["--authorization-mode=RBAC", "--endpoint-reconciler-type=none"]
         self._spawn("kube-apiserver", [
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}",
             f"--secure-port={self.ports['apiserver']}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
+            *nodes,
             f"--service-account-issuer={SA_ISSUER}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # The "kubernetes" Service's endpoints would point at 127.0.0.1, which Endpoints
-            # validation rejects; nothing here routes service IPs anyway.
-            "--endpoint-reconciler-type=none",
             "--profiling=false", "--v=1",
         ])
 

@@ -45,7 +45,6 @@ process, patching the pod's status as a kubelet does. The contract pods can rely
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import logging
 import os
 import queue
@@ -58,11 +57,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import urllib3
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+
+from promotion_ladder.controller.informer import ListWatch
+from promotion_ladder.core.clock import iso, iso_micro
 
 from .controlplane import write_kubeconfig
 from .expansion import expand
@@ -76,6 +78,7 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_RESOURCE = "nvidia.com/gpu"
 TERMINATION_LOG_ENV = "LADDER_TERMINATION_LOG"
 MAX_TERMINATION_MESSAGE = 4096
+START_ERROR_MESSAGE_LIMIT = 1024  # a pod's status.message when its container cannot start
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 10.0
 NOT_READY_TAINTS = {"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"}
@@ -138,14 +141,6 @@ def parse_nodes(spec: str) -> list[NodeSpec]:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _now_micro() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
 
 def _api_client(kubeconfig: Path) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(kubeconfig))
@@ -244,6 +239,7 @@ class NodeAgent:
         self._events: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pod_watch: ListWatch | None = None
 
     # --- public -----------------------------------------------------------------------------
 
@@ -266,7 +262,8 @@ class NodeAgent:
         api = _api_client(self.kubeconfig)
         for node in self.nodes:
             self._register(api, node)
-        for target, name in ((self._sync_loop, "sync"), (self._watch_loop, "watch"), (self._heartbeat_loop, "heartbeat")):
+        self._pod_watch = self._watch_pods()
+        for target, name in ((self._sync_loop, "sync"), (self._heartbeat_loop, "heartbeat")):
             t = threading.Thread(target=target, name=f"nodeagent-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -275,6 +272,8 @@ class NodeAgent:
 
     def stop(self, *, delete_nodes: bool = False) -> None:
         self._stop.set()
+        if self._pod_watch is not None:
+            self._pod_watch.stop()
         self._events.put(("stop",))
         for run in list(self._runs.values()):
             if run.proc is not None and run.proc.poll() is None:
@@ -320,7 +319,7 @@ class NodeAgent:
         self._renew_lease(api, node.name, current.metadata.uid)
 
     def _node_status(self, node: NodeSpec) -> dict:
-        now = _now()
+        now = iso()
 
         def cond(type_: str, status: str, reason: str, message: str) -> dict:
             return {"type": type_, "status": status, "reason": reason, "message": message,
@@ -342,7 +341,7 @@ class NodeAgent:
 
     def _renew_lease(self, api: client.ApiClient, node_name: str, node_uid: str | None = None) -> None:
         coord = client.CoordinationV1Api(api)
-        spec = {"holderIdentity": node_name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": _now_micro()}
+        spec = {"holderIdentity": node_name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": iso_micro()}
         try:
             coord.patch_namespaced_lease(node_name, "kube-node-lease", {"spec": spec})
         except ApiException as exc:
@@ -369,38 +368,25 @@ class NodeAgent:
 
     # --- watching pods -----------------------------------------------------------------------
 
-    def _watch_loop(self) -> None:
-        """List + watch pods bound to any node; only ours are queued for the sync loop."""
-        api = _api_client(self.kubeconfig)
-        core = client.CoreV1Api(api)
-        while not self._stop.is_set():
-            try:
-                listing = api.sanitize_for_serialization(core.list_pod_for_all_namespaces(field_selector="spec.nodeName!="))
-                seen = set()
-                for pod in listing.get("items", []):
-                    if _get(pod, "spec", "nodeName") in self._node_names:
-                        seen.add(pod["metadata"]["uid"])
-                        self._events.put(("pod", pod))
-                self._events.put(("resync", seen))
-                rv = listing["metadata"]["resourceVersion"]
-                w = watch.Watch()
-                for ev in w.stream(core.list_pod_for_all_namespaces, field_selector="spec.nodeName!=",
-                                   resource_version=rv, timeout_seconds=60):
-                    if self._stop.is_set():
-                        w.stop()
-                        break
-                    pod = api.sanitize_for_serialization(ev["object"])
-                    if _get(pod, "spec", "nodeName") not in self._node_names:
-                        continue
-                    self._events.put(("deleted" if ev["type"] == "DELETED" else "pod", pod))
-            except ApiException as exc:
-                if exc.status != 410:  # 410 Gone: resourceVersion too old; re-list
-                    log.warning("pod watch failed: %s; re-listing", exc)
-                    self._stop.wait(1.0)
-            except Exception as exc:  # noqa: BLE001 - connection drops during shutdown etc.
-                if not self._stop.is_set():
-                    log.warning("pod watch failed: %r; re-listing", exc)
-                    self._stop.wait(1.0)
+    def _watch_pods(self) -> ListWatch:
+        """List + watch the pods bound to any node (the operator's ListWatch: resumed after an
+        error, listed again on 410); only ours are queued for the sync loop."""
+
+        def listed(pods: Iterator[dict]) -> None:
+            seen = set()
+            for pod in pods:
+                if _get(pod, "spec", "nodeName") in self._node_names:
+                    seen.add(pod["metadata"]["uid"])
+                    self._events.put(("pod", pod))
+            self._events.put(("resync", seen))
+
+        def changed(type_: str, pod: dict) -> None:
+            if _get(pod, "spec", "nodeName") in self._node_names:
+                self._events.put(("deleted" if type_ == "DELETED" else "pod", pod))
+
+        core = client.CoreV1Api(_api_client(self.kubeconfig))
+        return ListWatch("pods", core.list_pod_for_all_namespaces, None, field_selector="spec.nodeName!=",
+                         on_list=listed, on_event=changed).start()
 
     # --- the sync loop: every spawn and status write happens on this one thread ---------------
 
@@ -479,9 +465,9 @@ class NodeAgent:
             run.finished = True
             run.log_path.parent.mkdir(parents=True, exist_ok=True)
             run.log_path.write_text(f"localcluster: cannot start container: {message}\n")
-            now = _now()
+            now = iso()
             self._patch_status(core, ns, name, {
-                "phase": "Failed", "reason": "StartError", "message": str(message)[:1024], "startTime": now,
+                "phase": "Failed", "reason": "StartError", "message": str(message)[:START_ERROR_MESSAGE_LIMIT], "startTime": now,
                 "hostIP": "127.0.0.1",
                 "containerStatuses": [self._container_status(run, {"terminated": {
                     "exitCode": 128, "reason": "StartError", "message": str(message)[:MAX_TERMINATION_MESSAGE],
@@ -501,12 +487,12 @@ class NodeAgent:
         if term.exists():
             term.unlink()
         with open(run.log_path, "ab") as f:
-            f.write(f"--- localcluster: starting {argv!r} on {run.node} (restart {run.restart_count}) at {_now()}\n".encode())
+            f.write(f"--- localcluster: starting {argv!r} on {run.node} (restart {run.restart_count}) at {iso()}\n".encode())
         try:
             run.proc = spawn(argv, log_path=run.log_path, env=env, cwd=run.scratch, die_with_parent=self.die_with_parent)
         except OSError as exc:
             raise PodStartError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
-        run.started_at = _now()
+        run.started_at = iso()
         proc, uid = run.proc, run.uid
         threading.Thread(target=lambda: self._events.put(("exited", uid, proc.wait())),
                          name=f"wait-{run.name}", daemon=True).start()
@@ -641,14 +627,14 @@ class NodeAgent:
                 "conditions": self._conditions(ready=False, reason="PodCompleted" if code == 0 else "PodFailed"),
                 "containerStatuses": [self._container_status(run, {"terminated": {
                     "exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                    "startedAt": run.started_at, "finishedAt": _now(),
+                    "startedAt": run.started_at, "finishedAt": iso(),
                     "containerID": f"localcluster://{run.proc.pid if run.proc else 0}"}})]})
             self._delete_now(core, run.namespace, run.name, uid)
             self._runs.pop(uid, None)
             shutil.rmtree(self._shm_dir(run), ignore_errors=True)
             return
         terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                      "startedAt": run.started_at, "finishedAt": _now(),
+                      "startedAt": run.started_at, "finishedAt": iso(),
                       "containerID": f"localcluster://{run.proc.pid if run.proc else 0}"}
         if returncode < 0:
             terminated["signal"] = -returncode
@@ -761,7 +747,7 @@ class NodeAgent:
 
     @staticmethod
     def _conditions(*, ready: bool, reason: str = "") -> list[dict]:
-        now = _now()
+        now = iso()
         extra = {} if ready else {"reason": reason}
         status = "True" if ready else "False"
         return [

@@ -37,6 +37,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             print(line)
     for line in _cluster_warnings(ladder, args):
         print(line)
+    if args.pod_security is not None:
+        return _pod_security(doc, spec, args.pod_security)
+    return 0
+
+
+def _pod_security(doc: dict, spec, level: str) -> int:
+    """Exit 1 naming each field that breaks the Pod Security Standard `level` in a cell's pod."""
+    from .controller.admission import pod_security_problems
+    from .controller.manifests import PLACEHOLDER_UID
+
+    body = {**doc, "metadata": {**doc.get("metadata", {}), "uid": PLACEHOLDER_UID}}  # the Jobs' owner reference
+    problems = pod_security_problems(level, body, spec)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    if problems:
+        print(f"the namespace's Pod Security Standard {level} would refuse this ladder's cell pods; "
+              f"set the fields above in spec.trainer.template (docs/operator.md, \"Pod security\")", file=sys.stderr)
+        return 1
+    print(f"cell pods meet the Pod Security Standard {level}")
     return 0
 
 
@@ -56,7 +75,8 @@ def _cluster_warnings(ladder, args: argparse.Namespace) -> list[str]:
         return []
     from kubernetes import client, config
 
-    from .controller.admission import Node, unfit_blocks
+    from .controller.admission import unfit_blocks
+    from .controller.kubeapi import Node
     from .controller.manifests import PLACEHOLDER_UID
 
     cfg = client.Configuration()
@@ -77,9 +97,30 @@ def _cluster_warnings(ladder, args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_manifests(args: argparse.Namespace) -> int:
+    if args.kueue:
+        return _kueue_manifests(args)
+    kueue_only = [o for o, v in (("--gpu-quota", args.gpu_quota), ("--cpu-quota", args.cpu_quota),
+                                 ("--memory-quota", args.memory_quota), ("--cluster-queue", args.cluster_queue),
+                                 ("--preemption", args.preemption)) if v]
+    if kueue_only:
+        raise FileError(f"{kueue_only[0]}: only with --kueue")
     from .controller.manifests import render
 
     sys.stdout.write(render(read_ladder(args.file), args.stage, args.namespace))
+    return 0
+
+
+def _kueue_manifests(args: argparse.Namespace) -> int:
+    from .controller.kueue_manifests import QueueOptions, parse_block_values, render
+
+    if args.stage:
+        raise FileError("--stage: not used with --kueue (the queue objects are the same for every stage)")
+    options = QueueOptions(
+        gpu_quota=parse_block_values(args.gpu_quota, "--gpu-quota"),
+        cpu_quota=parse_block_values(args.cpu_quota, "--cpu-quota"),
+        memory_quota=parse_block_values(args.memory_quota, "--memory-quota"),
+        cluster_queue=args.cluster_queue, namespace=args.namespace, preemption=args.preemption or "Never")
+    sys.stdout.write(render(read_ladder(args.file), options))
     return 0
 
 
@@ -189,12 +230,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: KUBECONFIG or ~/.kube/config when present)")
     s.add_argument("--context", help="kubeconfig context (with the cluster look)")
     s.add_argument("--offline", action="store_true", help="do not look at any cluster")
+    s.add_argument("--pod-security", choices=("baseline", "restricted"), default=None,
+                   help="also check the cell pods against this Pod Security Standard (the namespace's "
+                        "pod-security.kubernetes.io/enforce level); exit 1 naming each field that breaks it")
     s.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser("manifests", help="print the Jobs (and Services) the operator would create for a stage's cells (YAML, no cluster)")
     s.add_argument("file")
     s.add_argument("--stage", help="the stage (default: the first)")
     s.add_argument("--namespace", "-n", help="the namespace to show (default: the file's metadata.namespace, else none)")
+    k = s.add_argument_group("Kueue (docs/deploy.md, \"Quota-gated ladders\")")
+    k.add_argument("--kueue", action="store_true",
+                   help="print instead a ResourceFlavor per host block, a ClusterQueue and the LocalQueue spec.queueName")
+    k.add_argument("--gpu-quota", action="append", metavar="[HOSTBLOCK=]N",
+                   help="GPUs of quota per host block (repeatable; without HOSTBLOCK= for every block)")
+    k.add_argument("--cpu-quota", action="append", metavar="[HOSTBLOCK=]Q",
+                   help="cpu quota, when cells request cpu (default: what the cells that fit the GPU quota request)")
+    k.add_argument("--memory-quota", action="append", metavar="[HOSTBLOCK=]Q", help="memory quota, likewise")
+    k.add_argument("--cluster-queue", metavar="NAME", help="the ClusterQueue's name (default: spec.queueName)")
+    k.add_argument("--preemption", choices=["Never", "LowerPriority", "LowerOrNewerEqualPriority", "Any"],
+                   help="the ClusterQueue's withinClusterQueue preemption (default: Never, Kueue's default)")
     s.set_defaults(func=_cmd_manifests)
 
     s = sub.add_parser("crd", help="print the PromotionLadder CustomResourceDefinition (YAML)")

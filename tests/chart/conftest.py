@@ -49,11 +49,11 @@ def helm() -> str:
     return path
 
 
-def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess:
+def run_helm(helm: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     # A throwaway HELM_* home: no repositories, cache or plugins of the user's leak in.
     env = {**os.environ, "HELM_CACHE_HOME": "/tmp/ladder-helm/cache", "HELM_CONFIG_HOME": "/tmp/ladder-helm/config",
            "HELM_DATA_HOME": "/tmp/ladder-helm/data"}
-    return subprocess.run([helm, *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([helm, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def render(helm: str, *values_files: Path, set_values: dict[str, str] | None = None,

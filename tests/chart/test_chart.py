@@ -105,9 +105,13 @@ HARDENING = {
     "liveness on /healthz of the health port": (
         lambda d, p: (p["containers"][0]["livenessProbe"]["httpGet"]["path"],
                       p["containers"][0]["livenessProbe"]["httpGet"]["port"]), ("/healthz", "health")),
-    "readiness on /readyz of the health port": (
+    "readiness on /healthz of the health port": (
         lambda d, p: (p["containers"][0]["readinessProbe"]["httpGet"]["path"],
-                      p["containers"][0]["readinessProbe"]["httpGet"]["port"]), ("/readyz", "health")),
+                      p["containers"][0]["readinessProbe"]["httpGet"]["port"]), ("/healthz", "health")),
+    "a startup probe waits for the first listing": (
+        lambda d, p: (p["containers"][0]["startupProbe"]["httpGet"]["path"],
+                      p["containers"][0]["startupProbe"]["failureThreshold"] * p["containers"][0]["startupProbe"]["periodSeconds"] >= 300),
+        ("/healthz", True)),
     "requests and limits both set": (
         lambda d, p: sorted(k for k, v in p["containers"][0]["resources"].items() if v.get("cpu") and v.get("memory")),
         ["limits", "requests"]),

@@ -1,22 +1,17 @@
 """The chart's RBAC is exactly what the operator says it needs (controller/rbac.py): nothing
-missing (the operator would get 403s) and nothing extra (least privilege)."""
+missing (the operator would get 403s) and nothing extra (least privilege). The operator's rules
+are imported plainly: if that import breaks, every test here fails (it used to skip them all)."""
 
 from __future__ import annotations
 
 import re
 
-import pytest
 import yaml
+
+from promotion_ladder.controller import rbac
 
 from .conftest import CHART, FULL_VALUES, NAMESPACE, objects, one, render
 
-try:
-    from promotion_ladder.controller import rbac
-except ImportError as exc:  # the operator is another package's work; say so in one line
-    rbac = None
-    _why = f"operator RBAC data not importable (promotion_ladder.controller.rbac: {exc})"
-
-needs_rbac = pytest.mark.skipif(rbac is None, reason=_why if rbac is None else "")
 
 CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"), ("", "nodes")}
 
@@ -42,20 +37,17 @@ def _define(name: str) -> list[dict]:
 
 # --- without helm: the rule text in the templates -----------------------------------------
 
-@needs_rbac
 def test_template_rules_equal_the_operators_needs():
     granted = triples(_define("ladder.namespacedRules") + _define("ladder.clusterRules"))
     needed = triples(rbac.OPERATOR_RULES)
     assert granted == needed, _diff(granted, needed)
 
 
-@needs_rbac
 def test_cluster_rules_are_only_the_cluster_scoped_ones():
     assert {(g, r) for g, r, _ in triples(_define("ladder.clusterRules"))} == CLUSTER_SCOPED
     assert not {(g, r) for g, r, _ in triples(_define("ladder.namespacedRules"))} & CLUSTER_SCOPED
 
 
-@needs_rbac
 def test_trainer_role_template_equals_trainer_rules():
     text = (CHART / "templates" / "trainer-rbac.yaml").read_text()
     rules = yaml.safe_load(re.search(r"^rules:\n(.*?)^---", text, re.S | re.M).group(1))
@@ -65,7 +57,6 @@ def test_trainer_role_template_equals_trainer_rules():
 
 # --- rendered --------------------------------------------------------------------------------
 
-@needs_rbac
 def test_rendered_cluster_role_equals_needs_when_watching_all_namespaces(helm):
     docs = render(helm)
     granted = triples(one(docs, "ClusterRole")["rules"])
@@ -76,7 +67,6 @@ def test_rendered_cluster_role_equals_needs_when_watching_all_namespaces(helm):
                                     "namespace": NAMESPACE}]
 
 
-@needs_rbac
 def test_rendered_roles_cover_each_watched_namespace(helm):
     docs = render(helm, FULL_VALUES)
     cluster = triples(one(docs, "ClusterRole")["rules"])
@@ -90,7 +80,6 @@ def test_rendered_roles_cover_each_watched_namespace(helm):
         assert binding["roleRef"]["name"] == binding["metadata"]["name"]
 
 
-@needs_rbac
 def test_rendered_trainer_identity_equals_the_operators(helm):
     """The chart's trainer objects are the ones the operator would create itself."""
     docs = render(helm, FULL_VALUES)
@@ -105,7 +94,6 @@ def test_rendered_trainer_identity_equals_the_operators(helm):
                 assert got["roleRef"] == want[kind]["roleRef"] and got["subjects"] == want[kind]["subjects"]
 
 
-@needs_rbac
 def test_rendered_trainer_admission_policy_equals_the_operators(helm):
     """Issue 12, defect 2: the chart limits a trainer to its own Pod's result/progress
     annotations with the policy rbac.trainer_admission_policy() defines (labels aside)."""

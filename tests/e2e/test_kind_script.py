@@ -14,23 +14,63 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "kind-e2e.sh"
 
-# kubectl answers by the first argument pattern that matches the command line (a glob); the
-# phase answer comes from $PHASE so a case can make the ladder fail.
-STUB_KUBECTL = r'''#!/usr/bin/env bash
-echo "kubectl $*" >> "$CALLS"
-case "$*" in
-  "get nodes -l !node-role.kubernetes.io/control-plane -o name") printf 'node/e2e-worker2\nnode/e2e-worker\n' ;;
-  *"get promotionladder demo -o jsonpath={.status.phase}"*) echo -n "${PHASE:-Succeeded}" ;;
-  *"get promotionladder demo -o jsonpath={.status.conditions}"*) echo '[{"type":"Failed"}]' ;;
-  *"get pods -l ladder.promotion.dev/ladder=demo -o jsonpath="*)
-    printf 'demo-screen-a 'a100' e2e-worker\ndemo-screen-b l40s e2e-worker2\n' ;;
-  *"get pods -l ladder.promotion.dev/ladder=demo -o name"*) echo pod/demo-screen-a ;;
-  "get node e2e-worker -o jsonpath="*) echo -n "${WORKER_BLOCK:-a100}" ;;
-  "get node e2e-worker2 -o jsonpath="*) echo -n l40s ;;
-  "get --raw "*) echo 'ladder_gpu_seconds_total{namespace="ladder-e2e",ladder="demo",stage="screen",candidate="d2-w64",host_block="a100"} 0.01' ;;
-  "get namespace ladder-e2e") exit 1 ;;
-esac
-exit 0
+# kubectl answers like a healthy cluster that ran the demo ladder, in Python so the shared
+# checks (tests/e2e/checks.py) get JSON; $PHASE can make the ladder fail and $WORKER_BLOCK
+# relabel the a100 worker (a cell then ran off its host block).
+STUB_KUBECTL = r'''#!/usr/bin/env python3
+import json, os, sys
+args = sys.argv[1:]
+line = " ".join(args)
+with open(os.environ["CALLS"], "a") as fh:
+    fh.write("kubectl " + line + "\n")
+phase = os.environ.get("PHASE", "Succeeded")
+result = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult", "status": "ok", "value": 1.5}
+def pod(name, block, node):
+    labels = {"ladder.promotion.dev/ladder": "demo", "ladder.promotion.dev/stage": "screen",
+              "ladder.promotion.dev/candidate": "d2-w64", "ladder.promotion.dev/host-block": block}
+    return {"metadata": {"name": name, "labels": labels,
+                         "annotations": {"ladder.promotion.dev/result": json.dumps(result)}},
+            "spec": {"nodeName": node, "serviceAccountName": "ladder-trainer"},
+            "status": {"containerStatuses": [{"containerID": "containerd://abc", "ready": False, "state": {
+                "terminated": {"exitCode": 0, "message": json.dumps(result)}}}]}}
+ladder = {"spec": {"hostBlocks": [{"name": "pool-a", "nodeSelector": {"ladder.promotion.dev/host-block": "a100"}},
+                                  {"name": "pool-b", "nodeSelector": {"ladder.promotion.dev/host-block": "l40s"}}]},
+          "status": {"phase": phase, "stages": [{"name": "screen", "cells": [
+              {"candidate": "d2-w64", "hostBlock": "pool-a", "state": "Succeeded", "value": 1.5},
+              {"candidate": "d2-w64", "hostBlock": "pool-b", "state": "Succeeded", "value": 1.5}]}]}}
+operator = {"spec": {"serviceAccountName": "ladder-promotion-ladder", "containers": [{"securityContext": {
+    "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]},
+    "status": {"containerStatuses": [{"ready": True}]}}
+if line == "get nodes -l !node-role.kubernetes.io/control-plane -o name":
+    print("node/e2e-worker2\nnode/e2e-worker")
+elif "get promotionladder demo -o jsonpath={.status.phase}" in line:
+    sys.stdout.write(phase)
+elif "get promotionladder demo -o jsonpath={.status.conditions}" in line:
+    print('[{"type":"Failed"}]')
+elif line.startswith("get promotionladder demo -n ladder-e2e -o json"):
+    print(json.dumps(ladder))
+elif line == "get nodes -o json":
+    print(json.dumps({"items": [
+        {"metadata": {"name": "e2e-worker", "labels": {"ladder.promotion.dev/host-block": os.environ.get("WORKER_BLOCK", "a100")}}},
+        {"metadata": {"name": "e2e-worker2", "labels": {"ladder.promotion.dev/host-block": "l40s"}}}]}))
+elif line.startswith("get pods -n ladder-e2e -l ladder.promotion.dev/ladder=demo -o json"):
+    # pool-a/pool-b are the ladder's host block names; the pods carry them as labels
+    items = [pod("demo-screen-a", "pool-a", "e2e-worker"), pod("demo-screen-b", "pool-b", "e2e-worker2")]
+    print(json.dumps({"items": items}))
+elif line.startswith("get pods -n ladder-system -l app.kubernetes.io/component=operator -o json"):
+    print(json.dumps({"items": [operator]}))
+elif line.startswith("get --raw "):
+    print('ladder_gpu_seconds_total{namespace="ladder-e2e",ladder="demo",stage="screen",candidate="d2-w64",host_block="pool-a"} 0.01')
+    print('ladder_info{namespace="ladder-e2e",ladder="demo",phase="Succeeded",stage=""} 1')
+elif line == "get promotionladders -n ladder-e2e":
+    print("NAME   PHASE       STAGE   LEADER   GPU-HOURS   AGE")
+elif line.startswith("auth can-i"):
+    allowed = (args[2:4] == ["create", "jobs.batch"]
+               or (args[2:4] == ["patch", "promotionladders.ladder.promotion.dev"] and "--subresource=status" in args))
+    print("yes" if allowed else "no")
+    sys.exit(0 if allowed else 1)
+elif line == "get namespace ladder-e2e":
+    sys.exit(1)
 '''
 STUB_RECORDER = '#!/usr/bin/env bash\necho "$(basename "$0") $*" >> "$CALLS"\n{extra}\nexit 0\n'
 
@@ -85,7 +125,8 @@ def test_all_creates_fakes_gpus_installs_runs_checks_and_deletes(stubs):
     assert shlex.split(helm)[:5] == ["helm", "upgrade", "--install", "ladder", "charts/promotion-ladder"]
     assert "kubectl create namespace ladder-e2e" in joined
     assert "kubectl apply -n ladder-e2e -f examples/demo-ladder.yaml" in joined
-    assert "ok: demo Succeeded" in proc.stderr
+    assert "ok: demo Succeeded and passed the end-to-end checks" in proc.stderr
+    assert "8 passed, 0 failed" in proc.stdout  # tests/e2e/checks.py, every check of the shared list
 
 
 def test_failed_ladder_collects_diagnostics_and_fails(stubs):
@@ -98,7 +139,9 @@ def test_failed_ladder_collects_diagnostics_and_fails(stubs):
 
 def test_cell_off_its_host_block_fails(stubs):
     proc, _ = run_script(stubs, "run", WORKER_BLOCK="l40s")
-    assert proc.returncode == 1 and "outside their host blocks" in proc.stderr + proc.stdout
+    assert proc.returncode == 1 and "end-to-end checks failed for demo" in proc.stderr
+    assert "FAILED: cells on their host blocks as ladder-trainer: pod demo-screen-a of host block pool-a ran on " \
+           "e2e-worker" in proc.stdout
 
 
 def test_missing_tool_says_which(stubs):

@@ -240,7 +240,7 @@ def test_a_full_status_is_kept_as_written(ladders, namespace):
     doc = edit(ladder_doc(), "metadata.name", "full-status")
     spec = load_ladder(doc).spec
     values = {"c0": (1.0, 1.3), "c1": (1.1, 1.0), "c2": (1.2, 1.25), "c3": (1.4, 1.5)}
-    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", v[hb == "l40s"] + 0.01 * s, 60.0)
+    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", v[hb == "l40s"] + 0.01 * s, train_seconds=60.0)
                 for st in spec.stages for c, v in values.items() for hb, s in st.cells()}
     status = simulate(spec, recorded)[0].wire()
     assert status["stability"]["stages"] and status["stability"]["promotion"][0]["promotedShare"]

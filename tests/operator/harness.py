@@ -121,7 +121,8 @@ class Operator:
             [sys.executable, "-m", "promotion_ladder.cli", "operator", "-n", self.namespace,
              "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO), start_new_session=True)
-        wait_for(lambda: self.get("/readyz", self.health_port) == "ok\n", timeout=60, what="operator /readyz",
+        # Kopf's health endpoint answers once the startup handler is done: the caches are filled.
+        wait_for(lambda: self.health().get("workLoop") == "alive", timeout=60, what="operator /healthz",
                  describe=self.tail)
         return self
 
@@ -134,18 +135,29 @@ class Operator:
     def metrics(self) -> str:
         return self.get("/metrics")
 
+    def health(self) -> dict:
+        """Kopf's /healthz: the probes' results; {} while it does not answer yet."""
+        try:
+            return json.loads(self.get("/healthz", self.health_port))
+        except OSError:
+            return {}
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM, as a Deployment's rollout sends it; the exit code (None: it did not exit in
+        `timeout` seconds and was killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
 
     def tail(self, n: int = 40) -> str:
         try:

@@ -4,6 +4,7 @@
 
 The candidate config steers it (so tests can script faults per candidate):
   value: base metric (default 1.0); the reported val_bpb is value + 0.001 * seed
+  raw_value: any JSON written as the result's value, as it is (e.g. "0.25" or true: not numbers)
   sleep: seconds to "train" before reporting (default 0)
   sleep_first_try: seconds to hang on the candidate's first try only (a marker file in $TMPDIR's
               parent tells later tries), e.g. to leave a Pod running past its deadline
@@ -74,7 +75,8 @@ def main() -> int:
            "ladder": os.environ.get("LADDER_NAME"), "stage": os.environ.get("LADDER_STAGE"),
            "candidate": os.environ.get("LADDER_CANDIDATE"), "hostBlock": os.environ.get("LADDER_HOST_BLOCK"),
            "seed": int(os.environ.get("LADDER_SEED", a.seed)), "status": status, "metric": "val_bpb",
-           "value": round(float(cfg.get("value", 1.0)) + 0.001 * a.seed, 6) if status == "ok" else None,
+           "value": (cfg["raw_value"] if "raw_value" in cfg else round(float(cfg.get("value", 1.0)) + 0.001 * a.seed, 6))
+           if status == "ok" else None,
            "trainSeconds": float(cfg.get("train_seconds", round(time.monotonic() - t0, 3))), "message": "" if status == "ok" else f"stub exit {code}"}
     doc.update(cfg.get("claim") or {})
     text = json.dumps({k: v for k, v in doc.items() if v is not None}, separators=(",", ":"))

@@ -348,7 +348,7 @@ def test_gpu_hours_count_nodes_times_gpus(case):
 
     trainer_spec, per_cell = GPU_HOURS[case]
     spec = load_ladder(edit(ladder_doc(), "spec.trainer", trainer_spec)).spec
-    outcomes = {Cell("s1", "c0", h, 1).key: CellOutcome("succeeded", 1.0, 90.0) for h in ("a100", "l40s")}
+    outcomes = {Cell("s1", "c0", h, 1).key: CellOutcome("succeeded", 1.0, train_seconds=90.0) for h in ("a100", "l40s")}
     g = gpu_hours(spec, outcomes, {"s1": ["c0"]})
     assert g.total == pytest.approx(2 * 90 * per_cell / 3600)  # two 90 s cells
     # the counterfactual (straight to the final stage) counts the same GPUs per cell: 4 cells x 10 min

@@ -43,6 +43,18 @@ CASES = {
     "oom, no result": (4, None, "failed", "exit code 4 (out of memory)"),
     "bad config": (2, result_doc(CELL, None, status="error", message="unknown key"), "failed", "exit code 2"),
     "status error with exit 0": (0, result_doc(CELL, None, status="error", message="no data"), "failed", "error: no data"),
+    # The schema is strict (issue 21): a number is a JSON number, the seed an integer, the status
+    # one of the enum. Before, "1.25" counted as 1.25, true as 1, and seed true matched seed 1.
+    "value as a string": (0, result_doc(CELL, "1.25"), "failed", "value: Input should be a valid number"),
+    "value as a boolean": (0, result_doc(CELL, True), "failed", "value: Input should be a valid number"),
+    "seed as a boolean": (0, result_doc(CELL, 1.25, seed=True), "failed", "seed: Input should be a valid integer"),
+    "seed as a float": (0, result_doc(CELL, 1.25, seed=1.0), "failed", "seed: Input should be a valid integer"),
+    "trainSeconds as a string": (0, result_doc(CELL, 1.25, train_seconds="2.0"), "failed",
+                                 "trainSeconds: Input should be a valid number"),
+    "peakMemoryBytes as a boolean": (0, result_doc(CELL, 1.25, peakMemoryBytes=True), "failed",
+                                     "peakMemoryBytes: Input should be a valid integer"),
+    "status outside the enum": (0, result_doc(CELL, 1.25, status="done"), "failed",
+                                "status: Input should be 'ok', 'diverged', 'oom' or 'error'"),
 }
 
 # The fake trainer: writes $FAKE_RESULT (when set) to --result-file and exits with $FAKE_EXIT.

@@ -8,6 +8,7 @@ measures that scale, these tests the behaviour."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_a_relist_reports_what_changed_while_the_watch_was_down(kube, namespace)
         kube.core.create_namespaced_pod(namespace, pod(f"q{i}", "lad"))
     rec = Recorder()
     inf = Informer("pods", kube.core.list_namespaced_pod, namespace, LADDER_LABEL, pod_summary, rec)
-    inf._relist()  # as the thread's first step; no watch runs in this test
+    inf.source.list_once()  # as the thread's first step; no watch runs in this test
     assert inf.synced.is_set() and len(inf) == 4
     kube.core.delete_namespaced_pod("q0", namespace, grace_period_seconds=0)
     kube.core.patch_namespaced_pod("q1", namespace, {"metadata": {"labels": {LADDER_LABEL: None}}})
@@ -98,7 +99,7 @@ def test_a_relist_reports_what_changed_while_the_watch_was_down(kube, namespace)
     kube.core.patch_namespaced_pod("q3", namespace, {"metadata": {"labels": {LADDER_LABEL: "other"}}})
     kube.core.create_namespaced_pod(namespace, pod("q4", "lad"))
     wait_for(lambda: not [p for p in kube.pods("lad") if p.metadata.name == "q0"], timeout=30, what="q0 gone")
-    inf._relist()
+    inf.source.list_once()
     # q3 moved to another ladder: gone for "lad" (as the watch reports it), there for "other".
     assert sorted(rec.events) == [("ADDED", "q4", "lad"), ("DELETED", "q0", "lad"), ("DELETED", "q1", "lad"),
                                   ("DELETED", "q3", "lad"), ("MODIFIED", "q2", "lad"), ("MODIFIED", "q3", "other")]
@@ -131,3 +132,19 @@ def test_a_broken_watch_resumes_or_relists(fault, lists, kube, namespace, monkey
         assert failed and inf.lists == lists
     finally:
         inf.stop()
+
+
+def test_stop_ends_a_thread_blocked_reading_a_quiet_watch(kube, namespace):
+    """Issue 21, a clean stop: a quiet watch blocks its thread in a socket read for minutes; a
+    thread left reading (or logging) while the interpreter finalizes can abort the process.
+    stop() interrupts the read and joins the thread."""
+    kube.core.create_namespaced_pod(namespace, pod("s0", "lad"))
+    inf = Informer("pods", kube.core.list_namespaced_pod, namespace, LADDER_LABEL, pod_summary, Recorder()).start()
+    assert Cache([inf]).wait_synced(30)
+
+    def watching():
+        return [t for t in threading.enumerate() if t.name == f"watch-pods-{namespace}"]
+    assert watching(), "the watch thread runs"
+    t0 = time.monotonic()
+    assert inf.stop() is True
+    assert time.monotonic() - t0 < 2.0 and watching() == []

@@ -16,7 +16,7 @@ SPEC = load_ladder(ladder_doc()).spec  # 4 candidates; s1: 2m x (a100, l40s) x [
 
 def outcomes(stage_values: dict[str, float], stage="s1", seconds=90.0):
     st = next(s for s in SPEC.stages if s.name == stage)
-    return {(stage, c, hb, s): CellOutcome("succeeded", v, seconds) for c, v in stage_values.items() for hb, s in st.cells()}
+    return {(stage, c, hb, s): CellOutcome("succeeded", v, train_seconds=seconds) for c, v in stage_values.items() for hb, s in st.cells()}
 
 
 def sample(m: LadderMetrics, name: str, **labels) -> float | None:
@@ -93,7 +93,7 @@ def test_rank_stability_is_the_latest_defined_stage_pair():
     ])).spec
 
     def cells(stage, values):
-        return {(stage, c, hb, 1): CellOutcome("succeeded", v, 60.0) for c, v in values.items() for hb in ("a100", "l40s")}
+        return {(stage, c, hb, 1): CellOutcome("succeeded", v, train_seconds=60.0) for c, v in values.items() for hb in ("a100", "l40s")}
 
     def tau(**labels):
         return sample(m, "ladder_rank_stability_kendall_tau", namespace="ns", ladder="l", **labels)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from localcluster.waiting import wait_for
+
 from .harness import Cluster
 from .test_operator_integration import ladder, metric_sum, pod_occupancy, stage
 
@@ -40,8 +42,10 @@ def test_each_cell_counts_its_pod_from_binding_to_exit(operator, kube: Cluster, 
     protocol = st["gpuHours"]["total"]
     assert protocol == pytest.approx(sum(c["trainSeconds"] for c in cells) / 3600, abs=1e-6)
     assert occ["ratio"] == pytest.approx(occ["total"] / protocol, abs=1e-3) and occ["ratio"] >= 1
-    text = operator.metrics()
-    assert metric_sum(text, "ladder_occupied_gpu_seconds_total", namespace=namespace, ladder="held") / 3600 == pytest.approx(
-        occ["total"], abs=1e-6)
-    assert metric_sum(text, "ladder_gpu_seconds_total", namespace=namespace, ladder="held") / 3600 == pytest.approx(
-        st["gpuHours"]["total"], abs=1e-6)
+    # The counters follow the status write within the same reconcile (its last step): a scrape
+    # right after the write may come before it.
+    def counted(name: str) -> float:
+        return metric_sum(operator.metrics(), name, namespace=namespace, ladder="held") / 3600
+    wait_for(lambda: counted("ladder_occupied_gpu_seconds_total") == pytest.approx(occ["total"], abs=1e-6),
+             timeout=10, what="occupied GPU-seconds counted", describe=lambda: counted("ladder_occupied_gpu_seconds_total"))
+    assert counted("ladder_gpu_seconds_total") == pytest.approx(st["gpuHours"]["total"], abs=1e-6)

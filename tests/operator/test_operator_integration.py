@@ -23,6 +23,7 @@ from promotion_ladder.core.api import load_ladder
 from promotion_ladder.core.cell import Cell
 from promotion_ladder.core.contract import RESULT_ANNOTATION
 from promotion_ladder.core.cell import CellOutcome
+from promotion_ladder.core.result import ResultError, parse_result
 from promotion_ladder.core.status import simulate
 
 from .harness import STUB, install_crd, node_host_blocks
@@ -67,15 +68,15 @@ def accepted_results(kube, name: str) -> dict:
         term = p.status.container_statuses[0].state.terminated.message if p.status.container_statuses else None
         for t in (text, term):
             try:
-                d = json.loads(t)
-            except (TypeError, ValueError):
+                r = parse_result(t)
+            except ResultError:
                 continue
             lab = p.metadata.labels
-            if d.get("candidate") != lab["ladder.promotion.dev/candidate"]:
+            if r.candidate != lab["ladder.promotion.dev/candidate"]:
                 continue
-            key = (lab["ladder.promotion.dev/stage"], d["candidate"], lab["ladder.promotion.dev/host-block"], int(lab["ladder.promotion.dev/seed"]))
-            out[key] = CellOutcome("succeeded", d["value"], d.get("trainSeconds"), corpus=d.get("corpus"),
-                                   data_passes=d.get("dataPasses"), occupied_seconds=pod_occupancy(p))
+            key = (lab["ladder.promotion.dev/stage"], r.candidate, lab["ladder.promotion.dev/host-block"],
+                   int(lab["ladder.promotion.dev/seed"]))
+            out[key] = CellOutcome("succeeded", r.value, occupied_seconds=pod_occupancy(p), **r.measured())
             break
     return out
 
@@ -145,7 +146,7 @@ def test_three_stage_ladder_completes(operator, kube, local_cluster, namespace):
     assert metric_sum(text, "ladder_rank_stability_kendall_tau", ladder="three", from_stage=last["from"],
                       to_stage=last["to"]) == last["kendallTau"]
     assert metric_sum(text, "ladder_decision_latency_seconds_count") >= 2
-    assert operator.get("/healthz", operator.health_port) == "ok\n"
+    assert operator.health() == {"workLoop": "alive", "leading": True}
 
     # kubectl shows the printer columns.
     out = subprocess.run(["kubectl", "--kubeconfig", str(local_cluster.kubeconfig), "-n", namespace, "get",

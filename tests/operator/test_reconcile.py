@@ -84,7 +84,7 @@ def test_completed_ladder_matches_simulate():
     recorded = {}
     for p in pods + p2:
         d = json.loads(p.result)
-        recorded[(d["stage"], d["candidate"], d["hostBlock"], d["seed"])] = CellOutcome("succeeded", d["value"], d["trainSeconds"])
+        recorded[(d["stage"], d["candidate"], d["hostBlock"], d["seed"])] = CellOutcome("succeeded", d["value"], train_seconds=d["trainSeconds"])
     sim, _ = simulate(load_ladder(body).spec, recorded)
     operator_only = ("observedGeneration", "conditions")
     assert {k: v for k, v in without_launch(r2.status).items() if k not in operator_only} == {
@@ -211,7 +211,7 @@ def test_status_of_a_500_candidate_ladder_stays_small():
         for c in names:
             for hb, s in st.cells():
                 train = rnd.uniform(100, 4000)  # and each cell's measured occupancy
-                recorded[(st.name, c, hb, s)] = CellOutcome("succeeded", rnd.uniform(0.9, 1.5), train,
+                recorded[(st.name, c, hb, s)] = CellOutcome("succeeded", rnd.uniform(0.9, 1.5), train_seconds=train,
                                                             occupied_seconds=round(train + rnd.uniform(10, 60)))
     status, _ = simulate(spec, recorded)
     assert len(status.stability.promotion[0].promoted_share) == 500  # the stability figures are in it too

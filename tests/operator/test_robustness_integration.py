@@ -120,6 +120,25 @@ def test_an_annotation_that_contradicts_the_termination_message_is_forged(operat
     assert any("forged" in e.message for e in kube.events("ResultRejected"))
 
 
+def test_a_number_written_as_a_string_or_a_boolean_is_invalid(operator, kube):
+    """Issue 21, item 3: a result with `"value": "0.25"` (a string) was recorded as 0.25 and won
+    its ladder; `"value": true` was recorded as 1. Now the result schema is strict: both cells
+    fail as invalid, naming the field, and the candidate that reported a number wins."""
+    cands = {"honest": {"value": 1.0}, "string": {"raw_value": "0.25"}, "boolean": {"raw_value": True}}
+    kube.create(ladder("strict", cands, [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))]))
+    st = kube.wait_phase("strict", timeout=120)["status"]
+    cells = {c["candidate"]: c for c in st["stages"][0]["cells"]}
+    recorded = {name: (c["state"], c.get("value")) for name, c in cells.items()}
+    promoted = st["stages"][0]["decision"]["promoted"]
+    assert recorded == {"honest": ("Succeeded", 1.001), "string": ("Failed", None), "boolean": ("Failed", None)}, \
+        f"recorded {recorded}, promoted {promoted}"
+    assert promoted == ["honest"]
+    for name in ("string", "boolean"):
+        assert "value: Input should be a valid number" in cells[name]["reason"], cells[name]
+    assert st["phase"] == "Succeeded" and st["verdict"]["winner"] == "honest", kube.describe("strict")
+    assert metric_sum(operator.metrics(), "ladder_result_errors_total", ladder="strict", reason="invalid") >= 2
+
+
 def test_recorded_history_is_immutable(operator, kube):
     """Defect 5: editing trainer.gpus on a Succeeded ladder recomputed its recorded GPU-hours
     and counterfactuals. Now trainer.gpus is frozen (CEL and the frozen hash), and every cell

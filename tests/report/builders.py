@@ -78,3 +78,19 @@ def running_status():
 
 def running_input() -> ReportInput:
     return from_document(full_object(running_status().wire()), "running.status.json")
+
+
+
+# Peak memory in GiB per candidate (10 for the others); each cell adds its seed in MiB.
+PEAK_GIB = {"bridge": 20, "greedy": 21, "sentinel-d8-ar48": 0}
+
+
+def measured_input() -> ReportInput:
+    """The example ladder with each cell's peak memory recorded (PEAK_GIB), except bridge's l40s
+    cell at 5m, which reports none (an older trainer)."""
+    out = {}
+    for key, o in recorded().items():
+        stage, cand, hb, seed = key
+        peak = None if (stage, cand, hb) == ("5m", "bridge", "l40s") else PEAK_GIB.get(cand, 10) * 2**30 + seed * 2**20
+        out[key] = o.model_copy(update={"peak_memory_bytes": peak})
+    return from_document(full_object(simulate_json(out)), "measured.status.json")

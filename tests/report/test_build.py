@@ -213,3 +213,20 @@ def test_a_candidate_kept_without_a_complete_result_is_said():
     assert kept[table.headers.index("Outcome")] == "promoted (keep, no complete result: 0 of 4 cells succeeded)"
     text = " ".join(t for s in report.sections for t in s.text)
     assert "Kept by keep without a complete result: sentinel-d8-ar48 (0 of 4 cells succeeded)" in text
+
+
+def test_each_candidates_peak_memory_per_stage(reports):
+    from .builders import measured_input
+
+    report = build_report(measured_input())
+    first = report.table("memory-2m")
+    assert first.headers == ["Candidate", "Peak memory", "Cells measured"]
+    # The largest over the candidate's cells: its seed 3 cell (+3 MiB), in GiB or, below one, MiB.
+    assert row(first, "d12-ar48")[1:] == ["10.00 GiB", "3 of 3"]
+    assert row(first, "sentinel-d8-ar48")[1:] == ["3 MiB", "3 of 3"]
+    assert row(report.table("memory-5m"), "bridge")[1:] == ["20.00 GiB", "1 of 2"]  # l40s reported none
+    assert row(report.table("memory-12h"), "greedy")[1:] == ["21.00 GiB", "4 of 4"]
+    assert {t.key for s in report.sections for t in s.tables if t.key.startswith("memory-")} == {
+        "memory-2m", "memory-5m", "memory-10m", "memory-60m", "memory-12h"}
+    # A status whose cells report no peak memory (the example's) gets no such table.
+    assert not any(t.key.startswith("memory-") for s in reports["example"].sections for t in s.tables)

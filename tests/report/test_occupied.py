@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from promotion_ladder.report import build_report, from_document
 
 from .builders import LADDER, recorded, simulate_json
@@ -11,7 +9,7 @@ from .builders import LADDER, recorded, simulate_json
 
 def occupied_input(extra: float):
     """The example ladder where every 2m cell held its GPU `extra` seconds past its train seconds."""
-    results = {k: replace(o, occupied_seconds=(o.train_seconds or 120) + extra) if k[0] == "2m" else o
+    results = {k: o.model_copy(update={"occupied_seconds": (o.train_seconds or 120) + extra}) if k[0] == "2m" else o
                for k, o in recorded().items()}
     return from_document(simulate_json(results), "test", ladder_file=str(LADDER))
 

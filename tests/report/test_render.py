@@ -96,3 +96,17 @@ def test_ladder_that_failed_at_its_first_stage_renders():
     html = render(from_document(full_object(simulate_json({})), "empty.json"), "html")
     assert sorted(html_figures(html)) == ["cell-values:2m", "gpu-hours", "rank-flow"]
     assert html.count('<td class="failed-value">failed</td>') == 36
+
+
+def test_peak_memory_is_in_html_and_markdown():
+    from promotion_ladder.report import build_report
+    from promotion_ladder.report.html import to_html
+    from promotion_ladder.report.markdown import to_markdown
+
+    from .builders import measured_input
+
+    report = build_report(measured_input())
+    html, markdown = to_html(report, {}), to_markdown(report, {})
+    assert '<table id="table-memory-12h">' in html and "Peak memory of one process" in html
+    assert "<td>21.00 GiB</td>" in html
+    assert "| greedy | 21.00 GiB | 4 of 4 |" in markdown

@@ -125,7 +125,7 @@ def test_attention_kernels_agree_with_math(choice):
 def test_activation_checkpointing_cuts_peak_memory(corpus):
     shape = {"depth": 4, "aspect_ratio": 64, "head_dim": 64, "seq_len": 1024, "tokenizer": "byte",
              "batch": 8 * 1024, "device_batch": 8}
-    common = dict(device="cuda", compile="off", max_steps=2, eval_tokens=-1)
+    common = dict(device="cuda", compile="off", max_steps=2, eval_tokens=512)
     plain = run(parse_config(shape), 0, 600, settings(corpus, **common))
     ckpt = run(parse_config({**shape, "activation_checkpointing": True}), 0, 600, settings(corpus, **common))
     assert plain.status == ckpt.status == "ok"

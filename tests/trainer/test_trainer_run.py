@@ -216,3 +216,34 @@ def test_many_passes_over_a_small_corpus_are_pointed_out(corpus, capsys):
     train_tokens = len(prepare(cfg.tokenizer, cfg.vocab_size, str(corpus), None, "text").train)
     assert passes == pytest.approx(out.tokens / train_tokens, abs=0.05) and passes > 4
     assert "Give larger budgets a larger corpus" in err
+
+
+def test_hooks_a_test_installs_see_each_step_and_can_end_the_run(corpus):
+    from ladder_trainer.hooks import Hooks
+
+    class NanAtFour(Hooks):
+        def __init__(self):
+            self.steps = []
+
+        def after_step(self, step, loss):
+            self.steps.append(step)
+            return loss * float("nan") if step == 4 else loss
+
+    hooks = NanAtFour()
+    out = run(parse_config(TINY), 0, 60, settings(corpus, max_steps=10), hooks=hooks)
+    assert hooks.steps == [1, 2, 3, 4]
+    assert out.status == "diverged" and "step 4" in out.message and out.steps == 3 and out.value is None
+
+
+def test_an_in_process_run_builds_the_whole_result(corpus):
+    out = run(parse_config(TINY), 0, 60, settings(corpus, max_steps=3, warmup_steps=1), identity={"candidate": "c1", "seed": 0})
+    assert out.candidate == "c1" and out.seed == 0 and out.status == "ok"
+    assert out.compile_seconds is not None and out.setup_seconds >= out.compile_seconds
+    assert out.peak_memory_bytes > 0 and out.data_passes > 0 and out.corpus and out.world_size == 1
+
+
+def test_negative_eval_tokens_are_a_bad_setting():
+    from ladder_trainer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval tokens must be positive"):
+        Settings(eval_tokens=-1)

@@ -300,7 +300,7 @@ def test_status_of_a_1000_candidate_ladder_with_stability_fits_the_object_limit(
     stages = funnel_stages()
     ladder = build(ladder_doc(candidates=names, stages=stages))
     rnd = random.Random(1)
-    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", rnd.uniform(0.9, 1.5), rnd.uniform(100, 4000))
+    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", rnd.uniform(0.9, 1.5), train_seconds=rnd.uniform(100, 4000))
                 for st in ladder.spec.stages for c in names for hb, s in st.cells()}
     status, _ = simulate(ladder.spec, recorded)
     s = status.stability

@@ -4,8 +4,8 @@
     python -m ladder_trainer.bench --tiny          # on CPU: tiny shapes, shows the script works
 
 Each case is a real trainer run (train.run, same loop, compile and warm-up as a cell) stopped
-after --steps optimizer steps with evaluation skipped, so the numbers are the numbers a cell
-gets. Cases: bf16 + torch.compile with torch's attention kernel, then with cuDNN's and with
+after --steps optimizer steps and evaluated on one window only (a result needs a value; the
+evaluation is off the clock either way), so the numbers are the numbers a cell gets. Cases: bf16 + torch.compile with torch's attention kernel, then with cuDNN's and with
 flash attention put first (the `attention` setting), with activation checkpointing, and
 eager fp32 for contrast. Each row also says the case's set-up seconds (train.run entered to the
 first timed step: CUDA and data, model, compilation) and compile seconds (the untimed warm-up
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 "batch": args.batch, "device_batch": args.device_batch, "tokenizer": args.tokenizer,
                 "activation_checkpointing": ckpt, "warmdown_frac": 0.0,
             })
-            settings = Settings(device=args.device, dtype=dtype, compile=compile_, attention=attention, warmup_steps=2, eval_tokens=-1,
+            settings = Settings(device=args.device, dtype=dtype, compile=compile_, attention=attention, warmup_steps=2,
+                                eval_tokens=args.seq_len,
                                 max_steps=args.steps, log_interval=1e9, threads=0 if args.device != "cpu" else 1)
             row = {"depth": depth, "width": cfg.width, "case": label, "seq_len": args.seq_len}
             try:

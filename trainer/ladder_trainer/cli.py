@@ -22,13 +22,15 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
+from typing import Any
 
 from promotion_ladder.core.budget import parse_budget
 from promotion_ladder.core.contract import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM
-from promotion_ladder.core.result import CellResult
+from promotion_ladder.core.result import CellResult, Status
 
 from . import launch
-from .config import ConfigError, Settings, parse_config
+from .config import ConfigError, Settings, TrainConfig, parse_config
 from .publish import PodAnnotator, ProgressReporter, identity_from_env, log, publish
 
 # flag -> (env variable, type, default); the same table documents the settings in docs/trainer.md.
@@ -103,10 +105,6 @@ def _on_sigterm(signum, frame):
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
-def _round(seconds: float | None) -> float | None:
-    return None if seconds is None else round(max(seconds, 0.0), 3)
-
-
 def read_config(args: argparse.Namespace) -> str:
     """The candidate config's JSON text, from --config or the file --config-file names."""
     if args.config_file is None:
@@ -116,6 +114,46 @@ def read_config(args: argparse.Namespace) -> str:
             return fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config-file {args.config_file}: cannot read it: {exc}") from None
+
+
+# A failure's message: room for the exception and its traceback's tail, within the
+# termination message's 4096 bytes (publish.TERMINATION_LIMIT) beside the rest of the result.
+FAILURE_MESSAGE_LIMIT = 2000
+EXIT_CODES = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED, "oom": EXIT_OOM}  # any other status: EXIT_ERROR
+
+
+@dataclass
+class Outcome:
+    """Where this process's result goes, and the exit code that goes with it: rank 0 publishes
+    (result file, termination message, Pod annotation); the others only explain a failure."""
+
+    identity: dict[str, Any]
+    result_file: str | None
+    rank: int
+    annotator: PodAnnotator | None
+
+    def finish(self, result: CellResult, code: int, secondary: bool = False) -> int:
+        if code:  # under a launcher: tell its agent why this rank failed (a no-op otherwise)
+            launch.write_rank_failure(result.status, code, result.message, secondary)
+        if self.rank != 0:
+            if code:
+                log(f"rank {self.rank}: {result.status}: {result.message}")
+            return code
+        try:
+            publish(result, self.result_file, self.annotator)
+        except OSError as exc:
+            log(f"could not write the result file {self.result_file}: {exc}")
+            code = code or EXIT_ERROR
+        print(result.to_json(), flush=True)
+        if result.message:
+            log(f"{result.status}: {result.message}")
+        return code
+
+    def failed(self, status: Status, code: int, message: str, secondary: bool = False,
+               world_size: int | None = None) -> int:
+        """A cell that ended without a result of its own (bad config, a crash, a signal)."""
+        return self.finish(CellResult(**self.identity, status=status, message=message, world_size=world_size),
+                           code, secondary)
 
 
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
@@ -128,103 +166,77 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     identity = identity_from_env()
     seed = args.seed if args.seed is not None else identity.get("seed", 0)
     identity.setdefault("seed", seed)
-    annotator = PodAnnotator.from_env() if rank == 0 else None
-
-    def finish(status: str, code: int, message: str = "", outcome=None, secondary: bool = False,
-               world_size: int | None = None) -> int:
-        fields = {"world_size": world_size} if world_size else {}
-        if outcome is not None:
-            fields = dict(
-                value=outcome.value, train_seconds=outcome.train_seconds, steps=outcome.steps, tokens=outcome.tokens,
-                tokens_per_second=outcome.tokens_per_second, mfu=outcome.mfu,
-                peak_memory_bytes=outcome.peak_memory_bytes, gpu_name=outcome.gpu_name, world_size=outcome.world_size,
-                setup_seconds=_round(outcome.clock_started - started) if outcome.clock_started is not None else None,
-                eval_seconds=_round(outcome.eval_seconds),
-                corpus=outcome.corpus, data_passes=outcome.data_passes,
-            )
-            message = message or outcome.message
-        if code:  # under a launcher: tell its agent why this rank failed (a no-op otherwise)
-            launch.write_rank_failure(status, code, message, secondary)
-        if rank != 0:  # rank 0 publishes the cell's result; the others only explain a failure
-            if code:
-                log(f"rank {rank}: {status}: {message}")
-            return code
-        result = CellResult(**identity, status=status, message=message, **fields)
-        try:
-            publish(result, args.result_file, annotator)
-        except OSError as exc:
-            log(f"could not write the result file {args.result_file}: {exc}")
-            code = code or EXIT_ERROR
-        print(result.to_json(), flush=True)
-        if message:
-            log(f"{status}: {message}")
-        return code
-
+    out = Outcome(identity, args.result_file, rank, PodAnnotator.from_env() if rank == 0 else None)
     try:
         cfg = parse_config(read_config(args))
         budget = parse_budget(args.budget)
         settings = resolve_settings(args)
-        if settings.eval_tokens < 0:
-            raise ConfigError(f"eval tokens must be positive (or 0 for the device default), got {settings.eval_tokens}")
         plan = launch.plan_launch(os.environ, settings.launch)
     except (ConfigError, ValueError) as exc:
-        return finish("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
+        return out.failed("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
     if plan is not None:
-        return _launch(plan, argv, finish)
+        return _launch(plan, argv, out)
+    return _train(cfg, seed, budget, settings, out, started)
 
+
+def _train(cfg: TrainConfig, seed: int, budget: float, settings: Settings, out: Outcome, started: float) -> int:
+    """Train the cell in this process; whatever happens, a result and its exit code."""
     try:
         from . import train
         from .hardware import is_oom
     except ImportError as exc:
-        return finish("error", EXIT_ERROR, f"the trainer needs torch, numpy and tokenizers (pip install 'promotion-ladder[trainer]'): {exc}")
+        return out.failed("error", EXIT_ERROR, "the trainer needs torch, numpy and tokenizers "
+                          f"(pip install 'promotion-ladder[trainer]'): {exc}")
 
-    progress = ProgressReporter(annotator, settings.progress_interval)
+    progress = ProgressReporter(out.annotator, settings.progress_interval)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        outcome = train.run(cfg, seed, budget, settings, progress)
+        result = train.run(cfg, seed, budget, settings, progress, identity=out.identity, started=started)
     except Terminated:
         # Not a verdict on the candidate: a retry (another Pod) may well finish the cell. Under a
         # launcher it is how the agent stops the other ranks after one failed: an echo, not a cause.
-        return finish("error", EXIT_TERMINATED, "terminated by SIGTERM before the cell finished (pod deleted or preempted)",
-                      secondary=True)
+        return out.failed("error", EXIT_TERMINATED,
+                          "terminated by SIGTERM before the cell finished (pod deleted or preempted)", secondary=True)
     except ConfigError as exc:
-        return finish("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
+        return out.failed("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a result
         if is_oom(exc):
-            return finish("oom", EXIT_OOM, f"out of memory: {str(exc).splitlines()[0][:500]}; lower device_batch or enable activation_checkpointing")
+            return out.failed("oom", EXIT_OOM, f"out of memory: {str(exc).splitlines()[0][:500]}; "
+                              "lower device_batch or enable activation_checkpointing")
         if launch.is_peer_loss(exc):  # another rank's failure; its own report says why
-            return finish("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"[:2000], secondary=True)
+            return out.failed("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"[:FAILURE_MESSAGE_LIMIT],
+                              secondary=True)
         traceback.print_exc()
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
-        return finish("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}\n{tail}"[:2000])
+        return out.failed("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}\n{tail}"[:FAILURE_MESSAGE_LIMIT])
     finally:
         signal.signal(signal.SIGTERM, previous)
         progress.close()
-    code = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED, "oom": EXIT_OOM}.get(outcome.status, EXIT_ERROR)
-    return finish(outcome.status, code, outcome=outcome)
+    return out.finish(result, EXIT_CODES.get(result.status, EXIT_ERROR))
 
 
-def _launch(plan: launch.LaunchPlan, argv: list[str], finish) -> int:
+def _launch(plan: launch.LaunchPlan, argv: list[str], out: Outcome) -> int:
     """Be the launcher's agent for this cell's ranks; publish only when they did not succeed."""
     where = ""
     if plan.nnodes > 1:
         where = f" x {plan.nnodes} nodes" + (f" (this is node {plan.node_rank})" if plan.node_rank is not None else "")
     log(f"launching {plan.nproc} process(es){where} through torch.distributed.run")
     try:
-        outcome = launch.launch(plan, argv)
+        launched = launch.launch(plan, argv)
     except ImportError as exc:
-        return finish("error", EXIT_ERROR, f"the trainer needs torch (pip install 'promotion-ladder[trainer]'): {exc}")
-    if outcome.signal is not None:
-        return finish("error", 128 + outcome.signal,
-                      f"terminated by signal {outcome.signal} before the cell finished (pod deleted or preempted)")
-    if outcome.error:
-        return finish("error", EXIT_ERROR, f"the launcher failed before the ranks finished: {outcome.error}")
-    if outcome.failures:
-        status, code, message = launch.failure_result(outcome.failures, plan.world_size)
-        if launch.rank0_published(outcome.failures):
+        return out.failed("error", EXIT_ERROR,
+                          f"the trainer needs torch (pip install 'promotion-ladder[trainer]'): {exc}")
+    if launched.signal is not None:
+        return out.failed("error", 128 + launched.signal,
+                          f"terminated by signal {launched.signal} before the cell finished (pod deleted or preempted)")
+    if launched.error:
+        return out.failed("error", EXIT_ERROR, f"the launcher failed before the ranks finished: {launched.error}")
+    if launched.failures:
+        status, code, message = launch.failure_result(launched.failures, plan.world_size)
+        if launch.rank0_published(launched.failures):
             log(f"{status}: {message} (rank 0's result says why)")
             return code
-        return finish(status, code, message, world_size=plan.world_size)
+        return out.failed(status, code, message, world_size=plan.world_size)
     return EXIT_OK  # rank 0 has published the result
 
 

@@ -130,7 +130,7 @@ class Settings:
     checkpoint_dir: str | None = None
     init_from: str | None = None  # a --checkpoint-dir of an earlier cell: start from its weights
     max_steps: int = 0  # 0 = until the budget is spent
-    fault: str | None = None  # test aid: "KIND:ARG[@RANK]", see train.parse_fault
+    fault: str | None = None  # test aid: "KIND:ARG[@RANK]", see hooks.parse_fault
     step_log: str | None = None  # a JSON line per optimizer step (rank 0): step, loss, lr, elapsed, tokens
     # Whether `python -m ladder_trainer` starts its processes through torch.distributed.run: auto
     # (when LADDER_GPUS x LADDER_NODES > 1), always (even for one process), never (one process).
@@ -139,6 +139,10 @@ class Settings:
     # or fsdp (FSDP2 fully_shard: parameters, gradients and optimizer state sharded, for models
     # whose training state does not fit one GPU). One process ignores it.
     parallel: str = "ddp"
+
+    def __post_init__(self) -> None:
+        if self.eval_tokens < 0:
+            raise ConfigError(f"eval tokens must be positive (or 0 for the device default), got {self.eval_tokens}")
 
 
 _CHOICES = {"tokenizer": ("bpe", "byte"), "optimizer": ("adamw", "muon")}

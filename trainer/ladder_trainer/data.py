@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -370,6 +370,36 @@ def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, te
     def docs() -> Iterator[Doc]:
         return (d for d in iter_docs(files, text_field) if d.text)
 
+    tok = _tokenizer(out, docs, tokenizer, vocab_size, tokenizer_file)
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= 2**16 else np.uint32)
+    w = _write_splits(out, docs(), tok, dtype)
+    if w.docs["train"] - (0 if w.docs["val"] else 1) < 1:  # no training document (once one is held out)
+        raise ValueError(f"corpus {source}: needs at least two non-empty documents")
+    if not w.docs["val"]:
+        _hold_out_last(out, w, dtype)
+    token_bytes = tok.token_bytes()
+    _check_byte_lengths(out / "val.bin", dtype, token_bytes, w.val_bytes, tokenizer_file or tok.name)
+    np.save(out / "token_bytes.npy", token_bytes)
+    meta = {
+        "format": FORMAT,
+        "source": source,
+        "tokenizer": tok.name if not tokenizer_file else f"file:{tokenizer_file}",
+        "vocab_size": tok.vocab_size,
+        "eot": tok.eot,
+        "dtype": dtype.name,
+        "train_tokens": w.tokens["train"],
+        "val_tokens": w.tokens["val"],
+        "train_docs": w.docs["train"],
+        "val_docs": w.docs["val"],
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def _tokenizer(out: Path, docs: Callable[[], Iterator[Doc]], tokenizer: str, vocab_size: int,
+               tokenizer_file: str | None) -> ByteTokenizer | BPETokenizer:
+    """The corpus's tokenizer: the user's file, bytes, or a BPE trained on a bounded sample of the
+    training documents; a BPE is saved beside the shards."""
+    tok: ByteTokenizer | BPETokenizer
     if tokenizer_file:
         tok = BPETokenizer.load(Path(tokenizer_file))
         shutil.copy(tokenizer_file, out / "tokenizer.json")
@@ -380,31 +410,42 @@ def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, te
         tok.tok.save(str(out / "tokenizer.json"))
     if tok.eot is None:
         raise ValueError(f"tokenizer {tokenizer_file}: has no {EOT_TEXT} token")
-    dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    counts = {"train": 0, "val": 0}
-    n_docs = {"train": 0, "val": 0}
-    val_bytes = 0
-    last_train: tuple[np.ndarray, int] | None = None  # (tokens, text bytes) of the last train document
+    return tok
+
+
+@dataclass
+class _Written:
+    """What _write_splits wrote: tokens and documents per split, the val split's text bytes, and
+    the last training document (its tokens and text bytes), the one a tiny corpus holds out."""
+
+    tokens: dict[str, int]
+    docs: dict[str, int]
+    val_bytes: int = 0
+    last_train: tuple[np.ndarray, int] | None = None
+
+
+def _write_splits(out: Path, docs: Iterator[Doc], tok: ByteTokenizer | BPETokenizer, dtype: np.dtype) -> _Written:
+    """Each document's tokens and an end-of-text into train.bin or val.bin, 256 documents a batch."""
+    w = _Written({"train": 0, "val": 0}, {"train": 0, "val": 0})
     files_out = {split: open(out / f"{split}.bin", "wb") for split in ("train", "val")}
     pending: dict[str, list[str]] = {"train": [], "val": []}
 
     def flush(split: str) -> None:
-        nonlocal last_train
         for text, ids in zip(pending[split], tok.encode_batch(pending[split])):
             arr = np.append(ids, tok.eot).astype(dtype)
             files_out[split].write(arr.tobytes())
-            counts[split] += len(arr)
+            w.tokens[split] += len(arr)
             if split == "train":
-                last_train = (arr, len(text.encode("utf-8")))
+                w.last_train = (arr, len(text.encode("utf-8")))
         pending[split] = []
 
     try:
-        for doc in docs():
+        for doc in docs:
             split = "val" if is_val(doc.key) else "train"
             pending[split].append(doc.text)
-            n_docs[split] += 1
+            w.docs[split] += 1
             if split == "val":
-                val_bytes += len(doc.text.encode("utf-8"))
+                w.val_bytes += len(doc.text.encode("utf-8"))
             if len(pending[split]) == 256:
                 flush(split)
         flush("train")
@@ -412,46 +453,36 @@ def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, te
     finally:
         for fh in files_out.values():
             fh.close()
-    if n_docs["train"] - (0 if n_docs["val"] else 1) < 1:  # no training document (once one is held out)
-        raise ValueError(f"corpus {source}: needs at least two non-empty documents")
-    if not n_docs["val"]:
-        # Tiny corpora: hold out the last document rather than nothing (a BPE trained here had it
-        # in its sample; streaming cannot know in advance, and a corpus this small is a test).
-        arr, nbytes = last_train
-        with open(out / "train.bin", "r+b") as fh:
-            fh.truncate((counts["train"] - len(arr)) * np.dtype(dtype).itemsize)
-        (out / "val.bin").write_bytes(arr.tobytes())
-        counts["train"] -= len(arr)
-        counts["val"] = len(arr)
-        n_docs["train"] -= 1
-        n_docs["val"] = 1
-        val_bytes = nbytes
-    token_bytes = tok.token_bytes()
-    val_tokens = np.memmap(out / "val.bin", dtype=dtype, mode="r")
+    return w
+
+
+def _hold_out_last(out: Path, w: _Written, dtype: np.dtype) -> None:
+    """Tiny corpora: hold out the last document rather than nothing (a BPE trained here had it in
+    its sample; streaming cannot know in advance, and a corpus this small is a test)."""
+    assert w.last_train is not None  # the caller checked there are two training documents
+    arr, nbytes = w.last_train
+    with open(out / "train.bin", "r+b") as fh:
+        fh.truncate((w.tokens["train"] - len(arr)) * dtype.itemsize)
+    (out / "val.bin").write_bytes(arr.tobytes())
+    w.tokens["train"] -= len(arr)
+    w.tokens["val"] = len(arr)
+    w.docs["train"] -= 1
+    w.docs["val"] = 1
+    w.val_bytes = nbytes
+
+
+def _check_byte_lengths(val_file: Path, dtype: np.dtype, token_bytes: np.ndarray, text_bytes: int, name: str) -> None:
+    """val_bpb divides by these byte counts, so a tokenizer whose tokens are not plain byte
+    sequences (normalizers, SentencePiece-style spaces) would silently skew the metric."""
+    val_tokens = np.memmap(val_file, dtype=dtype, mode="r")
     counted = sum(int(token_bytes[np.asarray(val_tokens[i : i + 2**20])].astype(np.int64).sum())
                   for i in range(0, len(val_tokens), 2**20))
     del val_tokens
-    if counted != val_bytes:
-        # val_bpb divides by these byte counts, so a tokenizer whose tokens are not plain byte
-        # sequences (normalizers, SentencePiece-style spaces) would silently skew the metric.
+    if counted != text_bytes:
         raise ValueError(
-            f"tokenizer {tokenizer_file or tok.name}: token byte lengths do not add up to the text's UTF-8 bytes; "
+            f"tokenizer {name}: token byte lengths do not add up to the text's UTF-8 bytes; "
             "only byte-level BPE tokenizers (tokenizers' ByteLevel pre-tokenizer, no normalizer) are supported"
         )
-    np.save(out / "token_bytes.npy", token_bytes)
-    meta = {
-        "format": FORMAT,
-        "source": source,
-        "tokenizer": tok.name if not tokenizer_file else f"file:{tokenizer_file}",
-        "vocab_size": tok.vocab_size,
-        "eot": tok.eot,
-        "dtype": np.dtype(dtype).name,
-        "train_tokens": counts["train"],
-        "val_tokens": counts["val"],
-        "train_docs": n_docs["train"],
-        "val_docs": n_docs["val"],
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
 def _bounded(docs: Iterator[str], limit: int) -> Iterator[str]:

@@ -48,13 +48,14 @@ from promotion_ladder.core.contract import (
     EXIT_OOM,
     RDZV_PORT,
 )
+from promotion_ladder.core.result import Status
 
 from .config import ConfigError
 
 LAUNCH_MODES = ("auto", "always", "never")
 # Exit codes a rank may end with that are verdicts on the candidate (the cell contract's
 # non-retryable codes): the cell ends with the same code, so the operator does not retry them.
-_VERDICTS = {EXIT_BAD_CONFIG: "error", EXIT_DIVERGED: "diverged", EXIT_OOM: "oom"}
+_VERDICTS: dict[int, Status] = {EXIT_BAD_CONFIG: "error", EXIT_DIVERGED: "diverged", EXIT_OOM: "oom"}
 # Text of errors a rank sees when a peer, not the rank itself, went away (gloo and NCCL wording).
 _PEER_LOST = (
     "connection closed by peer", "connection reset by peer", "broken pipe", "remote worker",
@@ -176,7 +177,7 @@ def root_failure(failures: list[RankFailure]) -> RankFailure:
     return min(failures, key=lambda f: (f.secondary, f.time, f.rank))
 
 
-def failure_result(failures: list[RankFailure], world_size: int) -> tuple[str, int, str]:
+def failure_result(failures: list[RankFailure], world_size: int) -> tuple[Status, int, str]:
     """(status, exit code, message) of a cell whose ranks failed."""
     root = root_failure(failures)
     code = root.exitcode if root.exitcode in _VERDICTS else EXIT_ERROR

@@ -40,7 +40,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Any, Iterator, TextIO
 
 import numpy as np
 
@@ -292,38 +292,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def prepare(args: argparse.Namespace, stream: TextIO = sys.stderr) -> dict:
     out = Path(args.output)
-    if args.val_permille < 0 or args.val_permille > 1000:
-        raise PrepareError(f"--val-permille: {args.val_permille} is not between 0 and 1000")
-    if args.shard_mb <= 0 or args.batch_mb <= 0:
-        raise PrepareError("--shard-mb and --batch-mb must be positive")
-    if args.tokenizer == "bpe" and not 258 <= args.vocab_size <= 2**20:
-        raise PrepareError(f"--vocab-size: {args.vocab_size} must be between 258 (256 bytes + end-of-text + one merge) and 1048576")
-    if args.workers < 0:
-        raise PrepareError(f"--workers: {args.workers} must be 0 (every core) or more")
+    _check_args(args)
     files = sources.input_files(args.inputs)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
 
     # 1. The tokenizer: given, byte, or a BPE trained once on a bounded sample.
-    given = None if args.tokenizer in ("byte", "bpe") else Path(args.tokenizer)
-    if given is not None and not given.is_file():
-        raise PrepareError(f"--tokenizer {args.tokenizer}: not 'byte', 'bpe' or an existing tokenizer.json file")
-    settings = {"tokenizer": args.tokenizer if given is None else "file",
-                "vocab_size_asked": args.vocab_size if args.tokenizer == "bpe" else None,
-                "text_field": args.text_field, "val_permille": args.val_permille,
-                "shard_bytes": int(args.shard_mb * 2**20),
-                "tokenizer_sha256": "byte" if args.tokenizer == "byte" else (
-                    hashlib.sha256(given.read_bytes()).hexdigest() if given else None)}
-    _check_settings(out, settings, args.force)
-    tok_spec = _tokenizer_spec(args, out)
-    if tok_spec == "bpe" and not (out / "tokenizer.json").exists():
-        if _has_tokens(files):
-            raise PrepareError("--tokenizer bpe: pre-tokenized inputs need the tokenizer.json they were made with (--tokenizer PATH)")
-        _train_bpe(sources.plan_units(files, settings["shard_bytes"], None, args.text_field), args, out, stream)
-    tok = load_tokenizer(tok_spec, out)
-    if tok_spec == "bpe":
-        settings["tokenizer_sha256"] = hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()
-        _check_settings(out, settings, args.force)
+    tok, tok_spec, settings = _prepare_tokenizer(args, out, files, stream)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 2**16 else np.uint32)
 
     # 2. Units, and which of them a previous run already finished.
@@ -365,6 +340,44 @@ def prepare(args: argparse.Namespace, stream: TextIO = sys.stderr) -> dict:
               f"{len(meta['shards']['train'])} + {len(meta['shards']['val'])} shards, corpus {meta['corpus']}, "
               f"{time.monotonic() - t0:.1f}s", file=stream, flush=True)
     return meta
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.val_permille < 0 or args.val_permille > 1000:
+        raise PrepareError(f"--val-permille: {args.val_permille} is not between 0 and 1000")
+    if args.shard_mb <= 0 or args.batch_mb <= 0:
+        raise PrepareError("--shard-mb and --batch-mb must be positive")
+    if args.tokenizer == "bpe" and not 258 <= args.vocab_size <= 2**20:
+        raise PrepareError(f"--vocab-size: {args.vocab_size} must be between 258 "
+                           "(256 bytes + end-of-text + one merge) and 1048576")
+    if args.workers < 0:
+        raise PrepareError(f"--workers: {args.workers} must be 0 (every core) or more")
+
+
+def _prepare_tokenizer(args: argparse.Namespace, out: Path, files: list, stream: TextIO) -> tuple[Any, str, dict]:
+    """The tokenizer, its spec for the workers, and the settings that must match a resumed run's
+    (checked against DIR's; a BPE is trained here first when DIR has none yet)."""
+    given = None if args.tokenizer in ("byte", "bpe") else Path(args.tokenizer)
+    if given is not None and not given.is_file():
+        raise PrepareError(f"--tokenizer {args.tokenizer}: not 'byte', 'bpe' or an existing tokenizer.json file")
+    settings = {"tokenizer": args.tokenizer if given is None else "file",
+                "vocab_size_asked": args.vocab_size if args.tokenizer == "bpe" else None,
+                "text_field": args.text_field, "val_permille": args.val_permille,
+                "shard_bytes": int(args.shard_mb * 2**20),
+                "tokenizer_sha256": "byte" if args.tokenizer == "byte" else (
+                    hashlib.sha256(given.read_bytes()).hexdigest() if given else None)}
+    _check_settings(out, settings, args.force)
+    tok_spec = _tokenizer_spec(args, out)
+    if tok_spec == "bpe" and not (out / "tokenizer.json").exists():
+        if _has_tokens(files):
+            raise PrepareError("--tokenizer bpe: pre-tokenized inputs need the tokenizer.json they were made with "
+                               "(--tokenizer PATH)")
+        _train_bpe(sources.plan_units(files, settings["shard_bytes"], None, args.text_field), args, out, stream)
+    tok = load_tokenizer(tok_spec, out)
+    if tok_spec == "bpe":
+        settings["tokenizer_sha256"] = hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest()
+        _check_settings(out, settings, args.force)
+    return tok, tok_spec, settings
 
 
 def _tokenizer_spec(args, out: Path) -> str:

@@ -22,7 +22,8 @@ from promotion_ladder.core.result import CellResult
 TERMINATION_LIMIT = 4096
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Optional fields dropped, in this order, when the termination message is too long.
-_DROP_ORDER = ("setupSeconds", "evalSeconds", "gpuName", "peakMemoryBytes", "mfu", "tokensPerSecond", "tokens", "steps", "hostBlock", "ladder")
+_DROP_ORDER = ("compileSeconds", "setupSeconds", "evalSeconds", "gpuName", "peakMemoryBytes", "mfu", "tokensPerSecond",
+               "tokens", "steps", "hostBlock", "ladder")
 
 
 def log(msg: str) -> None:

@@ -6,11 +6,15 @@ micro-batch boundary past the budget; evaluation runs after it, also off the clo
 schedule follows elapsed training time / budget, so a cell's schedule does not depend on
 how fast its host is.
 
+A run is five parts, in order: `set_up` (device, data, model, optimizers: a `Setup`),
+`warm_up`, `train` (the loop; its state is one `LoopState`), `evaluate_cell`, and `outcome`,
+the one place the cell's `CellResult` is built.
+
 With several processes (world.py; launched by launch.py or torchrun) the model is wrapped in
-DistributedDataParallel, or sharded by FSDP2 (`parallel` fsdp): the global batch is the same as with one process, each rank runs its
-share of the micro-batches on its share of the data, and the budget stop, growth, the lr
-schedule and divergence are decided on values all ranks agree on. Evaluation is sharded over
-the ranks and summed.
+DistributedDataParallel, or sharded by FSDP2 (`parallel` fsdp): the global batch is the same as
+with one process, each rank runs its share of the micro-batches on its share of the data, and
+the budget stop, growth, the lr schedule and divergence are decided on values all ranks agree
+on. Evaluation is sharded over the ranks and summed.
 """
 
 from __future__ import annotations
@@ -21,49 +25,27 @@ import importlib
 import json
 import math
 import os
-import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 import torch
+from promotion_ladder.core.result import CellResult, Status
 
 from . import data as data_mod
 from .config import ConfigError, Settings, TrainConfig
 from .hardware import attention_backend, device_name, peak_flops, peak_memory, synchronize
+from .hooks import Hooks, hooks_for
 from .model import GPT
 from .optim import build_optimizers, lr_multiplier, set_lr
 from .publish import ProgressReporter, log
 from .sampler import WindowSampler
 from .world import World
 
-
 EVAL_TOKENS_DEFAULT = {"cuda": 2**20, "cpu": 2**14}
-
-
-@dataclass
-class RunOutcome:
-    status: str
-    message: str = ""
-    value: float | None = None
-    train_seconds: float | None = None
-    steps: int | None = None
-    tokens: int | None = None
-    tokens_per_second: float | None = None
-    mfu: float | None = None
-    peak_memory_bytes: int | None = None
-    gpu_name: str | None = None
-    # Where the time went besides training (perf_counter seconds). `clock_started` is when the
-    # first timed step began, so the caller can measure set-up from its own process start.
-    clock_started: float | None = None
-    setup_seconds: float | None = None  # run() entered -> first timed step
-    compile_seconds: float | None = None  # the untimed warm-up steps (compilation, when compiling)
-    eval_seconds: float | None = None
-    corpus: str | None = None  # fingerprint of the prepared data (data.corpus_fingerprint)
-    data_passes: float | None = None  # training tokens consumed / training tokens available
-    world_size: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Batches:
@@ -88,8 +70,8 @@ class Batches:
 
 
 @torch.no_grad()
-def evaluate(model, val: np.ndarray, token_bytes: np.ndarray, n_tokens: int, seq_len: int, rows: int,
-             device: torch.device, autocast, world: World | None = None, lockstep: bool = False) -> dict:
+def evaluate(model, val: np.ndarray | data_mod.TokenSplit, token_bytes: np.ndarray, n_tokens: int, seq_len: int,
+             rows: int, device: torch.device, autocast, world: World | None = None, lockstep: bool = False) -> dict:
     """val_bpb over the first n_tokens targets of the held-out split.
 
     Targets that stand for no bytes (end-of-text) are left out of both sums, so the metric
@@ -132,40 +114,6 @@ def evaluate(model, val: np.ndarray, token_bytes: np.ndarray, n_tokens: int, seq
     n_bytes = int(total_bytes)
     bpb = total_nats / (math.log(2) * n_bytes) if n_bytes else float("nan")
     return {"val_bpb": bpb, "nats": total_nats, "bytes": n_bytes, "tokens": n_tokens}
-
-
-FAULTS = ("nan_at_step", "oom_at_step", "error_at_step", "exit_at_step", "clock_skew")
-
-
-def parse_fault(fault: str | None, rank: int = 0) -> tuple[str | None, float]:
-    """The test aid `KIND:ARG[@RANK]` as (kind, arg) for this rank, or (None, -1).
-
-    nan_at_step:N (the step's loss becomes NaN), oom_at_step:N / error_at_step:N (raise),
-    exit_at_step:N (the process exits 1 at once, without a result: a crash), clock_skew:S (this
-    rank's clock runs S seconds ahead). @RANK limits it to that rank; without it, every rank.
-    """
-    if not fault:
-        return None, -1
-    spec, _, only = fault.partition("@")
-    kind, _, arg = spec.partition(":")
-    try:
-        value = float(arg) if kind == "clock_skew" else int(arg)
-    except ValueError:
-        value = None
-    if kind not in FAULTS or value is None or (only and not only.isdigit()):
-        raise ConfigError(f"fault {fault!r}: use KIND:N[@RANK] with KIND one of {', '.join(FAULTS)}")
-    if only and int(only) != rank:
-        return None, -1
-    return kind, value
-
-
-def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None = None,
-        world: World | None = None) -> RunOutcome:
-    world = world or World.from_env()
-    with attention_backend(settings.attention):
-        outcome = _run(cfg, seed, budget, settings, progress, world)
-    world.stop()  # only after a run every rank finished; a failed rank's process just exits
-    return outcome
 
 
 class Net:
@@ -235,251 +183,368 @@ class Net:
         return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in self.model.state_dict().items()}
 
 
-def _run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None,
-         world: World) -> RunOutcome:
-    t_setup = time.perf_counter()
+def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None = None,
+        world: World | None = None, *, hooks: Hooks | None = None, identity: dict[str, Any] | None = None,
+        started: float | None = None) -> CellResult:
+    """Train and evaluate one cell; its result document.
+
+    `identity`: the result's identity fields (camelCase, core.contract.identity_from_env).
+    `started`: the perf_counter() reading setupSeconds counts from (default: this call).
+    `hooks`: what a test installs into the loop (hooks.py); default: the --fault setting's.
+    """
+    entered = time.perf_counter()
+    world = world or World.from_env()
+    hooks = hooks if hooks is not None else hooks_for(settings.fault, world.rank)
+    with attention_backend(settings.attention):
+        t = set_up(cfg, seed, budget, settings, world, hooks)
+        t.identity, t.entered = dict(identity or {}), entered
+        t.started = entered if started is None else started
+        result = _run(t, progress)
+    world.stop()  # only after a run every rank finished; a failed rank's process just exits
+    return result
+
+
+def _run(t: Setup, progress: ProgressReporter | None) -> CellResult:
+    compile_seconds = warm_up(t)
+    t.say(f"setup took {time.perf_counter() - t.entered:.1f}s; training starts")
+    s = LoopState.start(t, compile_seconds)
+    report = StepReport(t, s, progress)
     try:
-        device = world.device(settings.device)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"--device {settings.device!r}: {exc}") from None
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
-    fault_kind, fault_arg = parse_fault(settings.fault, world.rank)
+        diverged = train(t, s, report)
+    finally:
+        report.close()
+    synchronize(t.device)
+    s.train_seconds = clock(t, s)
+    if t.world.group:  # each rank says where it stopped: the same step everywhere, by construction
+        log(f"rank {t.world.rank}/{t.world.size}: stopped after {s.steps} steps ({s.micro_batches} micro-batches) "
+            f"at {s.train_seconds:.2f}s")
+    if diverged:
+        return outcome(t, s, "diverged", diverged)
+    if s.steps == 0:
+        return outcome(t, s, "error",
+                       f"no optimizer step finished within the {t.budget:g}s budget; use a smaller batch")
+    return evaluated(t, s)
+
+
+@dataclass
+class Setup:
+    """What set-up builds for a cell and the loop uses: its settings, data, model and optimizers."""
+
+    cfg: TrainConfig  # resolved for this device and world size
+    settings: Settings
+    seed: int
+    budget: float
+    world: World
+    device: torch.device
+    shards: data_mod.Shards
+    corpus: str  # the data's fingerprint (data.corpus_fingerprint)
+    model: GPT
+    net: Net
+    optimizers: list[torch.optim.Optimizer]
+    batches: Batches
+    autocast: contextlib.AbstractContextManager[Any]
+    compile_on: bool
+    hooks: Hooks
+    say: Callable[[str], None]  # progress lines, from rank 0 only
+    # Of the result document, set by run(): its identity fields, and the perf_counter() readings
+    # at run()'s start and where setupSeconds counts from (the process's start, for a cell).
+    identity: dict[str, Any] | None = None
+    entered: float = 0.0
+    started: float = 0.0
+
+    @property
+    def accum(self) -> int:
+        """This rank's micro-batches per optimizer step."""
+        return self.cfg.grad_accum // self.world.size
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, sync: bool = True) -> torch.Tensor:
+        with self.net.no_sync(sync):
+            with self.autocast:
+                loss = self.net.fn(x, y)
+            (loss / self.accum).backward()
+        return loss.detach()
+
+    def optimizer_step(self) -> None:
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        for opt in self.optimizers:
+            opt.step()
+        self.model.zero_grad(set_to_none=True)
+
+
+def set_up(cfg: TrainConfig, seed: int, budget: float, settings: Settings, world: World, hooks: Hooks) -> Setup:
+    """Device, data, model and optimizers: everything before the first step, off the clock."""
+    device = _device(settings, world)
     cfg = cfg.resolve(device.type, world.size)
     world.start(device)
-    say = log if world.main else (lambda msg: None)  # one voice: rank 0 logs progress
     torch.manual_seed(seed)  # the same on every rank: identical initial weights
     np.random.seed(seed)
-
     try:
-        shards = data_mod.prepare(cfg.tokenizer, cfg.vocab_size, settings.data, settings.tokenizer_file, settings.text_field)
+        shards = data_mod.prepare(cfg.tokenizer, cfg.vocab_size, settings.data, settings.tokenizer_file,
+                                  settings.text_field)
     except (OSError, ValueError) as exc:  # a missing or unusable corpus will not get better on a retry
         raise ConfigError(f"data: {exc}") from None
-    corpus = shards.corpus
     use_bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    autocast: contextlib.AbstractContextManager[Any] = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
     compile_on = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.cuda.reset_peak_memory_stats(device)
-
     model = GPT(cfg, shards.vocab_size, depth=cfg.grow_from_depth or cfg.depth).to(device)
     if settings.init_from:
         load_checkpoint(Path(settings.init_from), model, shards.vocab_size)
     if settings.parallel == "fsdp" and world.group and cfg.grow_from_depth:
         raise ConfigError("grow_from_depth: growth is not supported with parallel fsdp (use ddp)")
     net = Net(model, world, device, compile_on, settings.parallel)  # before the optimizers: FSDP swaps the parameters
-    optimizers = build_optimizers(model, cfg, device.type)
-    batches = Batches(shards.train, cfg.seq_len, cfg.device_batch, seed, device, world.rank, world.size)
-    accum = cfg.grad_accum // world.size  # this rank's micro-batches per optimizer step
-    say(
+    t = Setup(cfg, settings, seed, budget, world, device, shards, shards.corpus, model, net,
+              build_optimizers(model, cfg, device.type),
+              Batches(shards.train, cfg.seq_len, cfg.device_batch, seed, device, world.rank, world.size),
+              autocast, compile_on, hooks, log if world.main else (lambda msg: None))  # one voice: rank 0's
+    t.say(
         f"model: depth {len(model.blocks)}/{cfg.depth} width {cfg.width} heads {cfg.n_head} "
         f"params {model.num_params() / 1e6:.2f}M vocab {shards.vocab_size} | device {device} "
-        f"{'bf16' if use_bf16 else 'fp32'} compile {'on' if compile_on else 'off'} attention {settings.attention} | batch {cfg.batch} tokens "
-        f"= {accum} x {cfg.device_batch} x {cfg.seq_len}"
+        f"{'bf16' if use_bf16 else 'fp32'} compile {'on' if compile_on else 'off'} attention {settings.attention} "
+        f"| batch {cfg.batch} tokens = {t.accum} x {cfg.device_batch} x {cfg.seq_len}"
         + (f" x {world.size} processes ({'FSDP2' if net.fsdp else 'DDP'})" if world.group else "")
-        + f" | budget {budget:g}s | corpus {corpus} ({shards.path.name}: {len(shards.train)} train / {len(shards.val)} val tokens)"
+        + f" | budget {budget:g}s | corpus {t.corpus} ({shards.path.name}: {len(shards.train)} train / "
+          f"{len(shards.val)} val tokens)"
     )
+    return t
 
-    def forward_backward(x, y, sync: bool = True) -> torch.Tensor:
-        with net.no_sync(sync):
-            with autocast:
-                loss = net.fn(x, y)
-            (loss / accum).backward()
-        return loss.detach()
 
-    def optimizer_step() -> None:
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        for opt in optimizers:
-            opt.step()
-        model.zero_grad(set_to_none=True)
+def _device(settings: Settings, world: World) -> torch.device:
+    """This rank's device, with the process-wide switches that go with it."""
+    try:
+        device = world.device(settings.device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"--device {settings.device!r}: {exc}") from None
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+    return device
 
-    if cfg.activation_checkpointing:
+
+def warm_up(t: Setup) -> float | None:
+    """Untimed steps that compile the training graph, then undone (weights, optimizer state and
+    the sampler restored), so the run is the same with or without them. Their seconds, or None."""
+    if t.cfg.activation_checkpointing:
         importlib.import_module("torch._dynamo")  # torch.utils.checkpoint imports it on first use: not on the clock
+    steps = t.settings.warmup_steps if t.settings.warmup_steps >= 0 else (2 if t.compile_on else 0)
+    if not steps:
+        return None
+    t0 = time.perf_counter()
+    model_state = copy.deepcopy(t.model.state_dict())
+    opt_states = [copy.deepcopy(opt.state_dict()) for opt in t.optimizers]
+    for _ in range(steps):
+        for i in range(t.accum):
+            t.forward_backward(*t.batches.next(), sync=i == t.accum - 1)
+        t.optimizer_step()
+    synchronize(t.device)
+    t.model.load_state_dict(model_state)
+    for opt, state in zip(t.optimizers, opt_states):
+        opt.load_state_dict(state)
+    t.batches.reset()
+    seconds = time.perf_counter() - t0
+    t.say(f"warm-up: {steps} untimed steps in {seconds:.1f}s{compile_cache_note()}")
+    return seconds
 
-    # Untimed warm-up: compile the training graph, then restore the initial state so the
-    # run is the same with or without it.
-    warmup = settings.warmup_steps if settings.warmup_steps >= 0 else (2 if compile_on else 0)
-    compile_seconds = None
-    if warmup:
-        t0 = time.perf_counter()
-        model_state = copy.deepcopy(model.state_dict())
-        opt_states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-        for _ in range(warmup):
-            for i in range(accum):
-                forward_backward(*batches.next(), sync=i == accum - 1)
-            optimizer_step()
-        synchronize(device)
-        model.load_state_dict(model_state)
-        for opt, st in zip(optimizers, opt_states):
-            opt.load_state_dict(st)
-        batches.reset()
-        compile_seconds = time.perf_counter() - t0
-        say(f"warm-up: {warmup} untimed steps in {compile_seconds:.1f}s{compile_cache_note()}")
-    say(f"setup took {time.perf_counter() - t_setup:.1f}s; training starts")
 
-    steps = 0
-    micro_batches = 0
-    first_loss = None
-    last_loss = float("nan")
-    flops = 0.0
-    flops_per_token = model.flops_per_token(cfg.seq_len)
-    grown = not cfg.grow_from_depth
-    paused = 0.0  # seconds spent off the clock after the start (recompiling after growth)
-    step_log = open_step_log(settings.step_log) if world.main else None
-    skew = fault_arg if fault_kind == "clock_skew" else 0.0
-    synchronize(device)
-    world.max(0.0)  # every rank's clock starts together
-    t_start = time.perf_counter()
-    timing = dict(clock_started=t_start, setup_seconds=t_start - t_setup, compile_seconds=compile_seconds)
-    last_log = t_start
-    elapsed = lambda: time.perf_counter() - t_start - paused + skew  # noqa: E731
-    repeat_checked = False
+@dataclass
+class LoopState:
+    """Everything the loop reads and writes besides the model, the optimizers and the sampler:
+    what a resumed run would have to restore."""
 
-    def clock() -> float:
-        """Training seconds as the slowest rank sees them: what every stop and schedule decision uses."""
-        return world.max(elapsed())[0]
+    t_start: float  # perf_counter() when the clock started
+    flops_per_token: float
+    grown: bool  # growth (grow_from_depth) done, or not asked for
+    skew: float = 0.0  # this rank's clock offset (a test's hooks)
+    compile_seconds: float | None = None  # the untimed warm-up
+    steps: int = 0
+    micro_batches: int = 0  # this rank's, finished, including those of a step dropped at the budget
+    flops: float = 0.0
+    first_loss: float | None = None
+    last_loss: float = float("nan")
+    paused: float = 0.0  # seconds off the clock after the start (recompiling after growth)
+    train_seconds: float = 0.0  # on the clock, once it stopped
 
-    stop = False
-    while not stop:
-        if settings.max_steps and steps >= settings.max_steps:
-            break
-        loss_sum = None
-        for i in range(accum):
-            x, y = batches.next()  # prepared while the device finishes the previous micro-batch
-            synchronize(device)  # the budget is checked against finished work, per micro-batch
-            t = clock()
-            if t >= budget:
-                stop = True
-                break
-            if i == 0:
-                if not grown and t >= cfg.grow_at_frac * budget:
-                    paused += _grow(model, cfg, optimizers, net, forward_backward, batches, device, say)
-                    flops_per_token = model.flops_per_token(cfg.seq_len)
-                    grown = True
-                set_lr(optimizers, lr_multiplier(t / budget, cfg))
-            loss = forward_backward(x, y, sync=i == accum - 1)
-            micro_batches += 1
-            loss_sum = loss if loss_sum is None else loss_sum + loss
-        if stop:
-            model.zero_grad(set_to_none=True)  # an unfinished step is dropped
-            break
-        if fault_kind and fault_kind != "clock_skew" and steps + 1 == fault_arg:
-            _inject(fault_kind, steps + 1)
-            if fault_kind == "nan_at_step":
-                loss_sum = loss_sum * float("nan")
-        # The mean over the global batch, the same on every rank, so all ranks judge divergence alike.
-        last_loss = world.sum(float(loss_sum))[0] / (accum * world.size)
-        if first_loss is None:
-            first_loss = last_loss
-        if not math.isfinite(last_loss) or last_loss > 2 * first_loss + 1:
-            synchronize(device)
-            train_seconds = clock()
-            return RunOutcome(
-                "diverged",
-                f"training loss {last_loss:.4g} at step {steps + 1} (first step {first_loss:.4g}); "
-                "lower the learning rates or add warmup",
-                train_seconds=train_seconds,
-                steps=steps,
-                tokens=steps * cfg.batch,
-                gpu_name=device_name(device),
-                peak_memory_bytes=_peak_memory(world, device),
-                corpus=corpus,
-                data_passes=data_passes(steps * cfg.batch, shards),
-                world_size=world.size,
-                **timing,
-            )
-        optimizer_step()
-        steps += 1
-        flops += flops_per_token * cfg.batch
-        now = time.perf_counter()
-        if progress is not None:
-            progress.update(elapsed=round(elapsed(), 1), step=steps, tokens=steps * cfg.batch, loss=round(last_loss, 4))
-        if not repeat_checked and (steps >= 20 or elapsed() >= min(2.0, 0.05 * budget)):
-            repeat_checked = True
-            if world.main:  # from the global batch's throughput, so the same with any number of ranks
-                _warn_if_repeating(shards, corpus, steps * cfg.batch, elapsed(), budget)
-        if step_log is not None:
-            t = elapsed()
-            step_log.write(json.dumps({"step": steps, "loss": last_loss, "lr": lr_multiplier(t / budget, cfg),
-                                       "elapsed": round(t, 4), "tokens": steps * cfg.batch}) + "\n")
-            step_log.flush()
-        if steps <= 3 or now - last_log >= settings.log_interval:
-            last_log = now
-            t = elapsed()
-            say(
-                f"step {steps} | {t:.1f}/{budget:g}s | loss {last_loss:.4f} | lr x{lr_multiplier(t / budget, cfg):.3f} "
-                f"| {micro_batches * world.size * cfg.device_batch * cfg.seq_len / max(t, 1e-9):,.0f} tok/s"
-            )
-    synchronize(device)
-    train_seconds = clock()
-    if step_log is not None:
-        step_log.close()
-    if world.group:  # each rank says where it stopped: the same step everywhere, by construction
-        log(f"rank {world.rank}/{world.size}: stopped after {steps} steps ({micro_batches} micro-batches) "
-            f"at {train_seconds:.2f}s")
-    processed = micro_batches * world.size * cfg.device_batch * cfg.seq_len  # all ranks' tokens
-    if steps == 0:
-        return RunOutcome("error", f"no optimizer step finished within the {budget:g}s budget; use a smaller batch",
-                       train_seconds=train_seconds, steps=0, tokens=0, gpu_name=device_name(device),
-                       world_size=world.size, **timing)
+    @classmethod
+    def start(cls, t: Setup, compile_seconds: float | None) -> LoopState:
+        """Start the clock, on every rank together."""
+        synchronize(t.device)
+        t.world.max(0.0)
+        return cls(time.perf_counter(), t.model.flops_per_token(t.cfg.seq_len), grown=not t.cfg.grow_from_depth,
+                   skew=t.hooks.clock_skew, compile_seconds=compile_seconds)
 
-    if settings.eval_tokens < 0:  # the benchmark measures training only
-        return RunOutcome("ok", train_seconds=train_seconds, steps=steps, tokens=steps * cfg.batch,
-                       tokens_per_second=processed / train_seconds, mfu=_mfu(flops, train_seconds, device, world.size),
-                       peak_memory_bytes=_peak_memory(world, device), gpu_name=device_name(device),
-                       corpus=corpus, data_passes=data_passes(steps * cfg.batch, shards), world_size=world.size,
-                       **timing)
-    t_eval = time.perf_counter()
-    model.eval()
-    eval_tokens = settings.eval_tokens or EVAL_TOKENS_DEFAULT.get(device.type, EVAL_TOKENS_DEFAULT["cpu"])
-    if eval_tokens > len(shards.val) - 1:
-        say(f"eval: only {len(shards.val) - 1} held-out tokens, fewer than the {eval_tokens} asked for")
+    def elapsed(self) -> float:
+        """This rank's training seconds so far."""
+        return time.perf_counter() - self.t_start - self.paused + self.skew
+
+
+def clock(t: Setup, s: LoopState) -> float:
+    """Training seconds as the slowest rank sees them: what every stop and schedule decision uses."""
+    return t.world.max(s.elapsed())[0]
+
+
+def train(t: Setup, s: LoopState, report: StepReport) -> str | None:
+    """Optimizer steps until the budget (or --max-steps) is spent. Returns why the loss diverged, if it did."""
+    while not (t.settings.max_steps and s.steps >= t.settings.max_steps):
+        # forward/backward: the step's micro-batches, the budget checked before each
+        loss_sum = accumulate(t, s)
+        if loss_sum is None:
+            t.model.zero_grad(set_to_none=True)  # the budget ran out: an unfinished step is dropped
+            return None
+        # divergence, on the global batch's mean loss: the same on every rank, so all judge alike
+        loss_sum = t.hooks.after_step(s.steps + 1, loss_sum)
+        s.last_loss = t.world.sum(float(loss_sum))[0] / (t.accum * t.world.size)
+        if s.first_loss is None:
+            s.first_loss = s.last_loss
+        if not math.isfinite(s.last_loss) or s.last_loss > 2 * s.first_loss + 1:
+            return (f"training loss {s.last_loss:.4g} at step {s.steps + 1} (first step {s.first_loss:.4g}); "
+                    "lower the learning rates or add warmup")
+        # update
+        t.optimizer_step()
+        s.steps += 1
+        s.flops += s.flops_per_token * t.cfg.batch
+        # logging
+        report.step(s)
+    return None
+
+
+def accumulate(t: Setup, s: LoopState) -> torch.Tensor | None:
+    """One step's micro-batches, forward and backward, and their summed loss; None when the budget
+    ran out before the last of them. Growth and the lr follow the clock at the first micro-batch."""
+    loss_sum = None
+    for i in range(t.accum):
+        x, y = t.batches.next()  # prepared while the device finishes the previous micro-batch
+        synchronize(t.device)  # the budget is checked against finished work, per micro-batch
+        now = clock(t, s)
+        if now >= t.budget:
+            return None
+        if i == 0:
+            if not s.grown and now >= t.cfg.grow_at_frac * t.budget:
+                grow(t, s)
+            set_lr(t.optimizers, lr_multiplier(now / t.budget, t.cfg))
+        loss = t.forward_backward(x, y, sync=i == t.accum - 1)
+        s.micro_batches += 1
+        loss_sum = loss if loss_sum is None else loss_sum + loss
+    return loss_sum
+
+
+def grow(t: Setup, s: LoopState) -> None:
+    """Insert the remaining blocks; recompiling for them is kept off the clock."""
+    before = len(t.model.blocks)
+    t.model.grow(t.cfg.depth)
+    t.net.wrap()
+    new = [p for b in list(t.model.blocks)[before:] for p in b.parameters()]
+    opt = t.optimizers[-1]  # the block-matrix optimizer: Muon, or AdamW's last group
+    group = {k: v for k, v in opt.param_groups[-1].items() if k != "params"}
+    opt.add_param_group({**group, "params": new})
+    t0 = time.perf_counter()
+    t.forward_backward(*t.batches.next())  # recompile off the clock; the gradients are dropped
+    t.model.zero_grad(set_to_none=True)
+    synchronize(t.device)
+    t.say(f"grew depth {before} -> {len(t.model.blocks)}")
+    s.paused += time.perf_counter() - t0
+    s.flops_per_token = t.model.flops_per_token(t.cfg.seq_len)
+    s.grown = True
+
+
+class StepReport:
+    """What the loop says after each step: the Pod's progress annotation, a stderr line every
+    --log-interval, the --step-log line (rank 0) and, once, the repeated-data warning."""
+
+    def __init__(self, t: Setup, s: LoopState, progress: ProgressReporter | None):
+        self.t, self.progress = t, progress
+        self.step_log: TextIO | None = open_step_log(t.settings.step_log) if t.world.main else None
+        self.last_log = s.t_start
+        self.repeat_checked = False
+
+    def step(self, s: LoopState) -> None:
+        t, now, elapsed = self.t, time.perf_counter(), s.elapsed()
+        tokens = s.steps * t.cfg.batch
+        if self.progress is not None:
+            self.progress.update(elapsed=round(elapsed, 1), step=s.steps, tokens=tokens, loss=round(s.last_loss, 4))
+        if not self.repeat_checked and (s.steps >= 20 or elapsed >= min(2.0, 0.05 * t.budget)):
+            self.repeat_checked = True
+            if t.world.main:  # from the global batch's throughput, so the same with any number of ranks
+                _warn_if_repeating(t.shards, t.corpus, tokens, elapsed, t.budget)
+        lr = lr_multiplier(elapsed / t.budget, t.cfg)
+        if self.step_log is not None:
+            self.step_log.write(json.dumps({"step": s.steps, "loss": s.last_loss, "lr": lr,
+                                            "elapsed": round(elapsed, 4), "tokens": tokens}) + "\n")
+            self.step_log.flush()
+        if s.steps <= 3 or now - self.last_log >= t.settings.log_interval:
+            self.last_log = now
+            processed = s.micro_batches * t.world.size * t.cfg.device_batch * t.cfg.seq_len
+            t.say(f"step {s.steps} | {elapsed:.1f}/{t.budget:g}s | loss {s.last_loss:.4f} | lr x{lr:.3f} "
+                  f"| {processed / max(elapsed, 1e-9):,.0f} tok/s")
+
+    def close(self) -> None:
+        if self.step_log is not None:
+            self.step_log.close()
+
+
+def evaluate_cell(t: Setup) -> tuple[dict[str, Any], float]:
+    """val_bpb after training (off the clock), and its seconds."""
+    t0 = time.perf_counter()
+    t.model.eval()
+    eval_tokens = t.settings.eval_tokens or EVAL_TOKENS_DEFAULT.get(t.device.type, EVAL_TOKENS_DEFAULT["cpu"])
+    if eval_tokens > len(t.shards.val) - 1:
+        t.say(f"eval: only {len(t.shards.val) - 1} held-out tokens, fewer than the {eval_tokens} asked for")
     # Eager on purpose: compiling the evaluation graph would cost more (30-70 s) than running it.
     # (FSDP compiles the blocks' forwards in place: told to run them eagerly here.)
-    eager = torch.compiler.set_stance("force_eager") if net.fsdp and compile_on and hasattr(torch.compiler, "set_stance") \
-        else contextlib.nullcontext()
+    fsdp_compiled = t.net.fsdp and t.compile_on and hasattr(torch.compiler, "set_stance")
+    eager = torch.compiler.set_stance("force_eager") if fsdp_compiled else contextlib.nullcontext()
     with eager:
-        ev = evaluate(model, shards.val, shards.token_bytes, eval_tokens, cfg.seq_len, cfg.device_batch, device, autocast,
-                      world, lockstep=net.fsdp)
-    synchronize(device)
-    eval_seconds = time.perf_counter() - t_eval
-    passes = data_passes(steps * cfg.batch, shards)
-    say(
+        ev = evaluate(t.model, t.shards.val, t.shards.token_bytes, eval_tokens, t.cfg.seq_len, t.cfg.device_batch,
+                      t.device, t.autocast, t.world, lockstep=bool(t.net.fsdp))
+    synchronize(t.device)
+    return ev, time.perf_counter() - t0
+
+
+def evaluated(t: Setup, s: LoopState) -> CellResult:
+    """Evaluate the trained cell and say how it went; its result (and its checkpoint, if asked)."""
+    ev, eval_seconds = evaluate_cell(t)
+    passes = data_passes(s.steps * t.cfg.batch, t.shards)
+    t.say(
         f"eval: val_bpb {ev['val_bpb']:.4f} over {ev['tokens']} tokens ({ev['bytes']} bytes) in "
-        f"{eval_seconds:.1f}s | {steps} steps ({passes:.1f} passes over the training split), "
-        f"{train_seconds:.1f}s, final train loss {last_loss:.4f}"
+        f"{eval_seconds:.1f}s | {s.steps} steps ({passes:.1f} passes over the training split), "
+        f"{s.train_seconds:.1f}s, final train loss {s.last_loss:.4f}"
     )
     if passes > 4:
-        say(f"note: the training split was repeated {passes:.0f} times; past a few passes a longer budget can "
-            "make val_bpb worse, not better. Give larger budgets a larger corpus (--data)")
-    gpu = device_name(device)
-    outcome = RunOutcome(
-        "ok" if math.isfinite(ev["val_bpb"]) else "diverged",
-        "" if math.isfinite(ev["val_bpb"]) else "val_bpb is not finite",
-        value=ev["val_bpb"] if math.isfinite(ev["val_bpb"]) else None,
-        train_seconds=train_seconds,
-        steps=steps,
-        tokens=steps * cfg.batch,
-        tokens_per_second=processed / train_seconds if train_seconds > 0 else None,
-        mfu=_mfu(flops, train_seconds, device, world.size),
-        peak_memory_bytes=_peak_memory(world, device),
-        gpu_name=gpu,
-        eval_seconds=eval_seconds,
-        corpus=corpus,
-        data_passes=passes,
-        world_size=world.size,
-        extra={"eval": ev, "train_loss": last_loss},
-        **timing,
-    )
-    if settings.checkpoint_dir:
-        weights = net.full_state_dict()
-        if world.main:
-            save_checkpoint(Path(settings.checkpoint_dir), weights, cfg, shards, seed, outcome)
-    return outcome
+        t.say(f"note: the training split was repeated {passes:.0f} times; past a few passes a longer budget can "
+              "make val_bpb worse, not better. Give larger budgets a larger corpus (--data)")
+    finite = math.isfinite(ev["val_bpb"])
+    result = outcome(t, s, "ok" if finite else "diverged", "" if finite else "val_bpb is not finite",
+                     value=ev["val_bpb"] if finite else None, eval_seconds=eval_seconds)
+    if t.settings.checkpoint_dir:
+        weights = t.net.full_state_dict()  # a collective under FSDP: every rank gathers
+        if t.world.main:
+            save_checkpoint(Path(t.settings.checkpoint_dir), weights, t.cfg, t.shards, t.seed, result)
+    return result
 
+
+def outcome(t: Setup, s: LoopState, status: Status, message: str = "", value: float | None = None,
+            eval_seconds: float | None = None) -> CellResult:
+    """The cell's result document from what set-up, the loop and evaluation measured. Throughput
+    is reported once a step finished; peak memory is the largest over the ranks (a collective)."""
+    tokens = s.steps * t.cfg.batch
+    processed = s.micro_batches * t.world.size * t.cfg.device_batch * t.cfg.seq_len  # all ranks' tokens
+    timed = s.steps > 0 and s.train_seconds > 0
+    return CellResult(
+        **(t.identity or {}), status=status, message=message, value=value,
+        train_seconds=s.train_seconds, setup_seconds=_seconds(s.t_start - t.started),
+        compile_seconds=_seconds(s.compile_seconds), eval_seconds=_seconds(eval_seconds),
+        steps=s.steps, tokens=tokens, tokens_per_second=processed / s.train_seconds if timed else None,
+        mfu=_mfu(s.flops, s.train_seconds, t.device, t.world.size) if timed else None,
+        peak_memory_bytes=_peak_memory(t.world, t.device), gpu_name=device_name(t.device),
+        corpus=t.corpus, data_passes=data_passes(tokens, t.shards), world_size=t.world.size,
+    )
+
+
+def _seconds(seconds: float | None) -> float | None:
+    return None if seconds is None else round(max(seconds, 0.0), 3)
 
 def compile_cache_note() -> str:
     """Inductor's cache hits and misses so far in this process (' | compile cache: ...'), or ''
@@ -543,40 +608,13 @@ def _mfu(flops: float, seconds: float, device: torch.device, processes: int = 1)
     return flops / (seconds * peak * processes) if peak and seconds > 0 else None
 
 
-def _grow(model: GPT, cfg: TrainConfig, optimizers, net: Net, forward_backward, batches: Batches, device, say=log) -> float:
-    """Insert the remaining blocks; returns the seconds spent off the clock (recompilation)."""
-    before = len(model.blocks)
-    model.grow(cfg.depth)
-    net.wrap()
-    new = [p for b in list(model.blocks)[before:] for p in b.parameters()]
-    opt = optimizers[-1]  # the block-matrix optimizer: Muon, or AdamW's last group
-    group = {k: v for k, v in opt.param_groups[-1].items() if k != "params"}
-    opt.add_param_group({**group, "params": new})
-    t0 = time.perf_counter()
-    forward_backward(*batches.next())  # recompile off the clock; the gradients are dropped
-    model.zero_grad(set_to_none=True)
-    synchronize(device)
-    say(f"grew depth {before} -> {len(model.blocks)}")
-    return time.perf_counter() - t0
-
-
-def _inject(kind: str, step: int) -> None:
-    if kind == "exit_at_step":
-        log(f"exiting with code 1 at once (fault exit_at_step:{step})")
-        sys.stderr.flush()
-        os._exit(1)
-    if kind == "oom_at_step":
-        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by fault oom_at_step:{step})")
-    if kind == "error_at_step":
-        raise RuntimeError(f"injected error (fault error_at_step:{step})")
-
-
-def save_checkpoint(out: Path, weights: dict, cfg: TrainConfig, shards, seed: int, outcome: RunOutcome) -> None:
+def save_checkpoint(out: Path, weights: dict, cfg: TrainConfig, shards: data_mod.Shards, seed: int,
+                    result: CellResult) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": weights, "config": cfg.to_dict(), "vocab_size": shards.vocab_size}, out / "model.pt")
     (out / "config.json").write_text(json.dumps(
         {"config": cfg.to_dict(), "seed": seed, "vocab_size": shards.vocab_size, "corpus": str(shards.path),
-         "val_bpb": outcome.value, "steps": outcome.steps}, indent=2))
+         "val_bpb": result.value, "steps": result.steps}, indent=2))
     log(f"checkpoint saved to {out}")
 
 

@@ -1,1 +1,2 @@
-"""The Kubernetes operator: Kopf handlers (thin I/O) around pure builders and the core planner."""
+"""The Kubernetes operator: Kopf runs it; thin I/O parts around pure builders and the core's ladder step
+(docs/architecture.md shows the parts)."""

@@ -2,9 +2,9 @@
 
 The CRD's schema and CEL rules cannot see what only the API server's own Job validation knows
 (resource quantities, tolerations, the Pod template as a whole) nor whether any node serves a
-host block. So, for a ladder that has not started (and again after each spec edit), the
-handlers create one cell Job per host block as a server-side dry run (`dryRun=All`: validated
-and admitted, never stored) and list the nodes:
+host block. So, for a ladder that has not finished (and again after each spec edit),
+`AdmissionChecks` creates one cell Job per host block as a server-side dry run (`dryRun=All`:
+validated and admitted, never stored) and lists the nodes:
 
   * a dry run refused: the ladder does not start; condition Admitted=False (reason JobInvalid)
     names the host block and the API server's message, with a Warning Event. Fix the spec
@@ -15,31 +15,36 @@ and admitted, never stored) and list the nodes:
     request above every matching node's allocatable): the same warning, reason NoNodeFits;
     `unfit_blocks` says why, and the cells' waits count as stalls, not as waits for capacity
     (controller/scheduling.py). `ladder validate` gives the same warning where it sees a cluster.
+  * the namespace enforces a Pod Security Standard (label pod-security.kubernetes.io/enforce)
+    that the cell pods break: the ladder does not start, and the condition names each field of
+    spec.trainer.template to set (core/podsecurity.py). The API server enforces the standard on
+    Pods only, so the Jobs' dry run alone would pass and every pod would then be refused.
 
-Pure: `sample_jobs` (what to dry-run), `matches` (node selection) and `unfit_blocks`; the verdict
-travels to the pure reconcile as an `Admission`.
+Pure: `sample_jobs` (what to dry-run), `matches` (node selection), `unfit_blocks` and
+`admission_conditions`; the verdict travels to the pure reconcile as an `Admission`.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes.utils import parse_quantity
 
-from ..core.api import LadderSpec
+from ..core.api import LadderInvalid, LadderSpec, load_ladder
 from ..core.cell import Cell
+from ..core.podsecurity import violations
+from ..core.status import MESSAGE_LIMIT
 from .jobs import build_job
+from .kubeapi import Node, api_message, api_status
+from .workqueue import Key
 
+log = logging.getLogger("promotion_ladder.operator")
 
-@dataclass(frozen=True)
-class Node:
-    """What admission needs of a Node: its labels and its allocatable resources (quantities)."""
-
-    name: str
-    labels: dict[str, str]
-    allocatable: dict[str, str] = field(default_factory=dict)
+POD_SECURITY_LABEL = "pod-security.kubernetes.io/enforce"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,28 @@ def sample_jobs(body: dict[str, Any], spec: LadderSpec) -> list[tuple[str, dict[
             seen.add(block)
             out.append((block, build_job(body, spec, Cell(st.name, spec.candidates[0].name, block, st.seeds[0]))))
     return out
+
+
+def pod_security_problems(level: str, body: dict[str, Any], spec: LadderSpec) -> list[str]:
+    """Each field of the ladder that makes its cell pods break the standard `level` (once per field)."""
+    found: list[str] = []
+    for _block, job in sample_jobs(body, spec):
+        for line in violations(level, job["spec"]["template"]["spec"]):
+            if line not in found:
+                found.append(line)
+    return found
+
+
+def pod_security_problem(namespace_labels: dict[str, str], body: dict[str, Any], spec: LadderSpec) -> str | None:
+    """The blocking problem when the namespace enforces a standard the cell pods break."""
+    level = namespace_labels.get(POD_SECURITY_LABEL, "privileged")
+    if level not in ("baseline", "restricted"):
+        return None
+    problems = pod_security_problems(level, body, spec)
+    if not problems:
+        return None
+    return (f"the namespace enforces the Pod Security Standard {level} ({POD_SECURITY_LABEL}), which would refuse "
+            f"every cell pod: " + "; ".join(problems))[:MESSAGE_LIMIT]
 
 
 def matches(node_labels: dict[str, str], selector: dict[str, str]) -> bool:
@@ -149,6 +176,81 @@ def admission_conditions(admission: Admission | None, old: list[dict], now: str)
         if not text:
             continue
         prev = next((c for c in old if c.get("type") == type_ and c.get("status") == "False"), None)
-        out.append({"type": type_, "status": "False", "reason": reason, "message": text[:1024],
+        out.append({"type": type_, "status": "False", "reason": reason, "message": text[:MESSAGE_LIMIT],
                     "lastTransitionTime": (prev or {}).get("lastTransitionTime") or now})
     return out
+
+
+class AdmissionApi(Protocol):
+    def dry_run_job(self, namespace: str, job: dict[str, Any]) -> None: ...
+    def nodes(self) -> list[Node]: ...
+    def namespace_labels(self, name: str) -> dict[str, str]: ...
+
+
+class AdmissionChecks:
+    """The checks of an unfinished ladder against the API server, once per spec generation."""
+
+    def __init__(self, api: AdmissionApi) -> None:
+        self._api = api
+        self._done: dict[Key, tuple[tuple[Any, Any], Admission]] = {}  # key -> ((uid, generation), checks)
+        self._lock = threading.Lock()
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._done.pop(key, None)
+
+    def check(self, key: Key, body: dict[str, Any]) -> Admission | None:
+        """The checks of this ladder's spec (cached per uid and generation); None for a finished
+        ladder or an invalid spec (the reconcile reports that)."""
+        if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return None
+        meta = body["metadata"]
+        mark = (meta.get("uid"), meta.get("generation"))
+        with self._lock:
+            cached = self._done.get(key)
+        if cached is not None and cached[0] == mark:
+            return cached[1]
+        try:
+            spec = load_ladder(body).spec
+        except LadderInvalid:
+            return None
+        problem = self._dry_run(key, body, spec) or self._pod_security(key, body, spec)
+        warnings, unfit = self._node_warnings(key, body, spec)
+        admission = Admission(problem, warnings, unfit)
+        with self._lock:
+            self._done[key] = (mark, admission)
+        return admission
+
+    def _dry_run(self, key: Key, body: dict[str, Any], spec: LadderSpec) -> str | None:
+        for block, job in sample_jobs(body, spec):
+            try:
+                self._api.dry_run_job(key[0], job)
+            except Exception as exc:  # noqa: BLE001 - only the API server's "invalid" blocks a ladder
+                status = api_status(exc)
+                if status in (400, 422):
+                    return f"host block {block}: the API server refuses its cell Jobs: {api_message(exc)}"[:MESSAGE_LIMIT]
+                if status != 409:  # 403 (a full quota), 5xx: not a verdict on the spec
+                    log.warning("dry run of a Job of %s/%s: %s", *key, exc)
+        return None
+
+    def _pod_security(self, key: Key, body: dict[str, Any], spec: LadderSpec) -> str | None:
+        try:
+            labels = self._api.namespace_labels(key[0])
+        except Exception as exc:  # noqa: BLE001 - unknown labels are no verdict; the pods say it then
+            log.warning("could not read namespace %s's labels: %s", key[0], exc)
+            return None
+        return pod_security_problem(labels, body, spec)
+
+    def _node_warnings(self, key: Key, body: dict[str, Any],
+                       spec: LadderSpec) -> tuple[tuple[str, ...], dict[str, str]]:
+        """Host blocks no node matches (warnings), and those no matching node could hold (unfit)."""
+        try:
+            nodes = self._api.nodes()
+        except Exception as exc:  # noqa: BLE001 - a warning only; never blocks
+            log.warning("could not list nodes for %s/%s: %s", *key, exc)
+            return (), {}
+        blocks = {h.name: h for h in spec.host_blocks}
+        warnings = tuple(f"no node matches host block {b} (nodeSelector {blocks[b].node_selector}); its cells "
+                         "wait until one does (a cluster autoscaler may add it)"
+                         for b in unmatched_blocks(spec, [n.labels for n in nodes]))
+        return warnings, unfit_blocks(body, spec, nodes)

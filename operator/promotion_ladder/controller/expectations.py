@@ -3,7 +3,8 @@ second create (the controller-runtime "expectations" idea, by name and with an e
 
 An expectation expires after `ttl` seconds even if the Job never shows up (a create that
 succeeded on a connection that then broke, a Job deleted at once): then the reconcile sees the
-Job missing and creates it again (create-if-absent: a 409 is fine).
+Job missing and creates it again (create-if-absent: a 409 is fine). Hand-made: client-go has
+these (ControllerExpectations), the Python client and Kopf do not.
 """
 
 from __future__ import annotations

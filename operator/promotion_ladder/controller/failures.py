@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
+from ..core.status import MESSAGE_LIMIT
+
 RECONCILE_ERROR = "ReconcileError"  # the condition type and the Event reason
 FIRST_RETRY_SECONDS = 5.0
 MAX_RETRY_SECONDS = 300.0
@@ -24,11 +28,9 @@ def retry_delay(failures: int) -> float:
 
 def error_message(exc: BaseException) -> str:
     """What the condition and the Event say: the API server's answer when there is one."""
-    status = getattr(exc, "status", None)
-    if status is not None:
-        body = str(getattr(exc, "body", "") or "")
-        return f"API server answered {status} {getattr(exc, 'reason', '')}: {body}"[:1024]
-    return f"{type(exc).__name__}: {exc}"[:1024]
+    if isinstance(exc, ApiException) and exc.status is not None:
+        return f"API server answered {exc.status} {exc.reason or ''}: {exc.body or ''}"[:MESSAGE_LIMIT]
+    return f"{type(exc).__name__}: {exc}"[:MESSAGE_LIMIT]
 
 
 def with_error_condition(conditions: list[dict[str, Any]], message: str, failures: int, delay: float,
@@ -40,6 +42,6 @@ def with_error_condition(conditions: list[dict[str, Any]], message: str, failure
     since = prev.get("lastTransitionTime") if prev and prev.get("lastTransitionTime") else now
     return kept + [{
         "type": RECONCILE_ERROR, "status": "True", "reason": RECONCILE_ERROR,
-        "message": f"reconcile failed {failures} time(s) in a row; next try in {delay:g} s: {message}"[:1024],
+        "message": f"reconcile failed {failures} time(s) in a row; next try in {delay:g} s: {message}"[:MESSAGE_LIMIT],
         "lastTransitionTime": since,
     }]

@@ -1,6 +1,6 @@
 """Result intake: which observed Jobs and Pods give a cell its outcome, and which are rejected.
 
-Pure. The handlers turn raw Job/Pod bodies into small summaries (`job_summary`, `pod_summary`,
+Pure. The informers turn raw Job/Pod bodies into small summaries (`job_summary`, `pod_summary`,
 kept in the operator's in-memory index) and ask `cell_outcome` what a cell's state is.
 
 How a finished cell is judged is the cell contract's (core.contract.judge, the same for
@@ -21,8 +21,8 @@ How a finished cell is judged is the cell contract's (core.contract.judge, the s
     or a Job that has finished (its retries are spent). A Pod that is still running, or that
     failed in a way the Job retries, decides nothing, whatever its annotation says.
   * never a failure from missing evidence: a Complete Job with no terminal Pod at hand (the
-    cache has not seen it, or holds a stale copy) is not judged: `CellView.look_up` asks the
-    handlers to read its Pods from the API server first;
+    cache has not seen it, or holds a stale copy; its labels were changed) is not judged:
+    `CellView.look_up` asks the reconciler to read its Pods from the API server first;
   * a container that never ran (StartError: a missing command, a mount that fails) says so: the
     runtime's error in its termination message is not a result document.
 A rejected annotation yields a `Rejection` (reason = metric label, message = Event text), also
@@ -38,12 +38,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.cell import Cell
+from ..core.cell import Cell, CellOutcome
+from ..core.clock import epoch
 from ..core.contract import NON_RETRYABLE_EXIT_CODES, REASON_LIMIT, RESULT_ANNOTATION, check_result, judge
 from ..core.result import CellResult, ResultError
-from ..core.cell import CellOutcome
 from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LABEL_PREFIX, LADDER_LABEL, cell_from_labels
-from .occupancy import epoch, pod_times
+from .occupancy import pod_times
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 # The Job controller labels every Pod of a Job with the Job's UID (its generated selector).
@@ -164,7 +164,7 @@ class CellView:
     rejections: list[Rejection] = field(default_factory=list)
     node: str | None = None  # where the cell ran (the Pod whose result counts, else its latest)
     # The Job says Complete but no terminal Pod of it is at hand (the cache has not seen it, or
-    # holds a stale copy): missing evidence, not a failure. The handlers look its Pods up.
+    # holds a stale copy): missing evidence, not a failure. The reconciler looks its Pods up.
     look_up: bool = False
     pods: list[PodSummary] = field(default_factory=list)  # the Job's own Pods (see `disagreement`)
 

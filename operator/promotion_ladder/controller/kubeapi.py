@@ -10,30 +10,59 @@ ServiceAccount/Role/RoleBinding once per namespace.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import threading
-from datetime import datetime, timezone
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from ..core.api import GROUP, KIND, PLURAL, VERSION
-from .admission import Node
+from ..core.clock import iso
+from ..core.status import MESSAGE_LIMIT
 from .cellpod import rendezvous_service
 from .metrics import LadderMetrics
 from .rbac import trainer_objects
 
 log = logging.getLogger("promotion_ladder.operator")
 COMPONENT = "promotion-ladder-operator"
+# connect, read: a call the API server does not answer in time fails (and is retried) instead of
+# holding a worker thread, which also bounds how long a stopping operator waits for its threads.
+REQUEST_SECONDS = (10, 60)
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+@dataclass(frozen=True)
+class Node:
+    """What admission needs of a Node: its labels and its allocatable resources (quantities)."""
+
+    name: str
+    labels: dict[str, str]
+    allocatable: dict[str, str] = field(default_factory=dict)
+
+
+def api_status(exc: BaseException) -> int | None:
+    """The HTTP status of an API server's refusal; None for anything else (a connection error)."""
+    return exc.status if isinstance(exc, ApiException) else None
+
+
+def api_message(exc: BaseException) -> str:
+    """What the API server said: its Status message when the answer has one, else the exception."""
+    if not isinstance(exc, ApiException):
+        return str(exc)
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return message or str(exc.body or exc.reason or exc)
 
 
 def retryable(exc: BaseException) -> bool:
     """Whether an API failure is worth retrying as it is (see the module docstring)."""
-    status = getattr(exc, "status", None)
+    status = api_status(exc)
     return status is None or status >= 500 or status == 429
 
 
@@ -41,8 +70,6 @@ class KubeApi:
     """The few API calls the operator makes (sync kubernetes client; called from worker threads)."""
 
     def __init__(self, api_client=None, metrics: LadderMetrics | None = None):
-        from kubernetes import client, config
-
         if api_client is None:
             try:
                 config.load_incluster_config()
@@ -65,19 +92,17 @@ class KubeApi:
 
     def create_job(self, namespace: str, job: dict) -> bool:
         """True when created, False when it already existed."""
-        from kubernetes.client.exceptions import ApiException
-
         service = rendezvous_service(job)
         if service is not None:  # before its Job, so the pods' names resolve from their start
             self._count("create_service")
             try:
-                self.core.create_namespaced_service(namespace, service)
+                self.core.create_namespaced_service(namespace, service, _request_timeout=REQUEST_SECONDS)
             except ApiException as exc:
                 if exc.status != 409:
                     raise
         self._count("create_job")
         try:
-            self.batch.create_namespaced_job(namespace, job)
+            self.batch.create_namespaced_job(namespace, job, _request_timeout=REQUEST_SECONDS)
             return True
         except ApiException as exc:
             if exc.status == 409:
@@ -87,13 +112,11 @@ class KubeApi:
     def write_status(self, namespace: str, name: str, status: dict) -> str | None:
         """Replace .status (JSON patch `add` replaces the whole member); the new resourceVersion,
         or None when the ladder is gone."""
-        from kubernetes.client.exceptions import ApiException
-
         self._count("patch_status")
         try:
             obj = self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, [{"op": "add", "path": "/status", "value": status}],
-                _content_type="application/json-patch+json")
+                _content_type="application/json-patch+json", _request_timeout=REQUEST_SECONDS)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -103,13 +126,11 @@ class KubeApi:
     def write_conditions(self, namespace: str, name: str, conditions: list[dict]) -> None:
         """Replace only .status.conditions (a merge patch replaces a list whole): works when the
         full status write is what the API server refuses."""
-        from kubernetes.client.exceptions import ApiException
-
         self._count("patch_status")
         try:
             self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, {"status": {"conditions": conditions}},
-                _content_type="application/merge-patch+json")
+                _content_type="application/merge-patch+json", _request_timeout=REQUEST_SECONDS)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -118,13 +139,12 @@ class KubeApi:
         """A Job's Pods read from the API server (not the cache), found by the labels the Job
         controller sets and kept only when the Job controls them (owner reference UID): a Pod
         whose ladder labels were changed is still found, one that merely claims the Job is not."""
-        from kubernetes.client.exceptions import ApiException
-
         items: list[dict] = []
         for selector in (f"batch.kubernetes.io/controller-uid={job_uid}", f"batch.kubernetes.io/job-name={job_name}"):
             self._count("list_pods")
             try:
-                found = self.core.list_namespaced_pod(namespace, label_selector=selector)
+                found = self.core.list_namespaced_pod(namespace, label_selector=selector,
+                                                      _request_timeout=REQUEST_SECONDS)
             except ApiException as exc:
                 if exc.status == 404:
                     return []
@@ -138,26 +158,22 @@ class KubeApi:
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete one Job (and its Pods) if it is still the one we mean (UID precondition)."""
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
         self._count("delete_job")
         try:
             self.batch.delete_namespaced_job(name, namespace, body=client.V1DeleteOptions(
-                propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid)))
+                propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid)),
+                _request_timeout=REQUEST_SECONDS)
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         """End a stuck Pod at once (no grace: it already ran past its deadline)."""
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
         self._count("delete_pod")
         try:
             self.core.delete_namespaced_pod(name, namespace, body=client.V1DeleteOptions(
-                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)))
+                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)),
+                _request_timeout=REQUEST_SECONDS)
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
@@ -165,20 +181,25 @@ class KubeApi:
     def dry_run_job(self, namespace: str, job: dict) -> None:
         """Create a Job with dryRun=All: validated and admitted by the API server, never stored."""
         self._count("dry_run_job")
-        self.batch.create_namespaced_job(namespace, job, dry_run="All")
+        self.batch.create_namespaced_job(namespace, job, dry_run="All", _request_timeout=REQUEST_SECONDS)
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        self._count("read_namespace")
+        return dict(self.core.read_namespace(name, _request_timeout=REQUEST_SECONDS).metadata.labels or {})
 
     def nodes(self) -> list[Node]:
         self._count("list_nodes")
         return [Node(n.metadata.name, dict(n.metadata.labels or {}),
                      {k: str(v) for k, v in ((n.status.allocatable if n.status else None) or {}).items()})
-                for n in self.core.list_node().items]
+                for n in self.core.list_node(_request_timeout=REQUEST_SECONDS).items]
 
     def failed_creates(self, namespace: str) -> dict[str, str]:
         """The message of the Job controller's latest FailedCreate Event of each Job in the
         namespace that has one, by Job UID."""
         self._count("list_events")
         found = self.core.list_namespaced_event(
-            namespace, field_selector="reason=FailedCreate,involvedObject.kind=Job").items
+            namespace, field_selector="reason=FailedCreate,involvedObject.kind=Job",
+            _request_timeout=REQUEST_SECONDS).items
 
         def when(e: Any) -> float:
             t = e.last_timestamp or e.event_time or e.metadata.creation_timestamp
@@ -192,51 +213,50 @@ class KubeApi:
 
     def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
         """Merge annotations into a Pod (gone: nothing to do)."""
-        from kubernetes.client.exceptions import ApiException
-
         self._count("patch_pod")
         try:
-            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}})
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}},
+                                           _request_timeout=REQUEST_SECONDS)
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
     def post_event(self, body: dict, type_: str, reason: str, message: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         meta = body["metadata"]
-        now = now_iso()
+        now = iso()
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta["uid"]},
-            "type": type_, "reason": reason, "message": message[:1024],
+            "type": type_, "reason": reason, "message": message[:MESSAGE_LIMIT],
             "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": self.instance,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         self._count("create_event")
         try:
-            self.core.create_namespaced_event(meta["namespace"], event)
+            self.core.create_namespaced_event(meta["namespace"], event, _request_timeout=REQUEST_SECONDS)
         except ApiException as exc:  # Events are best effort
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
 
     def ensure_trainer_rbac(self, namespace: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         for obj in trainer_objects(namespace):
             self._count("create_rbac")
             try:
                 if obj["kind"] == "ServiceAccount":
-                    self.core.create_namespaced_service_account(namespace, obj)
+                    self.core.create_namespaced_service_account(namespace, obj, _request_timeout=REQUEST_SECONDS)
                 elif obj["kind"] == "Role":
-                    self.rbac.create_namespaced_role(namespace, obj)
+                    self.rbac.create_namespaced_role(namespace, obj, _request_timeout=REQUEST_SECONDS)
                 else:
-                    self.rbac.create_namespaced_role_binding(namespace, obj)
+                    self.rbac.create_namespaced_role_binding(namespace, obj, _request_timeout=REQUEST_SECONDS)
             except ApiException as exc:
                 if exc.status != 409:
                     raise
 
+
+
+class RbacApi(Protocol):
+    def ensure_trainer_rbac(self, namespace: str) -> None: ...
 
 
 class TrainerRbac:
@@ -253,7 +273,7 @@ class TrainerRbac:
         self._done: set[str] = set()
         self._lock = threading.Lock()
 
-    def ensure(self, api: "KubeApi", namespace: str) -> None:
+    def ensure(self, api: RbacApi, namespace: str) -> None:
         with self._lock:
             if namespace in self._done:
                 return

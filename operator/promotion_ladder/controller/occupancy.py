@@ -22,31 +22,21 @@ each Pod's figure is within about a second.
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import replace
 from typing import Any, Iterable, Protocol
 
 from ..core.cell import CellOutcome
+from ..core.clock import epoch
 
 
 class _Timed(Protocol):
-    bound_at: float | None
-    released_at: float | None
+    """What occupancy reads of a Pod (intake.PodSummary)."""
 
-
-def epoch(stamp: Any) -> float | None:
-    if not stamp:
-        return None
-    if isinstance(stamp, dt.datetime):  # the kubernetes client's objects; Kopf bodies hold strings
-        when = stamp
-    else:
-        try:
-            when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
+    @property
+    def bound_at(self) -> float | None: ...
+    @property
+    def released_at(self) -> float | None: ...
+    @property
+    def index(self) -> int | None: ...  # the completion index of a multi-node cell's Pod, else None
 
 
 def pod_times(body: dict[str, Any], container: str) -> dict[str, float | None]:
@@ -77,11 +67,10 @@ def occupied_seconds(pods: Iterable[_Timed]) -> float | None:
             continue  # never bound: held nothing
         if p.released_at is None:
             return None
-        index = getattr(p, "index", None)  # set on the Pods of an Indexed (multi-node) Job
-        by_index[index] = by_index.get(index, 0.0) + max(p.released_at - p.bound_at, 0.0)
+        by_index[p.index] = by_index.get(p.index, 0.0) + max(p.released_at - p.bound_at, 0.0)
     return max(by_index.values()) if by_index else None
 
 
 def with_occupancy(outcome: CellOutcome, pods: Iterable[_Timed]) -> CellOutcome:
     """A terminal cell's outcome with the occupancy of its Job's Pods."""
-    return replace(outcome, occupied_seconds=occupied_seconds(pods))
+    return outcome.model_copy(update={"occupied_seconds": occupied_seconds(pods)})

@@ -12,20 +12,22 @@ itself are the step's; nothing is decided here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..core.api import DEFAULT_SCHEDULING_TIMEOUT, LadderInvalid, LadderSpec, load_ladder
 from ..core.cell import CellKey, CellOutcome
+from ..core.clock import epoch
+from ..core.contract import REASON_LIMIT
 from ..core.rules import Decision
-from ..core.status import INVALID_SPEC, LadderStatus, conditions
+from ..core.status import INVALID_SPEC, MESSAGE_LIMIT, LadderStatus, conditions
 from ..core.step import Step, step, stop
 from .admission import Admission, admission_conditions
 from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
 from .jobs import build_job, cell_job_name
-from .occupancy import epoch, with_occupancy
-from .scheduling import (StartTimes, Wait, cell_wait, next_notice, noticed, start_times, timed_out,
-                         waiting_condition)
+from .occupancy import with_occupancy
+from .scheduling import StartTimes, Wait, cell_wait, next_notice, noticed, start_times, timed_out, waiting_condition
 from .stuck import STUCK_GRACE_SECONDS, next_check, stuck
 
 READ_EVENTS_AFTER_SECONDS = 10.0  # a Job without a Pod this long: read its FailedCreate Event
@@ -59,7 +61,7 @@ class Context:
 
 @dataclass
 class Observed:
-    """What the ladder's Jobs and Pods show, and what the handlers must do about missing,
+    """What the ladder's Jobs and Pods show, and what the reconciler must do about missing,
     stuck or waiting evidence."""
 
     outcomes: dict[CellKey, CellOutcome] = field(default_factory=dict)
@@ -114,14 +116,14 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
             seen.end += to_end
             if not to_end and not why:
                 seen.look_again(next_check(view.pods, now, stuck_grace))
-            failed = CellOutcome("failed", reason=why[:200]) if why else _wait(seen, spec, job, view.pods, t, ctx)
+            failed = CellOutcome("failed", reason=why[:REASON_LIMIT]) if why else _wait(seen, spec, job, view.pods, t, ctx)
             if failed is not None:
                 view.outcome, view.running = failed, False
         if cell.key not in recorded and (times := start_times(job, view.pods)) is not None:
             seen.start_times.append((job.uid, times))
         if view.outcome is not None:  # recorded with what it ran with, from its Job and Pod
             seen.outcomes[cell.key] = with_occupancy(
-                replace(view.outcome, gpus=job.gpus, image=job.image, node=view.node), view.pods)
+                view.outcome.model_copy(update={"gpus": job.gpus, "image": job.image, "node": view.node}), view.pods)
         elif view.running:
             seen.running.add(cell.key)
     seen.look_again(next_notice(seen.waits, t, spec.scheduling_timeout_seconds))
@@ -172,12 +174,12 @@ def _reconciled(s: Step, **kw: Any) -> Reconciled:
 def _not_admitted(body: dict, old: dict, admission: Admission, now: str) -> Reconciled:
     """Pending, nothing created, the reason in the Admitted condition (controller/admission.py)."""
     status = dict(old)
-    message = f"not started: {admission.problem}"[:1024]
+    message = f"not started: {admission.problem}"[:MESSAGE_LIMIT]
     status.update(phase="Pending", message=message, observedGeneration=body["metadata"].get("generation"))
     prior = old.get("conditions") or []
     status["conditions"] = [c.wire() for c in conditions("Pending", "NotAdmitted", message, prior, now)] + \
         admission_conditions(admission, prior, now)
-    said = any(c.get("type") == "Admitted" and c.get("message") == (admission.problem or "")[:1024] for c in prior)
+    said = any(c.get("type") == "Admitted" and c.get("message") == (admission.problem or "")[:MESSAGE_LIMIT] for c in prior)
     return Reconciled(status=status, events=[] if said else [("Warning", "JobInvalid", message)])
 
 
@@ -218,7 +220,8 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
             Admission(warnings=admission.warnings, unfit=admission.unfit), prior, now)
         if not any(c.get("type") == "Schedulable" for c in prior):
             reason = "NoNodeMatches" if admission.warnings else "NoNodeFits"
-            r.events.append(("Warning", reason, "; ".join([*admission.warnings, *admission.unfit.values()])[:1024]))
+            r.events.append(("Warning", reason,
+                             "; ".join([*admission.warnings, *admission.unfit.values()])[:MESSAGE_LIMIT]))
     cond, event = waiting_condition(noticed(seen.waits, epoch(now) or 0.0) if running else [], prior, now,
                                     spec.scheduling_timeout or DEFAULT_SCHEDULING_TIMEOUT)
     if cond is not None:

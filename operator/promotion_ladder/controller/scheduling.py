@@ -3,7 +3,7 @@
 A cell's Pod can wait for ever while nobody but the scheduler or the Job controller says a word:
   * FailedCreate: its Job cannot create the Pod (a PriorityClass that does not exist, a quota, an
     admission webhook). There is no Pod at all; the only trace is the Job controller's FailedCreate
-    Event on the Job, which the handlers read for a Job without a Pod (`failed_create`);
+    Event on the Job, which the reconciler reads for a Job without a Pod (waits.py) (`failed_create`);
   * Unschedulable: the scheduler cannot place the Pod (more GPUs or CPU than any node has, a
     PersistentVolumeClaim that does not exist, a taint): PodScheduled=False, reason Unschedulable;
   * CannotStart: the Pod is bound but its container is not created (ImagePullBackOff,
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..core import clock
 from ..core.cell import Cell, CellOutcome
 from ..core.contract import REASON_LIMIT
 from ..core.status import MESSAGE_LIMIT
@@ -84,7 +85,7 @@ class StartTimes:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return clock.iso(datetime.fromtimestamp(t, UTC))
 
 
 def shortage_only(message: str) -> bool:

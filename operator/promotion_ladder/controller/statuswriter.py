@@ -11,7 +11,8 @@ Writes are coalesced: cell progress (started, finished, values) is written at mo
 between re-reads them and decides the same. A change is *urgent* (written at once) when
 `urgent_change` says so, and always when the step announces something: every change that
 raises an Event is an urgent status write, otherwise the Event would be posted for a status
-that is not written yet (or be dropped with the deferred write).
+that is not written yet (or be dropped with the deferred write). Hand-made: this is the
+operator's own write policy; Kopf's status patching writes per handler, not once per reconcile.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Hashable, Protocol, Sequence
+from typing import Any, Hashable, Protocol, Sequence
 
 Event = tuple[str, str, str]  # (type, reason, message)
 
 
 class StatusApi(Protocol):
-    def write_status(self, namespace: str, name: str, status: dict) -> str | None: ...
-    def post_event(self, body: dict, type_: str, reason: str, message: str) -> None: ...
+    def write_status(self, namespace: str, name: str, status: dict[str, Any]) -> str | None: ...
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None: ...
 
 
 def urgent_change(old: dict, new: dict) -> bool:
@@ -57,7 +58,7 @@ class WriteResult:
 
 
 class StatusWriter:
-    def __init__(self, api: Callable[[], StatusApi], coalesce_seconds: float = 2.0) -> None:
+    def __init__(self, api: StatusApi, coalesce_seconds: float = 2.0) -> None:
         self._api = api
         self.coalesce_seconds = coalesce_seconds
         self._written: dict[Hashable, Written] = {}
@@ -89,7 +90,7 @@ class StatusWriter:
             wait = self._last_write.get(key, 0.0) + self.coalesce_seconds - time.monotonic()
             if wait > 0 and not events and not urgent_change(known, status):
                 return WriteResult.DEFERRED, wait
-            rv = self._api().write_status(ns, name, status)
+            rv = self._api.write_status(ns, name, status)
             if rv is None:
                 return WriteResult.GONE, 0.0
             with self._lock:
@@ -97,6 +98,6 @@ class StatusWriter:
                 self._last_write[key] = time.monotonic()
             result = WriteResult.WRITTEN
         for type_, reason, message in events:
-            self._api().post_event(body, type_, reason, message)
+            self._api.post_event(body, type_, reason, message)
         return result, 0.0
 

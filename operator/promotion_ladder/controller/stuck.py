@@ -14,25 +14,15 @@ notices from the Pod's startTime:
 
 from __future__ import annotations
 
-from datetime import datetime
-
+from ..core.clock import epoch
 from .intake import PodSummary
 
 STUCK_GRACE_SECONDS = 120.0  # beyond the Pod's own deadline, before the operator steps in
 
 
-def _seconds(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def overdue_seconds(pod: PodSummary, now: str) -> float | None:
     """How long a non-terminal Pod has run past its deadline; None without a deadline or start."""
-    start, t = _seconds(pod.started_at), _seconds(now)
+    start, t = epoch(pod.started_at), epoch(now)
     if pod.terminal or start is None or t is None or pod.deadline_seconds is None:
         return None
     return t - start - pod.deadline_seconds

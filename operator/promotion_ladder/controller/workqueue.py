@@ -1,6 +1,6 @@
 """The operator's work queue: which ladders need a reconcile, one at a time per ladder.
 
-Watch handlers and timers `add` a ladder key; workers `get` one, reconcile it and call `done`.
+Watch events and timers `add` a ladder key; workers `get` one, reconcile it and call `done`.
   * De-duplicated: a key that is already waiting is not queued twice.
   * One reconcile per ladder at a time: a key added while its reconcile runs waits, and is
     queued once more when `done` is called (events during a reconcile coalesce into one).
@@ -9,15 +9,29 @@ Watch handlers and timers `add` a ladder key; workers `get` one, reconcile it an
   * Back off: after `back_off(key, delay)` the key is not handed out again before the delay has
     passed, however often it is added meanwhile (a failing ladder's watch events wait too);
     `clear_backoff` ends that early.
+  * Wake up: `wake(key, delay)` is `add_after` with one timer per key (the earliest wins), for
+    "look again in N seconds" from every reconcile of a busy ladder.
+Hand-made: the Python client has no work queue (client-go's workqueue is what this follows),
+and Kopf's per-object handlers are what the informer (informer.py) replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from typing import Generic, Hashable, TypeVar
+from collections.abc import Hashable
+from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+Key = tuple[str, str]  # a ladder: (namespace, name)
+
+
+class Requeue(Protocol):
+    """What a reconcile may ask of the queue (from any thread)."""
+
+    def add_after(self, key: Key, delay: float) -> None: ...
+    def wake(self, key: Key, delay: float) -> None: ...
 
 
 class WorkQueue(Generic[K]):
@@ -28,6 +42,8 @@ class WorkQueue(Generic[K]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._not_before: dict[K, float] = {}  # backing off: not handed out before (monotonic)
         self._deferred: set[K] = set()  # keys with a timer waiting for their backoff to pass
+        self._wake_at: dict[K, float] = {}  # the wake-up timer of a key (monotonic)
+        self._wake_lock = threading.Lock()  # wake() is called from reconcile threads
 
     def start(self) -> None:
         """Bind to the running event loop; keys added before are queued now."""
@@ -64,8 +80,25 @@ class WorkQueue(Generic[K]):
 
     def add_after(self, key: K, delay: float) -> None:
         """Add `key` after `delay` seconds; callable from any thread."""
-        if self._loop is not None:
+        if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._loop.call_later, delay, self.add, key)
+
+    def wake(self, key: K, delay: float) -> None:
+        """Add `key` after `delay` seconds unless an earlier wake-up is already set; any thread."""
+        now = time.monotonic()
+        at = now + delay
+        with self._wake_lock:
+            prev = self._wake_at.get(key)
+            if prev is not None and now < prev <= at:
+                return
+            self._wake_at[key] = at
+        self.add_after(key, delay)
+
+    def forget(self, key: K) -> None:
+        """A key that is gone for good (a deleted ladder): drop its backoff and wake-up."""
+        self._not_before.pop(key, None)
+        with self._wake_lock:
+            self._wake_at.pop(key, None)
 
     async def get(self) -> tuple[K, float]:
         """The next key and the monotonic time it became dirty; the key is busy until `done`."""

@@ -5,9 +5,11 @@ terminal outcome. Every module that names a cell uses these (no raw 4-tuples).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from .result import value_in_range
+from pydantic import BaseModel, ConfigDict
+
+from .result import Measured, value_in_range
 
 
 class CellKey(NamedTuple):
@@ -34,20 +36,27 @@ class Cell:
         return CellKey(self.stage, self.candidate, self.host_block, self.seed)
 
     @classmethod
-    def of(cls, key: tuple[str, str, str, int]) -> "Cell":
+    def of(cls, key: tuple[str, str, str, int]) -> Cell:
         return cls(*key)
 
     def __str__(self) -> str:
         return f"{self.stage}/{self.candidate}/{self.host_block}/{self.seed}"
 
 
-@dataclass(frozen=True)
-class CellOutcome:
-    """A terminal cell: succeeded with a value, or failed (crashed, diverged, never reported)."""
+OutcomeState = Literal["succeeded", "failed"]
 
-    state: Literal["succeeded", "failed"]
+
+class CellOutcome(Measured):
+    """A terminal cell: succeeded with a value, or failed (crashed, diverged, never reported).
+
+    Its measured fields (train seconds, corpus, ...) are its result's (core/result.py
+    `Measured`); the rest is how it ended and what it ran with. Built positionally as
+    `CellOutcome("succeeded", 1.25, train_seconds=60.0)`; `model_copy(update=...)` changes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: OutcomeState
     value: float | None = None
-    train_seconds: float | None = None
     reason: str = ""
     # Seconds the cell held its GPUs (Pod bound to finished, or the local process's wall time;
     # every attempt counted). None: not measured (see core.accounting for how it is counted).
@@ -57,8 +66,9 @@ class CellOutcome:
     gpus: int | None = None
     node: str | None = None
     image: str | None = None
-    corpus: str | None = None  # fingerprint of the data the cell trained on (core/data_checks.py)
-    data_passes: float | None = None  # training tokens consumed / available
+
+    def __init__(self, state: OutcomeState, value: float | None = None, **fields: Any) -> None:
+        BaseModel.__init__(self, state=state, value=value, **fields)  # the fields' own __init__
 
     @property
     def ok(self) -> bool:

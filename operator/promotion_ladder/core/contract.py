@@ -158,16 +158,10 @@ def judge(result_text: str | None, exit_code: int, cell: Cell, ladder: str, metr
     except ResultError as exc:
         prefix = f"exit code {exit_code}: " if exit_code != EXIT_OK else ""
         return CellOutcome("failed", reason=f"{prefix}{exc}"[:REASON_LIMIT])
-    measured = measured_fields(result)
+    measured = result.measured()
     detail = f"{result.status}: {result.message}" if result.message else result.status
     if exit_code != EXIT_OK:
         return CellOutcome("failed", reason=f"exit code {exit_code} ({detail})"[:REASON_LIMIT], **measured)
     if result.status != "ok":
         return CellOutcome("failed", reason=detail[:REASON_LIMIT], **measured)
     return CellOutcome("succeeded", value=result.value, **measured)
-
-
-def measured_fields(result: CellResult) -> dict:
-    """What a cell's outcome keeps of its result besides the value (also when it failed): a new
-    measured field of CellResult that the ladder records is copied here."""
-    return {"train_seconds": result.train_seconds, "corpus": result.corpus, "data_passes": result.data_passes}

@@ -1,9 +1,10 @@
 """Recorded results (RESULTS.jsonl) for `ladder simulate`: one cell per line.
 
 {"stage": "10m", "candidate": "bridge", "hostBlock": "a100", "seed": 1, "value": 1.21, "trainSeconds": 600}
-A null or missing value records a failed cell; trainSeconds is optional (the budget is used);
-corpus and dataPasses are optional, as a CellResult reports them (core/data_checks.py); so is
-occupiedSeconds (how long the cell held its GPUs; core.accounting).
+A null or missing value records a failed cell. The measured fields a CellResult reports
+(core/result.py `Measured`: trainSeconds, corpus, dataPasses, peakMemoryBytes) are optional
+(without trainSeconds the budget is used); so is occupiedSeconds (how long the cell held its
+GPUs; core.accounting).
 """
 
 from __future__ import annotations
@@ -11,25 +12,24 @@ from __future__ import annotations
 import json
 import math
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from .api import LadderSpec, pydantic_errors
 from .cell import CellKey, CellOutcome
 from .model import SpecModel
-from .result import MAX_RESULT_VALUE, train_seconds_limit, value_in_range
+from .result import MAX_RESULT_VALUE, Measured, train_seconds_limit, value_in_range
 
 
-class RecordedResult(SpecModel):
+class RecordedResult(Measured, SpecModel):
+    model_config = ConfigDict(extra="forbid")  # a user's file: a misspelt key is an error
+
     stage: str
     candidate: str
     host_block: str
     seed: int
     value: float | None = None
-    train_seconds: float | None = Field(None, ge=0)
     occupied_seconds: float | None = Field(None, ge=0)
     reason: str | None = None
-    corpus: str | None = None
-    data_passes: float | None = Field(None, ge=0)
 
     @field_validator("value")
     @classmethod
@@ -79,12 +79,8 @@ def parse_results(text: str, source: str = "results", spec: LadderSpec | None = 
             errors.append(f"{where}: a second result for cell {r.stage}/{r.candidate}/{r.host_block}/{r.seed}")
             continue
         ok = r.value is not None
-        out[key] = CellOutcome(
-            state="succeeded" if ok else "failed", value=r.value, train_seconds=r.train_seconds,
-            occupied_seconds=r.occupied_seconds,
-            reason=r.reason or ("" if ok else "recorded without a value"),
-            corpus=r.corpus, data_passes=r.data_passes,
-        )
+        out[key] = CellOutcome("succeeded" if ok else "failed", r.value, occupied_seconds=r.occupied_seconds,
+                               reason=r.reason or ("" if ok else "recorded without a value"), **r.measured())
     if errors:
         raise RecordedResultsInvalid(errors)
     return out

@@ -1,23 +1,31 @@
-"""The cell result document: what one run of a cell reports back.
+"""The cell result document, what one run of a cell reports back, and `Measured`, the part of
+it the ladder records: the one list of measured fields.
 
 Owned here because every adapter shares it: the trainer writes it (result file, Pod
 annotation, termination message), the local runner and the operator read and validate it
 (the rest of the cell contract, and how a finished cell is judged: core/contract.py).
-The schema is versioned through `apiVersion`/`kind`; a reader rejects anything else.
+The schema is versioned through `apiVersion`/`kind`; a reader rejects anything else, and it is
+strict: a number must be a JSON number (not a string or a boolean), so `"value": "0.25"` or
+`"seed": true` is an invalid document, not 0.25 or seed 1.
+
+`CellResult`, `CellOutcome` (core/cell.py: a finished cell) and `CellStatus` (core/status.py: the
+status's record of it) all derive from `Measured`, so a new field the ladder records is declared
+once, in `Measured`, and `measured()` carries it from each to the next.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from .budget import cell_deadline_seconds
+from .model import WireModel
 
-RESULT_API_VERSION = "ladder.promotion.dev/v1alpha1"
-RESULT_KIND = "CellResult"
+RESULT_API_VERSION: Literal["ladder.promotion.dev/v1alpha1"] = "ladder.promotion.dev/v1alpha1"
+RESULT_KIND: Literal["CellResult"] = "CellResult"
 
 Status = Literal["ok", "diverged", "oom", "error"]
 
@@ -37,45 +45,67 @@ def train_seconds_limit(budget_seconds: float) -> float:
     return float(cell_deadline_seconds(budget_seconds))
 
 
-class CellResult(BaseModel):
-    """One cell's result document (camelCase on the wire, like the custom resource)."""
+class Measured(WireModel):
+    """What the ladder keeps of a cell's result besides its value, also when the cell failed:
+    the result reports it, the cell's outcome and its status record carry it (camelCase on the
+    wire). A new measured field goes here, and nowhere else in the core."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+    train_seconds: float | None = Field(default=None, ge=0)
+    # What the cell trained and evaluated on: a fingerprint of the prepared data (tokenizer,
+    # token counts, the val split's content) and training tokens consumed / available.
+    corpus: str | None = Field(default=None, max_length=64)
+    data_passes: float | None = Field(default=None, ge=0)
+    # The memory one process of the cell needed at its peak: torch.cuda.max_memory_allocated on
+    # a GPU, the peak resident set on a CPU; the largest over a cell's processes.
+    peak_memory_bytes: int | None = Field(default=None, ge=0)
 
-    api_version: Literal["ladder.promotion.dev/v1alpha1"] = Field(RESULT_API_VERSION, alias="apiVersion")
+    def measured(self) -> dict[str, Any]:
+        """The measured fields by name, to build another `Measured` from (one copy for all)."""
+        return {name: getattr(self, name) for name in Measured.model_fields}
+
+
+class _Envelope(WireModel):
+    """What a result document is, whose it is and what it says; a base only so that these come
+    first on the wire, before what the cell measured."""
+
+    api_version: Literal["ladder.promotion.dev/v1alpha1"] = Field(default=RESULT_API_VERSION, alias="apiVersion")
     kind: Literal["CellResult"] = RESULT_KIND
     # Identity: present when the runner set the LADDER_* variables.
     ladder: str | None = None
     stage: str | None = None
     candidate: str | None = None
-    host_block: str | None = Field(None, alias="hostBlock")
+    host_block: str | None = None
     seed: int | None = None
 
     status: Status
     message: str = ""
     metric: str = "val_bpb"
     value: float | None = None
-    train_seconds: float | None = Field(None, ge=0, alias="trainSeconds")
+
+
+class CellResult(Measured, _Envelope):
+    """One cell's result document (camelCase on the wire, like the custom resource): the
+    envelope, the measured fields the ladder records, and what only the result reports."""
+
+    # strict: no string or boolean stands in for a number, no float for an integer.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
     # Process start to the first timed step (imports, data, model, compilation, warm-up), and
     # the evaluation after the budget: the time a cell holds its GPUs besides training.
-    setup_seconds: float | None = Field(None, ge=0, alias="setupSeconds")
-    eval_seconds: float | None = Field(None, ge=0, alias="evalSeconds")
-    steps: int | None = Field(None, ge=0)
-    tokens: int | None = Field(None, ge=0)
-    tokens_per_second: float | None = Field(None, ge=0, alias="tokensPerSecond")
-    mfu: float | None = Field(None, ge=0)
-    peak_memory_bytes: int | None = Field(None, ge=0, alias="peakMemoryBytes")
-    gpu_name: str | None = Field(None, alias="gpuName")
-    # What the cell trained and evaluated on: a fingerprint of the prepared data (tokenizer,
-    # token counts, the val split's content) and training tokens consumed / available.
-    corpus: str | None = Field(None, max_length=64)
-    data_passes: float | None = Field(None, ge=0, alias="dataPasses")
+    setup_seconds: float | None = Field(default=None, ge=0)
+    compile_seconds: float | None = Field(default=None, ge=0)  # of setupSeconds: the untimed warm-up steps
+    eval_seconds: float | None = Field(default=None, ge=0)
+    steps: int | None = Field(default=None, ge=0)
+    tokens: int | None = Field(default=None, ge=0)
+    tokens_per_second: float | None = Field(default=None, ge=0)
+    mfu: float | None = Field(default=None, ge=0)
+    gpu_name: str | None = None
     # Processes that trained the cell together (data-parallel, one per GPU); tokensPerSecond and
     # mfu are over all of them. Absent from trainers that predate multi-process cells: read as 1.
-    world_size: int | None = Field(None, ge=1, alias="worldSize")
+    world_size: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
-    def _ok_needs_finite_value(self) -> "CellResult":
+    def _ok_needs_finite_value(self) -> CellResult:
         if self.status == "ok" and (self.value is None or not math.isfinite(self.value)):
             raise ValueError("status 'ok' needs a finite 'value'")
         return self

@@ -21,6 +21,7 @@ from .data_checks import CORPUS_CONFLICT, REPEATED_DATA, corpus_conflict, repeat
 from .planner import Outcomes, Plan, plan, stage_cells
 from .cell import Cell, CellKey, CellOutcome
 from .model import WireModel
+from .result import Measured
 from .rules import Decision, VerdictResult, rank_stage
 from .stability import Stability, stability
 
@@ -38,13 +39,14 @@ STOPPED_REASONS = (INVALID_SPEC, FROZEN_SPEC_CHANGED, STATUS_UNREADABLE, RECORDE
 PHASE_REASONS = {"Running": "StageRunning", "Succeeded": "VerdictReached", "Failed": "NoCandidateCompleted"}
 
 
-class CellStatus(WireModel):
+# A cell as the status records it: its outcome's measured fields (core/result.py) and the rest.
+# (No docstring: it would become the CRD's description.)
+class CellStatus(Measured):
     candidate: str
     host_block: str
     seed: int
     state: CellState
     value: float | None = None
-    train_seconds: float | None = None
     occupied_seconds: float | None = None
     reason: str | None = None
     # What the cell ran with (recorded when it finished, from its Job and Pod): GPUs, the node,
@@ -52,8 +54,6 @@ class CellStatus(WireModel):
     gpus: int | None = None
     node: str | None = None
     image: str | None = None
-    corpus: str | None = None
-    data_passes: float | None = None
 
 
 class StageStatus(WireModel):
@@ -154,20 +154,19 @@ def _finite(x: float | None) -> float | None:
 
 def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False,
                 stage_image: str | None = None) -> CellStatus:
-    """A cell as the status records it; `recorded_outcome` reads it back. A new field of a cell's
-    outcome goes into both (and CellStatus), nowhere else. The image is kept per cell only when
-    it differs from the stage's."""
+    """A cell as the status records it; `recorded_outcome` reads it back. The measured fields
+    travel whole (`measured()`); the image is kept per cell only when it differs from the stage's."""
     if outcome is None:
         return CellStatus(candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
                           state="Running" if running else "Pending")
+    measured: dict[str, Any] = {k: _finite(v) if isinstance(v, float) else v for k, v in outcome.measured().items()}
     return CellStatus(
         candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
         state="Succeeded" if outcome.ok else "Failed",
-        value=outcome.value if outcome.ok else None, train_seconds=_finite(outcome.train_seconds),
+        value=outcome.value if outcome.ok else None,
         reason=outcome.reason or None, gpus=outcome.gpus, node=outcome.node,
         image=outcome.image if outcome.image != stage_image else None,
-        occupied_seconds=_finite(outcome.occupied_seconds),
-        corpus=outcome.corpus, data_passes=outcome.data_passes,
+        occupied_seconds=_finite(outcome.occupied_seconds), **measured,
     )
 
 
@@ -175,10 +174,9 @@ def recorded_outcome(c: CellStatus, stage_image: str | None = None) -> CellOutco
     """The recorded outcome of a cell (None while it has not ended)."""
     if c.state not in ("Succeeded", "Failed"):
         return None
-    return CellOutcome(state="succeeded" if c.state == "Succeeded" else "failed",
-                       value=c.value, train_seconds=c.train_seconds, reason=c.reason or "",
+    return CellOutcome("succeeded" if c.state == "Succeeded" else "failed", c.value, reason=c.reason or "",
                        gpus=c.gpus, node=c.node, image=c.image or stage_image,
-                       occupied_seconds=c.occupied_seconds, corpus=c.corpus, data_passes=c.data_passes)
+                       occupied_seconds=c.occupied_seconds, **c.measured())
 
 
 def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:

@@ -7,6 +7,7 @@ Pure; takes the recorded `Decision` (rules.py) and returns text.
 from __future__ import annotations
 
 from .rules import Decision, RankEntry, Rule
+from .status import MESSAGE_LIMIT
 
 _AGGREGATE_WORDS = {"mean": "mean", "median": "median", "worst": "worst", "meanRank": "mean rank"}
 
@@ -45,11 +46,11 @@ def decision_message(d: Decision) -> str:
     how = rule_summary(d.rule)
     best = ", ".join(f"{e.candidate}={e.aggregate:.4g}" for e in d.ranking[:3] if e.aggregate is not None)
     if d.rule.top is None:  # the last stage promotes nobody: its ranking feeds the verdict
-        return f"stage {d.stage}: {how} over {len(d.cells)} cells; best {best or 'n/a'}"[:1024]
+        return f"stage {d.stage}: {how} over {len(d.cells)} cells; best {best or 'n/a'}"[:MESSAGE_LIMIT]
     promoted = ", ".join(d.promoted) if d.promoted else "none"
     kept = keep_sentence(d)
     return (f"stage {d.stage}: promoted {promoted} ({how} over {len(d.cells)} cells; best {best or 'n/a'})"
-            + (f"; {kept}" if kept else ""))[:1024]
+            + (f"; {kept}" if kept else ""))[:MESSAGE_LIMIT]
 
 
 def rule_text(d: Decision) -> str:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.api import PromotionLadder
@@ -94,8 +94,8 @@ class CellProcess:
             text = self.result_file.read_text()
         except (FileNotFoundError, UnicodeDecodeError):
             text = None
-        outcome = replace(outcome_from_result(self.ladder, self.cell, code, text), occupied_seconds=occupied)
+        outcome = outcome_from_result(self.ladder, self.cell, code, text).model_copy(update={"occupied_seconds": occupied})
         if not outcome.ok and "log:" not in outcome.reason:
-            outcome = replace(outcome, reason=f"{outcome.reason}; log: {self.log_file}")
+            outcome = outcome.model_copy(update={"reason": f"{outcome.reason}; log: {self.log_file}"})
         # Recorded with what it ran with: a later edit of the ladder file does not rewrite it.
-        return replace(outcome, gpus=self.ladder.spec.trainer.gpus, node=socket.gethostname())
+        return outcome.model_copy(update={"gpus": self.ladder.spec.trainer.gpus, "node": socket.gethostname()})

@@ -15,12 +15,12 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
 from ..core.api import PromotionLadder
 from ..core.cell import CellKey, CellOutcome
+from ..core import clock
 from ..core.status import FROZEN_SPEC_CHANGED, LadderStatus, decisions_from_status, outcomes_from_status
 from ..core.step import step
 from ..files import FileError, read_status
@@ -40,10 +40,6 @@ def detect_gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_status(path: Path, ladder: PromotionLadder, status: LadderStatus) -> None:
@@ -109,6 +105,40 @@ def _new_stage_warnings(status: LadderStatus, warned: set[tuple[str, str]]) -> l
     return out
 
 
+def _recorded(ladder: PromotionLadder, status_path: Path) -> LadderStatus:
+    """The status file a run resumes from, refused when it cannot be resumed under this ladder."""
+    record = read_status(status_path)
+    first = step(ladder.spec, record, {}, (), now=clock.iso())
+    if first.stopped == FROZEN_SPEC_CHANGED:
+        raise FileError(
+            f"{status_path}: written for a ladder whose frozen fields differ (frozen hash {record.frozen_hash}, "
+            f"this file's spec has {ladder.spec.frozen_hash()}); the rules are frozen once a ladder starts. "
+            "Use --fresh to start over, or --output for a new status file."
+        )
+    if first.stopped is not None:
+        raise FileError(f"{status_path}: {first.status.get('message')}. Use --fresh to start over.")
+    return record
+
+
+def _reap(running: dict[CellKey, CellProcess], free_gpu_groups: list[list[str]],
+          progress: Progress) -> dict[CellKey, CellOutcome]:
+    """The cells whose processes have ended, each said on its own line; their GPUs are free again."""
+    observed: dict[CellKey, CellOutcome] = {}
+    for key, proc in list(running.items()):
+        outcome = proc.poll()
+        if outcome is None:
+            continue
+        del running[key]
+        if proc.devices:
+            free_gpu_groups.append(proc.devices)
+        observed[key] = outcome
+        what = f"{outcome.value:.4f}" if outcome.ok else f"FAILED ({outcome.reason})"
+        if outcome.data_passes is not None and outcome.data_passes > 1:
+            what += f" [repeated data: {outcome.data_passes:.1f} passes over corpus {outcome.corpus or '?'}]"
+        progress.event(f"  {proc.cell}: {what}")
+    return observed
+
+
 def run_ladder(
     ladder: PromotionLadder,
     status_path: Path,
@@ -119,22 +149,12 @@ def run_ladder(
     poll_seconds: float = 0.2,
 ) -> LadderStatus:
     spec = ladder.spec
-    record: LadderStatus | None = None  # the status as last recorded (file, then each step)
-    if status_path.exists() and not fresh:
-        record = read_status(status_path)
+    # the status as last recorded (file, then each step)
+    record = _recorded(ladder, status_path) if status_path.exists() and not fresh else None
     gpus = detect_gpus()
-    gpu_groups_all = gpu_groups(gpus, spec.trainer.gpus, getattr(spec.trainer, "nodes", 1))
+    gpu_groups_all = gpu_groups(gpus, spec.trainer.gpus, spec.trainer.nodes)
     slots_total = max(len(gpu_groups_all), 1)
     slots = min(parallel, slots_total) if parallel and gpus else (parallel or slots_total)
-    first = step(spec, record, {}, (), now=_now(), capacity=slots)
-    if first.stopped == FROZEN_SPEC_CHANGED:
-        raise FileError(
-            f"{status_path}: written for a ladder whose frozen fields differ (frozen hash {record.frozen_hash}, "
-            f"this file's spec has {spec.frozen_hash()}); the rules are frozen once a ladder starts. "
-            "Use --fresh to start over, or --output for a new status file."
-        )
-    if first.stopped is not None:
-        raise FileError(f"{status_path}: {first.status.get('message')}. Use --fresh to start over.")
     workdir = workdir or status_path.with_name(status_path.name.removesuffix(".json") + ".cells")
     progress = Progress(stream)
     device = f"{len(gpus)} GPU(s)" if gpus else "CPU (no GPU found)"
@@ -153,7 +173,7 @@ def run_ladder(
     finished_since_write = False
     try:
         while True:
-            s = step(spec, record, observed, frozenset(running), now=_now(), capacity=slots)
+            s = step(spec, record, observed, frozenset(running), now=clock.iso(), capacity=slots)
             record, observed = s.ladder_status, {}
             for a in s.announcements:
                 if a.reason == "StageDecided":  # the ladder's end is the closing line below
@@ -172,23 +192,12 @@ def run_ladder(
                 running[cell.key] = CellProcess.start(ladder, cell, workdir, devices)
             progress.line(_summary(record, len(running)))
             time.sleep(poll_seconds)
-            for key, proc in list(running.items()):
-                outcome = proc.poll()
-                if outcome is None:
-                    continue
-                del running[key]
-                if proc.devices:
-                    free_gpu_groups.append(proc.devices)
-                observed[key] = outcome
-                what = f"{outcome.value:.4f}" if outcome.ok else f"FAILED ({outcome.reason})"
-                if outcome.data_passes is not None and outcome.data_passes > 1:
-                    what += f" [repeated data: {outcome.data_passes:.1f} passes over corpus {outcome.corpus or '?'}]"
-                progress.event(f"  {proc.cell}: {what}")
-                finished_since_write = True
+            observed = _reap(running, free_gpu_groups, progress)
+            finished_since_write = finished_since_write or bool(observed)
     except KeyboardInterrupt:
         for proc in running.values():
             proc.kill()
-        record = step(spec, record, observed, (), now=_now()).ladder_status
+        record = step(spec, record, observed, (), now=clock.iso()).ladder_status
         write_status(status_path, ladder, record)
         progress.event(f"interrupted; finished cells are saved in {status_path}; run the same command to resume")
         raise

@@ -64,6 +64,13 @@ def gpu_h(x: float | None) -> str:
     return format_gpu_hours(x)
 
 
+def memory(n: int | None) -> str:
+    """Bytes as a reader compares them: GiB from one GiB up, MiB below."""
+    if n is None:
+        return "-"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}%"
 
@@ -276,6 +283,22 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
     return sec
 
 
+def _memory_table(st: StageStatus) -> Table | None:
+    """Each candidate's peak memory in the stage (the largest over its cells): what a GPU must hold
+    to run it. None when no cell of the stage reported one."""
+    by: dict[str, list[int | None]] = {}
+    for c in st.cells:
+        if c.state in ("Succeeded", "Failed"):
+            by.setdefault(c.candidate, []).append(c.peak_memory_bytes)
+    if not any(v is not None for peaks in by.values() for v in peaks):
+        return None
+    rows = [[cand, memory(max((v for v in peaks if v is not None), default=None)),
+             f"{sum(v is not None for v in peaks)} of {len(peaks)}"] for cand, peaks in by.items()]
+    return Table(f"memory-{st.name}", ["Candidate", "Peak memory", "Cells measured"], rows,
+                 caption="Peak memory of one process, the largest over the candidate's finished cells "
+                         "(GPU: torch.cuda.max_memory_allocated; CPU: peak resident set)")
+
+
 def _rank_flow(s: LadderStatus) -> Section:
     if not any(st.decision for st in s.stages):
         return Section("rank-flow", "Rank flow", text=["No stage decided yet."])
@@ -362,7 +385,11 @@ def _decisions(s: LadderStatus) -> list[Section]:
                    text=["For each stage: who entered, every cell's value (the decision's inputs), the frozen rule, "
                          "and who was promoted. The plots colour cells by host block, so host sensitivity shows."])]
     for i, st in enumerate(s.stages):
-        out.append(_stage_section(st, i == len(s.stages) - 1, s))
+        sec = _stage_section(st, i == len(s.stages) - 1, s)
+        peaks = _memory_table(st)
+        if peaks is not None:
+            sec.tables.append(peaks)
+        out.append(sec)
     return out
 
 

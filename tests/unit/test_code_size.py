@@ -1,0 +1,37 @@
+"""Readable units (issue 23): no function over FUNCTION_LINES lines and no class over CLASS_LINES
+in the folders listed, measured on the source (ast), docstrings and comments included."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "operator" / "promotion_ladder"
+FUNCTION_LINES = 80
+CLASS_LINES = 250
+FOLDERS = ["controller"]
+
+
+def too_long(path: Path, root: Path = PKG) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            limit = CLASS_LINES if isinstance(node, ast.ClassDef) else FUNCTION_LINES
+            if lines > limit:
+                out.append(f"{path.relative_to(root)}:{node.lineno} {node.name}: {lines} lines (limit {limit})")
+    return out
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_no_function_or_class_is_too_long(folder):
+    assert [x for p in sorted((PKG / folder).rglob("*.py")) for x in too_long(p)] == []
+
+
+def test_the_check_would_catch_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(FUNCTION_LINES))
+    src = tmp_path / "long.py"
+    src.write_text(f"def long():\n{body}\n")
+    assert too_long(src, tmp_path) == [f"long.py:1 long: {FUNCTION_LINES + 1} lines (limit {FUNCTION_LINES})"]
