@@ -76,7 +76,7 @@ def _cluster_warnings(ladder, args: argparse.Namespace) -> list[str]:
     from kubernetes import client, config
 
     from .controller.admission import unfit_blocks
-    from .controller.kubeapi import Node
+    from .controller.kubeapi import node_from
     from .controller.manifests import PLACEHOLDER_UID
 
     cfg = client.Configuration()
@@ -88,8 +88,7 @@ def _cluster_warnings(ladder, args: argparse.Namespace) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - the cluster is a bonus: the file is valid either way
         why = str(getattr(exc, "reason", None) or exc).splitlines()[0][:160]
         return [f"note: the cluster {cfg.host or kubeconfig} was not checked ({why}); --offline skips the look"]
-    nodes = [Node(n.metadata.name, dict(n.metadata.labels or {}),
-                  {k: str(v) for k, v in ((n.status.allocatable if n.status else None) or {}).items()}) for n in found]
+    nodes = [node_from(n) for n in found]
     body = {"metadata": {"name": ladder.name, "uid": PLACEHOLDER_UID}}
     unfit = unfit_blocks(body, ladder.spec, nodes)
     return [f"warning: spec.hostBlocks: {why}" for why in unfit.values()] or [

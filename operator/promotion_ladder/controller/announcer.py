@@ -1,6 +1,6 @@
 """Warnings that announce nothing the status records, posted once per distinct cause.
 
-ResultRejected (with its counter), JobCreateFailed, ResultLost, CellStuck and ReconcileError
+ResultRejected (with its counter), JobCreateFailed, ResultLost, CellStuck, CellNotStarted and ReconcileError
 say what went wrong around a ladder, not what it decided; the status writer (statuswriter.py)
 posts the Events that belong to a status change. Hand-made because the Python client has no
 EventRecorder (client-go's de-duplicates and aggregates); this keeps only "once per cause".
@@ -27,14 +27,15 @@ class EventApi(Protocol):
     def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None: ...
 
 
-class Announcer:
-    def __init__(self, api: EventApi, metrics: LadderMetrics) -> None:
-        self._api = api
-        self._metrics = metrics
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()  # reconciles of different ladders run in parallel threads
+class Once:
+    """What has been seen, in bounded memory, for threads (reconciles of different ladders run
+    in parallel)."""
 
-    def _first(self, cause: str) -> bool:
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first(self, cause: str) -> bool:
         """True the first time `cause` is seen."""
         with self._lock:
             if cause in self._seen:
@@ -43,6 +44,13 @@ class Announcer:
                 self._seen.clear()
             self._seen.add(cause)
             return True
+
+
+class Announcer:
+    def __init__(self, api: EventApi, metrics: LadderMetrics) -> None:
+        self._api = api
+        self._metrics = metrics
+        self._first = Once().first
 
     def warn_once(self, body: dict[str, Any], reason: str, cause: str, message: str) -> None:
         """A Warning Event on the ladder (and the log), unless `cause` was announced before."""

@@ -44,6 +44,13 @@ class Node:
     allocatable: dict[str, str] = field(default_factory=dict)
 
 
+def node_from(n: Any) -> Node:
+    """A Node as the kubernetes client reads it (V1Node) -> what admission needs of it."""
+    meta, status = n.metadata, n.status
+    allocatable = (status.allocatable if status is not None else None) or {}
+    return Node(str(meta.name), dict(meta.labels or {}), {k: str(v) for k, v in allocatable.items()})
+
+
 def api_status(exc: BaseException) -> int | None:
     """The HTTP status of an API server's refusal; None for anything else (a connection error)."""
     return exc.status if isinstance(exc, ApiException) else None
@@ -189,9 +196,7 @@ class KubeApi:
 
     def nodes(self) -> list[Node]:
         self._count("list_nodes")
-        return [Node(n.metadata.name, dict(n.metadata.labels or {}),
-                     {k: str(v) for k, v in ((n.status.allocatable if n.status else None) or {}).items()})
-                for n in self.core.list_node(_request_timeout=REQUEST_SECONDS).items]
+        return [node_from(n) for n in self.core.list_node(_request_timeout=REQUEST_SECONDS).items]
 
     def failed_creates(self, namespace: str) -> dict[str, str]:
         """The message of the Job controller's latest FailedCreate Event of each Job in the

@@ -9,10 +9,9 @@ cell's start times go into the histograms once (metrics.observe_start).
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Protocol
 
-from .announcer import SEEN_LIMIT, Announcer
+from .announcer import Announcer, Once
 from .intake import JobSummary
 from .jobevents import EventsApi, FailedCreateEvents
 from .metrics import LadderMetrics
@@ -30,8 +29,7 @@ class CellWaits:
     def __init__(self, api: WaitsApi, announcer: Announcer, requeue: Requeue, metrics: LadderMetrics) -> None:
         self._api, self._announcer, self._requeue, self._metrics = api, announcer, requeue, metrics
         self.job_events = FailedCreateEvents()
-        self._timed: set[str] = set()  # Jobs whose start times are in the histograms
-        self._lock = threading.Lock()  # reconciles of different ladders run in parallel threads
+        self._timed = Once()  # Jobs whose start times are in the histograms
 
     def failed_creates(self, namespace: str) -> dict[str, str]:
         """Why a Job of the namespace has no Pod (FailedCreate messages last read, by Job UID)."""
@@ -49,14 +47,5 @@ class CellWaits:
                 f"Job {job.name} was deleted: its cell waited longer than schedulingTimeout to start "
                 "and is recorded Failed (see the CellsWaiting condition and the cell's reason)")
         for uid, t in times:
-            if self._first(uid):
+            if self._timed.first(uid):
                 self._metrics.observe_start(ns, t)
-
-    def _first(self, job_uid: str) -> bool:
-        with self._lock:
-            if job_uid in self._timed:
-                return False
-            if len(self._timed) > SEEN_LIMIT:
-                self._timed.clear()
-            self._timed.add(job_uid)
-            return True
