@@ -52,7 +52,7 @@ class Reconciled:
 
 @dataclass(frozen=True)
 class Context:
-    """What the handlers know besides the Jobs and Pods: the FailedCreate messages of Jobs
+    """What the reconciler knows besides the Jobs and Pods: the FailedCreate messages of Jobs
     without a Pod (by Job UID), and the host blocks no node can hold (admission.unfit_blocks)."""
 
     failed_create: Mapping[str, str] = field(default_factory=dict)
