@@ -37,6 +37,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.tokens_per_second is not None:
         for line in _repeat_warnings(spec, args):
             print(line)
+    for line in _cluster_warnings(ladder, args):
+        print(line)
     if args.pod_security is not None:
         return _pod_security(doc, spec, args.pod_security)
     return 0
@@ -76,6 +78,42 @@ def _pod_security(doc: dict, spec, level: str) -> int:
         return 1
     print(f"cell pods meet the Pod Security Standard {level}")
     return 0
+
+
+CLUSTER_TIMEOUT_SECONDS = 5.0  # `ladder validate` does not hang on a cluster it cannot reach
+
+
+def _cluster_warnings(ladder, args: argparse.Namespace) -> list[str]:
+    """Where a kubeconfig reaches a cluster: host blocks none of whose nodes could hold a cell even
+    when empty (trainer.gpus or a request above every matching node's allocatable), as the
+    operator's admission says them (controller/admission.py). Nothing without a kubeconfig."""
+    import os
+
+    if args.offline:
+        return []
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    if not args.kubeconfig and not os.environ.get("KUBECONFIG") and not Path(kubeconfig).exists():
+        return []
+    from kubernetes import client, config
+
+    from .controller.admission import unfit_blocks
+    from .controller.kubeapi import node_from
+    from .controller.manifests import PLACEHOLDER_UID
+
+    cfg = client.Configuration()
+    try:
+        config.load_kube_config(config_file=kubeconfig.split(os.pathsep)[0], context=args.context,
+                                client_configuration=cfg)
+        cfg.retries = 0  # one try: a cluster that is not there is a note, not a wait
+        found = client.CoreV1Api(client.ApiClient(cfg)).list_node(_request_timeout=CLUSTER_TIMEOUT_SECONDS).items
+    except Exception as exc:  # noqa: BLE001 - the cluster is a bonus: the file is valid either way
+        why = str(getattr(exc, "reason", None) or exc).splitlines()[0][:160]
+        return [f"note: the cluster {cfg.host or kubeconfig} was not checked ({why}); --offline skips the look"]
+    nodes = [node_from(n) for n in found]
+    body = {"metadata": {"name": ladder.name, "uid": PLACEHOLDER_UID}}
+    unfit = unfit_blocks(body, ladder.spec, nodes)
+    return [f"warning: spec.hostBlocks: {why}" for why in unfit.values()] or [
+        f"cluster: every host block has a node that can hold a cell ({len(nodes)} nodes seen)"]
 
 
 def _cmd_manifests(args: argparse.Namespace) -> int:
@@ -215,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a cell's expected training throughput: warn about stages that would repeat the data")
     s.add_argument("--train-tokens", type=int, default=None, help="training tokens of the corpus (with --tokens-per-second)")
     s.add_argument("--data", default=None, help="a prepared corpus directory, for its training token count")
+    s.add_argument("--kubeconfig", metavar="FILE",
+                   help="look at this cluster's nodes: warn when no node of a host block could hold a cell "
+                        "(default: KUBECONFIG or ~/.kube/config when present)")
+    s.add_argument("--context", help="kubeconfig context (with the cluster look)")
+    s.add_argument("--offline", action="store_true", help="do not look at any cluster")
     s.add_argument("--pod-security", choices=("baseline", "restricted"), default=None,
                    help="also check the cell pods against this Pod Security Standard (the namespace's "
                         "pod-security.kubernetes.io/enforce level); exit 1 naming each field that breaks it")

@@ -196,6 +196,24 @@ def test_a_status_from_before_stability_gets_the_same_figures():
         assert old_report.table(key).rows == new_report.table(key).rows
 
 
+def test_a_candidate_kept_without_a_complete_result_is_said():
+    """Issue 21, defect 5: `keep` promoted a candidate all of whose cells had failed and the report
+    showed it as any other promotion. The decision table and the stage's text now say so."""
+    from promotion_ladder.core.cell import CellOutcome
+
+    from .builders import from_document, full_object, recorded, simulate_json
+
+    results = dict(recorded())
+    for hb in ("a100", "l40s"):
+        for seed in (1, 2):
+            results[("10m", "sentinel-d8-ar48", hb, seed)] = CellOutcome(state="failed", reason="diverged")
+    report = build_report(from_document(full_object(simulate_json(results)), "kept.status.json"))
+    table = report.table("decision-10m")
+    kept = next(r for r in table.rows if r[1] == "sentinel-d8-ar48")
+    assert kept[table.headers.index("Outcome")] == "promoted (keep, no complete result: 0 of 4 cells succeeded)"
+    text = " ".join(t for s in report.sections for t in s.text)
+    assert "Kept by keep without a complete result: sentinel-d8-ar48 (0 of 4 cells succeeded)" in text
+
 
 def test_each_candidates_peak_memory_per_stage(reports):
     from .builders import measured_input

@@ -9,8 +9,11 @@
      write loses at most the Events, never the decision;
   4. creates the missing Jobs, a few at a time (jobcreator.py);
   5. announces rejected results once each (announcer.py), reads the Pods of Complete Jobs
-     missing from the cache (lookups.py), ends Pods stuck past their deadline, and updates the
-     metrics.
+     missing from the cache (lookups.py), ends Pods stuck past their deadline, acts on cells
+     that wait to start (waits.py: why a Job has no Pod, Jobs of cells that waited too long,
+     start-time histograms), and updates the metrics.
+A ladder being deleted is left alone: garbage collection removes its Jobs and Pods, and nothing
+about them is worth an Event or a counter.
 Nothing is reconciled while the Gate is shut (lease.py: another operator leads, or SIGTERM came);
 on taking the Lease every ladder is reconciled.
 """
@@ -34,6 +37,7 @@ from .metrics import LadderMetrics
 from .reconcile import Reconciled, merge_known_status, reconcile
 from .statuswriter import StatusApi, StatusWriter, WriteResult
 from .stuck import STUCK_GRACE_SECONDS
+from .waits import CellWaits, WaitsApi
 from .workqueue import Key, Requeue
 
 log = logging.getLogger("promotion_ladder.operator")
@@ -51,7 +55,7 @@ class SummaryIndex(Protocol[T]):
     def synced(self) -> bool: ...
 
 
-class ReconcileApi(StatusApi, EventApi, JobApi, LookupApi, AdmissionApi, Protocol):
+class ReconcileApi(StatusApi, EventApi, JobApi, LookupApi, AdmissionApi, WaitsApi, Protocol):
     """The API calls of a reconcile (kubeapi.KubeApi)."""
 
     def write_conditions(self, namespace: str, name: str, conditions: list[dict[str, Any]]) -> None: ...
@@ -70,6 +74,7 @@ class Reconciler:
         self.creator = JobCreator(api, self.announcer, queue, gate)
         self.lookups = PodLookups(api, self.announcer, queue)
         self.admission = AdmissionChecks(api)
+        self.waits = CellWaits(api, self.announcer, queue, metrics)
 
     def reconcile(self, key: Key, since: float | None = None) -> None:
         """Reconcile one ladder now. `since`: when it became dirty (monotonic), for the
@@ -79,7 +84,7 @@ class Reconciler:
         if body is None:
             self._forget(key)
             return
-        if not self._gate.open():
+        if not self._gate.open() or body["metadata"].get("deletionTimestamp"):
             return
         t0 = time.perf_counter()
         known, r = self._decide(key, body)
@@ -98,7 +103,7 @@ class Reconciler:
         creating = self.creator.creating(key, {j.name for j in jobs})
         # 2. the pure reconcile
         r = reconcile(body, known, jobs, pods, creating, clock.iso(), stuck_grace=self.stuck_grace,
-                      admission=self.admission.check(key, body))
+                      admission=self.admission.check(key, body), failed_create=self.waits.failed_creates(key[0]))
         return known, r
 
     def _write(self, key: Key, body: dict[str, Any], known: dict[str, Any], r: Reconciled, since: float) -> bool:
@@ -118,7 +123,7 @@ class Reconciler:
         return True
 
     def _follow_up(self, key: Key, body: dict[str, Any], r: Reconciled) -> None:
-        # 5. rejections, missing and stuck evidence, metrics
+        # 5. rejections, missing, stuck and waiting evidence, metrics
         ns, name = key
         for rejection in r.rejections:
             self.announcer.reject(body, rejection)
@@ -137,6 +142,7 @@ class Reconciler:
                 body, "CellStuck", f"{ns}/{name}:stuck:{pod.uid}",
                 f"pod {pod.name} was still running {self.stuck_grace:g} s after its deadline "
                 f"({pod.deadline_seconds} s from its start); it was ended and its Job retries or fails the cell")
+        self.waits.follow_up(key, body, r.read_events, r.end_jobs, r.start_times)
         if r.spec is not None and r.ladder_status is not None:
             self._metrics.observe(ns, name, r.spec, r.ladder_status)
         else:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .budget import parse_budget
+from .budget import BUDGET_PATTERN, parse_budget
 from .model import SpecModel
 
 GROUP = "ladder.promotion.dev"
@@ -42,6 +42,14 @@ MAX_NODES = 64  # pods of one multi-node cell; the Job's pod hostnames are <job>
 # its cell Pod's annotation, and a Pod's annotations are limited to 256 KiB in all, and the whole
 # ladder to etcd's ~1.5 MiB object. 32 KiB of compact JSON per config leaves room for both.
 MAX_CONFIG_BYTES = 32 * 1024
+# How long a cell may wait to start for anything but free capacity (controller/scheduling.py).
+DEFAULT_SCHEDULING_TIMEOUT = "15m"
+_ZERO_DURATION = re.compile(r"^(0+(\.0+)?(ms|s|m|h|d))+$")
+
+
+def timeout_seconds(text: str) -> float | None:
+    """Seconds of a timeout such as "15m"; None for a zero one ("0s": no timeout)."""
+    return None if _ZERO_DURATION.match(text) else parse_budget(text)
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
 
@@ -202,6 +210,26 @@ class LadderSpec(SpecModel):
     continuation: Continuation | None = Field(
         None, description="Promoted candidates continue from their previous stage's stable-phase checkpoint instead "
                           "of starting over. Frozen: part of the frozen hash.")
+    # Not frozen: like parallelism it says how long to wait for the cluster, not what a cell
+    # measures; raising it while a ladder waits is the fix for a slow PersistentVolume, say.
+    scheduling_timeout: str | None = Field(
+        None, max_length=32, pattern=BUDGET_PATTERN,
+        description=f"How long a cell may wait to start (its Job cannot create its Pod, its Pod cannot be scheduled, its "
+                    f"container cannot start) for anything but free capacity before it fails; default "
+                    f"{DEFAULT_SCHEDULING_TIMEOUT}, \"0s\" never. A cell that only waits for free capacity waits as "
+                    "long as that takes. Editable; not part of the frozen hash.")
+
+    @field_validator("scheduling_timeout")
+    @classmethod
+    def _timeout_parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            timeout_seconds(v)
+        return v
+
+    @property
+    def scheduling_timeout_seconds(self) -> float | None:
+        """None: cells never fail for waiting."""
+        return timeout_seconds(self.scheduling_timeout or DEFAULT_SCHEDULING_TIMEOUT)
 
     def candidate_names(self) -> list[str]:
         return [c.name for c in self.candidates]

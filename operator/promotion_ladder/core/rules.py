@@ -183,7 +183,7 @@ class CheckResult(WireModel):
 
 
 class VerdictResult(WireModel):
-    winner: str | None
+    winner: str | None = None  # None: no candidate completed the final stage (the status omits it)
     reference: str | None = None
     checks: list[CheckResult] = Field(default_factory=list)
 

@@ -15,7 +15,7 @@ from ..core.api import LadderSpec, frozen_hash_matches
 from ..core.rules import Decision
 from ..core.stability import Stability, flips, stability
 from ..core.status import LadderStatus, StageStatus, decisions_from_status
-from ..core.wording import entry_outcome, rule_text
+from ..core.wording import entry_outcome, keep_sentence, rule_text
 from .source import ReportInput
 
 # Figure keys; per-stage value figures are "cell-values:<stage>".
@@ -267,6 +267,8 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
         return sec
     n_cells = len(d.cells)
     sec.text.append(f"Rule: {rule_text(d)}.")
+    if (kept := keep_sentence(d)) is not None:
+        sec.text.append(f"Note: {kept[0].upper()}{kept[1:]}; `keep` promotes a candidate whatever its cells did.")
     winner = s.verdict.winner if s.verdict else None
     shares = next((p for p in stability_of(s).promotion if p.stage == st.name), None) if not final else None
     by = shares.promoted_share if shares is not None else None
