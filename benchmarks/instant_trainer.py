@@ -11,7 +11,6 @@ import json
 import os
 import ssl
 import sys
-import tempfile
 import urllib.request
 
 
@@ -28,13 +27,22 @@ def api() -> tuple[str, str, ssl.SSLContext]:
 
 
 def main(argv: list[str]) -> int:
-    args = dict(zip(argv[::2], argv[1::2]))
+    args = dict(zip(argv[::2], argv[1::2], strict=False))
     cfg = json.loads(open(args["--config-file"]).read())
     seed = int(args.get("--seed", "0"))
-    doc = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult", "ladder": os.environ["LADDER_NAME"],
-           "stage": os.environ["LADDER_STAGE"], "candidate": os.environ["LADDER_CANDIDATE"],
-           "hostBlock": os.environ["LADDER_HOST_BLOCK"], "seed": seed, "status": "ok", "metric": "val_bpb",
-           "value": round(float(cfg.get("value", 1.0)) + 0.001 * seed, 6), "trainSeconds": 0.01}
+    doc = {
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "CellResult",
+        "ladder": os.environ["LADDER_NAME"],
+        "stage": os.environ["LADDER_STAGE"],
+        "candidate": os.environ["LADDER_CANDIDATE"],
+        "hostBlock": os.environ["LADDER_HOST_BLOCK"],
+        "seed": seed,
+        "status": "ok",
+        "metric": "val_bpb",
+        "value": round(float(cfg.get("value", 1.0)) + 0.001 * seed, 6),
+        "trainSeconds": 0.01,
+    }
     text = json.dumps(doc, separators=(",", ":"))
     if "--result-file" in args:
         with open(args["--result-file"], "w") as fh:
@@ -50,9 +58,12 @@ def main(argv: list[str]) -> int:
     if name and ns:
         server, token, ctx = api()
         body = json.dumps({"metadata": {"annotations": {"ladder.promotion.dev/result": text}}}).encode()
-        req = urllib.request.Request(f"{server}/api/v1/namespaces/{ns}/pods/{name}", data=body, method="PATCH",
-                                     headers={"Authorization": f"Bearer {token}",
-                                              "Content-Type": "application/merge-patch+json"})
+        req = urllib.request.Request(
+            f"{server}/api/v1/namespaces/{ns}/pods/{name}",
+            data=body,
+            method="PATCH",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"},
+        )
         urllib.request.urlopen(req, context=ctx, timeout=30).read()
     return 0
 

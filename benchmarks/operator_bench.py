@@ -9,7 +9,11 @@ Prints, and with --record appends to benchmarks/operator-results.md:
     and the operator's own ladder_decision_latency_seconds histogram;
   * API requests per cell: the operator's writes (ladder_operator_api_requests_total: Job creates,
     status patches, Events, RBAC) per cell; its watches (3 streams) are not counted;
-  * the operator's peak RSS (VmHWM).
+  * the operator's peak RSS (VmHWM);
+  * the wait a user feels, per cell (issue 21): the operator's ladder_cell_pod_creation_seconds
+    (Job created -> its Pod created: the Job controller), ladder_cell_scheduling_seconds (Job
+    created -> Pod scheduled) and ladder_cell_start_seconds (scheduled -> running) histograms:
+    count, mean and the p50/p90/p99 bucket bounds.
 Each ladder: s1 1s x a100 x seed 1 (M cells, top 10) -> s2 1s x a100,l40s x seed 1 (top 3) -> s3 1s x
 a100,l40s x seeds 1,2.
 
@@ -147,6 +151,21 @@ def histogram_quantile(text: str, name: str, q: float) -> float | None:
     return next(le for le, n in sorted(buckets) if n >= q * total)
 
 
+START_HISTOGRAMS = {"job_to_pod_created": "ladder_cell_pod_creation_seconds",
+                    "job_to_scheduled": "ladder_cell_scheduling_seconds",
+                    "scheduled_to_running": "ladder_cell_start_seconds"}
+
+
+def start_waits(text: str) -> dict:
+    """The operator's per-cell start histograms: count, mean, and p50/p90/p99 as bucket bounds (s)."""
+    out = {}
+    for key, name in START_HISTOGRAMS.items():
+        count = metric(text, name + "_count")
+        out[key] = {"cells": int(count), "mean_s": round(metric(text, name + "_sum") / count, 2) if count else None,
+                    **{f"p{q}_s_le": histogram_quantile(text, name, q / 100) for q in (50, 90, 99)}}
+    return out
+
+
 def restart_ladder(candidates: int) -> dict:
     blocks, seeds = ["a100", "l40s"], [1, 2]
     top1, top2 = max(2, candidates // 10), max(1, candidates // 100)
@@ -267,6 +286,7 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
         "longest_status_gap_after_restart_s": round(max(gaps), 1) if gaps else None,
         "restarted_operator_peak_rss_mb": rss,
         "lookups": metric(text, 'ladder_operator_api_requests_total{operation="list_pods"}'),
+        "cell_start_waits": start_waits(text),
         "cpus": os.cpu_count(), "python": platform.python_version(),
     }
 
@@ -351,7 +371,8 @@ def main() -> int:
             "api_requests_per_cell": round(requests / cells, 3),
             "requests_by_operation": {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                                       if line.startswith("ladder_operator_api_requests_total{")},
-            "peak_rss_mb": round(rss_kb / 1024, 1), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "peak_rss_mb": round(rss_kb / 1024, 1), "cell_start_waits": start_waits(text),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
         }
         print(json.dumps(result, indent=2))
         if args.record:

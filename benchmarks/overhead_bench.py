@@ -1,14 +1,15 @@
 """What a cell costs besides its budget: a ladder of cells of one shape, run by `ladder run`.
 
-    python benchmarks/overhead_bench.py                      # GPU: 2 cells of d12 at 2m; CPU: 3 tiny compiled cells at 10s
+    python benchmarks/overhead_bench.py    # GPU: 2 cells of d12 at 2m; CPU: 3 tiny compiled cells at 10s
     python benchmarks/overhead_bench.py --cells 3 --budget 30s --config '{"depth": 8}' --json out.json
 
 One candidate, one stage, one host block, N seeds, one cell at a time, through `ladder run`
 (the same process launch, compile-cache directory and occupancy measure as any ladder). The
 compile cache starts empty (a fresh work dir), so cell 1 compiles and the others find its
 graphs. Per cell it prints: set-up seconds (process start to the first timed step, from the
-result; of which before train.run: Python and `import torch`), compile seconds (the untimed warm-up steps, from the cell's log), train and eval
-seconds, occupied seconds (the process's wall time, from the status) and occupied / budget.
+result; of which before train.run: Python and `import torch`), compile seconds (the untimed
+warm-up steps, from the cell's log), train and eval seconds, occupied seconds (the process's
+wall time, from the status) and occupied / budget.
 
 Goals (issue 15): a cell whose shape was already compiled starts training in at most 30% of
 the first cell's set-up time; occupied / budgeted at most 1.25 for a 2-minute GPU cell with a
@@ -44,9 +45,16 @@ def has_cuda() -> bool:
 
 def ladder_doc(cells: int, budget: str, config: dict, trainer_args: list[str]) -> dict:
     return {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "overhead"},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": "overhead"},
         "spec": {
-            "trainer": {"image": "local", "command": ["python", "-m", "ladder_trainer"], "args": trainer_args, "gpus": 1},
+            "trainer": {
+                "image": "local",
+                "command": ["python", "-m", "ladder_trainer"],
+                "args": trainer_args,
+                "gpus": 1,
+            },
             "hostBlocks": [{"name": "local", "nodeSelector": {"pool": "local"}}],
             "candidates": [{"name": "one-shape", "config": config}],
             "stages": [{"name": "only", "budget": budget, "hostBlocks": ["local"], "seeds": list(range(1, cells + 1))}],
@@ -59,9 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="overhead_bench.py", description=__doc__.splitlines()[0])
     p.add_argument("--cells", type=int, default=2 if gpu else 3)
     p.add_argument("--budget", default="2m" if gpu else "10s")
-    p.add_argument("--config", default=None, help="candidate config JSON (default: d12 on a GPU, a tiny byte model on CPU)")
-    p.add_argument("--compile", default="auto" if gpu else "on", choices=("auto", "on", "off"),
-                   help="the trainer's --compile (default on, also on CPU, so the cache is measured)")
+    p.add_argument(
+        "--config", default=None, help="candidate config JSON (default: d12 on a GPU, a tiny byte model on CPU)"
+    )
+    p.add_argument(
+        "--compile",
+        default="auto" if gpu else "on",
+        choices=("auto", "on", "off"),
+        help="the trainer's --compile (default on, also on CPU, so the cache is measured)",
+    )
     p.add_argument("--workdir", default=None, help="where the cells run (default: a fresh temporary folder)")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
@@ -76,13 +90,32 @@ def main(argv: list[str] | None = None) -> int:
     ladder_file.write_text(json.dumps(ladder_doc(args.cells, args.budget, config, trainer_args)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHINDUCTOR_", "TRITON_CACHE"))}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer"), env.get("PYTHONPATH", "")])
-    print(f"# overhead benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{'GPU' if gpu else 'CPU'} ({platform.node()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}), "
-          f"{args.cells} cells of {json.dumps(config)} at {args.budget}, trainer {' '.join(trainer_args)}, work dir {work}",
-          flush=True)
+    print(
+        f"# overhead benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{'GPU' if gpu else 'CPU'} ({platform.node()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}), "
+        f"{args.cells} cells of {json.dumps(config)} at {args.budget}, trainer {' '.join(trainer_args)}, "
+        f"work dir {work}",
+        flush=True,
+    )
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "promotion_ladder.cli", "run", str(ladder_file), "--output", str(status_file),
-                           "--parallel", "1", "--fresh"], env=env, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "promotion_ladder.cli",
+            "run",
+            str(ladder_file),
+            "--output",
+            str(status_file),
+            "--parallel",
+            "1",
+            "--fresh",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         print(proc.stderr[-4000:], file=sys.stderr)
@@ -98,34 +131,50 @@ def main(argv: list[str] | None = None) -> int:
         m = re.search(r"warm-up: \d+ untimed steps in ([\d.]+)s", log)
         in_run = re.search(r"setup took ([\d.]+)s", log)
         before = (result["setupSeconds"] - float(in_run.group(1))) if in_run and result.get("setupSeconds") else None
-        rows.append({
-            "seed": cell["seed"], "setup_s": result.get("setupSeconds"), "before_run_s": before,
-            "compile_s": float(m.group(1)) if m else None,
-            "train_s": result.get("trainSeconds"), "eval_s": result.get("evalSeconds"),
-            "occupied_s": cell.get("occupiedSeconds"), "budget_s": budget_s,
-            "occupied_per_budget": round(cell["occupiedSeconds"] / budget_s, 3) if cell.get("occupiedSeconds") else None,
-            "corpus_prepared": "preparing corpus" in log,
-            "cache": (re.search(r"compile cache [^:]+: (.*)", log) or [None, None])[1],
-        })
-    print("| cell | set-up s | of which before train.run | compile s | train s | eval s | occupied s | budget s "
-          "| occupied/budget | compile cache |")
+        rows.append(
+            {
+                "seed": cell["seed"],
+                "setup_s": result.get("setupSeconds"),
+                "before_run_s": before,
+                "compile_s": float(m.group(1)) if m else None,
+                "train_s": result.get("trainSeconds"),
+                "eval_s": result.get("evalSeconds"),
+                "occupied_s": cell.get("occupiedSeconds"),
+                "budget_s": budget_s,
+                "occupied_per_budget": round(cell["occupiedSeconds"] / budget_s, 3)
+                if cell.get("occupiedSeconds")
+                else None,
+                "corpus_prepared": "preparing corpus" in log,
+                "cache": (re.search(r"compile cache [^:]+: (.*)", log) or [None, None])[1],
+            }
+        )
+    print(
+        "| cell | set-up s | of which before train.run | compile s | train s | eval s | occupied s | budget s "
+        "| occupied/budget | compile cache |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(rows, 1):
-        print(f"| {i} | {_f(r['setup_s'])} | {_f(r['before_run_s'])} | {_f(r['compile_s'])} | {_f(r['train_s'])} | "
-              f"{_f(r['eval_s'])} | "
-              f"{_f(r['occupied_s'])} | {r['budget_s']:g} | {_f(r['occupied_per_budget'], 2)} | {r['cache'] or 'n/a'} |")
+        print(
+            f"| {i} | {_f(r['setup_s'])} | {_f(r['before_run_s'])} | {_f(r['compile_s'])} | {_f(r['train_s'])} | "
+            f"{_f(r['eval_s'])} | "
+            f"{_f(r['occupied_s'])} | {r['budget_s']:g} | {_f(r['occupied_per_budget'], 2)} | {r['cache'] or 'n/a'} |"
+        )
     first, warm = rows[0], rows[1:]
     summary = {"wall_s": round(wall, 1), "gpu": gpu, "rows": rows}
     if warm and first["setup_s"]:
         worst = max(r["setup_s"] for r in warm) / first["setup_s"]
         summary["warm_setup_fraction"] = round(worst, 3)
-        print(f"warm set-up / first set-up: {worst:.2f} (worst warm cell; goal <= {SETUP_GOAL}: "
-              f"{'met' if worst <= SETUP_GOAL else f'not met, {worst - SETUP_GOAL:+.2f}'})")
+        print(
+            f"warm set-up / first set-up: {worst:.2f} (worst warm cell; goal <= {SETUP_GOAL}: "
+            f"{'met' if worst <= SETUP_GOAL else f'not met, {worst - SETUP_GOAL:+.2f}'})"
+        )
         ratio = max(r["occupied_per_budget"] for r in warm)
         summary["warm_occupied_per_budget"] = ratio
         scope = "this is the goal's case" if gpu and budget_s == 120 else "the goal is for a 2-minute GPU cell"
-        print(f"occupied / budget, warm cells: {ratio:.2f} (worst; goal <= {OCCUPIED_GOAL}, {scope}: "
-              f"{'met' if ratio <= OCCUPIED_GOAL else f'{ratio - OCCUPIED_GOAL:+.2f} over'})")
+        print(
+            f"occupied / budget, warm cells: {ratio:.2f} (worst; goal <= {OCCUPIED_GOAL}, {scope}: "
+            f"{'met' if ratio <= OCCUPIED_GOAL else f'{ratio - OCCUPIED_GOAL:+.2f} over'})"
+        )
     if first["corpus_prepared"]:
         print("note: cell 1 also prepared the corpus (cached for every later cell and ladder)")
     print(f"ladder run wall time: {wall:.1f} s for {len(rows)} x {budget_s:g} s of budget")

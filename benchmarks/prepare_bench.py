@@ -97,8 +97,11 @@ def main() -> None:
             fh.write(json.dumps({"text": t}) + "\n")
     tok_path = work / "tokenizer.json"
     BPETokenizer.train(iter(texts[: max(1, len(texts) // 4)]), args.vocab_size).tok.save(str(tok_path))
-    print(f"corpus: {len(texts)} documents, {size / 2**20:.1f} MB; BPE {args.vocab_size}; cores {len(cores)}; "
-          f"load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    print(
+        f"corpus: {len(texts)} documents, {size / 2**20:.1f} MB; BPE {args.vocab_size}; cores {len(cores)}; "
+        f"load {os.getloadavg()[0]:.1f}",
+        file=sys.stderr,
+    )
 
     one, allc = cores[:1], cores
     serial = {"TOKENIZERS_PARALLELISM": "false"}
@@ -119,19 +122,41 @@ def main() -> None:
             else:
                 dest = work / "out"
                 shutil.rmtree(dest, ignore_errors=True)
-                secs, cpu, out = run([sys.executable, "-m", "ladder_trainer.prepare", str(corpus), "--output", str(dest),
-                                      "--tokenizer", str(tok_path), "--workers", str(workers), "--shard-mb", "2",
-                                      "--quiet"], cs, env)
+                secs, cpu, out = run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "ladder_trainer.prepare",
+                        str(corpus),
+                        "--output",
+                        str(dest),
+                        "--tokenizer",
+                        str(tok_path),
+                        "--workers",
+                        str(workers),
+                        "--shard-mb",
+                        "2",
+                        "--quiet",
+                    ],
+                    cs,
+                    env,
+                )
                 meta = json.loads(out.strip().splitlines()[-1])
                 tokens = meta["train_tokens"] + meta["val_tokens"] - meta["train_docs"] - meta["val_docs"]  # no eot
             old = best.get(i)
             best[i] = (min(secs, old[0]) if old else secs, min(cpu, old[1]) if old else cpu, tokens)
-            print(f"  round {round_ + 1}: {name} on {len(cs)} core(s): {tokens / secs:,.0f} tok/s, "
-                  f"{tokens / cpu:,.0f} tok/CPU-s (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+            print(
+                f"  round {round_ + 1}: {name} on {len(cs)} core(s): {tokens / secs:,.0f} tok/s, "
+                f"{tokens / cpu:,.0f} tok/CPU-s (load {os.getloadavg()[0]:.1f})",
+                file=sys.stderr,
+            )
 
     rows = [(name, len(cs), *best[i]) for i, (name, cs, _, _, _) in enumerate(cases)]
     ceiling = {n: (t / s, t / c) for name, n, s, c, t in rows if name.startswith("ceiling")}
-    print("\n| Case | Cores | Wall s | Tokens/s | Share of ceiling (wall) | CPU s | Tokens/CPU-s | Share of ceiling (CPU) |")
+    print(
+        "\n| Case | Cores | Wall s | Tokens/s | Share of ceiling (wall) | CPU s | Tokens/CPU-s "
+        "| Share of ceiling (CPU) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, n, secs, cpu, tokens in rows:
         wall_rate, cpu_rate = tokens / secs, tokens / cpu

@@ -32,10 +32,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "cluster"))
 
-from localcluster import binaries, images
-from localcluster.cluster import LocalCluster
-from localcluster.nodeagent import gpu_node
-from localcluster.waiting import wait_for
+from localcluster import binaries, images  # noqa: E402
+from localcluster.cluster import LocalCluster  # noqa: E402
+from localcluster.nodeagent import gpu_node  # noqa: E402
+from localcluster.waiting import wait_for  # noqa: E402
 
 LADDER = REPO / "tests" / "realnodes" / "small-ladder.yaml"
 NS = "bench"
@@ -46,31 +46,60 @@ def _time(stamp: str) -> dt.datetime:
 
 
 def kubectl(cluster: LocalCluster, *args: str) -> str:
-    return subprocess.run([str(binaries.bin_dir() / "kubectl"), f"--kubeconfig={cluster.kubeconfig}", *args],
-                          capture_output=True, text=True, check=True, timeout=300).stdout
+    return subprocess.run(
+        [str(binaries.bin_dir() / "kubectl"), f"--kubeconfig={cluster.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
 
 
 def run_ladder(cluster: LocalCluster, refs: dict[str, str]) -> tuple[dict, list[dict]]:
     repo, tag = refs["operator"].rsplit(":", 1)
     kubectl(cluster, "create", "namespace", NS)
-    subprocess.run([str(binaries.helm_path()), "install", "ladder", str(REPO / "charts" / "promotion-ladder"),
-                    "-n", "ladder-system", "--create-namespace", f"--kubeconfig={cluster.kubeconfig}",
-                    "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
-                    "--set-json", f'trainer.namespaces=["{NS}"]', "--wait", "--timeout", "5m"],
-                   check=True, capture_output=True, text=True, timeout=400)
+    subprocess.run(
+        [
+            str(binaries.helm_path()),
+            "install",
+            "ladder",
+            str(REPO / "charts" / "promotion-ladder"),
+            "-n",
+            "ladder-system",
+            "--create-namespace",
+            f"--kubeconfig={cluster.kubeconfig}",
+            "--set",
+            f"image.repository={repo}",
+            "--set",
+            f"image.tag={tag}",
+            "--set-json",
+            f'trainer.namespaces=["{NS}"]',
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     kubectl(cluster, "apply", "-n", NS, "-f", str(LADDER))
 
     def done() -> dict | None:
         obj = json.loads(kubectl(cluster, "get", "promotionladder", "small", "-n", NS, "-o", "json"))
         return obj if obj.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
     ladder = wait_for(done, timeout=1200, interval=5, what="the ladder to end")
     pods = json.loads(kubectl(cluster, "get", "pods", "-n", NS, "-o", "json"))["items"]
     return ladder, pods
 
 
 def rows(ladder: dict, pods: list[dict]) -> list[dict]:
-    occupied = {(s["name"], c["candidate"], c["hostBlock"]): c.get("occupiedSeconds")
-                for s in ladder["status"]["stages"] for c in s.get("cells", [])}
+    occupied = {
+        (s["name"], c["candidate"], c["hostBlock"]): c.get("occupiedSeconds")
+        for s in ladder["status"]["stages"]
+        for c in s.get("cells", [])
+    }
     out = []
     for pod in pods:
         labels = pod["metadata"]["labels"]
@@ -79,12 +108,22 @@ def rows(ladder: dict, pods: list[dict]) -> list[dict]:
             continue
         result = json.loads(term["message"])
         scheduled = next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")
-        key = (labels["ladder.promotion.dev/stage"], labels["ladder.promotion.dev/candidate"],
-               labels["ladder.promotion.dev/host-block"])
-        out.append({"cell": "/".join(key), "node": pod["spec"]["nodeName"],
-                    "container start": (_time(term["startedAt"]) - _time(scheduled)).total_seconds(),
-                    "trainer set-up": result.get("setupSeconds"), "train": result.get("trainSeconds"),
-                    "eval": result.get("evalSeconds"), "occupied": occupied.get(key)})
+        key = (
+            labels["ladder.promotion.dev/stage"],
+            labels["ladder.promotion.dev/candidate"],
+            labels["ladder.promotion.dev/host-block"],
+        )
+        out.append(
+            {
+                "cell": "/".join(key),
+                "node": pod["spec"]["nodeName"],
+                "container start": (_time(term["startedAt"]) - _time(scheduled)).total_seconds(),
+                "trainer set-up": result.get("setupSeconds"),
+                "train": result.get("trainSeconds"),
+                "eval": result.get("evalSeconds"),
+                "occupied": occupied.get(key),
+            }
+        )
     return sorted(out, key=lambda r: r["cell"])
 
 
@@ -97,8 +136,9 @@ def cold_unpack() -> float:
         root, state = Path(tmp) / "root", Path(tmp) / "state"
         config = Path(tmp) / "config.toml"
         config.write_text(f'version = 2\nroot = "{root}"\nstate = "{state}"\n[grpc]\n  address = "{state}/c.sock"\n')
-        proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["containerd", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             client = images.RuntimeClient(state / "c.sock")
             wait_for(lambda: client.ctr("version", check=False).returncode == 0, timeout=60, what="containerd")
@@ -112,7 +152,9 @@ def cold_unpack() -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cold-unpack", action="store_true", help="also time importing the trainer image into an empty node")
+    p.add_argument(
+        "--cold-unpack", action="store_true", help="also time importing the trainer image into an empty node"
+    )
     args = p.parse_args()
     t0 = time.monotonic()
     images.build_all()
@@ -125,8 +167,10 @@ def main() -> int:
     try:
         t0 = time.monotonic()
         ladder, pods = run_ladder(cluster, refs)
-        print(f"ladder {ladder['status']['phase']} in {time.monotonic() - t0:.0f}s (helm install included)",
-              file=sys.stderr)
+        print(
+            f"ladder {ladder['status']['phase']} in {time.monotonic() - t0:.0f}s (helm install included)",
+            file=sys.stderr,
+        )
         table = rows(ladder, pods)
     finally:
         cluster.stop()

@@ -23,17 +23,31 @@ from promotion_ladder.core.status import simulate
 
 def ladder(n: int) -> LadderSpec:
     blocks = ["a100", "l40s"]
-    return LadderSpec.model_validate({
-        "objective": {"metric": "val_bpb", "direction": "minimize"},
-        "trainer": {"image": "trainer:bench"},
-        "hostBlocks": [{"name": b} for b in blocks],
-        "candidates": [{"name": f"cand-{i:04d}"} for i in range(n)],
-        "stages": [
-            {"name": "2m", "budget": "2m", "hostBlocks": blocks, "seeds": [1, 2], "promote": {"top": max(n // 10, 2)}},
-            {"name": "10m", "budget": "10m", "hostBlocks": blocks, "seeds": [1, 2], "promote": {"top": max(n // 100, 2)}},
-            {"name": "60m", "budget": "60m", "hostBlocks": blocks, "seeds": [1, 2, 3, 4]},
-        ],
-    })
+    return LadderSpec.model_validate(
+        {
+            "objective": {"metric": "val_bpb", "direction": "minimize"},
+            "trainer": {"image": "trainer:bench"},
+            "hostBlocks": [{"name": b} for b in blocks],
+            "candidates": [{"name": f"cand-{i:04d}"} for i in range(n)],
+            "stages": [
+                {
+                    "name": "2m",
+                    "budget": "2m",
+                    "hostBlocks": blocks,
+                    "seeds": [1, 2],
+                    "promote": {"top": max(n // 10, 2)},
+                },
+                {
+                    "name": "10m",
+                    "budget": "10m",
+                    "hostBlocks": blocks,
+                    "seeds": [1, 2],
+                    "promote": {"top": max(n // 100, 2)},
+                },
+                {"name": "60m", "budget": "60m", "hostBlocks": blocks, "seeds": [1, 2, 3, 4]},
+            ],
+        }
+    )
 
 
 def main() -> None:
@@ -45,8 +59,12 @@ def main() -> None:
     spec = ladder(n)
     rnd = random.Random(1)
     skill = {c.name: rnd.gauss(1.2, 0.05) for c in spec.candidates}
-    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", skill[c] + rnd.gauss(0, 0.02), train_seconds=60.0)
-                for st in spec.stages for c in skill for hb, s in st.cells()}
+    recorded = {
+        (st.name, c, hb, s): CellOutcome("succeeded", skill[c] + rnd.gauss(0, 0.02), train_seconds=60.0)
+        for st in spec.stages
+        for c in skill
+        for hb, s in st.cells()
+    }
     t = time.perf_counter()
     status, p = simulate(spec, recorded)
     t_sim = time.perf_counter() - t
@@ -62,8 +80,11 @@ def main() -> None:
         warm.append(time.perf_counter() - t)
     size = len(json.dumps(status.wire(), separators=(",", ":")))
     bare = len(json.dumps(status.model_copy(update={"stability": None}).wire(), separators=(",", ":")))
-    print(f"{n} candidates, stages {', '.join(f'{d.stage} ({len(d.ranking)} x {len(d.cells)} cells)' for d in p.decisions)}")
-    print(f"stability(): cold memo {min(cold) * 1000:.1f} ms, warm memo {min(warm) * 1000:.1f} ms (best of {len(cold)})")
+    stages = ", ".join(f"{d.stage} ({len(d.ranking)} x {len(d.cells)} cells)" for d in p.decisions)
+    print(f"{n} candidates, stages {stages}")
+    print(
+        f"stability(): cold memo {min(cold) * 1000:.1f} ms, warm memo {min(warm) * 1000:.1f} ms (best of {len(cold)})"
+    )
     print(f"simulate() with stability (cold memo, first call in the process): {t_sim * 1000:.0f} ms")
     print(f"status: {size / 1024:.0f} KiB ({(size - bare) / 1024:.0f} KiB of it stability)")
 

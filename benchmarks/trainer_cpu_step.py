@@ -25,10 +25,27 @@ def cpu_seconds() -> float:
 
 
 def timed(depth: int, steps: int) -> tuple[float, float]:
-    cfg = parse_config({"depth": depth, "aspect_ratio": 32, "head_dim": 16, "seq_len": 128, "batch": 512,
-                        "tokenizer": "byte", "warmdown_frac": 0.0})
-    settings = Settings(device="cpu", dtype="fp32", compile="off", warmup_steps=0, eval_tokens=128, max_steps=steps,
-                        log_interval=1e9, threads=1)
+    cfg = parse_config(
+        {
+            "depth": depth,
+            "aspect_ratio": 32,
+            "head_dim": 16,
+            "seq_len": 128,
+            "batch": 512,
+            "tokenizer": "byte",
+            "warmdown_frac": 0.0,
+        }
+    )
+    settings = Settings(
+        device="cpu",
+        dtype="fp32",
+        compile="off",
+        warmup_steps=0,
+        eval_tokens=128,
+        max_steps=steps,
+        log_interval=1e9,
+        threads=1,
+    )
     c0, w0 = cpu_seconds(), time.perf_counter()
     out = run(cfg, seed=0, budget=1e9, settings=settings)
     if out.steps != steps:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The trainer's GPU checks (issue 3), for a machine with a CUDA GPU: the device tool's H100, or yours.
-#   bash scripts/gpu-check.sh [PART...]     parts: env tests bench12 bench8 budgets ddp overhead (default: all)
+#   bash scripts/gpu-check.sh [PART...]     parts: env tests bench12 bench8 budgets ddp overhead continuation (default: all)
 #     env      GPU, driver, torch, CUDA and cuDNN versions
 #     tests    tests/trainer/test_trainer_gpu.py (bf16, compile, fused AdamW, attention kernels, real OOM, MFU)
 #     bench12  python -m ladder_trainer.bench at d12, seq 2048 (all cases)
@@ -10,11 +10,14 @@
 #              world size 1 on a one-GPU machine, launched anyway) against one process, same shape: tokens/s
 #     overhead benchmarks/overhead_bench.py: 2 cells of d12 at 2m through `ladder run`, set-up,
 #              compile, eval and occupied seconds per cell (issue 15's goals)
+#     continuation benchmarks/continuation_bench.py: one ladder (4 candidates of d8, 10s/20s/40s)
+#              from scratch and continuing: Kendall tau between the final rankings, the winner's
+#              val_bpb and the GPU-hours of each (issue 25; about 8 minutes)
 # Every bench row and budget cell also prints its set-up seconds and compile seconds.
 # Needs python3 (or $PYTHON) with torch, numpy, tokenizers and pydantic; no install of the project.
 # Where pydantic is missing, the wheels in .whl/ are installed first (scripts/gpu-wheels.sh
 # fetches them). Logs and JSON go to $OUT when set (the device tool brings that folder
-# back, at most 8 files: all parts together write 11, so name the parts of one call; bench12
+# back, at most 8 files: all parts together write 13, so name the parts of one call; bench12
 # alone outlasts half of its 10-minute limit anyway, and overhead takes 5-6 minutes), else to
 # out/gpu-check/.
 # GPU_CHECK_SMOKE=1 shrinks every part to seconds on a CPU; a test runs it that way.
@@ -78,6 +81,14 @@ overhead() {
     "$python" benchmarks/overhead_bench.py --cells 2 --budget 2s --compile off --json "$out/overhead.json"
   else
     "$python" benchmarks/overhead_bench.py --json "$out/overhead.json"
+  fi
+}
+
+continuation() {
+  if [ -n "$smoke" ]; then
+    "$python" benchmarks/continuation_bench.py --candidates 3 --budgets 1s,2s --json "$out/continuation.json"
+  else
+    "$python" benchmarks/continuation_bench.py --json "$out/continuation.json"
   fi
 }
 
@@ -159,7 +170,7 @@ EOF
 }
 
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(env tests bench12 bench8 budgets ddp overhead)
+[ ${#parts[@]} -gt 0 ] || parts=(env tests bench12 bench8 budgets ddp overhead continuation)
 for part in "${parts[@]}"; do
   case $part in
     env) step env env_report ;;
@@ -169,7 +180,8 @@ for part in "${parts[@]}"; do
     budgets) step budgets budgets ;;
     ddp) step ddp ddp ;;
     overhead) step overhead overhead ;;
-    *) echo "gpu-check: unknown part '$part' (env tests bench12 bench8 budgets ddp overhead)" >&2; exit 2 ;;
+    continuation) step continuation continuation ;;
+    *) echo "gpu-check: unknown part '$part' (env tests bench12 bench8 budgets ddp overhead continuation)" >&2; exit 2 ;;
   esac
 done
 exit "$status"

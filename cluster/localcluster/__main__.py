@@ -1,31 +1,31 @@
-"""python -m localcluster up|down|agent|images|prometheus: run the local control plane (simulated or real nodes) by hand.
+"""python -m localcluster up|down|agent|images|prometheus: the local control plane by hand.
 
-  up    [--dir D] [--nodes SPEC] [--kubelet] [--kueue] [--foreground]
-        Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and (unless
-        --nodes none) the node agent, detached; prints the kubeconfig path. SPEC is
-        'default' (a100-0, a100-1, l40s-0; 4 GPUs each), 'none', or KIND=COUNT[:GPUS],...
-        with KIND in a100, h100, l40s. With --kubelet the nodes are real: a containerd and a
-        kubelet each, kube-proxy and CoreDNS, in the cluster's own network namespace
-        (needs root, Debian's containerd, runc and containernetworking-plugins, and
-        `cluster/build.sh node coredns`). --kueue also installs and runs Kueue (built by
-        `cluster/build.sh kueue`). With --foreground it stays attached and stops
-        everything on Ctrl-C.
-  down  [--dir D] [--keep]
-        Stops everything `up` started in D (default: the last `up`), and removes D when
-        `up` created it as a temporary directory (unless --keep).
-  agent --kubeconfig K --dir D [--nodes SPEC]
-        Runs only the node agent in the foreground (what `up` starts in the background).
-  images [--dir D]
-        Builds the operator and trainer images from Dockerfile.operator and
-        Dockerfile.trainer on bases made here (cached; rebuilt when the Dockerfiles or the
-        package change), loads them into the real nodes of the cluster in D (default: the
-        last `up`, if it has real nodes; nodes started later get them from the image store),
-        and prints the two image references, one per line.
-  prometheus [--target HOST:PORT]... [--port P] [--dir D] [--scrape-interval I]
-        Runs Prometheus (built by `cluster/build.sh prometheus`) in the foreground on
-        127.0.0.1:P (default 9090), scraping each target's /metrics (default
-        127.0.0.1:8080, `ladder operator`'s metrics port) every I (default 5s); config and
-        TSDB in D (default: a new temporary directory). Ctrl-C stops it.
+up    [--dir D] [--nodes SPEC] [--kubelet] [--kueue] [--foreground]
+      Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and (unless
+      --nodes none) the node agent, detached; prints the kubeconfig path. SPEC is
+      'default' (a100-0, a100-1, l40s-0; 4 GPUs each), 'none', or KIND=COUNT[:GPUS],...
+      with KIND in a100, h100, l40s. With --kubelet the nodes are real: a containerd and a
+      kubelet each, kube-proxy and CoreDNS, in the cluster's own network namespace
+      (needs root, Debian's containerd, runc and containernetworking-plugins, and
+      `cluster/build.sh node coredns`). --kueue also installs and runs Kueue (built by
+      `cluster/build.sh kueue`). With --foreground it stays attached and stops
+      everything on Ctrl-C.
+down  [--dir D] [--keep]
+      Stops everything `up` started in D (default: the last `up`), and removes D when
+      `up` created it as a temporary directory (unless --keep).
+agent --kubeconfig K --dir D [--nodes SPEC]
+      Runs only the node agent in the foreground (what `up` starts in the background).
+images [--dir D]
+      Builds the operator and trainer images from Dockerfile.operator and
+      Dockerfile.trainer on bases made here (cached; rebuilt when the Dockerfiles or the
+      package change), loads them into the real nodes of the cluster in D (default: the
+      last `up`, if it has real nodes; nodes started later get them from the image store),
+      and prints the two image references, one per line.
+prometheus [--target HOST:PORT]... [--port P] [--dir D] [--scrape-interval I]
+      Runs Prometheus (built by `cluster/build.sh prometheus`) in the foreground on
+      127.0.0.1:P (default 9090), scraping each target's /metrics (default
+      127.0.0.1:8080, `ladder operator`'s metrics port) every I (default 5s); config and
+      TSDB in D (default: a new temporary directory). Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -61,8 +61,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     created = args.dir is None
     directory = Path(args.dir or tempfile.mkdtemp(prefix="localcluster-")).resolve()
     if (directory / "state.json").exists() and _alive(json.loads((directory / "state.json").read_text())):
-        print(f"localcluster: already running in {directory}; `python -m localcluster down --dir {directory}` first",
-              file=sys.stderr)
+        print(
+            f"localcluster: already running in {directory}; `python -m localcluster down --dir {directory}` first",
+            file=sys.stderr,
+        )
         return 1
     t0 = time.monotonic()
     if args.kubelet and (reason := binaries.real_nodes_missing_reason()):
@@ -85,6 +87,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         cluster.stop()
         if created:
             import shutil
+
             shutil.rmtree(directory, ignore_errors=True)
         print("localcluster: stopped")
         return 0
@@ -93,29 +96,31 @@ def cmd_up(args: argparse.Namespace) -> int:
     state["created_dir"] = created
     if nodes:
         agent_log = directory / "logs" / "node-agent.log"
-        proc = spawn([sys.executable, "-m", "localcluster", "agent", "--kubeconfig", str(cp.kubeconfig),
-                      "--dir", str(directory / "nodes"), "--nodes", args.nodes],
-                     log_path=agent_log, die_with_parent=False)
+        proc = spawn(
+            [
+                sys.executable,
+                "-m",
+                "localcluster",
+                "agent",
+                "--kubeconfig",
+                str(cp.kubeconfig),
+                "--dir",
+                str(directory / "nodes"),
+                "--nodes",
+                args.nodes,
+            ],
+            log_path=agent_log,
+            die_with_parent=False,
+        )
         state["components"]["node-agent"] = {"pid": proc.pid, "log": str(agent_log)}
         (directory / "state.json").write_text(json.dumps(state, indent=2))
         try:
             _wait_nodes(cp.kubeconfig, [n.name for n in nodes], proc, agent_log)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, stop what was started and say it
             _stop_state(state)
             print(f"localcluster: node agent failed: {exc}", file=sys.stderr)
             return 1
-    if args.kueue:
-        try:
-            state["components"]["kueue"] = _start_kueue(cp, False).state()
-        except Exception as exc:  # noqa: BLE001 - said in one line; what started is stopped
-            _stop_state(state)
-            print(f"localcluster: kueue failed: {exc}", file=sys.stderr)
-            return 1
-    (directory / "state.json").write_text(json.dumps(state, indent=2))
-    _last_file().parent.mkdir(parents=True, exist_ok=True)
-    _last_file().write_text(str(directory))
-    _print_up(cp, directory, time.monotonic() - t0)
-    return 0
+    return _finish_up(cp, state, directory, t0, with_kueue=args.kueue)
 
 
 def _up_real_detached(directory: Path, nodes: list, created: bool, t0: float, with_kueue: bool = False) -> int:
@@ -127,24 +132,29 @@ def _up_real_detached(directory: Path, nodes: list, created: bool, t0: float, wi
         return 2
     try:
         cluster = LocalCluster.start(directory, nodes, die_with_parent=False, real=True)
-    except Exception as exc:  # noqa: BLE001 - one line, the logs say the rest
+    except Exception as exc:  # noqa: BLE001 - whatever failed, say it and exit 1
         print(f"localcluster: real nodes failed: {exc}", file=sys.stderr)
         return 1
     assert cluster.real is not None
     state = cluster.control_plane.state()
     state["created_dir"] = created
     state["real_nodes"] = cluster.real.state()
+    return _finish_up(cluster.control_plane, state, directory, t0, with_kueue=with_kueue)
+
+
+def _finish_up(cp, state: dict, directory: Path, t0: float, with_kueue: bool) -> int:
+    """Kueue if asked, then state.json for `down` and the last-`up` pointer."""
     if with_kueue:
         try:
-            state["components"]["kueue"] = _start_kueue(cluster.control_plane, False).state()
-        except Exception as exc:  # noqa: BLE001 - said in one line; what started is stopped
+            state["components"]["kueue"] = _start_kueue(cp, False).state()
+        except Exception as exc:  # noqa: BLE001 - whatever failed, stop what was started and say it
             _stop_state(state)
             print(f"localcluster: kueue failed: {exc}", file=sys.stderr)
             return 1
     (directory / "state.json").write_text(json.dumps(state, indent=2))
     _last_file().parent.mkdir(parents=True, exist_ok=True)
     _last_file().write_text(str(directory))
-    _print_up(cluster.control_plane, directory, time.monotonic() - t0)
+    _print_up(cp, directory, time.monotonic() - t0)
     return 0
 
 
@@ -156,8 +166,11 @@ def _wait_nodes(kubeconfig: Path, names: list[str], proc: subprocess.Popen, agen
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"exited with {proc.returncode}; see {agent_log}")
-        ready = {n.metadata.name for n in core.list_node().items
-                 if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or []) and not n.spec.taints}
+        ready = {
+            n.metadata.name
+            for n in core.list_node().items
+            if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or []) and not n.spec.taints
+        }
         if set(names) <= ready:
             return
         time.sleep(0.3)
@@ -173,9 +186,15 @@ def _start_kueue(cp, die_with_parent: bool):
 
 
 def _print_up(cp, directory: Path, seconds: float, foreground: bool = False) -> None:
-    print(f"localcluster: up in {seconds:.0f}s: {cp.server} (logs: {directory / 'logs'}, pod logs: {directory / 'nodes' / 'logs'})")
+    print(
+        f"localcluster: up in {seconds:.0f}s: {cp.server} "
+        f"(logs: {directory / 'logs'}, pod logs: {directory / 'nodes' / 'logs'})"
+    )
     print(f"export KUBECONFIG={cp.kubeconfig}")
-    print("# stop with Ctrl-C" if foreground else f"# stop with: python -m localcluster down --dir {directory}", flush=True)
+    print(
+        "# stop with Ctrl-C" if foreground else f"# stop with: python -m localcluster down --dir {directory}",
+        flush=True,
+    )
 
 
 def _alive(state: dict) -> bool:
@@ -200,13 +219,17 @@ def _stop_state(state: dict) -> None:
 def cmd_down(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else (Path(_last_file().read_text()) if _last_file().exists() else None)
     if directory is None or not (directory / "state.json").exists():
-        print(f"localcluster: nothing to stop ({'no --dir and no last `up`' if directory is None else f'no {directory}/state.json'})",
-              file=sys.stderr)
+        why = "no --dir and no last `up`" if directory is None else f"no {directory}/state.json"
+        print(
+            f"localcluster: nothing to stop ({why})",
+            file=sys.stderr,
+        )
         return 1
     state = json.loads((directory / "state.json").read_text())
     _stop_state(state)
     if state.get("created_dir") and not args.keep:
         import shutil
+
         shutil.rmtree(directory, ignore_errors=True)
         print(f"localcluster: stopped; removed {directory}")
     else:
@@ -255,14 +278,18 @@ def cmd_prometheus(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a local cluster")
     up.add_argument("--dir", help="cluster directory (default: a new temporary directory)")
     up.add_argument("--nodes", default="default", help="default | none | KIND=COUNT[:GPUS],... (default: default)")
-    up.add_argument("--kubelet", action="store_true",
-                    help="real nodes: containerd + kubelet per node, kube-proxy, CoreDNS (needs root)")
+    up.add_argument(
+        "--kubelet",
+        action="store_true",
+        help="real nodes: containerd + kubelet per node, kube-proxy, CoreDNS (needs root)",
+    )
     up.add_argument("--kueue", action="store_true", help="also run Kueue (cluster/build.sh kueue)")
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops everything")
     down = sub.add_parser("down", help="stop a local cluster")
@@ -280,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     prom.add_argument("--dir", help="config and TSDB directory (default: a new temporary directory)")
     prom.add_argument("--scrape-interval", default="5s", help="scrape interval (default 5s)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LOCALCLUSTER_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOCALCLUSTER_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     reason = binaries.missing_reason()
     if args.command == "up" and reason:
         print(f"localcluster: {reason}", file=sys.stderr)

@@ -92,8 +92,15 @@ def kueue_missing_reason(directory: Path | None = None) -> str | None:
 # Real nodes (`up --kubelet`): kubelet, kube-proxy and CoreDNS from cluster/build.sh (parts node,
 # coredns); containerd, runc, the CNI plugins, iptables and nsenter from Debian's packages.
 NODE_BINARIES = ("kubelet", "kube-proxy", "kubectl", "coredns")
-HOST_TOOLS = {"containerd": "containerd", "ctr": "containerd", "runc": "runc", "iptables": "iptables",
-              "nsenter": "util-linux", "ip": "iproute2", "mount": "mount"}
+HOST_TOOLS = {
+    "containerd": "containerd",
+    "ctr": "containerd",
+    "runc": "runc",
+    "iptables": "iptables",
+    "nsenter": "util-linux",
+    "ip": "iproute2",
+    "mount": "mount",
+}
 CNI_DIR = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 DEBIAN_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables")
@@ -108,8 +115,10 @@ def real_nodes_missing_reason(directory: Path | None = None) -> str | None:
         return "real nodes need root (network namespaces, mounts, containerd)"
     built = [b for b in NODE_BINARIES if not os.access(directory / b, os.X_OK)]
     if built:
-        return (f"real nodes: {', '.join(built)} missing in {directory}: run `bash cluster/build.sh node coredns` "
-                "(a few minutes once the control plane is built)")
+        return (
+            f"real nodes: {', '.join(built)} missing in {directory}: run `bash cluster/build.sh node coredns` "
+            "(a few minutes once the control plane is built)"
+        )
     tools = sorted({pkg for tool, pkg in HOST_TOOLS.items() if shutil.which(tool) is None})
     cni = [p for p in CNI_PLUGINS if not os.access(CNI_DIR / p, os.X_OK)]
     if tools or cni:

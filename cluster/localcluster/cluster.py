@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from kubernetes import client, config
 
@@ -68,16 +68,24 @@ class LocalCluster:
         self.control_plane.stop()
 
     @classmethod
-    def start(cls, dir: Path, nodes: Iterable[NodeSpec], *, die_with_parent: bool = True,
-              timeout: float = 120.0, real: bool = False) -> "LocalCluster":
+    def start(
+        cls,
+        dir: Path,
+        nodes: Iterable[NodeSpec],
+        *,
+        die_with_parent: bool = True,
+        timeout: float = 120.0,
+        real: bool = False,
+    ) -> LocalCluster:
         """Simulated nodes by default; real=True runs a kubelet and a containerd per node in the
         cluster's own network namespace (localcluster.realnodes)."""
         t0 = time.monotonic()
         nodes = list(nodes)
         network = ClusterNetwork.create() if real else None
         try:
-            cp = ControlPlane(dir=Path(dir), die_with_parent=die_with_parent,
-                              address=network.host_ip if network else "127.0.0.1").start(timeout=timeout)
+            cp = ControlPlane(
+                dir=Path(dir), die_with_parent=die_with_parent, address=network.host_ip if network else "127.0.0.1"
+            ).start(timeout=timeout)
         except BaseException:
             if network is not None:
                 network.delete()
@@ -116,6 +124,10 @@ class LocalCluster:
                 if conds.get("Ready") == "True" and not node.spec.taints:
                     ready.add(node.metadata.name)
             return names <= ready
+
         wait_for(nodes_ready, timeout=timeout, what=f"nodes {sorted(names)} Ready")
-        wait_for(lambda: core.read_namespaced_service_account("default", "default"), timeout=timeout,
-                 what="ServiceAccount default/default (kube-controller-manager's serviceaccount controller)")
+        wait_for(
+            lambda: core.read_namespaced_service_account("default", "default"),
+            timeout=timeout,
+            what="ServiceAccount default/default (kube-controller-manager's serviceaccount controller)",
+        )

@@ -226,8 +226,9 @@ def clone_root(store: Path, root: Path) -> None:
     metadata and the snapshotter's) are written in place, so each node gets its own copy."""
     t0 = time.monotonic()
     root.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["cp", "-a", "--link", f"{store}/.", str(root)], capture_output=True, text=True,
-                          timeout=600, check=False)
+    proc = subprocess.run(
+        ["cp", "-a", "--link", f"{store}/.", str(root)], capture_output=True, text=True, timeout=600, check=False
+    )
     if proc.returncode != 0:
         raise ContainerdError(f"cloning the image store into {root}: {proc.stderr.strip()[-1000:]}")
     for db in root.rglob("*.db"):

@@ -33,6 +33,13 @@ SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Every default controller but node lifecycle: with simulated nodes it would only taint and
 # evict. (Names as listed by `kube-controller-manager --help`, v1.34.)
 CONTROLLERS = "*,-node-lifecycle-controller,-cloud-node-lifecycle-controller"
+# The controller manager's client rate limits. The defaults (20 QPS, burst 30; each controller
+# has its own limiter under --use-service-account-credentials) are for small clusters: with a
+# thousand finished Jobs the Job controller then took minutes to create a stage's Pods (issue 21).
+# Clusters that run thousands of Jobs raise them: Kubernetes' own scalability tests (gce-100 and
+# 5,000-node performance jobs) and managed clusters such as Huawei CCE (below 1,000 nodes) use 100/100.
+CONTROLLER_MANAGER_API_QPS = 100
+CONTROLLER_MANAGER_API_BURST = 100
 
 
 class ControlPlaneError(RuntimeError):
@@ -88,7 +95,7 @@ class ControlPlane:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def start(self, timeout: float = 120.0) -> "ControlPlane":
+    def start(self, timeout: float = 120.0) -> ControlPlane:
         reason = binaries.missing_reason(self.bin_dir)
         if reason:
             raise ControlPlaneError(reason)
@@ -133,11 +140,14 @@ class ControlPlane:
         """A kubeconfig for a new client certificate (e.g. a kubelet's: /O=system:nodes/CN=system:node:<name>)."""
         self._sign(name, subject)
         pki = self.dir / "pki"
-        return write_kubeconfig(self.dir / f"{name}.kubeconfig", server=self.server, ca_file=pki / "ca.crt",
-                                user={"client-certificate-data": _b64(pki / f"{name}.crt"),
-                                      "client-key-data": _b64(pki / f"{name}.key")})
+        return write_kubeconfig(
+            self.dir / f"{name}.kubeconfig",
+            server=self.server,
+            ca_file=pki / "ca.crt",
+            user={"client-certificate-data": _b64(pki / f"{name}.crt"), "client-key-data": _b64(pki / f"{name}.key")},
+        )
 
-    def __enter__(self) -> "ControlPlane":
+    def __enter__(self) -> ControlPlane:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -166,13 +176,30 @@ class ControlPlane:
         pki.mkdir(exist_ok=True)
         # EC P-256 keys: generated instantly, and everything here speaks ECDSA.
         self._openssl(
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-subj", "/CN=localcluster-ca",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=localcluster-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         )
-        san = ("IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-               "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")
+        san = (
+            "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+            "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+        )
         if self.real_nodes:
             san += f",IP:{self.address}"
         self._sign("apiserver", "/CN=kube-apiserver", server=True, san=san)
@@ -187,25 +214,63 @@ class ControlPlane:
 
     def _sign(self, name: str, subject: str, *, server: bool = False, san: str = "") -> None:
         pki = self.dir / "pki"
-        ext = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
-               "subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid"]
+        ext = [
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            "subjectKeyIdentifier=hash",
+            "authorityKeyIdentifier=keyid",
+        ]
         ext.append("extendedKeyUsage=serverAuth" if server else "extendedKeyUsage=clientAuth")
         if san:
             ext.append(f"subjectAltName={san}")
         (pki / f"{name}.ext").write_text("\n".join(ext) + "\n")
-        self._openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                      "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
-        self._openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                      "-CAcreateserial", "-out", f"{name}.crt", "-days", "365", "-extfile", f"{name}.ext")
+        self._openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            subject,
+        )
+        self._openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "365",
+            "-extfile",
+            f"{name}.ext",
+        )
 
     def _write_kubeconfigs(self) -> None:
         pki = self.dir / "pki"
-        for name, user in (("kubeconfig", "admin"), ("controller-manager.kubeconfig", "controller-manager"),
-                           ("scheduler.kubeconfig", "scheduler")):
+        for name, user in (
+            ("kubeconfig", "admin"),
+            ("controller-manager.kubeconfig", "controller-manager"),
+            ("scheduler.kubeconfig", "scheduler"),
+        ):
             write_kubeconfig(
-                self.dir / name, server=self.server, ca_file=pki / "ca.crt",
-                user={"client-certificate-data": _b64(pki / f"{user}.crt"),
-                      "client-key-data": _b64(pki / f"{user}.key")},
+                self.dir / name,
+                server=self.server,
+                ca_file=pki / "ca.crt",
+                user={
+                    "client-certificate-data": _b64(pki / f"{user}.crt"),
+                    "client-key-data": _b64(pki / f"{user}.key"),
+                },
             )
 
     # --- components -------------------------------------------------------------------------
@@ -218,14 +283,23 @@ class ControlPlane:
     def _start_etcd(self) -> None:
         client = f"http://127.0.0.1:{self.ports['etcd']}"
         peer = f"http://127.0.0.1:{self.ports['etcd_peer']}"
-        self._spawn("etcd", [
-            str(self.bin_dir / "etcd"), "--name=localcluster", f"--data-dir={self.dir / 'etcd'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=localcluster={peer}", "--listen-metrics-urls=",
-            # Throwaway data: skipping fsync makes every write several times cheaper on CI disks.
-            "--unsafe-no-fsync", "--log-level=warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                str(self.bin_dir / "etcd"),
+                "--name=localcluster",
+                f"--data-dir={self.dir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=localcluster={peer}",
+                "--listen-metrics-urls=",
+                # Throwaway data: skipping fsync makes every write several times cheaper on CI disks.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
 
     def _start_apiserver(self) -> None:
         pki = self.dir / "pki"
@@ -244,49 +318,75 @@ class ControlPlane:
             # The "kubernetes" Service's endpoints would point at 127.0.0.1, which Endpoints
             # validation rejects; nothing here routes service IPs anyway.
             nodes = ["--authorization-mode=RBAC", "--endpoint-reconciler-type=none"]
-        self._spawn("kube-apiserver", [
-            str(self.bin_dir / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            f"--bind-address={self.address}", f"--advertise-address={self.address}",
-            f"--secure-port={self.ports['apiserver']}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
-            *nodes,
-            f"--service-account-issuer={SA_ISSUER}",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--profiling=false", "--v=1",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bin_dir / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
+                f"--secure-port={self.ports['apiserver']}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--token-auth-file={pki / 'tokens.csv'}",
+                *nodes,
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
 
     def _start_controller_manager(self) -> None:
         pki = self.dir / "pki"
         kc = self.dir / "controller-manager.kubeconfig"
-        self._spawn("kube-controller-manager", [
-            str(self.bin_dir / "kube-controller-manager"),
-            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.ports['controller_manager']}",
-            f"--cert-dir={self.dir / 'controller-manager-certs'}",
-            f"--controllers={CONTROLLERS}",
-            # Each controller acts with its own service account, so RBAC is exercised as in a
-            # real cluster.
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--leader-elect=false", "--profiling=false", "--v=1",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bin_dir / "kube-controller-manager"),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports['controller_manager']}",
+                f"--cert-dir={self.dir / 'controller-manager-certs'}",
+                f"--controllers={CONTROLLERS}",
+                # Each controller acts with its own service account, so RBAC is exercised as in a
+                # real cluster.
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--kube-api-qps={CONTROLLER_MANAGER_API_QPS}",
+                f"--kube-api-burst={CONTROLLER_MANAGER_API_BURST}",
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
 
     def _start_scheduler(self) -> None:
         kc = self.dir / "scheduler.kubeconfig"
-        self._spawn("kube-scheduler", [
-            str(self.bin_dir / "kube-scheduler"),
-            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.ports['scheduler']}",
-            f"--cert-dir={self.dir / 'scheduler-certs'}",
-            "--leader-elect=false", "--profiling=false", "--v=1",
-        ])
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bin_dir / "kube-scheduler"),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports['scheduler']}",
+                f"--cert-dir={self.dir / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
 
     # --- readiness --------------------------------------------------------------------------
 
@@ -307,7 +407,9 @@ class ControlPlane:
             except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
                 last = exc
             time.sleep(0.25)
-        raise ControlPlaneError(f"{what} not ready after {timeout:.0f}s (last error: {last!r}); logs in {self.dir / 'logs'}")
+        raise ControlPlaneError(
+            f"{what} not ready after {timeout:.0f}s (last error: {last!r}); logs in {self.dir / 'logs'}"
+        )
 
     def _wait_http(self, url: str, what: str, timeout: float) -> None:
         self._poll(what, timeout, lambda: urllib.request.urlopen(url, timeout=2).status == 200)
@@ -322,6 +424,7 @@ class ControlPlane:
                 return urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=5).status == 200
             except urllib.error.HTTPError:
                 return False  # 500 while post-start hooks (RBAC bootstrap, ...) finish
+
         self._poll("kube-apiserver /readyz", timeout, ready)
 
     def _wait_https_health(self, port: int, what: str, timeout: float) -> None:
@@ -334,6 +437,7 @@ class ControlPlane:
                 return urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx, timeout=5).status == 200
             except urllib.error.HTTPError:
                 return False
+
         self._poll(f"{what} /healthz", timeout, healthy)
 
 
@@ -341,14 +445,18 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def write_kubeconfig(path: Path, *, server: str, ca_file: Path, user: dict, name: str = "localcluster",
-                     namespace: str | None = None) -> Path:
+def write_kubeconfig(
+    path: Path, *, server: str, ca_file: Path, user: dict, name: str = "localcluster", namespace: str | None = None
+) -> Path:
     """Writes a single-context kubeconfig (JSON is valid YAML, so no YAML dependency)."""
     context: dict = {"cluster": name, "user": name}
     if namespace:
         context["namespace"] = namespace
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": name, "preferences": {},
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": name,
+        "preferences": {},
         "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority-data": _b64(ca_file)}}],
         "users": [{"name": name, "user": user}],
         "contexts": [{"name": name, "context": context}],

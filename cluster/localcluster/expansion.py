@@ -7,7 +7,7 @@ value of NAME when NAME is defined, and stays as written when it is not; `$$` be
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -28,8 +28,8 @@ def expand(text: str, env: Mapping[str, str]) -> str:
             if close == -1:  # unterminated: kept as written
                 out.append(text[i:])
                 break
-            name = text[i + 2:close]
-            out.append(env[name] if name in env else text[i:close + 1])
+            name = text[i + 2 : close]
+            out.append(env[name] if name in env else text[i : close + 1])
             i = close + 1
         else:
             out.append(ch)

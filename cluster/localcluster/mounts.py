@@ -25,8 +25,9 @@ A mount at /dev/shm itself is the host's /dev/shm (already a tmpfs) and is not r
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MOUNTS_ENV = "LOCALCLUSTER_MOUNTS"
 SHM_PATH = "/dev/shm"
@@ -36,9 +37,15 @@ class VolumeError(Exception):
     """A volume that cannot be provided (reported as the pod's StartError)."""
 
 
-def resolve_volume(volume: dict[str, Any], *, scratch: Path, shm_dir: Path,
-                   read_pvc: Callable[[str], dict[str, Any]], read_pv: Callable[[str], dict[str, Any]],
-                   field_ref: Callable[[str], str] = lambda path: "") -> Path | None:
+def resolve_volume(
+    volume: dict[str, Any],
+    *,
+    scratch: Path,
+    shm_dir: Path,
+    read_pvc: Callable[[str], dict[str, Any]],
+    read_pv: Callable[[str], dict[str, Any]],
+    field_ref: Callable[[str], str] = lambda path: "",
+) -> Path | None:
     """The host directory behind one pod volume, or None for a type that is not simulated.
     read_pvc / read_pv: name -> the object as a dict (raising VolumeError when absent);
     field_ref: a downward-API fieldPath -> its value for this pod (raising ValueError when the
@@ -84,8 +91,10 @@ def resolve_volume(volume: dict[str, Any], *, scratch: Path, shm_dir: Path,
         pv_spec = read_pv(pv_name).get("spec") or {}
         source = pv_spec.get("hostPath") or pv_spec.get("local")
         if not source:
-            raise VolumeError(f"volume {name!r}: PersistentVolume {pv_name!r} is neither hostPath nor local; "
-                              "the localcluster node agent can only provide those")
+            raise VolumeError(
+                f"volume {name!r}: PersistentVolume {pv_name!r} is neither hostPath nor local; "
+                "the localcluster node agent can only provide those"
+            )
         return Path(source["path"])
     return None
 
@@ -106,12 +115,13 @@ def container_mounts(container: dict[str, Any], volume_dirs: dict[str, Path | No
 def translate(value: str, mounts: dict[str, str]) -> str:
     """`value` with a leading mountPath (the whole value, or after `--flag=`) replaced by its
     host directory; the longest mountPath wins. Anything else is returned as it is."""
+
     def one(text: str) -> str | None:
         for mount_path in sorted(mounts, key=len, reverse=True):
             if mount_path in (SHM_PATH, "/"):
                 continue
             if text == mount_path or text.startswith(mount_path + "/"):
-                return mounts[mount_path] + text[len(mount_path):]
+                return mounts[mount_path] + text[len(mount_path) :]
         return None
 
     whole = one(value)

@@ -33,8 +33,9 @@ process, patching the pod's status as a kubelet does. The contract pods can rely
 - Output: stdout and stderr go to `<agent dir>/logs/<namespace>_<pod>.log` (see log_path()).
 - Status: Running (startTime, podIP, conditions, containerStatuses[0].state.running), then
   Succeeded/Failed (each write retried with backoff for up to 2 minutes while the API server
-  is unreachable, so an exit during a short outage is not lost) with terminated.exitCode and reason Completed/Error (128+N for a signal),
-  so the Job controller and podFailurePolicy see what they would see from a kubelet.
+  is unreachable, so an exit during a short outage is not lost) with terminated.exitCode and
+  reason Completed/Error (128+N for a signal), so the Job controller and podFailurePolicy see
+  what they would see from a kubelet.
   restartPolicy OnFailure/Always restart the process in place (restartCount, lastState).
 - Deletion: when a pod gets a deletionTimestamp its process group gets SIGTERM, then SIGKILL
   after the grace period; the agent reports the pod Failed (exit 143/137, or Succeeded if it
@@ -45,6 +46,7 @@ process, patching the pod's status as a kubelet does. The contract pods can rely
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import queue
@@ -55,9 +57,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import urllib3
 from kubernetes import client, config
@@ -90,6 +93,7 @@ RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
 # --- nodes ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class NodeSpec:
     """One simulated node: its name, extra labels, capacity and taints."""
@@ -114,8 +118,9 @@ def gpu_node(name: str, kind: str, gpus: int = 4, **extra_capacity: str) -> Node
     """A node of a host-block kind in NODE_KINDS with `gpus` nvidia.com/gpu and plenty of the rest."""
     if kind not in NODE_KINDS:
         raise ValueError(f"unknown node kind {kind!r}; known: {', '.join(NODE_KINDS)}")
-    return NodeSpec(name=name, labels=dict(NODE_KINDS[kind]),
-                    capacity={**PLENTY, GPU_RESOURCE: str(gpus), **extra_capacity})
+    return NodeSpec(
+        name=name, labels=dict(NODE_KINDS[kind]), capacity={**PLENTY, GPU_RESOURCE: str(gpus), **extra_capacity}
+    )
 
 
 def default_nodes() -> list[NodeSpec]:
@@ -141,6 +146,7 @@ def parse_nodes(spec: str) -> list[NodeSpec]:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
 
 def _api_client(kubeconfig: Path) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(kubeconfig))
@@ -181,6 +187,7 @@ def signal_exit_code(returncode: int) -> int:
 
 
 # --- pods ----------------------------------------------------------------------------------
+
 
 class PodStartError(Exception):
     """The container could not be started (reported like the kubelet's StartError)."""
@@ -253,10 +260,13 @@ class NodeAgent:
 
     def running_pids(self) -> dict[str, int]:
         """'namespace/name' -> pid of every pod process still running."""
-        return {f"{r.namespace}/{r.name}": r.proc.pid for r in list(self._runs.values())
-                if r.proc is not None and r.proc.poll() is None}
+        return {
+            f"{r.namespace}/{r.name}": r.proc.pid
+            for r in list(self._runs.values())
+            if r.proc is not None and r.proc.poll() is None
+        }
 
-    def start(self) -> "NodeAgent":
+    def start(self) -> NodeAgent:
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.dir / "pods").mkdir(parents=True, exist_ok=True)
         api = _api_client(self.kubeconfig)
@@ -283,12 +293,10 @@ class NodeAgent:
         if delete_nodes:
             core = client.CoreV1Api(_api_client(self.kubeconfig))
             for node in self.nodes:
-                try:
+                with contextlib.suppress(ApiException):
                     core.delete_node(node.name)
-                except ApiException:
-                    pass
 
-    def __enter__(self) -> "NodeAgent":
+    def __enter__(self) -> NodeAgent:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -298,11 +306,19 @@ class NodeAgent:
 
     def _register(self, api: client.ApiClient, node: NodeSpec) -> None:
         core = client.CoreV1Api(api)
-        labels = {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux",
-                  "kubernetes.io/arch": "amd64", "localcluster.dev/simulated": "true", **node.labels}
-        body = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": node.name, "labels": labels},
-                "spec": {"taints": list(node.taints)} if node.taints else {}}
+        labels = {
+            "kubernetes.io/hostname": node.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "localcluster.dev/simulated": "true",
+            **node.labels,
+        }
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": node.name, "labels": labels},
+            "spec": {"taints": list(node.taints)} if node.taints else {},
+        }
         try:
             core.create_node(body)
         except ApiException as exc:
@@ -313,7 +329,9 @@ class NodeAgent:
         # The TaintNodesByCondition admission plugin taints every new Node not-ready; the node
         # lifecycle controller (not run here) would lift it once the node reports Ready.
         current = core.read_node(node.name)
-        taints = [api.sanitize_for_serialization(t) for t in (current.spec.taints or []) if t.key not in NOT_READY_TAINTS]
+        taints = [
+            api.sanitize_for_serialization(t) for t in (current.spec.taints or []) if t.key not in NOT_READY_TAINTS
+        ]
         if len(taints) != len(current.spec.taints or []):
             core.patch_node(node.name, {"spec": {"taints": taints or None}})
         self._renew_lease(api, node.name, current.metadata.uid)
@@ -322,22 +340,43 @@ class NodeAgent:
         now = iso()
 
         def cond(type_: str, status: str, reason: str, message: str) -> dict:
-            return {"type": type_, "status": status, "reason": reason, "message": message,
-                    "lastHeartbeatTime": now, "lastTransitionTime": now}
-        return {"status": {
-            "capacity": node.capacity, "allocatable": node.capacity,
-            "conditions": [
-                cond("Ready", "True", "KubeletReady", "localcluster node agent is posting ready status"),
-                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "simulated"),
-                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "simulated"),
-                cond("PIDPressure", "False", "KubeletHasSufficientPID", "simulated"),
-            ],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node.name}],
-            "nodeInfo": {"machineID": node.name, "systemUUID": node.name, "bootID": node.name,
-                         "kernelVersion": os.uname().release, "osImage": "localcluster simulated node",
-                         "containerRuntimeVersion": "localcluster://process", "kubeletVersion": "v1.34.4-localcluster",
-                         "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
-        }}
+            return {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+
+        return {
+            "status": {
+                "capacity": node.capacity,
+                "allocatable": node.capacity,
+                "conditions": [
+                    cond("Ready", "True", "KubeletReady", "localcluster node agent is posting ready status"),
+                    cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "simulated"),
+                    cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "simulated"),
+                    cond("PIDPressure", "False", "KubeletHasSufficientPID", "simulated"),
+                ],
+                "addresses": [
+                    {"type": "InternalIP", "address": "127.0.0.1"},
+                    {"type": "Hostname", "address": node.name},
+                ],
+                "nodeInfo": {
+                    "machineID": node.name,
+                    "systemUUID": node.name,
+                    "bootID": node.name,
+                    "kernelVersion": os.uname().release,
+                    "osImage": "localcluster simulated node",
+                    "containerRuntimeVersion": "localcluster://process",
+                    "kubeletVersion": "v1.34.4-localcluster",
+                    "kubeProxyVersion": "",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                },
+            }
+        }
 
     def _renew_lease(self, api: client.ApiClient, node_name: str, node_uid: str | None = None) -> None:
         coord = client.CoordinationV1Api(api)
@@ -363,7 +402,7 @@ class NodeAgent:
                     self._renew_lease(api, node.name)
                     if beats % 4 == 0:  # the kubelet posts status every ~40s when nothing changes
                         core.patch_node_status(node.name, self._node_status(node))
-                except Exception as exc:  # noqa: BLE001 - keep beating
+                except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the agent goes on
                     log.warning("heartbeat for %s failed: %s", node.name, exc)
 
     # --- watching pods -----------------------------------------------------------------------
@@ -385,8 +424,14 @@ class NodeAgent:
                 self._events.put(("deleted" if type_ == "DELETED" else "pod", pod))
 
         core = client.CoreV1Api(_api_client(self.kubeconfig))
-        return ListWatch("pods", core.list_pod_for_all_namespaces, None, field_selector="spec.nodeName!=",
-                         on_list=listed, on_event=changed).start()
+        return ListWatch(
+            "pods",
+            core.list_pod_for_all_namespaces,
+            None,
+            field_selector="spec.nodeName!=",
+            on_list=listed,
+            on_event=changed,
+        ).start()
 
     # --- the sync loop: every spawn and status write happens on this one thread ---------------
 
@@ -410,7 +455,7 @@ class NodeAgent:
                     self._on_exit(core, event[1], event[2])
                 elif kind == "restart":
                     self._restart(core, event[1])
-            except Exception:  # noqa: BLE001 - one bad pod must not stop the agent
+            except Exception:
                 log.exception("node agent: handling %s failed", kind)
 
     def _sync_pod(self, api: client.ApiClient, core: client.CoreV1Api, pod: dict) -> None:
@@ -434,8 +479,16 @@ class NodeAgent:
             return
         if phase == "Running":
             # Started by an earlier agent whose process is gone (agent restart).
-            self._patch_status(core, ns, name, {"phase": "Failed", "reason": "NodeAgentRestarted",
-                                                "message": "the localcluster node agent restarted; the process is gone"})
+            self._patch_status(
+                core,
+                ns,
+                name,
+                {
+                    "phase": "Failed",
+                    "reason": "NodeAgentRestarted",
+                    "message": "the localcluster node agent restarted; the process is gone",
+                },
+            )
             return
         self._start_pod(api, core, pod)
 
@@ -444,18 +497,30 @@ class NodeAgent:
         uid, ns, name = meta["uid"], meta["namespace"], meta["name"]
         containers = spec.get("containers") or []
         ctr = containers[0] if containers else {"name": "", "image": ""}
-        run = PodRun(uid=uid, namespace=ns, name=name, node=spec["nodeName"],
-                     scratch=self.scratch_dir(ns, name, uid), log_path=self.log_path(ns, name),
-                     restart_policy=spec.get("restartPolicy") or "Always", container=ctr.get("name", ""),
-                     image=ctr.get("image", ""), grace=float(spec.get("terminationGracePeriodSeconds") or 30),
-                     message_policy=ctr.get("terminationMessagePolicy") or "File")
+        run = PodRun(
+            uid=uid,
+            namespace=ns,
+            name=name,
+            node=spec["nodeName"],
+            scratch=self.scratch_dir(ns, name, uid),
+            log_path=self.log_path(ns, name),
+            restart_policy=spec.get("restartPolicy") or "Always",
+            container=ctr.get("name", ""),
+            image=ctr.get("image", ""),
+            grace=float(spec.get("terminationGracePeriodSeconds") or 30),
+            message_policy=ctr.get("terminationMessagePolicy") or "File",
+        )
         self._runs[uid] = run
         try:
             if len(containers) != 1 or spec.get("initContainers"):
-                raise PodStartError("the localcluster node agent runs pods with exactly one container and no init containers")
+                raise PodStartError(
+                    "the localcluster node agent runs pods with exactly one container and no init containers"
+                )
             if not ctr.get("command"):
-                raise PodStartError(f"container {run.container!r} has no command; localcluster ignores images, "
-                                    "so there is no entrypoint to run: set command (and args)")
+                raise PodStartError(
+                    f"container {run.container!r} has no command; localcluster ignores images, "
+                    "so there is no entrypoint to run: set command (and args)"
+                )
             run.scratch.mkdir(parents=True, exist_ok=True)
             argv, env = self._command(api, core, pod, ctr, run)
             self._spawn(run, argv, env)
@@ -466,39 +531,74 @@ class NodeAgent:
             run.log_path.parent.mkdir(parents=True, exist_ok=True)
             run.log_path.write_text(f"localcluster: cannot start container: {message}\n")
             now = iso()
-            self._patch_status(core, ns, name, {
-                "phase": "Failed", "reason": "StartError", "message": str(message)[:START_ERROR_MESSAGE_LIMIT], "startTime": now,
-                "hostIP": "127.0.0.1",
-                "containerStatuses": [self._container_status(run, {"terminated": {
-                    "exitCode": 128, "reason": "StartError", "message": str(message)[:MAX_TERMINATION_MESSAGE],
-                    "startedAt": now, "finishedAt": now}})],
-                "conditions": self._conditions(ready=False, reason="PodFailed")})
+            self._patch_status(
+                core,
+                ns,
+                name,
+                {
+                    "phase": "Failed",
+                    "reason": "StartError",
+                    "message": str(message)[:START_ERROR_MESSAGE_LIMIT],
+                    "startTime": now,
+                    "hostIP": "127.0.0.1",
+                    "containerStatuses": [
+                        self._container_status(
+                            run,
+                            {
+                                "terminated": {
+                                    "exitCode": 128,
+                                    "reason": "StartError",
+                                    "message": str(message)[:MAX_TERMINATION_MESSAGE],
+                                    "startedAt": now,
+                                    "finishedAt": now,
+                                }
+                            },
+                        )
+                    ],
+                    "conditions": self._conditions(ready=False, reason="PodFailed"),
+                },
+            )
             return
         now = run.started_at
-        self._patch_status(core, ns, name, {
-            "phase": "Running", "startTime": now, "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-            "conditions": self._conditions(ready=True),
-            "containerStatuses": [self._container_status(run, {"running": {"startedAt": now}}, ready=True)],
-        })
+        self._patch_status(
+            core,
+            ns,
+            name,
+            {
+                "phase": "Running",
+                "startTime": now,
+                "hostIP": "127.0.0.1",
+                "hostIPs": [{"ip": "127.0.0.1"}],
+                "podIP": "127.0.0.1",
+                "podIPs": [{"ip": "127.0.0.1"}],
+                "conditions": self._conditions(ready=True),
+                "containerStatuses": [self._container_status(run, {"running": {"startedAt": now}}, ready=True)],
+            },
+        )
 
     def _spawn(self, run: PodRun, argv: list[str], env: dict[str, str]) -> None:
         term = run.scratch / "termination-log"
         if term.exists():
             term.unlink()
         with open(run.log_path, "ab") as f:
-            f.write(f"--- localcluster: starting {argv!r} on {run.node} (restart {run.restart_count}) at {iso()}\n".encode())
+            f.write(
+                f"--- localcluster: starting {argv!r} on {run.node} (restart {run.restart_count}) at {iso()}\n".encode()
+            )
         try:
-            run.proc = spawn(argv, log_path=run.log_path, env=env, cwd=run.scratch, die_with_parent=self.die_with_parent)
+            run.proc = spawn(
+                argv, log_path=run.log_path, env=env, cwd=run.scratch, die_with_parent=self.die_with_parent
+            )
         except OSError as exc:
             raise PodStartError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
         run.started_at = iso()
         proc, uid = run.proc, run.uid
-        threading.Thread(target=lambda: self._events.put(("exited", uid, proc.wait())),
-                         name=f"wait-{run.name}", daemon=True).start()
+        threading.Thread(
+            target=lambda: self._events.put(("exited", uid, proc.wait())), name=f"wait-{run.name}", daemon=True
+        ).start()
 
-    def _command(self, api: client.ApiClient, core: client.CoreV1Api, pod: dict, ctr: dict,
-                 run: PodRun) -> tuple[list[str], dict[str, str]]:
+    def _command(
+        self, api: client.ApiClient, core: client.CoreV1Api, pod: dict, ctr: dict, run: PodRun
+    ) -> tuple[list[str], dict[str, str]]:
         """argv and env of the pod's process: `$(VAR)` expanded, then paths under a volume's
         mountPath translated to the host directory behind it (localcluster.mounts)."""
         env = self._pod_env(api, core, pod, ctr, run)
@@ -519,13 +619,22 @@ class NodeAgent:
                     return core.api_client.sanitize_for_serialization(fn(name))
                 except ApiException as exc:
                     raise VolumeError(f"cannot read {kind} {name!r}: {exc.status} {exc.reason}") from exc
+
             return get
 
         read_pvc = read("PersistentVolumeClaim", lambda n: core.read_namespaced_persistent_volume_claim(n, ns))
         read_pv = read("PersistentVolume", core.read_persistent_volume)
-        dirs = {v["name"]: resolve_volume(v, scratch=run.scratch, shm_dir=self._shm_dir(run),
-                                          read_pvc=read_pvc, read_pv=read_pv, field_ref=lambda p: _field_ref(pod, p))
-                for v in pod["spec"].get("volumes") or []}
+        dirs = {
+            v["name"]: resolve_volume(
+                v,
+                scratch=run.scratch,
+                shm_dir=self._shm_dir(run),
+                read_pvc=read_pvc,
+                read_pv=read_pv,
+                field_ref=lambda p: _field_ref(pod, p),
+            )
+            for v in pod["spec"].get("volumes") or []
+        }
         mounts = container_mounts(ctr, dirs)
         with open(run.log_path, "ab") as f:
             for path, src in sorted(mounts.items()):
@@ -537,7 +646,9 @@ class NodeAgent:
         root = Path(SHM_PATH) if Path(SHM_PATH).is_dir() else run.scratch
         return root / "localcluster" / run.scratch.name
 
-    def _pod_env(self, api: client.ApiClient, core: client.CoreV1Api, pod: dict, ctr: dict, run: PodRun) -> dict[str, str]:
+    def _pod_env(
+        self, api: client.ApiClient, core: client.CoreV1Api, pod: dict, ctr: dict, run: PodRun
+    ) -> dict[str, str]:
         ns = pod["metadata"]["namespace"]
         kubeconfig = self._pod_kubeconfig(api, pod, run)
         env: dict[str, str] = {}
@@ -547,14 +658,18 @@ class NodeAgent:
         for key in filter(None, os.environ.get("LOCALCLUSTER_PASSTHROUGH_ENV", "").split(",")):
             if key in os.environ:
                 env[key] = os.environ[key]
-        env.update({
-            "PATH": f"{self.python_bin}{os.pathsep}{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
-            "VIRTUAL_ENV": str(self.python_bin.parent),
-            "HOME": str(run.scratch), "TMPDIR": str(run.scratch), "HOSTNAME": pod["metadata"]["name"],
-            "KUBECONFIG": str(kubeconfig),
-            TERMINATION_LOG_ENV: str(run.scratch / "termination-log"),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "PATH": f"{self.python_bin}{os.pathsep}{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}",
+                "VIRTUAL_ENV": str(self.python_bin.parent),
+                "HOME": str(run.scratch),
+                "TMPDIR": str(run.scratch),
+                "HOSTNAME": pod["metadata"]["name"],
+                "KUBECONFIG": str(kubeconfig),
+                TERMINATION_LOG_ENV: str(run.scratch / "termination-log"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(self.extra_env)
         for src in ctr.get("envFrom") or []:
             prefix = src.get("prefix") or ""
@@ -583,7 +698,9 @@ class NodeAgent:
                 raise PodStartError(f"env {name}: key {ref['key']!r} not found in {key[:-6]} {ref['name']!r}")
         raise PodStartError(f"env {name}: valueFrom {sorted(src)} is not supported by the localcluster node agent")
 
-    def _source_data(self, core: client.CoreV1Api, ns: str, cm_ref: dict | None, secret_ref: dict | None) -> dict[str, str]:
+    def _source_data(
+        self, core: client.CoreV1Api, ns: str, cm_ref: dict | None, secret_ref: dict | None
+    ) -> dict[str, str]:
         ref = cm_ref or secret_ref
         try:
             if cm_ref:
@@ -594,20 +711,32 @@ class NodeAgent:
         except ApiException as exc:
             if exc.status == 404 and ref and ref.get("optional"):
                 return {}
-            raise PodStartError(f"cannot read {'configmap' if cm_ref else 'secret'} {ns}/{ref['name'] if ref else '?'}: "
-                                f"{exc.status} {exc.reason}") from exc
+            raise PodStartError(
+                f"cannot read {'configmap' if cm_ref else 'secret'} {ns}/{ref['name'] if ref else '?'}: "
+                f"{exc.status} {exc.reason}"
+            ) from exc
         return {}
 
     def _pod_kubeconfig(self, api: client.ApiClient, pod: dict, run: PodRun) -> Path:
         meta = pod["metadata"]
         sa = pod["spec"].get("serviceAccountName") or "default"
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"expirationSeconds": 3600,
-                         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]}}}
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": 3600,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+            },
+        }
         token = client.CoreV1Api(api).create_namespaced_service_account_token(sa, meta["namespace"], body).status.token
-        return write_kubeconfig(run.scratch / "kubeconfig", server=api.configuration.host,
-                                ca_file=Path(api.configuration.ssl_ca_cert),
-                                user={"token": token}, name="localcluster-pod", namespace=meta["namespace"])
+        return write_kubeconfig(
+            run.scratch / "kubeconfig",
+            server=api.configuration.host,
+            ca_file=Path(api.configuration.ssl_ca_cert),
+            user={"token": token},
+            name="localcluster-pod",
+            namespace=meta["namespace"],
+        )
 
     # --- exits, restarts, deletion -----------------------------------------------------------
 
@@ -618,26 +747,24 @@ class NodeAgent:
         if run.proc is not None:
             stop_group(run.proc.pid, grace=0.5)  # leftovers the container forked
         code = signal_exit_code(returncode)
+        terminated = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": run.started_at,
+            "finishedAt": iso(),
+            "containerID": f"localcluster://{run.proc.pid if run.proc else 0}",
+        }
+        if returncode < 0:
+            terminated["signal"] = -returncode
         if run.deleting:
             # As the kubelet does (since 1.27): report the killed pod terminal before it goes, so
             # the Job controller (podFailurePolicy, podReplacementPolicy: Failed) counts it and
             # lifts its tracking finalizer.
-            self._patch_status(core, run.namespace, run.name, {
-                "phase": "Succeeded" if code == 0 else "Failed",
-                "conditions": self._conditions(ready=False, reason="PodCompleted" if code == 0 else "PodFailed"),
-                "containerStatuses": [self._container_status(run, {"terminated": {
-                    "exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                    "startedAt": run.started_at, "finishedAt": iso(),
-                    "containerID": f"localcluster://{run.proc.pid if run.proc else 0}"}})]})
+            self._patch_terminal(core, run, code, terminated)
             self._delete_now(core, run.namespace, run.name, uid)
             self._runs.pop(uid, None)
             shutil.rmtree(self._shm_dir(run), ignore_errors=True)
             return
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                      "startedAt": run.started_at, "finishedAt": iso(),
-                      "containerID": f"localcluster://{run.proc.pid if run.proc else 0}"}
-        if returncode < 0:
-            terminated["signal"] = -returncode
         message = self._termination_message(run)
         if not message and code != 0 and run.message_policy == "FallbackToLogsOnError":
             message = self._log_tail(run)
@@ -650,20 +777,43 @@ class NodeAgent:
             run.restart_count += 1
             run.last_state = {"terminated": terminated}
             backoff = min(10.0, 0.5 * 2 ** (run.restart_count - 1))
-            self._patch_status(core, run.namespace, run.name, {
-                "conditions": self._conditions(ready=False, reason="ContainersNotReady"),
-                "containerStatuses": [self._container_status(
-                    run, {"waiting": {"reason": "CrashLoopBackOff" if code else "Completed",
-                                      "message": f"restarting in {backoff:.1f}s"}})]})
+            self._patch_status(
+                core,
+                run.namespace,
+                run.name,
+                {
+                    "conditions": self._conditions(ready=False, reason="ContainersNotReady"),
+                    "containerStatuses": [
+                        self._container_status(
+                            run,
+                            {
+                                "waiting": {
+                                    "reason": "CrashLoopBackOff" if code else "Completed",
+                                    "message": f"restarting in {backoff:.1f}s",
+                                }
+                            },
+                        )
+                    ],
+                },
+            )
             threading.Timer(backoff, lambda: self._events.put(("restart", uid))).start()
             return
         run.finished = True
         shutil.rmtree(self._shm_dir(run), ignore_errors=True)  # memory-backed emptyDirs hold RAM
-        self._patch_status(core, run.namespace, run.name, {
-            "phase": "Succeeded" if code == 0 else "Failed",
-            "conditions": self._conditions(ready=False, reason="PodCompleted" if code == 0 else "PodFailed"),
-            "containerStatuses": [self._container_status(run, {"terminated": terminated})],
-        })
+        self._patch_terminal(core, run, code, terminated)
+
+    def _patch_terminal(self, core: client.CoreV1Api, run: PodRun, code: int, terminated: dict) -> None:
+        """The pod's last status: Succeeded or Failed, its container terminated as given."""
+        self._patch_status(
+            core,
+            run.namespace,
+            run.name,
+            {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "conditions": self._conditions(ready=False, reason="PodCompleted" if code == 0 else "PodFailed"),
+                "containerStatuses": [self._container_status(run, {"terminated": terminated})],
+            },
+        )
 
     def _restart(self, core: client.CoreV1Api, uid: str) -> None:
         run = self._runs.get(uid)
@@ -682,9 +832,17 @@ class NodeAgent:
         ctr = pod["spec"]["containers"][0]
         argv, env = self._command(core.api_client, core, pod, ctr, run)
         self._spawn(run, argv, env)
-        self._patch_status(core, run.namespace, run.name, {
-            "conditions": self._conditions(ready=True),
-            "containerStatuses": [self._container_status(run, {"running": {"startedAt": run.started_at}}, ready=True)]})
+        self._patch_status(
+            core,
+            run.namespace,
+            run.name,
+            {
+                "conditions": self._conditions(ready=True),
+                "containerStatuses": [
+                    self._container_status(run, {"running": {"startedAt": run.started_at}}, ready=True)
+                ],
+            },
+        )
 
     def _terminate(self, run: PodRun, grace: float) -> None:
         pgid = run.proc.pid if run.proc else None
@@ -696,10 +854,9 @@ class NodeAgent:
             return
 
         def kill() -> None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+
         threading.Timer(max(grace, 0.0), kill).start()
 
     def _forget(self, uid: str) -> None:
@@ -711,8 +868,11 @@ class NodeAgent:
 
     def _delete_now(self, core: client.CoreV1Api, ns: str, name: str, uid: str) -> None:
         try:
-            core.delete_namespaced_pod(name, ns, body=client.V1DeleteOptions(
-                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)))
+            core.delete_namespaced_pod(
+                name,
+                ns,
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)),
+            )
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
@@ -730,17 +890,27 @@ class NodeAgent:
     def _log_tail(self, run: PodRun) -> str:
         """The kubelet's FallbackToLogsOnError: the end of the output (at most 80 lines, 2048 bytes)."""
         try:
-            lines = [ln for ln in run.log_path.read_text(errors="replace").splitlines()
-                     if not ln.startswith("--- localcluster: ")]
+            lines = [
+                ln
+                for ln in run.log_path.read_text(errors="replace").splitlines()
+                if not ln.startswith("--- localcluster: ")
+            ]
         except OSError:
             return ""
         return "\n".join(lines[-80:])[-2048:]
 
     def _container_status(self, run: PodRun, state: dict, *, ready: bool = False) -> dict:
         # containerStatuses is replaced as a whole by a patch, so every write carries lastState.
-        status = {"name": run.container, "image": run.image, "imageID": "",
-                  "containerID": f"localcluster://{run.proc.pid}" if run.proc else "",
-                  "ready": ready, "started": "running" in state, "restartCount": run.restart_count, "state": state}
+        status = {
+            "name": run.container,
+            "image": run.image,
+            "imageID": "",
+            "containerID": f"localcluster://{run.proc.pid}" if run.proc else "",
+            "ready": ready,
+            "started": "running" in state,
+            "restartCount": run.restart_count,
+            "state": state,
+        }
         if run.last_state:
             status["lastState"] = run.last_state
         return status
@@ -772,8 +942,14 @@ class NodeAgent:
                     return
                 if exc.status not in RETRYABLE_STATUS or time.monotonic() + delay > deadline or self._stop.is_set():
                     raise
-                log.warning("status of pod %s/%s not written (%s %s); retrying in %.1fs", ns, name, exc.status,
-                            exc.reason, delay)
+                log.warning(
+                    "status of pod %s/%s not written (%s %s); retrying in %.1fs",
+                    ns,
+                    name,
+                    exc.status,
+                    exc.reason,
+                    delay,
+                )
             except (OSError, urllib3.exceptions.HTTPError) as exc:  # connection refused/reset, timeouts
                 if time.monotonic() + delay > deadline or self._stop.is_set():
                     raise
@@ -784,7 +960,11 @@ class NodeAgent:
 
 def pod_pid(pod: Any) -> int | None:
     """The local pid of a pod's process, from containerStatuses[0].containerID (localcluster://PID)."""
-    statuses = (pod.status.container_statuses or []) if hasattr(pod, "status") else _get(pod, "status", "containerStatuses", default=[])
+    statuses = (
+        (pod.status.container_statuses or [])
+        if hasattr(pod, "status")
+        else _get(pod, "status", "containerStatuses", default=[])
+    )
     for cs in statuses:
         cid = cs.container_id if hasattr(cs, "container_id") else cs.get("containerID")
         if cid and cid.startswith("localcluster://"):

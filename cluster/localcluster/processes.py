@@ -8,23 +8,22 @@ even when the owner is killed with SIGKILL and no Python cleanup runs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
+    with contextlib.suppress(Exception):  # best effort (non-Linux)
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except Exception:  # noqa: BLE001 - best effort (non-Linux)
-        pass
 
 
 def spawn(
@@ -66,10 +65,8 @@ def group_alive(pgid: int) -> bool:
 
 def stop_group(pgid: int, *, grace: float = 5.0, proc: subprocess.Popen | None = None) -> None:
     """SIGTERM the process group, wait up to grace seconds, then SIGKILL what is left."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if proc is not None:
@@ -78,15 +75,11 @@ def stop_group(pgid: int, *, grace: float = 5.0, proc: subprocess.Popen | None =
             break
         time.sleep(0.05)
     else:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     if proc is not None:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def free_port() -> int:

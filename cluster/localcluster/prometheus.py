@@ -33,7 +33,9 @@ def scrape_config(targets: list[str], interval: str = "1s", job: str = JOB) -> d
     """prometheus.yml for scraping `targets` (host:port, /metrics) every `interval`."""
     return {
         "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
-        "scrape_configs": [{"job_name": job, "metrics_path": "/metrics", "static_configs": [{"targets": list(targets)}]}],
+        "scrape_configs": [
+            {"job_name": job, "metrics_path": "/metrics", "static_configs": [{"targets": list(targets)}]}
+        ],
     }
 
 
@@ -56,7 +58,7 @@ class LocalPrometheus:
     def log_path(self) -> Path:
         return self.dir / "prometheus.log"
 
-    def start(self, timeout: float = 60) -> "LocalPrometheus":
+    def start(self, timeout: float = 60) -> LocalPrometheus:
         reason = binaries.prometheus_missing_reason()
         if reason:
             raise FileNotFoundError(reason)
@@ -64,11 +66,20 @@ class LocalPrometheus:
         self.port = self.port or free_port()
         config = self.dir / "prometheus.yml"
         config.write_text(yaml.safe_dump(scrape_config(self.targets, self.scrape_interval), sort_keys=False))
-        argv = [str(binaries.prometheus_path()), f"--config.file={config}",
-                f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn"]
-        self.proc = spawn(argv, log_path=self.log_path, cwd=self.dir, die_with_parent=self.die_with_parent,
-                          env={**os.environ, "GOMAXPROCS": os.environ.get("GOMAXPROCS", "2")})
+        argv = [
+            str(binaries.prometheus_path()),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]
+        self.proc = spawn(
+            argv,
+            log_path=self.log_path,
+            cwd=self.dir,
+            die_with_parent=self.die_with_parent,
+            env={**os.environ, "GOMAXPROCS": os.environ.get("GOMAXPROCS", "2")},
+        )
         wait_for(self._ready, timeout=timeout, what=f"prometheus ready on {self.url}", describe=self.tail)
         return self
 
@@ -122,11 +133,17 @@ class LocalPrometheus:
 
     def wait_scraping(self, timeout: float = 60) -> None:
         """Until every target has been scraped once and is up."""
+
         def up():
             targets = self.active_targets()
             return targets and all(t["health"] == "up" for t in targets)
-        wait_for(up, timeout=timeout, what=f"prometheus scraping {self.targets}",
-                 describe=lambda: [(t["scrapeUrl"], t["health"], t["lastError"]) for t in self.active_targets()])
+
+        wait_for(
+            up,
+            timeout=timeout,
+            what=f"prometheus scraping {self.targets}",
+            describe=lambda: [(t["scrapeUrl"], t["health"], t["lastError"]) for t in self.active_targets()],
+        )
 
 
 def _as_series(data: dict) -> list[dict]:
@@ -141,8 +158,10 @@ def serve(directory: Path, targets: list[str], port: int, interval: str) -> int:
     import threading
 
     prom = LocalPrometheus(directory, targets, interval, port, die_with_parent=True).start()
-    print(f"prometheus: {prom.url} scraping {', '.join(targets)} every {interval} "
-          f"(config and TSDB in {directory}, log {prom.log_path})")
+    print(
+        f"prometheus: {prom.url} scraping {', '.join(targets)} every {interval} "
+        f"(config and TSDB in {directory}, log {prom.log_path})"
+    )
     print(f"  try: curl -s '{prom.url}/api/v1/query?query=ladder_info' or open {prom.url}/api/v1/targets")
     print("# stop with Ctrl-C", flush=True)
     stop = threading.Event()
@@ -154,4 +173,3 @@ def serve(directory: Path, targets: list[str], port: int, interval: str) -> int:
             return 1
     prom.stop()
     return 0
-

@@ -179,10 +179,8 @@ def _kill_shims(socket: Path) -> None:
         except OSError:
             continue
         if b"containerd-shim" in cmdline and needle in cmdline:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def leftovers(state: RealNodesState) -> list[str]:

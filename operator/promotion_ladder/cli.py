@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .core.api import LadderInvalid, load_ladder
+from .core.api import LadderInvalid, LadderSpec, load_ladder
 from .core.recorded import RecordedResultsInvalid, parse_results
 from .files import FileError, read_ladder, read_ladder_document, read_text
 
@@ -32,12 +32,35 @@ def _cmd_validate(args: argparse.Namespace) -> int:
               f"annotation kubectl.kubernetes.io/last-applied-configuration, and an object's annotations are "
               f"limited to {ANNOTATIONS_LIMIT // 1024} KiB (it fails as `metadata.annotations: Too long`); use "
               f"`kubectl apply --server-side -f {args.file}` or `kubectl create -f {args.file}`")
+    for line in _continuation_notes(spec):
+        print(line)
     if args.tokens_per_second is not None:
         for line in _repeat_warnings(spec, args):
             print(line)
+    for line in _cluster_warnings(ladder, args):
+        print(line)
     if args.pod_security is not None:
         return _pod_security(doc, spec, args.pod_security)
     return 0
+
+
+def _continuation_notes(spec: LadderSpec) -> list[str]:
+    """A ladder that continues: where its checkpoints go, and what a cluster needs for them."""
+    from .core.continuation import without_predecessor
+    from .core.podtemplate import continuation_mount_errors
+
+    c = spec.continuation
+    if c is None:
+        return []
+    out = [f"continuation: each later cell resumes from the previous stage's stable checkpoint of the same candidate, "
+           f"host block and seed (onMismatch: {c.on_mismatch}, keep: {c.keep}); checkpoints under {c.path} on a "
+           "cluster, under the work dir with `ladder run`"]
+    for stage, alone, cells in without_predecessor(spec):
+        out.append(f"continuation: {alone} of the {cells} cells per candidate of stage {stage} have no cell of the same "
+                   "host block and seed one stage earlier: they train from scratch (for the stage's full budget)")
+    out += [f"warning: {e} (the operator refuses the ladder without it; `ladder run` does not need it)"
+            for e in continuation_mount_errors(c.path, spec.trainer.template)]
+    return out
 
 
 def _pod_security(doc: dict, spec, level: str) -> int:
@@ -55,6 +78,42 @@ def _pod_security(doc: dict, spec, level: str) -> int:
         return 1
     print(f"cell pods meet the Pod Security Standard {level}")
     return 0
+
+
+CLUSTER_TIMEOUT_SECONDS = 5.0  # `ladder validate` does not hang on a cluster it cannot reach
+
+
+def _cluster_warnings(ladder, args: argparse.Namespace) -> list[str]:
+    """Where a kubeconfig reaches a cluster: host blocks none of whose nodes could hold a cell even
+    when empty (trainer.gpus or a request above every matching node's allocatable), as the
+    operator's admission says them (controller/admission.py). Nothing without a kubeconfig."""
+    import os
+
+    if args.offline:
+        return []
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    if not args.kubeconfig and not os.environ.get("KUBECONFIG") and not Path(kubeconfig).exists():
+        return []
+    from kubernetes import client, config
+
+    from .controller.admission import unfit_blocks
+    from .controller.kubeapi import node_from
+    from .controller.manifests import PLACEHOLDER_UID
+
+    cfg = client.Configuration()
+    try:
+        config.load_kube_config(config_file=kubeconfig.split(os.pathsep)[0], context=args.context,
+                                client_configuration=cfg)
+        cfg.retries = 0  # one try: a cluster that is not there is a note, not a wait
+        found = client.CoreV1Api(client.ApiClient(cfg)).list_node(_request_timeout=CLUSTER_TIMEOUT_SECONDS).items
+    except Exception as exc:  # noqa: BLE001 - the cluster is a bonus: the file is valid either way
+        why = str(getattr(exc, "reason", None) or exc).splitlines()[0][:160]
+        return [f"note: the cluster {cfg.host or kubeconfig} was not checked ({why}); --offline skips the look"]
+    nodes = [node_from(n) for n in found]
+    body = {"metadata": {"name": ladder.name, "uid": PLACEHOLDER_UID}}
+    unfit = unfit_blocks(body, ladder.spec, nodes)
+    return [f"warning: spec.hostBlocks: {why}" for why in unfit.values()] or [
+        f"cluster: every host block has a node that can hold a cell ({len(nodes)} nodes seen)"]
 
 
 def _cmd_manifests(args: argparse.Namespace) -> int:
@@ -128,17 +187,25 @@ def crd_yaml(doc: dict) -> str:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .core.status import simulate
-    from .render import status_table
+    from .core.accounting import continuation_estimate
+    from .core.continuation import ladder_root
+    from .core.status import outcomes_from_status, simulate
+    from .render import estimate_line, status_table
 
     ladder = read_ladder(args.file)
     recorded = parse_results(read_text(args.results), source=str(args.results), spec=ladder.spec)
-    status, _ = simulate(ladder.spec, recorded)
+    root = ladder_root(ladder.spec.continuation.path, ladder.name) if ladder.spec.continuation else None
+    status, plan = simulate(ladder.spec, recorded, checkpoint_root=root)
+    estimate = None
+    if ladder.spec.continuation is None and len(ladder.spec.stages) > 1:
+        estimate = estimate_line(continuation_estimate(ladder.spec, outcomes_from_status(status), plan.entering))
     if args.output == "json":
         # pydantic's encoder: the same text as json.dumps(status.wire(), indent=2), 7x faster
         print(status.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+        if estimate:
+            print(estimate, file=sys.stderr)
     else:
-        print(status_table(status))
+        print(status_table(status) + (f"\n\n{estimate}" if estimate else ""))
     return 0 if status.phase == "Succeeded" else 3
 
 
@@ -152,10 +219,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.output or f"{ladder.name}.status.json")
     status = run_ladder(ladder, out, parallel=args.parallel, workdir=Path(args.workdir) if args.workdir else None,
                         fresh=args.fresh)
-    from .render import occupancy_table, stability_lines
+    from .render import continuation_lines, occupancy_table, stability_lines
 
     if status.gpu_hours is not None:
-        print("\n".join(occupancy_table(status.gpu_hours)), file=sys.stderr)
+        print("\n".join(occupancy_table(status.gpu_hours) + continuation_lines(status)), file=sys.stderr)
     for line in stability_lines(status):
         print(line, file=sys.stderr)
     return 0 if status.phase == "Succeeded" else 3
@@ -186,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a cell's expected training throughput: warn about stages that would repeat the data")
     s.add_argument("--train-tokens", type=int, default=None, help="training tokens of the corpus (with --tokens-per-second)")
     s.add_argument("--data", default=None, help="a prepared corpus directory, for its training token count")
+    s.add_argument("--kubeconfig", metavar="FILE",
+                   help="look at this cluster's nodes: warn when no node of a host block could hold a cell "
+                        "(default: KUBECONFIG or ~/.kube/config when present)")
+    s.add_argument("--context", help="kubeconfig context (with the cluster look)")
+    s.add_argument("--offline", action="store_true", help="do not look at any cluster")
     s.add_argument("--pod-security", choices=("baseline", "restricted"), default=None,
                    help="also check the cell pods against this Pod Security Standard (the namespace's "
                         "pod-security.kubernetes.io/enforce level); exit 1 naming each field that breaks it")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .core.accounting import GpuHours, format_gpu_hours, occupancy_rows
+from .core.accounting import ContinuationEstimate, GpuHours, format_gpu_hours, occupancy_rows
 from .core.stability import flips
 from .core.status import LadderStatus, decisions_from_status
 from .core.wording import entry_outcome, rule_summary
@@ -52,6 +52,9 @@ def status_table(status: LadderStatus) -> str:
         lines.append(head)
         for c in st.conditions or []:  # data warnings: repeated data, cells on different corpora
             lines.append(f"  warning: {c.type}: {c.message}")
+        for c in st.cells:  # continuing cells that could not continue
+            if c.resume_refused:
+                lines.append(f"  warning: {c.candidate}/{c.host_block}/{c.seed} trained from scratch: {c.resume_refused}")
         d = st.decision
         if d is None:
             continue
@@ -65,6 +68,7 @@ def status_table(status: LadderStatus) -> str:
     g = status.gpu_hours
     if g is not None:
         lines.append(f"\nGPU-hours executed: {gh(g.total)}  (" + ", ".join(f"{k} {gh(v)}" for k, v in g.by_stage.items()) + ")")
+        lines += continuation_lines(status)
         for cf in g.counterfactuals:
             lines.append(
                 f"  counterfactual after {cf.stage}: {cf.entered} candidates through the final stage = "
@@ -82,6 +86,32 @@ def status_table(status: LadderStatus) -> str:
         lines.append("")
         lines += stab
     return "\n".join(lines)
+
+
+def continuation_lines(status: LadderStatus) -> list[str]:
+    """What continuing saved, and where the winner's checkpoints are (a ladder that continues)."""
+    g, record = status.gpu_hours, status.checkpoints
+    lines = []
+    if g is not None and g.from_scratch is not None:
+        saved = g.from_scratch - g.total
+        share = f", {100 * saved / g.from_scratch:.1f}%" if g.from_scratch else ""
+        lines.append(f"  continuing: {gh(g.total)} GPU-hours ran (increments and decays) against {gh(g.from_scratch)} "
+                     f"from scratch (saved {gh(saved)}{share})")
+    if record is not None:
+        lines.append(f"  checkpoints: {record.root} (keep: {record.keep}; "
+                     f"{sum(len(d.candidates) for d in record.deleted)} eliminated candidate(s) deleted)")
+        lines += [f"    winner's: {d}" for d in record.winner]
+    return lines
+
+
+def estimate_line(e: ContinuationEstimate) -> str:
+    """`ladder simulate` of a ladder that trained from scratch: what continuing would have saved."""
+    return (f"continuing (spec.continuation) would have cost {gh(e.continuing)} of these {gh(e.from_scratch)} GPU-hours: "
+            f"{e.continuing_cells} of {e.cells} cells resume from the stable checkpoint of the same candidate, host block "
+            f"and seed one stage earlier, each saving (1 - warmdown_frac) x that stage's budget (warmdown_frac: the "
+            f"candidate's config, else the trainer's 0.4); saved {gh(e.saved)} ({e.saved_percent:.1f}%). Had every "
+            f"later-stage cell one (each stage keeping the previous one's host blocks and seeds): "
+            f"{gh(e.every_later_cell)} GPU-hours, saved {gh(e.from_scratch - e.every_later_cell)}")
 
 
 def _tau(t) -> str:

@@ -65,6 +65,7 @@ def kubectl_runner(kubectl: str = "kubectl", kubeconfig: str | None = None) -> C
         if check and proc.returncode != 0:
             raise CheckFailed(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
+
     return run
 
 
@@ -73,6 +74,7 @@ def _finished_cells(status: dict) -> list[dict]:
 
 
 # --- the checks ------------------------------------------------------------------------------
+
 
 def ladder_succeeded(t: Target) -> None:
     status = t.ladder_object().get("status", {})
@@ -90,7 +92,9 @@ def cells_on_their_host_blocks(t: Target) -> None:
         block = pod["metadata"]["labels"][HOST_BLOCK_LABEL]
         labels = nodes.get(pod["spec"].get("nodeName", ""), {})
         if not selectors[block].items() <= labels.items():
-            raise CheckFailed(f"pod {pod['metadata']['name']} of host block {block} ran on {pod['spec'].get('nodeName')}")
+            raise CheckFailed(
+                f"pod {pod['metadata']['name']} of host block {block} ran on {pod['spec'].get('nodeName')}"
+            )
         if pod["spec"].get("serviceAccountName") != TRAINER_ACCOUNT:
             raise CheckFailed(f"pod {pod['metadata']['name']} ran as {pod['spec'].get('serviceAccountName')}")
 
@@ -122,8 +126,9 @@ def results_through_the_kubelet(t: Target) -> None:
         values[key] = message.get("value")
         annotation = json.loads(pod["metadata"].get("annotations", {}).get(RESULT_ANNOTATION, "{}"))
         if annotation.get("value") != message.get("value") or annotation.get("kind") != "CellResult":
-            raise CheckFailed(f"pod {pod['metadata']['name']}: annotation {annotation} differs from its "
-                              f"termination message {message}")
+            raise CheckFailed(
+                f"pod {pod['metadata']['name']}: annotation {annotation} differs from its termination message {message}"
+            )
     status = t.ladder_object()["status"]
     cells = [(s["name"], c) for s in status["stages"] for c in s.get("cells", []) if c.get("state") == "Succeeded"]
     if not values:
@@ -141,14 +146,15 @@ def _series(text: str, name: str, **labels: str) -> list[float]:
     for line in text.splitlines():
         if line.startswith(name + "{"):
             head, value = line.rsplit(" ", 1)
-            if want <= set(head[len(name) + 1:-1].split(",")):
+            if want <= set(head[len(name) + 1 : -1].split(",")):
                 out.append(float(value))
     return out
 
 
 def metrics_show_the_gpu_hours(t: Target) -> None:
-    text = t.kubectl("get", "--raw", f"/api/v1/namespaces/{t.system_namespace}/services/"
-                     f"http:{t.operator}-metrics:8080/proxy/metrics")
+    text = t.kubectl(
+        "get", "--raw", f"/api/v1/namespaces/{t.system_namespace}/services/http:{t.operator}-metrics:8080/proxy/metrics"
+    )
     if sum(_series(text, "ladder_gpu_seconds_total", ladder=t.ladder, namespace=t.namespace)) <= 0:
         raise CheckFailed(f"/metrics has no ladder_gpu_seconds_total > 0 for {t.ladder}")
     if not _series(text, "ladder_info", ladder=t.ladder, namespace=t.namespace, phase="Succeeded"):
@@ -169,7 +175,9 @@ def operator_hardened(t: Target) -> None:
     if pod["spec"]["serviceAccountName"] != t.operator:
         raise CheckFailed(f"operator runs as {pod['spec']['serviceAccountName']}")
     sc = pod["spec"]["containers"][0]["securityContext"]
-    if not (sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]):
+    if not (
+        sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
+    ):
         raise CheckFailed(f"operator securityContext {sc}")
     if not all(s["ready"] for s in pod["status"]["containerStatuses"]):
         raise CheckFailed("operator container not ready (its readiness probe fails)")

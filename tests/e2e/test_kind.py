@@ -22,8 +22,10 @@ import yaml
 from .checks import CHECKS, Target, kubectl_runner
 
 if os.environ.get("LADDER_E2E") != "kind":
-    pytest.skip("kind end-to-end tests run only with LADDER_E2E=kind (needs Docker, kind, kubectl, helm)",
-                allow_module_level=True)
+    pytest.skip(
+        "kind end-to-end tests run only with LADDER_E2E=kind (needs Docker, kind, kubectl, helm)",
+        allow_module_level=True,
+    )
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "kind-e2e.sh"
@@ -46,11 +48,17 @@ def kubeconfig():
 @pytest.fixture(scope="session")
 def kubectl(kubeconfig):
     def run(*args: str, check: bool = True) -> str:
-        proc = subprocess.run(["kubectl", *args], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+        proc = subprocess.run(
+            ["kubectl", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
         return proc.stdout
+
     return run
 
 
@@ -77,8 +85,9 @@ def test_demo_ladder_succeeds_as_simulate_says(demo):
     status = parse_status(demo["status"])
     sim, _ = simulate(load_ladder(demo).spec, outcomes_from_status(status))
     operator_only = ("observedGeneration", "conditions")
-    assert {k: v for k, v in demo["status"].items() if k not in operator_only} == \
-        {k: v for k, v in sim.wire().items() if k not in operator_only}
+    assert {k: v for k, v in demo["status"].items() if k not in operator_only} == {
+        k: v for k, v in sim.wire().items() if k not in operator_only
+    }
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=list(CHECKS))

@@ -17,7 +17,7 @@ SCRIPT = REPO / "scripts" / "kind-e2e.sh"
 # kubectl answers like a healthy cluster that ran the demo ladder, in Python so the shared
 # checks (tests/e2e/checks.py) get JSON; $PHASE can make the ladder fail and $WORKER_BLOCK
 # relabel the a100 worker (a cell then ran off its host block).
-STUB_KUBECTL = r'''#!/usr/bin/env python3
+STUB_KUBECTL = r"""#!/usr/bin/env python3
 import json, os, sys
 args = sys.argv[1:]
 line = " ".join(args)
@@ -51,7 +51,8 @@ elif line.startswith("get promotionladder demo -n ladder-e2e -o json"):
     print(json.dumps(ladder))
 elif line == "get nodes -o json":
     print(json.dumps({"items": [
-        {"metadata": {"name": "e2e-worker", "labels": {"ladder.promotion.dev/host-block": os.environ.get("WORKER_BLOCK", "a100")}}},
+        {"metadata": {"name": "e2e-worker",
+                      "labels": {"ladder.promotion.dev/host-block": os.environ.get("WORKER_BLOCK", "a100")}}},
         {"metadata": {"name": "e2e-worker2", "labels": {"ladder.promotion.dev/host-block": "l40s"}}}]}))
 elif line.startswith("get pods -n ladder-e2e -l ladder.promotion.dev/ladder=demo -o json"):
     # pool-a/pool-b are the ladder's host block names; the pods carry them as labels
@@ -60,7 +61,8 @@ elif line.startswith("get pods -n ladder-e2e -l ladder.promotion.dev/ladder=demo
 elif line.startswith("get pods -n ladder-system -l app.kubernetes.io/component=operator -o json"):
     print(json.dumps({"items": [operator]}))
 elif line.startswith("get --raw "):
-    print('ladder_gpu_seconds_total{namespace="ladder-e2e",ladder="demo",stage="screen",candidate="d2-w64",host_block="pool-a"} 0.01')
+    print('ladder_gpu_seconds_total{namespace="ladder-e2e",ladder="demo",stage="screen",'
+          'candidate="d2-w64",host_block="pool-a"} 0.01')
     print('ladder_info{namespace="ladder-e2e",ladder="demo",phase="Succeeded",stage=""} 1')
 elif line == "get promotionladders -n ladder-e2e":
     print("NAME   PHASE       STAGE   LEADER   GPU-HOURS   AGE")
@@ -71,7 +73,7 @@ elif line.startswith("auth can-i"):
     sys.exit(0 if allowed else 1)
 elif line == "get namespace ladder-e2e":
     sys.exit(1)
-'''
+"""
 STUB_RECORDER = '#!/usr/bin/env bash\necho "$(basename "$0") $*" >> "$CALLS"\n{extra}\nexit 0\n'
 
 
@@ -93,9 +95,15 @@ def run_script(stubs: Path, *args: str, **env: str) -> tuple[subprocess.Complete
     calls.touch()
     trainer = stubs / "Dockerfile.trainer"  # the real one may not exist yet; the stub docker never reads it
     trainer.write_text("FROM python:3.11.13-slim\nUSER 1\n")
-    full_env = {**os.environ, "PATH": f"{stubs / 'bin'}:{os.environ['PATH']}", "CALLS": str(calls),
-                "ARTIFACTS": str(stubs / "artifacts"), "CLUSTER": "e2e",
-                "TRAINER_DOCKERFILE": str(trainer), **env}
+    full_env = {
+        **os.environ,
+        "PATH": f"{stubs / 'bin'}:{os.environ['PATH']}",
+        "CALLS": str(calls),
+        "ARTIFACTS": str(stubs / "artifacts"),
+        "CLUSTER": "e2e",
+        "TRAINER_DOCKERFILE": str(trainer),
+        **env,
+    }
     proc = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full_env, timeout=120)
     return proc, calls.read_text().splitlines()
 
@@ -107,10 +115,28 @@ def test_script_is_valid_bash():
 def test_all_creates_fakes_gpus_installs_runs_checks_and_deletes(stubs):
     proc, calls = run_script(stubs, "all")
     assert proc.returncode == 0, proc.stderr
-    order = [c for c in calls if c.split()[:2] in (["kind", "create"], ["docker", "build"], ["kind", "load"],
-                                                   ["helm", "upgrade"], ["kubectl", "apply"], ["kind", "delete"])]
+    order = [
+        c
+        for c in calls
+        if c.split()[:2]
+        in (
+            ["kind", "create"],
+            ["docker", "build"],
+            ["kind", "load"],
+            ["helm", "upgrade"],
+            ["kubectl", "apply"],
+            ["kind", "delete"],
+        )
+    ]
     assert [" ".join(c.split()[:2]) for c in order] == [
-        "kind create", "docker build", "docker build", "kind load", "helm upgrade", "kubectl apply", "kind delete"]
+        "kind create",
+        "docker build",
+        "docker build",
+        "kind load",
+        "helm upgrade",
+        "kubectl apply",
+        "kind delete",
+    ]
     joined = "\n".join(calls)
     # Fake GPUs through the status subresource, host-block labels, one block per worker (sorted).
     assert "kubectl patch node/e2e-worker --subresource=status --type=json" in joined
@@ -119,8 +145,10 @@ def test_all_creates_fakes_gpus_installs_runs_checks_and_deletes(stubs):
     assert "kubectl label node/e2e-worker2 --overwrite ladder.promotion.dev/host-block=l40s" in joined
     # The images under the names the chart and example use, so both install unchanged.
     assert "docker build -f Dockerfile.operator -t ghcr.io/promotion-ladder/operator:0.1.0 ." in joined
-    assert "kind load docker-image --name e2e ghcr.io/promotion-ladder/operator:0.1.0 " \
-           "ghcr.io/promotion-ladder/trainer:0.1.0" in joined
+    assert (
+        "kind load docker-image --name e2e ghcr.io/promotion-ladder/operator:0.1.0 "
+        "ghcr.io/promotion-ladder/trainer:0.1.0" in joined
+    )
     helm = next(c for c in calls if c.startswith("helm upgrade"))
     assert shlex.split(helm)[:5] == ["helm", "upgrade", "--install", "ladder", "charts/promotion-ladder"]
     assert "kubectl create namespace ladder-e2e" in joined
@@ -140,8 +168,10 @@ def test_failed_ladder_collects_diagnostics_and_fails(stubs):
 def test_cell_off_its_host_block_fails(stubs):
     proc, _ = run_script(stubs, "run", WORKER_BLOCK="l40s")
     assert proc.returncode == 1 and "end-to-end checks failed for demo" in proc.stderr
-    assert "FAILED: cells on their host blocks as ladder-trainer: pod demo-screen-a of host block pool-a ran on " \
-           "e2e-worker" in proc.stdout
+    assert (
+        "FAILED: cells on their host blocks as ladder-trainer: pod demo-screen-a of host block pool-a ran on "
+        "e2e-worker" in proc.stdout
+    )
 
 
 def test_missing_tool_says_which(stubs):

@@ -49,6 +49,9 @@ REJECTED = {
     "margin missing": (
         edit(ladder_doc(), "spec.verdict", {"reference": "c0", "checks": [{"name": "x", "type": "nearEquivalence", "candidate": "c1"}]}),
         "nearEquivalence needs margin"),
+    "continuation path relative": (edit(ladder_doc(), "spec.continuation", {"from": "previousStage", "path": "ckpt"}),
+                                   "spec.continuation.path: give an absolute path"),
+    "continuation from unknown": (edit(ladder_doc(), "spec.continuation", {"from": "bestStage"}), "spec.continuation.from"),
 }
 
 
@@ -147,6 +150,7 @@ FROZEN = {
     "verdict added": ("spec.verdict", {"reference": "c0"}),
     "trainer nodes": ("spec.trainer.nodes", 2),
     "trainer gpus (issue 12, defect 5)": ("spec.trainer", {"gpus": 2}),
+    "continuation added": ("spec.continuation", {"from": "previousStage"}),
 }
 
 

@@ -219,3 +219,56 @@ def node_host_blocks(core: client.CoreV1Api) -> dict[str, str]:
 
 def b64(s: str) -> str:
     return base64.b64encode(s.encode()).decode()
+
+
+def apply_trainer_admission_policy(api: client.ApiClient) -> None:
+    """Install (or replace) the chart's ValidatingAdmissionPolicy and its binding (cluster-scoped)."""
+    from promotion_ladder.controller.rbac import trainer_admission_policy
+
+    adm = client.AdmissionregistrationV1Api(api)
+    calls = {
+        "ValidatingAdmissionPolicy": (adm.create_validating_admission_policy, adm.replace_validating_admission_policy,
+                                      adm.read_validating_admission_policy),
+        "ValidatingAdmissionPolicyBinding": (adm.create_validating_admission_policy_binding,
+                                             adm.replace_validating_admission_policy_binding,
+                                             adm.read_validating_admission_policy_binding),
+    }
+    for o in trainer_admission_policy():
+        create, replace, read = calls[o["kind"]]
+        try:
+            create(o)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            o = {**o, "metadata": {**o["metadata"], "resourceVersion": read(o["metadata"]["name"]).metadata.resource_version}}
+            replace(o["metadata"]["name"], o)
+
+
+def trainer_pods(local_cluster, namespace: str, names: tuple[str, ...]) -> tuple[client.CoreV1Api, dict[str, str]]:
+    """Pods `names` under the trainer's ServiceAccount (never scheduled: a pod need not run to hold
+    a bound token), and a CoreV1Api authenticated as a token bound to the last of them, as its
+    trainer would be. Returns (that api, pod name -> uid)."""
+    from kubernetes import config
+    from promotion_ladder.controller.rbac import TRAINER_SERVICE_ACCOUNT, trainer_objects
+
+    api = local_cluster.api_client()
+    core, rbac_api = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    sa, role, binding = trainer_objects(namespace)
+    core.create_namespaced_service_account(namespace, sa)
+    rbac_api.create_namespaced_role(namespace, role)
+    rbac_api.create_namespaced_role_binding(namespace, binding)
+    uids = {}
+    for name in names:
+        uids[name] = core.create_namespaced_pod(namespace, {
+            "metadata": {"name": name, "labels": {LADDER_LABEL: "l", "ladder.promotion.dev/candidate": name}},
+            "spec": {"serviceAccountName": TRAINER_SERVICE_ACCOUNT, "restartPolicy": "Never",
+                     "nodeSelector": {"no-such-node": "true"}, "containers": [{"name": "trainer", "image": "x"}]}}).metadata.uid
+    own = names[-1]
+    token = core.create_namespaced_service_account_token(TRAINER_SERVICE_ACCOUNT, namespace, {
+        "spec": {"expirationSeconds": 600, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": own,
+                                                              "uid": uids[own]}}}).status.token
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(local_cluster.kubeconfig), client_configuration=cfg)
+    cfg.api_key = {"authorization": f"Bearer {token}"}
+    cfg.cert_file = cfg.key_file = None
+    return client.CoreV1Api(client.ApiClient(cfg)), uids

@@ -59,7 +59,7 @@ class JobB:
     def failed(self, reason: str = "BackoffLimitExceeded") -> "JobB":
         return self.cond("Failed", reason)
 
-    def suspended(self, since: str) -> JobB:
+    def suspended(self, since: str = "2026-11-29T10:00:00Z") -> JobB:
         """Held by Kueue: spec.suspend and the Job controller's Suspended=True condition."""
         return self._suspension(True, "JobSuspended", since)
 
@@ -74,12 +74,12 @@ class JobB:
         self.o["status"]["conditions"] = conds
         return self
 
-    def created(self, at: str) -> JobB:
-        self.o["metadata"]["creationTimestamp"] = at
-        return self
-
     def active(self, n: int = 1) -> "JobB":
         self.o["status"]["active"] = n
+        return self
+
+    def created(self, stamp: str) -> "JobB":
+        self.o["metadata"]["creationTimestamp"] = stamp
         return self
 
     def obj(self) -> dict:
@@ -99,7 +99,10 @@ class PodB:
         jm = job.o["metadata"]
         self.o = {
             "metadata": {"name": name or f"{jm['name']}-p{PodB.n}", "namespace": jm.get("namespace", "ns"),
-                         "uid": f"pod-{PodB.n}", "labels": dict(job.o["spec"]["template"]["metadata"]["labels"]),
+                         "uid": f"pod-{PodB.n}",
+                         # the Job controller's selector label, as the API server defaults it into the template
+                         "labels": {**job.o["spec"]["template"]["metadata"]["labels"],
+                                    "batch.kubernetes.io/controller-uid": jm["uid"]},
                          "ownerReferences": [{"kind": "Job", "name": jm["name"], "uid": jm["uid"], "controller": True}],
                          "annotations": {}},
             "spec": {"nodeName": "node-1"},
@@ -123,13 +126,53 @@ class PodB:
         return self
 
     def owner(self, uid: str) -> "PodB":
+        """Re-own the Pod (only its owner reference changes)."""
         self.o["metadata"]["ownerReferences"][0]["uid"] = uid
         return self
 
-    def bound(self, at: str) -> PodB:
-        """Bound to a node at `at` (the PodScheduled condition occupancy reads)."""
+    def label(self, key: str, value: str | None) -> "PodB":
+        """Relabel the Pod (None removes the label)."""
+        if value is None:
+            self.o["metadata"]["labels"].pop(key, None)
+        else:
+            self.o["metadata"]["labels"][key] = value
+        return self
+
+    def created(self, stamp: str) -> "PodB":
+        self.o["metadata"]["creationTimestamp"] = stamp
+        return self
+
+    def unschedulable(self, message: str, since: str = "2026-11-29T10:00:00Z") -> "PodB":
+        """The scheduler could not place it: PodScheduled=False, reason Unschedulable."""
+        self.o["spec"].pop("nodeName", None)
+        self.o["status"] = {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+             "lastTransitionTime": since}]}
+        return self
+
+    def bound(self, at: str) -> "PodB":
         self.o["status"].setdefault("conditions", []).append(
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": at})
+        return self
+
+    def waiting(self, reason: str, message: str = "", bound_at: str = "2026-11-29T10:00:00Z") -> "PodB":
+        """Bound, but its container waits (ImagePullBackOff, CreateContainerConfigError, ...)."""
+        self.o["status"] = {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": bound_at}],
+            "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": reason, "message": message}}}]}
+        return self
+
+    def running(self, at: str) -> "PodB":
+        self.o["status"]["phase"] = "Running"
+        self.o["status"]["containerStatuses"] = [{"name": "trainer", "state": {"running": {"startedAt": at}}}]
+        return self
+
+    def start_error(self, message: str) -> "PodB":
+        """The container never ran (a missing command): the kubelet's StartError, exit 128."""
+        self.o["status"]["phase"] = "Failed"
+        self.o["status"]["containerStatuses"] = [{"name": "trainer", "state": {"terminated": {
+            "exitCode": 128, "reason": "StartError", "message": message,
+            "startedAt": "1970-01-01T00:00:00Z", "finishedAt": "2026-11-29T10:00:01Z"}}}]
         return self
 
     def index(self, i: int) -> "PodB":

@@ -12,6 +12,8 @@ The candidate config steers it (so tests can script faults per candidate):
   rank_exit: exit code of the other pods of a multi-node cell (JOB_COMPLETION_INDEX > 0), which
              publish nothing, as the contract says (default 0)
   train_seconds: the trainSeconds to report (default: the seconds it slept)
+  claim: fields that replace the result's own everywhere it is written (result file, termination
+         message, annotation), e.g. {"candidate": "b", "value": 3} to speak for another cell
   annotation: "forge" (annotate a result claiming another candidate, value 0.0),
               "malformed" (annotate text that is not JSON), "none" (no annotation),
               "lie" (annotate its own identity with value lie_value, default 0.1);
@@ -76,6 +78,7 @@ def main() -> int:
            "value": (cfg["raw_value"] if "raw_value" in cfg else round(float(cfg.get("value", 1.0)) + 0.001 * a.seed, 6))
            if status == "ok" else None,
            "trainSeconds": float(cfg.get("train_seconds", round(time.monotonic() - t0, 3))), "message": "" if status == "ok" else f"stub exit {code}"}
+    doc.update(cfg.get("claim") or {})
     text = json.dumps({k: v for k, v in doc.items() if v is not None}, separators=(",", ":"))
     if a.result_file:
         with open(a.result_file, "w") as fh:

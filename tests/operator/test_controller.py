@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from promotion_ladder.controller.kubeapi import Node
 from promotion_ladder.controller.lease import Gate
 from promotion_ladder.controller.metrics import LadderMetrics
 from promotion_ladder.controller.reconciler import Reconciler
@@ -36,6 +37,7 @@ class FakeApi:
         self.refuse_status = refuse_status
         self.pods_by_job: dict = {}
         self.workloads: list[dict] = []  # Kueue's, for queueing.WorkloadChecks
+        self.failed_create: dict[str, str] = {}  # Job UID -> the Job controller's FailedCreate message
 
     def write_status(self, ns, name, status):
         if self.refuse_status:
@@ -60,8 +62,9 @@ class FakeApi:
     def dry_run_job(self, ns, job):  # admission: every Job is valid here
         pass
 
-    def node_labels(self):
-        return [{"ladder.promotion.dev/host-block": b} for b in ("a100", "l40s")]
+    def nodes(self):
+        return [Node(f"node-{b}", {"ladder.promotion.dev/host-block": b}, {"cpu": "64", "nvidia.com/gpu": "8"})
+                for b in ("a100", "l40s")]
 
     def namespace_labels(self, name):  # admission: no Pod Security Standard enforced
         return {}
@@ -78,6 +81,13 @@ class FakeApi:
 
     def delete_pod(self, ns, name, uid):
         self.calls.append(("delete-pod", name))
+
+    def annotate_pod(self, ns, name, annotations):
+        self.calls.append(("annotate", name, dict(annotations)))
+
+    def failed_creates(self, ns):
+        self.calls.append(("failed-creates", ns))
+        return dict(self.failed_create)
 
     def list_workloads(self, ns):
         self.calls.append(("list-workloads", ns))
@@ -174,6 +184,91 @@ def test_rejected_result_is_reported_once():
     assert [x for x in api.calls if x[0] == "event"] == [("event", "ResultRejected")]
     assert c.metrics.registry.get_sample_value(
         "ladder_result_errors_total", {"namespace": "ns", "ladder": "test", "reason": "malformed"}) == 1
+
+
+def test_a_rejected_result_is_remembered_on_its_pod_and_not_announced_again():
+    """Issue 21, defect 4: a restarted operator (empty memory) announced every rejected document
+    again. The digest written to the Pod is what a restarted one reads."""
+    from promotion_ladder.controller.intake import REJECTED_ANNOTATION
+
+    body = ladder_body()
+    j = JobB(body, Cell("s1", "c0", "a100", 1)).active()
+    bad = PodB(j).result("{nope")
+    api = FakeApi()
+    run(controller(api, [j.summary()], [bad.summary()]))
+    marks = [x for x in api.calls if x[0] == "annotate"]
+    assert [x[:2] for x in marks] == [("annotate", bad.o["metadata"]["name"])]
+    bad.o["metadata"]["annotations"][REJECTED_ANNOTATION] = marks[0][2][REJECTED_ANNOTATION]
+    restarted = FakeApi()
+    run(controller(restarted, [j.summary()], [bad.summary()]))
+    assert not [x for x in restarted.calls if x[:2] == ("event", "ResultRejected") or x[0] == "annotate"]
+
+
+def test_a_ladder_being_deleted_is_left_alone():
+    """Issue 21, defect 4: deleting a ladder raced garbage collection into result errors."""
+    body = ladder_body()
+    j = JobB(body, Cell("s1", "c0", "a100", 1)).active()
+    api = FakeApi()
+    c = controller(api, [j.summary()], [PodB(j).result("{nope").summary()])
+    c.ladders[KEY]["metadata"]["deletionTimestamp"] = "2026-12-07T03:00:00Z"
+    run(c)
+    assert api.calls == []
+
+
+def test_a_pod_read_directly_that_is_not_its_jobs_own_is_forged_not_used():
+    body = ladder_body()
+    cell, other = Cell("s1", "c0", "a100", 1), Cell("s1", "c1", "a100", 1)
+    j, jo = JobB(body, cell).complete(), JobB(body, other).complete()
+    api = FakeApi()
+    # Another cell's Pod re-owned to this Job: its controller-uid label and cell labels say otherwise.
+    api.pods_by_job = {j.o["metadata"]["uid"]: [PodB(jo).owner(j.o["metadata"]["uid"])
+                                                 .result(result_doc(cell, 0.5)).exited(0).obj()]}
+    c = controller(api, [j.summary()], [])
+    run(c)
+    events = [x[1] for x in api.calls if x[0] == "event"]
+    assert "ResultRejected" in events and "ResultLost" in events
+    assert c.metrics.registry.get_sample_value(
+        "ladder_result_errors_total", {"namespace": "ns", "ladder": "test", "reason": "forged"}) == 1
+    assert ("delete", j.o["metadata"]["name"]) in api.calls  # the cell runs again
+
+
+def test_a_job_without_a_pod_is_named_with_its_failed_create_message():
+    """Issue 21, defect 2: a Job that cannot create its Pod (no such PriorityClass) is said with
+    the Job controller's message, read once for the namespace, however many Jobs wait."""
+    body = ladder_body()
+    jobs = [JobB(body, Cell("s1", c, "a100", 1)).created("2026-12-07T00:00:00Z") for c in ("c0", "c1")]
+    api = FakeApi()
+    api.failed_create = {j.o["metadata"]["uid"]: 'no PriorityClass with name no-such-class was found'
+                         for j in jobs}
+    c = controller(api, [j.summary() for j in jobs], [])
+    c.reconciler.status_writer.coalesce_seconds = 0.0
+    run(c)
+    assert api.calls.count(("failed-creates", "ns")) == 1
+    run(c)
+    assert api.calls.count(("failed-creates", "ns")) == 1  # listed at most every REREAD_SECONDS
+    written = c.reconciler.status_writer.last_written(KEY, body["metadata"]["uid"]).status
+    waiting = next(x for x in written["conditions"] if x["type"] == "CellsWaiting")
+    cells = {x["candidate"]: x for x in written["stages"][0]["cells"] if x["hostBlock"] == "a100" and x["seed"] == 1}
+    # waited since midnight, past the default schedulingTimeout: failed with the cause, Jobs deleted
+    assert cells["c0"]["state"] == "Failed" and "no-such-class" in cells["c0"]["reason"], cells["c0"]
+    assert ("delete", jobs[0].o["metadata"]["name"]) in api.calls
+    assert [x for x in api.calls if x == ("event", "CellNotStarted")] == [("event", "CellNotStarted")] * 2
+    assert waiting["status"] == "False"  # no cell waits any more: both failed
+
+
+def test_a_cells_start_times_are_observed_once():
+    body = ladder_body()
+    j = JobB(body, Cell("s1", "c0", "a100", 1)).created("2026-12-07T00:00:00Z").active()
+    p = PodB(j).created("2026-12-07T00:00:01Z").bound("2026-12-07T00:00:03Z").running("2026-12-07T00:00:04Z")
+    api = FakeApi()
+    c = controller(api, [j.summary()], [p.summary()])
+    run(c)
+    run(c)
+    sample = c.metrics.registry.get_sample_value
+    assert sample("ladder_cell_scheduling_seconds_count", {"namespace": "ns"}) == 1
+    assert sample("ladder_cell_scheduling_seconds_sum", {"namespace": "ns"}) == 3.0
+    assert sample("ladder_cell_start_seconds_sum", {"namespace": "ns"}) == 1.0
+    assert sample("ladder_cell_pod_creation_seconds_sum", {"namespace": "ns"}) == 1.0
 
 
 def test_refused_job_is_a_warning_not_a_crash():

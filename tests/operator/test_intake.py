@@ -57,7 +57,28 @@ def scenario(name):
             j, PodB(j).result(result_doc(CELL, 1.7e308)).exited(0, message=result_doc(CELL, 1.7e308))),
         "train seconds out of range": lambda: case(j, PodB(j).result(result_doc(CELL, 1.2, train_seconds=1e9)).exited(0)),
         "job of another ladder uid": lambda: case(j.owner("someone-else"), PodB(j).result(result_doc(CELL)).exited(0)),
-        "pod of another job": lambda: case(j.active(), PodB(j).owner("other-job").result(result_doc(CELL)).exited(0)),
+        # Issue 21: a Pod is the Job's only when owner UID, controller-uid label and cell labels agree.
+        "re-owned away to another job": lambda: case(
+            j.active(), PodB(j).owner("other-job").result(result_doc(CELL)).exited(0)),
+        "re-owned to this job from another cell": lambda: case(
+            j.active(), PodB(j).label("batch.kubernetes.io/controller-uid", "job-of-e")
+            .label("ladder.promotion.dev/candidate", "e").exited(0, message=result_doc(CELL, 0.001))),
+        "labelled as this cell, another job's pod": lambda: case(
+            j.active(), PodB(j).label("batch.kubernetes.io/controller-uid", "job-of-e").owner("job-of-e")
+            .exited(0, message=result_doc(CELL, 0.001))),
+        "relabelled candidate": lambda: case(
+            j.active(), PodB(j).label("ladder.promotion.dev/candidate", "c2").exited(0, message=result_doc(CELL, 0.1))),
+        "ladder label removed, job complete": lambda: case(
+            j.complete(), PodB(j).label("ladder.promotion.dev/ladder", None).exited(0, message=result_doc(CELL, 1.2))),
+        "a forged pod beside the cell's own": lambda: case(
+            j, PodB(j).result(result_doc(CELL, 1.25)).exited(0),
+            PodB(j).label("ladder.promotion.dev/seed", "7").exited(0, message=result_doc(CELL, 0.001))),
+        # Issue 21: a container that never ran says so, not "result is not JSON".
+        "start error, retried": lambda: case(
+            j.active(), PodB(j).start_error('exec: "nope": executable file not found in $PATH')),
+        "start error, job failed": lambda: case(
+            j.failed(), PodB(j).start_error('exec: "nope": executable file not found in $PATH'),
+            PodB(j).start_error('exec: "nope": executable file not found in $PATH')),
     }
     return s[name]()
 
@@ -94,11 +115,18 @@ EXPECT = {
     "value out of range, termination message too": ("failed", None, False, ["range", "range"], "out of range"),
     "train seconds out of range": ("failed", None, False, ["range"], "trainSeconds"),
     "job of another ladder uid": (None, None, False, [], ""),
-    "pod of another job": (None, None, True, [], ""),
+    "re-owned away to another job": (None, None, True, ["forged"], ""),
+    "re-owned to this job from another cell": (None, None, True, ["forged"], ""),
+    "labelled as this cell, another job's pod": (None, None, True, [], ""),
+    "relabelled candidate": (None, None, True, ["forged"], ""),
+    "ladder label removed, job complete": (None, None, True, ["forged"], ""),
+    "a forged pod beside the cell's own": ("succeeded", 1.25, False, ["forged"], ""),
+    "start error, retried": (None, None, True, [], ""),
+    "start error, job failed": ("failed", None, False, [], 'the container could not start (StartError: exec: "nope"'),
 }
 
 
-LOOK_UP = {"job complete, pods gone", "job complete, pod stale in the cache"}
+LOOK_UP = {"job complete, pods gone", "job complete, pod stale in the cache", "ladder label removed, job complete"}
 
 
 @pytest.mark.parametrize("name", EXPECT, ids=list(EXPECT))
@@ -132,11 +160,59 @@ def test_rejection_keys_dedupe_by_pod_and_text():
     assert c.key != a.key
 
 
-def test_foreign_pod():
+FOREIGN = {
+    "no result": (lambda j: PodB(j), None),
+    "a Job's own Pod whose Job is gone (a ladder being deleted)": (lambda j: PodB(j).result(result_doc(CELL)), None),
+    "being deleted": (lambda j: _deleting(PodB(j).owner("gone").result(result_doc(CELL))), None),
+    "no owner": (lambda j: _no_owner(PodB(j).result(result_doc(CELL))), "foreign"),
+    "owner and label disagree": (lambda j: PodB(j).owner("elsewhere").result(result_doc(CELL)), "foreign"),
+}
+
+
+def _deleting(p: PodB) -> PodB:
+    p.o["metadata"]["deletionTimestamp"] = "2026-11-29T10:00:00Z"
+    return p
+
+
+def _no_owner(p: PodB) -> PodB:
+    p.o["metadata"]["ownerReferences"] = []
+    return p
+
+
+@pytest.mark.parametrize("name", FOREIGN, ids=list(FOREIGN))
+def test_foreign_pod(name):
+    """Issue 21: deleting a ladder (its Jobs go before their Pods) announces no foreign result."""
+    build, want = FOREIGN[name]
+    r = foreign_pod_rejection(build(job()).summary())
+    assert (r.reason if r else None) == want
+
+
+def test_forged_pod_is_announced_once_per_change_and_names_what_differs():
     j = job()
-    assert foreign_pod_rejection(PodB(j).summary()) is None
-    r = foreign_pod_rejection(PodB(j).result(result_doc(CELL)).summary())
-    assert r.reason == "foreign"
+    p = PodB(j).exited(0, message=result_doc(CELL, 0.1)).label("ladder.promotion.dev/candidate", "c2")
+    a = cell_outcome("test", LADDER_UID, CELL, "val_bpb", j.summary(), [p.summary()]).rejections
+    b = cell_outcome("test", LADDER_UID, CELL, "val_bpb", j.summary(), [p.summary()]).rejections
+    assert [r.key for r in a] == [r.key for r in b] and len(a) == 1
+    assert "candidate label differs" in a[0].message and "forged" in a[0].message
+    p.owner("job-elsewhere")
+    c = cell_outcome("test", LADDER_UID, CELL, "val_bpb", j.summary(), [p.summary()]).rejections
+    assert c[0].key != a[0].key and "its owner is job-elsewhere" in c[0].message
+
+
+def test_a_rejection_remembers_the_digests_already_announced():
+    """Issue 21: the digest goes onto the Pod; a Pod that carries it is not announced again."""
+    from promotion_ladder.controller.intake import REJECTED_ANNOTATION
+
+    j = job()
+    p = PodB(j).result("{bad").exited(0)
+    first = cell_outcome("test", LADDER_UID, CELL, "val_bpb", j.summary(), [p.summary()]).rejections[0]
+    assert first.seen == () and first.remembered() == first.digest
+    p.o["metadata"]["annotations"][REJECTED_ANNOTATION] = first.remembered()
+    again = cell_outcome("test", LADDER_UID, CELL, "val_bpb", j.summary(), [p.summary()]).rejections[0]
+    assert again.digest in again.seen
+    p.result("{worse")
+    third = cell_outcome("test", LADDER_UID, CELL, "val_bpb", j.summary(), [p.summary()]).rejections[0]
+    assert third.digest not in third.seen and third.remembered() == f"{first.digest} {third.digest}"
 
 
 # A multi-node cell: only the index-0 pod (global rank 0) publishes; the others exit 0 without.

@@ -143,7 +143,7 @@ def test_failure_policy_and_deadline():
     assert spec["template"]["spec"]["activeDeadlineSeconds"] == 120 + 300
     assert spec["backoffLimit"] == 2
     rules = spec["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3, 4]}}
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3, 4, 5]}}
     assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
 
 

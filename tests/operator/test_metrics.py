@@ -113,3 +113,17 @@ def test_rank_stability_is_the_latest_defined_stage_pair():
     assert tau(from_stage="s1", to_stage="s2") is None
     m.forget("ns", "l")
     assert tau(from_stage="s2", to_stage="s3") is None
+
+
+def test_a_cells_start_times_go_into_the_three_histograms():
+    """Issue 21, defect 6: the wait a user feels, per cell: Job -> Pod created -> scheduled -> running."""
+    from promotion_ladder.controller.scheduling import StartTimes
+
+    m = LadderMetrics()
+    m.observe_start("ns", StartTimes(pod_created=1.0, scheduled=3.0, running=0.5))
+    m.observe_start("ns", StartTimes(pod_created=None, scheduled=200.0, running=2.0))
+    for name, count, total in (("ladder_cell_pod_creation_seconds", 1, 1.0), ("ladder_cell_scheduling_seconds", 2, 203.0),
+                               ("ladder_cell_start_seconds", 2, 2.5)):
+        assert sample(m, f"{name}_count", namespace="ns") == count
+        assert sample(m, f"{name}_sum", namespace="ns") == total
+    assert sample(m, "ladder_cell_scheduling_seconds_bucket", namespace="ns", le="5.0") == 1

@@ -190,3 +190,16 @@ def test_a_down_webhook_backs_off_and_is_named_once(monkeypatch):
     clock[0] += MAX_RETRY_SECONDS + 1
     run(c)
     assert c.reconciler.creator.backing_off(KEY) is None
+
+
+def test_a_queued_cell_is_no_stall_and_never_times_out():
+    """A cell Kueue holds for an hour under schedulingTimeout 1m: Queued, not failed, not a
+    CellsWaiting stall (issue 21's policy is for cells the cluster cannot start)."""
+    body = ladder_body(edit(edit(ladder_doc(), "spec.queueName", "gpus"), "spec.schedulingTimeout", "1m"))
+    job = queued_job(body, 0, since="2026-12-07T02:00:00Z")
+    out = reconcile(body, None, [job.summary()], [], set(), NOW)
+    status = parse_status(out.status)
+    cell = next(c for c in status.stages[0].cells if c.candidate == "c0" and c.host_block == "a100")
+    assert cell.state == "Queued"
+    assert not any(c["type"] == "CellsWaiting" and c["status"] == "True" for c in out.status["conditions"])
+    assert out.end_jobs == [] and out.read_events == []

@@ -35,7 +35,9 @@ def test_complete_job_whose_pod_the_cache_lacks_is_not_failed(operator, kube):
     was judged `Failed: job completed without a valid result` (after a restart under load the
     cache lagged for thousands of Pods; a hostile pod could relabel a rival's Pod out of it).
     The operator now reads the Job's Pods directly (by the Job's own labels and owner
-    reference) before judging: the valid result counts, the relabelled Pod is still the cell's."""
+    reference) before judging, and never fails the cell for the missing Pod. Since issue 21 a
+    relabelled Pod is no cell's (its labels disagree with its Job: rejected as forged), so the
+    Job has lost its result: it is deleted and the cell runs again, with its true value."""
     from localcluster.waiting import wait_for
 
     cands = {"a": {"value": 1.2, "sleep": 1}, "b": {"value": 1.1, "sleep": 1}}
@@ -53,29 +55,9 @@ def test_complete_job_whose_pod_the_cache_lacks_is_not_failed(operator, kube):
     cells = {c["candidate"]: c for c in st["stages"][0]["cells"]}
     assert cells["b"]["state"] == "Succeeded" and cells["b"]["value"] == pytest.approx(1.101), cells["b"]
     assert st["stages"][0]["decision"]["promoted"] == ["b"]
-    assert len(kube.jobs("gap")) == 3  # nothing re-run
-
-
-def _apply_cluster_scoped(api, objs) -> None:
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
-    adm = client.AdmissionregistrationV1Api(api)
-    for o in objs:
-        create, replace, read = {
-            "ValidatingAdmissionPolicy": (adm.create_validating_admission_policy, adm.replace_validating_admission_policy,
-                                          adm.read_validating_admission_policy),
-            "ValidatingAdmissionPolicyBinding": (adm.create_validating_admission_policy_binding,
-                                                 adm.replace_validating_admission_policy_binding,
-                                                 adm.read_validating_admission_policy_binding),
-        }[o["kind"]]
-        try:
-            create(o)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            o = {**o, "metadata": {**o["metadata"], "resourceVersion": read(o["metadata"]["name"]).metadata.resource_version}}
-            replace(o["metadata"]["name"], o)
+    assert len(kube.jobs("gap")) == 3  # b's Job was re-created under its own name, nothing else re-run
+    assert any(pod.metadata.name in e.message and "forged" in e.message for e in kube.events("ResultRejected"))
+    assert any("relabelled or re-owned" in e.message for e in kube.events("ResultLost"))
 
 
 def test_a_trainer_token_can_change_only_its_own_pods_result(local_cluster, namespace):
@@ -83,34 +65,17 @@ def test_a_trainer_token_can_change_only_its_own_pods_result(local_cluster, name
     name one's own Pod), so a hostile trainer forged a rival's result and relabelled a rival's
     Pod. The chart's ValidatingAdmissionPolicy (rbac.trainer_admission_policy) lets a token
     bound to a Pod change only that Pod, and there only the result/progress annotations."""
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.rest import ApiException
 
     from localcluster.waiting import wait_for
-    from promotion_ladder.controller.rbac import TRAINER_SERVICE_ACCOUNT, trainer_admission_policy, trainer_objects
     from promotion_ladder.core.contract import PROGRESS_ANNOTATION, RESULT_ANNOTATION
 
-    api = local_cluster.api_client()
-    core, rbac_api = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    _apply_cluster_scoped(api, trainer_admission_policy())
-    sa, role, binding = trainer_objects(namespace)
-    core.create_namespaced_service_account(namespace, sa)
-    rbac_api.create_namespaced_role(namespace, role)
-    rbac_api.create_namespaced_role_binding(namespace, binding)
-    uids = {}
-    for name in ("rival", "attacker"):  # never scheduled: a pod need not run to hold a bound token
-        uids[name] = core.create_namespaced_pod(namespace, {
-            "metadata": {"name": name, "labels": {"ladder.promotion.dev/ladder": "l", "ladder.promotion.dev/candidate": name}},
-            "spec": {"serviceAccountName": TRAINER_SERVICE_ACCOUNT, "restartPolicy": "Never",
-                     "nodeSelector": {"no-such-node": "true"}, "containers": [{"name": "trainer", "image": "x"}]}}).metadata.uid
-    token = core.create_namespaced_service_account_token(TRAINER_SERVICE_ACCOUNT, namespace, {
-        "spec": {"expirationSeconds": 600, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "attacker",
-                                                              "uid": uids["attacker"]}}}).status.token
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=str(local_cluster.kubeconfig), client_configuration=cfg)
-    cfg.api_key = {"authorization": f"Bearer {token}"}
-    cfg.cert_file = cfg.key_file = None
-    as_attacker = client.CoreV1Api(client.ApiClient(cfg))
+    from .harness import apply_trainer_admission_policy, trainer_pods
+
+    core = client.CoreV1Api(local_cluster.api_client())
+    apply_trainer_admission_policy(local_cluster.api_client())
+    as_attacker, _ = trainer_pods(local_cluster, namespace, ("rival", "attacker"))
 
     def patch(pod: str, meta: dict, **kw) -> ApiException | None:
         try:

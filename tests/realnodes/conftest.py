@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from localcluster import binaries
 from localcluster.waiting import wait_for
 
@@ -40,11 +41,28 @@ def release(real_cluster, project_images, kubectl) -> Iterator[str]:
     repo, tag = project_images["operator"].rsplit(":", 1)
     kubectl("create", "namespace", LADDER_NS)
     # --wait: the operator pod Ready (its readiness probe), as a user's install would wait.
-    proc = run_helm(str(binaries.helm_path()), "upgrade", "--install", RELEASE, str(CHART), "--namespace", SYSTEM_NS,
-                    "--create-namespace", "--kubeconfig", str(real_cluster.kubeconfig),
-                    "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
-                    "--set-json", f"trainer.namespaces={json.dumps([LADDER_NS])}", "--wait", "--timeout", "5m",
-                    timeout=330)
+    proc = run_helm(
+        str(binaries.helm_path()),
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        SYSTEM_NS,
+        "--create-namespace",
+        "--kubeconfig",
+        str(real_cluster.kubeconfig),
+        "--set",
+        f"image.repository={repo}",
+        "--set",
+        f"image.tag={tag}",
+        "--set-json",
+        f"trainer.namespaces={json.dumps([LADDER_NS])}",
+        "--wait",
+        "--timeout",
+        "5m",
+        timeout=330,
+    )
     assert proc.returncode == 0, proc.stderr + kubectl("get", "pods", "-A", "-o", "wide")
     yield f"{RELEASE}-promotion-ladder"
 
@@ -64,6 +82,7 @@ def wait_ladder(kubectl: Callable[..., str], name: str, namespace: str, timeout:
 
     def describe() -> str:
         return kubectl("get", "jobs,pods", "-n", namespace, "-o", "wide")
+
     t0 = time.monotonic()
     obj = wait_for(ended, timeout=timeout, interval=3, what=f"ladder {namespace}/{name} to end", describe=describe)
     print(f"ladder {namespace}/{name} ended {obj['status']['phase']} after {time.monotonic() - t0:.0f}s")
@@ -88,5 +107,11 @@ def run_pod(kubectl: Callable[..., str], namespace: str, pod: dict, tmp_path: Pa
     def ended() -> dict | None:
         obj = kubectl_json(kubectl, "get", "pod", name, "-n", namespace)
         return obj if obj.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-    return wait_for(ended, timeout=timeout, interval=1, what=f"pod {namespace}/{name} to end",
-                    describe=lambda: kubectl("describe", "pod", name, "-n", namespace)[-3000:])
+
+    return wait_for(
+        ended,
+        timeout=timeout,
+        interval=1,
+        what=f"pod {namespace}/{name} to end",
+        describe=lambda: kubectl("describe", "pod", name, "-n", namespace)[-3000:],
+    )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from localcluster.prometheus import LocalPrometheus
 
 from ..e2e.checks import CHECKS
@@ -27,12 +28,22 @@ HERE = Path(__file__).parent
 SMALL_LADDER = yaml.safe_load((HERE / "small-ladder.yaml").read_text())
 # The trainer's step log goes to the container's output, which `kubectl logs` reads back.
 LOSS_RTOL = 1e-5
-SPLIT = {"depth": 1, "aspect_ratio": 32, "head_dim": 16, "seq_len": 32, "tokenizer": "byte", "batch": 128,
-         "device_batch": 1, "warmdown_frac": 0.0}
+SPLIT = {
+    "depth": 1,
+    "aspect_ratio": 32,
+    "head_dim": 16,
+    "seq_len": 32,
+    "tokenizer": "byte",
+    "batch": 128,
+    "device_batch": 1,
+    "warmdown_frac": 0.0,
+}
 
 
 def operator_pod(kubectl: Callable[..., str]) -> dict:
-    (pod,) = kubectl_json(kubectl, "get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=operator")["items"]
+    (pod,) = kubectl_json(kubectl, "get", "pods", "-n", SYSTEM_NS, "-l", "app.kubernetes.io/component=operator")[
+        "items"
+    ]
     return pod
 
 
@@ -120,13 +131,26 @@ open("/dev/termination-log", "w").write(json.dumps(out))
 
 def test_a_trainer_token_cannot_forge_a_rivals_result(release, kubectl, project_images, tmp_path):
     trainer = project_images["trainer"]
-    rival = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "rival"},
-             "spec": {"restartPolicy": "Never", "containers": [
-                 {"name": "c", "image": trainer, "command": ["python", "-c", "pass"]}]}}
+    rival = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "rival"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": trainer, "command": ["python", "-c", "pass"]}],
+        },
+    }
     run_pod(kubectl, LADDER_NS, rival, tmp_path)
-    forger = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "forger"},
-              "spec": {"restartPolicy": "Never", "serviceAccountName": "ladder-trainer", "containers": [
-                  {"name": "c", "image": trainer, "command": ["python", "-c", FORGER.format(ns=LADDER_NS)]}]}}
+    forger = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "forger"},
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": "ladder-trainer",
+            "containers": [{"name": "c", "image": trainer, "command": ["python", "-c", FORGER.format(ns=LADDER_NS)]}],
+        },
+    }
     pod = run_pod(kubectl, LADDER_NS, forger, tmp_path)
     assert pod["status"]["phase"] == "Succeeded", pod_logs(kubectl, LADDER_NS, "forger")
     out = json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
@@ -142,16 +166,30 @@ def test_a_trainer_token_cannot_forge_a_rivals_result(release, kubectl, project_
 
 def rendezvous_ladder(name: str, nodes: int) -> dict:
     """One cell of 6 steps on `nodes` pods, one per real node, rank 0's step log on its output."""
-    spread = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
-        "labelSelector": {"matchLabels": {"ladder.promotion.dev/ladder": name}},
-        "topologyKey": "kubernetes.io/hostname"}]}}
+    spread = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": {"ladder.promotion.dev/ladder": name}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    }
     return {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": name},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": name},
         "spec": {
-            "trainer": {"image": SMALL_LADDER["spec"]["trainer"]["image"], "command": ["python", "-m", "ladder_trainer"],
-                        "args": ["--eval-tokens", "512"], "gpus": 1, "nodes": nodes,
-                        "env": {"LADDER_TRAINER_MAX_STEPS": "6", "LADDER_TRAINER_STEP_LOG": "/dev/stderr"},
-                        "template": {"spec": {"affinity": spread}}},
+            "trainer": {
+                "image": SMALL_LADDER["spec"]["trainer"]["image"],
+                "command": ["python", "-m", "ladder_trainer"],
+                "args": ["--eval-tokens", "512"],
+                "gpus": 1,
+                "nodes": nodes,
+                "env": {"LADDER_TRAINER_MAX_STEPS": "6", "LADDER_TRAINER_STEP_LOG": "/dev/stderr"},
+                "template": {"spec": {"affinity": spread}},
+            },
             "hostBlocks": [{"name": "real", "nodeSelector": {"localcluster.dev/real": "true"}}],
             "candidates": [{"name": "split", "config": SPLIT}],
             "stages": [{"name": "only", "budget": "90s", "hostBlocks": ["real"], "seeds": [3]}],
@@ -163,8 +201,11 @@ def step_losses(kubectl: Callable[..., str], ladder: str) -> tuple[list[dict], d
     """Rank 0's step log and result: from the index-0 pod (the only pod of a one-node cell)."""
     pods = kubectl_json(kubectl, "get", "pods", "-n", LADDER_NS, "-l", f"ladder.promotion.dev/ladder={ladder}")["items"]
     pods = [p for p in pods if p["status"].get("phase") == "Succeeded"]
-    first = next(p for p in pods if p["metadata"].get("annotations", {}).get(
-        "batch.kubernetes.io/job-completion-index", "0") == "0")
+    first = next(
+        p
+        for p in pods
+        if p["metadata"].get("annotations", {}).get("batch.kubernetes.io/job-completion-index", "0") == "0"
+    )
     lines = pod_logs(kubectl, LADDER_NS, first["metadata"]["name"]).splitlines()
     steps = [json.loads(line) for line in lines if line.startswith('{"step"')]
     result = json.loads(first["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
@@ -185,5 +226,5 @@ def test_two_node_cell_rendezvous_over_the_headless_services_dns(release, kubect
     b, r2 = step_losses(kubectl, "rdzv-two")
     assert (r1["worldSize"], r2["worldSize"]) == (1, 2)
     assert [s["step"] for s in a] == [s["step"] for s in b] == [1, 2, 3, 4, 5, 6]
-    for sa, sb in zip(a, b):
+    for sa, sb in zip(a, b, strict=True):
         assert sb["loss"] == pytest.approx(sa["loss"], rel=LOSS_RTOL), (sa, sb)

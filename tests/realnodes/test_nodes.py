@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
+
 from localcluster import realnodes
 from localcluster.containerd import RuntimeClient
 from localcluster.images import PAUSE_IMAGE
@@ -36,20 +37,35 @@ def test_nodes_are_kubelets_with_their_specs_labels_and_gpus(real_cluster, real_
         assert node.status.allocatable["nvidia.com/gpu"] == spec.capacity["nvidia.com/gpu"]
         assert not node.spec.taints
         assert {"type": "InternalIP", "address": real_cluster.real.network.node_ip} in [
-            a.to_dict() for a in node.status.addresses]
+            a.to_dict() for a in node.status.addresses
+        ]
 
 
 # The pause image is a static busybox: its applets run as `/bin/busybox APPLET`.
-PROBE = ("/bin/busybox nslookup kubernetes.default.svc.cluster.local 2>&1; "
-         "/bin/busybox nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null && echo apiserver reachable; "
-         "/bin/busybox cat /var/run/secrets/kubernetes.io/serviceaccount/namespace")
+PROBE = (
+    "/bin/busybox nslookup kubernetes.default.svc.cluster.local 2>&1; "
+    "/bin/busybox nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null && echo apiserver reachable; "
+    "/bin/busybox cat /var/run/secrets/kubernetes.io/serviceaccount/namespace"
+)
 
 
 def test_a_pod_resolves_cluster_names_and_reaches_the_apiserver(real_cluster, kubectl, tmp_path):
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dns-probe"},
-           "spec": {"restartPolicy": "Never", "containers": [{
-               "name": "c", "image": PAUSE_IMAGE, "imagePullPolicy": "Never",
-               "command": ["/bin/busybox", "sh", "-c", PROBE]}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "dns-probe"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "c",
+                    "image": PAUSE_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/busybox", "sh", "-c", PROBE],
+                }
+            ],
+        },
+    }
     done = run_pod(kubectl, "default", pod, tmp_path)
     out = kubectl("logs", "-n", "default", "dns-probe")
     assert done["status"]["phase"] == "Succeeded", out
@@ -71,23 +87,43 @@ def test_down_leaves_no_mounts_netns_containers_or_cgroups(real_cluster, tmp_pat
     --kubelet`, a running pod, then `down`; nothing of it is left, and the first still works."""
     directory = tmp_path / "second"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    up = subprocess.run([sys.executable, "-m", "localcluster", "up", "--kubelet", "--nodes", "h100=1:1",
-                         "--dir", str(directory)], capture_output=True, text=True, timeout=300, env=env, check=False)
+    up = subprocess.run(
+        [sys.executable, "-m", "localcluster", "up", "--kubelet", "--nodes", "h100=1:1", "--dir", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     assert up.returncode == 0, up.stderr[-3000:]
     state = json.loads((directory / "state.json").read_text())
     assert state["real_nodes"]["network"]["netns"] != real_cluster.real.network.netns
     kubeconfig = state["kubeconfig"]
     core = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
-    core.create_namespaced_pod("default", {"metadata": {"name": "sleeper"}, "spec": {"containers": [
-        {"name": "c", "image": PAUSE_IMAGE, "imagePullPolicy": "Never"}]}})
-    wait_for(lambda: core.read_namespaced_pod("sleeper", "default").status.phase == "Running", timeout=120,
-             what="a pod running on the second cluster")
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "sleeper"},
+            "spec": {"containers": [{"name": "c", "image": PAUSE_IMAGE, "imagePullPolicy": "Never"}]},
+        },
+    )
+    wait_for(
+        lambda: core.read_namespaced_pod("sleeper", "default").status.phase == "Running",
+        timeout=120,
+        what="a pod running on the second cluster",
+    )
     runtime = RuntimeClient(Path(state["real_nodes"]["sockets"][0]))
     ids = runtime.containers()
     assert len(ids) == 2  # the sandbox and the container
     assert _cgroup_dirs(ids)  # runc made their cgroups
-    down = subprocess.run([sys.executable, "-m", "localcluster", "down", "--dir", str(directory), "--keep"],
-                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    down = subprocess.run(
+        [sys.executable, "-m", "localcluster", "down", "--dir", str(directory), "--keep"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     assert down.returncode == 0, down.stderr[-3000:]
     assert realnodes.leftovers(state["real_nodes"]) == []
     assert _cgroup_dirs(ids) == []

@@ -199,6 +199,24 @@ def test_a_status_from_before_stability_gets_the_same_figures():
         assert old_report.table(key).rows == new_report.table(key).rows
 
 
+def test_a_candidate_kept_without_a_complete_result_is_said():
+    """Issue 21, defect 5: `keep` promoted a candidate all of whose cells had failed and the report
+    showed it as any other promotion. The decision table and the stage's text now say so."""
+    from promotion_ladder.core.cell import CellOutcome
+
+    from .builders import from_document, full_object, recorded, simulate_json
+
+    results = dict(recorded())
+    for hb in ("a100", "l40s"):
+        for seed in (1, 2):
+            results[("10m", "sentinel-d8-ar48", hb, seed)] = CellOutcome(state="failed", reason="diverged")
+    report = build_report(from_document(full_object(simulate_json(results)), "kept.status.json"))
+    table = report.table("decision-10m")
+    kept = next(r for r in table.rows if r[1] == "sentinel-d8-ar48")
+    assert kept[table.headers.index("Outcome")] == "promoted (keep, no complete result: 0 of 4 cells succeeded)"
+    text = " ".join(t for s in report.sections for t in s.text)
+    assert "Kept by keep without a complete result: sentinel-d8-ar48 (0 of 4 cells succeeded)" in text
+
 
 def test_each_candidates_peak_memory_per_stage(reports):
     from .builders import measured_input
@@ -215,3 +233,30 @@ def test_each_candidates_peak_memory_per_stage(reports):
         "memory-2m", "memory-5m", "memory-10m", "memory-60m", "memory-12h"}
     # A status whose cells report no peak memory (the example's) gets no such table.
     assert not any(t.key.startswith("memory-") for s in reports["example"].sections for t in s.tables)
+
+
+def test_a_continuation_ladder_shows_what_ran_beside_from_scratch_and_the_winners_checkpoints():
+    from promotion_ladder.core.api import load_ladder
+    from promotion_ladder.core.status import simulate
+    from promotion_ladder.report import from_document
+    from promotion_ladder.report.build import gpu_h
+
+    from .builders import full_object, recorded
+
+    obj = full_object({})
+    obj["spec"]["continuation"] = {"from": "previousStage", "path": "/ck"}
+    spec = load_ladder(obj).spec
+    # Every cell after the first stage took 60 s over from its predecessor.
+    rec = {k: o if k[0] == spec.stages[0].name else o.model_copy(update={"resumed_seconds": 60.0})
+           for k, o in recorded().items()}
+    status, _ = simulate(spec, rec, checkpoint_root="/ck/protocol")
+    obj["status"] = json.loads(json.dumps(status.wire()))
+    summary = {r[0]: r[1] for r in build_report(from_document(obj, "cont.json")).table("summary").rows}
+    g = status.gpu_hours
+    assert g.from_scratch > g.total
+    saved = g.from_scratch - g.total
+    assert summary["GPU-hours from scratch"] == (f"{gpu_h(g.from_scratch)} (continuing ran {gpu_h(g.total)}: saved "
+                                                 f"{gpu_h(saved)}, {100 * saved / g.from_scratch:.1f}%)")
+    winner = status.verdict.winner
+    assert summary["Winner's checkpoints"].split(", ") == status.checkpoints.winner
+    assert all(f"/{winner}." in p for p in status.checkpoints.winner)

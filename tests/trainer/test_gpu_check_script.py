@@ -76,3 +76,14 @@ def test_smoke_ddp_part_compares_the_launcher_path_with_one_process(tmp_path):
     assert [r["steps"] for r in results] == [5, 5, 5]
     for r in results[1:]:  # the same training, split in two
         assert r["value"] == pytest.approx(results[0]["value"], rel=1e-4)
+
+
+def test_smoke_continuation_part_compares_the_two_runs(tmp_path):
+    proc = gpu_check("continuation", out=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "continuation.json").read_text())
+    scratch, continuing = summary["runs"]["from scratch"], summary["runs"]["continuing"]
+    assert sorted(scratch["ranking"]) == sorted(continuing["ranking"]) and len(scratch["ranking"]) == 3
+    assert scratch["from_scratch_gpu_hours"] is None and continuing["gpu_hours"] < continuing["from_scratch_gpu_hours"]
+    assert summary["kendall_tau_b"] is None or -1 <= summary["kendall_tau_b"] <= 1
+    assert "Kendall tau-b between the final rankings" in proc.stdout

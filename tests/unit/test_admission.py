@@ -17,4 +17,7 @@ def test_candidate_config_size_is_bounded(size, ok):
         return
     with pytest.raises(LadderInvalid) as exc:
         load_ladder(doc)
-    assert exc.value.errors[0].startswith("spec.candidates[1].config: is ") and "bytes a candidate config may have" in exc.value.errors[0]
+    assert (
+        exc.value.errors[0].startswith("spec.candidates[1].config: is ")
+        and "bytes a candidate config may have" in exc.value.errors[0]
+    )

@@ -12,9 +12,19 @@ PKG = Path(__file__).resolve().parents[2] / "operator" / "promotion_ladder"
 
 # folder (or module) -> what it must not import (absolute top-level names, or package parts)
 FORBIDDEN = {
-    "core": {"kubernetes", "kopf", "torch", "prometheus_client", "aiohttp",
-             "promotion_ladder.controller", "promotion_ladder.local", "promotion_ladder.report",
-             "promotion_ladder.cli", "promotion_ladder.files", "promotion_ladder.render"},
+    "core": {
+        "kubernetes",
+        "kopf",
+        "torch",
+        "prometheus_client",
+        "aiohttp",
+        "promotion_ladder.controller",
+        "promotion_ladder.local",
+        "promotion_ladder.report",
+        "promotion_ladder.cli",
+        "promotion_ladder.files",
+        "promotion_ladder.render",
+    },
     "local": {"kubernetes", "kopf", "torch", "promotion_ladder.controller"},
     "report": {"kopf", "torch", "promotion_ladder.controller", "promotion_ladder.local"},
     "controller": {"torch", "promotion_ladder.local", "promotion_ladder.report"},
@@ -45,12 +55,18 @@ def breaks(name: str, rule: set[str]) -> bool:
 
 @pytest.mark.parametrize("folder", FORBIDDEN)
 def test_import_rule(folder):
-    bad = [f"{p.relative_to(PKG)} imports {name}"
-           for p in sorted((PKG / folder).rglob("*.py")) for name in sorted(imports(p)) if breaks(name, FORBIDDEN[folder])]
+    bad = [
+        f"{p.relative_to(PKG)} imports {name}"
+        for p in sorted((PKG / folder).rglob("*.py"))
+        for name in sorted(imports(p))
+        if breaks(name, FORBIDDEN[folder])
+    ]
     assert bad == []
 
 
 def test_the_rule_would_catch_a_violation():
     fake = PKG / "core" / "contract.py"
     assert "promotion_ladder.core.result" in imports(fake)  # relative imports are resolved
-    assert breaks("kubernetes.client", FORBIDDEN["core"]) and breaks("promotion_ladder.controller.jobs", FORBIDDEN["local"])
+    assert breaks("kubernetes.client", FORBIDDEN["core"]) and breaks(
+        "promotion_ladder.controller.jobs", FORBIDDEN["local"]
+    )

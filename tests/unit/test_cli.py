@@ -57,6 +57,15 @@ CASES = {
     "not yaml": ("spec: [unclosed", 1, "not valid YAML at line 1"),
     "not a ladder": ("- 1\n- 2\n", 1, "expected a PromotionLadder object"),
     "two ladders": (yaml.safe_dump(ladder_doc()) + "---\n" + yaml.safe_dump(ladder_doc()), 1, "holds 2 PromotionLadder documents"),
+    "continuation: a bad path names the field": (
+        edit(ladder_doc(), "spec.continuation", {"from": "previousStage", "path": "ckpt"}), 1,
+        "spec.continuation.path: 'ckpt': give an absolute path"),
+    "continuation: cells without a predecessor are said": (
+        edit(ladder_doc(), "spec.continuation", {"from": "previousStage"}), 0,
+        "continuation: 2 of the 4 cells per candidate of stage s2 have no cell of the same host block and seed"),
+    "continuation: no volume at the path is a warning": (
+        edit(ladder_doc(), "spec.continuation", {"from": "previousStage"}), 0,
+        "warning: spec.continuation.path: /checkpoints is on no volume of the cells' pods"),
 }
 
 
@@ -137,3 +146,21 @@ def test_console_script_has_no_traceback_on_bad_input(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "promotion_ladder.cli", "validate", bad], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "kind: must be 'PromotionLadder'" in proc.stderr
+
+
+def test_validate_notes_a_cluster_it_cannot_reach_and_stays_valid(tmp_path, capsys):
+    """Issue 21: `ladder validate` looks at the cluster's nodes where a kubeconfig leads to one
+    (tests/operator/test_trust_and_waits_integration.py checks the warning on the local control
+    plane); a kubeconfig that leads nowhere is a one-line note, and --offline skips the look."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "x", "user": "u"}}]}))
+    path = write(tmp_path, ladder_doc())
+    assert main(["validate", path, "--kubeconfig", str(kubeconfig)]) == 0
+    out = capsys.readouterr().out
+    assert "note: the cluster https://127.0.0.1:9 was not checked" in out and "--offline" in out
+    assert main(["validate", path, "--kubeconfig", str(kubeconfig), "--offline"]) == 0
+    assert "was not checked" not in capsys.readouterr().out

@@ -17,17 +17,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from promotion_ladder.core.api import load_ladder
+from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.recorded import RecordedResultsInvalid, parse_results
 from promotion_ladder.core.result import MAX_RESULT_VALUE, CellResult, ResultError, check_range
-from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.status import build_status, simulate
 
 from .builders import ladder_doc
 
-SPEC = load_ladder(ladder_doc(verdict={"reference": "c0", "checks": [
-    {"name": "near", "type": "nearEquivalence", "candidate": "c1", "margin": 0.01},
-    {"name": "gap", "type": "meanGap", "candidate": "c2", "maxGap": 0.02},
-    {"name": "first", "type": "rankFirstAllCells", "candidate": "c0"}]})).spec
+SPEC = load_ladder(
+    ladder_doc(
+        verdict={
+            "reference": "c0",
+            "checks": [
+                {"name": "near", "type": "nearEquivalence", "candidate": "c1", "margin": 0.01},
+                {"name": "gap", "type": "meanGap", "candidate": "c2", "maxGap": 0.02},
+                {"name": "first", "type": "rankFirstAllCells", "candidate": "c0"},
+            ],
+        }
+    )
+).spec
 
 EXTREME = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
@@ -38,8 +46,12 @@ EXTREME = st.one_of(
 SECONDS = EXTREME.filter(lambda x: x >= 0)
 OUTCOME = st.one_of(
     st.none(),
-    st.builds(CellOutcome, state=st.sampled_from(["succeeded", "failed"]), value=st.one_of(st.none(), EXTREME),
-              train_seconds=st.one_of(st.none(), SECONDS)),
+    st.builds(
+        CellOutcome,
+        state=st.sampled_from(["succeeded", "failed"]),
+        value=st.one_of(st.none(), EXTREME),
+        train_seconds=st.one_of(st.none(), SECONDS),
+    ),
 )
 
 
@@ -50,7 +62,7 @@ def all_cells():
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(OUTCOME, min_size=len(all_cells()), max_size=len(all_cells())))
 def test_status_is_built_and_finite_for_any_outcomes(drawn):
-    outcomes = {k: o for k, o in zip(all_cells(), drawn) if o is not None}
+    outcomes = {k: o for k, o in zip(all_cells(), drawn, strict=True) if o is not None}
     status, _ = build_status(SPEC, outcomes)
     json.dumps(status.wire(), allow_nan=False)  # what the API server accepts: no Infinity, no NaN
     replay, _ = simulate(SPEC, outcomes)
@@ -82,11 +94,21 @@ def test_check_range(name):
         assert exc.value.reason == "range" and "out of range" in str(exc.value)
 
 
-@pytest.mark.parametrize("line, field", [
-    ('{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1.7e308}', "value"),
-    ('{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1.0, "trainSeconds": 1.7e308}', "trainSeconds"),
-    ('{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1.0, "trainSeconds": Infinity}', "trainSeconds"),
-])
+@pytest.mark.parametrize(
+    "line, field",
+    [
+        ('{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1.7e308}', "value"),
+        (
+            '{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1.0, "trainSeconds": 1.7e308}',
+            "trainSeconds",
+        ),
+        (
+            '{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1.0, '
+            '"trainSeconds": Infinity}',
+            "trainSeconds",
+        ),
+    ],
+)
 def test_recorded_results_out_of_range_name_the_line_and_field(line, field):
     with pytest.raises(RecordedResultsInvalid) as exc:
         parse_results(line + "\n", source="r.jsonl", spec=SPEC)

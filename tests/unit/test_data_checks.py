@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from promotion_ladder.core.api import load_ladder
+from promotion_ladder.core.cell import CellOutcome as Outcome
 from promotion_ladder.core.data_checks import corpus_conflict, estimated_passes, repeated_data
 from promotion_ladder.core.planner import plan
-from promotion_ladder.core.cell import CellOutcome as Outcome
 from promotion_ladder.core.status import build_status, outcomes_from_status
 from promotion_ladder.local.runner import run_ladder
 from promotion_ladder.report.build import build_report
@@ -62,16 +62,24 @@ def test_estimated_passes():
 
 
 def _one_stage_spec():
-    doc = ladder_doc(candidates=2, host_blocks=("a", "b"),
-                     stages=[{"name": "s1", "budget": "1m", "hostBlocks": ["a", "b"], "seeds": [1], "promote": {"top": 1}},
-                             {"name": "s2", "budget": "2m", "hostBlocks": ["a", "b"], "seeds": [1]}])
+    doc = ladder_doc(
+        candidates=2,
+        host_blocks=("a", "b"),
+        stages=[
+            {"name": "s1", "budget": "1m", "hostBlocks": ["a", "b"], "seeds": [1], "promote": {"top": 1}},
+            {"name": "s2", "budget": "2m", "hostBlocks": ["a", "b"], "seeds": [1]},
+        ],
+    )
     return load_ladder(doc).spec
 
 
 def test_a_stage_on_two_corpora_fails_with_the_cells_and_fingerprints():
     spec = _one_stage_spec()
-    outcomes = {("s1", c, hb, 1): ok(1.0 + i, corpus="aaa" if hb == "a" else "bbb")
-                for i, c in enumerate(["c0", "c1"]) for hb in ("a", "b")}
+    outcomes = {
+        ("s1", c, hb, 1): ok(1.0 + i, corpus="aaa" if hb == "a" else "bbb")
+        for i, c in enumerate(["c0", "c1"])
+        for hb in ("a", "b")
+    }
     p = plan(spec, outcomes)
     assert p.phase == "Failed" and not p.decisions
     assert "corpus aaa: c0/a/1, c1/a/1" in p.message and "corpus bbb: c0/b/1, c1/b/1" in p.message
@@ -84,8 +92,11 @@ def test_a_stage_on_two_corpora_fails_with_the_cells_and_fingerprints():
 
 def test_same_corpus_is_ranked_and_repeats_are_a_stage_condition_that_survives_the_status():
     spec = _one_stage_spec()
-    outcomes = {("s1", c, hb, 1): ok(1.0 + i, corpus="aaa", passes=3.0 if c == "c1" else 0.5)
-                for i, c in enumerate(["c0", "c1"]) for hb in ("a", "b")}
+    outcomes = {
+        ("s1", c, hb, 1): ok(1.0 + i, corpus="aaa", passes=3.0 if c == "c1" else 0.5)
+        for i, c in enumerate(["c0", "c1"])
+        for hb in ("a", "b")
+    }
     status, p = build_status(spec, outcomes)
     assert p.phase == "Running" and status.stages[0].decision.promoted == ["c0"]
     cond = {c.type: c for c in status.stages[0].conditions}
@@ -95,8 +106,14 @@ def test_same_corpus_is_ranked_and_repeats_are_a_stage_condition_that_survives_t
 
 
 def test_ladder_run_shows_repeated_data_in_its_output_status_and_report(tmp_path):
-    doc = fake_ladder({"c0": {"base": 1.0, "corpus": "abc", "passes": 2.5}, "c1": {"base": 0.9, "corpus": "abc", "passes": 0.5},
-                       "c2": {"base": 1.5, "corpus": "abc"}, "c3": {"base": 0.5, "corpus": "abc"}})
+    doc = fake_ladder(
+        {
+            "c0": {"base": 1.0, "corpus": "abc", "passes": 2.5},
+            "c1": {"base": 0.9, "corpus": "abc", "passes": 0.5},
+            "c2": {"base": 1.5, "corpus": "abc"},
+            "c3": {"base": 0.5, "corpus": "abc"},
+        }
+    )
     out = Quiet()
     status = run_ladder(load_ladder(doc), tmp_path / "s.json", parallel=2, stream=out, poll_seconds=0.02)
     assert status.phase == "Succeeded"
@@ -120,12 +137,21 @@ def test_ladder_run_fails_a_stage_whose_host_blocks_have_different_data(tmp_path
 
 
 VALIDATE_CASES = {
-    "repeats at every stage": (["--tokens-per-second", "4.5e6", "--train-tokens", "2700000"], 0,
-                               ["stage s1 (budget 1m): at 4,500,000 tokens/s a cell makes about 100.0 passes",
-                                "stage s2 (budget 2m)"]),
-    "a corpus large enough": (["--tokens-per-second", "1000", "--train-tokens", "10000000"], 0,
-                              ["every stage stays within one pass"]),
-    "a prepared corpus dir": (["--tokens-per-second", "1e5", "--data", "{data}"], 0, ["passes over the 1,000,000 training tokens"]),
+    "repeats at every stage": (
+        ["--tokens-per-second", "4.5e6", "--train-tokens", "2700000"],
+        0,
+        ["stage s1 (budget 1m): at 4,500,000 tokens/s a cell makes about 100.0 passes", "stage s2 (budget 2m)"],
+    ),
+    "a corpus large enough": (
+        ["--tokens-per-second", "1000", "--train-tokens", "10000000"],
+        0,
+        ["every stage stays within one pass"],
+    ),
+    "a prepared corpus dir": (
+        ["--tokens-per-second", "1e5", "--data", "{data}"],
+        0,
+        ["passes over the 1,000,000 training tokens"],
+    ),
     "throughput without a corpus size": (["--tokens-per-second", "1000"], 1, ["--train-tokens N or --data DIR"]),
 }
 
@@ -138,9 +164,14 @@ def test_validate_warns_about_repeated_data_before_anything_runs(tmp_path, capsy
 
     from promotion_ladder.cli import main
 
-    doc = ladder_doc(candidates=2, host_blocks=("a", "b"),
-                     stages=[{"name": "s1", "budget": "1m", "hostBlocks": ["a", "b"], "seeds": [1], "promote": {"top": 1}},
-                             {"name": "s2", "budget": "2m", "hostBlocks": ["a", "b"], "seeds": [1]}])
+    doc = ladder_doc(
+        candidates=2,
+        host_blocks=("a", "b"),
+        stages=[
+            {"name": "s1", "budget": "1m", "hostBlocks": ["a", "b"], "seeds": [1], "promote": {"top": 1}},
+            {"name": "s2", "budget": "2m", "hostBlocks": ["a", "b"], "seeds": [1]},
+        ],
+    )
     (tmp_path / "l.yaml").write_text(yaml.safe_dump(doc))
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "meta.json").write_text(_json.dumps({"train_tokens": 1_000_000}))
@@ -158,14 +189,31 @@ def test_simulate_shows_recorded_repeats_and_refuses_recorded_conflicts(tmp_path
 
     from promotion_ladder.cli import main
 
-    doc = ladder_doc(candidates=2, host_blocks=("a", "b"),
-                     stages=[{"name": "s1", "budget": "1m", "hostBlocks": ["a", "b"], "seeds": [1], "promote": {"top": 1}},
-                             {"name": "s2", "budget": "2m", "hostBlocks": ["a", "b"], "seeds": [1]}])
+    doc = ladder_doc(
+        candidates=2,
+        host_blocks=("a", "b"),
+        stages=[
+            {"name": "s1", "budget": "1m", "hostBlocks": ["a", "b"], "seeds": [1], "promote": {"top": 1}},
+            {"name": "s2", "budget": "2m", "hostBlocks": ["a", "b"], "seeds": [1]},
+        ],
+    )
     (tmp_path / "l.yaml").write_text(yaml.safe_dump(doc))
 
     def results(corpus_b: str) -> str:
-        rows = [{"stage": st, "candidate": c, "hostBlock": hb, "seed": 1, "value": 1.0 + i, "corpus": "fa" if hb == "a" else corpus_b,
-                 "dataPasses": 3.5} for st in ("s1", "s2") for i, c in enumerate(["c0", "c1"]) for hb in ("a", "b")]
+        rows = [
+            {
+                "stage": st,
+                "candidate": c,
+                "hostBlock": hb,
+                "seed": 1,
+                "value": 1.0 + i,
+                "corpus": "fa" if hb == "a" else corpus_b,
+                "dataPasses": 3.5,
+            }
+            for st in ("s1", "s2")
+            for i, c in enumerate(["c0", "c1"])
+            for hb in ("a", "b")
+        ]
         return "\n".join(_json.dumps(r) for r in rows)
 
     (tmp_path / "same.jsonl").write_text(results("fa"))
@@ -182,8 +230,11 @@ def test_the_ladder_step_fails_a_conflicting_stage_with_reason_corpus_conflict()
     from promotion_ladder.core.step import step
 
     spec = _one_stage_spec()
-    observed = {("s1", c, hb, 1): ok(1.0 + i, corpus="aaa" if hb == "a" else "bbb")
-                for i, c in enumerate(["c0", "c1"]) for hb in ("a", "b")}
+    observed = {
+        ("s1", c, hb, 1): ok(1.0 + i, corpus="aaa" if hb == "a" else "bbb")
+        for i, c in enumerate(["c0", "c1"])
+        for hb in ("a", "b")
+    }
     s = step(spec, None, observed, (), now="2026-11-30T00:00:00Z")
     failed = next(c for c in s.status["conditions"] if c["type"] == "Failed")
     assert (s.status["phase"], failed["status"], failed["reason"]) == ("Failed", "True", "CorpusConflict")

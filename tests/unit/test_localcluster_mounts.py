@@ -14,8 +14,10 @@ PVCS = {
     "pending": {"spec": {}, "status": {"phase": "Pending"}},
     "nfs": {"spec": {"volumeName": "pv-nfs"}, "status": {"phase": "Bound"}},
 }
-PVS = {"pv-corpus": {"spec": {"hostPath": {"path": "/srv/corpus"}}},
-       "pv-nfs": {"spec": {"nfs": {"server": "x", "path": "/export"}}}}
+PVS = {
+    "pv-corpus": {"spec": {"hostPath": {"path": "/srv/corpus"}}},
+    "pv-nfs": {"spec": {"nfs": {"server": "x", "path": "/export"}}},
+}
 
 
 def lookup(table, kind):
@@ -23,6 +25,7 @@ def lookup(table, kind):
         if name not in table:
             raise VolumeError(f"cannot read {kind} {name!r}: 404")
         return table[name]
+
     return get
 
 
@@ -40,8 +43,13 @@ VOLUMES = {
 def test_resolve_volume(case, tmp_path):
     volume, want = VOLUMES[case]
     scratch, shm = tmp_path / "scratch", tmp_path / "shm"
-    got = resolve_volume(volume, scratch=scratch, shm_dir=shm, read_pvc=lookup(PVCS, "PersistentVolumeClaim"),
-                         read_pv=lookup(PVS, "PersistentVolume"))
+    got = resolve_volume(
+        volume,
+        scratch=scratch,
+        shm_dir=shm,
+        read_pvc=lookup(PVCS, "PersistentVolumeClaim"),
+        read_pv=lookup(PVS, "PersistentVolume"),
+    )
     if want is None:
         assert got is None
     else:
@@ -52,10 +60,15 @@ def test_resolve_volume(case, tmp_path):
 
 REFUSED = {
     "unbound claim": ({"name": "v", "persistentVolumeClaim": {"claimName": "pending"}}, "is not bound (phase Pending)"),
-    "missing claim": ({"name": "v", "persistentVolumeClaim": {"claimName": "nope"}}, "cannot read PersistentVolumeClaim 'nope'"),
+    "missing claim": (
+        {"name": "v", "persistentVolumeClaim": {"claimName": "nope"}},
+        "cannot read PersistentVolumeClaim 'nope'",
+    ),
     "PV of another kind": ({"name": "v", "persistentVolumeClaim": {"claimName": "nfs"}}, "neither hostPath nor local"),
-    "hostPath Directory missing": ({"name": "v", "hostPath": {"path": "/nonexistent/x", "type": "Directory"}},
-                                   "is not a directory"),
+    "hostPath Directory missing": (
+        {"name": "v", "hostPath": {"path": "/nonexistent/x", "type": "Directory"}},
+        "is not a directory",
+    ),
 }
 
 
@@ -63,8 +76,13 @@ REFUSED = {
 def test_resolve_volume_refused(case, tmp_path):
     volume, message = REFUSED[case]
     with pytest.raises(VolumeError, match="volume 'v'|PersistentVolumeClaim") as exc:
-        resolve_volume(volume, scratch=tmp_path, shm_dir=tmp_path, read_pvc=lookup(PVCS, "PersistentVolumeClaim"),
-                       read_pv=lookup(PVS, "PersistentVolume"))
+        resolve_volume(
+            volume,
+            scratch=tmp_path,
+            shm_dir=tmp_path,
+            read_pvc=lookup(PVCS, "PersistentVolumeClaim"),
+            read_pv=lookup(PVS, "PersistentVolume"),
+        )
     assert message in str(exc.value)
 
 
@@ -76,23 +94,52 @@ def test_downward_api_volume_writes_its_items(tmp_path):
         if path not in fields:
             raise ValueError(f"fieldRef {path!r} is not supported")
         return fields[path]
-    volume = {"name": "cfg", "downwardAPI": {"items": [
-        {"path": "config.json", "fieldRef": {"fieldPath": "metadata.annotations['ladder.promotion.dev/config']"}},
-        {"path": "meta/name", "fieldRef": {"fieldPath": "metadata.name"}}]}}
-    got = resolve_volume(volume, scratch=tmp_path, shm_dir=tmp_path, read_pvc=lookup(PVCS, "x"),
-                         read_pv=lookup(PVS, "x"), field_ref=field_ref)
+
+    volume = {
+        "name": "cfg",
+        "downwardAPI": {
+            "items": [
+                {
+                    "path": "config.json",
+                    "fieldRef": {"fieldPath": "metadata.annotations['ladder.promotion.dev/config']"},
+                },
+                {"path": "meta/name", "fieldRef": {"fieldPath": "metadata.name"}},
+            ]
+        },
+    }
+    got = resolve_volume(
+        volume,
+        scratch=tmp_path,
+        shm_dir=tmp_path,
+        read_pvc=lookup(PVCS, "x"),
+        read_pv=lookup(PVS, "x"),
+        field_ref=field_ref,
+    )
     assert (got / "config.json").read_text() == '{"depth":4}' and (got / "meta/name").read_text() == "p"
     bad = {"name": "v", "downwardAPI": {"items": [{"path": "x", "fieldRef": {"fieldPath": "status.phase"}}]}}
     with pytest.raises(VolumeError, match="volume 'v': fieldRef 'status.phase'"):
-        resolve_volume(bad, scratch=tmp_path, shm_dir=tmp_path, read_pvc=lookup(PVCS, "x"), read_pv=lookup(PVS, "x"),
-                       field_ref=field_ref)
+        resolve_volume(
+            bad,
+            scratch=tmp_path,
+            shm_dir=tmp_path,
+            read_pvc=lookup(PVCS, "x"),
+            read_pv=lookup(PVS, "x"),
+            field_ref=field_ref,
+        )
 
 
 def test_container_mounts_subpath_and_unresolved():
-    ctr = {"volumeMounts": [{"name": "corpus", "mountPath": "/data/"}, {"name": "c", "mountPath": "/cache", "subPath": "inductor"},
-                            {"name": "token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}
+    ctr = {
+        "volumeMounts": [
+            {"name": "corpus", "mountPath": "/data/"},
+            {"name": "c", "mountPath": "/cache", "subPath": "inductor"},
+            {"name": "token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"},
+        ]
+    }
     assert container_mounts(ctr, {"corpus": Path("/srv/corpus"), "c": Path("/srv/c"), "token": None}) == {
-        "/data": "/srv/corpus", "/cache": "/srv/c/inductor"}
+        "/data": "/srv/corpus",
+        "/cache": "/srv/c/inductor",
+    }
 
 
 MOUNTS = {"/data": "/srv/corpus", "/data/extra": "/srv/extra", "/dev/shm": "/dev/shm/lc/p/dshm"}

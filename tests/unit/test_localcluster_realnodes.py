@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from localcluster import images
 from localcluster.clusterdns import corefile
 from localcluster.containerd import NodeRuntime
@@ -60,8 +61,13 @@ def test_containerd_keeps_its_state_under_the_node_directory(tmp_path):
     assert rt.socket == tmp_path / "containerd" / "containerd.sock"
     assert rt.log_path == tmp_path / "logs" / "containerd.log"
     toml = rt.config_toml(tmp_path / "cni")
-    for line in (f'root = "{rt.root}"', f'state = "{rt.state_dir}"', f'address = "{rt.socket}"',
-                 f'Root = "{rt.state_dir / "runc"}"', "netns_mounts_under_state_dir = true"):
+    for line in (
+        f'root = "{rt.root}"',
+        f'state = "{rt.state_dir}"',
+        f'address = "{rt.socket}"',
+        f'Root = "{rt.state_dir / "runc"}"',
+        "netns_mounts_under_state_dir = true",
+    ):
         assert line in toml
     # The machine lacks CAP_SYS_RESOURCE: without this every sandbox fails to start.
     assert "restrict_oom_score_adj = true" in toml
@@ -104,8 +110,9 @@ def test_image_cache_key_follows_what_the_build_copies(tmp_path, monkeypatch):
     for name in ("pyproject.toml", "README.md"):
         (repo / name).write_text(name)
     (repo / "trainer").mkdir()
-    (repo / "Dockerfile.operator").write_text("FROM x AS b\nCOPY pyproject.toml README.md ./\nCOPY operator/ operator/\n"
-                                              "FROM x\nCOPY --from=b /opt /opt\n")
+    (repo / "Dockerfile.operator").write_text(
+        "FROM x AS b\nCOPY pyproject.toml README.md ./\nCOPY operator/ operator/\nFROM x\nCOPY --from=b /opt /opt\n"
+    )
     (repo / "operator" / "pkg" / "a.py").write_text("a = 1\n")
     monkeypatch.setattr(images, "REPO", repo)
     first = images.input_hash(images.OPERATOR, "base:1")
@@ -126,7 +133,12 @@ def test_image_cache_key_follows_what_the_build_copies(tmp_path, monkeypatch):
 def test_copied_paths_are_the_real_dockerfiles_copy_sources():
     assert images.copied_paths(images.REPO / "Dockerfile.operator") == ["pyproject.toml", "README.md", "operator"]
     assert images.copied_paths(images.REPO / "Dockerfile.trainer") == [
-        "pyproject.toml", "README.md", "operator", "trainer", "cluster"]
+        "pyproject.toml",
+        "README.md",
+        "operator",
+        "trainer",
+        "cluster",
+    ]
 
 
 def test_pause_image_is_a_deterministic_docker_archive(tmp_path, monkeypatch):

@@ -17,7 +17,8 @@ from promotion_ladder.core.status import CellStatus, cell_status, recorded_outco
 
 CELL = Cell("s1", "c1", "a100", 1)
 # One value per measured field, none of them a default.
-MEASURED = {"train_seconds": 12.5, "corpus": "0e499a065cba", "data_passes": 0.25, "peak_memory_bytes": 3 * 2**30}
+MEASURED = {"train_seconds": 12.5, "corpus": "0e499a065cba", "data_passes": 0.25, "peak_memory_bytes": 3 * 2**30,
+            "resumed_seconds": 7.5, "resume_refused": "checkpoint refused: corpus: ..."}
 WIRE = {Measured.model_fields[k].alias: v for k, v in MEASURED.items()}
 
 

@@ -22,7 +22,10 @@ def test_gpu_groups(args, want):
 
 
 REFUSED = {
-    "more gpus than the machine": ((["0", "1"], 8, 1), r"trainer.gpus: 8 GPUs per cell, but this machine has 2 \(ids 0, 1"),
+    "more gpus than the machine": (
+        (["0", "1"], 8, 1),
+        r"trainer.gpus: 8 GPUs per cell, but this machine has 2 \(ids 0, 1",
+    ),
     "multi-node": ((["0"], 1, 2), r"trainer.nodes: 2: `ladder run` runs every cell on this one machine"),
     "multi-node without gpus": (([], 1, 3), r"trainer.nodes: 3"),
 }

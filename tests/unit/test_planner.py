@@ -7,10 +7,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from promotion_ladder.core.accounting import gpu_hours
-from promotion_ladder.core.planner import PlanError, plan
 from promotion_ladder.core.cell import CellOutcome
-from promotion_ladder.core.status import build_status, decisions_from_status, outcomes_from_status, parse_status, simulate
+from promotion_ladder.core.planner import PlanError, plan
 from promotion_ladder.core.recorded import parse_results
+from promotion_ladder.core.status import (
+    build_status,
+    decisions_from_status,
+    outcomes_from_status,
+    parse_status,
+    simulate,
+)
 from promotion_ladder.files import read_ladder
 
 from .builders import build, ladder_doc
@@ -26,7 +32,11 @@ def run_all(spec, value_of):
             return p, outcomes
         for c in p.to_run:
             v = value_of(c)
-            outcomes[c.key] = CellOutcome("failed", reason="x") if v is None else CellOutcome("succeeded", value=v, train_seconds=30.0)
+            outcomes[c.key] = (
+                CellOutcome("failed", reason="x")
+                if v is None
+                else CellOutcome("succeeded", value=v, train_seconds=30.0)
+            )
     raise AssertionError("planner did not finish")
 
 
@@ -55,10 +65,14 @@ def test_recorded_decisions_are_final():
 def test_recorded_decision_for_another_stage_is_rejected():
     spec = build().spec
     p, _ = run_all(spec, lambda c: 1.0)
-    other = build(ladder_doc(stages=[
-        {"name": "x1", "budget": "2m", "hostBlocks": ["a100"], "seeds": [1], "promote": {"top": 2}},
-        {"name": "s2", "budget": "10m", "hostBlocks": ["a100"], "seeds": [1]},
-    ])).spec
+    other = build(
+        ladder_doc(
+            stages=[
+                {"name": "x1", "budget": "2m", "hostBlocks": ["a100"], "seeds": [1], "promote": {"top": 2}},
+                {"name": "s2", "budget": "10m", "hostBlocks": ["a100"], "seeds": [1]},
+            ]
+        )
+    ).spec
     with pytest.raises(PlanError):
         plan(other, {}, p.decisions)
 
@@ -92,7 +106,10 @@ def test_protocol_example_reproduces_published_numbers():
     v = status.verdict
     assert v.winner == "bridge"
     assert {c.name: c.passed for c in v.checks} == {
-        "bridge-first-everywhere": True, "greedy-near-equivalent": False, "sentinel-acceptable": False}
+        "bridge-first-everywhere": True,
+        "greedy-near-equivalent": False,
+        "sentinel-acceptable": False,
+    }
     ten = next(s for s in status.stages if s.name == "10m").decision
     assert ten.ranking[0].candidate != "bridge"  # the eventual winner was not mean-best at 10 minutes
     five = next(s for s in status.stages if s.name == "5m").decision
@@ -102,20 +119,29 @@ def test_protocol_example_reproduces_published_numbers():
 
 # ---- properties -------------------------------------------------------------------------
 
+
 @st.composite
 def ladders(draw):
     n = draw(st.integers(2, 7))
     n_stages = draw(st.integers(1, 4))
     stages, max_in = [], n
     for i in range(n_stages):
-        s = {"name": f"s{i}", "budget": f"{i + 1}m", "hostBlocks": draw(st.sampled_from([["a100"], ["a100", "l40s"]])),
-             "seeds": draw(st.sampled_from([[1], [1, 2]]))}
+        s = {
+            "name": f"s{i}",
+            "budget": f"{i + 1}m",
+            "hostBlocks": draw(st.sampled_from([["a100"], ["a100", "l40s"]])),
+            "seeds": draw(st.sampled_from([[1], [1, 2]])),
+        }
         if i < n_stages - 1:
             top = draw(st.integers(1, max_in))
             keep = draw(st.lists(st.sampled_from([f"c{j}" for j in range(n)]), max_size=2, unique=True))
             within = draw(st.sampled_from([None, 0.0, 0.05]))
-            s["promote"] = {"top": top, "keep": keep, "aggregate": draw(st.sampled_from(["mean", "median", "worst", "meanRank"])),
-                            **({"within": within} if within is not None else {})}
+            s["promote"] = {
+                "top": top,
+                "keep": keep,
+                "aggregate": draw(st.sampled_from(["mean", "median", "worst", "meanRank"])),
+                **({"within": within} if within is not None else {}),
+            }
             if within is None:
                 max_in = min(max_in, top + len(keep))
         stages.append(s)

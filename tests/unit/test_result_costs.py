@@ -8,8 +8,13 @@ import pytest
 
 from promotion_ladder.core.result import ResultError, parse_result
 
-BASE = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult", "status": "ok", "value": 1.5,
-        "trainSeconds": 120.0}
+BASE = {
+    "apiVersion": "ladder.promotion.dev/v1alpha1",
+    "kind": "CellResult",
+    "status": "ok",
+    "value": 1.5,
+    "trainSeconds": 120.0,
+}
 
 # name: (extra fields, error expected in the message or None)
 CASES = {

@@ -13,12 +13,20 @@ import pytest
 
 from promotion_ladder.core.api import Promote, Stage
 from promotion_ladder.core.cell import CellOutcome
+from promotion_ladder.core.recorded import parse_results
 from promotion_ladder.core.rules import decide
 from promotion_ladder.core.stability import (
-    RESAMPLES, draws, flips, host_block_taus, kendall_tau_b, promotion_shares, resample_seed, stability, stage_pair,
+    RESAMPLES,
+    draws,
+    flips,
+    host_block_taus,
+    kendall_tau_b,
+    promotion_shares,
+    resample_seed,
+    stability,
+    stage_pair,
 )
 from promotion_ladder.core.status import decisions_from_status, parse_status, simulate
-from promotion_ladder.core.recorded import parse_results
 from promotion_ladder.files import read_ladder, read_text
 
 from .builders import build, funnel_stages, ladder_doc
@@ -76,8 +84,11 @@ def test_kendall_tau_b_matches_the_definition(seed):
         assert kendall_tau_b(x, y) == pytest.approx(_tau_b_by_pairs(x, y), abs=1e-12)
 
 
-@pytest.mark.parametrize("x, y", [([], []), ([1.0], [2.0]), ([1, 1, 1], [1, 2, 3]), ([1, 2, 3], [5, 5, 5])],
-                         ids=["empty", "one", "constant x", "constant y"])
+@pytest.mark.parametrize(
+    "x, y",
+    [([], []), ([1.0], [2.0]), ([1, 1, 1], [1, 2, 3]), ([1, 2, 3], [5, 5, 5])],
+    ids=["empty", "one", "constant x", "constant y"],
+)
 def test_kendall_tau_b_undefined(x, y):
     assert kendall_tau_b(x, y) is None
 
@@ -93,21 +104,32 @@ def test_kendall_tau_b_at_a_thousand_is_exact():
 
 
 def stage(name="s", promote=None, blocks=("a", "b"), seeds=(1,)):
-    return Stage(name=name, budget="1m", host_blocks=list(blocks), seeds=list(seeds),
-                 promote=Promote(**promote) if promote is not None else None)
+    return Stage(
+        name=name,
+        budget="1m",
+        host_blocks=list(blocks),
+        seeds=list(seeds),
+        promote=Promote(**promote) if promote is not None else None,
+    )
 
 
 def decided(st: Stage, table: dict[str, list[float | None]], direction="minimize"):
     """{candidate: [value per cell in st.cells() order, None = failed]} -> the stage's Decision."""
-    outcomes = {(c, hb, s): (FAIL if v is None else OK(v)) for c, vals in table.items()
-                for (hb, s), v in zip(st.cells(), vals)}
+    outcomes = {
+        (c, hb, s): (FAIL if v is None else OK(v))
+        for c, vals in table.items()
+        for (hb, s), v in zip(st.cells(), vals, strict=True)
+    }
     return decide(st, list(table), outcomes, direction)
 
 
 def test_stage_pair_orients_each_stage_and_counts_only_complete_candidates():
     # Stage 1 ranks by meanRank (lower is better), stage 2 by the mean of a maximized metric.
-    s1 = decided(stage("s1", {"top": 3, "aggregate": "meanRank"}),
-                 {"x": [3.0, 3.0], "y": [2.0, 2.0], "z": [1.0, 1.0], "w": [0.0, None]}, "maximize")
+    s1 = decided(
+        stage("s1", {"top": 3, "aggregate": "meanRank"}),
+        {"x": [3.0, 3.0], "y": [2.0, 2.0], "z": [1.0, 1.0], "w": [0.0, None]},
+        "maximize",
+    )
     s2 = decided(stage("s2"), {"x": [1.0, 1.0], "y": [3.0, 3.0], "z": [2.0, 2.0]}, "maximize")
     # stage 1 order x, y, z (w incomplete, not counted); stage 2 order y, z, x: pairs (x,y) D, (x,z) D, (y,z) C.
     t = stage_pair(s1, s2)
@@ -118,11 +140,15 @@ def test_stage_pair_orients_each_stage_and_counts_only_complete_candidates():
 
 NULL_PAIRS = {
     "one candidate in both": (
-        {"x": [1.0, 1.0], "y": [2.0, 2.0]}, {"x": [1.0, 1.0], "y": [None, 2.0]},
-        "fewer than two candidates complete in both s1 and s2"),
+        {"x": [1.0, 1.0], "y": [2.0, 2.0]},
+        {"x": [1.0, 1.0], "y": [None, 2.0]},
+        "fewer than two candidates complete in both s1 and s2",
+    ),
     "constant later stage": (
-        {"x": [1.0, 1.0], "y": [2.0, 2.0]}, {"x": [1.5, 1.5], "y": [1.5, 1.5]},
-        "every candidate has the same value in stage s2: no ranking to compare"),
+        {"x": [1.0, 1.0], "y": [2.0, 2.0]},
+        {"x": [1.5, 1.5], "y": [1.5, 1.5]},
+        "every candidate has the same value in stage s2: no ranking to compare",
+    ),
 }
 
 
@@ -137,15 +163,19 @@ def test_stage_pair_undefined_has_a_reason(name):
 def test_host_block_taus_compare_per_block_means():
     st = stage("s", {"top": 1}, blocks=("a", "b", "c"), seeds=(1, 2))
     # means per block: a: x 1, y 2, z 3 | b: x 1, y 3, z 2 | c: all 5 (constant)
-    d = decided(st, {"x": [1, 1, 1, 1, 5, 5], "y": [2, 2, 3, 3, 5, 5], "z": [3, 3, 2, 2, 5, 5],
-                     "w": [0, 0, 0, 0, 0, None]})
+    d = decided(
+        st, {"x": [1, 1, 1, 1, 5, 5], "y": [2, 2, 3, 3, 5, 5], "z": [3, 3, 2, 2, 5, 5], "w": [0, 0, 0, 0, 0, None]}
+    )
     got = {(t.a, t.b): (t.candidates, t.kendall_tau, t.reason) for t in host_block_taus(d)}
     assert got == {
         ("a", "b"): (3, pytest.approx(1 / 3, abs=1e-4), None),  # (x,y) C, (x,z) C, (y,z) D
         ("a", "c"): (3, None, "every candidate has the same value in host block c: no ranking to compare"),
         ("b", "c"): (3, None, "every candidate has the same value in host block c: no ranking to compare"),
     }
-    assert host_block_taus(decided(stage("one", {"top": 1}, blocks=("a",), seeds=(1, 2)), {"x": [1, 2], "y": [2, 1]})) == []
+    assert (
+        host_block_taus(decided(stage("one", {"top": 1}, blocks=("a",), seeds=(1, 2)), {"x": [1, 2], "y": [2, 1]}))
+        == []
+    )
 
 
 # ---- promotion robustness ---------------------------------------------------------------------
@@ -158,8 +188,7 @@ HAND = {
     # {a,a}: x 1 < y 2 -> x.  {a,b}: x 2 = y 2, equal means, x entered first -> x.  {b,b}: y 2 < x 3 -> y.
     # x: (47 + 95) / 200 = 0.71; y: 58 / 200 = 0.29; z never. w is incomplete in every resample,
     # though it would win every {a,a} (0.5) if its failed cell could be drawn away.
-    "top 1, a tie broken by entering order": (
-        {"top": 1}, {"x": 0.71, "y": 0.29, "z": 0.0}),
+    "top 1, a tie broken by entering order": ({"top": 1}, {"x": 0.71, "y": 0.29, "z": 0.0}),
     # Also within 0.6 of the best: {a,a}: x 1, y 2 (gap 1) -> x.  {a,b}: x 2, y 2 (gap 0), z 2.5 (gap 0.5)
     # -> x, y, z.  {b,b}: y 2, z 2.5 (gap 0.5), x 3 (gap 1) -> y, z.
     # x: 142 / 200 = 0.71; y and z: (95 + 58) / 200 = 0.765.
@@ -196,10 +225,16 @@ def test_a_promotion_under_the_bar_is_flagged():
 
 
 NULL_SHARES = {
-    "one cell": (stage("s", {"top": 1}, blocks=("a",)), {"x": [1.0], "y": [2.0]},
-                 "the stage has one cell: resampling cannot vary it"),
-    "nobody complete": (stage("s", {"top": 1}), {"x": [1.0, None], "y": [None, 2.0]},
-                        "no candidate completed every cell of the stage"),
+    "one cell": (
+        stage("s", {"top": 1}, blocks=("a",)),
+        {"x": [1.0], "y": [2.0]},
+        "the stage has one cell: resampling cannot vary it",
+    ),
+    "nobody complete": (
+        stage("s", {"top": 1}),
+        {"x": [1.0, None], "y": [None, 2.0]},
+        "no candidate completed every cell of the stage",
+    ),
 }
 
 
@@ -245,8 +280,16 @@ def test_promotion_shares_equal_rules_decide_on_every_resample(seed):
     direction = rnd.choice(["minimize", "maximize"])
     entering = list(table)
     rnd.shuffle(entering)  # the planner's order is the last tie-break, whatever the ranking says
-    d = decide(st, entering, {(c, hb, s): (FAIL if v is None else OK(v)) for c, vals in table.items()
-                              for (hb, s), v in zip(st.cells(), vals)}, direction)
+    d = decide(
+        st,
+        entering,
+        {
+            (c, hb, s): (FAIL if v is None else OK(v))
+            for c, vals in table.items()
+            for (hb, s), v in zip(st.cells(), vals, strict=True)
+        },
+        direction,
+    )
     got = promotion_shares(d, entering).promoted_share
     want = _shares_by_decide(st, {c: table[c] for c in entering}, direction)
     if not want:
@@ -268,7 +311,11 @@ def test_protocol_example_figures():
     status, p = protocol_status()
     s = status.stability
     assert [(t.from_, t.to, t.candidates) for t in s.stages] == [
-        ("2m", "5m", 12), ("5m", "10m", 9), ("10m", "60m", 4), ("60m", "12h", 3)]
+        ("2m", "5m", 12),
+        ("5m", "10m", 9),
+        ("10m", "60m", 4),
+        ("60m", "12h", 3),
+    ]
     assert all(t.kendall_tau is not None and -1 <= t.kendall_tau <= 1 for t in s.stages)
     assert [t.stage for t in s.host_blocks] == ["5m", "10m", "60m", "12h"]  # 2m ran on a100 only
     assert [pr.stage for pr in s.promotion] == ["2m", "5m", "10m", "60m"]  # not the final stage
@@ -300,8 +347,12 @@ def test_status_of_a_1000_candidate_ladder_with_stability_fits_the_object_limit(
     stages = funnel_stages()
     ladder = build(ladder_doc(candidates=names, stages=stages))
     rnd = random.Random(1)
-    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", rnd.uniform(0.9, 1.5), train_seconds=rnd.uniform(100, 4000))
-                for st in ladder.spec.stages for c in names for hb, s in st.cells()}
+    recorded = {
+        (st.name, c, hb, s): CellOutcome("succeeded", rnd.uniform(0.9, 1.5), train_seconds=rnd.uniform(100, 4000))
+        for st in ladder.spec.stages
+        for c in names
+        for hb, s in st.cells()
+    }
     status, _ = simulate(ladder.spec, recorded)
     s = status.stability
     assert len(s.stages) == 2 and len(s.host_blocks) == 3 and len(s.promotion[0].promoted_share) == 1000
@@ -318,15 +369,23 @@ def test_simulate_prints_tau_lines_and_a_flip_warning(tmp_path, capsys):
 
     from promotion_ladder.cli import main
 
-    doc = ladder_doc(candidates=["x", "y", "z"], stages=[
-        {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 1}},
-        {"name": "s2", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1]},
-    ])
+    doc = ladder_doc(
+        candidates=["x", "y", "z"],
+        stages=[
+            {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 1}},
+            {"name": "s2", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1]},
+        ],
+    )
     (tmp_path / "ladder.yaml").write_text(yaml.safe_dump(doc))
     values = {"s1": {"x": [1.0, 3.0], "y": [2.0, 2.0], "z": [2.5, 2.5]}, "s2": {"x": [1.0, 1.1]}}
-    (tmp_path / "results.jsonl").write_text("".join(
-        json.dumps({"stage": st, "candidate": c, "hostBlock": hb, "seed": 1, "value": v}) + "\n"
-        for st, table in values.items() for c, vals in table.items() for hb, v in zip(["a100", "l40s"], vals)))
+    (tmp_path / "results.jsonl").write_text(
+        "".join(
+            json.dumps({"stage": st, "candidate": c, "hostBlock": hb, "seed": 1, "value": v}) + "\n"
+            for st, table in values.items()
+            for c, vals in table.items()
+            for hb, v in zip(["a100", "l40s"], vals, strict=True)
+        )
+    )
     assert main(["simulate", str(tmp_path / "ladder.yaml"), "--results", str(tmp_path / "results.jsonl")]) == 0
     out = capsys.readouterr().out
     # x wins s1 on a tie broken by entering order; its share is the resamples that drew a100 at least once.
@@ -335,8 +394,10 @@ def test_simulate_prints_tau_lines_and_a_flip_warning(tmp_path, capsys):
     assert "  s1 -> s2: tau undefined (fewer than two candidates complete in both s1 and s2) over 1 candidate" in out
     # a100 orders x, y, z; l40s y, z, x: (x,y) and (x,z) discordant, (y,z) concordant: (1 - 2) / 3.
     assert "  stage s1, host block a100 vs l40s: tau -0.33 over 3 candidates" in out
-    assert (f"warning: stage s1: promotion of x would flip in {1 - share:.0%} of resamples "
-            f"(promoted in {round(share * 200)} of 200 resamples of the stage's cells)") in out
+    assert (
+        f"warning: stage s1: promotion of x would flip in {1 - share:.0%} of resamples "
+        f"(promoted in {round(share * 200)} of 200 resamples of the stage's cells)"
+    ) in out
 
 
 def test_ladder_run_prints_the_figures_and_simulate_gives_the_same(tmp_path, capsys):

@@ -17,6 +17,7 @@ other than 0 never publish: a failing one tells the launcher why through its err
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from promotion_ladder.core.budget import parse_budget
-from promotion_ladder.core.contract import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM
+from promotion_ladder.core.continuation import ON_MISMATCH
+from promotion_ladder.core.contract import EXIT_BAD_CONFIG, EXIT_CHECKPOINT, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM
 from promotion_ladder.core.result import CellResult, Status
 
 from . import launch
@@ -50,6 +52,7 @@ SETTINGS = {
     "checkpoint_dir": ("LADDER_TRAINER_CHECKPOINT_DIR", str, None),
     "init_from": ("LADDER_TRAINER_INIT_FROM", str, None),
     "max_steps": ("LADDER_TRAINER_MAX_STEPS", int, 0),
+    "stable_steps": ("LADDER_TRAINER_STABLE_STEPS", int, 0),
     "fault": ("LADDER_TRAINER_FAULT", str, None),
     "step_log": ("LADDER_TRAINER_STEP_LOG", str, None),
     "launch": ("LADDER_TRAINER_LAUNCH", str, "auto"),
@@ -72,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: LADDER_SEED or 0)")
     p.add_argument("--budget", required=True, help="wall-clock training budget, e.g. 90s, 2m, 12h")
     p.add_argument("--result-file", default=None, help="where to write the CellResult JSON")
+    c = p.add_argument_group("continuation (a ladder's spec.continuation; docs/continuation.md)")
+    c.add_argument("--stable-checkpoint", default=None, metavar="DIR",
+                   help="save the stable-phase checkpoint here when the flat phase ends")
+    c.add_argument("--resume-from", default=None, metavar="DIR",
+                   help="continue from this stable checkpoint (the previous stage's cell of the same candidate, "
+                        "host block and seed)")
+    c.add_argument("--on-mismatch", default="fail", choices=ON_MISMATCH,
+                   help="a missing or foreign checkpoint: fail (exit 5) or train from scratch (default fail)")
     for name, (env, typ, default) in SETTINGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=CHOICES.get(name),
                        help=f"(env {env}, default {default})")
@@ -168,7 +179,8 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     identity.setdefault("seed", seed)
     out = Outcome(identity, args.result_file, rank, PodAnnotator.from_env() if rank == 0 else None)
     try:
-        cfg = parse_config(read_config(args))
+        text = read_config(args)
+        cfg = parse_config(text)
         budget = parse_budget(args.budget)
         settings = resolve_settings(args)
         plan = launch.plan_launch(os.environ, settings.launch)
@@ -176,22 +188,40 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         return out.failed("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
     if plan is not None:
         return _launch(plan, argv, out)
-    return _train(cfg, seed, budget, settings, out, started)
+    checkpoints = Checkpoints(args.stable_checkpoint, args.resume_from, args.on_mismatch,
+                              json.loads(text) if text.strip() else {})
+    return _train(cfg, seed, budget, settings, out, started, checkpoints)
 
 
-def _train(cfg: TrainConfig, seed: int, budget: float, settings: Settings, out: Outcome, started: float) -> int:
+@dataclass(frozen=True)
+class Checkpoints:
+    """The continuation flags of the cell contract, and the candidate config as given (its hash
+    is what a stable checkpoint carries)."""
+
+    write: str | None
+    read: str | None
+    on_mismatch: str
+    config: dict[str, Any]
+
+
+def _train(cfg: TrainConfig, seed: int, budget: float, settings: Settings, out: Outcome, started: float,
+           checkpoints: Checkpoints | None = None) -> int:
     """Train the cell in this process; whatever happens, a result and its exit code."""
     try:
         from . import train
         from .hardware import is_oom
+        from .stable import CheckpointRefused, Continuation
     except ImportError as exc:
         return out.failed("error", EXIT_ERROR, "the trainer needs torch, numpy and tokenizers "
                           f"(pip install 'promotion-ladder[trainer]'): {exc}")
+    c = checkpoints or Checkpoints(None, None, "fail", {})
+    continuation = Continuation.of(c.write, c.read, c.on_mismatch, c.config, out.identity, os.environ)
 
     progress = ProgressReporter(out.annotator, settings.progress_interval)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        result = train.run(cfg, seed, budget, settings, progress, identity=out.identity, started=started)
+        result = train.run(cfg, seed, budget, settings, progress, identity=out.identity, started=started,
+                           continuation=continuation)
     except Terminated:
         # Not a verdict on the candidate: a retry (another Pod) may well finish the cell. Under a
         # launcher it is how the agent stops the other ranks after one failed: an echo, not a cause.
@@ -199,6 +229,8 @@ def _train(cfg: TrainConfig, seed: int, budget: float, settings: Settings, out: 
                           "terminated by SIGTERM before the cell finished (pod deleted or preempted)", secondary=True)
     except ConfigError as exc:
         return out.failed("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
+    except CheckpointRefused as exc:  # never trains on the wrong weights: the ladder records why
+        return out.failed("error", EXIT_CHECKPOINT, str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a result
         if is_oom(exc):
             return out.failed("oom", EXIT_OOM, f"out of memory: {str(exc).splitlines()[0][:500]}; "

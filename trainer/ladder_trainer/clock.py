@@ -20,7 +20,7 @@ def process_start() -> float:
         with open("/proc/self/stat") as fh:
             stat = fh.read()
         # Fields after the parenthesised command name start at field 3; starttime is field 22.
-        start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])
+        start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, AttributeError):
         return _IMPORTED

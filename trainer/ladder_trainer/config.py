@@ -130,6 +130,9 @@ class Settings:
     checkpoint_dir: str | None = None
     init_from: str | None = None  # a --checkpoint-dir of an earlier cell: start from its weights
     max_steps: int = 0  # 0 = until the budget is spent
+    # A continuing cell's flat phase ends after this many optimizer steps instead of at (1 -
+    # warmdown_frac) of the budget: a test aid that puts the stable checkpoint at a known step.
+    stable_steps: int = 0
     fault: str | None = None  # test aid: "KIND:ARG[@RANK]", see hooks.parse_fault
     step_log: str | None = None  # a JSON line per optimizer step (rank 0): step, loss, lr, elapsed, tokens
     # Whether `python -m ladder_trainer` starts its processes through torch.distributed.run: auto

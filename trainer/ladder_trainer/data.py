@@ -32,9 +32,9 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -144,7 +144,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, map(chr, cs)))
+    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 class ByteTokenizer:
@@ -173,7 +173,7 @@ class BPETokenizer:
         self.eot = tok.token_to_id(EOT_TEXT)
 
     @classmethod
-    def train(cls, texts: Iterator[str], vocab_size: int) -> "BPETokenizer":
+    def train(cls, texts: Iterator[str], vocab_size: int) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
@@ -189,7 +189,7 @@ class BPETokenizer:
         return cls(tok)
 
     @classmethod
-    def load(cls, path: Path) -> "BPETokenizer":
+    def load(cls, path: Path) -> BPETokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_file(str(path)))
@@ -218,8 +218,16 @@ def corpus_fingerprint(meta: dict) -> str:
     hash of its tokens: hashing terabytes of training tokens at every cell start would cost
     more than it could catch.
     """
-    keys = ("vocab_size", "eot", "dtype", "train_tokens", "val_tokens", "tokenizer_sha256", "token_bytes_sha256",
-            "val_sha256")
+    keys = (
+        "vocab_size",
+        "eot",
+        "dtype",
+        "train_tokens",
+        "val_tokens",
+        "tokenizer_sha256",
+        "token_bytes_sha256",
+        "val_sha256",
+    )
     doc = {k: meta.get(k) for k in keys}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -280,7 +288,7 @@ class Shards:
     meta: dict
 
     @classmethod
-    def open(cls, path: Path) -> "Shards":
+    def open(cls, path: Path) -> Shards:
         meta_path = path / "meta.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{path}: not a token-shard directory (no meta.json)")
@@ -289,17 +297,21 @@ class Shards:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r} or {FORMAT_V2!r}")
         dtype = np.dtype(meta["dtype"])
         if meta["format"] == FORMAT:
-            splits = {s: [(path / f"{s}.bin", (path / f"{s}.bin").stat().st_size // dtype.itemsize)] for s in ("train", "val")}
+            splits = {
+                s: [(path / f"{s}.bin", (path / f"{s}.bin").stat().st_size // dtype.itemsize)] for s in ("train", "val")
+            }
         else:
             splits = {s: [(path / name, n) for name, n in meta["shards"][s]] for s in ("train", "val")}
-        for split, files in splits.items():
+        for files in splits.values():
             for f, n in files:
                 if not f.exists() or f.stat().st_size != n * dtype.itemsize:
                     raise ValueError(f"{f}: missing or not {n} tokens as meta.json says; prepare {path} again")
         train, val = TokenSplit(splits["train"], dtype), TokenSplit(splits["val"], dtype)
         token_bytes = np.load(path / "token_bytes.npy").astype(np.int64)
         if len(token_bytes) != meta["vocab_size"]:
-            raise ValueError(f"{path}: token_bytes.npy has {len(token_bytes)} entries, vocab_size is {meta['vocab_size']}")
+            raise ValueError(
+                f"{path}: token_bytes.npy has {len(token_bytes)} entries, vocab_size is {meta['vocab_size']}"
+            )
         if not len(train) or not len(val):
             raise ValueError(f"{path}: the {'train' if not len(train) else 'val'} split is empty")
         return cls(path, int(meta["vocab_size"]), int(meta["eot"]), train, val, token_bytes, meta)
@@ -310,7 +322,9 @@ class Shards:
         meta = dict(self.meta)
         if meta.get("val_sha256") is None:
             tok_file = self.path / "tokenizer.json"
-            meta["tokenizer_sha256"] = hashlib.sha256(tok_file.read_bytes()).hexdigest() if tok_file.exists() else "byte"
+            meta["tokenizer_sha256"] = (
+                hashlib.sha256(tok_file.read_bytes()).hexdigest() if tok_file.exists() else "byte"
+            )
             meta["token_bytes_sha256"] = hashlib.sha256(self.token_bytes.astype(np.int32).tobytes()).hexdigest()
             h = hashlib.sha256()
             for i in range(len(self.val.files)):
@@ -342,8 +356,10 @@ def prepare(
         return Shards.open(Path(data))  # already tokenized by the user
     files = user_files(Path(data)) if data else stdlib_files()
     source = str(Path(data).resolve()) if data else f"python-stdlib-{sys.version_info[0]}.{sys.version_info[1]}"
-    tok_id = f"file-{hashlib.sha256(Path(tokenizer_file).read_bytes()).hexdigest()[:12]}" if tokenizer_file else (
-        "byte" if tokenizer == "byte" else f"bpe{vocab_size}"
+    tok_id = (
+        f"file-{hashlib.sha256(Path(tokenizer_file).read_bytes()).hexdigest()[:12]}"
+        if tokenizer_file
+        else ("byte" if tokenizer == "byte" else f"bpe{vocab_size}")
     )
     corpus_id = fingerprint(files, extra=f"{source}\0{text_field}")
     out = cache_root() / "data" / f"{corpus_id}-{tok_id}"
@@ -367,6 +383,7 @@ def prepare(
 def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, text_field: str, source: str) -> None:
     """Tokenize the corpus into train.bin / val.bin, streaming: documents are read twice at most
     (once for the BPE's bounded sample) and never held all at once."""
+
     def docs() -> Iterator[Doc]:
         return (d for d in iter_docs(files, text_field) if d.text)
 
@@ -395,8 +412,9 @@ def _build(out: Path, files, tokenizer: str, vocab_size: int, tokenizer_file, te
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
-def _tokenizer(out: Path, docs: Callable[[], Iterator[Doc]], tokenizer: str, vocab_size: int,
-               tokenizer_file: str | None) -> ByteTokenizer | BPETokenizer:
+def _tokenizer(
+    out: Path, docs: Callable[[], Iterator[Doc]], tokenizer: str, vocab_size: int, tokenizer_file: str | None
+) -> ByteTokenizer | BPETokenizer:
     """The corpus's tokenizer: the user's file, bytes, or a BPE trained on a bounded sample of the
     training documents; a BPE is saved beside the shards."""
     tok: ByteTokenizer | BPETokenizer
@@ -431,7 +449,7 @@ def _write_splits(out: Path, docs: Iterator[Doc], tok: ByteTokenizer | BPETokeni
     pending: dict[str, list[str]] = {"train": [], "val": []}
 
     def flush(split: str) -> None:
-        for text, ids in zip(pending[split], tok.encode_batch(pending[split])):
+        for text, ids in zip(pending[split], tok.encode_batch(pending[split]), strict=True):
             arr = np.append(ids, tok.eot).astype(dtype)
             files_out[split].write(arr.tobytes())
             w.tokens[split] += len(arr)
@@ -475,8 +493,10 @@ def _check_byte_lengths(val_file: Path, dtype: np.dtype, token_bytes: np.ndarray
     """val_bpb divides by these byte counts, so a tokenizer whose tokens are not plain byte
     sequences (normalizers, SentencePiece-style spaces) would silently skew the metric."""
     val_tokens = np.memmap(val_file, dtype=dtype, mode="r")
-    counted = sum(int(token_bytes[np.asarray(val_tokens[i : i + 2**20])].astype(np.int64).sum())
-                  for i in range(0, len(val_tokens), 2**20))
+    counted = sum(
+        int(token_bytes[np.asarray(val_tokens[i : i + 2**20])].astype(np.int64).sum())
+        for i in range(0, len(val_tokens), 2**20)
+    )
     del val_tokens
     if counted != text_bytes:
         raise ValueError(

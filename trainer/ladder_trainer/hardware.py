@@ -75,7 +75,7 @@ def peak_memory(device: torch.device) -> int | None:
         import resource
 
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    except Exception:
+    except (ImportError, OSError):  # no resource module (not Unix): the peak is unknown
         return None
 
 
@@ -115,5 +115,6 @@ def attention_backend(choice: str) -> contextlib.AbstractContextManager:
     try:
         return sdpa_kernel(order, set_priority=True)
     except TypeError:  # sdpa_kernel learnt set_priority in torch 2.6
-        raise ConfigError(f"attention: {choice!r} needs torch 2.6 or newer; this is {torch.__version__} "
-                          "(use auto)") from None
+        raise ConfigError(
+            f"attention: {choice!r} needs torch 2.6 or newer; this is {torch.__version__} (use auto)"
+        ) from None

@@ -34,8 +34,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from promotion_ladder.core.contract import (
     ENV_GPUS,
@@ -58,8 +58,14 @@ LAUNCH_MODES = ("auto", "always", "never")
 _VERDICTS: dict[int, Status] = {EXIT_BAD_CONFIG: "error", EXIT_DIVERGED: "diverged", EXIT_OOM: "oom"}
 # Text of errors a rank sees when a peer, not the rank itself, went away (gloo and NCCL wording).
 _PEER_LOST = (
-    "connection closed by peer", "connection reset by peer", "broken pipe", "remote worker",
-    "nccl communicator was aborted", "ncclremoteerror", "ncclsystemerror", "socket timeout",
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "remote worker",
+    "nccl communicator was aborted",
+    "ncclremoteerror",
+    "ncclsystemerror",
+    "socket timeout",
 )
 
 
@@ -110,8 +116,10 @@ def plan_launch(env: Mapping[str, str], mode: str = "auto") -> LaunchPlan | None
         return LaunchPlan(nproc)
     endpoint, rdzv_id = env.get(ENV_RDZV_ENDPOINT, ""), env.get(ENV_RDZV_ID, "")
     if not endpoint or not rdzv_id:
-        raise ConfigError(f"LADDER_NODES={nnodes} needs LADDER_RDZV_ENDPOINT (host:port) and LADDER_RDZV_ID "
-                          "(the operator sets both for multi-node cells)")
+        raise ConfigError(
+            f"LADDER_NODES={nnodes} needs LADDER_RDZV_ENDPOINT (host:port) and LADDER_RDZV_ID "
+            "(the operator sets both for multi-node cells)"
+        )
     host, _, port = endpoint.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"LADDER_RDZV_ENDPOINT={endpoint!r}: must be host:port, e.g. cell-0.cell:{RDZV_PORT}")
@@ -123,11 +131,21 @@ def plan_launch(env: Mapping[str, str], mode: str = "auto") -> LaunchPlan | None
 
 def launcher_args(plan: LaunchPlan, argv: list[str]) -> list[str]:
     """torch.distributed.run's command line for the plan: each rank runs `-m ladder_trainer ARGV`."""
-    args = ["--nproc-per-node", str(plan.nproc), "--nnodes", str(plan.nnodes),
-            "--max-restarts", "0", "--monitor-interval", "0.5"]
+    args = [
+        "--nproc-per-node",
+        str(plan.nproc),
+        "--nnodes",
+        str(plan.nnodes),
+        "--max-restarts",
+        "0",
+        "--monitor-interval",
+        "0.5",
+    ]
     if plan.nnodes == 1:
         args.append("--standalone")  # c10d on localhost with a free port: cells on one machine do not collide
     else:
+        # plan_launch() sets both whenever nnodes > 1.
+        assert plan.rdzv_endpoint is not None and plan.rdzv_id is not None
         args += ["--rdzv-backend", "c10d", "--rdzv-endpoint", plan.rdzv_endpoint, "--rdzv-id", plan.rdzv_id]
         if plan.node_rank is not None:
             # The index-0 pod hosts the rendezvous store. Said outright rather than left to
@@ -156,14 +174,21 @@ def is_peer_loss(exc: BaseException) -> bool:
     return any(p in text for p in _PEER_LOST)
 
 
-def write_rank_failure(status: str, code: int, message: str, secondary: bool, env: Mapping[str, str] | None = None) -> None:
+def write_rank_failure(
+    status: str, code: int, message: str, secondary: bool, env: Mapping[str, str] | None = None
+) -> None:
     """Tell the launcher's agent why this rank failed (torch elastic's error-file format)."""
     env = os.environ if env is None else env
     path = env.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
-    doc = {"message": message or status, "timestamp": int(time.time()),
-           "ladderExitCode": code, "ladderSecondary": secondary, "ladderTime": time.time()}
+    doc = {
+        "message": message or status,
+        "timestamp": int(time.time()),
+        "ladderExitCode": code,
+        "ladderSecondary": secondary,
+        "ladderTime": time.time(),
+    }
     try:
         with open(path, "w") as fh:
             json.dump(doc, fh)
@@ -196,16 +221,22 @@ def rank0_published(failures: list[RankFailure]) -> bool:
     its steps, seconds and memory) instead of overwriting it: rank 0 failed by itself, with the
     first failure's exit code (a divergence every rank saw, or rank 0's own error)."""
     root = root_failure(failures)
-    return any(f.rank == 0 and not f.secondary and f.exitcode == root.exitcode and f.message == root.message
-               for f in failures)
+    return any(
+        f.rank == 0 and not f.secondary and f.exitcode == root.exitcode and f.message == root.message for f in failures
+    )
 
 
 def _from_torch(rank: int, failure) -> RankFailure:
     data = failure.error_file_data if isinstance(failure.error_file_data, dict) else {}
     own = "ladderExitCode" in data  # our error file; otherwise torch's generic text says nothing useful
     message = failure.message if own and isinstance(failure.message, str) else ""
-    return RankFailure(rank, int(failure.exitcode), message, bool(data.get("ladderSecondary", False)),
-                       float(data.get("ladderTime", failure.timestamp)))
+    return RankFailure(
+        rank,
+        int(failure.exitcode),
+        message,
+        bool(data.get("ladderSecondary", False)),
+        float(data.get("ladderTime", failure.timestamp)),
+    )
 
 
 # ---- the launch ---------------------------------------------------------------------------------
@@ -231,7 +262,7 @@ def launch(plan: LaunchPlan, argv: list[str]) -> LaunchOutcome:
         return LaunchOutcome([_from_torch(rank, f) for rank, f in exc.failures.items()])
     except SignalException as exc:
         return LaunchOutcome([], signal=int(exc.sigval))
-    except Exception as exc:  # noqa: BLE001 - rendezvous and agent errors become the cell's reason
+    except Exception as exc:  # noqa: BLE001 - the launcher's own failure becomes the cell's reason
         return LaunchOutcome([], error=f"{type(exc).__name__}: {exc}"[:1000])
     finally:
         sys.stdout.flush()

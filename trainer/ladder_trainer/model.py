@@ -10,6 +10,7 @@ progressive growth insert new blocks mid-run without disturbing the function.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,10 @@ def padded_vocab(vocab_size: int) -> int:
 
 
 class GPT(nn.Module):
+    # register_buffer's tensors, typed for readers (nn.Module's __getattr__ says Tensor | Module).
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(self, cfg: TrainConfig, vocab_size: int, depth: int | None = None):
         super().__init__()
         self.cfg = cfg
@@ -99,7 +104,7 @@ class GPT(nn.Module):
         width = self.cfg.width
         bound = math.sqrt(3.0 / width)
         for block in self.blocks:
-            init_block(block, bound)
+            init_block(cast(Block, block), bound)
         if self.cfg.tie_embeddings:
             nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(width))
         else:

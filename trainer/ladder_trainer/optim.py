@@ -20,10 +20,12 @@ import torch
 from .config import TrainConfig
 
 
-def lr_multiplier(progress: float, cfg: TrainConfig) -> float:
-    """Multiplier at `progress` = elapsed training seconds / budget (linear warmup, flat, linear warmdown)."""
+def lr_multiplier(progress: float, cfg: TrainConfig, warmed: bool = False) -> float:
+    """Multiplier at `progress` = elapsed training seconds / budget (linear warmup, flat, linear
+    warmdown). `warmed`: the warm-up is behind already (a cell that continues its predecessor's
+    stable phase: a longer budget must not send it back into a longer warm-up)."""
     p = min(max(progress, 0.0), 1.0)
-    if cfg.warmup_frac > 0 and p < cfg.warmup_frac:
+    if cfg.warmup_frac > 0 and p < cfg.warmup_frac and not warmed:
         return max(p / cfg.warmup_frac, 0.01)
     if cfg.warmdown_frac > 0 and p > 1 - cfg.warmdown_frac:
         w = (1 - p) / cfg.warmdown_frac

@@ -39,8 +39,9 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -87,16 +88,38 @@ def _encode_fast(tok, texts: list[str], raw: list[bytes], dtype: np.dtype) -> li
 _W: dict = {}
 
 
-def _init_worker(out: str, tok_spec: str, dtype: str, permille: int, text_field: str, batch_bytes: int,
-                 live, single_thread: bool, on_batch=None) -> None:
+# _init_worker's arguments before `live`: (out, tok_spec, dtype, permille, text_field, batch_bytes).
+WorkerInit = tuple[str, str, str, int, str, int]
+
+
+def _init_worker(
+    out: str,
+    tok_spec: str,
+    dtype: str,
+    permille: int,
+    text_field: str,
+    batch_bytes: int,
+    live: Any,
+    single_thread: bool,
+    on_batch: Any = None,
+) -> None:
     if single_thread:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
     tok = load_tokenizer(tok_spec, Path(out))
     if isinstance(tok, BPETokenizer) and hasattr(tok.tok, "encode_special_tokens"):
         # A document that quotes "<|endoftext|>" is text: only the separator we add is `eot`.
         tok.tok.encode_special_tokens = True
-    _W.update(live=live, on_batch=on_batch, out=Path(out), tok=tok, dtype=np.dtype(dtype), permille=permille, text_field=text_field,
-              batch_bytes=batch_bytes, token_bytes=tok.token_bytes().astype(np.int64))
+    _W.update(
+        live=live,
+        on_batch=on_batch,
+        out=Path(out),
+        tok=tok,
+        dtype=np.dtype(dtype),
+        permille=permille,
+        text_field=text_field,
+        batch_bytes=batch_bytes,
+        token_bytes=tok.token_bytes().astype(np.int64),
+    )
 
 
 def unit_record_path(out: Path, idx: int) -> Path:
@@ -124,14 +147,21 @@ def _process_unit(job: tuple[int, Unit]) -> dict:
                 n_docs = len(docs)
                 del docs
                 if len(ids) and int(ids.max()) >= tok.vocab_size:
-                    raise InputError(f"{unit.paths[0]}: token id {int(ids.max())} is outside the tokenizer's vocabulary ({tok.vocab_size})")
-                counted = sum(int(tb[ids[k : k + 2**20]].sum()) for k in range(0, len(ids), 2**20))  # bounded temporaries
+                    raise InputError(
+                        f"{unit.paths[0]}: token id {int(ids.max())} is outside the tokenizer's vocabulary "
+                        f"({tok.vocab_size})"
+                    )
+                counted = sum(
+                    int(tb[ids[k : k + 2**20]].sum()) for k in range(0, len(ids), 2**20)
+                )  # bounded temporaries
                 if text_bytes is not None and counted != text_bytes:
                     # val_bpb divides by these byte counts: a tokenizer with a normalizer or
                     # SentencePiece-style spaces would skew the metric without a word.
                     raise InputError(
                         f"tokenizer: token byte lengths add up to {counted}, the text has {text_bytes} UTF-8 bytes "
-                        f"({unit.paths[0]}); only byte-level BPE tokenizers (ByteLevel pre-tokenizer, no normalizer) are supported")
+                        f"({unit.paths[0]}); only byte-level BPE tokenizers (ByteLevel pre-tokenizer, no normalizer) "
+                        "are supported"
+                    )
                 ids.astype(dtype).tofile(files[split])
                 st = stats[split]
                 st["tokens"] += len(ids)
@@ -167,10 +197,13 @@ def _split_batches(unit: Unit, tok, permille: int) -> Iterator[dict]:
     """Batches of {split: (token arrays, their text's UTF-8 bytes or None)}."""
     if unit.kind == "tokens":
         for docs in sources.iter_token_docs(unit, tok.eot, _W["batch_bytes"] // 2):
-            out = {"train": ([], None), "val": ([], None)}
+            out: dict[str, tuple[list[np.ndarray], int | None]] = {"train": ([], None), "val": ([], None)}
             for d in docs:
                 if int(d.max()) >= tok.vocab_size:
-                    raise InputError(f"{unit.paths[0]}: token id {int(d.max())} is outside the tokenizer's vocabulary ({tok.vocab_size})")
+                    raise InputError(
+                        f"{unit.paths[0]}: token id {int(d.max())} is outside the tokenizer's vocabulary "
+                        f"({tok.vocab_size})"
+                    )
                 out["val" if is_val_content(d.tobytes(), permille) else "train"][0].append(d.astype(_W["dtype"]))
             yield out
         return
@@ -180,7 +213,10 @@ def _split_batches(unit: Unit, tok, permille: int) -> Iterator[dict]:
         ids = _encode_fast(tok, texts, raw, _W["dtype"])
         del texts
         yield {
-            split: ([i for i, v in zip(ids, val) if v == want], sum(len(b) for b, v in zip(raw, val) if v == want))
+            split: (
+                [i for i, v in zip(ids, val, strict=True) if v == want],
+                sum(len(b) for b, v in zip(raw, val, strict=True) if v == want),
+            )
             for split, want in (("train", False), ("val", True))
         }
 
@@ -208,7 +244,7 @@ class ProgressBar:
         self.t0 = time.monotonic()
         self.last = -float("inf")
         self.done_bytes = self.done_tokens = 0
-        self.live = None  # shared (bytes, tokens) of units in progress, when workers report them
+        self.live: Any = None  # shared (bytes, tokens) of units in progress, when workers report them
 
     def add(self, nbytes: int, tokens: int) -> None:
         """A unit finished."""
@@ -235,9 +271,11 @@ class ProgressBar:
         rate_b, rate_t = nbytes / dt, self.tokens / dt
         eta = (self.total - nbytes) / rate_b if rate_b > 0 else float("inf")
         eta_s = "done" if final else ("?" if eta == float("inf") else time.strftime("%H:%M:%S", time.gmtime(eta)))
-        line = (f"prepare: {_si(self.tokens)} tokens | {nbytes / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
-                f"({100 * nbytes / self.total:.0f}%) | {_si(rate_t)} tok/s {rate_b / 1e6:.2f} MB/s | "
-                f"{dt:.0f}s elapsed, ETA {eta_s}")
+        line = (
+            f"prepare: {_si(self.tokens)} tokens | {nbytes / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
+            f"({100 * nbytes / self.total:.0f}%) | {_si(rate_t)} tok/s {rate_b / 1e6:.2f} MB/s | "
+            f"{dt:.0f}s elapsed, ETA {eta_s}"
+        )
         if self.tty:
             self.stream.write("\r\033[K" + line + ("\n" if final else ""))
         else:
@@ -256,18 +294,31 @@ def _si(x: float) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ladder_trainer.prepare",
-                                description="Tokenize a corpus into train/val token shards (see docs/trainer.md).")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="text/Markdown files or folders, .jsonl, .parquet, or pre-tokenized .bin shards (nanoGPT, llm.c)")
+    p = argparse.ArgumentParser(
+        prog="python -m ladder_trainer.prepare",
+        description="Tokenize a corpus into train/val token shards (see docs/trainer.md).",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="text/Markdown files or folders, .jsonl, .parquet, or pre-tokenized .bin shards (nanoGPT, llm.c)",
+    )
     p.add_argument("--output", "-o", required=True, help="the shard directory to write (created; resumed if it exists)")
-    p.add_argument("--tokenizer", default="bpe",
-                   help="'byte', 'bpe' (trained here on a sample), or a Hugging Face tokenizer.json path (default bpe)")
+    p.add_argument(
+        "--tokenizer",
+        default="bpe",
+        help="'byte', 'bpe' (trained here on a sample), or a Hugging Face tokenizer.json path (default bpe)",
+    )
     p.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary when training one (default 8192)")
-    p.add_argument("--bpe-sample-mb", type=float, default=64, help="text the BPE learns its merges from (default 64 MB)")
+    p.add_argument(
+        "--bpe-sample-mb", type=float, default=64, help="text the BPE learns its merges from (default 64 MB)"
+    )
     p.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text (default text)")
     p.add_argument("--val-permille", type=int, default=VAL_PERMILLE, help="held-out documents per 1000 (default 50)")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: every core; 1 = this process, tokenizer threads on)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="processes (default: every core; 1 = this process, tokenizer threads on)"
+    )
     p.add_argument("--shard-mb", type=float, default=256, help="input per work unit and shard pair (default 256 MB)")
     p.add_argument("--batch-mb", type=float, default=4, help="text a worker tokenizes at a time (default 4 MB)")
     p.add_argument("--force", action="store_true", help="start over if DIR was prepared with other settings")
@@ -285,8 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prepare: interrupted; run the same command to resume", file=sys.stderr)
         return 130
-    print(json.dumps({k: meta[k] for k in ("corpus", "train_tokens", "val_tokens", "train_docs", "val_docs",
-                                           "vocab_size", "dtype")}))
+    print(
+        json.dumps(
+            {
+                k: meta[k]
+                for k in ("corpus", "train_tokens", "val_tokens", "train_docs", "val_docs", "vocab_size", "dtype")
+            }
+        )
+    )
     return 0
 
 
@@ -314,18 +371,19 @@ def prepare(args: argparse.Namespace, stream: TextIO = sys.stderr) -> dict:
     workers = args.workers or len(os.sched_getaffinity(0))  # the cores this process may run on (taskset, cpusets)
     workers = max(1, min(workers, len(todo) or 1))
     if not args.quiet:
-        print(f"prepare: {len(files)} input files, {len(units)} units ({len(records)} already done), "
-              f"tokenizer {settings['tokenizer']} vocab {tok.vocab_size}, {workers} worker(s) -> {out}",
-              file=stream, flush=True)
+        print(
+            f"prepare: {len(files)} input files, {len(units)} units ({len(records)} already done), "
+            f"tokenizer {settings['tokenizer']} vocab {tok.vocab_size}, {workers} worker(s) -> {out}",
+            file=stream,
+            flush=True,
+        )
 
     # 3. Tokenize the units still to do.
     bar = None if args.quiet else ProgressBar(sum(u.size for _, u in todo), stream)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0") or 0)
     init = (str(out), tok_spec, dtype.name, args.val_permille, args.text_field, int(args.batch_mb * 2**20))
-    done_now = 0
-    for rec_idx, rec in _run_units(todo, workers, init, bar):
+    for done_now, (rec_idx, rec) in enumerate(_run_units(todo, workers, init, bar), start=1):
         records[rec_idx] = rec
-        done_now += 1
         if bar:
             bar.add(rec["size"], rec["train"]["tokens"] + rec["val"]["tokens"])
         if kill_after and done_now >= kill_after:
@@ -336,9 +394,13 @@ def prepare(args: argparse.Namespace, stream: TextIO = sys.stderr) -> dict:
     # 4. Assemble: token_bytes, the val hash, meta.json last.
     meta = _assemble(out, units, records, tok, tok_spec, dtype, args, settings)
     if not args.quiet:
-        print(f"prepare: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens in "
-              f"{len(meta['shards']['train'])} + {len(meta['shards']['val'])} shards, corpus {meta['corpus']}, "
-              f"{time.monotonic() - t0:.1f}s", file=stream, flush=True)
+        print(
+            f"prepare: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens in "
+            f"{len(meta['shards']['train'])} + {len(meta['shards']['val'])} shards, corpus {meta['corpus']}, "
+            f"{time.monotonic() - t0:.1f}s",
+            file=stream,
+            flush=True,
+        )
     return meta
 
 
@@ -348,8 +410,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.shard_mb <= 0 or args.batch_mb <= 0:
         raise PrepareError("--shard-mb and --batch-mb must be positive")
     if args.tokenizer == "bpe" and not 258 <= args.vocab_size <= 2**20:
-        raise PrepareError(f"--vocab-size: {args.vocab_size} must be between 258 "
-                           "(256 bytes + end-of-text + one merge) and 1048576")
+        raise PrepareError(
+            f"--vocab-size: {args.vocab_size} must be between 258 (256 bytes + end-of-text + one merge) and 1048576"
+        )
     if args.workers < 0:
         raise PrepareError(f"--workers: {args.workers} must be 0 (every core) or more")
 
@@ -360,18 +423,23 @@ def _prepare_tokenizer(args: argparse.Namespace, out: Path, files: list, stream:
     given = None if args.tokenizer in ("byte", "bpe") else Path(args.tokenizer)
     if given is not None and not given.is_file():
         raise PrepareError(f"--tokenizer {args.tokenizer}: not 'byte', 'bpe' or an existing tokenizer.json file")
-    settings = {"tokenizer": args.tokenizer if given is None else "file",
-                "vocab_size_asked": args.vocab_size if args.tokenizer == "bpe" else None,
-                "text_field": args.text_field, "val_permille": args.val_permille,
-                "shard_bytes": int(args.shard_mb * 2**20),
-                "tokenizer_sha256": "byte" if args.tokenizer == "byte" else (
-                    hashlib.sha256(given.read_bytes()).hexdigest() if given else None)}
+    settings = {
+        "tokenizer": args.tokenizer if given is None else "file",
+        "vocab_size_asked": args.vocab_size if args.tokenizer == "bpe" else None,
+        "text_field": args.text_field,
+        "val_permille": args.val_permille,
+        "shard_bytes": int(args.shard_mb * 2**20),
+        "tokenizer_sha256": "byte"
+        if args.tokenizer == "byte"
+        else (hashlib.sha256(given.read_bytes()).hexdigest() if given else None),
+    }
     _check_settings(out, settings, args.force)
     tok_spec = _tokenizer_spec(args, out)
     if tok_spec == "bpe" and not (out / "tokenizer.json").exists():
         if _has_tokens(files):
-            raise PrepareError("--tokenizer bpe: pre-tokenized inputs need the tokenizer.json they were made with "
-                               "(--tokenizer PATH)")
+            raise PrepareError(
+                "--tokenizer bpe: pre-tokenized inputs need the tokenizer.json they were made with (--tokenizer PATH)"
+            )
         _train_bpe(sources.plan_units(files, settings["shard_bytes"], None, args.text_field), args, out, stream)
     tok = load_tokenizer(tok_spec, out)
     if tok_spec == "bpe":
@@ -386,7 +454,7 @@ def _tokenizer_spec(args, out: Path) -> str:
     src = Path(args.tokenizer)
     try:
         BPETokenizer.load(src)
-    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception on bad JSON
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
         raise PrepareError(f"--tokenizer {src}: not a Hugging Face tokenizer.json: {exc}") from None
     dst = out / "tokenizer.json"
     if not dst.exists() or dst.read_bytes() != src.read_bytes():
@@ -408,7 +476,8 @@ def _check_settings(out: Path, settings: dict, force: bool) -> None:
             raise PrepareError(
                 f"--output {out}: prepared earlier with other settings ("
                 + ", ".join(f"{k}: {old[k]!r} then, {settings[k]!r} now" for k in diff)
-                + "); use another --output, or --force to start over")
+                + "); use another --output, or --force to start over"
+            )
         for p in out.iterdir():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         old = {}
@@ -435,8 +504,11 @@ def _train_bpe(units: list[Unit], args, out: Path, stream: TextIO) -> None:
 
     t0 = time.monotonic()
     if not args.quiet:
-        print(f"prepare: training a BPE of {args.vocab_size} tokens on up to {args.bpe_sample_mb:g} MB of training text",
-              file=stream, flush=True)
+        print(
+            f"prepare: training a BPE of {args.vocab_size} tokens on up to {args.bpe_sample_mb:g} MB of training text",
+            file=stream,
+            flush=True,
+        )
     tok = BPETokenizer.train(sample(), args.vocab_size)
     tmp = out / "tokenizer.json.tmp"
     tok.tok.save(str(tmp))
@@ -461,8 +533,9 @@ def _finished(out: Path, idx: int, unit: Unit, dtype: np.dtype) -> dict | None:
     return rec
 
 
-def _run_units(todo: list[tuple[int, Unit]], workers: int, init: tuple,
-               bar: ProgressBar | None) -> Iterator[tuple[int, dict]]:
+def _run_units(
+    todo: list[tuple[int, Unit]], workers: int, init: WorkerInit, bar: ProgressBar | None
+) -> Iterator[tuple[int, dict]]:
     if not todo:
         return
     # spawn, not fork: the parent may have run the tokenizer's thread pool (BPE training).
@@ -480,8 +553,9 @@ def _run_units(todo: list[tuple[int, Unit]], workers: int, init: tuple,
         while True:
             try:
                 yield results.next(timeout=bar.interval if bar else None)
-            except mp.TimeoutError:
-                bar.tick()
+            except mp.TimeoutError:  # only with a bar: without one the wait has no timeout
+                if bar is not None:
+                    bar.tick()
             except StopIteration:
                 return
 
@@ -498,8 +572,9 @@ def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _assemble(out: Path, units: list[Unit], records: dict[int, dict], tok, tok_spec: str, dtype: np.dtype,
-              args, settings: dict) -> dict:
+def _assemble(
+    out: Path, units: list[Unit], records: dict[int, dict], tok, tok_spec: str, dtype: np.dtype, args, settings: dict
+) -> dict:
     shards: dict[str, list] = {"train": [], "val": []}
     totals = {s: {"tokens": 0, "docs": 0, "bytes": 0} for s in ("train", "val")}
     for i in range(len(units)):

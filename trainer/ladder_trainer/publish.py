@@ -22,8 +22,19 @@ from promotion_ladder.core.result import CellResult
 TERMINATION_LIMIT = 4096
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Optional fields dropped, in this order, when the termination message is too long.
-_DROP_ORDER = ("compileSeconds", "setupSeconds", "evalSeconds", "gpuName", "peakMemoryBytes", "mfu", "tokensPerSecond",
-               "tokens", "steps", "hostBlock", "ladder")
+_DROP_ORDER = (
+    "compileSeconds",
+    "setupSeconds",
+    "evalSeconds",
+    "gpuName",
+    "peakMemoryBytes",
+    "mfu",
+    "tokensPerSecond",
+    "tokens",
+    "steps",
+    "hostBlock",
+    "ladder",
+)
 
 
 def log(msg: str) -> None:
@@ -83,7 +94,7 @@ class PodAnnotator:
         self._api = None
 
     @classmethod
-    def from_env(cls) -> "PodAnnotator | None":
+    def from_env(cls) -> PodAnnotator | None:
         name, ns = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
         return cls(name, ns) if name and ns else None
 
@@ -108,7 +119,7 @@ class PodAnnotator:
                 _request_timeout=self.timeout,
             )
             return True
-        except Exception as exc:  # never let the API cost the run
+        except Exception as exc:  # noqa: BLE001 - never let the API cost the run
             first_line = " ".join(str(exc).split("\n")[:2])[:300]  # ApiException adds headers and body
             log(f"could not annotate pod {self.namespace}/{self.name}: {type(exc).__name__}: {first_line}")
             return False
@@ -125,7 +136,7 @@ class ProgressReporter:
         self._stopped = False
         self._thread = None
         if annotator is not None:
-            self._thread = threading.Thread(target=self._loop, name="ladder-progress", daemon=True)
+            self._thread = threading.Thread(target=self._loop, args=(annotator,), name="ladder-progress", daemon=True)
             self._thread.start()
 
     def update(self, **progress) -> None:
@@ -139,7 +150,7 @@ class ProgressReporter:
             self._pending = progress
             self._cv.notify()
 
-    def _loop(self) -> None:
+    def _loop(self, annotator: PodAnnotator) -> None:
         while True:
             with self._cv:
                 while self._pending is None and not self._stopped:
@@ -147,7 +158,7 @@ class ProgressReporter:
                 if self._pending is None:
                     return
                 progress, self._pending = self._pending, None
-            self.annotator.patch({PROGRESS_ANNOTATION: json.dumps(progress, separators=(",", ":"))})
+            annotator.patch({PROGRESS_ANNOTATION: json.dumps(progress, separators=(",", ":"))})
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread after it has sent what is pending (bounded wait)."""

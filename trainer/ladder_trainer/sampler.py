@@ -35,6 +35,13 @@ class WindowSampler:
     def reset(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
+    def state(self) -> dict:
+        """Where the stream is (the generator's state: plain ints and strings), to resume it."""
+        return self.rng.bit_generator.state
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
     def next(self) -> np.ndarray:
         """int64[rows, seq_len + 1]: this rank's next micro-batch of the shared stream."""
         for r in range(self.world_size):

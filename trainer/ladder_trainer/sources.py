@@ -12,9 +12,11 @@ Pure Python plus numpy; pyarrow is imported only when a Parquet input is present
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,10 @@ TOKEN_SUFFIXES = {".bin"}
 
 # llm.c's shard header: 256 int32, [0] magic, [1] version, [2] token count; tokens follow.
 LLMC_HEADER_INTS = 256
-LLMC_FORMATS = {20240520: {1: np.uint16}, 20240801: {7: np.uint32}}  # GPT-2 shards; Llama 3 shards
+LLMC_FORMATS: dict[int, dict[int, type[np.unsignedinteger[Any]]]] = {
+    20240520: {1: np.uint16},  # GPT-2 shards
+    20240801: {7: np.uint32},  # Llama 3 shards
+}
 
 
 class InputError(ValueError):
@@ -61,7 +66,9 @@ def input_files(inputs: list[str]) -> list[Path]:
         if p.is_file():
             out.append(p)
         elif p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in known and not q.name.startswith("."))
+            found = sorted(
+                q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in known and not q.name.startswith(".")
+            )
             if not found:
                 raise InputError(f"{p}: no text (.txt/.md/.rst/.py), .jsonl, .parquet or .bin files inside")
             out.extend(found)
@@ -94,10 +101,14 @@ def token_file_layout(p: Path) -> tuple[int, str, int]:
             raise InputError(f"{p}: llm.c shard with magic {magic} but unknown version {version}")
         offset = LLMC_HEADER_INTS * 4
         if offset + n * np.dtype(dtype).itemsize != size:
-            raise InputError(f"{p}: llm.c header says {n} tokens, the file holds {(size - offset) // np.dtype(dtype).itemsize}")
+            raise InputError(
+                f"{p}: llm.c header says {n} tokens, the file holds {(size - offset) // np.dtype(dtype).itemsize}"
+            )
         return offset, np.dtype(dtype).name, n
     if size % 2:
-        raise InputError(f"{p}: not an llm.c shard (no magic 20240520) and an odd size for nanoGPT's flat uint16 tokens")
+        raise InputError(
+            f"{p}: not an llm.c shard (no magic 20240520) and an odd size for nanoGPT's flat uint16 tokens"
+        )
     return 0, "uint16", size // 2  # nanoGPT's prepare.py: np.uint16 ids, no header
 
 
@@ -110,8 +121,14 @@ def plan_units(files: list[Path], unit_bytes: int, eot: int | None, text_field: 
     def flush_text():
         nonlocal text_group, group_size
         if text_group:
-            units.append(Unit("text", tuple(str(p) for p in text_group), size=group_size,
-                              stamp=tuple(_stamp(p) for p in text_group)))
+            units.append(
+                Unit(
+                    "text",
+                    tuple(str(p) for p in text_group),
+                    size=group_size,
+                    stamp=tuple(_stamp(p) for p in text_group),
+                )
+            )
         text_group, group_size = [], 0
 
     for p in files:
@@ -129,7 +146,9 @@ def plan_units(files: list[Path], unit_bytes: int, eot: int | None, text_field: 
             units.extend(_parquet_units(p, text_field))
         else:
             if eot is None:
-                raise InputError(f"{p}: pre-tokenized input needs the tokenizer it was made with (--tokenizer PATH/tokenizer.json)")
+                raise InputError(
+                    f"{p}: pre-tokenized input needs the tokenizer it was made with (--tokenizer PATH/tokenizer.json)"
+                )
             units.extend(_token_units(p, unit_bytes, eot))
     flush_text()
     return units
@@ -151,7 +170,7 @@ def _jsonl_units(p: Path, unit_bytes: int) -> list[Unit]:
             pos = max(nxt, pos) + unit_bytes
     bounds.append(size)
     stamp = (_stamp(p),)
-    return [Unit("jsonl", (str(p),), a, b, size=b - a, stamp=stamp) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [Unit("jsonl", (str(p),), a, b, size=b - a, stamp=stamp) for a, b in pairwise(bounds) if b > a]
 
 
 def _parquet_units(p: Path, text_field: str) -> list[Unit]:
@@ -162,8 +181,10 @@ def _parquet_units(p: Path, text_field: str) -> list[Unit]:
     stamp = (_stamp(p),)
     total = max(sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)), 1)
     file_size = p.stat().st_size
-    return [Unit("parquet", (str(p),), i, i + 1, size=file_size * meta.row_group(i).total_byte_size // total, stamp=stamp)
-            for i in range(meta.num_row_groups)]
+    return [
+        Unit("parquet", (str(p),), i, i + 1, size=file_size * meta.row_group(i).total_byte_size // total, stamp=stamp)
+        for i in range(meta.num_row_groups)
+    ]
 
 
 def _token_units(p: Path, unit_bytes: int, eot: int) -> list[Unit]:
@@ -182,8 +203,11 @@ def _token_units(p: Path, unit_bytes: int, eot: int) -> list[Unit]:
         pos = nxt + per_unit
     bounds.append(n)
     stamp = (_stamp(p),)
-    return [Unit("tokens", (str(p),), a, b, size=(b - a) * item, offset=offset, dtype=dtype, stamp=stamp)
-            for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [
+        Unit("tokens", (str(p),), a, b, size=(b - a) * item, offset=offset, dtype=dtype, stamp=stamp)
+        for a, b in pairwise(bounds)
+        if b > a
+    ]
 
 
 def _next_eot(tokens: np.ndarray, pos: int, eot: int, block: int = 1 << 20) -> int:
@@ -250,7 +274,9 @@ def _texts(unit: Unit, text_field: str) -> Iterator[str]:
                 except ValueError as exc:
                     raise InputError(f"{path}: line at byte {lineno_hint} is not JSON: {exc}") from None
                 if not isinstance(row, dict) or text_field not in row:
-                    raise InputError(f"{path}: line at byte {lineno_hint} has no {text_field!r} field (set --text-field)")
+                    raise InputError(
+                        f"{path}: line at byte {lineno_hint} has no {text_field!r} field (set --text-field)"
+                    )
                 value = row[text_field]
                 if not isinstance(value, str):
                     raise InputError(f"{path}: line at byte {lineno_hint}: field {text_field!r} is not a string")

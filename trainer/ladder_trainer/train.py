@@ -43,6 +43,8 @@ from .model import GPT
 from .optim import build_optimizers, lr_multiplier, set_lr
 from .publish import ProgressReporter, log
 from .sampler import WindowSampler
+from .stable import Continuation, Resumed, check_supported, resume, stable_end
+from .stable import save as save_stable
 from .world import World
 
 EVAL_TOKENS_DEFAULT = {"cuda": 2**20, "cpu": 2**14}
@@ -61,6 +63,13 @@ class Batches:
 
     def reset(self) -> None:
         self.sampler.reset()
+
+    def state(self) -> dict[str, Any]:
+        """The data position: the sampler's random stream (plain data, for a checkpoint)."""
+        return self.sampler.state()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.sampler.restore(state)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.from_numpy(self.sampler.next())
@@ -185,19 +194,20 @@ class Net:
 
 def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None = None,
         world: World | None = None, *, hooks: Hooks | None = None, identity: dict[str, Any] | None = None,
-        started: float | None = None) -> CellResult:
+        started: float | None = None, continuation: Continuation | None = None) -> CellResult:
     """Train and evaluate one cell; its result document.
 
     `identity`: the result's identity fields (camelCase, core.contract.identity_from_env).
     `started`: the perf_counter() reading setupSeconds counts from (default: this call).
     `hooks`: what a test installs into the loop (hooks.py); default: the --fault setting's.
+    `continuation`: its stable checkpoints, in a ladder that continues (stable.py).
     """
     entered = time.perf_counter()
     world = world or World.from_env()
     hooks = hooks if hooks is not None else hooks_for(settings.fault, world.rank)
     with attention_backend(settings.attention):
         t = set_up(cfg, seed, budget, settings, world, hooks)
-        t.identity, t.entered = dict(identity or {}), entered
+        t.identity, t.entered, t.continuation = dict(identity or {}), entered, continuation
         t.started = entered if started is None else started
         result = _run(t, progress)
     world.stop()  # only after a run every rank finished; a failed rank's process just exits
@@ -205,9 +215,11 @@ def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress
 
 
 def _run(t: Setup, progress: ProgressReporter | None) -> CellResult:
+    check_supported(t.continuation, t)
+    resumed, t.refused = resume(t)
     compile_seconds = warm_up(t)
     t.say(f"setup took {time.perf_counter() - t.entered:.1f}s; training starts")
-    s = LoopState.start(t, compile_seconds)
+    s = LoopState.start(t, compile_seconds, resumed)
     report = StepReport(t, s, progress)
     try:
         diverged = train(t, s, report)
@@ -215,12 +227,14 @@ def _run(t: Setup, progress: ProgressReporter | None) -> CellResult:
         report.close()
     synchronize(t.device)
     s.train_seconds = clock(t, s)
+    if not diverged and s.stable_pending(t):  # the budget ended the flat phase (warmdown_frac 0, or one step)
+        save_stable(t, s, s.train_seconds, s.data_at_step or t.batches.state())
     if t.world.group:  # each rank says where it stopped: the same step everywhere, by construction
         log(f"rank {t.world.rank}/{t.world.size}: stopped after {s.steps} steps ({s.micro_batches} micro-batches) "
             f"at {s.train_seconds:.2f}s")
     if diverged:
         return outcome(t, s, "diverged", diverged)
-    if s.steps == 0:
+    if s.steps == (s.resumed.steps if s.resumed else 0):
         return outcome(t, s, "error",
                        f"no optimizer step finished within the {t.budget:g}s budget; use a smaller batch")
     return evaluated(t, s)
@@ -251,6 +265,10 @@ class Setup:
     identity: dict[str, Any] | None = None
     entered: float = 0.0
     started: float = 0.0
+    # A cell of a ladder that continues: its checkpoints, and why its predecessor's was refused
+    # when it trained from scratch instead.
+    continuation: Continuation | None = None
+    refused: str | None = None
 
     @property
     def accum(self) -> int:
@@ -336,6 +354,7 @@ def warm_up(t: Setup) -> float | None:
     t0 = time.perf_counter()
     model_state = copy.deepcopy(t.model.state_dict())
     opt_states = [copy.deepcopy(opt.state_dict()) for opt in t.optimizers]
+    data = t.batches.state()  # the seed's start, or where a resumed cell's predecessor stopped
     for _ in range(steps):
         for i in range(t.accum):
             t.forward_backward(*t.batches.next(), sync=i == t.accum - 1)
@@ -344,7 +363,7 @@ def warm_up(t: Setup) -> float | None:
     t.model.load_state_dict(model_state)
     for opt, state in zip(t.optimizers, opt_states):
         opt.load_state_dict(state)
-    t.batches.reset()
+    t.batches.restore(data)
     seconds = time.perf_counter() - t0
     t.say(f"warm-up: {steps} untimed steps in {seconds:.1f}s{compile_cache_note()}")
     return seconds
@@ -353,11 +372,12 @@ def warm_up(t: Setup) -> float | None:
 @dataclass
 class LoopState:
     """Everything the loop reads and writes besides the model, the optimizers and the sampler:
-    what a resumed run would have to restore."""
+    what a resumed run restores (stable.py saves it with them)."""
 
-    t_start: float  # perf_counter() when the clock started
+    t_start: float  # perf_counter() at which the clock read 0 (before `began` for a resumed cell)
     flops_per_token: float
     grown: bool  # growth (grow_from_depth) done, or not asked for
+    began: float = 0.0  # perf_counter() when this process's clock started
     skew: float = 0.0  # this rank's clock offset (a test's hooks)
     compile_seconds: float | None = None  # the untimed warm-up
     steps: int = 0
@@ -365,20 +385,37 @@ class LoopState:
     flops: float = 0.0
     first_loss: float | None = None
     last_loss: float = float("nan")
-    paused: float = 0.0  # seconds off the clock after the start (recompiling after growth)
+    paused: float = 0.0  # seconds off the clock after the start (recompiling after growth, saving a checkpoint)
     train_seconds: float = 0.0  # on the clock, once it stopped
+    resumed: Resumed | None = None  # where a continuing cell's predecessor stopped (its counters are included above)
+    stable_saved: bool = False
+    data_at_step: dict[str, Any] | None = None  # the sampler at the current step's start, while a save is pending
 
     @classmethod
-    def start(cls, t: Setup, compile_seconds: float | None) -> LoopState:
-        """Start the clock, on every rank together."""
+    def start(cls, t: Setup, compile_seconds: float | None, resumed: Resumed | None = None) -> LoopState:
+        """Start the clock, on every rank together; a resumed cell's at its predecessor's stable time."""
         synchronize(t.device)
         t.world.max(0.0)
-        return cls(time.perf_counter(), t.model.flops_per_token(t.cfg.seq_len), grown=not t.cfg.grow_from_depth,
-                   skew=t.hooks.clock_skew, compile_seconds=compile_seconds)
+        now = time.perf_counter()
+        s = cls(now, t.model.flops_per_token(t.cfg.seq_len), grown=not t.cfg.grow_from_depth, began=now,
+                skew=t.hooks.clock_skew, compile_seconds=compile_seconds)
+        if resumed is not None:
+            s.t_start = now - resumed.seconds
+            s.steps, s.micro_batches, s.flops = resumed.steps, resumed.micro_batches, resumed.flops
+            s.first_loss, s.last_loss, s.resumed = resumed.first_loss, resumed.last_loss, resumed
+        return s
 
     def elapsed(self) -> float:
         """This rank's training seconds so far."""
         return time.perf_counter() - self.t_start - self.paused + self.skew
+
+    def stable_pending(self, t: Setup) -> bool:
+        """A stable checkpoint is to be saved and has not been."""
+        return t.continuation is not None and t.continuation.write is not None and not self.stable_saved
+
+    def lr(self, t: Setup, now: float) -> float:
+        """The schedule's multiplier at `now` training seconds (a resumed cell's warm-up is behind it)."""
+        return lr_multiplier(now / t.budget, t.cfg, warmed=self.resumed is not None)
 
 
 def clock(t: Setup, s: LoopState) -> float:
@@ -388,7 +425,12 @@ def clock(t: Setup, s: LoopState) -> float:
 
 def train(t: Setup, s: LoopState, report: StepReport) -> str | None:
     """Optimizer steps until the budget (or --max-steps) is spent. Returns why the loss diverged, if it did."""
-    while not (t.settings.max_steps and s.steps >= t.settings.max_steps):
+    while True:
+        # the stable checkpoint, at the step boundary where the flat phase ends
+        if s.stable_pending(t):
+            stable_checkpoint(t, s)
+        if t.settings.max_steps and s.steps >= t.settings.max_steps:
+            return None
         # forward/backward: the step's micro-batches, the budget checked before each
         loss_sum = accumulate(t, s)
         if loss_sum is None:
@@ -408,7 +450,18 @@ def train(t: Setup, s: LoopState, report: StepReport) -> str | None:
         s.flops += s.flops_per_token * t.cfg.batch
         # logging
         report.step(s)
-    return None
+
+
+def stable_checkpoint(t: Setup, s: LoopState) -> None:
+    """Save the stable checkpoint once the flat phase has ended (--stable-steps: after that many
+    steps, a test aid that makes the point deterministic); else note where the data stands."""
+    now = clock(t, s)
+    due = s.steps >= t.settings.stable_steps if t.settings.stable_steps else now >= stable_end(t)
+    if due:
+        save_stable(t, s, now, t.batches.state())
+        s.stable_saved = True
+    else:
+        s.data_at_step = t.batches.state()
 
 
 def accumulate(t: Setup, s: LoopState) -> torch.Tensor | None:
@@ -424,7 +477,7 @@ def accumulate(t: Setup, s: LoopState) -> torch.Tensor | None:
         if i == 0:
             if not s.grown and now >= t.cfg.grow_at_frac * t.budget:
                 grow(t, s)
-            set_lr(t.optimizers, lr_multiplier(now / t.budget, t.cfg))
+            set_lr(t.optimizers, s.lr(t, now))
         loss = t.forward_backward(x, y, sync=i == t.accum - 1)
         s.micro_batches += 1
         loss_sum = loss if loss_sum is None else loss_sum + loss
@@ -457,7 +510,7 @@ class StepReport:
     def __init__(self, t: Setup, s: LoopState, progress: ProgressReporter | None):
         self.t, self.progress = t, progress
         self.step_log: TextIO | None = open_step_log(t.settings.step_log) if t.world.main else None
-        self.last_log = s.t_start
+        self.last_log = s.began
         self.repeat_checked = False
 
     def step(self, s: LoopState) -> None:
@@ -469,7 +522,7 @@ class StepReport:
             self.repeat_checked = True
             if t.world.main:  # from the global batch's throughput, so the same with any number of ranks
                 _warn_if_repeating(t.shards, t.corpus, tokens, elapsed, t.budget)
-        lr = lr_multiplier(elapsed / t.budget, t.cfg)
+        lr = s.lr(t, elapsed)
         if self.step_log is not None:
             self.step_log.write(json.dumps({"step": s.steps, "loss": s.last_loss, "lr": lr,
                                             "elapsed": round(elapsed, 4), "tokens": tokens}) + "\n")
@@ -528,18 +581,23 @@ def evaluated(t: Setup, s: LoopState) -> CellResult:
 def outcome(t: Setup, s: LoopState, status: Status, message: str = "", value: float | None = None,
             eval_seconds: float | None = None) -> CellResult:
     """The cell's result document from what set-up, the loop and evaluation measured. Throughput
-    is reported once a step finished; peak memory is the largest over the ranks (a collective)."""
+    is reported once a step finished; peak memory is the largest over the ranks (a collective).
+    A resumed cell's steps and tokens are the model's (its predecessor's included); its
+    throughput and MFU are its own part's, and `resumedSeconds` what it took over."""
     tokens = s.steps * t.cfg.batch
-    processed = s.micro_batches * t.world.size * t.cfg.device_batch * t.cfg.seq_len  # all ranks' tokens
-    timed = s.steps > 0 and s.train_seconds > 0
+    base = s.resumed or Resumed(0.0, 0, 0, 0.0, None, float("nan"))
+    processed = (s.micro_batches - base.micro_batches) * t.world.size * t.cfg.device_batch * t.cfg.seq_len  # all ranks'
+    own_seconds = s.train_seconds - base.seconds
+    timed = s.steps > base.steps and own_seconds > 0
     return CellResult(
         **(t.identity or {}), status=status, message=message, value=value,
-        train_seconds=s.train_seconds, setup_seconds=_seconds(s.t_start - t.started),
+        train_seconds=s.train_seconds, setup_seconds=_seconds(s.began - t.started),
         compile_seconds=_seconds(s.compile_seconds), eval_seconds=_seconds(eval_seconds),
-        steps=s.steps, tokens=tokens, tokens_per_second=processed / s.train_seconds if timed else None,
-        mfu=_mfu(s.flops, s.train_seconds, t.device, t.world.size) if timed else None,
+        steps=s.steps, tokens=tokens, tokens_per_second=processed / own_seconds if timed else None,
+        mfu=_mfu(s.flops - base.flops, own_seconds, t.device, t.world.size) if timed else None,
         peak_memory_bytes=_peak_memory(t.world, t.device), gpu_name=device_name(t.device),
         corpus=t.corpus, data_passes=data_passes(tokens, t.shards), world_size=t.world.size,
+        resumed_seconds=round(base.seconds, 6) if t.continuation is not None else None, resume_refused=t.refused,
     )
 
 

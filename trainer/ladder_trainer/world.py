@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ class World:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "World":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> World:
         env = os.environ if env is None else env
         if "WORLD_SIZE" not in env:
             return cls()
@@ -60,11 +61,15 @@ class World:
         if not self.group or dev.type != "cuda":
             return dev
         if dev.index is not None and self.size > 1:
-            raise ConfigError(f"device {requested!r} names one GPU, but {self.size} processes share this cell; "
-                              "use cuda or auto (each process takes cuda:LOCAL_RANK)")
+            raise ConfigError(
+                f"device {requested!r} names one GPU, but {self.size} processes share this cell; "
+                "use cuda or auto (each process takes cuda:LOCAL_RANK)"
+            )
         if self.local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {self.local_rank}: only {torch.cuda.device_count()} CUDA device(s) "
-                              "are visible to this process (CUDA_VISIBLE_DEVICES)")
+            raise ConfigError(
+                f"LOCAL_RANK {self.local_rank}: only {torch.cuda.device_count()} CUDA device(s) "
+                "are visible to this process (CUDA_VISIBLE_DEVICES)"
+            )
         dev = torch.device("cuda", self.local_rank)
         torch.cuda.set_device(dev)
         return dev
@@ -73,7 +78,7 @@ class World:
         if not self.group or torch.distributed.is_initialized():
             return
         backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
         torch.distributed.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT, **kwargs)
         self._comm = device if device.type == "cuda" else torch.device("cpu")
 
@@ -90,9 +95,11 @@ class World:
         try:
             torch.distributed.all_reduce(t, op=op)
             return t.tolist()
-        except Exception as exc:  # noqa: BLE001 - any failure here means the group is broken
-            raise PeerLost(f"rank {self.rank}: a collective failed, most likely because another rank failed: "
-                           f"{str(exc).splitlines()[0][:300]}") from exc
+        except Exception as exc:
+            raise PeerLost(
+                f"rank {self.rank}: a collective failed, most likely because another rank failed: "
+                f"{str(exc).splitlines()[0][:300]}"
+            ) from exc
 
     def max(self, *values: float) -> list[float]:
         return self._reduce(list(values), torch.distributed.ReduceOp.MAX if self.group else None)

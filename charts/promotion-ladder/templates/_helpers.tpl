@@ -74,10 +74,11 @@ app.kubernetes.io/part-of: promotion-ladder
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [get, create, update]
-# An Event for each stage decision and each rejected result (Kopf and kubectl use either API).
+# An Event for each stage decision and each rejected result (Kopf and kubectl use either API);
+# list: why a cell's Job has no Pod is only in the Job controller's FailedCreate Event.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

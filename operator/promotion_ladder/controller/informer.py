@@ -17,7 +17,7 @@ the part of client-go's reflector the operator needs:
     meanwhile, deletions included;
   * `stop()` ends the thread: it interrupts the read in progress (urllib3's
     `HTTPResponse.shutdown`) and joins, so no thread is left reading a socket or writing a
-    log while the interpreter finalizes (issue 21: an operator stopped by SIGTERM aborted).
+    log while the interpreter finalizes (a thread still writing there aborts the process).
 An informer is `synced` once its first list is complete; nothing is reconciled before every
 informer is synced, so a reconcile never mistakes "not listed yet" for "missing".
 """

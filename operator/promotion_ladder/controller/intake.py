@@ -5,8 +5,10 @@ kept in the operator's in-memory index) and ask `cell_outcome` what a cell's sta
 
 How a finished cell is judged is the cell contract's (core.contract.judge, the same for
 `ladder run`); this module only gathers the Kubernetes evidence for it:
-  * which Pod: one controlled by a Job this ladder controls (owner-reference UIDs, not labels),
-    whose identity labels name the cell; Succeeded Pods first; of a multi-node cell's Pods only
+  * which Pod: one controlled by a Job this ladder controls whose owner UID, whose
+    `batch.kubernetes.io/controller-uid` label and whose ladder/cell labels all agree with that
+    Job (`disagreement`); a Pod that claims the Job by one of them and disagrees in another was
+    relabelled or re-owned and is rejected as `forged`. Succeeded Pods first; of a multi-node cell's Pods only
     the index-0 Pod (global rank 0) publishes: the others exit 0 without a result, which
     neither gives nor lacks one (their non-retryable exit codes still fail the cell);
   * which channel: the container's termination message (the kubelet reads it from the
@@ -20,9 +22,13 @@ How a finished cell is judged is the cell contract's (core.contract.judge, the s
     failed in a way the Job retries, decides nothing, whatever its annotation says.
   * never a failure from missing evidence: a Complete Job with no terminal Pod at hand (the
     cache has not seen it, or holds a stale copy; its labels were changed) is not judged:
-    `CellView.look_up` asks the reconciler to read its Pods from the API server first.
+    `CellView.look_up` asks the reconciler to read its Pods from the API server first;
+  * a container that never ran (StartError: a missing command, a mount that fails) says so: the
+    runtime's error in its termination message is not a result document.
 A rejected annotation yields a `Rejection` (reason = metric label, message = Event text), also
-for a Pod that has not ended.
+for a Pod that has not ended. A rejection already announced is remembered on its Pod (the
+annotation REJECTED_ANNOTATION, written by the operator), so a restarted operator does not
+announce it again.
 """
 
 from __future__ import annotations
@@ -32,15 +38,26 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core import clock
-from ..core.cell import Cell
+from ..core.cell import Cell, CellOutcome
+from ..core.clock import epoch
 from ..core.contract import NON_RETRYABLE_EXIT_CODES, REASON_LIMIT, RESULT_ANNOTATION, check_result, judge
 from ..core.result import CellResult, ResultError
-from ..core.cell import CellOutcome
-from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LADDER_LABEL, cell_from_labels
+from .jobs import CONTAINER, GPU_RESOURCE, IDENTITY_LABELS, LABEL_PREFIX, LADDER_LABEL, cell_from_labels
 from .occupancy import pod_times
 
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+# The Job controller labels every Pod of a Job with the Job's UID (its generated selector).
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+# The digests of the rejected documents of a Pod already announced (space-separated; the operator
+# writes it, a trainer may not: the admission policy lets it change only the result and progress).
+REJECTED_ANNOTATION = LABEL_PREFIX + "rejected"
+REJECTED_KEEP = 16  # digests remembered per Pod (a Pod rejected more often than this may repeat an Event)
+# A container that ended this way never ran the trainer: its termination message is the runtime's
+# error (containerd: StartError, exit 128; dockershim: ContainerCannotRun), not a result.
+START_FAILED_REASONS = ("StartError", "ContainerCannotRun")
+# A container waiting for one of these will not start by itself (controller/scheduling.py).
+CANNOT_START_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                        "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 
 
 @dataclass(frozen=True)
@@ -96,10 +113,23 @@ class PodSummary:
     started_at: str | None = None  # status.startTime: with the deadline, tells a stuck Pod
     deadline_seconds: int | None = None  # spec.activeDeadlineSeconds
     index: int | None = None  # batch.kubernetes.io/job-completion-index: the node rank of a multi-node cell
+    job_uid_label: str | None = None  # JOB_UID_LABEL: the Job the Job controller made it for
+    created_at: float | None = None  # metadata.creationTimestamp (epoch seconds)
+    running_at: float | None = None  # the trainer container's start (state running or terminated)
+    unschedulable: str | None = None  # PodScheduled=False, reason Unschedulable: the scheduler's message
+    unschedulable_since: float | None = None  # ... since (its lastTransitionTime)
+    waiting_reason: str = ""  # the trainer container's state.waiting.reason (ImagePullBackOff, ...)
+    waiting_message: str = ""
+    rejected: tuple[str, ...] = ()  # REJECTED_ANNOTATION: digests of documents already announced
 
     @property
     def ladder(self) -> str | None:
         return dict(self.labels).get(LADDER_LABEL)
+
+    @property
+    def start_failed(self) -> bool:
+        """The trainer container ended without ever running (see START_FAILED_REASONS)."""
+        return self.terminated_reason in START_FAILED_REASONS
 
     @property
     def publishes(self) -> bool:
@@ -117,6 +147,16 @@ class Rejection:
     key: str  # dedupe key: pod UID + a hash of the rejected text
     reason: str  # ladder_result_errors_total's reason label
     message: str
+    # What the operator writes back to the Pod once announced (REJECTED_ANNOTATION): its digests so far.
+    seen: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        return self.key.rpartition(":")[2]
+
+    def remembered(self) -> str:
+        """The REJECTED_ANNOTATION value that records this rejection with the earlier ones."""
+        return " ".join((*[d for d in self.seen if d != self.digest], self.digest)[-REJECTED_KEEP:])
 
 
 @dataclass
@@ -130,6 +170,7 @@ class CellView:
     # The Job says Complete but no terminal Pod of it is at hand (the cache has not seen it, or
     # holds a stale copy): missing evidence, not a failure. The reconciler looks its Pods up.
     look_up: bool = False
+    pods: list[PodSummary] = field(default_factory=list)  # the Job's own Pods (see `disagreement`)
 
 
 def _controller_uid(meta: dict[str, Any]) -> str | None:
@@ -145,31 +186,30 @@ def _labels(meta: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def job_summary(body: dict[str, Any]) -> JobSummary:
-    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    meta, status, spec = body.get("metadata") or {}, body.get("status") or {}, body.get("spec") or {}
     complete = failed = False
     reason = message = ""
     suspended_at = resumed_at = finished_at = None
     for c in status.get("conditions") or []:
         if c.get("type") == "Suspended":
             if c.get("status") == "True":
-                suspended_at = clock.epoch(c.get("lastTransitionTime"))
+                suspended_at = epoch(c.get("lastTransitionTime"))
             else:
-                resumed_at = clock.epoch(c.get("lastTransitionTime"))
+                resumed_at = epoch(c.get("lastTransitionTime"))
         if c.get("status") != "True":
             continue
         if c.get("type") == "Complete":
-            complete, finished_at = True, clock.epoch(c.get("lastTransitionTime"))
+            complete, finished_at = True, epoch(c.get("lastTransitionTime"))
         elif c.get("type") == "Failed":
             failed, reason, message = True, c.get("reason") or "", c.get("message") or ""
-            finished_at = clock.epoch(c.get("lastTransitionTime"))
+            finished_at = epoch(c.get("lastTransitionTime"))
     gpus, image = _launch(body)
     return JobSummary(
         namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
         labels=_labels(meta), owner_uid=_controller_uid(meta), complete=complete, failed=failed,
         failed_reason=reason, failed_message=message, active=int(status.get("active") or 0),
-        gpus=gpus, image=image, suspended=bool((body.get("spec") or {}).get("suspend")),
-        created_at=clock.epoch(meta.get("creationTimestamp")), suspended_at=suspended_at, resumed_at=resumed_at,
-        finished_at=finished_at,
+        gpus=gpus, image=image, suspended=bool(spec.get("suspend")), created_at=epoch(meta.get("creationTimestamp")),
+        suspended_at=suspended_at, resumed_at=resumed_at, finished_at=finished_at,
     )
 
 
@@ -190,24 +230,46 @@ def _launch(job: dict[str, Any]) -> tuple[int | None, str | None]:
     return None, None
 
 
-def pod_summary(body: dict[str, Any]) -> PodSummary:
-    meta, status, spec = body.get("metadata") or {}, body.get("status") or {}, body.get("spec") or {}
-    exit_code, reason, message = None, "", None
+def _container(status: dict[str, Any]) -> dict[str, Any]:
+    """What the trainer container's status says: its end, its start, why it waits."""
+    out: dict[str, Any] = {}
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") != CONTAINER:
             continue
-        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        state = cs.get("state") or {}
+        term = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
         if term:
-            exit_code, reason, message = term.get("exitCode"), term.get("reason") or "", term.get("message")
+            out.update(exit_code=term.get("exitCode"), terminated_reason=term.get("reason") or "",
+                       termination_message=term.get("message") or None)
+        started = (state.get("running") or {}).get("startedAt")
+        if started is None and term and term.get("reason") not in START_FAILED_REASONS:
+            started = term.get("startedAt")
+        out["running_at"] = epoch(started)
+        waiting = state.get("waiting") or {}
+        out.update(waiting_reason=waiting.get("reason") or "", waiting_message=waiting.get("message") or "")
+    return out
+
+
+def _unschedulable(status: dict[str, Any]) -> dict[str, Any]:
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            return {"unschedulable": c.get("message") or "", "unschedulable_since": epoch(c.get("lastTransitionTime"))}
+    return {}
+
+
+def pod_summary(body: dict[str, Any]) -> PodSummary:
+    meta, status, spec = body.get("metadata") or {}, body.get("status") or {}, body.get("spec") or {}
+    annotations, labels = meta.get("annotations") or {}, meta.get("labels") or {}
     return PodSummary(
         namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
         labels=_labels(meta), owner_uid=_controller_uid(meta), phase=status.get("phase") or "Pending",
         node=spec.get("nodeName"), deleting=bool(meta.get("deletionTimestamp")),
-        result=(meta.get("annotations") or {}).get(RESULT_ANNOTATION),
-        exit_code=exit_code, terminated_reason=reason, termination_message=message or None,
+        result=annotations.get(RESULT_ANNOTATION),
         started_at=status.get("startTime"), deadline_seconds=spec.get("activeDeadlineSeconds"),
-        index=completion_index(meta),
-        **pod_times(body, CONTAINER),
+        index=completion_index(meta), job_uid_label=labels.get(JOB_UID_LABEL),
+        created_at=epoch(meta.get("creationTimestamp")),
+        rejected=tuple(str(annotations.get(REJECTED_ANNOTATION) or "").split()),
+        **_container(status), **_unschedulable(status), **pod_times(body, CONTAINER),
     )
 
 
@@ -225,12 +287,51 @@ def _key(pod: PodSummary, text: str) -> str:
     return pod.uid + ":" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _rejection(pod: PodSummary, text: str, reason: str, message: str) -> Rejection:
+    return Rejection(f"{pod.namespace}/{pod.name}", _key(pod, text), reason, message, pod.rejected)
+
+
 def foreign_pod_rejection(pod: PodSummary) -> Rejection | None:
-    """A Pod with our labels and a result that no Job of the ladder controls: never counted."""
-    if pod.result is None:
+    """A Pod with our labels and a result that no Job of the ladder controls: never counted.
+
+    Not foreign, and not announced: a Pod being deleted, and a Job's own Pod whose Job is not
+    in the cache (its owner and its JOB_UID_LABEL agree): the Job was deleted (a ladder being
+    deleted, garbage collection removes Jobs before their Pods) or is not listed yet."""
+    if pod.result is None or pod.deleting:
         return None
-    return Rejection(f"{pod.namespace}/{pod.name}", _key(pod, pod.result), "foreign",
-                     f"pod {pod.name} carries a result but is not controlled by a Job of this ladder; ignored")
+    if pod.owner_uid is not None and pod.owner_uid == pod.job_uid_label:
+        return None
+    return _rejection(pod, pod.result, "foreign",
+                      f"pod {pod.name} carries a result but is not controlled by a Job of this ladder; ignored")
+
+
+def claims(pod: PodSummary, job: JobSummary) -> bool:
+    """Does the Pod claim to be this Job's, by its owner or by the Job controller's label?"""
+    return pod.owner_uid == job.uid or pod.job_uid_label == job.uid
+
+
+def disagreement(pod: PodSummary, job: JobSummary) -> str | None:
+    """Why a Pod that claims this Job is not the Job's own (None: it is). The Job controller
+    makes every Pod of a Job with the Job's UID as owner and as JOB_UID_LABEL and the Job's
+    ladder/cell labels; a Pod where any of them differs was re-owned or relabelled after."""
+    wrong = []
+    if pod.owner_uid != job.uid:
+        wrong.append(f"its owner is {pod.owner_uid or 'none'}")
+    if pod.job_uid_label != job.uid:
+        wrong.append(f"its {JOB_UID_LABEL} label is {pod.job_uid_label or 'absent'}")
+    have, want = dict(pod.labels), dict(job.labels)
+    changed = [k.removeprefix(LABEL_PREFIX) for k in IDENTITY_LABELS if have.get(k) != want.get(k)]
+    if changed:
+        wrong.append("its " + ", ".join(changed) + " label" + ("s differ" if len(changed) > 1 else " differs"))
+    if not wrong:
+        return None
+    return f"pod {pod.name} claims Job {job.name} ({job.uid}) but " + "; ".join(wrong)
+
+
+def forged_pod_rejection(pod: PodSummary, job: JobSummary, why: str) -> Rejection:
+    """A relabelled or re-owned Pod: never assigned to a cell, announced once per change."""
+    state = f"{pod.owner_uid}|{pod.job_uid_label}|{pod.labels}"
+    return _rejection(pod, state, "forged", f"{why}: rejected as forged, it counts for no cell")
 
 
 def disagree(annotation: CellResult, message: CellResult) -> bool:
@@ -258,7 +359,7 @@ def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str, view: CellV
     channels: list[tuple[str, bool]] = []
     if pod.result is not None:
         channels.append((pod.result, True))
-    if pod.terminal and pod.termination_message:
+    if pod.terminal and pod.termination_message and not pod.start_failed:
         channels.append((pod.termination_message, False))
     usable: dict[bool, tuple[str, CellResult]] = {}
     for text, strict in channels:
@@ -269,13 +370,12 @@ def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str, view: CellV
             # trainer may have shortened it); an out-of-range one is, wherever it came from.
             if strict or exc.reason == "range":
                 what = "result annotation" if strict else "termination message"
-                view.rejections.append(Rejection(f"{pod.namespace}/{pod.name}", _key(pod, text), exc.reason,
-                                                 f"{what} on pod {pod.name} rejected: {exc}"))
+                view.rejections.append(_rejection(pod, text, exc.reason, f"{what} on pod {pod.name} rejected: {exc}"))
     if False in usable:
         if True in usable and disagree(usable[True][1], usable[False][1]):
             ann, msg = usable[True][1], usable[False][1]
-            view.rejections.append(Rejection(
-                f"{pod.namespace}/{pod.name}", _key(pod, usable[True][0]), "forged",
+            view.rejections.append(_rejection(
+                pod, usable[True][0], "forged",
                 f"result annotation on pod {pod.name} (status {ann.status}, value {ann.value}) disagrees with its "
                 f"termination message (status {msg.status}, value {msg.value}), which only the cell's container "
                 "can write: the annotation is rejected as forged and the termination message counts"))
@@ -296,7 +396,16 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
         return view
     if job.owner_uid != ladder_uid or job.cell != cell or job.ladder != ladder:
         return view  # not ours (a leftover of a deleted ladder of the same name): ignore it
-    mine = [p for p in pods if p.owner_uid == job.uid]
+    mine = []
+    for p in pods:
+        if not claims(p, job):
+            continue
+        why = disagreement(p, job)
+        if why is None:
+            mine.append(p)
+        else:
+            view.rejections.append(forged_pod_rejection(p, job, why))
+    view.pods = mine
     # Stable order: Succeeded pods first, then by name (a retried Job has several pods).
     mine.sort(key=lambda p: (p.phase != "Succeeded", p.name))
     view.node = next((p.node for p in mine if p.node), None)
@@ -322,6 +431,8 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
     if job.failed:
         last = next((p for p in reversed(mine) if p.phase == "Failed"), None)
         detail = f"; last pod exit code {last.exit_code}" if last and last.exit_code is not None else ""
+        if last is not None and last.start_failed:
+            detail = f"; {start_failure(last)}"
         view.outcome = CellOutcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:REASON_LIMIT])
         return view
     if job.complete and not any(p.terminal for p in mine):
@@ -334,3 +445,9 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
         return view
     view.running = True
     return view
+
+
+def start_failure(pod: PodSummary) -> str:
+    """The words for a container that never ran: its runtime's reason and message."""
+    message = (pod.termination_message or "").strip()
+    return f"the container could not start ({pod.terminated_reason}" + (f": {message})" if message else ")")

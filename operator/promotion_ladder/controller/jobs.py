@@ -21,6 +21,7 @@ from typing import Any
 from ..core.api import API_VERSION, KIND, LadderSpec
 from ..core.budget import cell_deadline_seconds
 from ..core.cell import Cell
+from ..core.continuation import ladder_root
 from ..core.contract import CONFIG_ANNOTATION, CONFIG_FILE, NON_RETRYABLE_EXIT_CODES, cell_args, cell_config, cell_env
 from ..core.podtemplate import CONFIG_PATH, CONFIG_VOLUME, SCRATCH_PATH, SCRATCH_VOLUME, TRAINER_CONTAINER
 from .cellpod import shape_job
@@ -92,13 +93,16 @@ def owner_reference(ladder_body: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta["uid"], "controller": True}
 
 
-def trainer_args(spec: LadderSpec, cell: Cell) -> list[str]:
-    return cell_args(spec, cell, CONFIG_FILE_PATH, RESULT_FILE)
+def trainer_args(spec: LadderSpec, cell: Cell, ladder: str) -> list[str]:
+    """The contract's argv; a ladder that continues keeps its checkpoints on the template's
+    volume at spec.continuation.path (core/continuation.py's layout)."""
+    root = ladder_root(spec.continuation.path, ladder) if spec.continuation else None
+    return cell_args(spec, cell, CONFIG_FILE_PATH, RESULT_FILE, root)
 
 
 def trainer_env(spec: LadderSpec, ladder: str, cell: Cell) -> list[dict[str, Any]]:
     env = [{"name": k, "value": v} for k, v in sorted(spec.trainer.env.items())]
-    ours = cell_env(ladder, cell)
+    ours = cell_env(ladder, cell, spec)
     env = [e for e in env if e["name"] not in ours and e["name"] not in ("POD_NAME", "POD_NAMESPACE")]
     env += [{"name": k, "value": v} for k, v in ours.items()]
     env += [
@@ -154,7 +158,7 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
         "name": CONTAINER,
         "image": spec.trainer.image,
         "command": list(spec.trainer.command),
-        "args": trainer_args(spec, cell),
+        "args": trainer_args(spec, cell, ladder),
         "env": trainer_env(spec, ladder, cell),
         "workingDir": SCRATCH_PATH,
         "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH},

@@ -15,7 +15,8 @@ import logging
 import os
 import socket
 import threading
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -33,6 +34,22 @@ COMPONENT = "promotion-ladder-operator"
 # holding a worker thread, which also bounds how long a stopping operator waits for its threads.
 REQUEST_SECONDS = (10, 60)
 KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"  # the Workload API of Kueue v0.17
+
+
+@dataclass(frozen=True)
+class Node:
+    """What admission needs of a Node: its labels and its allocatable resources (quantities)."""
+
+    name: str
+    labels: dict[str, str]
+    allocatable: dict[str, str] = field(default_factory=dict)
+
+
+def node_from(n: Any) -> Node:
+    """A Node as the kubernetes client reads it (V1Node) -> what admission needs of it."""
+    meta, status = n.metadata, n.status
+    allocatable = (status.allocatable if status is not None else None) or {}
+    return Node(str(meta.name), dict(meta.labels or {}), {k: str(v) for k, v in allocatable.items()})
 
 
 def api_status(exc: BaseException) -> int | None:
@@ -194,9 +211,37 @@ class KubeApi:
         self._count("read_namespace")
         return dict(self.core.read_namespace(name, _request_timeout=REQUEST_SECONDS).metadata.labels or {})
 
-    def node_labels(self) -> list[dict[str, str]]:
+    def nodes(self) -> list[Node]:
         self._count("list_nodes")
-        return [dict(n.metadata.labels or {}) for n in self.core.list_node(_request_timeout=REQUEST_SECONDS).items]
+        return [node_from(n) for n in self.core.list_node(_request_timeout=REQUEST_SECONDS).items]
+
+    def failed_creates(self, namespace: str) -> dict[str, str]:
+        """The message of the Job controller's latest FailedCreate Event of each Job in the
+        namespace that has one, by Job UID."""
+        self._count("list_events")
+        found = self.core.list_namespaced_event(
+            namespace, field_selector="reason=FailedCreate,involvedObject.kind=Job",
+            _request_timeout=REQUEST_SECONDS).items
+
+        def when(e: Any) -> float:
+            t = e.last_timestamp or e.event_time or e.metadata.creation_timestamp
+            return t.timestamp() if t is not None else 0.0
+
+        out: dict[str, str] = {}
+        for e in sorted(found, key=when):  # the latest wins
+            if e.involved_object is not None and e.involved_object.uid:
+                out[e.involved_object.uid] = e.message or "FailedCreate"
+        return out
+
+    def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge annotations into a Pod (gone: nothing to do)."""
+        self._count("patch_pod")
+        try:
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}},
+                                           _request_timeout=REQUEST_SECONDS)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def post_event(self, body: dict, type_: str, reason: str, message: str) -> None:
         meta = body["metadata"]

@@ -5,6 +5,8 @@ After a restart under load a Complete Job's Pod may be missing from the cache, o
 evidence (intake.py asks for a look instead); its Pods are read directly and used by the next
 reconciles for LOOKUP_KEEP_SECONDS, in place of the cached copies. A Complete Job whose Pods
 are really gone (deleted by someone) lost its result: the Job is deleted so the cell runs again.
+Only the Job's own Pods count: one whose owner, controller-uid label or cell labels disagree
+with the Job (relabelled or re-owned) is rejected as forged (intake.disagreement).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from typing import Any, Protocol
 
 from .announcer import Announcer
-from .intake import JobSummary, PodSummary, pod_summary
+from .intake import JobSummary, PodSummary, disagreement, forged_pod_rejection, pod_summary
 from .workqueue import Key, Requeue
 
 LOOKUP_KEEP_SECONDS = 120.0  # Pods read directly are used this long
@@ -55,15 +57,25 @@ class PodLookups:
         ns, name = key
         found_terminal = False
         for job in jobs[:LOOKUPS_PER_RECONCILE]:
-            bodies = self._api.pods_of_job(ns, job.name, job.uid)
-            if bodies:
-                summaries = [pod_summary(b) for b in bodies]
+            summaries = self._own_pods(body, job, self._api.pods_of_job(ns, job.name, job.uid))
+            if summaries:
                 with self._lock:
                     self._found.setdefault(key, {})[job.uid] = (time.monotonic() + LOOKUP_KEEP_SECONDS, summaries)
                 found_terminal = found_terminal or any(p.terminal for p in summaries)
                 continue
             self._api.delete_job(ns, job.name, job.uid)
             self._announcer.warn_once(body, "ResultLost", f"{ns}/{name}:lost:{job.uid}",
-                                      f"Job {job.name} is Complete but its Pods are gone, so its result cannot be "
-                                      "read; the cell runs again")
+                                      f"Job {job.name} is Complete but its Pods are gone or were relabelled or "
+                                      "re-owned, so its result cannot be read; the cell runs again")
         self._requeue.add_after(key, 0.05 if found_terminal else NEXT_LOOK_SECONDS)
+
+    def _own_pods(self, body: dict[str, Any], job: JobSummary, bodies: list[dict[str, Any]]) -> list[PodSummary]:
+        """The Job's own Pods among those read; the others announced as forged."""
+        own = []
+        for pod in map(pod_summary, bodies):
+            why = disagreement(pod, job)
+            if why is None:
+                own.append(pod)
+            else:
+                self._announcer.reject(body, forged_pod_rejection(pod, job, why))
+        return own

@@ -39,7 +39,7 @@ async def serve(settings: Settings) -> None:
     await kopf.operator(
         registry=registry, standalone=True, clusterwide=not settings.namespaces,
         namespaces=settings.namespaces or [], liveness_endpoint=f"http://0.0.0.0:{settings.health_port}{HEALTH_PATH}",
-        identity=kopf_identity(),
+        identity=kopf_identity(),  # type: ignore[arg-type]  # kopf.Identity, a NewType of str, is not exported
     )
 
 

@@ -16,6 +16,7 @@ import yaml
 from ..core.api import PromotionLadder
 from ..core.cell import Cell
 from ..core.planner import stage_cells
+from ..core.podtemplate import continuation_mount_errors
 from .cellpod import rendezvous_service
 from .jobs import build_job
 
@@ -37,6 +38,9 @@ def stage_manifests(ladder: PromotionLadder, stage: str | None = None,
     name = stage or names[0]
     if name not in names:
         raise ValueError(f"--stage: unknown stage {name!r}; the ladder's stages are {', '.join(names)}")
+    mount = continuation_mount_errors(spec.continuation.path if spec.continuation else None, spec.trainer.template)
+    if mount:  # the operator refuses such a ladder (InvalidSpec): say so here too
+        raise ValueError("; ".join(mount))
     meta = ladder.metadata.model_dump()
     body = {"metadata": {"name": ladder.name, "uid": meta.get("uid") or PLACEHOLDER_UID}}
     if namespace or ladder.metadata.namespace:

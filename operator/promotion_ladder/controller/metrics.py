@@ -24,15 +24,19 @@ from ..core.accounting import cell_gpu_hours, cell_occupied_gpu_hours
 from ..core.api import LadderSpec
 from ..core.attempts import Attempts
 from ..core.status import LadderStatus
+from .scheduling import StartTimes
 
 CELL_STATES = ("Pending", "Queued", "Running", "Succeeded", "Failed")
 # ResultError/Rejection reasons (core/result.py, controller/intake.py), exported at 0 per ladder.
-RESULT_ERROR_REASONS = ("malformed", "invalid", "identity", "metric", "foreign")
+RESULT_ERROR_REASONS = ("malformed", "invalid", "identity", "metric", "foreign", "range", "forged")
 
 # Decisions are meant to be fast (p99 < 2 s): fine buckets below a few seconds.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 # A cell's wait in a batch queue: seconds behind a short stage, hours behind a busy cluster.
 _QUEUE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
+# A cell's start: a second when the cluster has room, hours in a queue. Kubernetes' timestamps
+# have one-second resolution, so nothing finer than a second means anything.
+_START_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0)
 
 
 class LadderMetrics:
@@ -67,6 +71,17 @@ class LadderMetrics:
         self.decision_latency = Histogram("ladder_decision_latency_seconds",
                                           "From a stage's last result seen to the next stage's Jobs created.",
                                           buckets=_LATENCY_BUCKETS, registry=r)
+        # The wait a user feels, per cell (controller/scheduling.py start_times): the Job controller,
+        # then the scheduler (and free capacity), then the kubelet.
+        self.cell_pod_creation = Histogram(
+            "ladder_cell_pod_creation_seconds", "From a cell's Job created to its first Pod created (the Job controller).",
+            ["namespace"], buckets=_START_BUCKETS, registry=r)
+        self.cell_scheduling = Histogram(
+            "ladder_cell_scheduling_seconds", "From a cell's Job created to its first Pod scheduled on a node.",
+            ["namespace"], buckets=_START_BUCKETS, registry=r)
+        self.cell_start = Histogram(
+            "ladder_cell_start_seconds", "From a cell's Pod scheduled to its trainer container running "
+            "(image pull, volumes, container creation).", ["namespace"], buckets=_START_BUCKETS, registry=r)
         self.reconcile_errors = Counter("ladder_reconcile_errors", "Reconciles that failed (each is retried with backoff).",
                                         registry=r)
         self.api_requests = Counter("ladder_operator_api_requests", "API requests the reconciles made (watches not counted).",
@@ -114,9 +129,9 @@ class LadderMetrics:
                         budget = budgets.get(st.name, 0.0)
                         cell_gpus = c.gpus if c.gpus is not None else gpus
                         # The status's own accounting, in GPU-seconds, so counters and status agree.
-                        spent.inc(3600.0 * cell_gpu_hours(c.train_seconds, budget, cell_gpus))
+                        spent.inc(3600.0 * cell_gpu_hours(c.train_seconds, budget, cell_gpus, c.resumed_seconds))
                         occupied.inc(3600.0 * cell_occupied_gpu_hours(c.occupied_seconds, c.train_seconds, budget,
-                                                                      cell_gpus))
+                                                                      cell_gpus, c.resumed_seconds))
                 for state, n in by_state.items():
                     self.cells.labels(namespace, ladder, st.name, state).set(n)
                 self._stage_labels[key].add(st.name)
@@ -158,6 +173,13 @@ class LadderMetrics:
                 self.info.remove(*old)
             self.info.labels(*info).set(1)
             self._info_labels[key] = info
+
+    def observe_start(self, namespace: str, times: StartTimes) -> None:
+        """One cell's start (each cell once)."""
+        if times.pod_created is not None:
+            self.cell_pod_creation.labels(namespace).observe(times.pod_created)
+        self.cell_scheduling.labels(namespace).observe(times.scheduled)
+        self.cell_start.labels(namespace).observe(times.running)
 
     def result_error(self, namespace: str, ladder: str, reason: str) -> None:
         self.result_errors.labels(namespace, ladder, reason).inc()

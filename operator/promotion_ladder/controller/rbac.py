@@ -35,7 +35,8 @@ OPERATOR_RULES: list[Rule] = [
     # still running far past its deadline (lost exit, dead node) is ended (controller/stuck.py).
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
     # An Event for each stage decision and each rejected result (both APIs: kopf and kubectl use either).
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    # list: why a cell's Job has no Pod is only in the Job controller's FailedCreate Event (jobevents.py).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "list"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     # The trainer's identity in each ladder's namespace (created if absent, never modified).
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
@@ -115,7 +116,9 @@ def covers(granted: list[Rule], needed: list[Rule]) -> list[str]:
 # RBAC lets ladder-trainer patch any pod of its namespace. A ValidatingAdmissionPolicy narrows
 # that to: its own Pod (the bound service-account token names the pod it was issued for, in
 # userInfo.extra["authentication.kubernetes.io/pod-name"]), and there only the result and
-# progress annotations; no label, no other annotation. Requests of any other user pass.
+# progress annotations: no label, no other annotation, no owner reference (the operator's result
+# intake finds a cell's Pod by its owner), no finalizer, nothing in the spec (the deadline, the
+# tolerations). Requests of any other user pass.
 TRAINER_ADMISSION_POLICY = "ladder-trainer-own-pod"
 POD_NAME_CLAIM = "authentication.kubernetes.io/pod-name"
 TRAINER_ANNOTATIONS = (RESULT_ANNOTATION, PROGRESS_ANNOTATION)
@@ -146,6 +149,14 @@ def trainer_admission_policy(name: str = TRAINER_ADMISSION_POLICY) -> list[dict[
                 {"name": "newAnn", "expression": "has(object.metadata.annotations) ? object.metadata.annotations : {}"},
                 {"name": "oldAnn", "expression": "has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}"},
                 {"name": "allowed", "expression": allowed},
+                {"name": "newOwners", "expression": (
+                    "has(object.metadata.ownerReferences) ? object.metadata.ownerReferences : []")},
+                {"name": "oldOwners", "expression": (
+                    "has(oldObject.metadata.ownerReferences) ? oldObject.metadata.ownerReferences : []")},
+                {"name": "newFinalizers", "expression": (
+                    "has(object.metadata.finalizers) ? object.metadata.finalizers : []")},
+                {"name": "oldFinalizers", "expression": (
+                    "has(oldObject.metadata.finalizers) ? oldObject.metadata.finalizers : []")},
             ],
             "validations": [
                 {"expression": "variables.podName != '' && variables.podName == object.metadata.name",
@@ -159,6 +170,12 @@ def trainer_admission_policy(name: str = TRAINER_ADMISSION_POLICY) -> list[dict[
                                 "variables.oldAnn.all(k, k in variables.allowed || k in variables.newAnn)"),
                  "reason": "Forbidden",
                  "message": "a ladder trainer may change only the annotations " + ", ".join(TRAINER_ANNOTATIONS)},
+                {"expression": "variables.newOwners == variables.oldOwners",
+                 "reason": "Forbidden", "message": "a ladder trainer may not change its Pod's ownerReferences"},
+                {"expression": "variables.newFinalizers == variables.oldFinalizers",
+                 "reason": "Forbidden", "message": "a ladder trainer may not change its Pod's finalizers"},
+                {"expression": "object.spec == oldObject.spec",
+                 "reason": "Forbidden", "message": "a ladder trainer may not change its Pod's spec"},
             ],
         },
     }

@@ -9,8 +9,11 @@
      write loses at most the Events, never the decision;
   4. creates the missing Jobs, a few at a time (jobcreator.py);
   5. announces rejected results once each (announcer.py), reads the Pods of Complete Jobs
-     missing from the cache (lookups.py), ends Pods stuck past their deadline, and updates the
-     metrics.
+     missing from the cache (lookups.py), ends Pods stuck past their deadline, acts on cells
+     that wait to start (waits.py: why a Job has no Pod, Jobs of cells that waited too long,
+     start-time histograms), and updates the metrics.
+A ladder being deleted is left alone: garbage collection removes its Jobs and Pods, and nothing
+about them is worth an Event or a counter.
 Nothing is reconciled while the Gate is shut (lease.py: another operator leads, or SIGTERM came);
 on taking the Lease every ladder is reconciled.
 """
@@ -35,6 +38,7 @@ from .queueing import QUEUE_CHECK_SECONDS, LostPods, WorkloadApi, WorkloadChecks
 from .reconcile import Reconciled, merge_known_status, reconcile
 from .statuswriter import StatusApi, StatusWriter, WriteResult
 from .stuck import STUCK_GRACE_SECONDS
+from .waits import CellWaits, WaitsApi
 from .workqueue import Key, Requeue
 
 log = logging.getLogger("promotion_ladder.operator")
@@ -52,7 +56,7 @@ class SummaryIndex(Protocol[T]):
     def synced(self) -> bool: ...
 
 
-class ReconcileApi(StatusApi, EventApi, JobApi, LookupApi, AdmissionApi, WorkloadApi, Protocol):
+class ReconcileApi(StatusApi, EventApi, JobApi, LookupApi, AdmissionApi, WaitsApi, WorkloadApi, Protocol):
     """The API calls of a reconcile (kubeapi.KubeApi)."""
 
     def write_conditions(self, namespace: str, name: str, conditions: list[dict[str, Any]]) -> None: ...
@@ -73,6 +77,7 @@ class Reconciler:
         self.admission = AdmissionChecks(api)
         self.lost_pods = lost_pods or LostPods()  # filled by the Pod watch (parts.py)
         self.workloads = WorkloadChecks(api)
+        self.waits = CellWaits(api, self.announcer, queue, metrics)
 
     def reconcile(self, key: Key, since: float | None = None) -> None:
         """Reconcile one ladder now. `since`: when it became dirty (monotonic), for the
@@ -82,7 +87,7 @@ class Reconciler:
         if body is None:
             self._forget(key)
             return
-        if not self._gate.open():
+        if not self._gate.open() or body["metadata"].get("deletionTimestamp"):
             return
         t0 = time.perf_counter()
         known, r = self._decide(key, body)
@@ -104,7 +109,8 @@ class Reconciler:
                                      time.time())
         # 2. the pure reconcile
         r = reconcile(body, known, jobs, pods, creating, clock.iso(), stuck_grace=self.stuck_grace,
-                      admission=self.admission.check(key, body), deleted=self.lost_pods.of(key), queue=queue)
+                      admission=self.admission.check(key, body), failed_create=self.waits.failed_creates(key[0]),
+                      deleted=self.lost_pods.of(key), queue=queue)
         if any(j.suspended and not j.finished for j in jobs):  # look at the queue again (queueing.py)
             r.recheck_after = min(r.recheck_after or QUEUE_CHECK_SECONDS, QUEUE_CHECK_SECONDS)
         return known, r
@@ -126,10 +132,15 @@ class Reconciler:
         return True
 
     def _follow_up(self, key: Key, body: dict[str, Any], r: Reconciled) -> None:
-        # 5. rejections, missing and stuck evidence, metrics
+        # 5. rejections, missing, stuck and waiting evidence, metrics
         ns, name = key
         for rejection in r.rejections:
             self.announcer.reject(body, rejection)
+        for job in r.failed_prunes:  # the eliminated candidates' checkpoints are still on the volume
+            self.announcer.warn_once(
+                body, "CheckpointPruneFailed", f"{ns}/{name}:prune:{job.uid}",
+                f"Job {job.name}, deleting the checkpoints of the candidates a stage eliminated, failed "
+                f"({job.failed_reason}: {job.failed_message}); they are still on the volume")
         if r.look_up:
             self.lookups.look_up(key, body, r.look_up)
         if r.recheck_after is not None:
@@ -140,6 +151,7 @@ class Reconciler:
                 body, "CellStuck", f"{ns}/{name}:stuck:{pod.uid}",
                 f"pod {pod.name} was still running {self.stuck_grace:g} s after its deadline "
                 f"({pod.deadline_seconds} s from its start); it was ended and its Job retries or fails the cell")
+        self.waits.follow_up(key, body, r.read_events, r.end_jobs, r.start_times)
         if r.spec is not None and r.ladder_status is not None:
             self._metrics.observe(ns, name, r.spec, r.ladder_status)
         else:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .budget import parse_budget
+from .budget import BUDGET_PATTERN, parse_budget
 from .model import SpecModel
 
 GROUP = "ladder.promotion.dev"
@@ -42,6 +42,14 @@ MAX_NODES = 64  # pods of one multi-node cell; the Job's pod hostnames are <job>
 # its cell Pod's annotation, and a Pod's annotations are limited to 256 KiB in all, and the whole
 # ladder to etcd's ~1.5 MiB object. 32 KiB of compact JSON per config leaves room for both.
 MAX_CONFIG_BYTES = 32 * 1024
+# How long a cell may wait to start for anything but free capacity (controller/scheduling.py).
+DEFAULT_SCHEDULING_TIMEOUT = "15m"
+_ZERO_DURATION = re.compile(r"^(0+(\.0+)?(ms|s|m|h|d))+$")
+
+
+def timeout_seconds(text: str) -> float | None:
+    """Seconds of a timeout such as "15m"; None for a zero one ("0s": no timeout)."""
+    return None if _ZERO_DURATION.match(text) else parse_budget(text)
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
 
@@ -162,6 +170,32 @@ class Verdict(SpecModel):
     checks: list[Check] = Field(default_factory=list, max_length=MAX_CHECKS)
 
 
+class Continuation(SpecModel):
+    from_: Literal["previousStage"] = Field(
+        alias="from",
+        description="Each cell of a later stage starts from the stable-phase checkpoint of the same (candidate, host "
+                    "block, seed) in the previous stage and trains on to its own budget (docs/continuation.md).",
+    )
+    on_mismatch: Literal["fail", "fromScratch"] = Field(
+        "fail", description="A predecessor checkpoint that is missing or belongs to something else (ladder, candidate, "
+                            "seed, host block, stage, corpus, content): fail the cell, or train it from scratch.")
+    keep: Literal["promoted", "all"] = Field(
+        "promoted", description="promoted: when a stage decides, the checkpoints of the candidates it eliminated are "
+                                "deleted (the winner's are kept); all: nothing is deleted.")
+    path: str = Field(
+        "/checkpoints", min_length=2, max_length=256,
+        description="Where the cells see the checkpoint volume on a cluster: a volumeMount of the trainer container "
+                    "in spec.trainer.template (a ReadWriteMany claim). `ladder run` keeps checkpoints under its work dir.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _plain_path(cls, v: str) -> str:
+        if not v.startswith("/") or any(part in (".", "..") for part in v.split("/")):
+            raise ValueError(f"{v!r}: give an absolute path (the volume's mountPath or below it), without '.' or '..' parts")
+        return v.rstrip("/") or v
+
+
 class LadderSpec(SpecModel):
     # Defaults are materialised by the API server too ({} + field defaults), so the frozen
     # objective exists on every stored ladder and `self == oldSelf` always applies to it.
@@ -173,6 +207,29 @@ class LadderSpec(SpecModel):
     verdict: Verdict | None = None
     parallelism: int | None = Field(None, ge=1, description="Most cells of this ladder running at once.")
     queue_name: str | None = Field(None, min_length=1, max_length=253, description="Kueue LocalQueue (kueue.x-k8s.io/queue-name).")
+    continuation: Continuation | None = Field(
+        None, description="Promoted candidates continue from their previous stage's stable-phase checkpoint instead "
+                          "of starting over. Frozen: part of the frozen hash.")
+    # Not frozen: like parallelism it says how long to wait for the cluster, not what a cell
+    # measures; raising it while a ladder waits is the fix for a slow PersistentVolume, say.
+    scheduling_timeout: str | None = Field(
+        None, max_length=32, pattern=BUDGET_PATTERN,
+        description=f"How long a cell may wait to start (its Job cannot create its Pod, its Pod cannot be scheduled, its "
+                    f"container cannot start) for anything but free capacity before it fails; default "
+                    f"{DEFAULT_SCHEDULING_TIMEOUT}, \"0s\" never. A cell that only waits for free capacity waits as "
+                    "long as that takes. Editable; not part of the frozen hash.")
+
+    @field_validator("scheduling_timeout")
+    @classmethod
+    def _timeout_parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            timeout_seconds(v)
+        return v
+
+    @property
+    def scheduling_timeout_seconds(self) -> float | None:
+        """None: cells never fail for waiting."""
+        return timeout_seconds(self.scheduling_timeout or DEFAULT_SCHEDULING_TIMEOUT)
 
     def candidate_names(self) -> list[str]:
         return [c.name for c in self.candidates]
@@ -212,6 +269,8 @@ FROZEN_TRAINER_FIELDS = ("gpus",)
 # Trainer fields frozen too but hashed only when not at their default, so every ladder admitted
 # before the field existed keeps its recorded hash: nodes changes what a cell measures, like gpus.
 FROZEN_TRAINER_DEFAULTS = {"nodes": 1}
+# Frozen fields hashed only when set, for the same reason: ladders without them keep their hash.
+FROZEN_OPTIONAL_FIELDS = ("continuation",)
 
 
 def _canonical(value: Any) -> Any:
@@ -235,6 +294,7 @@ def frozen_hash(spec: LadderSpec, *, with_trainer: bool = True) -> str:
         frozen["trainer"] = {k: wire["trainer"].get(k) for k in FROZEN_TRAINER_FIELDS}
         frozen["trainer"].update({k: wire["trainer"].get(k) for k, default in FROZEN_TRAINER_DEFAULTS.items()
                                   if wire["trainer"].get(k, default) != default})
+    frozen.update({k: wire[k] for k in FROZEN_OPTIONAL_FIELDS if wire.get(k) is not None})
     canonical = json.dumps(frozen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -335,6 +395,7 @@ def semantic_errors(spec: LadderSpec) -> list[str]:
                 f"spec.stages[{i}].budget: {spec.stages[i].budget!r} is shorter than the previous stage's "
                 f"{spec.stages[i - 1].budget!r}; budgets must not decrease"
             )
+    errs += continuation_errors(spec)
     if spec.verdict is not None:
         if spec.verdict.reference not in cands:
             errs.append(f"spec.verdict.reference: unknown candidate {spec.verdict.reference!r}")
@@ -348,6 +409,13 @@ def semantic_errors(spec: LadderSpec) -> list[str]:
             if c.type == "meanGap" and c.max_gap is None:
                 errs.append(f"{p}.maxGap: required for type meanGap")
     return errs
+
+
+def continuation_errors(spec: LadderSpec) -> list[str]:
+    """spec.continuation needs a previous stage to continue from."""
+    if spec.continuation is not None and len(spec.stages) < 2:
+        return ["spec.continuation: a ladder of one stage has nothing to continue; remove it"]
+    return []
 
 
 def load_ladder(data: Any, source: str = "ladder") -> PromotionLadder:

@@ -10,7 +10,11 @@
           downward API; `ladder run` writes it into the cell's folder
     out:  one CellResult document (core/result.py) in the result file; on Kubernetes also in
           the Pod annotation RESULT_ANNOTATION and the container's termination message
-    exit: 0 ok, 1 error, 2 bad config, 3 diverged, 4 out of memory
+    exit: 0 ok, 1 error, 2 bad config, 3 diverged, 4 out of memory, 5 checkpoint refused
+    continuation (spec.continuation; core/continuation.py): argv + --stable-checkpoint <dir>
+          [--resume-from <dir> --on-mismatch fail|fromScratch] [--checkpoint-dir <dir>/final],
+          env + LADDER_FROZEN_HASH [LADDER_PREVIOUS_STAGE]; the adapters give the ladder's
+          checkpoint folder (`ladder run`: under its work dir; the operator: spec.continuation.path)
 
 `ladder run` (local/cellproc.py), the operator (controller/jobs.py, controller/intake.py) and
 the trainer (trainer/ladder_trainer) all take the names from here, and a finished cell is judged
@@ -28,6 +32,7 @@ from typing import Mapping
 
 from .api import LadderSpec
 from .cell import Cell, CellOutcome
+from .continuation import cell_checkpoints, previous_cell
 from .result import CellResult, ResultError, check_range, parse_result
 
 # -- argv and env ----------------------------------------------------------------------------
@@ -54,6 +59,16 @@ RDZV_PORT = 29400
 ENV_NODE_RANK = "JOB_COMPLETION_INDEX"  # nodes > 1: this pod's node index (Kubernetes sets it on an Indexed Job)
 LAYOUT_ENV = (ENV_GPUS, ENV_NODES, ENV_RDZV_ENDPOINT, ENV_RDZV_ID)
 
+# Continuation: where a cell saves its stable-phase checkpoint and which one it continues, what
+# the checkpoints must carry (the ladder's frozen hash, the previous stage) and what a mismatch does.
+STABLE_CHECKPOINT_FLAG = "--stable-checkpoint"
+RESUME_FROM_FLAG = "--resume-from"
+ON_MISMATCH_FLAG = "--on-mismatch"
+FINAL_WEIGHTS_FLAG = "--checkpoint-dir"  # the last stage's cells: the decayed weights too
+ENV_FROZEN_HASH = "LADDER_FROZEN_HASH"
+ENV_PREVIOUS_STAGE = "LADDER_PREVIOUS_STAGE"
+CONTINUATION_ENV = (ENV_FROZEN_HASH, ENV_PREVIOUS_STAGE)
+
 # -- where results go on Kubernetes -----------------------------------------------------------
 RESULT_ANNOTATION = "ladder.promotion.dev/result"
 CONFIG_ANNOTATION = "ladder.promotion.dev/config"  # written by the operator; a trainer may not change it
@@ -67,8 +82,10 @@ EXIT_ERROR = 1
 EXIT_BAD_CONFIG = 2
 EXIT_DIVERGED = 3
 EXIT_OOM = 4
-NON_RETRYABLE_EXIT_CODES = (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM)
-EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_OOM: "out of memory"}
+EXIT_CHECKPOINT = 5  # the predecessor's checkpoint is missing or not this cell's (onMismatch: fail)
+NON_RETRYABLE_EXIT_CODES = (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM, EXIT_CHECKPOINT)
+EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_OOM: "out of memory",
+                EXIT_CHECKPOINT: "checkpoint refused"}
 
 REASON_LIMIT = 200  # a cell's reason is kept in the status: bounded
 
@@ -78,17 +95,34 @@ def cell_config(spec: LadderSpec, cell: Cell) -> str:
     return json.dumps(spec.candidate(cell.candidate).config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def cell_args(spec: LadderSpec, cell: Cell, config_file: str, result_file: str) -> list[str]:
-    """What follows trainer.command: trainer.args, then the cell's flags."""
+def cell_args(spec: LadderSpec, cell: Cell, config_file: str, result_file: str,
+              checkpoints: str | None = None) -> list[str]:
+    """What follows trainer.command: trainer.args, then the cell's flags. `checkpoints`: the
+    ladder's checkpoint folder (core.continuation.ladder_root), for a ladder that continues."""
     budget = next(s.budget for s in spec.stages if s.name == cell.stage)
-    return [*spec.trainer.args, CONFIG_FILE_FLAG, config_file, SEED_FLAG, str(cell.seed), BUDGET_FLAG, budget,
+    args = [*spec.trainer.args, CONFIG_FILE_FLAG, config_file, SEED_FLAG, str(cell.seed), BUDGET_FLAG, budget,
             RESULT_FILE_FLAG, result_file]
+    plan = cell_checkpoints(spec, cell, checkpoints) if checkpoints is not None else None
+    if plan is not None and spec.continuation is not None:
+        args += [STABLE_CHECKPOINT_FLAG, plan.write]
+        if plan.read is not None:
+            args += [RESUME_FROM_FLAG, plan.read, ON_MISMATCH_FLAG, spec.continuation.on_mismatch]
+        if plan.final is not None:
+            args += [FINAL_WEIGHTS_FLAG, plan.final]
+    return args
 
 
-def cell_env(ladder: str, cell: Cell) -> dict[str, str]:
-    """The cell's identity variables (the adapters add trainer.env beneath them)."""
-    return {ENV_LADDER: ladder, ENV_STAGE: cell.stage, ENV_CANDIDATE: cell.candidate,
-            ENV_HOST_BLOCK: cell.host_block, ENV_SEED: str(cell.seed)}
+def cell_env(ladder: str, cell: Cell, spec: LadderSpec | None = None) -> dict[str, str]:
+    """The cell's identity variables (the adapters add trainer.env beneath them); with the
+    spec of a ladder that continues, also what its checkpoints must carry."""
+    env = {ENV_LADDER: ladder, ENV_STAGE: cell.stage, ENV_CANDIDATE: cell.candidate,
+           ENV_HOST_BLOCK: cell.host_block, ENV_SEED: str(cell.seed)}
+    if spec is not None and spec.continuation is not None:
+        env[ENV_FROZEN_HASH] = spec.frozen_hash()
+        prev = previous_cell(spec, cell)
+        if prev is not None:
+            env[ENV_PREVIOUS_STAGE] = prev.stage
+    return env
 
 
 def process_env(gpus: int, nodes: int = 1) -> dict[str, str]:

@@ -95,7 +95,7 @@ def spec_schema() -> dict[str, Any]:
     for name in ("hostBlocks", "candidates", "stages"):
         _list_map(props[name])
     _list_map(props["verdict"]["properties"]["checks"])
-    for name in ("objective", "candidates", "stages", "verdict"):
+    for name in ("objective", "candidates", "stages", "verdict", "continuation"):
         props[name].setdefault("x-kubernetes-validations", []).append(
             {"rule": "self == oldSelf", "message": f"spec.{name} is frozen once the ladder is admitted; create a new ladder instead"}
         )
@@ -117,6 +117,11 @@ def spec_schema() -> dict[str, Any]:
     s["x-kubernetes-validations"] = [
         {"rule": "has(self.verdict) == has(oldSelf.verdict)",
          "message": "spec.verdict is frozen once the ladder is admitted; create a new ladder instead"},
+        # Stage 1's cells save the stable checkpoints stage 2 continues from: continuation cannot
+        # be switched on (or off) once cells may have run, let alone after a stage decided.
+        {"rule": "has(self.continuation) == has(oldSelf.continuation)",
+         "message": "spec.continuation is frozen once the ladder is admitted (the first stage's cells save the "
+                    "checkpoints later stages continue from); create a new ladder instead"},
         *cross_field_rules(),
     ]
     checks_items = props["verdict"]["properties"]["checks"]["items"]
@@ -124,6 +129,9 @@ def spec_schema() -> dict[str, Any]:
         {"rule": "self.type != 'nearEquivalence' || has(self.margin)", "message": "nearEquivalence needs margin"},
         {"rule": "self.type != 'meanGap' || has(self.maxGap)", "message": "meanGap needs maxGap"},
     ]
+    props["continuation"]["properties"]["path"]["x-kubernetes-validations"] = [
+        {"rule": "self.startsWith('/')", "message": "spec.continuation.path: give an absolute path (the volume's "
+                                                      "mountPath or below it)"}]
     trainer = props["trainer"]["properties"]
     trainer["nodes"]["x-kubernetes-validations"] = [
         {"rule": "self == oldSelf", "message": "spec.trainer.nodes is frozen once the ladder is admitted (it changes what "

@@ -30,11 +30,11 @@ class Repeat:
     passes: float
 
 
-def _label(key: tuple) -> str:
+def _label(key: tuple[str | int, ...]) -> str:
     return "/".join(str(k) for k in key[-3:])
 
 
-def corpus_conflict(stage: str, cells: Mapping[tuple, Outcome]) -> str | None:
+def corpus_conflict(stage: str, cells: Mapping[tuple[str | int, ...], Outcome]) -> str | None:
     """A message naming every fingerprint and its cells when the stage's cells disagree, else None.
 
     `cells` is keyed by (candidate, hostBlock, seed), or by (stage, candidate, hostBlock, seed).
@@ -50,7 +50,7 @@ def corpus_conflict(stage: str, cells: Mapping[tuple, Outcome]) -> str | None:
             f"is not ranked ({groups}); prepare the corpus once and point every cell at the same copy")
 
 
-def repeated_data(cells: Mapping[tuple, Outcome]) -> list[Repeat]:
+def repeated_data(cells: Mapping[tuple[str | int, ...], Outcome]) -> list[Repeat]:
     """Cells that made more than one pass over their training data, most passes first."""
     out = [Repeat(_label(k), o.data_passes) for k, o in cells.items()
            if o.data_passes is not None and o.data_passes > REPEAT_ABOVE]

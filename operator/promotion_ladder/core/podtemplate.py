@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable
 
-from .contract import ENV_NODE_RANK, IDENTITY_ENV, LAYOUT_ENV
+from .contract import CONTINUATION_ENV, ENV_NODE_RANK, IDENTITY_ENV, LAYOUT_ENV
 
 TRAINER_CONTAINER = "trainer"
 SCRATCH_VOLUME = "scratch"
@@ -39,7 +39,7 @@ SHM_PATH = "/dev/shm"
 # Env the operator sets on the trainer container: the cell identity and the process layout
 # (the cell contract), the downward-API pod identity the trainer uses to publish its result,
 # and the index the Job controller gives each pod of a multi-node cell.
-OWNED_ENV = frozenset({*IDENTITY_ENV, *LAYOUT_ENV, ENV_NODE_RANK, "POD_NAME", "POD_NAMESPACE"})
+OWNED_ENV = frozenset({*IDENTITY_ENV, *LAYOUT_ENV, *CONTINUATION_ENV, ENV_NODE_RANK, "POD_NAME", "POD_NAMESPACE"})
 # Label and annotation prefixes the operator and the Job controller use to find a cell's pods
 # and its result (ladder.promotion.dev/result): a template must not be able to forge them.
 OWNED_META_PREFIXES = ("ladder.promotion.dev/", "batch.kubernetes.io/")
@@ -270,3 +270,29 @@ def template_mounts(template: dict[str, Any] | None) -> set[str]:
         if c.get("name") == TRAINER_CONTAINER:
             return {(m.get("mountPath") or "").rstrip("/") or "/" for m in c.get("volumeMounts") or []}
     return set()
+
+
+def continuation_mount_errors(continuation_path: str | None, template: dict[str, Any] | None) -> list[str]:
+    """On a cluster the cells of a ladder that continues share their checkpoints through a volume
+    the template mounts at (or above) spec.continuation.path, writable: without one each pod
+    would write into its own filesystem and the next stage would find nothing."""
+    if continuation_path is None:
+        return []
+    spec = (template or {}).get("spec") or {}
+    mounts = [m for c in spec.get("containers") or [] if c.get("name") == TRAINER_CONTAINER
+              for m in c.get("volumeMounts") or []]
+    covering = [m for m in mounts if _covers((m.get("mountPath") or "").rstrip("/"), continuation_path)]
+    if not covering:
+        return [f"spec.continuation.path: {continuation_path} is on no volume of the cells' pods; mount one every "
+                "cell can write (a ReadWriteMany claim) at it or above it in spec.trainer.template "
+                "(containers[trainer].volumeMounts)"]
+    mount = max(covering, key=lambda m: len(m.get("mountPath") or ""))
+    if mount.get("readOnly"):
+        return [f"spec.continuation.path: {continuation_path} is on the volume mounted read-only at "
+                f"{mount.get('mountPath')}; the cells write their checkpoints there"]
+    return []
+
+
+def _covers(mount_path: str, path: str) -> bool:
+    return path == mount_path or path.startswith(mount_path + "/") or mount_path == ""
+

@@ -33,6 +33,8 @@ Status = Literal["ok", "diverged", "oom", "error"]
 # about 1, losses and accuracies are small numbers): such a result is rejected at intake, and
 # the rules treat such a value as no value, so sums and means can never overflow.
 MAX_RESULT_VALUE = 1e6
+# Why a continuing cell's predecessor checkpoint was refused: kept in the status, so bounded.
+RESUME_REFUSED_LIMIT = 200
 
 
 def value_in_range(value: float | None) -> bool:
@@ -58,6 +60,11 @@ class Measured(WireModel):
     # The memory one process of the cell needed at its peak: torch.cuda.max_memory_allocated on
     # a GPU, the peak resident set on a CPU; the largest over a cell's processes.
     peak_memory_bytes: int | None = Field(default=None, ge=0)
+    # Continuation (spec.continuation): the training seconds the cell took over from its
+    # predecessor's stable-phase checkpoint, which it did not run itself (0: it trained from
+    # scratch); and, when it trained from scratch although it was to continue, why.
+    resumed_seconds: float | None = Field(default=None, ge=0)
+    resume_refused: str | None = Field(default=None, max_length=RESUME_REFUSED_LIMIT)
 
     def measured(self) -> dict[str, Any]:
         """The measured fields by name, to build another `Measured` from (one copy for all)."""

@@ -60,6 +60,13 @@ def _orient(v: float, direction: str) -> float:
     return v if direction == "minimize" else -v
 
 
+def _complete(e: RankEntry) -> tuple[float, list[float]]:
+    """A complete entry's aggregate and values: rank_stage() gives every complete candidate both."""
+    values = [v for v in e.values if v is not None]
+    assert e.complete and e.aggregate is not None and len(values) == len(e.values), e.candidate
+    return e.aggregate, values
+
+
 def _aggregate(values: list[float], how: str, direction: str) -> float:
     if how == "mean":
         return statistics.fmean(values)
@@ -112,7 +119,7 @@ def rank_stage(
         else {c: _aggregate(v, aggregate, direction) for c, v in complete.items()}
     )
 
-    def key(c: str):
+    def key(c: str) -> tuple[int, float, float, int]:
         ok = [v for v in vals[c] if v is not None]
         mean = _orient(statistics.fmean(ok), direction) if ok else math.inf
         if c in complete:
@@ -143,9 +150,10 @@ def decide(
         for e in complete[: pr.top]:
             by[e.candidate] = "top"
         if pr.within is not None and complete:
-            best = complete[0].aggregate
+            best, _ = _complete(complete[0])
             for e in complete:
-                gap = (e.aggregate - best) if how == "meanRank" else _orient(e.aggregate, direction) - _orient(best, direction)
+                mine, _ = _complete(e)
+                gap = (mine - best) if how == "meanRank" else _orient(mine, direction) - _orient(best, direction)
                 if gap <= pr.within + EPS:
                     by.setdefault(e.candidate, "within")
         for k in pr.keep:
@@ -175,7 +183,7 @@ class CheckResult(WireModel):
 
 
 class VerdictResult(WireModel):
-    winner: str | None
+    winner: str | None = None  # None: no candidate completed the final stage (the status omits it)
     reference: str | None = None
     checks: list[CheckResult] = Field(default_factory=list)
 
@@ -187,11 +195,13 @@ def _run_check(check: Check, final: Decision, reference: str, direction: str) ->
     if c is None or not c.complete:
         why = "did not reach the final stage" if c is None else "has failed cells in the final stage"
         return CheckResult(**base, passed=False, detail=f"{check.candidate} {why}")
+    _, values = _complete(c)
     if check.type == "rankFirstAllCells":
         firsts = 0
         for j in range(len(final.cells)):
-            mine = _orient(c.values[j], direction)
-            others = [_orient(e.values[j], direction) for e in final.ranking if e.candidate != c.candidate and e.values[j] is not None]
+            mine = _orient(values[j], direction)
+            others = [_orient(v, direction) for e in final.ranking
+                      if e.candidate != c.candidate and (v := e.values[j]) is not None]
             firsts += all(mine < o - EPS for o in others)
         n = len(final.cells)
         return CheckResult(**base, passed=firsts == n, measured=float(firsts), threshold=float(n),
@@ -199,12 +209,14 @@ def _run_check(check: Check, final: Decision, reference: str, direction: str) ->
     ref = entries.get(reference)
     if ref is None or not ref.complete:
         return CheckResult(**base, passed=False, detail=f"reference {reference} has no complete final result")
-    mc = statistics.fmean(c.values)  # type: ignore[arg-type]
-    mr = statistics.fmean(ref.values)  # type: ignore[arg-type]
+    mc = statistics.fmean(values)
+    mr = statistics.fmean(_complete(ref)[1])
     if check.type == "nearEquivalence":
+        assert check.margin is not None  # the API requires it for this type
         gap = abs(mc - mr)
         return CheckResult(**base, passed=gap <= check.margin + EPS, measured=gap, threshold=check.margin,
                            detail=f"|mean {mc:.4f} - reference mean {mr:.4f}| = {gap:.4f} vs margin {check.margin}")
+    assert check.max_gap is not None  # the API requires it for meanGap
     gap = _orient(mc, direction) - _orient(mr, direction)
     return CheckResult(**base, passed=gap <= check.max_gap + EPS, measured=gap, threshold=check.max_gap,
                        detail=f"mean gap to reference {gap:+.4f} vs maxGap {check.max_gap}")

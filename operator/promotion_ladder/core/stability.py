@@ -179,7 +179,8 @@ def host_block_taus(d: Decision) -> list[HostBlockTau]:
 
 
 def _complete_values(d: Decision) -> tuple[tuple[float, ...], ...]:
-    return tuple(tuple(e.values) for e in d.ranking if e.complete)
+    # A complete entry has a value in every cell (rules.rank_stage).
+    return tuple(tuple(v for v in e.values if v is not None) for e in d.ranking if e.complete)
 
 
 @lru_cache(maxsize=64)
@@ -208,8 +209,12 @@ def draws(stage: str, n_cells: int, resamples: int = RESAMPLES) -> list[tuple[in
     return [tuple(rnd.randrange(n_cells) for _ in range(n_cells)) for _ in range(resamples)]
 
 
+# A stage's promotion rule as a hashable cache key: (direction, aggregate, top, within).
+RuleKey = tuple[str, str, int, float | None]
+
+
 def _promoted_in(idx: tuple[int, ...], rows: list[list[float]], ranks: list[list[float]] | None,
-                 rule: tuple, order: list[int]) -> list[int]:
+                 rule: RuleKey, order: list[int]) -> list[int]:
     """Rules.decide's top/within promotion of complete candidates on the resampled cells `idx`.
 
     rows[i] are candidate i's values (complete candidates only, entering order); ranks[i] its
@@ -225,6 +230,7 @@ def _promoted_in(idx: tuple[int, ...], rows: list[list[float]], ranks: list[list
         if how == "mean":
             agg = sign * mean
         elif how == "meanRank":
+            assert ranks is not None  # _shares ranks the cells for meanRank
             agg = fsum(pick(ranks[i])) / n  # ranks are halves: the sum is exact, as in rules
         else:
             agg = sign * _aggregate(list(vals), how, direction)
@@ -238,7 +244,7 @@ def _promoted_in(idx: tuple[int, ...], rows: list[list[float]], ranks: list[list
 
 
 @lru_cache(maxsize=64)
-def _shares(stage: str, rule: tuple, keep: tuple[str, ...], names: tuple[str, ...], values: tuple[tuple[float, ...], ...],
+def _shares(stage: str, rule: RuleKey, keep: tuple[str, ...], names: tuple[str, ...], values: tuple[tuple[float, ...], ...],
             order: tuple[int, ...]) -> tuple[float, ...]:
     """Share of resamples promoting each complete candidate (`names`, their `values` per cell)."""
     direction, how, top, within = rule

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
 from .attempts import Attempts, lost_gpu_hours
+from .continuation import CheckpointsStatus, checkpoints_status, ladder_root
 from .data_checks import CORPUS_CONFLICT, REPEATED_DATA, corpus_conflict, repeated_data, repeated_data_message
 from .planner import Outcomes, Plan, plan, stage_cells
 from .cell import Cell, CellKey, CellOutcome
@@ -104,6 +105,8 @@ class LadderStatus(WireModel):
     gpu_hours: GpuHours | None = None
     verdict: VerdictResult | None = None
     stability: Stability | None = None
+    # A ladder that continues (spec.continuation): where its checkpoints are, which were deleted, the winner's.
+    checkpoints: CheckpointsStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
 
@@ -112,12 +115,15 @@ def build_status(
     outcomes: Outcomes,
     recorded: list[Decision] | tuple[Decision, ...] = (),
     running: set[CellKey] | frozenset = frozenset(),
+    checkpoint_root: str | None = None,
     queued: Collection[CellKey] = frozenset(),
     attempts: Mapping[CellKey, Attempts] | None = None,
 ) -> tuple[LadderStatus, Plan]:
     """Plan the ladder and describe it. `running` marks non-terminal cells that are executing,
     `queued` those of them a batch queue holds back; `attempts` is each cell's record of its
-    queue time and lost attempts (core/attempts.py)."""
+    queue time and lost attempts (core/attempts.py).
+    `checkpoint_root`: the ladder's checkpoint folder (core.continuation.ladder_root; default:
+    spec.continuation.path/<ladder>, as "<ladder>" when the name is unknown here)."""
     attempts = attempts or {}
     p = plan(spec, outcomes, recorded)
     decided = {d.stage: d for d in p.decisions}
@@ -154,8 +160,14 @@ def build_status(
         gpu_hours=_with_lost(gpu_hours(spec, outcomes, p.entering), outcomes, attempts, spec.trainer.cell_gpus),
         verdict=p.verdict,
         stability=stability(p.decisions, p.entering),
+        checkpoints=checkpoints_status(spec, checkpoint_root or _default_root(spec), p.decisions, p.entering,
+                                       p.verdict.winner if p.verdict else None),
     )
     return status, p
+
+
+def _default_root(spec: LadderSpec) -> str:
+    return ladder_root(spec.continuation.path, "<ladder>") if spec.continuation else ""
 
 
 def _with_lost(g: GpuHours, outcomes: Outcomes, attempts: Mapping[CellKey, Attempts], gpus: int) -> GpuHours:
@@ -234,7 +246,7 @@ def parse_status(data: Any) -> LadderStatus:
         raise ValueError(f"status.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}") from None
 
 
-def simulate(spec: LadderSpec, recorded: Outcomes) -> tuple[LadderStatus, Plan]:
+def simulate(spec: LadderSpec, recorded: Outcomes, checkpoint_root: str | None = None) -> tuple[LadderStatus, Plan]:
     """Replay a ladder against recorded results; a cell with no recorded result failed."""
     seen: dict[CellKey, CellOutcome] = {}
     decided: list[Decision] = []
@@ -243,7 +255,7 @@ def simulate(spec: LadderSpec, recorded: Outcomes) -> tuple[LadderStatus, Plan]:
         p = plan(spec, seen, decided)
         decided = p.decisions
         if p.phase != "Running":
-            return build_status(spec, seen, decided)
+            return build_status(spec, seen, decided, checkpoint_root=checkpoint_root)
         for c in p.to_run:
             seen[c.key] = recorded.get(c.key) or CellOutcome(state="failed", reason="no recorded result")
 

@@ -103,6 +103,7 @@ def step(
     capacity: int | None = None,
     pending_starts: int = 0,
     started: Callable[[Cell], bool] = lambda cell: False,
+    checkpoint_root: str | None = None,
     queued: Collection[CellKey] = (),
     attempts: Mapping[CellKey, AttemptsSeen] | None = None,
 ) -> Step:
@@ -114,6 +115,7 @@ def step(
     capacity: the adapter's own limit on cells at once (free GPUs), besides spec.parallelism.
     pending_starts: starts asked for that are not visible yet (they count as running).
     started: cells that already have their Job/process and must not be started again.
+    checkpoint_root: the ladder's checkpoint folder, for a ladder that continues (status.checkpoints).
     queued: running cells that a batch queue holds back (shown Queued; they still count against
         the parallelism: their Jobs exist).
     attempts: what the adapter sees of cells' queue waits and lost attempts, folded into the
@@ -124,7 +126,7 @@ def step(
     recorded_hash = old.get("frozenHash")
     if not frozen_hash_matches(recorded_hash, spec):
         return stop(old, FROZEN_SPEC_CHANGED,
-                    "the frozen fields (objective, candidates, stages, verdict, trainer.gpus) changed after admission "
+                    "the frozen fields (objective, candidates, stages, verdict, trainer.gpus, continuation) changed after admission "
                     f"(recorded {recorded_hash[:19]}, now {frozen_hash(spec)[:19]}); nothing more is run. "
                     "Create a new ladder to screen the new spec.", generation, now)
     # 2. replay
@@ -141,7 +143,7 @@ def step(
     outcomes = with_lost_occupancy(outcomes, cell_attempts, recorded_outcomes.keys())
     # 4. decide
     try:
-        status, plan = build_status(spec, outcomes, decisions, running=live,
+        status, plan = build_status(spec, outcomes, decisions, running=live, checkpoint_root=checkpoint_root,
                                     queued=frozenset(k for k in queued if k in live), attempts=cell_attempts)
     except PlanError as exc:
         return stop(old, RECORDED_DECISIONS_MISMATCH, str(exc), generation, now)

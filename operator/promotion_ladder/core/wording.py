@@ -22,15 +22,35 @@ def rule_summary(rule: Rule) -> str:
     return how
 
 
+def _succeeded(e: RankEntry) -> str:
+    return f"{sum(v is not None for v in e.values)} of {len(e.values)} cells succeeded"
+
+
+def kept_incomplete(d: Decision) -> list[RankEntry]:
+    """Candidates promoted only by the rule's `keep`, without a complete set of cells: the rule
+    promotes them whatever their cells did, and every account of the decision says so."""
+    return [e for e in d.ranking if e.promoted_by == "keep" and not e.complete]
+
+
+def keep_sentence(d: Decision) -> str | None:
+    """"kept by keep without a complete result: c3 (0 of 4 cells succeeded)", or None."""
+    kept = kept_incomplete(d)
+    if not kept:
+        return None
+    return "kept by keep without a complete result: " + ", ".join(f"{e.candidate} ({_succeeded(e)})" for e in kept)
+
+
 def decision_message(d: Decision) -> str:
     """One line announcing a decision (Event message, console line): who was promoted, by which
-    rule, and the best aggregates."""
+    rule, and the best aggregates; a candidate kept without a complete result is named as such."""
     how = rule_summary(d.rule)
     best = ", ".join(f"{e.candidate}={e.aggregate:.4g}" for e in d.ranking[:3] if e.aggregate is not None)
     if d.rule.top is None:  # the last stage promotes nobody: its ranking feeds the verdict
         return f"stage {d.stage}: {how} over {len(d.cells)} cells; best {best or 'n/a'}"[:MESSAGE_LIMIT]
     promoted = ", ".join(d.promoted) if d.promoted else "none"
-    return f"stage {d.stage}: promoted {promoted} ({how} over {len(d.cells)} cells; best {best or 'n/a'})"[:MESSAGE_LIMIT]
+    kept = keep_sentence(d)
+    return (f"stage {d.stage}: promoted {promoted} ({how} over {len(d.cells)} cells; best {best or 'n/a'})"
+            + (f"; {kept}" if kept else ""))[:MESSAGE_LIMIT]
 
 
 def rule_text(d: Decision) -> str:
@@ -55,6 +75,8 @@ def entry_outcome(e: RankEntry, final: bool, winner: str | None) -> str:
         if e.candidate == winner:
             return "winner"
         return "" if e.complete else "incomplete (failed cells)"
+    if e.promoted_by == "keep" and not e.complete:
+        return f"promoted (keep, no complete result: {_succeeded(e)})"
     if e.promoted_by:
         return f"promoted ({e.promoted_by})"
     return "cut" if e.complete else "cut: incomplete (failed cells)"

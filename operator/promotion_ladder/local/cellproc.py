@@ -24,11 +24,12 @@ from ..core.contract import CONFIG_FILE, cell_args, cell_config, cell_env, judge
 from .caches import compile_cache_env
 
 
-def cell_command(ladder: PromotionLadder, cell: Cell, config_file: str, result_file: str) -> list[str]:
+def cell_command(ladder: PromotionLadder, cell: Cell, config_file: str, result_file: str,
+                 checkpoints: str | None = None) -> list[str]:
     command = list(ladder.spec.trainer.command)
     if command[0] in ("python", "python3"):
         command[0] = sys.executable
-    return command + cell_args(ladder.spec, cell, config_file, result_file)
+    return command + cell_args(ladder.spec, cell, config_file, result_file, checkpoints)
 
 
 def outcome_from_result(ladder: PromotionLadder, cell: Cell, exit_code: int, result_text: str | None) -> CellOutcome:
@@ -49,7 +50,9 @@ class CellProcess:
     started: float = 0.0  # time.monotonic() at spawn: the start of the cell's occupancy
 
     @classmethod
-    def start(cls, ladder: PromotionLadder, cell: Cell, workdir: Path, devices: list[str] | None) -> "CellProcess":
+    def start(cls, ladder: PromotionLadder, cell: Cell, workdir: Path, devices: list[str] | None,
+              checkpoints: str | None = None) -> "CellProcess":
+        """Spawn the cell's process; `checkpoints`: the ladder's checkpoint folder when it continues."""
         d = workdir / cell.stage / f"{cell.candidate}.{cell.host_block}.{cell.seed}"
         d.mkdir(parents=True, exist_ok=True)
         result_file = d / "result.json"
@@ -57,7 +60,7 @@ class CellProcess:
         config_file = d / CONFIG_FILE
         config_file.write_text(cell_config(ladder.spec, cell), encoding="utf-8")
         log_file = d / "log.txt"
-        env = {**os.environ, **ladder.spec.trainer.env, **cell_env(ladder.name, cell)}
+        env = {**os.environ, **ladder.spec.trainer.env, **cell_env(ladder.name, cell, ladder.spec)}
         for key, value in compile_cache_env(workdir).items():
             env.setdefault(key, value)  # the user's own setting wins
         if devices is not None:
@@ -66,7 +69,7 @@ class CellProcess:
         budget = next(s.budget_seconds for s in ladder.spec.stages if s.name == cell.stage)
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(
-                cell_command(ladder, cell, str(config_file.resolve()), str(result_file.resolve())), env=env,
+                cell_command(ladder, cell, str(config_file.resolve()), str(result_file.resolve()), checkpoints), env=env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         started = time.monotonic()

@@ -18,8 +18,10 @@ class PlacementError(ValueError):
 def gpu_groups(gpus: list[str], gpus_per_cell: int, nodes: int = 1) -> list[list[str]]:
     """Disjoint groups of GPU ids, one per cell that may run at once ([] without GPUs)."""
     if nodes > 1:
-        raise PlacementError(f"trainer.nodes: {nodes}: `ladder run` runs every cell on this one machine; "
-                             "multi-node cells need the operator on a cluster (docs/operator.md)")
+        raise PlacementError(
+            f"trainer.nodes: {nodes}: `ladder run` runs every cell on this one machine; "
+            "multi-node cells need the operator on a cluster (docs/operator.md)"
+        )
     if not gpus:
         return []
     per_cell = max(gpus_per_cell, 1)
@@ -27,7 +29,6 @@ def gpu_groups(gpus: list[str], gpus_per_cell: int, nodes: int = 1) -> list[list
         raise PlacementError(
             f"trainer.gpus: {gpus_per_cell} GPUs per cell, but this machine has {len(gpus)} "
             f"(ids {', '.join(gpus)}, from CUDA_VISIBLE_DEVICES or nvidia-smi); lower trainer.gpus "
-            "or run the ladder on a cluster")
-    return [gpus[i * per_cell:(i + 1) * per_cell] for i in range(len(gpus) // per_cell)]
-
-
+            "or run the ladder on a cluster"
+        )
+    return [gpus[i * per_cell : (i + 1) * per_cell] for i in range(len(gpus) // per_cell)]

@@ -25,6 +25,7 @@ from ..core.status import FROZEN_SPEC_CHANGED, LadderStatus, decisions_from_stat
 from ..core.step import step
 from ..files import FileError, read_status
 from .cellproc import CellProcess
+from .checkpoints import checkpoint_root, prune
 from .placement import gpu_groups
 
 
@@ -170,15 +171,18 @@ def run_ladder(
     running: dict[CellKey, CellProcess] = {}
     free_gpu_groups = list(gpu_groups_all)
     warned: set[tuple[str, str]] = set()  # (stage, condition type) already printed
+    checkpoints = checkpoint_root(ladder, workdir)
+    pruned: set[str] = set()  # stages whose eliminated candidates' checkpoints are deleted
     finished_since_write = False
     try:
         while True:
-            s = step(spec, record, observed, frozenset(running), now=clock.iso(), capacity=slots)
+            s = step(spec, record, observed, frozenset(running), now=clock.iso(), capacity=slots,
+                     checkpoint_root=checkpoints)
             record, observed = s.ladder_status, {}
             for a in s.announcements:
                 if a.reason == "StageDecided":  # the ladder's end is the closing line below
                     progress.event(a.message)
-            for line in _new_stage_warnings(record, warned):
+            for line in _new_stage_warnings(record, warned) + prune(ladder, record, pruned):
                 progress.event(line)
             # Written after every pass that finished a cell or decided a stage, so a resumed run
             # re-runs nothing that finished.
@@ -189,7 +193,7 @@ def run_ladder(
                 break
             for cell in s.to_start:
                 devices = free_gpu_groups.pop(0) if free_gpu_groups else None
-                running[cell.key] = CellProcess.start(ladder, cell, workdir, devices)
+                running[cell.key] = CellProcess.start(ladder, cell, workdir, devices, checkpoints)
             progress.line(_summary(record, len(running)))
             time.sleep(poll_seconds)
             observed = _reap(running, free_gpu_groups, progress)
@@ -197,7 +201,7 @@ def run_ladder(
     except KeyboardInterrupt:
         for proc in running.values():
             proc.kill()
-        record = step(spec, record, observed, (), now=clock.iso()).ladder_status
+        record = step(spec, record, observed, (), now=clock.iso(), checkpoint_root=checkpoints).ladder_status
         write_status(status_path, ladder, record)
         progress.event(f"interrupted; finished cells are saved in {status_path}; run the same command to resume")
         raise

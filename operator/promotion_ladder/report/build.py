@@ -15,7 +15,7 @@ from ..core.api import LadderSpec, frozen_hash_matches
 from ..core.rules import Decision
 from ..core.stability import Stability, flips, stability
 from ..core.status import LadderStatus, StageStatus, decisions_from_status
-from ..core.wording import entry_outcome, rule_text
+from ..core.wording import entry_outcome, keep_sentence, rule_text
 from .source import ReportInput
 
 # Figure keys; per-stage value figures are "cell-values:<stage>".
@@ -133,9 +133,25 @@ def _summary(inp: ReportInput) -> Section:
         for c in distinct if not is_running(s) else []:
             rows.append([f"Saved vs {gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage} on)",
                          f"{gpu_h(c.saved_gpu_hours)} GPU-hours ({pct(c.saved_percent)})"])
+    rows += _continuation_rows(s)
     failed = sum(c.state == "Failed" for st in s.stages for c in st.cells)
     rows.append(["Failed cells", str(failed)])
     return Section("summary", "Summary", tables=[Table("summary", ["", ""], rows)])
+
+
+def _continuation_rows(s: LadderStatus) -> list[list[str]]:
+    """A ladder that continues (spec.continuation): what ran against the same cells from scratch,
+    and where the winner's checkpoints are."""
+    rows = []
+    g, record = s.gpu_hours, s.checkpoints
+    if g is not None and g.from_scratch is not None:
+        saved = g.from_scratch - g.total
+        share = pct(100 * saved / g.from_scratch) if g.from_scratch else "-"
+        rows.append(["GPU-hours from scratch", f"{gpu_h(g.from_scratch)} (continuing ran {gpu_h(g.total)}: "
+                                               f"saved {gpu_h(saved)}, {share})"])
+    if record is not None and record.winner:
+        rows.append(["Winner's checkpoints", ", ".join(record.winner)])
+    return rows
 
 
 def _progress(s: LadderStatus) -> Section | None:
@@ -253,6 +269,8 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
         return sec
     n_cells = len(d.cells)
     sec.text.append(f"Rule: {rule_text(d)}.")
+    if (kept := keep_sentence(d)) is not None:
+        sec.text.append(f"Note: {kept[0].upper()}{kept[1:]}; `keep` promotes a candidate whatever its cells did.")
     winner = s.verdict.winner if s.verdict else None
     shares = next((p for p in stability_of(s).promotion if p.stage == st.name), None) if not final else None
     by = shares.promoted_share if shares is not None else None

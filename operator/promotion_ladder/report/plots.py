@@ -8,10 +8,14 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..core.status import LadderStatus, StageStatus
 from .build import CELL_VALUES, GPU_HOURS, PROGRESS, RANK_FLOW, STABILITY, gpu_h, stability_of
 from .source import ReportError
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
 
 STATE_COLORS = {"Succeeded": "#4caf50", "Failed": "#d62728", "Running": "#ff9800", "Pending": "#d9d9d9"}
 BLOCK_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
@@ -65,8 +69,8 @@ def _candidate_colors(s: LadderStatus) -> dict[str, str]:
 def rank_flow(s: LadderStatus) -> Figure:
     """Bump chart: rank of every candidate at each decided stage; where it was cut; the winner."""
     MplFigure = _mpl()
-    stages = [st for st in s.stages if st.decision is not None]
-    n_max = max(len(st.decision.ranking) for st in stages)
+    decided = [(st.name, st.decision) for st in s.stages if st.decision is not None]
+    n_max = max(len(d.ranking) for _, d in decided)
     fig = MplFigure(figsize=(10, max(4.0, 0.42 * n_max + 1.6)), layout="constrained")
     ax = fig.add_subplot()
     colors = _candidate_colors(s)
@@ -121,14 +125,14 @@ def rank_flow(s: LadderStatus) -> Figure:
     handles = [Line2D([], [], marker="X", ls="", color="#333333", ms=9, label="cut at this stage"),
                Line2D([], [], marker="s", ls="", mfc="none", mec="black", ms=10, label="promoted by keep"),
                Line2D([], [], marker="*", ls="", color="gold", mec="black", ms=14, label="winner")]
-    if any(not e.complete for st in stages for e in st.decision.ranking):
+    if any(not e.complete for _, d in decided for e in d.ranking):
         handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec=FAILED_RING, mew=2, ms=12,
                               label="had failed cells (incomplete)"))
     ax.legend(handles=handles, loc="lower left", fontsize=8, frameon=False, ncols=4, bbox_to_anchor=(0, 1.0))
     fig.suptitle("Rank flow across stages", fontsize=12, x=0.02, ha="left")
     final = s.stages[-1].name
-    cut = [e.candidate for st in stages if st.name != final for e in st.decision.ranking if not e.promoted_by]
-    alt = f"Rank flow across {len(stages)} decided stages; " + (f"winner {winner}; " if winner else "") + \
+    cut = [e.candidate for name, d in decided if name != final for e in d.ranking if not e.promoted_by]
+    alt = f"Rank flow across {len(decided)} decided stages; " + (f"winner {winner}; " if winner else "") + \
           f"{len(cut)} candidates cut"
     return Figure(RANK_FLOW, "Rank flow across stages", alt, _png(fig))
 
@@ -184,7 +188,8 @@ def cell_values(st: StageStatus, metric: str) -> Figure:
     ax.grid(axis="y", alpha=0.25)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    handles = [Line2D([], [], marker="o", ls="", color=BLOCK_COLORS[i % len(BLOCK_COLORS)], label=f"host {b}")
+    handles: list[Artist] = [
+        Line2D([], [], marker="o", ls="", color=BLOCK_COLORS[i % len(BLOCK_COLORS)], label=f"host {b}")
                for i, b in enumerate(blocks)]
     if len(seeds) > 1:
         handles += [Line2D([], [], marker=SEED_MARKERS[i % len(SEED_MARKERS)], ls="", color="gray", label=f"seed {sd}")
@@ -212,6 +217,7 @@ def gpu_hours(s: LadderStatus) -> Figure:
     import matplotlib
 
     g = s.gpu_hours
+    assert g is not None  # the cost section asks for this figure only when the status has GPU-hours
     cfs = g.counterfactuals
     fig = MplFigure(figsize=(8.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -323,15 +329,15 @@ def stability(s: LadderStatus) -> Figure:
         stages = list(dict.fromkeys(t.stage for t in blocks))
         labels = list(dict.fromkeys(f"{t.a} vs {t.b}" for t in blocks))
         grid = [[math.nan] * len(stages) for _ in labels]
-        for t in blocks:
-            if t.kendall_tau is not None:
-                grid[labels.index(f"{t.a} vs {t.b}")][stages.index(t.stage)] = t.kendall_tau
+        for b in blocks:
+            if b.kendall_tau is not None:
+                grid[labels.index(f"{b.a} vs {b.b}")][stages.index(b.stage)] = b.kendall_tau
         cm = cmap.with_extremes(bad="#e0e0e0")
         im = ax.imshow(grid, cmap=cm, norm=norm, aspect="equal")
-        for t in blocks:
-            i, j = labels.index(f"{t.a} vs {t.b}"), stages.index(t.stage)
-            dark = t.kendall_tau is not None and abs(t.kendall_tau) > 0.6  # the colour map's dark ends
-            ax.text(j, i, "n/a" if t.kendall_tau is None else f"{t.kendall_tau:.2f}", ha="center", va="center",
+        for b in blocks:
+            i, j = labels.index(f"{b.a} vs {b.b}"), stages.index(b.stage)
+            dark = b.kendall_tau is not None and abs(b.kendall_tau) > 0.6  # the colour map's dark ends
+            ax.text(j, i, "n/a" if b.kendall_tau is None else f"{b.kendall_tau:.2f}", ha="center", va="center",
                     fontsize=9, color="white" if dark else "black")
         ax.set_xticks(range(len(stages)))
         ax.set_xticklabels(stages, fontsize=9)
