@@ -29,6 +29,9 @@ def occupancy_table(g: GpuHours, indent: str = "  ") -> list[str]:
         o = g.occupied
         lines.append(f"{indent}occupied: how long cells held their GPUs (start-up, compilation, evaluation included); "
                      f"measured for {o.measured_cells} of {o.cells} cells, the others count their protocol hours")
+        if o.lost:
+            lines.append(f"{indent}of it {gh(o.lost)} GPU-hours held by attempts lost to eviction or preemption "
+                         "(each re-run; wasted, not protocol hours)")
     return lines
 
 
@@ -43,6 +46,9 @@ def status_table(status: LadderStatus) -> str:
             done = sum(c.state in ("Succeeded", "Failed") for c in st.cells)
             failed = sum(c.state == "Failed" for c in st.cells)
             head += f", {st.entered} entered, cells {done}/{len(st.cells)} done, {failed} failed"
+            queued = sum(c.state == "Queued" for c in st.cells)
+            if queued:
+                head += f", {queued} queued (waiting for quota)"
         lines.append(head)
         for c in st.conditions or []:  # data warnings: repeated data, cells on different corpora
             lines.append(f"  warning: {c.type}: {c.message}")

@@ -22,7 +22,8 @@ DASHBOARD = REPO / "dashboards" / "promotion-ladder.json"
 CONTRACT = {
     "ladder_gpu_seconds_total", "ladder_gpus_in_use", "ladder_counterfactual_gpu_seconds", "ladder_cells",
     "ladder_decisions_total", "ladder_result_errors_total", "ladder_info", "ladder_rank_stability_kendall_tau",
-    *(f"ladder_{h}_seconds_{s}" for h in ("reconcile_duration", "decision_latency") for s in ("bucket", "sum", "count")),
+    *(f"ladder_{h}_seconds_{s}" for h in ("reconcile_duration", "decision_latency", "cell_queue")
+      for s in ("bucket", "sum", "count")),
 }
 
 _SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"),

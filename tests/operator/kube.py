@@ -59,16 +59,27 @@ class JobB:
     def failed(self, reason: str = "BackoffLimitExceeded") -> "JobB":
         return self.cond("Failed", reason)
 
+    def suspended(self, since: str = "2026-11-29T10:00:00Z") -> JobB:
+        """Held by Kueue: spec.suspend and the Job controller's Suspended=True condition."""
+        return self._suspension(True, "JobSuspended", since)
+
+    def resumed(self, at: str) -> JobB:
+        """Admitted by Kueue: running, Suspended=False since `at`."""
+        return self._suspension(False, "JobResumed", at)
+
+    def _suspension(self, suspend: bool, reason: str, at: str) -> JobB:
+        self.o["spec"]["suspend"] = suspend
+        conds = [c for c in self.o["status"].get("conditions", []) if c["type"] != "Suspended"]
+        conds.append({"type": "Suspended", "status": str(suspend), "reason": reason, "lastTransitionTime": at})
+        self.o["status"]["conditions"] = conds
+        return self
+
     def active(self, n: int = 1) -> "JobB":
         self.o["status"]["active"] = n
         return self
 
     def created(self, stamp: str) -> "JobB":
         self.o["metadata"]["creationTimestamp"] = stamp
-        return self
-
-    def suspended(self) -> "JobB":
-        self.o["spec"]["suspend"] = True
         return self
 
     def obj(self) -> dict:

@@ -36,6 +36,7 @@ class FakeApi:
         self.refuse_jobs = refuse_jobs
         self.refuse_status = refuse_status
         self.pods_by_job: dict = {}
+        self.workloads: list[dict] = []  # Kueue's, for queueing.WorkloadChecks
         self.failed_create: dict[str, str] = {}  # Job UID -> the Job controller's FailedCreate message
 
     def write_status(self, ns, name, status):
@@ -88,6 +89,10 @@ class FakeApi:
         self.calls.append(("failed-creates", ns))
         return dict(self.failed_create)
 
+    def list_workloads(self, ns):
+        self.calls.append(("list-workloads", ns))
+        return list(self.workloads)
+
 
 class Index:
     """A cache with a fixed content (satisfies reconciler.SummaryIndex)."""
@@ -120,8 +125,8 @@ class Rig:
         return WorkLoop(self.reconciler, self.ladders, self.queue, lambda: True, self.metrics)
 
 
-def controller(api, jobs=(), pods=()) -> Rig:
-    ladders, queue, metrics = {KEY: ladder_body()}, WorkQueue(), LadderMetrics()
+def controller(api, jobs=(), pods=(), body=None) -> Rig:
+    ladders, queue, metrics = {KEY: body or ladder_body()}, WorkQueue(), LadderMetrics()
     r = Reconciler(api, ladders, Index(jobs), Index(pods), queue, Gate(Leading()), metrics)
     return Rig(r, ladders, queue, metrics)
 

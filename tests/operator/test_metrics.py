@@ -77,6 +77,7 @@ def test_counters_start_at_zero_before_their_first_event():
     status, _ = build_status(SPEC, {}, running={("s1", "c0", "a100", 1)})
     m.observe("ns", "l", SPEC, status)
     assert sample(m, "ladder_decisions_total", namespace="ns", ladder="l", stage="s1") == 0
+    assert sample(m, "ladder_cell_queue_seconds_count", namespace="ns", ladder="l") == 0
     assert sample(m, "ladder_gpu_seconds_total", namespace="ns", ladder="l", stage="s1", candidate="c0",
                   host_block="a100") == 0
     for reason in ("malformed", "invalid", "identity", "metric", "foreign"):

@@ -165,6 +165,14 @@ def test_start_times_of_the_first_pod_that_ran():
     assert start_times(j.summary(), [PodB(j).unschedulable(GPUS).summary()]) is None
 
 
+def test_start_times_of_a_queued_cell_count_from_its_admission():
+    """Kueue held the Job 60 s: the start is measured from the resume, the wait is the queue's."""
+    j = job().suspended("2026-11-29T10:00:00Z").resumed("2026-11-29T10:01:00Z")
+    pod = PodB(j).created("2026-11-29T10:01:01Z").bound("2026-11-29T10:01:02Z").running("2026-11-29T10:01:04Z")
+    t = start_times(j.summary(), [pod.summary()])
+    assert (t.pod_created, t.scheduled, t.running) == (1.0, 2.0, 2.0)
+
+
 NODES = [
     Node("a100-0", {"ladder.promotion.dev/host-block": "a100"}, {"nvidia.com/gpu": "8", "cpu": "96", "memory": "1Ti"}),
     Node("a100-1", {"ladder.promotion.dev/host-block": "a100"}, {"nvidia.com/gpu": "4", "cpu": "64", "memory": "1Ti"}),

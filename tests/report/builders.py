@@ -62,7 +62,8 @@ def failing_input() -> ReportInput:
 
 
 def running_status():
-    """Stages 2m-10m decided; at 60m bridge done, greedy running, one sentinel cell failed, the rest pending."""
+    """Stages 2m-10m decided; at 60m bridge done, greedy running on a100 and queued (Kueue) on l40s, one
+    sentinel cell failed, the rest pending."""
     lad = ladder()
     rec = recorded()
     out = {k: v for k, v in rec.items() if k[0] in ("2m", "5m", "10m")}
@@ -72,7 +73,7 @@ def running_status():
     out[("60m", "bridge", "l40s", 2)] = rec[("60m", "bridge", "l40s", 2)]
     out[("60m", "sentinel-d8-ar48", "a100", 1)] = CellOutcome(state="failed", reason="preempted twice")
     running = frozenset({("60m", "greedy", "a100", 1), ("60m", "greedy", "l40s", 1)})
-    status, _ = build_status(lad.spec, out, running=running)
+    status, _ = build_status(lad.spec, out, running=running, queued={("60m", "greedy", "l40s", 1)})
     return status
 
 

@@ -67,6 +67,9 @@ CELLS = {
     "running counts": ("running", "progress", "60m", "Pending", "9"),
     "running failed": ("running", "progress", "60m", "Failed", "1"),
     "running cell": ("running", "cells-60m", "greedy", "a100/1", "running"),
+    "queued cell": ("running", "cells-60m", "greedy", "l40s/1", "queued"),
+    "running count": ("running", "progress", "60m", "Running", "1"),
+    "queued count": ("running", "progress", "60m", "Queued", "1"),
     "running executed so far": ("running", "cost-executed", "total", "GPU-hours", "14.2"),
 }
 

@@ -89,6 +89,11 @@ app.kubernetes.io/part-of: promotion-ladder
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, create]
+# Kueue: a queued cell's Workload says why it waits (a missing queue, a quota too small for one
+# cell); listed to name the queue in a condition and an Event. Harmless without Kueue.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list]
 {{- end }}
 {{- define "ladder.clusterRules" -}}
 # Kopf: resource discovery, and namespace watching.

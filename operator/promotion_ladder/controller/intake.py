@@ -74,8 +74,12 @@ class JobSummary:
     active: int = 0
     gpus: int | None = None  # what its Pods run with (the Job's template is immutable)
     image: str | None = None
+    # A batch queue (Kueue) holds the Job: spec.suspend (queueing.py reads the times below).
+    suspended: bool = False
     created_at: float | None = None  # metadata.creationTimestamp (epoch seconds)
-    suspended: bool = False  # spec.suspend: held back by a queue (Kueue), not stalled
+    suspended_at: float | None = None  # the Suspended=True condition's lastTransitionTime
+    resumed_at: float | None = None  # the Suspended=False condition's lastTransitionTime: admitted
+    finished_at: float | None = None  # the Complete/Failed condition's lastTransitionTime
 
     @property
     def ladder(self) -> str | None:
@@ -185,19 +189,27 @@ def job_summary(body: dict[str, Any]) -> JobSummary:
     meta, status, spec = body.get("metadata") or {}, body.get("status") or {}, body.get("spec") or {}
     complete = failed = False
     reason = message = ""
+    suspended_at = resumed_at = finished_at = None
     for c in status.get("conditions") or []:
+        if c.get("type") == "Suspended":
+            if c.get("status") == "True":
+                suspended_at = epoch(c.get("lastTransitionTime"))
+            else:
+                resumed_at = epoch(c.get("lastTransitionTime"))
         if c.get("status") != "True":
             continue
         if c.get("type") == "Complete":
-            complete = True
+            complete, finished_at = True, epoch(c.get("lastTransitionTime"))
         elif c.get("type") == "Failed":
             failed, reason, message = True, c.get("reason") or "", c.get("message") or ""
+            finished_at = epoch(c.get("lastTransitionTime"))
     gpus, image = _launch(body)
     return JobSummary(
         namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
         labels=_labels(meta), owner_uid=_controller_uid(meta), complete=complete, failed=failed,
         failed_reason=reason, failed_message=message, active=int(status.get("active") or 0),
-        gpus=gpus, image=image, created_at=epoch(meta.get("creationTimestamp")), suspended=bool(spec.get("suspend")),
+        gpus=gpus, image=image, suspended=bool(spec.get("suspend")), created_at=epoch(meta.get("creationTimestamp")),
+        suspended_at=suspended_at, resumed_at=resumed_at, finished_at=finished_at,
     )
 
 

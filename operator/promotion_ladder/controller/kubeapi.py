@@ -33,6 +33,7 @@ COMPONENT = "promotion-ladder-operator"
 # connect, read: a call the API server does not answer in time fails (and is retried) instead of
 # holding a worker thread, which also bounds how long a stopping operator waits for its threads.
 REQUEST_SECONDS = (10, 60)
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"  # the Workload API of Kueue v0.17
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,22 @@ class KubeApi:
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
+
+    def list_workloads(self, namespace: str) -> list[dict]:
+        """Kueue's Workloads in a namespace (queueing.py reads why a queued cell waits); none
+        when Kueue is not installed (404) or the operator may not read them (403: an RBAC older
+        than controller/rbac.py; the queued cells are still shown Queued, only not why)."""
+        self._count("list_workloads")
+        try:
+            found = self.custom.list_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
+                                                              _request_timeout=REQUEST_SECONDS)
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                log.debug("cannot list Workloads in %s: %s", namespace, exc.status)
+                return []
+            raise
+        items: list[dict] = (found.get("items") or []) if isinstance(found, dict) else []
+        return items
 
     def dry_run_job(self, namespace: str, job: dict) -> None:
         """Create a Job with dryRun=All: validated and admitted by the API server, never stored."""

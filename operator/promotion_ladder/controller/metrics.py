@@ -22,15 +22,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ..core.accounting import cell_gpu_hours, cell_occupied_gpu_hours
 from ..core.api import LadderSpec
+from ..core.attempts import Attempts
 from ..core.status import LadderStatus
 from .scheduling import StartTimes
 
-CELL_STATES = ("Pending", "Running", "Succeeded", "Failed")
+CELL_STATES = ("Pending", "Queued", "Running", "Succeeded", "Failed")
 # ResultError/Rejection reasons (core/result.py, controller/intake.py), exported at 0 per ladder.
 RESULT_ERROR_REASONS = ("malformed", "invalid", "identity", "metric", "foreign", "range", "forged")
 
 # Decisions are meant to be fast (p99 < 2 s): fine buckets below a few seconds.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+# A cell's wait in a batch queue: seconds behind a short stage, hours behind a busy cluster.
+_QUEUE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
 # A cell's start: a second when the cluster has room, hours in a queue. Kubernetes' timestamps
 # have one-second resolution, so nothing finer than a second means anything.
 _START_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0)
@@ -49,8 +52,12 @@ class LadderMetrics:
             "GPU-seconds finished cells held their GPUs (Pod bound to trainer exit, every attempt; "
             "unmeasured cells count their train seconds), x GPUs.",
             ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
-        self.gpus_in_use = Gauge("ladder_gpus_in_use", "GPUs held by running cells now.",
+        self.gpus_in_use = Gauge("ladder_gpus_in_use", "GPUs held by running cells now (queued cells hold none).",
                                  ["namespace", "ladder"], registry=r)
+        self.queue_seconds = Histogram("ladder_cell_queue_seconds",
+                                       "Seconds a cell waited in its batch queue (Kueue) before it ran, one "
+                                       "observation per ended wait.", ["namespace", "ladder"],
+                                       buckets=_QUEUE_BUCKETS, registry=r)
         self.counterfactual = Gauge("ladder_counterfactual_gpu_seconds",
                                     "GPU-seconds had every candidate entering this stage run the final stage.",
                                     ["namespace", "ladder", "stage"], registry=r)
@@ -93,6 +100,7 @@ class LadderMetrics:
         self._info_labels: dict[tuple[str, str], tuple] = {}
         self._tau_labels: dict[tuple[str, str], tuple] = {}
         self._stage_labels: dict[tuple[str, str], set] = defaultdict(set)
+        self._queue_seen: dict[tuple[str, str], dict[tuple[str, str, str, int], float]] = defaultdict(dict)
 
     def observe(self, namespace: str, ladder: str, spec: LadderSpec, status: LadderStatus) -> None:
         """Bring every per-ladder metric in line with a freshly built status."""
@@ -103,6 +111,7 @@ class LadderMetrics:
             if key not in self._counted_cells:
                 for reason in RESULT_ERROR_REASONS:
                     self.result_errors.labels(namespace, ladder, reason)
+                self.queue_seconds.labels(namespace, ladder)  # at 0 too: a ladder that never queues shows 0
             counted = self._counted_cells[key]
             running = 0
             for st in status.stages:
@@ -112,6 +121,7 @@ class LadderMetrics:
                     if c.state == "Running":
                         running += 1
                     cell_key = (st.name, c.candidate, c.host_block, c.seed)
+                    self._observe_wait(key, cell_key, c.attempts)
                     labels = (namespace, ladder, st.name, c.candidate, c.host_block)
                     spent, occupied = self.gpu_seconds.labels(*labels), self.occupied_gpu_seconds.labels(*labels)
                     if c.state in ("Succeeded", "Failed") and cell_key not in counted:
@@ -135,6 +145,15 @@ class LadderMetrics:
                     self.counterfactual.labels(namespace, ladder, cf.stage).set(cf.gpu_hours * 3600.0)
             self._set_rank_stability(key, status)
         self.set_info(namespace, ladder, status.phase, status.current_stage or "", status.leader or "")
+
+    def _observe_wait(self, key: tuple[str, str], cell_key: tuple[str, str, str, int], a: Attempts | None) -> None:
+        """One observation per wait the status records as ended (the recorded sum grew). Like the
+        counters, a restarted operator observes the recorded waits once again."""
+        waited = a.queued_seconds if a is not None else None
+        seen = self._queue_seen[key]
+        if waited is not None and waited > seen.get(cell_key, 0.0):
+            self.queue_seconds.labels(*key).observe(waited - seen.get(cell_key, 0.0))
+            seen[cell_key] = waited
 
     def _set_rank_stability(self, key: tuple[str, str], status: LadderStatus) -> None:
         defined = [t for t in (status.stability.stages if status.stability else []) if t.kendall_tau is not None]
@@ -191,6 +210,7 @@ class LadderMetrics:
                     pass
             self._counted_cells.pop(key, None)
             self._counted_decisions.pop(key, None)
+            self._queue_seen.pop(key, None)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,6 +27,7 @@ from .jobs import LADDER_LABEL
 from .kubeapi import KubeApi
 from .lease import Gate, LeaderLease
 from .metrics import LadderMetrics
+from .queueing import LostPods
 from .reconciler import Reconciler
 from .stuck import STUCK_GRACE_SECONDS
 from .workloop import WORKERS, WorkLoop
@@ -89,13 +90,18 @@ class OperatorParts:
         ladders: dict[Key, dict[str, Any]] = {}
         queue: WorkQueue[Key] = WorkQueue()
 
+        lost_pods = LostPods()
+
         def on_change(kind: str, uid: str, ladder: str, namespace: str, summary: Any) -> None:
+            if kind == "DELETED" and isinstance(summary, PodSummary):  # the watch's last view of it
+                lost_pods.deleted((namespace, ladder), summary)
             loop.call_soon_threadsafe(queue.add, (namespace, ladder))  # the queue is the loop's
         jobs, pods = informers(api, settings.namespaces, on_change)
         identity = f"{api.instance}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         lease = LeaderLease(api.api_client, settings.lease_namespace, identity)
         gate = Gate(lease)
-        reconciler = Reconciler(api, ladders, jobs, pods, queue, gate, metrics, stuck_grace=settings.stuck_grace)
+        reconciler = Reconciler(api, ladders, jobs, pods, queue, gate, metrics, stuck_grace=settings.stuck_grace,
+                                lost_pods=lost_pods)
         work = WorkLoop(reconciler, ladders, queue, lambda: jobs.synced() and pods.synced(), metrics,
                         settings.workers)
         return cls(jobs, pods, lease, gate, work, metrics, settings.metrics_port)

@@ -47,6 +47,10 @@ OPERATOR_RULES: list[Rule] = [
     # Kopf: resource discovery and namespace watching when run cluster-wide or with globs.
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    # Kueue: a queued cell's Workload says why it waits (a missing LocalQueue or ClusterQueue, a
+    # quota that can never hold the cell): read to name the queue (controller/queueing.py). Only
+    # list, in the ladders' namespaces; harmless where Kueue is not installed.
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list"]},
     # Admission: warn when no node matches a host block (controller/admission.py). Read only.
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
 ]

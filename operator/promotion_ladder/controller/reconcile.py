@@ -12,11 +12,12 @@ itself are the step's; nothing is decided here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.api import DEFAULT_SCHEDULING_TIMEOUT, LadderInvalid, LadderSpec, load_ladder
+from ..core.attempts import AttemptsSeen
 from ..core.cell import CellKey, CellOutcome
 from ..core.clock import epoch
 from ..core.continuation import ladder_root
@@ -30,6 +31,7 @@ from .checkpoints import failed_prunes, prune_job_names, prune_jobs
 from .intake import JobSummary, PodSummary, Rejection, cell_outcome, foreign_pod_rejection
 from .jobs import build_job, cell_job_name
 from .occupancy import with_occupancy
+from .queueing import QueueProblem, attempts_seen, lost_by_job, queue_conditions, queue_said
 from .scheduling import StartTimes, Wait, cell_wait, next_notice, noticed, start_times, timed_out, waiting_condition
 from .stuck import STUCK_GRACE_SECONDS, next_check, stuck
 
@@ -57,10 +59,12 @@ class Reconciled:
 @dataclass(frozen=True)
 class Context:
     """What the reconciler knows besides the Jobs and Pods: the FailedCreate messages of Jobs
-    without a Pod (by Job UID), and the host blocks no node can hold (admission.unfit_blocks)."""
+    without a Pod (by Job UID), the host blocks no node can hold (admission.unfit_blocks), and
+    the last views of the ladder's deleted Pods with when each was deleted (queueing.LostPods)."""
 
     failed_create: Mapping[str, str] = field(default_factory=dict)
     unfit: Mapping[str, str] = field(default_factory=dict)
+    deleted: tuple[tuple[PodSummary, float], ...] = ()
 
 
 @dataclass
@@ -78,6 +82,8 @@ class Observed:
     end_jobs: list[JobSummary] = field(default_factory=list)
     read_events: list[JobSummary] = field(default_factory=list)
     start_times: list[tuple[str, StartTimes]] = field(default_factory=list)
+    queued: set[CellKey] = field(default_factory=set)  # running cells a batch queue holds (queueing.py)
+    attempts: dict[CellKey, AttemptsSeen] = field(default_factory=dict)
 
     def look_again(self, seconds: float | None) -> None:
         if seconds is not None:
@@ -101,15 +107,17 @@ def _group(jobs: list[JobSummary], pods: list[PodSummary]) -> tuple[dict[str, li
 
 def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods: list[PodSummary],
              now: str, stuck_grace: float, ctx: Context, recorded: set[CellKey]) -> Observed:
-    """The cells' outcomes, running and waiting cells as the ladder's Jobs and Pods show them."""
+    """The cells' outcomes, running, queued and waiting cells as the ladder's Jobs and Pods show them."""
     pods_by_job, foreign = _group(jobs, pods)
     seen = Observed(rejections=foreign)
     budgets = {st.name: st.budget_seconds for st in spec.stages}
     t = epoch(now) or 0.0
+    lost = lost_by_job(jobs, ctx.deleted)
     for job in jobs:
         cell = job.cell
         if job.owner_uid != uid or cell is None:
             continue
+        seen.attempts[cell.key] = attempts_seen(job, lost.get(job.uid, ()))
         job_pods = pods_by_job.get(job.uid, [])
         view = cell_outcome(name, uid, cell, spec.objective.metric, job, job_pods, budget_seconds=budgets.get(cell.stage))
         seen.rejections += view.rejections
@@ -130,6 +138,8 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
                 view.outcome.model_copy(update={"gpus": job.gpus, "image": job.image, "node": view.node}), view.pods)
         elif view.running:
             seen.running.add(cell.key)
+            if job.suspended:
+                seen.queued.add(cell.key)
     seen.look_again(next_notice(seen.waits, t, spec.scheduling_timeout_seconds))
     return seen
 
@@ -190,7 +200,8 @@ def _not_admitted(body: dict, old: dict, admission: Admission, now: str) -> Reco
 def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: list[JobSummary],
               pods: list[PodSummary], creating: set[str], now: str,
               stuck_grace: float = STUCK_GRACE_SECONDS, admission: Admission | None = None,
-              failed_create: Mapping[str, str] | None = None) -> Reconciled:
+              failed_create: Mapping[str, str] | None = None, deleted: Iterable[tuple[PodSummary, float]] = (),
+              queue: QueueProblem | None = None) -> Reconciled:
     meta = body["metadata"]
     name, uid, generation = meta["name"], meta["uid"], meta.get("generation")
     try:
@@ -206,7 +217,8 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     if (admission is not None and admission.problem and old.get("phase") in (None, "Pending")
             and not any(j.owner_uid == uid for j in jobs)):
         return _not_admitted(body, old, admission, now)
-    ctx = Context(failed_create=failed_create or {}, unfit=admission.unfit if admission is not None else {})
+    ctx = Context(failed_create=failed_create or {}, unfit=admission.unfit if admission is not None else {},
+                  deleted=tuple(deleted))
     seen = _observe(name, uid, spec, jobs, pods, now, stuck_grace, ctx, _recorded_cells(known_status))
     existing = {j.name for j in jobs}
     # A Job that exists (or is being created) is never created again; only the ones being
@@ -217,7 +229,8 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     not_cells = prune_job_names(name, spec)
     s = step(spec, known_status, seen.outcomes, seen.running, now=now, generation=generation,
              pending_starts=len(creating - existing - not_cells),
-             started=lambda cell: cell_job_name(name, cell) in known_names, checkpoint_root=root)
+             started=lambda cell: cell_job_name(name, cell) in known_names, checkpoint_root=root,
+             queued=seen.queued, attempts=seen.attempts)
     if s.stopped is not None:
         return _reconciled(s)
     create = [build_job(body, spec, c) for c in s.to_start] + prune_jobs(body, spec, s.ladder_status, known_names)
@@ -241,7 +254,17 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
         r.status["conditions"] = list(r.status.get("conditions") or []) + [cond]
     if event is not None:
         r.events.append(event)
+    if queue is not None and running:
+        _with_queue_problem(r, queue, prior, now)
     return r
+
+
+def _with_queue_problem(r: Reconciled, problem: QueueProblem, prior: list[dict[str, Any]], now: str) -> None:
+    """A queue that cannot admit the cells: a QueueAdmissible=False condition and, once per
+    problem, a Warning Event naming the queue (queueing.py)."""
+    r.status["conditions"] = list(r.status.get("conditions") or []) + queue_conditions(problem, prior, now)
+    if not queue_said(problem, prior):
+        r.events.append(("Warning", problem.reason, problem.message[:MESSAGE_LIMIT]))
 
 
 def merge_known_status(from_body: dict | None, written: dict | None,

@@ -34,6 +34,7 @@ from .jobcreator import JobApi, JobCreator
 from .lease import Gate
 from .lookups import LookupApi, PodLookups
 from .metrics import LadderMetrics
+from .queueing import QUEUE_CHECK_SECONDS, LostPods, WorkloadApi, WorkloadChecks
 from .reconcile import Reconciled, merge_known_status, reconcile
 from .statuswriter import StatusApi, StatusWriter, WriteResult
 from .stuck import STUCK_GRACE_SECONDS
@@ -55,7 +56,7 @@ class SummaryIndex(Protocol[T]):
     def synced(self) -> bool: ...
 
 
-class ReconcileApi(StatusApi, EventApi, JobApi, LookupApi, AdmissionApi, WaitsApi, Protocol):
+class ReconcileApi(StatusApi, EventApi, JobApi, LookupApi, AdmissionApi, WaitsApi, WorkloadApi, Protocol):
     """The API calls of a reconcile (kubeapi.KubeApi)."""
 
     def write_conditions(self, namespace: str, name: str, conditions: list[dict[str, Any]]) -> None: ...
@@ -65,7 +66,7 @@ class ReconcileApi(StatusApi, EventApi, JobApi, LookupApi, AdmissionApi, WaitsAp
 class Reconciler:
     def __init__(self, api: ReconcileApi, ladders: Mapping[Key, dict[str, Any]], jobs: SummaryIndex[JobSummary],
                  pods: SummaryIndex[PodSummary], queue: Requeue, gate: Gate, metrics: LadderMetrics, *,
-                 stuck_grace: float = STUCK_GRACE_SECONDS) -> None:
+                 stuck_grace: float = STUCK_GRACE_SECONDS, lost_pods: LostPods | None = None) -> None:
         self._api, self._ladders, self._jobs, self._pods = api, ladders, jobs, pods
         self._queue, self._gate, self._metrics = queue, gate, metrics
         self.stuck_grace = stuck_grace
@@ -74,6 +75,8 @@ class Reconciler:
         self.creator = JobCreator(api, self.announcer, queue, gate)
         self.lookups = PodLookups(api, self.announcer, queue)
         self.admission = AdmissionChecks(api)
+        self.lost_pods = lost_pods or LostPods()  # filled by the Pod watch (parts.py)
+        self.workloads = WorkloadChecks(api)
         self.waits = CellWaits(api, self.announcer, queue, metrics)
 
     def reconcile(self, key: Key, since: float | None = None) -> None:
@@ -101,9 +104,15 @@ class Reconciler:
         known = merge_known_status(body.get("status"), w.status if w else None,
                                    body["metadata"].get("resourceVersion"), w.resource_version if w else None)
         creating = self.creator.creating(key, {j.name for j in jobs})
+        queue_name = ((body.get("spec") or {}).get("queueName")) or None
+        queue = self.workloads.check(key, queue_name, [j for j in jobs if j.owner_uid == body["metadata"]["uid"]],
+                                     time.time())
         # 2. the pure reconcile
         r = reconcile(body, known, jobs, pods, creating, clock.iso(), stuck_grace=self.stuck_grace,
-                      admission=self.admission.check(key, body), failed_create=self.waits.failed_creates(key[0]))
+                      admission=self.admission.check(key, body), failed_create=self.waits.failed_creates(key[0]),
+                      deleted=self.lost_pods.of(key), queue=queue)
+        if any(j.suspended and not j.finished for j in jobs):  # look at the queue again (queueing.py)
+            r.recheck_after = min(r.recheck_after or QUEUE_CHECK_SECONDS, QUEUE_CHECK_SECONDS)
         return known, r
 
     def _write(self, key: Key, body: dict[str, Any], known: dict[str, Any], r: Reconciled, since: float) -> bool:
@@ -177,3 +186,5 @@ class Reconciler:
         self.creator.forget(key)
         self.lookups.forget(key)
         self.admission.forget(key)
+        self.lost_pods.forget(key)
+        self.workloads.forget(key)

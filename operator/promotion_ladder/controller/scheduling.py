@@ -224,8 +224,11 @@ def _condition(status: bool, reason: str, message: str, prev: dict[str, Any] | N
 
 
 def start_times(job: JobSummary, pods: Sequence[PodSummary]) -> StartTimes | None:
-    """How long the cell's first Pod took to be made, placed and started (None until it runs)."""
-    if job.created_at is None:
+    """How long the cell's first Pod took to be made, placed and started (None until it runs).
+    Counted from the Job's creation, or from its last admission by a batch queue (Kueue resumes
+    a suspended Job): the wait in the queue is ladder_cell_queue_seconds, not a start."""
+    origin = job.resumed_at if job.resumed_at is not None else job.created_at
+    if origin is None:
         return None
     started = sorted(
         (p.created_at or 0.0, p.name, p.created_at, p.bound_at, p.running_at)
@@ -236,7 +239,7 @@ def start_times(job: JobSummary, pods: Sequence[PodSummary]) -> StartTimes | Non
         return None
     _, _, created, bound, running = started[0]  # the cell's first Pod that ran
     return StartTimes(
-        pod_created=None if created is None else max(0.0, created - job.created_at),
-        scheduled=max(0.0, (bound or 0.0) - job.created_at),
+        pod_created=None if created is None else max(0.0, created - origin),
+        scheduled=max(0.0, (bound or 0.0) - origin),
         running=max(0.0, (running or 0.0) - (bound or 0.0)),
     )

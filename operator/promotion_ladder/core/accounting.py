@@ -53,6 +53,8 @@ class OccupiedGpuHours(WireModel):
     ratio: float | None = Field(None, description="Occupied total / protocol total (absent while the protocol total is 0).")
     measured_cells: int = Field(description="Terminal cells whose occupancy was measured; the others count their protocol seconds.")
     cells: int = Field(description="Terminal cells counted.")
+    lost: float | None = Field(None, description="Of the total: GPU-hours held by attempts lost to eviction or "
+                                                 "preemption (wasted; core/attempts.py). Absent when none.")
 
 
 class GpuHours(WireModel):

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Collection, Literal, Mapping, Sequence
 
 from pydantic import Field, ValidationError
 
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
+from .attempts import Attempts, lost_gpu_hours
 from .continuation import CheckpointsStatus, checkpoints_status, ladder_root
 from .data_checks import CORPUS_CONFLICT, REPEATED_DATA, corpus_conflict, repeated_data, repeated_data_message
 from .planner import Outcomes, Plan, plan, stage_cells
@@ -26,7 +27,8 @@ from .result import Measured
 from .rules import Decision, VerdictResult, rank_stage
 from .stability import Stability, stability
 
-CellState = Literal["Pending", "Running", "Succeeded", "Failed"]
+# Queued: its Job exists and a batch queue (Kueue) holds it back; it holds no GPU.
+CellState = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
 MESSAGE_LIMIT = 1024  # a condition's / Event's message
 
@@ -55,6 +57,8 @@ class CellStatus(Measured):
     gpus: int | None = None
     node: str | None = None
     image: str | None = None
+    # Its time in a batch queue and the attempts it lost (core/attempts.py); absent when none.
+    attempts: Attempts | None = None
 
 
 class StageStatus(WireModel):
@@ -112,10 +116,15 @@ def build_status(
     recorded: list[Decision] | tuple[Decision, ...] = (),
     running: set[CellKey] | frozenset = frozenset(),
     checkpoint_root: str | None = None,
+    queued: Collection[CellKey] = frozenset(),
+    attempts: Mapping[CellKey, Attempts] | None = None,
 ) -> tuple[LadderStatus, Plan]:
-    """Plan the ladder and describe it. `running` marks non-terminal cells that are executing.
+    """Plan the ladder and describe it. `running` marks non-terminal cells that are executing,
+    `queued` those of them a batch queue holds back; `attempts` is each cell's record of its
+    queue time and lost attempts (core/attempts.py).
     `checkpoint_root`: the ladder's checkpoint folder (core.continuation.ladder_root; default:
     spec.continuation.path/<ladder>, as "<ladder>" when the name is unknown here)."""
+    attempts = attempts or {}
     p = plan(spec, outcomes, recorded)
     decided = {d.stage: d for d in p.decisions}
     stages = []
@@ -129,7 +138,8 @@ def build_status(
                          if (o := outcomes.get(c.key)) is not None and o.image)
         stage_image = images.most_common(1)[0][0] if images else None
         for c in stage_cells(spec, i, entered):
-            cells.append(cell_status(c, outcomes.get(c.key), c.key in running, stage_image))
+            cells.append(cell_status(c, outcomes.get(c.key), c.key in running, stage_image,
+                                     queued=c.key in queued, attempts=attempts.get(c.key)))
         finished = {c.key: outcomes[c.key] for c in stage_cells(spec, i, entered) if c.key in outcomes}
         stages.append(StageStatus(
             name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
@@ -147,7 +157,8 @@ def build_status(
     status = LadderStatus(
         phase=p.phase, message=p.message or (f"running stage {current}" if current else ""),
         frozen_hash=frozen_hash(spec), current_stage=current, leader=leader, stages=stages,
-        gpu_hours=gpu_hours(spec, outcomes, p.entering), verdict=p.verdict,
+        gpu_hours=_with_lost(gpu_hours(spec, outcomes, p.entering), outcomes, attempts, spec.trainer.cell_gpus),
+        verdict=p.verdict,
         stability=stability(p.decisions, p.entering),
         checkpoints=checkpoints_status(spec, checkpoint_root or _default_root(spec), p.decisions, p.entering,
                                        p.verdict.winner if p.verdict else None),
@@ -159,18 +170,27 @@ def _default_root(spec: LadderSpec) -> str:
     return ladder_root(spec.continuation.path, "<ladder>") if spec.continuation else ""
 
 
+def _with_lost(g: GpuHours, outcomes: Outcomes, attempts: Mapping[CellKey, Attempts], gpus: int) -> GpuHours:
+    """The occupied GPU-hours with the part lost attempts held, when there is one."""
+    lost = lost_gpu_hours(outcomes, attempts, gpus)
+    if not lost or g.occupied is None:
+        return g
+    return g.model_copy(update={"occupied": g.occupied.model_copy(update={"lost": lost})})
+
+
 def _finite(x: float | None) -> float | None:
     """The API server refuses a status holding Infinity or NaN: never write one."""
     return x if x is not None and math.isfinite(x) else None
 
 
 def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False,
-                stage_image: str | None = None) -> CellStatus:
+                stage_image: str | None = None, queued: bool = False, attempts: Attempts | None = None) -> CellStatus:
     """A cell as the status records it; `recorded_outcome` reads it back. The measured fields
     travel whole (`measured()`); the image is kept per cell only when it differs from the stage's."""
     if outcome is None:
+        state: CellState = ("Queued" if queued else "Running") if running else "Pending"
         return CellStatus(candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
-                          state="Running" if running else "Pending")
+                          state=state, attempts=attempts)
     measured: dict[str, Any] = {k: _finite(v) if isinstance(v, float) else v for k, v in outcome.measured().items()}
     return CellStatus(
         candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
@@ -178,7 +198,7 @@ def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False,
         value=outcome.value if outcome.ok else None,
         reason=outcome.reason or None, gpus=outcome.gpus, node=outcome.node,
         image=outcome.image if outcome.image != stage_image else None,
-        occupied_seconds=_finite(outcome.occupied_seconds), **measured,
+        occupied_seconds=_finite(outcome.occupied_seconds), attempts=attempts, **measured,
     )
 
 
@@ -199,6 +219,12 @@ def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:
             if o is not None:
                 out[CellKey(st.name, c.candidate, c.host_block, c.seed)] = o
     return out
+
+
+def attempts_from_status(status: LadderStatus) -> dict[CellKey, Attempts]:
+    """Every cell's recorded queue time and lost attempts (core/attempts.py)."""
+    return {CellKey(st.name, c.candidate, c.host_block, c.seed): c.attempts
+            for st in status.stages for c in st.cells if c.attempts is not None}
 
 
 def decisions_from_status(status: LadderStatus) -> list[Decision]:

@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Literal, Mapping
 
 from .api import LadderSpec, frozen_hash, frozen_hash_matches
+from .attempts import AttemptsSeen, advance_all, with_lost_occupancy
 from .cell import Cell, CellKey, CellOutcome
 from .planner import PlanError
 from .rules import Decision
 from .status import (FROZEN_SPEC_CHANGED, MESSAGE_LIMIT, PHASE_REASONS, RECORDED_DECISIONS_MISMATCH,
-                     STATUS_UNREADABLE, LadderStatus, build_status, conditions, decisions_from_status,
-                     failed_reason, outcomes_from_status, parse_status, stopped_status)
+                     STATUS_UNREADABLE, LadderStatus, attempts_from_status, build_status, conditions,
+                     decisions_from_status, failed_reason, outcomes_from_status, parse_status, stopped_status)
 from .wording import decision_message
 
 
@@ -103,6 +104,8 @@ def step(
     pending_starts: int = 0,
     started: Callable[[Cell], bool] = lambda cell: False,
     checkpoint_root: str | None = None,
+    queued: Collection[CellKey] = (),
+    attempts: Mapping[CellKey, AttemptsSeen] | None = None,
 ) -> Step:
     """One step of a ladder.
 
@@ -113,6 +116,10 @@ def step(
     pending_starts: starts asked for that are not visible yet (they count as running).
     started: cells that already have their Job/process and must not be started again.
     checkpoint_root: the ladder's checkpoint folder, for a ladder that continues (status.checkpoints).
+    queued: running cells that a batch queue holds back (shown Queued; they still count against
+        the parallelism: their Jobs exist).
+    attempts: what the adapter sees of cells' queue waits and lost attempts, folded into the
+        recorded ones (core/attempts.py; recorded cells keep theirs).
     """
     old = recorded.wire() if isinstance(recorded, LadderStatus) else dict(recorded or {})
     # 1. frozen hash
@@ -132,9 +139,12 @@ def step(
     # 3. merge: recorded outcomes are final
     outcomes = {**{k: v for k, v in observed.items() if k not in recorded_outcomes}, **recorded_outcomes}
     live = frozenset(k for k in running if k not in outcomes)
+    cell_attempts = advance_all(attempts_from_status(typed_old), attempts or {}, recorded_outcomes.keys())
+    outcomes = with_lost_occupancy(outcomes, cell_attempts, recorded_outcomes.keys())
     # 4. decide
     try:
-        status, plan = build_status(spec, outcomes, decisions, running=live, checkpoint_root=checkpoint_root)
+        status, plan = build_status(spec, outcomes, decisions, running=live, checkpoint_root=checkpoint_root,
+                                    queued=frozenset(k for k in queued if k in live), attempts=cell_attempts)
     except PlanError as exc:
         return stop(old, RECORDED_DECISIONS_MISMATCH, str(exc), generation, now)
     # 5. start

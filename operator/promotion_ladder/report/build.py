@@ -80,7 +80,7 @@ def val(x: float | None) -> str:
 
 
 def stage_progress(st: StageStatus) -> dict[str, int]:
-    counts = {"Succeeded": 0, "Failed": 0, "Running": 0, "Pending": 0}
+    counts = {"Succeeded": 0, "Failed": 0, "Running": 0, "Queued": 0, "Pending": 0}
     for c in st.cells:
         counts[c.state] += 1
     return counts
@@ -161,15 +161,16 @@ def _progress(s: LadderStatus) -> Section | None:
     for st in s.stages:
         n = stage_progress(st)
         rows.append([st.name, st.budget, st.state, str(st.entered if st.entered is not None else "-"),
-                     str(len(st.cells)), str(n["Succeeded"]), str(n["Failed"]), str(n["Running"]), str(n["Pending"])])
+                     str(len(st.cells)), str(n["Succeeded"]), str(n["Failed"]), str(n["Running"]), str(n["Queued"]),
+                     str(n["Pending"])])
         marks.append("current" if st.name == s.current_stage else "")
     text = [f"The ladder is {s.phase.lower()}" + (f"; current stage {s.current_stage}." if s.current_stage else ".")]
     if s.leader:
         text.append(f"Leader of the current stage so far: {s.leader} (provisional: the stage is not decided).")
     return Section(
         "progress", "Progress", text=text,
-        tables=[Table("progress", ["Stage", "Budget", "State", "Entered", "Cells", "Succeeded", "Failed", "Running", "Pending"],
-                      rows, marks=marks)],
+        tables=[Table("progress", ["Stage", "Budget", "State", "Entered", "Cells", "Succeeded", "Failed", "Running",
+                                   "Queued", "Pending"], rows, marks=marks)],
         figures=[PROGRESS] if any(st.name == s.current_stage and st.cells for st in s.stages) else [],
     )
 
@@ -248,7 +249,8 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
         return sec
     sec.text.append(
         f"{st.entered} candidates entered; {len(st.cells)} cells: {n['Succeeded']} succeeded, {n['Failed']} failed"
-        + (f", {n['Running']} running, {n['Pending']} pending" if n["Running"] or n["Pending"] else "") + "."
+        + (f", {n['Running']} running, {n['Pending']} pending" if n["Running"] or n["Pending"] else "")
+        + (f", {n['Queued']} queued (waiting for quota)" if n["Queued"] else "") + "."
     )
     for c in st.conditions or []:  # data warnings: repeated data, cells on different corpora
         sec.text.append(f"Warning ({c.type}): {c.message}.")

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 STATE_COLORS = {"Succeeded": "#4caf50", "Failed": "#d62728", "Running": "#ff9800", "Pending": "#d9d9d9"}
 BLOCK_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 SEED_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+STATE_COLORS["Queued"] = "#9e9e9e"  # a cell whose Job a batch queue (Kueue) holds
+STATE_MARKERS = {"Failed": "x", "Running": ">", "Queued": "|", "Pending": "."}
 DPI = 100
 FAILED_RING = "#d62728"
 
@@ -165,7 +167,7 @@ def cell_values(st: StageStatus, metric: str) -> Figure:
                         color=BLOCK_COLORS[blocks.index(c.host_block) % len(BLOCK_COLORS)], zorder=3)
             else:
                 states_seen.add(c.state)
-                mk = {"Failed": "x", "Running": ">", "Pending": "."}[c.state]
+                mk = STATE_MARKERS[c.state]
                 ax.plot(x + dx, 0.04, mk, ms=9 if c.state == "Failed" else 7, mew=2, color=STATE_COLORS[c.state],
                         transform=bottom, zorder=4, clip_on=False)
         if ok:
@@ -197,9 +199,9 @@ def cell_values(st: StageStatus, metric: str) -> Figure:
         from matplotlib.patches import Patch
 
         handles.append(Patch(color="#e8f5e9", label="promoted"))
-    for state in ("Failed", "Running", "Pending"):
+    for state in ("Failed", "Running", "Queued", "Pending"):
         if state in states_seen:
-            mk = {"Failed": "x", "Running": ">", "Pending": "."}[state]
+            mk = STATE_MARKERS[state]
             handles.append(Line2D([], [], marker=mk, ls="", mew=2, color=STATE_COLORS[state], label=state.lower()))
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_title(f"Stage {st.name} (budget {st.budget}): value per cell", fontsize=10, loc="left")
