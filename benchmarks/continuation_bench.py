@@ -52,20 +52,30 @@ def has_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def ladder_doc(name: str, candidates: int, budgets: list[str], config: dict, trainer_args: list[str],
-               continuing: bool) -> dict:
+def ladder_doc(
+    name: str, candidates: int, budgets: list[str], config: dict, trainer_args: list[str], continuing: bool
+) -> dict:
     """Candidates differ in matrix_lr; each stage keeps half (at least 2) for the next."""
     keep = [max(candidates >> (i + 1), 2) for i in range(len(budgets) - 1)]
     stages = [{"name": f"s{i + 1}", "budget": b, "hostBlocks": ["local"], "seeds": [1]} for i, b in enumerate(budgets)]
     for st, top in zip(stages, keep):
         st["promote"] = {"top": top}
     doc = {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": name},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": name},
         "spec": {
-            "trainer": {"image": "local", "command": ["python", "-m", "ladder_trainer"], "args": trainer_args, "gpus": 1},
+            "trainer": {
+                "image": "local",
+                "command": ["python", "-m", "ladder_trainer"],
+                "args": trainer_args,
+                "gpus": 1,
+            },
             "hostBlocks": [{"name": "local", "nodeSelector": {"pool": "local"}}],
-            "candidates": [{"name": f"lr{i}", "config": {**config, "matrix_lr": lr}}
-                           for i, lr in enumerate(LEARNING_RATES[:candidates])],
+            "candidates": [
+                {"name": f"lr{i}", "config": {**config, "matrix_lr": lr}}
+                for i, lr in enumerate(LEARNING_RATES[:candidates])
+            ],
             "stages": stages,
         },
     }
@@ -101,9 +111,15 @@ def summary(status: LadderStatus, wall: float) -> dict:
     winner = status.verdict.winner if status.verdict else None
     value = next((e.aggregate for e in last.ranking if e.candidate == winner), None) if last else None
     g = status.gpu_hours
-    return {"phase": status.phase, "ranking": final_ranking(status), "winner": winner, "winner_val_bpb": value,
-            "gpu_hours": g.total if g else None, "from_scratch_gpu_hours": g.from_scratch if g else None,
-            "wall_seconds": round(wall, 1)}
+    return {
+        "phase": status.phase,
+        "ranking": final_ranking(status),
+        "winner": winner,
+        "winner_val_bpb": value,
+        "gpu_hours": g.total if g else None,
+        "from_scratch_gpu_hours": g.from_scratch if g else None,
+        "wall_seconds": round(wall, 1),
+    }
 
 
 def run_once(doc: dict, work: Path) -> dict:
@@ -118,23 +134,34 @@ def main(argv: list[str] | None = None) -> int:
     gpu = has_cuda()
     p = argparse.ArgumentParser(prog="continuation_bench.py", description=__doc__.splitlines()[0])
     p.add_argument("--candidates", type=int, default=4 if gpu else 6, help=f"at most {len(LEARNING_RATES)}")
-    p.add_argument("--budgets", default="10s,20s,40s" if gpu else "8s,16s,32s", help="the stages' budgets, comma-separated")
-    p.add_argument("--config", default=None, help="candidate config JSON (default: d8 on a GPU, a tiny byte model on CPU)")
+    p.add_argument(
+        "--budgets", default="10s,20s,40s" if gpu else "8s,16s,32s", help="the stages' budgets, comma-separated"
+    )
+    p.add_argument(
+        "--config", default=None, help="candidate config JSON (default: d8 on a GPU, a tiny byte model on CPU)"
+    )
     p.add_argument("--workdir", default=None, help="where the cells run (default: a fresh temporary folder)")
     p.add_argument("--json", default=None, help="also write the summary here")
-    p.add_argument("--noise", action="store_true",
-                   help="run from scratch a second time too: tau between two from-scratch runs is the timing noise's")
+    p.add_argument(
+        "--noise",
+        action="store_true",
+        help="run from scratch a second time too: tau between two from-scratch runs is the timing noise's",
+    )
     args = p.parse_args(argv)
     if not 2 <= args.candidates <= len(LEARNING_RATES):
         p.error(f"--candidates: give 2 to {len(LEARNING_RATES)}")
     budgets = args.budgets.split(",")
     config = json.loads(args.config) if args.config else (GPU_SHAPE if gpu else CPU_SHAPE)
     # Compilation off on both: its set-up time is not what is measured, and it would double a GPU run's length.
-    trainer_args = ["--eval-tokens", "65536" if gpu else "4096", "--compile", "off"] + ([] if gpu else ["--device", "cpu"])
+    trainer_args = ["--eval-tokens", "65536" if gpu else "4096", "--compile", "off"] + (
+        [] if gpu else ["--device", "cpu"]
+    )
     work = Path(args.workdir or tempfile.mkdtemp(prefix="continuation-bench-"))
-    print(f"# continuation fidelity, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{'GPU' if gpu else 'CPU'} ({platform.node()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}), "
-          f"{args.candidates} candidates, budgets {', '.join(budgets)}, config {json.dumps(config)}")
+    print(
+        f"# continuation fidelity, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{'GPU' if gpu else 'CPU'} ({platform.node()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}), "
+        f"{args.candidates} candidates, budgets {', '.join(budgets)}, config {json.dumps(config)}"
+    )
     runs = {}
     plan = [("from scratch", False), ("continuing", True)] + ([("from scratch again", False)] if args.noise else [])
     for label, continuing in plan:
@@ -146,25 +173,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"a run did not succeed (see {work}/*/progress.txt)", file=sys.stderr)
         return 1
     tau = rank_tau(a["ranking"], b["ranking"])
-    print("\n| run | winner | winner's val_bpb | protocol GPU-hours | from scratch GPU-hours | wall s | final ranking |")
+    print(
+        "\n| run | winner | winner's val_bpb | protocol GPU-hours | from scratch GPU-hours | wall s | final ranking |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, r in runs.items():
         scratch = r["from_scratch_gpu_hours"] if r["from_scratch_gpu_hours"] is not None else r["gpu_hours"]
-        print(f"| {label} | {r['winner']} | {r['winner_val_bpb']:.4f} | {r['gpu_hours']:.5f} | {scratch:.5f} | "
-              f"{r['wall_seconds']} | {', '.join(r['ranking'])} |")
+        print(
+            f"| {label} | {r['winner']} | {r['winner_val_bpb']:.4f} | {r['gpu_hours']:.5f} | {scratch:.5f} | "
+            f"{r['wall_seconds']} | {', '.join(r['ranking'])} |"
+        )
     saved = 1 - b["gpu_hours"] / a["gpu_hours"] if a["gpu_hours"] else 0.0
-    print(f"\nKendall tau-b between the final rankings, from scratch vs continuing: {fmt(tau)} over "
-          f"{len(a['ranking'])} candidates; same winner: {'yes' if a['winner'] == b['winner'] else 'NO'}; "
-          f"continuing ran {100 * saved:.1f}% fewer protocol GPU-hours")
+    print(
+        f"\nKendall tau-b between the final rankings, from scratch vs continuing: {fmt(tau)} over "
+        f"{len(a['ranking'])} candidates; same winner: {'yes' if a['winner'] == b['winner'] else 'NO'}; "
+        f"continuing ran {100 * saved:.1f}% fewer protocol GPU-hours"
+    )
     noise = None
     if "from scratch again" in runs:
         c = runs["from scratch again"]
         noise = rank_tau(a["ranking"], c["ranking"])
-        print(f"the noise floor, from scratch vs from scratch again: tau-b {fmt(noise)}; same winner: "
-              f"{'yes' if a['winner'] == c['winner'] else 'NO'}")
+        print(
+            f"the noise floor, from scratch vs from scratch again: tau-b {fmt(noise)}; same winner: "
+            f"{'yes' if a['winner'] == c['winner'] else 'NO'}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": runs, "kendall_tau_b": tau, "noise_tau_b": noise,
-                                               "saved_share": saved}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"runs": runs, "kendall_tau_b": tau, "noise_tau_b": noise, "saved_share": saved}, indent=2)
+        )
     return 0
 
 

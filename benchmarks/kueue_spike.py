@@ -37,7 +37,6 @@ from localcluster.nodeagent import default_nodes
 from localcluster.waiting import wait_for
 from promotion_ladder.controller.kueue_manifests import QueueOptions, kueue_objects
 from promotion_ladder.core.api import GROUP, PLURAL, VERSION, load_ladder
-
 from tests.operator.harness import STUB, Operator, install_crd, operator_kubeconfig
 
 KUEUE = ("kueue.x-k8s.io", "v1beta2")

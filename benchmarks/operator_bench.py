@@ -37,7 +37,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,12 +60,22 @@ NS = "bench"
 
 def ladder(i: int, candidates: int) -> dict:
     return {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": f"bench-{i:02d}"},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": f"bench-{i:02d}"},
         "spec": {
-            "trainer": {"image": "stub", "command": [sys.executable, str(ROOT / "benchmarks" / "instant_trainer.py")], "gpus": 1},
-            "hostBlocks": [{"name": h, "nodeSelector": {"ladder.promotion.dev/host-block": h}} for h in ("a100", "l40s")],
-            "candidates": [{"name": f"c{j:03d}", "config": {"value": 1.0 + ((j * 37 + i) % candidates) / 100}}
-                           for j in range(candidates)],
+            "trainer": {
+                "image": "stub",
+                "command": [sys.executable, str(ROOT / "benchmarks" / "instant_trainer.py")],
+                "gpus": 1,
+            },
+            "hostBlocks": [
+                {"name": h, "nodeSelector": {"ladder.promotion.dev/host-block": h}} for h in ("a100", "l40s")
+            ],
+            "candidates": [
+                {"name": f"c{j:03d}", "config": {"value": 1.0 + ((j * 37 + i) % candidates) / 100}}
+                for j in range(candidates)
+            ],
             "stages": [
                 {"name": "s1", "budget": "1s", "hostBlocks": ["a100"], "seeds": [1], "promote": {"top": 10}},
                 {"name": "s2", "budget": "1s", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 3}},
@@ -136,7 +145,11 @@ def scrape(port: int) -> str:
 
 
 def metric(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
 
 
 def histogram_quantile(text: str, name: str, q: float) -> float | None:
@@ -151,9 +164,11 @@ def histogram_quantile(text: str, name: str, q: float) -> float | None:
     return next(le for le, n in sorted(buckets) if n >= q * total)
 
 
-START_HISTOGRAMS = {"job_to_pod_created": "ladder_cell_pod_creation_seconds",
-                    "job_to_scheduled": "ladder_cell_scheduling_seconds",
-                    "scheduled_to_running": "ladder_cell_start_seconds"}
+START_HISTOGRAMS = {
+    "job_to_pod_created": "ladder_cell_pod_creation_seconds",
+    "job_to_scheduled": "ladder_cell_scheduling_seconds",
+    "scheduled_to_running": "ladder_cell_start_seconds",
+}
 
 
 def start_waits(text: str) -> dict:
@@ -161,8 +176,11 @@ def start_waits(text: str) -> dict:
     out = {}
     for key, name in START_HISTOGRAMS.items():
         count = metric(text, name + "_count")
-        out[key] = {"cells": int(count), "mean_s": round(metric(text, name + "_sum") / count, 2) if count else None,
-                    **{f"p{q}_s_le": histogram_quantile(text, name, q / 100) for q in (50, 90, 99)}}
+        out[key] = {
+            "cells": int(count),
+            "mean_s": round(metric(text, name + "_sum") / count, 2) if count else None,
+            **{f"p{q}_s_le": histogram_quantile(text, name, q / 100) for q in (50, 90, 99)},
+        }
     return out
 
 
@@ -170,12 +188,20 @@ def restart_ladder(candidates: int) -> dict:
     blocks, seeds = ["a100", "l40s"], [1, 2]
     top1, top2 = max(2, candidates // 10), max(1, candidates // 100)
     return {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "restart"},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": "restart"},
         "spec": {
-            "trainer": {"image": "stub", "command": [sys.executable, str(ROOT / "benchmarks" / "instant_trainer.py")], "gpus": 1},
+            "trainer": {
+                "image": "stub",
+                "command": [sys.executable, str(ROOT / "benchmarks" / "instant_trainer.py")],
+                "gpus": 1,
+            },
             "hostBlocks": [{"name": h, "nodeSelector": {"ladder.promotion.dev/host-block": h}} for h in blocks],
-            "candidates": [{"name": f"c{j:04d}", "config": {"value": 1.0 + (j * 37 % candidates) / candidates}}
-                           for j in range(candidates)],
+            "candidates": [
+                {"name": f"c{j:04d}", "config": {"value": 1.0 + (j * 37 % candidates) / candidates}}
+                for j in range(candidates)
+            ],
             "stages": [
                 {"name": "s1", "budget": "1s", "hostBlocks": blocks, "seeds": seeds, "promote": {"top": top1}},
                 {"name": "s2", "budget": "1s", "hostBlocks": blocks, "seeds": seeds, "promote": {"top": top2}},
@@ -188,10 +214,25 @@ def restart_ladder(candidates: int) -> dict:
 def start_operator(cluster: LocalCluster, d: Path, n: int) -> tuple[subprocess.Popen, int, int]:
     mport, hport = free_port(), free_port()
     log = open(d / f"operator-{n}.log", "w")
-    op = subprocess.Popen([sys.executable, "-m", "promotion_ladder.cli", "operator", "-n", NS,
-                           "--metrics-port", str(mport), "--health-port", str(hport)],
-                          stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                          env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
+    op = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "promotion_ladder.cli",
+            "operator",
+            "-n",
+            NS,
+            "--metrics-port",
+            str(mport),
+            "--health-port",
+            str(hport),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+    )
     return op, mport, hport
 
 
@@ -203,7 +244,9 @@ def ready(port: int) -> bool:
 
 
 def peak_rss_mb(pid: int) -> float:
-    return round(next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmHWM")) / 1024, 1)
+    return round(
+        next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmHWM")) / 1024, 1
+    )
 
 
 def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> dict:
@@ -218,7 +261,13 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
         s1_jobs = args.candidates * 4
 
         def s1_created():
-            return len(batch.list_namespaced_job(NS, label_selector=f"{LABEL}=restart,ladder.promotion.dev/stage=s1").items) >= s1_jobs
+            return (
+                len(
+                    batch.list_namespaced_job(NS, label_selector=f"{LABEL}=restart,ladder.promotion.dev/stage=s1").items
+                )
+                >= s1_jobs
+            )
+
         wait_for(s1_created, timeout=args.timeout, interval=2, what=f"{s1_jobs} stage-1 Jobs")
         t_jobs = time.monotonic() - t0
     finally:
@@ -231,6 +280,7 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
     def s1_done():
         jobs = batch.list_namespaced_job(NS, label_selector=f"{LABEL}=restart,ladder.promotion.dev/stage=s1").items
         return sum(1 for j in jobs if j.status.succeeded) >= args.down_until * s1_jobs
+
     wait_for(s1_done, timeout=args.timeout, interval=3, what=f"{args.down_until:.0%} of stage 1 done while down")
     down_s = time.monotonic() - t_down
     # Status writes of the new operator, seen by a watch of this process.
@@ -238,18 +288,27 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
     stop = threading.Event()
 
     def watch_ladder():
-        rv = custom.get_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders",
-                                                 "restart")["metadata"]["resourceVersion"]
+        rv = custom.get_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders", "restart")[
+            "metadata"
+        ]["resourceVersion"]
         while not stop.is_set():
             try:
-                for ev in watch.Watch().stream(custom.list_namespaced_custom_object, "ladder.promotion.dev", "v1alpha1",
-                                               NS, "promotionladders", resource_version=rv, timeout_seconds=20):
+                for ev in watch.Watch().stream(
+                    custom.list_namespaced_custom_object,
+                    "ladder.promotion.dev",
+                    "v1alpha1",
+                    NS,
+                    "promotionladders",
+                    resource_version=rv,
+                    timeout_seconds=20,
+                ):
                     rv = ev["object"]["metadata"]["resourceVersion"]
                     writes.append(time.monotonic())
                     if stop.is_set():
                         return
             except Exception:  # noqa: BLE001 - reconnect
                 time.sleep(0.5)
+
     threading.Thread(target=watch_ladder, daemon=True).start()
     time.sleep(1)
     t_restart = time.monotonic()
@@ -257,9 +316,22 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
     try:
         wait_for(lambda: ready(hport), timeout=args.timeout, interval=0.5, what="restarted operator ready")
         t_ready = time.monotonic() - t_restart
-        obj = wait_for(lambda: (o := custom.get_namespaced_custom_object(
-            "ladder.promotion.dev", "v1alpha1", NS, "promotionladders", "restart")).get("status", {}).get("phase")
-            in ("Succeeded", "Failed") and o, timeout=args.timeout, interval=2, what="ladder finished")
+        obj = wait_for(
+            lambda: (
+                (
+                    o := custom.get_namespaced_custom_object(
+                        "ladder.promotion.dev", "v1alpha1", NS, "promotionladders", "restart"
+                    )
+                )
+                .get("status", {})
+                .get("phase")
+                in ("Succeeded", "Failed")
+                and o
+            ),
+            timeout=args.timeout,
+            interval=2,
+            what="ladder finished",
+        )
         stop.set()
         rss = peak_rss_mb(op.pid)
         text = scrape(mport)
@@ -274,20 +346,26 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
     after = [t for t in writes if t >= t_restart]
     gaps = [b - a for a, b in zip([t_restart] + after, after)]
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "mode": "restart",
-        "candidates": args.candidates, "cells": len(cells), "phase": st["phase"],
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": "restart",
+        "candidates": args.candidates,
+        "cells": len(cells),
+        "phase": st["phase"],
         "results_lost": sum(c["state"] == "Failed" for c in cells),
-        "jobs_created": jobs_created, "pods_run": pods_run,
+        "jobs_created": jobs_created,
+        "pods_run": pods_run,
         "failed_reasons": sorted({c.get("reason", "") for c in cells if c["state"] == "Failed"})[:5],
         "stage1_jobs_created_s": round(t_jobs, 1),
-        "down_until_stage1_done": args.down_until, "down_s": round(down_s, 1),
+        "down_until_stage1_done": args.down_until,
+        "down_s": round(down_s, 1),
         "ready_after_restart_s": round(t_ready, 1),
         "first_status_write_after_restart_s": round(after[0] - t_restart, 1) if after else None,
         "longest_status_gap_after_restart_s": round(max(gaps), 1) if gaps else None,
         "restarted_operator_peak_rss_mb": rss,
         "lookups": metric(text, 'ladder_operator_api_requests_total{operation="list_pods"}'),
         "cell_start_waits": start_waits(text),
-        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
     }
 
 
@@ -298,17 +376,25 @@ def main() -> int:
     ap.add_argument("--gpus-per-node", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--record", action="store_true", help="append the numbers to benchmarks/operator-results.md")
-    ap.add_argument("--restart", action="store_true", help="restart under load: one ladder, operator killed once "
-                                                           "its stage-1 Jobs exist (default 100 candidates)")
-    ap.add_argument("--down-until", type=float, default=0.9,
-                    help="--restart: start the operator again once this share of stage-1 Jobs completed (default 0.9)")
+    ap.add_argument(
+        "--restart",
+        action="store_true",
+        help="restart under load: one ladder, operator killed once its stage-1 Jobs exist (default 100 candidates)",
+    )
+    ap.add_argument(
+        "--down-until",
+        type=float,
+        default=0.9,
+        help="--restart: start the operator again once this share of stage-1 Jobs completed (default 0.9)",
+    )
     args = ap.parse_args()
     if args.restart and "--candidates" not in sys.argv:
         args.candidates = 100
 
     d = Path(tempfile.mkdtemp(prefix="operator-bench-"))
-    nodes = [gpu_node(f"a100-{i}", "a100", args.gpus_per_node) for i in range(2)] + \
-            [gpu_node(f"l40s-{i}", "l40s", args.gpus_per_node) for i in range(2)]
+    nodes = [gpu_node(f"a100-{i}", "a100", args.gpus_per_node) for i in range(2)] + [
+        gpu_node(f"l40s-{i}", "l40s", args.gpus_per_node) for i in range(2)
+    ]
     print(f"starting the local control plane in {d} ...", flush=True)
     cluster = LocalCluster.start(d, nodes)
     op = None
@@ -323,33 +409,53 @@ def main() -> int:
             print(json.dumps(result, indent=2))
             if args.record:
                 with open(ROOT / "benchmarks" / "operator-results.md", "a") as fh:
-                    fh.write(f"\n## {result['date']}: restart under load, {args.candidates} candidates x 2 x 2 "
-                             f"({result['cells']} cells, {result['cpus']} CPUs)\n\n```json\n{json.dumps(result, indent=2)}\n```\n")
+                    fh.write(
+                        f"\n## {result['date']}: restart under load, {args.candidates} candidates x 2 x 2 "
+                        f"({result['cells']} cells, {result['cpus']} CPUs)\n\n```json\n{json.dumps(result, indent=2)}\n```\n"
+                    )
             return 0 if result["results_lost"] == 0 else 1
         mport, hport = free_port(), free_port()
         log = open(d / "operator.log", "w")
-        op = subprocess.Popen([sys.executable, "-m", "promotion_ladder.cli", "operator", "-n", NS,
-                               "--metrics-port", str(mport), "--health-port", str(hport)],
-                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                              env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)})
-        wait_for(lambda: ready(hport),
-                 timeout=60, what="operator ready")
+        op = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "promotion_ladder.cli",
+                "operator",
+                "-n",
+                NS,
+                "--metrics-port",
+                str(mport),
+                "--health-port",
+                str(hport),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        )
+        wait_for(lambda: ready(hport), timeout=60, what="operator ready")
         rec = Recorder(api)
         rec.start()
         time.sleep(1)
         custom = client.CustomObjectsApi(api)
         t0 = time.monotonic()
         for i in range(args.ladders):
-            custom.create_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders",
-                                                   ladder(i, args.candidates))
+            custom.create_namespaced_custom_object(
+                "ladder.promotion.dev", "v1alpha1", NS, "promotionladders", ladder(i, args.candidates)
+            )
 
         def all_done():
-            items = custom.list_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders")["items"]
+            items = custom.list_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders")[
+                "items"
+            ]
             phases = [(x.get("status") or {}).get("phase") for x in items]
             return all(p in ("Succeeded", "Failed") for p in phases) and phases
 
         def progress():
-            items = custom.list_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders")["items"]
+            items = custom.list_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", NS, "promotionladders")[
+                "items"
+            ]
             return [(x["metadata"]["name"], (x.get("status") or {}).get("currentStage")) for x in items]
 
         phases = wait_for(all_done, timeout=args.timeout, interval=2, what="all ladders finished", describe=progress)
@@ -358,30 +464,54 @@ def main() -> int:
         rss_kb = next(int(line.split()[1]) for line in open(f"/proc/{op.pid}/status") if line.startswith("VmHWM"))
         rec.stop.set()
         lat = rec.latencies()
-        cells = sum(len(s["hostBlocks"]) * len(s["seeds"]) * n for s, n in zip(
-            ladder(0, args.candidates)["spec"]["stages"], (args.candidates, 10, 3))) * args.ladders
+        cells = (
+            sum(
+                len(s["hostBlocks"]) * len(s["seeds"]) * n
+                for s, n in zip(ladder(0, args.candidates)["spec"]["stages"], (args.candidates, 10, 3))
+            )
+            * args.ladders
+        )
         requests = metric(text, "ladder_operator_api_requests_total")
         result = {
-            "date": datetime.date.today().isoformat(), "ladders": args.ladders, "candidates": args.candidates,
-            "cells": cells, "succeeded": phases.count("Succeeded"), "wall_seconds": round(wall, 1),
-            "decision_latency_p50_s": round(pct(lat, 50), 3), "decision_latency_p99_s": round(pct(lat, 99), 3),
-            "decision_latency_max_s": round(max(lat), 3), "transitions": len(lat),
+            "date": datetime.date.today().isoformat(),
+            "ladders": args.ladders,
+            "candidates": args.candidates,
+            "cells": cells,
+            "succeeded": phases.count("Succeeded"),
+            "wall_seconds": round(wall, 1),
+            "decision_latency_p50_s": round(pct(lat, 50), 3),
+            "decision_latency_p99_s": round(pct(lat, 99), 3),
+            "decision_latency_max_s": round(max(lat), 3),
+            "transitions": len(lat),
             "operator_histogram_p50_s_le": histogram_quantile(text, "ladder_decision_latency_seconds", 0.5),
             "operator_histogram_p99_s_le": histogram_quantile(text, "ladder_decision_latency_seconds", 0.99),
             "api_requests_per_cell": round(requests / cells, 3),
-            "requests_by_operation": {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                                      if line.startswith("ladder_operator_api_requests_total{")},
-            "peak_rss_mb": round(rss_kb / 1024, 1), "cell_start_waits": start_waits(text),
-            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "requests_by_operation": {
+                line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("ladder_operator_api_requests_total{")
+            },
+            "peak_rss_mb": round(rss_kb / 1024, 1),
+            "cell_start_waits": start_waits(text),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
         }
         print(json.dumps(result, indent=2))
         if args.record:
             out = ROOT / "benchmarks" / "operator-results.md"
-            head = "" if out.exists() else ("# Operator benchmark results\n\nProduced by `benchmarks/operator_bench.py` "
-                                            "on the local control plane (see its docstring for what is measured).\n")
+            head = (
+                ""
+                if out.exists()
+                else (
+                    "# Operator benchmark results\n\nProduced by `benchmarks/operator_bench.py` "
+                    "on the local control plane (see its docstring for what is measured).\n"
+                )
+            )
             with open(out, "a") as fh:
-                fh.write(f"{head}\n## {result['date']}: {args.ladders} ladders x {args.candidates} candidates "
-                         f"({cells} cells, {result['cpus']} CPUs)\n\n```json\n{json.dumps(result, indent=2)}\n```\n")
+                fh.write(
+                    f"{head}\n## {result['date']}: {args.ladders} ladders x {args.candidates} candidates "
+                    f"({cells} cells, {result['cpus']} CPUs)\n\n```json\n{json.dumps(result, indent=2)}\n```\n"
+                )
         return 0
     finally:
         if op is not None and op.poll() is None:

@@ -35,10 +35,10 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import TYPE_CHECKING
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -96,7 +96,7 @@ def local_cluster_nodes() -> list[NodeSpec]:
 
 
 @contextmanager
-def _session_cluster(prefix: str, nodes: list[NodeSpec], **start: object) -> Iterator["LocalCluster"]:
+def _session_cluster(prefix: str, nodes: list[NodeSpec], **start: object) -> Iterator[LocalCluster]:
     """A started LocalCluster for the session; stopped, and its directory removed, at the end
     (kept with LOCALCLUSTER_KEEP), also when it fails to start."""
     from .cluster import LocalCluster  # imports the kubernetes client only when needed
@@ -139,8 +139,9 @@ def _fresh_namespace(cluster, request: pytest.FixtureRequest):
     name = f"{base}-{uuid.uuid4().hex[:5]}"
     core.create_namespace({"metadata": {"name": name, "labels": {"localcluster.dev/test": "true"}}})
     # Pods are refused until the serviceaccount controller has made "default".
-    wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30,
-             what=f"ServiceAccount {name}/default")
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", name), timeout=30, what=f"ServiceAccount {name}/default"
+    )
     try:
         yield name
     finally:

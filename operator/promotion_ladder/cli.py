@@ -23,15 +23,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     ladder = load_ladder(doc, source=str(args.file))
     spec = ladder.spec
     cells = sum(len(s.cells()) for s in spec.stages)
-    print(f"{args.file}: valid PromotionLadder {ladder.name!r}: {len(spec.candidates)} candidates, "
-          f"{len(spec.stages)} stages, {len(spec.host_blocks)} host blocks, {cells} cells per candidate at most; "
-          f"frozen hash {spec.frozen_hash()}")
+    print(
+        f"{args.file}: valid PromotionLadder {ladder.name!r}: {len(spec.candidates)} candidates, "
+        f"{len(spec.stages)} stages, {len(spec.host_blocks)} host blocks, {cells} cells per candidate at most; "
+        f"frozen hash {spec.frozen_hash()}"
+    )
     size = len(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
     if size > ANNOTATIONS_LIMIT * 0.9:
-        print(f"warning: the ladder is {size // 1024} KiB as JSON: `kubectl apply -f` keeps a copy in the "
-              f"annotation kubectl.kubernetes.io/last-applied-configuration, and an object's annotations are "
-              f"limited to {ANNOTATIONS_LIMIT // 1024} KiB (it fails as `metadata.annotations: Too long`); use "
-              f"`kubectl apply --server-side -f {args.file}` or `kubectl create -f {args.file}`")
+        print(
+            f"warning: the ladder is {size // 1024} KiB as JSON: `kubectl apply -f` keeps a copy in the "
+            f"annotation kubectl.kubernetes.io/last-applied-configuration, and an object's annotations are "
+            f"limited to {ANNOTATIONS_LIMIT // 1024} KiB (it fails as `metadata.annotations: Too long`); use "
+            f"`kubectl apply --server-side -f {args.file}` or `kubectl create -f {args.file}`"
+        )
     for line in _continuation_notes(spec):
         print(line)
     if args.tokens_per_second is not None:
@@ -52,14 +56,20 @@ def _continuation_notes(spec: LadderSpec) -> list[str]:
     c = spec.continuation
     if c is None:
         return []
-    out = [f"continuation: each later cell resumes from the previous stage's stable checkpoint of the same candidate, "
-           f"host block and seed (onMismatch: {c.on_mismatch}, keep: {c.keep}); checkpoints under {c.path} on a "
-           "cluster, under the work dir with `ladder run`"]
+    out = [
+        f"continuation: each later cell resumes from the previous stage's stable checkpoint of the same candidate, "
+        f"host block and seed (onMismatch: {c.on_mismatch}, keep: {c.keep}); checkpoints under {c.path} on a "
+        "cluster, under the work dir with `ladder run`"
+    ]
     for stage, alone, cells in without_predecessor(spec):
-        out.append(f"continuation: {alone} of the {cells} cells per candidate of stage {stage} have no cell of the same "
-                   "host block and seed one stage earlier: they train from scratch (for the stage's full budget)")
-    out += [f"warning: {e} (the operator refuses the ladder without it; `ladder run` does not need it)"
-            for e in continuation_mount_errors(c.path, spec.trainer.template)]
+        out.append(
+            f"continuation: {alone} of the {cells} cells per candidate of stage {stage} have no cell of the same "
+            "host block and seed one stage earlier: they train from scratch (for the stage's full budget)"
+        )
+    out += [
+        f"warning: {e} (the operator refuses the ladder without it; `ladder run` does not need it)"
+        for e in continuation_mount_errors(c.path, spec.trainer.template)
+    ]
     return out
 
 
@@ -73,8 +83,11 @@ def _pod_security(doc: dict, spec, level: str) -> int:
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     if problems:
-        print(f"the namespace's Pod Security Standard {level} would refuse this ladder's cell pods; "
-              f"set the fields above in spec.trainer.template (docs/operator.md, \"Pod security\")", file=sys.stderr)
+        print(
+            f"the namespace's Pod Security Standard {level} would refuse this ladder's cell pods; "
+            f'set the fields above in spec.trainer.template (docs/operator.md, "Pod security")',
+            file=sys.stderr,
+        )
         return 1
     print(f"cell pods meet the Pod Security Standard {level}")
     return 0
@@ -102,8 +115,9 @@ def _cluster_warnings(ladder, args: argparse.Namespace) -> list[str]:
 
     cfg = client.Configuration()
     try:
-        config.load_kube_config(config_file=kubeconfig.split(os.pathsep)[0], context=args.context,
-                                client_configuration=cfg)
+        config.load_kube_config(
+            config_file=kubeconfig.split(os.pathsep)[0], context=args.context, client_configuration=cfg
+        )
         cfg.retries = 0  # one try: a cluster that is not there is a note, not a wait
         found = client.CoreV1Api(client.ApiClient(cfg)).list_node(_request_timeout=CLUSTER_TIMEOUT_SECONDS).items
     except Exception as exc:  # noqa: BLE001 - the cluster is a bonus: the file is valid either way
@@ -113,15 +127,24 @@ def _cluster_warnings(ladder, args: argparse.Namespace) -> list[str]:
     body = {"metadata": {"name": ladder.name, "uid": PLACEHOLDER_UID}}
     unfit = unfit_blocks(body, ladder.spec, nodes)
     return [f"warning: spec.hostBlocks: {why}" for why in unfit.values()] or [
-        f"cluster: every host block has a node that can hold a cell ({len(nodes)} nodes seen)"]
+        f"cluster: every host block has a node that can hold a cell ({len(nodes)} nodes seen)"
+    ]
 
 
 def _cmd_manifests(args: argparse.Namespace) -> int:
     if args.kueue:
         return _kueue_manifests(args)
-    kueue_only = [o for o, v in (("--gpu-quota", args.gpu_quota), ("--cpu-quota", args.cpu_quota),
-                                 ("--memory-quota", args.memory_quota), ("--cluster-queue", args.cluster_queue),
-                                 ("--preemption", args.preemption)) if v]
+    kueue_only = [
+        o
+        for o, v in (
+            ("--gpu-quota", args.gpu_quota),
+            ("--cpu-quota", args.cpu_quota),
+            ("--memory-quota", args.memory_quota),
+            ("--cluster-queue", args.cluster_queue),
+            ("--preemption", args.preemption),
+        )
+        if v
+    ]
     if kueue_only:
         raise FileError(f"{kueue_only[0]}: only with --kueue")
     from .controller.manifests import render
@@ -139,7 +162,10 @@ def _kueue_manifests(args: argparse.Namespace) -> int:
         gpu_quota=parse_block_values(args.gpu_quota, "--gpu-quota"),
         cpu_quota=parse_block_values(args.cpu_quota, "--cpu-quota"),
         memory_quota=parse_block_values(args.memory_quota, "--memory-quota"),
-        cluster_queue=args.cluster_queue, namespace=args.namespace, preemption=args.preemption or "Never")
+        cluster_queue=args.cluster_queue,
+        namespace=args.namespace,
+        preemption=args.preemption or "Never",
+    )
     sys.stdout.write(render(read_ladder(args.file), options))
     return 0
 
@@ -157,7 +183,9 @@ def _repeat_warnings(spec, args: argparse.Namespace) -> list[str]:
         try:
             train_tokens = int(json.loads(meta_path.read_text())["train_tokens"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise FileError(f"--data {args.data}: no prepared corpus there (meta.json with train_tokens): {exc}") from None
+            raise FileError(
+                f"--data {args.data}: no prepared corpus there (meta.json with train_tokens): {exc}"
+            ) from None
         what = f"the {train_tokens:,} training tokens of {args.data}"
     else:
         raise FileError("--tokens-per-second needs the corpus size: --train-tokens N or --data DIR (a prepared corpus)")
@@ -165,9 +193,11 @@ def _repeat_warnings(spec, args: argparse.Namespace) -> list[str]:
     for st in spec.stages:
         passes = estimated_passes(st.budget_seconds, args.tokens_per_second, train_tokens)
         if passes > REPEAT_ABOVE:
-            out.append(f"warning: stage {st.name} (budget {st.budget}): at {args.tokens_per_second:,.0f} tokens/s a cell "
-                       f"makes about {passes:.1f} passes over {what}: repeated data (a longer budget can rank by "
-                       "memorisation); give it a larger corpus")
+            out.append(
+                f"warning: stage {st.name} (budget {st.budget}): at {args.tokens_per_second:,.0f} tokens/s a cell "
+                f"makes about {passes:.1f} passes over {what}: repeated data (a longer budget can rank by "
+                "memorisation); give it a larger corpus"
+            )
     if not out:
         out.append(f"data: every stage stays within one pass over {what} at {args.tokens_per_second:,.0f} tokens/s")
     return out
@@ -181,8 +211,9 @@ def _cmd_crd(args: argparse.Namespace) -> int:
 
 
 def crd_yaml(doc: dict) -> str:
-    return "# Generated by `ladder crd` from the pydantic models in promotion_ladder.core.api; do not edit.\n" + yaml.safe_dump(
-        doc, sort_keys=False, width=120
+    return (
+        "# Generated by `ladder crd` from the pydantic models in promotion_ladder.core.api; do not edit.\n"
+        + yaml.safe_dump(doc, sort_keys=False, width=120)
     )
 
 
@@ -214,11 +245,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     ladder = read_ladder(args.file)
     if ladder.spec.trainer.nodes > 1:
-        raise FileError(f"{args.file}: spec.trainer.nodes: {ladder.spec.trainer.nodes}: `ladder run` runs every cell on this "
-                        "one machine; a multi-node cell needs the operator (`ladder manifests` shows its Jobs)")
+        raise FileError(
+            f"{args.file}: spec.trainer.nodes: {ladder.spec.trainer.nodes}: `ladder run` runs every cell on this "
+            "one machine; a multi-node cell needs the operator (`ladder manifests` shows its Jobs)"
+        )
     out = Path(args.output or f"{ladder.name}.status.json")
-    status = run_ladder(ladder, out, parallel=args.parallel, workdir=Path(args.workdir) if args.workdir else None,
-                        fresh=args.fresh)
+    status = run_ladder(
+        ladder, out, parallel=args.parallel, workdir=Path(args.workdir) if args.workdir else None, fresh=args.fresh
+    )
     from .render import continuation_lines, occupancy_table, stability_lines
 
     if status.gpu_hours is not None:
@@ -249,35 +283,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("validate", help="check a ladder file; exit 1 listing every problem by field path")
     s.add_argument("file")
-    s.add_argument("--tokens-per-second", type=float, default=None,
-                   help="a cell's expected training throughput: warn about stages that would repeat the data")
-    s.add_argument("--train-tokens", type=int, default=None, help="training tokens of the corpus (with --tokens-per-second)")
+    s.add_argument(
+        "--tokens-per-second",
+        type=float,
+        default=None,
+        help="a cell's expected training throughput: warn about stages that would repeat the data",
+    )
+    s.add_argument(
+        "--train-tokens", type=int, default=None, help="training tokens of the corpus (with --tokens-per-second)"
+    )
     s.add_argument("--data", default=None, help="a prepared corpus directory, for its training token count")
-    s.add_argument("--kubeconfig", metavar="FILE",
-                   help="look at this cluster's nodes: warn when no node of a host block could hold a cell "
-                        "(default: KUBECONFIG or ~/.kube/config when present)")
+    s.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="look at this cluster's nodes: warn when no node of a host block could hold a cell "
+        "(default: KUBECONFIG or ~/.kube/config when present)",
+    )
     s.add_argument("--context", help="kubeconfig context (with the cluster look)")
     s.add_argument("--offline", action="store_true", help="do not look at any cluster")
-    s.add_argument("--pod-security", choices=("baseline", "restricted"), default=None,
-                   help="also check the cell pods against this Pod Security Standard (the namespace's "
-                        "pod-security.kubernetes.io/enforce level); exit 1 naming each field that breaks it")
+    s.add_argument(
+        "--pod-security",
+        choices=("baseline", "restricted"),
+        default=None,
+        help="also check the cell pods against this Pod Security Standard (the namespace's "
+        "pod-security.kubernetes.io/enforce level); exit 1 naming each field that breaks it",
+    )
     s.set_defaults(func=_cmd_validate)
 
-    s = sub.add_parser("manifests", help="print the Jobs (and Services) the operator would create for a stage's cells (YAML, no cluster)")
+    s = sub.add_parser(
+        "manifests",
+        help="print the Jobs (and Services) the operator would create for a stage's cells (YAML, no cluster)",
+    )
     s.add_argument("file")
     s.add_argument("--stage", help="the stage (default: the first)")
-    s.add_argument("--namespace", "-n", help="the namespace to show (default: the file's metadata.namespace, else none)")
-    k = s.add_argument_group("Kueue (docs/deploy.md, \"Quota-gated ladders\")")
-    k.add_argument("--kueue", action="store_true",
-                   help="print instead a ResourceFlavor per host block, a ClusterQueue and the LocalQueue spec.queueName")
-    k.add_argument("--gpu-quota", action="append", metavar="[HOSTBLOCK=]N",
-                   help="GPUs of quota per host block (repeatable; without HOSTBLOCK= for every block)")
-    k.add_argument("--cpu-quota", action="append", metavar="[HOSTBLOCK=]Q",
-                   help="cpu quota, when cells request cpu (default: what the cells that fit the GPU quota request)")
+    s.add_argument(
+        "--namespace", "-n", help="the namespace to show (default: the file's metadata.namespace, else none)"
+    )
+    k = s.add_argument_group('Kueue (docs/deploy.md, "Quota-gated ladders")')
+    k.add_argument(
+        "--kueue",
+        action="store_true",
+        help="print instead a ResourceFlavor per host block, a ClusterQueue and the LocalQueue spec.queueName",
+    )
+    k.add_argument(
+        "--gpu-quota",
+        action="append",
+        metavar="[HOSTBLOCK=]N",
+        help="GPUs of quota per host block (repeatable; without HOSTBLOCK= for every block)",
+    )
+    k.add_argument(
+        "--cpu-quota",
+        action="append",
+        metavar="[HOSTBLOCK=]Q",
+        help="cpu quota, when cells request cpu (default: what the cells that fit the GPU quota request)",
+    )
     k.add_argument("--memory-quota", action="append", metavar="[HOSTBLOCK=]Q", help="memory quota, likewise")
     k.add_argument("--cluster-queue", metavar="NAME", help="the ClusterQueue's name (default: spec.queueName)")
-    k.add_argument("--preemption", choices=["Never", "LowerPriority", "LowerOrNewerEqualPriority", "Any"],
-                   help="the ClusterQueue's withinClusterQueue preemption (default: Never, Kueue's default)")
+    k.add_argument(
+        "--preemption",
+        choices=["Never", "LowerPriority", "LowerOrNewerEqualPriority", "Any"],
+        help="the ClusterQueue's withinClusterQueue preemption (default: Never, Kueue's default)",
+    )
     s.set_defaults(func=_cmd_manifests)
 
     s = sub.add_parser("crd", help="print the PromotionLadder CustomResourceDefinition (YAML)")
@@ -285,7 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="replay a ladder against recorded results, without training")
     s.add_argument("file")
-    s.add_argument("--results", required=True, help="JSONL, one cell per line: stage, candidate, hostBlock, seed, value[, trainSeconds]")
+    s.add_argument(
+        "--results",
+        required=True,
+        help="JSONL, one cell per line: stage, candidate, hostBlock, seed, value[, trainSeconds]",
+    )
     s.add_argument("--output", choices=["json", "table"], default="table")
     s.set_defaults(func=_cmd_simulate)
 
@@ -297,15 +367,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="ignore an existing status file and start over")
     s.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("report", help="write an audit report (HTML or Markdown, plots embedded) of a status file or a ladder on the cluster")
-    s.add_argument("source", metavar="SOURCE",
-                   help="status JSON from `ladder run` / `ladder simulate --output json` (- for stdin), "
-                        "or the name of a PromotionLadder on the cluster")
-    s.add_argument("--ladder", metavar="FILE", help="the ladder file, to show the frozen spec when SOURCE is a bare status")
-    s.add_argument("-o", "--output", metavar="FILE", help="report file (default: <ladder name>-report.html or .md; - for stdout)")
+    s = sub.add_parser(
+        "report",
+        help="write an audit report (HTML or Markdown, plots embedded) of a status file or a ladder on the cluster",
+    )
+    s.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="status JSON from `ladder run` / `ladder simulate --output json` (- for stdin), "
+        "or the name of a PromotionLadder on the cluster",
+    )
+    s.add_argument(
+        "--ladder", metavar="FILE", help="the ladder file, to show the frozen spec when SOURCE is a bare status"
+    )
+    s.add_argument(
+        "-o", "--output", metavar="FILE", help="report file (default: <ladder name>-report.html or .md; - for stdout)"
+    )
     s.add_argument("--format", choices=["html", "markdown"], help="default: markdown for a .md output, else html")
     s.add_argument("-n", "--namespace", help="cluster source: namespace (default: the kubeconfig context's)")
-    s.add_argument("--kubeconfig", metavar="FILE", help="cluster source: kubeconfig file (default: KUBECONFIG or ~/.kube/config)")
+    s.add_argument(
+        "--kubeconfig", metavar="FILE", help="cluster source: kubeconfig file (default: KUBECONFIG or ~/.kube/config)"
+    )
     s.add_argument("--context", help="cluster source: kubeconfig context")
     s.set_defaults(func=_cmd_report)
 
@@ -313,8 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (default: all)")
     s.add_argument("--metrics-port", type=int, default=8080)
     s.add_argument("--health-port", type=int, default=8081)
-    s.add_argument("--stuck-grace", type=float, default=120.0, metavar="SECONDS",
-                   help="end a cell's Pod still running this long past its deadline (default 120)")
+    s.add_argument(
+        "--stuck-grace",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="end a cell's Pod still running this long past its deadline (default 120)",
+    )
     s.add_argument("--standalone", action="store_true", default=True, help=argparse.SUPPRESS)
     s.set_defaults(func=_cmd_operator)
     return p
@@ -342,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # last resort: one line, never a traceback unless asked
         if args.debug:
             raise
-        print(f"ladder: unexpected error: {type(exc).__name__}: {exc} (re-run with --debug for details)", file=sys.stderr)
+        print(
+            f"ladder: unexpected error: {type(exc).__name__}: {exc} (re-run with --debug for details)", file=sys.stderr
+        )
         return 70
 
 

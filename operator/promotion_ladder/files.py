@@ -11,7 +11,6 @@ import yaml
 from .core.api import KIND, LadderInvalid, PromotionLadder, load_ladder
 from .core.status import LadderStatus, parse_status
 
-
 # libyaml's C loader when PyYAML was built with it: the pure-Python one spent most of
 # `ladder simulate`'s time on a 1,000-candidate ladder (benchmarks/simulate-results.md).
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from localcluster import binaries
-from localcluster.pytest_plugin import in_ci  # noqa: F401 - the chart tests import it from here
+from localcluster.pytest_plugin import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "promotion-ladder"
@@ -51,13 +51,18 @@ def helm() -> str:
 
 def run_helm(helm: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     # A throwaway HELM_* home: no repositories, cache or plugins of the user's leak in.
-    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/ladder-helm/cache", "HELM_CONFIG_HOME": "/tmp/ladder-helm/config",
-           "HELM_DATA_HOME": "/tmp/ladder-helm/data"}
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": "/tmp/ladder-helm/cache",
+        "HELM_CONFIG_HOME": "/tmp/ladder-helm/config",
+        "HELM_DATA_HOME": "/tmp/ladder-helm/data",
+    }
     return subprocess.run([helm, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def render(helm: str, *values_files: Path, set_values: dict[str, str] | None = None,
-           expect_ok: bool = True) -> list[dict] | subprocess.CompletedProcess:
+def render(
+    helm: str, *values_files: Path, set_values: dict[str, str] | None = None, expect_ok: bool = True
+) -> list[dict] | subprocess.CompletedProcess:
     """`helm template` of the chart; the objects (crds/ included) or, with expect_ok=False, the process."""
     args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds", "--kube-version", KUBE_VERSION]
     for f in values_files:

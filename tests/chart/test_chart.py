@@ -4,23 +4,22 @@ the schema's rejections, and the copies (CRD, dashboard) it must keep identical.
 from __future__ import annotations
 
 import json
-
-import pytest
-
 import shutil
 
+import pytest
 import yaml
 
 from .conftest import CHART, FULL_VALUES, KUBE_VERSION, NAMESPACE, REPO, one, render, run_helm
 
-
 # --- copies kept identical: no helm needed -------------------------------------------------
+
 
 def test_chart_crd_is_the_committed_crd():
     committed = (REPO / "crds" / "promotionladders.yaml").read_text()
     assert (CHART / "crds" / "promotionladders.yaml").read_text() == committed, (
         "charts/promotion-ladder/crds/promotionladders.yaml differs from crds/promotionladders.yaml; regenerate both: "
-        "ladder crd > crds/promotionladders.yaml && cp crds/promotionladders.yaml charts/promotion-ladder/crds/")
+        "ladder crd > crds/promotionladders.yaml && cp crds/promotionladders.yaml charts/promotion-ladder/crds/"
+    )
 
 
 def test_committed_crd_is_what_ladder_crd_prints():
@@ -29,14 +28,17 @@ def test_committed_crd_is_what_ladder_crd_prints():
 
     assert (REPO / "crds" / "promotionladders.yaml").read_text() == crd_yaml(crd()), (
         "crds/promotionladders.yaml is stale; run: ladder crd > crds/promotionladders.yaml && "
-        "cp crds/promotionladders.yaml charts/promotion-ladder/crds/")
+        "cp crds/promotionladders.yaml charts/promotion-ladder/crds/"
+    )
 
 
 def test_chart_dashboard_is_the_committed_dashboard():
-    assert (CHART / "dashboards" / "promotion-ladder.json").read_bytes() == \
-        (REPO / "dashboards" / "promotion-ladder.json").read_bytes(), (
+    assert (CHART / "dashboards" / "promotion-ladder.json").read_bytes() == (
+        REPO / "dashboards" / "promotion-ladder.json"
+    ).read_bytes(), (
         "charts/promotion-ladder/dashboards/promotion-ladder.json differs from dashboards/promotion-ladder.json; "
-        "edit the latter and: cp dashboards/promotion-ladder.json charts/promotion-ladder/dashboards/")
+        "edit the latter and: cp dashboards/promotion-ladder.json charts/promotion-ladder/dashboards/"
+    )
 
 
 def test_values_schema_is_json_and_closed():
@@ -46,6 +48,7 @@ def test_values_schema_is_json_and_closed():
 
 
 # --- helm ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("values", [[], [FULL_VALUES]], ids=["default", "full"])
 def test_helm_lint_strict(helm, values):
@@ -62,16 +65,18 @@ def _kinds(docs):
 
 def test_default_render_has_exactly_the_base_objects(helm):
     docs = render(helm)
-    assert _kinds(docs) == sorted([
-        ("CustomResourceDefinition", "", "promotionladders.ladder.promotion.dev"),
-        ("ServiceAccount", NAMESPACE, "ladder-promotion-ladder"),
-        ("ClusterRole", "", "ladder-promotion-ladder"),
-        ("ClusterRoleBinding", "", "ladder-promotion-ladder"),
-        ("Service", NAMESPACE, "ladder-promotion-ladder-metrics"),
-        ("Deployment", NAMESPACE, "ladder-promotion-ladder"),
-        ("ValidatingAdmissionPolicy", "", "ladder-trainer-own-pod"),
-        ("ValidatingAdmissionPolicyBinding", "", "ladder-trainer-own-pod"),
-    ])
+    assert _kinds(docs) == sorted(
+        [
+            ("CustomResourceDefinition", "", "promotionladders.ladder.promotion.dev"),
+            ("ServiceAccount", NAMESPACE, "ladder-promotion-ladder"),
+            ("ClusterRole", "", "ladder-promotion-ladder"),
+            ("ClusterRoleBinding", "", "ladder-promotion-ladder"),
+            ("Service", NAMESPACE, "ladder-promotion-ladder-metrics"),
+            ("Deployment", NAMESPACE, "ladder-promotion-ladder"),
+            ("ValidatingAdmissionPolicy", "", "ladder-trainer-own-pod"),
+            ("ValidatingAdmissionPolicyBinding", "", "ladder-trainer-own-pod"),
+        ]
+    )
 
 
 def test_full_render_has_every_optional_object(helm):
@@ -103,20 +108,36 @@ HARDENING = {
     "no privilege escalation": (lambda d, p: p["containers"][0]["securityContext"]["allowPrivilegeEscalation"], False),
     "drops ALL capabilities": (lambda d, p: p["containers"][0]["securityContext"]["capabilities"], {"drop": ["ALL"]}),
     "liveness on /healthz of the health port": (
-        lambda d, p: (p["containers"][0]["livenessProbe"]["httpGet"]["path"],
-                      p["containers"][0]["livenessProbe"]["httpGet"]["port"]), ("/healthz", "health")),
+        lambda d, p: (
+            p["containers"][0]["livenessProbe"]["httpGet"]["path"],
+            p["containers"][0]["livenessProbe"]["httpGet"]["port"],
+        ),
+        ("/healthz", "health"),
+    ),
     "readiness on /healthz of the health port": (
-        lambda d, p: (p["containers"][0]["readinessProbe"]["httpGet"]["path"],
-                      p["containers"][0]["readinessProbe"]["httpGet"]["port"]), ("/healthz", "health")),
+        lambda d, p: (
+            p["containers"][0]["readinessProbe"]["httpGet"]["path"],
+            p["containers"][0]["readinessProbe"]["httpGet"]["port"],
+        ),
+        ("/healthz", "health"),
+    ),
     "a startup probe waits for the first listing": (
-        lambda d, p: (p["containers"][0]["startupProbe"]["httpGet"]["path"],
-                      p["containers"][0]["startupProbe"]["failureThreshold"] * p["containers"][0]["startupProbe"]["periodSeconds"] >= 300),
-        ("/healthz", True)),
+        lambda d, p: (
+            p["containers"][0]["startupProbe"]["httpGet"]["path"],
+            p["containers"][0]["startupProbe"]["failureThreshold"] * p["containers"][0]["startupProbe"]["periodSeconds"]
+            >= 300,
+        ),
+        ("/healthz", True),
+    ),
     "requests and limits both set": (
         lambda d, p: sorted(k for k, v in p["containers"][0]["resources"].items() if v.get("cpu") and v.get("memory")),
-        ["limits", "requests"]),
+        ["limits", "requests"],
+    ),
     "keeps the image's `ladder operator` entrypoint": (lambda d, p: "command" in p["containers"][0], False),
-    "health and metrics ports from values": (lambda d, p: p["containers"][0]["args"][0].startswith("--metrics-port="), True),
+    "health and metrics ports from values": (
+        lambda d, p: p["containers"][0]["args"][0].startswith("--metrics-port="),
+        True,
+    ),
 }
 
 
@@ -141,8 +162,7 @@ def test_ports_and_args_follow_values(helm):
     c = pod["containers"][0]
     assert c["image"] == "registry.example.com/ml/promotion-ladder-operator:0.1.0-rc1"
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 9090, "health": 9091}
-    assert c["args"] == ["--metrics-port=9090", "--health-port=9091",
-                         "--namespace=research", "--namespace=screening"]
+    assert c["args"] == ["--metrics-port=9090", "--health-port=9091", "--namespace=research", "--namespace=screening"]
     svc = one(docs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     assert svc["spec"]["selector"].items() <= dep_labels(docs).items()
@@ -167,7 +187,8 @@ def test_dashboard_configmap_holds_the_dashboard(helm):
     cm = one(render(helm, FULL_VALUES), "ConfigMap")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["promotion-ladder.json"]) == json.loads(
-        (REPO / "dashboards" / "promotion-ladder.json").read_text())
+        (REPO / "dashboards" / "promotion-ladder.json").read_text()
+    )
 
 
 def test_prometheus_rule_alerts(helm):
@@ -178,8 +199,9 @@ def test_prometheus_rule_alerts(helm):
     assert alerts["PromotionLadderOverGPUHourBudget"]["expr"].strip().endswith("> 250.5")
     assert "{{ $labels.ladder }}" in alerts["PromotionLadderResultErrors"]["annotations"]["summary"]
     # An alert can be switched off on its own.
-    rule = one(render(helm, FULL_VALUES, set_values={"metrics.prometheusRule.ladderStuck.enabled": "false"}),
-               "PrometheusRule")
+    rule = one(
+        render(helm, FULL_VALUES, set_values={"metrics.prometheusRule.ladderStuck.enabled": "false"}), "PrometheusRule"
+    )
     assert "PromotionLadderStuck" not in {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
 
 
@@ -189,10 +211,23 @@ def test_notes_render(helm, tmp_path):
     chart = tmp_path / "promotion-ladder"
     shutil.copytree(CHART, chart)
     (chart / "templates" / "zz-notes.yaml").write_text(
-        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: |\n'
-        '    {{- include "promotion-ladder/templates/NOTES.txt" . | nindent 4 }}\n')
-    proc = run_helm(helm, "template", "ladder", str(chart), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
-                    "-f", str(FULL_VALUES), "--show-only", "templates/zz-notes.yaml")
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: |\n"
+        '    {{- include "promotion-ladder/templates/NOTES.txt" . | nindent 4 }}\n'
+    )
+    proc = run_helm(
+        helm,
+        "template",
+        "ladder",
+        str(chart),
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        KUBE_VERSION,
+        "-f",
+        str(FULL_VALUES),
+        "--show-only",
+        "templates/zz-notes.yaml",
+    )
     assert proc.returncode == 0, proc.stderr
     notes = yaml.safe_load(proc.stdout)["data"]["notes"]
     assert "kubectl get promotionladders" in notes

@@ -31,9 +31,16 @@ BLOCKS = ("a100", "l40s")
 
 def demo_ladder() -> dict:
     stage = lambda name, budget, **promote: {  # noqa: E731
-        "name": name, "budget": budget, "hostBlocks": list(BLOCKS), "seeds": [1], **({"promote": promote} if promote else {})}
+        "name": name,
+        "budget": budget,
+        "hostBlocks": list(BLOCKS),
+        "seeds": [1],
+        **({"promote": promote} if promote else {}),
+    }
     return {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "via-chart"},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": "via-chart"},
         "spec": {
             "trainer": {"image": "stub:0", "command": [sys.executable, STUB], "gpus": 1},
             "hostBlocks": [{"name": h, "nodeSelector": {"ladder.promotion.dev/host-block": h}} for h in BLOCKS],
@@ -44,25 +51,53 @@ def demo_ladder() -> dict:
 
 
 def token_kubeconfig(api: client.ApiClient, admin_kubeconfig, namespace: str, sa: str, out):
-    token = wait_for(lambda: client.CoreV1Api(api).create_namespaced_service_account_token(
-        sa, namespace, {"spec": {"expirationSeconds": 3600}}).status.token, timeout=30, what=f"token of {sa}")
+    token = wait_for(
+        lambda: (
+            client.CoreV1Api(api)
+            .create_namespaced_service_account_token(sa, namespace, {"spec": {"expirationSeconds": 3600}})
+            .status.token
+        ),
+        timeout=30,
+        what=f"token of {sa}",
+    )
     cluster = yaml.safe_load(admin_kubeconfig.read_text())["clusters"][0]["cluster"]
-    out.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "chart",
-        "clusters": [{"name": "local", "cluster": cluster}], "users": [{"name": sa, "user": {"token": token}}],
-        "contexts": [{"name": "chart", "context": {"cluster": "local", "user": sa}}]}))
+    out.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "chart",
+                "clusters": [{"name": "local", "cluster": cluster}],
+                "users": [{"name": sa, "user": {"token": token}}],
+                "contexts": [{"name": "chart", "context": {"cluster": "local", "user": sa}}],
+            }
+        )
+    )
     return out
 
 
 @pytest.fixture
 def chart_release(helm, local_cluster, namespace):
     kubeconfig = str(local_cluster.kubeconfig)
-    proc = run_helm(helm, "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NS, "--create-namespace",
-                    "--kubeconfig", kubeconfig,
-                    "--set-json", f"operator.watchNamespaces={json.dumps([namespace])}",
-                    "--set-json", f"trainer.namespaces={json.dumps([namespace])}",
-                    # no image runs here: keep the chart's operator pod off every node
-                    "--set-json", 'nodeSelector={"promotion-ladder.dev/no-such-node": "true"}')
+    proc = run_helm(
+        helm,
+        "upgrade",
+        "--install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        RELEASE_NS,
+        "--create-namespace",
+        "--kubeconfig",
+        kubeconfig,
+        "--set-json",
+        f"operator.watchNamespaces={json.dumps([namespace])}",
+        "--set-json",
+        f"trainer.namespaces={json.dumps([namespace])}",
+        # no image runs here: keep the chart's operator pod off every node
+        "--set-json",
+        'nodeSelector={"promotion-ladder.dev/no-such-node": "true"}',
+    )
     assert proc.returncode == 0, proc.stderr
     yield
     run_helm(helm, "uninstall", RELEASE, "--namespace", RELEASE_NS, "--kubeconfig", kubeconfig)
@@ -74,9 +109,15 @@ def test_ladder_completes_under_the_charts_identity(chart_release, local_cluster
     dep = apps.read_namespaced_deployment(OPERATOR_SA, RELEASE_NS)
     assert dep.spec.template.spec.service_account_name == OPERATOR_SA
     ext = client.ApiextensionsV1Api(api)
-    wait_for(lambda: any(c.type == "Established" and c.status == "True" for c in
-                         ext.read_custom_resource_definition("promotionladders.ladder.promotion.dev").status.conditions or []),
-             timeout=30, what="CRD from the chart established")
+    wait_for(
+        lambda: any(
+            c.type == "Established" and c.status == "True"
+            for c in ext.read_custom_resource_definition("promotionladders.ladder.promotion.dev").status.conditions
+            or []
+        ),
+        timeout=30,
+        what="CRD from the chart established",
+    )
 
     kubeconfig = token_kubeconfig(api, local_cluster.kubeconfig, RELEASE_NS, OPERATOR_SA, tmp_path / "kubeconfig")
     op = Operator(kubeconfig, namespace, tmp_path).start()
@@ -88,8 +129,11 @@ def test_ladder_completes_under_the_charts_identity(chart_release, local_cluster
         assert done["status"]["leader"] == "c1"
         pods = kube.pods("via-chart")
         assert pods and {p.spec.service_account_name for p in pods} == {"ladder-trainer"}
-        spent = [line for line in op.metrics().splitlines()
-                 if line.startswith("ladder_gpu_seconds_total{") and 'ladder="via-chart"' in line]
+        spent = [
+            line
+            for line in op.metrics().splitlines()
+            if line.startswith("ladder_gpu_seconds_total{") and 'ladder="via-chart"' in line
+        ]
         assert spent and sum(float(line.rsplit(" ", 1)[1]) for line in spent) > 0
         assert "403" not in op.tail(400) and "Forbidden" not in op.tail(400), op.tail(400)
     finally:

@@ -12,14 +12,18 @@ from promotion_ladder.controller import rbac
 
 from .conftest import CHART, FULL_VALUES, NAMESPACE, objects, one, render
 
-
 CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"), ("", "nodes")}
 
 
 def triples(rules: list[dict]) -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) for every combination a list of rules grants."""
-    return {(g, r, v) for rule in rules for g in rule.get("apiGroups", [])
-            for r in rule.get("resources", []) for v in rule.get("verbs", [])}
+    return {
+        (g, r, v)
+        for rule in rules
+        for g in rule.get("apiGroups", [])
+        for r in rule.get("resources", [])
+        for v in rule.get("verbs", [])
+    }
 
 
 def _diff(granted: set, needed: set) -> str:
@@ -36,6 +40,7 @@ def _define(name: str) -> list[dict]:
 
 
 # --- without helm: the rule text in the templates -----------------------------------------
+
 
 def test_template_rules_equal_the_operators_needs():
     granted = triples(_define("ladder.namespacedRules") + _define("ladder.clusterRules"))
@@ -57,14 +62,16 @@ def test_trainer_role_template_equals_trainer_rules():
 
 # --- rendered --------------------------------------------------------------------------------
 
+
 def test_rendered_cluster_role_equals_needs_when_watching_all_namespaces(helm):
     docs = render(helm)
     granted = triples(one(docs, "ClusterRole")["rules"])
     assert granted == triples(rbac.OPERATOR_RULES), _diff(granted, triples(rbac.OPERATOR_RULES))
     assert not objects(docs, "Role")
     binding = one(docs, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": one(docs, "ServiceAccount")["metadata"]["name"],
-                                    "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": one(docs, "ServiceAccount")["metadata"]["name"], "namespace": NAMESPACE}
+    ]
 
 
 def test_rendered_roles_cover_each_watched_namespace(helm):
@@ -86,8 +93,11 @@ def test_rendered_trainer_identity_equals_the_operators(helm):
     for ns in ("research", "screening"):
         want = {o["kind"]: o for o in rbac.trainer_objects(ns)}
         for kind in ("ServiceAccount", "Role", "RoleBinding"):
-            got = next(d for d in objects(docs, kind)
-                       if d["metadata"]["namespace"] == ns and d["metadata"]["name"] == want[kind]["metadata"]["name"])
+            got = next(
+                d
+                for d in objects(docs, kind)
+                if d["metadata"]["namespace"] == ns and d["metadata"]["name"] == want[kind]["metadata"]["name"]
+            )
             if kind == "Role":
                 assert triples(got["rules"]) == triples(want[kind]["rules"])
             if kind == "RoleBinding":

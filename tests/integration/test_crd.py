@@ -9,9 +9,18 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from promotion_ladder.core.api import (GROUP, MAX_CANDIDATES, MAX_CHECKS, MAX_HOST_BLOCKS, MAX_KEEP, MAX_SEEDS,
-                                       MAX_STAGES, PLURAL, VERSION)
 from localcluster.waiting import wait_for
+from promotion_ladder.core.api import (
+    GROUP,
+    MAX_CANDIDATES,
+    MAX_CHECKS,
+    MAX_HOST_BLOCKS,
+    MAX_KEEP,
+    MAX_SEEDS,
+    MAX_STAGES,
+    PLURAL,
+    VERSION,
+)
 
 from ..operator.harness import install_crd
 from ..unit.builders import edit, ladder_doc
@@ -42,16 +51,29 @@ REJECTED = {
     "bad name": (edit(ladder_doc(), "spec.candidates.0.name", "Not_DNS"), "spec.candidates[0].name"),
     "template sets the trainer image": (
         edit(ladder_doc(), "spec.trainer", {"template": {"spec": {"containers": [{"name": "trainer", "image": "x"}]}}}),
-        "spec.trainer.template.spec.containers[trainer].image: owned by the operator"),
-    "template sets restartPolicy": (edit(ladder_doc(), "spec.trainer", {"template": {"spec": {"restartPolicy": "Always"}}}),
-                                    "spec.trainer.template.spec.restartPolicy: owned by the operator"),
+        "spec.trainer.template.spec.containers[trainer].image: owned by the operator",
+    ),
+    "template sets restartPolicy": (
+        edit(ladder_doc(), "spec.trainer", {"template": {"spec": {"restartPolicy": "Always"}}}),
+        "spec.trainer.template.spec.restartPolicy: owned by the operator",
+    ),
     "nodes above 64": (edit(ladder_doc(), "spec.trainer", {"nodes": 65}), "spec.trainer.nodes"),
     "margin missing": (
-        edit(ladder_doc(), "spec.verdict", {"reference": "c0", "checks": [{"name": "x", "type": "nearEquivalence", "candidate": "c1"}]}),
-        "nearEquivalence needs margin"),
-    "continuation path relative": (edit(ladder_doc(), "spec.continuation", {"from": "previousStage", "path": "ckpt"}),
-                                   "spec.continuation.path: give an absolute path"),
-    "continuation from unknown": (edit(ladder_doc(), "spec.continuation", {"from": "bestStage"}), "spec.continuation.from"),
+        edit(
+            ladder_doc(),
+            "spec.verdict",
+            {"reference": "c0", "checks": [{"name": "x", "type": "nearEquivalence", "candidate": "c1"}]},
+        ),
+        "nearEquivalence needs margin",
+    ),
+    "continuation path relative": (
+        edit(ladder_doc(), "spec.continuation", {"from": "previousStage", "path": "ckpt"}),
+        "spec.continuation.path: give an absolute path",
+    ),
+    "continuation from unknown": (
+        edit(ladder_doc(), "spec.continuation", {"from": "bestStage"}),
+        "spec.continuation.from",
+    ),
 }
 
 
@@ -66,8 +88,16 @@ def test_server_rejects_invalid(ladders, namespace, name):
 
 def _three_stages(**promote: dict) -> dict:
     """Three stages, so a bad entry can sit at an index other than 0 or the last."""
-    stages = [{"name": f"s{i}", "budget": f"{i}m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2],
-               **({"promote": promote[f"s{i}"]} if f"s{i}" in promote else {})} for i in (1, 2, 3)]
+    stages = [
+        {
+            "name": f"s{i}",
+            "budget": f"{i}m",
+            "hostBlocks": ["a100", "l40s"],
+            "seeds": [1, 2],
+            **({"promote": promote[f"s{i}"]} if f"s{i}" in promote else {}),
+        }
+        for i in (1, 2, 3)
+    ]
     return ladder_doc(stages=stages)
 
 
@@ -76,12 +106,21 @@ def _largest_ladder() -> dict:
     for (1,000 candidates x 16 stages x 32 host blocks x 16 keeps, 32 verdict checks)."""
     names = [f"c{i:04d}".ljust(63, "x") for i in range(MAX_CANDIDATES)]
     blocks = [f"b{i:02d}".ljust(63, "y") for i in range(MAX_HOST_BLOCKS)]
-    stages = [{"name": f"s{i}", "budget": f"{i + 1}m", "hostBlocks": list(blocks), "seeds": list(range(MAX_SEEDS)),
-               "promote": {"top": 1, "keep": names[-MAX_KEEP:]}} for i in range(MAX_STAGES)]
+    stages = [
+        {
+            "name": f"s{i}",
+            "budget": f"{i + 1}m",
+            "hostBlocks": list(blocks),
+            "seeds": list(range(MAX_SEEDS)),
+            "promote": {"top": 1, "keep": names[-MAX_KEEP:]},
+        }
+        for i in range(MAX_STAGES)
+    ]
     del stages[-1]["promote"]
     checks = [{"name": f"k{i}", "type": "rankFirstAllCells", "candidate": names[-1 - i]} for i in range(MAX_CHECKS)]
-    return ladder_doc(candidates=names, stages=stages, host_blocks=tuple(blocks),
-                      verdict={"reference": names[-1], "checks": checks})
+    return ladder_doc(
+        candidates=names, stages=stages, host_blocks=tuple(blocks), verdict={"reference": names[-1], "checks": checks}
+    )
 
 
 # Issue 12, defect 8: the cross-field rules named the list but not the index ("spec.stages: a stage
@@ -90,28 +129,47 @@ def _largest_ladder() -> dict:
 CROSS_FIELD = {
     "a stage names an undeclared host block": (
         edit(_three_stages(s1={"top": 2}, s2={"top": 1}), "spec.stages.1.hostBlocks", ["a100", "h100"]),
-        "spec.stages[1].hostBlocks[1]: unknown host block 'h100'; declare it under spec.hostBlocks"),
+        "spec.stages[1].hostBlocks[1]: unknown host block 'h100'; declare it under spec.hostBlocks",
+    ),
     "promote.keep names an unknown candidate": (
         _three_stages(s1={"top": 2}, s2={"top": 1, "keep": ["c0", "zz"]}),
-        "spec.stages[1].promote.keep[1]: unknown candidate 'zz'"),
+        "spec.stages[1].promote.keep[1]: unknown candidate 'zz'",
+    ),
     "the last stage promotes": (
         _three_stages(s1={"top": 2}, s2={"top": 1}, s3={"top": 1}),
-        "spec.stages[2].promote: the last stage cannot promote; remove it (the verdict decides after the last stage)"),
+        "spec.stages[2].promote: the last stage cannot promote; remove it (the verdict decides after the last stage)",
+    ),
     "a middle stage lacks promote": (
-        _three_stages(s1={"top": 2}), "spec.stages[1].promote: required on every stage but the last"),
+        _three_stages(s1={"top": 2}),
+        "spec.stages[1].promote: required on every stage but the last",
+    ),
     "the first stage promotes more than the candidates": (
         edit(ladder_doc(), "spec.stages.0.promote.top", 9),
-        "spec.stages[0].promote.top: larger than the number of candidates that can enter stage 's1'"),
+        "spec.stages[0].promote.top: larger than the number of candidates that can enter stage 's1'",
+    ),
     "the verdict's reference is not a candidate": (
-        edit(ladder_doc(), "spec.verdict", {"reference": "zz"}), "spec.verdict.reference: unknown candidate 'zz'"),
+        edit(ladder_doc(), "spec.verdict", {"reference": "zz"}),
+        "spec.verdict.reference: unknown candidate 'zz'",
+    ),
     "a verdict check names an unknown candidate": (
-        edit(ladder_doc(), "spec.verdict", {"reference": "c0", "checks": [
-            {"name": "a", "type": "rankFirstAllCells", "candidate": "c1"},
-            {"name": "b", "type": "rankFirstAllCells", "candidate": "zz"}]}),
-        "spec.verdict.checks[1].candidate: unknown candidate 'zz'"),
+        edit(
+            ladder_doc(),
+            "spec.verdict",
+            {
+                "reference": "c0",
+                "checks": [
+                    {"name": "a", "type": "rankFirstAllCells", "candidate": "c1"},
+                    {"name": "b", "type": "rankFirstAllCells", "candidate": "zz"},
+                ],
+            },
+        ),
+        "spec.verdict.checks[1].candidate: unknown candidate 'zz'",
+    ),
     # The most expensive failure to describe: the message's search runs over every list at its limit.
     "the largest ladder with one unknown keep at the end": (
-        edit(_largest_ladder(), "spec.stages.14.promote.keep.15", "zz"), "spec.stages[14].promote.keep[15]: unknown candidate 'zz'"),
+        edit(_largest_ladder(), "spec.stages.14.promote.keep.15", "zz"),
+        "spec.stages[14].promote.keep[15]: unknown candidate 'zz'",
+    ),
 }
 
 
@@ -166,18 +224,44 @@ def test_frozen_fields_reject_edits(ladders, namespace, name):
 
 def test_operational_fields_stay_editable_and_status_is_a_subresource(ladders, namespace, local_cluster):
     created = create(ladders, namespace, ladder_doc())
-    changed = edit(created, "spec.trainer", {"image": "registry.example/trainer:2", "gpus": 1, "template": {"spec": {
-        "volumes": [{"name": "corpus", "persistentVolumeClaim": {"claimName": "c"}}],
-        "containers": [{"name": "trainer", "volumeMounts": [{"name": "corpus", "mountPath": "/data"}]}]}}})
+    changed = edit(
+        created,
+        "spec.trainer",
+        {
+            "image": "registry.example/trainer:2",
+            "gpus": 1,
+            "template": {
+                "spec": {
+                    "volumes": [{"name": "corpus", "persistentVolumeClaim": {"claimName": "c"}}],
+                    "containers": [{"name": "trainer", "volumeMounts": [{"name": "corpus", "mountPath": "/data"}]}],
+                }
+            },
+        },
+    )
     ladders.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "test", changed)
     patched = ladders.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, "test",
-        {"status": {"phase": "Running", "currentStage": "s1", "leader": "c0", "gpuHours": {"total": 1.5, "byStage": {}, "byCandidate": {}, "byHostBlock": {}, "counterfactuals": []}}})
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "test",
+        {
+            "status": {
+                "phase": "Running",
+                "currentStage": "s1",
+                "leader": "c0",
+                "gpuHours": {"total": 1.5, "byStage": {}, "byCandidate": {}, "byHostBlock": {}, "counterfactuals": []},
+            }
+        },
+    )
     assert patched["status"]["phase"] == "Running"
     # The short name reaches kubectl through discovery, which can lag the CRD's Established.
     get = ["kubectl", "--kubeconfig", str(local_cluster.kubeconfig), "get", "pl", "-n", namespace]
-    out = wait_for(lambda: (p := subprocess.run(get, capture_output=True, text=True)).returncode == 0 and p.stdout,
-                   timeout=30, what="kubectl get pl")
+    out = wait_for(
+        lambda: (p := subprocess.run(get, capture_output=True, text=True)).returncode == 0 and p.stdout,
+        timeout=30,
+        what="kubectl get pl",
+    )
     header, row = out.splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "STAGE", "LEADER", "GPU-HOURS", "AGE"]
     assert row.split()[:5] == ["test", "Running", "s1", "c0", "1.5"]
@@ -190,9 +274,13 @@ def _ordered_doc() -> dict:
         {"name": "s2", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2], "promote": {"top": 2}},
         {"name": "s3", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2]},
     ]
-    verdict = {"reference": "c0", "checks": [
-        {"name": "k1", "type": "meanGap", "candidate": "c1", "maxGap": 0.1},
-        {"name": "k2", "type": "rankFirstAllCells", "candidate": "c0"}]}
+    verdict = {
+        "reference": "c0",
+        "checks": [
+            {"name": "k1", "type": "meanGap", "candidate": "c1", "maxGap": 0.1},
+            {"name": "k2", "type": "rankFirstAllCells", "candidate": "c0"},
+        ],
+    }
     return ladder_doc(stages=stages, verdict=verdict)
 
 
@@ -244,11 +332,16 @@ def test_a_full_status_is_kept_as_written(ladders, namespace):
     doc = edit(ladder_doc(), "metadata.name", "full-status")
     spec = load_ladder(doc).spec
     values = {"c0": (1.0, 1.3), "c1": (1.1, 1.0), "c2": (1.2, 1.25), "c3": (1.4, 1.5)}
-    recorded = {(st.name, c, hb, s): CellOutcome("succeeded", v[hb == "l40s"] + 0.01 * s, train_seconds=60.0)
-                for st in spec.stages for c, v in values.items() for hb, s in st.cells()}
+    recorded = {
+        (st.name, c, hb, s): CellOutcome("succeeded", v[hb == "l40s"] + 0.01 * s, train_seconds=60.0)
+        for st in spec.stages
+        for c, v in values.items()
+        for hb, s in st.cells()
+    }
     status = simulate(spec, recorded)[0].wire()
     assert status["stability"]["stages"] and status["stability"]["promotion"][0]["promotedShare"]
     create(ladders, namespace, doc)
-    patched = ladders.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "full-status",
-                                                            {"status": status})
+    patched = ladders.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, "full-status", {"status": status}
+    )
     assert patched["status"] == status

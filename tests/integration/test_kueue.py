@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
+
 from localcluster import binaries
 from localcluster.apply import apply_objects
 from localcluster.pytest_plugin import require_tool

@@ -35,13 +35,21 @@ KUEUE = ("kueue.x-k8s.io", "v1beta2")
 GPU = "nvidia.com/gpu"
 
 
-def ladder(name: str, candidates: dict[str, dict], stages: list[dict], *, trainer: dict | None = None,
-           **spec: Any) -> dict:
-    return {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": name},
-            "spec": {"trainer": {"image": "stub:0", "command": [sys.executable, STUB], "gpus": 1, **(trainer or {})},
-                     "hostBlocks": [{"name": "a100", "nodeSelector": {"ladder.promotion.dev/host-block": "a100"}}],
-                     "candidates": [{"name": n, "config": c} for n, c in candidates.items()],
-                     "stages": stages, **spec}}
+def ladder(
+    name: str, candidates: dict[str, dict], stages: list[dict], *, trainer: dict | None = None, **spec: Any
+) -> dict:
+    return {
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": name},
+        "spec": {
+            "trainer": {"image": "stub:0", "command": [sys.executable, STUB], "gpus": 1, **(trainer or {})},
+            "hostBlocks": [{"name": "a100", "nodeSelector": {"ladder.promotion.dev/host-block": "a100"}}],
+            "candidates": [{"name": n, "config": c} for n, c in candidates.items()],
+            "stages": stages,
+            **spec,
+        },
+    }
 
 
 def stage(name: str, budget: str = "60s", seeds: tuple[int, ...] = (1,), top: int | None = None) -> dict:
@@ -82,8 +90,10 @@ class Sampler:
             sample = []
             for p in pods:
                 labels = p.metadata.labels or {}
-                cell = tuple(labels.get(k, "") for k in (LADDER_LABEL, STAGE_LABEL, CANDIDATE_LABEL, HOST_BLOCK_LABEL,
-                                                         SEED_LABEL))
+                cell = tuple(
+                    labels.get(k, "")
+                    for k in (LADDER_LABEL, STAGE_LABEL, CANDIDATE_LABEL, HOST_BLOCK_LABEL, SEED_LABEL)
+                )
                 gpus = sum(int((c.resources.limits or {}).get(GPU, 0)) for c in p.spec.containers if c.resources)
                 sample.append((cell, p.status.phase, gpus, p.spec.node_name))
             self.samples.append(sample)
@@ -110,8 +120,11 @@ def kq(kueue_cluster, tmp_path_factory) -> dict[str, Any]:
     api = kueue_cluster.api_client()
     install_crd(api)
     tmp = tmp_path_factory.mktemp("kueue-operator")
-    return {"api": api, "kubeconfig": operator_kubeconfig(api, kueue_cluster.kubeconfig, tmp / "kubeconfig"),
-            "tmp": tmp}
+    return {
+        "api": api,
+        "kubeconfig": operator_kubeconfig(api, kueue_cluster.kubeconfig, tmp / "kubeconfig"),
+        "tmp": tmp,
+    }
 
 
 def queues(api: client.ApiClient, doc: dict, ns: str, **options: Any) -> list[dict]:
@@ -119,14 +132,22 @@ def queues(api: client.ApiClient, doc: dict, ns: str, **options: Any) -> list[di
     apply_objects(api, objs)
     cq = f"cq-{ns}"
     custom = client.CustomObjectsApi(api)
-    wait_for(lambda: any(c["type"] == "Active" and c["status"] == "True" for c in
-                         (custom.get_cluster_custom_object(*KUEUE, "clusterqueues", cq).get("status") or {})
-                         .get("conditions", [])), timeout=30, what=f"ClusterQueue {cq} Active")
+    wait_for(
+        lambda: any(
+            c["type"] == "Active" and c["status"] == "True"
+            for c in (custom.get_cluster_custom_object(*KUEUE, "clusterqueues", cq).get("status") or {}).get(
+                "conditions", []
+            )
+        ),
+        timeout=30,
+        what=f"ClusterQueue {cq} Active",
+    )
     return objs
 
 
-def run_ladder(kq: dict, ns: str, doc: dict, timeout: float = 240,
-               during: Callable[[Cluster, Operator], None] | None = None) -> tuple[dict, Sampler, list[float]]:
+def run_ladder(
+    kq: dict, ns: str, doc: dict, timeout: float = 240, during: Callable[[Cluster, Operator], None] | None = None
+) -> tuple[dict, Sampler, list[float]]:
     """The ladder under its own operator, sampled; (final ladder, pod samples, ladder_gpus_in_use samples)."""
     kube = Cluster(kq["api"], ns)
     op = Operator(kq["kubeconfig"], ns, kq["tmp"]).start()
@@ -202,9 +223,17 @@ def test_quota_caps_concurrency_with_the_same_decisions(kq, kueue_namespace, pla
 
 
 def orphan_local_queue(api: client.ApiClient, doc: dict, ns: str) -> None:
-    apply_objects(api, [{"apiVersion": "/".join(KUEUE), "kind": "LocalQueue",
-                         "metadata": {"name": "orphan", "namespace": ns},
-                         "spec": {"clusterQueue": "no-such-cluster-queue"}}])
+    apply_objects(
+        api,
+        [
+            {
+                "apiVersion": "/".join(KUEUE),
+                "kind": "LocalQueue",
+                "metadata": {"name": "orphan", "namespace": ns},
+                "spec": {"clusterQueue": "no-such-cluster-queue"},
+            }
+        ],
+    )
 
 
 def too_small_cluster_queue(api: client.ApiClient, doc: dict, ns: str) -> None:
@@ -219,8 +248,13 @@ def too_small_cluster_queue(api: client.ApiClient, doc: dict, ns: str) -> None:
 QUEUE_CASES = {
     "no LocalQueue": ("nope", {}, None, "QueueMissing", "nope"),
     "LocalQueue without its ClusterQueue": ("orphan", {}, orphan_local_queue, "QueueMissing", "no-such-cluster-queue"),
-    "ClusterQueue below one cell": ("small", {"gpus": 4, "nodes": 2}, too_small_cluster_queue, "QueueCannotFit",
-                                    "small"),
+    "ClusterQueue below one cell": (
+        "small",
+        {"gpus": 4, "nodes": 2},
+        too_small_cluster_queue,
+        "QueueCannotFit",
+        "small",
+    ),
 }
 
 
@@ -260,17 +294,34 @@ def test_a_preempted_cell_is_rerun_and_its_lost_attempt_recorded(kq, kueue_names
     except client.ApiException as exc:
         if exc.status != 409:
             raise
-    urgent = {"apiVersion": "batch/v1", "kind": "Job",
-              "metadata": {"name": "urgent", "labels": {"kueue.x-k8s.io/queue-name": "gpus"}},
-              "spec": {"backoffLimit": 0, "template": {"spec": {
-                  "restartPolicy": "Never", "priorityClassName": "ladder-test-urgent",
-                  "nodeSelector": {"ladder.promotion.dev/host-block": "a100"},
-                  "containers": [{"name": "main", "image": "x", "command": [sys.executable, "-c", "pass"],
-                                  "resources": {"limits": {GPU: "1"}}}]}}}}
+    urgent = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "urgent", "labels": {"kueue.x-k8s.io/queue-name": "gpus"}},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "priorityClassName": "ladder-test-urgent",
+                    "nodeSelector": {"ladder.promotion.dev/host-block": "a100"},
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "x",
+                            "command": [sys.executable, "-c", "pass"],
+                            "resources": {"limits": {GPU: "1"}},
+                        }
+                    ],
+                }
+            },
+        },
+    }
 
     def preempt(kube: Cluster, op: Operator) -> None:
-        wait_for(lambda: any(p.status.phase == "Running" for p in kube.pods("preempt")), timeout=60,
-                 what="the cell running")
+        wait_for(
+            lambda: any(p.status.phase == "Running" for p in kube.pods("preempt")), timeout=60, what="the cell running"
+        )
         time.sleep(2)
         kube.batch.create_namespaced_job(ns, urgent)
 
@@ -308,8 +359,11 @@ def test_a_kueue_restart_loses_nothing(kq, kueue, kueue_namespace):
     queues(kq["api"], doc, kueue_namespace, gpu_quota={"": "2"})
 
     def restart(kube: Cluster, op: Operator) -> None:
-        wait_for(lambda: sum(p.status.phase == "Succeeded" for p in kube.pods("restart")) >= 2, timeout=90,
-                 what="2 cells done")
+        wait_for(
+            lambda: sum(p.status.phase == "Succeeded" for p in kube.pods("restart")) >= 2,
+            timeout=90,
+            what="2 cells done",
+        )
         kueue.stop()
         time.sleep(10)
         kueue.start()
@@ -330,8 +384,9 @@ def test_creates_while_kueue_is_down_back_off_and_name_the_webhook(kq, kueue, ku
     kueue.stop()
     try:
         kube.create(doc)
-        (event,) = wait_for(lambda: kube.events("WebhookUnavailable"), timeout=30, what="a WebhookUnavailable Event",
-                            describe=op.tail)
+        (event,) = wait_for(
+            lambda: kube.events("WebhookUnavailable"), timeout=30, what="a WebhookUnavailable Event", describe=op.tail
+        )
         assert "mjob.kb.io" in event.message, event.message
         time.sleep(15)
         refused = op.log_path.read_text().count("creating Job ")

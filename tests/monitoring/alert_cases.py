@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable
+from collections.abc import Callable
 
 NS, LADDER = "team-a", "sweep"
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
@@ -71,8 +71,12 @@ def _steps(*segments: tuple[float, int]) -> str:
 
 
 def _group(name: str, series: list[dict], evals: list[tuple[int, list[dict]]], alert: str) -> dict:
-    return {"name": name, "interval": "1m", "input_series": series,
-            "alert_rule_test": [{"eval_time": f"{t}m", "alertname": alert, "exp_alerts": exp} for t, exp in evals]}
+    return {
+        "name": name,
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [{"eval_time": f"{t}m", "alertname": alert, "exp_alerts": exp} for t, exp in evals],
+    }
 
 
 def ladder_stuck(rule: dict) -> list[dict]:
@@ -103,13 +107,21 @@ def ladder_stuck(rule: dict) -> list[dict]:
     young = _series("ladder_info", _steps(("_", 10), (1, end - 9)), phase="Running", stage="s1", leader="")
     young_cells = _series("ladder_cells", _steps(("_", 10), (4, end - 9)), stage="s1", state="Pending")
     return [
-        _group("stuck: running, no cell change and no decision for the window", [running, stalled_cells, no_decisions],
-               evals, alert),
+        _group(
+            "stuck: running, no cell change and no decision for the window",
+            [running, stalled_cells, no_decisions],
+            evals,
+            alert,
+        ),
         _group("not stuck: cells change state", [running, cells_moving, no_decisions], [(fire_at, [])], alert),
         _group("not stuck: stages are decided", [running, constant_cells, deciding], [(fire_at, [])], alert),
         _group("not stuck: the ladder has finished", [finished, constant_cells, no_decisions], [(fire_at, [])], alert),
-        _group("not stuck: younger than the window", [young, young_cells],
-               [(10 + hold + 2, []), (10 + window - 2, [])], alert),
+        _group(
+            "not stuck: younger than the window",
+            [young, young_cells],
+            [(10 + hold + 2, []), (10 + window - 2, [])],
+            alert,
+        ),
     ]
 
 
@@ -131,8 +143,12 @@ def result_errors(rule: dict) -> list[dict]:
     return [
         _group("results rejected in the window", [errors], evals, alert),
         _group("rejections older than the window", [old], [(6 + window + 2, [])], alert),
-        _group("no rejections", [_series("ladder_result_errors_total", f"0x{end}", reason="identity")],
-               [(end - 1, [])], alert),
+        _group(
+            "no rejections",
+            [_series("ladder_result_errors_total", f"0x{end}", reason="identity")],
+            [(end - 1, [])],
+            alert,
+        ),
     ]
 
 

@@ -61,9 +61,15 @@ class TimeRange:
         # $__rate_interval: max($__interval + scrape interval, 4 x scrape interval), so a rate()
         # always has two samples.
         rate = int(max(step + self.scrape_interval, 4 * self.scrape_interval))
-        return {"__range": f"{rng}s", "__range_s": str(rng), "__range_ms": str(rng * 1000),
-                "__interval": f"{step}s", "__interval_ms": str(step * 1000), "__rate_interval": f"{rate}s",
-                "__rate_interval_ms": str(rate * 1000)}
+        return {
+            "__range": f"{rng}s",
+            "__range_s": str(rng),
+            "__range_ms": str(rng * 1000),
+            "__interval": f"{step}s",
+            "__interval_ms": str(step * 1000),
+            "__rate_interval": f"{rate}s",
+            "__rate_interval_ms": str(rate * 1000),
+        }
 
 
 @dataclass
@@ -146,8 +152,16 @@ def targets(dashboard: dict) -> list[Target]:
             if t.get("hide") or not t.get("expr"):
                 continue
             instant = bool(t.get("instant")) and not t.get("range", False)
-            out.append(Target(p.get("title", f"panel {p.get('id')}"), t.get("refId", "?"), t["expr"], instant,
-                              t.get("legendFormat", "") or "", columns))
+            out.append(
+                Target(
+                    p.get("title", f"panel {p.get('id')}"),
+                    t.get("refId", "?"),
+                    t["expr"],
+                    instant,
+                    t.get("legendFormat", "") or "",
+                    columns,
+                )
+            )
     return out
 
 
@@ -179,8 +193,10 @@ def check_target(t: Target, prom, variables: Variables, time_range: TimeRange) -
     for s in series:
         missing = legend - set(s["metric"])
         if missing:
-            problems.append(f"{t.where}: legend {t.legend!r} names {sorted(missing)}, "
-                            f"not labels of the series {s['metric']} of {expr!r}")
+            problems.append(
+                f"{t.where}: legend {t.legend!r} names {sorted(missing)}, "
+                f"not labels of the series {s['metric']} of {expr!r}"
+            )
             break
     return problems, series
 
@@ -216,8 +232,11 @@ def _labels_over_range(panel_targets: list[Target], prom, variables: Variables, 
     for t in panel_targets:
         expr, _ = substitute(t.expr, variables, time_range.builtins())
         try:
-            labels |= {k for s in prom.query_range(expr, time_range.start, time_range.end, time_range.step)
-                       for k in s["metric"]}
+            labels |= {
+                k
+                for s in prom.query_range(expr, time_range.start, time_range.end, time_range.step)
+                for k in s["metric"]
+            }
         except Exception:  # already reported by check_target
             pass
     return labels
@@ -245,6 +264,8 @@ def check_dashboard(dashboard: dict, prom, variables: Variables, time_range: Tim
             missing -= _labels_over_range(panel_targets, prom, variables, time_range)
         if missing:
             labels = set().union(*(s["metric"] for s in series))
-            problems.append(f"{panel}: table columns {sorted(missing)} are not labels of its "
-                            f"queries' series (labels: {sorted(labels)})")
+            problems.append(
+                f"{panel}: table columns {sorted(missing)} are not labels of its "
+                f"queries' series (labels: {sorted(labels)})"
+            )
     return problems

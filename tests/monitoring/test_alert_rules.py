@@ -51,8 +51,12 @@ def test_every_rendered_alert_has_fire_and_silent_cases(helm, values):
 def test_rules_pass_promtool_check(promtool, helm, values, tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": rendered_groups(helm, values)}, sort_keys=False))
-    proc = subprocess.run([promtool, "check", "rules", "--lint=all", "--lint-fatal", str(rules)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [promtool, "check", "rules", "--lint=all", "--lint-fatal", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -65,8 +69,13 @@ def test_alert_fires_and_stays_silent(promtool, helm, values, alert, tmp_path):
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": rendered_groups(helm, values)}, sort_keys=False))
     tests = tmp_path / f"{alert}.test.yaml"
-    tests.write_text(yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m",
-                                     "tests": CASES[alert](alerts[alert])}, sort_keys=False))
-    proc = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+    tests.write_text(
+        yaml.safe_dump(
+            {"rule_files": [rules.name], "evaluation_interval": "1m", "tests": CASES[alert](alerts[alert])},
+            sort_keys=False,
+        )
+    )
+    proc = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert proc.returncode == 0, f"{tests}:\n{tests.read_text()}\n{proc.stdout}{proc.stderr}"

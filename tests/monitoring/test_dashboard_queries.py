@@ -44,11 +44,17 @@ BLOCKS = ("a100", "l40s")
 
 
 def _ladder(name: str, trainer: dict, candidates: dict[str, dict], stages: list[dict]) -> dict:
-    return {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": name},
-            "spec": {"trainer": {"image": "trainer:dev", "gpus": 1, **trainer},
-                     "hostBlocks": [{"name": h, "nodeSelector": {"ladder.promotion.dev/host-block": h}} for h in BLOCKS],
-                     "candidates": [{"name": n, "config": c} for n, c in candidates.items()],
-                     "stages": stages}}
+    return {
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": name},
+        "spec": {
+            "trainer": {"image": "trainer:dev", "gpus": 1, **trainer},
+            "hostBlocks": [{"name": h, "nodeSelector": {"ladder.promotion.dev/host-block": h}} for h in BLOCKS],
+            "candidates": [{"name": n, "config": c} for n, c in candidates.items()],
+            "stages": stages,
+        },
+    }
 
 
 def _stage(name: str, budget: str, blocks=BLOCKS, top: int | None = None) -> dict:
@@ -59,20 +65,37 @@ def _stage(name: str, budget: str, blocks=BLOCKS, top: int | None = None) -> dic
 
 
 def ladders(corpus: Path) -> list[dict]:
-    real_trainer = {"command": ["python", "-m", "ladder_trainer"],
-                    "env": {"LADDER_TRAINER_DATA": str(corpus), "LADDER_TRAINER_DEVICE": "cpu",
-                            "LADDER_TRAINER_THREADS": "1", "LADDER_TRAINER_EVAL_TOKENS": "256",
-                            "LADDER_TRAINER_COMPILE": "off"}}
+    real_trainer = {
+        "command": ["python", "-m", "ladder_trainer"],
+        "env": {
+            "LADDER_TRAINER_DATA": str(corpus),
+            "LADDER_TRAINER_DEVICE": "cpu",
+            "LADDER_TRAINER_THREADS": "1",
+            "LADDER_TRAINER_EVAL_TOKENS": "256",
+            "LADDER_TRAINER_COMPILE": "off",
+        },
+    }
     stub = {"command": [sys.executable, STUB]}
     return [
-        _ladder("real", real_trainer, {"lr-lo": {**TINY, "matrix_lr": 0.01}, "lr-hi": {**TINY, "matrix_lr": 0.04}},
-                [_stage("s1", "2s", top=2), _stage("s2", "2s", blocks=("a100",))]),
+        _ladder(
+            "real",
+            real_trainer,
+            {"lr-lo": {**TINY, "matrix_lr": 0.01}, "lr-hi": {**TINY, "matrix_lr": 0.04}},
+            [_stage("s1", "2s", top=2), _stage("s2", "2s", blocks=("a100",))],
+        ),
         # head_dim must be even: the trainer refuses the config and exits 2 (not retried).
-        _ladder("broken", real_trainer, {"ok": TINY, "bad-config": {**TINY, "head_dim": 15}},
-                [_stage("only", "2s", blocks=("l40s",))]),
-        _ladder("forged", stub, {"honest": {"value": 1.2},
-                                 "forger": {"value": 1.5, "annotation": "forge", "forge_as": "honest"}},
-                [_stage("only", "2s", blocks=("a100",))]),
+        _ladder(
+            "broken",
+            real_trainer,
+            {"ok": TINY, "bad-config": {**TINY, "head_dim": 15}},
+            [_stage("only", "2s", blocks=("l40s",))],
+        ),
+        _ladder(
+            "forged",
+            stub,
+            {"honest": {"value": 1.2}, "forger": {"value": 1.5, "annotation": "forge", "forge_as": "honest"}},
+            [_stage("only", "2s", blocks=("a100",))],
+        ),
     ]
 
 
@@ -96,7 +119,9 @@ def monitored(local_cluster, tmp_path_factory) -> Monitored:
     core = client.CoreV1Api(api)
     ns = f"monitoring-{uuid.uuid4().hex[:5]}"
     core.create_namespace({"metadata": {"name": ns, "labels": {"localcluster.dev/test": "true"}}})
-    wait_for(lambda: core.read_namespaced_service_account("default", ns), timeout=30, what=f"ServiceAccount {ns}/default")
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", ns), timeout=30, what=f"ServiceAccount {ns}/default"
+    )
     operator = prom = None
     try:
         operator = Operator(kubeconfig, ns, tmp).start()
@@ -107,20 +132,27 @@ def monitored(local_cluster, tmp_path_factory) -> Monitored:
         docs = ladders(write_tiny_corpus(tmp_path_factory.mktemp("corpus")))
         for doc in docs:
             kube.create(doc)
-        phases = {d["metadata"]["name"]: kube.wait_phase(d["metadata"]["name"], timeout=420)["status"]["phase"]
-                  for d in docs}
+        phases = {
+            d["metadata"]["name"]: kube.wait_phase(d["metadata"]["name"], timeout=420)["status"]["phase"] for d in docs
+        }
         # Prometheus has the final state once it has scraped every ladder's final phase.
         final = f'count(ladder_info{{namespace="{ns}", phase=~"Succeeded|Failed"}})'
-        wait_for(lambda: [s["value"][1] for s in prom.query(final)] == [str(len(docs))], timeout=30,
-                 what="prometheus scraped the final phases", describe=lambda: prom.query(f'ladder_info{{namespace="{ns}"}}'))
+        wait_for(
+            lambda: [s["value"][1] for s in prom.query(final)] == [str(len(docs))],
+            timeout=30,
+            what="prometheus scraped the final phases",
+            describe=lambda: prom.query(f'ladder_info{{namespace="{ns}"}}'),
+        )
         # And one scrape more, so the last step of a range query ending now falls after the
         # scrape that first held the final state (a series born in it shows in range queries).
         seen = time.time()
-        wait_for(lambda: float(prom.query("max(timestamp(up))")[0]["value"][1]) > seen, timeout=30,
-                 what="one more scrape")
+        wait_for(
+            lambda: float(prom.query("max(timestamp(up))")[0]["value"][1]) > seen, timeout=30, what="one more scrape"
+        )
         end = time.time()
-        yield Monitored(prom, operator, kube, ns, TimeRange(start - 5, end, scrape_interval=SCRAPE_SECONDS),
-                        operator.metrics())
+        yield Monitored(
+            prom, operator, kube, ns, TimeRange(start - 5, end, scrape_interval=SCRAPE_SECONDS), operator.metrics()
+        )
         print(f"\nladders: {phases}")
     finally:
         if prom is not None:
@@ -179,10 +211,11 @@ def test_stat_panel_counts_what_happened(monitored, title):
 PLANTED = {
     "misspelt metric": ("Cells by state", lambda e: e.replace("ladder_cells", "ladder_cels")),
     "wrong label in a matcher": ("GPUs in use", lambda e: e.replace("ladder=~", "ladder_name=~")),
-    "legend label dropped by the aggregation": ("GPU-hours per hour by host block",
-                                                lambda e: e.replace("sum by (host_block)", "sum by (stage)")),
-    "table column not in the query": ("Current stage and leader per ladder",
-                                      lambda e: e.replace(", leader)", ")")),
+    "legend label dropped by the aggregation": (
+        "GPU-hours per hour by host block",
+        lambda e: e.replace("sum by (host_block)", "sum by (stage)"),
+    ),
+    "table column not in the query": ("Current stage and leader per ladder", lambda e: e.replace(", leader)", ")")),
     "does not parse": ("Reconcile duration", lambda e: e.replace("sum by (le)", "sum by (le")),
 }
 
@@ -203,7 +236,11 @@ def test_checker_names_a_broken_panel(monitored, case):
 
 
 def test_promtool_check_metrics_on_a_real_scrape(monitored, promtool):
-    assert "ladder_result_errors_total{" in monitored.scrape and "ladder_decision_latency_seconds_bucket" in monitored.scrape
-    proc = subprocess.run([promtool, "check", "metrics"], input=monitored.scrape, capture_output=True, text=True,
-                          timeout=60)
+    assert (
+        "ladder_result_errors_total{" in monitored.scrape
+        and "ladder_decision_latency_seconds_bucket" in monitored.scrape
+    )
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=monitored.scrape, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr

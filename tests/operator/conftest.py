@@ -14,8 +14,9 @@ def ladder_crd(local_cluster):
 
 @pytest.fixture(scope="session")
 def operator_identity(local_cluster, ladder_crd, tmp_path_factory):
-    return operator_kubeconfig(local_cluster.api_client(), local_cluster.kubeconfig,
-                               tmp_path_factory.mktemp("operator") / "kubeconfig")
+    return operator_kubeconfig(
+        local_cluster.api_client(), local_cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "kubeconfig"
+    )
 
 
 @pytest.fixture

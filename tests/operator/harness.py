@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -69,27 +68,41 @@ def operator_kubeconfig(api: client.ApiClient, admin_kubeconfig: Path, out: Path
     integration tests also prove the rules are enough."""
     core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
     ns, sa = "ladder-system", "promotion-ladder-operator"
-    for create in (lambda: core.create_namespace({"metadata": {"name": ns}}),
-                   lambda: core.create_namespaced_service_account(ns, {"metadata": {"name": sa}}),
-                   lambda: rbac.create_cluster_role(operator_cluster_role(sa)),
-                   lambda: rbac.create_cluster_role_binding({
-                       "metadata": {"name": sa},
-                       "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": sa},
-                       "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]})):
+    for create in (
+        lambda: core.create_namespace({"metadata": {"name": ns}}),
+        lambda: core.create_namespaced_service_account(ns, {"metadata": {"name": sa}}),
+        lambda: rbac.create_cluster_role(operator_cluster_role(sa)),
+        lambda: rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": sa},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": sa},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+            }
+        ),
+    ):
         try:
             create()
         except ApiException as exc:
             if exc.status != 409:
                 raise
     rbac.replace_cluster_role(sa, operator_cluster_role(sa))
-    token = wait_for(lambda: core.create_namespaced_service_account_token(
-        sa, ns, {"spec": {"expirationSeconds": 7200}}).status.token, timeout=30, what="operator token")
+    token = wait_for(
+        lambda: (
+            core.create_namespaced_service_account_token(sa, ns, {"spec": {"expirationSeconds": 7200}}).status.token
+        ),
+        timeout=30,
+        what="operator token",
+    )
     admin = yaml.safe_load(admin_kubeconfig.read_text())
     cluster = admin["clusters"][0]["cluster"]
-    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "operator",
-           "clusters": [{"name": "local", "cluster": cluster}],
-           "users": [{"name": "operator", "user": {"token": token}}],
-           "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}]}
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "operator",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+    }
     out.write_text(yaml.safe_dump(cfg))
     return out
 
@@ -111,19 +124,36 @@ class Operator:
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
-    def start(self) -> "Operator":
+    def start(self) -> Operator:
         self.starts += 1
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "a")
         log.write(f"\n===== start {self.starts} =====\n")
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "promotion_ladder.cli", "operator", "-n", self.namespace,
-             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO), start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "promotion_ladder.cli",
+                "operator",
+                "-n",
+                self.namespace,
+                "--metrics-port",
+                str(self.metrics_port),
+                "--health-port",
+                str(self.health_port),
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(REPO),
+            start_new_session=True,
+        )
         # Kopf's health endpoint answers once the startup handler is done: the caches are filled.
-        wait_for(lambda: self.health().get("workLoop") == "alive", timeout=60, what="operator /healthz",
-                 describe=self.tail)
+        wait_for(
+            lambda: self.health().get("workLoop") == "alive", timeout=60, what="operator /healthz", describe=self.tail
+        )
         return self
 
     def get(self, path: str, port: int | None = None) -> str:
@@ -202,9 +232,19 @@ class Cluster:
         def done():
             obj = self.ladder(name)
             return obj if (obj.get("status") or {}).get("phase") in phases else None
-        return wait_for(done, timeout=timeout, what=f"ladder {name} phase in {phases}",
-                        describe=lambda: json.dumps({k: v for k, v in (self.ladder(name).get("status") or {}).items()
-                                                     if k in ("phase", "message", "currentStage")}))
+
+        return wait_for(
+            done,
+            timeout=timeout,
+            what=f"ladder {name} phase in {phases}",
+            describe=lambda: json.dumps(
+                {
+                    k: v
+                    for k, v in (self.ladder(name).get("status") or {}).items()
+                    if k in ("phase", "message", "currentStage")
+                }
+            ),
+        )
 
     def describe(self, name: str) -> str:
         st = self.ladder(name).get("status") or {}
@@ -213,8 +253,10 @@ class Cluster:
 
 
 def node_host_blocks(core: client.CoreV1Api) -> dict[str, str]:
-    return {n.metadata.name: (n.metadata.labels or {}).get("ladder.promotion.dev/host-block", "")
-            for n in core.list_node().items}
+    return {
+        n.metadata.name: (n.metadata.labels or {}).get("ladder.promotion.dev/host-block", "")
+        for n in core.list_node().items
+    }
 
 
 def b64(s: str) -> str:
@@ -227,11 +269,16 @@ def apply_trainer_admission_policy(api: client.ApiClient) -> None:
 
     adm = client.AdmissionregistrationV1Api(api)
     calls = {
-        "ValidatingAdmissionPolicy": (adm.create_validating_admission_policy, adm.replace_validating_admission_policy,
-                                      adm.read_validating_admission_policy),
-        "ValidatingAdmissionPolicyBinding": (adm.create_validating_admission_policy_binding,
-                                             adm.replace_validating_admission_policy_binding,
-                                             adm.read_validating_admission_policy_binding),
+        "ValidatingAdmissionPolicy": (
+            adm.create_validating_admission_policy,
+            adm.replace_validating_admission_policy,
+            adm.read_validating_admission_policy,
+        ),
+        "ValidatingAdmissionPolicyBinding": (
+            adm.create_validating_admission_policy_binding,
+            adm.replace_validating_admission_policy_binding,
+            adm.read_validating_admission_policy_binding,
+        ),
     }
     for o in trainer_admission_policy():
         create, replace, read = calls[o["kind"]]
@@ -240,7 +287,10 @@ def apply_trainer_admission_policy(api: client.ApiClient) -> None:
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            o = {**o, "metadata": {**o["metadata"], "resourceVersion": read(o["metadata"]["name"]).metadata.resource_version}}
+            o = {
+                **o,
+                "metadata": {**o["metadata"], "resourceVersion": read(o["metadata"]["name"]).metadata.resource_version},
+            }
             replace(o["metadata"]["name"], o)
 
 
@@ -249,6 +299,7 @@ def trainer_pods(local_cluster, namespace: str, names: tuple[str, ...]) -> tuple
     a bound token), and a CoreV1Api authenticated as a token bound to the last of them, as its
     trainer would be. Returns (that api, pod name -> uid)."""
     from kubernetes import config
+
     from promotion_ladder.controller.rbac import TRAINER_SERVICE_ACCOUNT, trainer_objects
 
     api = local_cluster.api_client()
@@ -259,14 +310,29 @@ def trainer_pods(local_cluster, namespace: str, names: tuple[str, ...]) -> tuple
     rbac_api.create_namespaced_role_binding(namespace, binding)
     uids = {}
     for name in names:
-        uids[name] = core.create_namespaced_pod(namespace, {
-            "metadata": {"name": name, "labels": {LADDER_LABEL: "l", "ladder.promotion.dev/candidate": name}},
-            "spec": {"serviceAccountName": TRAINER_SERVICE_ACCOUNT, "restartPolicy": "Never",
-                     "nodeSelector": {"no-such-node": "true"}, "containers": [{"name": "trainer", "image": "x"}]}}).metadata.uid
+        uids[name] = core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": name, "labels": {LADDER_LABEL: "l", "ladder.promotion.dev/candidate": name}},
+                "spec": {
+                    "serviceAccountName": TRAINER_SERVICE_ACCOUNT,
+                    "restartPolicy": "Never",
+                    "nodeSelector": {"no-such-node": "true"},
+                    "containers": [{"name": "trainer", "image": "x"}],
+                },
+            },
+        ).metadata.uid
     own = names[-1]
-    token = core.create_namespaced_service_account_token(TRAINER_SERVICE_ACCOUNT, namespace, {
-        "spec": {"expirationSeconds": 600, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": own,
-                                                              "uid": uids[own]}}}).status.token
+    token = core.create_namespaced_service_account_token(
+        TRAINER_SERVICE_ACCOUNT,
+        namespace,
+        {
+            "spec": {
+                "expirationSeconds": 600,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": own, "uid": uids[own]},
+            }
+        },
+    ).status.token
     cfg = client.Configuration()
     config.load_kube_config(config_file=str(local_cluster.kubeconfig), client_configuration=cfg)
     cfg.api_key = {"authorization": f"Bearer {token}"}

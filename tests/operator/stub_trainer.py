@@ -55,8 +55,10 @@ def main() -> int:
     p.add_argument("--result-file")
     a, _ = p.parse_known_args()
     cfg = json.loads(open(a.config_file).read())
-    layout = {k: os.environ.get(k) for k in ("JOB_COMPLETION_INDEX", "LADDER_GPUS", "LADDER_NODES",
-                                             "LADDER_RDZV_ENDPOINT", "LADDER_RDZV_ID")}
+    layout = {
+        k: os.environ.get(k)
+        for k in ("JOB_COMPLETION_INDEX", "LADDER_GPUS", "LADDER_NODES", "LADDER_RDZV_ENDPOINT", "LADDER_RDZV_ID")
+    }
     print("stub layout " + json.dumps(layout, sort_keys=True), flush=True)
     if int(layout["JOB_COMPLETION_INDEX"] or 0) > 0:  # only global rank 0 publishes
         time.sleep(float(cfg.get("sleep", 0)))
@@ -64,26 +66,42 @@ def main() -> int:
     t0 = time.monotonic()
     time.sleep(float(cfg.get("sleep", 0)))
     if cfg.get("sleep_first_try"):
-        marker = os.path.join(os.path.dirname(os.path.abspath(os.environ.get("TMPDIR", "/tmp"))), "stub-tried-" + "-".join(
-            os.environ.get(k, "") for k in ("POD_NAMESPACE", "LADDER_NAME", "LADDER_CANDIDATE", "LADDER_SEED")))
+        marker = os.path.join(
+            os.path.dirname(os.path.abspath(os.environ.get("TMPDIR", "/tmp"))),
+            "stub-tried-"
+            + "-".join(
+                os.environ.get(k, "") for k in ("POD_NAMESPACE", "LADDER_NAME", "LADDER_CANDIDATE", "LADDER_SEED")
+            ),
+        )
         if not os.path.exists(marker):
             open(marker, "w").close()
             time.sleep(float(cfg["sleep_first_try"]))
     code = int(cfg.get("exit", 0))
     status = STATUS_BY_EXIT.get(code, "error")
-    doc = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult",
-           "ladder": os.environ.get("LADDER_NAME"), "stage": os.environ.get("LADDER_STAGE"),
-           "candidate": os.environ.get("LADDER_CANDIDATE"), "hostBlock": os.environ.get("LADDER_HOST_BLOCK"),
-           "seed": int(os.environ.get("LADDER_SEED", a.seed)), "status": status, "metric": "val_bpb",
-           "value": (cfg["raw_value"] if "raw_value" in cfg else round(float(cfg.get("value", 1.0)) + 0.001 * a.seed, 6))
-           if status == "ok" else None,
-           "trainSeconds": float(cfg.get("train_seconds", round(time.monotonic() - t0, 3))), "message": "" if status == "ok" else f"stub exit {code}"}
+    doc = {
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "CellResult",
+        "ladder": os.environ.get("LADDER_NAME"),
+        "stage": os.environ.get("LADDER_STAGE"),
+        "candidate": os.environ.get("LADDER_CANDIDATE"),
+        "hostBlock": os.environ.get("LADDER_HOST_BLOCK"),
+        "seed": int(os.environ.get("LADDER_SEED", a.seed)),
+        "status": status,
+        "metric": "val_bpb",
+        "value": (cfg["raw_value"] if "raw_value" in cfg else round(float(cfg.get("value", 1.0)) + 0.001 * a.seed, 6))
+        if status == "ok"
+        else None,
+        "trainSeconds": float(cfg.get("train_seconds", round(time.monotonic() - t0, 3))),
+        "message": "" if status == "ok" else f"stub exit {code}",
+    }
     doc.update(cfg.get("claim") or {})
     text = json.dumps({k: v for k, v in doc.items() if v is not None}, separators=(",", ":"))
     if a.result_file:
         with open(a.result_file, "w") as fh:
             fh.write(text + "\n")
-    term = os.environ.get("LADDER_TERMINATION_LOG") or ("/dev/termination-log" if os.path.exists("/dev/termination-log") else None)
+    term = os.environ.get("LADDER_TERMINATION_LOG") or (
+        "/dev/termination-log" if os.path.exists("/dev/termination-log") else None
+    )
     if term:
         with open(term, "w") as fh:
             fh.write(text)
@@ -91,7 +109,9 @@ def main() -> int:
     if mode == "forge":
         annotate(json.dumps({**doc, "candidate": cfg.get("forge_as", "c0"), "value": 0.0, "status": "ok"}))
     elif mode == "lie":
-        annotate(json.dumps({k: v for k, v in {**doc, "value": float(cfg.get("lie_value", 0.1))}.items() if v is not None}))
+        annotate(
+            json.dumps({k: v for k, v in {**doc, "value": float(cfg.get("lie_value", 0.1))}.items() if v is not None})
+        )
     elif mode == "malformed":
         annotate("{this is not json")
     elif mode != "none":

@@ -60,53 +60,109 @@ PVC = {"name": "corpus", "persistentVolumeClaim": {"claimName": "corpus", "readO
 MERGE = {
     "volumes and mounts are added to the scratch volume": (
         tpl({"volumes": [PVC]}, {"volumeMounts": [{"name": "corpus", "mountPath": "/data", "readOnly": True}]}),
-        lambda j: (pod(j)["volumes"] == [{"name": "scratch", "emptyDir": {}}, config_volume(), PVC]
-                   and trainer(j)["volumeMounts"] == [{"name": "scratch", "mountPath": "/scratch"},
-                                                      {"name": "ladder-config", "mountPath": "/etc/ladder", "readOnly": True},
-                                                      {"name": "corpus", "mountPath": "/data", "readOnly": True}])),
+        lambda j: (
+            pod(j)["volumes"] == [{"name": "scratch", "emptyDir": {}}, config_volume(), PVC]
+            and trainer(j)["volumeMounts"]
+            == [
+                {"name": "scratch", "mountPath": "/scratch"},
+                {"name": "ladder-config", "mountPath": "/etc/ladder", "readOnly": True},
+                {"name": "corpus", "mountPath": "/data", "readOnly": True},
+            ]
+        ),
+    ),
     "env is added after the contract's, envFrom kept": (
-        tpl(trainer_ctr={"env": [{"name": "HF_HOME", "value": "/cache"},
-                                 {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
-                         "envFrom": [{"configMapRef": {"name": "nccl"}}]}),
-        lambda j: (env(j)["HF_HOME"] == "/cache" and env(j)["TOKEN"] == {"secretKeyRef": {"name": "s", "key": "k"}}
-                   and env(j)["LADDER_SEED"] == "1" and trainer(j)["envFrom"] == [{"configMapRef": {"name": "nccl"}}]
-                   and [e["name"] for e in trainer(j)["env"]].index("HF_HOME")
-                   > [e["name"] for e in trainer(j)["env"]].index("POD_NAME"))),
+        tpl(
+            trainer_ctr={
+                "env": [
+                    {"name": "HF_HOME", "value": "/cache"},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                ],
+                "envFrom": [{"configMapRef": {"name": "nccl"}}],
+            }
+        ),
+        lambda j: (
+            env(j)["HF_HOME"] == "/cache"
+            and env(j)["TOKEN"] == {"secretKeyRef": {"name": "s", "key": "k"}}
+            and env(j)["LADDER_SEED"] == "1"
+            and trainer(j)["envFrom"] == [{"configMapRef": {"name": "nccl"}}]
+            and [e["name"] for e in trainer(j)["env"]].index("HF_HOME")
+            > [e["name"] for e in trainer(j)["env"]].index("POD_NAME")
+        ),
+    ),
     "template env replaces spec.trainer.env of the same name": (
         tpl(trainer_ctr={"env": [{"name": "FOO", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "foo"}}}]}),
-        lambda j: [e["name"] for e in trainer(j)["env"]].count("FOO") == 1
-        and env(j)["FOO"] == {"configMapKeyRef": {"name": "c", "key": "foo"}}),
+        lambda j: (
+            [e["name"] for e in trainer(j)["env"]].count("FOO") == 1
+            and env(j)["FOO"] == {"configMapKeyRef": {"name": "c", "key": "foo"}}
+        ),
+    ),
     "image pull secrets": (
         tpl({"imagePullSecrets": [{"name": "registry"}]}),
-        lambda j: pod(j)["imagePullSecrets"] == [{"name": "registry"}]),
+        lambda j: pod(j)["imagePullSecrets"] == [{"name": "registry"}],
+    ),
     "tolerations are added to the host block's": (
         tpl({"tolerations": [BLOCK_TOLERATION, {"key": "spot", "operator": "Exists"}]}),
-        lambda j: pod(j)["tolerations"] == [BLOCK_TOLERATION, {"key": "spot", "operator": "Exists"}]),
+        lambda j: pod(j)["tolerations"] == [BLOCK_TOLERATION, {"key": "spot", "operator": "Exists"}],
+    ),
     "labels and annotations on the pod, identity labels kept, Job untouched": (
         tpl(labels={"team": "lm"}, annotations={"cost-center": "42"}),
-        lambda j: (j["spec"]["template"]["metadata"]["labels"]["team"] == "lm"
-                   and j["spec"]["template"]["metadata"]["labels"]["ladder.promotion.dev/candidate"] == "c1"
-                   and j["spec"]["template"]["metadata"]["annotations"]["cost-center"] == "42"
-                   and "ladder.promotion.dev/config" in j["spec"]["template"]["metadata"]["annotations"]
-                   and "team" not in j["metadata"]["labels"])),
+        lambda j: (
+            j["spec"]["template"]["metadata"]["labels"]["team"] == "lm"
+            and j["spec"]["template"]["metadata"]["labels"]["ladder.promotion.dev/candidate"] == "c1"
+            and j["spec"]["template"]["metadata"]["annotations"]["cost-center"] == "42"
+            and "ladder.promotion.dev/config" in j["spec"]["template"]["metadata"]["annotations"]
+            and "team" not in j["metadata"]["labels"]
+        ),
+    ),
     "nodeSelector additions next to the host block's": (
         tpl({"nodeSelector": {"topology.kubernetes.io/zone": "z1"}}),
-        lambda j: pod(j)["nodeSelector"] == {"topology.kubernetes.io/zone": "z1", "ladder.promotion.dev/host-block": "l40s"}),
+        lambda j: (
+            pod(j)["nodeSelector"] == {"topology.kubernetes.io/zone": "z1", "ladder.promotion.dev/host-block": "l40s"}
+        ),
+    ),
     "pod-level settings pass through": (
-        tpl({"priorityClassName": "batch", "runtimeClassName": "nvidia", "securityContext": {"fsGroup": 1000},
-             "affinity": {"podAntiAffinity": {}}}),
-        lambda j: (pod(j)["priorityClassName"], pod(j)["runtimeClassName"], pod(j)["securityContext"], pod(j)["affinity"])
-        == ("batch", "nvidia", {"fsGroup": 1000}, {"podAntiAffinity": {}})),
+        tpl(
+            {
+                "priorityClassName": "batch",
+                "runtimeClassName": "nvidia",
+                "securityContext": {"fsGroup": 1000},
+                "affinity": {"podAntiAffinity": {}},
+            }
+        ),
+        lambda j: (
+            (pod(j)["priorityClassName"], pod(j)["runtimeClassName"], pod(j)["securityContext"], pod(j)["affinity"])
+            == ("batch", "nvidia", {"fsGroup": 1000}, {"podAntiAffinity": {}})
+        ),
+    ),
     "container securityContext and a native sidecar": (
-        tpl({"initContainers": [{"name": "proxy", "image": "p", "restartPolicy": "Always"}]},
-            {"securityContext": {"runAsNonRoot": True}}),
-        lambda j: trainer(j)["securityContext"] == {"runAsNonRoot": True}
-        and pod(j)["initContainers"] == [{"name": "proxy", "image": "p", "restartPolicy": "Always"}]),
+        tpl(
+            {"initContainers": [{"name": "proxy", "image": "p", "restartPolicy": "Always"}]},
+            {"securityContext": {"runAsNonRoot": True}},
+        ),
+        lambda j: (
+            trainer(j)["securityContext"] == {"runAsNonRoot": True}
+            and pod(j)["initContainers"] == [{"name": "proxy", "image": "p", "restartPolicy": "Always"}]
+        ),
+    ),
     "the contract is untouched": (
         tpl({"volumes": [PVC]}, {"env": [{"name": "X", "value": "1"}]}),
-        lambda j: (trainer(j)["image"], trainer(j)["workingDir"], pod(j)["restartPolicy"],
-                   pod(j)["serviceAccountName"], trainer(j)["resources"]) ==
-        ("ghcr.io/promotion-ladder/trainer:0.1.0", "/scratch", "Never", "ladder-trainer", {"limits": {GPU_RESOURCE: "1"}})),
+        lambda j: (
+            (
+                trainer(j)["image"],
+                trainer(j)["workingDir"],
+                pod(j)["restartPolicy"],
+                pod(j)["serviceAccountName"],
+                trainer(j)["resources"],
+            )
+            == (
+                "ghcr.io/promotion-ladder/trainer:0.1.0",
+                "/scratch",
+                "Never",
+                "ladder-trainer",
+                {"limits": {GPU_RESOURCE: "1"}},
+            )
+        ),
+    ),
 }
 
 
@@ -125,40 +181,73 @@ OWNED = {
     "image": (tpl(trainer_ctr={"image": "x"}), f"{T}.spec.containers[trainer].image: owned by the operator"),
     "command": (tpl(trainer_ctr={"command": ["sh"]}), f"{T}.spec.containers[trainer].command: owned by the operator"),
     "args": (tpl(trainer_ctr={"args": ["--x"]}), f"{T}.spec.containers[trainer].args: owned by the operator"),
-    "resources": (tpl(trainer_ctr={"resources": {"limits": {GPU_RESOURCE: 8}}}),
-                  f"{T}.spec.containers[trainer].resources: owned by the operator (set spec.trainer.resources"),
+    "resources": (
+        tpl(trainer_ctr={"resources": {"limits": {GPU_RESOURCE: 8}}}),
+        f"{T}.spec.containers[trainer].resources: owned by the operator (set spec.trainer.resources",
+    ),
     "workingDir": (tpl(trainer_ctr={"workingDir": "/"}), f"{T}.spec.containers[trainer].workingDir: owned"),
-    "terminationMessagePath": (tpl(trainer_ctr={"terminationMessagePath": "/x"}),
-                               f"{T}.spec.containers[trainer].terminationMessagePath: owned"),
+    "terminationMessagePath": (
+        tpl(trainer_ctr={"terminationMessagePath": "/x"}),
+        f"{T}.spec.containers[trainer].terminationMessagePath: owned",
+    ),
     "restartPolicy": (tpl({"restartPolicy": "OnFailure"}), f"{T}.spec.restartPolicy: owned by the operator"),
     "activeDeadlineSeconds": (tpl({"activeDeadlineSeconds": 9}), f"{T}.spec.activeDeadlineSeconds: owned"),
     "serviceAccountName": (tpl({"serviceAccountName": "me"}), f"{T}.spec.serviceAccountName: owned"),
-    "automountServiceAccountToken": (tpl({"automountServiceAccountToken": False}),
-                                     f"{T}.spec.automountServiceAccountToken: owned"),
+    "automountServiceAccountToken": (
+        tpl({"automountServiceAccountToken": False}),
+        f"{T}.spec.automountServiceAccountToken: owned",
+    ),
     "nodeName": (tpl({"nodeName": "n1"}), f"{T}.spec.nodeName: owned"),
     "subdomain": (tpl({"subdomain": "x"}), f"{T}.spec.subdomain: owned"),
-    "host block nodeSelector key": (tpl({"nodeSelector": {"ladder.promotion.dev/host-block": "a100"}}),
-                                    f"{T}.spec.nodeSelector[ladder.promotion.dev/host-block]: owned by the operator "
-                                    "(spec.hostBlocks[0].nodeSelector sets it"),
-    "scratch volume": (tpl({"volumes": [{"name": "scratch", "hostPath": {"path": "/"}}]}), f"{T}.spec.volumes[scratch]: owned"),
-    "scratch mount": (tpl(trainer_ctr={"volumeMounts": [{"name": "x", "mountPath": "/scratch/"}]}),
-                      f"{T}.spec.containers[trainer].volumeMounts[/scratch/]: owned"),
-    "config volume": (tpl({"volumes": [{"name": "ladder-config", "emptyDir": {}}]}), f"{T}.spec.volumes[ladder-config]: owned"),
-    "config mount": (tpl(trainer_ctr={"volumeMounts": [{"name": "x", "mountPath": "/etc/ladder"}]}),
-                     f"{T}.spec.containers[trainer].volumeMounts[/etc/ladder]: owned"),
-    "config annotation": (tpl(annotations={"ladder.promotion.dev/config": "{}"}),
-                          f"{T}.metadata.annotations[ladder.promotion.dev/config]: owned"),
-    "identity env": (tpl(trainer_ctr={"env": [{"name": "LADDER_SEED", "value": "7"}]}),
-                     f"{T}.spec.containers[trainer].env[LADDER_SEED]: owned by the operator"),
-    "process layout env": (tpl(trainer_ctr={"env": [{"name": "LADDER_GPUS", "value": "1"}]}),
-                           f"{T}.spec.containers[trainer].env[LADDER_GPUS]: owned"),
-    "pod identity env": (tpl(trainer_ctr={"env": [{"name": "POD_NAME", "value": "x"}]}),
-                         f"{T}.spec.containers[trainer].env[POD_NAME]: owned"),
-    "result annotation": (tpl(annotations={"ladder.promotion.dev/result": "{}"}),
-                          f"{T}.metadata.annotations[ladder.promotion.dev/result]: owned"),
-    "identity label": (tpl(labels={"ladder.promotion.dev/seed": "1"}), f"{T}.metadata.labels[ladder.promotion.dev/seed]: owned"),
-    "a second regular container": (tpl({"containers": [{"name": "sidecar", "image": "s"}]}),
-                                   f"{T}.spec.containers[sidecar]: only the container 'trainer' may be given"),
+    "host block nodeSelector key": (
+        tpl({"nodeSelector": {"ladder.promotion.dev/host-block": "a100"}}),
+        f"{T}.spec.nodeSelector[ladder.promotion.dev/host-block]: owned by the operator "
+        "(spec.hostBlocks[0].nodeSelector sets it",
+    ),
+    "scratch volume": (
+        tpl({"volumes": [{"name": "scratch", "hostPath": {"path": "/"}}]}),
+        f"{T}.spec.volumes[scratch]: owned",
+    ),
+    "scratch mount": (
+        tpl(trainer_ctr={"volumeMounts": [{"name": "x", "mountPath": "/scratch/"}]}),
+        f"{T}.spec.containers[trainer].volumeMounts[/scratch/]: owned",
+    ),
+    "config volume": (
+        tpl({"volumes": [{"name": "ladder-config", "emptyDir": {}}]}),
+        f"{T}.spec.volumes[ladder-config]: owned",
+    ),
+    "config mount": (
+        tpl(trainer_ctr={"volumeMounts": [{"name": "x", "mountPath": "/etc/ladder"}]}),
+        f"{T}.spec.containers[trainer].volumeMounts[/etc/ladder]: owned",
+    ),
+    "config annotation": (
+        tpl(annotations={"ladder.promotion.dev/config": "{}"}),
+        f"{T}.metadata.annotations[ladder.promotion.dev/config]: owned",
+    ),
+    "identity env": (
+        tpl(trainer_ctr={"env": [{"name": "LADDER_SEED", "value": "7"}]}),
+        f"{T}.spec.containers[trainer].env[LADDER_SEED]: owned by the operator",
+    ),
+    "process layout env": (
+        tpl(trainer_ctr={"env": [{"name": "LADDER_GPUS", "value": "1"}]}),
+        f"{T}.spec.containers[trainer].env[LADDER_GPUS]: owned",
+    ),
+    "pod identity env": (
+        tpl(trainer_ctr={"env": [{"name": "POD_NAME", "value": "x"}]}),
+        f"{T}.spec.containers[trainer].env[POD_NAME]: owned",
+    ),
+    "result annotation": (
+        tpl(annotations={"ladder.promotion.dev/result": "{}"}),
+        f"{T}.metadata.annotations[ladder.promotion.dev/result]: owned",
+    ),
+    "identity label": (
+        tpl(labels={"ladder.promotion.dev/seed": "1"}),
+        f"{T}.metadata.labels[ladder.promotion.dev/seed]: owned",
+    ),
+    "a second regular container": (
+        tpl({"containers": [{"name": "sidecar", "image": "s"}]}),
+        f"{T}.spec.containers[sidecar]: only the container 'trainer' may be given",
+    ),
     "metadata name": (tpl(name="x"), f"{T}.metadata.name: not allowed"),
     "unknown container field": (tpl(trainer_ctr={"stdin": True}), f"{T}.spec.containers[trainer].stdin: not supported"),
     "not an object": ("pod", f"{T}: Input should be a valid dictionary"),
@@ -187,12 +276,22 @@ SHM_CASES = {
     "one GPU: the runtime's /dev/shm": ({"gpus": 1}, None),
     "two GPUs: memory-backed emptyDir": ({"gpus": 2}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}),
     "the template says otherwise": (
-        {"gpus": 4, "template": tpl({"volumes": [{"name": "shm", "hostPath": {"path": "/dev/shm"}}]},
-                                    {"volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}]})},
-        {"name": "shm", "hostPath": {"path": "/dev/shm"}}),
+        {
+            "gpus": 4,
+            "template": tpl(
+                {"volumes": [{"name": "shm", "hostPath": {"path": "/dev/shm"}}]},
+                {"volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}]},
+            ),
+        },
+        {"name": "shm", "hostPath": {"path": "/dev/shm"}},
+    ),
     "the template sizes ours": (
-        {"gpus": 8, "template": tpl({"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}]})},
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}),
+        {
+            "gpus": 8,
+            "template": tpl({"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}]}),
+        },
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}},
+    ),
 }
 
 
@@ -286,10 +385,13 @@ HASH = {
 def test_frozen_hash(case):
     trainer_spec, same = HASH[case]
     base = load_ladder(ladder_doc()).spec
-    assert (frozen_hash(load_ladder(edit(ladder_doc(), "spec.trainer", trainer_spec)).spec) == frozen_hash(base)) is same
+    assert (
+        frozen_hash(load_ladder(edit(ladder_doc(), "spec.trainer", trainer_spec)).spec) == frozen_hash(base)
+    ) is same
 
 
 # --- ladder manifests ------------------------------------------------------------------------
+
 
 def manifests(capsys, *args: str) -> list[dict]:
     assert main(["manifests", *args]) == 0
@@ -306,7 +408,9 @@ def test_manifests_of_the_pvc_corpus_example(capsys):
     for d in docs:
         assert d["metadata"]["namespace"] == "research"
         p = d["spec"]["template"]["spec"]
-        assert {"name": "corpus", "persistentVolumeClaim": {"claimName": "pretraining-corpus", "readOnly": True}} in p["volumes"]
+        assert {"name": "corpus", "persistentVolumeClaim": {"claimName": "pretraining-corpus", "readOnly": True}} in p[
+            "volumes"
+        ]
         assert p["imagePullSecrets"] == [{"name": "registry-credentials"}]
         (c,) = p["containers"]
         assert {"name": "corpus", "mountPath": "/data", "readOnly": True} in c["volumeMounts"]
@@ -366,17 +470,24 @@ def test_operator_refuses_an_owned_field_with_a_condition_naming_it():
     operator refuses: the ladder goes Failed with reason InvalidSpec, naming the field."""
     from promotion_ladder.controller.reconcile import reconcile
 
-    doc = edit(ladder_doc(), "spec.trainer", {"template": tpl(trainer_ctr={"env": [{"name": "LADDER_STAGE", "value": "x"}]})})
+    doc = edit(
+        ladder_doc(), "spec.trainer", {"template": tpl(trainer_ctr={"env": [{"name": "LADDER_STAGE", "value": "x"}]})}
+    )
     r = reconcile(ladder_body(doc), None, [], [], set(), "2026-11-29T00:00:00Z")
     assert r.create == []
     failed = next(c for c in r.status["conditions"] if c["type"] == "Failed")
     assert failed["status"] == "True" and failed["reason"] == "InvalidSpec"
-    assert "spec.trainer.template.spec.containers[trainer].env[LADDER_STAGE]: owned by the operator" in failed["message"]
+    assert (
+        "spec.trainer.template.spec.containers[trainer].env[LADDER_STAGE]: owned by the operator" in failed["message"]
+    )
 
 
-
-RECORDED_GPUS = {"one GPU": ({}, 1), "gpus 4": ({"gpus": 4}, 4), "2 nodes x 8 gpus": ({"gpus": 8, "nodes": 2}, 16),
-                 "cpu only": ({"gpus": 0}, 0)}
+RECORDED_GPUS = {
+    "one GPU": ({}, 1),
+    "gpus 4": ({"gpus": 4}, 4),
+    "2 nodes x 8 gpus": ({"gpus": 8, "nodes": 2}, 16),
+    "cpu only": ({"gpus": 0}, 0),
+}
 
 
 @pytest.mark.parametrize("case", RECORDED_GPUS, ids=list(RECORDED_GPUS))

@@ -42,41 +42,78 @@ def test_real_trainer_reads_its_corpus_from_a_template_volume(operator, kube, lo
     corpus.mkdir()
     write_tiny_corpus(corpus)
     pv = f"corpus-{kube.ns}"
-    core.create_persistent_volume({
-        "metadata": {"name": pv},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(corpus), "type": "Directory"}}})
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": str(corpus), "type": "Directory"},
+            },
+        }
+    )
     try:
-        core.create_namespaced_persistent_volume_claim(kube.ns, {
-            "metadata": {"name": "corpus"},
-            "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv,
-                     "resources": {"requests": {"storage": "1Gi"}}}})
-        wait_for(lambda: core.read_namespaced_persistent_volume_claim("corpus", kube.ns).status.phase == "Bound",
-                 timeout=60, what="the corpus claim bound to its volume")
+        core.create_namespaced_persistent_volume_claim(
+            kube.ns,
+            {
+                "metadata": {"name": "corpus"},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        )
+        wait_for(
+            lambda: core.read_namespaced_persistent_volume_claim("corpus", kube.ns).status.phase == "Bound",
+            timeout=60,
+            what="the corpus claim bound to its volume",
+        )
         doc = {
-            "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "pvc"},
+            "apiVersion": "ladder.promotion.dev/v1alpha1",
+            "kind": "PromotionLadder",
+            "metadata": {"name": "pvc"},
             "spec": {
                 "trainer": {
-                    "image": "trainer:dev", "command": ["python", "-m", "ladder_trainer"], "gpus": 1,
+                    "image": "trainer:dev",
+                    "command": ["python", "-m", "ladder_trainer"],
+                    "gpus": 1,
                     # the path inside the pod; the volume puts the corpus there
                     "args": ["--data", "/data/corpus"],
-                    "env": {"LADDER_TRAINER_DEVICE": "cpu", "LADDER_TRAINER_THREADS": "1",
-                            "LADDER_TRAINER_EVAL_TOKENS": "512", "LADDER_TRAINER_COMPILE": "off"},
+                    "env": {
+                        "LADDER_TRAINER_DEVICE": "cpu",
+                        "LADDER_TRAINER_THREADS": "1",
+                        "LADDER_TRAINER_EVAL_TOKENS": "512",
+                        "LADDER_TRAINER_COMPILE": "off",
+                    },
                     "template": {
                         "metadata": {"labels": {"team": "lm"}},
                         "spec": {
-                            "volumes": [{"name": "corpus", "persistentVolumeClaim": {"claimName": "corpus", "readOnly": True}},
-                                        {"name": "cache", "emptyDir": {"medium": "Memory"}}],
-                            "containers": [{"name": "trainer",
-                                            "volumeMounts": [{"name": "corpus", "mountPath": "/data/corpus", "readOnly": True},
-                                                             {"name": "cache", "mountPath": "/cache"}],
-                                            "env": [{"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/cache/inductor"}]}],
+                            "volumes": [
+                                {"name": "corpus", "persistentVolumeClaim": {"claimName": "corpus", "readOnly": True}},
+                                {"name": "cache", "emptyDir": {"medium": "Memory"}},
+                            ],
+                            "containers": [
+                                {
+                                    "name": "trainer",
+                                    "volumeMounts": [
+                                        {"name": "corpus", "mountPath": "/data/corpus", "readOnly": True},
+                                        {"name": "cache", "mountPath": "/cache"},
+                                    ],
+                                    "env": [{"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/cache/inductor"}],
+                                }
+                            ],
                         },
                     },
                 },
                 "hostBlocks": [{"name": "a100", "nodeSelector": {"ladder.promotion.dev/host-block": "a100"}}],
-                "candidates": [{"name": "lr-lo", "config": {**TINY, "matrix_lr": 0.01}},
-                               {"name": "lr-hi", "config": {**TINY, "matrix_lr": 0.04}}],
+                "candidates": [
+                    {"name": "lr-lo", "config": {**TINY, "matrix_lr": 0.01}},
+                    {"name": "lr-hi", "config": {**TINY, "matrix_lr": 0.04}},
+                ],
                 "stages": [stage("only", "2s", blocks=("a100",))],
             },
         }
@@ -102,12 +139,16 @@ def test_real_trainer_reads_its_corpus_from_a_template_volume(operator, kube, lo
 
 def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):
     doc = {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "mn"},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": "mn"},
         "spec": {
             "trainer": {"image": "stub:0", "command": [sys.executable, STUB], "gpus": 2, "nodes": 2},
             "hostBlocks": [{"name": "a100", "nodeSelector": {"ladder.promotion.dev/host-block": "a100"}}],
-            "candidates": [{"name": "ok", "config": {"value": 1.0, "sleep": 0.5}},
-                           {"name": "rank1-fails", "config": {"value": 0.5, "sleep": 0.5, "rank_exit": 1}}],
+            "candidates": [
+                {"name": "ok", "config": {"value": 1.0, "sleep": 0.5}},
+                {"name": "rank1-fails", "config": {"value": 0.5, "sleep": 0.5, "rank_exit": 1}},
+            ],
             "stages": [stage("only", "2s", blocks=("a100",))],
         },
     }
@@ -128,8 +169,10 @@ def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):
     svc = core.read_namespaced_service(name, kube.ns)
     assert svc.spec.cluster_ip == "None" and svc.spec.selector == {"batch.kubernetes.io/job-name": name}
     assert svc.metadata.owner_references[0].kind == "PromotionLadder"
-    pods = sorted((p for p in kube.pods("mn") if p.metadata.labels.get("batch.kubernetes.io/job-name") == name),
-                  key=lambda p: int(p.metadata.annotations["batch.kubernetes.io/job-completion-index"]))
+    pods = sorted(
+        (p for p in kube.pods("mn") if p.metadata.labels.get("batch.kubernetes.io/job-name") == name),
+        key=lambda p: int(p.metadata.annotations["batch.kubernetes.io/job-completion-index"]),
+    )
     assert [p.status.phase for p in pods] == ["Succeeded", "Succeeded"]
     for index, p in enumerate(pods):
         # what makes <job>-0.<service> a DNS name on a real cluster (not resolvable here: no DNS)
@@ -140,8 +183,13 @@ def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):
         shm = re.search(r"volume at /dev/shm is (\S+)", log).group(1)
         assert shm.startswith("/dev/shm/localcluster/") and not Path(shm).exists()
         layout = json.loads(re.search(r"stub layout (\{.*\})", log).group(1))
-        assert layout == {"JOB_COMPLETION_INDEX": str(index), "LADDER_GPUS": "2", "LADDER_NODES": "2",
-                          "LADDER_RDZV_ENDPOINT": f"{name}-0.{name}:29400", "LADDER_RDZV_ID": name}
+        assert layout == {
+            "JOB_COMPLETION_INDEX": str(index),
+            "LADDER_GPUS": "2",
+            "LADDER_NODES": "2",
+            "LADDER_RDZV_ENDPOINT": f"{name}-0.{name}:29400",
+            "LADDER_RDZV_ID": name,
+        }
     # only rank 0 published
     assert RESULT_ANNOTATION in (pods[0].metadata.annotations or {})
     assert RESULT_ANNOTATION not in (pods[1].metadata.annotations or {})
@@ -149,8 +197,10 @@ def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):
     assert any(c.type == "Failed" and c.status == "True" for c in failed.status.conditions or [])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ladder_trainer.launch") is None,
-                    reason="needs the trainer's multi-process launcher (ladder_trainer.launch, issue 13)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("ladder_trainer.launch") is None,
+    reason="needs the trainer's multi-process launcher (ladder_trainer.launch, issue 13)",
+)
 def test_two_process_gloo_cell_with_the_real_trainer(operator, kube, local_cluster, tmp_path):
     """trainer.gpus: 2 on a simulated node: LADDER_GPUS=2, the trainer starts 2 gloo ranks on
     the CPU through torch.distributed.run, rank 0 publishes one result with worldSize 2."""
@@ -158,12 +208,22 @@ def test_two_process_gloo_cell_with_the_real_trainer(operator, kube, local_clust
     corpus.mkdir()
     write_tiny_corpus(corpus)
     doc = {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "gloo"},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": "gloo"},
         "spec": {
-            "trainer": {"image": "trainer:dev", "command": ["python", "-m", "ladder_trainer"], "gpus": 2,
-                        "args": ["--data", str(corpus)],
-                        "env": {"LADDER_TRAINER_DEVICE": "cpu", "LADDER_TRAINER_THREADS": "1",
-                                "LADDER_TRAINER_EVAL_TOKENS": "512", "LADDER_TRAINER_COMPILE": "off"}},
+            "trainer": {
+                "image": "trainer:dev",
+                "command": ["python", "-m", "ladder_trainer"],
+                "gpus": 2,
+                "args": ["--data", str(corpus)],
+                "env": {
+                    "LADDER_TRAINER_DEVICE": "cpu",
+                    "LADDER_TRAINER_THREADS": "1",
+                    "LADDER_TRAINER_EVAL_TOKENS": "512",
+                    "LADDER_TRAINER_COMPILE": "off",
+                },
+            },
             "hostBlocks": [{"name": "a100", "nodeSelector": {"ladder.promotion.dev/host-block": "a100"}}],
             # 128 tokens a step: 2 ranks x 2 micro-batches of one 32-token sequence
             "candidates": [{"name": "ddp", "config": {**TINY, "batch": 128, "device_batch": 1}}],
@@ -177,4 +237,5 @@ def test_two_process_gloo_cell_with_the_real_trainer(operator, kube, local_clust
     result = json.loads(p.metadata.annotations[RESULT_ANNOTATION])
     assert result["status"] == "ok" and result["worldSize"] == 2
     assert {"name": "dshm", "mountPath": "/dev/shm"} in [
-        {"name": m.name, "mountPath": m.mount_path} for m in p.spec.containers[0].volume_mounts]
+        {"name": m.name, "mountPath": m.mount_path} for m in p.spec.containers[0].volume_mounts
+    ]

@@ -16,8 +16,12 @@ from .kube import JobB, PodB, ladder_body, result_doc
 
 NOW = "2026-12-07T03:00:00Z"
 VALUES = {"c0": 1.0, "c1": 1.1, "c2": 1.2, "c3": 1.3}
-TEMPLATE = {"spec": {"volumes": [{"name": "ck", "persistentVolumeClaim": {"claimName": "checkpoints"}}],
-                     "containers": [{"name": "trainer", "volumeMounts": [{"name": "ck", "mountPath": "/checkpoints"}]}]}}
+TEMPLATE = {
+    "spec": {
+        "volumes": [{"name": "ck", "persistentVolumeClaim": {"claimName": "checkpoints"}}],
+        "containers": [{"name": "trainer", "volumeMounts": [{"name": "ck", "mountPath": "/checkpoints"}]}],
+    }
+}
 
 
 def _body() -> dict:
@@ -48,8 +52,12 @@ def test_each_cell_job_gets_its_checkpoint_paths():
     assert RESUME_FROM_FLAG not in args
     jobs, pods = _s1_finished(body)
     later = reconcile(body, None, jobs, pods, set(), NOW)
-    (args,) = [_args(j) for j in later.create if j["metadata"]["labels"].get("ladder.promotion.dev/candidate") == "c0"
-               and j["metadata"]["labels"].get("ladder.promotion.dev/seed") == "1"]
+    (args,) = [
+        _args(j)
+        for j in later.create
+        if j["metadata"]["labels"].get("ladder.promotion.dev/candidate") == "c0"
+        and j["metadata"]["labels"].get("ladder.promotion.dev/seed") == "1"
+    ]
     assert args[args.index(STABLE_CHECKPOINT_FLAG) + 1] == "/checkpoints/test/s2/c0.a100.1"
     assert args[args.index(RESUME_FROM_FLAG) + 1] == "/checkpoints/test/s1/c0.a100.1"
 
@@ -62,8 +70,18 @@ def test_a_decided_stage_creates_one_prune_job_on_the_cells_volume():
     assert len(prunes) == 1 and len(r.create) == 1 + 2 * 2  # the prune Job; s2's cells of c0, c1 (seeds 1, 2)
     pod = prunes[0]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", PRUNE_MODULE, "--root", "/checkpoints/test", "--stages", "s1",
-                                    "--candidates", "c2", "c3"]
+    assert container["command"] == [
+        "python",
+        "-m",
+        PRUNE_MODULE,
+        "--root",
+        "/checkpoints/test",
+        "--stages",
+        "s1",
+        "--candidates",
+        "c2",
+        "c3",
+    ]
     assert container["volumeMounts"] == [{"name": "ck", "mountPath": "/checkpoints"}]
     assert pod["volumes"] == TEMPLATE["spec"]["volumes"]
     assert prunes[0]["metadata"]["ownerReferences"][0]["uid"] == body["metadata"]["uid"]
@@ -78,8 +96,16 @@ def test_a_failed_prune_job_is_reported():
     r = reconcile(body, None, jobs, pods, set(), NOW)
     prune = next(j for j in r.create if j["metadata"]["name"] == prune_job_name("test", "s1"))
     prune["metadata"]["uid"] = "prune-uid"
-    prune["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                       "message": "Job has reached the specified backoff limit"}]}
+    prune["status"] = {
+        "conditions": [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+            }
+        ]
+    }
     spec = load_ladder(body).spec
     summary = job_summary(prune)
     assert [j.name for j in failed_prunes("test", spec, [*jobs, summary])] == [prune_job_name("test", "s1")]

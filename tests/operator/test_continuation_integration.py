@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
+
 from localcluster.waiting import wait_for
 from promotion_ladder.controller.checkpoints import prune_job_name
 
@@ -33,38 +34,73 @@ def corpus(tmp_path_factory) -> Path:
 
 def _checkpoint_claim(core: client.CoreV1Api, ns: str, host_dir: Path) -> str:
     pv = f"checkpoints-{ns}"
-    core.create_persistent_volume({
-        "metadata": {"name": pv},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(host_dir), "type": "Directory"}}})
-    core.create_namespaced_persistent_volume_claim(ns, {
-        "metadata": {"name": "checkpoints"},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
-                 "resources": {"requests": {"storage": "1Gi"}}}})
-    wait_for(lambda: core.read_namespaced_persistent_volume_claim("checkpoints", ns).status.phase == "Bound",
-             timeout=60, what="the checkpoint claim bound to its volume")
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": str(host_dir), "type": "Directory"},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        ns,
+        {
+            "metadata": {"name": "checkpoints"},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    wait_for(
+        lambda: core.read_namespaced_persistent_volume_claim("checkpoints", ns).status.phase == "Bound",
+        timeout=60,
+        what="the checkpoint claim bound to its volume",
+    )
     return pv
 
 
 def _ladder(corpus_dir: Path) -> dict:
     return {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "cont"},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": "cont"},
         "spec": {
             "trainer": {
-                "image": "trainer:dev", "command": ["python", "-m", "ladder_trainer"], "gpus": 1,
-                "env": {"LADDER_TRAINER_DATA": str(corpus_dir), "LADDER_TRAINER_DEVICE": "cpu",
-                        "LADDER_TRAINER_THREADS": "1", "LADDER_TRAINER_EVAL_TOKENS": "512",
-                        "LADDER_TRAINER_COMPILE": "off"},
-                "template": {"spec": {
-                    "volumes": [{"name": "ck", "persistentVolumeClaim": {"claimName": "checkpoints"}}],
-                    "containers": [{"name": "trainer", "volumeMounts": [{"name": "ck", "mountPath": "/checkpoints"}]}],
-                }},
+                "image": "trainer:dev",
+                "command": ["python", "-m", "ladder_trainer"],
+                "gpus": 1,
+                "env": {
+                    "LADDER_TRAINER_DATA": str(corpus_dir),
+                    "LADDER_TRAINER_DEVICE": "cpu",
+                    "LADDER_TRAINER_THREADS": "1",
+                    "LADDER_TRAINER_EVAL_TOKENS": "512",
+                    "LADDER_TRAINER_COMPILE": "off",
+                },
+                "template": {
+                    "spec": {
+                        "volumes": [{"name": "ck", "persistentVolumeClaim": {"claimName": "checkpoints"}}],
+                        "containers": [
+                            {"name": "trainer", "volumeMounts": [{"name": "ck", "mountPath": "/checkpoints"}]}
+                        ],
+                    }
+                },
             },
             "hostBlocks": [{"name": "a100", "nodeSelector": {"ladder.promotion.dev/host-block": "a100"}}],
-            "candidates": [{"name": n, "config": {**TINY, "matrix_lr": lr, "warmdown_frac": WARMDOWN}}
-                           for n, lr in CANDIDATES.items()],
-            "stages": [stage("s1", f"{S1_BUDGET:g}s", blocks=("a100",), top=2),
-                       stage("s2", f"{S2_BUDGET:g}s", blocks=("a100",))],
+            "candidates": [
+                {"name": n, "config": {**TINY, "matrix_lr": lr, "warmdown_frac": WARMDOWN}}
+                for n, lr in CANDIDATES.items()
+            ],
+            "stages": [
+                stage("s1", f"{S1_BUDGET:g}s", blocks=("a100",), top=2),
+                stage("s2", f"{S2_BUDGET:g}s", blocks=("a100",)),
+            ],
             "continuation": {"from": "previousStage", "path": "/checkpoints"},
         },
     }
@@ -93,18 +129,27 @@ def test_continuation_ladder_with_a_pvc_checkpoint_volume(operator, kube, local_
 
         # Each decided stage's prune Job ran on the volume and deleted what it eliminated.
         for name in (prune_job_name("cont", "s1"), prune_job_name("cont", "s2")):
-            wait_for(lambda n=name: (batch.read_namespaced_job(n, kube.ns).status.succeeded or 0) >= 1,
-                     timeout=120, what=f"prune Job {name} succeeded")
+            wait_for(
+                lambda n=name: (batch.read_namespaced_job(n, kube.ns).status.succeeded or 0) >= 1,
+                timeout=120,
+                what=f"prune Job {name} succeeded",
+            )
         assert [(d["stage"], d["candidates"]) for d in st["checkpoints"]["deleted"]] == [
-            ("s1", [eliminated]), ("s2", [runner_up])]
+            ("s1", [eliminated]),
+            ("s2", [runner_up]),
+        ]
         root = host_dir / "cont"
         assert sorted(p.relative_to(root).as_posix() for p in root.glob("*/*")) == [
-            f"s1/{winner}.a100.1", f"s2/{winner}.a100.1"]
+            f"s1/{winner}.a100.1",
+            f"s2/{winner}.a100.1",
+        ]
         assert (root / "s2" / f"{winner}.a100.1" / "final" / "model.pt").is_file()
         # The status names the winner's folders as the pods see them.
-        assert st["checkpoints"]["winner"] == [f"/checkpoints/cont/s1/{winner}.a100.1",
-                                               f"/checkpoints/cont/s2/{winner}.a100.1",
-                                               f"/checkpoints/cont/s2/{winner}.a100.1/final"]
+        assert st["checkpoints"]["winner"] == [
+            f"/checkpoints/cont/s1/{winner}.a100.1",
+            f"/checkpoints/cont/s2/{winner}.a100.1",
+            f"/checkpoints/cont/s2/{winner}.a100.1/final",
+        ]
 
         g = st["gpuHours"]
         taken_over = sum(c["resumedSeconds"] for c in s2["cells"]) / 3600

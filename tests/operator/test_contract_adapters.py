@@ -31,36 +31,63 @@ CASES = {
     "malformed": (0, "{not json", "failed", "result is not JSON"),
     "invalid (ok without value)": (0, result_doc(CELL, None), "failed", "status 'ok' needs a finite 'value'"),
     "wrong identity": (0, result_doc(OTHER, 0.1), "failed", "identity does not match the cell"),
-    "wrong metric": (0, result_doc(CELL, 1.0, metric="loss"), "failed",
-                     "reports metric 'loss', the ladder's objective metric is 'val_bpb'"),
+    "wrong metric": (
+        0,
+        result_doc(CELL, 1.0, metric="loss"),
+        "failed",
+        "reports metric 'loss', the ladder's objective metric is 'val_bpb'",
+    ),
     "wrong metric, exit non-zero": (1, result_doc(CELL, 1.0, metric="loss"), "failed", "reports metric 'loss'"),
     "exit non-zero with ok result": (1, result_doc(CELL, 1.25), "failed", "exit code 1 (ok)"),
     "crash without result": (1, None, "failed", "exit code 1"),
-    "diverged": (3, result_doc(CELL, None, status="diverged", message="loss is nan"), "failed",
-                 "exit code 3 (diverged: loss is nan)"),
+    "diverged": (
+        3,
+        result_doc(CELL, None, status="diverged", message="loss is nan"),
+        "failed",
+        "exit code 3 (diverged: loss is nan)",
+    ),
     "diverged, no result": (3, None, "failed", "exit code 3 (diverged)"),
     "oom": (4, result_doc(CELL, None, status="oom", message="CUDA out of memory"), "failed", "exit code 4 (oom"),
     "oom, no result": (4, None, "failed", "exit code 4 (out of memory)"),
     "bad config": (2, result_doc(CELL, None, status="error", message="unknown key"), "failed", "exit code 2"),
-    "status error with exit 0": (0, result_doc(CELL, None, status="error", message="no data"), "failed", "error: no data"),
+    "status error with exit 0": (
+        0,
+        result_doc(CELL, None, status="error", message="no data"),
+        "failed",
+        "error: no data",
+    ),
     # The schema is strict (issue 21): a number is a JSON number, the seed an integer, the status
     # one of the enum. Before, "1.25" counted as 1.25, true as 1, and seed true matched seed 1.
     "value as a string": (0, result_doc(CELL, "1.25"), "failed", "value: Input should be a valid number"),
     "value as a boolean": (0, result_doc(CELL, True), "failed", "value: Input should be a valid number"),
     "seed as a boolean": (0, result_doc(CELL, 1.25, seed=True), "failed", "seed: Input should be a valid integer"),
     "seed as a float": (0, result_doc(CELL, 1.25, seed=1.0), "failed", "seed: Input should be a valid integer"),
-    "trainSeconds as a string": (0, result_doc(CELL, 1.25, train_seconds="2.0"), "failed",
-                                 "trainSeconds: Input should be a valid number"),
-    "peakMemoryBytes as a boolean": (0, result_doc(CELL, 1.25, peakMemoryBytes=True), "failed",
-                                     "peakMemoryBytes: Input should be a valid integer"),
-    "status outside the enum": (0, result_doc(CELL, 1.25, status="done"), "failed",
-                                "status: Input should be 'ok', 'diverged', 'oom' or 'error'"),
+    "trainSeconds as a string": (
+        0,
+        result_doc(CELL, 1.25, train_seconds="2.0"),
+        "failed",
+        "trainSeconds: Input should be a valid number",
+    ),
+    "peakMemoryBytes as a boolean": (
+        0,
+        result_doc(CELL, 1.25, peakMemoryBytes=True),
+        "failed",
+        "peakMemoryBytes: Input should be a valid integer",
+    ),
+    "status outside the enum": (
+        0,
+        result_doc(CELL, 1.25, status="done"),
+        "failed",
+        "status: Input should be 'ok', 'diverged', 'oom' or 'error'",
+    ),
 }
 
 # The fake trainer: writes $FAKE_RESULT (when set) to --result-file and exits with $FAKE_EXIT.
-FAKE = ("import os, sys; a = sys.argv; t = os.environ.get('FAKE_RESULT'); "
-        "t is not None and open(a[a.index('--result-file') + 1], 'w').write(t); "
-        "sys.exit(int(os.environ['FAKE_EXIT']))")
+FAKE = (
+    "import os, sys; a = sys.argv; t = os.environ.get('FAKE_RESULT'); "
+    "t is not None and open(a[a.index('--result-file') + 1], 'w').write(t); "
+    "sys.exit(int(os.environ['FAKE_EXIT']))"
+)
 
 
 def local_outcome(tmp_path, code: int, text: str | None):
@@ -107,8 +134,11 @@ def test_wrong_metric_annotation_is_also_reported_as_rejected():
     assert view.outcome is not None and "'loss'" in view.outcome.reason and "'val_bpb'" in view.outcome.reason
 
 
-@pytest.mark.parametrize("text", [result_doc(CELL, 1.0, metric="loss"), result_doc(OTHER, 0.1), "{not json"],
-                         ids=["wrong metric", "wrong identity", "malformed"])
+@pytest.mark.parametrize(
+    "text",
+    [result_doc(CELL, 1.0, metric="loss"), result_doc(OTHER, 0.1), "{not json"],
+    ids=["wrong metric", "wrong identity", "malformed"],
+)
 def test_bad_annotation_on_a_running_pod_does_not_end_the_cell(text):
     j = JobB(ladder_body(), CELL).active()
     view = cell_outcome("test", LADDER_UID, CELL, "val_bpb", j.summary(), [PodB(j).result(text).summary()])

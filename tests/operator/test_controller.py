@@ -63,8 +63,10 @@ class FakeApi:
         pass
 
     def nodes(self):
-        return [Node(f"node-{b}", {"ladder.promotion.dev/host-block": b}, {"cpu": "64", "nvidia.com/gpu": "8"})
-                for b in ("a100", "l40s")]
+        return [
+            Node(f"node-{b}", {"ladder.promotion.dev/host-block": b}, {"cpu": "64", "nvidia.com/gpu": "8"})
+            for b in ("a100", "l40s")
+        ]
 
     def namespace_labels(self, name):  # admission: no Pod Security Standard enforced
         return {}
@@ -182,8 +184,12 @@ def test_rejected_result_is_reported_once():
     run(c)
     run(c)
     assert [x for x in api.calls if x[0] == "event"] == [("event", "ResultRejected")]
-    assert c.metrics.registry.get_sample_value(
-        "ladder_result_errors_total", {"namespace": "ns", "ladder": "test", "reason": "malformed"}) == 1
+    assert (
+        c.metrics.registry.get_sample_value(
+            "ladder_result_errors_total", {"namespace": "ns", "ladder": "test", "reason": "malformed"}
+        )
+        == 1
+    )
 
 
 def test_a_rejected_result_is_remembered_on_its_pod_and_not_announced_again():
@@ -221,14 +227,19 @@ def test_a_pod_read_directly_that_is_not_its_jobs_own_is_forged_not_used():
     j, jo = JobB(body, cell).complete(), JobB(body, other).complete()
     api = FakeApi()
     # Another cell's Pod re-owned to this Job: its controller-uid label and cell labels say otherwise.
-    api.pods_by_job = {j.o["metadata"]["uid"]: [PodB(jo).owner(j.o["metadata"]["uid"])
-                                                 .result(result_doc(cell, 0.5)).exited(0).obj()]}
+    api.pods_by_job = {
+        j.o["metadata"]["uid"]: [PodB(jo).owner(j.o["metadata"]["uid"]).result(result_doc(cell, 0.5)).exited(0).obj()]
+    }
     c = controller(api, [j.summary()], [])
     run(c)
     events = [x[1] for x in api.calls if x[0] == "event"]
     assert "ResultRejected" in events and "ResultLost" in events
-    assert c.metrics.registry.get_sample_value(
-        "ladder_result_errors_total", {"namespace": "ns", "ladder": "test", "reason": "forged"}) == 1
+    assert (
+        c.metrics.registry.get_sample_value(
+            "ladder_result_errors_total", {"namespace": "ns", "ladder": "test", "reason": "forged"}
+        )
+        == 1
+    )
     assert ("delete", j.o["metadata"]["name"]) in api.calls  # the cell runs again
 
 
@@ -238,8 +249,7 @@ def test_a_job_without_a_pod_is_named_with_its_failed_create_message():
     body = ladder_body()
     jobs = [JobB(body, Cell("s1", c, "a100", 1)).created("2026-12-07T00:00:00Z") for c in ("c0", "c1")]
     api = FakeApi()
-    api.failed_create = {j.o["metadata"]["uid"]: 'no PriorityClass with name no-such-class was found'
-                         for j in jobs}
+    api.failed_create = {j.o["metadata"]["uid"]: "no PriorityClass with name no-such-class was found" for j in jobs}
     c = controller(api, [j.summary() for j in jobs], [])
     c.reconciler.status_writer.coalesce_seconds = 0.0
     run(c)
@@ -299,8 +309,11 @@ def test_decision_then_next_stage():
 def test_cell_progress_is_not_urgent_decisions_are():
     from promotion_ladder.controller.statuswriter import urgent_change
 
-    base = {"phase": "Running", "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Pending"}]}],
-            "conditions": [{"type": "Progressing", "status": "True", "lastTransitionTime": "t0"}]}
+    base = {
+        "phase": "Running",
+        "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Pending"}]}],
+        "conditions": [{"type": "Progressing", "status": "True", "lastTransitionTime": "t0"}],
+    }
     started = {**base, "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Running"}]}]}
     done = {**base, "stages": [{"name": "s1", "cells": [{"candidate": "a", "state": "Succeeded", "value": 1.0}]}]}
     decided = {**base, "stages": [{**done["stages"][0], "decision": {"stage": "s1", "promoted": ["a"]}}]}
@@ -310,6 +323,7 @@ def test_cell_progress_is_not_urgent_decisions_are():
 
 
 # -- the named parts, each on its own ------------------------------------------------------------
+
 
 def test_work_queue_dedupes_and_runs_one_reconcile_per_ladder_at_a_time():
     from promotion_ladder.controller.workqueue import WorkQueue
@@ -354,8 +368,15 @@ def test_retryable_api_errors():
 
         return ProtocolError("connection dropped") if status is None else ApiException(status=status)
 
-    cases = {"connection": (None, True), "500": (500, True), "503": (503, True), "429": (429, True),
-             "403 quota": (403, False), "422 invalid": (422, False), "409": (409, False)}
+    cases = {
+        "connection": (None, True),
+        "500": (500, True),
+        "503": (503, True),
+        "429": (429, True),
+        "403 quota": (403, False),
+        "422 invalid": (422, False),
+        "409": (409, False),
+    }
     for name, (status, want) in cases.items():
         assert retryable(err(status)) is want, name
 
@@ -382,12 +403,30 @@ def test_status_writer_pairs_events_with_the_write():
         # name: (api gone?, wrote just before?, new status, events) -> (result, calls)
         "first write": (False, False, progress, [], WriteResult.WRITTEN, [("status", "Running")]),
         "progress soon after a write is deferred": (False, True, progress, [], WriteResult.DEFERRED, []),
-        "an Event makes the write urgent": (False, True, progress, [("Normal", "StageDecided", "m")],
-                                            WriteResult.WRITTEN, [("status", "Running"), ("event", "StageDecided")]),
-        "no Event when the write finds no ladder": (True, False, progress, [("Normal", "StageDecided", "m")],
-                                                     WriteResult.GONE, [("status", "Running")]),
-        "unchanged status: Events only": (False, False, base, [("Warning", "X", "m")],
-                                          WriteResult.UNCHANGED, [("event", "X")]),
+        "an Event makes the write urgent": (
+            False,
+            True,
+            progress,
+            [("Normal", "StageDecided", "m")],
+            WriteResult.WRITTEN,
+            [("status", "Running"), ("event", "StageDecided")],
+        ),
+        "no Event when the write finds no ladder": (
+            True,
+            False,
+            progress,
+            [("Normal", "StageDecided", "m")],
+            WriteResult.GONE,
+            [("status", "Running")],
+        ),
+        "unchanged status: Events only": (
+            False,
+            False,
+            base,
+            [("Warning", "X", "m")],
+            WriteResult.UNCHANGED,
+            [("event", "X")],
+        ),
     }
     for name, (gone, recent, new, events, want, calls) in cases.items():
         api = WriterApi(gone)

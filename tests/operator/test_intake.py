@@ -30,21 +30,28 @@ def scenario(name):
         "annotation lands before exit": lambda: case(j.active(), PodB(j).result(result_doc(CELL, 1.25))),
         "forged identity, no fallback": lambda: case(j, PodB(j).result(result_doc(OTHER, 0.1)).exited(0)),
         "forged identity, termination message fallback": lambda: case(
-            j, PodB(j).result(result_doc(OTHER, 0.1)).exited(0, message=result_doc(CELL, 1.3))),
+            j, PodB(j).result(result_doc(OTHER, 0.1)).exited(0, message=result_doc(CELL, 1.3))
+        ),
         "forged value, termination message counts": lambda: case(
-            j, PodB(j).result(result_doc(CELL, 0.1)).exited(0, message=result_doc(CELL, 4.001))),
+            j, PodB(j).result(result_doc(CELL, 0.1)).exited(0, message=result_doc(CELL, 4.001))
+        ),
         "forged failure, termination message counts": lambda: case(
-            j, PodB(j).result(result_doc(CELL, None, status="error")).exited(0, message=result_doc(CELL, 1.3))),
-        "both channels agree": lambda: case(j, PodB(j).result(result_doc(CELL, 1.25)).exited(0, message=result_doc(CELL, 1.25))),
+            j, PodB(j).result(result_doc(CELL, None, status="error")).exited(0, message=result_doc(CELL, 1.3))
+        ),
+        "both channels agree": lambda: case(
+            j, PodB(j).result(result_doc(CELL, 1.25)).exited(0, message=result_doc(CELL, 1.25))
+        ),
         "malformed annotation": lambda: case(j, PodB(j).result("{not json").exited(0)),
         "invalid schema": lambda: case(j, PodB(j).result('{"status": "ok"}').exited(0)),
         "wrong metric": lambda: case(j, PodB(j).result(result_doc(CELL, 1.0, metric="loss")).exited(0)),
         "missing identity field": lambda: case(j, PodB(j).result(result_doc(CELL, 1.0, hostBlock=None)).exited(0)),
         "termination message only (shortened, no ladder field)": lambda: case(
-            j, PodB(j).exited(0, message=result_doc(CELL, 1.4, ladder=None))),
+            j, PodB(j).exited(0, message=result_doc(CELL, 1.4, ladder=None))
+        ),
         "exit 0 without result": lambda: case(j, PodB(j).exited(0)),
         "diverged exit 3 with result": lambda: case(
-            j, PodB(j).result(result_doc(CELL, None, status="diverged", message="loss is nan")).exited(3)),
+            j, PodB(j).result(result_doc(CELL, None, status="diverged", message="loss is nan")).exited(3)
+        ),
         "oom exit 4, no result": lambda: case(j, PodB(j).exited(4)),
         "exit 1 retried: still running": lambda: case(j.active(), PodB(j).exited(1), PodB(j)),
         "exit 1 then success": lambda: case(j, PodB(j).exited(1), PodB(j).result(result_doc(CELL, 1.1)).exited(0)),
@@ -54,31 +61,50 @@ def scenario(name):
         "job complete, pod stale in the cache": lambda: case(j.complete(), PodB(j).result(result_doc(CELL, 1.25))),
         "job complete, pod exited 0 without result": lambda: case(j.complete(), PodB(j).exited(0)),
         "value out of range, termination message too": lambda: case(
-            j, PodB(j).result(result_doc(CELL, 1.7e308)).exited(0, message=result_doc(CELL, 1.7e308))),
-        "train seconds out of range": lambda: case(j, PodB(j).result(result_doc(CELL, 1.2, train_seconds=1e9)).exited(0)),
+            j, PodB(j).result(result_doc(CELL, 1.7e308)).exited(0, message=result_doc(CELL, 1.7e308))
+        ),
+        "train seconds out of range": lambda: case(
+            j, PodB(j).result(result_doc(CELL, 1.2, train_seconds=1e9)).exited(0)
+        ),
         "job of another ladder uid": lambda: case(j.owner("someone-else"), PodB(j).result(result_doc(CELL)).exited(0)),
         # Issue 21: a Pod is the Job's only when owner UID, controller-uid label and cell labels agree.
         "re-owned away to another job": lambda: case(
-            j.active(), PodB(j).owner("other-job").result(result_doc(CELL)).exited(0)),
+            j.active(), PodB(j).owner("other-job").result(result_doc(CELL)).exited(0)
+        ),
         "re-owned to this job from another cell": lambda: case(
-            j.active(), PodB(j).label("batch.kubernetes.io/controller-uid", "job-of-e")
-            .label("ladder.promotion.dev/candidate", "e").exited(0, message=result_doc(CELL, 0.001))),
+            j.active(),
+            PodB(j)
+            .label("batch.kubernetes.io/controller-uid", "job-of-e")
+            .label("ladder.promotion.dev/candidate", "e")
+            .exited(0, message=result_doc(CELL, 0.001)),
+        ),
         "labelled as this cell, another job's pod": lambda: case(
-            j.active(), PodB(j).label("batch.kubernetes.io/controller-uid", "job-of-e").owner("job-of-e")
-            .exited(0, message=result_doc(CELL, 0.001))),
+            j.active(),
+            PodB(j)
+            .label("batch.kubernetes.io/controller-uid", "job-of-e")
+            .owner("job-of-e")
+            .exited(0, message=result_doc(CELL, 0.001)),
+        ),
         "relabelled candidate": lambda: case(
-            j.active(), PodB(j).label("ladder.promotion.dev/candidate", "c2").exited(0, message=result_doc(CELL, 0.1))),
+            j.active(), PodB(j).label("ladder.promotion.dev/candidate", "c2").exited(0, message=result_doc(CELL, 0.1))
+        ),
         "ladder label removed, job complete": lambda: case(
-            j.complete(), PodB(j).label("ladder.promotion.dev/ladder", None).exited(0, message=result_doc(CELL, 1.2))),
+            j.complete(), PodB(j).label("ladder.promotion.dev/ladder", None).exited(0, message=result_doc(CELL, 1.2))
+        ),
         "a forged pod beside the cell's own": lambda: case(
-            j, PodB(j).result(result_doc(CELL, 1.25)).exited(0),
-            PodB(j).label("ladder.promotion.dev/seed", "7").exited(0, message=result_doc(CELL, 0.001))),
+            j,
+            PodB(j).result(result_doc(CELL, 1.25)).exited(0),
+            PodB(j).label("ladder.promotion.dev/seed", "7").exited(0, message=result_doc(CELL, 0.001)),
+        ),
         # Issue 21: a container that never ran says so, not "result is not JSON".
         "start error, retried": lambda: case(
-            j.active(), PodB(j).start_error('exec: "nope": executable file not found in $PATH')),
+            j.active(), PodB(j).start_error('exec: "nope": executable file not found in $PATH')
+        ),
         "start error, job failed": lambda: case(
-            j.failed(), PodB(j).start_error('exec: "nope": executable file not found in $PATH'),
-            PodB(j).start_error('exec: "nope": executable file not found in $PATH')),
+            j.failed(),
+            PodB(j).start_error('exec: "nope": executable file not found in $PATH'),
+            PodB(j).start_error('exec: "nope": executable file not found in $PATH'),
+        ),
     }
     return s[name]()
 
@@ -96,7 +122,13 @@ EXPECT = {
     "both channels agree": ("succeeded", 1.25, False, [], ""),
     "malformed annotation": ("failed", None, False, ["malformed"], "result is not JSON"),
     "invalid schema": ("failed", None, False, ["invalid"], ""),
-    "wrong metric": ("failed", None, False, ["metric"], "reports metric 'loss', the ladder's objective metric is 'val_bpb'"),
+    "wrong metric": (
+        "failed",
+        None,
+        False,
+        ["metric"],
+        "reports metric 'loss', the ladder's objective metric is 'val_bpb'",
+    ),
     "missing identity field": ("failed", None, False, ["identity"], ""),
     "termination message only (shortened, no ladder field)": ("succeeded", 1.4, False, [], ""),
     "exit 0 without result": ("failed", None, False, [], "exit code 0 but no result"),
@@ -135,8 +167,12 @@ def test_cell_outcome(name):
     view = cell_outcome("test", LADDER_UID, CELL, "val_bpb", job_s, pods, budget_seconds=120.0)
     state, value, running, reasons, why = EXPECT[name]
     assert view.look_up == (name in LOOK_UP)
-    got = (view.outcome.state if view.outcome else None, view.outcome.value if view.outcome else None,
-           view.running, [r.reason for r in view.rejections])
+    got = (
+        view.outcome.state if view.outcome else None,
+        view.outcome.value if view.outcome else None,
+        view.running,
+        [r.reason for r in view.rejections],
+    )
     assert got == (state, value, running, reasons)
     if why:
         assert why in view.outcome.reason
@@ -223,13 +259,18 @@ def multi_node(name):
     rank0, rank1 = PodB(j).index(0), PodB(j).index(1)
     s = {
         "rank 1 done first, rank 0 running": lambda: case(j.active(), rank0, rank1.exited(0)),
-        "both done, rank 0 published": lambda: case(j.complete(), rank0.result(result_doc(CELL, 1.2)).exited(0), rank1.exited(0)),
+        "both done, rank 0 published": lambda: case(
+            j.complete(), rank0.result(result_doc(CELL, 1.2)).exited(0), rank1.exited(0)
+        ),
         "rank 0 done, result in its termination message only": lambda: case(
-            j.complete(), rank0.exited(0, message=result_doc(CELL, 1.3)), rank1.exited(0)),
+            j.complete(), rank0.exited(0, message=result_doc(CELL, 1.3)), rank1.exited(0)
+        ),
         "a result on rank 1 is not read": lambda: case(
-            j.complete(), rank0.exited(0), rank1.result(result_doc(CELL, 0.1)).exited(0)),
+            j.complete(), rank0.exited(0), rank1.result(result_doc(CELL, 0.1)).exited(0)
+        ),
         "rank 1 failed: the Job fails as a whole": lambda: case(
-            j.failed("PodFailurePolicy"), rank0.exited(143), rank1.exited(1)),
+            j.failed("PodFailurePolicy"), rank0.exited(143), rank1.exited(1)
+        ),
         "rank 1 out of memory": lambda: case(j.active(), rank0, rank1.exited(4)),
     }
     return s[name]()

@@ -7,8 +7,14 @@ import re
 
 import pytest
 
-from promotion_ladder.controller.jobs import (GPU_RESOURCE, QUEUE_LABEL, build_job, cell_from_labels,
-                                              cell_job_name, cell_labels)
+from promotion_ladder.controller.jobs import (
+    GPU_RESOURCE,
+    QUEUE_LABEL,
+    build_job,
+    cell_from_labels,
+    cell_job_name,
+    cell_labels,
+)
 from promotion_ladder.core.api import load_ladder
 from promotion_ladder.core.cell import Cell
 
@@ -63,17 +69,29 @@ def container(job):
 
 
 def test_job_identity_owner_and_placement():
-    doc = edit(ladder_doc(), "spec.hostBlocks.1.tolerations", [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    doc = edit(
+        ladder_doc(), "spec.hostBlocks.1.tolerations", [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    )
     job = job_for(doc)
     meta = job["metadata"]
     assert meta["namespace"] == "ns"
     for labels in (meta["labels"], job["spec"]["template"]["metadata"]["labels"]):
         assert {k: v for k, v in labels.items() if k.startswith("ladder.promotion.dev/")} == {
-            "ladder.promotion.dev/ladder": "test", "ladder.promotion.dev/stage": "s1",
-            "ladder.promotion.dev/candidate": "c1", "ladder.promotion.dev/host-block": "l40s",
-            "ladder.promotion.dev/seed": "1"}
-    assert meta["ownerReferences"] == [{"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder",
-                                        "name": "test", "uid": "uid-ladder-1", "controller": True}]
+            "ladder.promotion.dev/ladder": "test",
+            "ladder.promotion.dev/stage": "s1",
+            "ladder.promotion.dev/candidate": "c1",
+            "ladder.promotion.dev/host-block": "l40s",
+            "ladder.promotion.dev/seed": "1",
+        }
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "ladder.promotion.dev/v1alpha1",
+            "kind": "PromotionLadder",
+            "name": "test",
+            "uid": "uid-ladder-1",
+            "controller": True,
+        }
+    ]
     pod = job["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"ladder.promotion.dev/host-block": "l40s"}
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -83,17 +101,38 @@ def test_job_identity_owner_and_placement():
 
 
 def test_cell_contract_args_and_env():
-    doc = edit(ladder_doc(), "spec.trainer", {"command": ["python", "-m", "ladder_trainer"], "args": ["--device", "cpu"],
-                                              "env": {"FOO": "1", "LADDER_SEED": "spoofed"}})
+    doc = edit(
+        ladder_doc(),
+        "spec.trainer",
+        {
+            "command": ["python", "-m", "ladder_trainer"],
+            "args": ["--device", "cpu"],
+            "env": {"FOO": "1", "LADDER_SEED": "spoofed"},
+        },
+    )
     c = container(job_for(doc))
     assert c["command"] == ["python", "-m", "ladder_trainer"]
-    assert c["args"] == ["--device", "cpu", "--config-file", "/etc/ladder/config.json",
-                         "--seed", "1", "--budget", "2m", "--result-file", "result.json"]
+    assert c["args"] == [
+        "--device",
+        "cpu",
+        "--config-file",
+        "/etc/ladder/config.json",
+        "--seed",
+        "1",
+        "--budget",
+        "2m",
+        "--result-file",
+        "result.json",
+    ]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
     assert env["FOO"] == "1"
     assert env["LADDER_SEED"] == "1"  # ours win over spec.trainer.env
     assert (env["LADDER_NAME"], env["LADDER_STAGE"], env["LADDER_CANDIDATE"], env["LADDER_HOST_BLOCK"]) == (
-        "test", "s1", "c1", "l40s")
+        "test",
+        "s1",
+        "c1",
+        "l40s",
+    )
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert [e["name"] for e in c["env"]].count("LADDER_SEED") == 1
@@ -114,19 +153,26 @@ def test_config_reaches_the_trainer_as_a_file_not_an_argument():
     mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
     assert mount["readOnly"] is True
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == mount["name"])
-    assert volume["downwardAPI"]["items"] == [{"path": path[len(mount["mountPath"]) + 1:], "fieldRef": {
-        "fieldPath": "metadata.annotations['ladder.promotion.dev/config']"}}]
+    assert volume["downwardAPI"]["items"] == [
+        {
+            "path": path[len(mount["mountPath"]) + 1 :],
+            "fieldRef": {"fieldPath": "metadata.annotations['ladder.promotion.dev/config']"},
+        }
+    ]
 
 
 GPUS = {
     "default one gpu": ({}, {"limits": {GPU_RESOURCE: "1"}}),
     "four gpus": ({"gpus": 4}, {"limits": {GPU_RESOURCE: "4"}}),
     "cpu only": ({"gpus": 0}, None),
-    "gpu in resources is overridden": ({"gpus": 2, "resources": {"limits": {GPU_RESOURCE: 8, "memory": "1Gi"},
-                                                                 "requests": {"cpu": "1"}}},
-                                       {"limits": {"memory": "1Gi", GPU_RESOURCE: "2"}, "requests": {"cpu": "1"}}),
-    "cpu only keeps other limits, quantities as strings": ({"gpus": 0, "resources": {"limits": {GPU_RESOURCE: 1, "cpu": 2}}},
-                                    {"limits": {"cpu": "2"}}),
+    "gpu in resources is overridden": (
+        {"gpus": 2, "resources": {"limits": {GPU_RESOURCE: 8, "memory": "1Gi"}, "requests": {"cpu": "1"}}},
+        {"limits": {"memory": "1Gi", GPU_RESOURCE: "2"}, "requests": {"cpu": "1"}},
+    ),
+    "cpu only keeps other limits, quantities as strings": (
+        {"gpus": 0, "resources": {"limits": {GPU_RESOURCE: 1, "cpu": 2}}},
+        {"limits": {"cpu": "2"}},
+    ),
 }
 
 
@@ -143,7 +189,10 @@ def test_failure_policy_and_deadline():
     assert spec["template"]["spec"]["activeDeadlineSeconds"] == 120 + 300
     assert spec["backoffLimit"] == 2
     rules = spec["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3, 4, 5]}}
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3, 4, 5]},
+    }
     assert rules[1]["action"] == "Ignore" and rules[1]["onPodConditions"][0]["type"] == "DisruptionTarget"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from promotion_ladder.cli import main
 from promotion_ladder.controller.jobs import GPU_RESOURCE
 from promotion_ladder.controller.kueue_manifests import (

@@ -16,7 +16,11 @@ SPEC = load_ladder(ladder_doc()).spec  # 4 candidates; s1: 2m x (a100, l40s) x [
 
 def outcomes(stage_values: dict[str, float], stage="s1", seconds=90.0):
     st = next(s for s in SPEC.stages if s.name == stage)
-    return {(stage, c, hb, s): CellOutcome("succeeded", v, train_seconds=seconds) for c, v in stage_values.items() for hb, s in st.cells()}
+    return {
+        (stage, c, hb, s): CellOutcome("succeeded", v, train_seconds=seconds)
+        for c, v in stage_values.items()
+        for hb, s in st.cells()
+    }
 
 
 def sample(m: LadderMetrics, name: str, **labels) -> float | None:
@@ -31,9 +35,18 @@ def test_names_are_the_contract():
     m.reconcile_duration.observe(0.1)
     m.decision_latency.observe(0.2)
     names = {s.name for fam in m.registry.collect() for s in fam.samples}
-    for want in ("ladder_gpu_seconds_total", "ladder_gpus_in_use", "ladder_counterfactual_gpu_seconds", "ladder_cells",
-                 "ladder_decisions_total", "ladder_result_errors_total", "ladder_reconcile_duration_seconds_bucket",
-                 "ladder_decision_latency_seconds_bucket", "ladder_info", "ladder_rank_stability_kendall_tau"):
+    for want in (
+        "ladder_gpu_seconds_total",
+        "ladder_gpus_in_use",
+        "ladder_counterfactual_gpu_seconds",
+        "ladder_cells",
+        "ladder_decisions_total",
+        "ladder_result_errors_total",
+        "ladder_reconcile_duration_seconds_bucket",
+        "ladder_decision_latency_seconds_bucket",
+        "ladder_info",
+        "ladder_rank_stability_kendall_tau",
+    ):
         assert want in names, want
     assert b"ladder_info{" in m.exposition()
 
@@ -44,15 +57,21 @@ def test_values_from_a_status_and_counting_once():
     status, _ = build_status(SPEC, o, running={("s2", "c0", "a100", 1)})
     for _ in range(3):  # reconciles repeat; counters count each cell and decision once
         m.observe("ns", "l", SPEC, status)
-    assert sample(m, "ladder_gpu_seconds_total", namespace="ns", ladder="l", stage="s1", candidate="c0", host_block="a100") == pytest.approx(90)
+    assert sample(
+        m, "ladder_gpu_seconds_total", namespace="ns", ladder="l", stage="s1", candidate="c0", host_block="a100"
+    ) == pytest.approx(90)
     assert sample(m, "ladder_decisions_total", namespace="ns", ladder="l", stage="s1") == 1
     assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s1", state="Succeeded") == 8
     assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s2", state="Running") == 1
     assert sample(m, "ladder_cells", namespace="ns", ladder="l", stage="s2", state="Pending") == 7
     assert sample(m, "ladder_gpus_in_use", namespace="ns", ladder="l") == 1
     # counterfactual of s1: 4 entered x 4 final cells x 10 min x 1 GPU
-    assert sample(m, "ladder_counterfactual_gpu_seconds", namespace="ns", ladder="l", stage="s1") == pytest.approx(4 * 4 * 10 * 60)
-    assert sample(m, "ladder_info", namespace="ns", ladder="l", phase="Running", stage="s2", leader="") == 1  # no s2 value yet
+    assert sample(m, "ladder_counterfactual_gpu_seconds", namespace="ns", ladder="l", stage="s1") == pytest.approx(
+        4 * 4 * 10 * 60
+    )
+    assert (
+        sample(m, "ladder_info", namespace="ns", ladder="l", phase="Running", stage="s2", leader="") == 1
+    )  # no s2 value yet
 
 
 def test_info_moves_with_the_phase_and_forget_drops_gauges():
@@ -78,8 +97,10 @@ def test_counters_start_at_zero_before_their_first_event():
     m.observe("ns", "l", SPEC, status)
     assert sample(m, "ladder_decisions_total", namespace="ns", ladder="l", stage="s1") == 0
     assert sample(m, "ladder_cell_queue_seconds_count", namespace="ns", ladder="l") == 0
-    assert sample(m, "ladder_gpu_seconds_total", namespace="ns", ladder="l", stage="s1", candidate="c0",
-                  host_block="a100") == 0
+    assert (
+        sample(m, "ladder_gpu_seconds_total", namespace="ns", ladder="l", stage="s1", candidate="c0", host_block="a100")
+        == 0
+    )
     for reason in ("malformed", "invalid", "identity", "metric", "foreign"):
         assert sample(m, "ladder_result_errors_total", namespace="ns", ladder="l", reason=reason) == 0, reason
     m.result_error("ns", "l", "identity")
@@ -87,14 +108,22 @@ def test_counters_start_at_zero_before_their_first_event():
 
 
 def test_rank_stability_is_the_latest_defined_stage_pair():
-    spec = load_ladder(ladder_doc(stages=[
-        {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 3}},
-        {"name": "s2", "budget": "5m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 2}},
-        {"name": "s3", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1]},
-    ])).spec
+    spec = load_ladder(
+        ladder_doc(
+            stages=[
+                {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 3}},
+                {"name": "s2", "budget": "5m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 2}},
+                {"name": "s3", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1]},
+            ]
+        )
+    ).spec
 
     def cells(stage, values):
-        return {(stage, c, hb, 1): CellOutcome("succeeded", v, train_seconds=60.0) for c, v in values.items() for hb in ("a100", "l40s")}
+        return {
+            (stage, c, hb, 1): CellOutcome("succeeded", v, train_seconds=60.0)
+            for c, v in values.items()
+            for hb in ("a100", "l40s")
+        }
 
     def tau(**labels):
         return sample(m, "ladder_rank_stability_kendall_tau", namespace="ns", ladder="l", **labels)
@@ -122,8 +151,11 @@ def test_a_cells_start_times_go_into_the_three_histograms():
     m = LadderMetrics()
     m.observe_start("ns", StartTimes(pod_created=1.0, scheduled=3.0, running=0.5))
     m.observe_start("ns", StartTimes(pod_created=None, scheduled=200.0, running=2.0))
-    for name, count, total in (("ladder_cell_pod_creation_seconds", 1, 1.0), ("ladder_cell_scheduling_seconds", 2, 203.0),
-                               ("ladder_cell_start_seconds", 2, 2.5)):
+    for name, count, total in (
+        ("ladder_cell_pod_creation_seconds", 1, 1.0),
+        ("ladder_cell_scheduling_seconds", 2, 203.0),
+        ("ladder_cell_start_seconds", 2, 2.5),
+    ):
         assert sample(m, f"{name}_count", namespace="ns") == count
         assert sample(m, f"{name}_sum", namespace="ns") == total
     assert sample(m, "ladder_cell_scheduling_seconds_bucket", namespace="ns", le="5.0") == 1

@@ -24,8 +24,13 @@ def at(seconds: int) -> str:
     return f"2026-11-29T19:{seconds // 60:02d}:{seconds % 60:02d}Z"
 
 
-def held(pod: PodB, bound: int | None = None, finished: int | None = None, started: int | None = None,
-         last_state: bool = False) -> PodB:
+def held(
+    pod: PodB,
+    bound: int | None = None,
+    finished: int | None = None,
+    started: int | None = None,
+    last_state: bool = False,
+) -> PodB:
     """Give a Pod the timestamps the scheduler and the kubelet write (seconds after T0)."""
     st = pod.o["status"]
     if bound is not None:
@@ -52,12 +57,20 @@ CASES = {
     "PodScheduled wins over startTime": ([lambda: held(PodB(JOB).exited(0), bound=2, started=9, finished=62)], 60.0),
     "finishedAt of lastState": ([lambda: held(PodB(JOB), bound=0, finished=40, last_state=True)], 40.0),
     "a retried Job pays for every attempt": (
-        [lambda: held(PodB(JOB).exited(1), bound=0, finished=50),
-         lambda: held(PodB(JOB).exited(0), bound=60, finished=190)], 180.0),
+        [
+            lambda: held(PodB(JOB).exited(1), bound=0, finished=50),
+            lambda: held(PodB(JOB).exited(0), bound=60, finished=190),
+        ],
+        180.0,
+    ),
     "a Pod never bound held nothing": (
-        [lambda: PodB(JOB).phase("Pending"), lambda: held(PodB(JOB).exited(0), bound=10, finished=20)], 10.0),
+        [lambda: PodB(JOB).phase("Pending"), lambda: held(PodB(JOB).exited(0), bound=10, finished=20)],
+        10.0,
+    ),
     "a bound Pod without an end: unmeasured": (
-        [lambda: held(PodB(JOB).exited(1), bound=0, finished=50), lambda: held(PodB(JOB), bound=60)], None),
+        [lambda: held(PodB(JOB).exited(1), bound=0, finished=50), lambda: held(PodB(JOB), bound=60)],
+        None,
+    ),
     "no Pod bound at all: unmeasured": ([lambda: PodB(JOB).phase("Pending")], None),
     "no timestamps at all: unmeasured": ([lambda: PodB(JOB).exited(0)], None),
 }
@@ -122,5 +135,7 @@ def test_reconcile_records_occupancy_in_the_status_and_metrics():
     m.observe("ns", "test", spec, r.ladder_status)
     samples = [s for fam in m.registry.collect() for s in fam.samples if s.name == "ladder_occupied_gpu_seconds_total"]
     assert sum(s.value for s in samples) == pytest.approx(want * 3600)
-    assert m.registry.get_sample_value("ladder_occupied_gpu_seconds_total", {
-        "namespace": "ns", "ladder": "test", "stage": "s1", "candidate": "c0", "host_block": "a100"}) == pytest.approx(100)
+    assert m.registry.get_sample_value(
+        "ladder_occupied_gpu_seconds_total",
+        {"namespace": "ns", "ladder": "test", "stage": "s1", "candidate": "c0", "host_block": "a100"},
+    ) == pytest.approx(100)

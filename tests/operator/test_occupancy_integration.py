@@ -17,8 +17,11 @@ SLEEP = 3  # seconds each stub cell "trains" (its trainSeconds); the Pod holds i
 
 
 def test_each_cell_counts_its_pod_from_binding_to_exit(operator, kube: Cluster, namespace):
-    doc = ladder("held", {"c0": {"value": 1.0, "sleep": SLEEP}, "c1": {"value": 1.1, "sleep": SLEEP}},
-                 [stage("s1", "10s", seeds=(1,))])
+    doc = ladder(
+        "held",
+        {"c0": {"value": 1.0, "sleep": SLEEP}, "c1": {"value": 1.1, "sleep": SLEEP}},
+        [stage("s1", "10s", seeds=(1,))],
+    )
     kube.create(doc)
     st = kube.wait_phase("held", timeout=180)["status"]
     assert st["phase"] == "Succeeded", kube.describe("held")
@@ -42,10 +45,16 @@ def test_each_cell_counts_its_pod_from_binding_to_exit(operator, kube: Cluster, 
     protocol = st["gpuHours"]["total"]
     assert protocol == pytest.approx(sum(c["trainSeconds"] for c in cells) / 3600, abs=1e-6)
     assert occ["ratio"] == pytest.approx(occ["total"] / protocol, abs=1e-3) and occ["ratio"] >= 1
+
     # The counters follow the status write within the same reconcile (its last step): a scrape
     # right after the write may come before it.
     def counted(name: str) -> float:
         return metric_sum(operator.metrics(), name, namespace=namespace, ladder="held") / 3600
-    wait_for(lambda: counted("ladder_occupied_gpu_seconds_total") == pytest.approx(occ["total"], abs=1e-6),
-             timeout=10, what="occupied GPU-seconds counted", describe=lambda: counted("ladder_occupied_gpu_seconds_total"))
+
+    wait_for(
+        lambda: counted("ladder_occupied_gpu_seconds_total") == pytest.approx(occ["total"], abs=1e-6),
+        timeout=10,
+        what="occupied GPU-seconds counted",
+        describe=lambda: counted("ladder_occupied_gpu_seconds_total"),
+    )
     assert counted("ladder_gpu_seconds_total") == pytest.approx(st["gpuHours"]["total"], abs=1e-6)

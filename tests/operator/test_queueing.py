@@ -24,10 +24,13 @@ QUEUED_BODY = ladder_body(edit(ladder_doc(), "spec.queueName", "ladder-queue"))
 
 
 def workload(job: JobB, reason: str, message: str, status: str = "False") -> dict:
-    return {"metadata": {"name": f"job-{job.o['metadata']['name']}-1a2b3",
-                         "ownerReferences": [{"kind": "Job", "uid": job.o["metadata"]["uid"], "controller": True}]},
-            "status": {"conditions": [{"type": "QuotaReserved", "status": status, "reason": reason,
-                                       "message": message}]}}
+    return {
+        "metadata": {
+            "name": f"job-{job.o['metadata']['name']}-1a2b3",
+            "ownerReferences": [{"kind": "Job", "uid": job.o["metadata"]["uid"], "controller": True}],
+        },
+        "status": {"conditions": [{"type": "QuotaReserved", "status": status, "reason": reason, "message": message}]},
+    }
 
 
 def queued_job(body: dict, i: int = 0, since: str = "2026-12-07T03:00:00Z") -> JobB:
@@ -36,8 +39,10 @@ def queued_job(body: dict, i: int = 0, since: str = "2026-12-07T03:00:00Z") -> J
 
 def test_a_suspended_job_is_a_queued_cell_holding_no_gpu():
     body = QUEUED_BODY
-    q, r = queued_job(body, 0), JobB(body, cells(body, 0, ["c0"])[1]).created("2026-12-07T03:00:00Z") \
-        .resumed("2026-12-07T03:00:09Z").active()
+    q, r = (
+        queued_job(body, 0),
+        JobB(body, cells(body, 0, ["c0"])[1]).created("2026-12-07T03:00:00Z").resumed("2026-12-07T03:00:09Z").active(),
+    )
     out = reconcile(body, None, [q.summary(), r.summary()], [], set(), NOW)
     status = parse_status(out.status)
     states = {(c.candidate, c.host_block): c for c in status.stages[0].cells}
@@ -48,8 +53,12 @@ def test_a_suspended_job_is_a_queued_cell_holding_no_gpu():
     m = LadderMetrics()
     m.observe("ns", "test", out.spec, status)
     assert m.registry.get_sample_value("ladder_gpus_in_use", {"namespace": "ns", "ladder": "test"}) == 1
-    assert m.registry.get_sample_value("ladder_cells", {"namespace": "ns", "ladder": "test", "stage": "s1",
-                                                        "state": "Queued"}) == 1
+    assert (
+        m.registry.get_sample_value(
+            "ladder_cells", {"namespace": "ns", "ladder": "test", "stage": "s1", "state": "Queued"}
+        )
+        == 1
+    )
     assert m.registry.get_sample_value("ladder_cell_queue_seconds_count", {"namespace": "ns", "ladder": "test"}) == 1
     assert m.registry.get_sample_value("ladder_cell_queue_seconds_sum", {"namespace": "ns", "ladder": "test"}) == 9.0
     m.observe("ns", "test", out.spec, status)  # the same record: the same wait, observed once
@@ -78,18 +87,34 @@ def sigterm(pod: PodB, at: str) -> PodB:
     return pod
 
 
-@pytest.mark.parametrize("pod, job_finished_at, want", [
-    pytest.param(PodB(queued_job(QUEUED_BODY)).bound("2026-12-07T03:00:10Z"), None, 20.0, id="preempted-running"),
-    pytest.param(sigterm(PodB(queued_job(QUEUED_BODY)).bound("2026-12-07T03:00:10Z"), "2026-12-07T03:00:25Z"), None,
-                 15.0, id="preempted-exit-143"),
-    pytest.param(PodB(queued_job(QUEUED_BODY)), None, None, id="never-bound-held-nothing"),
-    pytest.param(PodB(queued_job(QUEUED_BODY)).bound("2026-12-07T03:00:10Z").exited(0), None, None,
-                 id="succeeded-is-no-loss"),
-    pytest.param(PodB(queued_job(QUEUED_BODY)).bound("2026-12-07T03:00:10Z"), "2026-12-07T03:00:29Z", None,
-                 id="deleted-after-its-job-finished"),
-    pytest.param(PodB(queued_job(QUEUED_BODY)).bound("2026-12-07T03:00:10Z"), "2026-12-07T03:00:31Z", 20.0,
-                 id="deleted-before-its-job-finished"),
-])
+@pytest.mark.parametrize(
+    "pod, job_finished_at, want",
+    [
+        pytest.param(PodB(queued_job(QUEUED_BODY)).bound("2026-12-07T03:00:10Z"), None, 20.0, id="preempted-running"),
+        pytest.param(
+            sigterm(PodB(queued_job(QUEUED_BODY)).bound("2026-12-07T03:00:10Z"), "2026-12-07T03:00:25Z"),
+            None,
+            15.0,
+            id="preempted-exit-143",
+        ),
+        pytest.param(PodB(queued_job(QUEUED_BODY)), None, None, id="never-bound-held-nothing"),
+        pytest.param(
+            PodB(queued_job(QUEUED_BODY)).bound("2026-12-07T03:00:10Z").exited(0), None, None, id="succeeded-is-no-loss"
+        ),
+        pytest.param(
+            PodB(queued_job(QUEUED_BODY)).bound("2026-12-07T03:00:10Z"),
+            "2026-12-07T03:00:29Z",
+            None,
+            id="deleted-after-its-job-finished",
+        ),
+        pytest.param(
+            PodB(queued_job(QUEUED_BODY)).bound("2026-12-07T03:00:10Z"),
+            "2026-12-07T03:00:31Z",
+            20.0,
+            id="deleted-before-its-job-finished",
+        ),
+    ],
+)
 def test_a_deleted_pod_is_a_lost_attempt_only_when_it_held_gpus_before_its_cell_ended(pod, job_finished_at, want):
     lost = lost_pod(pod.summary(), epoch(job_finished_at), epoch("2026-12-07T03:00:30Z") or 0.0)
     assert (None if lost is None else lost.held_seconds) == want
@@ -102,8 +127,12 @@ def test_a_preempted_attempt_is_recorded_and_its_seconds_are_occupied_not_protoc
     deleted = LostPods()
     deleted.deleted(KEY, first.summary(), epoch("2026-12-07T03:00:05Z"))
     job.resumed("2026-12-07T03:00:20Z").complete()
-    second = PodB(job, name="second").bound("2026-12-07T03:00:20Z").result(
-        result_doc(job.cell, 1.0, train_seconds=2.0)).exited(0)
+    second = (
+        PodB(job, name="second")
+        .bound("2026-12-07T03:00:20Z")
+        .result(result_doc(job.cell, 1.0, train_seconds=2.0))
+        .exited(0)
+    )
     second.o["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-12-07T03:00:30Z"
     out = reconcile(body, None, [job.summary()], [second.summary()], set(), NOW, deleted=deleted.of(KEY))
     status = parse_status(out.status)
@@ -114,17 +143,37 @@ def test_a_preempted_attempt_is_recorded_and_its_seconds_are_occupied_not_protoc
     assert status.gpu_hours.occupied.lost == pytest.approx(4.0 / 3600, abs=1e-6)
 
 
-@pytest.mark.parametrize("reason, message, want_reason, want_queue", [
-    pytest.param("Inadmissible", "LocalQueue ladder-queue doesn't exist", "QueueMissing", "ladder-queue",
-                 id="no-local-queue"),
-    pytest.param("Inadmissible", "ClusterQueue no-such-cluster-queue doesn't exist", "QueueMissing",
-                 "no-such-cluster-queue", id="no-cluster-queue"),
-    pytest.param("Pending", "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu in flavor "
-                 "a100, previously considered podsets requests (0) + current podset request (8) > maximum capacity (4)",
-                 "QueueCannotFit", "ladder-queue", id="never-fits"),
-    pytest.param("Pending", "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu "
-                 "in flavor a100, 1 more needed", None, None, id="waits-for-quota"),
-])
+@pytest.mark.parametrize(
+    "reason, message, want_reason, want_queue",
+    [
+        pytest.param(
+            "Inadmissible", "LocalQueue ladder-queue doesn't exist", "QueueMissing", "ladder-queue", id="no-local-queue"
+        ),
+        pytest.param(
+            "Inadmissible",
+            "ClusterQueue no-such-cluster-queue doesn't exist",
+            "QueueMissing",
+            "no-such-cluster-queue",
+            id="no-cluster-queue",
+        ),
+        pytest.param(
+            "Pending",
+            "couldn't assign flavors to pod set main: insufficient quota for nvidia.com/gpu in flavor "
+            "a100, previously considered podsets requests (0) + current podset request (8) > maximum capacity (4)",
+            "QueueCannotFit",
+            "ladder-queue",
+            id="never-fits",
+        ),
+        pytest.param(
+            "Pending",
+            "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu "
+            "in flavor a100, 1 more needed",
+            None,
+            None,
+            id="waits-for-quota",
+        ),
+    ],
+)
 def test_queue_problem_from_the_workloads(reason, message, want_reason, want_queue):
     job = queued_job(QUEUED_BODY)
     problem = queue_problem([workload(job, reason, message)], {job.o["metadata"]["uid"]: "j"}, "ladder-queue")
@@ -161,13 +210,18 @@ def test_a_down_webhook_backs_off_and_is_named_once(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr("promotion_ladder.controller.jobcreator.time.monotonic", lambda: clock[0])
     api = FakeApi()
-    down = refusal(500, "Internal Server Error", '{"kind": "Status", "message": "Internal error occurred: failed '
-                   'calling webhook \\"mjob.kb.io\\": failed to call webhook: Post \\"https://kueue-webhook-service.'
-                   'kueue-system.svc:443/mutate-batch-v1-job\\": connect: connection refused"}')
+    down = refusal(
+        500,
+        "Internal Server Error",
+        '{"kind": "Status", "message": "Internal error occurred: failed '
+        'calling webhook \\"mjob.kb.io\\": failed to call webhook: Post \\"https://kueue-webhook-service.'
+        'kueue-system.svc:443/mutate-batch-v1-job\\": connect: connection refused"}',
+    )
 
     def create_job(ns, job):
         api.calls.append(("create-refused",))
         raise down
+
     api.create_job = create_job
     c = controller(api, body=QUEUED_BODY)
     run(c)

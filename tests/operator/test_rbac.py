@@ -1,7 +1,13 @@
 """RBAC as data: the trainer gets only pod get/patch; the operator holds what its code calls."""
 
-from promotion_ladder.controller.rbac import (OPERATOR_RULES, TRAINER_RULES, TRAINER_SERVICE_ACCOUNT, covers,
-                                              operator_cluster_role, trainer_objects)
+from promotion_ladder.controller.rbac import (
+    OPERATOR_RULES,
+    TRAINER_RULES,
+    TRAINER_SERVICE_ACCOUNT,
+    covers,
+    operator_cluster_role,
+    trainer_objects,
+)
 
 
 def test_trainer_may_only_annotate_pods():
@@ -20,7 +26,9 @@ def test_operator_can_do_what_it_does():
         *TRAINER_RULES,  # escalation prevention: it grants these
     ]
     assert covers(OPERATOR_RULES, needed) == []
-    assert covers(TRAINER_RULES, [{"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]}]) == ["core/pods:delete"]
+    assert covers(TRAINER_RULES, [{"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]}]) == [
+        "core/pods:delete"
+    ]
     assert operator_cluster_role()["rules"] == OPERATOR_RULES
 
 

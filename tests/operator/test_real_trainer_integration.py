@@ -27,17 +27,31 @@ def corpus(tmp_path_factory) -> Path:
 
 def test_real_trainer_three_stage_ladder(operator, kube, corpus):
     doc = {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "real"},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": "real"},
         "spec": {
-            "trainer": {"image": "trainer:dev", "command": ["python", "-m", "ladder_trainer"], "gpus": 1,
-                        "env": {"LADDER_TRAINER_DATA": str(corpus), "LADDER_TRAINER_DEVICE": "cpu",
-                                "LADDER_TRAINER_THREADS": "1", "LADDER_TRAINER_EVAL_TOKENS": "512",
-                                "LADDER_TRAINER_COMPILE": "off"}},
-            "hostBlocks": [{"name": h, "nodeSelector": {"ladder.promotion.dev/host-block": h}} for h in ("a100", "l40s")],
-            "candidates": [{"name": "lr-lo", "config": {**TINY, "matrix_lr": 0.01}},
-                           {"name": "lr-mid", "config": {**TINY, "matrix_lr": 0.02}},
-                           {"name": "lr-hi", "config": {**TINY, "matrix_lr": 0.04}},
-                           {"name": "deeper", "config": {**TINY, "depth": 2}}],
+            "trainer": {
+                "image": "trainer:dev",
+                "command": ["python", "-m", "ladder_trainer"],
+                "gpus": 1,
+                "env": {
+                    "LADDER_TRAINER_DATA": str(corpus),
+                    "LADDER_TRAINER_DEVICE": "cpu",
+                    "LADDER_TRAINER_THREADS": "1",
+                    "LADDER_TRAINER_EVAL_TOKENS": "512",
+                    "LADDER_TRAINER_COMPILE": "off",
+                },
+            },
+            "hostBlocks": [
+                {"name": h, "nodeSelector": {"ladder.promotion.dev/host-block": h}} for h in ("a100", "l40s")
+            ],
+            "candidates": [
+                {"name": "lr-lo", "config": {**TINY, "matrix_lr": 0.01}},
+                {"name": "lr-mid", "config": {**TINY, "matrix_lr": 0.02}},
+                {"name": "lr-hi", "config": {**TINY, "matrix_lr": 0.04}},
+                {"name": "deeper", "config": {**TINY, "depth": 2}},
+            ],
             "stages": [stage("s1", "2s", top=2), stage("s2", "2s", top=1), stage("s3", "3s", seeds=(1, 2))],
         },
     }

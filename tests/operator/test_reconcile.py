@@ -40,7 +40,11 @@ def test_new_ladder_creates_first_stage_and_records_hash():
     assert r.status["phase"] == "Running" and r.status["currentStage"] == "s1"
     assert r.status["frozenHash"] == frozen_hash(load_ladder(body).spec)
     assert r.status["observedGeneration"] == 1
-    assert {c["type"]: c["status"] for c in r.status["conditions"]} == {"Progressing": "True", "Complete": "False", "Failed": "False"}
+    assert {c["type"]: c["status"] for c in r.status["conditions"]} == {
+        "Progressing": "True",
+        "Complete": "False",
+        "Failed": "False",
+    }
     assert r.events == []
 
 
@@ -84,14 +88,21 @@ def test_completed_ladder_matches_simulate():
     recorded = {}
     for p in pods + p2:
         d = json.loads(p.result)
-        recorded[(d["stage"], d["candidate"], d["hostBlock"], d["seed"])] = CellOutcome("succeeded", d["value"], train_seconds=d["trainSeconds"])
+        recorded[(d["stage"], d["candidate"], d["hostBlock"], d["seed"])] = CellOutcome(
+            "succeeded", d["value"], train_seconds=d["trainSeconds"]
+        )
     sim, _ = simulate(load_ladder(body).spec, recorded)
     operator_only = ("observedGeneration", "conditions")
     assert {k: v for k, v in without_launch(r2.status).items() if k not in operator_only} == {
-        k: v for k, v in sim.wire().items() if k not in operator_only}
+        k: v for k, v in sim.wire().items() if k not in operator_only
+    }
     # Each finished cell records what it ran with (issue 12, defect 5), from its Job and Pod.
     cell = r2.status["stages"][0]["cells"][0]
-    assert cell["gpus"] == 1 and cell["node"] == "node-1" and r2.status["stages"][0]["image"] == "ghcr.io/promotion-ladder/trainer:0.1.0"
+    assert (
+        cell["gpus"] == 1
+        and cell["node"] == "node-1"
+        and r2.status["stages"][0]["image"] == "ghcr.io/promotion-ladder/trainer:0.1.0"
+    )
 
 
 def without_launch(status: dict) -> dict:
@@ -205,14 +216,19 @@ def test_status_of_a_500_candidate_ladder_stays_small():
     body = ladder_body(ladder_doc(candidates=names, stages=stages))
     spec = load_ladder(body).spec
     import random
+
     rnd = random.Random(1)
     recorded = {}
     for st in spec.stages:
         for c in names:
             for hb, s in st.cells():
                 train = rnd.uniform(100, 4000)  # and each cell's measured occupancy
-                recorded[(st.name, c, hb, s)] = CellOutcome("succeeded", rnd.uniform(0.9, 1.5), train_seconds=train,
-                                                            occupied_seconds=round(train + rnd.uniform(10, 60)))
+                recorded[(st.name, c, hb, s)] = CellOutcome(
+                    "succeeded",
+                    rnd.uniform(0.9, 1.5),
+                    train_seconds=train,
+                    occupied_seconds=round(train + rnd.uniform(10, 60)),
+                )
     status, _ = simulate(spec, recorded)
     assert len(status.stability.promotion[0].promoted_share) == 500  # the stability figures are in it too
     size = len(json.dumps(status.wire(), separators=(",", ":")))

@@ -29,11 +29,23 @@ pytestmark = pytest.mark.integration
 
 def test_a_restart_under_load_loses_no_result_and_runs_no_cell_twice():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "operator_bench.py"), "--restart", "--candidates", "40",
-         "--timeout", "600"],
-        capture_output=True, text=True, timeout=1200, cwd=ROOT, env=os.environ.copy())
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "operator_bench.py"),
+            "--restart",
+            "--candidates",
+            "40",
+            "--timeout",
+            "600",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+        env=os.environ.copy(),
+    )
     assert "{" in proc.stdout, f"no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    result = json.loads(proc.stdout[proc.stdout.index("{") :])
     # 40 x 2 x 2 in s1, the top 4 x 2 x 2 in s2, the top 1 x 2 x 2 in s3.
     assert (result["phase"], result["cells"]) == ("Succeeded", 180), result
     assert result["results_lost"] == 0, result["failed_reasons"]

@@ -17,8 +17,12 @@ def test_out_of_range_results_are_rejected_and_the_ladder_goes_on(operator, kube
     """Defect 3: value 1.7e308 raised OverflowError in the rules and trainSeconds 1.7e308 put
     Infinity into the status (refused by the API server): the ladder hung Running, silently.
     Now each is rejected at intake with its reason, the cell fails, the ladder decides."""
-    cands = {"good": {"value": 1.0}, "huge": {"value": 1.7e308}, "slow": {"value": 0.5, "train_seconds": 1.7e308},
-             "ok2": {"value": 1.2}}
+    cands = {
+        "good": {"value": 1.0},
+        "huge": {"value": 1.7e308},
+        "slow": {"value": 0.5, "train_seconds": 1.7e308},
+        "ok2": {"value": 1.2},
+    }
     kube.create(ladder("bounds", cands, [stage("s1", blocks=("a100",), top=2), stage("s2", "3s", blocks=("a100",))]))
     st = kube.wait_phase("bounds", timeout=120)["status"]
     assert st["phase"] == "Succeeded", kube.describe("bounds")
@@ -47,8 +51,11 @@ def test_complete_job_whose_pod_the_cache_lacks_is_not_failed(operator, kube):
     wait_for(lambda: all(j.status.succeeded for j in kube.jobs("gap")), timeout=60, what="stage 1 done while down")
     # Take b's Pod out of the operator's view: without the ladder label no watch shows it.
     pod = next(p for p in kube.pods("gap") if p.metadata.labels["ladder.promotion.dev/candidate"] == "b")
-    kube.core.patch_namespaced_pod(pod.metadata.name, kube.ns, {"metadata": {"labels": {
-        "ladder.promotion.dev/ladder": None, "ladder.promotion.dev/candidate": "a"}}})
+    kube.core.patch_namespaced_pod(
+        pod.metadata.name,
+        kube.ns,
+        {"metadata": {"labels": {"ladder.promotion.dev/ladder": None, "ladder.promotion.dev/candidate": "a"}}},
+    )
     operator.start()
     st = kube.wait_phase("gap", timeout=90)["status"]
     assert st["phase"] == "Succeeded", kube.describe("gap")
@@ -94,8 +101,13 @@ def test_a_trainer_token_can_change_only_its_own_pods_result(local_cluster, name
     bad = patch("rival", {"labels": {"ladder.promotion.dev/ladder": None}})
     assert bad is not None and bad.status == 403
     # Its own Pod: the result and progress annotations only.
-    assert patch("attacker", {"annotations": {RESULT_ANNOTATION: '{"status": "ok", "value": 1.0}',
-                                              PROGRESS_ANNOTATION: '{"step": 3}'}}) is None
+    assert (
+        patch(
+            "attacker",
+            {"annotations": {RESULT_ANNOTATION: '{"status": "ok", "value": 1.0}', PROGRESS_ANNOTATION: '{"step": 3}'}},
+        )
+        is None
+    )
     relabel = patch("attacker", {"labels": {"ladder.promotion.dev/candidate": "rival"}})
     assert relabel is not None and relabel.status == 403 and "labels" in relabel.body
     other = patch("attacker", {"annotations": {"example.com/note": "x"}})
@@ -109,7 +121,11 @@ def test_an_annotation_that_contradicts_the_termination_message_is_forged(operat
     message was accepted (value 0.1 ranked first, no Event). The termination message, which
     only the cell's own container can write, is the authority: the annotation is rejected as
     forged with an Event and the true value counts."""
-    cands = {"honest": {"value": 1.0}, "liar": {"value": 1.5, "annotation": "lie", "lie_value": 0.1}, "third": {"value": 1.2}}
+    cands = {
+        "honest": {"value": 1.0},
+        "liar": {"value": 1.5, "annotation": "lie", "lie_value": 0.1},
+        "third": {"value": 1.2},
+    }
     kube.create(ladder("liar", cands, [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))]))
     st = kube.wait_phase("liar", timeout=120)["status"]
     assert st["phase"] == "Succeeded", kube.describe("liar")
@@ -130,8 +146,9 @@ def test_a_number_written_as_a_string_or_a_boolean_is_invalid(operator, kube):
     cells = {c["candidate"]: c for c in st["stages"][0]["cells"]}
     recorded = {name: (c["state"], c.get("value")) for name, c in cells.items()}
     promoted = st["stages"][0]["decision"]["promoted"]
-    assert recorded == {"honest": ("Succeeded", 1.001), "string": ("Failed", None), "boolean": ("Failed", None)}, \
+    assert recorded == {"honest": ("Succeeded", 1.001), "string": ("Failed", None), "boolean": ("Failed", None)}, (
         f"recorded {recorded}, promoted {promoted}"
+    )
     assert promoted == ["honest"]
     for name in ("string", "boolean"):
         assert "value: Input should be a valid number" in cells[name]["reason"], cells[name]
@@ -148,8 +165,11 @@ def test_recorded_history_is_immutable(operator, kube):
     from localcluster.waiting import wait_for
     from promotion_ladder.core.api import load_ladder
 
-    doc = ladder("audit", {"a": {"value": 1.0}, "b": {"value": 1.1}},
-                 [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))])
+    doc = ladder(
+        "audit",
+        {"a": {"value": 1.0}, "b": {"value": 1.1}},
+        [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))],
+    )
     kube.create(doc)
     obj = kube.wait_phase("audit", timeout=90)
     st = obj["status"]
@@ -162,8 +182,11 @@ def test_recorded_history_is_immutable(operator, kube):
     except ApiException as exc:
         refused = exc
     generation = kube.patch("audit", {"spec": {"trainer": {"image": "stub:1"}}})["metadata"]["generation"]
-    seen = wait_for(lambda: (s := kube.ladder("audit")["status"]).get("observedGeneration") == generation and s,
-                    timeout=60, what="the operator seeing the edits")
+    seen = wait_for(
+        lambda: (s := kube.ladder("audit")["status"]).get("observedGeneration") == generation and s,
+        timeout=60,
+        what="the operator seeing the edits",
+    )
     assert seen["gpuHours"] == st["gpuHours"], "the recorded GPU-hours changed after the ladder ended"
     assert refused is not None and refused.status == 422 and "trainer.gpus is frozen" in refused.body
     assert load_ladder(obj).spec.frozen_hash() == st["frozenHash"]  # the hash covers trainer.gpus
@@ -190,8 +213,15 @@ def test_a_pod_running_past_its_deadline_is_ended_and_the_cell_retried(operator_
         kube.create(ladder("stuck", cands, [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))]))
 
         def hanging_pod():
-            return next((p for p in kube.pods("stuck") if p.metadata.labels["ladder.promotion.dev/candidate"] == "hangs"
-                         and p.status.phase == "Running"), None)
+            return next(
+                (
+                    p
+                    for p in kube.pods("stuck")
+                    if p.metadata.labels["ladder.promotion.dev/candidate"] == "hangs" and p.status.phase == "Running"
+                ),
+                None,
+            )
+
         pod = wait_for(hanging_pod, timeout=60, what="the hanging cell running")
         # A deadline may be lowered on a running Pod: 1 s, so it is overdue at once.
         kube.core.patch_namespaced_pod(pod.metadata.name, namespace, {"spec": {"activeDeadlineSeconds": 1}})
@@ -222,22 +252,36 @@ def test_two_operators_never_act_at_once(operator_identity, namespace, tmp_path,
     coord = client.CoordinationV1Api(kube.api)
     try:
         cands = {f"c{i}": {"value": 1.0 + i / 10, "sleep": 1} for i in range(6)}
-        kube.create(ladder("pair", cands, [stage("s1", blocks=("a100",), top=2), stage("s2", "3s", blocks=("a100",))],
-                           parallelism=2))
+        kube.create(
+            ladder(
+                "pair",
+                cands,
+                [stage("s1", blocks=("a100",), top=2), stage("s2", "3s", blocks=("a100",))],
+                parallelism=2,
+            )
+        )
         wait_for(lambda: len(kube.jobs("pair")) >= 4, timeout=60, what="two rounds of Jobs")
         # The symptom first: two operators at once both create Jobs (Job names are fixed, so the
         # loser's creates end in 409s, but each is work done by an operator that should not act).
-        creates = [metric_sum(op.metrics(), "ladder_operator_api_requests_total", operation="create_job")
-                   for op in (first, second)]
+        creates = [
+            metric_sum(op.metrics(), "ladder_operator_api_requests_total", operation="create_job")
+            for op in (first, second)
+        ]
         assert min(creates) == 0, f"both operators created Jobs (create calls: {creates})"
-        holder = wait_for(lambda: coord.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity,
-                          timeout=30, what="a leader")
+        holder = wait_for(
+            lambda: coord.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity, timeout=30, what="a leader"
+        )
         leader = first if f"-{first.proc.pid}-" in holder else second
         standby = second if leader is first else first
         leader.stop()  # SIGTERM
         assert "no new work from now on" in leader.tail(200)
-        new = wait_for(lambda: (h := coord.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity)
-                       and h != holder and h, timeout=15, what="the standby taking the Lease")
+        new = wait_for(
+            lambda: (
+                (h := coord.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity) and h != holder and h
+            ),
+            timeout=15,
+            what="the standby taking the Lease",
+        )
         assert f"-{standby.proc.pid}-" in new
         st = kube.wait_phase("pair", timeout=150)["status"]
         assert st["phase"] == "Succeeded", kube.describe("pair")
@@ -250,7 +294,9 @@ def test_two_operators_never_act_at_once(operator_identity, namespace, tmp_path,
 
 
 def _condition(kube, name: str, type_: str) -> dict | None:
-    return next((c for c in (kube.ladder(name).get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+    return next(
+        (c for c in (kube.ladder(name).get("status") or {}).get("conditions") or [] if c["type"] == type_), None
+    )
 
 
 # Defect 6 had three ways to stall silently; one test each, so each is seen to fail on the code
@@ -264,8 +310,12 @@ def test_a_ladder_whose_jobs_the_api_server_refuses_is_stopped_before_its_jobs(o
     bad = ladder("quantity", {"a": {"value": 1.0}}, [stage("only", blocks=("a100",))])
     bad["spec"]["trainer"]["resources"] = {"limits": {"cpu": "lots"}}
     kube.create(bad)
-    admitted = wait_for(lambda: _condition(kube, "quantity", "Admitted"), timeout=60, what="Admitted condition",
-                        describe=lambda: kube.describe("quantity"))
+    admitted = wait_for(
+        lambda: _condition(kube, "quantity", "Admitted"),
+        timeout=60,
+        what="Admitted condition",
+        describe=lambda: kube.describe("quantity"),
+    )
     assert admitted["status"] == "False" and admitted["reason"] == "JobInvalid" and "a100" in admitted["message"]
     assert kube.ladder("quantity")["status"]["phase"] == "Pending" and kube.jobs("quantity") == []
     assert kube.events("JobInvalid")
@@ -281,8 +331,12 @@ def test_a_host_block_no_node_serves_is_a_warning(operator, kube):
     nowhere = ladder("nowhere", {"a": {"value": 1.0}}, [stage("only", blocks=("a100", "h100"))])
     nowhere["spec"]["hostBlocks"].append({"name": "h100", "nodeSelector": {"ladder.promotion.dev/host-block": "h100"}})
     kube.create(nowhere)
-    warned = wait_for(lambda: _condition(kube, "nowhere", "Schedulable"), timeout=60, what="Schedulable condition",
-                      describe=lambda: kube.describe("nowhere"))
+    warned = wait_for(
+        lambda: _condition(kube, "nowhere", "Schedulable"),
+        timeout=60,
+        what="Schedulable condition",
+        describe=lambda: kube.describe("nowhere"),
+    )
     assert warned["status"] == "False" and warned["reason"] == "NoNodeMatches" and "h100" in warned["message"]
     assert kube.ladder("nowhere")["status"]["phase"] == "Running"
     assert kube.events("NoNodeMatches")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC
 
 import pytest
+
 from promotion_ladder.controller.admission import Admission, Node, unfit_blocks
 from promotion_ladder.controller.occupancy import epoch
 from promotion_ladder.controller.reconcile import reconcile

@@ -32,7 +32,12 @@ CASES = {
     "ended but still there past 2 x grace: failed": (pod(deleting=True), "2026-11-29T10:04:00Z", 60, (0, "stuck: pod")),
     "ended, waiting for its end": (pod(deleting=True), "2026-11-29T10:03:00Z", 60, (0, None)),
     "terminal pods are never stuck": (pod(phase="Succeeded"), "2026-11-29T12:00:00Z", 60, (0, None)),
-    "not started yet (Pending, waiting for a GPU)": (pod(started=None, phase="Pending"), "2026-11-29T12:00:00Z", 60, (0, None)),
+    "not started yet (Pending, waiting for a GPU)": (
+        pod(started=None, phase="Pending"),
+        "2026-11-29T12:00:00Z",
+        60,
+        (0, None),
+    ),
     "no deadline": (pod(deadline=None), "2026-11-29T12:00:00Z", 60, (0, None)),
 }
 

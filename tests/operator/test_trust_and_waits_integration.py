@@ -13,7 +13,7 @@ from kubernetes.client.rest import ApiException
 
 from localcluster.waiting import wait_for
 
-from .harness import Operator, apply_trainer_admission_policy, trainer_pods
+from .harness import apply_trainer_admission_policy, trainer_pods
 from .test_operator_integration import ladder, metric_sum, stage
 
 pytestmark = pytest.mark.integration
@@ -26,16 +26,30 @@ def _cells(st: dict, stage_index: int = 0) -> dict[str, dict]:
 
 
 def _condition(kube, name: str, type_: str) -> dict | None:
-    return next((c for c in (kube.ladder(name).get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+    return next(
+        (c for c in (kube.ladder(name).get("status") or {}).get("conditions") or [] if c["type"] == type_), None
+    )
 
 
 # -- defect 1: a cell speaks only for itself ------------------------------------------------------
-@pytest.mark.parametrize("what, patch", [
-    ("ownerReferences", lambda uid: {"metadata": {"ownerReferences": [
-        {"apiVersion": "batch/v1", "kind": "Job", "name": "rival-job", "uid": uid, "controller": True}]}}),
-    ("finalizers", lambda uid: {"metadata": {"finalizers": ["example.com/keep-me"]}}),
-    ("spec", lambda uid: {"spec": {"activeDeadlineSeconds": 5}}),
-], ids=["ownerReferences", "finalizers", "spec.activeDeadlineSeconds"])
+@pytest.mark.parametrize(
+    "what, patch",
+    [
+        (
+            "ownerReferences",
+            lambda uid: {
+                "metadata": {
+                    "ownerReferences": [
+                        {"apiVersion": "batch/v1", "kind": "Job", "name": "rival-job", "uid": uid, "controller": True}
+                    ]
+                }
+            },
+        ),
+        ("finalizers", lambda uid: {"metadata": {"finalizers": ["example.com/keep-me"]}}),
+        ("spec", lambda uid: {"spec": {"activeDeadlineSeconds": 5}}),
+    ],
+    ids=["ownerReferences", "finalizers", "spec.activeDeadlineSeconds"],
+)
 def test_a_trainer_token_cannot_reown_its_own_pod(local_cluster, namespace, what, patch):
     """Defect 1: the admission policy checked a trainer's changes to its own Pod's labels and
     annotations only, so its token could re-own its Pod to another cell's Job (200). Now owner
@@ -58,7 +72,8 @@ def test_a_trainer_token_cannot_reown_its_own_pod(local_cluster, namespace, what
     refused = attempt(patch(uids["rival"]))
     if refused is None and what == "finalizers":  # the attack went through: undo it, or the namespace never goes
         client.CoreV1Api(local_cluster.api_client()).patch_namespaced_pod(
-            "attacker", namespace, {"metadata": {"finalizers": None}})
+            "attacker", namespace, {"metadata": {"finalizers": None}}
+        )
     assert refused is not None, f"a trainer token changed its own Pod's {what} (answered 200)"
     assert refused.status == 403 and what.split(".")[0] in refused.body, refused.body
     assert attempt({"metadata": {"annotations": {RESULT_ANNOTATION: '{"status": "ok", "value": 1.0}'}}}) is None
@@ -70,23 +85,46 @@ def test_a_reowned_pod_cannot_take_over_another_cells_result(operator, kube):
     to b's Job, and b was recorded with 3 (its own trainer said 2.001) and won. The operator now
     assigns a Pod to a cell only when its owner UID, its controller-uid label and its cell labels
     agree with the Job: the re-owned Pod is rejected as forged, b keeps its own result."""
-    cands = {"a": {"value": 2.5, "claim": {"candidate": "b", "value": 3.0}, "annotation": "none"},
-             "b": {"value": 2.0, "annotation": "none"}, "c": {"value": 2.2, "annotation": "none"}}
+    cands = {
+        "a": {"value": 2.5, "claim": {"candidate": "b", "value": 3.0}, "annotation": "none"},
+        "b": {"value": 2.0, "annotation": "none"},
+        "c": {"value": 2.2, "annotation": "none"},
+    }
     # maximize: the forged 3.0 would win
-    kube.create(ladder("hijack", cands, [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))],
-                       objective={"metric": "val_bpb", "direction": "maximize"}))
+    kube.create(
+        ladder(
+            "hijack",
+            cands,
+            [stage("s1", blocks=("a100",), top=1), stage("s2", "3s", blocks=("a100",))],
+            objective={"metric": "val_bpb", "direction": "maximize"},
+        )
+    )
     wait_for(lambda: len(kube.jobs("hijack")) == 3, timeout=60, what="stage 1 jobs")
     operator.kill()  # the re-own lands between two looks, as a trainer exiting right after it would
     wait_for(lambda: all(j.status.succeeded for j in kube.jobs("hijack")), timeout=60, what="stage 1 done")
     jobs = {j.metadata.labels["ladder.promotion.dev/candidate"]: j for j in kube.jobs("hijack")}
     pod_a = next(p for p in kube.pods("hijack") if p.metadata.labels["ladder.promotion.dev/candidate"] == "a")
     # Both Jobs are finished, so the Job controller neither releases nor adopts the Pod any more.
-    kube.core.patch_namespaced_pod(pod_a.metadata.name, kube.ns, [{"op": "replace", "path": "/metadata/ownerReferences",
-                                                                   "value": [{"apiVersion": "batch/v1", "kind": "Job",
-                                                                              "name": jobs["b"].metadata.name,
-                                                                              "uid": jobs["b"].metadata.uid,
-                                                                              "controller": True,
-                                                                              "blockOwnerDeletion": True}]}])
+    kube.core.patch_namespaced_pod(
+        pod_a.metadata.name,
+        kube.ns,
+        [
+            {
+                "op": "replace",
+                "path": "/metadata/ownerReferences",
+                "value": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": jobs["b"].metadata.name,
+                        "uid": jobs["b"].metadata.uid,
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            }
+        ],
+    )
     operator.start()
     st = kube.wait_phase("hijack", timeout=120)["status"]
     b = _cells(st)["b"]
@@ -99,8 +137,12 @@ def test_a_reowned_pod_cannot_take_over_another_cells_result(operator, kube):
 
 # -- defect 2: no silent waiting ------------------------------------------------------------------
 def _pvc_template() -> dict:
-    return {"spec": {"volumes": [{"name": "corpus", "persistentVolumeClaim": {"claimName": "no-such-claim"}}],
-                     "containers": [{"name": "trainer", "volumeMounts": [{"name": "corpus", "mountPath": "/data"}]}]}}
+    return {
+        "spec": {
+            "volumes": [{"name": "corpus", "persistentVolumeClaim": {"claimName": "no-such-claim"}}],
+            "containers": [{"name": "trainer", "volumeMounts": [{"name": "corpus", "mountPath": "/data"}]}],
+        }
+    }
 
 
 STALLS = {
@@ -108,8 +150,11 @@ STALLS = {
     "gpus 9": ({"gpus": 9}, "Unschedulable", "nvidia.com/gpu"),
     "cpu 5000": ({"resources": {"requests": {"cpu": "5000"}}}, "Unschedulable", "cpu"),
     "missing PVC": ({"template": _pvc_template()}, "Unschedulable", "no-such-claim"),
-    "priorityClassName no-such-class": ({"template": {"spec": {"priorityClassName": "no-such-class"}}},
-                                        "FailedCreate", "no-such-class"),
+    "priorityClassName no-such-class": (
+        {"template": {"spec": {"priorityClassName": "no-such-class"}}},
+        "FailedCreate",
+        "no-such-class",
+    ),
 }
 
 
@@ -123,21 +168,37 @@ def test_a_cell_that_cannot_start_is_named_within_the_bound(operator, kube, name
     doc["spec"]["trainer"].update(trainer)
     created = time.monotonic()
     kube.create(doc)
-    cond = wait_for(lambda: (c := _condition(kube, "stall", "CellsWaiting")) and c["status"] == "True" and c,
-                    timeout=NOTICE_BOUND_SECONDS, what=f"the CellsWaiting condition within {NOTICE_BOUND_SECONDS} s",
-                    describe=lambda: kube.describe("stall"))
+    cond = wait_for(
+        lambda: (c := _condition(kube, "stall", "CellsWaiting")) and c["status"] == "True" and c,
+        timeout=NOTICE_BOUND_SECONDS,
+        what=f"the CellsWaiting condition within {NOTICE_BOUND_SECONDS} s",
+        describe=lambda: kube.describe("stall"),
+    )
     assert cond["reason"] == reason and word in cond["message"] and "only/a/a100/1" in cond["message"], cond
-    event = wait_for(lambda: [e for e in kube.events("CellsWaiting") if e.type == "Warning"],
-                     timeout=max(1.0, NOTICE_BOUND_SECONDS - (time.monotonic() - created)), what="the Warning Event")
+    event = wait_for(
+        lambda: [e for e in kube.events("CellsWaiting") if e.type == "Warning"],
+        timeout=max(1.0, NOTICE_BOUND_SECONDS - (time.monotonic() - created)),
+        what="the Warning Event",
+    )
     assert word in event[0].message
     assert kube.ladder("stall")["status"]["phase"] == "Running"  # the default timeout (15m) has not passed
 
 
-@pytest.mark.parametrize("gpus, says", [
-    (9, ["warning: spec.hostBlocks: trainer.gpus exceeds the allocatable of every node matching host block a100 "
-         "(nvidia.com/gpu: 9 requested, at most 4 on a node", "host block l40s"]),
-    (4, ["cluster: every host block has a node that can hold a cell"]),
-], ids=["gpus 9 on 4-GPU nodes", "gpus 4"])
+@pytest.mark.parametrize(
+    "gpus, says",
+    [
+        (
+            9,
+            [
+                "warning: spec.hostBlocks: trainer.gpus exceeds the allocatable of every node matching host block a100 "
+                "(nvidia.com/gpu: 9 requested, at most 4 on a node",
+                "host block l40s",
+            ],
+        ),
+        (4, ["cluster: every host block has a node that can hold a cell"]),
+    ],
+    ids=["gpus 9 on 4-GPU nodes", "gpus 4"],
+)
 def test_validate_warns_when_no_node_could_hold_a_cell(local_cluster, tmp_path, capsys, gpus, says):
     """Defect 2: `ladder validate` said nothing of trainer.gpus above every node's allocatable.
     Where it can see the cluster it now warns (the file stays valid: a bigger node may come)."""
@@ -158,15 +219,17 @@ def test_a_stalled_cell_fails_after_the_scheduling_timeout(operator, kube):
     """Defect 2: a cell whose Pod can never be scheduled held its ladder Running for ever. With
     spec.schedulingTimeout it is failed with the reason once the wait lasted that long, and its
     Job is deleted; the ladder then ends by its rules."""
-    doc = ladder("late", {"a": {"value": 1.0}, "b": {"value": 1.1}}, [stage("only", blocks=("a100",))],
-                 schedulingTimeout="40s")
+    doc = ladder(
+        "late", {"a": {"value": 1.0}, "b": {"value": 1.1}}, [stage("only", blocks=("a100",))], schedulingTimeout="40s"
+    )
     doc["spec"]["trainer"]["template"] = _pvc_template()
     kube.create(doc)
     st = kube.wait_phase("late", timeout=150)["status"]
     assert st["phase"] == "Failed", kube.describe("late")
     for cell in _cells(st).values():
         assert cell["state"] == "Failed" and cell["reason"].startswith(
-            "not started within schedulingTimeout 40s: Unschedulable"), cell
+            "not started within schedulingTimeout 40s: Unschedulable"
+        ), cell
     wait_for(lambda: kube.jobs("late") == [], timeout=30, what="the stalled cells' Jobs deleted")
     assert any(e.type == "Warning" for e in kube.events("CellNotStarted"))
 
@@ -175,8 +238,11 @@ def test_a_stalled_cell_fails_after_the_scheduling_timeout(operator, kube):
 def test_restarts_announce_each_rejected_document_once(operator, kube):
     """Defect 4: every operator start re-posted every earlier ResultRejected Event (54 Events for
     9 documents after 6 starts). An announced rejection is now remembered on its Pod."""
-    cands = {"bad": {"value": 1.0, "annotation": "malformed"}, "liar": {"value": 1.2, "annotation": "lie"},
-             "ok": {"value": 0.5}}
+    cands = {
+        "bad": {"value": 1.0, "annotation": "malformed"},
+        "liar": {"value": 1.2, "annotation": "lie"},
+        "ok": {"value": 0.5},
+    }
     kube.create(ladder("noisy", cands, [stage("s1", top=1), stage("s2", "3s", blocks=("a100",))]))
     assert kube.wait_phase("noisy", timeout=120)["status"]["phase"] == "Succeeded", kube.describe("noisy")
     wait_for(lambda: len(kube.events("ResultRejected")) >= 4, timeout=30, what="the first rejections")
@@ -212,10 +278,14 @@ def test_deleting_a_ladder_is_quiet(operator, kube):
         kube.core.patch_namespaced_pod(p.metadata.name, kube.ns, {"metadata": {"finalizers": [HOLD]}})
     os.kill(operator.proc.pid, signal.SIGSTOP)
     try:
-        kube.custom.delete_namespaced_custom_object("ladder.promotion.dev", "v1alpha1", kube.ns, "promotionladders",
-                                                    "gone")  # as kubectl delete: in the background
-        wait_for(lambda: not kube.jobs("gone") and all(p.metadata.deletion_timestamp for p in kube.pods("gone")),
-                 timeout=60, what="the Jobs gone and the Pods being deleted")
+        kube.custom.delete_namespaced_custom_object(
+            "ladder.promotion.dev", "v1alpha1", kube.ns, "promotionladders", "gone"
+        )  # as kubectl delete: in the background
+        wait_for(
+            lambda: not kube.jobs("gone") and all(p.metadata.deletion_timestamp for p in kube.pods("gone")),
+            timeout=60,
+            what="the Jobs gone and the Pods being deleted",
+        )
     finally:
         os.kill(operator.proc.pid, signal.SIGCONT)
     time.sleep(3)  # the reconciles the Jobs' deletion starts
@@ -242,8 +312,14 @@ def test_a_container_that_cannot_start_is_recorded_with_that_reason(operator, ku
     ok = tmp_path / "ok"
     ok.write_text(f'#!/bin/sh\nexec {sys.executable} {STUB} "$@"\n')
     ok.chmod(ok.stat().st_mode | stat.S_IXUSR)
-    kube.create(ladder("nocmd", {"ok": {"value": 1.0}, "missing": {"value": 0.5}}, [stage("only", blocks=("a100",))],
-                       command=[f"{tmp_path}/$(LADDER_CANDIDATE)"]))
+    kube.create(
+        ladder(
+            "nocmd",
+            {"ok": {"value": 1.0}, "missing": {"value": 0.5}},
+            [stage("only", blocks=("a100",))],
+            command=[f"{tmp_path}/$(LADDER_CANDIDATE)"],
+        )
+    )
     st = kube.wait_phase("nocmd", timeout=150)["status"]
     cells = _cells(st)
     assert cells["ok"]["state"] == "Succeeded", cells

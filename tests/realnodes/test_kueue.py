@@ -44,11 +44,13 @@ def queued_ladder(project_images: dict[str, str]) -> dict:
     return doc
 
 
-def test_a_quota_gated_ladder_on_real_nodes(real_cluster, real_kueue, release, project_images,
-                                            kubectl: Callable[..., str], tmp_path: Path):
+def test_a_quota_gated_ladder_on_real_nodes(
+    real_cluster, real_kueue, release, project_images, kubectl: Callable[..., str], tmp_path: Path
+):
     doc = queued_ladder(project_images)
-    objects = kueue_objects(load_ladder(doc), QueueOptions(namespace=LADDER_NS, cluster_queue="cq-real",
-                                                           gpu_quota={"": "1"}))
+    objects = kueue_objects(
+        load_ladder(doc), QueueOptions(namespace=LADDER_NS, cluster_queue="cq-real", gpu_quota={"": "1"})
+    )
     apply_objects(real_cluster.api_client(), objects)
     kubectl("wait", "--for=condition=Active", "clusterqueue/cq-real", "--timeout=60s")
     name = apply_ladder(kubectl, doc, LADDER_NS, tmp_path)
@@ -57,8 +59,12 @@ def test_a_quota_gated_ladder_on_real_nodes(real_cluster, real_kueue, release, p
         st = kubectl_json(kubectl, "get", "promotionladder", name, "-n", LADDER_NS).get("status") or {}
         return sorted(c["state"] for s in st.get("stages") or [] for c in s.get("cells") or [])
 
-    wait_for(lambda: states() == ["Queued", "Running"], timeout=300, interval=1,
-             what="one cell running, the other queued for the 1 GPU of quota")
+    wait_for(
+        lambda: states() == ["Queued", "Running"],
+        timeout=300,
+        interval=1,
+        what="one cell running, the other queued for the 1 GPU of quota",
+    )
     final = wait_ladder(kubectl, name, LADDER_NS, timeout=600)
     st = final["status"]
     cells = [c for s in st["stages"] for c in s["cells"]]

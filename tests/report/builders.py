@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from promotion_ladder.core.recorded import parse_results
 from promotion_ladder.core.cell import CellOutcome
+from promotion_ladder.core.recorded import parse_results
 from promotion_ladder.core.status import build_status, simulate
 from promotion_ladder.files import read_ladder, read_text
 from promotion_ladder.report import ReportInput, from_document
@@ -33,12 +33,19 @@ def simulate_json(results=None) -> dict:
 def full_object(status_wire: dict) -> dict:
     """What `ladder run` writes and the cluster holds: the whole PromotionLadder with its status."""
     lad = ladder()
-    return {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder",
-            "metadata": {"name": lad.name, "namespace": "research"}, "spec": lad.spec.wire(), "status": status_wire}
+    return {
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": lad.name, "namespace": "research"},
+        "spec": lad.spec.wire(),
+        "status": status_wire,
+    }
 
 
 def example_input() -> ReportInput:
-    return from_document(simulate_json(), "ladder simulate examples/protocol-ladder.yaml --output json", ladder_file=str(LADDER))
+    return from_document(
+        simulate_json(), "ladder simulate examples/protocol-ladder.yaml --output json", ladder_file=str(LADDER)
+    )
 
 
 # The failure case: a 2m cell diverged, a 10m cell of d12-ar48 never reported (so d12-ar48 is
@@ -79,7 +86,6 @@ def running_status():
 
 def running_input() -> ReportInput:
     return from_document(full_object(running_status().wire()), "running.status.json")
-
 
 
 # Peak memory in GiB per candidate (10 for the others); each cell adds its seed in MiB.

@@ -7,7 +7,6 @@ Also the way docs/report-screenshot.png is made (same code path as the test):
 from __future__ import annotations
 
 import json
-
 import re
 import shutil
 import subprocess
@@ -17,9 +16,17 @@ from pathlib import Path
 
 # Without these, Chromium waits on network services that do not exist on a closed network.
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
 ]
 NONCE = "report-test-probe"
 
@@ -54,8 +61,9 @@ def find_chromium() -> str | None:
 
 def _run(chromium: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="report-chromium-") as profile:
-        return subprocess.run([chromium, *FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [chromium, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=timeout
+        )
 
 
 def probe(chromium: str, html: str, workdir: Path, timeout: float = 90) -> dict:
@@ -72,17 +80,27 @@ def probe(chromium: str, html: str, workdir: Path, timeout: float = 90) -> dict:
     return json.loads(raw)
 
 
-def screenshot(chromium: str, html_path: Path, png: Path, width: int = 1200, height: int = 2300, timeout: float = 90) -> None:
-    out = _run(chromium, [f"--window-size={width},{height}", "--virtual-time-budget=10000",
-                          f"--screenshot={png}", html_path.resolve().as_uri()], timeout)
+def screenshot(
+    chromium: str, html_path: Path, png: Path, width: int = 1200, height: int = 2300, timeout: float = 90
+) -> None:
+    out = _run(
+        chromium,
+        [
+            f"--window-size={width},{height}",
+            "--virtual-time-budget=10000",
+            f"--screenshot={png}",
+            html_path.resolve().as_uri(),
+        ],
+        timeout,
+    )
     if not png.exists() or png.stat().st_size == 0:
         raise AssertionError(f"chromium wrote no screenshot (rc {out.returncode}); stderr:\n{out.stderr[-3000:]}")
 
 
 def example_report_html() -> str:
     """The example ladder's report, from `ladder simulate --output json` plus --ladder (what the docs show)."""
-    from tests.report.builders import example_input
     from promotion_ladder.report import render
+    from tests.report.builders import example_input
 
     return render(example_input(), "html")
 
@@ -99,4 +117,3 @@ if __name__ == "__main__":  # pragma: no cover - regenerates the committed scree
         page.write_text(example_report_html(), encoding="utf-8")
         screenshot(chromium, page, target)
     print(f"{target}: {target.stat().st_size // 1024} KiB", file=sys.stderr)
-

@@ -13,9 +13,10 @@ from localcluster.pytest_plugin import in_ci
 
 from .chromium import find_chromium, probe, screenshot
 
-
 if find_chromium() is None and not in_ci():
-    pytest.skip("headless Chromium not installed (apt-get install -y chromium): browser test skipped", allow_module_level=True)
+    pytest.skip(
+        "headless Chromium not installed (apt-get install -y chromium): browser test skipped", allow_module_level=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,9 @@ def test_the_probe_notices_a_broken_page(chromium, tmp_path, example_report):
     broken = example_report.html.replace(
         "</main>",
         '<img src="https://example.invalid/x.png"><img src="data:image/png;base64,AAAA">'
-        '<script nonce="report-test-probe">undefined_function()</script></main>', 1)
+        '<script nonce="report-test-probe">undefined_function()</script></main>',
+        1,
+    )
     seen = probe(chromium, broken, tmp_path)
     assert any("img-src" in v for v in seen["violations"])
     assert seen["failed"]

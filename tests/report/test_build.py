@@ -14,8 +14,11 @@ from .builders import example_input, failing_input, running_input
 
 @pytest.fixture(scope="module")
 def reports():
-    return {"example": build_report(example_input()), "failing": build_report(failing_input()),
-            "running": build_report(running_input())}
+    return {
+        "example": build_report(example_input()),
+        "failing": build_report(failing_input()),
+        "running": build_report(running_input()),
+    }
 
 
 def column(table, header):
@@ -32,10 +35,28 @@ CELLS = {
     "executed total": ("example", "cost-executed", "total", "GPU-hours", "169.2"),
     "executed 12h": ("example", "cost-executed", "12h", "GPU-hours", "144.0"),
     "executed 2m": ("example", "cost-executed", "2m", "GPU-hours", "1.2"),
-    "counterfactual 10m": ("example", "cost-counterfactuals", "all 9 that entered 10m through 12h", "GPU-hours", "432.0"),
-    "saved vs 432": ("example", "cost-counterfactuals", "all 9 that entered 10m through 12h", "Saved GPU-hours", "262.8"),
+    "counterfactual 10m": (
+        "example",
+        "cost-counterfactuals",
+        "all 9 that entered 10m through 12h",
+        "GPU-hours",
+        "432.0",
+    ),
+    "saved vs 432": (
+        "example",
+        "cost-counterfactuals",
+        "all 9 that entered 10m through 12h",
+        "Saved GPU-hours",
+        "262.8",
+    ),
     "saved % vs 432": ("example", "cost-counterfactuals", "all 9 that entered 10m through 12h", "Saved", "60.8%"),
-    "counterfactual 60m": ("example", "cost-counterfactuals", "all 4 that entered 60m through 12h", "GPU-hours", "192.0"),
+    "counterfactual 60m": (
+        "example",
+        "cost-counterfactuals",
+        "all 4 that entered 60m through 12h",
+        "GPU-hours",
+        "192.0",
+    ),
     "saved % vs 192": ("example", "cost-counterfactuals", "all 4 that entered 60m through 12h", "Saved", "11.9%"),
     "host block a100": ("example", "cost-host-blocks", "a100", "GPU-hours", "85.2"),
     "near-equivalence measured": ("example", "verdict", "greedy-near-equivalent", "Measured", "0.0130"),
@@ -55,7 +76,13 @@ CELLS = {
     "failed 12h greedy": ("failing", "decision-12h", "3", "a100/1", "failed"),
     "failed cells reason": ("failing", "failed-cells", "12h", "Reason", "OOMKilled"),
     "failed executed total": ("failing", "cost-executed", "total", "GPU-hours", "169.0"),
-    "failed verdict": ("failing", "verdict", "greedy-near-equivalent", "Detail", "greedy has failed cells in the final stage"),
+    "failed verdict": (
+        "failing",
+        "verdict",
+        "greedy-near-equivalent",
+        "Detail",
+        "greedy has failed cells in the final stage",
+    ),
     "tau 10m to 60m": ("example", "stability-stages", "10m", "Kendall tau-b", "0.67"),
     "tau 2m to 5m": ("example", "stability-stages", "2m", "Kendall tau-b", "0.84"),
     "tau host blocks 5m": ("example", "stability-host-blocks", "5m", "Kendall tau-b", "0.94"),
@@ -166,13 +193,22 @@ def test_fragile_promotion_is_flagged_beside_its_decision():
 
     from ..unit.builders import build, ladder_doc
 
-    ladder = build(ladder_doc(candidates=["x", "y", "z"], stages=[
-        {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 1}},
-        {"name": "s2", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1]},
-    ]))
+    ladder = build(
+        ladder_doc(
+            candidates=["x", "y", "z"],
+            stages=[
+                {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 1}},
+                {"name": "s2", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1]},
+            ],
+        )
+    )
     values = {"s1": {"x": [1.0, 3.0], "y": [2.0, 2.0], "z": [2.5, 2.5]}, "s2": {"x": [1.0, 1.1]}}
-    recorded = {(st, c, hb, 1): CellOutcome("succeeded", v) for st, t in values.items() for c, vals in t.items()
-                for hb, v in zip(("a100", "l40s"), vals)}
+    recorded = {
+        (st, c, hb, 1): CellOutcome("succeeded", v)
+        for st, t in values.items()
+        for c, vals in t.items()
+        for hb, v in zip(("a100", "l40s"), vals)
+    }
     status, _ = simulate(ladder.spec, recorded)
     n = Counter(tuple(sorted(d)) for d in draws("s1", 2))
     x = (n[(0, 0)] + n[(0, 1)]) / 200
@@ -184,7 +220,8 @@ def test_fragile_promotion_is_flagged_beside_its_decision():
     assert row(report.table("stability-promotion"), "s1")[2] == f"x {x:.0%}"
     assert report.table("stability-promotion").marks == ["fail"]
     assert row(report.table("stability-stages"), "s1")[3] == (
-        "undefined: fewer than two candidates complete in both s1 and s2")
+        "undefined: fewer than two candidates complete in both s1 and s2"
+    )
 
 
 def test_a_status_from_before_stability_gets_the_same_figures():
@@ -230,7 +267,12 @@ def test_each_candidates_peak_memory_per_stage(reports):
     assert row(report.table("memory-5m"), "bridge")[1:] == ["20.00 GiB", "1 of 2"]  # l40s reported none
     assert row(report.table("memory-12h"), "greedy")[1:] == ["21.00 GiB", "4 of 4"]
     assert {t.key for s in report.sections for t in s.tables if t.key.startswith("memory-")} == {
-        "memory-2m", "memory-5m", "memory-10m", "memory-60m", "memory-12h"}
+        "memory-2m",
+        "memory-5m",
+        "memory-10m",
+        "memory-60m",
+        "memory-12h",
+    }
     # A status whose cells report no peak memory (the example's) gets no such table.
     assert not any(t.key.startswith("memory-") for s in reports["example"].sections for t in s.tables)
 
@@ -247,16 +289,20 @@ def test_a_continuation_ladder_shows_what_ran_beside_from_scratch_and_the_winner
     obj["spec"]["continuation"] = {"from": "previousStage", "path": "/ck"}
     spec = load_ladder(obj).spec
     # Every cell after the first stage took 60 s over from its predecessor.
-    rec = {k: o if k[0] == spec.stages[0].name else o.model_copy(update={"resumed_seconds": 60.0})
-           for k, o in recorded().items()}
+    rec = {
+        k: o if k[0] == spec.stages[0].name else o.model_copy(update={"resumed_seconds": 60.0})
+        for k, o in recorded().items()
+    }
     status, _ = simulate(spec, rec, checkpoint_root="/ck/protocol")
     obj["status"] = json.loads(json.dumps(status.wire()))
     summary = {r[0]: r[1] for r in build_report(from_document(obj, "cont.json")).table("summary").rows}
     g = status.gpu_hours
     assert g.from_scratch > g.total
     saved = g.from_scratch - g.total
-    assert summary["GPU-hours from scratch"] == (f"{gpu_h(g.from_scratch)} (continuing ran {gpu_h(g.total)}: saved "
-                                                 f"{gpu_h(saved)}, {100 * saved / g.from_scratch:.1f}%)")
+    assert summary["GPU-hours from scratch"] == (
+        f"{gpu_h(g.from_scratch)} (continuing ran {gpu_h(g.total)}: saved "
+        f"{gpu_h(saved)}, {100 * saved / g.from_scratch:.1f}%)"
+    )
     winner = status.verdict.winner
     assert summary["Winner's checkpoints"].split(", ") == status.checkpoints.winner
     assert all(f"/{winner}." in p for p in status.checkpoints.winner)

@@ -15,7 +15,9 @@ from promotion_ladder.report import ReportError, from_cluster
 from .builders import full_object, simulate_json
 
 SMALL = {
-    "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "small"},
+    "apiVersion": "ladder.promotion.dev/v1alpha1",
+    "kind": "PromotionLadder",
+    "metadata": {"name": "small"},
     "spec": {
         "hostBlocks": [{"name": "a100"}, {"name": "l40s"}],
         "candidates": [{"name": f"c{i}"} for i in range(4)],
@@ -23,7 +25,10 @@ SMALL = {
             {"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1], "promote": {"top": 2}},
             {"name": "s2", "budget": "10m", "hostBlocks": ["a100", "l40s"], "seeds": [1, 2]},
         ],
-        "verdict": {"reference": "c0", "checks": [{"name": "c1-close", "type": "nearEquivalence", "candidate": "c1", "margin": 0.01}]},
+        "verdict": {
+            "reference": "c0",
+            "checks": [{"name": "c1-close", "type": "nearEquivalence", "candidate": "c1", "margin": 0.01}],
+        },
     },
 }
 
@@ -155,12 +160,18 @@ def test_cluster_source_not_found_and_no_status():
 
 def test_cluster_namespace_defaults_to_the_kubeconfig_context(tmp_path):
     kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "u", "user": {"token": "x"}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "c", "user": "u", "namespace": "research"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "lab",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "lab", "context": {"cluster": "c", "user": "u", "namespace": "research"}}],
+            }
+        )
+    )
     api = FakeApi({("research", "protocol"): full_object(simulate_json())})
     assert from_cluster("protocol", kubeconfig=str(kubeconfig), api=api).origin == "cluster research/protocol"
 

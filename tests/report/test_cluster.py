@@ -26,8 +26,9 @@ def test_report_of_a_ladder_on_the_cluster(local_cluster, ladders, namespace, tm
     doc = yaml.safe_load(LADDER.read_text())
     ladders.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, doc)
     # What the operator would have written once the ladder finished.
-    ladders.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "protocol",
-                                                  {"status": simulate_json()})
+    ladders.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, "protocol", {"status": simulate_json()}
+    )
     out = tmp_path / "cluster-report.html"
     argv = ["report", "protocol", "-n", namespace, "--kubeconfig", str(local_cluster.kubeconfig), "-o", str(out)]
     assert main(argv) == 0, capsys.readouterr().err

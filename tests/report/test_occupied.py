@@ -9,8 +9,10 @@ from .builders import LADDER, recorded, simulate_json
 
 def occupied_input(extra: float):
     """The example ladder where every 2m cell held its GPU `extra` seconds past its train seconds."""
-    results = {k: o.model_copy(update={"occupied_seconds": (o.train_seconds or 120) + extra}) if k[0] == "2m" else o
-               for k, o in recorded().items()}
+    results = {
+        k: o.model_copy(update={"occupied_seconds": (o.train_seconds or 120) + extra}) if k[0] == "2m" else o
+        for k, o in recorded().items()
+    }
     return from_document(simulate_json(results), "test", ladder_file=str(LADDER))
 
 

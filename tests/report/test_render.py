@@ -8,7 +8,9 @@ import struct
 
 import pytest
 
-FIG_RE = re.compile(r'<figure id="[^"]+" data-figure="([^"]+)"><img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)">')
+FIG_RE = re.compile(
+    r'<figure id="[^"]+" data-figure="([^"]+)"><img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)">'
+)
 MD_FIG_RE = re.compile(r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
 
 
@@ -39,13 +41,28 @@ def test_nothing_is_fetched_from_the_network(request, name):
     html = request.getfixturevalue(name).html
     assert "default-src 'none'" in html
     refs = re.findall(r'(?:src|href)="([^"]*)"', html)
-    assert refs and all(ref.startswith(("data:", "#")) for ref in refs), [r[:40] for r in refs if not r.startswith(("data:", "#"))]
+    assert refs and all(ref.startswith(("data:", "#")) for ref in refs), [
+        r[:40] for r in refs if not r.startswith(("data:", "#"))
+    ]
 
 
 # Numbers that must be on the page, in both formats.
 NUMBERS = {
-    "example_report": ["169.2", "432.0", "192.0", "576.0", "60.8%", "262.8", "11.9%", "0.0130", "0.0250", "<= 0.0100",
-                       "winner", "promoted (keep)", "sha256:"],
+    "example_report": [
+        "169.2",
+        "432.0",
+        "192.0",
+        "576.0",
+        "60.8%",
+        "262.8",
+        "11.9%",
+        "0.0130",
+        "0.0250",
+        "<= 0.0100",
+        "winner",
+        "promoted (keep)",
+        "sha256:",
+    ],
     "failing_report": ["169.0", "OOMKilled", "diverged (loss NaN)", "cut: incomplete (failed cells)", "failed"],
     "running_report": ["14.2", "Progress", "running", "pending", "preempted twice", "No verdict yet"],
 }

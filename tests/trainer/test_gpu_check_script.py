@@ -22,8 +22,9 @@ def gpu_check(*parts: str, out: Path, smoke: bool = True) -> subprocess.Complete
     env.pop("GPU_CHECK_SMOKE", None)
     if smoke:
         env["GPU_CHECK_SMOKE"] = "1"
-    return subprocess.run(["bash", "scripts/gpu-check.sh", *parts], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["bash", "scripts/gpu-check.sh", *parts], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_smoke_run_writes_every_report(tmp_path):

@@ -29,13 +29,21 @@ WARMDOWN = 0.4
 
 def _ladder(corpus: Path) -> dict:
     return {
-        "apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "cont"},
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": "cont"},
         "spec": {
-            "trainer": {"image": "t:0", "command": [sys.executable, "-m", "ladder_trainer"], "gpus": 1,
-                        "args": ["--device", "cpu", "--data", str(corpus), "--eval-tokens", "512"]},
+            "trainer": {
+                "image": "t:0",
+                "command": [sys.executable, "-m", "ladder_trainer"],
+                "gpus": 1,
+                "args": ["--device", "cpu", "--data", str(corpus), "--eval-tokens", "512"],
+            },
             "hostBlocks": [{"name": "cpu", "nodeSelector": {"pool": "cpu"}}],
-            "candidates": [{"name": n, "config": {**TINY, "matrix_lr": lr, "warmdown_frac": WARMDOWN}}
-                           for n, lr in CANDIDATES.items()],
+            "candidates": [
+                {"name": n, "config": {**TINY, "matrix_lr": lr, "warmdown_frac": WARMDOWN}}
+                for n, lr in CANDIDATES.items()
+            ],
             "stages": [
                 {"name": "s1", "budget": f"{S1_BUDGET:g}s", "hostBlocks": ["cpu"], "seeds": [1], "promote": {"top": 2}},
                 {"name": "s2", "budget": f"{S2_BUDGET:g}s", "hostBlocks": ["cpu"], "seeds": [1]},
@@ -48,8 +56,9 @@ def _ladder(corpus: Path) -> dict:
 def test_a_continuation_ladder_under_ladder_run(corpus, tmp_path):
     progress = tmp_path / "progress.txt"
     with open(progress, "w") as stream:
-        status = run_ladder(load_ladder(_ladder(corpus)), tmp_path / "s.json", parallel=1, stream=stream,
-                            poll_seconds=0.1)
+        status = run_ladder(
+            load_ladder(_ladder(corpus)), tmp_path / "s.json", parallel=1, stream=stream, poll_seconds=0.1
+        )
     assert status.phase == "Succeeded", progress.read_text()
     root = (tmp_path / "s.cells" / LOCAL_DIR / "cont").resolve()
     s1, s2 = status.stages
@@ -70,8 +79,10 @@ def test_a_continuation_ladder_under_ladder_run(corpus, tmp_path):
     assert winner in promoted
     (runner_up,) = set(promoted) - {winner}
     assert [(d.stage, d.candidates) for d in status.checkpoints.deleted] == [("s1", [eliminated]), ("s2", [runner_up])]
-    assert sorted(p.relative_to(root).as_posix() for p in root.glob("*/*")) == [f"s1/{winner}.cpu.1",
-                                                                                 f"s2/{winner}.cpu.1"]
+    assert sorted(p.relative_to(root).as_posix() for p in root.glob("*/*")) == [
+        f"s1/{winner}.cpu.1",
+        f"s2/{winner}.cpu.1",
+    ]
     log = progress.read_text()
     assert "checkpoints: deleted 1 folder(s) of the 1 candidate(s) stage s1 eliminated" in log
     assert "checkpoints: deleted 2 folder(s) of the 1 candidate(s) stage s2 eliminated" in log
@@ -82,8 +93,11 @@ def test_a_continuation_ladder_under_ladder_run(corpus, tmp_path):
         assert (root / stage / f"{winner}.cpu.1" / STABLE_FILE).is_file()
 
     # The winner's folders are named and there.
-    assert status.checkpoints.winner == [str(root / "s1" / f"{winner}.cpu.1"), str(root / "s2" / f"{winner}.cpu.1"),
-                                         str(root / "s2" / f"{winner}.cpu.1" / FINAL_DIR)]
+    assert status.checkpoints.winner == [
+        str(root / "s1" / f"{winner}.cpu.1"),
+        str(root / "s2" / f"{winner}.cpu.1"),
+        str(root / "s2" / f"{winner}.cpu.1" / FINAL_DIR),
+    ]
     assert all(Path(p).is_dir() for p in status.checkpoints.winner)
 
     # What ran is less than the same cells from scratch, by the seconds the s2 cells took over.

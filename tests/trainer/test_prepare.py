@@ -21,8 +21,14 @@ from ladder_trainer.data import EOT_TEXT, BPETokenizer, Shards  # noqa: E402
 
 from .conftest import ROOT, TINY  # noqa: E402
 
-SNIPPETS = ["def f(x):\n    return x * 2\n", "Grüße aus Köln — naïve café ☕\n", "# Title\n\nSome *Markdown* text.\r\n",
-            "日本語のテキスト、そして emoji 🚀.\n", f"quoting the separator {EOT_TEXT} inside a document\n", "\ttabs\tand  spaces  \n"]
+SNIPPETS = [
+    "def f(x):\n    return x * 2\n",
+    "Grüße aus Köln — naïve café ☕\n",
+    "# Title\n\nSome *Markdown* text.\r\n",
+    "日本語のテキスト、そして emoji 🚀.\n",
+    f"quoting the separator {EOT_TEXT} inside a document\n",
+    "\ttabs\tand  spaces  \n",
+]
 
 
 def make_docs(n: int = 160) -> list[str]:
@@ -117,7 +123,9 @@ def read_back(out: Path) -> tuple[Counter, int, dict]:
         assert ids[-1] == shards.eot
         for doc in np.split(ids, np.flatnonzero(ids == shards.eot) + 1)[:-1]:
             body = doc[:-1].tolist()
-            decoded[bytes(body).decode("utf-8") if tok is None else tok.tok.decode(body, skip_special_tokens=False)] += 1
+            decoded[
+                bytes(body).decode("utf-8") if tok is None else tok.tok.decode(body, skip_special_tokens=False)
+            ] += 1
     return decoded, counted, meta
 
 
@@ -125,8 +133,19 @@ def read_back(out: Path) -> tuple[Counter, int, dict]:
 def test_each_input_kind_round_trips_and_token_bytes_add_up(tmp_path, docs, tokenizer_json, writer, args):
     inputs, extra = writer(tmp_path, docs, tokenizer_json)
     out = tmp_path / "out"
-    argv = [*inputs, "--output", str(out), "--workers", "1", "--shard-mb", "0.004", "--val-permille", "100", "--quiet",
-            *[a.replace("{tok}", str(tokenizer_json)) for a in args + extra]]
+    argv = [
+        *inputs,
+        "--output",
+        str(out),
+        "--workers",
+        "1",
+        "--shard-mb",
+        "0.004",
+        "--val-permille",
+        "100",
+        "--quiet",
+        *[a.replace("{tok}", str(tokenizer_json)) for a in args + extra],
+    ]
     assert prepare.main(argv) == 0
     decoded, counted, meta = read_back(out)
     assert decoded == Counter(docs)
@@ -158,28 +177,40 @@ def test_bad_inputs_are_errors_naming_the_file_or_flag(tmp_path, capsys):
         "missing input": ([str(tmp_path / "nope")], "nope: no such file"),
         "missing text field": ([str(tmp_path / "a.jsonl"), "--tokenizer", "byte"], "no 'text' field"),
         "tokens without their tokenizer": ([str(tmp_path / "odd.bin"), "--tokenizer", "byte"], "odd.bin"),
-        "tokenizer file that is not one": ([str(tmp_path / "a.jsonl"), "--tokenizer", str(tmp_path / "a.jsonl")], "not a Hugging Face tokenizer.json"),
+        "tokenizer file that is not one": (
+            [str(tmp_path / "a.jsonl"), "--tokenizer", str(tmp_path / "a.jsonl")],
+            "not a Hugging Face tokenizer.json",
+        ),
         "a vocabulary too small for a BPE": ([str(tmp_path / "a.jsonl"), "--vocab-size", "100"], "--vocab-size: 100"),
         "a split outside 0-1000": ([str(tmp_path / "a.jsonl"), "--val-permille", "2000"], "--val-permille: 2000"),
     }
     for name, (argv, message) in cases.items():
-        assert prepare.main([*argv, "--output", str(tmp_path / name.replace(" ", "-")), "--quiet", "--workers", "1"]) == 1, name
+        assert (
+            prepare.main([*argv, "--output", str(tmp_path / name.replace(" ", "-")), "--quiet", "--workers", "1"]) == 1
+        ), name
         assert message in capsys.readouterr().err, name
 
 
 def _run_prepare(argv: list[str], env: dict | None = None, wrapper: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "trainer"), str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")]),
-           **(env or {})}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "trainer"), str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")]
+        ),
+        **(env or {}),
+    }
     command = [sys.executable, "-m", "ladder_trainer.prepare", *argv]
     if wrapper:
         command = [sys.executable, "-c", wrapper, *command]
-    return subprocess.run(command, env=env, capture_output=True, text=True,
-                          timeout=600, start_new_session=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, start_new_session=True)
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and ".prepare" not in p.parts}
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and ".prepare" not in p.parts
+    }
 
 
 def test_a_killed_prepare_resumes_to_the_same_bytes_and_a_second_run_changes_nothing(tmp_path, docs, tokenizer_json):
@@ -208,11 +239,45 @@ def test_a_killed_prepare_resumes_to_the_same_bytes_and_a_second_run_changes_not
 def test_other_settings_on_the_same_output_are_refused(tmp_path, docs):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
     out = str(tmp_path / "out")
-    assert prepare.main([str(tmp_path / "a.jsonl"), "--output", out, "--tokenizer", "byte", "--workers", "1", "--quiet"]) == 0
-    assert prepare.main([str(tmp_path / "a.jsonl"), "--output", out, "--tokenizer", "byte", "--workers", "1", "--quiet",
-                         "--val-permille", "10"]) == 1
-    assert prepare.main([str(tmp_path / "a.jsonl"), "--output", out, "--tokenizer", "byte", "--workers", "1", "--quiet",
-                         "--val-permille", "10", "--force"]) == 0
+    assert (
+        prepare.main([str(tmp_path / "a.jsonl"), "--output", out, "--tokenizer", "byte", "--workers", "1", "--quiet"])
+        == 0
+    )
+    assert (
+        prepare.main(
+            [
+                str(tmp_path / "a.jsonl"),
+                "--output",
+                out,
+                "--tokenizer",
+                "byte",
+                "--workers",
+                "1",
+                "--quiet",
+                "--val-permille",
+                "10",
+            ]
+        )
+        == 1
+    )
+    assert (
+        prepare.main(
+            [
+                str(tmp_path / "a.jsonl"),
+                "--output",
+                out,
+                "--tokenizer",
+                "byte",
+                "--workers",
+                "1",
+                "--quiet",
+                "--val-permille",
+                "10",
+                "--force",
+            ]
+        )
+        == 0
+    )
 
 
 MEMORY_LIMIT_MB = 160
@@ -235,10 +300,24 @@ def test_a_corpus_larger_than_the_memory_limit_prepares_within_it(tmp_path):
     assert size_mb > MEMORY_LIMIT_MB
     # A wrapper process waits for prepare, so its RUSAGE_CHILDREN covers prepare and its workers
     # only (ru_maxrss: the largest of them, KiB on Linux), not this test process's other children.
-    wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-               "print('maxrss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
-    run = _run_prepare([str(tmp_path / "big.jsonl"), "--output", str(tmp_path / "out"), "--tokenizer", "byte",
-                        "--workers", "2", "--shard-mb", "32"], wrapper=wrapper)
+    wrapper = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print('maxrss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+    )
+    run = _run_prepare(
+        [
+            str(tmp_path / "big.jsonl"),
+            "--output",
+            str(tmp_path / "out"),
+            "--tokenizer",
+            "byte",
+            "--workers",
+            "2",
+            "--shard-mb",
+            "32",
+        ],
+        wrapper=wrapper,
+    )
     assert run.returncode == 0, run.stderr
     peak_mb = int(run.stdout.split("maxrss_kib")[1].split()[0]) / 1024
     print(f"corpus {size_mb:.0f} MB, peak RSS of prepare's largest process {peak_mb:.0f} MB")
@@ -255,12 +334,41 @@ def test_a_cell_on_prepared_shards_reports_corpus_and_data_passes(tmp_path, docs
 
     write_text_files(tmp_path, docs * 1, None)
     out = tmp_path / "shards"
-    assert prepare.main([str(tmp_path / "corpus"), "--output", str(out), "--tokenizer", "byte", "--workers", "1",
-                         "--shard-mb", "0.004", "--quiet"]) == 0
+    assert (
+        prepare.main(
+            [
+                str(tmp_path / "corpus"),
+                "--output",
+                str(out),
+                "--tokenizer",
+                "byte",
+                "--workers",
+                "1",
+                "--shard-mb",
+                "0.004",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "meta.json").read_text())
     res = tmp_path / "r.json"
-    code = main(["--config", json.dumps(TINY), "--budget", "60s", "--data", str(out), "--max-steps", "3",
-                 "--eval-tokens", "256", "--result-file", str(res)])
+    code = main(
+        [
+            "--config",
+            json.dumps(TINY),
+            "--budget",
+            "60s",
+            "--data",
+            str(out),
+            "--max-steps",
+            "3",
+            "--eval-tokens",
+            "256",
+            "--result-file",
+            str(res),
+        ]
+    )
     result = parse_result(res.read_text())
     assert code == 0, result.message
     assert result.corpus == meta["corpus"]
@@ -271,7 +379,12 @@ def test_the_fingerprint_names_the_data_not_its_layout(tmp_path, docs):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
 
     def fingerprint(name, *extra):
-        assert prepare.main([str(tmp_path / "a.jsonl"), "--output", str(tmp_path / name), "--workers", "1", "--quiet", *extra]) == 0
+        assert (
+            prepare.main(
+                [str(tmp_path / "a.jsonl"), "--output", str(tmp_path / name), "--workers", "1", "--quiet", *extra]
+            )
+            == 0
+        )
         return json.loads((tmp_path / name / "meta.json").read_text())["corpus"]
 
     one_shard = fingerprint("one", "--tokenizer", "byte")
@@ -282,7 +395,9 @@ def test_the_fingerprint_names_the_data_not_its_layout(tmp_path, docs):
     assert bpe != one_shard
     # The BPE is trained deterministically, so a prepare killed while training it ends the same.
     assert fingerprint("bpe-again", "--tokenizer", "bpe", "--vocab-size", "300") == bpe
-    assert (tmp_path / "bpe-again" / "tokenizer.json").read_bytes() == (tmp_path / "other-tokenizer" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "bpe-again" / "tokenizer.json").read_bytes() == (
+        tmp_path / "other-tokenizer" / "tokenizer.json"
+    ).read_bytes()
 
 
 @pytest.mark.torch
@@ -293,7 +408,12 @@ def test_a_cell_that_will_repeat_its_data_says_so_at_start(tmp_path, docs, capsy
 
     write_text_files(tmp_path, docs * 1, None)
     out = tmp_path / "shards"
-    assert prepare.main([str(tmp_path / "corpus"), "--output", str(out), "--tokenizer", "byte", "--workers", "1", "--quiet"]) == 0
+    assert (
+        prepare.main(
+            [str(tmp_path / "corpus"), "--output", str(out), "--tokenizer", "byte", "--workers", "1", "--quiet"]
+        )
+        == 0
+    )
     capsys.readouterr()
     # The projection uses the first steps' throughput and the whole budget: 600 s of a tiny model
     # over a tiny corpus repeats it on any machine, while 25 steps keep the test short.

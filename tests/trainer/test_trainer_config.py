@@ -71,10 +71,13 @@ def test_cli_bad_config_exits_2_with_a_result(tmp_path, capsys):
     assert "widht" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--config", "{not json", "--budget", "5s"], "JSON"),
-    (["--config", "{}", "--budget", "five"], "budget"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--config", "{not json", "--budget", "5s"], "JSON"),
+        (["--config", "{}", "--budget", "five"], "budget"),
+    ],
+)
 def test_cli_bad_json_or_budget_exits_2(args, needle, tmp_path):
     out = tmp_path / "r.json"
     assert main([*args, "--result-file", str(out)]) == EXIT_BAD_CONFIG
@@ -115,7 +118,9 @@ def test_image_entrypoint_module_starts():
     dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile.trainer").read_text()
     entry = re.findall(r"^ENTRYPOINT (.+)$", dockerfile, re.M)
     assert entry and json.loads(entry[-1]) == ["python", "-m", "ladder_trainer"]
-    proc = subprocess.run([sys.executable, "-m", "ladder_trainer", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ladder_trainer", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and "--budget" in proc.stdout
 
 
@@ -152,6 +157,9 @@ def test_batch_is_global_and_split_over_processes(raw, device, world, want):
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused():
-    with pytest.raises(ConfigError, match=r"batch: 384 tokens per step is not a multiple of device_batch x seq_len x "
-                                          r"processes = 1 x 128 x 2 = 256"):
+    with pytest.raises(
+        ConfigError,
+        match=r"batch: 384 tokens per step is not a multiple of device_batch x seq_len x "
+        r"processes = 1 x 128 x 2 = 256",
+    ):
         parse_config({"seq_len": 128, "batch": 384, "device_batch": 1}).resolve("cpu", 2)

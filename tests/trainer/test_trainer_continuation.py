@@ -58,10 +58,20 @@ def losses(path: Path) -> list[tuple[int, float]]:
 def test_a_resumed_run_is_the_uninterrupted_run(corpus, tmp_path, optimizer):
     cfg = parse_config({**CONFIG, "optimizer": optimizer})
     whole = run(cfg, 3, LONG, settings(corpus, max_steps=12, step_log=str(tmp_path / "whole.jsonl")))
-    run(cfg, 3, LONG, settings(corpus, max_steps=5, stable_steps=5, step_log=str(tmp_path / "first.jsonl")),
-        continuation=writes(tmp_path / "ck", {**CONFIG, "optimizer": optimizer}, identity={}, env={}))
-    resumed = run(cfg, 3, LONG, settings(corpus, max_steps=12, step_log=str(tmp_path / "rest.jsonl")),
-                  continuation=reads(tmp_path / "ck", {**CONFIG, "optimizer": optimizer}, identity={}, env={}))
+    run(
+        cfg,
+        3,
+        LONG,
+        settings(corpus, max_steps=5, stable_steps=5, step_log=str(tmp_path / "first.jsonl")),
+        continuation=writes(tmp_path / "ck", {**CONFIG, "optimizer": optimizer}, identity={}, env={}),
+    )
+    resumed = run(
+        cfg,
+        3,
+        LONG,
+        settings(corpus, max_steps=12, step_log=str(tmp_path / "rest.jsonl")),
+        continuation=reads(tmp_path / "ck", {**CONFIG, "optimizer": optimizer}, identity={}, env={}),
+    )
     a, first, rest = (losses(tmp_path / f"{n}.jsonl") for n in ("whole", "first", "rest"))
     assert first == a[:5] and [s for s, _ in rest] == list(range(6, 13))
     # the same loss curve: model, optimizer state, data position and RNG all restored
@@ -73,16 +83,22 @@ def test_a_resumed_run_is_the_uninterrupted_run(corpus, tmp_path, optimizer):
 def test_the_stable_checkpoint_sits_where_the_flat_phase_ends(corpus, tmp_path):
     budget, warmdown = 3.0, 0.4
     cfg = parse_config({**CONFIG, "warmdown_frac": warmdown})
-    first = run(cfg, 3, budget, settings(corpus), continuation=writes(tmp_path / "s1", {**CONFIG, "warmdown_frac": warmdown}))
+    first = run(
+        cfg, 3, budget, settings(corpus), continuation=writes(tmp_path / "s1", {**CONFIG, "warmdown_frac": warmdown})
+    )
     manifest = json.loads((tmp_path / "s1" / MANIFEST_FILE).read_text())
     stable = manifest["stableSeconds"]
     assert (1 - warmdown) * budget <= stable < (1 - warmdown) * budget + 0.5  # the first step boundary past it
     assert {k: manifest[k] for k in ("ladder", "stage", "candidate", "hostBlock", "seed", "frozenHash", "corpus")} == {
-        **S1, "frozenHash": "sha256:aaa", "corpus": first.corpus}
+        **S1,
+        "frozenHash": "sha256:aaa",
+        "corpus": first.corpus,
+    }
     assert first.resumed_seconds == 0.0 and first.status == "ok"
     # the next stage, twice the budget: its clock starts at the stable time, it trains and decays to its own end
-    second = run(cfg, 3, 2 * budget, settings(corpus),
-                 continuation=reads(tmp_path / "s1", {**CONFIG, "warmdown_frac": warmdown}))
+    second = run(
+        cfg, 3, 2 * budget, settings(corpus), continuation=reads(tmp_path / "s1", {**CONFIG, "warmdown_frac": warmdown})
+    )
     assert second.resumed_seconds == pytest.approx(stable, abs=1e-5)
     assert 2 * budget <= second.train_seconds < 2 * budget + 0.5 and second.steps > first.steps
 
@@ -167,10 +183,34 @@ def test_or_trains_from_scratch_and_records_why(name, saved, corpus, other_corpu
 
 def test_the_cli_exits_5_with_the_reason_in_its_result(saved, corpus, tmp_path):
     result = tmp_path / "result.json"
-    env = {"LADDER_NAME": "demo", "LADDER_STAGE": "s2", "LADDER_CANDIDATE": "c0", "LADDER_HOST_BLOCK": "a100",
-           "LADDER_SEED": "3", ENV_FROZEN_HASH: "sha256:other", ENV_PREVIOUS_STAGE: "s1"}
-    proc = run_cli(["--config", json.dumps(CONFIG), "--budget", "60s", "--result-file", str(result), "--data", str(corpus),
-                    "--max-steps", "2", "--eval-tokens", "512", "--resume-from", str(saved)], env=env)
+    env = {
+        "LADDER_NAME": "demo",
+        "LADDER_STAGE": "s2",
+        "LADDER_CANDIDATE": "c0",
+        "LADDER_HOST_BLOCK": "a100",
+        "LADDER_SEED": "3",
+        ENV_FROZEN_HASH: "sha256:other",
+        ENV_PREVIOUS_STAGE: "s1",
+    }
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(CONFIG),
+            "--budget",
+            "60s",
+            "--result-file",
+            str(result),
+            "--data",
+            str(corpus),
+            "--max-steps",
+            "2",
+            "--eval-tokens",
+            "512",
+            "--resume-from",
+            str(saved),
+        ],
+        env=env,
+    )
     assert proc.returncode == EXIT_CHECKPOINT, proc.stderr
     doc = parse_result(result.read_text())
     assert doc.status == "error" and doc.message.startswith("checkpoint refused: frozenHash:")

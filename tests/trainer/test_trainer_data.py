@@ -34,7 +34,10 @@ def test_jsonl_corpus_with_bpe(tmp_path):
     assert shards.vocab_size == 300 and shards.token_bytes[shards.eot] == 0
     assert (shards.path / "tokenizer.json").exists()
     total = sum(len(r["text"].encode()) for r in rows)
-    assert int(shards.token_bytes[np.asarray(shards.train)].sum() + shards.token_bytes[np.asarray(shards.val)].sum()) == total
+    assert (
+        int(shards.token_bytes[np.asarray(shards.train)].sum() + shards.token_bytes[np.asarray(shards.val)].sum())
+        == total
+    )
 
 
 def test_jsonl_without_the_text_field_is_an_error_naming_it(tmp_path):
@@ -73,7 +76,9 @@ def test_cli_missing_data_exits_2(tmp_path):
     from promotion_ladder.core.result import parse_result
 
     out = tmp_path / "r.json"
-    code = main(["--config", json.dumps(TINY), "--budget", "5s", "--data", str(tmp_path / "nope"), "--result-file", str(out)])
+    code = main(
+        ["--config", json.dumps(TINY), "--budget", "5s", "--data", str(tmp_path / "nope"), "--result-file", str(out)]
+    )
     assert code == EXIT_BAD_CONFIG
     assert "nope" in parse_result(out.read_text()).message
 

@@ -41,9 +41,23 @@ LOSS_RTOL = 1e-5
 
 
 def cell_args(tmp_path, name: str, corpus, *extra: str, config: dict = SPLIT) -> list[str]:
-    return ["--config", json.dumps(config), "--seed", "3", "--budget", "60s", "--data", str(corpus),
-            "--eval-tokens", "512", "--result-file", str(tmp_path / f"{name}.json"),
-            "--step-log", str(tmp_path / f"{name}.steps.jsonl"), *extra]
+    return [
+        "--config",
+        json.dumps(config),
+        "--seed",
+        "3",
+        "--budget",
+        "60s",
+        "--data",
+        str(corpus),
+        "--eval-tokens",
+        "512",
+        "--result-file",
+        str(tmp_path / f"{name}.json"),
+        "--step-log",
+        str(tmp_path / f"{name}.steps.jsonl"),
+        *extra,
+    ]
 
 
 def steps(tmp_path, name: str) -> list[dict]:
@@ -84,15 +98,41 @@ def test_two_gloo_processes_under_torchrun_match_one_process_step_by_step(corpus
     # Muon orthogonalises DDP's averaged gradients on every rank; under FSDP2 it gathers each
     # sharded matrix first. FSDP2 also evaluates in lockstep and gathers the checkpoint.
     config = {**SPLIT, "optimizer": optimizer}
-    one = run_cli(cell_args(tmp_path, "one", corpus, "--max-steps", "6", "--checkpoint-dir", str(tmp_path / "ck1"),
-                            config=config))
+    one = run_cli(
+        cell_args(tmp_path, "one", corpus, "--max-steps", "6", "--checkpoint-dir", str(tmp_path / "ck1"), config=config)
+    )
     assert one.returncode == 0, one.stderr
     # Started by hand, as a user would: the trainer joins the world torchrun made.
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "0",
-         "-m", "ladder_trainer", *cell_args(tmp_path, "two", corpus, "--max-steps", "6", "--parallel", parallel,
-                                            "--checkpoint-dir", str(tmp_path / "ck2"), config=config)],
-        capture_output=True, text=True, timeout=180, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "0",
+            "-m",
+            "ladder_trainer",
+            *cell_args(
+                tmp_path,
+                "two",
+                corpus,
+                "--max-steps",
+                "6",
+                "--parallel",
+                parallel,
+                "--checkpoint-dir",
+                str(tmp_path / "ck2"),
+                config=config,
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
 
     a, b = steps(tmp_path, "one"), steps(tmp_path, "two")
@@ -118,9 +158,24 @@ def test_two_gloo_processes_under_torchrun_match_one_process_step_by_step(corpus
 def test_the_budget_stops_both_ranks_at_the_same_step(corpus, tmp_path):
     # Rank 1's clock runs 0.7 s ahead: stopping on its own clock it would leave rank 0 waiting
     # in the next step's gradient all-reduce. The agreed clock (the max over ranks) stops both.
-    proc = run_cli(["--config", json.dumps(SPLIT), "--budget", "2s", "--data", str(corpus), "--eval-tokens", "512",
-                    "--result-file", str(tmp_path / "r.json"), "--fault", "clock_skew:0.7@1"],
-                   env={"LADDER_GPUS": "2"}, timeout=180)
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(SPLIT),
+            "--budget",
+            "2s",
+            "--data",
+            str(corpus),
+            "--eval-tokens",
+            "512",
+            "--result-file",
+            str(tmp_path / "r.json"),
+            "--fault",
+            "clock_skew:0.7@1",
+        ],
+        env={"LADDER_GPUS": "2"},
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     stops = stopped_at(proc.stderr)
     assert set(stops) == {0, 1} and stops[0] == stops[1] > 0
@@ -158,12 +213,21 @@ def test_ladder_run_trains_a_two_gpu_cell_as_two_gloo_processes_on_a_cpu(corpus,
     from promotion_ladder.local.runner import run_ladder
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    doc = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "PromotionLadder", "metadata": {"name": "ddp"},
-           "spec": {"trainer": {"command": ["python", "-m", "ladder_trainer"], "gpus": 2,
-                                "args": ["--data", str(corpus), "--eval-tokens", "512", "--max-steps", "3"]},
-                    "hostBlocks": [{"name": "cpu"}],
-                    "candidates": [{"name": "tiny", "config": SPLIT}],
-                    "stages": [{"name": "only", "budget": "30s", "hostBlocks": ["cpu"], "seeds": [1]}]}}
+    doc = {
+        "apiVersion": "ladder.promotion.dev/v1alpha1",
+        "kind": "PromotionLadder",
+        "metadata": {"name": "ddp"},
+        "spec": {
+            "trainer": {
+                "command": ["python", "-m", "ladder_trainer"],
+                "gpus": 2,
+                "args": ["--data", str(corpus), "--eval-tokens", "512", "--max-steps", "3"],
+            },
+            "hostBlocks": [{"name": "cpu"}],
+            "candidates": [{"name": "tiny", "config": SPLIT}],
+            "stages": [{"name": "only", "budget": "30s", "hostBlocks": ["cpu"], "seeds": [1]}],
+        },
+    }
     status = run_ladder(load_ladder(doc), tmp_path / "s.json", stream=io.StringIO(), poll_seconds=0.1)
     cell_dir = tmp_path / "s.cells" / "only" / "tiny.cpu.1"
     assert status.phase == "Succeeded", (cell_dir / "log.txt").read_text()[-3000:]
@@ -182,15 +246,35 @@ def test_two_nodes_meet_through_c10d_and_publish_one_result(corpus, tmp_path):
         port = s.getsockname()[1]
     procs = []
     for index in (0, 1):
-        env = {**os.environ, "LADDER_NODES": "2", "LADDER_GPUS": "1", "JOB_COMPLETION_INDEX": str(index),
-               "LADDER_RDZV_ENDPOINT": f"127.0.0.1:{port}", "LADDER_RDZV_ID": "two-nodes"}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ladder_trainer", *cell_args(tmp_path, f"node{index}", corpus, "--max-steps", "3")],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "LADDER_NODES": "2",
+            "LADDER_GPUS": "1",
+            "JOB_COMPLETION_INDEX": str(index),
+            "LADDER_RDZV_ENDPOINT": f"127.0.0.1:{port}",
+            "LADDER_RDZV_ID": "two-nodes",
+        }
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ladder_trainer",
+                    *cell_args(tmp_path, f"node{index}", corpus, "--max-steps", "3"),
+                ],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    written = [parse_result((tmp_path / f"node{i}.json").read_text()) for i in (0, 1) if (tmp_path / f"node{i}.json").exists()]
+    written = [
+        parse_result((tmp_path / f"node{i}.json").read_text()) for i in (0, 1) if (tmp_path / f"node{i}.json").exists()
+    ]
     assert len(written) == 1 and written[0].world_size == 2 and written[0].steps == 3
     assert sum(len(results_printed(out)) for out, _ in outs) == 1
     assert "this is node 0" in outs[0][1] and "this is node 1" in outs[1][1]

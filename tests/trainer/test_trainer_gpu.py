@@ -18,7 +18,9 @@ torch = pytest.importorskip("torch")
 pytestmark = [
     pytest.mark.torch,
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: scripts/gpu-check.sh runs these on one"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU: scripts/gpu-check.sh runs these on one"
+    ),
 ]
 
 from ladder_trainer.config import Settings, parse_config  # noqa: E402
@@ -32,8 +34,15 @@ from promotion_ladder.core.result import parse_result  # noqa: E402
 from ..corpus import write_tiny_corpus  # noqa: E402
 from .conftest import run_cli  # noqa: E402  (a plain function; no fixtures are taken from conftest)
 
-SMALL = {"depth": 2, "aspect_ratio": 64, "head_dim": 64, "seq_len": 256, "tokenizer": "byte",
-         "batch": 16 * 256, "device_batch": 8}
+SMALL = {
+    "depth": 2,
+    "aspect_ratio": 64,
+    "head_dim": 64,
+    "seq_len": 256,
+    "tokenizer": "byte",
+    "batch": 16 * 256,
+    "device_batch": 8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +62,21 @@ def settings(corpus, **kw) -> Settings:
 
 def test_cuda_cell_reports_gpu_mfu_and_memory(corpus, tmp_path):
     out = tmp_path / "result.json"
-    proc = run_cli(["--config", json.dumps(SMALL), "--budget", "5s", "--result-file", str(out),
-                    "--data", str(corpus), "--eval-tokens", "4096"], timeout=300)
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(SMALL),
+            "--budget",
+            "5s",
+            "--result-file",
+            str(out),
+            "--data",
+            str(corpus),
+            "--eval-tokens",
+            "4096",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "device cuda bf16 compile on" in proc.stderr  # the CUDA defaults
     result = parse_result(out.read_text())
@@ -85,8 +107,14 @@ def test_fused_adamw_matches_plain_adamw():
     (fused,) = build_optimizers(model, cfg, "cuda")
     assert fused.defaults["fused"] is True
     clone = {p: p.detach().clone() for p in model.parameters()}
-    plain = PlainAdamW([{"params": [clone[p] for p in g["params"]], "lr": g["lr"], "weight_decay": g["weight_decay"]}
-                        for g in fused.param_groups], betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-10)
+    plain = PlainAdamW(
+        [
+            {"params": [clone[p] for p in g["params"]], "lr": g["lr"], "weight_decay": g["weight_decay"]}
+            for g in fused.param_groups
+        ],
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=1e-10,
+    )
     for _ in range(4):
         for p, q in clone.items():
             p.grad = torch.randn_like(p)
@@ -123,8 +151,15 @@ def test_attention_kernels_agree_with_math(choice):
 
 
 def test_activation_checkpointing_cuts_peak_memory(corpus):
-    shape = {"depth": 4, "aspect_ratio": 64, "head_dim": 64, "seq_len": 1024, "tokenizer": "byte",
-             "batch": 8 * 1024, "device_batch": 8}
+    shape = {
+        "depth": 4,
+        "aspect_ratio": 64,
+        "head_dim": 64,
+        "seq_len": 1024,
+        "tokenizer": "byte",
+        "batch": 8 * 1024,
+        "device_batch": 8,
+    }
     common = dict(device="cuda", compile="off", max_steps=2, eval_tokens=512)
     plain = run(parse_config(shape), 0, 600, settings(corpus, **common))
     ckpt = run(parse_config({**shape, "activation_checkpointing": True}), 0, 600, settings(corpus, **common))
@@ -141,11 +176,31 @@ def test_muon_and_depth_growth_run_compiled(corpus):
 
 def test_a_real_out_of_memory_exits_4(corpus, tmp_path):
     # Activations alone of one micro-batch here are hundreds of GiB: no GPU holds them.
-    huge = {"depth": 8, "aspect_ratio": 512, "head_dim": 128, "seq_len": 2048, "tokenizer": "byte",
-            "batch": 256 * 2048, "device_batch": 256}
+    huge = {
+        "depth": 8,
+        "aspect_ratio": 512,
+        "head_dim": 128,
+        "seq_len": 2048,
+        "tokenizer": "byte",
+        "batch": 256 * 2048,
+        "device_batch": 256,
+    }
     out = tmp_path / "result.json"
-    proc = run_cli(["--config", json.dumps(huge), "--budget", "30s", "--result-file", str(out),
-                    "--data", str(corpus), "--compile", "off"], timeout=300)
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(huge),
+            "--budget",
+            "30s",
+            "--result-file",
+            str(out),
+            "--data",
+            str(corpus),
+            "--compile",
+            "off",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == EXIT_OOM, proc.stderr[-2000:]
     result = parse_result(out.read_text())
     assert result.status == "oom" and "device_batch" in result.message
@@ -158,12 +213,31 @@ def test_launcher_and_ddp_on_the_gpus_match_one_process(corpus, tmp_path):
     cfg = dict(SMALL, warmdown_frac=0.0)  # the lr follows wall-clock time, which differs between the runs
     runs = {}
     for name, env in (("one", {}), ("ddp", {"LADDER_GPUS": str(n), "LADDER_TRAINER_LAUNCH": "always"})):
-        proc = run_cli(["--config", json.dumps(cfg), "--budget", "10m", "--max-steps", "4", "--data", str(corpus),
-                        "--eval-tokens", "4096", "--result-file", str(tmp_path / f"{name}.json"),
-                        "--step-log", str(tmp_path / f"{name}.jsonl")], env=env, timeout=600)
+        proc = run_cli(
+            [
+                "--config",
+                json.dumps(cfg),
+                "--budget",
+                "10m",
+                "--max-steps",
+                "4",
+                "--data",
+                str(corpus),
+                "--eval-tokens",
+                "4096",
+                "--result-file",
+                str(tmp_path / f"{name}.json"),
+                "--step-log",
+                str(tmp_path / f"{name}.jsonl"),
+            ],
+            env=env,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[name] = ([json.loads(x)["loss"] for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()],
-                      parse_result((tmp_path / f"{name}.json").read_text()))
+        runs[name] = (
+            [json.loads(x)["loss"] for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()],
+            parse_result((tmp_path / f"{name}.json").read_text()),
+        )
     (loss_one, one), (loss_ddp, ddp) = runs["one"], runs["ddp"]
     assert ddp.world_size == n and one.world_size == 1 and ddp.steps == one.steps == 4
     assert loss_ddp == pytest.approx(loss_one, rel=2e-2)  # bf16, and DDP splits the compiled graph differently
@@ -174,8 +248,23 @@ def test_launcher_and_ddp_on_the_gpus_match_one_process(corpus, tmp_path):
 def test_a_gpu_cell_that_will_repeat_its_corpus_says_so_at_start(corpus, tmp_path):
     """The tiny corpus stands in for the default one: a GPU goes through it many times a second."""
     out = tmp_path / "result.json"
-    proc = run_cli(["--config", json.dumps(SMALL), "--budget", "30s", "--max-steps", "40", "--result-file", str(out),
-                    "--data", str(corpus), "--eval-tokens", "4096"], timeout=300)
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(SMALL),
+            "--budget",
+            "30s",
+            "--max-steps",
+            "40",
+            "--result-file",
+            str(out),
+            "--data",
+            str(corpus),
+            "--eval-tokens",
+            "4096",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     result = parse_result(out.read_text())
     warning = next(ln for ln in proc.stderr.splitlines() if "repeated data" in ln)

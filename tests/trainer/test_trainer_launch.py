@@ -12,15 +12,20 @@ from ladder_trainer.launch import (
     LaunchPlan,
     RankFailure,
     failure_result,
-    rank0_published,
     is_peer_loss,
     launcher_args,
     plan_launch,
+    rank0_published,
     write_rank_failure,
 )
 
-MULTI = {"LADDER_GPUS": "4", "LADDER_NODES": "2", "LADDER_RDZV_ENDPOINT": "cell-0.cell:29400",
-         "LADDER_RDZV_ID": "cell", "JOB_COMPLETION_INDEX": "1"}
+MULTI = {
+    "LADDER_GPUS": "4",
+    "LADDER_NODES": "2",
+    "LADDER_RDZV_ENDPOINT": "cell-0.cell:29400",
+    "LADDER_RDZV_ID": "cell",
+    "JOB_COMPLETION_INDEX": "1",
+}
 
 PLANS = {
     "nothing set: one process, no launcher": ({}, "auto", None),
@@ -31,7 +36,11 @@ PLANS = {
     "already a rank (torchrun by hand)": ({"LADDER_GPUS": "8", "WORLD_SIZE": "8", "RANK": "3"}, "auto", None),
     "already a rank, launch always": ({"LADDER_GPUS": "1", "LOCAL_RANK": "0"}, "always", None),
     "two nodes": (MULTI, "auto", LaunchPlan(4, 2, "cell-0.cell:29400", "cell", 1)),
-    "two nodes, no index": ({**MULTI, "JOB_COMPLETION_INDEX": ""}, "auto", LaunchPlan(4, 2, "cell-0.cell:29400", "cell", None)),
+    "two nodes, no index": (
+        {**MULTI, "JOB_COMPLETION_INDEX": ""},
+        "auto",
+        LaunchPlan(4, 2, "cell-0.cell:29400", "cell", None),
+    ),
 }
 
 
@@ -75,26 +84,50 @@ def test_launcher_args_multi_node_uses_c10d_and_node_0_hosts_the_store(index, is
 
 
 FAILURES = {  # name: (world size, failures, (status, exit code, message))
-    "a crash, then its peer's broken collective": (2,
-        [RankFailure(0, 1, "PeerLost: a collective failed", secondary=True, time=10.5), RankFailure(1, 1, "", time=10.0)],
-        ("error", 1, "rank 1 of 2 exited with code 1: no message (it crashed before reporting; see its log); "
-                     "rank(s) 0 failed after it")),
-    "an error, reported even though the echo came first": (4,
-        [RankFailure(0, 143, "terminated by SIGTERM", secondary=True, time=1.0),
-         RankFailure(3, 1, "RuntimeError: boom", time=2.0)],
-        ("error", 1, "rank 3 of 4 exited with code 1: RuntimeError: boom; rank(s) 0 failed after it")),
-    "out of memory keeps its exit code (not retried)": (4,
+    "a crash, then its peer's broken collective": (
+        2,
+        [
+            RankFailure(0, 1, "PeerLost: a collective failed", secondary=True, time=10.5),
+            RankFailure(1, 1, "", time=10.0),
+        ],
+        (
+            "error",
+            1,
+            "rank 1 of 2 exited with code 1: no message (it crashed before reporting; see its log); "
+            "rank(s) 0 failed after it",
+        ),
+    ),
+    "an error, reported even though the echo came first": (
+        4,
+        [
+            RankFailure(0, 143, "terminated by SIGTERM", secondary=True, time=1.0),
+            RankFailure(3, 1, "RuntimeError: boom", time=2.0),
+        ],
+        ("error", 1, "rank 3 of 4 exited with code 1: RuntimeError: boom; rank(s) 0 failed after it"),
+    ),
+    "out of memory keeps its exit code (not retried)": (
+        4,
         [RankFailure(2, 4, "out of memory: CUDA out of memory", time=5.0)],
-        ("oom", 4, "rank 2 of 4 exited with code 4: out of memory: CUDA out of memory")),
-    "diverged keeps its exit code": (4,
-        [RankFailure(1, 3, "training loss nan at step 4", time=5.0), RankFailure(0, 3, "training loss nan at step 4", time=5.0)],
-        ("diverged", 3, "rank 0 of 4 exited with code 3: training loss nan at step 4; rank(s) 1 failed after it")),
-    "killed by a signal": (2,
+        ("oom", 4, "rank 2 of 4 exited with code 4: out of memory: CUDA out of memory"),
+    ),
+    "diverged keeps its exit code": (
+        4,
+        [
+            RankFailure(1, 3, "training loss nan at step 4", time=5.0),
+            RankFailure(0, 3, "training loss nan at step 4", time=5.0),
+        ],
+        ("diverged", 3, "rank 0 of 4 exited with code 3: training loss nan at step 4; rank(s) 1 failed after it"),
+    ),
+    "killed by a signal": (
+        2,
         [RankFailure(1, -9, "", time=3.0)],
-        ("error", 1, "rank 1 of 2 was killed by signal 9: no message (it crashed before reporting; see its log)")),
-    "the earliest of two real failures": (2,
+        ("error", 1, "rank 1 of 2 was killed by signal 9: no message (it crashed before reporting; see its log)"),
+    ),
+    "the earliest of two real failures": (
+        2,
         [RankFailure(0, 1, "late", time=9.0), RankFailure(1, 1, "early", time=8.0)],
-        ("error", 1, "rank 1 of 2 exited with code 1: early; rank(s) 0 failed after it")),
+        ("error", 1, "rank 1 of 2 exited with code 1: early; rank(s) 0 failed after it"),
+    ),
 }
 
 
@@ -112,23 +145,29 @@ def test_rank_failure_file_is_torch_elastics_format(tmp_path):
     write_rank_failure("error", 1, "x", False, env={})  # no launcher: nothing to write, no error
 
 
-@pytest.mark.parametrize("text,peer", [
-    ("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:50311", True),
-    ("Read error [127.0.0.1]:56535: Connection reset by peer", True),
-    ("NCCL communicator was aborted on rank 3", True),
-    ("injected error (fault error_at_step:2)", False),
-    ("CUDA out of memory", False),
-])
+@pytest.mark.parametrize(
+    "text,peer",
+    [
+        ("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:50311", True),
+        ("Read error [127.0.0.1]:56535: Connection reset by peer", True),
+        ("NCCL communicator was aborted on rank 3", True),
+        ("injected error (fault error_at_step:2)", False),
+        ("CUDA out of memory", False),
+    ],
+)
 def test_is_peer_loss(text, peer):
     assert is_peer_loss(RuntimeError(text)) is peer
 
 
-@pytest.mark.parametrize("failures,kept", [
-    ([RankFailure(1, 3, "nan", time=1.0), RankFailure(0, 3, "nan", time=1.0)], True),  # a verdict all ranks reached
-    ([RankFailure(0, 4, "out of memory", time=1.0)], True),  # rank 0's own failure
-    ([RankFailure(1, 1, "boom", time=1.0), RankFailure(0, 1, "PeerLost", secondary=True, time=2.0)], False),
-    ([RankFailure(1, 4, "out of memory", time=1.0), RankFailure(0, 1, "late", time=2.0)], False),
-    ([RankFailure(1, 1, "boom", time=1.0), RankFailure(0, 1, "another error", time=2.0)], False),
-])
+@pytest.mark.parametrize(
+    "failures,kept",
+    [
+        ([RankFailure(1, 3, "nan", time=1.0), RankFailure(0, 3, "nan", time=1.0)], True),  # a verdict all ranks reached
+        ([RankFailure(0, 4, "out of memory", time=1.0)], True),  # rank 0's own failure
+        ([RankFailure(1, 1, "boom", time=1.0), RankFailure(0, 1, "PeerLost", secondary=True, time=2.0)], False),
+        ([RankFailure(1, 4, "out of memory", time=1.0), RankFailure(0, 1, "late", time=2.0)], False),
+        ([RankFailure(1, 1, "boom", time=1.0), RankFailure(0, 1, "another error", time=2.0)], False),
+    ],
+)
 def test_rank0_result_is_kept_only_when_it_gives_the_first_failures_reason(failures, kept):
     assert rank0_published(failures) is kept

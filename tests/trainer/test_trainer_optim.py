@@ -16,8 +16,20 @@ def test_plain_adamw_matches_torch_adamw():
     ours = [torch.randn(5, 3, dtype=torch.float64), torch.randn(7, dtype=torch.float64)]
     theirs = [p.clone() for p in ours]
     kw = dict(betas=(0.9, 0.95), eps=1e-10)
-    a = PlainAdamW([{"params": [ours[0]], "lr": 0.01, "weight_decay": 0.1}, {"params": [ours[1]], "lr": 0.003, "weight_decay": 0.0}], **kw)
-    b = torch.optim.AdamW([{"params": [theirs[0]], "lr": 0.01, "weight_decay": 0.1}, {"params": [theirs[1]], "lr": 0.003, "weight_decay": 0.0}], **kw)
+    a = PlainAdamW(
+        [
+            {"params": [ours[0]], "lr": 0.01, "weight_decay": 0.1},
+            {"params": [ours[1]], "lr": 0.003, "weight_decay": 0.0},
+        ],
+        **kw,
+    )
+    b = torch.optim.AdamW(
+        [
+            {"params": [theirs[0]], "lr": 0.01, "weight_decay": 0.1},
+            {"params": [theirs[1]], "lr": 0.003, "weight_decay": 0.0},
+        ],
+        **kw,
+    )
     for step in range(6):
         for p, q in zip(ours, theirs):
             g = torch.randn_like(p)
@@ -31,7 +43,9 @@ def test_plain_adamw_matches_torch_adamw():
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("make", [lambda ps: PlainAdamW(ps, lr=0.1), lambda ps: Muon(ps, lr=0.1)], ids=["adamw", "muon"])
+@pytest.mark.parametrize(
+    "make", [lambda ps: PlainAdamW(ps, lr=0.1), lambda ps: Muon(ps, lr=0.1)], ids=["adamw", "muon"]
+)
 def test_state_dict_round_trip_restores_the_optimizer(make):
     p = torch.nn.Parameter(torch.randn(4, 4))
     opt = make([p])

@@ -25,10 +25,15 @@ class FakeAPIServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_PATCH(self):  # noqa: N802
+            def do_PATCH(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.requests.append({"path": self.path, "body": json.loads(body),
-                                        "headers": {k.lower(): v for k, v in self.headers.items()}})
+                server.requests.append(
+                    {
+                        "path": self.path,
+                        "body": json.loads(body),
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                    }
+                )
                 name = self.path.rstrip("/").split("/")[-1]
                 reply = json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}}).encode()
                 self.send_response(status)
@@ -45,12 +50,18 @@ class FakeAPIServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def kubeconfig(self, path) -> str:
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "sa", "user": {"token": "cell-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "sa"}}],
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "sa", "user": {"token": "cell-token"}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "sa"}}],
+                }
+            )
+        )
         return str(path)
 
     def close(self):
@@ -72,8 +83,11 @@ def api_server():
 
 def pod_env(server, tmp_path) -> dict:
     return {
-        "POD_NAME": "cell-0", "POD_NAMESPACE": "ladders", "KUBECONFIG": server.kubeconfig(tmp_path / "kubeconfig"),
-        "KUBERNETES_SERVICE_HOST": "", "LADDER_TRAINER_PROGRESS_INTERVAL": "0",
+        "POD_NAME": "cell-0",
+        "POD_NAMESPACE": "ladders",
+        "KUBECONFIG": server.kubeconfig(tmp_path / "kubeconfig"),
+        "KUBERNETES_SERVICE_HOST": "",
+        "LADDER_TRAINER_PROGRESS_INTERVAL": "0",
         "LADDER_TERMINATION_LOG": str(tmp_path / "termination-log"),
     }
 
@@ -81,8 +95,21 @@ def pod_env(server, tmp_path) -> dict:
 def test_result_and_progress_are_patched_on_the_own_pod(corpus, tmp_path, api_server):
     server = api_server()
     out = tmp_path / "result.json"
-    proc = run_cli(["--config", json.dumps(TINY), "--budget", "2s", "--result-file", str(out), "--data", str(corpus),
-                    "--eval-tokens", "256"], env=pod_env(server, tmp_path))
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(TINY),
+            "--budget",
+            "2s",
+            "--result-file",
+            str(out),
+            "--data",
+            str(corpus),
+            "--eval-tokens",
+            "256",
+        ],
+        env=pod_env(server, tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     assert server.requests, proc.stderr
     for req in server.requests:
@@ -97,15 +124,33 @@ def test_result_and_progress_are_patched_on_the_own_pod(corpus, tmp_path, api_se
     assert parse_result((tmp_path / "termination-log").read_text()).status == "ok"
 
 
-@pytest.mark.parametrize("fault,ranks_patching", [(None, {"ok"}), ("exit_at_step:2@1", {"error"})], ids=["ok", "rank 1 crashes"])
+@pytest.mark.parametrize(
+    "fault,ranks_patching", [(None, {"ok"}), ("exit_at_step:2@1", {"error"})], ids=["ok", "rank 1 crashes"]
+)
 def test_a_two_process_cell_publishes_one_result_on_its_pod(corpus, tmp_path, api_server, fault, ranks_patching):
     """Rank 0 publishes, rank 1 never; when a rank fails, the agent's result (naming it) is the
     last word on the Pod, in the result file and in the termination message."""
     server = api_server()
     out = tmp_path / "result.json"
     env = {**pod_env(server, tmp_path), "LADDER_GPUS": "2", **({"LADDER_TRAINER_FAULT": fault} if fault else {})}
-    proc = run_cli(["--config", json.dumps(TINY), "--budget", "30s", "--max-steps", "3", "--result-file", str(out),
-                    "--data", str(corpus), "--eval-tokens", "256"], env=env, timeout=180)
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(TINY),
+            "--budget",
+            "30s",
+            "--max-steps",
+            "3",
+            "--result-file",
+            str(out),
+            "--data",
+            str(corpus),
+            "--eval-tokens",
+            "256",
+        ],
+        env=env,
+        timeout=180,
+    )
     assert (proc.returncode == 0) == (fault is None), proc.stderr[-3000:]
     annotations = [r["body"]["metadata"]["annotations"] for r in server.requests]
     results = [parse_result(a[RESULT_ANNOTATION]) for a in annotations if RESULT_ANNOTATION in a]
@@ -121,16 +166,39 @@ def test_a_two_process_cell_publishes_one_result_on_its_pod(corpus, tmp_path, ap
 def test_api_failures_do_not_cost_the_run(corpus, tmp_path, api_server):
     server = api_server(status=500)
     out = tmp_path / "result.json"
-    proc = run_cli(["--config", json.dumps(TINY), "--budget", "1s", "--result-file", str(out), "--data", str(corpus),
-                    "--eval-tokens", "256"], env=pod_env(server, tmp_path))
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(TINY),
+            "--budget",
+            "1s",
+            "--result-file",
+            str(out),
+            "--data",
+            str(corpus),
+            "--eval-tokens",
+            "256",
+        ],
+        env=pod_env(server, tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     assert parse_result(out.read_text()).status == "ok"
     assert "could not annotate pod ladders/cell-0" in proc.stderr
 
 
 def test_termination_message_fits_4096_bytes():
-    full = CellResult(status="error", message="x" * 10_000, ladder="l", stage="s", candidate="c", host_block="h",
-                      seed=1, steps=5, tokens=10, gpu_name="NVIDIA H100 80GB HBM3")
+    full = CellResult(
+        status="error",
+        message="x" * 10_000,
+        ladder="l",
+        stage="s",
+        candidate="c",
+        host_block="h",
+        seed=1,
+        steps=5,
+        tokens=10,
+        gpu_name="NVIDIA H100 80GB HBM3",
+    )
     text = termination_message(full)
     assert len(text.encode()) <= 4096
     result = parse_result(text)

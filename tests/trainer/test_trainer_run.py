@@ -24,11 +24,31 @@ def settings(corpus, **kw) -> Settings:
 
 def test_tiny_cell_writes_a_valid_result_with_identity(corpus, tmp_path):
     out = tmp_path / "result.json"
-    env = {"LADDER_NAME": "demo", "LADDER_STAGE": "s1", "LADDER_CANDIDATE": "bridge",
-           "LADDER_HOST_BLOCK": "cpu", "LADDER_SEED": "7"}
+    env = {
+        "LADDER_NAME": "demo",
+        "LADDER_STAGE": "s1",
+        "LADDER_CANDIDATE": "bridge",
+        "LADDER_HOST_BLOCK": "cpu",
+        "LADDER_SEED": "7",
+    }
     t0 = time.monotonic()
-    proc = run_cli(["--config", json.dumps(TINY), "--seed", "7", "--budget", "2s", "--result-file", str(out),
-                    "--data", str(corpus), "--eval-tokens", "512"], env=env)
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(TINY),
+            "--seed",
+            "7",
+            "--budget",
+            "2s",
+            "--result-file",
+            str(out),
+            "--data",
+            str(corpus),
+            "--eval-tokens",
+            "512",
+        ],
+        env=env,
+    )
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr
     result = parse_result(out.read_text())
@@ -68,8 +88,10 @@ def test_val_bpb_improves_with_training(corpus):
 
 def test_nan_loss_ends_as_diverged(corpus, tmp_path):
     out = tmp_path / "r.json"
-    proc = run_cli(["--config", json.dumps(TINY), "--budget", "30s", "--result-file", str(out),
-                    "--data", str(corpus)], env={"LADDER_TRAINER_FAULT": "nan_at_step:3"})
+    proc = run_cli(
+        ["--config", json.dumps(TINY), "--budget", "30s", "--result-file", str(out), "--data", str(corpus)],
+        env={"LADDER_TRAINER_FAULT": "nan_at_step:3"},
+    )
     assert proc.returncode == EXIT_DIVERGED, proc.stderr
     result = parse_result(out.read_text())
     assert result.status == "diverged" and result.value is None
@@ -86,8 +108,20 @@ def test_exploding_learning_rate_ends_as_diverged(corpus):
 
 def test_out_of_memory_exits_4(corpus, tmp_path):
     out = tmp_path / "r.json"
-    proc = run_cli(["--config", json.dumps(TINY), "--budget", "30s", "--result-file", str(out),
-                    "--data", str(corpus), "--fault", "oom_at_step:2"])
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(TINY),
+            "--budget",
+            "30s",
+            "--result-file",
+            str(out),
+            "--data",
+            str(corpus),
+            "--fault",
+            "oom_at_step:2",
+        ]
+    )
     assert proc.returncode == EXIT_OOM, proc.stderr
     result = parse_result(out.read_text())
     assert result.status == "oom" and "device_batch" in result.message
@@ -95,8 +129,20 @@ def test_out_of_memory_exits_4(corpus, tmp_path):
 
 def test_unexpected_error_exits_1_with_the_reason(corpus, tmp_path):
     out = tmp_path / "r.json"
-    proc = run_cli(["--config", json.dumps(TINY), "--budget", "30s", "--result-file", str(out),
-                    "--data", str(corpus), "--fault", "error_at_step:1"])
+    proc = run_cli(
+        [
+            "--config",
+            json.dumps(TINY),
+            "--budget",
+            "30s",
+            "--result-file",
+            str(out),
+            "--data",
+            str(corpus),
+            "--fault",
+            "error_at_step:1",
+        ]
+    )
     assert proc.returncode == EXIT_ERROR
     assert "injected error" in parse_result(out.read_text()).message
 
@@ -110,13 +156,17 @@ def test_checkpoint_holds_model_and_config(corpus, tmp_path):
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["val_bpb"] == out.value
 
 
-@pytest.mark.parametrize("extra", [
-    {"optimizer": "muon"},
-    {"activation_checkpointing": True},
-    {"tie_embeddings": True, "logit_softcap": 0},
-    {"depth": 3, "grow_from_depth": 1, "grow_at_frac": 0.3},
-    {"batch": 128, "device_batch": 1, "warmup_frac": 0.1},
-], ids=["muon", "checkpointing", "tied", "growth", "grad-accum"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"optimizer": "muon"},
+        {"activation_checkpointing": True},
+        {"tie_embeddings": True, "logit_softcap": 0},
+        {"depth": 3, "grow_from_depth": 1, "grow_at_frac": 0.3},
+        {"batch": 128, "device_batch": 1, "warmup_frac": 0.1},
+    ],
+    ids=["muon", "checkpointing", "tied", "growth", "grad-accum"],
+)
 def test_variants_train(corpus, extra):
     out = run(parse_config({**TINY, **extra}), 0, 1.5, settings(corpus))
     assert out.status == "ok", out
@@ -138,8 +188,12 @@ def test_attention_setting_puts_its_backend_first(choice):
 
     from ladder_trainer.hardware import attention_backend
 
-    want = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[choice]
+    want = {
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[choice]
     before = torch._C._get_sdp_priority_order()
     with attention_backend(choice):
         order = torch._C._get_sdp_priority_order()
@@ -181,9 +235,25 @@ def test_sigterm_still_reports(corpus, tmp_path):
 
     out = tmp_path / "r.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ladder_trainer", "--config", json.dumps(TINY), "--budget", "60s",
-         "--result-file", str(out), "--data", str(corpus)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT, env=dict(os.environ))
+        [
+            sys.executable,
+            "-m",
+            "ladder_trainer",
+            "--config",
+            json.dumps(TINY),
+            "--budget",
+            "60s",
+            "--result-file",
+            str(out),
+            "--data",
+            str(corpus),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ),
+    )
     for line in proc.stderr:
         if "training starts" in line:
             break
@@ -236,7 +306,13 @@ def test_hooks_a_test_installs_see_each_step_and_can_end_the_run(corpus):
 
 
 def test_an_in_process_run_builds_the_whole_result(corpus):
-    out = run(parse_config(TINY), 0, 60, settings(corpus, max_steps=3, warmup_steps=1), identity={"candidate": "c1", "seed": 0})
+    out = run(
+        parse_config(TINY),
+        0,
+        60,
+        settings(corpus, max_steps=3, warmup_steps=1),
+        identity={"candidate": "c1", "seed": 0},
+    )
     assert out.candidate == "c1" and out.seed == 0 and out.status == "ok"
     assert out.compile_seconds is not None and out.setup_seconds >= out.compile_seconds
     assert out.peak_memory_bytes > 0 and out.data_passes > 0 and out.corpus and out.world_size == 1

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from promotion_ladder.core.accounting import occupancy_rows, occupied_seconds, protocol_seconds
-from promotion_ladder.core.recorded import parse_results
 from promotion_ladder.core.cell import CellOutcome as Outcome
+from promotion_ladder.core.recorded import parse_results
 from promotion_ladder.core.status import build_status, simulate
 from promotion_ladder.files import read_ladder
 from promotion_ladder.render import status_table
@@ -19,8 +19,11 @@ from .builders import build
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 # One stage of 2 minutes, two cells (a100/1, l40s/1) per candidate, 2 GPUs per cell.
-SPEC = build(candidates=2, stages=[{"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1]}],
-             trainer={"gpus": 2}).spec
+SPEC = build(
+    candidates=2,
+    stages=[{"name": "s1", "budget": "2m", "hostBlocks": ["a100", "l40s"], "seeds": [1]}],
+    trainer={"gpus": 2},
+).spec
 
 
 def ok(train=None, occupied=None):
@@ -35,20 +38,28 @@ CELLS = [("s1", "c0", "a100", 1), ("s1", "c0", "l40s", 1), ("s1", "c1", "a100", 
 
 # name: (outcomes of the four cells, protocol seconds, occupied seconds, measured cells)
 CASES = {
-    "unmeasured cells count their protocol seconds": (
-        [ok(120), ok(120), ok(100), ok(120)], 460, 460, 0),
-    "measured cells count what they held": (
-        [ok(120, 180), ok(120, 150), ok(120, 200), ok(120, 170)], 480, 700, 4),
-    "mixed: only the measured ones differ": (
-        [ok(120, 300), ok(120), ok(120, 130), ok(120)], 480, 670, 2),
+    "unmeasured cells count their protocol seconds": ([ok(120), ok(120), ok(100), ok(120)], 460, 460, 0),
+    "measured cells count what they held": ([ok(120, 180), ok(120, 150), ok(120, 200), ok(120, 170)], 480, 700, 4),
+    "mixed: only the measured ones differ": ([ok(120, 300), ok(120), ok(120, 130), ok(120)], 480, 670, 2),
     "a failed cell without seconds: the budget under the protocol, what it held when measured": (
-        [failed(None, 8), ok(120, 150), ok(120), ok(120)], 480, 398, 2),
+        [failed(None, 8), ok(120, 150), ok(120), ok(120)],
+        480,
+        398,
+        2,
+    ),
     "a failed cell without seconds, unmeasured: the budget under both": (
-        [failed(), ok(120), ok(120), ok(120)], 480, 480, 0),
+        [failed(), ok(120), ok(120), ok(120)],
+        480,
+        480,
+        0,
+    ),
     "a measurement below the train seconds (1 s timestamps) counts the train seconds": (
-        [ok(120.4, 120), ok(120), ok(120), ok(120)], 480.4, 480.4, 1),
-    "cells not finished count under neither": (
-        [ok(120, 180), None, None, None], 120, 180, 1),
+        [ok(120.4, 120), ok(120), ok(120), ok(120)],
+        480.4,
+        480.4,
+        1,
+    ),
+    "cells not finished count under neither": ([ok(120, 180), None, None, None], 120, 180, 1),
 }
 
 
@@ -111,8 +122,10 @@ def test_the_paper_replay_is_unchanged_and_says_nothing_was_measured():
 
 
 def test_recorded_results_may_carry_occupied_seconds():
-    text = ('{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1.0, '
-            '"trainSeconds": 120, "occupiedSeconds": 150}\n')
+    text = (
+        '{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1.0, '
+        '"trainSeconds": 120, "occupiedSeconds": 150}\n'
+    )
     assert parse_results(text)[CELLS[0]].occupied_seconds == 150
     with pytest.raises(ValueError, match="occupiedSeconds"):
         parse_results(text.replace("150", "-1"))

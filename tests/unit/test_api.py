@@ -16,45 +16,95 @@ INVALID = {
         "spec.hostBlocks[1].name: duplicate name",
     ),
     "duplicate stage": (edit(BASE, "spec.stages.1.name", "s1"), "spec.stages[1].name: duplicate name 's1'"),
-    "unknown host block": (edit(BASE, "spec.stages.0.hostBlocks", ["a100", "h100"]), "spec.stages[0].hostBlocks[1]: unknown host block 'h100'"),
-    "unknown keep": (edit(BASE, "spec.stages.0.promote", {"top": 1, "keep": ["nope"]}), "spec.stages[0].promote.keep[0]: unknown candidate 'nope'"),
+    "unknown host block": (
+        edit(BASE, "spec.stages.0.hostBlocks", ["a100", "h100"]),
+        "spec.stages[0].hostBlocks[1]: unknown host block 'h100'",
+    ),
+    "unknown keep": (
+        edit(BASE, "spec.stages.0.promote", {"top": 1, "keep": ["nope"]}),
+        "spec.stages[0].promote.keep[0]: unknown candidate 'nope'",
+    ),
     "empty stages": (edit(BASE, "spec.stages", []), "spec.stages: List should have at least 1 item"),
     "empty candidates": (edit(BASE, "spec.candidates", []), "spec.candidates: List should have at least 1 item"),
-    "budget zero": (edit(BASE, "spec.stages.0.budget", "0s"), "spec.stages[0].budget: budget '0s' must be greater than zero"),
+    "budget zero": (
+        edit(BASE, "spec.stages.0.budget", "0s"),
+        "spec.stages[0].budget: budget '0s' must be greater than zero",
+    ),
     "budget unparseable": (edit(BASE, "spec.stages.0.budget", "two minutes"), "spec.stages[0].budget:"),
     "budget negative": (edit(BASE, "spec.stages.0.budget", "-5m"), "spec.stages[0].budget:"),
-    "top zero": (edit(BASE, "spec.stages.0.promote.top", 0), "spec.stages[0].promote.top: Input should be greater than or equal to 1"),
-    "top too large": (edit(BASE, "spec.stages.0.promote.top", 5), "spec.stages[0].promote.top: 5 is larger than the 4 candidates"),
+    "top zero": (
+        edit(BASE, "spec.stages.0.promote.top", 0),
+        "spec.stages[0].promote.top: Input should be greater than or equal to 1",
+    ),
+    "top too large": (
+        edit(BASE, "spec.stages.0.promote.top", 5),
+        "spec.stages[0].promote.top: 5 is larger than the 4 candidates",
+    ),
     "negative margin": (
-        edit(BASE, "spec.verdict", {"reference": "c0", "checks": [{"name": "x", "type": "nearEquivalence", "candidate": "c1", "margin": -0.1}]}),
+        edit(
+            BASE,
+            "spec.verdict",
+            {
+                "reference": "c0",
+                "checks": [{"name": "x", "type": "nearEquivalence", "candidate": "c1", "margin": -0.1}],
+            },
+        ),
         "spec.verdict.checks[0].margin: Input should be greater than or equal to 0",
     ),
     "margin missing": (
-        edit(BASE, "spec.verdict", {"reference": "c0", "checks": [{"name": "x", "type": "nearEquivalence", "candidate": "c1"}]}),
+        edit(
+            BASE,
+            "spec.verdict",
+            {"reference": "c0", "checks": [{"name": "x", "type": "nearEquivalence", "candidate": "c1"}]},
+        ),
         "spec.verdict.checks[0].margin: required for type nearEquivalence",
     ),
     "maxGap missing": (
-        edit(BASE, "spec.verdict", {"reference": "c0", "checks": [{"name": "x", "type": "meanGap", "candidate": "c1"}]}),
+        edit(
+            BASE, "spec.verdict", {"reference": "c0", "checks": [{"name": "x", "type": "meanGap", "candidate": "c1"}]}
+        ),
         "spec.verdict.checks[0].maxGap: required for type meanGap",
     ),
-    "unknown reference": (edit(BASE, "spec.verdict", {"reference": "zz"}), "spec.verdict.reference: unknown candidate 'zz'"),
-    "not a DNS label": (edit(BASE, "spec.candidates.0.name", "Big_Model"), "spec.candidates[0].name: 'Big_Model' is not a DNS-1123 label"),
-    "promote on last stage": (edit(BASE, "spec.stages.1.promote", {"top": 1}), "spec.stages[1].promote: the last stage cannot promote"),
-    "missing promote": (edit(BASE, "spec.stages.0.promote", DELETE), "spec.stages[0].promote: required on every stage but the last"),
+    "unknown reference": (
+        edit(BASE, "spec.verdict", {"reference": "zz"}),
+        "spec.verdict.reference: unknown candidate 'zz'",
+    ),
+    "not a DNS label": (
+        edit(BASE, "spec.candidates.0.name", "Big_Model"),
+        "spec.candidates[0].name: 'Big_Model' is not a DNS-1123 label",
+    ),
+    "promote on last stage": (
+        edit(BASE, "spec.stages.1.promote", {"top": 1}),
+        "spec.stages[1].promote: the last stage cannot promote",
+    ),
+    "missing promote": (
+        edit(BASE, "spec.stages.0.promote", DELETE),
+        "spec.stages[0].promote: required on every stage but the last",
+    ),
     "unknown field": (edit(BASE, "spec.stages.0.bugdet", "2m"), "spec.stages[0].bugdet: unknown field"),
     "unknown aggregate": (edit(BASE, "spec.stages.0.promote.aggregate", "best"), "spec.stages[0].promote.aggregate:"),
-    "shrinking budget": (edit(BASE, "spec.stages.1.budget", "1m"), "spec.stages[1].budget: '1m' is shorter than the previous stage's '2m'"),
+    "shrinking budget": (
+        edit(BASE, "spec.stages.1.budget", "1m"),
+        "spec.stages[1].budget: '1m' is shorter than the previous stage's '2m'",
+    ),
     "duplicate seed": (edit(BASE, "spec.stages.1.seeds", [1, 1]), "spec.stages[1].seeds: a seed is listed twice"),
     "wrong kind": (edit(BASE, "kind", "Ladder"), "kind: must be 'PromotionLadder'"),
     "wrong apiVersion": (edit(BASE, "apiVersion", "v1"), "apiVersion: must be 'ladder.promotion.dev/v1alpha1'"),
     "no metadata name": (edit(BASE, "metadata", {}), "metadata.name: Field required"),
-    "negative gpus": (edit(BASE, "spec.trainer", {"gpus": -1}), "spec.trainer.gpus: Input should be greater than or equal to 0"),
+    "negative gpus": (
+        edit(BASE, "spec.trainer", {"gpus": -1}),
+        "spec.trainer.gpus: Input should be greater than or equal to 0",
+    ),
     "top after narrowing": (
-        edit(BASE, "spec.stages", [
-            {"name": "s1", "budget": "1m", "hostBlocks": ["a100"], "seeds": [1], "promote": {"top": 2}},
-            {"name": "s2", "budget": "2m", "hostBlocks": ["a100"], "seeds": [1], "promote": {"top": 3}},
-            {"name": "s3", "budget": "3m", "hostBlocks": ["a100"], "seeds": [1]},
-        ]),
+        edit(
+            BASE,
+            "spec.stages",
+            [
+                {"name": "s1", "budget": "1m", "hostBlocks": ["a100"], "seeds": [1], "promote": {"top": 2}},
+                {"name": "s2", "budget": "2m", "hostBlocks": ["a100"], "seeds": [1], "promote": {"top": 3}},
+                {"name": "s3", "budget": "3m", "hostBlocks": ["a100"], "seeds": [1]},
+            ],
+        ),
         "spec.stages[1].promote.top: 3 is larger than the 2 candidates that can enter stage 's2'",
     ),
 }
@@ -115,7 +165,9 @@ def test_frozen_hash_ignores_integral_float_spelling():
     as_float = edit(edit(BASE, "spec.candidates.0.config", {"lr": 1.0}), "spec.stages.0.promote.within", 0.0)
     as_int = edit(edit(BASE, "spec.candidates.0.config", {"lr": 1}), "spec.stages.0.promote.within", 0)
     assert frozen_hash(build(as_float).spec) == frozen_hash(build(as_int).spec)
-    assert frozen_hash(build(as_float).spec) != frozen_hash(build(edit(as_float, "spec.candidates.0.config", {"lr": 1.5})).spec)
+    assert frozen_hash(build(as_float).spec) != frozen_hash(
+        build(edit(as_float, "spec.candidates.0.config", {"lr": 1.5})).spec
+    )
 
 
 def test_frozen_hash_ignores_spelled_out_defaults():

@@ -29,32 +29,67 @@ assert T0 is not None
 KEY = CellKey("s1", "c0", "a100", 1)
 
 
-@pytest.mark.parametrize("recorded, seen, want", [
-    pytest.param(None, None, None, id="nothing-seen-nothing-recorded"),
-    pytest.param(None, AttemptsSeen(), None, id="never-queued"),
-    pytest.param(None, AttemptsSeen(queued=True, created_at=T0),
-                 Attempts(queued_since="2026-12-07T03:00:00Z"), id="first-wait-begins-at-create"),
-    pytest.param(None, AttemptsSeen(queued=True, wait_began=T0 + 5, created_at=T0),
-                 Attempts(queued_since="2026-12-07T03:00:05Z"), id="wait-begins-at-suspension"),
-    pytest.param(Attempts(queued_since="2026-12-07T03:00:00Z"),
-                 AttemptsSeen(admitted_at=T0 + 12, created_at=T0),
-                 Attempts(queued_seconds=12.0), id="wait-ends-at-resume"),
-    pytest.param(None, AttemptsSeen(admitted_at=T0 + 7, created_at=T0),
-                 Attempts(queued_seconds=7.0), id="first-wait-never-seen-while-it-lasted"),
-    pytest.param(Attempts(queued_seconds=7.0), AttemptsSeen(queued=True, wait_began=T0 + 30, created_at=T0),
-                 Attempts(queued_seconds=7.0, queued_since="2026-12-07T03:00:30Z"), id="second-wait-begins"),
-    pytest.param(Attempts(queued_seconds=7.0, queued_since="2026-12-07T03:00:30Z"),
-                 AttemptsSeen(admitted_at=T0 + 40, created_at=T0),
-                 Attempts(queued_seconds=17.0), id="second-wait-summed"),
-    pytest.param(Attempts(queued_seconds=7.0), AttemptsSeen(admitted_at=T0 + 40, created_at=T0),
-                 Attempts(queued_seconds=7.0), id="running-again-nothing-new"),
-    pytest.param(None, AttemptsSeen(lost=(LostPod(pod="p1", held_seconds=3.5),)),
-                 Attempts(lost=[LostPod(pod="p1", held_seconds=3.5)]), id="a-lost-pod"),
-    pytest.param(Attempts(lost=[LostPod(pod="p1", held_seconds=3.5)]),
-                 AttemptsSeen(lost=(LostPod(pod="p1", held_seconds=9.0), LostPod(pod="p2", held_seconds=1.0))),
-                 Attempts(lost=[LostPod(pod="p1", held_seconds=3.5), LostPod(pod="p2", held_seconds=1.0)]),
-                 id="a-pod-counted-once"),
-])
+@pytest.mark.parametrize(
+    "recorded, seen, want",
+    [
+        pytest.param(None, None, None, id="nothing-seen-nothing-recorded"),
+        pytest.param(None, AttemptsSeen(), None, id="never-queued"),
+        pytest.param(
+            None,
+            AttemptsSeen(queued=True, created_at=T0),
+            Attempts(queued_since="2026-12-07T03:00:00Z"),
+            id="first-wait-begins-at-create",
+        ),
+        pytest.param(
+            None,
+            AttemptsSeen(queued=True, wait_began=T0 + 5, created_at=T0),
+            Attempts(queued_since="2026-12-07T03:00:05Z"),
+            id="wait-begins-at-suspension",
+        ),
+        pytest.param(
+            Attempts(queued_since="2026-12-07T03:00:00Z"),
+            AttemptsSeen(admitted_at=T0 + 12, created_at=T0),
+            Attempts(queued_seconds=12.0),
+            id="wait-ends-at-resume",
+        ),
+        pytest.param(
+            None,
+            AttemptsSeen(admitted_at=T0 + 7, created_at=T0),
+            Attempts(queued_seconds=7.0),
+            id="first-wait-never-seen-while-it-lasted",
+        ),
+        pytest.param(
+            Attempts(queued_seconds=7.0),
+            AttemptsSeen(queued=True, wait_began=T0 + 30, created_at=T0),
+            Attempts(queued_seconds=7.0, queued_since="2026-12-07T03:00:30Z"),
+            id="second-wait-begins",
+        ),
+        pytest.param(
+            Attempts(queued_seconds=7.0, queued_since="2026-12-07T03:00:30Z"),
+            AttemptsSeen(admitted_at=T0 + 40, created_at=T0),
+            Attempts(queued_seconds=17.0),
+            id="second-wait-summed",
+        ),
+        pytest.param(
+            Attempts(queued_seconds=7.0),
+            AttemptsSeen(admitted_at=T0 + 40, created_at=T0),
+            Attempts(queued_seconds=7.0),
+            id="running-again-nothing-new",
+        ),
+        pytest.param(
+            None,
+            AttemptsSeen(lost=(LostPod(pod="p1", held_seconds=3.5),)),
+            Attempts(lost=[LostPod(pod="p1", held_seconds=3.5)]),
+            id="a-lost-pod",
+        ),
+        pytest.param(
+            Attempts(lost=[LostPod(pod="p1", held_seconds=3.5)]),
+            AttemptsSeen(lost=(LostPod(pod="p1", held_seconds=9.0), LostPod(pod="p2", held_seconds=1.0))),
+            Attempts(lost=[LostPod(pod="p1", held_seconds=3.5), LostPod(pod="p2", held_seconds=1.0)]),
+            id="a-pod-counted-once",
+        ),
+    ],
+)
 def test_advance(recorded, seen, want):
     assert advance(recorded, seen) == want
 
@@ -66,12 +101,21 @@ def test_a_recorded_cell_keeps_its_record():
     assert advance_all(rec, seen, final=set())[KEY].queued_since == "2026-12-07T03:00:00Z"
 
 
-@pytest.mark.parametrize("lost, attempts, seconds", [
-    pytest.param([], 0, 0.0, id="none"),
-    pytest.param([LostPod(pod="a", held_seconds=2.0), LostPod(pod="b", held_seconds=3.0)], 2, 5.0, id="one-node-twice"),
-    pytest.param([LostPod(pod="a", held_seconds=2.0, index=0), LostPod(pod="b", held_seconds=2.5, index=1)], 1, 2.5,
-                 id="two-nodes-once"),
-])
+@pytest.mark.parametrize(
+    "lost, attempts, seconds",
+    [
+        pytest.param([], 0, 0.0, id="none"),
+        pytest.param(
+            [LostPod(pod="a", held_seconds=2.0), LostPod(pod="b", held_seconds=3.0)], 2, 5.0, id="one-node-twice"
+        ),
+        pytest.param(
+            [LostPod(pod="a", held_seconds=2.0, index=0), LostPod(pod="b", held_seconds=2.5, index=1)],
+            1,
+            2.5,
+            id="two-nodes-once",
+        ),
+    ],
+)
 def test_lost_attempts_and_seconds(lost, attempts, seconds):
     assert lost_attempts(lost) == attempts
     assert lost_seconds(lost) == seconds

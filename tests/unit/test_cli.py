@@ -24,7 +24,9 @@ def write(tmp_path, doc, name="ladder.yaml"):
 
 def test_committed_crd_is_generated():
     committed = (ROOT / "crds/promotionladders.yaml").read_text()
-    assert committed == crd_yaml(crd()), "crds/promotionladders.yaml is stale: run `ladder crd > crds/promotionladders.yaml`"
+    assert committed == crd_yaml(crd()), (
+        "crds/promotionladders.yaml is stale: run `ladder crd > crds/promotionladders.yaml`"
+    )
 
 
 def test_crd_is_structural():
@@ -35,7 +37,11 @@ def test_crd_is_structural():
 
     def walk(node, path):
         assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
-        if node.get("type") == "object" and not node.get("x-kubernetes-preserve-unknown-fields") and path != ".metadata":
+        if (
+            node.get("type") == "object"
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+            and path != ".metadata"
+        ):
             assert "properties" in node or "additionalProperties" in node, path
         for k, v in node.get("properties", {}).items():
             walk(v, f"{path}.{k}")
@@ -52,20 +58,32 @@ def test_crd_is_structural():
 CASES = {
     "valid": (ladder_doc(), 0, "valid PromotionLadder 'test'"),
     "invalid lists every error": (
-        edit(edit(ladder_doc(), "spec.stages.0.budget", "0s"), "spec.candidates.1.name", "c0"), 1,
-        "spec.stages[0].budget: budget '0s' must be greater than zero"),
+        edit(edit(ladder_doc(), "spec.stages.0.budget", "0s"), "spec.candidates.1.name", "c0"),
+        1,
+        "spec.stages[0].budget: budget '0s' must be greater than zero",
+    ),
     "not yaml": ("spec: [unclosed", 1, "not valid YAML at line 1"),
     "not a ladder": ("- 1\n- 2\n", 1, "expected a PromotionLadder object"),
-    "two ladders": (yaml.safe_dump(ladder_doc()) + "---\n" + yaml.safe_dump(ladder_doc()), 1, "holds 2 PromotionLadder documents"),
+    "two ladders": (
+        yaml.safe_dump(ladder_doc()) + "---\n" + yaml.safe_dump(ladder_doc()),
+        1,
+        "holds 2 PromotionLadder documents",
+    ),
     "continuation: a bad path names the field": (
-        edit(ladder_doc(), "spec.continuation", {"from": "previousStage", "path": "ckpt"}), 1,
-        "spec.continuation.path: 'ckpt': give an absolute path"),
+        edit(ladder_doc(), "spec.continuation", {"from": "previousStage", "path": "ckpt"}),
+        1,
+        "spec.continuation.path: 'ckpt': give an absolute path",
+    ),
     "continuation: cells without a predecessor are said": (
-        edit(ladder_doc(), "spec.continuation", {"from": "previousStage"}), 0,
-        "continuation: 2 of the 4 cells per candidate of stage s2 have no cell of the same host block and seed"),
+        edit(ladder_doc(), "spec.continuation", {"from": "previousStage"}),
+        0,
+        "continuation: 2 of the 4 cells per candidate of stage s2 have no cell of the same host block and seed",
+    ),
     "continuation: no volume at the path is a warning": (
-        edit(ladder_doc(), "spec.continuation", {"from": "previousStage"}), 0,
-        "warning: spec.continuation.path: /checkpoints is on no volume of the cells' pods"),
+        edit(ladder_doc(), "spec.continuation", {"from": "previousStage"}),
+        0,
+        "warning: spec.continuation.path: /checkpoints is on no volume of the cells' pods",
+    ),
 }
 
 
@@ -96,15 +114,28 @@ def test_validate_missing_file(capsys):
 
 
 def test_each_error_on_its_own_line(tmp_path, capsys):
-    doc = edit(edit(ladder_doc(), "spec.stages.0.hostBlocks", ["x"]), "spec.stages.0.promote", {"top": 1, "keep": ["y"]})
+    doc = edit(
+        edit(ladder_doc(), "spec.stages.0.hostBlocks", ["x"]), "spec.stages.0.promote", {"top": 1, "keep": ["y"]}
+    )
     assert main(["validate", write(tmp_path, doc)]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and all("spec.stages[0]" in line for line in lines)
 
 
 def test_simulate_json_is_status_shaped(capsys):
-    assert main(["simulate", str(ROOT / "examples/protocol-ladder.yaml"),
-                 "--results", str(ROOT / "examples/protocol-results.jsonl"), "--output", "json"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(ROOT / "examples/protocol-ladder.yaml"),
+                "--results",
+                str(ROOT / "examples/protocol-results.jsonl"),
+                "--output",
+                "json",
+            ]
+        )
+        == 0
+    )
     status = json.loads(capsys.readouterr().out)
     assert status["phase"] == "Succeeded"
     assert status["gpuHours"]["total"] == pytest.approx(169.2)
@@ -114,11 +145,18 @@ def test_simulate_json_is_status_shaped(capsys):
 
 RESULTS = {
     "not json": ("{oops\n", "results.jsonl:1: not JSON"),
-    "unknown key": ('{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1, "vlaue": 2}\n',
-                    "results.jsonl:1: vlaue: unknown field"),
-    "duplicate cell": ('{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1}\n' * 2,
-                       "results.jsonl:2: a second result for cell s1/c0/a100/1"),
-    "missing field": ('{"stage": "s1", "candidate": "c0", "seed": 1, "value": 1}\n', "results.jsonl:1: hostBlock: Field required"),
+    "unknown key": (
+        '{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1, "vlaue": 2}\n',
+        "results.jsonl:1: vlaue: unknown field",
+    ),
+    "duplicate cell": (
+        '{"stage": "s1", "candidate": "c0", "hostBlock": "a100", "seed": 1, "value": 1}\n' * 2,
+        "results.jsonl:2: a second result for cell s1/c0/a100/1",
+    ),
+    "missing field": (
+        '{"stage": "s1", "candidate": "c0", "seed": 1, "value": 1}\n',
+        "results.jsonl:1: hostBlock: Field required",
+    ),
 }
 
 
@@ -143,7 +181,9 @@ def test_simulate_missing_results_fail_cells(tmp_path, capsys):
 
 def test_console_script_has_no_traceback_on_bad_input(tmp_path):
     bad = write(tmp_path, "apiVersion: 3\n")
-    proc = subprocess.run([sys.executable, "-m", "promotion_ladder.cli", "validate", bad], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "promotion_ladder.cli", "validate", bad], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "kind: must be 'PromotionLadder'" in proc.stderr
 
@@ -153,11 +193,18 @@ def test_validate_notes_a_cluster_it_cannot_reach_and_stays_valid(tmp_path, caps
     (tests/operator/test_trust_and_waits_integration.py checks the warning on the local control
     plane); a kubeconfig that leads nowhere is a one-line note, and --offline skips the look."""
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:9"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "x", "user": "u"}}]}))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "x", "user": "u"}}],
+            }
+        )
+    )
     path = write(tmp_path, ladder_doc())
     assert main(["validate", path, "--kubeconfig", str(kubeconfig)]) == 0
     out = capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+
 from promotion_ladder.core.clock import epoch, iso, iso_micro, now, parse
 
 T = datetime(2026, 12, 6, 23, 55, 29, 123456, tzinfo=UTC)

@@ -8,6 +8,7 @@ import hashlib
 import json
 
 import pytest
+
 from promotion_ladder.core.api import LadderInvalid, frozen_hash, frozen_hash_matches, load_ladder
 from promotion_ladder.core.cell import Cell, CellOutcome
 from promotion_ladder.core.continuation import (
@@ -60,7 +61,10 @@ INVALID = {
     "onMismatch unknown": ({**CONTINUE, "onMismatch": "ignore"}, "spec.continuation.onMismatch: Input should be"),
     "keep unknown": ({**CONTINUE, "keep": "none"}, "spec.continuation.keep: Input should be 'promoted' or 'all'"),
     "relative path": ({**CONTINUE, "path": "ckpt"}, "spec.continuation.path: 'ckpt': give an absolute path"),
-    "path with ..": ({**CONTINUE, "path": "/data/../etc"}, "spec.continuation.path: '/data/../etc': give an absolute path"),
+    "path with ..": (
+        {**CONTINUE, "path": "/data/../etc"},
+        "spec.continuation.path: '/data/../etc': give an absolute path",
+    ),
     "unknown key": ({**CONTINUE, "volume": "x"}, "spec.continuation.volume: unknown field"),
 }
 
@@ -74,8 +78,11 @@ def test_invalid_continuation_names_the_field(name):
 
 
 def test_a_ladder_of_one_stage_has_nothing_to_continue():
-    doc = ladder_doc(stages=[{"name": "only", "budget": "2m", "hostBlocks": ["a100"], "seeds": [1]}],
-                     host_blocks=("a100",), continuation=CONTINUE)
+    doc = ladder_doc(
+        stages=[{"name": "only", "budget": "2m", "hostBlocks": ["a100"], "seeds": [1]}],
+        host_blocks=("a100",),
+        continuation=CONTINUE,
+    )
     with pytest.raises(LadderInvalid) as exc:
         load_ladder(doc)
     assert exc.value.errors == ["spec.continuation: a ladder of one stage has nothing to continue; remove it"]
@@ -84,8 +91,12 @@ def test_a_ladder_of_one_stage_has_nothing_to_continue():
 def test_defaults():
     c = SPEC.continuation
     assert (c.from_, c.on_mismatch, c.keep, c.path) == ("previousStage", "fail", "promoted", "/checkpoints")
-    assert SPEC.wire()["continuation"] == {"from": "previousStage", "onMismatch": "fail", "keep": "promoted",
-                                           "path": "/checkpoints"}
+    assert SPEC.wire()["continuation"] == {
+        "from": "previousStage",
+        "onMismatch": "fail",
+        "keep": "promoted",
+        "path": "/checkpoints",
+    }
 
 
 # -- frozen ------------------------------------------------------------------------------------
@@ -108,7 +119,9 @@ def test_a_ladder_without_continuation_keeps_the_hash_it_had():
     # The value recorded by ladders admitted before the field existed (same spec, no continuation).
     plain = load_ladder(edit(DOC, "spec.continuation", DELETE)).spec
     assert "continuation" not in plain.wire()
-    frozen = {k: plain.wire().get(k) for k in ("objective", "candidates", "stages", "verdict")} | {"trainer": {"gpus": 1}}
+    frozen = {k: plain.wire().get(k) for k in ("objective", "candidates", "stages", "verdict")} | {
+        "trainer": {"gpus": 1}
+    }
     text = json.dumps(frozen, sort_keys=True, separators=(",", ":"))
     assert frozen_hash(plain) == "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
@@ -124,18 +137,23 @@ def test_the_crd_freezes_it():
     spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     rules = [r["rule"] for r in spec["properties"]["continuation"]["x-kubernetes-validations"]]
     assert "self == oldSelf" in rules
-    assert "has(self.continuation) == has(oldSelf.continuation)" in [r["rule"] for r in spec["x-kubernetes-validations"]]
+    assert "has(self.continuation) == has(oldSelf.continuation)" in [
+        r["rule"] for r in spec["x-kubernetes-validations"]
+    ]
 
 
 # -- which checkpoint each cell writes and reads -------------------------------------------------
 PLANS = {
     "first stage: writes only": (Cell("s1", "c0", "a100", 1), (f"{ROOT}/s1/c0.a100.1", None, None, None)),
     "middle stage: continues s1's cell": (
-        Cell("s2", "c0", "a100", 1), (f"{ROOT}/s2/c0.a100.1", f"{ROOT}/s1/c0.a100.1", "s1", None)),
+        Cell("s2", "c0", "a100", 1),
+        (f"{ROOT}/s2/c0.a100.1", f"{ROOT}/s1/c0.a100.1", "s1", None),
+    ),
     "a seed s1 did not run: from scratch": (Cell("s2", "c0", "a100", 2), (f"{ROOT}/s2/c0.a100.2", None, None, None)),
     "last stage: final weights too": (
         Cell("s3", "c1", "a100", 2),
-        (f"{ROOT}/s3/c1.a100.2", f"{ROOT}/s2/c1.a100.2", "s2", f"{ROOT}/s3/c1.a100.2/final")),
+        (f"{ROOT}/s3/c1.a100.2", f"{ROOT}/s2/c1.a100.2", "s2", f"{ROOT}/s3/c1.a100.2/final"),
+    ),
 }
 
 
@@ -160,9 +178,15 @@ def test_cells_without_a_predecessor_are_listed():
 def test_the_contract_passes_the_paths_and_what_checkpoints_must_carry():
     cell = Cell("s2", "c0", "a100", 1)
     args = cell_args(SPEC, cell, "c.json", "r.json", ROOT)
-    tail = args[args.index("--result-file") + 2:]
-    assert tail == ["--stable-checkpoint", f"{ROOT}/s2/c0.a100.1", "--resume-from", f"{ROOT}/s1/c0.a100.1",
-                    "--on-mismatch", "fail"]
+    tail = args[args.index("--result-file") + 2 :]
+    assert tail == [
+        "--stable-checkpoint",
+        f"{ROOT}/s2/c0.a100.1",
+        "--resume-from",
+        f"{ROOT}/s1/c0.a100.1",
+        "--on-mismatch",
+        "fail",
+    ]
     env = cell_env("test", cell, SPEC)
     assert env[ENV_FROZEN_HASH] == SPEC.frozen_hash() and env[ENV_PREVIOUS_STAGE] == "s1"
     assert ENV_PREVIOUS_STAGE not in cell_env("test", Cell("s1", "c0", "a100", 1), SPEC)
@@ -175,11 +199,28 @@ def test_a_refused_checkpoint_fails_the_cell_and_is_not_retried():
 
 
 # -- never the wrong weights ---------------------------------------------------------------------
-EXPECTED = Expected(frozen_hash="sha256:aaa", stage="s1", candidate="c0", host_block="a100", seed=1,
-                    config_hash=config_hash({"depth": 4}), corpus="0e499a065cba")
-GOOD = Manifest(frozen_hash="sha256:aaa", ladder="test", stage="s1", candidate="c0", host_block="a100", seed=1,
-                config_hash=config_hash({"depth": 4}), corpus="0e499a065cba", sha256="sha256:content",
-                stable_seconds=72.0, steps=100)
+EXPECTED = Expected(
+    frozen_hash="sha256:aaa",
+    stage="s1",
+    candidate="c0",
+    host_block="a100",
+    seed=1,
+    config_hash=config_hash({"depth": 4}),
+    corpus="0e499a065cba",
+)
+GOOD = Manifest(
+    frozen_hash="sha256:aaa",
+    ladder="test",
+    stage="s1",
+    candidate="c0",
+    host_block="a100",
+    seed=1,
+    config_hash=config_hash({"depth": 4}),
+    corpus="0e499a065cba",
+    sha256="sha256:content",
+    stable_seconds=72.0,
+    steps=100,
+)
 # field -> (the manifest's changed value, the field's name in the refusal)
 WRONG = {
     "frozen_hash": ("sha256:bbb", "frozenHash"),
@@ -222,8 +263,12 @@ def test_config_hash_ignores_key_order():
 # -- what a decided stage deletes, and the winner's ----------------------------------------------
 def _decided(spec, values):
     """The ladder replayed on one value per cell (lower is better): decisions and entering."""
-    recorded = {Cell(st.name, c, hb, s).key: CellOutcome("succeeded", values[c])
-                for st in spec.stages for c in values for hb, s in st.cells()}
+    recorded = {
+        Cell(st.name, c, hb, s).key: CellOutcome("succeeded", values[c])
+        for st in spec.stages
+        for c in values
+        for hb, s in st.cells()
+    }
     status, plan = simulate(spec, recorded, checkpoint_root=ROOT)
     return status, plan
 
@@ -251,10 +296,19 @@ def test_the_status_records_deletions_and_the_winners_folders():
     status, _ = _decided(SPEC, VALUES)
     record = status.checkpoints
     assert record.root == ROOT and [(d.stage, d.candidates) for d in record.deleted] == [
-        ("s1", ["c3"]), ("s2", ["c2"]), ("s3", ["c1"])]
-    assert record.winner == [f"{ROOT}/s1/c0.a100.1", f"{ROOT}/s2/c0.a100.1", f"{ROOT}/s2/c0.a100.2",
-                             f"{ROOT}/s3/c0.a100.1", f"{ROOT}/s3/c0.a100.2",
-                             f"{ROOT}/s3/c0.a100.1/final", f"{ROOT}/s3/c0.a100.2/final"]
+        ("s1", ["c3"]),
+        ("s2", ["c2"]),
+        ("s3", ["c1"]),
+    ]
+    assert record.winner == [
+        f"{ROOT}/s1/c0.a100.1",
+        f"{ROOT}/s2/c0.a100.1",
+        f"{ROOT}/s2/c0.a100.2",
+        f"{ROOT}/s3/c0.a100.1",
+        f"{ROOT}/s3/c0.a100.2",
+        f"{ROOT}/s3/c0.a100.1/final",
+        f"{ROOT}/s3/c0.a100.2/final",
+    ]
     assert deleted_patterns(SPEC, ROOT, record.deleted[1]) == [f"{ROOT}/s1/c2.*", f"{ROOT}/s2/c2.*"]
     assert checkpoints_status(load_ladder(edit(DOC, "spec.continuation", DELETE)).spec, ROOT, [], {}, None) is None
 
@@ -271,8 +325,10 @@ def _template(*mounts):
 MOUNTS = {
     "mounted at the path": (_template({"name": "ck", "mountPath": "/checkpoints"}), ""),
     "mounted above it": (_template({"name": "ck", "mountPath": "/"}), ""),
-    "under a deeper mount": (_template({"name": "d", "mountPath": "/data", "readOnly": True},
-                                       {"name": "ck", "mountPath": "/checkpoints/"}), ""),
+    "under a deeper mount": (
+        _template({"name": "d", "mountPath": "/data", "readOnly": True}, {"name": "ck", "mountPath": "/checkpoints/"}),
+        "",
+    ),
     "no template": ({}, "is on no volume of the cells' pods"),
     "another path only": (_template({"name": "d", "mountPath": "/checkpoints-old"}), "is on no volume"),
     "read-only": (_template({"name": "ck", "mountPath": "/checkpoints", "readOnly": True}), "mounted read-only"),
@@ -283,6 +339,9 @@ MOUNTS = {
 def test_the_checkpoint_path_must_be_on_a_writable_volume(name):
     template, problem = MOUNTS[name]
     errors = continuation_mount_errors("/checkpoints", template)
-    assert (errors == []) if not problem else (len(errors) == 1 and problem in errors[0]
-                                                and errors[0].startswith("spec.continuation.path: "))
+    assert (
+        (errors == [])
+        if not problem
+        else (len(errors) == 1 and problem in errors[0] and errors[0].startswith("spec.continuation.path: "))
+    )
     assert continuation_mount_errors(None, template) == []

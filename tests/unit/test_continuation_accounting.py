@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from promotion_ladder.cli import main
 from promotion_ladder.core.accounting import cell_gpu_hours, cell_occupied_gpu_hours, gpu_hours
 from promotion_ladder.core.api import load_ladder
@@ -24,8 +25,9 @@ STAGES = [
     {"name": "s1", "budget": "100s", "hostBlocks": ["a100"], "seeds": [1], "promote": {"top": 1}},
     {"name": "s2", "budget": "300s", "hostBlocks": ["a100"], "seeds": [1, 2]},
 ]
-DOC = ladder_doc(candidates=2, stages=STAGES, host_blocks=("a100",), trainer={"gpus": 2},
-                 continuation={"from": "previousStage"})
+DOC = ladder_doc(
+    candidates=2, stages=STAGES, host_blocks=("a100",), trainer={"gpus": 2}, continuation={"from": "previousStage"}
+)
 SPEC = load_ladder(DOC).spec
 
 
@@ -91,9 +93,18 @@ def _write(tmp_path, doc, results):
 
 
 def test_simulate_replays_a_continuation_ladder(tmp_path, capsys):
-    results = [{"stage": k.stage, "candidate": k.candidate, "hostBlock": k.host_block, "seed": k.seed,
-                "value": o.value, "trainSeconds": o.train_seconds, "resumedSeconds": o.resumed_seconds}
-               for k, o in OUTCOMES.items()]
+    results = [
+        {
+            "stage": k.stage,
+            "candidate": k.candidate,
+            "hostBlock": k.host_block,
+            "seed": k.seed,
+            "value": o.value,
+            "trainSeconds": o.train_seconds,
+            "resumedSeconds": o.resumed_seconds,
+        }
+        for k, o in OUTCOMES.items()
+    ]
     ladder, lines = _write(tmp_path, DOC, results)
     assert main(["simulate", ladder, "--results", lines, "--output", "json"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -129,7 +140,12 @@ def _paper_saving(status: dict) -> tuple[float, int]:
 
 
 def test_simulate_prints_what_continuing_would_have_saved_the_papers_ladder(capsys):
-    args = ["simulate", str(ROOT / "examples/protocol-ladder.yaml"), "--results", str(ROOT / "examples/protocol-results.jsonl")]
+    args = [
+        "simulate",
+        str(ROOT / "examples/protocol-ladder.yaml"),
+        "--results",
+        str(ROOT / "examples/protocol-results.jsonl"),
+    ]
     assert main([*args, "--output", "json"]) == 0
     out = capsys.readouterr()
     saved, cells = _paper_saving(json.loads(out.out))
@@ -137,6 +153,8 @@ def test_simulate_prints_what_continuing_would_have_saved_the_papers_ladder(caps
     assert main(args) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert round(saved, 1) == 10.9 and cells == 58
-    assert line.startswith(f"continuing (spec.continuation) would have cost {169.2 - saved:.1f} of these 169.2 GPU-hours: "
-                           f"{cells} of 124 cells resume")
+    assert line.startswith(
+        f"continuing (spec.continuation) would have cost {169.2 - saved:.1f} of these 169.2 GPU-hours: "
+        f"{cells} of 124 cells resume"
+    )
     assert f"saved {saved:.1f} ({100 * saved / 169.2:.1f}%)" in line

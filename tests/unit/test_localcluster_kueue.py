@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from localcluster import binaries
 from localcluster.kueue import (
     CONVERSION_CRDS,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from promotion_ladder.core.cell import Cell
 from promotion_ladder.core.contract import judge
 from promotion_ladder.core.crd import crd
@@ -17,14 +18,28 @@ from promotion_ladder.core.status import CellStatus, cell_status, recorded_outco
 
 CELL = Cell("s1", "c1", "a100", 1)
 # One value per measured field, none of them a default.
-MEASURED = {"train_seconds": 12.5, "corpus": "0e499a065cba", "data_passes": 0.25, "peak_memory_bytes": 3 * 2**30,
-            "resumed_seconds": 7.5, "resume_refused": "checkpoint refused: corpus: ..."}
+MEASURED = {
+    "train_seconds": 12.5,
+    "corpus": "0e499a065cba",
+    "data_passes": 0.25,
+    "peak_memory_bytes": 3 * 2**30,
+    "resumed_seconds": 7.5,
+    "resume_refused": "checkpoint refused: corpus: ...",
+}
 WIRE = {Measured.model_fields[k].alias: v for k, v in MEASURED.items()}
 
 
 def result(status: str = "ok", value: float | None = 1.25) -> str:
-    doc = {"ladder": "test", "stage": CELL.stage, "candidate": CELL.candidate, "hostBlock": CELL.host_block,
-           "seed": CELL.seed, "status": status, "value": value, **WIRE}
+    doc = {
+        "ladder": "test",
+        "stage": CELL.stage,
+        "candidate": CELL.candidate,
+        "hostBlock": CELL.host_block,
+        "seed": CELL.seed,
+        "status": status,
+        "value": value,
+        **WIRE,
+    }
     return json.dumps({k: v for k, v in doc.items() if v is not None})
 
 

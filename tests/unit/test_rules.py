@@ -3,16 +3,21 @@
 import pytest
 
 from promotion_ladder.core.api import Check, Promote, Stage, Verdict
-from promotion_ladder.core.rules import decide, rank_stage, verdict
 from promotion_ladder.core.cell import CellOutcome
+from promotion_ladder.core.rules import decide, rank_stage, verdict
 
 OK = lambda v: CellOutcome("succeeded", value=v)  # noqa: E731
 FAIL = CellOutcome("failed", reason="diverged")
 
 
 def stage(promote=None, blocks=("a", "b"), seeds=(1,)):
-    return Stage(name="s", budget="1m", host_blocks=list(blocks), seeds=list(seeds),
-                 promote=Promote(**promote) if promote else None)
+    return Stage(
+        name="s",
+        budget="1m",
+        host_blocks=list(blocks),
+        seeds=list(seeds),
+        promote=Promote(**promote) if promote else None,
+    )
 
 
 def outcomes(table):
@@ -23,33 +28,56 @@ def outcomes(table):
 
 CASES = {
     "mean, top 2": dict(
-        promote={"top": 2}, values={"x": [1.0, 1.2], "y": [0.9, 1.0], "z": [1.5, 1.5]},
-        ranking=["y", "x", "z"], promoted=["y", "x"]),
+        promote={"top": 2},
+        values={"x": [1.0, 1.2], "y": [0.9, 1.0], "z": [1.5, 1.5]},
+        ranking=["y", "x", "z"],
+        promoted=["y", "x"],
+    ),
     "worst picks the robust one": dict(
-        promote={"top": 1, "aggregate": "worst"}, values={"x": [0.5, 1.3], "y": [1.0, 1.1]},
-        ranking=["y", "x"], promoted=["y"]),
+        promote={"top": 1, "aggregate": "worst"},
+        values={"x": [0.5, 1.3], "y": [1.0, 1.1]},
+        ranking=["y", "x"],
+        promoted=["y"],
+    ),
     "median of two is the mean": dict(
-        promote={"top": 1, "aggregate": "median"}, values={"x": [0.5, 1.3], "y": [1.0, 1.1]},
-        ranking=["x", "y"], promoted=["x"]),
+        promote={"top": 1, "aggregate": "median"},
+        values={"x": [0.5, 1.3], "y": [1.0, 1.1]},
+        ranking=["x", "y"],
+        promoted=["x"],
+    ),
     "meanRank": dict(
         promote={"top": 1, "aggregate": "meanRank"},
         values={"x": [1.0, 2.0], "y": [1.1, 1.9], "z": [0.5, 3.0]},
-        ranking=["x", "y", "z"], promoted=["x"]),  # ranks x:(2,2) y:(3,1) z:(1,3): all 2.0, mean breaks the tie
+        ranking=["x", "y", "z"],
+        promoted=["x"],
+    ),  # ranks x:(2,2) y:(3,1) z:(1,3): all 2.0, mean breaks the tie
     "failed ranks last and is not promoted": dict(
-        promote={"top": 2}, values={"x": [0.1, None], "y": [1.0, 1.0], "z": [2.0, 2.0]},
-        ranking=["y", "z", "x"], promoted=["y", "z"]),
+        promote={"top": 2},
+        values={"x": [0.1, None], "y": [1.0, 1.0], "z": [2.0, 2.0]},
+        ranking=["y", "z", "x"],
+        promoted=["y", "z"],
+    ),
     "fewer complete than top": dict(
-        promote={"top": 3}, values={"x": [0.1, None], "y": [1.0, 1.0], "z": [None, None]},
-        ranking=["y", "x", "z"], promoted=["y"]),
+        promote={"top": 3},
+        values={"x": [0.1, None], "y": [1.0, 1.0], "z": [None, None]},
+        ranking=["y", "x", "z"],
+        promoted=["y"],
+    ),
     "keep promotes a failed reference": dict(
-        promote={"top": 1, "keep": ["x"]}, values={"x": [None, None], "y": [1.0, 1.0], "z": [2.0, 2.0]},
-        ranking=["y", "z", "x"], promoted=["y", "x"]),
+        promote={"top": 1, "keep": ["x"]},
+        values={"x": [None, None], "y": [1.0, 1.0], "z": [2.0, 2.0]},
+        ranking=["y", "z", "x"],
+        promoted=["y", "x"],
+    ),
     "within adds near ties": dict(
-        promote={"top": 1, "within": 0.05}, values={"x": [1.00, 1.00], "y": [1.04, 1.04], "z": [1.2, 1.2]},
-        ranking=["x", "y", "z"], promoted=["x", "y"]),
+        promote={"top": 1, "within": 0.05},
+        values={"x": [1.00, 1.00], "y": [1.04, 1.04], "z": [1.2, 1.2]},
+        ranking=["x", "y", "z"],
+        promoted=["x", "y"],
+    ),
     "exact tie broken by spec order": dict(
-        promote={"top": 1}, values={"y": [1.0, 1.0], "x": [1.0, 1.0]},
-        ranking=["y", "x"], promoted=["y"]),
+        promote={"top": 1}, values={"y": [1.0, 1.0], "x": [1.0, 1.0]}, ranking=["y", "x"], promoted=["y"]
+    ),
 }
 
 
@@ -67,7 +95,9 @@ def test_maximize_reverses_order():
     values = {"x": [1.0, 1.0], "y": [2.0, 2.0]}
     d = decide(stage({"top": 1}), list(values), outcomes(values), "maximize")
     assert d.promoted == ["y"]
-    d = decide(stage({"top": 1, "aggregate": "worst"}), ["x", "y"], outcomes({"x": [3.0, 0.5], "y": [2.0, 1.5]}), "maximize")
+    d = decide(
+        stage({"top": 1, "aggregate": "worst"}), ["x", "y"], outcomes({"x": [3.0, 0.5], "y": [2.0, 1.5]}), "maximize"
+    )
     assert d.promoted == ["y"] and d.ranking[0].aggregate == 1.5
 
 
@@ -83,24 +113,47 @@ def final_decision(values):
 
 VERDICTS = {
     "near equivalence fails outside margin": (
-        {"ref": [1.0, 1.0], "c": [1.02, 1.0]}, Check(name="n", type="nearEquivalence", candidate="c", margin=0.005),
-        False, 0.01),
+        {"ref": [1.0, 1.0], "c": [1.02, 1.0]},
+        Check(name="n", type="nearEquivalence", candidate="c", margin=0.005),
+        False,
+        0.01,
+    ),
     "near equivalence passes inside margin": (
-        {"ref": [1.0, 1.0], "c": [1.004, 1.0]}, Check(name="n", type="nearEquivalence", candidate="c", margin=0.005),
-        True, 0.002),
+        {"ref": [1.0, 1.0], "c": [1.004, 1.0]},
+        Check(name="n", type="nearEquivalence", candidate="c", margin=0.005),
+        True,
+        0.002,
+    ),
     "mean gap counts the worse direction": (
-        {"ref": [1.0, 1.0], "c": [0.9, 0.9]}, Check(name="g", type="meanGap", candidate="c", max_gap=0.01),
-        True, -0.1),
+        {"ref": [1.0, 1.0], "c": [0.9, 0.9]},
+        Check(name="g", type="meanGap", candidate="c", max_gap=0.01),
+        True,
+        -0.1,
+    ),
     "mean gap fails when worse": (
-        {"ref": [1.0, 1.0], "c": [1.03, 1.01]}, Check(name="g", type="meanGap", candidate="c", max_gap=0.01),
-        False, 0.02),
+        {"ref": [1.0, 1.0], "c": [1.03, 1.01]},
+        Check(name="g", type="meanGap", candidate="c", max_gap=0.01),
+        False,
+        0.02,
+    ),
     "rank first in all cells": (
-        {"ref": [1.0, 1.0], "c": [1.1, 1.2]}, Check(name="r", type="rankFirstAllCells", candidate="ref"), True, 2.0),
+        {"ref": [1.0, 1.0], "c": [1.1, 1.2]},
+        Check(name="r", type="rankFirstAllCells", candidate="ref"),
+        True,
+        2.0,
+    ),
     "rank first fails on one cell": (
-        {"ref": [1.0, 1.3], "c": [1.1, 1.2]}, Check(name="r", type="rankFirstAllCells", candidate="ref"), False, 1.0),
+        {"ref": [1.0, 1.3], "c": [1.1, 1.2]},
+        Check(name="r", type="rankFirstAllCells", candidate="ref"),
+        False,
+        1.0,
+    ),
     "failed candidate fails its check": (
-        {"ref": [1.0, 1.0], "c": [None, 1.2]}, Check(name="n", type="nearEquivalence", candidate="c", margin=1.0),
-        False, None),
+        {"ref": [1.0, 1.0], "c": [None, 1.2]},
+        Check(name="n", type="nearEquivalence", candidate="c", margin=1.0),
+        False,
+        None,
+    ),
 }
 
 
@@ -114,8 +167,11 @@ def test_verdict_checks(name):
 
 
 def test_verdict_winner_and_missing_candidate():
-    v = verdict(final_decision({"ref": [1.0, 1.0], "c": [0.5, 0.5]}),
-                Verdict(reference="ref", checks=[Check(name="x", type="meanGap", candidate="gone", max_gap=1)]), "minimize")
+    v = verdict(
+        final_decision({"ref": [1.0, 1.0], "c": [0.5, 0.5]}),
+        Verdict(reference="ref", checks=[Check(name="x", type="meanGap", candidate="gone", max_gap=1)]),
+        "minimize",
+    )
     assert v.winner == "c"
     assert not v.checks[0].passed and "did not reach the final stage" in v.checks[0].detail
 

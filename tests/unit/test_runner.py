@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from promotion_ladder.core.api import load_ladder
+from promotion_ladder.core.cell import Cell
 from promotion_ladder.files import FileError, read_status
 from promotion_ladder.local.cellproc import outcome_from_result
 from promotion_ladder.local.runner import run_ladder
-from promotion_ladder.core.cell import Cell
 
 from .builders import edit, ladder_doc
 
@@ -18,7 +18,9 @@ FAKE = str(Path(__file__).parent / "fixtures" / "fake_trainer.py")
 
 
 def fake_ladder(configs, **kw):
-    doc = ladder_doc(candidates=list(configs), host_blocks=("a", "b"), trainer={"command": [sys.executable, FAKE]}, **kw)
+    doc = ladder_doc(
+        candidates=list(configs), host_blocks=("a", "b"), trainer={"command": [sys.executable, FAKE]}, **kw
+    )
     for c, cfg in zip(doc["spec"]["candidates"], configs.values()):
         c["config"] = cfg
     return doc
@@ -43,7 +45,9 @@ class Quiet:
 
 
 def test_runs_a_ladder_and_records_failures(tmp_path):
-    doc = fake_ladder({"c0": {"base": 1.0}, "c1": {"base": 0.9}, "c2": {"base": 1.5}, "c3": {"base": 0.5, "fail_stage": "s1"}})
+    doc = fake_ladder(
+        {"c0": {"base": 1.0}, "c1": {"base": 0.9}, "c2": {"base": 1.5}, "c3": {"base": 0.5, "fail_stage": "s1"}}
+    )
     out = Quiet()
     status = run_ladder(load_ladder(doc), tmp_path / "s.json", parallel=2, stream=out, poll_seconds=0.02)
     assert status.phase == "Succeeded"
@@ -78,14 +82,30 @@ def test_resume_refuses_a_changed_ladder(tmp_path):
 
 
 CELL = Cell("s1", "c0", "a", 1)
-OK_DOC = {"apiVersion": "ladder.promotion.dev/v1alpha1", "kind": "CellResult", "status": "ok", "metric": "val_bpb",
-          "value": 1.25, "trainSeconds": 9.5, "ladder": "test", "stage": "s1", "candidate": "c0", "hostBlock": "a", "seed": 1}
+OK_DOC = {
+    "apiVersion": "ladder.promotion.dev/v1alpha1",
+    "kind": "CellResult",
+    "status": "ok",
+    "metric": "val_bpb",
+    "value": 1.25,
+    "trainSeconds": 9.5,
+    "ladder": "test",
+    "stage": "s1",
+    "candidate": "c0",
+    "hostBlock": "a",
+    "seed": 1,
+}
 
 OUTCOMES = {
     "ok": (0, OK_DOC, "succeeded", ""),
     "no result file": (0, None, "failed", "exit code 0 but no result"),
     "crash": (1, None, "failed", "exit code 1 (no result)"),
-    "diverged": (3, {**OK_DOC, "status": "diverged", "value": None, "message": "nan"}, "failed", "exit code 3 (diverged: nan)"),
+    "diverged": (
+        3,
+        {**OK_DOC, "status": "diverged", "value": None, "message": "nan"},
+        "failed",
+        "exit code 3 (diverged: nan)",
+    ),
     "forged identity": (0, {**OK_DOC, "candidate": "c9"}, "failed", "does not match the cell"),
     "wrong metric": (0, {**OK_DOC, "metric": "loss"}, "failed", "reports metric 'loss'"),
     "ok without value": (0, {**OK_DOC, "value": None}, "failed", "status 'ok' needs a finite 'value'"),
@@ -106,17 +126,34 @@ def test_outcome_from_result(name):
 
 # ---- GPUs and processes per cell -------------------------------------------------------------
 
+
 def _cells_env(tmp_path) -> list[dict]:
     return [json.loads(json.loads(p.read_text())["message"]) for p in sorted(tmp_path.glob("s.cells/**/result.json"))]
 
 
-@pytest.mark.parametrize("visible,gpus,want", [
-    ("", 2, [{"LADDER_GPUS": "2", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": ""}] * 2),  # CPU: 2 gloo processes
-    ("0,1,2,3", 2, [{"LADDER_GPUS": "2", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "0,1"},
-                    {"LADDER_GPUS": "2", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "2,3"}]),
-    ("0,1", 0, [{"LADDER_GPUS": "1", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "0"},
-                {"LADDER_GPUS": "1", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "1"}]),
-], ids=["cpu only", "four gpus two per cell", "gpus 0 means one"])
+@pytest.mark.parametrize(
+    "visible,gpus,want",
+    [
+        ("", 2, [{"LADDER_GPUS": "2", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": ""}] * 2),  # CPU: 2 gloo processes
+        (
+            "0,1,2,3",
+            2,
+            [
+                {"LADDER_GPUS": "2", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "0,1"},
+                {"LADDER_GPUS": "2", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "2,3"},
+            ],
+        ),
+        (
+            "0,1",
+            0,
+            [
+                {"LADDER_GPUS": "1", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "0"},
+                {"LADDER_GPUS": "1", "LADDER_NODES": "1", "CUDA_VISIBLE_DEVICES": "1"},
+            ],
+        ),
+    ],
+    ids=["cpu only", "four gpus two per cell", "gpus 0 means one"],
+)
 def test_each_cell_gets_its_gpus_and_process_count(tmp_path, monkeypatch, visible, gpus, want):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     for var in ("LADDER_GPUS", "LADDER_NODES"):

@@ -4,7 +4,6 @@ gets the same torch.compile cache directory (the real compiled cells: tests/trai
 import json
 import re
 import sys
-from pathlib import Path
 
 from promotion_ladder.core.api import load_ladder
 from promotion_ladder.local.caches import COMPILE_CACHE_DIR
@@ -17,8 +16,12 @@ SLEEP = 0.6
 
 
 def one_stage(**cfg):
-    doc = ladder_doc(candidates=["c0", "c1"], host_blocks=("a", "b"), trainer={"command": [sys.executable, FAKE]},
-                     stages=[{"name": "s1", "budget": "10s", "hostBlocks": ["a", "b"], "seeds": [1]}])
+    doc = ladder_doc(
+        candidates=["c0", "c1"],
+        host_blocks=("a", "b"),
+        trainer={"command": [sys.executable, FAKE]},
+        stages=[{"name": "s1", "budget": "10s", "hostBlocks": ["a", "b"], "seeds": [1]}],
+    )
     for i, c in enumerate(doc["spec"]["candidates"]):
         c["config"] = {"base": 1.0 + i, "sleep": SLEEP, "dump_env": True, **cfg}
     return doc
@@ -58,8 +61,11 @@ def test_every_cell_gets_the_ladders_compile_cache(tmp_path, monkeypatch):
     assert len(envs) == 4
     want = str((tmp_path / "s.cells" / COMPILE_CACHE_DIR).resolve())
     for env in envs:
-        assert env == {"TORCHINDUCTOR_CACHE_DIR": want, "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
-                       "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
+        assert env == {
+            "TORCHINDUCTOR_CACHE_DIR": want,
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+            "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+        }
 
 
 def test_a_cache_dir_the_user_set_wins(tmp_path, monkeypatch):

@@ -24,7 +24,10 @@ def test_new_ladder_starts_the_first_stage_with_conditions():
     assert s.to_start == S1 and s.stopped is None and s.announcements == []
     assert s.status["observedGeneration"] == 3 and s.status["frozenHash"] == SPEC.frozen_hash()
     assert {c["type"]: (c["status"], c["lastTransitionTime"]) for c in s.status["conditions"]} == {
-        "Progressing": ("True", NOW), "Complete": ("False", NOW), "Failed": ("False", NOW)}
+        "Progressing": ("True", NOW),
+        "Complete": ("False", NOW),
+        "Failed": ("False", NOW),
+    }
     again = step(SPEC, s.status, {}, (), now=LATER, generation=3)
     assert again.status == s.status  # lastTransitionTime kept: nothing to write
 
@@ -40,8 +43,16 @@ def test_parallelism_capacity_and_started_cells():
         "started cells are skipped, not counted": ((), 0, None, {S1[0], S1[1]}, [2, 3, 4]),
     }
     for name, (running, pending, capacity, started, want) in cases.items():
-        s = step(spec, None, {}, running, now=NOW, capacity=capacity, pending_starts=pending,
-                 started=lambda c, st=started: c in st)
+        s = step(
+            spec,
+            None,
+            {},
+            running,
+            now=NOW,
+            capacity=capacity,
+            pending_starts=pending,
+            started=lambda c, st=started: c in st,
+        )
         assert s.to_start == [S1[i] for i in want], name
 
 
@@ -61,8 +72,16 @@ def test_stopped_states():
     cases = {
         "FrozenSpecChanged": (changed, base),
         "StatusUnreadable": (SPEC, {**base, "phase": "Sideways"}),
-        "RecordedDecisionsMismatch": (SPEC, {**base, "stages": [{**base["stages"][1], "decision": {
-            **base["stages"][0]["decision"], "stage": "s2"}}, base["stages"][0]]}),
+        "RecordedDecisionsMismatch": (
+            SPEC,
+            {
+                **base,
+                "stages": [
+                    {**base["stages"][1], "decision": {**base["stages"][0]["decision"], "stage": "s2"}},
+                    base["stages"][0],
+                ],
+            },
+        ),
     }
     for reason, (spec, recorded) in cases.items():
         s = step(spec, recorded, {}, (), now=LATER, generation=2)

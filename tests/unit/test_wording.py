@@ -4,6 +4,7 @@ that `keep` promotes without a complete result is named as such wherever the dec
 from __future__ import annotations
 
 import pytest
+
 from promotion_ladder.core.api import Promote, Stage
 from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.rules import decide

@@ -1,8 +1,8 @@
 import os
 import sys
 
-from .clock import process_start
 from .cli import main
+from .clock import process_start
 
 code = main(started=process_start())  # set-up counts from the process's start: imports included
 # The result is published by now (file, Pod annotation, termination message). Skip the

@@ -28,7 +28,14 @@ from typing import Any
 
 from promotion_ladder.core.budget import parse_budget
 from promotion_ladder.core.continuation import ON_MISMATCH
-from promotion_ladder.core.contract import EXIT_BAD_CONFIG, EXIT_CHECKPOINT, EXIT_DIVERGED, EXIT_ERROR, EXIT_OK, EXIT_OOM
+from promotion_ladder.core.contract import (
+    EXIT_BAD_CONFIG,
+    EXIT_CHECKPOINT,
+    EXIT_DIVERGED,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_OOM,
+)
 from promotion_ladder.core.result import CellResult, Status
 
 from . import launch
@@ -68,24 +75,45 @@ CHOICES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ladder_trainer", description="Train one ladder cell and report val_bpb.")
+    p = argparse.ArgumentParser(
+        prog="python -m ladder_trainer", description="Train one ladder cell and report val_bpb."
+    )
     given = p.add_mutually_exclusive_group()
     given.add_argument("--config", default=None, help="candidate config, a JSON object (see docs/trainer.md)")
-    given.add_argument("--config-file", default=None, help="a file holding the candidate config (the cell contract's way)")
+    given.add_argument(
+        "--config-file", default=None, help="a file holding the candidate config (the cell contract's way)"
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default: LADDER_SEED or 0)")
     p.add_argument("--budget", required=True, help="wall-clock training budget, e.g. 90s, 2m, 12h")
     p.add_argument("--result-file", default=None, help="where to write the CellResult JSON")
     c = p.add_argument_group("continuation (a ladder's spec.continuation; docs/continuation.md)")
-    c.add_argument("--stable-checkpoint", default=None, metavar="DIR",
-                   help="save the stable-phase checkpoint here when the flat phase ends")
-    c.add_argument("--resume-from", default=None, metavar="DIR",
-                   help="continue from this stable checkpoint (the previous stage's cell of the same candidate, "
-                        "host block and seed)")
-    c.add_argument("--on-mismatch", default="fail", choices=ON_MISMATCH,
-                   help="a missing or foreign checkpoint: fail (exit 5) or train from scratch (default fail)")
+    c.add_argument(
+        "--stable-checkpoint",
+        default=None,
+        metavar="DIR",
+        help="save the stable-phase checkpoint here when the flat phase ends",
+    )
+    c.add_argument(
+        "--resume-from",
+        default=None,
+        metavar="DIR",
+        help="continue from this stable checkpoint (the previous stage's cell of the same candidate, "
+        "host block and seed)",
+    )
+    c.add_argument(
+        "--on-mismatch",
+        default="fail",
+        choices=ON_MISMATCH,
+        help="a missing or foreign checkpoint: fail (exit 5) or train from scratch (default fail)",
+    )
     for name, (env, typ, default) in SETTINGS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=CHOICES.get(name),
-                       help=f"(env {env}, default {default})")
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=typ,
+            default=None,
+            choices=CHOICES.get(name),
+            help=f"(env {env}, default {default})",
+        )
     return p
 
 
@@ -160,11 +188,13 @@ class Outcome:
             log(f"{result.status}: {result.message}")
         return code
 
-    def failed(self, status: Status, code: int, message: str, secondary: bool = False,
-               world_size: int | None = None) -> int:
+    def failed(
+        self, status: Status, code: int, message: str, secondary: bool = False, world_size: int | None = None
+    ) -> int:
         """A cell that ended without a result of its own (bad config, a crash, a signal)."""
-        return self.finish(CellResult(**self.identity, status=status, message=message, world_size=world_size),
-                           code, secondary)
+        return self.finish(
+            CellResult(**self.identity, status=status, message=message, world_size=world_size), code, secondary
+        )
 
 
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
@@ -188,8 +218,9 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         return out.failed("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
     if plan is not None:
         return _launch(plan, argv, out)
-    checkpoints = Checkpoints(args.stable_checkpoint, args.resume_from, args.on_mismatch,
-                              json.loads(text) if text.strip() else {})
+    checkpoints = Checkpoints(
+        args.stable_checkpoint, args.resume_from, args.on_mismatch, json.loads(text) if text.strip() else {}
+    )
     return _train(cfg, seed, budget, settings, out, started, checkpoints)
 
 
@@ -204,40 +235,60 @@ class Checkpoints:
     config: dict[str, Any]
 
 
-def _train(cfg: TrainConfig, seed: int, budget: float, settings: Settings, out: Outcome, started: float,
-           checkpoints: Checkpoints | None = None) -> int:
+def _train(
+    cfg: TrainConfig,
+    seed: int,
+    budget: float,
+    settings: Settings,
+    out: Outcome,
+    started: float,
+    checkpoints: Checkpoints | None = None,
+) -> int:
     """Train the cell in this process; whatever happens, a result and its exit code."""
     try:
         from . import train
         from .hardware import is_oom
         from .stable import CheckpointRefused, Continuation
     except ImportError as exc:
-        return out.failed("error", EXIT_ERROR, "the trainer needs torch, numpy and tokenizers "
-                          f"(pip install 'promotion-ladder[trainer]'): {exc}")
+        return out.failed(
+            "error",
+            EXIT_ERROR,
+            f"the trainer needs torch, numpy and tokenizers (pip install 'promotion-ladder[trainer]'): {exc}",
+        )
     c = checkpoints or Checkpoints(None, None, "fail", {})
     continuation = Continuation.of(c.write, c.read, c.on_mismatch, c.config, out.identity, os.environ)
 
     progress = ProgressReporter(out.annotator, settings.progress_interval)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        result = train.run(cfg, seed, budget, settings, progress, identity=out.identity, started=started,
-                           continuation=continuation)
+        result = train.run(
+            cfg, seed, budget, settings, progress, identity=out.identity, started=started, continuation=continuation
+        )
     except Terminated:
         # Not a verdict on the candidate: a retry (another Pod) may well finish the cell. Under a
         # launcher it is how the agent stops the other ranks after one failed: an echo, not a cause.
-        return out.failed("error", EXIT_TERMINATED,
-                          "terminated by SIGTERM before the cell finished (pod deleted or preempted)", secondary=True)
+        return out.failed(
+            "error",
+            EXIT_TERMINATED,
+            "terminated by SIGTERM before the cell finished (pod deleted or preempted)",
+            secondary=True,
+        )
     except ConfigError as exc:
         return out.failed("error", EXIT_BAD_CONFIG, f"bad config: {exc}")
     except CheckpointRefused as exc:  # never trains on the wrong weights: the ladder records why
         return out.failed("error", EXIT_CHECKPOINT, str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure must still produce a result
         if is_oom(exc):
-            return out.failed("oom", EXIT_OOM, f"out of memory: {str(exc).splitlines()[0][:500]}; "
-                              "lower device_batch or enable activation_checkpointing")
+            return out.failed(
+                "oom",
+                EXIT_OOM,
+                f"out of memory: {str(exc).splitlines()[0][:500]}; "
+                "lower device_batch or enable activation_checkpointing",
+            )
         if launch.is_peer_loss(exc):  # another rank's failure; its own report says why
-            return out.failed("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"[:FAILURE_MESSAGE_LIMIT],
-                              secondary=True)
+            return out.failed(
+                "error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"[:FAILURE_MESSAGE_LIMIT], secondary=True
+            )
         traceback.print_exc()
         tail = "".join(traceback.format_exception(exc)[-3:]).strip()
         return out.failed("error", EXIT_ERROR, f"{type(exc).__name__}: {exc}\n{tail}"[:FAILURE_MESSAGE_LIMIT])
@@ -256,11 +307,15 @@ def _launch(plan: launch.LaunchPlan, argv: list[str], out: Outcome) -> int:
     try:
         launched = launch.launch(plan, argv)
     except ImportError as exc:
-        return out.failed("error", EXIT_ERROR,
-                          f"the trainer needs torch (pip install 'promotion-ladder[trainer]'): {exc}")
+        return out.failed(
+            "error", EXIT_ERROR, f"the trainer needs torch (pip install 'promotion-ladder[trainer]'): {exc}"
+        )
     if launched.signal is not None:
-        return out.failed("error", 128 + launched.signal,
-                          f"terminated by signal {launched.signal} before the cell finished (pod deleted or preempted)")
+        return out.failed(
+            "error",
+            128 + launched.signal,
+            f"terminated by signal {launched.signal} before the cell finished (pod deleted or preempted)",
+        )
     if launched.error:
         return out.failed("error", EXIT_ERROR, f"the launcher failed before the ranks finished: {launched.error}")
     if launched.failures:

@@ -67,7 +67,7 @@ class TrainConfig:
             return self.matrix_lr
         return 0.02 if self.optimizer == "muon" else 3e-3
 
-    def resolve(self, device_type: str, world_size: int = 1) -> "TrainConfig":
+    def resolve(self, device_type: str, world_size: int = 1) -> TrainConfig:
         """Fill the device-dependent defaults (batch sizes) and return a complete config.
 
         `batch` is the global batch (tokens per optimizer step, all processes together), so a
@@ -79,7 +79,9 @@ class TrainConfig:
         # micro-batches keep the budget check (once per micro-batch) fine-grained.
         cap = max(1, (2**16 if device_type == "cuda" else 2048) // self.seq_len)
         if batch == 0:
-            batch = max(self.seq_len, 2**18 // self.seq_len * self.seq_len) if device_type == "cuda" else 4 * self.seq_len
+            batch = (
+                max(self.seq_len, 2**18 // self.seq_len * self.seq_len) if device_type == "cuda" else 4 * self.seq_len
+            )
             # Auto batch splits evenly over the processes (a no-op for power-of-two counts).
             batch = max(1, batch // (self.seq_len * world_size)) * self.seq_len * world_size
         if device_batch == 0:
@@ -153,10 +155,20 @@ _CHOICES = {"tokenizer": ("bpe", "byte"), "optimizer": ("adamw", "muon")}
 _POSITIVE_INT = ("depth", "aspect_ratio", "head_dim", "mlp_ratio", "seq_len")
 _NON_NEGATIVE_INT = ("batch", "device_batch", "grow_from_depth")
 _NON_NEGATIVE_FLOAT = (
-    "logit_softcap", "matrix_lr", "embedding_lr", "unembedding_lr", "weight_decay", "grad_clip",
+    "logit_softcap",
+    "matrix_lr",
+    "embedding_lr",
+    "unembedding_lr",
+    "weight_decay",
+    "grad_clip",
 )
 _FRACTIONS = (
-    "adam_beta1", "adam_beta2", "muon_momentum", "warmup_frac", "warmdown_frac", "final_lr_frac",
+    "adam_beta1",
+    "adam_beta2",
+    "muon_momentum",
+    "warmup_frac",
+    "warmdown_frac",
+    "final_lr_frac",
     "grow_at_frac",
 )
 
@@ -178,9 +190,7 @@ def parse_config(raw: str | dict[str, Any]) -> TrainConfig:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in known:
-            raise ConfigError(
-                f"config key {key!r} is not known to the trainer; known keys: {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"config key {key!r} is not known to the trainer; known keys: {', '.join(sorted(known))}")
         values[key] = _check_type(key, value, known[key].type)
     for key, value in values.items():
         _check_range(key, value)
@@ -194,7 +204,9 @@ def parse_config(raw: str | dict[str, Any]) -> TrainConfig:
     if cfg.warmup_frac + cfg.warmdown_frac > 1:
         raise ConfigError("warmup_frac + warmdown_frac must be at most 1")
     if cfg.grow_from_depth and cfg.grow_from_depth >= cfg.depth:
-        raise ConfigError(f"grow_from_depth: {cfg.grow_from_depth} must be smaller than depth {cfg.depth} (or 0 to disable)")
+        raise ConfigError(
+            f"grow_from_depth: {cfg.grow_from_depth} must be smaller than depth {cfg.depth} (or 0 to disable)"
+        )
     return cfg
 
 
@@ -205,8 +217,10 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
         return value
     if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            isinstance(value, float) and not value.is_integer()
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not value.is_integer())
         ):
             raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
         return int(value)

@@ -45,7 +45,9 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: str)
         groups.append(dict(params=head, lr=cfg.unembedding_lr, weight_decay=0.0))
     optimizers: list = []
     if cfg.optimizer == "muon":
-        optimizers.append(Muon(matrices, lr=cfg.resolved_matrix_lr(), momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay))
+        optimizers.append(
+            Muon(matrices, lr=cfg.resolved_matrix_lr(), momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+        )
     else:
         groups.append(dict(params=matrices, lr=cfg.resolved_matrix_lr(), weight_decay=cfg.weight_decay))
     adamw = torch.optim.AdamW if device_type == "cuda" else PlainAdamW
@@ -116,14 +118,19 @@ class LightOptimizer:
     def state_dict(self) -> dict:
         index = {p: i for i, p in enumerate(self._params())}
         return {
-            "state": {index[p]: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()} for p, st in self.state.items()},
+            "state": {
+                index[p]: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+                for p, st in self.state.items()
+            },
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
         params = self._params()
-        self.state = {params[i]: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
-                      for i, st in state_dict["state"].items()}
+        self.state = {
+            params[i]: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+            for i, st in state_dict["state"].items()
+        }
         for g, saved in zip(self.param_groups, state_dict["param_groups"]):
             g.update(saved)
 
@@ -157,7 +164,9 @@ class PlainAdamW(LightOptimizer):
 class Muon(LightOptimizer):
     """Momentum with orthogonalised updates for 2-D weights (one process, DDP or FSDP2)."""
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0, nesterov: bool = True):
+    def __init__(
+        self, params, lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0, nesterov: bool = True
+    ):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
 
     @torch.no_grad()

@@ -28,7 +28,9 @@ class WindowSampler:
         # Valid starts per shard; a shard shorter than a window contributes none.
         starts = np.maximum(split.lengths - seq_len - 1, 0)
         if starts.sum() <= 0:
-            raise ValueError(f"seq_len: {seq_len} is longer than every training shard (longest {int(split.lengths.max(initial=0))} tokens)")
+            raise ValueError(
+                f"seq_len: {seq_len} is longer than every training shard (longest {int(split.lengths.max(initial=0))} tokens)"
+            )
         self.cum = np.concatenate([[0], np.cumsum(starts)]).astype(np.int64)
         self.reset()
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
 from promotion_ladder.core.continuation import (
     MANIFEST_FILE,
     STABLE_FILE,
@@ -69,12 +70,26 @@ class Continuation:
     identity: Mapping[str, Any]  # the result's identity fields (ladder, stage, candidate, hostBlock)
 
     @classmethod
-    def of(cls, write: str | None, read: str | None, on_mismatch: str, config: Mapping[str, Any],
-           identity: Mapping[str, Any], env: Mapping[str, str]) -> Continuation | None:
+    def of(
+        cls,
+        write: str | None,
+        read: str | None,
+        on_mismatch: str,
+        config: Mapping[str, Any],
+        identity: Mapping[str, Any],
+        env: Mapping[str, str],
+    ) -> Continuation | None:
         if not write and not read:
             return None
-        return cls(Path(write) if write else None, Path(read) if read else None, on_mismatch, config_hash(config),
-                   env.get(ENV_FROZEN_HASH) or None, env.get(ENV_PREVIOUS_STAGE) or None, dict(identity))
+        return cls(
+            Path(write) if write else None,
+            Path(read) if read else None,
+            on_mismatch,
+            config_hash(config),
+            env.get(ENV_FROZEN_HASH) or None,
+            env.get(ENV_PREVIOUS_STAGE) or None,
+            dict(identity),
+        )
 
 
 @dataclass(frozen=True)
@@ -118,31 +133,51 @@ def save(t: Setup, s: LoopState, seconds: float, data: dict[str, Any]) -> None:
             "model": t.model.state_dict(),
             "optimizers": [opt.state_dict() for opt in t.optimizers],
             "data": data,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(t.device) if t.device.type == "cuda" else None,
-                    "numpy": _numpy_rng()},
-            "loop": {"seconds": seconds, "steps": s.steps, "micro_batches": s.micro_batches, "flops": s.flops,
-                     "first_loss": s.first_loss, "last_loss": s.last_loss},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(t.device) if t.device.type == "cuda" else None,
+                "numpy": _numpy_rng(),
+            },
+            "loop": {
+                "seconds": seconds,
+                "steps": s.steps,
+                "micro_batches": s.micro_batches,
+                "flops": s.flops,
+                "first_loss": s.first_loss,
+                "last_loss": s.last_loss,
+            },
         }
         _write(c.write, state, c, t.seed, t.corpus, seconds, s.steps)
     t.world.max(0.0)  # every rank waits for rank 0's write
     s.paused += time.perf_counter() - t0
-    t.say(f"stable checkpoint saved to {c.write} at {seconds:.2f}s, step {s.steps} "
-          f"({time.perf_counter() - t0:.2f}s off the clock)")
+    t.say(
+        f"stable checkpoint saved to {c.write} at {seconds:.2f}s, step {s.steps} "
+        f"({time.perf_counter() - t0:.2f}s off the clock)"
+    )
 
 
-def _write(folder: Path, state: dict[str, Any], c: Continuation, seed: int, corpus: str, seconds: float,
-           steps: int) -> None:
+def _write(
+    folder: Path, state: dict[str, Any], c: Continuation, seed: int, corpus: str, seconds: float, steps: int
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST_FILE).unlink(missing_ok=True)  # no manifest while the file changes
     tmp = folder / (STABLE_FILE + ".tmp")
     torch.save(state, tmp)
     digest = file_sha256(tmp)
     os.replace(tmp, folder / STABLE_FILE)
-    manifest = Manifest(frozen_hash=c.frozen_hash, ladder=c.identity.get("ladder"), stage=c.identity.get("stage"),
-                        candidate=c.identity.get("candidate"), host_block=c.identity.get("hostBlock"), seed=seed,
-                        config_hash=c.config_hash, corpus=corpus, sha256=digest, stable_seconds=round(seconds, 6),
-                        steps=steps)
+    manifest = Manifest(
+        frozen_hash=c.frozen_hash,
+        ladder=c.identity.get("ladder"),
+        stage=c.identity.get("stage"),
+        candidate=c.identity.get("candidate"),
+        host_block=c.identity.get("hostBlock"),
+        seed=seed,
+        config_hash=c.config_hash,
+        corpus=corpus,
+        sha256=digest,
+        stable_seconds=round(seconds, 6),
+        steps=steps,
+    )
     tmp_manifest = folder / (MANIFEST_FILE + ".tmp")
     tmp_manifest.write_text(json.dumps(manifest.wire(), indent=2) + "\n")
     os.replace(tmp_manifest, folder / MANIFEST_FILE)
@@ -182,8 +217,14 @@ def resume(t: Setup) -> tuple[Resumed | None, str | None]:
     t.batches.restore(state["data"])
     _restore_rng(state["rng"], t.device)
     loop = state["loop"]
-    r = Resumed(float(loop["seconds"]), int(loop["steps"]), int(loop["micro_batches"]), float(loop["flops"]),
-                loop["first_loss"], float(loop["last_loss"]))
+    r = Resumed(
+        float(loop["seconds"]),
+        int(loop["steps"]),
+        int(loop["micro_batches"]),
+        float(loop["flops"]),
+        loop["first_loss"],
+        float(loop["last_loss"]),
+    )
     t.say(f"resumed from {c.read} (stage {manifest.stage or '-'}): step {r.steps}, {r.seconds:.2f}s of stable phase")
     return r, None
 
@@ -201,11 +242,20 @@ def _check(c: Continuation, t: Setup) -> tuple[str | None, Manifest]:
     try:
         manifest = Manifest.model_validate(json.loads(text))
     except ValueError as exc:
-        return refusal(str(folder), [f"{MANIFEST_FILE} is not a checkpoint manifest: {str(exc).splitlines()[0]}"]), _NONE
+        return refusal(
+            str(folder), [f"{MANIFEST_FILE} is not a checkpoint manifest: {str(exc).splitlines()[0]}"]
+        ), _NONE
     if not (folder / STABLE_FILE).is_file():
         return missing(str(folder), f"no {STABLE_FILE} beside its manifest"), manifest
-    expected = Expected(frozen_hash=c.frozen_hash, stage=c.previous_stage, candidate=c.identity.get("candidate"),
-                        host_block=c.identity.get("hostBlock"), seed=t.seed, config_hash=c.config_hash, corpus=t.corpus)
+    expected = Expected(
+        frozen_hash=c.frozen_hash,
+        stage=c.previous_stage,
+        candidate=c.identity.get("candidate"),
+        host_block=c.identity.get("hostBlock"),
+        seed=t.seed,
+        config_hash=c.config_hash,
+        corpus=t.corpus,
+    )
     problems = mismatches(manifest, expected, file_sha256(folder / STABLE_FILE))
     return (refusal(str(folder), problems) if problems else None), manifest
 
@@ -219,4 +269,3 @@ def _restore_rng(rng: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
     n = rng["numpy"]
     np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
+
 from promotion_ladder.core.result import CellResult, Status
 
 from . import data as data_mod
@@ -53,8 +54,16 @@ EVAL_TOKENS_DEFAULT = {"cuda": 2**20, "cpu": 2**14}
 class Batches:
     """Random windows of seq_len + 1 tokens from every training shard, seeded per cell (sampler.py)."""
 
-    def __init__(self, split: data_mod.TokenSplit, seq_len: int, rows: int, seed: int, device: torch.device,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        split: data_mod.TokenSplit,
+        seq_len: int,
+        rows: int,
+        seed: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         try:
             self.sampler = WindowSampler(split, seq_len, rows, seed, rank, world_size)
         except ValueError as exc:
@@ -79,8 +88,18 @@ class Batches:
 
 
 @torch.no_grad()
-def evaluate(model, val: np.ndarray | data_mod.TokenSplit, token_bytes: np.ndarray, n_tokens: int, seq_len: int,
-             rows: int, device: torch.device, autocast, world: World | None = None, lockstep: bool = False) -> dict:
+def evaluate(
+    model,
+    val: np.ndarray | data_mod.TokenSplit,
+    token_bytes: np.ndarray,
+    n_tokens: int,
+    seq_len: int,
+    rows: int,
+    device: torch.device,
+    autocast,
+    world: World | None = None,
+    lockstep: bool = False,
+) -> dict:
     """val_bpb over the first n_tokens targets of the held-out split.
 
     Targets that stand for no bytes (end-of-text) are left out of both sums, so the metric
@@ -167,9 +186,14 @@ class Net:
 
             # The rotary tables are constant buffers: no broadcast before every forward (torch
             # renamed the switch in 2.10 or so; the image's 2.7 knows only the old name).
-            sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
-            self.ddp = net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                 **{sync: False})
+            sync = (
+                "forward_sync_buffers"
+                if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else "broadcast_buffers"
+            )
+            self.ddp = net = DDP(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **{sync: False}
+            )
         self.fn = torch.compile(net) if self.compile_on else net
 
     @contextlib.contextmanager
@@ -192,9 +216,19 @@ class Net:
         return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in self.model.state_dict().items()}
 
 
-def run(cfg: TrainConfig, seed: int, budget: float, settings: Settings, progress: ProgressReporter | None = None,
-        world: World | None = None, *, hooks: Hooks | None = None, identity: dict[str, Any] | None = None,
-        started: float | None = None, continuation: Continuation | None = None) -> CellResult:
+def run(
+    cfg: TrainConfig,
+    seed: int,
+    budget: float,
+    settings: Settings,
+    progress: ProgressReporter | None = None,
+    world: World | None = None,
+    *,
+    hooks: Hooks | None = None,
+    identity: dict[str, Any] | None = None,
+    started: float | None = None,
+    continuation: Continuation | None = None,
+) -> CellResult:
     """Train and evaluate one cell; its result document.
 
     `identity`: the result's identity fields (camelCase, core.contract.identity_from_env).
@@ -230,13 +264,16 @@ def _run(t: Setup, progress: ProgressReporter | None) -> CellResult:
     if not diverged and s.stable_pending(t):  # the budget ended the flat phase (warmdown_frac 0, or one step)
         save_stable(t, s, s.train_seconds, s.data_at_step or t.batches.state())
     if t.world.group:  # each rank says where it stopped: the same step everywhere, by construction
-        log(f"rank {t.world.rank}/{t.world.size}: stopped after {s.steps} steps ({s.micro_batches} micro-batches) "
-            f"at {s.train_seconds:.2f}s")
+        log(
+            f"rank {t.world.rank}/{t.world.size}: stopped after {s.steps} steps ({s.micro_batches} micro-batches) "
+            f"at {s.train_seconds:.2f}s"
+        )
     if diverged:
         return outcome(t, s, "diverged", diverged)
     if s.steps == (s.resumed.steps if s.resumed else 0):
-        return outcome(t, s, "error",
-                       f"no optimizer step finished within the {t.budget:g}s budget; use a smaller batch")
+        return outcome(
+            t, s, "error", f"no optimizer step finished within the {t.budget:g}s budget; use a smaller batch"
+        )
     return evaluated(t, s)
 
 
@@ -298,13 +335,15 @@ def set_up(cfg: TrainConfig, seed: int, budget: float, settings: Settings, world
     torch.manual_seed(seed)  # the same on every rank: identical initial weights
     np.random.seed(seed)
     try:
-        shards = data_mod.prepare(cfg.tokenizer, cfg.vocab_size, settings.data, settings.tokenizer_file,
-                                  settings.text_field)
+        shards = data_mod.prepare(
+            cfg.tokenizer, cfg.vocab_size, settings.data, settings.tokenizer_file, settings.text_field
+        )
     except (OSError, ValueError) as exc:  # a missing or unusable corpus will not get better on a retry
         raise ConfigError(f"data: {exc}") from None
     use_bf16 = settings.dtype == "bf16" or (settings.dtype == "auto" and device.type == "cuda")
     autocast: contextlib.AbstractContextManager[Any] = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
+        torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    )
     compile_on = settings.compile == "on" or (settings.compile == "auto" and device.type == "cuda")
     model = GPT(cfg, shards.vocab_size, depth=cfg.grow_from_depth or cfg.depth).to(device)
     if settings.init_from:
@@ -312,10 +351,24 @@ def set_up(cfg: TrainConfig, seed: int, budget: float, settings: Settings, world
     if settings.parallel == "fsdp" and world.group and cfg.grow_from_depth:
         raise ConfigError("grow_from_depth: growth is not supported with parallel fsdp (use ddp)")
     net = Net(model, world, device, compile_on, settings.parallel)  # before the optimizers: FSDP swaps the parameters
-    t = Setup(cfg, settings, seed, budget, world, device, shards, shards.corpus, model, net,
-              build_optimizers(model, cfg, device.type),
-              Batches(shards.train, cfg.seq_len, cfg.device_batch, seed, device, world.rank, world.size),
-              autocast, compile_on, hooks, log if world.main else (lambda msg: None))  # one voice: rank 0's
+    t = Setup(
+        cfg,
+        settings,
+        seed,
+        budget,
+        world,
+        device,
+        shards,
+        shards.corpus,
+        model,
+        net,
+        build_optimizers(model, cfg, device.type),
+        Batches(shards.train, cfg.seq_len, cfg.device_batch, seed, device, world.rank, world.size),
+        autocast,
+        compile_on,
+        hooks,
+        log if world.main else (lambda msg: None),
+    )  # one voice: rank 0's
     t.say(
         f"model: depth {len(model.blocks)}/{cfg.depth} width {cfg.width} heads {cfg.n_head} "
         f"params {model.num_params() / 1e6:.2f}M vocab {shards.vocab_size} | device {device} "
@@ -323,7 +376,7 @@ def set_up(cfg: TrainConfig, seed: int, budget: float, settings: Settings, world
         f"| batch {cfg.batch} tokens = {t.accum} x {cfg.device_batch} x {cfg.seq_len}"
         + (f" x {world.size} processes ({'FSDP2' if net.fsdp else 'DDP'})" if world.group else "")
         + f" | budget {budget:g}s | corpus {t.corpus} ({shards.path.name}: {len(shards.train)} train / "
-          f"{len(shards.val)} val tokens)"
+        f"{len(shards.val)} val tokens)"
     )
     return t
 
@@ -397,8 +450,14 @@ class LoopState:
         synchronize(t.device)
         t.world.max(0.0)
         now = time.perf_counter()
-        s = cls(now, t.model.flops_per_token(t.cfg.seq_len), grown=not t.cfg.grow_from_depth, began=now,
-                skew=t.hooks.clock_skew, compile_seconds=compile_seconds)
+        s = cls(
+            now,
+            t.model.flops_per_token(t.cfg.seq_len),
+            grown=not t.cfg.grow_from_depth,
+            began=now,
+            skew=t.hooks.clock_skew,
+            compile_seconds=compile_seconds,
+        )
         if resumed is not None:
             s.t_start = now - resumed.seconds
             s.steps, s.micro_batches, s.flops = resumed.steps, resumed.micro_batches, resumed.flops
@@ -442,8 +501,10 @@ def train(t: Setup, s: LoopState, report: StepReport) -> str | None:
         if s.first_loss is None:
             s.first_loss = s.last_loss
         if not math.isfinite(s.last_loss) or s.last_loss > 2 * s.first_loss + 1:
-            return (f"training loss {s.last_loss:.4g} at step {s.steps + 1} (first step {s.first_loss:.4g}); "
-                    "lower the learning rates or add warmup")
+            return (
+                f"training loss {s.last_loss:.4g} at step {s.steps + 1} (first step {s.first_loss:.4g}); "
+                "lower the learning rates or add warmup"
+            )
         # update
         t.optimizer_step()
         s.steps += 1
@@ -524,14 +585,20 @@ class StepReport:
                 _warn_if_repeating(t.shards, t.corpus, tokens, elapsed, t.budget)
         lr = s.lr(t, elapsed)
         if self.step_log is not None:
-            self.step_log.write(json.dumps({"step": s.steps, "loss": s.last_loss, "lr": lr,
-                                            "elapsed": round(elapsed, 4), "tokens": tokens}) + "\n")
+            self.step_log.write(
+                json.dumps(
+                    {"step": s.steps, "loss": s.last_loss, "lr": lr, "elapsed": round(elapsed, 4), "tokens": tokens}
+                )
+                + "\n"
+            )
             self.step_log.flush()
         if s.steps <= 3 or now - self.last_log >= t.settings.log_interval:
             self.last_log = now
             processed = s.micro_batches * t.world.size * t.cfg.device_batch * t.cfg.seq_len
-            t.say(f"step {s.steps} | {elapsed:.1f}/{t.budget:g}s | loss {s.last_loss:.4f} | lr x{lr:.3f} "
-                  f"| {processed / max(elapsed, 1e-9):,.0f} tok/s")
+            t.say(
+                f"step {s.steps} | {elapsed:.1f}/{t.budget:g}s | loss {s.last_loss:.4f} | lr x{lr:.3f} "
+                f"| {processed / max(elapsed, 1e-9):,.0f} tok/s"
+            )
 
     def close(self) -> None:
         if self.step_log is not None:
@@ -550,8 +617,18 @@ def evaluate_cell(t: Setup) -> tuple[dict[str, Any], float]:
     fsdp_compiled = t.net.fsdp and t.compile_on and hasattr(torch.compiler, "set_stance")
     eager = torch.compiler.set_stance("force_eager") if fsdp_compiled else contextlib.nullcontext()
     with eager:
-        ev = evaluate(t.model, t.shards.val, t.shards.token_bytes, eval_tokens, t.cfg.seq_len, t.cfg.device_batch,
-                      t.device, t.autocast, t.world, lockstep=bool(t.net.fsdp))
+        ev = evaluate(
+            t.model,
+            t.shards.val,
+            t.shards.token_bytes,
+            eval_tokens,
+            t.cfg.seq_len,
+            t.cfg.device_batch,
+            t.device,
+            t.autocast,
+            t.world,
+            lockstep=bool(t.net.fsdp),
+        )
     synchronize(t.device)
     return ev, time.perf_counter() - t0
 
@@ -566,11 +643,19 @@ def evaluated(t: Setup, s: LoopState) -> CellResult:
         f"{s.train_seconds:.1f}s, final train loss {s.last_loss:.4f}"
     )
     if passes > 4:
-        t.say(f"note: the training split was repeated {passes:.0f} times; past a few passes a longer budget can "
-              "make val_bpb worse, not better. Give larger budgets a larger corpus (--data)")
+        t.say(
+            f"note: the training split was repeated {passes:.0f} times; past a few passes a longer budget can "
+            "make val_bpb worse, not better. Give larger budgets a larger corpus (--data)"
+        )
     finite = math.isfinite(ev["val_bpb"])
-    result = outcome(t, s, "ok" if finite else "diverged", "" if finite else "val_bpb is not finite",
-                     value=ev["val_bpb"] if finite else None, eval_seconds=eval_seconds)
+    result = outcome(
+        t,
+        s,
+        "ok" if finite else "diverged",
+        "" if finite else "val_bpb is not finite",
+        value=ev["val_bpb"] if finite else None,
+        eval_seconds=eval_seconds,
+    )
     if t.settings.checkpoint_dir:
         weights = t.net.full_state_dict()  # a collective under FSDP: every rank gathers
         if t.world.main:
@@ -578,8 +663,14 @@ def evaluated(t: Setup, s: LoopState) -> CellResult:
     return result
 
 
-def outcome(t: Setup, s: LoopState, status: Status, message: str = "", value: float | None = None,
-            eval_seconds: float | None = None) -> CellResult:
+def outcome(
+    t: Setup,
+    s: LoopState,
+    status: Status,
+    message: str = "",
+    value: float | None = None,
+    eval_seconds: float | None = None,
+) -> CellResult:
     """The cell's result document from what set-up, the loop and evaluation measured. Throughput
     is reported once a step finished; peak memory is the largest over the ranks (a collective).
     A resumed cell's steps and tokens are the model's (its predecessor's included); its
@@ -590,19 +681,31 @@ def outcome(t: Setup, s: LoopState, status: Status, message: str = "", value: fl
     own_seconds = s.train_seconds - base.seconds
     timed = s.steps > base.steps and own_seconds > 0
     return CellResult(
-        **(t.identity or {}), status=status, message=message, value=value,
-        train_seconds=s.train_seconds, setup_seconds=_seconds(s.began - t.started),
-        compile_seconds=_seconds(s.compile_seconds), eval_seconds=_seconds(eval_seconds),
-        steps=s.steps, tokens=tokens, tokens_per_second=processed / own_seconds if timed else None,
+        **(t.identity or {}),
+        status=status,
+        message=message,
+        value=value,
+        train_seconds=s.train_seconds,
+        setup_seconds=_seconds(s.began - t.started),
+        compile_seconds=_seconds(s.compile_seconds),
+        eval_seconds=_seconds(eval_seconds),
+        steps=s.steps,
+        tokens=tokens,
+        tokens_per_second=processed / own_seconds if timed else None,
         mfu=_mfu(s.flops - base.flops, own_seconds, t.device, t.world.size) if timed else None,
-        peak_memory_bytes=_peak_memory(t.world, t.device), gpu_name=device_name(t.device),
-        corpus=t.corpus, data_passes=data_passes(tokens, t.shards), world_size=t.world.size,
-        resumed_seconds=round(base.seconds, 6) if t.continuation is not None else None, resume_refused=t.refused,
+        peak_memory_bytes=_peak_memory(t.world, t.device),
+        gpu_name=device_name(t.device),
+        corpus=t.corpus,
+        data_passes=data_passes(tokens, t.shards),
+        world_size=t.world.size,
+        resumed_seconds=round(base.seconds, 6) if t.continuation is not None else None,
+        resume_refused=t.refused,
     )
 
 
 def _seconds(seconds: float | None) -> float | None:
     return None if seconds is None else round(max(seconds, 0.0), 3)
+
 
 def compile_cache_note() -> str:
     """Inductor's cache hits and misses so far in this process (' | compile cache: ...'), or ''
@@ -648,10 +751,16 @@ def _warn_if_repeating(shards: data_mod.Shards, corpus: str, tokens: int, second
     if projected <= 1:
         return
     default = shards.meta.get("source", "").startswith("python-stdlib")
-    hint = ("this is the default corpus (the Python standard library): prepare a real one with "
-            "`python -m ladder_trainer.prepare` and pass --data" if default else "give this budget a larger corpus")
-    log(f"warning: at {tokens / seconds:,.0f} tok/s this {budget:g}s cell will make about {projected:.1f} passes over "
-        f"the {len(shards.train):,} training tokens of corpus {corpus}; repeated data: {hint}")
+    hint = (
+        "this is the default corpus (the Python standard library): prepare a real one with "
+        "`python -m ladder_trainer.prepare` and pass --data"
+        if default
+        else "give this budget a larger corpus"
+    )
+    log(
+        f"warning: at {tokens / seconds:,.0f} tok/s this {budget:g}s cell will make about {projected:.1f} passes over "
+        f"the {len(shards.train):,} training tokens of corpus {corpus}; repeated data: {hint}"
+    )
 
 
 def _peak_memory(world: World, device: torch.device) -> int | None:
@@ -666,13 +775,24 @@ def _mfu(flops: float, seconds: float, device: torch.device, processes: int = 1)
     return flops / (seconds * peak * processes) if peak and seconds > 0 else None
 
 
-def save_checkpoint(out: Path, weights: dict, cfg: TrainConfig, shards: data_mod.Shards, seed: int,
-                    result: CellResult) -> None:
+def save_checkpoint(
+    out: Path, weights: dict, cfg: TrainConfig, shards: data_mod.Shards, seed: int, result: CellResult
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": weights, "config": cfg.to_dict(), "vocab_size": shards.vocab_size}, out / "model.pt")
-    (out / "config.json").write_text(json.dumps(
-        {"config": cfg.to_dict(), "seed": seed, "vocab_size": shards.vocab_size, "corpus": str(shards.path),
-         "val_bpb": result.value, "steps": result.steps}, indent=2))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "config": cfg.to_dict(),
+                "seed": seed,
+                "vocab_size": shards.vocab_size,
+                "corpus": str(shards.path),
+                "val_bpb": result.value,
+                "steps": result.steps,
+            },
+            indent=2,
+        )
+    )
     log(f"checkpoint saved to {out}")
 
 
@@ -687,5 +807,7 @@ def load_checkpoint(path: Path, model: GPT, vocab_size: int) -> None:
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as exc:
-        raise ConfigError(f"--init-from {path}: the checkpoint's model has another shape: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(
+            f"--init-from {path}: the checkpoint's model has another shape: {str(exc).splitlines()[0]}"
+        ) from None
     log(f"initialised from {file}")

@@ -86,8 +86,10 @@ def pod_security_problem(namespace_labels: dict[str, str], body: dict[str, Any],
     problems = pod_security_problems(level, body, spec)
     if not problems:
         return None
-    return (f"the namespace enforces the Pod Security Standard {level} ({POD_SECURITY_LABEL}), which would refuse "
-            f"every cell pod: " + "; ".join(problems))[:MESSAGE_LIMIT]
+    return (
+        f"the namespace enforces the Pod Security Standard {level} ({POD_SECURITY_LABEL}), which would refuse "
+        f"every cell pod: " + "; ".join(problems)
+    )[:MESSAGE_LIMIT]
 
 
 def matches(node_labels: dict[str, str], selector: dict[str, str]) -> bool:
@@ -145,11 +147,15 @@ def unfit_blocks(body: dict[str, Any], spec: LadderSpec, nodes: list[Node]) -> d
         said = []
         for r in short:
             largest = max(mine, key=lambda n: _quantity(n.allocatable.get(r)))
-            said.append(f"{r}: {_plain(requests[r])} requested, at most {largest.allocatable.get(r, '0')} on a node, "
-                        f"{largest.name}")
+            said.append(
+                f"{r}: {_plain(requests[r])} requested, at most {largest.allocatable.get(r, '0')} on a node, "
+                f"{largest.name}"
+            )
         what = "trainer.gpus exceeds" if short == ["nvidia.com/gpu"] else "a cell Pod's requests exceed"
-        out[block] = (f"{what} the allocatable of every node matching host block {block} "
-                      f"({'; '.join(said)}): its cells cannot be scheduled until such a node exists")
+        out[block] = (
+            f"{what} the allocatable of every node matching host block {block} "
+            f"({'; '.join(said)}): its cells cannot be scheduled until such a node exists"
+        )
     return out
 
 
@@ -171,13 +177,22 @@ def admission_conditions(admission: Admission | None, old: list[dict], now: str)
     unfit = "; ".join(admission.unfit.values()) if admission else ""
     placement = "; ".join([*(admission.warnings if admission else ()), *([unfit] if unfit else [])])
     why = "NoNodeMatches" if admission and admission.warnings else "NoNodeFits"
-    for type_, reason, text in (("Admitted", "JobInvalid", admission.problem if admission else None),
-                                ("Schedulable", why, placement)):
+    for type_, reason, text in (
+        ("Admitted", "JobInvalid", admission.problem if admission else None),
+        ("Schedulable", why, placement),
+    ):
         if not text:
             continue
         prev = next((c for c in old if c.get("type") == type_ and c.get("status") == "False"), None)
-        out.append({"type": type_, "status": "False", "reason": reason, "message": text[:MESSAGE_LIMIT],
-                    "lastTransitionTime": (prev or {}).get("lastTransitionTime") or now})
+        out.append(
+            {
+                "type": type_,
+                "status": "False",
+                "reason": reason,
+                "message": text[:MESSAGE_LIMIT],
+                "lastTransitionTime": (prev or {}).get("lastTransitionTime") or now,
+            }
+        )
     return out
 
 
@@ -228,7 +243,9 @@ class AdmissionChecks:
             except Exception as exc:  # noqa: BLE001 - only the API server's "invalid" blocks a ladder
                 status = api_status(exc)
                 if status in (400, 422):
-                    return f"host block {block}: the API server refuses its cell Jobs: {api_message(exc)}"[:MESSAGE_LIMIT]
+                    return f"host block {block}: the API server refuses its cell Jobs: {api_message(exc)}"[
+                        :MESSAGE_LIMIT
+                    ]
                 if status != 409:  # 403 (a full quota), 5xx: not a verdict on the spec
                     log.warning("dry run of a Job of %s/%s: %s", *key, exc)
         return None
@@ -241,8 +258,9 @@ class AdmissionChecks:
             return None
         return pod_security_problem(labels, body, spec)
 
-    def _node_warnings(self, key: Key, body: dict[str, Any],
-                       spec: LadderSpec) -> tuple[tuple[str, ...], dict[str, str]]:
+    def _node_warnings(
+        self, key: Key, body: dict[str, Any], spec: LadderSpec
+    ) -> tuple[tuple[str, ...], dict[str, str]]:
         """Host blocks no node matches (warnings), and those no matching node could hold (unfit)."""
         try:
             nodes = self._api.nodes()
@@ -250,7 +268,9 @@ class AdmissionChecks:
             log.warning("could not list nodes for %s/%s: %s", *key, exc)
             return (), {}
         blocks = {h.name: h for h in spec.host_blocks}
-        warnings = tuple(f"no node matches host block {b} (nodeSelector {blocks[b].node_selector}); its cells "
-                         "wait until one does (a cluster autoscaler may add it)"
-                         for b in unmatched_blocks(spec, [n.labels for n in nodes]))
+        warnings = tuple(
+            f"no node matches host block {b} (nodeSelector {blocks[b].node_selector}); its cells "
+            "wait until one does (a cluster autoscaler may add it)"
+            for b in unmatched_blocks(spec, [n.labels for n in nodes])
+        )
         return warnings, unfit_blocks(body, spec, nodes)

@@ -23,9 +23,8 @@ import copy
 from typing import Any
 
 from ..core.api import LadderSpec
+from ..core.contract import ENV_RDZV_ENDPOINT, ENV_RDZV_ID, LAYOUT_ENV, NON_RETRYABLE_EXIT_CODES, RDZV_PORT, process_env
 from ..core.podtemplate import SHM_PATH, SHM_VOLUME, TRAINER_CONTAINER, merge_pod_template, template_mounts
-from ..core.contract import (ENV_RDZV_ENDPOINT, ENV_RDZV_ID, LAYOUT_ENV, NON_RETRYABLE_EXIT_CODES, RDZV_PORT,
-                             process_env)
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"  # the Job controller puts it on the Job's pods
 
@@ -58,12 +57,22 @@ def shape_job(job: dict[str, Any], spec: LadderSpec) -> dict[str, Any]:
         layout.update({ENV_RDZV_ENDPOINT: f"{name}-0.{service}:{RDZV_PORT}", ENV_RDZV_ID: name})
         tpl["spec"]["subdomain"] = service
         out["spec"].update(completionMode="Indexed", completions=trainer.nodes, parallelism=trainer.nodes)
-        out["spec"]["podFailurePolicy"] = {"rules": [
-            {"action": "FailJob", "onExitCodes": {"containerName": TRAINER_CONTAINER, "operator": "In",
-                                                  "values": list(NON_RETRYABLE_EXIT_CODES)}},
-            {"action": "FailJob", "onExitCodes": {"containerName": TRAINER_CONTAINER, "operator": "NotIn",
-                                                  "values": [0]}},
-        ]}
+        out["spec"]["podFailurePolicy"] = {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": TRAINER_CONTAINER,
+                        "operator": "In",
+                        "values": list(NON_RETRYABLE_EXIT_CODES),
+                    },
+                },
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": TRAINER_CONTAINER, "operator": "NotIn", "values": [0]},
+                },
+            ]
+        }
     # Ours win over a spec.trainer.env entry of the same name (the template cannot set them).
     container = _trainer(tpl["spec"])
     container["env"] = [e for e in container.get("env", []) if e["name"] not in LAYOUT_ENV]
@@ -77,13 +86,17 @@ def rendezvous_service(job: dict[str, Any]) -> dict[str, Any] | None:
     if job["spec"].get("completionMode") != "Indexed":
         return None
     meta = job["metadata"]
-    svc_meta: dict[str, Any] = {"name": job["spec"]["template"]["spec"]["subdomain"],
-                                "labels": dict(meta.get("labels") or {}),
-                                "ownerReferences": copy.deepcopy(meta.get("ownerReferences") or [])}
+    svc_meta: dict[str, Any] = {
+        "name": job["spec"]["template"]["spec"]["subdomain"],
+        "labels": dict(meta.get("labels") or {}),
+        "ownerReferences": copy.deepcopy(meta.get("ownerReferences") or []),
+    }
     if meta.get("namespace"):
         svc_meta["namespace"] = meta["namespace"]
     return {
-        "apiVersion": "v1", "kind": "Service", "metadata": svc_meta,
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": svc_meta,
         "spec": {
             "clusterIP": "None",
             "selector": {JOB_NAME_LABEL: meta["name"]},

@@ -40,37 +40,63 @@ def prune_job_name(ladder: str, stage: str) -> str:
     return f"{ladder[:30]}-prune-{stage[:16]}".strip("-").lower() + f"-{digest}"
 
 
-def build_prune_job(ladder_body: dict[str, Any], spec: LadderSpec, root: str, entry: DeletedCheckpoints) -> dict[str, Any]:
+def build_prune_job(
+    ladder_body: dict[str, Any], spec: LadderSpec, root: str, entry: DeletedCheckpoints
+) -> dict[str, Any]:
     """The Job that deletes the folders of one decided stage's eliminated candidates."""
     meta = ladder_body["metadata"]
     stages = deleted_stages(spec, entry)
     labels = {PRUNE_LABEL: entry.stage, **MANAGED_BY}
     container = {
-        "name": TRAINER_CONTAINER, "image": spec.trainer.image,
-        "command": ["python", "-m", PRUNE_MODULE, "--root", root, "--stages", *stages,
-                    "--candidates", *entry.candidates],
+        "name": TRAINER_CONTAINER,
+        "image": spec.trainer.image,
+        "command": [
+            "python",
+            "-m",
+            PRUNE_MODULE,
+            "--root",
+            root,
+            "--stages",
+            *stages,
+            "--candidates",
+            *entry.candidates,
+        ],
     }
-    pod = merge_pod_template({"metadata": {"labels": labels},
-                              "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
-                                       "containers": [container]}}, spec.trainer.template)
-    job_meta: dict[str, Any] = {"name": prune_job_name(meta["name"], entry.stage),
-                                "labels": {LADDER_LABEL: meta["name"], **labels},
-                                "ownerReferences": [owner_reference(ladder_body)]}
+    pod = merge_pod_template(
+        {
+            "metadata": {"labels": labels},
+            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container]},
+        },
+        spec.trainer.template,
+    )
+    job_meta: dict[str, Any] = {
+        "name": prune_job_name(meta["name"], entry.stage),
+        "labels": {LADDER_LABEL: meta["name"], **labels},
+        "ownerReferences": [owner_reference(ladder_body)],
+    }
     if meta.get("namespace"):
         job_meta["namespace"] = meta["namespace"]
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": job_meta,
-            "spec": {"backoffLimit": PRUNE_BACKOFF_LIMIT, "template": pod}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": job_meta,
+        "spec": {"backoffLimit": PRUNE_BACKOFF_LIMIT, "template": pod},
+    }
 
 
-def prune_jobs(ladder_body: dict[str, Any], spec: LadderSpec, status: LadderStatus | None,
-               known: set[str]) -> list[dict[str, Any]]:
+def prune_jobs(
+    ladder_body: dict[str, Any], spec: LadderSpec, status: LadderStatus | None, known: set[str]
+) -> list[dict[str, Any]]:
     """The prune Jobs the status calls for that do not exist (nor are being created) yet."""
     record = status.checkpoints if status is not None else None
     if record is None:
         return []
     name = ladder_body["metadata"]["name"]
-    return [build_prune_job(ladder_body, spec, record.root, entry) for entry in record.deleted
-            if prune_job_name(name, entry.stage) not in known]
+    return [
+        build_prune_job(ladder_body, spec, record.root, entry)
+        for entry in record.deleted
+        if prune_job_name(name, entry.stage) not in known
+    ]
 
 
 def prune_job_names(ladder: str, spec: LadderSpec) -> set[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Hashable, Iterable
+from collections.abc import Hashable, Iterable
 
 
 class CreateExpectations:

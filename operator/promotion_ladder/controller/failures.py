@@ -33,15 +33,22 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MESSAGE_LIMIT]
 
 
-def with_error_condition(conditions: list[dict[str, Any]], message: str, failures: int, delay: float,
-                         now: str) -> list[dict[str, Any]]:
+def with_error_condition(
+    conditions: list[dict[str, Any]], message: str, failures: int, delay: float, now: str
+) -> list[dict[str, Any]]:
     """The ladder's conditions plus ReconcileError=True (replacing an older one). A successful
     reconcile writes its own conditions, which have no ReconcileError: that clears it."""
     kept = [c for c in conditions if c.get("type") != RECONCILE_ERROR]
     prev = next((c for c in conditions if c.get("type") == RECONCILE_ERROR and c.get("status") == "True"), None)
     since = prev.get("lastTransitionTime") if prev and prev.get("lastTransitionTime") else now
-    return kept + [{
-        "type": RECONCILE_ERROR, "status": "True", "reason": RECONCILE_ERROR,
-        "message": f"reconcile failed {failures} time(s) in a row; next try in {delay:g} s: {message}"[:MESSAGE_LIMIT],
-        "lastTransitionTime": since,
-    }]
+    return kept + [
+        {
+            "type": RECONCILE_ERROR,
+            "status": "True",
+            "reason": RECONCILE_ERROR,
+            "message": f"reconcile failed {failures} time(s) in a row; next try in {delay:g} s: {message}"[
+                :MESSAGE_LIMIT
+            ],
+            "lastTransitionTime": since,
+        }
+    ]

@@ -56,8 +56,15 @@ REJECTED_KEEP = 16  # digests remembered per Pod (a Pod rejected more often than
 # error (containerd: StartError, exit 128; dockershim: ContainerCannotRun), not a result.
 START_FAILED_REASONS = ("StartError", "ContainerCannotRun")
 # A container waiting for one of these will not start by itself (controller/scheduling.py).
-CANNOT_START_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
-                        "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+CANNOT_START_REASONS = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+)
 
 
 @dataclass(frozen=True)
@@ -205,11 +212,23 @@ def job_summary(body: dict[str, Any]) -> JobSummary:
             finished_at = epoch(c.get("lastTransitionTime"))
     gpus, image = _launch(body)
     return JobSummary(
-        namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
-        labels=_labels(meta), owner_uid=_controller_uid(meta), complete=complete, failed=failed,
-        failed_reason=reason, failed_message=message, active=int(status.get("active") or 0),
-        gpus=gpus, image=image, suspended=bool(spec.get("suspend")), created_at=epoch(meta.get("creationTimestamp")),
-        suspended_at=suspended_at, resumed_at=resumed_at, finished_at=finished_at,
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        labels=_labels(meta),
+        owner_uid=_controller_uid(meta),
+        complete=complete,
+        failed=failed,
+        failed_reason=reason,
+        failed_message=message,
+        active=int(status.get("active") or 0),
+        gpus=gpus,
+        image=image,
+        suspended=bool(spec.get("suspend")),
+        created_at=epoch(meta.get("creationTimestamp")),
+        suspended_at=suspended_at,
+        resumed_at=resumed_at,
+        finished_at=finished_at,
     )
 
 
@@ -239,8 +258,11 @@ def _container(status: dict[str, Any]) -> dict[str, Any]:
         state = cs.get("state") or {}
         term = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
         if term:
-            out.update(exit_code=term.get("exitCode"), terminated_reason=term.get("reason") or "",
-                       termination_message=term.get("message") or None)
+            out.update(
+                exit_code=term.get("exitCode"),
+                terminated_reason=term.get("reason") or "",
+                termination_message=term.get("message") or None,
+            )
         started = (state.get("running") or {}).get("startedAt")
         if started is None and term and term.get("reason") not in START_FAILED_REASONS:
             started = term.get("startedAt")
@@ -261,15 +283,24 @@ def pod_summary(body: dict[str, Any]) -> PodSummary:
     meta, status, spec = body.get("metadata") or {}, body.get("status") or {}, body.get("spec") or {}
     annotations, labels = meta.get("annotations") or {}, meta.get("labels") or {}
     return PodSummary(
-        namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
-        labels=_labels(meta), owner_uid=_controller_uid(meta), phase=status.get("phase") or "Pending",
-        node=spec.get("nodeName"), deleting=bool(meta.get("deletionTimestamp")),
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        labels=_labels(meta),
+        owner_uid=_controller_uid(meta),
+        phase=status.get("phase") or "Pending",
+        node=spec.get("nodeName"),
+        deleting=bool(meta.get("deletionTimestamp")),
         result=annotations.get(RESULT_ANNOTATION),
-        started_at=status.get("startTime"), deadline_seconds=spec.get("activeDeadlineSeconds"),
-        index=completion_index(meta), job_uid_label=labels.get(JOB_UID_LABEL),
+        started_at=status.get("startTime"),
+        deadline_seconds=spec.get("activeDeadlineSeconds"),
+        index=completion_index(meta),
+        job_uid_label=labels.get(JOB_UID_LABEL),
         created_at=epoch(meta.get("creationTimestamp")),
         rejected=tuple(str(annotations.get(REJECTED_ANNOTATION) or "").split()),
-        **_container(status), **_unschedulable(status), **pod_times(body, CONTAINER),
+        **_container(status),
+        **_unschedulable(status),
+        **pod_times(body, CONTAINER),
     )
 
 
@@ -301,8 +332,12 @@ def foreign_pod_rejection(pod: PodSummary) -> Rejection | None:
         return None
     if pod.owner_uid is not None and pod.owner_uid == pod.job_uid_label:
         return None
-    return _rejection(pod, pod.result, "foreign",
-                      f"pod {pod.name} carries a result but is not controlled by a Job of this ladder; ignored")
+    return _rejection(
+        pod,
+        pod.result,
+        "foreign",
+        f"pod {pod.name} carries a result but is not controlled by a Job of this ladder; ignored",
+    )
 
 
 def claims(pod: PodSummary, job: JobSummary) -> bool:
@@ -345,8 +380,9 @@ def disagree(annotation: CellResult, message: CellResult) -> bool:
     return (annotation.value is None) != (message.value is None)
 
 
-def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str, view: CellView,
-              budget_seconds: float | None = None) -> tuple[str | None, bool]:
+def _evidence(
+    pod: PodSummary, ladder: str, cell: Cell, metric: str, view: CellView, budget_seconds: float | None = None
+) -> tuple[str | None, bool]:
     """The result text this Pod offers and whether it came from the strict channel (annotation).
 
     The termination message is the authority: only the cell's own container can write it,
@@ -364,7 +400,10 @@ def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str, view: CellV
     usable: dict[bool, tuple[str, CellResult]] = {}
     for text, strict in channels:
         try:
-            usable[strict] = (text, check_result(text, ladder, cell, metric, strict=strict, budget_seconds=budget_seconds))
+            usable[strict] = (
+                text,
+                check_result(text, ladder, cell, metric, strict=strict, budget_seconds=budget_seconds),
+            )
         except ResultError as exc:
             # A malformed termination message is not worth an Event (the kubelet wrote it, the
             # trainer may have shortened it); an out-of-range one is, wherever it came from.
@@ -374,11 +413,16 @@ def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str, view: CellV
     if False in usable:
         if True in usable and disagree(usable[True][1], usable[False][1]):
             ann, msg = usable[True][1], usable[False][1]
-            view.rejections.append(_rejection(
-                pod, usable[True][0], "forged",
-                f"result annotation on pod {pod.name} (status {ann.status}, value {ann.value}) disagrees with its "
-                f"termination message (status {msg.status}, value {msg.value}), which only the cell's container "
-                "can write: the annotation is rejected as forged and the termination message counts"))
+            view.rejections.append(
+                _rejection(
+                    pod,
+                    usable[True][0],
+                    "forged",
+                    f"result annotation on pod {pod.name} (status {ann.status}, value {ann.value}) disagrees with its "
+                    f"termination message (status {msg.status}, value {msg.value}), which only the cell's container "
+                    "can write: the annotation is rejected as forged and the termination message counts",
+                )
+            )
         return usable[False][0], False
     if True in usable:
         return usable[True][0], True
@@ -388,8 +432,15 @@ def _evidence(pod: PodSummary, ladder: str, cell: Cell, metric: str, view: CellV
     return text, strict
 
 
-def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: JobSummary | None,
-                 pods: list[PodSummary], budget_seconds: float | None = None) -> CellView:
+def cell_outcome(
+    ladder: str,
+    ladder_uid: str,
+    cell: Cell,
+    metric: str,
+    job: JobSummary | None,
+    pods: list[PodSummary],
+    budget_seconds: float | None = None,
+) -> CellView:
     """The cell's state from its Job and that Job's Pods (pure)."""
     view = CellView()
     if job is None:
@@ -419,8 +470,9 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
         # Final evidence: the Pod succeeded, failed for good, or failed with a result document
         # after the Job gave up on it. A Pod the Job retries decides nothing; a failed Job with
         # no document keeps the Job's own reason (below).
-        final = (pod.phase == "Succeeded" or pod.exit_code in NON_RETRYABLE_EXIT_CODES
-                 or (job.finished and text is not None))
+        final = (
+            pod.phase == "Succeeded" or pod.exit_code in NON_RETRYABLE_EXIT_CODES or (job.finished and text is not None)
+        )
         if not final:
             continue
         code = pod.exit_code if pod.exit_code is not None else (0 if pod.phase == "Succeeded" else 1)
@@ -433,7 +485,9 @@ def cell_outcome(ladder: str, ladder_uid: str, cell: Cell, metric: str, job: Job
         detail = f"; last pod exit code {last.exit_code}" if last and last.exit_code is not None else ""
         if last is not None and last.start_failed:
             detail = f"; {start_failure(last)}"
-        view.outcome = CellOutcome("failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:REASON_LIMIT])
+        view.outcome = CellOutcome(
+            "failed", reason=f"job failed: {job.failed_reason or 'Failed'}{detail}"[:REASON_LIMIT]
+        )
         return view
     if job.complete and not any(p.terminal for p in mine):
         # Never a failure from missing evidence: a Complete Job had a Pod that exited 0; until

@@ -43,8 +43,9 @@ class JobApi(Protocol):
 
 
 class JobCreator:
-    def __init__(self, api: JobApi, announcer: Announcer, requeue: Requeue, gate: Gate,
-                 concurrency: int = JOB_CREATE_CONCURRENCY) -> None:
+    def __init__(
+        self, api: JobApi, announcer: Announcer, requeue: Requeue, gate: Gate, concurrency: int = JOB_CREATE_CONCURRENCY
+    ) -> None:
         self._api, self._announcer, self._requeue, self._gate = api, announcer, requeue, gate
         self._expectations = CreateExpectations(CREATE_EXPECTATION_SECONDS)
         self._rbac = TrainerRbac()
@@ -111,8 +112,12 @@ class JobCreator:
                 self._webhook_down(body, exc, wait)
                 return None
             status = api_status(exc)
-            self._announcer.warn_once(body, "JobCreateFailed", f"{ns}/{name}:create-job:{status}",
-                                      f"cannot create Job {job_name}: API server answered {status}: {api_message(exc)}")
+            self._announcer.warn_once(
+                body,
+                "JobCreateFailed",
+                f"{ns}/{name}:create-job:{status}",
+                f"cannot create Job {job_name}: API server answered {status}: {api_message(exc)}",
+            )
             self._requeue.add_after(key, REFUSED_RETRY_SECONDS)
             return None
         self._succeeded(key)
@@ -129,7 +134,10 @@ class JobCreator:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         webhook = found.group(1)
         self._announcer.warn_once(
-            body, "WebhookUnavailable", f"{ns}/{name}:webhook:{webhook}",
+            body,
+            "WebhookUnavailable",
+            f"{ns}/{name}:webhook:{webhook}",
             f"cannot create the cells' Jobs: admission webhook {webhook} does not answer (its service is down or "
             f"starting; Kueue's webhooks gate every Job that names a queue): {api_message(exc)[:300]}; "
-            f"retrying with backoff (next in {wait:.0f} s)")
+            f"retrying with backoff (next in {wait:.0f} s)",
+        )

@@ -72,8 +72,11 @@ def cell_job_name(ladder: str, cell: Cell) -> str:
 
 def cell_labels(ladder: str, cell: Cell) -> dict[str, str]:
     return {
-        LADDER_LABEL: ladder, STAGE_LABEL: cell.stage, CANDIDATE_LABEL: cell.candidate,
-        HOST_BLOCK_LABEL: cell.host_block, SEED_LABEL: str(cell.seed),
+        LADDER_LABEL: ladder,
+        STAGE_LABEL: cell.stage,
+        CANDIDATE_LABEL: cell.candidate,
+        HOST_BLOCK_LABEL: cell.host_block,
+        SEED_LABEL: str(cell.seed),
     }
 
 
@@ -132,16 +135,24 @@ def trainer_resources(spec: LadderSpec) -> dict[str, Any]:
 
 
 def config_volume() -> dict[str, Any]:
-    return {"name": CONFIG_VOLUME, "downwardAPI": {"items": [
-        {"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}]}}
+    return {
+        "name": CONFIG_VOLUME,
+        "downwardAPI": {
+            "items": [{"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}]
+        },
+    }
 
 
 def pod_failure_policy() -> dict[str, Any]:
-    return {"rules": [
-        {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                              "values": list(NON_RETRYABLE_EXIT_CODES)}},
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-    ]}
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(NON_RETRYABLE_EXIT_CODES)},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
 
 
 def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict[str, Any]:
@@ -161,8 +172,10 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
         "args": trainer_args(spec, cell, ladder),
         "env": trainer_env(spec, ladder, cell),
         "workingDir": SCRATCH_PATH,
-        "volumeMounts": [{"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH},
-                         {"name": CONFIG_VOLUME, "mountPath": CONFIG_PATH, "readOnly": True}],
+        "volumeMounts": [
+            {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_PATH},
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_PATH, "readOnly": True},
+        ],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
     }
@@ -189,14 +202,19 @@ def build_job(ladder_body: dict[str, Any], spec: LadderSpec, cell: Cell) -> dict
     }
     if namespace:
         job_meta["namespace"] = namespace
-    return shape_job({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": job_meta,
-        "spec": {
-            "backoffLimit": BACKOFF_LIMIT,
-            "podFailurePolicy": pod_failure_policy(),
-            "template": {"metadata": {"labels": labels, "annotations": {CONFIG_ANNOTATION: cell_config(spec, cell)}},
-                         "spec": pod_spec},
+    return shape_job(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": job_meta,
+            "spec": {
+                "backoffLimit": BACKOFF_LIMIT,
+                "podFailurePolicy": pod_failure_policy(),
+                "template": {
+                    "metadata": {"labels": labels, "annotations": {CONFIG_ANNOTATION: cell_config(spec, cell)}},
+                    "spec": pod_spec,
+                },
+            },
         },
-    }, spec)
+        spec,
+    )

@@ -123,8 +123,15 @@ class KubeApi:
         self._count("patch_status")
         try:
             obj = self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, [{"op": "add", "path": "/status", "value": status}],
-                _content_type="application/json-patch+json", _request_timeout=REQUEST_SECONDS)
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                [{"op": "add", "path": "/status", "value": status}],
+                _content_type="application/json-patch+json",
+                _request_timeout=REQUEST_SECONDS,
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -137,8 +144,15 @@ class KubeApi:
         self._count("patch_status")
         try:
             self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": {"conditions": conditions}},
-                _content_type="application/merge-patch+json", _request_timeout=REQUEST_SECONDS)
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": {"conditions": conditions}},
+                _content_type="application/merge-patch+json",
+                _request_timeout=REQUEST_SECONDS,
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -151,15 +165,22 @@ class KubeApi:
         for selector in (f"batch.kubernetes.io/controller-uid={job_uid}", f"batch.kubernetes.io/job-name={job_name}"):
             self._count("list_pods")
             try:
-                found = self.core.list_namespaced_pod(namespace, label_selector=selector,
-                                                      _request_timeout=REQUEST_SECONDS)
+                found = self.core.list_namespaced_pod(
+                    namespace, label_selector=selector, _request_timeout=REQUEST_SECONDS
+                )
             except ApiException as exc:
                 if exc.status == 404:
                     return []
                 raise
             items = [self.core.api_client.sanitize_for_serialization(p) for p in found.items]
-            items = [p for p in items if any(r.get("controller") and r.get("uid") == job_uid
-                                             for r in (p.get("metadata") or {}).get("ownerReferences") or [])]
+            items = [
+                p
+                for p in items
+                if any(
+                    r.get("controller") and r.get("uid") == job_uid
+                    for r in (p.get("metadata") or {}).get("ownerReferences") or []
+                )
+            ]
             if items:
                 break
         return items
@@ -168,9 +189,14 @@ class KubeApi:
         """Delete one Job (and its Pods) if it is still the one we mean (UID precondition)."""
         self._count("delete_job")
         try:
-            self.batch.delete_namespaced_job(name, namespace, body=client.V1DeleteOptions(
-                propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid)),
-                _request_timeout=REQUEST_SECONDS)
+            self.batch.delete_namespaced_job(
+                name,
+                namespace,
+                body=client.V1DeleteOptions(
+                    propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid)
+                ),
+                _request_timeout=REQUEST_SECONDS,
+            )
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
@@ -179,9 +205,12 @@ class KubeApi:
         """End a stuck Pod at once (no grace: it already ran past its deadline)."""
         self._count("delete_pod")
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=client.V1DeleteOptions(
-                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)),
-                _request_timeout=REQUEST_SECONDS)
+            self.core.delete_namespaced_pod(
+                name,
+                namespace,
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)),
+                _request_timeout=REQUEST_SECONDS,
+            )
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
@@ -192,8 +221,9 @@ class KubeApi:
         than controller/rbac.py; the queued cells are still shown Queued, only not why)."""
         self._count("list_workloads")
         try:
-            found = self.custom.list_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads",
-                                                              _request_timeout=REQUEST_SECONDS)
+            found = self.custom.list_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, "workloads", _request_timeout=REQUEST_SECONDS
+            )
         except ApiException as exc:
             if exc.status in (403, 404):
                 log.debug("cannot list Workloads in %s: %s", namespace, exc.status)
@@ -220,8 +250,8 @@ class KubeApi:
         namespace that has one, by Job UID."""
         self._count("list_events")
         found = self.core.list_namespaced_event(
-            namespace, field_selector="reason=FailedCreate,involvedObject.kind=Job",
-            _request_timeout=REQUEST_SECONDS).items
+            namespace, field_selector="reason=FailedCreate,involvedObject.kind=Job", _request_timeout=REQUEST_SECONDS
+        ).items
 
         def when(e: Any) -> float:
             t = e.last_timestamp or e.event_time or e.metadata.creation_timestamp
@@ -237,8 +267,9 @@ class KubeApi:
         """Merge annotations into a Pod (gone: nothing to do)."""
         self._count("patch_pod")
         try:
-            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"annotations": annotations}},
-                                           _request_timeout=REQUEST_SECONDS)
+            self.core.patch_namespaced_pod(
+                name, namespace, {"metadata": {"annotations": annotations}}, _request_timeout=REQUEST_SECONDS
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -247,13 +278,25 @@ class KubeApi:
         meta = body["metadata"]
         now = iso()
         event = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"]},
-            "type": type_, "reason": reason, "message": message[:MESSAGE_LIMIT],
-            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": self.instance,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:MESSAGE_LIMIT],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         self._count("create_event")
         try:
@@ -274,7 +317,6 @@ class KubeApi:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-
 
 
 class RbacApi(Protocol):

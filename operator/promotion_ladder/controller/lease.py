@@ -65,8 +65,15 @@ class Gate:
 class LeaderLease:
     """Acquire and renew a Lease in a thread; `held()` says whether this operator may act now."""
 
-    def __init__(self, api_client: client.ApiClient, namespace: str, identity: str, name: str = LEASE_NAME,
-                 duration: int = DURATION_SECONDS, renew: float = RENEW_SECONDS) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        namespace: str,
+        identity: str,
+        name: str = LEASE_NAME,
+        duration: int = DURATION_SECONDS,
+        renew: float = RENEW_SECONDS,
+    ) -> None:
         self.coord = client.CoordinationV1Api(api_client)
         self.namespace, self.name, self.identity = namespace, name, identity
         self.duration, self.renew = duration, renew
@@ -125,9 +132,16 @@ class LeaderLease:
 
     def _create(self) -> bool:
         now = clock.now()
-        body = client.V1Lease(metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
-                              spec=client.V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=self.duration,
-                                                      acquire_time=now, renew_time=now, lease_transitions=0))
+        body = client.V1Lease(
+            metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
+            spec=client.V1LeaseSpec(
+                holder_identity=self.identity,
+                lease_duration_seconds=self.duration,
+                acquire_time=now,
+                renew_time=now,
+                lease_transitions=0,
+            ),
+        )
         try:
             self.coord.create_namespaced_lease(self.namespace, body, _request_timeout=REQUEST_SECONDS)
             return True

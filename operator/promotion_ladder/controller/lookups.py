@@ -64,9 +64,13 @@ class PodLookups:
                 found_terminal = found_terminal or any(p.terminal for p in summaries)
                 continue
             self._api.delete_job(ns, job.name, job.uid)
-            self._announcer.warn_once(body, "ResultLost", f"{ns}/{name}:lost:{job.uid}",
-                                      f"Job {job.name} is Complete but its Pods are gone or were relabelled or "
-                                      "re-owned, so its result cannot be read; the cell runs again")
+            self._announcer.warn_once(
+                body,
+                "ResultLost",
+                f"{ns}/{name}:lost:{job.uid}",
+                f"Job {job.name} is Complete but its Pods are gone or were relabelled or "
+                "re-owned, so its result cannot be read; the cell runs again",
+            )
         self._requeue.add_after(key, 0.05 if found_terminal else NEXT_LOOK_SECONDS)
 
     def _own_pods(self, body: dict[str, Any], job: JobSummary, bodies: list[dict[str, Any]]) -> list[PodSummary]:

@@ -37,8 +37,11 @@ async def serve(settings: Settings) -> None:
     registry = kopf.OperatorRegistry()
     register(registry, OperatorParts.build(settings, LadderMetrics()))
     await kopf.operator(
-        registry=registry, standalone=True, clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces or [], liveness_endpoint=f"http://0.0.0.0:{settings.health_port}{HEALTH_PATH}",
+        registry=registry,
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces or [],
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}{HEALTH_PATH}",
         identity=kopf_identity(),  # type: ignore[arg-type]  # kopf.Identity, a NewType of str, is not exported
     )
 

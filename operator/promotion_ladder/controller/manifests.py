@@ -30,8 +30,9 @@ def cell_objects(ladder_body: dict[str, Any], ladder: PromotionLadder, cell: Cel
     return [service, job] if service is not None else [job]
 
 
-def stage_manifests(ladder: PromotionLadder, stage: str | None = None,
-                    namespace: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+def stage_manifests(
+    ladder: PromotionLadder, stage: str | None = None, namespace: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
     """(stage name, objects) for `stage` (default: the first). Raises ValueError for an unknown stage."""
     spec = ladder.spec
     names = [s.name for s in spec.stages]
@@ -45,8 +46,11 @@ def stage_manifests(ladder: PromotionLadder, stage: str | None = None,
     body = {"metadata": {"name": ladder.name, "uid": meta.get("uid") or PLACEHOLDER_UID}}
     if namespace or ladder.metadata.namespace:
         body["metadata"]["namespace"] = namespace or ladder.metadata.namespace
-    objects = [o for cell in stage_cells(spec, names.index(name), spec.candidate_names())
-               for o in cell_objects(body, ladder, cell)]
+    objects = [
+        o
+        for cell in stage_cells(spec, names.index(name), spec.candidate_names())
+        for o in cell_objects(body, ladder, cell)
+    ]
     return name, objects
 
 
@@ -55,11 +59,13 @@ def render(ladder: PromotionLadder, stage: str | None = None, namespace: str | N
     name, objects = stage_manifests(ladder, stage, namespace)
     first = name == ladder.spec.stages[0].name
     jobs = sum(o["kind"] == "Job" for o in objects)
-    header = [f"# ladder manifests: stage {name!r} of PromotionLadder {ladder.name!r}: {jobs} Job(s)"
-              + (f", {len(objects) - jobs} Service(s)" if len(objects) > jobs else ""),
-              "# What the operator would create for these cells. Not known without a cluster: the ladder's UID",
-              f"# in ownerReferences ({PLACEHOLDER_UID} unless the file has one)"
-              + ("." if first else ", and which candidates reach this stage (every candidate's cells are shown)."),
-              "# The operator also ensures the ServiceAccount, Role and RoleBinding ladder-trainer in the namespace."]
+    header = [
+        f"# ladder manifests: stage {name!r} of PromotionLadder {ladder.name!r}: {jobs} Job(s)"
+        + (f", {len(objects) - jobs} Service(s)" if len(objects) > jobs else ""),
+        "# What the operator would create for these cells. Not known without a cluster: the ladder's UID",
+        f"# in ownerReferences ({PLACEHOLDER_UID} unless the file has one)"
+        + ("." if first else ", and which candidates reach this stage (every candidate's cells are shown)."),
+        "# The operator also ensures the ServiceAccount, Role and RoleBinding ladder-trainer in the namespace.",
+    ]
     body = yaml.safe_dump_all(objects, sort_keys=False, width=120)
     return "\n".join(header) + "\n---\n" + body

@@ -45,55 +45,101 @@ class LadderMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.gpu_seconds = Counter("ladder_gpu_seconds", "GPU-seconds of finished cells (train seconds x GPUs).",
-                                   ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
+        self.gpu_seconds = Counter(
+            "ladder_gpu_seconds",
+            "GPU-seconds of finished cells (train seconds x GPUs).",
+            ["namespace", "ladder", "stage", "candidate", "host_block"],
+            registry=r,
+        )
         self.occupied_gpu_seconds = Counter(
             "ladder_occupied_gpu_seconds",
             "GPU-seconds finished cells held their GPUs (Pod bound to trainer exit, every attempt; "
             "unmeasured cells count their train seconds), x GPUs.",
-            ["namespace", "ladder", "stage", "candidate", "host_block"], registry=r)
-        self.gpus_in_use = Gauge("ladder_gpus_in_use", "GPUs held by running cells now (queued cells hold none).",
-                                 ["namespace", "ladder"], registry=r)
-        self.queue_seconds = Histogram("ladder_cell_queue_seconds",
-                                       "Seconds a cell waited in its batch queue (Kueue) before it ran, one "
-                                       "observation per ended wait.", ["namespace", "ladder"],
-                                       buckets=_QUEUE_BUCKETS, registry=r)
-        self.counterfactual = Gauge("ladder_counterfactual_gpu_seconds",
-                                    "GPU-seconds had every candidate entering this stage run the final stage.",
-                                    ["namespace", "ladder", "stage"], registry=r)
+            ["namespace", "ladder", "stage", "candidate", "host_block"],
+            registry=r,
+        )
+        self.gpus_in_use = Gauge(
+            "ladder_gpus_in_use",
+            "GPUs held by running cells now (queued cells hold none).",
+            ["namespace", "ladder"],
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "ladder_cell_queue_seconds",
+            "Seconds a cell waited in its batch queue (Kueue) before it ran, one observation per ended wait.",
+            ["namespace", "ladder"],
+            buckets=_QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.counterfactual = Gauge(
+            "ladder_counterfactual_gpu_seconds",
+            "GPU-seconds had every candidate entering this stage run the final stage.",
+            ["namespace", "ladder", "stage"],
+            registry=r,
+        )
         self.cells = Gauge("ladder_cells", "Cells by state.", ["namespace", "ladder", "stage", "state"], registry=r)
-        self.decisions = Counter("ladder_decisions", "Stage decisions recorded.",
-                                 ["namespace", "ladder", "stage"], registry=r)
-        self.result_errors = Counter("ladder_result_errors", "Results rejected, by reason.",
-                                     ["namespace", "ladder", "reason"], registry=r)
-        self.reconcile_duration = Histogram("ladder_reconcile_duration_seconds", "Time of one reconcile of a ladder.",
-                                            registry=r)
-        self.decision_latency = Histogram("ladder_decision_latency_seconds",
-                                          "From a stage's last result seen to the next stage's Jobs created.",
-                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.decisions = Counter(
+            "ladder_decisions", "Stage decisions recorded.", ["namespace", "ladder", "stage"], registry=r
+        )
+        self.result_errors = Counter(
+            "ladder_result_errors", "Results rejected, by reason.", ["namespace", "ladder", "reason"], registry=r
+        )
+        self.reconcile_duration = Histogram(
+            "ladder_reconcile_duration_seconds", "Time of one reconcile of a ladder.", registry=r
+        )
+        self.decision_latency = Histogram(
+            "ladder_decision_latency_seconds",
+            "From a stage's last result seen to the next stage's Jobs created.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         # The wait a user feels, per cell (controller/scheduling.py start_times): the Job controller,
         # then the scheduler (and free capacity), then the kubelet.
         self.cell_pod_creation = Histogram(
-            "ladder_cell_pod_creation_seconds", "From a cell's Job created to its first Pod created (the Job controller).",
-            ["namespace"], buckets=_START_BUCKETS, registry=r)
+            "ladder_cell_pod_creation_seconds",
+            "From a cell's Job created to its first Pod created (the Job controller).",
+            ["namespace"],
+            buckets=_START_BUCKETS,
+            registry=r,
+        )
         self.cell_scheduling = Histogram(
-            "ladder_cell_scheduling_seconds", "From a cell's Job created to its first Pod scheduled on a node.",
-            ["namespace"], buckets=_START_BUCKETS, registry=r)
+            "ladder_cell_scheduling_seconds",
+            "From a cell's Job created to its first Pod scheduled on a node.",
+            ["namespace"],
+            buckets=_START_BUCKETS,
+            registry=r,
+        )
         self.cell_start = Histogram(
-            "ladder_cell_start_seconds", "From a cell's Pod scheduled to its trainer container running "
-            "(image pull, volumes, container creation).", ["namespace"], buckets=_START_BUCKETS, registry=r)
-        self.reconcile_errors = Counter("ladder_reconcile_errors", "Reconciles that failed (each is retried with backoff).",
-                                        registry=r)
-        self.api_requests = Counter("ladder_operator_api_requests", "API requests the reconciles made (watches not counted).",
-                                    ["operation"], registry=r)
+            "ladder_cell_start_seconds",
+            "From a cell's Pod scheduled to its trainer container running (image pull, volumes, container creation).",
+            ["namespace"],
+            buckets=_START_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "ladder_reconcile_errors", "Reconciles that failed (each is retried with backoff).", registry=r
+        )
+        self.api_requests = Counter(
+            "ladder_operator_api_requests",
+            "API requests the reconciles made (watches not counted).",
+            ["operation"],
+            registry=r,
+        )
         # Only the latest stage pair with a defined tau, one series per ladder: the question a dashboard
         # asks is "how stable is this ladder's ranking now"; every pair is in status.stability.stages.
-        self.rank_stability = Gauge("ladder_rank_stability_kendall_tau",
-                                    "Kendall tau-b between the aggregates of the latest two decided stages "
-                                    "(1 same order, 0 unrelated, -1 reversed); only the latest pair with a defined tau.",
-                                    ["namespace", "ladder", "from_stage", "to_stage"], registry=r)
-        self.info = Gauge("ladder_info", "1 per ladder, with its phase, current stage and leader.",
-                          ["namespace", "ladder", "phase", "stage", "leader"], registry=r)
+        self.rank_stability = Gauge(
+            "ladder_rank_stability_kendall_tau",
+            "Kendall tau-b between the aggregates of the latest two decided stages "
+            "(1 same order, 0 unrelated, -1 reversed); only the latest pair with a defined tau.",
+            ["namespace", "ladder", "from_stage", "to_stage"],
+            registry=r,
+        )
+        self.info = Gauge(
+            "ladder_info",
+            "1 per ladder, with its phase, current stage and leader.",
+            ["namespace", "ladder", "phase", "stage", "leader"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._counted_cells: dict[tuple[str, str], set] = defaultdict(set)
         self._counted_decisions: dict[tuple[str, str], set] = defaultdict(set)
@@ -130,8 +176,12 @@ class LadderMetrics:
                         cell_gpus = c.gpus if c.gpus is not None else gpus
                         # The status's own accounting, in GPU-seconds, so counters and status agree.
                         spent.inc(3600.0 * cell_gpu_hours(c.train_seconds, budget, cell_gpus, c.resumed_seconds))
-                        occupied.inc(3600.0 * cell_occupied_gpu_hours(c.occupied_seconds, c.train_seconds, budget,
-                                                                      cell_gpus, c.resumed_seconds))
+                        occupied.inc(
+                            3600.0
+                            * cell_occupied_gpu_hours(
+                                c.occupied_seconds, c.train_seconds, budget, cell_gpus, c.resumed_seconds
+                            )
+                        )
                 for state, n in by_state.items():
                     self.cells.labels(namespace, ladder, st.name, state).set(n)
                 self._stage_labels[key].add(st.name)

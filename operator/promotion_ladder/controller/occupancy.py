@@ -22,7 +22,8 @@ each Pod's figure is within about a second.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from ..core.cell import CellOutcome
 from ..core.clock import epoch

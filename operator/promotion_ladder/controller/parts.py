@@ -53,8 +53,9 @@ class Settings:
         return (self.namespaces or [""])[0] or os.environ.get("POD_NAMESPACE") or "default"
 
 
-def informers(api: KubeApi, namespaces: list[str] | None,
-              on_change: EventFn) -> tuple[Cache[JobSummary], Cache[PodSummary]]:
+def informers(
+    api: KubeApi, namespaces: list[str] | None, on_change: EventFn
+) -> tuple[Cache[JobSummary], Cache[PodSummary]]:
     """The Jobs' and Pods' caches over the watched namespaces (one informer each per namespace,
     or one for all), on a connection pool of their own: each watch holds a connection for minutes."""
     watch_client = client.ApiClient(api.api_client.configuration)
@@ -62,10 +63,26 @@ def informers(api: KubeApi, namespaces: list[str] | None,
     jobs, pods = [], []
     each: list[str | None] = list(namespaces) if namespaces else [None]
     for ns in each:
-        jobs.append(Informer("jobs", batch.list_namespaced_job if ns else batch.list_job_for_all_namespaces,
-                             ns, LADDER_LABEL, job_summary, on_change))
-        pods.append(Informer("pods", core.list_namespaced_pod if ns else core.list_pod_for_all_namespaces,
-                             ns, LADDER_LABEL, pod_summary, on_change))
+        jobs.append(
+            Informer(
+                "jobs",
+                batch.list_namespaced_job if ns else batch.list_job_for_all_namespaces,
+                ns,
+                LADDER_LABEL,
+                job_summary,
+                on_change,
+            )
+        )
+        pods.append(
+            Informer(
+                "pods",
+                core.list_namespaced_pod if ns else core.list_pod_for_all_namespaces,
+                ns,
+                LADDER_LABEL,
+                pod_summary,
+                on_change,
+            )
+        )
     return Cache(jobs), Cache(pods)
 
 
@@ -96,14 +113,15 @@ class OperatorParts:
             if kind == "DELETED" and isinstance(summary, PodSummary):  # the watch's last view of it
                 lost_pods.deleted((namespace, ladder), summary)
             loop.call_soon_threadsafe(queue.add, (namespace, ladder))  # the queue is the loop's
+
         jobs, pods = informers(api, settings.namespaces, on_change)
         identity = f"{api.instance}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         lease = LeaderLease(api.api_client, settings.lease_namespace, identity)
         gate = Gate(lease)
-        reconciler = Reconciler(api, ladders, jobs, pods, queue, gate, metrics, stuck_grace=settings.stuck_grace,
-                                lost_pods=lost_pods)
-        work = WorkLoop(reconciler, ladders, queue, lambda: jobs.synced() and pods.synced(), metrics,
-                        settings.workers)
+        reconciler = Reconciler(
+            api, ladders, jobs, pods, queue, gate, metrics, stuck_grace=settings.stuck_grace, lost_pods=lost_pods
+        )
+        work = WorkLoop(reconciler, ladders, queue, lambda: jobs.synced() and pods.synced(), metrics, settings.workers)
         return cls(jobs, pods, lease, gate, work, metrics, settings.metrics_port)
 
     async def start(self) -> None:

@@ -47,8 +47,13 @@ LOST_PODS_KEPT = 1000  # per ladder: lost Pods remembered until the status recor
 
 def attempts_seen(job: JobSummary, lost: Iterable[LostPod] = ()) -> AttemptsSeen:
     """What the cell's Job shows of its waits in the queue, with its lost Pods."""
-    return AttemptsSeen(queued=job.suspended and not job.finished, wait_began=job.suspended_at,
-                        admitted_at=job.resumed_at, created_at=job.created_at, lost=tuple(lost))
+    return AttemptsSeen(
+        queued=job.suspended and not job.finished,
+        wait_began=job.suspended_at,
+        admitted_at=job.resumed_at,
+        created_at=job.created_at,
+        lost=tuple(lost),
+    )
 
 
 def lost_pod(pod: PodSummary, job_finished_at: float | None, deleted_at: float) -> LostPod | None:
@@ -124,8 +129,9 @@ def workload_job_uid(workload: Mapping[str, Any]) -> str | None:
     return None
 
 
-def queue_problem(workloads: Iterable[Mapping[str, Any]], queued_jobs: Mapping[str, str],
-                  queue_name: str) -> QueueProblem | None:
+def queue_problem(
+    workloads: Iterable[Mapping[str, Any]], queued_jobs: Mapping[str, str], queue_name: str
+) -> QueueProblem | None:
     """Why Kueue will never admit the ladder's queued cells, from their Workloads (None: it may,
     they wait for quota). `queued_jobs`: Job UID -> Job name of the suspended cells."""
     for w in workloads:
@@ -139,11 +145,19 @@ def queue_problem(workloads: Iterable[Mapping[str, Any]], queued_jobs: Mapping[s
         job = queued_jobs[job_uid]
         if c.get("reason") == "Inadmissible":
             named = _named_queue(message, queue_name)
-            return QueueProblem("QueueMissing", named, f"Kueue cannot admit cell Job {job} from queue "
-                                f"{queue_name!r}: {message}; the cells wait until the queue exists")
+            return QueueProblem(
+                "QueueMissing",
+                named,
+                f"Kueue cannot admit cell Job {job} from queue "
+                f"{queue_name!r}: {message}; the cells wait until the queue exists",
+            )
         if "maximum capacity" in message:
-            return QueueProblem("QueueCannotFit", queue_name, f"queue {queue_name!r} can never hold cell Job "
-                                f"{job}: {message}; raise its ClusterQueue's quota or lower the cell's GPUs")
+            return QueueProblem(
+                "QueueCannotFit",
+                queue_name,
+                f"queue {queue_name!r} can never hold cell Job "
+                f"{job}: {message}; raise its ClusterQueue's quota or lower the cell's GPUs",
+            )
     return None
 
 
@@ -161,15 +175,25 @@ def queue_conditions(problem: QueueProblem | None, old: list[dict[str, Any]], no
     if problem is None:
         return []
     prev = next((c for c in old if c.get("type") == QUEUE_CONDITION and c.get("status") == "False"), None)
-    return [{"type": QUEUE_CONDITION, "status": "False", "reason": problem.reason,
-             "message": problem.message[:MESSAGE_LIMIT],
-             "lastTransitionTime": (prev or {}).get("lastTransitionTime") or now}]
+    return [
+        {
+            "type": QUEUE_CONDITION,
+            "status": "False",
+            "reason": problem.reason,
+            "message": problem.message[:MESSAGE_LIMIT],
+            "lastTransitionTime": (prev or {}).get("lastTransitionTime") or now,
+        }
+    ]
 
 
 def queue_said(problem: QueueProblem, old: list[dict[str, Any]]) -> bool:
     """Was this problem's Event already posted (the recorded condition says the same)?"""
-    return any(c.get("type") == QUEUE_CONDITION and c.get("reason") == problem.reason
-               and c.get("message") == problem.message[:MESSAGE_LIMIT] for c in old)
+    return any(
+        c.get("type") == QUEUE_CONDITION
+        and c.get("reason") == problem.reason
+        and c.get("message") == problem.message[:MESSAGE_LIMIT]
+        for c in old
+    )
 
 
 class WorkloadApi(Protocol):
@@ -186,8 +210,13 @@ class WorkloadChecks:
         self._last: dict[Key, tuple[float, QueueProblem | None]] = {}
 
     def check(self, key: Key, queue_name: str | None, jobs: list[JobSummary], now: float) -> QueueProblem | None:
-        queued = {j.uid: j.name for j in jobs if j.suspended and not j.finished
-                  and now - (j.suspended_at or j.created_at or now) >= QUEUE_PROBLEM_AFTER_SECONDS}
+        queued = {
+            j.uid: j.name
+            for j in jobs
+            if j.suspended
+            and not j.finished
+            and now - (j.suspended_at or j.created_at or now) >= QUEUE_PROBLEM_AFTER_SECONDS
+        }
         if not queue_name or not queued:
             self.forget(key)
             return None

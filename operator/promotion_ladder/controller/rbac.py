@@ -45,7 +45,11 @@ OPERATOR_RULES: list[Rule] = [
     # namespace or the operator's own.
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
     # Kopf: resource discovery and namespace watching when run cluster-wide or with globs.
-    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["get", "list", "watch"],
+    },
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     # Kueue: a queued cell's Workload says why it waits (a missing LocalQueue or ClusterQueue, a
     # quota that can never hold the cell): read to name the queue (controller/queueing.py). Only
@@ -72,8 +76,11 @@ TRAINER_RULES: list[Rule] = [
 
 
 def _labels() -> dict[str, str]:
-    return {"app.kubernetes.io/name": "promotion-ladder", "app.kubernetes.io/component": "trainer",
-            "app.kubernetes.io/managed-by": "promotion-ladder-operator"}
+    return {
+        "app.kubernetes.io/name": "promotion-ladder",
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/managed-by": "promotion-ladder-operator",
+    }
 
 
 def trainer_objects(namespace: str) -> list[dict[str, Any]]:
@@ -81,18 +88,30 @@ def trainer_objects(namespace: str) -> list[dict[str, Any]]:
     meta = lambda: {"name": TRAINER_SERVICE_ACCOUNT, "namespace": namespace, "labels": _labels()}  # noqa: E731
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(), "automountServiceAccountToken": True},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {**meta(), "name": TRAINER_ROLE},
-         "rules": [dict(r) for r in TRAINER_RULES]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {**meta(), "name": TRAINER_ROLE},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": TRAINER_ROLE},
-         "subjects": [{"kind": "ServiceAccount", "name": TRAINER_SERVICE_ACCOUNT, "namespace": namespace}]},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {**meta(), "name": TRAINER_ROLE},
+            "rules": [dict(r) for r in TRAINER_RULES],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {**meta(), "name": TRAINER_ROLE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": TRAINER_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": TRAINER_SERVICE_ACCOUNT, "namespace": namespace}],
+        },
     ]
 
 
 def operator_cluster_role(name: str = "promotion-ladder-operator") -> dict[str, Any]:
     """The operator's ClusterRole as a manifest (the chart renders the same rules)."""
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": name}, "rules": [dict(r) for r in OPERATOR_RULES]}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [dict(r) for r in OPERATOR_RULES],
+    }
 
 
 def covers(granted: list[Rule], needed: list[Rule]) -> list[str]:
@@ -103,10 +122,12 @@ def covers(granted: list[Rule], needed: list[Rule]) -> list[str]:
         for g in rule["apiGroups"]:
             for r in rule["resources"]:
                 for v in rule["verbs"]:
-                    if not any((g in x.get("apiGroups", []) or "*" in x.get("apiGroups", []))
-                               and (r in x.get("resources", []) or "*" in x.get("resources", []))
-                               and (v in x.get("verbs", []) or "*" in x.get("verbs", []))
-                               for x in granted):
+                    if not any(
+                        (g in x.get("apiGroups", []) or "*" in x.get("apiGroups", []))
+                        and (r in x.get("resources", []) or "*" in x.get("resources", []))
+                        and (v in x.get("verbs", []) or "*" in x.get("verbs", []))
+                        for x in granted
+                    ):
                         missing.append(f"{g or 'core'}/{r}:{v}")
     return missing
 
@@ -128,59 +149,103 @@ def trainer_admission_policy(name: str = TRAINER_ADMISSION_POLICY) -> list[dict[
     """The ValidatingAdmissionPolicy and its binding (cluster-scoped; the chart renders the same)."""
     allowed = "[" + ", ".join(f"'{a}'" for a in TRAINER_ANNOTATIONS) + "]"
     policy = {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
         "metadata": {"name": name, "labels": _labels()},
         "spec": {
             "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{
-                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}]},
-            "matchConditions": [{
-                "name": "is-a-ladder-trainer",
-                "expression": ("request.userInfo.username.startsWith('system:serviceaccount:') && "
-                               f"request.userInfo.username.endsWith(':{TRAINER_SERVICE_ACCOUNT}')"),
-            }],
+            "matchConstraints": {
+                "resourceRules": [
+                    {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}
+                ]
+            },
+            "matchConditions": [
+                {
+                    "name": "is-a-ladder-trainer",
+                    "expression": (
+                        "request.userInfo.username.startsWith('system:serviceaccount:') && "
+                        f"request.userInfo.username.endsWith(':{TRAINER_SERVICE_ACCOUNT}')"
+                    ),
+                }
+            ],
             "variables": [
-                {"name": "podName", "expression": (
-                    f"has(request.userInfo.extra) && '{POD_NAME_CLAIM}' in request.userInfo.extra && "
-                    f"size(request.userInfo.extra['{POD_NAME_CLAIM}']) > 0 ? "
-                    f"request.userInfo.extra['{POD_NAME_CLAIM}'][0] : ''")},
+                {
+                    "name": "podName",
+                    "expression": (
+                        f"has(request.userInfo.extra) && '{POD_NAME_CLAIM}' in request.userInfo.extra && "
+                        f"size(request.userInfo.extra['{POD_NAME_CLAIM}']) > 0 ? "
+                        f"request.userInfo.extra['{POD_NAME_CLAIM}'][0] : ''"
+                    ),
+                },
                 {"name": "newLabels", "expression": "has(object.metadata.labels) ? object.metadata.labels : {}"},
                 {"name": "oldLabels", "expression": "has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}"},
                 {"name": "newAnn", "expression": "has(object.metadata.annotations) ? object.metadata.annotations : {}"},
-                {"name": "oldAnn", "expression": "has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}"},
+                {
+                    "name": "oldAnn",
+                    "expression": "has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}",
+                },
                 {"name": "allowed", "expression": allowed},
-                {"name": "newOwners", "expression": (
-                    "has(object.metadata.ownerReferences) ? object.metadata.ownerReferences : []")},
-                {"name": "oldOwners", "expression": (
-                    "has(oldObject.metadata.ownerReferences) ? oldObject.metadata.ownerReferences : []")},
-                {"name": "newFinalizers", "expression": (
-                    "has(object.metadata.finalizers) ? object.metadata.finalizers : []")},
-                {"name": "oldFinalizers", "expression": (
-                    "has(oldObject.metadata.finalizers) ? oldObject.metadata.finalizers : []")},
+                {
+                    "name": "newOwners",
+                    "expression": ("has(object.metadata.ownerReferences) ? object.metadata.ownerReferences : []"),
+                },
+                {
+                    "name": "oldOwners",
+                    "expression": ("has(oldObject.metadata.ownerReferences) ? oldObject.metadata.ownerReferences : []"),
+                },
+                {
+                    "name": "newFinalizers",
+                    "expression": ("has(object.metadata.finalizers) ? object.metadata.finalizers : []"),
+                },
+                {
+                    "name": "oldFinalizers",
+                    "expression": ("has(oldObject.metadata.finalizers) ? oldObject.metadata.finalizers : []"),
+                },
             ],
             "validations": [
-                {"expression": "variables.podName != '' && variables.podName == object.metadata.name",
-                 "reason": "Forbidden",
-                 "messageExpression": ("'a ladder trainer may change only its own Pod (its token is bound to pod ' + "
-                                       "variables.podName + ', the request is for ' + object.metadata.name + ')'")},
-                {"expression": "variables.newLabels == variables.oldLabels",
-                 "reason": "Forbidden", "message": "a ladder trainer may not change its Pod's labels"},
-                {"expression": ("variables.newAnn.all(k, k in variables.allowed || "
-                                "(k in variables.oldAnn && variables.oldAnn[k] == variables.newAnn[k])) && "
-                                "variables.oldAnn.all(k, k in variables.allowed || k in variables.newAnn)"),
-                 "reason": "Forbidden",
-                 "message": "a ladder trainer may change only the annotations " + ", ".join(TRAINER_ANNOTATIONS)},
-                {"expression": "variables.newOwners == variables.oldOwners",
-                 "reason": "Forbidden", "message": "a ladder trainer may not change its Pod's ownerReferences"},
-                {"expression": "variables.newFinalizers == variables.oldFinalizers",
-                 "reason": "Forbidden", "message": "a ladder trainer may not change its Pod's finalizers"},
-                {"expression": "object.spec == oldObject.spec",
-                 "reason": "Forbidden", "message": "a ladder trainer may not change its Pod's spec"},
+                {
+                    "expression": "variables.podName != '' && variables.podName == object.metadata.name",
+                    "reason": "Forbidden",
+                    "messageExpression": (
+                        "'a ladder trainer may change only its own Pod (its token is bound to pod ' + "
+                        "variables.podName + ', the request is for ' + object.metadata.name + ')'"
+                    ),
+                },
+                {
+                    "expression": "variables.newLabels == variables.oldLabels",
+                    "reason": "Forbidden",
+                    "message": "a ladder trainer may not change its Pod's labels",
+                },
+                {
+                    "expression": (
+                        "variables.newAnn.all(k, k in variables.allowed || "
+                        "(k in variables.oldAnn && variables.oldAnn[k] == variables.newAnn[k])) && "
+                        "variables.oldAnn.all(k, k in variables.allowed || k in variables.newAnn)"
+                    ),
+                    "reason": "Forbidden",
+                    "message": "a ladder trainer may change only the annotations " + ", ".join(TRAINER_ANNOTATIONS),
+                },
+                {
+                    "expression": "variables.newOwners == variables.oldOwners",
+                    "reason": "Forbidden",
+                    "message": "a ladder trainer may not change its Pod's ownerReferences",
+                },
+                {
+                    "expression": "variables.newFinalizers == variables.oldFinalizers",
+                    "reason": "Forbidden",
+                    "message": "a ladder trainer may not change its Pod's finalizers",
+                },
+                {
+                    "expression": "object.spec == oldObject.spec",
+                    "reason": "Forbidden",
+                    "message": "a ladder trainer may not change its Pod's spec",
+                },
             ],
         },
     }
     binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
         "metadata": {"name": name, "labels": _labels()},
         "spec": {"policyName": name, "validationActions": ["Deny"]},
     }

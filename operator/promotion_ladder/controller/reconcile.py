@@ -105,8 +105,17 @@ def _group(jobs: list[JobSummary], pods: list[PodSummary]) -> tuple[dict[str, li
     return by_job, foreign
 
 
-def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods: list[PodSummary],
-             now: str, stuck_grace: float, ctx: Context, recorded: set[CellKey]) -> Observed:
+def _observe(
+    name: str,
+    uid: str,
+    spec: LadderSpec,
+    jobs: list[JobSummary],
+    pods: list[PodSummary],
+    now: str,
+    stuck_grace: float,
+    ctx: Context,
+    recorded: set[CellKey],
+) -> Observed:
     """The cells' outcomes, running, queued and waiting cells as the ladder's Jobs and Pods show them."""
     pods_by_job, foreign = _group(jobs, pods)
     seen = Observed(rejections=foreign)
@@ -119,7 +128,9 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
             continue
         seen.attempts[cell.key] = attempts_seen(job, lost.get(job.uid, ()))
         job_pods = pods_by_job.get(job.uid, [])
-        view = cell_outcome(name, uid, cell, spec.objective.metric, job, job_pods, budget_seconds=budgets.get(cell.stage))
+        view = cell_outcome(
+            name, uid, cell, spec.objective.metric, job, job_pods, budget_seconds=budgets.get(cell.stage)
+        )
         seen.rejections += view.rejections
         if view.look_up:
             seen.look_up.append(job)
@@ -128,14 +139,17 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
             seen.end += to_end
             if not to_end and not why:
                 seen.look_again(next_check(view.pods, now, stuck_grace))
-            failed = CellOutcome("failed", reason=why[:REASON_LIMIT]) if why else _wait(seen, spec, job, view.pods, t, ctx)
+            failed = (
+                CellOutcome("failed", reason=why[:REASON_LIMIT]) if why else _wait(seen, spec, job, view.pods, t, ctx)
+            )
             if failed is not None:
                 view.outcome, view.running = failed, False
         if cell.key not in recorded and (times := start_times(job, view.pods)) is not None:
             seen.start_times.append((job.uid, times))
         if view.outcome is not None:  # recorded with what it ran with, from its Job and Pod
             seen.outcomes[cell.key] = with_occupancy(
-                view.outcome.model_copy(update={"gpus": job.gpus, "image": job.image, "node": view.node}), view.pods)
+                view.outcome.model_copy(update={"gpus": job.gpus, "image": job.image, "node": view.node}), view.pods
+            )
         elif view.running:
             seen.running.add(cell.key)
             if job.suspended:
@@ -144,15 +158,22 @@ def _observe(name: str, uid: str, spec: LadderSpec, jobs: list[JobSummary], pods
     return seen
 
 
-def _wait(seen: Observed, spec: LadderSpec, job: JobSummary, pods: list[PodSummary], now: float,
-          ctx: Context) -> CellOutcome | None:
+def _wait(
+    seen: Observed, spec: LadderSpec, job: JobSummary, pods: list[PodSummary], now: float, ctx: Context
+) -> CellOutcome | None:
     """A cell that has not started: does it wait on something (into `seen.waits`), and has it
     waited too long (its failure; its Job into `seen.end_jobs`)?"""
     cell = job.cell
     if cell is None:
         return None
-    if not pods and not job.active and not job.finished and not job.suspended and job.uid not in ctx.failed_create \
-            and job.created_at is not None:
+    if (
+        not pods
+        and not job.active
+        and not job.finished
+        and not job.suspended
+        and job.uid not in ctx.failed_create
+        and job.created_at is not None
+    ):
         age = now - job.created_at
         if age >= READ_EVENTS_AFTER_SECONDS:
             seen.read_events.append(job)
@@ -180,9 +201,13 @@ def _recorded_cells(status: Mapping[str, Any] | None) -> set[CellKey]:
 
 
 def _reconciled(s: Step, **kw: Any) -> Reconciled:
-    return Reconciled(status=s.status, events=[(a.type, a.reason, a.message) for a in s.announcements],
-                      ladder_status=s.ladder_status if s.stopped is None else None,
-                      new_decisions=list(s.new_decisions), **kw)
+    return Reconciled(
+        status=s.status,
+        events=[(a.type, a.reason, a.message) for a in s.announcements],
+        ladder_status=s.ladder_status if s.stopped is None else None,
+        new_decisions=list(s.new_decisions),
+        **kw,
+    )
 
 
 def _not_admitted(body: dict, old: dict, admission: Admission, now: str) -> Reconciled:
@@ -191,17 +216,28 @@ def _not_admitted(body: dict, old: dict, admission: Admission, now: str) -> Reco
     message = f"not started: {admission.problem}"[:MESSAGE_LIMIT]
     status.update(phase="Pending", message=message, observedGeneration=body["metadata"].get("generation"))
     prior = old.get("conditions") or []
-    status["conditions"] = [c.wire() for c in conditions("Pending", "NotAdmitted", message, prior, now)] + \
-        admission_conditions(admission, prior, now)
-    said = any(c.get("type") == "Admitted" and c.get("message") == (admission.problem or "")[:MESSAGE_LIMIT] for c in prior)
+    status["conditions"] = [
+        c.wire() for c in conditions("Pending", "NotAdmitted", message, prior, now)
+    ] + admission_conditions(admission, prior, now)
+    said = any(
+        c.get("type") == "Admitted" and c.get("message") == (admission.problem or "")[:MESSAGE_LIMIT] for c in prior
+    )
     return Reconciled(status=status, events=[] if said else [("Warning", "JobInvalid", message)])
 
 
-def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: list[JobSummary],
-              pods: list[PodSummary], creating: set[str], now: str,
-              stuck_grace: float = STUCK_GRACE_SECONDS, admission: Admission | None = None,
-              failed_create: Mapping[str, str] | None = None, deleted: Iterable[tuple[PodSummary, float]] = (),
-              queue: QueueProblem | None = None) -> Reconciled:
+def reconcile(
+    body: dict[str, Any],
+    known_status: dict[str, Any] | None,
+    jobs: list[JobSummary],
+    pods: list[PodSummary],
+    creating: set[str],
+    now: str,
+    stuck_grace: float = STUCK_GRACE_SECONDS,
+    admission: Admission | None = None,
+    failed_create: Mapping[str, str] | None = None,
+    deleted: Iterable[tuple[PodSummary, float]] = (),
+    queue: QueueProblem | None = None,
+) -> Reconciled:
     meta = body["metadata"]
     name, uid, generation = meta["name"], meta["uid"], meta.get("generation")
     try:
@@ -209,16 +245,24 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     except LadderInvalid as exc:
         return _reconciled(stop(known_status, INVALID_SPEC, "; ".join(exc.errors), generation, now))
     spec = ladder.spec
-    mount_errors = continuation_mount_errors(spec.continuation.path if spec.continuation else None,
-                                             spec.trainer.template)
+    mount_errors = continuation_mount_errors(
+        spec.continuation.path if spec.continuation else None, spec.trainer.template
+    )
     if mount_errors:  # the cells would each write their checkpoints into their own filesystem
         return _reconciled(stop(known_status, INVALID_SPEC, "; ".join(mount_errors), generation, now))
     old = dict(known_status or {})
-    if (admission is not None and admission.problem and old.get("phase") in (None, "Pending")
-            and not any(j.owner_uid == uid for j in jobs)):
+    if (
+        admission is not None
+        and admission.problem
+        and old.get("phase") in (None, "Pending")
+        and not any(j.owner_uid == uid for j in jobs)
+    ):
         return _not_admitted(body, old, admission, now)
-    ctx = Context(failed_create=failed_create or {}, unfit=admission.unfit if admission is not None else {},
-                  deleted=tuple(deleted))
+    ctx = Context(
+        failed_create=failed_create or {},
+        unfit=admission.unfit if admission is not None else {},
+        deleted=tuple(deleted),
+    )
     seen = _observe(name, uid, spec, jobs, pods, now, stuck_grace, ctx, _recorded_cells(known_status))
     existing = {j.name for j in jobs}
     # A Job that exists (or is being created) is never created again; only the ones being
@@ -227,29 +271,54 @@ def reconcile(body: dict[str, Any], known_status: dict[str, Any] | None, jobs: l
     root = ladder_root(spec.continuation.path, name) if spec.continuation else None
     # Prune Jobs being created hold no GPU: they do not count against the parallelism.
     not_cells = prune_job_names(name, spec)
-    s = step(spec, known_status, seen.outcomes, seen.running, now=now, generation=generation,
-             pending_starts=len(creating - existing - not_cells),
-             started=lambda cell: cell_job_name(name, cell) in known_names, checkpoint_root=root,
-             queued=seen.queued, attempts=seen.attempts)
+    s = step(
+        spec,
+        known_status,
+        seen.outcomes,
+        seen.running,
+        now=now,
+        generation=generation,
+        pending_starts=len(creating - existing - not_cells),
+        started=lambda cell: cell_job_name(name, cell) in known_names,
+        checkpoint_root=root,
+        queued=seen.queued,
+        attempts=seen.attempts,
+    )
     if s.stopped is not None:
         return _reconciled(s)
     create = [build_job(body, spec, c) for c in s.to_start] + prune_jobs(body, spec, s.ladder_status, known_names)
     pruned = failed_prunes(name, spec, [j for j in jobs if j.owner_uid == uid])
-    r = _reconciled(s, create=create, rejections=seen.rejections, spec=spec, look_up=seen.look_up, end=seen.end,
-                    recheck_after=seen.recheck_after, failed_prunes=pruned, end_jobs=seen.end_jobs,
-                    read_events=seen.read_events, start_times=seen.start_times)
+    r = _reconciled(
+        s,
+        create=create,
+        rejections=seen.rejections,
+        spec=spec,
+        look_up=seen.look_up,
+        end=seen.end,
+        recheck_after=seen.recheck_after,
+        failed_prunes=pruned,
+        end_jobs=seen.end_jobs,
+        read_events=seen.read_events,
+        start_times=seen.start_times,
+    )
     prior = old.get("conditions") or []
     running = r.status.get("phase") == "Running"
     # Admission warnings (no node matches or fits a host block) ride along while the ladder runs.
     if admission is not None and (admission.warnings or admission.unfit) and running:
         r.status["conditions"] = list(r.status.get("conditions") or []) + admission_conditions(
-            Admission(warnings=admission.warnings, unfit=admission.unfit), prior, now)
+            Admission(warnings=admission.warnings, unfit=admission.unfit), prior, now
+        )
         if not any(c.get("type") == "Schedulable" for c in prior):
             reason = "NoNodeMatches" if admission.warnings else "NoNodeFits"
-            r.events.append(("Warning", reason,
-                             "; ".join([*admission.warnings, *admission.unfit.values()])[:MESSAGE_LIMIT]))
-    cond, event = waiting_condition(noticed(seen.waits, epoch(now) or 0.0) if running else [], prior, now,
-                                    spec.scheduling_timeout or DEFAULT_SCHEDULING_TIMEOUT)
+            r.events.append(
+                ("Warning", reason, "; ".join([*admission.warnings, *admission.unfit.values()])[:MESSAGE_LIMIT])
+            )
+    cond, event = waiting_condition(
+        noticed(seen.waits, epoch(now) or 0.0) if running else [],
+        prior,
+        now,
+        spec.scheduling_timeout or DEFAULT_SCHEDULING_TIMEOUT,
+    )
     if cond is not None:
         r.status["conditions"] = list(r.status.get("conditions") or []) + [cond]
     if event is not None:
@@ -267,8 +336,9 @@ def _with_queue_problem(r: Reconciled, problem: QueueProblem, prior: list[dict[s
         r.events.append(("Warning", problem.reason, problem.message[:MESSAGE_LIMIT]))
 
 
-def merge_known_status(from_body: dict | None, written: dict | None,
-                       body_version: str | None = None, written_version: str | None = None) -> dict:
+def merge_known_status(
+    from_body: dict | None, written: dict | None, body_version: str | None = None, written_version: str | None = None
+) -> dict:
     """The newest record: our last write and the watched body can arrive in either order.
     Recorded outcomes and decisions only grow, so the one that recorded more wins; on a tie the
     higher resourceVersion (so an edit of the status by someone else is seen), else our write."""
@@ -278,8 +348,10 @@ def merge_known_status(from_body: dict | None, written: dict | None,
 
     def weight(s: dict) -> tuple[int, int]:
         stages = s.get("stages") or []
-        return (sum(1 for st in stages if st.get("decision")),
-                sum(1 for st in stages for c in st.get("cells") or [] if c.get("state") in ("Succeeded", "Failed")))
+        return (
+            sum(1 for st in stages if st.get("decision")),
+            sum(1 for st in stages for c in st.get("cells") or [] if c.get("state") in ("Succeeded", "Failed")),
+        )
 
     wa, wb = weight(a), weight(b)
     if wa != wb:

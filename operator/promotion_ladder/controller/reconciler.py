@@ -64,9 +64,19 @@ class ReconcileApi(StatusApi, EventApi, JobApi, LookupApi, AdmissionApi, WaitsAp
 
 
 class Reconciler:
-    def __init__(self, api: ReconcileApi, ladders: Mapping[Key, dict[str, Any]], jobs: SummaryIndex[JobSummary],
-                 pods: SummaryIndex[PodSummary], queue: Requeue, gate: Gate, metrics: LadderMetrics, *,
-                 stuck_grace: float = STUCK_GRACE_SECONDS, lost_pods: LostPods | None = None) -> None:
+    def __init__(
+        self,
+        api: ReconcileApi,
+        ladders: Mapping[Key, dict[str, Any]],
+        jobs: SummaryIndex[JobSummary],
+        pods: SummaryIndex[PodSummary],
+        queue: Requeue,
+        gate: Gate,
+        metrics: LadderMetrics,
+        *,
+        stuck_grace: float = STUCK_GRACE_SECONDS,
+        lost_pods: LostPods | None = None,
+    ) -> None:
         self._api, self._ladders, self._jobs, self._pods = api, ladders, jobs, pods
         self._queue, self._gate, self._metrics = queue, gate, metrics
         self.stuck_grace = stuck_grace
@@ -101,16 +111,31 @@ class Reconciler:
         jobs = self._jobs.get(key)
         pods = self.lookups.with_looked_up(key, self._pods.get(key))
         w = self.status_writer.last_written(key, body["metadata"]["uid"])
-        known = merge_known_status(body.get("status"), w.status if w else None,
-                                   body["metadata"].get("resourceVersion"), w.resource_version if w else None)
+        known = merge_known_status(
+            body.get("status"),
+            w.status if w else None,
+            body["metadata"].get("resourceVersion"),
+            w.resource_version if w else None,
+        )
         creating = self.creator.creating(key, {j.name for j in jobs})
         queue_name = ((body.get("spec") or {}).get("queueName")) or None
-        queue = self.workloads.check(key, queue_name, [j for j in jobs if j.owner_uid == body["metadata"]["uid"]],
-                                     time.time())
+        queue = self.workloads.check(
+            key, queue_name, [j for j in jobs if j.owner_uid == body["metadata"]["uid"]], time.time()
+        )
         # 2. the pure reconcile
-        r = reconcile(body, known, jobs, pods, creating, clock.iso(), stuck_grace=self.stuck_grace,
-                      admission=self.admission.check(key, body), failed_create=self.waits.failed_creates(key[0]),
-                      deleted=self.lost_pods.of(key), queue=queue)
+        r = reconcile(
+            body,
+            known,
+            jobs,
+            pods,
+            creating,
+            clock.iso(),
+            stuck_grace=self.stuck_grace,
+            admission=self.admission.check(key, body),
+            failed_create=self.waits.failed_creates(key[0]),
+            deleted=self.lost_pods.of(key),
+            queue=queue,
+        )
         if any(j.suspended and not j.finished for j in jobs):  # look at the queue again (queueing.py)
             r.recheck_after = min(r.recheck_after or QUEUE_CHECK_SECONDS, QUEUE_CHECK_SECONDS)
         return known, r
@@ -138,9 +163,12 @@ class Reconciler:
             self.announcer.reject(body, rejection)
         for job in r.failed_prunes:  # the eliminated candidates' checkpoints are still on the volume
             self.announcer.warn_once(
-                body, "CheckpointPruneFailed", f"{ns}/{name}:prune:{job.uid}",
+                body,
+                "CheckpointPruneFailed",
+                f"{ns}/{name}:prune:{job.uid}",
                 f"Job {job.name}, deleting the checkpoints of the candidates a stage eliminated, failed "
-                f"({job.failed_reason}: {job.failed_message}); they are still on the volume")
+                f"({job.failed_reason}: {job.failed_message}); they are still on the volume",
+            )
         if r.look_up:
             self.lookups.look_up(key, body, r.look_up)
         if r.recheck_after is not None:
@@ -148,15 +176,19 @@ class Reconciler:
         for pod in r.end:  # stuck far past its deadline: end it; the Job retries or fails the cell
             self._api.delete_pod(ns, pod.name, pod.uid)
             self.announcer.warn_once(
-                body, "CellStuck", f"{ns}/{name}:stuck:{pod.uid}",
+                body,
+                "CellStuck",
+                f"{ns}/{name}:stuck:{pod.uid}",
                 f"pod {pod.name} was still running {self.stuck_grace:g} s after its deadline "
-                f"({pod.deadline_seconds} s from its start); it was ended and its Job retries or fails the cell")
+                f"({pod.deadline_seconds} s from its start); it was ended and its Job retries or fails the cell",
+            )
         self.waits.follow_up(key, body, r.read_events, r.end_jobs, r.start_times)
         if r.spec is not None and r.ladder_status is not None:
             self._metrics.observe(ns, name, r.spec, r.ladder_status)
         else:
-            self._metrics.set_info(ns, name, r.status.get("phase") or "", r.status.get("currentStage") or "",
-                                   r.status.get("leader") or "")
+            self._metrics.set_info(
+                ns, name, r.status.get("phase") or "", r.status.get("currentStage") or "", r.status.get("leader") or ""
+            )
         if r.new_decisions or r.create:
             log.info("ladder %s/%s: %s; %d job(s) created", ns, name, r.status.get("message"), len(r.create))
 
@@ -167,8 +199,9 @@ class Reconciler:
         if body is None:
             return
         message = error_message(exc)
-        conditions = with_error_condition((body.get("status") or {}).get("conditions") or [], message,
-                                          failures, delay, clock.iso())
+        conditions = with_error_condition(
+            (body.get("status") or {}).get("conditions") or [], message, failures, delay, clock.iso()
+        )
         self._api.write_conditions(*key, conditions)
         self.announcer.warn_once(body, RECONCILE_ERROR, f"{key[0]}/{key[1]}:{RECONCILE_ERROR}:{message}", message)
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Hashable, Protocol, Sequence
+from typing import Any, Protocol
 
 Event = tuple[str, str, str]  # (type, reason, message)
 
@@ -34,12 +35,21 @@ def urgent_change(old: dict, new: dict) -> bool:
     """A change that must be written at once: a decision, the phase, the verdict, the spec seen
     (generation, frozen hash) or a condition. Cell progress (started, finished, values) and the
     sums that follow from it may wait a moment (see the module docstring)."""
+
     def decisions(s: dict) -> list:
         return [st.get("decision") for st in s.get("stages") or []]
 
     def key(s: dict) -> tuple:
-        return (s.get("phase"), s.get("observedGeneration"), s.get("frozenHash"), s.get("currentStage"),
-                s.get("verdict"), decisions(s), [c.get("status") for c in s.get("conditions") or []])
+        return (
+            s.get("phase"),
+            s.get("observedGeneration"),
+            s.get("frozenHash"),
+            s.get("currentStage"),
+            s.get("verdict"),
+            decisions(s),
+            [c.get("status") for c in s.get("conditions") or []],
+        )
+
     return key(old) != key(new)
 
 
@@ -79,8 +89,9 @@ class StatusWriter:
             self._written.pop(key, None)
             self._last_write.pop(key, None)
 
-    def write(self, key: tuple[str, str], body: dict, known: dict, status: dict,
-              events: Sequence[Event]) -> tuple[str, float]:
+    def write(
+        self, key: tuple[str, str], body: dict, known: dict, status: dict, events: Sequence[Event]
+    ) -> tuple[str, float]:
         """Write `status` (if it differs from `known`) and then post `events`.
 
         Returns (WriteResult.*, retry_in seconds for DEFERRED)."""
@@ -100,4 +111,3 @@ class StatusWriter:
         for type_, reason, message in events:
             self._api.post_event(body, type_, reason, message)
         return result, 0.0
-

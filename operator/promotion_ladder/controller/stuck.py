@@ -36,8 +36,10 @@ def stuck(pods: list[PodSummary], now: str, grace: float = STUCK_GRACE_SECONDS) 
         if over is None or over < grace:
             continue
         if pod.deleting and over >= 2 * grace:
-            return [], (f"stuck: pod {pod.name} ran {over:.0f} s past its deadline "
-                        f"({pod.deadline_seconds} s) and was ended, but nothing confirmed its end")
+            return [], (
+                f"stuck: pod {pod.name} ran {over:.0f} s past its deadline "
+                f"({pod.deadline_seconds} s) and was ended, but nothing confirmed its end"
+            )
         if not pod.deleting:
             end.append(pod)
     return end, None

@@ -35,17 +35,26 @@ class CellWaits:
         """Why a Job of the namespace has no Pod (FailedCreate messages last read, by Job UID)."""
         return self.job_events.messages(namespace)
 
-    def follow_up(self, key: Key, body: dict[str, Any], read_events: list[JobSummary], end_jobs: list[JobSummary],
-                  times: list[tuple[str, StartTimes]]) -> None:
+    def follow_up(
+        self,
+        key: Key,
+        body: dict[str, Any],
+        read_events: list[JobSummary],
+        end_jobs: list[JobSummary],
+        times: list[tuple[str, StartTimes]],
+    ) -> None:
         ns, name = key
         if read_events and self.job_events.read(self._api, ns, [j.uid for j in read_events]):
             self._requeue.add_after(key, AGAIN_SECONDS)
         for job in end_jobs:
             self._api.delete_job(ns, job.name, job.uid)
             self._announcer.warn_once(
-                body, "CellNotStarted", f"{ns}/{name}:not-started:{job.uid}",
+                body,
+                "CellNotStarted",
+                f"{ns}/{name}:not-started:{job.uid}",
                 f"Job {job.name} was deleted: its cell waited longer than schedulingTimeout to start "
-                "and is recorded Failed (see the CellsWaiting condition and the cell's reason)")
+                "and is recorded Failed (see the CellsWaiting condition and the cell's reason)",
+            )
         for uid, t in times:
             if self._timed.first(uid):
                 self._metrics.observe_start(ns, t)

@@ -1,14 +1,14 @@
 """The work loop: ladder events in, reconciles out, on Kopf's event loop.
 
-  * `on_ladder` takes Kopf's watch events of the ladders: it keeps the latest body of each and
-    marks the ladder dirty in the work queue (workqueue.py); our own status write coming back
-    is not a change;
-  * `workers` tasks take dirty ladders and run `Reconciler.reconcile` in threads (reconciles
-    wait on the API server, not on cores), one reconcile per ladder at a time;
-  * a reconcile that fails backs off (failures.py: 5 s doubling to 5 min) and says so on the
-    ladder, instead of retrying silently;
-  * every unfinished ladder is reconciled at least every RESYNC_SECONDS (a safety net), and
-    the heartbeat shows the loop is alive (the liveness probe, main.py).
+* `on_ladder` takes Kopf's watch events of the ladders: it keeps the latest body of each and
+  marks the ladder dirty in the work queue (workqueue.py); our own status write coming back
+  is not a change;
+* `workers` tasks take dirty ladders and run `Reconciler.reconcile` in threads (reconciles
+  wait on the API server, not on cores), one reconcile per ladder at a time;
+* a reconcile that fails backs off (failures.py: 5 s doubling to 5 min) and says so on the
+  ladder, instead of retrying silently;
+* every unfinished ladder is reconciled at least every RESYNC_SECONDS (a safety net), and
+  the heartbeat shows the loop is alive (the liveness probe, main.py).
 """
 
 from __future__ import annotations
@@ -36,8 +36,15 @@ SYNC_POLL_SECONDS = 0.1
 
 
 class WorkLoop:
-    def __init__(self, reconciler: Reconciler, ladders: dict[Key, dict[str, Any]], queue: WorkQueue[Key],
-                 caches_synced: Callable[[], bool], metrics: LadderMetrics, workers: int = WORKERS) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        ladders: dict[Key, dict[str, Any]],
+        queue: WorkQueue[Key],
+        caches_synced: Callable[[], bool],
+        metrics: LadderMetrics,
+        workers: int = WORKERS,
+    ) -> None:
         self._reconciler, self._ladders, self.queue = reconciler, ladders, queue
         self._caches_synced, self._metrics, self._workers = caches_synced, metrics, workers
         # asyncio.to_thread's default pool has cpu_count + 4 threads (6 on two cores): too few.
@@ -113,13 +120,19 @@ class WorkLoop:
     async def _failed(self, key: Key, exc: Exception) -> None:
         n = self._failures[key] = self._failures.get(key, 0) + 1
         delay = retry_delay(n)
-        log.error("reconcile of %s/%s failed (%d in a row); retrying in %g s", *key, n, delay,
-                  exc_info=(type(exc), exc, exc.__traceback__))
+        log.error(
+            "reconcile of %s/%s failed (%d in a row); retrying in %g s",
+            *key,
+            n,
+            delay,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
         self._metrics.reconcile_errors.inc()
         self.queue.back_off(key, delay)
         try:
             await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._reconciler.report_failure, key, exc, n, delay)
+                self._executor, self._reconciler.report_failure, key, exc, n, delay
+            )
         except Exception as again:  # noqa: BLE001 - the API server may be what fails; the log has it
             log.warning("could not report the failed reconcile of %s/%s: %s", *key, again)
 

@@ -34,9 +34,9 @@ from pydantic import Field
 
 from .api import LadderSpec
 from .continuation import estimated_resume_seconds
+from .model import WireModel
 from .planner import Outcomes, stage_cells
 from .result import train_seconds_limit
-from .model import WireModel
 
 
 class Counterfactual(WireModel):
@@ -50,11 +50,18 @@ class Counterfactual(WireModel):
 class OccupiedGpuHours(WireModel):
     total: float
     by_stage: dict[str, float]
-    ratio: float | None = Field(None, description="Occupied total / protocol total (absent while the protocol total is 0).")
-    measured_cells: int = Field(description="Terminal cells whose occupancy was measured; the others count their protocol seconds.")
+    ratio: float | None = Field(
+        None, description="Occupied total / protocol total (absent while the protocol total is 0)."
+    )
+    measured_cells: int = Field(
+        description="Terminal cells whose occupancy was measured; the others count their protocol seconds."
+    )
     cells: int = Field(description="Terminal cells counted.")
-    lost: float | None = Field(None, description="Of the total: GPU-hours held by attempts lost to eviction or "
-                                                 "preemption (wasted; core/attempts.py). Absent when none.")
+    lost: float | None = Field(
+        None,
+        description="Of the total: GPU-hours held by attempts lost to eviction or "
+        "preemption (wasted; core/attempts.py). Absent when none.",
+    )
 
 
 class GpuHours(WireModel):
@@ -65,8 +72,10 @@ class GpuHours(WireModel):
     counterfactuals: list[Counterfactual]
     occupied: OccupiedGpuHours | None = None
     from_scratch: float | None = Field(
-        None, description="A ladder that continues: the protocol GPU-hours of the same cells had none continued "
-                          "(each charged its whole train seconds); total is what ran.")
+        None,
+        description="A ladder that continues: the protocol GPU-hours of the same cells had none continued "
+        "(each charged its whole train seconds); total is what ran.",
+    )
 
 
 def _r(x: float) -> float:
@@ -93,14 +102,16 @@ def protocol_seconds(train_seconds: float | None, budget_seconds: float, resumed
     return charged - min(max(resumed, 0.0), charged)
 
 
-def cell_gpu_hours(reported_seconds: float | None, budget_seconds: float, gpus: int,
-                   resumed_seconds: float | None = None) -> float:
+def cell_gpu_hours(
+    reported_seconds: float | None, budget_seconds: float, gpus: int, resumed_seconds: float | None = None
+) -> float:
     """One terminal cell's GPU-hours (the status's accounting and the metrics' counter agree)."""
     return protocol_seconds(reported_seconds, budget_seconds, resumed_seconds) * gpus / 3600.0
 
 
-def occupied_seconds(occupied: float | None, train_seconds: float | None, budget_seconds: float,
-                     resumed_seconds: float | None = None) -> float:
+def occupied_seconds(
+    occupied: float | None, train_seconds: float | None, budget_seconds: float, resumed_seconds: float | None = None
+) -> float:
     """A terminal cell's seconds under the occupied measure (the rules in the module docstring)."""
     protocol = protocol_seconds(train_seconds, budget_seconds, resumed_seconds)
     if occupied is None or not math.isfinite(occupied):
@@ -108,8 +119,13 @@ def occupied_seconds(occupied: float | None, train_seconds: float | None, budget
     return max(occupied, protocol if train_seconds is not None else 0.0)
 
 
-def cell_occupied_gpu_hours(occupied: float | None, train_seconds: float | None, budget_seconds: float,
-                            gpus: int, resumed_seconds: float | None = None) -> float:
+def cell_occupied_gpu_hours(
+    occupied: float | None,
+    train_seconds: float | None,
+    budget_seconds: float,
+    gpus: int,
+    resumed_seconds: float | None = None,
+) -> float:
     return occupied_seconds(occupied, train_seconds, budget_seconds, resumed_seconds) * gpus / 3600.0
 
 
@@ -177,10 +193,15 @@ def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str
         if st.name in entering:
             n = len(entering[st.name])
             cf = n * final_cell_hours
-            cfs.append(Counterfactual(
-                stage=st.name, entered=n, gpu_hours=_r(cf), saved_gpu_hours=_r(cf - total),
-                saved_percent=round(100.0 * (cf - total) / cf, 2) if cf else 0.0,
-            ))
+            cfs.append(
+                Counterfactual(
+                    stage=st.name,
+                    entered=n,
+                    gpu_hours=_r(cf),
+                    saved_gpu_hours=_r(cf - total),
+                    saved_percent=round(100.0 * (cf - total) / cf, 2) if cf else 0.0,
+                )
+            )
     return GpuHours(
         total=_r(total),
         by_stage={k: _r(v) for k, v in by_stage.items()},
@@ -188,8 +209,11 @@ def gpu_hours(spec: LadderSpec, outcomes: Outcomes, entering: dict[str, list[str
         by_host_block={k: _r(v) for k, v in by_block.items()},
         counterfactuals=cfs,
         occupied=OccupiedGpuHours(
-            total=_r(occ_total), by_stage={k: _r(v) for k, v in occ_by_stage.items()},
-            ratio=ratio(occ_total, total), measured_cells=measured, cells=cells,
+            total=_r(occ_total),
+            by_stage={k: _r(v) for k, v in occ_by_stage.items()},
+            ratio=ratio(occ_total, total),
+            measured_cells=measured,
+            cells=cells,
         ),
         from_scratch=_r(whole) if spec.continuation is not None else None,
     )
@@ -230,9 +254,15 @@ def continuation_estimate(spec: LadderSpec, outcomes: Outcomes, entering: dict[s
             take_over = estimated_resume_seconds(spec, cell)
             scratch += cell_gpu_hours(o.train_seconds, st.budget_seconds, cell_gpus)
             continuing += cell_gpu_hours(o.train_seconds, st.budget_seconds, cell_gpus, take_over)
-            every += cell_gpu_hours(o.train_seconds, st.budget_seconds, cell_gpus,
-                                    estimated_resume_seconds(spec, cell, any_cell=True))
+            every += cell_gpu_hours(
+                o.train_seconds, st.budget_seconds, cell_gpus, estimated_resume_seconds(spec, cell, any_cell=True)
+            )
             n += 1
             resumed += take_over > 0
-    return ContinuationEstimate(from_scratch=_r(scratch), continuing=_r(continuing), continuing_cells=resumed, cells=n,
-                                every_later_cell=_r(every))
+    return ContinuationEstimate(
+        from_scratch=_r(scratch),
+        continuing=_r(continuing),
+        continuing_cells=resumed,
+        cells=n,
+        every_later_cell=_r(every),
+    )

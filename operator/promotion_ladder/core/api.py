@@ -51,11 +51,14 @@ def timeout_seconds(text: str) -> float | None:
     """Seconds of a timeout such as "15m"; None for a zero one ("0s": no timeout)."""
     return None if _ZERO_DURATION.match(text) else parse_budget(text)
 
+
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)]
 
 
 class Objective(SpecModel):
-    metric: str = Field("val_bpb", min_length=1, max_length=128, description="Metric the trainer reports (result 'metric').")
+    metric: str = Field(
+        "val_bpb", min_length=1, max_length=128, description="Metric the trainer reports (result 'metric')."
+    )
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
@@ -63,11 +66,18 @@ class Trainer(SpecModel):
     image: str = Field("ghcr.io/promotion-ladder/trainer:0.1.0", min_length=1, max_length=512)
     command: list[str] = Field(default_factory=lambda: ["python", "-m", "ladder_trainer"], min_length=1, max_length=64)
     args: list[str] = Field(default_factory=list, max_length=256)
-    gpus: int = Field(1, ge=0, le=64, description="GPUs per cell pod (nvidia.com/gpu limit; the trainer starts one process per GPU); GPU-hours are counted with it.")
+    gpus: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="GPUs per cell pod (nvidia.com/gpu limit; the trainer starts one process per GPU); GPU-hours are counted with it.",
+    )
     nodes: int = Field(
-        1, ge=1, le=MAX_NODES,
+        1,
+        ge=1,
+        le=MAX_NODES,
         description="Pods per cell (multi-node training: an Indexed Job of this many pods with a headless Service for "
-                    "rendezvous, all in the cell's host block); GPU-hours count nodes x gpus. Frozen: it changes what a cell measures.",
+        "rendezvous, all in the cell's host block); GPU-hours count nodes x gpus. Frozen: it changes what a cell measures.",
     )
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     resources: dict[str, Any] = Field(
@@ -78,11 +88,11 @@ class Trainer(SpecModel):
     template: dict[str, Any] = Field(
         default_factory=dict,
         description="A partial PodTemplateSpec (metadata.labels/annotations, spec: volumes, imagePullSecrets, affinity, "
-                    "tolerations, priorityClassName, securityContext, ...; a container named trainer with volumeMounts, "
-                    "env, envFrom, securityContext) merged into every cell's pod. Fields the operator owns (the trainer's "
-                    "image/command/args/resources, restartPolicy, serviceAccountName, activeDeadlineSeconds, the host "
-                    "block's nodeSelector keys, the scratch volume, the cell identity env) are refused. Not part of the "
-                    "frozen hash: it is infrastructure, not protocol.",
+        "tolerations, priorityClassName, securityContext, ...; a container named trainer with volumeMounts, "
+        "env, envFrom, securityContext) merged into every cell's pod. Fields the operator owns (the trainer's "
+        "image/command/args/resources, restartPolicy, serviceAccountName, activeDeadlineSeconds, the host "
+        "block's nodeSelector keys, the scratch volume, the cell identity env) are refused. Not part of the "
+        "frozen hash: it is infrastructure, not protocol.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
@@ -96,7 +106,8 @@ class HostBlock(SpecModel):
     name: Name
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=32)
     tolerations: list[dict[str, Any]] = Field(
-        default_factory=list, max_length=32,
+        default_factory=list,
+        max_length=32,
         json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
     )
 
@@ -104,7 +115,8 @@ class HostBlock(SpecModel):
 class Candidate(SpecModel):
     name: Name
     config: dict[str, Any] = Field(
-        default_factory=dict, max_length=256,
+        default_factory=dict,
+        max_length=256,
         description=f"Free-form key/values passed to the trainer as a JSON file, --config-file (at most {MAX_CONFIG_BYTES // 1024} KiB).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
@@ -114,8 +126,10 @@ class Candidate(SpecModel):
     def _config_fits(cls, v: dict[str, Any]) -> dict[str, Any]:
         size = len(json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
         if size > MAX_CONFIG_BYTES:
-            raise ValueError(f"is {size} bytes of JSON, over the {MAX_CONFIG_BYTES} bytes a candidate "
-                             "config may have; pass large data by reference (a path or URL in the config)")
+            raise ValueError(
+                f"is {size} bytes of JSON, over the {MAX_CONFIG_BYTES} bytes a candidate "
+                "config may have; pass large data by reference (a path or URL in the config)"
+            )
         return v
 
 
@@ -127,14 +141,20 @@ class Promote(SpecModel):
     keep: list[Name] = Field(default_factory=list, max_length=MAX_KEEP, description="References always promoted.")
     aggregate: Aggregate = "mean"
     within: float | None = Field(
-        None, ge=0, description="Also promote every complete candidate whose aggregate is within this margin of the best."
+        None,
+        ge=0,
+        description="Also promote every complete candidate whose aggregate is within this margin of the best.",
     )
 
 
 class Stage(SpecModel):
     name: Name
-    budget: str = Field(min_length=1, max_length=32, pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$",
-                        description='Wall-clock training budget per cell, e.g. "90s", "2m", "12h".')
+    budget: str = Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$",
+        description='Wall-clock training budget per cell, e.g. "90s", "2m", "12h".',
+    )
     host_blocks: list[Name] = Field(min_length=1, max_length=MAX_HOST_BLOCKS)
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(min_length=1, max_length=MAX_SEEDS)
     promote: Promote | None = None
@@ -162,7 +182,9 @@ class Check(SpecModel):
     type: CheckType
     candidate: Name
     margin: float | None = Field(None, ge=0, description="nearEquivalence: |mean - reference mean| <= margin.")
-    max_gap: float | None = Field(None, ge=0, description="meanGap: mean gap to the reference (worse direction) <= maxGap.")
+    max_gap: float | None = Field(
+        None, ge=0, description="meanGap: mean gap to the reference (worse direction) <= maxGap."
+    )
 
 
 class Verdict(SpecModel):
@@ -174,25 +196,33 @@ class Continuation(SpecModel):
     from_: Literal["previousStage"] = Field(
         alias="from",
         description="Each cell of a later stage starts from the stable-phase checkpoint of the same (candidate, host "
-                    "block, seed) in the previous stage and trains on to its own budget (docs/continuation.md).",
+        "block, seed) in the previous stage and trains on to its own budget (docs/continuation.md).",
     )
     on_mismatch: Literal["fail", "fromScratch"] = Field(
-        "fail", description="A predecessor checkpoint that is missing or belongs to something else (ladder, candidate, "
-                            "seed, host block, stage, corpus, content): fail the cell, or train it from scratch.")
+        "fail",
+        description="A predecessor checkpoint that is missing or belongs to something else (ladder, candidate, "
+        "seed, host block, stage, corpus, content): fail the cell, or train it from scratch.",
+    )
     keep: Literal["promoted", "all"] = Field(
-        "promoted", description="promoted: when a stage decides, the checkpoints of the candidates it eliminated are "
-                                "deleted (the winner's are kept); all: nothing is deleted.")
+        "promoted",
+        description="promoted: when a stage decides, the checkpoints of the candidates it eliminated are "
+        "deleted (the winner's are kept); all: nothing is deleted.",
+    )
     path: str = Field(
-        "/checkpoints", min_length=2, max_length=256,
+        "/checkpoints",
+        min_length=2,
+        max_length=256,
         description="Where the cells see the checkpoint volume on a cluster: a volumeMount of the trainer container "
-                    "in spec.trainer.template (a ReadWriteMany claim). `ladder run` keeps checkpoints under its work dir.",
+        "in spec.trainer.template (a ReadWriteMany claim). `ladder run` keeps checkpoints under its work dir.",
     )
 
     @field_validator("path")
     @classmethod
     def _plain_path(cls, v: str) -> str:
         if not v.startswith("/") or any(part in (".", "..") for part in v.split("/")):
-            raise ValueError(f"{v!r}: give an absolute path (the volume's mountPath or below it), without '.' or '..' parts")
+            raise ValueError(
+                f"{v!r}: give an absolute path (the volume's mountPath or below it), without '.' or '..' parts"
+            )
         return v.rstrip("/") or v
 
 
@@ -206,18 +236,25 @@ class LadderSpec(SpecModel):
     stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
     verdict: Verdict | None = None
     parallelism: int | None = Field(None, ge=1, description="Most cells of this ladder running at once.")
-    queue_name: str | None = Field(None, min_length=1, max_length=253, description="Kueue LocalQueue (kueue.x-k8s.io/queue-name).")
+    queue_name: str | None = Field(
+        None, min_length=1, max_length=253, description="Kueue LocalQueue (kueue.x-k8s.io/queue-name)."
+    )
     continuation: Continuation | None = Field(
-        None, description="Promoted candidates continue from their previous stage's stable-phase checkpoint instead "
-                          "of starting over. Frozen: part of the frozen hash.")
+        None,
+        description="Promoted candidates continue from their previous stage's stable-phase checkpoint instead "
+        "of starting over. Frozen: part of the frozen hash.",
+    )
     # Not frozen: like parallelism it says how long to wait for the cluster, not what a cell
     # measures; raising it while a ladder waits is the fix for a slow PersistentVolume, say.
     scheduling_timeout: str | None = Field(
-        None, max_length=32, pattern=BUDGET_PATTERN,
+        None,
+        max_length=32,
+        pattern=BUDGET_PATTERN,
         description=f"How long a cell may wait to start (its Job cannot create its Pod, its Pod cannot be scheduled, its "
-                    f"container cannot start) for anything but free capacity before it fails; default "
-                    f"{DEFAULT_SCHEDULING_TIMEOUT}, \"0s\" never. A cell that only waits for free capacity waits as "
-                    "long as that takes. Editable; not part of the frozen hash.")
+        f"container cannot start) for anything but free capacity before it fails; default "
+        f'{DEFAULT_SCHEDULING_TIMEOUT}, "0s" never. A cell that only waits for free capacity waits as '
+        "long as that takes. Editable; not part of the frozen hash.",
+    )
 
     @field_validator("scheduling_timeout")
     @classmethod
@@ -292,8 +329,13 @@ def frozen_hash(spec: LadderSpec, *, with_trainer: bool = True) -> str:
     frozen = {k: wire.get(k) for k in FROZEN_FIELDS}
     if with_trainer:
         frozen["trainer"] = {k: wire["trainer"].get(k) for k in FROZEN_TRAINER_FIELDS}
-        frozen["trainer"].update({k: wire["trainer"].get(k) for k, default in FROZEN_TRAINER_DEFAULTS.items()
-                                  if wire["trainer"].get(k, default) != default})
+        frozen["trainer"].update(
+            {
+                k: wire["trainer"].get(k)
+                for k, default in FROZEN_TRAINER_DEFAULTS.items()
+                if wire["trainer"].get(k, default) != default
+            }
+        )
     frozen.update({k: wire[k] for k in FROZEN_OPTIONAL_FIELDS if wire.get(k) is not None})
     canonical = json.dumps(frozen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
@@ -353,8 +395,10 @@ def semantic_errors(spec: LadderSpec) -> list[str]:
     # Imported here: podtemplate takes the contract's names, and the contract imports this module.
     from .podtemplate import owned_field_errors
 
-    errs += owned_field_errors(spec.trainer.template, [
-        (f"spec.hostBlocks[{i}].nodeSelector", k) for i, h in enumerate(spec.host_blocks) for k in h.node_selector])
+    errs += owned_field_errors(
+        spec.trainer.template,
+        [(f"spec.hostBlocks[{i}].nodeSelector", k) for i, h in enumerate(spec.host_blocks) for k in h.node_selector],
+    )
     dupes([c.name for c in spec.candidates], "spec.candidates")
     dupes([s.name for s in spec.stages], "spec.stages")
     blocks = {h.name for h in spec.host_blocks}
@@ -373,7 +417,9 @@ def semantic_errors(spec: LadderSpec) -> list[str]:
             errs.append(f"{p}.seeds: a seed is listed twice")
         if i == last:
             if st.promote is not None:
-                errs.append(f"{p}.promote: the last stage cannot promote; remove it (the verdict decides after the last stage)")
+                errs.append(
+                    f"{p}.promote: the last stage cannot promote; remove it (the verdict decides after the last stage)"
+                )
             continue
         if st.promote is None:
             errs.append(f"{p}.promote: required on every stage but the last")

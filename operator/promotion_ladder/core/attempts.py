@@ -46,13 +46,19 @@ class LostPod(WireModel):
 
 
 class Attempts(WireModel):
-    queued_seconds: Annotated[float | None, Field(
-        ge=0, description="Seconds the cell waited in its batch queue (Kueue), every wait summed.")] = None
-    queued_since: Annotated[str | None, Field(
-        description="While the cell is Queued: when the current wait began.")] = None
-    lost: Annotated[list[LostPod] | None, Field(
-        description="Attempts lost to eviction or preemption (each re-run): the Pods deleted before the cell "
-                    "ended. Their seconds are in occupiedSeconds, never in protocol GPU-hours.")] = None
+    queued_seconds: Annotated[
+        float | None, Field(ge=0, description="Seconds the cell waited in its batch queue (Kueue), every wait summed.")
+    ] = None
+    queued_since: Annotated[str | None, Field(description="While the cell is Queued: when the current wait began.")] = (
+        None
+    )
+    lost: Annotated[
+        list[LostPod] | None,
+        Field(
+            description="Attempts lost to eviction or preemption (each re-run): the Pods deleted before the cell "
+            "ended. Their seconds are in occupiedSeconds, never in protocol GPU-hours."
+        ),
+    ] = None
 
 
 @dataclass(frozen=True)
@@ -108,13 +114,17 @@ def advance(recorded: Attempts | None, seen: AttemptsSeen | None) -> Attempts | 
     rec = recorded or Attempts()
     waited, since = _waited(rec, seen)
     lost = merge_lost(rec.lost or (), seen.lost)
-    out = Attempts(queued_seconds=None if waited is None else _seconds(waited),
-                   queued_since=None if since is None else _iso(since), lost=lost or None)
+    out = Attempts(
+        queued_seconds=None if waited is None else _seconds(waited),
+        queued_since=None if since is None else _iso(since),
+        lost=lost or None,
+    )
     return None if out == Attempts() else out
 
 
-def advance_all(recorded: Mapping[CellKey, Attempts], seen: Mapping[CellKey, AttemptsSeen],
-                final: Collection[CellKey]) -> dict[CellKey, Attempts]:
+def advance_all(
+    recorded: Mapping[CellKey, Attempts], seen: Mapping[CellKey, AttemptsSeen], final: Collection[CellKey]
+) -> dict[CellKey, Attempts]:
     """Every cell's record after this look; a cell whose outcome is already recorded (`final`)
     keeps its record as it is, like its outcome."""
     out = {}
@@ -144,8 +154,9 @@ def lost_seconds(lost: Iterable[LostPod] | None) -> float:
     return max(by_index.values(), default=0.0)
 
 
-def with_lost_occupancy(outcomes: Mapping[CellKey, CellOutcome], attempts: Mapping[CellKey, Attempts],
-                        final: Collection[CellKey]) -> dict[CellKey, CellOutcome]:
+def with_lost_occupancy(
+    outcomes: Mapping[CellKey, CellOutcome], attempts: Mapping[CellKey, Attempts], final: Collection[CellKey]
+) -> dict[CellKey, CellOutcome]:
     """The outcomes with the seconds of each newly ended cell's lost attempts added to its measured
     occupancy (a cluster paid for them); recorded outcomes (`final`) already hold theirs."""
     out = dict(outcomes)
@@ -157,8 +168,9 @@ def with_lost_occupancy(outcomes: Mapping[CellKey, CellOutcome], attempts: Mappi
     return out
 
 
-def lost_gpu_hours(outcomes: Mapping[CellKey, CellOutcome], attempts: Mapping[CellKey, Attempts],
-                   default_gpus: int) -> float:
+def lost_gpu_hours(
+    outcomes: Mapping[CellKey, CellOutcome], attempts: Mapping[CellKey, Attempts], default_gpus: int
+) -> float:
     """GPU-hours held by the lost attempts of terminal cells (occupied and wasted; never protocol
     hours), at the GPUs each cell ran with."""
     total = 0.0

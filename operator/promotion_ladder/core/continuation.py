@@ -93,9 +93,12 @@ def cell_checkpoints(spec: LadderSpec, cell: Cell, root: str) -> CellCheckpoints
         return None
     prev = previous_cell(spec, cell)
     last = spec.stages[-1].name == cell.stage
-    return CellCheckpoints(write=cell_dir(root, cell), read=cell_dir(root, prev) if prev else None,
-                           previous_stage=prev.stage if prev else None,
-                           final=f"{cell_dir(root, cell)}/{FINAL_DIR}" if last else None)
+    return CellCheckpoints(
+        write=cell_dir(root, cell),
+        read=cell_dir(root, prev) if prev else None,
+        previous_stage=prev.stage if prev else None,
+        final=f"{cell_dir(root, cell)}/{FINAL_DIR}" if last else None,
+    )
 
 
 def without_predecessor(spec: LadderSpec) -> list[tuple[str, int, int]]:
@@ -163,8 +166,10 @@ def mismatches(manifest: Manifest, expected: Expected, content_sha256: str) -> l
             wire = Manifest.model_fields[name].alias or name
             out.append(f"{wire}: the checkpoint has {have!r}, this cell expects {want!r}")
     if manifest.sha256 != content_sha256:
-        out.append(f"sha256: {STABLE_FILE} hashes to {content_sha256[:19]}..., its manifest says "
-                   f"{manifest.sha256[:19]}... (damaged or replaced)")
+        out.append(
+            f"sha256: {STABLE_FILE} hashes to {content_sha256[:19]}..., its manifest says "
+            f"{manifest.sha256[:19]}... (damaged or replaced)"
+        )
     return out
 
 
@@ -177,18 +182,23 @@ def refusal(path: str, problems: Sequence[str]) -> str:
 def missing(path: str, what: str) -> str:
     """The reason when the predecessor's checkpoint is not there (a lost volume, a cell that saved none)."""
     return f"checkpoint missing: {what} at {path} (the previous stage's cell saved none there, or the volume lost it)"[
-        :REFUSAL_LIMIT]
+        :REFUSAL_LIMIT
+    ]
 
 
 # -- what a decided stage deletes, and the winner's folders -------------------------------------
 def cell_dirs(spec: LadderSpec, root: str, candidate: str, through: int) -> list[str]:
     """Every cell folder of one candidate in stages 0..through."""
-    return [cell_dir(root, Cell(st.name, candidate, hb, seed))
-            for st in spec.stages[: through + 1] for hb, seed in st.cells()]
+    return [
+        cell_dir(root, Cell(st.name, candidate, hb, seed))
+        for st in spec.stages[: through + 1]
+        for hb, seed in st.cells()
+    ]
 
 
-def deleted_candidates(spec: LadderSpec, decisions: Sequence[Decision], entering: Mapping[str, Sequence[str]],
-                       winner: str | None) -> list[tuple[int, list[str]]]:
+def deleted_candidates(
+    spec: LadderSpec, decisions: Sequence[Decision], entering: Mapping[str, Sequence[str]], winner: str | None
+) -> list[tuple[int, list[str]]]:
     """(stage index, candidates whose checkpoints go) per decided stage: the ones it eliminated.
     The last stage eliminates all but the winner, and nothing while there is none (a failed
     ladder keeps its finalists). Nothing with keep: all."""
@@ -216,10 +226,14 @@ class CheckpointsStatus(WireModel):
     root: str = Field(description="This ladder's checkpoints: <root>/<stage>/<candidate>.<hostBlock>.<seed>/.")
     keep: Literal["promoted", "all"]
     deleted: list[DeletedCheckpoints] = Field(
-        default_factory=list, description="Per decided stage, the candidates it eliminated, whose checkpoints are deleted.")
+        default_factory=list,
+        description="Per decided stage, the candidates it eliminated, whose checkpoints are deleted.",
+    )
     winner: list[str] = Field(
-        default_factory=list, description="The winner's checkpoint folders: every stage's stable checkpoints, then the "
-                                          "last stage's final/ folders (its decayed weights).")
+        default_factory=list,
+        description="The winner's checkpoint folders: every stage's stable checkpoints, then the "
+        "last stage's final/ folders (its decayed weights).",
+    )
 
 
 def deleted_stages(spec: LadderSpec, entry: DeletedCheckpoints) -> list[str]:
@@ -234,16 +248,25 @@ def deleted_patterns(spec: LadderSpec, root: str, entry: DeletedCheckpoints) -> 
     return [candidate_pattern(root, stage, c) for stage in deleted_stages(spec, entry) for c in entry.candidates]
 
 
-def checkpoints_status(spec: LadderSpec, root: str, decisions: Sequence[Decision],
-                       entering: Mapping[str, Sequence[str]], winner: str | None) -> CheckpointsStatus | None:
+def checkpoints_status(
+    spec: LadderSpec,
+    root: str,
+    decisions: Sequence[Decision],
+    entering: Mapping[str, Sequence[str]],
+    winner: str | None,
+) -> CheckpointsStatus | None:
     if spec.continuation is None:
         return None
-    deleted = [DeletedCheckpoints(stage=spec.stages[i].name, candidates=gone)
-               for i, gone in deleted_candidates(spec, decisions, entering, winner)]
+    deleted = [
+        DeletedCheckpoints(stage=spec.stages[i].name, candidates=gone)
+        for i, gone in deleted_candidates(spec, decisions, entering, winner)
+    ]
     kept = []
     if winner is not None:
-        final = [cell_dir(root, Cell(spec.stages[-1].name, winner, hb, seed)) + f"/{FINAL_DIR}"
-                 for hb, seed in spec.stages[-1].cells()]
+        final = [
+            cell_dir(root, Cell(spec.stages[-1].name, winner, hb, seed)) + f"/{FINAL_DIR}"
+            for hb, seed in spec.stages[-1].cells()
+        ]
         kept = cell_dirs(spec, root, winner, len(spec.stages) - 1) + final
     return CheckpointsStatus(root=root, keep=spec.continuation.keep, deleted=deleted, winner=kept)
 

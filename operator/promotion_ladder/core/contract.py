@@ -28,7 +28,7 @@ Pure: no Kubernetes, no torch.
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 from .api import LadderSpec
 from .cell import Cell, CellOutcome
@@ -84,8 +84,12 @@ EXIT_DIVERGED = 3
 EXIT_OOM = 4
 EXIT_CHECKPOINT = 5  # the predecessor's checkpoint is missing or not this cell's (onMismatch: fail)
 NON_RETRYABLE_EXIT_CODES = (EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_OOM, EXIT_CHECKPOINT)
-EXIT_REASONS = {EXIT_BAD_CONFIG: "bad config", EXIT_DIVERGED: "diverged", EXIT_OOM: "out of memory",
-                EXIT_CHECKPOINT: "checkpoint refused"}
+EXIT_REASONS = {
+    EXIT_BAD_CONFIG: "bad config",
+    EXIT_DIVERGED: "diverged",
+    EXIT_OOM: "out of memory",
+    EXIT_CHECKPOINT: "checkpoint refused",
+}
 
 REASON_LIMIT = 200  # a cell's reason is kept in the status: bounded
 
@@ -95,13 +99,23 @@ def cell_config(spec: LadderSpec, cell: Cell) -> str:
     return json.dumps(spec.candidate(cell.candidate).config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def cell_args(spec: LadderSpec, cell: Cell, config_file: str, result_file: str,
-              checkpoints: str | None = None) -> list[str]:
+def cell_args(
+    spec: LadderSpec, cell: Cell, config_file: str, result_file: str, checkpoints: str | None = None
+) -> list[str]:
     """What follows trainer.command: trainer.args, then the cell's flags. `checkpoints`: the
     ladder's checkpoint folder (core.continuation.ladder_root), for a ladder that continues."""
     budget = next(s.budget for s in spec.stages if s.name == cell.stage)
-    args = [*spec.trainer.args, CONFIG_FILE_FLAG, config_file, SEED_FLAG, str(cell.seed), BUDGET_FLAG, budget,
-            RESULT_FILE_FLAG, result_file]
+    args = [
+        *spec.trainer.args,
+        CONFIG_FILE_FLAG,
+        config_file,
+        SEED_FLAG,
+        str(cell.seed),
+        BUDGET_FLAG,
+        budget,
+        RESULT_FILE_FLAG,
+        result_file,
+    ]
     plan = cell_checkpoints(spec, cell, checkpoints) if checkpoints is not None else None
     if plan is not None and spec.continuation is not None:
         args += [STABLE_CHECKPOINT_FLAG, plan.write]
@@ -115,8 +129,13 @@ def cell_args(spec: LadderSpec, cell: Cell, config_file: str, result_file: str,
 def cell_env(ladder: str, cell: Cell, spec: LadderSpec | None = None) -> dict[str, str]:
     """The cell's identity variables (the adapters add trainer.env beneath them); with the
     spec of a ladder that continues, also what its checkpoints must carry."""
-    env = {ENV_LADDER: ladder, ENV_STAGE: cell.stage, ENV_CANDIDATE: cell.candidate,
-           ENV_HOST_BLOCK: cell.host_block, ENV_SEED: str(cell.seed)}
+    env = {
+        ENV_LADDER: ladder,
+        ENV_STAGE: cell.stage,
+        ENV_CANDIDATE: cell.candidate,
+        ENV_HOST_BLOCK: cell.host_block,
+        ENV_SEED: str(cell.seed),
+    }
     if spec is not None and spec.continuation is not None:
         env[ENV_FROZEN_HASH] = spec.frozen_hash()
         prev = previous_cell(spec, cell)
@@ -134,8 +153,12 @@ def identity_from_env(env: Mapping[str, str]) -> dict:
     """The trainer's side: the identity fields of its result (camelCase), from whatever of the
     LADDER_* variables are set (a trainer run by hand has none)."""
     out: dict = {}
-    for key, var in (("ladder", ENV_LADDER), ("stage", ENV_STAGE), ("candidate", ENV_CANDIDATE),
-                     ("hostBlock", ENV_HOST_BLOCK)):
+    for key, var in (
+        ("ladder", ENV_LADDER),
+        ("stage", ENV_STAGE),
+        ("candidate", ENV_CANDIDATE),
+        ("hostBlock", ENV_HOST_BLOCK),
+    ):
         if env.get(var):
             out[key] = env[var]
     if env.get(ENV_SEED):
@@ -147,8 +170,9 @@ def identity_from_env(env: Mapping[str, str]) -> dict:
 
 
 # -- judging a finished cell ------------------------------------------------------------------
-def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool = False,
-                 budget_seconds: float | None = None) -> CellResult:
+def check_result(
+    text: str, ladder: str, cell: Cell, metric: str, strict: bool = False, budget_seconds: float | None = None
+) -> CellResult:
     """Parse a result and check it belongs to this cell and reports the ladder's objective, and,
     given the stage's budget, that its numbers are in range (core.result.check_range).
 
@@ -160,21 +184,37 @@ def check_result(text: str, ladder: str, cell: Cell, metric: str, strict: bool =
     result = parse_result(text)
     if budget_seconds is not None:
         check_range(result, budget_seconds)
-    want = {"ladder": ladder, "stage": cell.stage, "candidate": cell.candidate,
-            "hostBlock": cell.host_block, "seed": cell.seed}
+    want = {
+        "ladder": ladder,
+        "stage": cell.stage,
+        "candidate": cell.candidate,
+        "hostBlock": cell.host_block,
+        "seed": cell.seed,
+    }
     got = dict(zip(("ladder", "stage", "candidate", "hostBlock", "seed"), result.identity()))
     wrong = [k for k, v in want.items() if (got[k] is not None or strict) and got[k] != v]
     if wrong:
-        raise ResultError("identity", "result identity does not match the cell: " + ", ".join(
-            f"{k}={got[k]!r} (expected {want[k]!r})" for k in wrong))
+        raise ResultError(
+            "identity",
+            "result identity does not match the cell: "
+            + ", ".join(f"{k}={got[k]!r} (expected {want[k]!r})" for k in wrong),
+        )
     if result.metric != metric:
-        raise ResultError("metric", f"result reports metric {result.metric!r}, "
-                                    f"the ladder's objective metric is {metric!r}")
+        raise ResultError(
+            "metric", f"result reports metric {result.metric!r}, the ladder's objective metric is {metric!r}"
+        )
     return result
 
 
-def judge(result_text: str | None, exit_code: int, cell: Cell, ladder: str, metric: str,
-          strict: bool = False, budget_seconds: float | None = None) -> CellOutcome:
+def judge(
+    result_text: str | None,
+    exit_code: int,
+    cell: Cell,
+    ladder: str,
+    metric: str,
+    strict: bool = False,
+    budget_seconds: float | None = None,
+) -> CellOutcome:
     """The outcome of a cell whose program has ended, from its exit code and result document.
 
     Succeeded only with exit 0 and a valid result of this cell, with status ok, on the ladder's

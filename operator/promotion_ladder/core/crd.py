@@ -10,8 +10,19 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .api import (GROUP, KIND, MAX_CHECKS, MAX_HOST_BLOCKS, MAX_KEEP, MAX_STAGES, PLURAL, SHORT_NAMES,
-                  SINGULAR, VERSION, LadderSpec)
+from .api import (
+    GROUP,
+    KIND,
+    MAX_CHECKS,
+    MAX_HOST_BLOCKS,
+    MAX_KEEP,
+    MAX_STAGES,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    LadderSpec,
+)
 from .status import LadderStatus
 
 _DROP = {"title", "examples"}
@@ -76,11 +87,14 @@ def _list_map(prop: dict[str, Any]) -> None:
 # Order-sensitive frozen checks (transition rules), one per frozen list-bearing field.
 _ORDER_RULES = {
     "candidates": "self.map(c, c.name) == oldSelf.map(c, c.name)",
-    "stages": ("self.map(s, s.name) == oldSelf.map(s, s.name)"
-               " && self.map(s, s.hostBlocks.map(h, h)) == oldSelf.map(s, s.hostBlocks.map(h, h))"
-               " && self.map(s, s.seeds.map(x, x)) == oldSelf.map(s, s.seeds.map(x, x))"),
-    "verdict": ("!has(self.checks) || !has(oldSelf.checks)"
-                " || self.checks.map(k, k.name) == oldSelf.checks.map(k, k.name)"),
+    "stages": (
+        "self.map(s, s.name) == oldSelf.map(s, s.name)"
+        " && self.map(s, s.hostBlocks.map(h, h)) == oldSelf.map(s, s.hostBlocks.map(h, h))"
+        " && self.map(s, s.seeds.map(x, x)) == oldSelf.map(s, s.seeds.map(x, x))"
+    ),
+    "verdict": (
+        "!has(self.checks) || !has(oldSelf.checks) || self.checks.map(k, k.name) == oldSelf.checks.map(k, k.name)"
+    ),
 }
 _ORDER_WHAT = {
     "candidates": "the order of candidates breaks ranking ties",
@@ -97,7 +111,10 @@ def spec_schema() -> dict[str, Any]:
     _list_map(props["verdict"]["properties"]["checks"])
     for name in ("objective", "candidates", "stages", "verdict", "continuation"):
         props[name].setdefault("x-kubernetes-validations", []).append(
-            {"rule": "self == oldSelf", "message": f"spec.{name} is frozen once the ladder is admitted; create a new ladder instead"}
+            {
+                "rule": "self == oldSelf",
+                "message": f"spec.{name} is frozen once the ladder is admitted; create a new ladder instead",
+            }
         )
     # `self == oldSelf` compares listType=map and listType=set lists as sets, so it lets a
     # reordering through; the frozen hash (and the ranking's tie-break, and every decision's
@@ -106,22 +123,33 @@ def spec_schema() -> dict[str, Any]:
     for name, rule in _ORDER_RULES.items():
         target = props["verdict"] if name == "verdict" else props[name]
         target["x-kubernetes-validations"].append(
-            {"rule": rule, "message": f"spec.{name} is frozen once the ladder is admitted, order included "
-                                      f"({_ORDER_WHAT[name]}); create a new ladder instead"})
+            {
+                "rule": rule,
+                "message": f"spec.{name} is frozen once the ladder is admitted, order included "
+                f"({_ORDER_WHAT[name]}); create a new ladder instead",
+            }
+        )
     props["trainer"].setdefault("x-kubernetes-validations", []).append(
         # gpus always holds its default (1) on a stored ladder; the CRD's own default ({}) is
         # checked against the rule too, hence the has().
-        {"rule": "(has(self.gpus) ? self.gpus : 1) == (has(oldSelf.gpus) ? oldSelf.gpus : 1)",
-         "message": "spec.trainer.gpus is frozen once the ladder is admitted (cells would measure with different "
-                    "GPUs and the recorded GPU-hours would not compare); create a new ladder instead"})
+        {
+            "rule": "(has(self.gpus) ? self.gpus : 1) == (has(oldSelf.gpus) ? oldSelf.gpus : 1)",
+            "message": "spec.trainer.gpus is frozen once the ladder is admitted (cells would measure with different "
+            "GPUs and the recorded GPU-hours would not compare); create a new ladder instead",
+        }
+    )
     s["x-kubernetes-validations"] = [
-        {"rule": "has(self.verdict) == has(oldSelf.verdict)",
-         "message": "spec.verdict is frozen once the ladder is admitted; create a new ladder instead"},
+        {
+            "rule": "has(self.verdict) == has(oldSelf.verdict)",
+            "message": "spec.verdict is frozen once the ladder is admitted; create a new ladder instead",
+        },
         # Stage 1's cells save the stable checkpoints stage 2 continues from: continuation cannot
         # be switched on (or off) once cells may have run, let alone after a stage decided.
-        {"rule": "has(self.continuation) == has(oldSelf.continuation)",
-         "message": "spec.continuation is frozen once the ladder is admitted (the first stage's cells save the "
-                    "checkpoints later stages continue from); create a new ladder instead"},
+        {
+            "rule": "has(self.continuation) == has(oldSelf.continuation)",
+            "message": "spec.continuation is frozen once the ladder is admitted (the first stage's cells save the "
+            "checkpoints later stages continue from); create a new ladder instead",
+        },
         *cross_field_rules(),
     ]
     checks_items = props["verdict"]["properties"]["checks"]["items"]
@@ -130,12 +158,19 @@ def spec_schema() -> dict[str, Any]:
         {"rule": "self.type != 'meanGap' || has(self.maxGap)", "message": "meanGap needs maxGap"},
     ]
     props["continuation"]["properties"]["path"]["x-kubernetes-validations"] = [
-        {"rule": "self.startsWith('/')", "message": "spec.continuation.path: give an absolute path (the volume's "
-                                                      "mountPath or below it)"}]
+        {
+            "rule": "self.startsWith('/')",
+            "message": "spec.continuation.path: give an absolute path (the volume's mountPath or below it)",
+        }
+    ]
     trainer = props["trainer"]["properties"]
     trainer["nodes"]["x-kubernetes-validations"] = [
-        {"rule": "self == oldSelf", "message": "spec.trainer.nodes is frozen once the ladder is admitted (it changes what "
-                                               "a cell measures); create a new ladder instead"}]
+        {
+            "rule": "self == oldSelf",
+            "message": "spec.trainer.nodes is frozen once the ladder is admitted (it changes what "
+            "a cell measures); create a new ladder instead",
+        }
+    ]
     trainer["template"].update(template_schema())
     trainer["template"]["x-kubernetes-validations"] = template_rules()
     stage_items = props["stages"]["items"]["properties"]
@@ -178,54 +213,90 @@ def cross_field_rules() -> list[dict[str, str]]:
     block, keep_at, check = _digits(MAX_HOST_BLOCKS, "j"), _digits(MAX_KEEP, "j"), _digits(MAX_CHECKS, "i")
     candidates = "[self.candidates.map(c, c.name)]"
     declared = "[self.hostBlocks.map(b, b.name)]"
-    hosts, keep, checked = "self.stages[i].hostBlocks", "self.stages[i].promote.keep", "self.verdict.checks[i].candidate"
+    hosts, keep, checked = (
+        "self.stages[i].hostBlocks",
+        "self.stages[i].promote.keep",
+        "self.verdict.checks[i].candidate",
+    )
     # CEL strings in double quotes, so the values can be quoted 'like this', as `ladder validate` does.
     return [
-        {"rule": "!has(self.stages[size(self.stages) - 1].promote)",
-         "message": "the last stage cannot promote; remove spec.stages[last].promote",
-         "messageExpression": f'"spec.stages[" + {last} + "].promote: the last stage cannot promote; remove it '
-                              '(the verdict decides after the last stage)"',
-         "fieldPath": ".stages"},
-        {"rule": f"{stages}.all(i, i >= size(self.stages) - 1 || has(self.stages[i].promote))",
-         "message": "every stage but the last needs promote",
-         "messageExpression": _first(stages, "size(self.stages) - 1", "!has(self.stages[i].promote)",
-                                     f'"spec.stages[" + {stage} + "].promote: required on every stage but the last"'),
-         "fieldPath": ".stages"},
-        {"rule": f"{declared}.all(names, self.stages.all(s, s.hostBlocks.all(h, h in names)))",
-         "message": "a stage names a host block that is not declared under spec.hostBlocks",
-         "messageExpression": f"{declared}.map(names, " + _first(
-             stages, "size(self.stages)", f"{hosts}.exists(h, !(h in names))",
-             f"{blocks}.filter(j, j < size({hosts}) && !({hosts}[j] in names)).map(j, "
-             f'"spec.stages[" + {stage} + "].hostBlocks[" + {block} + "]: unknown host block \'" + {hosts}[j] + '
-             '"\'; declare it under spec.hostBlocks")[0]') + ")[0]",
-         "fieldPath": ".stages"},
-        {"rule": f"{candidates}.all(names, self.stages.all(s, !has(s.promote) || !has(s.promote.keep) "
-                 "|| s.promote.keep.all(k, k in names)))",
-         "message": "promote.keep names an unknown candidate",
-         "messageExpression": f"{candidates}.map(names, " + _first(
-             stages, "size(self.stages)",
-             f"has(self.stages[i].promote) && has({keep}) && {keep}.exists(k, !(k in names))",
-             f"{keeps}.filter(j, j < size({keep}) && !({keep}[j] in names)).map(j, "
-             f'"spec.stages[" + {stage} + "].promote.keep[" + {keep_at} + "]: unknown candidate \'" + {keep}[j] + '
-             '"\'")[0]') + ")[0]",
-         "fieldPath": ".stages"},
-        {"rule": "!has(self.stages[0].promote) || self.stages[0].promote.top <= size(self.candidates)",
-         "message": "the first stage's promote.top is larger than the number of candidates",
-         # Without the two numbers: string(int) has no bound the cost estimator knows.
-         "messageExpression": '"spec.stages[0].promote.top: larger than the number of candidates that can enter '
-                              'stage \'" + self.stages[0].name + "\'"',
-         "fieldPath": ".stages"},
-        {"rule": "!has(self.verdict) || self.verdict.reference in self.candidates.map(c, c.name)",
-         "message": "verdict.reference is not a candidate",
-         "messageExpression": '"spec.verdict.reference: unknown candidate \'" + self.verdict.reference + "\'"',
-         "fieldPath": ".verdict.reference"},
-        {"rule": f"!has(self.verdict) || !has(self.verdict.checks) || {candidates}.all(names, "
-                 "self.verdict.checks.all(k, k.candidate in names))",
-         "message": "a verdict check names an unknown candidate",
-         "messageExpression": f"{candidates}.map(names, " + _first(
-             checks, "size(self.verdict.checks)", f"!({checked} in names)",
-             f'"spec.verdict.checks[" + {check} + "].candidate: unknown candidate \'" + {checked} + "\'"') + ")[0]",
-         "fieldPath": ".verdict.checks"},
+        {
+            "rule": "!has(self.stages[size(self.stages) - 1].promote)",
+            "message": "the last stage cannot promote; remove spec.stages[last].promote",
+            "messageExpression": f'"spec.stages[" + {last} + "].promote: the last stage cannot promote; remove it '
+            '(the verdict decides after the last stage)"',
+            "fieldPath": ".stages",
+        },
+        {
+            "rule": f"{stages}.all(i, i >= size(self.stages) - 1 || has(self.stages[i].promote))",
+            "message": "every stage but the last needs promote",
+            "messageExpression": _first(
+                stages,
+                "size(self.stages) - 1",
+                "!has(self.stages[i].promote)",
+                f'"spec.stages[" + {stage} + "].promote: required on every stage but the last"',
+            ),
+            "fieldPath": ".stages",
+        },
+        {
+            "rule": f"{declared}.all(names, self.stages.all(s, s.hostBlocks.all(h, h in names)))",
+            "message": "a stage names a host block that is not declared under spec.hostBlocks",
+            "messageExpression": f"{declared}.map(names, "
+            + _first(
+                stages,
+                "size(self.stages)",
+                f"{hosts}.exists(h, !(h in names))",
+                f"{blocks}.filter(j, j < size({hosts}) && !({hosts}[j] in names)).map(j, "
+                f'"spec.stages[" + {stage} + "].hostBlocks[" + {block} + "]: unknown host block \'" + {hosts}[j] + '
+                '"\'; declare it under spec.hostBlocks")[0]',
+            )
+            + ")[0]",
+            "fieldPath": ".stages",
+        },
+        {
+            "rule": f"{candidates}.all(names, self.stages.all(s, !has(s.promote) || !has(s.promote.keep) "
+            "|| s.promote.keep.all(k, k in names)))",
+            "message": "promote.keep names an unknown candidate",
+            "messageExpression": f"{candidates}.map(names, "
+            + _first(
+                stages,
+                "size(self.stages)",
+                f"has(self.stages[i].promote) && has({keep}) && {keep}.exists(k, !(k in names))",
+                f"{keeps}.filter(j, j < size({keep}) && !({keep}[j] in names)).map(j, "
+                f'"spec.stages[" + {stage} + "].promote.keep[" + {keep_at} + "]: unknown candidate \'" + {keep}[j] + '
+                '"\'")[0]',
+            )
+            + ")[0]",
+            "fieldPath": ".stages",
+        },
+        {
+            "rule": "!has(self.stages[0].promote) || self.stages[0].promote.top <= size(self.candidates)",
+            "message": "the first stage's promote.top is larger than the number of candidates",
+            # Without the two numbers: string(int) has no bound the cost estimator knows.
+            "messageExpression": '"spec.stages[0].promote.top: larger than the number of candidates that can enter '
+            'stage \'" + self.stages[0].name + "\'"',
+            "fieldPath": ".stages",
+        },
+        {
+            "rule": "!has(self.verdict) || self.verdict.reference in self.candidates.map(c, c.name)",
+            "message": "verdict.reference is not a candidate",
+            "messageExpression": '"spec.verdict.reference: unknown candidate \'" + self.verdict.reference + "\'"',
+            "fieldPath": ".verdict.reference",
+        },
+        {
+            "rule": f"!has(self.verdict) || !has(self.verdict.checks) || {candidates}.all(names, "
+            "self.verdict.checks.all(k, k.candidate in names))",
+            "message": "a verdict check names an unknown candidate",
+            "messageExpression": f"{candidates}.map(names, "
+            + _first(
+                checks,
+                "size(self.verdict.checks)",
+                f"!({checked} in names)",
+                f'"spec.verdict.checks[" + {check} + "].candidate: unknown candidate \'" + {checked} + "\'"',
+            )
+            + ")[0]",
+            "fieldPath": ".verdict.checks",
+        },
     ]
 
 
@@ -233,27 +304,52 @@ def template_schema() -> dict[str, Any]:
     """Free-form, but with the fields the CEL rules read declared (CEL cannot reach fields a
     structural schema does not declare); containers bounded so the rules' cost is too."""
     free = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    container = {**free, "required": ["name"], "properties": {
-        "name": {"type": "string"}, "image": {"type": "string"},
-        "command": {"type": "array", "items": {"type": "string"}}, "args": {"type": "array", "items": {"type": "string"}},
-        "resources": dict(free)}}
-    spec = {**free, "properties": {
-        "restartPolicy": {"type": "string"}, "activeDeadlineSeconds": {"type": "integer"},
-        "serviceAccountName": {"type": "string"}, "nodeName": {"type": "string"},
-        "containers": {"type": "array", "maxItems": 8, "items": container}}}
+    container = {
+        **free,
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "image": {"type": "string"},
+            "command": {"type": "array", "items": {"type": "string"}},
+            "args": {"type": "array", "items": {"type": "string"}},
+            "resources": dict(free),
+        },
+    }
+    spec = {
+        **free,
+        "properties": {
+            "restartPolicy": {"type": "string"},
+            "activeDeadlineSeconds": {"type": "integer"},
+            "serviceAccountName": {"type": "string"},
+            "nodeName": {"type": "string"},
+            "containers": {"type": "array", "maxItems": 8, "items": container},
+        },
+    }
     return {"properties": {"metadata": dict(free), "spec": spec}}
 
 
 def template_rules() -> list[dict[str, str]]:
     """The cheap part of core.podtemplate.owned_field_errors as CEL, so `kubectl apply` refuses
     the commonest mistakes at once; the operator checks the rest (condition InvalidSpec)."""
-    rules = [{"rule": f"!has(self.spec) || !has(self.spec.{f})",
-              "message": f"spec.trainer.template.spec.{f}: owned by the operator"}
-             for f in ("restartPolicy", "activeDeadlineSeconds", "serviceAccountName", "nodeName")]
-    for f, where in (("image", "spec.trainer.image"), ("command", "spec.trainer.command"), ("args", "spec.trainer.args"),
-                     ("resources", "spec.trainer.resources")):
-        rules.append({"rule": f"!has(self.spec) || !has(self.spec.containers) || self.spec.containers.all(c, !has(c.{f}))",
-                      "message": f"spec.trainer.template.spec.containers[trainer].{f}: owned by the operator (set {where})"})
+    rules = [
+        {
+            "rule": f"!has(self.spec) || !has(self.spec.{f})",
+            "message": f"spec.trainer.template.spec.{f}: owned by the operator",
+        }
+        for f in ("restartPolicy", "activeDeadlineSeconds", "serviceAccountName", "nodeName")
+    ]
+    for f, where in (
+        ("image", "spec.trainer.image"),
+        ("command", "spec.trainer.command"),
+        ("args", "spec.trainer.args"),
+        ("resources", "spec.trainer.resources"),
+    ):
+        rules.append(
+            {
+                "rule": f"!has(self.spec) || !has(self.spec.containers) || self.spec.containers.all(c, !has(c.{f}))",
+                "message": f"spec.trainer.template.spec.containers[trainer].{f}: owned by the operator (set {where})",
+            }
+        )
     return rules
 
 
@@ -265,33 +361,43 @@ def crd() -> dict[str, Any]:
         "metadata": {"name": f"{PLURAL}.{GROUP}"},
         "spec": {
             "group": GROUP,
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": SINGULAR,
-                      "shortNames": SHORT_NAMES, "categories": ["all"]},
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["all"],
+            },
             "scope": "Namespaced",
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [
-                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                    {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
-                    {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},
-                    {"name": "GPU-Hours", "type": "number", "jsonPath": ".status.gpuHours.total"},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                ],
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "A staged-promotion screen of training configurations.",
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec_schema(),
-                        "status": status,
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage"},
+                        {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},
+                        {"name": "GPU-Hours", "type": "number", "jsonPath": ".status.gpuHours.total"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A staged-promotion screen of training configurations.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status,
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }

@@ -14,8 +14,8 @@ data) take no part in the comparison. Pure functions; the planner and the status
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .cell import CellOutcome as Outcome
 
@@ -46,23 +46,30 @@ def corpus_conflict(stage: str, cells: Mapping[tuple[str | int, ...], Outcome]) 
     if len(by_corpus) <= 1:
         return None
     groups = "; ".join(f"corpus {fp}: {', '.join(labels)}" for fp, labels in sorted(by_corpus.items()))
-    return (f"stage {stage!r}: cells trained on different data, so their values are not comparable and the stage "
-            f"is not ranked ({groups}); prepare the corpus once and point every cell at the same copy")
+    return (
+        f"stage {stage!r}: cells trained on different data, so their values are not comparable and the stage "
+        f"is not ranked ({groups}); prepare the corpus once and point every cell at the same copy"
+    )
 
 
 def repeated_data(cells: Mapping[tuple[str | int, ...], Outcome]) -> list[Repeat]:
     """Cells that made more than one pass over their training data, most passes first."""
-    out = [Repeat(_label(k), o.data_passes) for k, o in cells.items()
-           if o.data_passes is not None and o.data_passes > REPEAT_ABOVE]
+    out = [
+        Repeat(_label(k), o.data_passes)
+        for k, o in cells.items()
+        if o.data_passes is not None and o.data_passes > REPEAT_ABOVE
+    ]
     return sorted(out, key=lambda r: (-r.passes, r.cell))
 
 
 def repeated_data_message(stage: str, repeats: list[Repeat], shown: int = 5) -> str:
     listed = ", ".join(f"{r.cell} {r.passes:.1f}" for r in repeats[:shown])
     more = f" and {len(repeats) - shown} more" if len(repeats) > shown else ""
-    return (f"stage {stage!r}: {len(repeats)} cell(s) repeated their training data, up to {repeats[0].passes:.1f} "
-            f"passes ({listed}{more}); past one pass a longer budget can rank by memorisation, so give this "
-            "budget a larger corpus")
+    return (
+        f"stage {stage!r}: {len(repeats)} cell(s) repeated their training data, up to {repeats[0].passes:.1f} "
+        f"passes ({listed}{more}); past one pass a longer budget can rank by memorisation, so give this "
+        "budget a larger corpus"
+    )
 
 
 def estimated_passes(budget_seconds: float, tokens_per_second: float, train_tokens: int) -> float:

@@ -6,14 +6,14 @@ and only decides a stage that has no decision yet and whose cells are all termin
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 from .api import LadderSpec
 from .cell import Cell, CellKey, CellOutcome
 from .data_checks import CORPUS_CONFLICT, corpus_conflict
 from .rules import Decision, VerdictResult, decide, verdict
-
 
 Outcomes = Mapping[CellKey, CellOutcome]
 Phase = Literal["Running", "Succeeded", "Failed"]
@@ -68,12 +68,27 @@ def plan(spec: LadderSpec, outcomes: Outcomes, recorded: Sequence[Decision] = ()
             new.append(d)
         decisions.append(d)
         if not d.promoted and i < len(spec.stages) - 1:
-            return Plan("Failed", None, entering_by, [], decisions, new,
-                        message=f"stage {st.name!r}: no candidate completed every cell, nothing to promote")
+            return Plan(
+                "Failed",
+                None,
+                entering_by,
+                [],
+                decisions,
+                new,
+                message=f"stage {st.name!r}: no candidate completed every cell, nothing to promote",
+            )
         entering = d.promoted
     final = decisions[-1]
     v = verdict(final, spec.verdict, direction)
     if v.winner is None:
-        return Plan("Failed", None, entering_by, [], decisions, new, v,
-                    message=f"final stage {final.stage!r}: no candidate completed every cell")
+        return Plan(
+            "Failed",
+            None,
+            entering_by,
+            [],
+            decisions,
+            new,
+            v,
+            message=f"final stage {final.stage!r}: no candidate completed every cell",
+        )
     return Plan("Succeeded", None, entering_by, [], decisions, new, v, message=f"winner: {v.winner}")

@@ -22,7 +22,8 @@ Pure: dicts in, dicts (or error lines) out.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .contract import CONTINUATION_ENV, ENV_NODE_RANK, IDENTITY_ENV, LAYOUT_ENV
 
@@ -67,15 +68,28 @@ OWNED_CONTAINER_FIELDS = {
     "terminationMessagePolicy": "the result's fallback channel",
     "restartPolicy": "the Job's failure policy depends on it",
 }
-TEMPLATE_CONTAINER_FIELDS = frozenset({
-    "name", "volumeMounts", "volumeDevices", "env", "envFrom", "securityContext", "imagePullPolicy",
-    "ports", "lifecycle", "livenessProbe", "readinessProbe", "startupProbe",
-})
+TEMPLATE_CONTAINER_FIELDS = frozenset(
+    {
+        "name",
+        "volumeMounts",
+        "volumeDevices",
+        "env",
+        "envFrom",
+        "securityContext",
+        "imagePullPolicy",
+        "ports",
+        "lifecycle",
+        "livenessProbe",
+        "readinessProbe",
+        "startupProbe",
+    }
+)
 
 OWNED = "owned by the operator"
 
 
 # --- validation ----------------------------------------------------------------------------
+
 
 def _is_str_map(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
@@ -108,8 +122,11 @@ def _meta_errors(meta: Any, path: str) -> list[str]:
         elif not _is_str_map(value):
             errs.append(f"{path}.{key}: must be a map of strings")
         else:
-            errs += [f"{path}.{key}[{k}]: {OWNED} (the operator and the Job controller use {k.split('/')[0]}/ to find a cell's pods and result)"
-                     for k in value if k.startswith(OWNED_META_PREFIXES)]
+            errs += [
+                f"{path}.{key}[{k}]: {OWNED} (the operator and the Job controller use {k.split('/')[0]}/ to find a cell's pods and result)"
+                for k in value
+                if k.startswith(OWNED_META_PREFIXES)
+            ]
     return errs
 
 
@@ -119,14 +136,18 @@ def _trainer_errors(ctr: dict[str, Any], path: str) -> list[str]:
         if key in OWNED_CONTAINER_FIELDS:
             errs.append(f"{path}.{key}: {OWNED} ({OWNED_CONTAINER_FIELDS[key]})")
         elif key not in TEMPLATE_CONTAINER_FIELDS:
-            errs.append(f"{path}.{key}: not supported in the template's trainer container "
-                        f"(allowed: {', '.join(sorted(TEMPLATE_CONTAINER_FIELDS - {'name'}))})")
+            errs.append(
+                f"{path}.{key}: not supported in the template's trainer container "
+                f"(allowed: {', '.join(sorted(TEMPLATE_CONTAINER_FIELDS - {'name'}))})"
+            )
     if "volumeMounts" in ctr:
         for m in _named_list(ctr["volumeMounts"], f"{path}.volumeMounts", errs, key="mountPath"):
             p = m["mountPath"].rstrip("/") or "/"
             if p == SCRATCH_PATH or m.get("name") == SCRATCH_VOLUME:
-                errs.append(f"{path}.volumeMounts[{m['mountPath']}]: {OWNED} (the cell's scratch directory {SCRATCH_PATH}, "
-                            "where the result file is written)")
+                errs.append(
+                    f"{path}.volumeMounts[{m['mountPath']}]: {OWNED} (the cell's scratch directory {SCRATCH_PATH}, "
+                    "where the result file is written)"
+                )
             elif p == CONFIG_PATH or m.get("name") == CONFIG_VOLUME:
                 errs.append(f"{path}.volumeMounts[{m['mountPath']}]: {OWNED} (the cell's config file, {CONFIG_PATH})")
             elif not m.get("name"):
@@ -140,8 +161,9 @@ def _trainer_errors(ctr: dict[str, Any], path: str) -> list[str]:
     return errs
 
 
-def owned_field_errors(template: Any, host_selector_keys: Iterable[tuple[str, str]] = (),
-                       path: str = "spec.trainer.template") -> list[str]:
+def owned_field_errors(
+    template: Any, host_selector_keys: Iterable[tuple[str, str]] = (), path: str = "spec.trainer.template"
+) -> list[str]:
     """One "field.path: problem" line per field of `template` that the operator owns or that is
     malformed. `host_selector_keys`: (host block path, key) of every host block nodeSelector key,
     e.g. ("spec.hostBlocks[0].nodeSelector", "nvidia.com/gpu.product")."""
@@ -149,7 +171,11 @@ def owned_field_errors(template: Any, host_selector_keys: Iterable[tuple[str, st
         return []
     if not isinstance(template, dict):
         return [f"{path}: must be an object (a partial PodTemplateSpec: metadata and spec)"]
-    errs = [f"{path}.{k}: unknown field; a pod template has metadata and spec" for k in template if k not in ("metadata", "spec")]
+    errs = [
+        f"{path}.{k}: unknown field; a pod template has metadata and spec"
+        for k in template
+        if k not in ("metadata", "spec")
+    ]
     if "metadata" in template:
         errs += _meta_errors(template["metadata"], f"{path}.metadata")
     spec = template.get("spec", {})
@@ -166,33 +192,46 @@ def owned_field_errors(template: Any, host_selector_keys: Iterable[tuple[str, st
             owners: dict[str, str] = {}
             for where, key in host_selector_keys:
                 owners.setdefault(key, where)
-            errs += [f"{sp}.nodeSelector[{k}]: {OWNED} ({owners[k]} sets it; the host block's placement wins)"
-                     for k in spec["nodeSelector"] if k in owners]
+            errs += [
+                f"{sp}.nodeSelector[{k}]: {OWNED} ({owners[k]} sets it; the host block's placement wins)"
+                for k in spec["nodeSelector"]
+                if k in owners
+            ]
     if "volumes" in spec:
         owned_volumes = {SCRATCH_VOLUME: "the cell's scratch emptyDir", CONFIG_VOLUME: "the cell's config file"}
-        errs += [f"{sp}.volumes[{v['name']}]: {OWNED} ({owned_volumes[v['name']]})"
-                 for v in _named_list(spec["volumes"], f"{sp}.volumes", errs) if v["name"] in owned_volumes]
+        errs += [
+            f"{sp}.volumes[{v['name']}]: {OWNED} ({owned_volumes[v['name']]})"
+            for v in _named_list(spec["volumes"], f"{sp}.volumes", errs)
+            if v["name"] in owned_volumes
+        ]
     if "imagePullSecrets" in spec:
         _named_list(spec["imagePullSecrets"], f"{sp}.imagePullSecrets", errs)
-    if "tolerations" in spec and not (isinstance(spec["tolerations"], list)
-                                      and all(isinstance(t, dict) for t in spec["tolerations"])):
+    if "tolerations" in spec and not (
+        isinstance(spec["tolerations"], list) and all(isinstance(t, dict) for t in spec["tolerations"])
+    ):
         errs.append(f"{sp}.tolerations: must be a list of objects")
     if "initContainers" in spec:
-        errs += [f"{sp}.initContainers[{c['name']}]: the name {TRAINER_CONTAINER!r} is the operator's trainer container"
-                 for c in _named_list(spec["initContainers"], f"{sp}.initContainers", errs) if c["name"] == TRAINER_CONTAINER]
+        errs += [
+            f"{sp}.initContainers[{c['name']}]: the name {TRAINER_CONTAINER!r} is the operator's trainer container"
+            for c in _named_list(spec["initContainers"], f"{sp}.initContainers", errs)
+            if c["name"] == TRAINER_CONTAINER
+        ]
     if "containers" in spec:
         for c in _named_list(spec["containers"], f"{sp}.containers", errs):
             cp = f"{sp}.containers[{c['name']}]"
             if c["name"] != TRAINER_CONTAINER:
-                errs.append(f"{cp}: only the container {TRAINER_CONTAINER!r} may be given; run a sidecar as an "
-                            "initContainer with restartPolicy: Always (a native sidecar), since a second regular "
-                            "container would keep the cell's Job from completing")
+                errs.append(
+                    f"{cp}: only the container {TRAINER_CONTAINER!r} may be given; run a sidecar as an "
+                    "initContainer with restartPolicy: Always (a native sidecar), since a second regular "
+                    "container would keep the cell's Job from completing"
+                )
             else:
                 errs += _trainer_errors(c, cp)
     return errs
 
 
 # --- merge ---------------------------------------------------------------------------------
+
 
 def _merge_named(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str = "name") -> list[dict[str, Any]]:
     """Strategic-merge style: an entry of `theirs` replaces ours of the same key in place;
@@ -255,8 +294,10 @@ def merge_pod_template(ours: dict[str, Any], template: dict[str, Any] | None) ->
         elif key == "containers":
             given = next((c for c in value if c.get("name") == TRAINER_CONTAINER), None)
             if given is not None:
-                spec["containers"] = [_merge_trainer(c, given) if c.get("name") == TRAINER_CONTAINER else c
-                                      for c in spec.get("containers", [])]
+                spec["containers"] = [
+                    _merge_trainer(c, given) if c.get("name") == TRAINER_CONTAINER else c
+                    for c in spec.get("containers", [])
+                ]
         else:
             spec[key] = copy.deepcopy(value)
     return out
@@ -279,20 +320,27 @@ def continuation_mount_errors(continuation_path: str | None, template: dict[str,
     if continuation_path is None:
         return []
     spec = (template or {}).get("spec") or {}
-    mounts = [m for c in spec.get("containers") or [] if c.get("name") == TRAINER_CONTAINER
-              for m in c.get("volumeMounts") or []]
+    mounts = [
+        m
+        for c in spec.get("containers") or []
+        if c.get("name") == TRAINER_CONTAINER
+        for m in c.get("volumeMounts") or []
+    ]
     covering = [m for m in mounts if _covers((m.get("mountPath") or "").rstrip("/"), continuation_path)]
     if not covering:
-        return [f"spec.continuation.path: {continuation_path} is on no volume of the cells' pods; mount one every "
-                "cell can write (a ReadWriteMany claim) at it or above it in spec.trainer.template "
-                "(containers[trainer].volumeMounts)"]
+        return [
+            f"spec.continuation.path: {continuation_path} is on no volume of the cells' pods; mount one every "
+            "cell can write (a ReadWriteMany claim) at it or above it in spec.trainer.template "
+            "(containers[trainer].volumeMounts)"
+        ]
     mount = max(covering, key=lambda m: len(m.get("mountPath") or ""))
     if mount.get("readOnly"):
-        return [f"spec.continuation.path: {continuation_path} is on the volume mounted read-only at "
-                f"{mount.get('mountPath')}; the cells write their checkpoints there"]
+        return [
+            f"spec.continuation.path: {continuation_path} is on the volume mounted read-only at "
+            f"{mount.get('mountPath')}; the cells write their checkpoints there"
+        ]
     return []
 
 
 def _covers(mount_path: str, path: str) -> bool:
     return path == mount_path or path.startswith(mount_path + "/") or mount_path == ""
-

@@ -70,17 +70,28 @@ def parse_results(text: str, source: str = "results", spec: LadderSpec | None = 
         except ValidationError as exc:
             errors += [f"{where}: {e}" for e in pydantic_errors(exc)]
             continue
-        if r.stage in budgets and r.train_seconds is not None and r.train_seconds > train_seconds_limit(budgets[r.stage]):
-            errors.append(f"{where}: trainSeconds: {r.train_seconds!r} is out of range (at most the cell's deadline, "
-                          f"{train_seconds_limit(budgets[r.stage]):g} s for stage {r.stage!r})")
+        if (
+            r.stage in budgets
+            and r.train_seconds is not None
+            and r.train_seconds > train_seconds_limit(budgets[r.stage])
+        ):
+            errors.append(
+                f"{where}: trainSeconds: {r.train_seconds!r} is out of range (at most the cell's deadline, "
+                f"{train_seconds_limit(budgets[r.stage]):g} s for stage {r.stage!r})"
+            )
             continue
         key = CellKey(r.stage, r.candidate, r.host_block, r.seed)
         if key in out:
             errors.append(f"{where}: a second result for cell {r.stage}/{r.candidate}/{r.host_block}/{r.seed}")
             continue
         ok = r.value is not None
-        out[key] = CellOutcome("succeeded" if ok else "failed", r.value, occupied_seconds=r.occupied_seconds,
-                               reason=r.reason or ("" if ok else "recorded without a value"), **r.measured())
+        out[key] = CellOutcome(
+            "succeeded" if ok else "failed",
+            r.value,
+            occupied_seconds=r.occupied_seconds,
+            reason=r.reason or ("" if ok else "recorded without a value"),
+            **r.measured(),
+        )
     if errors:
         raise RecordedResultsInvalid(errors)
     return out

@@ -138,12 +138,15 @@ def check_range(result: CellResult, budget_seconds: float) -> None:
     not finite or beyond the cell's deadline (budget + grace). Every adapter calls this before a
     result counts, so one absurd document cannot reach the rules or the accounting."""
     if result.value is not None and not value_in_range(result.value):
-        raise ResultError("range", f"result value {result.value!r} is out of range "
-                                   f"(finite and within +-{MAX_RESULT_VALUE:g})")
+        raise ResultError(
+            "range", f"result value {result.value!r} is out of range (finite and within +-{MAX_RESULT_VALUE:g})"
+        )
     limit = train_seconds_limit(budget_seconds)
     if result.train_seconds is not None and not (math.isfinite(result.train_seconds) and result.train_seconds <= limit):
-        raise ResultError("range", f"result trainSeconds {result.train_seconds!r} is out of range "
-                                   f"(at most the cell's deadline, {limit:g} s)")
+        raise ResultError(
+            "range",
+            f"result trainSeconds {result.train_seconds!r} is out of range (at most the cell's deadline, {limit:g} s)",
+        )
 
 
 def parse_result(text: str | bytes) -> CellResult:
@@ -157,7 +160,5 @@ def parse_result(text: str | bytes) -> CellResult:
     try:
         return CellResult.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
         raise ResultError("invalid", f"result does not match the CellResult schema: {problems}") from None

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import Field
 
@@ -81,7 +82,7 @@ def _mean_ranks(values: dict[str, list[float]], direction: str) -> dict[str, flo
     """Average over cells of each candidate's rank in that cell (1 = best; ties share the mean rank)."""
     names = list(values)
     n_cells = len(next(iter(values.values()))) if values else 0
-    total = {n: 0.0 for n in names}
+    total = dict.fromkeys(names, 0.0)
     for j in range(n_cells):
         col = sorted(names, key=lambda n: _orient(values[n][j], direction))
         i = 0
@@ -163,8 +164,11 @@ def decide(
     return Decision(
         stage=stage.name,
         rule=Rule(
-            direction=direction, aggregate=how,
-            top=pr.top if pr else None, keep=list(pr.keep) if pr else [], within=pr.within if pr else None,
+            direction=direction,
+            aggregate=how,
+            top=pr.top if pr else None,
+            keep=list(pr.keep) if pr else [],
+            within=pr.within if pr else None,
         ),
         cells=[cell_label(h, s) for h, s in stage.cells()],
         ranking=ranking,
@@ -200,12 +204,20 @@ def _run_check(check: Check, final: Decision, reference: str, direction: str) ->
         firsts = 0
         for j in range(len(final.cells)):
             mine = _orient(values[j], direction)
-            others = [_orient(v, direction) for e in final.ranking
-                      if e.candidate != c.candidate and (v := e.values[j]) is not None]
+            others = [
+                _orient(v, direction)
+                for e in final.ranking
+                if e.candidate != c.candidate and (v := e.values[j]) is not None
+            ]
             firsts += all(mine < o - EPS for o in others)
         n = len(final.cells)
-        return CheckResult(**base, passed=firsts == n, measured=float(firsts), threshold=float(n),
-                           detail=f"first in {firsts} of {n} final cells")
+        return CheckResult(
+            **base,
+            passed=firsts == n,
+            measured=float(firsts),
+            threshold=float(n),
+            detail=f"first in {firsts} of {n} final cells",
+        )
     ref = entries.get(reference)
     if ref is None or not ref.complete:
         return CheckResult(**base, passed=False, detail=f"reference {reference} has no complete final result")
@@ -214,12 +226,22 @@ def _run_check(check: Check, final: Decision, reference: str, direction: str) ->
     if check.type == "nearEquivalence":
         assert check.margin is not None  # the API requires it for this type
         gap = abs(mc - mr)
-        return CheckResult(**base, passed=gap <= check.margin + EPS, measured=gap, threshold=check.margin,
-                           detail=f"|mean {mc:.4f} - reference mean {mr:.4f}| = {gap:.4f} vs margin {check.margin}")
+        return CheckResult(
+            **base,
+            passed=gap <= check.margin + EPS,
+            measured=gap,
+            threshold=check.margin,
+            detail=f"|mean {mc:.4f} - reference mean {mr:.4f}| = {gap:.4f} vs margin {check.margin}",
+        )
     assert check.max_gap is not None  # the API requires it for meanGap
     gap = _orient(mc, direction) - _orient(mr, direction)
-    return CheckResult(**base, passed=gap <= check.max_gap + EPS, measured=gap, threshold=check.max_gap,
-                       detail=f"mean gap to reference {gap:+.4f} vs maxGap {check.max_gap}")
+    return CheckResult(
+        **base,
+        passed=gap <= check.max_gap + EPS,
+        measured=gap,
+        threshold=check.max_gap,
+        detail=f"mean gap to reference {gap:+.4f} vs maxGap {check.max_gap}",
+    )
 
 
 def verdict(final: Decision, spec_verdict: Verdict | None, direction: str) -> VerdictResult:

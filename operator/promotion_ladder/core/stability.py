@@ -40,9 +40,9 @@ import math
 import random
 import zlib
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from operator import itemgetter
-from typing import Mapping, Sequence
 
 from pydantic import Field
 
@@ -59,7 +59,9 @@ class StagePairTau(WireModel):
     from_: str = Field(alias="from")
     to: str
     candidates: int = Field(description="Candidates complete in both stages.")
-    kendall_tau: float | None = Field(default=None, description="Tau-b between the two stages' aggregates; absent when undefined.")
+    kendall_tau: float | None = Field(
+        default=None, description="Tau-b between the two stages' aggregates; absent when undefined."
+    )
     reason: str | None = Field(default=None, description="Why kendallTau is undefined.")
 
 
@@ -70,7 +72,9 @@ class HostBlockTau(WireModel):
     a: str
     b: str
     candidates: int = Field(description="Candidates complete in the stage.")
-    kendall_tau: float | None = Field(default=None, description="Tau-b between the candidates' means on block a and on block b.")
+    kendall_tau: float | None = Field(
+        default=None, description="Tau-b between the candidates' means on block a and on block b."
+    )
     reason: str | None = None
 
 
@@ -81,7 +85,8 @@ class PromotionShares(WireModel):
     resamples: int
     seed: int = Field(description="random.Random seed of the resamples (crc32 of the stage name).")
     promoted_share: dict[str, float] | None = Field(
-        default=None, description="Complete candidate -> fraction of resamples whose re-applied rule promotes it.")
+        default=None, description="Complete candidate -> fraction of resamples whose re-applied rule promotes it."
+    )
     reason: str | None = None
 
 
@@ -151,15 +156,23 @@ def _tau(x: list[float], y: list[float], what: str, x_name: str, y_name: str) ->
 
 def _oriented_aggregates(d: Decision) -> dict[str, float]:
     """Complete candidate -> aggregate, oriented so that lower is better (meanRank already is)."""
-    return {e.candidate: e.aggregate if d.rule.aggregate == "meanRank" else _orient(e.aggregate, d.rule.direction)
-            for e in d.ranking if e.complete and e.aggregate is not None}
+    return {
+        e.candidate: e.aggregate if d.rule.aggregate == "meanRank" else _orient(e.aggregate, d.rule.direction)
+        for e in d.ranking
+        if e.complete and e.aggregate is not None
+    }
 
 
 def stage_pair(a: Decision, b: Decision) -> StagePairTau:
     xa, xb = _oriented_aggregates(a), _oriented_aggregates(b)
     both = [c for c in xb if c in xa]
-    tau, reason = _tau([xa[c] for c in both], [xb[c] for c in both], f"complete in both {a.stage} and {b.stage}",
-                       f"stage {a.stage}", f"stage {b.stage}")
+    tau, reason = _tau(
+        [xa[c] for c in both],
+        [xb[c] for c in both],
+        f"complete in both {a.stage} and {b.stage}",
+        f"stage {a.stage}",
+        f"stage {b.stage}",
+    )
     return StagePairTau(from_=a.stage, to=b.stage, candidates=len(both), kendall_tau=tau, reason=reason)
 
 
@@ -184,13 +197,15 @@ def _complete_values(d: Decision) -> tuple[tuple[float, ...], ...]:
 
 
 @lru_cache(maxsize=64)
-def _host_block_taus(stage: str, cells: tuple[str, ...], values: tuple[tuple[float, ...], ...]) -> tuple[HostBlockTau, ...]:
+def _host_block_taus(
+    stage: str, cells: tuple[str, ...], values: tuple[tuple[float, ...], ...]
+) -> tuple[HostBlockTau, ...]:
     blocks = list(dict.fromkeys(_block_of(lbl) for lbl in cells))
     cols = {b: [j for j, lbl in enumerate(cells) if _block_of(lbl) == b] for b in blocks}
     means = {b: [_mean([row[j] for j in js]) for row in values] for b, js in cols.items()}
     out = []
     for i, a in enumerate(blocks):
-        for b in blocks[i + 1:]:
+        for b in blocks[i + 1 :]:
             tau, reason = _tau(means[a], means[b], f"complete in stage {stage}", f"host block {a}", f"host block {b}")
             out.append(HostBlockTau(stage=stage, a=a, b=b, candidates=len(values), kendall_tau=tau, reason=reason))
     return tuple(out)
@@ -213,8 +228,9 @@ def draws(stage: str, n_cells: int, resamples: int = RESAMPLES) -> list[tuple[in
 RuleKey = tuple[str, str, int, float | None]
 
 
-def _promoted_in(idx: tuple[int, ...], rows: list[list[float]], ranks: list[list[float]] | None,
-                 rule: RuleKey, order: list[int]) -> list[int]:
+def _promoted_in(
+    idx: tuple[int, ...], rows: list[list[float]], ranks: list[list[float]] | None, rule: RuleKey, order: list[int]
+) -> list[int]:
     """Rules.decide's top/within promotion of complete candidates on the resampled cells `idx`.
 
     rows[i] are candidate i's values (complete candidates only, entering order); ranks[i] its
@@ -244,8 +260,14 @@ def _promoted_in(idx: tuple[int, ...], rows: list[list[float]], ranks: list[list
 
 
 @lru_cache(maxsize=64)
-def _shares(stage: str, rule: RuleKey, keep: tuple[str, ...], names: tuple[str, ...], values: tuple[tuple[float, ...], ...],
-            order: tuple[int, ...]) -> tuple[float, ...]:
+def _shares(
+    stage: str,
+    rule: RuleKey,
+    keep: tuple[str, ...],
+    names: tuple[str, ...],
+    values: tuple[tuple[float, ...], ...],
+    order: tuple[int, ...],
+) -> tuple[float, ...]:
     """Share of resamples promoting each complete candidate (`names`, their `values` per cell)."""
     direction, how, top, within = rule
     n_cells = len(values[0])
@@ -290,8 +312,14 @@ def promotion_shares(d: Decision, entering: Sequence[str] | None = None) -> Prom
     order = tuple(pos.get(e.candidate, len(pos) + k) for k, e in enumerate(d.ranking) if e.complete)
     r = d.rule
     keep = tuple(k for k in r.keep if any(e.candidate == k for e in complete))
-    shares = _shares(d.stage, (r.direction, r.aggregate, r.top or 0, r.within), keep,
-                     tuple(e.candidate for e in complete), _complete_values(d), order)
+    shares = _shares(
+        d.stage,
+        (r.direction, r.aggregate, r.top or 0, r.within),
+        keep,
+        tuple(e.candidate for e in complete),
+        _complete_values(d),
+        order,
+    )
     return PromotionShares(**base, promoted_share=dict(zip((e.candidate for e in complete), shares)))
 
 

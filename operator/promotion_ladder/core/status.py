@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Collection, Literal, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
 from .accounting import GpuHours, gpu_hours
 from .api import LadderSpec, frozen_hash
 from .attempts import Attempts, lost_gpu_hours
+from .cell import Cell, CellKey, CellOutcome
 from .continuation import CheckpointsStatus, checkpoints_status, ladder_root
 from .data_checks import CORPUS_CONFLICT, REPEATED_DATA, corpus_conflict, repeated_data, repeated_data_message
-from .planner import Outcomes, Plan, plan, stage_cells
-from .cell import Cell, CellKey, CellOutcome
 from .model import WireModel
+from .planner import Outcomes, Plan, plan, stage_cells
 from .result import Measured
 from .rules import Decision, VerdictResult, rank_stage
 from .stability import Stability, stability
@@ -70,7 +71,7 @@ class StageStatus(WireModel):
     cells: list[CellStatus] = Field(default_factory=list)
     decision: Decision | None = None
     # Warnings about the stage's data (CorpusConflict, RepeatedData; absent when none): stage_conditions.
-    conditions: list["Condition"] | None = None
+    conditions: list[Condition] | None = None
 
 
 class Condition(WireModel):
@@ -89,8 +90,14 @@ def stage_conditions(stage: str, cells: Outcomes) -> list[Condition]:
         out.append(Condition(type=CORPUS_CONFLICT, status="True", reason="DifferentCorpora", message=conflict))
     repeats = repeated_data(cells)
     if repeats:
-        out.append(Condition(type=REPEATED_DATA, status="True", reason="DataPassesAboveOne",
-                             message=repeated_data_message(stage, repeats)))
+        out.append(
+            Condition(
+                type=REPEATED_DATA,
+                status="True",
+                reason="DataPassesAboveOne",
+                message=repeated_data_message(stage, repeats),
+            )
+        )
     return out
 
 
@@ -134,18 +141,34 @@ def build_status(
             stages.append(StageStatus(name=st.name, budget=st.budget, state="Pending"))
             continue
         cells = []
-        images = Counter(o.image for c in stage_cells(spec, i, entered)
-                         if (o := outcomes.get(c.key)) is not None and o.image)
+        images = Counter(
+            o.image for c in stage_cells(spec, i, entered) if (o := outcomes.get(c.key)) is not None and o.image
+        )
         stage_image = images.most_common(1)[0][0] if images else None
         for c in stage_cells(spec, i, entered):
-            cells.append(cell_status(c, outcomes.get(c.key), c.key in running, stage_image,
-                                     queued=c.key in queued, attempts=attempts.get(c.key)))
+            cells.append(
+                cell_status(
+                    c,
+                    outcomes.get(c.key),
+                    c.key in running,
+                    stage_image,
+                    queued=c.key in queued,
+                    attempts=attempts.get(c.key),
+                )
+            )
         finished = {c.key: outcomes[c.key] for c in stage_cells(spec, i, entered) if c.key in outcomes}
-        stages.append(StageStatus(
-            name=st.name, budget=st.budget, state="Decided" if st.name in decided else "Running",
-            entered=len(entered), image=stage_image, cells=cells, decision=decided.get(st.name),
-            conditions=stage_conditions(st.name, finished) or None,
-        ))
+        stages.append(
+            StageStatus(
+                name=st.name,
+                budget=st.budget,
+                state="Decided" if st.name in decided else "Running",
+                entered=len(entered),
+                image=stage_image,
+                cells=cells,
+                decision=decided.get(st.name),
+                conditions=stage_conditions(st.name, finished) or None,
+            )
+        )
     current = spec.stages[p.stage_index].name if p.stage_index is not None else None
     leader = p.verdict.winner if p.verdict else None
     if p.stage_index is not None:
@@ -155,13 +178,22 @@ def build_status(
         if any(v is not None for e in ranking for v in e.values):
             leader = ranking[0].candidate
     status = LadderStatus(
-        phase=p.phase, message=p.message or (f"running stage {current}" if current else ""),
-        frozen_hash=frozen_hash(spec), current_stage=current, leader=leader, stages=stages,
+        phase=p.phase,
+        message=p.message or (f"running stage {current}" if current else ""),
+        frozen_hash=frozen_hash(spec),
+        current_stage=current,
+        leader=leader,
+        stages=stages,
         gpu_hours=_with_lost(gpu_hours(spec, outcomes, p.entering), outcomes, attempts, spec.trainer.cell_gpus),
         verdict=p.verdict,
         stability=stability(p.decisions, p.entering),
-        checkpoints=checkpoints_status(spec, checkpoint_root or _default_root(spec), p.decisions, p.entering,
-                                       p.verdict.winner if p.verdict else None),
+        checkpoints=checkpoints_status(
+            spec,
+            checkpoint_root or _default_root(spec),
+            p.decisions,
+            p.entering,
+            p.verdict.winner if p.verdict else None,
+        ),
     )
     return status, p
 
@@ -183,22 +215,35 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def cell_status(cell: Cell, outcome: CellOutcome | None, running: bool = False,
-                stage_image: str | None = None, queued: bool = False, attempts: Attempts | None = None) -> CellStatus:
+def cell_status(
+    cell: Cell,
+    outcome: CellOutcome | None,
+    running: bool = False,
+    stage_image: str | None = None,
+    queued: bool = False,
+    attempts: Attempts | None = None,
+) -> CellStatus:
     """A cell as the status records it; `recorded_outcome` reads it back. The measured fields
     travel whole (`measured()`); the image is kept per cell only when it differs from the stage's."""
     if outcome is None:
         state: CellState = ("Queued" if queued else "Running") if running else "Pending"
-        return CellStatus(candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
-                          state=state, attempts=attempts)
+        return CellStatus(
+            candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed, state=state, attempts=attempts
+        )
     measured: dict[str, Any] = {k: _finite(v) if isinstance(v, float) else v for k, v in outcome.measured().items()}
     return CellStatus(
-        candidate=cell.candidate, host_block=cell.host_block, seed=cell.seed,
+        candidate=cell.candidate,
+        host_block=cell.host_block,
+        seed=cell.seed,
         state="Succeeded" if outcome.ok else "Failed",
         value=outcome.value if outcome.ok else None,
-        reason=outcome.reason or None, gpus=outcome.gpus, node=outcome.node,
+        reason=outcome.reason or None,
+        gpus=outcome.gpus,
+        node=outcome.node,
         image=outcome.image if outcome.image != stage_image else None,
-        occupied_seconds=_finite(outcome.occupied_seconds), attempts=attempts, **measured,
+        occupied_seconds=_finite(outcome.occupied_seconds),
+        attempts=attempts,
+        **measured,
     )
 
 
@@ -206,9 +251,16 @@ def recorded_outcome(c: CellStatus, stage_image: str | None = None) -> CellOutco
     """The recorded outcome of a cell (None while it has not ended)."""
     if c.state not in ("Succeeded", "Failed"):
         return None
-    return CellOutcome("succeeded" if c.state == "Succeeded" else "failed", c.value, reason=c.reason or "",
-                       gpus=c.gpus, node=c.node, image=c.image or stage_image,
-                       occupied_seconds=c.occupied_seconds, **c.measured())
+    return CellOutcome(
+        "succeeded" if c.state == "Succeeded" else "failed",
+        c.value,
+        reason=c.reason or "",
+        gpus=c.gpus,
+        node=c.node,
+        image=c.image or stage_image,
+        occupied_seconds=c.occupied_seconds,
+        **c.measured(),
+    )
 
 
 def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:
@@ -223,8 +275,12 @@ def outcomes_from_status(status: LadderStatus) -> dict[CellKey, CellOutcome]:
 
 def attempts_from_status(status: LadderStatus) -> dict[CellKey, Attempts]:
     """Every cell's recorded queue time and lost attempts (core/attempts.py)."""
-    return {CellKey(st.name, c.candidate, c.host_block, c.seed): c.attempts
-            for st in status.stages for c in st.cells if c.attempts is not None}
+    return {
+        CellKey(st.name, c.candidate, c.host_block, c.seed): c.attempts
+        for st in status.stages
+        for c in st.cells
+        if c.attempts is not None
+    }
 
 
 def decisions_from_status(status: LadderStatus) -> list[Decision]:
@@ -260,11 +316,14 @@ def simulate(spec: LadderSpec, recorded: Outcomes, checkpoint_root: str | None =
             seen[c.key] = recorded.get(c.key) or CellOutcome(state="failed", reason="no recorded result")
 
 
-def _condition(type_: str, status: bool, reason: str, message: str,
-               old: Sequence[Mapping[str, Any]], now: str) -> Condition:
+def _condition(
+    type_: str, status: bool, reason: str, message: str, old: Sequence[Mapping[str, Any]], now: str
+) -> Condition:
     s = "True" if status else "False"
     prev = next((c for c in old if c.get("type") == type_), None)
-    since = prev.get("lastTransitionTime") if prev and prev.get("status") == s and prev.get("lastTransitionTime") else now
+    since = (
+        prev.get("lastTransitionTime") if prev and prev.get("status") == s and prev.get("lastTransitionTime") else now
+    )
     return Condition(type=type_, status=s, reason=reason, message=message[:MESSAGE_LIMIT], last_transition_time=since)
 
 
@@ -273,12 +332,30 @@ def conditions(phase: str, reason: str, message: str, old: Sequence[Mapping[str,
     Pending). `old` is the recorded conditions (wire form): lastTransitionTime is kept while a
     condition's status is unchanged, so an unchanged ladder gives an unchanged status."""
     return [
-        _condition("Progressing", phase == "Running", reason if phase == "Running" else phase,
-                   message if phase == "Running" else "", old, now),
-        _condition("Complete", phase == "Succeeded", reason if phase == "Succeeded" else "NotComplete",
-                   message if phase == "Succeeded" else "", old, now),
-        _condition("Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
-                   message if phase == "Failed" else "", old, now),
+        _condition(
+            "Progressing",
+            phase == "Running",
+            reason if phase == "Running" else phase,
+            message if phase == "Running" else "",
+            old,
+            now,
+        ),
+        _condition(
+            "Complete",
+            phase == "Succeeded",
+            reason if phase == "Succeeded" else "NotComplete",
+            message if phase == "Succeeded" else "",
+            old,
+            now,
+        ),
+        _condition(
+            "Failed",
+            phase == "Failed",
+            reason if phase == "Failed" else "NotFailed",
+            message if phase == "Failed" else "",
+            old,
+            now,
+        ),
     ]
 
 
@@ -287,8 +364,9 @@ def failed_reason(status: Mapping[str, Any]) -> str | None:
     return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Failed"), None)
 
 
-def stopped_status(recorded: Mapping[str, Any] | None, reason: str, message: str,
-                   generation: int | None, now: str) -> dict[str, Any]:
+def stopped_status(
+    recorded: Mapping[str, Any] | None, reason: str, message: str, generation: int | None, now: str
+) -> dict[str, Any]:
     """A ladder that stops (one of STOPPED_REASONS): Failed, with whatever was recorded kept as it
     is (it may be unreadable, hence the wire form) and nothing more decided."""
     old = dict(recorded or {})

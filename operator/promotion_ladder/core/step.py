@@ -26,17 +26,31 @@ The steps, in order:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Literal, Mapping
+from typing import Any, Literal
 
 from .api import LadderSpec, frozen_hash, frozen_hash_matches
 from .attempts import AttemptsSeen, advance_all, with_lost_occupancy
 from .cell import Cell, CellKey, CellOutcome
 from .planner import PlanError
 from .rules import Decision
-from .status import (FROZEN_SPEC_CHANGED, MESSAGE_LIMIT, PHASE_REASONS, RECORDED_DECISIONS_MISMATCH,
-                     STATUS_UNREADABLE, LadderStatus, attempts_from_status, build_status, conditions,
-                     decisions_from_status, failed_reason, outcomes_from_status, parse_status, stopped_status)
+from .status import (
+    FROZEN_SPEC_CHANGED,
+    MESSAGE_LIMIT,
+    PHASE_REASONS,
+    RECORDED_DECISIONS_MISMATCH,
+    STATUS_UNREADABLE,
+    LadderStatus,
+    attempts_from_status,
+    build_status,
+    conditions,
+    decisions_from_status,
+    failed_reason,
+    outcomes_from_status,
+    parse_status,
+    stopped_status,
+)
 from .wording import decision_message
 
 
@@ -73,12 +87,22 @@ def stop(recorded: Mapping[str, Any] | None, reason: str, message: str, generati
         typed = parse_status(status)
     except ValueError:
         typed = None
-    return Step(status=status, ladder_status=typed, stopped=reason,
-                announcements=[] if same else [Announcement("Warning", reason, message[:MESSAGE_LIMIT])])
+    return Step(
+        status=status,
+        ladder_status=typed,
+        stopped=reason,
+        announcements=[] if same else [Announcement("Warning", reason, message[:MESSAGE_LIMIT])],
+    )
 
 
-def _to_start(spec: LadderSpec, to_run: list[Cell], running: Collection[CellKey], pending_starts: int,
-              capacity: int | None, started: Callable[[Cell], bool]) -> list[Cell]:
+def _to_start(
+    spec: LadderSpec,
+    to_run: list[Cell],
+    running: Collection[CellKey],
+    pending_starts: int,
+    capacity: int | None,
+    started: Callable[[Cell], bool],
+) -> list[Cell]:
     busy = len(running) + pending_starts
     limits = [n for n in (spec.parallelism, capacity) if n]
     slots = min(limits) - busy if limits else len(to_run)
@@ -125,10 +149,15 @@ def step(
     # 1. frozen hash
     recorded_hash = old.get("frozenHash")
     if not frozen_hash_matches(recorded_hash, spec):
-        return stop(old, FROZEN_SPEC_CHANGED,
-                    "the frozen fields (objective, candidates, stages, verdict, trainer.gpus, continuation) changed after admission "
-                    f"(recorded {recorded_hash[:19]}, now {frozen_hash(spec)[:19]}); nothing more is run. "
-                    "Create a new ladder to screen the new spec.", generation, now)
+        return stop(
+            old,
+            FROZEN_SPEC_CHANGED,
+            "the frozen fields (objective, candidates, stages, verdict, trainer.gpus, continuation) changed after admission "
+            f"(recorded {recorded_hash[:19]}, now {frozen_hash(spec)[:19]}); nothing more is run. "
+            "Create a new ladder to screen the new spec.",
+            generation,
+            now,
+        )
     # 2. replay
     try:
         typed_old = recorded if isinstance(recorded, LadderStatus) else parse_status(old)
@@ -143,14 +172,23 @@ def step(
     outcomes = with_lost_occupancy(outcomes, cell_attempts, recorded_outcomes.keys())
     # 4. decide
     try:
-        status, plan = build_status(spec, outcomes, decisions, running=live, checkpoint_root=checkpoint_root,
-                                    queued=frozenset(k for k in queued if k in live), attempts=cell_attempts)
+        status, plan = build_status(
+            spec,
+            outcomes,
+            decisions,
+            running=live,
+            checkpoint_root=checkpoint_root,
+            queued=frozenset(k for k in queued if k in live),
+            attempts=cell_attempts,
+        )
     except PlanError as exc:
         return stop(old, RECORDED_DECISIONS_MISMATCH, str(exc), generation, now)
     # 5. start
     to_start = _to_start(spec, plan.to_run, live, pending_starts, capacity, started) if plan.phase == "Running" else []
     # 6. status and announcements
-    conds = conditions(status.phase, plan.reason or PHASE_REASONS[status.phase], status.message, old.get("conditions") or [], now)
+    conds = conditions(
+        status.phase, plan.reason or PHASE_REASONS[status.phase], status.message, old.get("conditions") or [], now
+    )
     status = status.model_copy(update={"observed_generation": generation, "conditions": conds})
     announcements = [Announcement("Normal", "StageDecided", decision_message(d)) for d in plan.new_decisions]
     if status.phase != old.get("phase"):
@@ -158,5 +196,10 @@ def step(
             announcements.append(Announcement("Normal", "LadderSucceeded", status.message))
         elif status.phase == "Failed":
             announcements.append(Announcement("Warning", "LadderFailed", status.message))
-    return Step(status=status.wire(), ladder_status=status, to_start=to_start,
-                new_decisions=list(plan.new_decisions), announcements=announcements)
+    return Step(
+        status=status.wire(),
+        ladder_status=status,
+        to_start=to_start,
+        new_decisions=list(plan.new_decisions),
+        announcements=announcements,
+    )

@@ -33,7 +33,7 @@ def kept_incomplete(d: Decision) -> list[RankEntry]:
 
 
 def keep_sentence(d: Decision) -> str | None:
-    """"kept by keep without a complete result: c3 (0 of 4 cells succeeded)", or None."""
+    """ "kept by keep without a complete result: c3 (0 of 4 cells succeeded)", or None."""
     kept = kept_incomplete(d)
     if not kept:
         return None
@@ -49,15 +49,19 @@ def decision_message(d: Decision) -> str:
         return f"stage {d.stage}: {how} over {len(d.cells)} cells; best {best or 'n/a'}"[:MESSAGE_LIMIT]
     promoted = ", ".join(d.promoted) if d.promoted else "none"
     kept = keep_sentence(d)
-    return (f"stage {d.stage}: promoted {promoted} ({how} over {len(d.cells)} cells; best {best or 'n/a'})"
-            + (f"; {kept}" if kept else ""))[:MESSAGE_LIMIT]
+    return (
+        f"stage {d.stage}: promoted {promoted} ({how} over {len(d.cells)} cells; best {best or 'n/a'})"
+        + (f"; {kept}" if kept else "")
+    )[:MESSAGE_LIMIT]
 
 
 def rule_text(d: Decision) -> str:
     """The rule as a sentence for readers who do not know the protocol (the audit report)."""
     r = d.rule
     how = _AGGREGATE_WORDS.get(r.aggregate, r.aggregate)
-    parts = [f"rank by {how} over {len(d.cells)} cells ({'lower' if r.direction == 'minimize' else 'higher'} is better)"]
+    parts = [
+        f"rank by {how} over {len(d.cells)} cells ({'lower' if r.direction == 'minimize' else 'higher'} is better)"
+    ]
     if r.top is not None:
         parts.append(f"promote the top {r.top} complete candidates")
     if r.within is not None:

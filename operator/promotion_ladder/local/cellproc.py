@@ -24,8 +24,9 @@ from ..core.contract import CONFIG_FILE, cell_args, cell_config, cell_env, judge
 from .caches import compile_cache_env
 
 
-def cell_command(ladder: PromotionLadder, cell: Cell, config_file: str, result_file: str,
-                 checkpoints: str | None = None) -> list[str]:
+def cell_command(
+    ladder: PromotionLadder, cell: Cell, config_file: str, result_file: str, checkpoints: str | None = None
+) -> list[str]:
     command = list(ladder.spec.trainer.command)
     if command[0] in ("python", "python3"):
         command[0] = sys.executable
@@ -50,8 +51,14 @@ class CellProcess:
     started: float = 0.0  # time.monotonic() at spawn: the start of the cell's occupancy
 
     @classmethod
-    def start(cls, ladder: PromotionLadder, cell: Cell, workdir: Path, devices: list[str] | None,
-              checkpoints: str | None = None) -> "CellProcess":
+    def start(
+        cls,
+        ladder: PromotionLadder,
+        cell: Cell,
+        workdir: Path,
+        devices: list[str] | None,
+        checkpoints: str | None = None,
+    ) -> CellProcess:
         """Spawn the cell's process; `checkpoints`: the ladder's checkpoint folder when it continues."""
         d = workdir / cell.stage / f"{cell.candidate}.{cell.host_block}.{cell.seed}"
         d.mkdir(parents=True, exist_ok=True)
@@ -69,8 +76,12 @@ class CellProcess:
         budget = next(s.budget_seconds for s in ladder.spec.stages if s.name == cell.stage)
         with open(log_file, "wb") as log:
             proc = subprocess.Popen(
-                cell_command(ladder, cell, str(config_file.resolve()), str(result_file.resolve()), checkpoints), env=env,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cell_command(ladder, cell, str(config_file.resolve()), str(result_file.resolve()), checkpoints),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         started = time.monotonic()
         return cls(ladder, cell, proc, result_file, log_file, started + cell_deadline_seconds(budget), devices, started)
@@ -90,14 +101,19 @@ class CellProcess:
             if time.monotonic() < self.deadline:
                 return None
             self.kill()
-            return CellOutcome("failed", reason=f"deadline exceeded (budget + grace); log: {self.log_file}",
-                               occupied_seconds=round(time.monotonic() - self.started, 3))
+            return CellOutcome(
+                "failed",
+                reason=f"deadline exceeded (budget + grace); log: {self.log_file}",
+                occupied_seconds=round(time.monotonic() - self.started, 3),
+            )
         occupied = round(time.monotonic() - self.started, 3)
         try:
             text = self.result_file.read_text()
         except (FileNotFoundError, UnicodeDecodeError):
             text = None
-        outcome = outcome_from_result(self.ladder, self.cell, code, text).model_copy(update={"occupied_seconds": occupied})
+        outcome = outcome_from_result(self.ladder, self.cell, code, text).model_copy(
+            update={"occupied_seconds": occupied}
+        )
         if not outcome.ok and "log:" not in outcome.reason:
             outcome = outcome.model_copy(update={"reason": f"{outcome.reason}; log: {self.log_file}"})
         # Recorded with what it ran with: a later edit of the ladder file does not rewrite it.

@@ -41,6 +41,8 @@ def prune(ladder: PromotionLadder, status: LadderStatus, done: set[str]) -> list
         for d in gone:
             shutil.rmtree(d, ignore_errors=True)
         if gone:
-            lines.append(f"checkpoints: deleted {len(gone)} folder(s) of the {len(entry.candidates)} candidate(s) "
-                         f"stage {entry.stage} eliminated ({', '.join(entry.candidates)})")
+            lines.append(
+                f"checkpoints: deleted {len(gone)} folder(s) of the {len(entry.candidates)} candidate(s) "
+                f"stage {entry.stage} eliminated ({', '.join(entry.candidates)})"
+            )
     return lines

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from ..core import clock
 from ..core.api import PromotionLadder
 from ..core.cell import CellKey, CellOutcome
-from ..core import clock
 from ..core.status import FROZEN_SPEC_CHANGED, LadderStatus, decisions_from_status, outcomes_from_status
 from ..core.step import step
 from ..files import FileError, read_status
@@ -44,9 +44,13 @@ def detect_gpus() -> list[str]:
 
 
 def write_status(path: Path, ladder: PromotionLadder, status: LadderStatus) -> None:
-    doc = {"apiVersion": ladder.api_version, "kind": ladder.kind,
-           "metadata": ladder.metadata.model_dump(exclude_none=True),
-           "spec": ladder.spec.wire(), "status": status.wire()}
+    doc = {
+        "apiVersion": ladder.api_version,
+        "kind": ladder.kind,
+        "metadata": ladder.metadata.model_dump(exclude_none=True),
+        "spec": ladder.spec.wire(),
+        "status": status.wire(),
+    }
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(path)
@@ -88,8 +92,10 @@ def _summary(status: LadderStatus, running: int) -> str:
     failed = sum(c.state == "Failed" for c in st.cells)
     gh = status.gpu_hours.total if status.gpu_hours else 0.0
     occ = status.gpu_hours.occupied.total if status.gpu_hours and status.gpu_hours.occupied else gh
-    return (f"stage {st.name} ({st.budget}): {done + failed}/{len(st.cells)} cells done, {running} running, "
-            f"{failed} failed | leader {status.leader or '-'} | {gh:.3f} GPU-h ({occ:.3f} occupied)")
+    return (
+        f"stage {st.name} ({st.budget}): {done + failed}/{len(st.cells)} cells done, {running} running, "
+        f"{failed} failed | leader {status.leader or '-'} | {gh:.3f} GPU-h ({occ:.3f} occupied)"
+    )
 
 
 def _new_stage_warnings(status: LadderStatus, warned: set[tuple[str, str]]) -> list[str]:
@@ -121,8 +127,9 @@ def _recorded(ladder: PromotionLadder, status_path: Path) -> LadderStatus:
     return record
 
 
-def _reap(running: dict[CellKey, CellProcess], free_gpu_groups: list[list[str]],
-          progress: Progress) -> dict[CellKey, CellOutcome]:
+def _reap(
+    running: dict[CellKey, CellProcess], free_gpu_groups: list[list[str]], progress: Progress
+) -> dict[CellKey, CellOutcome]:
     """The cells whose processes have ended, each said on its own line; their GPUs are free again."""
     observed: dict[CellKey, CellOutcome] = {}
     for key, proc in list(running.items()):
@@ -160,8 +167,10 @@ def run_ladder(
     progress = Progress(stream)
     device = f"{len(gpus)} GPU(s)" if gpus else "CPU (no GPU found)"
     at_once = min(slots, spec.parallelism) if spec.parallelism else slots
-    progress.event(f"ladder {ladder.name}: {len(spec.candidates)} candidates, {len(spec.stages)} stages on {device}, "
-                   f"{at_once} cell(s) at a time; status -> {status_path}")
+    progress.event(
+        f"ladder {ladder.name}: {len(spec.candidates)} candidates, {len(spec.stages)} stages on {device}, "
+        f"{at_once} cell(s) at a time; status -> {status_path}"
+    )
     if record is not None:
         done, decided = len(outcomes_from_status(record)), len(decisions_from_status(record))
         if done:
@@ -176,8 +185,9 @@ def run_ladder(
     finished_since_write = False
     try:
         while True:
-            s = step(spec, record, observed, frozenset(running), now=clock.iso(), capacity=slots,
-                     checkpoint_root=checkpoints)
+            s = step(
+                spec, record, observed, frozenset(running), now=clock.iso(), capacity=slots, checkpoint_root=checkpoints
+            )
             record, observed = s.ladder_status, {}
             for a in s.announcements:
                 if a.reason == "StageDecided":  # the ladder's end is the closing line below
@@ -206,6 +216,8 @@ def run_ladder(
         progress.event(f"interrupted; finished cells are saved in {status_path}; run the same command to resume")
         raise
     status = record
-    progress.event(f"ladder {ladder.name}: {status.phase}. {status.message}. "
-                   f"{status.gpu_hours.total if status.gpu_hours else 0:.4f} GPU-hours; status in {status_path}")
+    progress.event(
+        f"ladder {ladder.name}: {status.phase}. {status.message}. "
+        f"{status.gpu_hours.total if status.gpu_hours else 0:.4f} GPU-hours; status in {status_path}"
+    )
     return status

@@ -40,8 +40,9 @@ def run_report(args) -> int:
     """The `ladder report` command (argparse namespace from promotion_ladder.cli)."""
     import sys
 
-    inp = load_source(args.source, ladder_file=args.ladder, namespace=args.namespace,
-                      kubeconfig=args.kubeconfig, context=args.context)
+    inp = load_source(
+        args.source, ladder_file=args.ladder, namespace=args.namespace, kubeconfig=args.kubeconfig, context=args.context
+    )
     fmt = format_for(args.output, args.format)
     text = render(inp, fmt)
     if args.output == "-":
@@ -58,5 +59,17 @@ def run_report(args) -> int:
     return 0
 
 
-__all__ = ["FORMATS", "Report", "ReportError", "ReportInput", "build_report", "format_for", "from_cluster",
-           "from_document", "from_file", "load_source", "render", "run_report"]
+__all__ = [
+    "FORMATS",
+    "Report",
+    "ReportError",
+    "ReportInput",
+    "build_report",
+    "format_for",
+    "from_cluster",
+    "from_document",
+    "from_file",
+    "load_source",
+    "render",
+    "run_report",
+]

@@ -122,17 +122,31 @@ def _summary(inp: ReportInput) -> Section:
     if g is not None:
         rows.append(["GPU-hours executed", gpu_h(g.total) + (" (so far)" if is_running(s) else "")])
         if g.occupied is not None:
-            rows.append(["GPU-hours occupied", f"{gpu_h(g.occupied.total)} ({_ratio(g.occupied.ratio)} the executed; "
-                                               f"measured for {g.occupied.measured_cells} of {g.occupied.cells} cells)"])
+            rows.append(
+                [
+                    "GPU-hours occupied",
+                    f"{gpu_h(g.occupied.total)} ({_ratio(g.occupied.ratio)} the executed; "
+                    f"measured for {g.occupied.measured_cells} of {g.occupied.cells} cells)",
+                ]
+            )
         # One row per distinct alternative (a stage that cut nobody repeats the one before it).
         distinct = list({c.entered: c for c in reversed(g.counterfactuals)}.values())[::-1]
         if is_running(s) and distinct:
             # Savings against a partial total would flatter the ladder; say what the alternatives cost instead.
-            rows.append(["Counterfactuals", ", ".join(f"{gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage} on)"
-                                                      for c in distinct) + "; savings are known when the ladder ends"])
+            rows.append(
+                [
+                    "Counterfactuals",
+                    ", ".join(f"{gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage} on)" for c in distinct)
+                    + "; savings are known when the ladder ends",
+                ]
+            )
         for c in distinct if not is_running(s) else []:
-            rows.append([f"Saved vs {gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage} on)",
-                         f"{gpu_h(c.saved_gpu_hours)} GPU-hours ({pct(c.saved_percent)})"])
+            rows.append(
+                [
+                    f"Saved vs {gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage} on)",
+                    f"{gpu_h(c.saved_gpu_hours)} GPU-hours ({pct(c.saved_percent)})",
+                ]
+            )
     rows += _continuation_rows(s)
     failed = sum(c.state == "Failed" for st in s.stages for c in st.cells)
     rows.append(["Failed cells", str(failed)])
@@ -147,8 +161,12 @@ def _continuation_rows(s: LadderStatus) -> list[list[str]]:
     if g is not None and g.from_scratch is not None:
         saved = g.from_scratch - g.total
         share = pct(100 * saved / g.from_scratch) if g.from_scratch else "-"
-        rows.append(["GPU-hours from scratch", f"{gpu_h(g.from_scratch)} (continuing ran {gpu_h(g.total)}: "
-                                               f"saved {gpu_h(saved)}, {share})"])
+        rows.append(
+            [
+                "GPU-hours from scratch",
+                f"{gpu_h(g.from_scratch)} (continuing ran {gpu_h(g.total)}: saved {gpu_h(saved)}, {share})",
+            ]
+        )
     if record is not None and record.winner:
         rows.append(["Winner's checkpoints", ", ".join(record.winner)])
     return rows
@@ -160,17 +178,36 @@ def _progress(s: LadderStatus) -> Section | None:
     rows, marks = [], []
     for st in s.stages:
         n = stage_progress(st)
-        rows.append([st.name, st.budget, st.state, str(st.entered if st.entered is not None else "-"),
-                     str(len(st.cells)), str(n["Succeeded"]), str(n["Failed"]), str(n["Running"]), str(n["Queued"]),
-                     str(n["Pending"])])
+        rows.append(
+            [
+                st.name,
+                st.budget,
+                st.state,
+                str(st.entered if st.entered is not None else "-"),
+                str(len(st.cells)),
+                str(n["Succeeded"]),
+                str(n["Failed"]),
+                str(n["Running"]),
+                str(n["Queued"]),
+                str(n["Pending"]),
+            ]
+        )
         marks.append("current" if st.name == s.current_stage else "")
     text = [f"The ladder is {s.phase.lower()}" + (f"; current stage {s.current_stage}." if s.current_stage else ".")]
     if s.leader:
         text.append(f"Leader of the current stage so far: {s.leader} (provisional: the stage is not decided).")
     return Section(
-        "progress", "Progress", text=text,
-        tables=[Table("progress", ["Stage", "Budget", "State", "Entered", "Cells", "Succeeded", "Failed", "Running",
-                                   "Queued", "Pending"], rows, marks=marks)],
+        "progress",
+        "Progress",
+        text=text,
+        tables=[
+            Table(
+                "progress",
+                ["Stage", "Budget", "State", "Entered", "Cells", "Succeeded", "Failed", "Running", "Queued", "Pending"],
+                rows,
+                marks=marks,
+            )
+        ],
         figures=[PROGRESS] if any(st.name == s.current_stage and st.cells for st in s.stages) else [],
     )
 
@@ -187,8 +224,14 @@ def _spec(inp: ReportInput) -> Section:
     h = spec.frozen_hash()
     same = frozen_hash_matches(s.frozen_hash, spec)
     sec.text.append(
-        f"Frozen hash {h}" + (" (matches the status)." if s.frozen_hash and same else "." if same else
-                              f" (the status records {s.frozen_hash}: they differ).")
+        f"Frozen hash {h}"
+        + (
+            " (matches the status)."
+            if s.frozen_hash and same
+            else "."
+            if same
+            else f" (the status records {s.frozen_hash}: they differ)."
+        )
         + " The hash covers the objective, candidates, stages, verdict and trainer.gpus (order included): the rules "
         "were fixed before any result was seen."
     )
@@ -207,28 +250,50 @@ def _spec(inp: ReportInput) -> Section:
                 rule += f", within {p.within:g}"
             if p.keep:
                 rule += f", keep {', '.join(p.keep)}"
-        rows.append([st.name, st.budget, ", ".join(st.host_blocks), ", ".join(map(str, st.seeds)), str(len(st.cells())), rule])
-    sec.tables.append(Table("spec-stages", ["Stage", "Budget", "Host blocks", "Seeds", "Cells per candidate", "Promotion rule"],
-                            rows, caption="Stages"))
-    sec.tables.append(Table(
-        "spec-candidates", ["Candidate", "Config"],
-        [[c.name, json.dumps(c.config, sort_keys=True, separators=(", ", ": "))] for c in spec.candidates],
-        caption="Candidates",
-    ))
-    sec.tables.append(Table(
-        "spec-host-blocks", ["Host block", "Node selector"],
-        [[hb.name, ", ".join(f"{k}={v}" for k, v in hb.node_selector.items()) or "-"] for hb in spec.host_blocks],
-        caption="Host blocks",
-    ))
+        rows.append(
+            [st.name, st.budget, ", ".join(st.host_blocks), ", ".join(map(str, st.seeds)), str(len(st.cells())), rule]
+        )
+    sec.tables.append(
+        Table(
+            "spec-stages",
+            ["Stage", "Budget", "Host blocks", "Seeds", "Cells per candidate", "Promotion rule"],
+            rows,
+            caption="Stages",
+        )
+    )
+    sec.tables.append(
+        Table(
+            "spec-candidates",
+            ["Candidate", "Config"],
+            [[c.name, json.dumps(c.config, sort_keys=True, separators=(", ", ": "))] for c in spec.candidates],
+            caption="Candidates",
+        )
+    )
+    sec.tables.append(
+        Table(
+            "spec-host-blocks",
+            ["Host block", "Node selector"],
+            [[hb.name, ", ".join(f"{k}={v}" for k, v in hb.node_selector.items()) or "-"] for hb in spec.host_blocks],
+            caption="Host blocks",
+        )
+    )
     if spec.verdict is not None:
         rows = []
         for c in spec.verdict.checks:
-            thr = {"nearEquivalence": f"margin {c.margin:g}" if c.margin is not None else "-",
-                   "meanGap": f"maxGap {c.max_gap:g}" if c.max_gap is not None else "-",
-                   "rankFirstAllCells": "first in every final cell"}[c.type]
+            thr = {
+                "nearEquivalence": f"margin {c.margin:g}" if c.margin is not None else "-",
+                "meanGap": f"maxGap {c.max_gap:g}" if c.max_gap is not None else "-",
+                "rankFirstAllCells": "first in every final cell",
+            }[c.type]
             rows.append([c.name, c.type, c.candidate, thr])
-        sec.tables.append(Table("spec-verdict", ["Check", "Type", "Candidate", "Threshold"], rows,
-                                caption=f"Verdict (reference {spec.verdict.reference})"))
+        sec.tables.append(
+            Table(
+                "spec-verdict",
+                ["Check", "Type", "Candidate", "Threshold"],
+                rows,
+                caption=f"Verdict (reference {spec.verdict.reference})",
+            )
+        )
     return sec
 
 
@@ -250,7 +315,8 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
     sec.text.append(
         f"{st.entered} candidates entered; {len(st.cells)} cells: {n['Succeeded']} succeeded, {n['Failed']} failed"
         + (f", {n['Running']} running, {n['Pending']} pending" if n["Running"] or n["Pending"] else "")
-        + (f", {n['Queued']} queued (waiting for quota)" if n["Queued"] else "") + "."
+        + (f", {n['Queued']} queued (waiting for quota)" if n["Queued"] else "")
+        + "."
     )
     for c in st.conditions or []:  # data warnings: repeated data, cells on different corpora
         sec.text.append(f"Warning ({c.type}): {c.message}.")
@@ -263,7 +329,8 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
         by = {}
         for c in st.cells:
             by.setdefault(c.candidate, {})[f"{c.host_block}/{c.seed}"] = (
-                val(c.value) if c.state == "Succeeded" else c.state.lower())
+                val(c.value) if c.state == "Succeeded" else c.state.lower()
+            )
         rows = [[cand] + [cells.get(lbl, "-") for lbl in labels] for cand, cells in by.items()]
         sec.tables.append(Table(f"cells-{st.name}", ["Candidate"] + labels, rows, caption="Cells so far"))
         return sec
@@ -282,18 +349,32 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
         else:
             agg = f"{e.aggregate:.2f}" if d.rule.aggregate == "meanRank" else val(e.aggregate)
         robust = [share(by.get(e.candidate))] if by is not None else []
-        rows.append([str(e.rank), e.candidate] + [("failed" if v is None else val(v)) for v in e.values]
-                    + [agg] + robust + [outcome])
+        rows.append(
+            [str(e.rank), e.candidate]
+            + [("failed" if v is None else val(v)) for v in e.values]
+            + [agg]
+            + robust
+            + [outcome]
+        )
         marks.append(mark)
     agg_name = {"meanRank": "Mean rank"}.get(d.rule.aggregate, d.rule.aggregate.capitalize())
     robust_head = ["Promoted in resamples"] if by is not None else []
-    sec.tables.append(Table(f"decision-{st.name}", ["Rank", "Candidate"] + list(d.cells) + [agg_name] + robust_head + ["Outcome"],
-                            rows, caption="Inputs (value per cell), ranking and outcome", marks=marks))
+    sec.tables.append(
+        Table(
+            f"decision-{st.name}",
+            ["Rank", "Candidate"] + list(d.cells) + [agg_name] + robust_head + ["Outcome"],
+            rows,
+            caption="Inputs (value per cell), ranking and outcome",
+            marks=marks,
+        )
+    )
     if not final:
         sec.text.append(f"Promoted ({len(d.promoted)}): {', '.join(d.promoted) or 'none'}.")
     if by is not None:
-        sec.text.append(f"Promoted in resamples: the share of {shares.resamples} resamples of this stage's cells "
-                        "(drawn with replacement) in which the frozen rule promotes the candidate.")
+        sec.text.append(
+            f"Promoted in resamples: the share of {shares.resamples} resamples of this stage's cells "
+            "(drawn with replacement) in which the frozen rule promotes the candidate."
+        )
         for _, cand, x in flips(stability_of(s), [d], FLIP_BELOW):
             sec.text.append(f"Fragile: the promotion of {cand} would flip in {1 - x:.0%} of the resamples.")
     elif shares is not None and shares.reason:
@@ -310,36 +391,59 @@ def _memory_table(st: StageStatus) -> Table | None:
             by.setdefault(c.candidate, []).append(c.peak_memory_bytes)
     if not any(v is not None for peaks in by.values() for v in peaks):
         return None
-    rows = [[cand, memory(max((v for v in peaks if v is not None), default=None)),
-             f"{sum(v is not None for v in peaks)} of {len(peaks)}"] for cand, peaks in by.items()]
-    return Table(f"memory-{st.name}", ["Candidate", "Peak memory", "Cells measured"], rows,
-                 caption="Peak memory of one process, the largest over the candidate's finished cells "
-                         "(GPU: torch.cuda.max_memory_allocated; CPU: peak resident set)")
+    rows = [
+        [
+            cand,
+            memory(max((v for v in peaks if v is not None), default=None)),
+            f"{sum(v is not None for v in peaks)} of {len(peaks)}",
+        ]
+        for cand, peaks in by.items()
+    ]
+    return Table(
+        f"memory-{st.name}",
+        ["Candidate", "Peak memory", "Cells measured"],
+        rows,
+        caption="Peak memory of one process, the largest over the candidate's finished cells "
+        "(GPU: torch.cuda.max_memory_allocated; CPU: peak resident set)",
+    )
 
 
 def _rank_flow(s: LadderStatus) -> Section:
     if not any(st.decision for st in s.stages):
         return Section("rank-flow", "Rank flow", text=["No stage decided yet."])
-    return Section("rank-flow", "Rank flow", figures=[RANK_FLOW],
-                   text=["Each line is a candidate: its rank at each decided stage (1 = best). A cross marks the "
-                         "stage that cut it, a square a promotion by the keep rule, a red ring a stage where it had failed cells, "
-                         "the star the winner."])
+    return Section(
+        "rank-flow",
+        "Rank flow",
+        figures=[RANK_FLOW],
+        text=[
+            "Each line is a candidate: its rank at each decided stage (1 = best). A cross marks the "
+            "stage that cut it, a square a promotion by the keep rule, a red ring a stage where it had failed cells, "
+            "the star the winner."
+        ],
+    )
 
 
 def _stability_summary(st: Stability, decisions: list[Decision]) -> str:
     """This ladder in one sentence: its weakest stage step, its weakest host-block agreement, its weakest promotion."""
     parts = []
-    for what, figures, name in (("stage step", st.stages, lambda t: f"{t.from_} \u2192 {t.to}"),
-                                ("host-block agreement", st.host_blocks, lambda t: f"{t.a} vs {t.b} at {t.stage}")):
+    for what, figures, name in (
+        ("stage step", st.stages, lambda t: f"{t.from_} \u2192 {t.to}"),
+        ("host-block agreement", st.host_blocks, lambda t: f"{t.a} vs {t.b} at {t.stage}"),
+    ):
         defined = [t for t in figures if t.kendall_tau is not None]
         if defined:
             t = min(defined, key=lambda t: t.kendall_tau)
-            parts.append(f"the least stable {what} was {name(t)} (tau {t.kendall_tau:.2f} over {t.candidates} candidates)")
+            parts.append(
+                f"the least stable {what} was {name(t)} (tau {t.kendall_tau:.2f} over {t.candidates} candidates)"
+            )
     shares = flips(st, decisions, below=math.inf)
     if shares:
         stage, cand, x = min(shares, key=lambda f: f[2])
-        parts.append("every promotion by rank held in every resample" if x >= 1.0 else
-                     f"the least robust promotion was {cand} at {stage}, promoted in {x:.0%} of resamples")
+        parts.append(
+            "every promotion by rank held in every resample"
+            if x >= 1.0
+            else f"the least robust promotion was {cand} at {stage}, promoted in {x:.0%} of resamples"
+        )
     return ("In this ladder " + "; ".join(parts) + ".") if parts else "No figure is defined yet."
 
 
@@ -352,24 +456,38 @@ def _stability(s: LadderStatus) -> Section:
     sec.text.append(
         "How far to trust the ranking. Kendall's tau-b compares two orderings of the same candidates: "
         "1 is the same order, 0 no relation, -1 reversed. Between consecutive stages it asks whether the shorter "
-        "budget predicted the longer one; between host blocks, whether the ranking depends on the hardware.")
+        "budget predicted the longer one; between host blocks, whether the ranking depends on the hardware."
+    )
     sec.text.append(
         "Promotion shares: each decided stage's (host block, seed) cells are drawn again with replacement, "
         f"{st.promotion[0].resamples if st.promotion else 200} times with a fixed seed (so the figures replay the same), "
         "and the frozen rule is re-applied to each draw. A promoted candidate at 60% would have been cut in 4 of 10 "
-        "such reruns: a near coin flip, not a finding.")
+        "such reruns: a near coin flip, not a finding."
+    )
     sec.text.append(_stability_summary(st, decisions_from_status(s)))
     if st.stages or st.host_blocks:
         sec.figures.append(STABILITY)
     if st.stages:
-        sec.tables.append(Table("stability-stages", ["From", "To", "Candidates", "Kendall tau-b"],
-                                [[t.from_, t.to, str(t.candidates), tau_text(t.kendall_tau, t.reason)] for t in st.stages],
-                                caption="Consecutive stages: tau-b between their aggregates, over candidates complete in both"))
+        sec.tables.append(
+            Table(
+                "stability-stages",
+                ["From", "To", "Candidates", "Kendall tau-b"],
+                [[t.from_, t.to, str(t.candidates), tau_text(t.kendall_tau, t.reason)] for t in st.stages],
+                caption="Consecutive stages: tau-b between their aggregates, over candidates complete in both",
+            )
+        )
     if st.host_blocks:
-        sec.tables.append(Table("stability-host-blocks", ["Stage", "Host blocks", "Candidates", "Kendall tau-b"],
-                                [[t.stage, f"{t.a} vs {t.b}", str(t.candidates), tau_text(t.kendall_tau, t.reason)]
-                                 for t in st.host_blocks],
-                                caption="Host blocks: tau-b between the candidates' means on each block"))
+        sec.tables.append(
+            Table(
+                "stability-host-blocks",
+                ["Stage", "Host blocks", "Candidates", "Kendall tau-b"],
+                [
+                    [t.stage, f"{t.a} vs {t.b}", str(t.candidates), tau_text(t.kendall_tau, t.reason)]
+                    for t in st.host_blocks
+                ],
+                caption="Host blocks: tau-b between the candidates' means on each block",
+            )
+        )
     decisions = {d.stage: d for d in decisions_from_status(s)}
     rows, marks = [], []
     for p in st.promotion:
@@ -383,25 +501,42 @@ def _stability(s: LadderStatus) -> Section:
         weakest = min(by_rank, key=lambda c: p.promoted_share.get(c, 1.0), default=None)
         strongest_cut = max(cut, key=lambda c: p.promoted_share.get(c, 0.0), default=None)
         low = p.promoted_share.get(weakest, 1.0) if weakest else None
-        rows.append([p.stage, str(len(by_rank)),
-                     "-" if low is None else "all at 100%" if low >= 1.0 else f"{weakest} {share(low)}",
-                     f"{strongest_cut} {share(p.promoted_share.get(strongest_cut))}" if strongest_cut else "-",
-                     f"{p.resamples} (seed {p.seed})"])
+        rows.append(
+            [
+                p.stage,
+                str(len(by_rank)),
+                "-" if low is None else "all at 100%" if low >= 1.0 else f"{weakest} {share(low)}",
+                f"{strongest_cut} {share(p.promoted_share.get(strongest_cut))}" if strongest_cut else "-",
+                f"{p.resamples} (seed {p.seed})",
+            ]
+        )
         marks.append("fail" if low is not None and low < FLIP_BELOW else "")
     if rows:
-        sec.tables.append(Table("stability-promotion",
-                                ["Stage", "Promoted by rank", "Least robust promotion", "Most promoted cut candidate",
-                                 "Resamples"], rows, marks=marks,
-                                caption="Promotion shares per decision (each stage's section lists every candidate's)"))
+        sec.tables.append(
+            Table(
+                "stability-promotion",
+                ["Stage", "Promoted by rank", "Least robust promotion", "Most promoted cut candidate", "Resamples"],
+                rows,
+                marks=marks,
+                caption="Promotion shares per decision (each stage's section lists every candidate's)",
+            )
+        )
     for stage, cand, x in flips(st, list(decisions.values()), FLIP_BELOW):
         sec.text.append(f"Fragile: stage {stage}: the promotion of {cand} would flip in {1 - x:.0%} of resamples.")
     return sec
 
 
 def _decisions(s: LadderStatus) -> list[Section]:
-    out = [Section("stages", "Stage decisions",
-                   text=["For each stage: who entered, every cell's value (the decision's inputs), the frozen rule, "
-                         "and who was promoted. The plots colour cells by host block, so host sensitivity shows."])]
+    out = [
+        Section(
+            "stages",
+            "Stage decisions",
+            text=[
+                "For each stage: who entered, every cell's value (the decision's inputs), the frozen rule, "
+                "and who was promoted. The plots colour cells by host block, so host sensitivity shows."
+            ],
+        )
+    ]
     for i, st in enumerate(s.stages):
         sec = _stage_section(st, i == len(s.stages) - 1, s)
         peaks = _memory_table(st)
@@ -417,8 +552,10 @@ def _verdict(s: LadderStatus) -> Section:
     if v is None:
         sec.text.append("No verdict yet: it is computed after the final stage.")
         return sec
-    sec.text.append(f"Winner: {v.winner or 'none (no candidate completed the final stage)'}"
-                    + (f"; reference: {v.reference}." if v.reference else "."))
+    sec.text.append(
+        f"Winner: {v.winner or 'none (no candidate completed the final stage)'}"
+        + (f"; reference: {v.reference}." if v.reference else ".")
+    )
     rows, marks = [], []
     for c in v.checks:
         if c.type == "rankFirstAllCells" and c.measured is not None:
@@ -428,7 +565,9 @@ def _verdict(s: LadderStatus) -> Section:
             threshold = ("<= " + val(c.threshold)) if c.threshold is not None else "-"
         rows.append([c.name, c.type, c.candidate, measured, threshold, "PASS" if c.passed else "FAIL", c.detail])
         marks.append("pass" if c.passed else "fail")
-    sec.tables.append(Table("verdict", ["Check", "Type", "Candidate", "Measured", "Threshold", "Result", "Detail"], rows, marks=marks))
+    sec.tables.append(
+        Table("verdict", ["Check", "Type", "Candidate", "Measured", "Threshold", "Result", "Detail"], rows, marks=marks)
+    )
     return sec
 
 
@@ -441,31 +580,80 @@ def _cost(s: LadderStatus) -> Section:
     sec.figures.append(GPU_HOURS)
     running = is_running(s)
     sec.text.append(
-        f"Executed: {gpu_h(g.total)} GPU-hours" + (" so far (the ladder is still running)" if running else "")
+        f"Executed: {gpu_h(g.total)} GPU-hours"
+        + (" so far (the ladder is still running)" if running else "")
         + ". A counterfactual is what sending every candidate that entered a stage straight through the "
         "final stage would have cost; savings are against the executed total."
     )
     rows = []
     for st in s.stages:
         if st.name in g.by_stage:
-            rows.append([st.name, st.budget, str(st.entered if st.entered is not None else "-"),
-                         str(sum(c.state in ("Succeeded", "Failed") for c in st.cells)), gpu_h(g.by_stage[st.name])])
-    rows.append(["total", "", "", str(sum(c.state in ("Succeeded", "Failed") for st in s.stages for c in st.cells)), gpu_h(g.total)])
-    sec.tables.append(Table("cost-executed", ["Stage", "Budget", "Entered", "Cells run", "GPU-hours"], rows,
-                            caption="Executed", marks=[""] * (len(rows) - 1) + ["total"]))
+            rows.append(
+                [
+                    st.name,
+                    st.budget,
+                    str(st.entered if st.entered is not None else "-"),
+                    str(sum(c.state in ("Succeeded", "Failed") for c in st.cells)),
+                    gpu_h(g.by_stage[st.name]),
+                ]
+            )
+    rows.append(
+        [
+            "total",
+            "",
+            "",
+            str(sum(c.state in ("Succeeded", "Failed") for st in s.stages for c in st.cells)),
+            gpu_h(g.total),
+        ]
+    )
+    sec.tables.append(
+        Table(
+            "cost-executed",
+            ["Stage", "Budget", "Entered", "Cells run", "GPU-hours"],
+            rows,
+            caption="Executed",
+            marks=[""] * (len(rows) - 1) + ["total"],
+        )
+    )
     final = s.stages[-1].name if s.stages else "the final stage"
-    cf_rows = [[f"all {c.entered} that entered {c.stage} through {final}", c.stage, str(c.entered), gpu_h(c.gpu_hours),
-                gpu_h(c.saved_gpu_hours), pct(c.saved_percent)] for c in g.counterfactuals]
+    cf_rows = [
+        [
+            f"all {c.entered} that entered {c.stage} through {final}",
+            c.stage,
+            str(c.entered),
+            gpu_h(c.gpu_hours),
+            gpu_h(c.saved_gpu_hours),
+            pct(c.saved_percent),
+        ]
+        for c in g.counterfactuals
+    ]
     saved = ["Saved GPU-hours", "Saved"] if not running else ["Saved so far (GPU-hours)", "Saved so far"]
-    sec.tables.append(Table("cost-counterfactuals", ["Alternative", "Stage", "Candidates", "GPU-hours"] + saved,
-                            cf_rows, caption="Counterfactuals"))
+    sec.tables.append(
+        Table(
+            "cost-counterfactuals",
+            ["Alternative", "Stage", "Candidates", "GPU-hours"] + saved,
+            cf_rows,
+            caption="Counterfactuals",
+        )
+    )
     if g.occupied is not None:
         sec.tables.append(_occupied_table(g))
-    sec.tables.append(Table("cost-host-blocks", ["Host block", "GPU-hours"],
-                            [[k, gpu_h(v)] for k, v in g.by_host_block.items()], caption="By host block"))
-    sec.tables.append(Table("cost-candidates", ["Candidate", "GPU-hours"],
-                            [[k, gpu_h(v)] for k, v in sorted(g.by_candidate.items(), key=lambda kv: -kv[1])],
-                            caption="By candidate"))
+    sec.tables.append(
+        Table(
+            "cost-host-blocks",
+            ["Host block", "GPU-hours"],
+            [[k, gpu_h(v)] for k, v in g.by_host_block.items()],
+            caption="By host block",
+        )
+    )
+    sec.tables.append(
+        Table(
+            "cost-candidates",
+            ["Candidate", "GPU-hours"],
+            [[k, gpu_h(v)] for k, v in sorted(g.by_candidate.items(), key=lambda kv: -kv[1])],
+            caption="By candidate",
+        )
+    )
     return sec
 
 
@@ -477,30 +665,61 @@ def _occupied_table(g) -> Table:
     """Protocol GPU-hours (train seconds) beside occupied ones (how long cells held their GPUs)."""
     rows = [[name, gpu_h(protocol), gpu_h(occupied), _ratio(r)] for name, protocol, occupied, r in occupancy_rows(g)]
     o = g.occupied
-    return Table("cost-occupied", ["Stage", "Protocol GPU-hours", "Occupied GPU-hours", "Occupied / protocol"], rows,
-                 caption=f"Occupied: how long cells held their GPUs, set-up, compilation and evaluation included "
-                         f"(measured for {o.measured_cells} of {o.cells} cells; the others count their protocol hours)",
-                 marks=[""] * (len(rows) - 1) + ["total"])
+    return Table(
+        "cost-occupied",
+        ["Stage", "Protocol GPU-hours", "Occupied GPU-hours", "Occupied / protocol"],
+        rows,
+        caption=f"Occupied: how long cells held their GPUs, set-up, compilation and evaluation included "
+        f"(measured for {o.measured_cells} of {o.cells} cells; the others count their protocol hours)",
+        marks=[""] * (len(rows) - 1) + ["total"],
+    )
 
 
 def _failures(s: LadderStatus) -> Section | None:
-    rows = [[st.name, c.candidate, c.host_block, str(c.seed), c.reason or "-"]
-            for st in s.stages for c in st.cells if c.state == "Failed"]
+    rows = [
+        [st.name, c.candidate, c.host_block, str(c.seed), c.reason or "-"]
+        for st in s.stages
+        for c in st.cells
+        if c.state == "Failed"
+    ]
     if not rows:
         return None
-    return Section("failed-cells", "Failed cells",
-                   text=["A failed cell has no value; its candidate is incomplete in that stage and is not promoted by rank."],
-                   tables=[Table("failed-cells", ["Stage", "Candidate", "Host block", "Seed", "Reason"], rows,
-                                 marks=["failed"] * len(rows))])
+    return Section(
+        "failed-cells",
+        "Failed cells",
+        text=["A failed cell has no value; its candidate is incomplete in that stage and is not promoted by rank."],
+        tables=[
+            Table(
+                "failed-cells",
+                ["Stage", "Candidate", "Host block", "Seed", "Reason"],
+                rows,
+                marks=["failed"] * len(rows),
+            )
+        ],
+    )
 
 
 def build_report(inp: ReportInput) -> Report:
     s = inp.status
-    sections = [_summary(inp), _progress(s), _rank_flow(s), _stability(s), _verdict(s), _cost(s), *_decisions(s), _failures(s), _spec(inp)]
+    sections = [
+        _summary(inp),
+        _progress(s),
+        _rank_flow(s),
+        _stability(s),
+        _verdict(s),
+        _cost(s),
+        *_decisions(s),
+        _failures(s),
+        _spec(inp),
+    ]
     subtitle = f"{s.phase}" + (f", winner {s.verdict.winner}" if s.verdict and s.verdict.winner else "")
     data_warnings = [f"{c.type}: {c.message}" for st in s.stages for c in st.conditions or []]
-    return Report(title=f"Promotion ladder report: {inp.name}", subtitle=subtitle, warnings=list(inp.warnings) + data_warnings,
-                  sections=[sec for sec in sections if sec is not None])
+    return Report(
+        title=f"Promotion ladder report: {inp.name}",
+        subtitle=subtitle,
+        warnings=list(inp.warnings) + data_warnings,
+        sections=[sec for sec in sections if sec is not None],
+    )
 
 
 def metric_label(spec: LadderSpec | None, status: LadderStatus | None = None) -> str:

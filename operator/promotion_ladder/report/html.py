@@ -58,9 +58,11 @@ def _table(t: Table) -> str:
 
 def _figure(f: Figure) -> str:
     data = base64.b64encode(f.png).decode("ascii")
-    return (f'<figure id="figure-{escape(f.key.replace(":", "-"))}" data-figure="{escape(f.key)}">'
-            f'<img src="data:image/png;base64,{data}" alt="{escape(f.alt)}">'
-            f"<figcaption>{escape(f.title)}</figcaption></figure>")
+    return (
+        f'<figure id="figure-{escape(f.key.replace(":", "-"))}" data-figure="{escape(f.key)}">'
+        f'<img src="data:image/png;base64,{data}" alt="{escape(f.alt)}">'
+        f"<figcaption>{escape(f.title)}</figcaption></figure>"
+    )
 
 
 def to_html(report: Report, figures: dict[str, Figure]) -> str:

@@ -101,18 +101,38 @@ def rank_flow(s: LadderStatus) -> Figure:
             ax.plot(bx, by, "o", ms=17, mfc="none", mec=FAILED_RING, mew=2, zorder=5)
         if cut_at:
             ax.plot(*cut_at, "X", ms=11, color="#333333", zorder=6)
-        ax.annotate(name, (xs[0], ys[0]), xytext=(-10, 0), textcoords="offset points", ha="right", va="center",
-                    fontsize=9, color=color if name != winner else "black", fontweight="bold" if name == winner else None)
+        ax.annotate(
+            name,
+            (xs[0], ys[0]),
+            xytext=(-10, 0),
+            textcoords="offset points",
+            ha="right",
+            va="center",
+            fontsize=9,
+            color=color if name != winner else "black",
+            fontweight="bold" if name == winner else None,
+        )
         if xs[-1] > xs[0] and not cut_at:
-            ax.annotate(name + ("  (winner)" if name == winner else ""), (xs[-1], ys[-1]), xytext=(10, 0),
-                        textcoords="offset points", ha="left", va="center", fontsize=9,
-                        fontweight="bold" if name == winner else None)
+            ax.annotate(
+                name + ("  (winner)" if name == winner else ""),
+                (xs[-1], ys[-1]),
+                xytext=(10, 0),
+                textcoords="offset points",
+                ha="left",
+                va="center",
+                fontsize=9,
+                fontweight="bold" if name == winner else None,
+            )
         if name == winner:
             ax.plot(xs[-1], ys[-1], "*", ms=20, color="gold", mec="black", zorder=7)
     ax.set_xticks(range(len(s.stages)))
     state_note = {"Running": "\n(running)", "Pending": "\n(not reached)"}
-    ax.set_xticklabels([f"{st.name}\n{st.entered if st.entered is not None else '-'} entered{state_note.get(st.state, '')}"
-                        for st in s.stages])
+    ax.set_xticklabels(
+        [
+            f"{st.name}\n{st.entered if st.entered is not None else '-'} entered{state_note.get(st.state, '')}"
+            for st in s.stages
+        ]
+    )
     ax.set_xlim(-1.4, len(s.stages) - 1 + 1.3)
     ax.set_ylim(n_max + 0.7, 0.3)
     ax.set_yticks(range(1, n_max + 1))
@@ -122,18 +142,34 @@ def rank_flow(s: LadderStatus) -> Figure:
         ax.spines[side].set_visible(False)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="X", ls="", color="#333333", ms=9, label="cut at this stage"),
-               Line2D([], [], marker="s", ls="", mfc="none", mec="black", ms=10, label="promoted by keep"),
-               Line2D([], [], marker="*", ls="", color="gold", mec="black", ms=14, label="winner")]
+    handles = [
+        Line2D([], [], marker="X", ls="", color="#333333", ms=9, label="cut at this stage"),
+        Line2D([], [], marker="s", ls="", mfc="none", mec="black", ms=10, label="promoted by keep"),
+        Line2D([], [], marker="*", ls="", color="gold", mec="black", ms=14, label="winner"),
+    ]
     if any(not e.complete for _, d in decided for e in d.ranking):
-        handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec=FAILED_RING, mew=2, ms=12,
-                              label="had failed cells (incomplete)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                ls="",
+                mfc="none",
+                mec=FAILED_RING,
+                mew=2,
+                ms=12,
+                label="had failed cells (incomplete)",
+            )
+        )
     ax.legend(handles=handles, loc="lower left", fontsize=8, frameon=False, ncols=4, bbox_to_anchor=(0, 1.0))
     fig.suptitle("Rank flow across stages", fontsize=12, x=0.02, ha="left")
     final = s.stages[-1].name
     cut = [e.candidate for name, d in decided if name != final for e in d.ranking if not e.promoted_by]
-    alt = f"Rank flow across {len(decided)} decided stages; " + (f"winner {winner}; " if winner else "") + \
-          f"{len(cut)} candidates cut"
+    alt = (
+        f"Rank flow across {len(decided)} decided stages; "
+        + (f"winner {winner}; " if winner else "")
+        + f"{len(cut)} candidates cut"
+    )
     return Figure(RANK_FLOW, "Rank flow across stages", alt, _png(fig))
 
 
@@ -163,13 +199,28 @@ def cell_values(st: StageStatus, metric: str) -> Figure:
             dx = (j - (n_cells - 1) / 2) * (width / max(n_cells, 1))
             if c.state == "Succeeded" and c.value is not None:
                 ok.append(c.value)
-                ax.plot(x + dx, c.value, SEED_MARKERS[seeds.index(c.seed) % len(SEED_MARKERS)], ms=6,
-                        color=BLOCK_COLORS[blocks.index(c.host_block) % len(BLOCK_COLORS)], zorder=3)
+                ax.plot(
+                    x + dx,
+                    c.value,
+                    SEED_MARKERS[seeds.index(c.seed) % len(SEED_MARKERS)],
+                    ms=6,
+                    color=BLOCK_COLORS[blocks.index(c.host_block) % len(BLOCK_COLORS)],
+                    zorder=3,
+                )
             else:
                 states_seen.add(c.state)
                 mk = STATE_MARKERS[c.state]
-                ax.plot(x + dx, 0.04, mk, ms=9 if c.state == "Failed" else 7, mew=2, color=STATE_COLORS[c.state],
-                        transform=bottom, zorder=4, clip_on=False)
+                ax.plot(
+                    x + dx,
+                    0.04,
+                    mk,
+                    ms=9 if c.state == "Failed" else 7,
+                    mew=2,
+                    color=STATE_COLORS[c.state],
+                    transform=bottom,
+                    zorder=4,
+                    clip_on=False,
+                )
         if ok:
             m = sum(ok) / len(ok)
             ax.plot([x - width / 2, x + width / 2], [m, m], color="black", lw=1.2, zorder=2)
@@ -190,10 +241,13 @@ def cell_values(st: StageStatus, metric: str) -> Figure:
         ax.spines[side].set_visible(False)
     handles: list[Artist] = [
         Line2D([], [], marker="o", ls="", color=BLOCK_COLORS[i % len(BLOCK_COLORS)], label=f"host {b}")
-               for i, b in enumerate(blocks)]
+        for i, b in enumerate(blocks)
+    ]
     if len(seeds) > 1:
-        handles += [Line2D([], [], marker=SEED_MARKERS[i % len(SEED_MARKERS)], ls="", color="gray", label=f"seed {sd}")
-                    for i, sd in enumerate(seeds)]
+        handles += [
+            Line2D([], [], marker=SEED_MARKERS[i % len(SEED_MARKERS)], ls="", color="gray", label=f"seed {sd}")
+            for i, sd in enumerate(seeds)
+        ]
     handles.append(Line2D([], [], color="black", lw=1.2, label="mean"))
     if promoted:
         from matplotlib.patches import Patch
@@ -206,8 +260,9 @@ def cell_values(st: StageStatus, metric: str) -> Figure:
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_title(f"Stage {st.name} (budget {st.budget}): value per cell", fontsize=10, loc="left")
     n_failed = sum(c.state == "Failed" for c in st.cells)
-    alt = (f"Stage {st.name}: {len(st.cells)} cells of {len(order)} candidates on host blocks {', '.join(blocks)}"
-           + (f"; {n_failed} failed" if n_failed else ""))
+    alt = f"Stage {st.name}: {len(st.cells)} cells of {len(order)} candidates on host blocks {', '.join(blocks)}" + (
+        f"; {n_failed} failed" if n_failed else ""
+    )
     return Figure(CELL_VALUES + st.name, f"Stage {st.name}: values per cell", alt, _png(fig))
 
 
@@ -236,17 +291,27 @@ def gpu_hours(s: LadderStatus) -> Figure:
         ax.text(i, c.gpu_hours + top * 0.015, label, ha="center", va="bottom", fontsize=9)
     ax.axhline(g.total, color="#333333", lw=0.8, ls="--", zorder=0)
     ax.set_xticks(range(len(cfs) + 1))
-    ax.set_xticklabels(["executed" + (" so far" if s.phase in ("Pending", "Running") else "")]
-                       + [f"all {c.entered} from\n{c.stage} to the end" for c in cfs], fontsize=8)
+    ax.set_xticklabels(
+        ["executed" + (" so far" if s.phase in ("Pending", "Running") else "")]
+        + [f"all {c.entered} from\n{c.stage} to the end" for c in cfs],
+        fontsize=8,
+    )
     ax.set_ylim(0, top * 1.22)
     ax.set_ylabel("GPU-hours")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title="executed by stage",
-              title_fontsize=8)
+    ax.legend(
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        frameon=False,
+        title="executed by stage",
+        title_fontsize=8,
+    )
     ax.set_title("GPU-hours: executed vs counterfactuals", fontsize=11, loc="left")
     alt = f"GPU-hours executed {gpu_h(g.total)}; counterfactuals " + ", ".join(
-        f"{gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage})" for c in cfs)
+        f"{gpu_h(c.gpu_hours)} (all {c.entered} from {c.stage})" for c in cfs
+    )
     return Figure(GPU_HOURS, "GPU-hours executed vs counterfactuals", alt, _png(fig))
 
 
@@ -264,8 +329,15 @@ def progress(s: LadderStatus) -> Figure:
         x, y = labels.index(f"{c.host_block}/{c.seed}"), cands.index(c.candidate)
         ax.add_patch(Rectangle((x + 0.04, y + 0.06), 0.92, 0.88, color=STATE_COLORS[c.state]))
         txt = f"{c.value:.4f}" if c.value is not None else c.state.lower()
-        ax.text(x + 0.5, y + 0.5, txt, ha="center", va="center", fontsize=8,
-                color="white" if c.state in ("Succeeded", "Failed") else "black")
+        ax.text(
+            x + 0.5,
+            y + 0.5,
+            txt,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if c.state in ("Succeeded", "Failed") else "black",
+        )
     ax.set_xlim(0, len(labels))
     ax.set_ylim(len(cands), 0)
     ax.set_xticks([i + 0.5 for i in range(len(labels))])
@@ -278,8 +350,13 @@ def progress(s: LadderStatus) -> Figure:
         side.set_visible(False)
     counts = {k: sum(c.state == k for c in st.cells) for k in STATE_COLORS}
     done = counts["Succeeded"] + counts["Failed"]
-    ax.legend(handles=[Patch(color=STATE_COLORS[k], label=f"{k.lower()} {v}") for k, v in counts.items()],
-              fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.legend(
+        handles=[Patch(color=STATE_COLORS[k], label=f"{k.lower()} {v}") for k, v in counts.items()],
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        frameon=False,
+    )
     title = f"Stage {st.name} in progress: {done} of {len(st.cells)} cells done"
     fig.suptitle(title, fontsize=11, x=0.02, ha="left")
     alt = f"{title}; " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items())
@@ -304,16 +381,37 @@ def stability(s: LadderStatus) -> Figure:
         ys = [t.kendall_tau for t in pairs]
         ax.axhspan(0.8, 1.05, color="#e8f5e9", zorder=0)
         ax.axhline(0, color="#9e9e9e", lw=0.8, zorder=1)
-        ax.plot([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None], "-", color="#1f77b4",
-                lw=1.8, zorder=2)
+        ax.plot(
+            [x for x, y in zip(xs, ys) if y is not None],
+            [y for y in ys if y is not None],
+            "-",
+            color="#1f77b4",
+            lw=1.8,
+            zorder=2,
+        )
         for x, t in zip(xs, pairs):
             if t.kendall_tau is None:
-                ax.text(x, 0.0, "n/a", ha="center", va="center", fontsize=9, color="#757575",
-                        bbox=dict(boxstyle="round", fc="white", ec="#bdbdbd"))
+                ax.text(
+                    x,
+                    0.0,
+                    "n/a",
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="#757575",
+                    bbox=dict(boxstyle="round", fc="white", ec="#bdbdbd"),
+                )
                 continue
             ax.plot(x, t.kendall_tau, "o", ms=9, color=cmap(norm(t.kendall_tau)), mec="#333333", zorder=3)
-            ax.annotate(f"{t.kendall_tau:.2f}\n{t.candidates} cand.", (x, t.kendall_tau), xytext=(0, -12),
-                        textcoords="offset points", ha="center", va="top", fontsize=8)
+            ax.annotate(
+                f"{t.kendall_tau:.2f}\n{t.candidates} cand.",
+                (x, t.kendall_tau),
+                xytext=(0, -12),
+                textcoords="offset points",
+                ha="center",
+                va="top",
+                fontsize=8,
+            )
         ax.set_xticks(xs)
         ax.set_xticklabels([f"{t.from_} \u2192 {t.to}" for t in pairs], fontsize=9)
         ax.set_xlim(-0.5, len(pairs) - 0.5)
@@ -337,8 +435,15 @@ def stability(s: LadderStatus) -> Figure:
         for b in blocks:
             i, j = labels.index(f"{b.a} vs {b.b}"), stages.index(b.stage)
             dark = b.kendall_tau is not None and abs(b.kendall_tau) > 0.6  # the colour map's dark ends
-            ax.text(j, i, "n/a" if b.kendall_tau is None else f"{b.kendall_tau:.2f}", ha="center", va="center",
-                    fontsize=9, color="white" if dark else "black")
+            ax.text(
+                j,
+                i,
+                "n/a" if b.kendall_tau is None else f"{b.kendall_tau:.2f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if dark else "black",
+            )
         ax.set_xticks(range(len(stages)))
         ax.set_xticklabels(stages, fontsize=9)
         ax.set_yticks(range(len(labels)))
@@ -349,9 +454,15 @@ def stability(s: LadderStatus) -> Figure:
         ax.set_title("Host blocks: same ranking on each?", fontsize=10, loc="left")
     fig.suptitle("Rank stability (Kendall tau-b)", fontsize=12, x=0.02, ha="left")
     alt = "Rank stability: " + "; ".join(
-        [f"{t.from_} to {t.to} tau " + ("undefined" if t.kendall_tau is None else f"{t.kendall_tau:.2f}") for t in pairs]
-        + [f"{t.stage} {t.a} vs {t.b} tau " + ("undefined" if t.kendall_tau is None else f"{t.kendall_tau:.2f}")
-           for t in blocks])
+        [
+            f"{t.from_} to {t.to} tau " + ("undefined" if t.kendall_tau is None else f"{t.kendall_tau:.2f}")
+            for t in pairs
+        ]
+        + [
+            f"{t.stage} {t.a} vs {t.b} tau " + ("undefined" if t.kendall_tau is None else f"{t.kendall_tau:.2f}")
+            for t in blocks
+        ]
+    )
     return Figure(STABILITY, "Rank stability: tau-b between stages and between host blocks", alt, _png(fig))
 
 
@@ -368,7 +479,7 @@ def draw(keys: list[str], s: LadderStatus, metric: str) -> dict[str, Figure]:
         elif k == STABILITY:
             out[k] = stability(s)
         elif k.startswith(CELL_VALUES):
-            st = next(st for st in s.stages if st.name == k[len(CELL_VALUES):])
+            st = next(st for st in s.stages if st.name == k[len(CELL_VALUES) :])
             out[k] = cell_values(st, metric)
         else:  # pragma: no cover - a key build.py names but nobody draws
             raise KeyError(k)

@@ -35,7 +35,9 @@ class ReportInput:
 def from_document(data: Any, origin: str, name: str | None = None, ladder_file: str | None = None) -> ReportInput:
     """A bare status dict, or a full PromotionLadder object {apiVersion, kind, metadata, spec, status}."""
     if not isinstance(data, dict):
-        raise ReportError(f"{origin}: expected a JSON object (a ladder status or a PromotionLadder), got {type(data).__name__}")
+        raise ReportError(
+            f"{origin}: expected a JSON object (a ladder status or a PromotionLadder), got {type(data).__name__}"
+        )
     spec = None
     if data.get("kind") == KIND or ("spec" in data and "status" in data):
         try:
@@ -54,7 +56,9 @@ def from_document(data: Any, origin: str, name: str | None = None, ladder_file: 
     if ladder_file is not None:
         ladder = read_ladder(ladder_file)
         if spec is not None and ladder.spec.frozen_hash() != spec.frozen_hash():
-            warnings.append(f"--ladder {ladder_file} differs from the spec stored with the status; showing the stored spec")
+            warnings.append(
+                f"--ladder {ladder_file} differs from the spec stored with the status; showing the stored spec"
+            )
         elif spec is None:
             spec, name = ladder.spec, ladder.name
     if spec is not None and not frozen_hash_matches(status.frozen_hash, spec):
