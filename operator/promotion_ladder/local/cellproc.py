@@ -8,6 +8,7 @@ the cell's own folder under the work dir.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -87,10 +88,8 @@ class CellProcess:
         return cls(ladder, cell, proc, result_file, log_file, started + cell_deadline_seconds(budget), devices, started)
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # the group has already exited
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
 
     def poll(self) -> CellOutcome | None:

@@ -22,7 +22,7 @@ from ..core import clock
 from ..core.api import PromotionLadder
 from ..core.cell import CellKey, CellOutcome
 from ..core.status import FROZEN_SPEC_CHANGED, LadderStatus, decisions_from_status, outcomes_from_status
-from ..core.step import step
+from ..core.step import Step, step
 from ..files import FileError, read_status
 from .cellproc import CellProcess
 from .checkpoints import checkpoint_root, prune
@@ -127,6 +127,13 @@ def _recorded(ladder: PromotionLadder, status_path: Path) -> LadderStatus:
     return record
 
 
+def _typed(s: Step) -> LadderStatus:
+    """The step's typed status. The core leaves it None only when it stops on a status it cannot
+    parse; this runner always hands it a typed LadderStatus (read_status parsed it) or None."""
+    assert s.ladder_status is not None, "step() returned no typed status for a typed record"
+    return s.ladder_status
+
+
 def _reap(
     running: dict[CellKey, CellProcess], free_gpu_groups: list[list[str]], progress: Progress
 ) -> dict[CellKey, CellOutcome]:
@@ -188,7 +195,7 @@ def run_ladder(
             s = step(
                 spec, record, observed, frozenset(running), now=clock.iso(), capacity=slots, checkpoint_root=checkpoints
             )
-            record, observed = s.ladder_status, {}
+            record, observed = _typed(s), {}
             for a in s.announcements:
                 if a.reason == "StageDecided":  # the ladder's end is the closing line below
                     progress.event(a.message)
@@ -211,8 +218,8 @@ def run_ladder(
     except KeyboardInterrupt:
         for proc in running.values():
             proc.kill()
-        record = step(spec, record, observed, (), now=clock.iso(), checkpoint_root=checkpoints).ladder_status
-        write_status(status_path, ladder, record)
+        last = _typed(step(spec, record, observed, (), now=clock.iso(), checkpoint_root=checkpoints))
+        write_status(status_path, ladder, last)
         progress.event(f"interrupted; finished cells are saved in {status_path}; run the same command to resume")
         raise
     status = record

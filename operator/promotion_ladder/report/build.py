@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
-from ..core.accounting import format_gpu_hours, occupancy_rows
-from ..core.api import LadderSpec, frozen_hash_matches
-from ..core.rules import Decision
+from ..core.accounting import GpuHours, format_gpu_hours, occupancy_rows
+from ..core.api import LadderSpec, Stage, Verdict, frozen_hash_matches
+from ..core.rules import Decision, RankEntry
 from ..core.stability import Stability, flips, stability
 from ..core.status import LadderStatus, StageStatus, decisions_from_status
 from ..core.wording import entry_outcome, keep_sentence, rule_text
@@ -221,38 +222,15 @@ def _spec(inp: ReportInput) -> Section:
             "pass --ladder FILE (the ladder it was made from) to show it here."
         )
         return sec
-    h = spec.frozen_hash()
-    same = frozen_hash_matches(s.frozen_hash, spec)
-    sec.text.append(
-        f"Frozen hash {h}"
-        + (
-            " (matches the status)."
-            if s.frozen_hash and same
-            else "."
-            if same
-            else f" (the status records {s.frozen_hash}: they differ)."
-        )
-        + " The hash covers the objective, candidates, stages, verdict and trainer.gpus (order included): the rules "
-        "were fixed before any result was seen."
-    )
+    sec.text.append(_frozen_hash_sentence(s, spec))
     sec.text.append(
         f"Objective: {spec.objective.direction} {spec.objective.metric}. "
         f"Trainer (not frozen): {spec.trainer.image}, {spec.trainer.gpus} GPU(s) per cell."
     )
-    rows = []
-    for st in spec.stages:
-        p = st.promote
-        if p is None:
-            rule = "final: verdict"
-        else:
-            rule = f"top {p.top} by {p.aggregate}"
-            if p.within is not None:
-                rule += f", within {p.within:g}"
-            if p.keep:
-                rule += f", keep {', '.join(p.keep)}"
-        rows.append(
-            [st.name, st.budget, ", ".join(st.host_blocks), ", ".join(map(str, st.seeds)), str(len(st.cells())), rule]
-        )
+    rows = [
+        [st.name, st.budget, ", ".join(st.host_blocks), ", ".join(map(str, st.seeds)), str(len(st.cells())), _rule(st)]
+        for st in spec.stages
+    ]
     sec.tables.append(
         Table(
             "spec-stages",
@@ -278,26 +256,58 @@ def _spec(inp: ReportInput) -> Section:
         )
     )
     if spec.verdict is not None:
-        rows = []
-        for c in spec.verdict.checks:
-            thr = {
-                "nearEquivalence": f"margin {c.margin:g}" if c.margin is not None else "-",
-                "meanGap": f"maxGap {c.max_gap:g}" if c.max_gap is not None else "-",
-                "rankFirstAllCells": "first in every final cell",
-            }[c.type]
-            rows.append([c.name, c.type, c.candidate, thr])
-        sec.tables.append(
-            Table(
-                "spec-verdict",
-                ["Check", "Type", "Candidate", "Threshold"],
-                rows,
-                caption=f"Verdict (reference {spec.verdict.reference})",
-            )
-        )
+        sec.tables.append(_spec_verdict_table(spec.verdict))
     return sec
 
 
-def _outcome(e, final: bool, winner: str | None) -> tuple[str, str]:
+def _frozen_hash_sentence(s: LadderStatus, spec: LadderSpec) -> str:
+    """The spec's frozen hash, and whether the status was written under it."""
+    same = frozen_hash_matches(s.frozen_hash, spec)
+    return (
+        f"Frozen hash {spec.frozen_hash()}"
+        + (
+            " (matches the status)."
+            if s.frozen_hash and same
+            else "."
+            if same
+            else f" (the status records {s.frozen_hash}: they differ)."
+        )
+        + " The hash covers the objective, candidates, stages, verdict and trainer.gpus (order included): the rules "
+        "were fixed before any result was seen."
+    )
+
+
+def _rule(st: Stage) -> str:
+    """A stage's promotion rule as the spec table shows it."""
+    p = st.promote
+    if p is None:
+        return "final: verdict"
+    rule = f"top {p.top} by {p.aggregate}"
+    if p.within is not None:
+        rule += f", within {p.within:g}"
+    if p.keep:
+        rule += f", keep {', '.join(p.keep)}"
+    return rule
+
+
+def _spec_verdict_table(verdict: Verdict) -> Table:
+    rows = []
+    for c in verdict.checks:
+        thr = {
+            "nearEquivalence": f"margin {c.margin:g}" if c.margin is not None else "-",
+            "meanGap": f"maxGap {c.max_gap:g}" if c.max_gap is not None else "-",
+            "rankFirstAllCells": "first in every final cell",
+        }[c.type]
+        rows.append([c.name, c.type, c.candidate, thr])
+    return Table(
+        "spec-verdict",
+        ["Check", "Type", "Candidate", "Threshold"],
+        rows,
+        caption=f"Verdict (reference {verdict.reference})",
+    )
+
+
+def _outcome(e: RankEntry, final: bool, winner: str | None) -> tuple[str, str]:
     """The words (core.wording) and the row's mark (colour class)."""
     if final:
         mark = "promoted" if e.candidate == winner else ("" if e.complete else "failed")
@@ -325,16 +335,8 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
         sec.figures.append(CELL_VALUES + st.name)
     if d is None:
         sec.text.append("Not decided yet: the decision is made once every cell of the stage has finished.")
-        labels = list(dict.fromkeys(f"{c.host_block}/{c.seed}" for c in st.cells))
-        by = {}
-        for c in st.cells:
-            by.setdefault(c.candidate, {})[f"{c.host_block}/{c.seed}"] = (
-                val(c.value) if c.state == "Succeeded" else c.state.lower()
-            )
-        rows = [[cand] + [cells.get(lbl, "-") for lbl in labels] for cand, cells in by.items()]
-        sec.tables.append(Table(f"cells-{st.name}", ["Candidate"] + labels, rows, caption="Cells so far"))
+        sec.tables.append(_cells_so_far(st))
         return sec
-    n_cells = len(d.cells)
     sec.text.append(f"Rule: {rule_text(d)}.")
     if (kept := keep_sentence(d)) is not None:
         sec.text.append(f"Note: {kept[0].upper()}{kept[1:]}; `keep` promotes a candidate whatever its cells did.")
@@ -370,7 +372,7 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
     )
     if not final:
         sec.text.append(f"Promoted ({len(d.promoted)}): {', '.join(d.promoted) or 'none'}.")
-    if by is not None:
+    if shares is not None and by is not None:
         sec.text.append(
             f"Promoted in resamples: the share of {shares.resamples} resamples of this stage's cells "
             "(drawn with replacement) in which the frozen rule promotes the candidate."
@@ -380,6 +382,18 @@ def _stage_section(st: StageStatus, final: bool, s: LadderStatus) -> Section:
     elif shares is not None and shares.reason:
         sec.text.append(f"No promotion shares: {shares.reason}.")
     return sec
+
+
+def _cells_so_far(st: StageStatus) -> Table:
+    """An undecided stage's cells: one row per candidate, one column per (host block, seed)."""
+    labels = list(dict.fromkeys(f"{c.host_block}/{c.seed}" for c in st.cells))
+    by: dict[str, dict[str, str]] = {}
+    for c in st.cells:
+        by.setdefault(c.candidate, {})[f"{c.host_block}/{c.seed}"] = (
+            val(c.value) if c.state == "Succeeded" else c.state.lower()
+        )
+    rows = [[cand] + [cells.get(lbl, "-") for lbl in labels] for cand, cells in by.items()]
+    return Table(f"cells-{st.name}", ["Candidate"] + labels, rows, caption="Cells so far")
 
 
 def _memory_table(st: StageStatus) -> Table | None:
@@ -430,12 +444,10 @@ def _stability_summary(st: Stability, decisions: list[Decision]) -> str:
         ("stage step", st.stages, lambda t: f"{t.from_} \u2192 {t.to}"),
         ("host-block agreement", st.host_blocks, lambda t: f"{t.a} vs {t.b} at {t.stage}"),
     ):
-        defined = [t for t in figures if t.kendall_tau is not None]
+        defined = [(t.kendall_tau, t) for t in figures if t.kendall_tau is not None]
         if defined:
-            t = min(defined, key=lambda t: t.kendall_tau)
-            parts.append(
-                f"the least stable {what} was {name(t)} (tau {t.kendall_tau:.2f} over {t.candidates} candidates)"
-            )
+            tau, t = min(defined, key=lambda pair: pair[0])
+            parts.append(f"the least stable {what} was {name(t)} (tau {tau:.2f} over {t.candidates} candidates)")
     shares = flips(st, decisions, below=math.inf)
     if shares:
         stage, cand, x = min(shares, key=lambda f: f[2])
@@ -460,9 +472,9 @@ def _stability(s: LadderStatus) -> Section:
     )
     sec.text.append(
         "Promotion shares: each decided stage's (host block, seed) cells are drawn again with replacement, "
-        f"{st.promotion[0].resamples if st.promotion else 200} times with a fixed seed (so the figures replay the same), "
-        "and the frozen rule is re-applied to each draw. A promoted candidate at 60% would have been cut in 4 of 10 "
-        "such reruns: a near coin flip, not a finding."
+        f"{st.promotion[0].resamples if st.promotion else 200} times with a fixed seed "
+        "(so the figures replay the same), and the frozen rule is re-applied to each draw. "
+        "A promoted candidate at 60% would have been cut in 4 of 10 such reruns: a near coin flip, not a finding."
     )
     sec.text.append(_stability_summary(st, decisions_from_status(s)))
     if st.stages or st.host_blocks:
@@ -491,22 +503,22 @@ def _stability(s: LadderStatus) -> Section:
     decisions = {d.stage: d for d in decisions_from_status(s)}
     rows, marks = [], []
     for p in st.promotion:
-        d = decisions.get(p.stage)
-        if p.promoted_share is None or d is None:
+        d, promoted_share = decisions.get(p.stage), p.promoted_share
+        if promoted_share is None or d is None:
             rows.append([p.stage, "-", f"undefined: {p.reason}", "-", f"{p.resamples} (seed {p.seed})"])
             marks.append("")
             continue
         by_rank = [e.candidate for e in d.ranking if e.promoted_by in ("top", "within")]
         cut = [e.candidate for e in d.ranking if e.complete and not e.promoted_by]
-        weakest = min(by_rank, key=lambda c: p.promoted_share.get(c, 1.0), default=None)
-        strongest_cut = max(cut, key=lambda c: p.promoted_share.get(c, 0.0), default=None)
-        low = p.promoted_share.get(weakest, 1.0) if weakest else None
+        weakest = min(by_rank, key=lambda c: promoted_share.get(c, 1.0), default=None)
+        strongest_cut = max(cut, key=lambda c: promoted_share.get(c, 0.0), default=None)
+        low = promoted_share.get(weakest, 1.0) if weakest else None
         rows.append(
             [
                 p.stage,
                 str(len(by_rank)),
                 "-" if low is None else "all at 100%" if low >= 1.0 else f"{weakest} {share(low)}",
-                f"{strongest_cut} {share(p.promoted_share.get(strongest_cut))}" if strongest_cut else "-",
+                f"{strongest_cut} {share(promoted_share.get(strongest_cut))}" if strongest_cut else "-",
                 f"{p.resamples} (seed {p.seed})",
             ]
         )
@@ -585,6 +597,16 @@ def _cost(s: LadderStatus) -> Section:
         + ". A counterfactual is what sending every candidate that entered a stage straight through the "
         "final stage would have cost; savings are against the executed total."
     )
+    sec.tables.append(_executed_table(s, g))
+    sec.tables.append(_counterfactuals_table(s, g, running))
+    if g.occupied is not None:
+        sec.tables.append(_occupied_table(g))
+    sec.tables += _breakdown_tables(g)
+    return sec
+
+
+def _executed_table(s: LadderStatus, g: GpuHours) -> Table:
+    """GPU-hours executed per stage, and the total."""
     rows = []
     for st in s.stages:
         if st.name in g.by_stage:
@@ -606,15 +628,17 @@ def _cost(s: LadderStatus) -> Section:
             gpu_h(g.total),
         ]
     )
-    sec.tables.append(
-        Table(
-            "cost-executed",
-            ["Stage", "Budget", "Entered", "Cells run", "GPU-hours"],
-            rows,
-            caption="Executed",
-            marks=[""] * (len(rows) - 1) + ["total"],
-        )
+    return Table(
+        "cost-executed",
+        ["Stage", "Budget", "Entered", "Cells run", "GPU-hours"],
+        rows,
+        caption="Executed",
+        marks=[""] * (len(rows) - 1) + ["total"],
     )
+
+
+def _counterfactuals_table(s: LadderStatus, g: GpuHours, running: bool) -> Table:
+    """What sending all who entered each stage through the final stage would have cost, and the saving."""
     final = s.stages[-1].name if s.stages else "the final stage"
     cf_rows = [
         [
@@ -628,43 +652,41 @@ def _cost(s: LadderStatus) -> Section:
         for c in g.counterfactuals
     ]
     saved = ["Saved GPU-hours", "Saved"] if not running else ["Saved so far (GPU-hours)", "Saved so far"]
-    sec.tables.append(
-        Table(
-            "cost-counterfactuals",
-            ["Alternative", "Stage", "Candidates", "GPU-hours"] + saved,
-            cf_rows,
-            caption="Counterfactuals",
-        )
+    return Table(
+        "cost-counterfactuals",
+        ["Alternative", "Stage", "Candidates", "GPU-hours"] + saved,
+        cf_rows,
+        caption="Counterfactuals",
     )
-    if g.occupied is not None:
-        sec.tables.append(_occupied_table(g))
-    sec.tables.append(
+
+
+def _breakdown_tables(g: GpuHours) -> list[Table]:
+    """GPU-hours by host block and by candidate (most first)."""
+    return [
         Table(
             "cost-host-blocks",
             ["Host block", "GPU-hours"],
             [[k, gpu_h(v)] for k, v in g.by_host_block.items()],
             caption="By host block",
-        )
-    )
-    sec.tables.append(
+        ),
         Table(
             "cost-candidates",
             ["Candidate", "GPU-hours"],
             [[k, gpu_h(v)] for k, v in sorted(g.by_candidate.items(), key=lambda kv: -kv[1])],
             caption="By candidate",
-        )
-    )
-    return sec
+        ),
+    ]
 
 
 def _ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
 
 
-def _occupied_table(g) -> Table:
+def _occupied_table(g: GpuHours) -> Table:
     """Protocol GPU-hours (train seconds) beside occupied ones (how long cells held their GPUs)."""
     rows = [[name, gpu_h(protocol), gpu_h(occupied), _ratio(r)] for name, protocol, occupied, r in occupancy_rows(g)]
     o = g.occupied
+    assert o is not None  # _cost makes this table only for a status with occupied hours
     return Table(
         "cost-occupied",
         ["Stage", "Protocol GPU-hours", "Occupied GPU-hours", "Occupied / protocol"],
@@ -724,6 +746,7 @@ def build_report(inp: ReportInput) -> Report:
 
 def metric_label(spec: LadderSpec | None, status: LadderStatus | None = None) -> str:
     """The value axis: the objective's metric, or, without a spec, the direction the decisions recorded."""
+    direction: Literal["minimize", "maximize"] | None
     if spec is not None:
         metric, direction = spec.objective.metric, spec.objective.direction
     else:

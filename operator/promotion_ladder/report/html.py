@@ -12,19 +12,23 @@ from .build import Report, Table
 from .plots import Figure
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#222;margin:0;background:#fafafa}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
+  color:#222;margin:0;background:#fafafa}
 main{max-width:1100px;margin:0 auto;padding:24px 28px 60px;background:#fff;box-shadow:0 0 6px rgba(0,0,0,.06)}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:32px 0 8px;border-bottom:2px solid #e0e0e0;padding-bottom:4px}
 h3{font-size:16px;margin:24px 0 6px}.sub{color:#666;margin:0 0 12px}
 nav{font-size:13px;margin:8px 0 16px}nav a{margin-right:12px;color:#1565c0;text-decoration:none}
-table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}caption{text-align:left;font-weight:600;padding:2px 0 4px}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}
+caption{text-align:left;font-weight:600;padding:2px 0 4px}
 th,td{border:1px solid #e0e0e0;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f5f5f5}
 td.num{text-align:right;font-variant-numeric:tabular-nums;font-family:"DejaVu Sans Mono",monospace;font-size:12px}
 tr.promoted td{background:#e8f5e9}tr.cut td{color:#888}tr.failed td{background:#fdecea}
-tr.pass td{background:#e8f5e9}tr.fail td{background:#fdecea}tr.total td{font-weight:700}tr.current td{background:#fff8e1}
+tr.pass td{background:#e8f5e9}tr.fail td{background:#fdecea}
+tr.total td{font-weight:700}tr.current td{background:#fff8e1}
 td.failed-value{color:#c62828;font-weight:600}
 table.kv th{display:none}table.kv td:first-child{font-weight:600;background:#fafafa}
-figure{margin:10px 0 18px}figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{color:#666;font-size:12px}
+figure{margin:10px 0 18px}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#666;font-size:12px}
 .warn{background:#fff3e0;border-left:4px solid #fb8c00;padding:6px 10px;margin:8px 0}
 """
 

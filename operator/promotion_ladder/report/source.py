@@ -95,7 +95,7 @@ def _default_namespace(kubeconfig: str | None, context: str | None) -> str:
 
     try:
         contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
-    except Exception:  # in-cluster or no kubeconfig: kubectl's default
+    except (config.ConfigException, OSError, yaml.YAMLError):  # in-cluster, no or bad kubeconfig: kubectl's default
         return "default"
     ctx = next((c for c in contexts if c["name"] == context), active) if context else active
     return (ctx or {}).get("context", {}).get("namespace") or "default"
@@ -110,15 +110,16 @@ def from_cluster(
     ladder_file: str | None = None,
 ) -> ReportInput:
     """Read the PromotionLadder `name` with the kubernetes client, as kubectl would find it."""
+    import urllib3
     from kubernetes import client, config
 
     if api is None:
         try:
             config.load_kube_config(config_file=kubeconfig, context=context)
-        except Exception as load_exc:
+        except Exception as load_exc:  # noqa: BLE001 - auth plugins (exec, oidc, gcp) raise their own; the message says it
             try:
                 config.load_incluster_config()
-            except Exception:
+            except (config.ConfigException, OSError):  # not in a pod, or its token cannot be read
                 raise ReportError(
                     f"{name}: no such file, and no cluster to read a {KIND} from ({load_exc}); "
                     "give a status file, or --kubeconfig / KUBECONFIG for the cluster"
@@ -132,7 +133,7 @@ def from_cluster(
         if exc.status == 404:
             raise ReportError(f"{origin}: no {KIND} {name!r} in namespace {ns!r} (and no file of that name)") from None
         raise ReportError(f"{origin}: the API server answered {exc.status} {exc.reason}") from None
-    except Exception as exc:  # connection refused, TLS, ...
+    except (urllib3.exceptions.HTTPError, OSError) as exc:  # connection refused, TLS, timeouts
         raise ReportError(f"{origin}: cannot reach the API server: {exc}") from None
     if not obj.get("status"):
         raise ReportError(f"{origin}: the ladder has no status yet; is the operator running?")
