@@ -34,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer")]
 
-from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.stability import kendall_tau_b
-from promotion_ladder.core.status import LadderStatus
-from promotion_ladder.local.runner import run_ladder
+from promotion_ladder.core.api import load_ladder  # noqa: E402
+from promotion_ladder.core.stability import kendall_tau_b  # noqa: E402
+from promotion_ladder.core.status import LadderStatus  # noqa: E402
+from promotion_ladder.local.runner import run_ladder  # noqa: E402
 
 CPU_SHAPE = {"depth": 1, "aspect_ratio": 32, "head_dim": 16, "seq_len": 64, "tokenizer": "byte", "batch": 128}
 GPU_SHAPE = {"depth": 8, "aspect_ratio": 64, "head_dim": 128, "seq_len": 2048}
