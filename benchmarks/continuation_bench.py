@@ -58,7 +58,7 @@ def ladder_doc(
     """Candidates differ in matrix_lr; each stage keeps half (at least 2) for the next."""
     keep = [max(candidates >> (i + 1), 2) for i in range(len(budgets) - 1)]
     stages = [{"name": f"s{i + 1}", "budget": b, "hostBlocks": ["local"], "seeds": [1]} for i, b in enumerate(budgets)]
-    for st, top in zip(stages, keep):
+    for st, top in zip(stages[:-1], keep, strict=True):
         st["promote"] = {"top": top}
     doc = {
         "apiVersion": "ladder.promotion.dev/v1alpha1",

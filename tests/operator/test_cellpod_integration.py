@@ -32,6 +32,7 @@ from ..corpus import write_tiny_corpus
 from .harness import STUB, node_host_blocks
 from .test_operator_integration import stage
 from .test_real_trainer_integration import TINY
+import contextlib
 
 pytestmark = pytest.mark.integration
 
@@ -131,10 +132,8 @@ def test_real_trainer_reads_its_corpus_from_a_template_volume(operator, kube, lo
             start = next(line for line in log.splitlines() if "localcluster: starting" in line)
             assert f"'--data', '{corpus}'" in start, start
     finally:
-        try:
+        with contextlib.suppress(ApiException):
             core.delete_persistent_volume(pv)
-        except ApiException:
-            pass
 
 
 def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):

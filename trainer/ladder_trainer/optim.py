@@ -131,7 +131,7 @@ class LightOptimizer:
             params[i]: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
             for i, st in state_dict["state"].items()
         }
-        for g, saved in zip(self.param_groups, state_dict["param_groups"]):
+        for g, saved in zip(self.param_groups, state_dict["param_groups"], strict=True):
             g.update(saved)
 
 

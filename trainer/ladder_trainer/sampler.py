@@ -29,7 +29,8 @@ class WindowSampler:
         starts = np.maximum(split.lengths - seq_len - 1, 0)
         if starts.sum() <= 0:
             raise ValueError(
-                f"seq_len: {seq_len} is longer than every training shard (longest {int(split.lengths.max(initial=0))} tokens)"
+                f"seq_len: {seq_len} is longer than every training shard "
+                f"(longest {int(split.lengths.max(initial=0))} tokens)"
             )
         self.cum = np.concatenate([[0], np.cumsum(starts)]).astype(np.int64)
         self.reset()
@@ -53,4 +54,5 @@ class WindowSampler:
         shard = np.searchsorted(self.cum, g, side="right") - 1
         local = g - self.cum[shard]
         n = self.seq_len + 1
-        return np.stack([self.split.shard(int(s))[o : o + n] for s, o in zip(shard, local)]).astype(np.int64)
+        rows = [self.split.shard(int(s))[o : o + n] for s, o in zip(shard, local, strict=True)]
+        return np.stack(rows).astype(np.int64)

@@ -212,7 +212,7 @@ def resume(t: Setup) -> tuple[Resumed | None, str | None]:
         return None, reason
     state = torch.load(c.read / STABLE_FILE, map_location=t.device, weights_only=True)
     t.model.load_state_dict(state["model"])
-    for opt, saved in zip(t.optimizers, state["optimizers"]):
+    for opt, saved in zip(t.optimizers, state["optimizers"], strict=True):
         opt.load_state_dict(saved)
     t.batches.restore(state["data"])
     _restore_rng(state["rng"], t.device)

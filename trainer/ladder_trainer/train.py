@@ -414,7 +414,7 @@ def warm_up(t: Setup) -> float | None:
         t.optimizer_step()
     synchronize(t.device)
     t.model.load_state_dict(model_state)
-    for opt, state in zip(t.optimizers, opt_states):
+    for opt, state in zip(t.optimizers, opt_states, strict=True):
         opt.load_state_dict(state)
     t.batches.restore(data)
     seconds = time.perf_counter() - t0
