@@ -14,6 +14,8 @@ starts too and drops them: w times a few random integers per micro-batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .data import TokenSplit
@@ -38,9 +40,9 @@ class WindowSampler:
     def reset(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """Where the stream is (the generator's state: plain ints and strings), to resume it."""
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def restore(self, state: dict) -> None:
         self.rng.bit_generator.state = state

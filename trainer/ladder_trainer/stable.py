@@ -192,7 +192,9 @@ def file_sha256(path: Path) -> str:
 
 
 def _numpy_rng() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = np.random.get_state()
+    assert isinstance(state, tuple)  # legacy=True, the default, gives the tuple form
+    kind, keys, pos, has_gauss, gauss = state
     return {"kind": kind, "keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
 
 
