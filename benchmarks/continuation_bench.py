@@ -34,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "trainer")]
 
-from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.stability import kendall_tau_b
-from promotion_ladder.core.status import LadderStatus
-from promotion_ladder.local.runner import run_ladder
+from promotion_ladder.core.api import load_ladder  # noqa: E402
+from promotion_ladder.core.stability import kendall_tau_b  # noqa: E402
+from promotion_ladder.core.status import LadderStatus  # noqa: E402
+from promotion_ladder.local.runner import run_ladder  # noqa: E402
 
 CPU_SHAPE = {"depth": 1, "aspect_ratio": 32, "head_dim": 16, "seq_len": 64, "tokenizer": "byte", "batch": 128}
 GPU_SHAPE = {"depth": 8, "aspect_ratio": 64, "head_dim": 128, "seq_len": 2048}
@@ -58,7 +58,7 @@ def ladder_doc(
     """Candidates differ in matrix_lr; each stage keeps half (at least 2) for the next."""
     keep = [max(candidates >> (i + 1), 2) for i in range(len(budgets) - 1)]
     stages = [{"name": f"s{i + 1}", "budget": b, "hostBlocks": ["local"], "seeds": [1]} for i, b in enumerate(budgets)]
-    for st, top in zip(stages, keep):
+    for st, top in zip(stages[:-1], keep, strict=True):
         st["promote"] = {"top": top}
     doc = {
         "apiVersion": "ladder.promotion.dev/v1alpha1",

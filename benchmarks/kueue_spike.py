@@ -30,14 +30,14 @@ from kubernetes import client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from localcluster.apply import apply_objects
-from localcluster.cluster import LocalCluster
-from localcluster.kueue import LocalKueue
-from localcluster.nodeagent import default_nodes
-from localcluster.waiting import wait_for
-from promotion_ladder.controller.kueue_manifests import QueueOptions, kueue_objects
-from promotion_ladder.core.api import GROUP, PLURAL, VERSION, load_ladder
-from tests.operator.harness import STUB, Operator, install_crd, operator_kubeconfig
+from localcluster.apply import apply_objects  # noqa: E402
+from localcluster.cluster import LocalCluster  # noqa: E402
+from localcluster.kueue import LocalKueue  # noqa: E402
+from localcluster.nodeagent import default_nodes  # noqa: E402
+from localcluster.waiting import wait_for  # noqa: E402
+from promotion_ladder.controller.kueue_manifests import QueueOptions, kueue_objects  # noqa: E402
+from promotion_ladder.core.api import GROUP, PLURAL, VERSION, load_ladder  # noqa: E402
+from tests.operator.harness import STUB, Operator, install_crd, operator_kubeconfig  # noqa: E402
 
 KUEUE = ("kueue.x-k8s.io", "v1beta2")
 

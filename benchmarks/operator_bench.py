@@ -24,7 +24,8 @@ Restart under load (issue 12, defect 1):
 
 One ladder: s1 (every candidate x a100,l40s x seeds 1,2, top N/10) -> s2 (top N/100, at least 1)
 -> s3, each stage 2 host blocks x 2 seeds. Once every s1 Job exists the operator is killed
-(SIGKILL), and started again once --down-until (90%) of them completed meanwhile. Prints: seconds to /healthz after the restart, the reconcile gap
+(SIGKILL), and started again once --down-until (90%) of them completed meanwhile.
+Prints: seconds to /healthz after the restart, the reconcile gap
 (restart to the first status write of the new operator, and the longest pause between status
 writes after it), the restarted operator's peak RSS, and results lost (cells recorded Failed:
 the stub never fails, so anything above 0 is a lost result).
@@ -43,6 +44,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from itertools import pairwise
 from pathlib import Path
 
 from kubernetes import client, watch
@@ -344,7 +346,7 @@ def restart_bench(args: argparse.Namespace, cluster: LocalCluster, d: Path) -> d
     st = obj["status"]
     cells = [c for s in st["stages"] for c in s.get("cells") or []]
     after = [t for t in writes if t >= t_restart]
-    gaps = [b - a for a, b in zip([t_restart] + after, after)]
+    gaps = [b - a for a, b in pairwise([t_restart, *after])]
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "restart",
@@ -411,7 +413,8 @@ def main() -> int:
                 with open(ROOT / "benchmarks" / "operator-results.md", "a") as fh:
                     fh.write(
                         f"\n## {result['date']}: restart under load, {args.candidates} candidates x 2 x 2 "
-                        f"({result['cells']} cells, {result['cpus']} CPUs)\n\n```json\n{json.dumps(result, indent=2)}\n```\n"
+                        f"({result['cells']} cells, {result['cpus']} CPUs)\n\n"
+                        f"```json\n{json.dumps(result, indent=2)}\n```\n"
                     )
             return 0 if result["results_lost"] == 0 else 1
         mport, hport = free_port(), free_port()
@@ -467,7 +470,7 @@ def main() -> int:
         cells = (
             sum(
                 len(s["hostBlocks"]) * len(s["seeds"]) * n
-                for s, n in zip(ladder(0, args.candidates)["spec"]["stages"], (args.candidates, 10, 3))
+                for s, n in zip(ladder(0, args.candidates)["spec"]["stages"], (args.candidates, 10, 3), strict=True)
             )
             * args.ladders
         )

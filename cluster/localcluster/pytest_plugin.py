@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -145,10 +145,8 @@ def _fresh_namespace(cluster, request: pytest.FixtureRequest):
     try:
         yield name
     finally:
-        try:
+        with suppress(client.ApiException):
             core.delete_namespace(name)
-        except client.ApiException:
-            pass
 
 
 @pytest.fixture(scope="session")

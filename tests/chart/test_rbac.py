@@ -34,7 +34,7 @@ def _diff(granted: set, needed: set) -> str:
 def _define(name: str) -> list[dict]:
     """The rules of one `define` in _helpers.tpl, read as YAML (they hold no template actions)."""
     text = (CHART / "templates" / "_helpers.tpl").read_text()
-    m = re.search(r'{{- define "%s" -}}\n(.*?){{- end }}' % re.escape(name), text, re.S)
+    m = re.search(r'{{- define "' + re.escape(name) + r'" -}}\n(.*?){{- end }}', text, re.S)
     assert m, f"_helpers.tpl has no define {name!r}"
     return yaml.safe_load(m.group(1))
 

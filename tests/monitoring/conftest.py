@@ -11,6 +11,8 @@ import pytest
 from localcluster import binaries
 from localcluster.pytest_plugin import require_tool
 
+from ..chart.conftest import helm  # noqa: F401 - the chart tests' fixture, shared with test_alert_rules
+
 
 def require_prometheus() -> None:
     require_tool(binaries.prometheus_missing_reason(), "the monitoring tests")

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import suppress
 from dataclasses import dataclass, field
+
+from localcluster.prometheus import PromQLError
 
 ALL = "$__all"
 
@@ -181,7 +184,7 @@ def check_target(t: Target, prom, variables: Variables, time_range: TimeRange) -
             series = prom.query(expr, at=time_range.end)
         else:
             series = prom.query_range(expr, time_range.start, time_range.end, time_range.step)
-    except Exception as exc:  # PromQLError: the parse/evaluation error, worded by Prometheus
+    except PromQLError as exc:  # the parse/evaluation error, worded by Prometheus
         return [f"{t.where}: Prometheus refused {expr!r}: {exc}"], []
     kind = "instant" if t.instant else "range"
     if not series:
@@ -217,7 +220,7 @@ def check_variables(dashboard: dict, prom, variables: Variables, time_range: Tim
         selector, label = m.groups()
         try:
             values = prom.label_values(label, selector)
-        except Exception as exc:
+        except PromQLError as exc:
             problems.append(f"{where}: Prometheus refused {expr!r}: {exc}")
             continue
         picked = variables.selected.get(var["name"], ALL)
@@ -231,14 +234,12 @@ def _labels_over_range(panel_targets: list[Target], prom, variables: Variables, 
     labels: set[str] = set()
     for t in panel_targets:
         expr, _ = substitute(t.expr, variables, time_range.builtins())
-        try:
+        with suppress(PromQLError):  # already reported by check_target
             labels |= {
                 k
                 for s in prom.query_range(expr, time_range.start, time_range.end, time_range.step)
                 for k in s["metric"]
             }
-        except Exception:  # already reported by check_target
-            pass
     return labels
 
 

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import yaml
 
-from ..chart.conftest import FULL_VALUES, helm, one, render  # noqa: F401 - helm is the chart tests' fixture
+from ..chart.conftest import FULL_VALUES, one, render
 from .alert_cases import CASES
 
 VALUES = {

@@ -14,6 +14,7 @@ panels.py), and `promtool check metrics` must find nothing to lint in the scrape
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import subprocess
@@ -160,10 +161,8 @@ def monitored(local_cluster, tmp_path_factory) -> Monitored:
         if operator is not None:
             operator.stop()
             print(f"\noperator log ({operator.log_path}):\n{operator.tail(30)}")
-        try:
+        with contextlib.suppress(client.ApiException):
             core.delete_namespace(ns)
-        except client.ApiException:
-            pass
 
 
 def dashboard() -> dict:

@@ -427,7 +427,7 @@ def test_manifests_of_the_pvc_corpus_example(capsys):
 def test_manifests_of_the_multinode_example_later_stage(capsys):
     docs = manifests(capsys, str(REPO / "examples" / "multinode-ladder.yaml"), "--stage", "4h")
     assert [d["kind"] for d in docs] == ["Service", "Job"] * 2 * 3
-    for svc, job in zip(docs[::2], docs[1::2]):
+    for svc, job in zip(docs[::2], docs[1::2], strict=True):
         assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
         assert svc["spec"]["selector"] == {"batch.kubernetes.io/job-name": job["metadata"]["name"]}
 

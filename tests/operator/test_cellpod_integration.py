@@ -14,6 +14,7 @@ read from the index-0 pod only, and one failed pod fails the cell.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import re
@@ -131,10 +132,8 @@ def test_real_trainer_reads_its_corpus_from_a_template_volume(operator, kube, lo
             start = next(line for line in log.splitlines() if "localcluster: starting" in line)
             assert f"'--data', '{corpus}'" in start, start
     finally:
-        try:
+        with contextlib.suppress(ApiException):
             core.delete_persistent_volume(pv)
-        except ApiException:
-            pass
 
 
 def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):
@@ -160,7 +159,7 @@ def test_multi_node_cell_on_simulated_nodes(operator, kube, local_cluster):
     assert cells["rank1-fails"]["state"] == "Failed" and "job failed" in cells["rank1-fails"]["reason"], cells
     assert st["gpuHours"]["total"] > 0
 
-    batch, core = client.BatchV1Api(local_cluster.api_client()), client.CoreV1Api(local_cluster.api_client())
+    core = client.CoreV1Api(local_cluster.api_client())
     blocks = node_host_blocks(core)
     jobs = {j.metadata.labels["ladder.promotion.dev/candidate"]: j for j in kube.jobs("mn")}
     job = jobs["ok"]

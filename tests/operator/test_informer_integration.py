@@ -82,7 +82,7 @@ def test_lists_in_pages_then_follows_the_watch(kube, namespace, monkeypatch):
             ("DELETED", "p2", "lad"),
             ("MODIFIED", "p2", "other"),
         ]:
-            wait_for(lambda: rec.seen(event), timeout=10, what=str(event))
+            wait_for(lambda event=event: rec.seen(event), timeout=10, what=str(event))
         wait_for(lambda: any(e[:2] == ("DELETED", "p3") for e in rec.events), timeout=30, what="p3 deleted")
         # A change no reconcile reads (the trainer's progress annotation) wakes no ladder; one
         # event later on the same stream shows the watch got past it.

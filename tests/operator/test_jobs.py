@@ -59,7 +59,10 @@ def test_labels_round_trip():
     assert cell_from_labels({"ladder.promotion.dev/stage": "s1"}) is None
 
 
-def job_for(doc=None, cell=Cell("s1", "c1", "l40s", 1)):
+JOB_CELL = Cell("s1", "c1", "l40s", 1)
+
+
+def job_for(doc=None, cell=JOB_CELL):
     body = ladder_body(doc)
     return build_job(body, load_ladder(body).spec, cell)
 

@@ -287,7 +287,7 @@ def test_pod_deleted_mid_run(operator, kube):
     slow = next(c for c in st["stages"][0]["cells"] if c["candidate"] == "slow")
     assert slow["state"] == "Succeeded" and slow["value"] == pytest.approx(1.001)  # re-run by the Job, not lost
     assert st["verdict"]["winner"] == "slow"
-    assert len([j for j in kube.jobs("deleted")]) == 2 + 1
+    assert len(list(kube.jobs("deleted"))) == 2 + 1
 
 
 def test_forged_and_malformed_results_are_rejected(operator, kube, namespace):

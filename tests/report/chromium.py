@@ -35,10 +35,12 @@ NONCE = "report-test-probe"
 PROBE = f"""<script nonce="{NONCE}">
 window.__probe = {{errors: [], violations: [], failed: []}};
 window.addEventListener('error', e => {{
-  if (e.target && e.target.tagName) window.__probe.failed.push(e.target.tagName + ' ' + (e.target.src || '').slice(0, 40));
+  if (e.target && e.target.tagName)
+    window.__probe.failed.push(e.target.tagName + ' ' + (e.target.src || '').slice(0, 40));
   else window.__probe.errors.push(String(e.message));
 }}, true);
-document.addEventListener('securitypolicyviolation', e => window.__probe.violations.push(e.violatedDirective + ' ' + e.blockedURI));
+document.addEventListener('securitypolicyviolation',
+  e => window.__probe.violations.push(e.violatedDirective + ' ' + e.blockedURI));
 window.addEventListener('load', () => {{
   const imgs = Array.from(document.images);
   window.__probe.images = imgs.map(i => ({{figure: i.closest('figure') ? i.closest('figure').dataset.figure : null,

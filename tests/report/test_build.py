@@ -120,7 +120,7 @@ def test_summary_states_cost_against_each_alternative(reports):
 
 def test_cut_and_promoted_are_marked(reports):
     t = reports["example"].table("decision-10m")
-    marks = dict(zip(column(t, "Candidate"), t.marks))
+    marks = dict(zip(column(t, "Candidate"), t.marks, strict=True))
     assert [c for c, m in marks.items() if m == "promoted"] == ["greedy", "bridge", "d12-ar48", "sentinel-d8-ar48"]
     assert marks["d10-ar64"] == "cut"
 
@@ -207,7 +207,7 @@ def test_fragile_promotion_is_flagged_beside_its_decision():
         (st, c, hb, 1): CellOutcome("succeeded", v)
         for st, t in values.items()
         for c, vals in t.items()
-        for hb, v in zip(("a100", "l40s"), vals)
+        for hb, v in zip(("a100", "l40s"), vals, strict=True)
     }
     status, _ = simulate(ladder.spec, recorded)
     n = Counter(tuple(sorted(d)) for d in draws("s1", 2))

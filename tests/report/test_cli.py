@@ -207,7 +207,9 @@ def test_report_of_a_real_ladder_run_status_file(tmp_path, capsys):
 
     fake = str(Path(__file__).parents[1] / "unit" / "fixtures" / "fake_trainer.py")
     doc = ladder_doc(candidates=["c0", "c1", "c2"], host_blocks=("a", "b"), trainer={"command": [sys.executable, fake]})
-    for c, cfg in zip(doc["spec"]["candidates"], [{"base": 1.0}, {"base": 0.9}, {"base": 0.5, "fail_stage": "s1"}]):
+    for c, cfg in zip(
+        doc["spec"]["candidates"], [{"base": 1.0}, {"base": 0.9}, {"base": 0.5, "fail_stage": "s1"}], strict=True
+    ):
         c["config"] = cfg
     status_file = tmp_path / "test.status.json"
     run_ladder(load_ladder(doc), status_file, parallel=2, stream=io.StringIO(), poll_seconds=0.02)

@@ -15,11 +15,11 @@ import pytest
 pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 
-from promotion_ladder.core.api import load_ladder
-from promotion_ladder.core.continuation import FINAL_DIR, LOCAL_DIR, MANIFEST_FILE, STABLE_FILE
-from promotion_ladder.local.runner import run_ladder
+from promotion_ladder.core.api import load_ladder  # noqa: E402
+from promotion_ladder.core.continuation import FINAL_DIR, LOCAL_DIR, MANIFEST_FILE, STABLE_FILE  # noqa: E402
+from promotion_ladder.local.runner import run_ladder  # noqa: E402
 
-from .conftest import TINY
+from .conftest import TINY  # noqa: E402
 
 # Three learning rates far apart, so s1 eliminates one candidate and the ranking is not a tie.
 CANDIDATES = {"slow": 0.0005, "mid": 0.005, "fast": 0.02}

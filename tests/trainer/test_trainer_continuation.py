@@ -18,15 +18,15 @@ import pytest
 pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 
-from ladder_trainer.config import ConfigError, Settings, parse_config
-from ladder_trainer.stable import CheckpointRefused, Continuation
-from ladder_trainer.train import run
-from promotion_ladder.core.continuation import MANIFEST_FILE, STABLE_FILE
-from promotion_ladder.core.contract import ENV_FROZEN_HASH, ENV_PREVIOUS_STAGE, EXIT_CHECKPOINT
-from promotion_ladder.core.result import parse_result
+from ladder_trainer.config import ConfigError, Settings, parse_config  # noqa: E402
+from ladder_trainer.stable import CheckpointRefused, Continuation  # noqa: E402
+from ladder_trainer.train import run  # noqa: E402
+from promotion_ladder.core.continuation import MANIFEST_FILE, STABLE_FILE  # noqa: E402
+from promotion_ladder.core.contract import ENV_FROZEN_HASH, ENV_PREVIOUS_STAGE, EXIT_CHECKPOINT  # noqa: E402
+from promotion_ladder.core.result import parse_result  # noqa: E402
 
-from ..corpus import write_tiny_corpus
-from .conftest import TINY, run_cli
+from ..corpus import write_tiny_corpus  # noqa: E402
+from .conftest import TINY, run_cli  # noqa: E402
 
 # Two micro-batches a step, so a step boundary is not a micro-batch boundary.
 CONFIG = {**TINY, "batch": 128, "device_batch": 2}

@@ -137,7 +137,7 @@ def test_two_gloo_processes_under_torchrun_match_one_process_step_by_step(corpus
 
     a, b = steps(tmp_path, "one"), steps(tmp_path, "two")
     assert [s["step"] for s in a] == [s["step"] for s in b] == [1, 2, 3, 4, 5, 6]
-    for sa, sb in zip(a, b):
+    for sa, sb in zip(a, b, strict=True):
         assert sb["loss"] == pytest.approx(sa["loss"], rel=LOSS_RTOL), (sa, sb)
         assert sb["tokens"] == sa["tokens"]  # the same global batch
     assert a[-1]["loss"] < a[0]["loss"]  # it trained, so the comparison says something
@@ -270,7 +270,7 @@ def test_two_nodes_meet_through_c10d_and_publish_one_result(corpus, tmp_path):
             )
         )
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (_, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     written = [
         parse_result((tmp_path / f"node{i}.json").read_text()) for i in (0, 1) if (tmp_path / f"node{i}.json").exists()

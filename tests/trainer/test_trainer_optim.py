@@ -30,8 +30,8 @@ def test_plain_adamw_matches_torch_adamw():
         ],
         **kw,
     )
-    for step in range(6):
-        for p, q in zip(ours, theirs):
+    for _step in range(6):
+        for p, q in zip(ours, theirs, strict=True):
             g = torch.randn_like(p)
             p.grad, q.grad = g.clone(), g.clone()
         for opt in (a, b):  # the schedule changes lr between steps
@@ -39,7 +39,7 @@ def test_plain_adamw_matches_torch_adamw():
                 group["lr"] *= 0.8
         a.step()
         b.step()
-    for p, q in zip(ours, theirs):
+    for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
 
 

@@ -66,7 +66,7 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_protocol_and_occupied_gpu_hours(name):
     cells, protocol, occupied, measured = CASES[name]
-    outcomes = {k: o for k, o in zip(CELLS, cells) if o is not None}
+    outcomes = {k: o for k, o in zip(CELLS, cells, strict=True) if o is not None}
     status, _ = build_status(SPEC, outcomes)
     g = status.gpu_hours
     gpus = 2

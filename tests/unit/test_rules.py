@@ -23,7 +23,11 @@ def stage(promote=None, blocks=("a", "b"), seeds=(1,)):
 def outcomes(table):
     """{candidate: [value per cell in (a,1),(b,1) order]} -> outcomes keyed by (candidate, hb, seed)."""
     cells = [("a", 1), ("b", 1)]
-    return {(c, hb, s): (FAIL if v is None else OK(v)) for c, vals in table.items() for (hb, s), v in zip(cells, vals)}
+    return {
+        (c, hb, s): (FAIL if v is None else OK(v))
+        for c, vals in table.items()
+        for (hb, s), v in zip(cells, vals, strict=True)
+    }
 
 
 CASES = {
@@ -88,7 +92,7 @@ def test_decide(name):
     assert [e.candidate for e in d.ranking] == case["ranking"]
     assert d.promoted == case["promoted"]
     assert d.cells == ["a/1", "b/1"]
-    assert d.ranking[0].values == [v for v in case["values"][case["ranking"][0]]]
+    assert d.ranking[0].values == list(case["values"][case["ranking"][0]])
 
 
 def test_maximize_reverses_order():

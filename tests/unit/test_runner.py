@@ -21,7 +21,7 @@ def fake_ladder(configs, **kw):
     doc = ladder_doc(
         candidates=list(configs), host_blocks=("a", "b"), trainer={"command": [sys.executable, FAKE]}, **kw
     )
-    for c, cfg in zip(doc["spec"]["candidates"], configs.values()):
+    for c, cfg in zip(doc["spec"]["candidates"], configs.values(), strict=True):
         c["config"] = cfg
     return doc
 

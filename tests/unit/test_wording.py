@@ -10,14 +10,18 @@ from promotion_ladder.core.cell import CellOutcome
 from promotion_ladder.core.rules import decide
 from promotion_ladder.core.wording import decision_message, entry_outcome, keep_sentence
 
-OK = lambda v: CellOutcome("succeeded", value=v)
+
+def OK(v):
+    return CellOutcome("succeeded", value=v)
+
+
 FAIL = CellOutcome("failed", reason="diverged")
 STAGE = Stage(name="s", budget="1m", host_blocks=["a", "b"], seeds=[1], promote=Promote(top=1, keep=["ref"]))
 
 
 def decision(ref_cells):
     values = {"x": [OK(1.0), OK(1.1)], "y": [OK(1.2), OK(1.3)], "ref": ref_cells}
-    outcomes = {(c, hb, 1): o for c, cells in values.items() for hb, o in zip(("a", "b"), cells)}
+    outcomes = {(c, hb, 1): o for c, cells in values.items() for hb, o in zip(("a", "b"), cells, strict=True)}
     return decide(STAGE, ["x", "y", "ref"], outcomes, "minimize")
 
 

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_settings(args: argparse.Namespace, env=None):
     env = os.environ if env is None else env
-    values = {}
+    values: dict[str, Any] = {}  # one field of Settings each, of SETTINGS' type for it
     for name, (var, typ, default) in SETTINGS.items():
         value = getattr(args, name)
         if value is None and env.get(var):

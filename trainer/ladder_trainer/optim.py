@@ -14,10 +14,14 @@ cell's whole budget.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from .model import GPT
 
 
 def lr_multiplier(progress: float, cfg: TrainConfig, warmed: bool = False) -> float:
@@ -33,14 +37,12 @@ def lr_multiplier(progress: float, cfg: TrainConfig, warmed: bool = False) -> fl
     return 1.0
 
 
-def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> list:
+def build_optimizers(model: GPT, cfg: TrainConfig, device_type: str) -> list:
     matrices = [p for n, p in model.named_parameters() if n.startswith("blocks.")]
     embed = [model.embed.weight]
     head = [] if cfg.tie_embeddings else [model.head.weight]
-    adam_kwargs = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-10)
-    if device_type == "cuda":
-        adam_kwargs["fused"] = True
-    groups = [dict(params=embed, lr=cfg.embedding_lr, weight_decay=0.0)]
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    groups: list[dict[str, Any]] = [dict(params=embed, lr=cfg.embedding_lr, weight_decay=0.0)]
     if head:
         groups.append(dict(params=head, lr=cfg.unembedding_lr, weight_decay=0.0))
     optimizers: list = []
@@ -50,8 +52,10 @@ def build_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: str)
         )
     else:
         groups.append(dict(params=matrices, lr=cfg.resolved_matrix_lr(), weight_decay=cfg.weight_decay))
-    adamw = torch.optim.AdamW if device_type == "cuda" else PlainAdamW
-    optimizers.insert(0, adamw(groups, **adam_kwargs))
+    if device_type == "cuda":
+        optimizers.insert(0, torch.optim.AdamW(groups, betas=betas, eps=1e-10, fused=True))
+    else:
+        optimizers.insert(0, PlainAdamW(groups, betas=betas, eps=1e-10))
     for opt in optimizers:
         for g in opt.param_groups:
             g["initial_lr"] = g["lr"]
@@ -88,8 +92,9 @@ def orthogonalised(g: torch.Tensor) -> torch.Tensor:
     Under DDP every rank holds the whole averaged gradient and computes the same update."""
     if not hasattr(g, "full_tensor"):
         return newton_schulz(g)
-    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
+    assert isinstance(g, DTensor)  # only a DTensor has full_tensor
     full = newton_schulz(g.full_tensor())
     try:  # every rank computed the same matrix: cut it locally rather than scatter rank 0's
         return distribute_tensor(full, g.device_mesh, g.placements, src_data_rank=None)
@@ -131,7 +136,7 @@ class LightOptimizer:
             params[i]: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
             for i, st in state_dict["state"].items()
         }
-        for g, saved in zip(self.param_groups, state_dict["param_groups"]):
+        for g, saved in zip(self.param_groups, state_dict["param_groups"], strict=True):
             g.update(saved)
 
 

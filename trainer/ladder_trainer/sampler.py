@@ -14,6 +14,8 @@ starts too and drops them: w times a few random integers per micro-batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .data import TokenSplit
@@ -29,7 +31,8 @@ class WindowSampler:
         starts = np.maximum(split.lengths - seq_len - 1, 0)
         if starts.sum() <= 0:
             raise ValueError(
-                f"seq_len: {seq_len} is longer than every training shard (longest {int(split.lengths.max(initial=0))} tokens)"
+                f"seq_len: {seq_len} is longer than every training shard "
+                f"(longest {int(split.lengths.max(initial=0))} tokens)"
             )
         self.cum = np.concatenate([[0], np.cumsum(starts)]).astype(np.int64)
         self.reset()
@@ -37,9 +40,9 @@ class WindowSampler:
     def reset(self) -> None:
         self.rng = np.random.default_rng(self.seed)
 
-    def state(self) -> dict:
+    def state(self) -> dict[str, Any]:
         """Where the stream is (the generator's state: plain ints and strings), to resume it."""
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def restore(self, state: dict) -> None:
         self.rng.bit_generator.state = state
@@ -53,4 +56,5 @@ class WindowSampler:
         shard = np.searchsorted(self.cum, g, side="right") - 1
         local = g - self.cum[shard]
         n = self.seq_len + 1
-        return np.stack([self.split.shard(int(s))[o : o + n] for s, o in zip(shard, local)]).astype(np.int64)
+        rows = [self.split.shard(int(s))[o : o + n] for s, o in zip(shard, local, strict=True)]
+        return np.stack(rows).astype(np.int64)

@@ -192,7 +192,9 @@ def file_sha256(path: Path) -> str:
 
 
 def _numpy_rng() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = np.random.get_state()
+    assert isinstance(state, tuple)  # legacy=True, the default, gives the tuple form
+    kind, keys, pos, has_gauss, gauss = state
     return {"kind": kind, "keys": keys.tolist(), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
 
 
@@ -212,7 +214,7 @@ def resume(t: Setup) -> tuple[Resumed | None, str | None]:
         return None, reason
     state = torch.load(c.read / STABLE_FILE, map_location=t.device, weights_only=True)
     t.model.load_state_dict(state["model"])
-    for opt, saved in zip(t.optimizers, state["optimizers"]):
+    for opt, saved in zip(t.optimizers, state["optimizers"], strict=True):
         opt.load_state_dict(saved)
     t.batches.restore(state["data"])
     _restore_rng(state["rng"], t.device)

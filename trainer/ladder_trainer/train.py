@@ -26,10 +26,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ from .sampler import WindowSampler
 from .stable import Continuation, Resumed, check_supported, resume, stable_end
 from .stable import save as save_stable
 from .world import World
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
 
 EVAL_TOKENS_DEFAULT = {"cuda": 2**20, "cpu": 2**14}
 
@@ -162,8 +165,9 @@ class Net:
 
     def wrap(self) -> None:
         """(Re)build the wrappers; growth calls it again because DDP registers parameters once."""
-        self.ddp = None
-        net = self.model
+        self.ddp: DistributedDataParallel | None = None
+        self.fn: Callable[..., Any]
+        net: torch.nn.Module = self.model
         if self.fsdp:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
@@ -174,7 +178,7 @@ class Net:
                     # The forward only: FSDP's gather and free hooks stay eager around it, and
                     # the block keeps its name in state dicts (no _orig_mod prefix).
                     block.forward = torch.compile(block.forward)
-                    block.compiled = True
+                    block.compiled = True  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module only
                 fully_shard(block, mesh=mesh)
             fully_shard(self.model, mesh=mesh)
             self.fn = self.model
@@ -191,8 +195,9 @@ class Net:
                 if "forward_sync_buffers" in inspect.signature(DDP).parameters
                 else "broadcast_buffers"
             )
+            buffers_off: dict[str, Any] = {sync: False}
             self.ddp = net = DDP(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **{sync: False}
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **buffers_off
             )
         self.fn = torch.compile(net) if self.compile_on else net
 
@@ -202,12 +207,16 @@ class Net:
         if sync or not self.world.group:
             yield
         elif self.fsdp:
+            from torch.distributed.fsdp import FSDPModule
+
+            assert isinstance(self.model, FSDPModule)  # wrap() sharded it: fully_shard made it one
             self.model.set_requires_gradient_sync(False)
             try:
                 yield
             finally:
                 self.model.set_requires_gradient_sync(True)
         else:
+            assert self.ddp is not None  # wrap() made one: a process group, and not FSDP
             with self.ddp.no_sync():
                 yield
 
@@ -414,7 +423,7 @@ def warm_up(t: Setup) -> float | None:
         t.optimizer_step()
     synchronize(t.device)
     t.model.load_state_dict(model_state)
-    for opt, state in zip(t.optimizers, opt_states):
+    for opt, state in zip(t.optimizers, opt_states, strict=True):
         opt.load_state_dict(state)
     t.batches.restore(data)
     seconds = time.perf_counter() - t0
@@ -715,7 +724,8 @@ def compile_cache_note() -> str:
         from torch._dynamo.utils import counters
     except ImportError:
         return ""
-    fx, aot = counters.get("inductor", {}), counters.get("aot_autograd", {})
+    fx: Mapping[str, int] = counters.get("inductor", {})
+    aot: Mapping[str, int] = counters.get("aot_autograd", {})
     seen = {
         "FX graph": (fx.get("fxgraph_cache_hit", 0), fx.get("fxgraph_cache_miss", 0)),
         "AOTAutograd": (aot.get("autograd_cache_hit", 0), aot.get("autograd_cache_miss", 0)),
