@@ -149,10 +149,12 @@ def step(
     # 1. frozen hash
     recorded_hash = old.get("frozenHash")
     if not frozen_hash_matches(recorded_hash, spec):
+        assert recorded_hash is not None  # a missing hash always matches (frozen_hash_matches)
         return stop(
             old,
             FROZEN_SPEC_CHANGED,
-            "the frozen fields (objective, candidates, stages, verdict, trainer.gpus, continuation) changed after admission "
+            "the frozen fields (objective, candidates, stages, verdict, trainer.gpus, continuation) "
+            "changed after admission "
             f"(recorded {recorded_hash[:19]}, now {frozen_hash(spec)[:19]}); nothing more is run. "
             "Create a new ladder to screen the new spec.",
             generation,
