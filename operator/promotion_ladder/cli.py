@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TypeAlias
 
 import yaml
 
@@ -276,11 +277,12 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     return run_operator(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ladder", description=__doc__)
-    p.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# The subcommands' parsers (argparse names this type only privately).
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
+
+def _add_validate(sub: _Subparsers) -> None:
+    """`ladder validate`: check a ladder file, optionally against a corpus and a cluster."""
     s = sub.add_parser("validate", help="check a ladder file; exit 1 listing every problem by field path")
     s.add_argument("file")
     s.add_argument(
@@ -310,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_cmd_validate)
 
+
+def _add_manifests(sub: _Subparsers) -> None:
+    """`ladder manifests`: the Jobs of a stage's cells, or the Kueue objects of the ladder."""
     s = sub.add_parser(
         "manifests",
         help="print the Jobs (and Services) the operator would create for a stage's cells (YAML, no cluster)",
@@ -319,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--namespace", "-n", help="the namespace to show (default: the file's metadata.namespace, else none)"
     )
+    _add_kueue_options(s)
+    s.set_defaults(func=_cmd_manifests)
+
+
+def _add_kueue_options(s: argparse.ArgumentParser) -> None:
+    """`ladder manifests --kueue` and its quotas."""
     k = s.add_argument_group('Kueue (docs/deploy.md, "Quota-gated ladders")')
     k.add_argument(
         "--kueue",
@@ -344,11 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["Never", "LowerPriority", "LowerOrNewerEqualPriority", "Any"],
         help="the ClusterQueue's withinClusterQueue preemption (default: Never, Kueue's default)",
     )
-    s.set_defaults(func=_cmd_manifests)
 
+
+def _add_crd(sub: _Subparsers) -> None:
+    """`ladder crd`: the CustomResourceDefinition."""
     s = sub.add_parser("crd", help="print the PromotionLadder CustomResourceDefinition (YAML)")
     s.set_defaults(func=_cmd_crd)
 
+
+def _add_simulate(sub: _Subparsers) -> None:
+    """`ladder simulate`: replay recorded results."""
     s = sub.add_parser("simulate", help="replay a ladder against recorded results, without training")
     s.add_argument("file")
     s.add_argument(
@@ -359,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", choices=["json", "table"], default="table")
     s.set_defaults(func=_cmd_simulate)
 
+
+def _add_run(sub: _Subparsers) -> None:
+    """`ladder run`: the whole ladder on this machine."""
     s = sub.add_parser("run", help="run the whole ladder on this machine, no Kubernetes (resumable)")
     s.add_argument("file")
     s.add_argument("--output", help="status file (default: <ladder name>.status.json); re-running resumes from it")
@@ -367,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fresh", action="store_true", help="ignore an existing status file and start over")
     s.set_defaults(func=_cmd_run)
 
+
+def _add_report(sub: _Subparsers) -> None:
+    """`ladder report`: the audit report of a status file or a cluster ladder."""
     s = sub.add_parser(
         "report",
         help="write an audit report (HTML or Markdown, plots embedded) of a status file or a ladder on the cluster",
@@ -391,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--context", help="cluster source: kubeconfig context")
     s.set_defaults(func=_cmd_report)
 
+
+def _add_operator(sub: _Subparsers) -> None:
+    """`ladder operator`: the Kubernetes operator."""
     s = sub.add_parser("operator", help="run the Kubernetes operator (Kopf) against the current kubeconfig")
     s.add_argument("--namespace", "-n", action="append", help="watch only these namespaces (default: all)")
     s.add_argument("--metrics-port", type=int, default=8080)
@@ -404,6 +429,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--standalone", action="store_true", default=True, help=argparse.SUPPRESS)
     s.set_defaults(func=_cmd_operator)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ladder", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_validate(sub)
+    _add_manifests(sub)
+    _add_crd(sub)
+    _add_simulate(sub)
+    _add_run(sub)
+    _add_report(sub)
+    _add_operator(sub)
     return p
 
 

@@ -55,8 +55,8 @@ def status_table(status: LadderStatus) -> str:
             if queued:
                 head += f", {queued} queued (waiting for quota)"
         lines.append(head)
-        for c in st.conditions or []:  # data warnings: repeated data, cells on different corpora
-            lines.append(f"  warning: {c.type}: {c.message}")
+        for cond in st.conditions or []:  # data warnings: repeated data, cells on different corpora
+            lines.append(f"  warning: {cond.type}: {cond.message}")
         for c in st.cells:  # continuing cells that could not continue
             if c.resume_refused:
                 lines.append(
@@ -88,8 +88,9 @@ def status_table(status: LadderStatus) -> str:
     v = status.verdict
     if v is not None:
         lines.append(f"\nverdict: winner {v.winner}" + (f", reference {v.reference}" if v.reference else ""))
-        for c in v.checks:
-            lines.append(f"  [{'PASS' if c.passed else 'FAIL'}] {c.name} ({c.type}, {c.candidate}): {c.detail}")
+        for check in v.checks:
+            mark = "PASS" if check.passed else "FAIL"
+            lines.append(f"  [{mark}] {check.name} ({check.type}, {check.candidate}): {check.detail}")
     stab = stability_lines(status)
     if stab:
         lines.append("")

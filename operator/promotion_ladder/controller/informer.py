@@ -24,6 +24,7 @@ informer is synced, so a reconcile never mistakes "not listed yet" for "missing"
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -100,10 +101,9 @@ class ListWatch:
         with self._lock:
             resp = self._resp
         if resp is not None:
-            try:
+            # Already released or closed (these errors): nothing is being read.
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError, OSError):
                 resp.shutdown()  # the blocked read returns at once; closing would wait for it
-            except (ValueError, RuntimeError, NotImplementedError, OSError):
-                pass  # already released or closed: nothing is being read
         if self._thread is None or self._thread is threading.current_thread():
             return True
         self._thread.join(timeout)

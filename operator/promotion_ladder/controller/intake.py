@@ -282,6 +282,7 @@ def _unschedulable(status: dict[str, Any]) -> dict[str, Any]:
 def pod_summary(body: dict[str, Any]) -> PodSummary:
     meta, status, spec = body.get("metadata") or {}, body.get("status") or {}, body.get("spec") or {}
     annotations, labels = meta.get("annotations") or {}, meta.get("labels") or {}
+    times = pod_times(body, CONTAINER)
     return PodSummary(
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
@@ -300,7 +301,8 @@ def pod_summary(body: dict[str, Any]) -> PodSummary:
         rejected=tuple(str(annotations.get(REJECTED_ANNOTATION) or "").split()),
         **_container(status),
         **_unschedulable(status),
-        **pod_times(body, CONTAINER),
+        bound_at=times["bound_at"],
+        released_at=times["released_at"],
     )
 
 

@@ -104,7 +104,7 @@ def trainer_args(spec: LadderSpec, cell: Cell, ladder: str) -> list[str]:
 
 
 def trainer_env(spec: LadderSpec, ladder: str, cell: Cell) -> list[dict[str, Any]]:
-    env = [{"name": k, "value": v} for k, v in sorted(spec.trainer.env.items())]
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(spec.trainer.env.items())]
     ours = cell_env(ladder, cell, spec)
     env = [e for e in env if e["name"] not in ours and e["name"] not in ("POD_NAME", "POD_NAMESPACE")]
     env += [{"name": k, "value": v} for k, v in ours.items()]

@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -74,6 +74,12 @@ def retryable(exc: BaseException) -> bool:
     return status is None or status >= 500 or status == 429
 
 
+def _body(manifest: dict[str, Any]) -> Any:
+    """A manifest as a request body. The client sends a dict as is, but its types name only its
+    model classes (V1Job, V1Service, ...): this is the one place that says so."""
+    return manifest
+
+
 class KubeApi:
     """The few API calls the operator makes (sync kubernetes client; called from worker threads)."""
 
@@ -104,13 +110,13 @@ class KubeApi:
         if service is not None:  # before its Job, so the pods' names resolve from their start
             self._count("create_service")
             try:
-                self.core.create_namespaced_service(namespace, service, _request_timeout=REQUEST_SECONDS)
+                self.core.create_namespaced_service(namespace, _body(service), _request_timeout=REQUEST_SECONDS)
             except ApiException as exc:
                 if exc.status != 409:
                     raise
         self._count("create_job")
         try:
-            self.batch.create_namespaced_job(namespace, job, _request_timeout=REQUEST_SECONDS)
+            self.batch.create_namespaced_job(namespace, _body(job), _request_timeout=REQUEST_SECONDS)
             return True
         except ApiException as exc:
             if exc.status == 409:
@@ -136,7 +142,8 @@ class KubeApi:
             if exc.status == 404:
                 return None
             raise
-        return obj["metadata"]["resourceVersion"]
+        # The custom objects API returns the decoded JSON object (its types say `object`).
+        return cast(dict[str, Any], obj)["metadata"]["resourceVersion"]
 
     def write_conditions(self, namespace: str, name: str, conditions: list[dict]) -> None:
         """Replace only .status.conditions (a merge patch replaces a list whole): works when the
@@ -235,11 +242,13 @@ class KubeApi:
     def dry_run_job(self, namespace: str, job: dict) -> None:
         """Create a Job with dryRun=All: validated and admitted by the API server, never stored."""
         self._count("dry_run_job")
-        self.batch.create_namespaced_job(namespace, job, dry_run="All", _request_timeout=REQUEST_SECONDS)
+        self.batch.create_namespaced_job(namespace, _body(job), dry_run="All", _request_timeout=REQUEST_SECONDS)
 
     def namespace_labels(self, name: str) -> dict[str, str]:
         self._count("read_namespace")
-        return dict(self.core.read_namespace(name, _request_timeout=REQUEST_SECONDS).metadata.labels or {})
+        meta = self.core.read_namespace(name, _request_timeout=REQUEST_SECONDS).metadata
+        assert meta is not None  # an object read from the API server always has its metadata
+        return dict(meta.labels or {})
 
     def nodes(self) -> list[Node]:
         self._count("list_nodes")
@@ -300,7 +309,7 @@ class KubeApi:
         }
         self._count("create_event")
         try:
-            self.core.create_namespaced_event(meta["namespace"], event, _request_timeout=REQUEST_SECONDS)
+            self.core.create_namespaced_event(meta["namespace"], _body(event), _request_timeout=REQUEST_SECONDS)
         except ApiException as exc:  # Events are best effort
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
 
@@ -309,11 +318,11 @@ class KubeApi:
             self._count("create_rbac")
             try:
                 if obj["kind"] == "ServiceAccount":
-                    self.core.create_namespaced_service_account(namespace, obj, _request_timeout=REQUEST_SECONDS)
+                    self.core.create_namespaced_service_account(namespace, _body(obj), _request_timeout=REQUEST_SECONDS)
                 elif obj["kind"] == "Role":
-                    self.rbac.create_namespaced_role(namespace, obj, _request_timeout=REQUEST_SECONDS)
+                    self.rbac.create_namespaced_role(namespace, _body(obj), _request_timeout=REQUEST_SECONDS)
                 else:
-                    self.rbac.create_namespaced_role_binding(namespace, obj, _request_timeout=REQUEST_SECONDS)
+                    self.rbac.create_namespaced_role_binding(namespace, _body(obj), _request_timeout=REQUEST_SECONDS)
             except ApiException as exc:
                 if exc.status != 409:
                     raise

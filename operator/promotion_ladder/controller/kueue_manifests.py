@@ -65,7 +65,7 @@ def parse_block_values(values: list[str] | None, option: str) -> dict[str, str]:
 
 
 def _parse(value: object) -> Decimal:
-    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+    return Decimal(parse_quantity(value))
 
 
 def _quantity(value: str, where: str) -> Decimal:

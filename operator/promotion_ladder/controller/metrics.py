@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -44,102 +45,12 @@ class LadderMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.gpu_seconds = Counter(
-            "ladder_gpu_seconds",
-            "GPU-seconds of finished cells (train seconds x GPUs).",
-            ["namespace", "ladder", "stage", "candidate", "host_block"],
-            registry=r,
-        )
-        self.occupied_gpu_seconds = Counter(
-            "ladder_occupied_gpu_seconds",
-            "GPU-seconds finished cells held their GPUs (Pod bound to trainer exit, every attempt; "
-            "unmeasured cells count their train seconds), x GPUs.",
-            ["namespace", "ladder", "stage", "candidate", "host_block"],
-            registry=r,
-        )
-        self.gpus_in_use = Gauge(
-            "ladder_gpus_in_use",
-            "GPUs held by running cells now (queued cells hold none).",
-            ["namespace", "ladder"],
-            registry=r,
-        )
-        self.queue_seconds = Histogram(
-            "ladder_cell_queue_seconds",
-            "Seconds a cell waited in its batch queue (Kueue) before it ran, one observation per ended wait.",
-            ["namespace", "ladder"],
-            buckets=_QUEUE_BUCKETS,
-            registry=r,
-        )
-        self.counterfactual = Gauge(
-            "ladder_counterfactual_gpu_seconds",
-            "GPU-seconds had every candidate entering this stage run the final stage.",
-            ["namespace", "ladder", "stage"],
-            registry=r,
-        )
-        self.cells = Gauge("ladder_cells", "Cells by state.", ["namespace", "ladder", "stage", "state"], registry=r)
-        self.decisions = Counter(
-            "ladder_decisions", "Stage decisions recorded.", ["namespace", "ladder", "stage"], registry=r
-        )
-        self.result_errors = Counter(
-            "ladder_result_errors", "Results rejected, by reason.", ["namespace", "ladder", "reason"], registry=r
-        )
-        self.reconcile_duration = Histogram(
-            "ladder_reconcile_duration_seconds", "Time of one reconcile of a ladder.", registry=r
-        )
-        self.decision_latency = Histogram(
-            "ladder_decision_latency_seconds",
-            "From a stage's last result seen to the next stage's Jobs created.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        # The wait a user feels, per cell (controller/scheduling.py start_times): the Job controller,
-        # then the scheduler (and free capacity), then the kubelet.
-        self.cell_pod_creation = Histogram(
-            "ladder_cell_pod_creation_seconds",
-            "From a cell's Job created to its first Pod created (the Job controller).",
-            ["namespace"],
-            buckets=_START_BUCKETS,
-            registry=r,
-        )
-        self.cell_scheduling = Histogram(
-            "ladder_cell_scheduling_seconds",
-            "From a cell's Job created to its first Pod scheduled on a node.",
-            ["namespace"],
-            buckets=_START_BUCKETS,
-            registry=r,
-        )
-        self.cell_start = Histogram(
-            "ladder_cell_start_seconds",
-            "From a cell's Pod scheduled to its trainer container running (image pull, volumes, container creation).",
-            ["namespace"],
-            buckets=_START_BUCKETS,
-            registry=r,
-        )
-        self.reconcile_errors = Counter(
-            "ladder_reconcile_errors", "Reconciles that failed (each is retried with backoff).", registry=r
-        )
-        self.api_requests = Counter(
-            "ladder_operator_api_requests",
-            "API requests the reconciles made (watches not counted).",
-            ["operation"],
-            registry=r,
-        )
-        # Only the latest stage pair with a defined tau, one series per ladder: the question a dashboard
-        # asks is "how stable is this ladder's ranking now"; every pair is in status.stability.stages.
-        self.rank_stability = Gauge(
-            "ladder_rank_stability_kendall_tau",
-            "Kendall tau-b between the aggregates of the latest two decided stages "
-            "(1 same order, 0 unrelated, -1 reversed); only the latest pair with a defined tau.",
-            ["namespace", "ladder", "from_stage", "to_stage"],
-            registry=r,
-        )
-        self.info = Gauge(
-            "ladder_info",
-            "1 per ladder, with its phase, current stage and leader.",
-            ["namespace", "ladder", "phase", "stage", "leader"],
-            registry=r,
-        )
+        self._gpu_metrics()
+        self._cell_metrics()
+        self._reconcile_metrics()
+        self._cell_start_metrics()
+        self._operator_metrics()
+        self._ladder_metrics()
         self._lock = threading.Lock()
         self._counted_cells: dict[tuple[str, str], set] = defaultdict(set)
         self._counted_decisions: dict[tuple[str, str], set] = defaultdict(set)
@@ -147,6 +58,124 @@ class LadderMetrics:
         self._tau_labels: dict[tuple[str, str], tuple] = {}
         self._stage_labels: dict[tuple[str, str], set] = defaultdict(set)
         self._queue_seen: dict[tuple[str, str], dict[tuple[str, str, str, int], float]] = defaultdict(dict)
+
+    def _gpu_metrics(self) -> None:
+        """GPU-seconds spent, held and saved; GPUs held now; time queued for quota."""
+        self.gpu_seconds = Counter(
+            "ladder_gpu_seconds",
+            "GPU-seconds of finished cells (train seconds x GPUs).",
+            ["namespace", "ladder", "stage", "candidate", "host_block"],
+            registry=self.registry,
+        )
+        self.occupied_gpu_seconds = Counter(
+            "ladder_occupied_gpu_seconds",
+            "GPU-seconds finished cells held their GPUs (Pod bound to trainer exit, every attempt; "
+            "unmeasured cells count their train seconds), x GPUs.",
+            ["namespace", "ladder", "stage", "candidate", "host_block"],
+            registry=self.registry,
+        )
+        self.gpus_in_use = Gauge(
+            "ladder_gpus_in_use",
+            "GPUs held by running cells now (queued cells hold none).",
+            ["namespace", "ladder"],
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "ladder_cell_queue_seconds",
+            "Seconds a cell waited in its batch queue (Kueue) before it ran, one observation per ended wait.",
+            ["namespace", "ladder"],
+            buckets=_QUEUE_BUCKETS,
+            registry=self.registry,
+        )
+        self.counterfactual = Gauge(
+            "ladder_counterfactual_gpu_seconds",
+            "GPU-seconds had every candidate entering this stage run the final stage.",
+            ["namespace", "ladder", "stage"],
+            registry=self.registry,
+        )
+
+    def _cell_metrics(self) -> None:
+        """Cells by state, decisions recorded, results rejected."""
+        self.cells = Gauge(
+            "ladder_cells", "Cells by state.", ["namespace", "ladder", "stage", "state"], registry=self.registry
+        )
+        self.decisions = Counter(
+            "ladder_decisions", "Stage decisions recorded.", ["namespace", "ladder", "stage"], registry=self.registry
+        )
+        self.result_errors = Counter(
+            "ladder_result_errors",
+            "Results rejected, by reason.",
+            ["namespace", "ladder", "reason"],
+            registry=self.registry,
+        )
+
+    def _reconcile_metrics(self) -> None:
+        """How long a reconcile, and a stage's decision, take."""
+        self.reconcile_duration = Histogram(
+            "ladder_reconcile_duration_seconds", "Time of one reconcile of a ladder.", registry=self.registry
+        )
+        self.decision_latency = Histogram(
+            "ladder_decision_latency_seconds",
+            "From a stage's last result seen to the next stage's Jobs created.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def _cell_start_metrics(self) -> None:
+        """How long a cell takes to start, part by part."""
+        # The wait a user feels, per cell (controller/scheduling.py start_times): the Job controller,
+        # then the scheduler (and free capacity), then the kubelet.
+        self.cell_pod_creation = Histogram(
+            "ladder_cell_pod_creation_seconds",
+            "From a cell's Job created to its first Pod created (the Job controller).",
+            ["namespace"],
+            buckets=_START_BUCKETS,
+            registry=self.registry,
+        )
+        self.cell_scheduling = Histogram(
+            "ladder_cell_scheduling_seconds",
+            "From a cell's Job created to its first Pod scheduled on a node.",
+            ["namespace"],
+            buckets=_START_BUCKETS,
+            registry=self.registry,
+        )
+        self.cell_start = Histogram(
+            "ladder_cell_start_seconds",
+            "From a cell's Pod scheduled to its trainer container running (image pull, volumes, container creation).",
+            ["namespace"],
+            buckets=_START_BUCKETS,
+            registry=self.registry,
+        )
+
+    def _operator_metrics(self) -> None:
+        """The operator's own health: failed reconciles, API requests."""
+        self.reconcile_errors = Counter(
+            "ladder_reconcile_errors", "Reconciles that failed (each is retried with backoff).", registry=self.registry
+        )
+        self.api_requests = Counter(
+            "ladder_operator_api_requests",
+            "API requests the reconciles made (watches not counted).",
+            ["operation"],
+            registry=self.registry,
+        )
+
+    def _ladder_metrics(self) -> None:
+        """Per ladder: its ranking's stability and its phase."""
+        # Only the latest stage pair with a defined tau, one series per ladder: the question a dashboard
+        # asks is "how stable is this ladder's ranking now"; every pair is in status.stability.stages.
+        self.rank_stability = Gauge(
+            "ladder_rank_stability_kendall_tau",
+            "Kendall tau-b between the aggregates of the latest two decided stages "
+            "(1 same order, 0 unrelated, -1 reversed); only the latest pair with a defined tau.",
+            ["namespace", "ladder", "from_stage", "to_stage"],
+            registry=self.registry,
+        )
+        self.info = Gauge(
+            "ladder_info",
+            "1 per ladder, with its phase, current stage and leader.",
+            ["namespace", "ladder", "phase", "stage", "leader"],
+            registry=self.registry,
+        )
 
     def observe(self, namespace: str, ladder: str, spec: LadderSpec, status: LadderStatus) -> None:
         """Bring every per-ladder metric in line with a freshly built status."""
@@ -206,13 +235,14 @@ class LadderMetrics:
             seen[cell_key] = waited
 
     def _set_rank_stability(self, key: tuple[str, str], status: LadderStatus) -> None:
-        defined = [t for t in (status.stability.stages if status.stability else []) if t.kendall_tau is not None]
-        labels = (*key, defined[-1].from_, defined[-1].to) if defined else None
+        stages = status.stability.stages if status.stability else []
+        defined = [(t.from_, t.to, t.kendall_tau) for t in stages if t.kendall_tau is not None]
+        labels = (*key, defined[-1][0], defined[-1][1]) if defined else None
         old = self._tau_labels.pop(key, None)
         if old is not None and old != labels:
             self.rank_stability.remove(*old)
         if labels is not None:
-            self.rank_stability.labels(*labels).set(defined[-1].kendall_tau)
+            self.rank_stability.labels(*labels).set(defined[-1][2])
             self._tau_labels[key] = labels
 
     def set_info(self, namespace: str, ladder: str, phase: str, stage: str, leader: str) -> None:
@@ -244,20 +274,15 @@ class LadderMetrics:
             old = self._tau_labels.pop(key, None)
             if old is not None:
                 self.rank_stability.remove(*old)
-            try:
+            # A label set never written raises KeyError: nothing to remove.
+            with suppress(KeyError):
                 self.gpus_in_use.remove(namespace, ladder)
-            except KeyError:
-                pass
             for stage in self._stage_labels.pop(key, set()):
                 for state in CELL_STATES:
-                    try:
+                    with suppress(KeyError):
                         self.cells.remove(namespace, ladder, stage, state)
-                    except KeyError:
-                        pass
-                try:
+                with suppress(KeyError):
                     self.counterfactual.remove(namespace, ladder, stage)
-                except KeyError:
-                    pass
             self._counted_cells.pop(key, None)
             self._counted_decisions.pop(key, None)
             self._queue_seen.pop(key, None)

@@ -145,9 +145,90 @@ POD_NAME_CLAIM = "authentication.kubernetes.io/pod-name"
 TRAINER_ANNOTATIONS = (RESULT_ANNOTATION, PROGRESS_ANNOTATION)
 
 
+def _trainer_policy_variables() -> list[dict[str, str]]:
+    """The policy's CEL variables: the requesting Pod's name, and the request's old and new metadata."""
+    allowed = "[" + ", ".join(f"'{a}'" for a in TRAINER_ANNOTATIONS) + "]"
+    return [
+        {
+            "name": "podName",
+            "expression": (
+                f"has(request.userInfo.extra) && '{POD_NAME_CLAIM}' in request.userInfo.extra && "
+                f"size(request.userInfo.extra['{POD_NAME_CLAIM}']) > 0 ? "
+                f"request.userInfo.extra['{POD_NAME_CLAIM}'][0] : ''"
+            ),
+        },
+        {"name": "newLabels", "expression": "has(object.metadata.labels) ? object.metadata.labels : {}"},
+        {"name": "oldLabels", "expression": "has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}"},
+        {"name": "newAnn", "expression": "has(object.metadata.annotations) ? object.metadata.annotations : {}"},
+        {
+            "name": "oldAnn",
+            "expression": "has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}",
+        },
+        {"name": "allowed", "expression": allowed},
+        {
+            "name": "newOwners",
+            "expression": ("has(object.metadata.ownerReferences) ? object.metadata.ownerReferences : []"),
+        },
+        {
+            "name": "oldOwners",
+            "expression": ("has(oldObject.metadata.ownerReferences) ? oldObject.metadata.ownerReferences : []"),
+        },
+        {
+            "name": "newFinalizers",
+            "expression": ("has(object.metadata.finalizers) ? object.metadata.finalizers : []"),
+        },
+        {
+            "name": "oldFinalizers",
+            "expression": ("has(oldObject.metadata.finalizers) ? oldObject.metadata.finalizers : []"),
+        },
+    ]
+
+
+def _trainer_policy_validations() -> list[dict[str, str]]:
+    """What a trainer may change on its own Pod: only the annotations it publishes."""
+    return [
+        {
+            "expression": "variables.podName != '' && variables.podName == object.metadata.name",
+            "reason": "Forbidden",
+            "messageExpression": (
+                "'a ladder trainer may change only its own Pod (its token is bound to pod ' + "
+                "variables.podName + ', the request is for ' + object.metadata.name + ')'"
+            ),
+        },
+        {
+            "expression": "variables.newLabels == variables.oldLabels",
+            "reason": "Forbidden",
+            "message": "a ladder trainer may not change its Pod's labels",
+        },
+        {
+            "expression": (
+                "variables.newAnn.all(k, k in variables.allowed || "
+                "(k in variables.oldAnn && variables.oldAnn[k] == variables.newAnn[k])) && "
+                "variables.oldAnn.all(k, k in variables.allowed || k in variables.newAnn)"
+            ),
+            "reason": "Forbidden",
+            "message": "a ladder trainer may change only the annotations " + ", ".join(TRAINER_ANNOTATIONS),
+        },
+        {
+            "expression": "variables.newOwners == variables.oldOwners",
+            "reason": "Forbidden",
+            "message": "a ladder trainer may not change its Pod's ownerReferences",
+        },
+        {
+            "expression": "variables.newFinalizers == variables.oldFinalizers",
+            "reason": "Forbidden",
+            "message": "a ladder trainer may not change its Pod's finalizers",
+        },
+        {
+            "expression": "object.spec == oldObject.spec",
+            "reason": "Forbidden",
+            "message": "a ladder trainer may not change its Pod's spec",
+        },
+    ]
+
+
 def trainer_admission_policy(name: str = TRAINER_ADMISSION_POLICY) -> list[dict[str, Any]]:
     """The ValidatingAdmissionPolicy and its binding (cluster-scoped; the chart renders the same)."""
-    allowed = "[" + ", ".join(f"'{a}'" for a in TRAINER_ANNOTATIONS) + "]"
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
@@ -168,79 +249,8 @@ def trainer_admission_policy(name: str = TRAINER_ADMISSION_POLICY) -> list[dict[
                     ),
                 }
             ],
-            "variables": [
-                {
-                    "name": "podName",
-                    "expression": (
-                        f"has(request.userInfo.extra) && '{POD_NAME_CLAIM}' in request.userInfo.extra && "
-                        f"size(request.userInfo.extra['{POD_NAME_CLAIM}']) > 0 ? "
-                        f"request.userInfo.extra['{POD_NAME_CLAIM}'][0] : ''"
-                    ),
-                },
-                {"name": "newLabels", "expression": "has(object.metadata.labels) ? object.metadata.labels : {}"},
-                {"name": "oldLabels", "expression": "has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}"},
-                {"name": "newAnn", "expression": "has(object.metadata.annotations) ? object.metadata.annotations : {}"},
-                {
-                    "name": "oldAnn",
-                    "expression": "has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}",
-                },
-                {"name": "allowed", "expression": allowed},
-                {
-                    "name": "newOwners",
-                    "expression": ("has(object.metadata.ownerReferences) ? object.metadata.ownerReferences : []"),
-                },
-                {
-                    "name": "oldOwners",
-                    "expression": ("has(oldObject.metadata.ownerReferences) ? oldObject.metadata.ownerReferences : []"),
-                },
-                {
-                    "name": "newFinalizers",
-                    "expression": ("has(object.metadata.finalizers) ? object.metadata.finalizers : []"),
-                },
-                {
-                    "name": "oldFinalizers",
-                    "expression": ("has(oldObject.metadata.finalizers) ? oldObject.metadata.finalizers : []"),
-                },
-            ],
-            "validations": [
-                {
-                    "expression": "variables.podName != '' && variables.podName == object.metadata.name",
-                    "reason": "Forbidden",
-                    "messageExpression": (
-                        "'a ladder trainer may change only its own Pod (its token is bound to pod ' + "
-                        "variables.podName + ', the request is for ' + object.metadata.name + ')'"
-                    ),
-                },
-                {
-                    "expression": "variables.newLabels == variables.oldLabels",
-                    "reason": "Forbidden",
-                    "message": "a ladder trainer may not change its Pod's labels",
-                },
-                {
-                    "expression": (
-                        "variables.newAnn.all(k, k in variables.allowed || "
-                        "(k in variables.oldAnn && variables.oldAnn[k] == variables.newAnn[k])) && "
-                        "variables.oldAnn.all(k, k in variables.allowed || k in variables.newAnn)"
-                    ),
-                    "reason": "Forbidden",
-                    "message": "a ladder trainer may change only the annotations " + ", ".join(TRAINER_ANNOTATIONS),
-                },
-                {
-                    "expression": "variables.newOwners == variables.oldOwners",
-                    "reason": "Forbidden",
-                    "message": "a ladder trainer may not change its Pod's ownerReferences",
-                },
-                {
-                    "expression": "variables.newFinalizers == variables.oldFinalizers",
-                    "reason": "Forbidden",
-                    "message": "a ladder trainer may not change its Pod's finalizers",
-                },
-                {
-                    "expression": "object.spec == oldObject.spec",
-                    "reason": "Forbidden",
-                    "message": "a ladder trainer may not change its Pod's spec",
-                },
-            ],
+            "variables": _trainer_policy_variables(),
+            "validations": _trainer_policy_validations(),
         },
     }
     binding = {

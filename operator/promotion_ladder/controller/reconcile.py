@@ -240,16 +240,9 @@ def reconcile(
 ) -> Reconciled:
     meta = body["metadata"]
     name, uid, generation = meta["name"], meta["uid"], meta.get("generation")
-    try:
-        ladder = load_ladder(body, source=f"PromotionLadder {name}")
-    except LadderInvalid as exc:
-        return _reconciled(stop(known_status, INVALID_SPEC, "; ".join(exc.errors), generation, now))
-    spec = ladder.spec
-    mount_errors = continuation_mount_errors(
-        spec.continuation.path if spec.continuation else None, spec.trainer.template
-    )
-    if mount_errors:  # the cells would each write their checkpoints into their own filesystem
-        return _reconciled(stop(known_status, INVALID_SPEC, "; ".join(mount_errors), generation, now))
+    spec, errors = _checked_spec(body, name)
+    if spec is None:
+        return _reconciled(stop(known_status, INVALID_SPEC, "; ".join(errors), generation, now))
     old = dict(known_status or {})
     if (
         admission is not None
@@ -303,29 +296,53 @@ def reconcile(
     )
     prior = old.get("conditions") or []
     running = r.status.get("phase") == "Running"
-    # Admission warnings (no node matches or fits a host block) ride along while the ladder runs.
-    if admission is not None and (admission.warnings or admission.unfit) and running:
-        r.status["conditions"] = list(r.status.get("conditions") or []) + admission_conditions(
-            Admission(warnings=admission.warnings, unfit=admission.unfit), prior, now
-        )
-        if not any(c.get("type") == "Schedulable" for c in prior):
-            reason = "NoNodeMatches" if admission.warnings else "NoNodeFits"
-            r.events.append(
-                ("Warning", reason, "; ".join([*admission.warnings, *admission.unfit.values()])[:MESSAGE_LIMIT])
-            )
-    cond, event = waiting_condition(
-        noticed(seen.waits, epoch(now) or 0.0) if running else [],
-        prior,
-        now,
-        spec.scheduling_timeout or DEFAULT_SCHEDULING_TIMEOUT,
+    if admission is not None and running:
+        _with_admission_warnings(r, admission, prior, now)
+    waits = noticed(seen.waits, epoch(now) or 0.0) if running else []
+    _with_waiting(r, waits, prior, now, spec.scheduling_timeout or DEFAULT_SCHEDULING_TIMEOUT)
+    if queue is not None and running:
+        _with_queue_problem(r, queue, prior, now)
+    return r
+
+
+def _checked_spec(body: dict[str, Any], name: str) -> tuple[LadderSpec | None, list[str]]:
+    """The ladder's spec, or None and why it cannot run: it does not validate, or its cells would
+    each write their checkpoints into their own filesystem."""
+    try:
+        spec = load_ladder(body, source=f"PromotionLadder {name}").spec
+    except LadderInvalid as exc:
+        return None, list(exc.errors)
+    mount_errors = continuation_mount_errors(
+        spec.continuation.path if spec.continuation else None, spec.trainer.template
     )
+    if mount_errors:
+        return None, list(mount_errors)
+    return spec, []
+
+
+def _with_admission_warnings(r: Reconciled, admission: Admission, prior: list[dict[str, Any]], now: str) -> None:
+    """Admission warnings (no node matches or fits a host block) ride along while the ladder runs:
+    their condition and, the first time, a Warning Event."""
+    if not (admission.warnings or admission.unfit):
+        return
+    r.status["conditions"] = list(r.status.get("conditions") or []) + admission_conditions(
+        Admission(warnings=admission.warnings, unfit=admission.unfit), prior, now
+    )
+    if not any(c.get("type") == "Schedulable" for c in prior):
+        reason = "NoNodeMatches" if admission.warnings else "NoNodeFits"
+        r.events.append(
+            ("Warning", reason, "; ".join([*admission.warnings, *admission.unfit.values()])[:MESSAGE_LIMIT])
+        )
+
+
+def _with_waiting(r: Reconciled, waits: list[Wait], prior: list[dict[str, Any]], now: str, timeout: str) -> None:
+    """The condition (and Event) of cells waiting to start (scheduling.waiting_condition): set
+    while some wait, cleared when none does."""
+    cond, event = waiting_condition(waits, prior, now, timeout)
     if cond is not None:
         r.status["conditions"] = list(r.status.get("conditions") or []) + [cond]
     if event is not None:
         r.events.append(event)
-    if queue is not None and running:
-        _with_queue_problem(r, queue, prior, now)
-    return r
 
 
 def _with_queue_problem(r: Reconciled, problem: QueueProblem, prior: list[dict[str, Any]], now: str) -> None:

@@ -3,7 +3,8 @@
 Two measures, side by side:
 - Protocol GPU-hours (`total`, `byStage`, ...: the paper's measure, unchanged) count each
   terminal cell once: train seconds x the GPUs it ran with (as recorded at launch: its pods x
-  GPUs per pod; the spec's trainer nodes x gpus for records without it), the stage budget when the cell reported no seconds.
+  GPUs per pod; the spec's trainer nodes x gpus for records without it), the stage budget when
+  the cell reported no seconds.
   The counterfactual of a non-final stage is what sending every candidate that entered it
   straight through the final stage would have cost: entered x final cells x final budget x the cell's GPUs.
   With continuation (spec.continuation, core/continuation.py) they count what ran: a cell that

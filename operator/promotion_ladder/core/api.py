@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -20,8 +20,10 @@ from .model import SpecModel
 
 GROUP = "ladder.promotion.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "PromotionLadder"
+# Final, spelled out: the model's apiVersion and kind fields are these literal types.
+API_VERSION: Final = "ladder.promotion.dev/v1alpha1"
+assert f"{GROUP}/{VERSION}" == API_VERSION
+KIND: Final = "PromotionLadder"
 PLURAL = "promotionladders"
 SINGULAR = "promotionladder"
 SHORT_NAMES = ["ladder", "pl"]
@@ -70,14 +72,16 @@ class Trainer(SpecModel):
         1,
         ge=0,
         le=64,
-        description="GPUs per cell pod (nvidia.com/gpu limit; the trainer starts one process per GPU); GPU-hours are counted with it.",
+        description="GPUs per cell pod (nvidia.com/gpu limit; the trainer starts one process per GPU); "
+        "GPU-hours are counted with it.",
     )
     nodes: int = Field(
         1,
         ge=1,
         le=MAX_NODES,
         description="Pods per cell (multi-node training: an Indexed Job of this many pods with a headless Service for "
-        "rendezvous, all in the cell's host block); GPU-hours count nodes x gpus. Frozen: it changes what a cell measures.",
+        "rendezvous, all in the cell's host block); GPU-hours count nodes x gpus. "
+        "Frozen: it changes what a cell measures.",
     )
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     resources: dict[str, Any] = Field(
@@ -87,7 +91,8 @@ class Trainer(SpecModel):
     )
     template: dict[str, Any] = Field(
         default_factory=dict,
-        description="A partial PodTemplateSpec (metadata.labels/annotations, spec: volumes, imagePullSecrets, affinity, "
+        description="A partial PodTemplateSpec (metadata.labels/annotations, spec: volumes, imagePullSecrets, "
+        "affinity, "
         "tolerations, priorityClassName, securityContext, ...; a container named trainer with volumeMounts, "
         "env, envFrom, securityContext) merged into every cell's pod. Fields the operator owns (the trainer's "
         "image/command/args/resources, restartPolicy, serviceAccountName, activeDeadlineSeconds, the host "
@@ -117,7 +122,8 @@ class Candidate(SpecModel):
     config: dict[str, Any] = Field(
         default_factory=dict,
         max_length=256,
-        description=f"Free-form key/values passed to the trainer as a JSON file, --config-file (at most {MAX_CONFIG_BYTES // 1024} KiB).",
+        description="Free-form key/values passed to the trainer as a JSON file, --config-file "
+        f"(at most {MAX_CONFIG_BYTES // 1024} KiB).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
@@ -250,7 +256,8 @@ class LadderSpec(SpecModel):
         None,
         max_length=32,
         pattern=BUDGET_PATTERN,
-        description=f"How long a cell may wait to start (its Job cannot create its Pod, its Pod cannot be scheduled, its "
+        description="How long a cell may wait to start (its Job cannot create its Pod, its Pod cannot be scheduled, "
+        "its "
         f"container cannot start) for anything but free capacity before it fails; default "
         f'{DEFAULT_SCHEDULING_TIMEOUT}, "0s" never. A cell that only waits for free capacity waits as '
         "long as that takes. Editable; not part of the frozen hash.",
@@ -373,7 +380,10 @@ def pydantic_errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[
         if e["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif e["type"] == "string_pattern_mismatch" and "a-z0-9" in str(e.get("ctx", {}).get("pattern", "")):
-            msg = f"{e.get('input')!r} is not a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)"
+            msg = (
+                f"{e.get('input')!r} is not a DNS-1123 label "
+                "(lower-case letters, digits and '-', starting and ending with a letter or digit)"
+            )
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
         lines.append(f"{_path(loc)}: {msg}")
@@ -427,7 +437,8 @@ def semantic_errors(spec: LadderSpec) -> list[str]:
         pr = st.promote
         if pr.top > max_entering:
             errs.append(
-                f"{p}.promote.top: {pr.top} is larger than the {max_entering} candidates that can enter stage {st.name!r}"
+                f"{p}.promote.top: {pr.top} is larger than the {max_entering} candidates "
+                f"that can enter stage {st.name!r}"
             )
         for j, k in enumerate(pr.keep):
             if k not in cands:

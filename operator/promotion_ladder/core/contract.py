@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import suppress
 
 from .api import LadderSpec
 from .cell import Cell, CellOutcome
@@ -149,10 +150,10 @@ def process_env(gpus: int, nodes: int = 1) -> dict[str, str]:
     return {ENV_GPUS: str(max(gpus, 1)), ENV_NODES: str(max(nodes, 1))}
 
 
-def identity_from_env(env: Mapping[str, str]) -> dict:
+def identity_from_env(env: Mapping[str, str]) -> dict[str, str | int]:
     """The trainer's side: the identity fields of its result (camelCase), from whatever of the
     LADDER_* variables are set (a trainer run by hand has none)."""
-    out: dict = {}
+    out: dict[str, str | int] = {}
     for key, var in (
         ("ladder", ENV_LADDER),
         ("stage", ENV_STAGE),
@@ -162,10 +163,8 @@ def identity_from_env(env: Mapping[str, str]) -> dict:
         if env.get(var):
             out[key] = env[var]
     if env.get(ENV_SEED):
-        try:
+        with suppress(ValueError):  # a seed that is not a number is left out
             out["seed"] = int(env[ENV_SEED])
-        except ValueError:
-            pass
     return out
 
 
@@ -191,7 +190,7 @@ def check_result(
         "hostBlock": cell.host_block,
         "seed": cell.seed,
     }
-    got = dict(zip(("ladder", "stage", "candidate", "hostBlock", "seed"), result.identity()))
+    got = dict(zip(("ladder", "stage", "candidate", "hostBlock", "seed"), result.identity(), strict=True))
     wrong = [k for k, v in want.items() if (got[k] is not None or strict) and got[k] != v]
     if wrong:
         raise ResultError(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pydantic import BaseModel
+
 from .api import (
     GROUP,
     KIND,
@@ -73,7 +75,7 @@ def _structural(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def openapi_schema(model: type) -> dict[str, Any]:
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return _structural({k: v for k, v in raw.items() if k != "$defs"}, raw.get("$defs", {}))
 
@@ -208,17 +210,17 @@ def cross_field_rules() -> list[dict[str, str]]:
     ladder. So each rule builds the list of names once, `[list].all(names, ...)` binding it
     (the CRD's CEL has no cel.bind), and tests membership with `in`. A messageExpression runs
     only on failure, but its estimated cost counts towards the CRD's limits as well."""
-    stages, blocks, keeps, checks = (_indices(n) for n in (MAX_STAGES, MAX_HOST_BLOCKS, MAX_KEEP, MAX_CHECKS))
-    stage, last = _digits(MAX_STAGES, "i"), _digits(MAX_STAGES, "size(self.stages) - 1")
-    block, keep_at, check = _digits(MAX_HOST_BLOCKS, "j"), _digits(MAX_KEEP, "j"), _digits(MAX_CHECKS, "i")
-    candidates = "[self.candidates.map(c, c.name)]"
-    declared = "[self.hostBlocks.map(b, b.name)]"
-    hosts, keep, checked = (
-        "self.stages[i].hostBlocks",
-        "self.stages[i].promote.keep",
-        "self.verdict.checks[i].candidate",
-    )
     # CEL strings in double quotes, so the values can be quoted 'like this', as `ladder validate` does.
+    return [*_promote_rules(), *_name_rules(), *_candidate_rules()]
+
+
+_CANDIDATE_NAMES = "[self.candidates.map(c, c.name)]"
+
+
+def _promote_rules() -> list[dict[str, str]]:
+    """Every stage but the last promotes; the last does not."""
+    stages, last = _indices(MAX_STAGES), _digits(MAX_STAGES, "size(self.stages) - 1")
+    stage = _digits(MAX_STAGES, "i")
     return [
         {
             "rule": "!has(self.stages[size(self.stages) - 1].promote)",
@@ -238,6 +240,16 @@ def cross_field_rules() -> list[dict[str, str]]:
             ),
             "fieldPath": ".stages",
         },
+    ]
+
+
+def _name_rules() -> list[dict[str, str]]:
+    """The host blocks and kept candidates a stage names are declared."""
+    stages, blocks, keeps = _indices(MAX_STAGES), _indices(MAX_HOST_BLOCKS), _indices(MAX_KEEP)
+    stage, block, keep_at = _digits(MAX_STAGES, "i"), _digits(MAX_HOST_BLOCKS, "j"), _digits(MAX_KEEP, "j")
+    candidates, declared = _CANDIDATE_NAMES, "[self.hostBlocks.map(b, b.name)]"
+    hosts, keep = "self.stages[i].hostBlocks", "self.stages[i].promote.keep"
+    return [
         {
             "rule": f"{declared}.all(names, self.stages.all(s, s.hostBlocks.all(h, h in names)))",
             "message": "a stage names a host block that is not declared under spec.hostBlocks",
@@ -269,6 +281,14 @@ def cross_field_rules() -> list[dict[str, str]]:
             + ")[0]",
             "fieldPath": ".stages",
         },
+    ]
+
+
+def _candidate_rules() -> list[dict[str, str]]:
+    """Against the candidates: the first stage's promote.top, the verdict's reference and checks."""
+    checks, check = _indices(MAX_CHECKS), _digits(MAX_CHECKS, "i")
+    candidates, checked = _CANDIDATE_NAMES, "self.verdict.checks[i].candidate"
+    return [
         {
             "rule": "!has(self.stages[0].promote) || self.stages[0].promote.top <= size(self.candidates)",
             "message": "the first stage's promote.top is larger than the number of candidates",

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .cell import CellOutcome as Outcome
+
+# A cell's key: (candidate, hostBlock, seed) or (stage, candidate, hostBlock, seed), a CellKey among them.
+Key = TypeVar("Key", bound=tuple[str | int, ...])
 
 REPEAT_ABOVE = 1.0  # passes over the training split beyond which a cell repeated data
 CORPUS_CONFLICT = "CorpusConflict"  # the stage condition's type, and the Failed reason of the ladder
@@ -34,7 +38,7 @@ def _label(key: tuple[str | int, ...]) -> str:
     return "/".join(str(k) for k in key[-3:])
 
 
-def corpus_conflict(stage: str, cells: Mapping[tuple[str | int, ...], Outcome]) -> str | None:
+def corpus_conflict(stage: str, cells: Mapping[Key, Outcome]) -> str | None:
     """A message naming every fingerprint and its cells when the stage's cells disagree, else None.
 
     `cells` is keyed by (candidate, hostBlock, seed), or by (stage, candidate, hostBlock, seed).
@@ -52,7 +56,7 @@ def corpus_conflict(stage: str, cells: Mapping[tuple[str | int, ...], Outcome]) 
     )
 
 
-def repeated_data(cells: Mapping[tuple[str | int, ...], Outcome]) -> list[Repeat]:
+def repeated_data(cells: Mapping[Key, Outcome]) -> list[Repeat]:
     """Cells that made more than one pass over their training data, most passes first."""
     out = [
         Repeat(_label(k), o.data_passes)

@@ -50,7 +50,9 @@ OWNED_POD_FIELDS = {
     "containers": None,  # handled separately: only the `trainer` container, partly
     "restartPolicy": "the Job's failure policy depends on it",
     "activeDeadlineSeconds": "set from the stage budget",
-    "serviceAccountName": "results are published under the ladder-trainer identity; annotate that ServiceAccount instead",
+    "serviceAccountName": (
+        "results are published under the ladder-trainer identity; annotate that ServiceAccount instead"
+    ),
     "serviceAccount": "results are published under the ladder-trainer identity",
     "automountServiceAccountToken": "the trainer needs its token to publish its result",
     "nodeName": "placement is the host block's (nodeSelector)",
@@ -123,7 +125,8 @@ def _meta_errors(meta: Any, path: str) -> list[str]:
             errs.append(f"{path}.{key}: must be a map of strings")
         else:
             errs += [
-                f"{path}.{key}[{k}]: {OWNED} (the operator and the Job controller use {k.split('/')[0]}/ to find a cell's pods and result)"
+                f"{path}.{key}[{k}]: {OWNED} "
+                f"(the operator and the Job controller use {k.split('/')[0]}/ to find a cell's pods and result)"
                 for k in value
                 if k.startswith(OWNED_META_PREFIXES)
             ]

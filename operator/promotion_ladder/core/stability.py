@@ -42,6 +42,7 @@ import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from itertools import pairwise
 from operator import itemgetter
 
 from pydantic import Field
@@ -112,7 +113,7 @@ def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
         raise ValueError(f"kendall_tau_b: {n} x values but {len(y)} y values")
     if n < 2:
         return None
-    pairs = sorted(zip(x, y))
+    pairs = sorted(zip(x, y, strict=True))
     n0 = n * (n - 1) // 2
     x_ties = sum(t * (t - 1) // 2 for t in Counter(p[0] for p in pairs).values())
     y_ties = sum(t * (t - 1) // 2 for t in Counter(p[1] for p in pairs).values())
@@ -275,7 +276,9 @@ def _shares(
     # an aggregate of drawn cells lies between the candidate's best and worst cell, so one whose
     # best is worse than the top-th best worst-case is beaten by `top` others in every resample.
     if how == "meanRank":
-        per_cell = [_mean_ranks({n: [v[j]] for n, v in zip(names, values)}, direction) for j in range(n_cells)]
+        per_cell = [
+            _mean_ranks({n: [v[j]] for n, v in zip(names, values, strict=True)}, direction) for j in range(n_cells)
+        ]
         ranks = [[per_cell[j][n] for j in range(n_cells)] for n in names]
         lo_hi = [(min(r), max(r)) for r in ranks]
     else:
@@ -295,7 +298,7 @@ def _shares(
         for k in _promoted_in(idx, rows, sub_ranks, rule, sub_order):
             counts[alive[k]] += times
     kept = set(keep)
-    return tuple(1.0 if n in kept else round(c / RESAMPLES, 4) for n, c in zip(names, counts))
+    return tuple(1.0 if n in kept else round(c / RESAMPLES, 4) for n, c in zip(names, counts, strict=True))
 
 
 def promotion_shares(d: Decision, entering: Sequence[str] | None = None) -> PromotionShares:
@@ -320,7 +323,7 @@ def promotion_shares(d: Decision, entering: Sequence[str] | None = None) -> Prom
         _complete_values(d),
         order,
     )
-    return PromotionShares(**base, promoted_share=dict(zip((e.candidate for e in complete), shares)))
+    return PromotionShares(**base, promoted_share=dict(zip((e.candidate for e in complete), shares, strict=True)))
 
 
 # ---- the whole figure -------------------------------------------------------------------------
@@ -334,7 +337,7 @@ def stability(decisions: Sequence[Decision], entering: Mapping[str, Sequence[str
     entering = entering or {}
     final = decisions[-1].stage if decisions and decisions[-1].rule.top is None else None
     return Stability(
-        stages=[stage_pair(a, b) for a, b in zip(decisions, decisions[1:])],
+        stages=[stage_pair(a, b) for a, b in pairwise(decisions)],
         host_blocks=[t for d in decisions for t in host_block_taus(d)],
         promotion=[promotion_shares(d, entering.get(d.stage)) for d in decisions if d.stage != final],
     )

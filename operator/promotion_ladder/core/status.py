@@ -121,7 +121,7 @@ def build_status(
     spec: LadderSpec,
     outcomes: Outcomes,
     recorded: list[Decision] | tuple[Decision, ...] = (),
-    running: set[CellKey] | frozenset = frozenset(),
+    running: set[CellKey] | frozenset[CellKey] = frozenset(),
     checkpoint_root: str | None = None,
     queued: Collection[CellKey] = frozenset(),
     attempts: Mapping[CellKey, Attempts] | None = None,

@@ -26,7 +26,7 @@ The steps, in order:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -147,17 +147,9 @@ def step(
     """
     old = recorded.wire() if isinstance(recorded, LadderStatus) else dict(recorded or {})
     # 1. frozen hash
-    recorded_hash = old.get("frozenHash")
-    if not frozen_hash_matches(recorded_hash, spec):
-        return stop(
-            old,
-            FROZEN_SPEC_CHANGED,
-            "the frozen fields (objective, candidates, stages, verdict, trainer.gpus, continuation) changed after admission "
-            f"(recorded {recorded_hash[:19]}, now {frozen_hash(spec)[:19]}); nothing more is run. "
-            "Create a new ladder to screen the new spec.",
-            generation,
-            now,
-        )
+    changed = _frozen_spec_changed(spec, old, generation, now)
+    if changed is not None:
+        return changed
     # 2. replay
     try:
         typed_old = recorded if isinstance(recorded, LadderStatus) else parse_status(old)
@@ -190,16 +182,41 @@ def step(
         status.phase, plan.reason or PHASE_REASONS[status.phase], status.message, old.get("conditions") or [], now
     )
     status = status.model_copy(update={"observed_generation": generation, "conditions": conds})
-    announcements = [Announcement("Normal", "StageDecided", decision_message(d)) for d in plan.new_decisions]
-    if status.phase != old.get("phase"):
-        if status.phase == "Succeeded":
-            announcements.append(Announcement("Normal", "LadderSucceeded", status.message))
-        elif status.phase == "Failed":
-            announcements.append(Announcement("Warning", "LadderFailed", status.message))
     return Step(
         status=status.wire(),
         ladder_status=status,
         to_start=to_start,
         new_decisions=list(plan.new_decisions),
-        announcements=announcements,
+        announcements=_announcements(plan.new_decisions, status, old.get("phase")),
     )
+
+
+def _frozen_spec_changed(spec: LadderSpec, old: dict[str, Any], generation: int | None, now: str) -> Step | None:
+    """The stop of a ladder whose frozen fields changed since admission, else None."""
+    recorded_hash = old.get("frozenHash")
+    if frozen_hash_matches(recorded_hash, spec):
+        return None
+    assert recorded_hash is not None  # a missing hash always matches (frozen_hash_matches)
+    return stop(
+        old,
+        FROZEN_SPEC_CHANGED,
+        "the frozen fields (objective, candidates, stages, verdict, trainer.gpus, continuation) "
+        "changed after admission "
+        f"(recorded {recorded_hash[:19]}, now {frozen_hash(spec)[:19]}); nothing more is run. "
+        "Create a new ladder to screen the new spec.",
+        generation,
+        now,
+    )
+
+
+def _announcements(
+    new_decisions: Sequence[Decision], status: LadderStatus, old_phase: str | None
+) -> list[Announcement]:
+    """A StageDecided Event per new decision, and the ladder's end when its phase just became one."""
+    out = [Announcement("Normal", "StageDecided", decision_message(d)) for d in new_decisions]
+    if status.phase != old_phase:
+        if status.phase == "Succeeded":
+            out.append(Announcement("Normal", "LadderSucceeded", status.message))
+        elif status.phase == "Failed":
+            out.append(Announcement("Warning", "LadderFailed", status.message))
+    return out
