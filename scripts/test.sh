@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: sets up everything on a fresh machine (cached), then runs every test.
+# The test command: sets up everything on a fresh machine (cached), then runs ruff, mypy and
+# every test.
 #   ./scripts/test.sh                 # all tests: unit, trainer, control plane, operator, chart, report
 #   ./scripts/test.sh -m 'not integration'   # skip the ones that need the local control plane
 # Extra arguments go to pytest. .ci/run calls exactly this.
@@ -43,6 +44,12 @@ if [ -n "${CI:-}" ] && ! command -v chromium >/dev/null 2>&1; then
 fi
 
 set +e
+# Lint and types (seconds): ruff's rules and format, mypy (strict on the core; pyproject.toml).
+# A finding fails the run, after the tests have run too, so one run shows everything.
+lint_rc=0
+"$venv/bin/ruff" check --quiet . || lint_rc=1
+"$venv/bin/ruff" format --check --quiet . || lint_rc=1
+"$venv/bin/mypy" || lint_rc=1
 "$venv/bin/python" -m pytest "$@"
 rc=$?
 if [ -n "$images_pid" ] && ! wait "$images_pid"; then
@@ -52,6 +59,10 @@ fi
 set -e
 if [ "$rc" -eq 5 ]; then
   echo "test.sh: pytest collected no tests (exit 5) with arguments: $*" >&2
+  exit 1
+fi
+if [ "$lint_rc" -ne 0 ] && [ "$rc" -eq 0 ]; then
+  echo "test.sh: the tests passed, but ruff or mypy found problems (above)" >&2
   exit 1
 fi
 exit "$rc"
