@@ -319,6 +319,28 @@ class LocalKueue:
             stop_group(self.proc.pid, grace=10.0, proc=self.proc)
             self.proc = None
 
+    def remove_webhooks(self) -> None:
+        """Delete the webhook configurations start() installed. stop() keeps them, since a
+        stopped Kueue behind its webhooks is what an outage looks like; a cluster that goes on
+        without Kueue needs them gone, or every Job create fails on a webhook nobody answers."""
+        api = self.api_client()
+        try:
+            adm = client.AdmissionregistrationV1Api(api)
+            for doc in _load_all(binaries.kueue_config_dir() / "webhooks.yaml"):
+                name = NAME_PREFIX + doc["metadata"]["name"]
+                delete = (
+                    adm.delete_mutating_webhook_configuration
+                    if doc["kind"] == "MutatingWebhookConfiguration"
+                    else adm.delete_validating_webhook_configuration
+                )
+                try:
+                    delete(name)
+                except client.ApiException as exc:
+                    if exc.status != 404:
+                        raise
+        finally:
+            api.close()
+
     def restart(self, timeout: float = 120.0) -> LocalKueue:
         self.stop()
         return self.start(timeout)

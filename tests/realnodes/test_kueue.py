@@ -32,6 +32,9 @@ def real_kueue(real_cluster) -> Iterator[LocalKueue]:
         yield kueue
     finally:
         kueue.stop()
+        # The real cluster is shared with the real-node tests after this module: without
+        # Kueue's webhooks left answering nobody, their Jobs can be created.
+        kueue.remove_webhooks()
 
 
 def queued_ladder(project_images: dict[str, str]) -> dict:
