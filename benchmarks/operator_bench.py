@@ -417,26 +417,7 @@ def main() -> int:
                         f"```json\n{json.dumps(result, indent=2)}\n```\n"
                     )
             return 0 if result["results_lost"] == 0 else 1
-        mport, hport = free_port(), free_port()
-        log = open(d / "operator.log", "w")
-        op = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "promotion_ladder.cli",
-                "operator",
-                "-n",
-                NS,
-                "--metrics-port",
-                str(mport),
-                "--health-port",
-                str(hport),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-        )
+        op, mport, hport = start_operator(cluster, d, 0)
         wait_for(lambda: ready(hport), timeout=60, what="operator ready")
         rec = Recorder(api)
         rec.start()
@@ -464,7 +445,7 @@ def main() -> int:
         phases = wait_for(all_done, timeout=args.timeout, interval=2, what="all ladders finished", describe=progress)
         wall = time.monotonic() - t0
         text = scrape(mport)
-        rss_kb = next(int(line.split()[1]) for line in open(f"/proc/{op.pid}/status") if line.startswith("VmHWM"))
+        rss = peak_rss_mb(op.pid)
         rec.stop.set()
         lat = rec.latencies()
         cells = (
@@ -494,7 +475,7 @@ def main() -> int:
                 for line in text.splitlines()
                 if line.startswith("ladder_operator_api_requests_total{")
             },
-            "peak_rss_mb": round(rss_kb / 1024, 1),
+            "peak_rss_mb": rss,
             "cell_start_waits": start_waits(text),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
